@@ -1,0 +1,399 @@
+//! Request handlers: parse and validate, call the store, shape the answer.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dialer_domain::campaign::{CallStatus, CampaignAction};
+use dialer_domain::validate::{
+    self, CallDetail, CallList, Campaign, CampaignList, CampaignStats, CreateCallRequest,
+    CreateCampaignRequest, FieldError, QueueTargetsRequest, QueueTargetsResponse,
+    UpdateCampaignRequest,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use uuid::Uuid;
+
+use super::{ApiDoc, ApiError, ApiJson, AppState, ErrorBody};
+use crate::store::CallQuery;
+
+type Params = Query<HashMap<String, String>>;
+
+fn path_id(raw: &str) -> Result<Uuid, ApiError> {
+    validate::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
+}
+
+fn param_id(params: &Params, name: &str) -> Result<Option<Uuid>, ApiError> {
+    params
+        .get(name)
+        .filter(|s| !s.is_empty())
+        .map(|s| validate::parse_id(name, s))
+        .transpose()
+        .map_err(|e| ApiError::bad_param(&e))
+}
+
+fn page_limit(params: &Params, st: &AppState) -> Result<u32, ApiError> {
+    match params.get("limit") {
+        None => Ok(st.api.default_page_size),
+        Some(s) => match s.parse::<u32>() {
+            Ok(n) if (1..=st.api.max_page_size).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_param(&FieldError::new(
+                "limit",
+                format!(
+                    "must be a whole number between 1 and {}",
+                    st.api.max_page_size
+                ),
+            ))),
+        },
+    }
+}
+
+fn query(
+    params: Result<Params, axum::extract::rejection::QueryRejection>,
+) -> Result<Params, ApiError> {
+    params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
+}
+
+/// Health of the process and its dependencies.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+    pub version: String,
+    /// Each dependency: `{"kind": …, "status": "up"|"down", "error"?: …}`.
+    #[schema(value_type = Object)]
+    pub dependencies: serde_json::Value,
+}
+
+async fn health(st: &AppState, check_migrations: bool) -> Response {
+    let store = match st.store.ping().await {
+        Ok(()) if check_migrations => match st.store.migrations_applied().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("migrations not applied; run `dialer migrate`".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let up = store.is_ok();
+    let mut dep = serde_json::json!({"kind": st.store.kind().as_str(), "status": if up { "up" } else { "down" }});
+    if let Err(e) = store {
+        dep["error"] = e.into();
+    }
+    let body = Health {
+        status: if up { "ok" } else { "unavailable" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        dependencies: serde_json::json!({ "store": dep }),
+    };
+    (
+        if up {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+        .into_response()
+}
+
+/// Liveness, with the store's state; 503 when the store is down.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn healthz(State(st): State<AppState>) -> Response {
+    health(&st, false).await
+}
+
+/// Readiness: the store is reachable and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    health(&st, true).await
+}
+
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Create a campaign with its registered targets.
+#[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns", request_body = CreateCampaignRequest,
+    responses(
+        (status = 201, description = "Created; `status` is `pending`", body = Campaign),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "A campaign with that name (ignoring case) exists", body = ErrorBody),
+        (status = 413, description = "Body over api.max_body_bytes", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+    ))]
+pub async fn create_campaign(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateCampaignRequest>,
+) -> Result<Response, ApiError> {
+    let new = req.validate(st.api.max_targets_per_request)?;
+    let c = st.store.create_campaign(&new).await?;
+    let location = format!("/api/v1/campaigns/{}", c.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(c)).into_response())
+}
+
+/// List campaigns in creation order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size (default api.default_page_size, at most api.max_page_size)"),
+        ("after_id" = Option<String>, Query, description = "Return campaigns created after this id (the previous page's `next_after_id`)"),
+    ),
+    responses((status = 200, body = CampaignList), (status = 400, body = ErrorBody)))]
+pub async fn list_campaigns(
+    State(st): State<AppState>,
+    params: Result<Params, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CampaignList>, ApiError> {
+    let params = query(params)?;
+    let limit = page_limit(&params, &st)?;
+    let after = param_id(&params, "after_id")?;
+    let campaigns = st.store.list_campaigns(after, limit).await?;
+    let next_after_id = if campaigns.len() == limit as usize {
+        campaigns.last().map(|c| c.id)
+    } else {
+        None
+    };
+    Ok(Json(CampaignList {
+        campaigns,
+        next_after_id,
+    }))
+}
+
+/// One campaign.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id")),
+    responses((status = 200, body = Campaign), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_campaign(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    Ok(Json(st.store.get_campaign(path_id(&id)?).await?))
+}
+
+/// Partially update a campaign's settings.
+#[utoipa::path(put, path = "/api/v1/campaigns/{id}", tag = "campaigns", request_body = UpdateCampaignRequest,
+    params(("id" = String, Path, description = "Campaign id")),
+    responses(
+        (status = 200, body = Campaign),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The new name is taken", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ))]
+pub async fn update_campaign(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateCampaignRequest>,
+) -> Result<Json<Campaign>, ApiError> {
+    let id = path_id(&id)?;
+    Ok(Json(st.store.update_campaign(id, &req).await?))
+}
+
+async fn transition(
+    st: &AppState,
+    id: &str,
+    action: CampaignAction,
+) -> Result<Json<Campaign>, ApiError> {
+    Ok(Json(st.store.transition(path_id(id)?, action).await?))
+}
+
+/// Start a pending campaign, or resume a paused one.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/start", tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id")),
+    responses(
+        (status = 200, description = "Now `in_progress`", body = Campaign),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not pending or paused; `current_status` says what it is", body = ErrorBody),
+    ))]
+pub async fn start_campaign(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    transition(&st, &id, CampaignAction::Start).await
+}
+
+/// Pause an in-progress campaign: no new dials; calls already dialing finish.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id")),
+    responses(
+        (status = 200, description = "Now `paused`", body = Campaign),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Not in progress; `current_status` says what it is", body = ErrorBody),
+    ))]
+pub async fn pause_campaign(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    transition(&st, &id, CampaignAction::Pause).await
+}
+
+/// Complete a campaign: it dials nothing more.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/complete", tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id")),
+    responses(
+        (status = 200, description = "Now `completed`", body = Campaign),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Already completed", body = ErrorBody),
+    ))]
+pub async fn complete_campaign(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Campaign>, ApiError> {
+    transition(&st, &id, CampaignAction::Complete).await
+}
+
+/// Counts of the campaign's calls by state.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns",
+    params(("id" = String, Path, description = "Campaign id")),
+    responses((status = 200, body = CampaignStats), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn campaign_stats(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CampaignStats>, ApiError> {
+    Ok(Json(st.store.stats(path_id(&id)?).await?))
+}
+
+/// Queue registered numbers for calling again. Any unregistered number refuses the whole
+/// request (nothing is written); numbers that already have a live call are not queued twice.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/targets", tag = "campaigns", request_body = QueueTargetsRequest,
+    params(("id" = String, Path, description = "Campaign id")),
+    responses(
+        (status = 200, body = QueueTargetsResponse),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The campaign is completed", body = ErrorBody),
+        (status = 422, description = "A number is invalid or not registered; `field` names it", body = ErrorBody),
+    ))]
+pub async fn queue_targets(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<QueueTargetsRequest>,
+) -> Result<Json<QueueTargetsResponse>, ApiError> {
+    let id = path_id(&id)?;
+    if req.targets.is_empty() {
+        return Err(FieldError::new("targets", "must list at least one target").into());
+    }
+    if req.targets.len() > st.api.max_targets_per_request {
+        return Err(FieldError::new(
+            "targets",
+            format!(
+                "at most {} targets per request",
+                st.api.max_targets_per_request
+            ),
+        )
+        .into());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.targets.len());
+    let mut targets = Vec::with_capacity(req.targets.len());
+    for (i, t) in req.targets.iter().enumerate() {
+        let field = format!("targets[{i}]");
+        let checked = validate::check_target(&field, t)?;
+        if !seen.insert(checked.phone_number.clone()) {
+            return Err(FieldError::new(
+                format!("{field}.phone_number"),
+                format!("{} is listed twice", t.phone_number),
+            )
+            .into());
+        }
+        targets.push((
+            checked.phone_number,
+            t.metadata.as_ref().map(|_| checked.metadata),
+        ));
+    }
+    Ok(Json(st.store.queue_targets(id, &targets).await?))
+}
+
+/// The campaign's calls in creation order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/calls", tag = "calls",
+    params(
+        ("id" = String, Path, description = "Campaign id"),
+        ("limit" = Option<u32>, Query, description = "Page size"),
+        ("page_token" = Option<String>, Query, description = "The previous page's `next_page_token`"),
+        ("status" = Option<CallStatus>, Query, description = "Only calls in this state"),
+    ),
+    responses((status = 200, body = CallList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_calls(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    params: Result<Params, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<CallList>, ApiError> {
+    let id = path_id(&id)?;
+    let params = query(params)?;
+    let limit = page_limit(&params, &st)?;
+    let after = param_id(&params, "page_token")?;
+    let status = match params.get("status") {
+        None => None,
+        Some(s) => Some(CallStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_param(&FieldError::new(
+                "status",
+                "must be one of pending, queued, in_progress, completed, failed",
+            ))
+        })?),
+    };
+    let calls = st
+        .store
+        .list_calls(
+            id,
+            &CallQuery {
+                after,
+                status,
+                limit,
+            },
+        )
+        .await?;
+    let next_page_token = if calls.len() == limit as usize {
+        calls.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(CallList {
+        calls,
+        next_page_token,
+    }))
+}
+
+/// Trigger a call to a number registered with the campaign. When the number already has a
+/// call waiting or in progress, that call is returned (200) instead of creating a second one.
+#[utoipa::path(post, path = "/api/v1/calls", tag = "calls", request_body = CreateCallRequest,
+    responses(
+        (status = 201, description = "Call created", body = validate::Call),
+        (status = 200, description = "The number already had a live call; it is returned", body = validate::Call),
+        (status = 400, body = ErrorBody),
+        (status = 404, description = "Unknown campaign", body = ErrorBody),
+        (status = 409, description = "The campaign is completed", body = ErrorBody),
+        (status = 422, description = "Invalid or unregistered number, or malformed campaign_id", body = ErrorBody),
+    ))]
+pub async fn create_call(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateCallRequest>,
+) -> Result<Response, ApiError> {
+    let campaign_id = validate::parse_id("campaign_id", &req.campaign_id)?;
+    dialer_domain::phone::check_e164(&req.phone_number)
+        .map_err(|m| FieldError::new("phone_number", m))?;
+    let metadata = match &req.metadata {
+        None => None,
+        Some(m) => Some(validate::check_metadata("metadata", Some(m))?),
+    };
+    let (call, created) = st
+        .store
+        .create_call(campaign_id, &req.phone_number, metadata.as_ref())
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/api/v1/calls/{}", call.id);
+    Ok((status, [(header::LOCATION, location)], Json(call)).into_response())
+}
+
+/// One call with its attempts.
+#[utoipa::path(get, path = "/api/v1/calls/{id}", tag = "calls",
+    params(("id" = String, Path, description = "Call id")),
+    responses((status = 200, body = CallDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_call(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CallDetail>, ApiError> {
+    Ok(Json(st.store.get_call(path_id(&id)?).await?))
+}

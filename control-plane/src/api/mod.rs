@@ -1,0 +1,115 @@
+//! The REST API (axum): campaigns, targets, calls, stats, health and the OpenAPI document.
+
+mod error;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+
+pub use error::{ApiError, ApiJson, ErrorBody, ErrorDetail, parse_json};
+
+use crate::config::ApiConfig;
+use crate::store::Store;
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub api: Arc<ApiConfig>,
+}
+
+/// The OpenAPI 3 document, generated from the handlers and schemas.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "dialer control-plane API",
+        description = "Campaigns, targets, calls and stats of the outbound dialer."
+    ),
+    paths(
+        handlers::healthz,
+        handlers::readyz,
+        handlers::create_campaign,
+        handlers::list_campaigns,
+        handlers::get_campaign,
+        handlers::update_campaign,
+        handlers::start_campaign,
+        handlers::pause_campaign,
+        handlers::complete_campaign,
+        handlers::campaign_stats,
+        handlers::queue_targets,
+        handlers::list_calls,
+        handlers::create_call,
+        handlers::get_call,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, handlers::Health))
+)]
+pub struct ApiDoc;
+
+/// The whole API as a router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.api.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/api/v1/openapi.json", get(handlers::openapi))
+        .route(
+            "/api/v1/campaigns",
+            post(handlers::create_campaign).get(handlers::list_campaigns),
+        )
+        .route(
+            "/api/v1/campaigns/{id}",
+            get(handlers::get_campaign).put(handlers::update_campaign),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/start",
+            post(handlers::start_campaign),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/pause",
+            post(handlers::pause_campaign),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/complete",
+            post(handlers::complete_campaign),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/stats",
+            get(handlers::campaign_stats),
+        )
+        .route(
+            "/api/v1/campaigns/{id}/targets",
+            post(handlers::queue_targets),
+        )
+        .route("/api/v1/campaigns/{id}/calls", get(handlers::list_calls))
+        .route("/api/v1/calls", post(handlers::create_call))
+        .route("/api/v1/calls/{id}", get(handlers::get_call))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see /api/v1/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /api/v1/openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; see the server log",
+            ))
+        }))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

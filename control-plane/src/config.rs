@@ -1,0 +1,368 @@
+//! Configuration: a TOML file, then environment overrides, then validation.
+//!
+//! Every key has a default, so no file is needed for the embedded mode. Unknown keys are
+//! refused. Environment variables override the file; the seed platform's names are honoured
+//! (`TELEPHONY_GLOBAL_MAX_CONCURRENCY`, `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`,
+//! `TELEPHONY_SEMAPHORE_TTL_SEC`, `MAX_CONCURRENT_CALLS`, `DATABASE_URL`), the rest are
+//! `DIALER_<SECTION>_<KEY>`. Errors name the key and the reason.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// A refused configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub store: StoreConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the REST API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (a 1M-target create is about 40 MB).
+    pub max_body_bytes: usize,
+    /// Most targets in one create or targets request.
+    pub max_targets_per_request: usize,
+    /// Page size when `limit` is not given.
+    pub default_page_size: u32,
+    /// Largest `limit` accepted.
+    pub max_page_size: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://…` or `sqlite://PATH`; empty = SQLite file in the data directory.
+    pub url: String,
+    pub max_connections: u32,
+    /// Seconds to wait for a free connection before answering 503.
+    pub acquire_timeout_sec: u64,
+}
+
+/// Concurrency caps, with the operator guide's names and defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY`: calls in progress across all campaigns.
+    pub global_max_concurrency: u32,
+    /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`: ceiling of any campaign's own cap.
+    pub per_campaign_max_concurrency: u32,
+    /// `TELEPHONY_SEMAPHORE_TTL_SEC`: reclamation window of a lost concurrency slot.
+    pub semaphore_ttl_sec: u64,
+    /// `MAX_CONCURRENT_CALLS`: in-flight `POST /api/v1/calls` requests before 429.
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            max_body_bytes: 64 * 1024 * 1024,
+            max_targets_per_request: 1_000_000,
+            default_page_size: 100,
+            max_page_size: 1000,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: String::new(),
+            max_connections: 16,
+            acquire_timeout_sec: 5,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            global_max_concurrency: 10_000,
+            per_campaign_max_concurrency: 100,
+            semaphore_ttl_sec: 600,
+            max_concurrent_calls: 200,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            api: ApiConfig::default(),
+            store: StoreConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Environment variable → config key.
+const ENV_KEYS: &[(&str, &str)] = &[
+    ("DIALER_API_LISTEN", "api.listen"),
+    ("DIALER_API_MAX_BODY_BYTES", "api.max_body_bytes"),
+    (
+        "DIALER_API_MAX_TARGETS_PER_REQUEST",
+        "api.max_targets_per_request",
+    ),
+    ("DIALER_API_DEFAULT_PAGE_SIZE", "api.default_page_size"),
+    ("DIALER_API_MAX_PAGE_SIZE", "api.max_page_size"),
+    ("DATABASE_URL", "store.url"),
+    ("DIALER_STORE_URL", "store.url"),
+    ("DIALER_STORE_MAX_CONNECTIONS", "store.max_connections"),
+    (
+        "DIALER_STORE_ACQUIRE_TIMEOUT_SEC",
+        "store.acquire_timeout_sec",
+    ),
+    (
+        "TELEPHONY_GLOBAL_MAX_CONCURRENCY",
+        "limits.global_max_concurrency",
+    ),
+    (
+        "TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY",
+        "limits.per_campaign_max_concurrency",
+    ),
+    ("TELEPHONY_SEMAPHORE_TTL_SEC", "limits.semaphore_ttl_sec"),
+    ("MAX_CONCURRENT_CALLS", "limits.max_concurrent_calls"),
+];
+
+impl Config {
+    /// Reads `path` (if given), applies overrides from `env`, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message,
+                })?
+            }
+            None => Config::default(),
+        };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        for (var, key) in ENV_KEYS {
+            if let Some((_, value)) = env.iter().find(|(k, _)| k == var) {
+                cfg.set(key, value)
+                    .map_err(|reason| invalid(key, format!("from ${var}: {reason}")))?;
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text, refusing unknown keys.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{v:?} is not a valid number"))
+        }
+        match key {
+            "api.listen" => {
+                self.api.listen = v
+                    .parse()
+                    .map_err(|_| format!("{v:?} is not HOST:PORT, e.g. 127.0.0.1:8081"))?
+            }
+            "api.max_body_bytes" => self.api.max_body_bytes = num(v)?,
+            "api.max_targets_per_request" => self.api.max_targets_per_request = num(v)?,
+            "api.default_page_size" => self.api.default_page_size = num(v)?,
+            "api.max_page_size" => self.api.max_page_size = num(v)?,
+            "store.url" => self.store.url = v.to_string(),
+            "store.max_connections" => self.store.max_connections = num(v)?,
+            "store.acquire_timeout_sec" => self.store.acquire_timeout_sec = num(v)?,
+            "limits.global_max_concurrency" => self.limits.global_max_concurrency = num(v)?,
+            "limits.per_campaign_max_concurrency" => {
+                self.limits.per_campaign_max_concurrency = num(v)?
+            }
+            "limits.semaphore_ttl_sec" => self.limits.semaphore_ttl_sec = num(v)?,
+            "limits.max_concurrent_calls" => self.limits.max_concurrent_calls = num(v)?,
+            _ => return Err("unknown key".into()),
+        }
+        Ok(())
+    }
+
+    /// Refuses impossible values, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.api;
+        if a.max_body_bytes < 1024 {
+            return Err(invalid("api.max_body_bytes", "must be at least 1024"));
+        }
+        if a.max_targets_per_request == 0 {
+            return Err(invalid("api.max_targets_per_request", "must be at least 1"));
+        }
+        if a.max_page_size == 0 || a.max_page_size > 100_000 {
+            return Err(invalid("api.max_page_size", "must be between 1 and 100000"));
+        }
+        if a.default_page_size == 0 || a.default_page_size > a.max_page_size {
+            return Err(invalid(
+                "api.default_page_size",
+                "must be between 1 and api.max_page_size",
+            ));
+        }
+        let u = &self.store.url;
+        if !(u.is_empty()
+            || u.starts_with("postgres://")
+            || u.starts_with("postgresql://")
+            || u.starts_with("sqlite:"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.store.max_connections == 0 {
+            return Err(invalid("store.max_connections", "must be at least 1"));
+        }
+        if self.store.acquire_timeout_sec == 0 {
+            return Err(invalid("store.acquire_timeout_sec", "must be at least 1"));
+        }
+        let l = &self.limits;
+        if l.global_max_concurrency == 0 {
+            return Err(invalid(
+                "limits.global_max_concurrency",
+                "must be at least 1 (TELEPHONY_GLOBAL_MAX_CONCURRENCY)",
+            ));
+        }
+        if l.per_campaign_max_concurrency == 0 {
+            return Err(invalid(
+                "limits.per_campaign_max_concurrency",
+                "must be at least 1 (TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY)",
+            ));
+        }
+        if l.semaphore_ttl_sec < 5 {
+            return Err(invalid(
+                "limits.semaphore_ttl_sec",
+                "must be at least 5 seconds (TELEPHONY_SEMAPHORE_TTL_SEC)",
+            ));
+        }
+        if l.max_concurrent_calls == 0 {
+            return Err(invalid(
+                "limits.max_concurrent_calls",
+                "must be at least 1 (MAX_CONCURRENT_CALLS)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The store URL, defaulting to `sqlite://<data_dir>/dialer.db`.
+    pub fn store_url(&self, data_dir: &Path) -> String {
+        if self.store.url.is_empty() {
+            format!("sqlite://{}", data_dir.join("dialer.db").display())
+        } else {
+            self.store.url.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_operator_guide_s() {
+        let c = Config::load(None, env(&[])).expect("defaults");
+        assert_eq!(c.limits.global_max_concurrency, 10_000);
+        assert_eq!(c.limits.per_campaign_max_concurrency, 100);
+        assert_eq!(c.limits.semaphore_ttl_sec, 600);
+        assert_eq!(c.limits.max_concurrent_calls, 200);
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[limits]\nglobal_max_concurrency = 50\n[api]\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "70"),
+                ("MAX_CONCURRENT_CALLS", "9"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.limits.global_max_concurrency, 70);
+        assert_eq!(c.limits.max_concurrent_calls, 9);
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_the_key() {
+        let e = Config::from_toml("[api]\nlisten_port = 1\n").expect_err("unknown key");
+        assert!(e.contains("listen_port"), "{e}");
+        let e = Config::from_toml("[limits]\nglobal_max_concurrency = \"many\"\n")
+            .expect_err("bad type");
+        assert!(e.contains("global_max_concurrency"), "{e}");
+        let e = Config::load(None, env(&[("TELEPHONY_SEMAPHORE_TTL_SEC", "soon")]))
+            .expect_err("bad env");
+        assert!(
+            e.to_string().contains("limits.semaphore_ttl_sec")
+                && e.to_string().contains("TELEPHONY_SEMAPHORE_TTL_SEC"),
+            "{e}"
+        );
+        let e = Config::load(None, env(&[("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "0")]))
+            .expect_err("zero");
+        assert!(
+            e.to_string().contains("limits.global_max_concurrency"),
+            "{e}"
+        );
+        let e = Config::load(None, env(&[("DATABASE_URL", "mysql://x")])).expect_err("bad url");
+        assert!(e.to_string().contains("store.url"), "{e}");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        for f in ["embedded.toml", "production.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(f);
+            Config::load(Some(&p), env(&[])).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Persistence of campaigns, targets, calls, attempts, aggregates and events.
+//!
+//! One [`Store`] interface over two sqlx backends: PostgreSQL (production) and SQLite (embedded
+//! default). Both run the same SQL, generated once by the `sql_store!` macro in [`sql`] for each
+//! backend, so behaviour cannot drift between them; the few dialect differences are macro
+//! arguments. Every write that changes call rows updates `campaign_stats` in the same
+//! transaction, so the aggregates always equal the rows ([`Store::recount_stats`] proves it).
+
+mod sql;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use dialer_domain::campaign::{CampaignAction, TransitionError};
+use dialer_domain::validate::{
+    Call, CallDetail, Campaign, CampaignStats, FieldError, NewCampaign, QueueTargetsResponse,
+    UpdateCampaignRequest,
+};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use uuid::Uuid;
+
+/// What went wrong in the store, in terms the API maps to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error("the store is unavailable: {0}; check that the database is running and reachable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("the database holds a value this version cannot read: {0}")]
+    Corrupt(String),
+    #[error("applying migrations failed: {0}; never edit an applied migration, add a new one")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("bad database URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+            _ => StoreError::Unavailable(e),
+        }
+    }
+}
+
+/// Which database a [`Store`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Postgres,
+    Sqlite,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Postgres => "postgres",
+            StoreKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Options for [`Store::connect`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Call filters and paging for [`Store::list_calls`].
+#[derive(Clone, Debug, Default)]
+pub struct CallQuery {
+    pub after: Option<Uuid>,
+    pub status: Option<dialer_domain::CallStatus>,
+    pub limit: u32,
+}
+
+/// The control plane's persistence.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Calls the same function of the backend module the store uses.
+macro_rules! dispatch {
+    ($self:ident . $f:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Postgres(p) => sql::pg::$f(p, $($arg),*).await,
+            Store::Sqlite(p) => sql::lite::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://PATH`, created if missing).
+    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: redact(url),
+            reason,
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let o = PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(o)
+                .await
+                .map_err(StoreError::Unavailable)?;
+            Ok(Store::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let o = SqliteConnectOptions::from_str(url)
+                .map_err(|e| bad(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(opts.acquire_timeout)
+                .connect_with(o)
+                .await
+                .map_err(StoreError::Unavailable)?;
+            Ok(Store::Sqlite(pool))
+        } else {
+            Err(bad(
+                "use postgres://USER@HOST:PORT/DB or sqlite://PATH".into()
+            ))
+        }
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            Store::Postgres(_) => StoreKind::Postgres,
+            Store::Sqlite(_) => StoreKind::Sqlite,
+        }
+    }
+
+    /// Applies the migrations under `migrations/<backend>` that are not applied yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(p) => sqlx::migrate!("../migrations/postgres").run(p).await?,
+            Store::Sqlite(p) => sqlx::migrate!("../migrations/sqlite").run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether every migration this build knows is applied.
+    pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
+        let (known, applied): (usize, i64) = match self {
+            Store::Postgres(p) => (
+                sqlx::migrate!("../migrations/postgres").iter().count(),
+                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(p)
+                    .await?,
+            ),
+            Store::Sqlite(p) => (
+                sqlx::migrate!("../migrations/sqlite").iter().count(),
+                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                    .fetch_one(p)
+                    .await?,
+            ),
+        };
+        Ok(applied as usize >= known)
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop)?,
+            Store::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(p) => p.close().await,
+            Store::Sqlite(p) => p.close().await,
+        }
+    }
+
+    /// Creates a campaign with its targets, one pending call per target, its stats row and a
+    /// `created` event, in one transaction.
+    pub async fn create_campaign(&self, c: &NewCampaign) -> Result<Campaign, StoreError> {
+        dispatch!(self.create_campaign(c))
+    }
+
+    pub async fn get_campaign(&self, id: Uuid) -> Result<Campaign, StoreError> {
+        dispatch!(self.get_campaign(id))
+    }
+
+    /// Campaigns in creation order, after `after`.
+    pub async fn list_campaigns(
+        &self,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Campaign>, StoreError> {
+        dispatch!(self.list_campaigns(after, limit))
+    }
+
+    /// Applies a partial update.
+    pub async fn update_campaign(
+        &self,
+        id: Uuid,
+        patch: &UpdateCampaignRequest,
+    ) -> Result<Campaign, StoreError> {
+        dispatch!(self.update_campaign(id, patch))
+    }
+
+    /// Moves the campaign through its state machine atomically.
+    pub async fn transition(
+        &self,
+        id: Uuid,
+        action: CampaignAction,
+    ) -> Result<Campaign, StoreError> {
+        dispatch!(self.transition(id, action))
+    }
+
+    /// The aggregates kept with the call rows.
+    pub async fn stats(&self, id: Uuid) -> Result<CampaignStats, StoreError> {
+        dispatch!(self.stats(id))
+    }
+
+    /// The same figures as [`Store::stats`], counted afresh from the call rows.
+    pub async fn recount_stats(&self, id: Uuid) -> Result<CampaignStats, StoreError> {
+        dispatch!(self.recount_stats(id))
+    }
+
+    /// Queues new calls for registered numbers (`(number, metadata)`; metadata `None` keeps the
+    /// registered target's). A number that is not registered fails the whole request, naming
+    /// its index; numbers with a live call already are counted, not queued twice.
+    pub async fn queue_targets(
+        &self,
+        campaign_id: Uuid,
+        targets: &[(String, Option<Value>)],
+    ) -> Result<QueueTargetsResponse, StoreError> {
+        dispatch!(self.queue_targets(campaign_id, targets))
+    }
+
+    /// Creates a call for one registered number, or returns the live call it already has
+    /// (`false` = not created).
+    pub async fn create_call(
+        &self,
+        campaign_id: Uuid,
+        phone_number: &str,
+        metadata: Option<&Value>,
+    ) -> Result<(Call, bool), StoreError> {
+        dispatch!(self.create_call(campaign_id, phone_number, metadata))
+    }
+
+    pub async fn list_calls(
+        &self,
+        campaign_id: Uuid,
+        q: &CallQuery,
+    ) -> Result<Vec<Call>, StoreError> {
+        dispatch!(self.list_calls(campaign_id, q))
+    }
+
+    /// A call and its attempts from the SQL timeline.
+    pub async fn get_call(&self, id: Uuid) -> Result<CallDetail, StoreError> {
+        dispatch!(self.get_call(id))
+    }
+}
+
+/// Hides a password in a database URL for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            super::redact("sqlite://./data/x.db"),
+            "sqlite://./data/x.db"
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! `dialer`: the one command of the product.
+//!
+//! - `dialer up`: everything in one process with no servers (SQLite in `--data-dir`).
+//! - `dialer control-plane`: the REST API against the configured store (PostgreSQL in production).
+//! - `dialer dataplane`: the thread-per-core dialer.
+//! - `dialer migrate`: applies the SQL migrations and exits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use dialer_control_plane::{Config, store::redact};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dialer",
+    version,
+    about = "High-throughput outbound voice dialer"
+)]
+struct Cli {
+    /// TOML configuration file (every key optional; environment variables override it).
+    #[arg(long, global = true, env = "DIALER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "DIALER_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Embedded all-in-one: API, scheduler and data plane in one process, SQLite, no servers.
+    Up {
+        /// Directory holding the SQLite database.
+        #[arg(long, default_value = "./data", env = "DIALER_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address of the REST API (overrides api.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// The control plane: REST API against the configured store.
+    ControlPlane {
+        /// Address of the REST API (overrides api.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// The data plane: thread-per-core dialer.
+    Dataplane,
+    /// Apply database migrations and exit.
+    Migrate {
+        /// Directory of the SQLite database when no store URL is configured.
+        #[arg(long, default_value = "./data", env = "DIALER_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
+    let store = dialer_control_plane::open_store(cfg, url)
+        .await
+        .with_context(|| format!("opening the store at {}", redact(url)))?;
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another process using it? pick another with --listen",
+                cfg.api.listen
+            )
+        })?;
+    tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
+    dialer_control_plane::serve(
+        listener,
+        dialer_control_plane::app(cfg, store.clone()),
+        shutdown_signal(),
+    )
+    .await?;
+    store.close().await;
+    Ok(())
+}
+
+fn sqlite_dir(data_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let mut cfg =
+        Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
+    match cli.command {
+        Command::Up { data_dir, listen } => {
+            if let Some(l) = listen {
+                cfg.api.listen = l;
+            }
+            let url = cfg.store_url(&data_dir);
+            if url.starts_with("sqlite:") {
+                sqlite_dir(&data_dir)?;
+            }
+            serve_api(&cfg, &url).await
+        }
+        Command::ControlPlane { listen } => {
+            if let Some(l) = listen {
+                cfg.api.listen = l;
+            }
+            anyhow::ensure!(
+                !cfg.store.url.is_empty(),
+                "the control plane needs store.url (or DATABASE_URL), e.g. postgres://campaign@localhost:5432/campaign; \
+                 use `dialer up` for the embedded SQLite mode"
+            );
+            let url = cfg.store.url.clone();
+            serve_api(&cfg, &url).await
+        }
+        Command::Dataplane => {
+            anyhow::bail!(
+                "the data plane is not built yet in this version; use `dialer up` or `dialer control-plane`"
+            )
+        }
+        Command::Migrate { data_dir } => {
+            let url = cfg.store_url(&data_dir);
+            if url.starts_with("sqlite:") {
+                sqlite_dir(&data_dir)?;
+            }
+            let store = dialer_control_plane::open_store(&cfg, &url)
+                .await
+                .with_context(|| format!("migrating {}", redact(&url)))?;
+            println!(
+                "migrations applied to {} ({})",
+                redact(&url),
+                store.kind().as_str()
+            );
+            store.close().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Human-readable durations as the API speaks them: `"2s"`, `"500ms"`, `"2m"`, `"1m30s"`.
+
+use std::time::Duration;
+
+/// Parses a duration such as `"2s"`, `"1m30s"` or `"250ms"`.
+pub fn parse(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must be a duration such as \"2s\", \"500ms\" or \"2m\"".into());
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{e}; use a duration such as \"2s\", \"500ms\" or \"2m\""))
+}
+
+/// Formats a duration the way [`parse`] reads it (`120s` → `"2m"`).
+pub fn format(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    humantime::format_duration(d).to_string().replace(' ', "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_formats_round_trip() {
+        assert_eq!(parse("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(format(Duration::from_secs(120)), "2m");
+        assert_eq!(format(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(
+            parse(&format(Duration::from_millis(1500))),
+            Ok(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for s in ["", "2", "abc", "-2s", "2 parsecs"] {
+            assert!(parse(s).is_err(), "{s}");
+        }
+    }
+}

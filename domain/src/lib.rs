@@ -1,0 +1,18 @@
+//! Pure domain model of the dialer, shared by the control plane, the data plane and the bench:
+//! campaigns and their state machine, business-hour windows evaluated in the campaign's time
+//! zone, the retry policy with decorrelated-jitter backoff, phone-number and duration validation,
+//! and the API request/response schemas. Nothing in this crate performs I/O or reads a clock:
+//! every function takes the instant or the random sample it needs, so all of it is unit-tested
+//! with fixed inputs.
+
+pub mod campaign;
+pub mod duration;
+pub mod hours;
+pub mod phone;
+pub mod retry;
+pub mod validate;
+
+pub use campaign::{CallStatus, CampaignAction, CampaignStatus, TransitionError};
+pub use hours::{BusinessHours, Window};
+pub use retry::RetryPolicy;
+pub use validate::FieldError;

@@ -1,0 +1,738 @@
+//! API request and response schemas, and the validation that turns requests into domain values.
+//!
+//! Every rejection is a [`FieldError`] naming the offending field with a JSON-path-like name
+//! (`targets[3].phone_number`, `retry_policy.jitter`) and saying what would be accepted.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::campaign::{CallStatus, CampaignStatus};
+use crate::hours::{self, Window};
+use crate::{duration, phone, retry::RetryPolicy};
+
+pub const NAME_MAX_CHARS: usize = 200;
+pub const DESCRIPTION_MAX_CHARS: usize = 4000;
+pub const DEFAULT_MAX_CONCURRENT_CALLS: u32 = 500;
+pub const MAX_CONCURRENT_CALLS_LIMIT: u32 = 1_000_000;
+pub const METADATA_MAX_BYTES: usize = 8 * 1024;
+pub const BUSINESS_HOURS_MAX: usize = 7 * 24;
+
+/// A request field that was refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+/// Body of `POST /api/v1/campaigns`. Unknown fields are refused.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCampaignRequest {
+    /// Unique among campaigns, case-insensitively; 1–200 characters.
+    #[schema(required = true, nullable = false)]
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// IANA time zone of the business hours; default `UTC`.
+    #[schema(example = "America/New_York")]
+    pub time_zone: Option<String>,
+    /// Most calls of this campaign in progress at once; default 500.
+    #[schema(minimum = 1)]
+    pub max_concurrent_calls: Option<i64>,
+    pub retry_policy: Option<RetryPolicyInput>,
+    /// Weekly windows in local time; omitted or empty = 24×7.
+    pub business_hours: Option<Vec<BusinessHourInput>>,
+    /// The complete list of numbers this campaign may call (at least one).
+    #[schema(required = true, nullable = false)]
+    pub targets: Option<Vec<TargetInput>>,
+}
+
+/// Body of `PUT /api/v1/campaigns/{id}`: every field optional; omitted fields keep their value.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCampaignRequest {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub time_zone: Option<String>,
+    pub max_concurrent_calls: Option<i64>,
+    /// Fields given replace the current ones; omitted ones are kept.
+    pub retry_policy: Option<RetryPolicyInput>,
+    /// Replaces the whole schedule; `[]` = 24×7.
+    pub business_hours: Option<Vec<BusinessHourInput>>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicyInput {
+    /// Attempts in all, the first included; default 5.
+    pub max_attempts: Option<i64>,
+    /// Default "2s".
+    #[schema(example = "2s")]
+    pub base_delay: Option<String>,
+    /// Default "2m".
+    #[schema(example = "2m")]
+    pub max_delay: Option<String>,
+    /// Fraction 0–1 of the backoff range that is randomised; default 1 (full decorrelated jitter).
+    pub jitter: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BusinessHourInput {
+    /// 0 = Sunday … 6 = Saturday.
+    pub day_of_week: i64,
+    /// "HH:MM" local time.
+    #[schema(example = "09:00")]
+    pub start: String,
+    /// "HH:MM" local time, up to "24:00"; earlier than start = crosses midnight.
+    #[schema(example = "18:00")]
+    pub end: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetInput {
+    /// E.164, e.g. "+15555550001".
+    #[schema(example = "+15555550001")]
+    pub phone_number: String,
+    /// Free-form JSON object kept with the target (at most 8 KiB).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+/// Body of `POST /api/v1/campaigns/{id}/targets`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueTargetsRequest {
+    /// Registered numbers to call again (metadata, when given, replaces the target's).
+    pub targets: Vec<TargetInput>,
+}
+
+/// Body of `POST /api/v1/calls`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCallRequest {
+    #[schema(value_type = String, format = Uuid)]
+    pub campaign_id: String,
+    pub phone_number: String,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated values
+// ---------------------------------------------------------------------------------------------
+
+/// A campaign's configurable settings, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CampaignSettings {
+    pub name: String,
+    pub description: String,
+    pub time_zone: String,
+    pub max_concurrent_calls: u32,
+    pub retry_policy: RetryPolicy,
+    pub business_hours: Vec<Window>,
+}
+
+/// A target, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTarget {
+    pub phone_number: String,
+    pub metadata: Value,
+}
+
+/// A create request, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewCampaign {
+    pub settings: CampaignSettings,
+    pub targets: Vec<NewTarget>,
+}
+
+fn check_name(name: &str) -> Result<String, FieldError> {
+    let n = name.trim();
+    if n.is_empty() {
+        return Err(FieldError::new("name", "must not be empty"));
+    }
+    if n.chars().count() > NAME_MAX_CHARS {
+        return Err(FieldError::new(
+            "name",
+            format!("must be at most {NAME_MAX_CHARS} characters"),
+        ));
+    }
+    if n.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(n.to_string())
+}
+
+fn check_description(d: &str) -> Result<String, FieldError> {
+    if d.chars().count() > DESCRIPTION_MAX_CHARS {
+        return Err(FieldError::new(
+            "description",
+            format!("must be at most {DESCRIPTION_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(d.to_string())
+}
+
+fn check_time_zone(tz: &str) -> Result<String, FieldError> {
+    hours::parse_tz(tz).map_err(|m| FieldError::new("time_zone", m))?;
+    Ok(tz.to_string())
+}
+
+fn check_max_concurrent(n: i64) -> Result<u32, FieldError> {
+    if n < 1 || n > i64::from(MAX_CONCURRENT_CALLS_LIMIT) {
+        return Err(FieldError::new(
+            "max_concurrent_calls",
+            format!("must be between 1 and {MAX_CONCURRENT_CALLS_LIMIT}"),
+        ));
+    }
+    Ok(n as u32)
+}
+
+fn check_retry(input: &RetryPolicyInput, base: RetryPolicy) -> Result<RetryPolicy, FieldError> {
+    let f = |k: &str| format!("retry_policy.{k}");
+    let mut p = base;
+    if let Some(n) = input.max_attempts {
+        if !(1..=i64::from(crate::retry::MAX_ATTEMPTS_LIMIT)).contains(&n) {
+            return Err(FieldError::new(
+                f("max_attempts"),
+                format!("must be between 1 and {}", crate::retry::MAX_ATTEMPTS_LIMIT),
+            ));
+        }
+        p.max_attempts = n as u32;
+    }
+    if let Some(d) = &input.base_delay {
+        p.base_delay = duration::parse(d).map_err(|m| FieldError::new(f("base_delay"), m))?;
+    }
+    if let Some(d) = &input.max_delay {
+        p.max_delay = duration::parse(d).map_err(|m| FieldError::new(f("max_delay"), m))?;
+    }
+    if let Some(j) = input.jitter {
+        p.jitter = j;
+    }
+    p.check().map_err(|(k, m)| FieldError::new(f(k), m))?;
+    Ok(p)
+}
+
+fn check_hours(input: &[BusinessHourInput]) -> Result<Vec<Window>, FieldError> {
+    if input.len() > BUSINESS_HOURS_MAX {
+        return Err(FieldError::new(
+            "business_hours",
+            format!("at most {BUSINESS_HOURS_MAX} windows"),
+        ));
+    }
+    input
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            Window::parse(w.day_of_week, &w.start, &w.end)
+                .map_err(|(k, m)| FieldError::new(format!("business_hours[{i}].{k}"), m))
+        })
+        .collect()
+}
+
+/// Validates one target's number and metadata; `field` prefixes the field names.
+pub fn check_target(field: &str, t: &TargetInput) -> Result<NewTarget, FieldError> {
+    phone::check_e164(&t.phone_number)
+        .map_err(|m| FieldError::new(format!("{field}.phone_number"), m))?;
+    let metadata = check_metadata(&format!("{field}.metadata"), t.metadata.as_ref())?;
+    Ok(NewTarget {
+        phone_number: t.phone_number.clone(),
+        metadata,
+    })
+}
+
+/// Metadata must be a JSON object (null/absent = `{}`) of bounded size.
+pub fn check_metadata(field: &str, m: Option<&Value>) -> Result<Value, FieldError> {
+    match m {
+        None | Some(Value::Null) => Ok(Value::Object(Default::default())),
+        Some(v @ Value::Object(_)) => {
+            if v.to_string().len() > METADATA_MAX_BYTES {
+                return Err(FieldError::new(
+                    field,
+                    format!("must be at most {METADATA_MAX_BYTES} bytes of JSON"),
+                ));
+            }
+            Ok(v.clone())
+        }
+        Some(_) => Err(FieldError::new(field, "must be a JSON object")),
+    }
+}
+
+/// Validates a list of targets, refusing duplicates.
+pub fn check_targets(targets: &[TargetInput], max: usize) -> Result<Vec<NewTarget>, FieldError> {
+    if targets.is_empty() {
+        return Err(FieldError::new("targets", "must list at least one target"));
+    }
+    if targets.len() > max {
+        return Err(FieldError::new(
+            "targets",
+            format!("at most {max} targets per request; send the rest in further requests"),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(targets.len());
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = format!("targets[{i}]");
+            let t = check_target(&field, t)?;
+            if !seen.insert(t.phone_number.clone()) {
+                return Err(FieldError::new(
+                    format!("{field}.phone_number"),
+                    format!("{} is listed twice", t.phone_number),
+                ));
+            }
+            Ok(t)
+        })
+        .collect()
+}
+
+impl CreateCampaignRequest {
+    /// Validates the request and fills in the defaults.
+    pub fn validate(&self, max_targets: usize) -> Result<NewCampaign, FieldError> {
+        let name = check_name(
+            self.name
+                .as_deref()
+                .ok_or_else(|| FieldError::new("name", "is required"))?,
+        )?;
+        let description = check_description(self.description.as_deref().unwrap_or(""))?;
+        let time_zone = check_time_zone(self.time_zone.as_deref().unwrap_or("UTC"))?;
+        let max_concurrent_calls = self
+            .max_concurrent_calls
+            .map_or(Ok(DEFAULT_MAX_CONCURRENT_CALLS), check_max_concurrent)?;
+        let retry_policy = check_retry(
+            self.retry_policy
+                .as_ref()
+                .unwrap_or(&RetryPolicyInput::default()),
+            RetryPolicy::default(),
+        )?;
+        let business_hours = check_hours(self.business_hours.as_deref().unwrap_or(&[]))?;
+        let targets = check_targets(
+            self.targets.as_deref().ok_or_else(|| {
+                FieldError::new(
+                    "targets",
+                    "is required: list the numbers this campaign may call",
+                )
+            })?,
+            max_targets,
+        )?;
+        Ok(NewCampaign {
+            settings: CampaignSettings {
+                name,
+                description,
+                time_zone,
+                max_concurrent_calls,
+                retry_policy,
+                business_hours,
+            },
+            targets,
+        })
+    }
+}
+
+impl UpdateCampaignRequest {
+    /// Applies the patch to `current`, validating what changes.
+    pub fn apply(&self, current: &CampaignSettings) -> Result<CampaignSettings, FieldError> {
+        let mut s = current.clone();
+        if let Some(n) = &self.name {
+            s.name = check_name(n)?;
+        }
+        if let Some(d) = &self.description {
+            s.description = check_description(d)?;
+        }
+        if let Some(tz) = &self.time_zone {
+            s.time_zone = check_time_zone(tz)?;
+        }
+        if let Some(n) = self.max_concurrent_calls {
+            s.max_concurrent_calls = check_max_concurrent(n)?;
+        }
+        if let Some(r) = &self.retry_policy {
+            s.retry_policy = check_retry(r, current.retry_policy)?;
+        }
+        if let Some(h) = &self.business_hours {
+            s.business_hours = check_hours(h)?;
+        }
+        Ok(s)
+    }
+
+    /// True when the body changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.description.is_none()
+            && self.time_zone.is_none()
+            && self.max_concurrent_calls.is_none()
+            && self.retry_policy.is_none()
+            && self.business_hours.is_none()
+    }
+}
+
+/// Parses an id from a path or body; the error names `field`.
+pub fn parse_id(field: &str, s: &str) -> Result<Uuid, FieldError> {
+    Uuid::try_parse(s).map_err(|_| {
+        FieldError::new(
+            field,
+            format!(
+                "{s:?} is not a valid id (a UUID such as 0192f0c1-7a5e-7c3b-9a61-1f2e3d4c5b6a)"
+            ),
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RetryPolicyView {
+    pub max_attempts: u32,
+    #[schema(example = "2s")]
+    pub base_delay: String,
+    #[schema(example = "2m")]
+    pub max_delay: String,
+    pub jitter: f64,
+}
+
+impl From<RetryPolicy> for RetryPolicyView {
+    fn from(p: RetryPolicy) -> Self {
+        RetryPolicyView {
+            max_attempts: p.max_attempts,
+            base_delay: duration::format(p.base_delay),
+            max_delay: duration::format(p.max_delay),
+            jitter: p.jitter,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BusinessHourView {
+    pub day_of_week: u8,
+    pub start: String,
+    pub end: String,
+}
+
+impl From<&Window> for BusinessHourView {
+    fn from(w: &Window) -> Self {
+        BusinessHourView {
+            day_of_week: w.day_of_week,
+            start: w.start_hhmm(),
+            end: w.end_hhmm(),
+        }
+    }
+}
+
+/// A campaign as the API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Campaign {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub time_zone: String,
+    pub max_concurrent_calls: u32,
+    pub retry_policy: RetryPolicyView,
+    /// Empty = 24×7.
+    pub business_hours: Vec<BusinessHourView>,
+    pub status: CampaignStatus,
+    /// Registered numbers.
+    pub target_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl Campaign {
+    pub fn new(
+        id: Uuid,
+        s: &CampaignSettings,
+        status: CampaignStatus,
+        target_count: i64,
+        ts: Timestamps,
+    ) -> Campaign {
+        Campaign {
+            id,
+            name: s.name.clone(),
+            description: s.description.clone(),
+            time_zone: s.time_zone.clone(),
+            max_concurrent_calls: s.max_concurrent_calls,
+            retry_policy: s.retry_policy.into(),
+            business_hours: s
+                .business_hours
+                .iter()
+                .map(BusinessHourView::from)
+                .collect(),
+            status,
+            target_count,
+            created_at: ts.created_at,
+            updated_at: ts.updated_at,
+            started_at: ts.started_at,
+            completed_at: ts.completed_at,
+        }
+    }
+}
+
+/// The life-cycle timestamps of a campaign.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timestamps {
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CampaignList {
+    pub campaigns: Vec<Campaign>,
+    /// Pass as `after_id` for the next page; absent on the last page.
+    pub next_after_id: Option<Uuid>,
+}
+
+/// Counts over a campaign's call rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CampaignStats {
+    pub campaign_id: Uuid,
+    /// All calls (one per registered target at creation, plus re-queued and API calls).
+    pub total_calls: i64,
+    /// Waiting to be dispatched, including calls waiting for a retry.
+    pub pending_calls: i64,
+    /// Dispatched to the data plane, not yet dialing.
+    pub queued_calls: i64,
+    /// Being dialed or talking.
+    pub in_progress_calls: i64,
+    pub completed_calls: i64,
+    pub failed_calls: i64,
+    /// Attempts beyond each call's first.
+    pub retries_attempted: i64,
+    /// Attempts made in all.
+    pub attempts_total: i64,
+}
+
+/// One call as the API returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Call {
+    pub id: Uuid,
+    pub campaign_id: Uuid,
+    pub phone_number: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub status: CallStatus,
+    /// Attempts made so far.
+    pub attempt_count: u32,
+    /// When the next attempt may start (pending calls).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One attempt of a call, from the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CallAttempt {
+    pub attempt: u32,
+    /// started, answered, completed, failed or unknown.
+    pub outcome: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub answered_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+    pub reason: Option<String>,
+    pub retryable: Option<bool>,
+}
+
+/// `GET /api/v1/calls/{id}`: the call and its attempts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CallDetail {
+    #[serde(flatten)]
+    pub call: Call,
+    pub attempts: Vec<CallAttempt>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct CallList {
+    pub calls: Vec<Call>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Answer of `POST /api/v1/campaigns/{id}/targets`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueTargetsResponse {
+    /// New calls created.
+    pub queued: u64,
+    /// Numbers that already had a call waiting or in progress (no second call was created).
+    pub already_queued: u64,
+}
+
+/// How long one duration is, for views elsewhere.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn create(v: Value) -> Result<NewCampaign, FieldError> {
+        serde_json::from_value::<CreateCampaignRequest>(v)
+            .expect("shape")
+            .validate(1000)
+    }
+
+    fn seed_body() -> Value {
+        json!({
+            "name": "test-campaign",
+            "description": "Sample outbound campaign",
+            "time_zone": "America/New_York",
+            "max_concurrent_calls": 10,
+            "retry_policy": {"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2},
+            "business_hours": [{"day_of_week": 1, "start": "09:00", "end": "18:00"}],
+            "targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550002"}]
+        })
+    }
+
+    #[test]
+    fn seed_request_validates() {
+        let c = create(seed_body()).expect("valid");
+        assert_eq!(c.settings.max_concurrent_calls, 10);
+        assert_eq!(c.settings.retry_policy.max_delay, Duration::from_secs(30));
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets[0].metadata, json!({}));
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = create(json!({"name": "x", "targets": [{"phone_number": "+15555550001"}]}))
+            .expect("valid");
+        assert_eq!(c.settings.max_concurrent_calls, 500);
+        assert_eq!(c.settings.retry_policy, RetryPolicy::default());
+        assert_eq!(c.settings.time_zone, "UTC");
+        assert!(c.settings.business_hours.is_empty());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({"name": null}), "name"),
+            (json!({"name": "  "}), "name"),
+            (json!({"time_zone": "Nowhere/Land"}), "time_zone"),
+            (json!({"max_concurrent_calls": 0}), "max_concurrent_calls"),
+            (json!({"max_concurrent_calls": -5}), "max_concurrent_calls"),
+            (
+                json!({"retry_policy": {"jitter": 2.0}}),
+                "retry_policy.jitter",
+            ),
+            (
+                json!({"retry_policy": {"max_attempts": 0}}),
+                "retry_policy.max_attempts",
+            ),
+            (
+                json!({"retry_policy": {"base_delay": "soon"}}),
+                "retry_policy.base_delay",
+            ),
+            (
+                json!({"retry_policy": {"base_delay": "1m", "max_delay": "30s"}}),
+                "retry_policy.max_delay",
+            ),
+            (
+                json!({"business_hours": [{"day_of_week": 9, "start": "09:00", "end": "18:00"}]}),
+                "business_hours[0].day_of_week",
+            ),
+            (
+                json!({"business_hours": [{"day_of_week": 1, "start": "09:00", "end": "25:00"}]}),
+                "business_hours[0].end",
+            ),
+            (json!({"targets": []}), "targets"),
+            (json!({"targets": null}), "targets"),
+            (
+                json!({"targets": [{"phone_number": "555-0001"}]}),
+                "targets[0].phone_number",
+            ),
+            (
+                json!({"targets": [{"phone_number": "+15555550001", "metadata": [1]}]}),
+                "targets[0].metadata",
+            ),
+            (
+                json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
+                "targets[1].phone_number",
+            ),
+        ];
+        for (patch, field) in cases {
+            let mut body = seed_body();
+            for (k, v) in patch.as_object().expect("object") {
+                body[k] = v.clone();
+            }
+            let err = create(body).expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+
+    #[test]
+    fn too_many_targets_is_refused() {
+        let targets: Vec<Value> = (0..1001)
+            .map(|i| json!({"phone_number": format!("+1555{i:07}")}))
+            .collect();
+        let mut body = seed_body();
+        body["targets"] = Value::Array(targets);
+        assert_eq!(create(body).expect_err("too many").field, "targets");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let mut body = seed_body();
+        body["max_concurent_calls"] = json!(5);
+        assert!(serde_json::from_value::<CreateCampaignRequest>(body).is_err());
+    }
+
+    #[test]
+    fn update_merges_retry_policy_and_replaces_hours() {
+        let current = create(seed_body()).expect("valid").settings;
+        let patch: UpdateCampaignRequest = serde_json::from_value(json!({
+            "description": "Evening calling window",
+            "retry_policy": {"max_attempts": 4},
+            "business_hours": []
+        }))
+        .expect("shape");
+        let next = patch.apply(&current).expect("valid");
+        assert_eq!(next.description, "Evening calling window");
+        assert_eq!(next.retry_policy.max_attempts, 4);
+        assert_eq!(next.retry_policy.max_delay, Duration::from_secs(30), "kept");
+        assert!(next.business_hours.is_empty());
+        assert_eq!(next.name, current.name);
+        let bad: UpdateCampaignRequest =
+            serde_json::from_value(json!({"max_concurrent_calls": 0})).expect("shape");
+        assert_eq!(
+            bad.apply(&current).expect_err("bad").field,
+            "max_concurrent_calls"
+        );
+    }
+
+    #[test]
+    fn ids_parse() {
+        assert!(parse_id("id", "0192f0c1-7a5e-7c3b-9a61-1f2e3d4c5b6a").is_ok());
+        assert_eq!(parse_id("id", "nope").expect_err("bad").field, "id");
+    }
+}

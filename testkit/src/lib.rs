@@ -1,0 +1,324 @@
+//! The shared test harness: starts the real servers the dialer talks to (PostgreSQL today;
+//! Redis, the Kafka-protocol broker and the CQL server as the data plane arrives) on free
+//! ports of 127.0.0.1, in temporary directories, once per test process, and hands each test
+//! its own database. Tests and benches use the same code. A server whose binaries are missing
+//! is an error whose message names the command that installs it; tests turn it into a failure,
+//! never a skip. Each server is watched by a tiny shell process that stops it and deletes its
+//! directory when the test process exits, however it exits.
+//!
+//! Environment: `DIALER_TEST_POSTGRES_URL` (a server URL without a database name, e.g.
+//! `postgres://postgres@127.0.0.1:5432`) uses an existing server instead of starting one.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Why a server could not be provided.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{what} not found: {hint}")]
+    Missing { what: String, hint: String },
+    #[error("{what} did not start: {detail}")]
+    Start { what: String, detail: String },
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// A short unique name for databases, key prefixes and topics.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Starts a watchdog that kills `pid` and removes `dir` once this process is gone.
+fn watch(pid: u32, dir: &Path) {
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -INT {pid} 2>/dev/null; \
+         for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.5; done; \
+         kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'",
+        me = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String, HarnessError> {
+    let out = cmd.output().map_err(|e| HarnessError::Command {
+        what: what.into(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(HarnessError::Command {
+            what: what.into(),
+            detail: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn euid_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// uid and gid of a system user, from /etc/passwd.
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name))
+            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
+            .flatten()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+const PG_INSTALL: &str = "install it with: apt-get install -y postgresql";
+
+/// A PostgreSQL server for this test process.
+#[derive(Debug)]
+pub struct Postgres {
+    /// `postgres://postgres@127.0.0.1:PORT` (no database).
+    pub base_url: String,
+    bin: Option<PathBuf>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn pg_bin_dir() -> Result<PathBuf, HarnessError> {
+    if let Ok(d) = std::env::var("PG_BIN") {
+        return Ok(PathBuf::from(d));
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("postgres").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop().ok_or_else(|| HarnessError::Missing {
+        what: "PostgreSQL server binaries (/usr/lib/postgresql/*/bin/postgres)".into(),
+        hint: PG_INSTALL.into(),
+    })
+}
+
+impl Postgres {
+    /// The process-wide server, started on first use.
+    pub fn shared() -> Result<&'static Postgres, String> {
+        static PG: OnceLock<Result<Postgres, String>> = OnceLock::new();
+        PG.get_or_init(|| Postgres::start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn start() -> Result<Postgres, HarnessError> {
+        if let Ok(url) = std::env::var("DIALER_TEST_POSTGRES_URL") {
+            return Ok(Postgres {
+                base_url: url.trim_end_matches('/').to_string(),
+                bin: None,
+                _dir: None,
+            });
+        }
+        let bin = pg_bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("dialer-pg-")
+            .tempdir()
+            .map_err(|e| HarnessError::Start {
+                what: "PostgreSQL".into(),
+                detail: format!("temp dir: {e}"),
+            })?;
+        let data = dir.path().join("data");
+        let ids = if euid_is_root() {
+            // initdb and postgres refuse to run as root: run them as the `postgres` user.
+            let ids = user_ids("postgres").ok_or_else(|| HarnessError::Missing {
+                what: "the `postgres` system user (tests run as root)".into(),
+                hint: PG_INSTALL.into(),
+            })?;
+            run(
+                Command::new("chown")
+                    .arg("-R")
+                    .arg(format!("{}:{}", ids.0, ids.1))
+                    .arg(dir.path()),
+                "chown",
+            )?;
+            Some(ids)
+        } else {
+            None
+        };
+        let as_user = |c: &mut Command| {
+            if let Some((uid, gid)) = ids {
+                c.uid(uid).gid(gid);
+            }
+        };
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.args(["-D"]).arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
+        as_user(&mut initdb);
+        run(&mut initdb, "initdb")?;
+        let port = free_port();
+        let mut server = Command::new(bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+            ])
+            .args([
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=400",
+                "-c",
+                "shared_buffers=256MB",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("postgres.log")).map_err(|e| {
+                    HarnessError::Start {
+                        what: "PostgreSQL".into(),
+                        detail: e.to_string(),
+                    }
+                })?,
+            ))
+            .process_group(0);
+        as_user(&mut server);
+        let child = server.spawn().map_err(|e| HarnessError::Start {
+            what: "PostgreSQL".into(),
+            detail: e.to_string(),
+        })?;
+        watch(child.id(), dir.path());
+        let base_url = format!("postgres://postgres@127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
+                return Err(HarnessError::Start {
+                    what: "PostgreSQL".into(),
+                    detail: log,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Postgres {
+            base_url,
+            bin: Some(bin),
+            _dir: Some(dir),
+        })
+    }
+
+    /// A new, empty database; returns its URL.
+    pub fn create_database(&self) -> Result<String, String> {
+        let name = unique_name("t");
+        let psql = self
+            .bin
+            .as_ref()
+            .map(|b| b.join("psql"))
+            .unwrap_or_else(|| PathBuf::from("psql"));
+        run(
+            Command::new(psql)
+                .arg(format!("{}/postgres", self.base_url))
+                .args(["-q", "-c", &format!("CREATE DATABASE {name}")]),
+            "CREATE DATABASE",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(format!("{}/{name}", self.base_url))
+    }
+}
+
+/// A fresh database on the shared test server, or a panic naming what to install.
+pub fn postgres_database() -> String {
+    Postgres::shared()
+        .and_then(Postgres::create_database)
+        .unwrap_or_else(|e| panic!("test PostgreSQL unavailable: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_database_is_new() {
+        let a = postgres_database();
+        let b = postgres_database();
+        assert_ne!(a, b);
+        assert!(a.starts_with("postgres://postgres@127.0.0.1:"));
+    }
+
+    #[test]
+    fn free_ports_are_bindable() {
+        let p = free_port();
+        assert!(TcpListener::bind(("127.0.0.1", p)).is_ok());
+    }
+}
