@@ -1,1 +1,81 @@
-fn main() {}
+//! `bench`: the benchmark harness. Each scenario is a command that starts the servers it needs
+//! through the test harness (unless addresses are given), measures, prints a table and writes
+//! `--json PATH`. `bench compare A.json B.json` prints the ratio of every figure.
+
+mod targets;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "Benchmarks of the dialer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bulk registration: create a campaign with N targets in one request, then re-queue them all
+    /// through POST /campaigns/{id}/targets in chunks.
+    Targets(targets::Args),
+    /// Ratio B/A of every numeric figure of two result files.
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+/// Number of CPUs, as `nproc` reports it.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+}
+
+/// Writes a result file and prints where.
+pub fn write_json(path: Option<&Path>, v: &Value) -> Result<()> {
+    if let Some(p) = path {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(p, serde_json::to_string_pretty(v)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+        println!("results written to {}", p.display());
+    }
+    Ok(())
+}
+
+fn compare(a: &Path, b: &Path) -> Result<()> {
+    let read = |p: &Path| -> Result<Value> {
+        serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not a bench result file", p.display()))
+    };
+    let (va, vb) = (read(a)?, read(b)?);
+    println!("{:<40} {:>16} {:>16} {:>9}", "figure", "A", "B", "B/A");
+    let empty = serde_json::Map::new();
+    for (k, x) in va.as_object().unwrap_or(&empty) {
+        if let (Some(x), Some(y)) = (x.as_f64(), vb.get(k).and_then(Value::as_f64)) {
+            let ratio = if x == 0.0 {
+                "-".to_string()
+            } else {
+                format!("{:.3}", y / x)
+            };
+            println!("{k:<40} {x:>16.3} {y:>16.3} {ratio:>9}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Targets(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(targets::run(args)),
+        Command::Compare { a, b } => compare(&a, &b),
+    }
+}

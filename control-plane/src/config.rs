@@ -32,7 +32,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub api: ApiConfig,
@@ -108,16 +108,6 @@ impl Default for LimitsConfig {
             per_campaign_max_concurrency: 100,
             semaphore_ttl_sec: 600,
             max_concurrent_calls: 200,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            api: ApiConfig::default(),
-            store: StoreConfig::default(),
-            limits: LimitsConfig::default(),
         }
     }
 }

@@ -128,7 +128,14 @@ pub struct Postgres {
 
 fn pg_bin_dir() -> Result<PathBuf, HarnessError> {
     if let Ok(d) = std::env::var("PG_BIN") {
-        return Ok(PathBuf::from(d));
+        let d = PathBuf::from(d);
+        if d.join("postgres").exists() && d.join("initdb").exists() {
+            return Ok(d);
+        }
+        return Err(HarnessError::Missing {
+            what: format!("PostgreSQL server binaries in PG_BIN={}", d.display()),
+            hint: PG_INSTALL.into(),
+        });
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| {

@@ -205,8 +205,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     .find_map(|p| msg.strip_prefix(p).and_then(|r| r.split('`').next()));
                 let field = match (named, path.as_str()) {
                     (Some(n), ".") => n.to_string(),
-                    (Some(n), p) => format!("{p}.{n}"),
-                    (None, p) => p.to_string(),
+                    (Some(n), p) if p != n && !p.ends_with(&format!(".{n}")) => format!("{p}.{n}"),
+                    (_, p) => p.to_string(),
                 };
                 let e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", msg);
                 if field == "." { e } else { e.field(field) }

@@ -1,0 +1,820 @@
+//! Every endpoint, on both stores: the seed's smoke sequence, validation errors, paging,
+//! state-machine conflicts, target registration rules, and stats against the call rows.
+//! PostgreSQL comes from the shared harness (a fresh database per test); SQLite is a temp file.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use dialer_control_plane::{Config, Store, app, open_store};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct TestApp {
+    router: Router,
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+async fn test_app_with(backend: Backend, cfg: Config) -> TestApp {
+    let (url, dir) = match backend {
+        Backend::Postgres => (dialer_testkit::postgres_database(), None),
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("tempdir");
+            (
+                format!("sqlite://{}", dir.path().join("t.db").display()),
+                Some(dir),
+            )
+        }
+    };
+    let store = open_store(&cfg, &url)
+        .await
+        .expect("store opens and migrates");
+    TestApp {
+        router: app(&cfg, store.clone()),
+        store,
+        _dir: dir,
+    }
+}
+
+async fn test_app(backend: Backend) -> TestApp {
+    test_app_with(backend, Config::default()).await
+}
+
+impl TestApp {
+    async fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("router answers");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "{status}: non-JSON body {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, v)
+    }
+
+    async fn req(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let b = Request::builder().method(method).uri(path);
+        let req = match body {
+            Some(v) => b
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(v.to_string())),
+            None => b.body(Body::empty()),
+        };
+        self.raw(req.expect("request")).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.req(Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.req(Method::POST, path, Some(body)).await
+    }
+
+    async fn create(&self, body: Value) -> Value {
+        let (s, v) = self.post("/api/v1/campaigns", body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    /// Stats from the API must equal a fresh count of the call rows.
+    async fn assert_stats_match_rows(&self, id: &str) -> Value {
+        let (s, stats) = self.get(&format!("/api/v1/campaigns/{id}/stats")).await;
+        assert_eq!(s, StatusCode::OK);
+        let recount = self
+            .store
+            .recount_stats(id.parse().expect("uuid"))
+            .await
+            .expect("recount");
+        assert_eq!(
+            stats,
+            serde_json::to_value(&recount).expect("json"),
+            "stats differ from the call rows"
+        );
+        stats
+    }
+}
+
+fn seed_campaign(name: &str) -> Value {
+    json!({
+        "name": name,
+        "description": "Sample outbound campaign",
+        "time_zone": "America/New_York",
+        "max_concurrent_calls": 10,
+        "retry_policy": {"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2},
+        "business_hours": [{"day_of_week": 1, "start": "09:00", "end": "18:00"}],
+        "targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550002", "metadata": {"tier": "gold"}}]
+    })
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+async fn smoke_sequence(t: TestApp) {
+    let (s, h) = t.get("/healthz").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["dependencies"]["store"]["status"], "up");
+
+    // 1. create
+    let c = t.create(seed_campaign("test-campaign")).await;
+    let id = c["id"].as_str().expect("id").to_string();
+    assert_eq!(c["status"], "pending");
+    assert_eq!(c["max_concurrent_calls"], 10);
+    assert_eq!(c["time_zone"], "America/New_York");
+    assert_eq!(
+        c["retry_policy"],
+        json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2})
+    );
+    assert_eq!(
+        c["business_hours"],
+        json!([{"day_of_week": 1, "start": "09:00", "end": "18:00"}])
+    );
+    assert_eq!(c["target_count"], 2);
+    assert!(c["created_at"].is_string() && c["started_at"].is_null());
+
+    // 2. update
+    let (s, u) = t
+        .req(Method::PUT, &format!("/api/v1/campaigns/{id}"), Some(json!({
+            "description": "Evening calling window",
+            "max_concurrent_calls": 25,
+            "business_hours": [
+                {"day_of_week": 1, "start": "13:00", "end": "21:00"},
+                {"day_of_week": 2, "start": "13:00", "end": "21:00"}
+            ],
+            "retry_policy": {"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3}
+        })))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["description"], "Evening calling window");
+    assert_eq!(u["max_concurrent_calls"], 25);
+    assert_eq!(u["business_hours"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        u["retry_policy"],
+        json!({"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3})
+    );
+    assert_eq!(u["name"], "test-campaign", "untouched fields are kept");
+
+    // 3. start, 4. pause
+    let (s, v) = t
+        .post(&format!("/api/v1/campaigns/{id}/start"), json!(null))
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("in_progress")),
+        "{v}"
+    );
+    assert!(v["started_at"].is_string());
+    let (s, v) = t
+        .req(Method::POST, &format!("/api/v1/campaigns/{id}/pause"), None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("paused")));
+
+    // 5. inspect
+    let (s, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "paused");
+    assert_eq!(v["description"], "Evening calling window");
+
+    // 6. trigger a call: the number already has its pending call, which is returned, not doubled.
+    let (s, call) = t.post("/api/v1/calls", json!({"campaign_id": id, "phone_number": "+15555550001", "metadata": {"priority": "high"}})).await;
+    assert_eq!(s, StatusCode::OK, "{call}");
+    assert_eq!(call["status"], "pending");
+    assert_eq!(call["campaign_id"], id.as_str());
+
+    // 7. stats
+    let stats = t.assert_stats_match_rows(&id).await;
+    assert_eq!(stats["total_calls"], 2);
+    assert_eq!(stats["pending_calls"], 2);
+    assert_eq!(stats["completed_calls"], 0);
+    assert_eq!(stats["retries_attempted"], 0);
+
+    // 8. list calls, 9. get call
+    let (s, list) = t.get(&format!("/api/v1/campaigns/{id}/calls")).await;
+    assert_eq!(s, StatusCode::OK);
+    let calls = list["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 2);
+    assert!(list["next_page_token"].is_null());
+    let gold = calls
+        .iter()
+        .find(|c| c["phone_number"] == "+15555550002")
+        .expect("second target");
+    assert_eq!(
+        gold["metadata"],
+        json!({"tier": "gold"}),
+        "a call carries its target's metadata"
+    );
+    let call_id = calls[0]["id"].as_str().expect("id");
+    let (s, detail) = t.get(&format!("/api/v1/calls/{call_id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(detail["id"], call_id);
+    assert_eq!(detail["attempts"], json!([]));
+
+    // 10. complete
+    let (s, v) = t
+        .post(&format!("/api/v1/campaigns/{id}/complete"), json!(null))
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("completed"))
+    );
+    assert!(v["completed_at"].is_string());
+}
+
+async fn create_validation(t: TestApp) {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"targets": [{"phone_number": "+15555550001"}]}),
+            "name",
+        ),
+        (
+            json!({"name": "", "targets": [{"phone_number": "+15555550001"}]}),
+            "name",
+        ),
+        (
+            json!({"name": "a", "time_zone": "Mars/Base", "targets": [{"phone_number": "+15555550001"}]}),
+            "time_zone",
+        ),
+        (
+            json!({"name": "a", "max_concurrent_calls": 0, "targets": [{"phone_number": "+15555550001"}]}),
+            "max_concurrent_calls",
+        ),
+        (
+            json!({"name": "a", "max_concurrent_calls": "ten", "targets": [{"phone_number": "+15555550001"}]}),
+            "max_concurrent_calls",
+        ),
+        (
+            json!({"name": "a", "retry_policy": {"jitter": 1.5}, "targets": [{"phone_number": "+15555550001"}]}),
+            "retry_policy.jitter",
+        ),
+        (
+            json!({"name": "a", "retry_policy": {"base_delay": "2 fortnights"}, "targets": [{"phone_number": "+15555550001"}]}),
+            "retry_policy.base_delay",
+        ),
+        (
+            json!({"name": "a", "retry_policy": {"max_attempts": 0}, "targets": [{"phone_number": "+15555550001"}]}),
+            "retry_policy.max_attempts",
+        ),
+        (
+            json!({"name": "a", "business_hours": [{"day_of_week": 7, "start": "09:00", "end": "10:00"}], "targets": [{"phone_number": "+15555550001"}]}),
+            "business_hours[0].day_of_week",
+        ),
+        (
+            json!({"name": "a", "business_hours": [{"day_of_week": 1, "start": "9am", "end": "10:00"}], "targets": [{"phone_number": "+15555550001"}]}),
+            "business_hours[0].start",
+        ),
+        (json!({"name": "a", "targets": []}), "targets"),
+        (json!({"name": "a"}), "targets"),
+        (
+            json!({"name": "a", "targets": [{"phone_number": "+15555550001"}, {"phone_number": "5555550002"}]}),
+            "targets[1].phone_number",
+        ),
+        (
+            json!({"name": "a", "targets": [{"phone_number": "+15555550001", "metadata": "x"}]}),
+            "targets[0].metadata",
+        ),
+        (
+            json!({"name": "a", "targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
+            "targets[1].phone_number",
+        ),
+        (
+            json!({"name": "a", "colour": "blue", "targets": [{"phone_number": "+15555550001"}]}),
+            "colour",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, v) = t.post("/api/v1/campaigns", body.clone()).await;
+        assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        assert_eq!(v["error"]["field"], field, "{body} → {v}");
+    }
+    // Malformed JSON and wrong content types.
+    let bad_json = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/campaigns")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"name\": "))
+        .expect("request");
+    let (s, v) = t.raw(bad_json).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "malformed_json");
+    let text = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/campaigns")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(seed_campaign("x").to_string()))
+        .expect("request");
+    let (s, v) = t.raw(text).await;
+    assert_error(
+        s,
+        &v,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    // Nothing of a refused request was written.
+    let (_, list) = t.get("/api/v1/campaigns").await;
+    assert_eq!(list["campaigns"], json!([]));
+}
+
+async fn names_are_unique_ignoring_case(t: TestApp) {
+    t.create(seed_campaign("Spring Promo")).await;
+    let (s, v) = t
+        .post("/api/v1/campaigns", seed_campaign("spring promo"))
+        .await;
+    assert_error(s, &v, StatusCode::CONFLICT, "conflict");
+    let other = t.create(seed_campaign("Autumn")).await;
+    let (s, v) = t
+        .req(
+            Method::PUT,
+            &format!("/api/v1/campaigns/{}", other["id"].as_str().expect("id")),
+            Some(json!({"name": "SPRING PROMO"})),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::CONFLICT, "conflict");
+    let (_, list) = t.get("/api/v1/campaigns").await;
+    assert_eq!(list["campaigns"].as_array().map(Vec::len), Some(2));
+}
+
+async fn list_paging(t: TestApp) {
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(
+            t.create(seed_campaign(&format!("c{i}"))).await["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    let mut seen = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/campaigns?limit=2&after_id={a}"),
+            None => "/api/v1/campaigns?limit=2".to_string(),
+        };
+        let (s, page) = t.get(&path).await;
+        assert_eq!(s, StatusCode::OK);
+        let got: Vec<String> = page["campaigns"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|c| c["id"].as_str().expect("id").to_string())
+            .collect();
+        assert!(got.len() <= 2);
+        seen.extend(got);
+        match page["next_after_id"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen, ids,
+        "pages return every campaign once, in creation order"
+    );
+    for bad in ["limit=0", "limit=abc", "limit=1000000", "after_id=xyz"] {
+        let (s, v) = t.get(&format!("/api/v1/campaigns?{bad}")).await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_parameter");
+    }
+}
+
+async fn ids_and_routes(t: TestApp) {
+    let unknown = "0192f0c1-7a5e-7c3b-9a61-1f2e3d4c5b6a";
+    for path in [
+        format!("/api/v1/campaigns/{unknown}"),
+        format!("/api/v1/campaigns/{unknown}/stats"),
+        format!("/api/v1/campaigns/{unknown}/calls"),
+        format!("/api/v1/calls/{unknown}"),
+    ] {
+        let (s, v) = t.get(&path).await;
+        assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
+    }
+    for action in ["start", "pause", "complete"] {
+        let (s, v) = t
+            .post(
+                &format!("/api/v1/campaigns/{unknown}/{action}"),
+                json!(null),
+            )
+            .await;
+        assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
+    }
+    let (s, v) = t
+        .req(
+            Method::PUT,
+            &format!("/api/v1/campaigns/{unknown}"),
+            Some(json!({"description": "x"})),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
+    let (s, v) = t
+        .post(
+            &format!("/api/v1/campaigns/{unknown}/targets"),
+            json!({"targets": [{"phone_number": "+15555550001"}]}),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
+    for path in [
+        "/api/v1/campaigns/not-a-uuid",
+        "/api/v1/calls/42",
+        "/api/v1/campaigns/zz/stats",
+    ] {
+        let (s, v) = t.get(path).await;
+        assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_parameter");
+        assert_eq!(v["error"]["field"], "id");
+    }
+    let (s, v) = t.get("/api/v1/nowhere").await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
+    let (s, v) = t.req(Method::DELETE, "/api/v1/campaigns", None).await;
+    assert_error(s, &v, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let (s, doc) = t.get("/api/v1/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for p in [
+        "/api/v1/campaigns",
+        "/api/v1/campaigns/{id}/start",
+        "/api/v1/campaigns/{id}/targets",
+        "/api/v1/calls/{id}",
+        "/healthz",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "OpenAPI lacks {p}");
+    }
+}
+
+async fn update_rules(t: TestApp) {
+    let c = t.create(seed_campaign("u")).await;
+    let path = format!("/api/v1/campaigns/{}", c["id"].as_str().expect("id"));
+    let (s, v) = t
+        .req(
+            Method::PUT,
+            &path,
+            Some(json!({"retry_policy": {"jitter": 0.9}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v["retry_policy"],
+        json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.9}),
+        "partial retry policy merges"
+    );
+    let (s, v) = t
+        .req(Method::PUT, &path, Some(json!({"business_hours": []})))
+        .await;
+    assert_eq!(
+        (s, v["business_hours"].clone()),
+        (StatusCode::OK, json!([])),
+        "[] means 24x7"
+    );
+    let (s, v) = t
+        .req(
+            Method::PUT,
+            &path,
+            Some(json!({"business_hours": [{"day_of_week": 5, "start": "22:00", "end": "02:00"}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "crossing midnight is allowed: {v}");
+    for (body, field) in [
+        (json!({"max_concurrent_calls": -1}), "max_concurrent_calls"),
+        (json!({"time_zone": "Nope"}), "time_zone"),
+        (
+            json!({"retry_policy": {"max_delay": "1s"}}),
+            "retry_policy.max_delay",
+        ),
+        (json!({"targets": []}), "targets"),
+    ] {
+        let (s, v) = t.req(Method::PUT, &path, Some(body)).await;
+        assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        assert_eq!(v["error"]["field"], field);
+    }
+    let (_, after) = t.get(&path).await;
+    assert_eq!(
+        after["max_concurrent_calls"], 10,
+        "refused updates change nothing"
+    );
+    assert_eq!(after["retry_policy"]["jitter"], 0.9);
+}
+
+async fn state_machine(t: TestApp) {
+    let c = t.create(seed_campaign("sm")).await;
+    let id = c["id"].as_str().expect("id");
+    let go = |action: &'static str| {
+        let t = &t;
+        let path = format!("/api/v1/campaigns/{id}/{action}");
+        async move { t.post(&path, json!(null)).await }
+    };
+    let (s, v) = go("pause").await;
+    assert_error(s, &v, StatusCode::CONFLICT, "invalid_transition");
+    assert_eq!(v["error"]["current_status"], "pending");
+    assert_eq!(go("start").await.0, StatusCode::OK);
+    let (s, v) = go("start").await;
+    assert_error(s, &v, StatusCode::CONFLICT, "invalid_transition");
+    assert_eq!(v["error"]["current_status"], "in_progress");
+    assert_eq!(go("pause").await.0, StatusCode::OK);
+    let (s, v) = go("pause").await;
+    assert_eq!(
+        (s, v["error"]["current_status"].as_str()),
+        (StatusCode::CONFLICT, Some("paused"))
+    );
+    assert_eq!(go("start").await.1["status"], "in_progress", "resume");
+    assert_eq!(go("complete").await.0, StatusCode::OK);
+    for action in ["start", "pause", "complete"] {
+        let (s, v) = go(action).await;
+        assert_error(s, &v, StatusCode::CONFLICT, "invalid_transition");
+        assert_eq!(v["error"]["current_status"], "completed");
+    }
+    // A pending campaign can be completed (cancelled) directly.
+    let p = t.create(seed_campaign("sm2")).await;
+    let (s, v) = t
+        .post(
+            &format!(
+                "/api/v1/campaigns/{}/complete",
+                p["id"].as_str().expect("id")
+            ),
+            json!(null),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("completed"))
+    );
+}
+
+async fn targets_only_registered(t: TestApp) {
+    let c = t.create(seed_campaign("tg")).await;
+    let id = c["id"].as_str().expect("id");
+    let path = format!("/api/v1/campaigns/{id}/targets");
+    // Both registered numbers still have their first pending call: nothing new is queued.
+    let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550002"}]})).await;
+    assert_eq!(
+        (s, v.clone()),
+        (StatusCode::OK, json!({"queued": 0, "already_queued": 2}))
+    );
+    // An unregistered number refuses the whole request, naming it; nothing is written.
+    let before = t.assert_stats_match_rows(id).await;
+    let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550099"}]})).await;
+    assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(v["error"]["field"], "targets[1].phone_number");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("+15555550099")
+    );
+    assert_eq!(t.assert_stats_match_rows(id).await, before);
+    for (body, field) in [
+        (json!({"targets": []}), "targets"),
+        (
+            json!({"targets": [{"phone_number": "12"}]}),
+            "targets[0].phone_number",
+        ),
+        (
+            json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
+            "targets[1].phone_number",
+        ),
+        (json!({"numbers": []}), "numbers"),
+    ] {
+        let (s, v) = t.post(&path, body).await;
+        assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+        assert_eq!(v["error"]["field"], field);
+    }
+    // Once its call ends, a number can be queued again. Mark one call terminal as the recorder will.
+    match &t.store {
+        Store::Postgres(p) => {
+            sqlx::query("UPDATE calls SET status = 'failed' WHERE phone_number = '+15555550001'")
+                .execute(p)
+                .await
+                .expect("update");
+            sqlx::query("UPDATE campaign_stats SET pending_calls = pending_calls - 1, failed_calls = failed_calls + 1").execute(p).await.expect("update");
+        }
+        Store::Sqlite(p) => {
+            sqlx::query("UPDATE calls SET status = 'failed' WHERE phone_number = '+15555550001'")
+                .execute(p)
+                .await
+                .expect("update");
+            sqlx::query("UPDATE campaign_stats SET pending_calls = pending_calls - 1, failed_calls = failed_calls + 1").execute(p).await.expect("update");
+        }
+    }
+    let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001", "metadata": {"again": true}}, {"phone_number": "+15555550002"}]})).await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"queued": 1, "already_queued": 1}))
+    );
+    let stats = t.assert_stats_match_rows(id).await;
+    assert_eq!(
+        (
+            stats["total_calls"].as_i64(),
+            stats["pending_calls"].as_i64(),
+            stats["failed_calls"].as_i64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+    let (_, pending) = t
+        .get(&format!("/api/v1/campaigns/{id}/calls?status=pending"))
+        .await;
+    let requeued = pending["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .find(|c| c["phone_number"] == "+15555550001")
+        .expect("requeued call");
+    assert_eq!(requeued["metadata"], json!({"again": true}));
+    // A completed campaign takes no new calls.
+    t.post(&format!("/api/v1/campaigns/{id}/complete"), json!(null))
+        .await;
+    let (s, v) = t
+        .post(
+            &path,
+            json!({"targets": [{"phone_number": "+15555550001"}]}),
+        )
+        .await;
+    assert_error(s, &v, StatusCode::CONFLICT, "conflict");
+}
+
+async fn calls_endpoints(t: TestApp) {
+    let targets: Vec<Value> = (0..7)
+        .map(|i| json!({"phone_number": format!("+1555000{i:04}")}))
+        .collect();
+    let mut body = seed_campaign("calls");
+    body["targets"] = Value::Array(targets);
+    let c = t.create(body).await;
+    let id = c["id"].as_str().expect("id");
+    for (body, want, code, field) in [
+        (
+            json!({"campaign_id": "0192f0c1-7a5e-7c3b-9a61-1f2e3d4c5b6a", "phone_number": "+15550000001"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        (
+            json!({"campaign_id": "nope", "phone_number": "+15550000001"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("campaign_id"),
+        ),
+        (
+            json!({"campaign_id": id, "phone_number": "+15559999999"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("phone_number"),
+        ),
+        (
+            json!({"campaign_id": id, "phone_number": "call me"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("phone_number"),
+        ),
+        (
+            json!({"campaign_id": id, "phone_number": "+15550000001", "metadata": 5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("metadata"),
+        ),
+        (
+            json!({"campaign_id": id}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("phone_number"),
+        ),
+    ] {
+        let (s, v) = t.post("/api/v1/calls", body).await;
+        assert_error(s, &v, want, code);
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], f);
+        }
+    }
+    // Paging through calls with page_token.
+    let mut seen = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let path = match &token {
+            Some(tk) => format!("/api/v1/campaigns/{id}/calls?limit=3&page_token={tk}"),
+            None => format!("/api/v1/campaigns/{id}/calls?limit=3"),
+        };
+        let (s, page) = t.get(&path).await;
+        assert_eq!(s, StatusCode::OK);
+        for call in page["calls"].as_array().expect("calls") {
+            assert!(
+                seen.insert(call["id"].as_str().expect("id").to_string()),
+                "a call appears on two pages"
+            );
+        }
+        match page["next_page_token"].as_str() {
+            Some(tk) => token = Some(tk.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    let (s, v) = t
+        .get(&format!("/api/v1/campaigns/{id}/calls?status=ringing"))
+        .await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_parameter");
+    let (_, done) = t
+        .get(&format!("/api/v1/campaigns/{id}/calls?status=completed"))
+        .await;
+    assert_eq!(done["calls"], json!([]));
+    t.assert_stats_match_rows(id).await;
+}
+
+async fn bulk_targets(t: TestApp) {
+    let n = 20_000;
+    let targets: Vec<Value> = (0..n)
+        .map(|i| json!({"phone_number": format!("+1444{i:07}"), "metadata": {"row": i}}))
+        .collect();
+    let mut body = seed_campaign("bulk");
+    body["targets"] = Value::Array(targets.clone());
+    let c = t.create(body).await;
+    assert_eq!(c["target_count"], n);
+    let id = c["id"].as_str().expect("id");
+    let stats = t.assert_stats_match_rows(id).await;
+    assert_eq!(
+        (
+            stats["total_calls"].as_i64(),
+            stats["pending_calls"].as_i64()
+        ),
+        (Some(n), Some(n))
+    );
+    let (s, v) = t
+        .post(
+            &format!("/api/v1/campaigns/{id}/targets"),
+            json!({"targets": targets}),
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"queued": 0, "already_queued": n}))
+    );
+}
+
+async fn body_limit(backend: Backend) {
+    let mut cfg = Config::default();
+    cfg.api.max_body_bytes = 2048;
+    let t = test_app_with(backend, cfg).await;
+    let targets: Vec<Value> = (0..200)
+        .map(|i| json!({"phone_number": format!("+1444{i:07}")}))
+        .collect();
+    let mut body = seed_campaign("big");
+    body["targets"] = Value::Array(targets);
+    let (s, v) = t.post("/api/v1/campaigns", body).await;
+    assert_error(s, &v, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}
+
+async fn health_reports_store_down(t: TestApp) {
+    t.store.close().await;
+    let (s, v) = t.get("/healthz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["status"], "unavailable");
+    assert_eq!(v["dependencies"]["store"]["status"], "down");
+    let (s, v) = t.get("/api/v1/campaigns").await;
+    assert_error(s, &v, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+}
+
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(test_app(Backend::Postgres).await).await } )*
+            #[tokio::test] async fn body_limit() { super::body_limit(Backend::Postgres).await }
+        }
+        mod sqlite {
+            use super::*;
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(test_app(Backend::Sqlite).await).await } )*
+            #[tokio::test] async fn body_limit() { super::body_limit(Backend::Sqlite).await }
+        }
+    };
+}
+
+both_stores!(
+    smoke_sequence,
+    create_validation,
+    names_are_unique_ignoring_case,
+    list_paging,
+    ids_and_routes,
+    update_rules,
+    state_machine,
+    targets_only_registered,
+    calls_endpoints,
+    bulk_targets,
+    health_reports_store_down,
+);

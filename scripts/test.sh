@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (only what is missing), then runs all of it:
+# formatting, clippy, unit + integration tests against real servers, and the seed's smoke
+# sequence against `dialer up`. Used by CI (.ci/run) and by developers alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/dialer/target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+# --- system packages -------------------------------------------------------------------------
+need=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v jq >/dev/null || need+=(jq)
+command -v curl >/dev/null || need+=(curl)
+command -v cc >/dev/null || need+=(build-essential)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "test.sh: cargo is missing; install Rust from https://rustup.rs" >&2; exit 1; }
+
+# --- static checks ---------------------------------------------------------------------------
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# --- tests -------------------------------------------------------------------------------------
+echo "== cargo test"
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/dialer-test.$$.log
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -oE 'test result: [a-z]+\. [0-9]+ passed' /tmp/dialer-test.$$.log | awk '{s+=$4} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed' /tmp/dialer-test.$$.log | awk '{s+=$1} END {print s+0}')
+rm -f /tmp/dialer-test.$$.log
+[ "$status" = 0 ] || { echo "$passed passed, $failed failed"; exit "$status"; }
+
+# --- the seed's smoke sequence against the real binary -----------------------------------------
+echo "== smoke: dialer up + scripts/smoke.sh"
+cargo build --quiet -p dialer
+data=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$CARGO_TARGET_DIR/debug/dialer" up --data-dir "$data" --listen "127.0.0.1:$port" >"$data/up.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
+for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+if scripts/smoke.sh "http://127.0.0.1:$port"; then passed=$((passed + 1)); else failed=$((failed + 1)); cat "$data/up.log"; fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
