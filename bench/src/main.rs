@@ -28,9 +28,7 @@ enum Command {
 
 /// Number of CPUs, as `nproc` reports it.
 pub fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(usize::from)
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
 }
 
 /// Writes a result file and prints where.
@@ -39,8 +37,7 @@ pub fn write_json(path: Option<&Path>, v: &Value) -> Result<()> {
         if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::write(p, serde_json::to_string_pretty(v)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_string_pretty(v)?).with_context(|| format!("writing {}", p.display()))?;
         println!("results written to {}", p.display());
     }
     Ok(())
@@ -48,21 +45,15 @@ pub fn write_json(path: Option<&Path>, v: &Value) -> Result<()> {
 
 fn compare(a: &Path, b: &Path) -> Result<()> {
     let read = |p: &Path| -> Result<Value> {
-        serde_json::from_str(
-            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("{} is not a bench result file", p.display()))
+        serde_json::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("{} is not a bench result file", p.display()))
     };
     let (va, vb) = (read(a)?, read(b)?);
     println!("{:<40} {:>16} {:>16} {:>9}", "figure", "A", "B", "B/A");
     let empty = serde_json::Map::new();
     for (k, x) in va.as_object().unwrap_or(&empty) {
         if let (Some(x), Some(y)) = (x.as_f64(), vb.get(k).and_then(Value::as_f64)) {
-            let ratio = if x == 0.0 {
-                "-".to_string()
-            } else {
-                format!("{:.3}", y / x)
-            };
+            let ratio = if x == 0.0 { "-".to_string() } else { format!("{:.3}", y / x) };
             println!("{k:<40} {x:>16.3} {y:>16.3} {ratio:>9}");
         }
     }
@@ -72,10 +63,9 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Targets(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(targets::run(args)),
+        Command::Targets(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(targets::run(args))
+        }
         Command::Compare { a, b } => compare(&a, &b),
     }
 }

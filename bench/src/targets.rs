@@ -31,12 +31,7 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-async fn send(
-    router: &axum::Router,
-    method: Method,
-    path: &str,
-    body: String,
-) -> Result<(StatusCode, Value)> {
+async fn send(router: &axum::Router, method: Method, path: &str, body: String) -> Result<(StatusCode, Value)> {
     let req = Request::builder()
         .method(method)
         .uri(path)
@@ -45,10 +40,7 @@ async fn send(
     let resp = router.clone().oneshot(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
 }
 
 fn number(i: usize) -> String {
@@ -80,11 +72,9 @@ pub async fn run(a: Args) -> Result<()> {
     let store = open_store(&cfg, &url).await.context("opening the store")?;
     let router = app(&cfg, store.clone());
 
-    let targets: Vec<Value> = (0..a.count)
-        .map(|i| json!({"phone_number": number(i), "metadata": {"row": i}}))
-        .collect();
-    let body = json!({"name": format!("bench-targets-{}", std::process::id()), "targets": targets})
-        .to_string();
+    let targets: Vec<Value> =
+        (0..a.count).map(|i| json!({"phone_number": number(i), "metadata": {"row": i}})).collect();
+    let body = json!({"name": format!("bench-targets-{}", std::process::id()), "targets": targets}).to_string();
     println!(
         "creating a campaign with {} targets in one request ({:.1} MB of JSON) on {}…",
         a.count,
@@ -109,9 +99,7 @@ pub async fn run(a: Args) -> Result<()> {
     let mut queued = 0u64;
     for start in (0..a.count).step_by(a.chunk) {
         let end = (start + a.chunk).min(a.count);
-        let chunk: Vec<Value> = (start..end)
-            .map(|i| json!({"phone_number": number(i)}))
-            .collect();
+        let chunk: Vec<Value> = (start..end).map(|i| json!({"phone_number": number(i)})).collect();
         let (s, v) = send(
             &router,
             Method::POST,
@@ -150,21 +138,9 @@ pub async fn run(a: Args) -> Result<()> {
     println!("{:<34} {:>12}", "figure", "value");
     println!("{:<34} {:>12}", "targets", a.count);
     println!("{:<34} {:>12.2}", "create (one request), s", create_s);
-    println!(
-        "{:<34} {:>12.0}",
-        "targets_per_sec (create)",
-        a.count as f64 / create_s
-    );
-    println!(
-        "{:<34} {:>12.2}",
-        format!("re-queue (chunks of {}), s", a.chunk),
-        requeue_s
-    );
-    println!(
-        "{:<34} {:>12.0}",
-        "targets_per_sec (re-queue)",
-        a.count as f64 / requeue_s
-    );
+    println!("{:<34} {:>12.0}", "targets_per_sec (create)", a.count as f64 / create_s);
+    println!("{:<34} {:>12.2}", format!("re-queue (chunks of {}), s", a.chunk), requeue_s);
+    println!("{:<34} {:>12.0}", "targets_per_sec (re-queue)", a.count as f64 / requeue_s);
     println!("{:<34} {:>12}", "cores (nproc)", crate::cores());
     crate::write_json(a.json.as_deref(), &out)?;
     store.close().await;

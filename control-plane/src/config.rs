@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config key {key}: {reason}")]
@@ -26,10 +23,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -77,6 +71,14 @@ pub struct LimitsConfig {
     pub semaphore_ttl_sec: u64,
     /// `MAX_CONCURRENT_CALLS`: in-flight `POST /api/v1/calls` requests before 429.
     pub max_concurrent_calls: u32,
+    /// `DAILY_USAGE_CAP`: accepted `POST /api/v1/calls` per UTC day and API process; 0 = off.
+    pub daily_usage_cap: u64,
+    /// `REDIS_URL`: the shared limiter (`redis://HOST:PORT`); empty = in-process limiter.
+    pub redis_url: String,
+    /// Key prefix of the limiter in Redis; its `{hash tag}` keeps the keys in one Cluster slot.
+    pub redis_key_prefix: String,
+    /// Seconds between reconciliations of the limiter's counters with its leases.
+    pub reconcile_every_sec: u64,
 }
 
 impl Default for ApiConfig {
@@ -93,11 +95,7 @@ impl Default for ApiConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig {
-            url: String::new(),
-            max_connections: 16,
-            acquire_timeout_sec: 5,
-        }
+        StoreConfig { url: String::new(), max_connections: 16, acquire_timeout_sec: 5 }
     }
 }
 
@@ -108,6 +106,10 @@ impl Default for LimitsConfig {
             per_campaign_max_concurrency: 100,
             semaphore_ttl_sec: 600,
             max_concurrent_calls: 200,
+            daily_usage_cap: 0,
+            redis_url: String::new(),
+            redis_key_prefix: "{dialer}:".into(),
+            reconcile_every_sec: 60,
         }
     }
 }
@@ -116,55 +118,39 @@ impl Default for LimitsConfig {
 const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_API_LISTEN", "api.listen"),
     ("DIALER_API_MAX_BODY_BYTES", "api.max_body_bytes"),
-    (
-        "DIALER_API_MAX_TARGETS_PER_REQUEST",
-        "api.max_targets_per_request",
-    ),
+    ("DIALER_API_MAX_TARGETS_PER_REQUEST", "api.max_targets_per_request"),
     ("DIALER_API_DEFAULT_PAGE_SIZE", "api.default_page_size"),
     ("DIALER_API_MAX_PAGE_SIZE", "api.max_page_size"),
     ("DATABASE_URL", "store.url"),
     ("DIALER_STORE_URL", "store.url"),
     ("DIALER_STORE_MAX_CONNECTIONS", "store.max_connections"),
-    (
-        "DIALER_STORE_ACQUIRE_TIMEOUT_SEC",
-        "store.acquire_timeout_sec",
-    ),
-    (
-        "TELEPHONY_GLOBAL_MAX_CONCURRENCY",
-        "limits.global_max_concurrency",
-    ),
-    (
-        "TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY",
-        "limits.per_campaign_max_concurrency",
-    ),
+    ("DIALER_STORE_ACQUIRE_TIMEOUT_SEC", "store.acquire_timeout_sec"),
+    ("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "limits.global_max_concurrency"),
+    ("TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY", "limits.per_campaign_max_concurrency"),
     ("TELEPHONY_SEMAPHORE_TTL_SEC", "limits.semaphore_ttl_sec"),
     ("MAX_CONCURRENT_CALLS", "limits.max_concurrent_calls"),
+    ("DAILY_USAGE_CAP", "limits.daily_usage_cap"),
+    ("REDIS_URL", "limits.redis_url"),
+    ("DIALER_LIMITS_REDIS_KEY_PREFIX", "limits.redis_key_prefix"),
+    ("DIALER_LIMITS_RECONCILE_EVERY_SEC", "limits.reconcile_every_sec"),
 ];
 
 impl Config {
     /// Reads `path` (if given), applies overrides from `env`, validates.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.display().to_string(),
-                    source,
-                })?;
-                Config::from_toml(&text).map_err(|message| ConfigError::Parse {
-                    path: p.display().to_string(),
-                    message,
-                })?
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
+                Config::from_toml(&text)
+                    .map_err(|message| ConfigError::Parse { path: p.display().to_string(), message })?
             }
             None => Config::default(),
         };
         let env: Vec<(String, String)> = env.into_iter().collect();
         for (var, key) in ENV_KEYS {
             if let Some((_, value)) = env.iter().find(|(k, _)| k == var) {
-                cfg.set(key, value)
-                    .map_err(|reason| invalid(key, format!("from ${var}: {reason}")))?;
+                cfg.set(key, value).map_err(|reason| invalid(key, format!("from ${var}: {reason}")))?;
             }
         }
         cfg.validate()?;
@@ -178,15 +164,11 @@ impl Config {
 
     fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
         fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-            v.trim()
-                .parse()
-                .map_err(|_| format!("{v:?} is not a valid number"))
+            v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))
         }
         match key {
             "api.listen" => {
-                self.api.listen = v
-                    .parse()
-                    .map_err(|_| format!("{v:?} is not HOST:PORT, e.g. 127.0.0.1:8081"))?
+                self.api.listen = v.parse().map_err(|_| format!("{v:?} is not HOST:PORT, e.g. 127.0.0.1:8081"))?
             }
             "api.max_body_bytes" => self.api.max_body_bytes = num(v)?,
             "api.max_targets_per_request" => self.api.max_targets_per_request = num(v)?,
@@ -196,11 +178,13 @@ impl Config {
             "store.max_connections" => self.store.max_connections = num(v)?,
             "store.acquire_timeout_sec" => self.store.acquire_timeout_sec = num(v)?,
             "limits.global_max_concurrency" => self.limits.global_max_concurrency = num(v)?,
-            "limits.per_campaign_max_concurrency" => {
-                self.limits.per_campaign_max_concurrency = num(v)?
-            }
+            "limits.per_campaign_max_concurrency" => self.limits.per_campaign_max_concurrency = num(v)?,
             "limits.semaphore_ttl_sec" => self.limits.semaphore_ttl_sec = num(v)?,
             "limits.max_concurrent_calls" => self.limits.max_concurrent_calls = num(v)?,
+            "limits.daily_usage_cap" => self.limits.daily_usage_cap = num(v)?,
+            "limits.redis_url" => self.limits.redis_url = v.to_string(),
+            "limits.redis_key_prefix" => self.limits.redis_key_prefix = v.to_string(),
+            "limits.reconcile_every_sec" => self.limits.reconcile_every_sec = num(v)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -219,21 +203,12 @@ impl Config {
             return Err(invalid("api.max_page_size", "must be between 1 and 100000"));
         }
         if a.default_page_size == 0 || a.default_page_size > a.max_page_size {
-            return Err(invalid(
-                "api.default_page_size",
-                "must be between 1 and api.max_page_size",
-            ));
+            return Err(invalid("api.default_page_size", "must be between 1 and api.max_page_size"));
         }
         let u = &self.store.url;
-        if !(u.is_empty()
-            || u.starts_with("postgres://")
-            || u.starts_with("postgresql://")
-            || u.starts_with("sqlite:"))
+        if !(u.is_empty() || u.starts_with("postgres://") || u.starts_with("postgresql://") || u.starts_with("sqlite:"))
         {
-            return Err(invalid(
-                "store.url",
-                "must start with postgres://, postgresql:// or sqlite:",
-            ));
+            return Err(invalid("store.url", "must start with postgres://, postgresql:// or sqlite:"));
         }
         if self.store.max_connections == 0 {
             return Err(invalid("store.max_connections", "must be at least 1"));
@@ -261,10 +236,19 @@ impl Config {
             ));
         }
         if l.max_concurrent_calls == 0 {
+            return Err(invalid("limits.max_concurrent_calls", "must be at least 1 (MAX_CONCURRENT_CALLS)"));
+        }
+        if !(l.redis_url.is_empty() || l.redis_url.starts_with("redis://") || l.redis_url.starts_with("rediss://")) {
             return Err(invalid(
-                "limits.max_concurrent_calls",
-                "must be at least 1 (MAX_CONCURRENT_CALLS)",
+                "limits.redis_url",
+                "must start with redis:// or rediss:// (or be empty for the in-process limiter)",
             ));
+        }
+        if l.redis_key_prefix.is_empty() {
+            return Err(invalid("limits.redis_key_prefix", "must not be empty, e.g. \"{dialer}:\""));
+        }
+        if l.reconcile_every_sec == 0 {
+            return Err(invalid("limits.reconcile_every_sec", "must be at least 1"));
         }
         Ok(())
     }
@@ -284,10 +268,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -304,19 +285,11 @@ mod tests {
     fn env_overrides_file() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("c.toml");
-        std::fs::write(
-            &p,
-            "[limits]\nglobal_max_concurrency = 50\n[api]\nlisten = \"127.0.0.1:9000\"\n",
-        )
-        .expect("write");
-        let c = Config::load(
-            Some(&p),
-            env(&[
-                ("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "70"),
-                ("MAX_CONCURRENT_CALLS", "9"),
-            ]),
-        )
-        .expect("valid");
+        std::fs::write(&p, "[limits]\nglobal_max_concurrency = 50\n[api]\nlisten = \"127.0.0.1:9000\"\n")
+            .expect("write");
+        let c =
+            Config::load(Some(&p), env(&[("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "70"), ("MAX_CONCURRENT_CALLS", "9")]))
+                .expect("valid");
         assert_eq!(c.limits.global_max_concurrency, 70);
         assert_eq!(c.limits.max_concurrent_calls, 9);
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:9000");
@@ -326,22 +299,15 @@ mod tests {
     fn unknown_keys_and_bad_values_are_refused_with_the_key() {
         let e = Config::from_toml("[api]\nlisten_port = 1\n").expect_err("unknown key");
         assert!(e.contains("listen_port"), "{e}");
-        let e = Config::from_toml("[limits]\nglobal_max_concurrency = \"many\"\n")
-            .expect_err("bad type");
+        let e = Config::from_toml("[limits]\nglobal_max_concurrency = \"many\"\n").expect_err("bad type");
         assert!(e.contains("global_max_concurrency"), "{e}");
-        let e = Config::load(None, env(&[("TELEPHONY_SEMAPHORE_TTL_SEC", "soon")]))
-            .expect_err("bad env");
+        let e = Config::load(None, env(&[("TELEPHONY_SEMAPHORE_TTL_SEC", "soon")])).expect_err("bad env");
         assert!(
-            e.to_string().contains("limits.semaphore_ttl_sec")
-                && e.to_string().contains("TELEPHONY_SEMAPHORE_TTL_SEC"),
+            e.to_string().contains("limits.semaphore_ttl_sec") && e.to_string().contains("TELEPHONY_SEMAPHORE_TTL_SEC"),
             "{e}"
         );
-        let e = Config::load(None, env(&[("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "0")]))
-            .expect_err("zero");
-        assert!(
-            e.to_string().contains("limits.global_max_concurrency"),
-            "{e}"
-        );
+        let e = Config::load(None, env(&[("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "0")])).expect_err("zero");
+        assert!(e.to_string().contains("limits.global_max_concurrency"), "{e}");
         let e = Config::load(None, env(&[("DATABASE_URL", "mysql://x")])).expect_err("bad url");
         assert!(e.to_string().contains("store.url"), "{e}");
     }
@@ -349,9 +315,7 @@ mod tests {
     #[test]
     fn example_configs_parse() {
         for f in ["embedded.toml", "production.toml"] {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../config")
-                .join(f);
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(f);
             Config::load(Some(&p), env(&[])).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
     }

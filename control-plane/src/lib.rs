@@ -27,12 +27,38 @@ pub async fn open_store(cfg: &Config, url: &str) -> Result<Store, StoreError> {
     Ok(store)
 }
 
+/// The API-level guard configured by `limits.max_concurrent_calls` and `limits.daily_usage_cap`.
+pub fn api_guard(cfg: &Config) -> Arc<dialer_limiter::ApiGuard> {
+    Arc::new(dialer_limiter::ApiGuard::new(cfg.limits.max_concurrent_calls, cfg.limits.daily_usage_cap))
+}
+
 /// The API router over `store`.
 pub fn app(cfg: &Config, store: Store) -> axum::Router {
-    api::router(api::AppState {
-        store,
-        api: Arc::new(cfg.api.clone()),
-    })
+    app_with_guard(cfg, store, api_guard(cfg))
+}
+
+/// The API router with a given guard (tests hold on to it).
+pub fn app_with_guard(cfg: &Config, store: Store, guard: Arc<dialer_limiter::ApiGuard>) -> axum::Router {
+    api::router(api::AppState { store, api: Arc::new(cfg.api.clone()), guard })
+}
+
+/// Reconciles the limiter's counters with its leases every `every`, logging and counting drift,
+/// until `shutdown` resolves.
+pub async fn run_reconciler(
+    backend: dialer_limiter::Backend,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = backend.reconcile().await {
+            tracing::warn!(error = %e, "limiter reconciliation failed; will retry");
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -41,7 +67,5 @@ pub async fn serve(
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -27,20 +27,11 @@ async fn test_app_with(backend: Backend, cfg: Config) -> TestApp {
         Backend::Postgres => (dialer_testkit::postgres_database(), None),
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("tempdir");
-            (
-                format!("sqlite://{}", dir.path().join("t.db").display()),
-                Some(dir),
-            )
+            (format!("sqlite://{}", dir.path().join("t.db").display()), Some(dir))
         }
     };
-    let store = open_store(&cfg, &url)
-        .await
-        .expect("store opens and migrates");
-    TestApp {
-        router: app(&cfg, store.clone()),
-        store,
-        _dir: dir,
-    }
+    let store = open_store(&cfg, &url).await.expect("store opens and migrates");
+    TestApp { router: app(&cfg, store.clone()), store, _dir: dir }
 }
 
 async fn test_app(backend: Backend) -> TestApp {
@@ -49,23 +40,14 @@ async fn test_app(backend: Backend) -> TestApp {
 
 impl TestApp {
     async fn raw(&self, req: Request<Body>) -> (StatusCode, Value) {
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req)
-            .await
-            .expect("router answers");
+        let resp = self.router.clone().oneshot(req).await.expect("router answers");
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let v = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                panic!(
-                    "{status}: non-JSON body {:?}",
-                    String::from_utf8_lossy(&bytes)
-                )
-            })
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("{status}: non-JSON body {:?}", String::from_utf8_lossy(&bytes)))
         };
         (status, v)
     }
@@ -73,9 +55,7 @@ impl TestApp {
     async fn req(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let b = Request::builder().method(method).uri(path);
         let req = match body {
-            Some(v) => b
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(v.to_string())),
+            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
             None => b.body(Body::empty()),
         };
         self.raw(req.expect("request")).await
@@ -99,16 +79,8 @@ impl TestApp {
     async fn assert_stats_match_rows(&self, id: &str) -> Value {
         let (s, stats) = self.get(&format!("/api/v1/campaigns/{id}/stats")).await;
         assert_eq!(s, StatusCode::OK);
-        let recount = self
-            .store
-            .recount_stats(id.parse().expect("uuid"))
-            .await
-            .expect("recount");
-        assert_eq!(
-            stats,
-            serde_json::to_value(&recount).expect("json"),
-            "stats differ from the call rows"
-        );
+        let recount = self.store.recount_stats(id.parse().expect("uuid")).await.expect("recount");
+        assert_eq!(stats, serde_json::to_value(&recount).expect("json"), "stats differ from the call rows");
         stats
     }
 }
@@ -128,12 +100,7 @@ fn seed_campaign(name: &str) -> Value {
 fn assert_error(status: StatusCode, body: &Value, want: StatusCode, code: &str) {
     assert_eq!(status, want, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
 async fn smoke_sequence(t: TestApp) {
@@ -148,52 +115,39 @@ async fn smoke_sequence(t: TestApp) {
     assert_eq!(c["status"], "pending");
     assert_eq!(c["max_concurrent_calls"], 10);
     assert_eq!(c["time_zone"], "America/New_York");
-    assert_eq!(
-        c["retry_policy"],
-        json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2})
-    );
-    assert_eq!(
-        c["business_hours"],
-        json!([{"day_of_week": 1, "start": "09:00", "end": "18:00"}])
-    );
+    assert_eq!(c["retry_policy"], json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2}));
+    assert_eq!(c["business_hours"], json!([{"day_of_week": 1, "start": "09:00", "end": "18:00"}]));
     assert_eq!(c["target_count"], 2);
     assert!(c["created_at"].is_string() && c["started_at"].is_null());
 
     // 2. update
     let (s, u) = t
-        .req(Method::PUT, &format!("/api/v1/campaigns/{id}"), Some(json!({
-            "description": "Evening calling window",
-            "max_concurrent_calls": 25,
-            "business_hours": [
-                {"day_of_week": 1, "start": "13:00", "end": "21:00"},
-                {"day_of_week": 2, "start": "13:00", "end": "21:00"}
-            ],
-            "retry_policy": {"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3}
-        })))
+        .req(
+            Method::PUT,
+            &format!("/api/v1/campaigns/{id}"),
+            Some(json!({
+                "description": "Evening calling window",
+                "max_concurrent_calls": 25,
+                "business_hours": [
+                    {"day_of_week": 1, "start": "13:00", "end": "21:00"},
+                    {"day_of_week": 2, "start": "13:00", "end": "21:00"}
+                ],
+                "retry_policy": {"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3}
+            })),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{u}");
     assert_eq!(u["description"], "Evening calling window");
     assert_eq!(u["max_concurrent_calls"], 25);
     assert_eq!(u["business_hours"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        u["retry_policy"],
-        json!({"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3})
-    );
+    assert_eq!(u["retry_policy"], json!({"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3}));
     assert_eq!(u["name"], "test-campaign", "untouched fields are kept");
 
     // 3. start, 4. pause
-    let (s, v) = t
-        .post(&format!("/api/v1/campaigns/{id}/start"), json!(null))
-        .await;
-    assert_eq!(
-        (s, v["status"].as_str()),
-        (StatusCode::OK, Some("in_progress")),
-        "{v}"
-    );
+    let (s, v) = t.post(&format!("/api/v1/campaigns/{id}/start"), json!(null)).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("in_progress")), "{v}");
     assert!(v["started_at"].is_string());
-    let (s, v) = t
-        .req(Method::POST, &format!("/api/v1/campaigns/{id}/pause"), None)
-        .await;
+    let (s, v) = t.req(Method::POST, &format!("/api/v1/campaigns/{id}/pause"), None).await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("paused")));
 
     // 5. inspect
@@ -203,7 +157,12 @@ async fn smoke_sequence(t: TestApp) {
     assert_eq!(v["description"], "Evening calling window");
 
     // 6. trigger a call: the number already has its pending call, which is returned, not doubled.
-    let (s, call) = t.post("/api/v1/calls", json!({"campaign_id": id, "phone_number": "+15555550001", "metadata": {"priority": "high"}})).await;
+    let (s, call) = t
+        .post(
+            "/api/v1/calls",
+            json!({"campaign_id": id, "phone_number": "+15555550001", "metadata": {"priority": "high"}}),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{call}");
     assert_eq!(call["status"], "pending");
     assert_eq!(call["campaign_id"], id.as_str());
@@ -221,15 +180,8 @@ async fn smoke_sequence(t: TestApp) {
     let calls = list["calls"].as_array().expect("calls");
     assert_eq!(calls.len(), 2);
     assert!(list["next_page_token"].is_null());
-    let gold = calls
-        .iter()
-        .find(|c| c["phone_number"] == "+15555550002")
-        .expect("second target");
-    assert_eq!(
-        gold["metadata"],
-        json!({"tier": "gold"}),
-        "a call carries its target's metadata"
-    );
+    let gold = calls.iter().find(|c| c["phone_number"] == "+15555550002").expect("second target");
+    assert_eq!(gold["metadata"], json!({"tier": "gold"}), "a call carries its target's metadata");
     let call_id = calls[0]["id"].as_str().expect("id");
     let (s, detail) = t.get(&format!("/api/v1/calls/{call_id}")).await;
     assert_eq!(s, StatusCode::OK);
@@ -237,30 +189,16 @@ async fn smoke_sequence(t: TestApp) {
     assert_eq!(detail["attempts"], json!([]));
 
     // 10. complete
-    let (s, v) = t
-        .post(&format!("/api/v1/campaigns/{id}/complete"), json!(null))
-        .await;
-    assert_eq!(
-        (s, v["status"].as_str()),
-        (StatusCode::OK, Some("completed"))
-    );
+    let (s, v) = t.post(&format!("/api/v1/campaigns/{id}/complete"), json!(null)).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("completed")));
     assert!(v["completed_at"].is_string());
 }
 
 async fn create_validation(t: TestApp) {
     let cases: Vec<(Value, &str)> = vec![
-        (
-            json!({"targets": [{"phone_number": "+15555550001"}]}),
-            "name",
-        ),
-        (
-            json!({"name": "", "targets": [{"phone_number": "+15555550001"}]}),
-            "name",
-        ),
-        (
-            json!({"name": "a", "time_zone": "Mars/Base", "targets": [{"phone_number": "+15555550001"}]}),
-            "time_zone",
-        ),
+        (json!({"targets": [{"phone_number": "+15555550001"}]}), "name"),
+        (json!({"name": "", "targets": [{"phone_number": "+15555550001"}]}), "name"),
+        (json!({"name": "a", "time_zone": "Mars/Base", "targets": [{"phone_number": "+15555550001"}]}), "time_zone"),
         (
             json!({"name": "a", "max_concurrent_calls": 0, "targets": [{"phone_number": "+15555550001"}]}),
             "max_concurrent_calls",
@@ -295,18 +233,12 @@ async fn create_validation(t: TestApp) {
             json!({"name": "a", "targets": [{"phone_number": "+15555550001"}, {"phone_number": "5555550002"}]}),
             "targets[1].phone_number",
         ),
-        (
-            json!({"name": "a", "targets": [{"phone_number": "+15555550001", "metadata": "x"}]}),
-            "targets[0].metadata",
-        ),
+        (json!({"name": "a", "targets": [{"phone_number": "+15555550001", "metadata": "x"}]}), "targets[0].metadata"),
         (
             json!({"name": "a", "targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
             "targets[1].phone_number",
         ),
-        (
-            json!({"name": "a", "colour": "blue", "targets": [{"phone_number": "+15555550001"}]}),
-            "colour",
-        ),
+        (json!({"name": "a", "colour": "blue", "targets": [{"phone_number": "+15555550001"}]}), "colour"),
     ];
     for (body, field) in cases {
         let (s, v) = t.post("/api/v1/campaigns", body.clone()).await;
@@ -329,12 +261,7 @@ async fn create_validation(t: TestApp) {
         .body(Body::from(seed_campaign("x").to_string()))
         .expect("request");
     let (s, v) = t.raw(text).await;
-    assert_error(
-        s,
-        &v,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    );
+    assert_error(s, &v, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
     // Nothing of a refused request was written.
     let (_, list) = t.get("/api/v1/campaigns").await;
     assert_eq!(list["campaigns"], json!([]));
@@ -342,9 +269,7 @@ async fn create_validation(t: TestApp) {
 
 async fn names_are_unique_ignoring_case(t: TestApp) {
     t.create(seed_campaign("Spring Promo")).await;
-    let (s, v) = t
-        .post("/api/v1/campaigns", seed_campaign("spring promo"))
-        .await;
+    let (s, v) = t.post("/api/v1/campaigns", seed_campaign("spring promo")).await;
     assert_error(s, &v, StatusCode::CONFLICT, "conflict");
     let other = t.create(seed_campaign("Autumn")).await;
     let (s, v) = t
@@ -362,12 +287,7 @@ async fn names_are_unique_ignoring_case(t: TestApp) {
 async fn list_paging(t: TestApp) {
     let mut ids = vec![];
     for i in 0..5 {
-        ids.push(
-            t.create(seed_campaign(&format!("c{i}"))).await["id"]
-                .as_str()
-                .expect("id")
-                .to_string(),
-        );
+        ids.push(t.create(seed_campaign(&format!("c{i}"))).await["id"].as_str().expect("id").to_string());
     }
     let mut seen = vec![];
     let mut after: Option<String> = None;
@@ -391,10 +311,7 @@ async fn list_paging(t: TestApp) {
             None => break,
         }
     }
-    assert_eq!(
-        seen, ids,
-        "pages return every campaign once, in creation order"
-    );
+    assert_eq!(seen, ids, "pages return every campaign once, in creation order");
     for bad in ["limit=0", "limit=abc", "limit=1000000", "after_id=xyz"] {
         let (s, v) = t.get(&format!("/api/v1/campaigns?{bad}")).await;
         assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_parameter");
@@ -413,34 +330,16 @@ async fn ids_and_routes(t: TestApp) {
         assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
     }
     for action in ["start", "pause", "complete"] {
-        let (s, v) = t
-            .post(
-                &format!("/api/v1/campaigns/{unknown}/{action}"),
-                json!(null),
-            )
-            .await;
+        let (s, v) = t.post(&format!("/api/v1/campaigns/{unknown}/{action}"), json!(null)).await;
         assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
     }
-    let (s, v) = t
-        .req(
-            Method::PUT,
-            &format!("/api/v1/campaigns/{unknown}"),
-            Some(json!({"description": "x"})),
-        )
-        .await;
+    let (s, v) = t.req(Method::PUT, &format!("/api/v1/campaigns/{unknown}"), Some(json!({"description": "x"}))).await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
     let (s, v) = t
-        .post(
-            &format!("/api/v1/campaigns/{unknown}/targets"),
-            json!({"targets": [{"phone_number": "+15555550001"}]}),
-        )
+        .post(&format!("/api/v1/campaigns/{unknown}/targets"), json!({"targets": [{"phone_number": "+15555550001"}]}))
         .await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
-    for path in [
-        "/api/v1/campaigns/not-a-uuid",
-        "/api/v1/calls/42",
-        "/api/v1/campaigns/zz/stats",
-    ] {
+    for path in ["/api/v1/campaigns/not-a-uuid", "/api/v1/calls/42", "/api/v1/campaigns/zz/stats"] {
         let (s, v) = t.get(path).await;
         assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_parameter");
         assert_eq!(v["error"]["field"], "id");
@@ -466,27 +365,15 @@ async fn ids_and_routes(t: TestApp) {
 async fn update_rules(t: TestApp) {
     let c = t.create(seed_campaign("u")).await;
     let path = format!("/api/v1/campaigns/{}", c["id"].as_str().expect("id"));
-    let (s, v) = t
-        .req(
-            Method::PUT,
-            &path,
-            Some(json!({"retry_policy": {"jitter": 0.9}})),
-        )
-        .await;
+    let (s, v) = t.req(Method::PUT, &path, Some(json!({"retry_policy": {"jitter": 0.9}}))).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
         v["retry_policy"],
         json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.9}),
         "partial retry policy merges"
     );
-    let (s, v) = t
-        .req(Method::PUT, &path, Some(json!({"business_hours": []})))
-        .await;
-    assert_eq!(
-        (s, v["business_hours"].clone()),
-        (StatusCode::OK, json!([])),
-        "[] means 24x7"
-    );
+    let (s, v) = t.req(Method::PUT, &path, Some(json!({"business_hours": []}))).await;
+    assert_eq!((s, v["business_hours"].clone()), (StatusCode::OK, json!([])), "[] means 24x7");
     let (s, v) = t
         .req(
             Method::PUT,
@@ -498,10 +385,7 @@ async fn update_rules(t: TestApp) {
     for (body, field) in [
         (json!({"max_concurrent_calls": -1}), "max_concurrent_calls"),
         (json!({"time_zone": "Nope"}), "time_zone"),
-        (
-            json!({"retry_policy": {"max_delay": "1s"}}),
-            "retry_policy.max_delay",
-        ),
+        (json!({"retry_policy": {"max_delay": "1s"}}), "retry_policy.max_delay"),
         (json!({"targets": []}), "targets"),
     ] {
         let (s, v) = t.req(Method::PUT, &path, Some(body)).await;
@@ -509,10 +393,7 @@ async fn update_rules(t: TestApp) {
         assert_eq!(v["error"]["field"], field);
     }
     let (_, after) = t.get(&path).await;
-    assert_eq!(
-        after["max_concurrent_calls"], 10,
-        "refused updates change nothing"
-    );
+    assert_eq!(after["max_concurrent_calls"], 10, "refused updates change nothing");
     assert_eq!(after["retry_policy"]["jitter"], 0.9);
 }
 
@@ -533,10 +414,7 @@ async fn state_machine(t: TestApp) {
     assert_eq!(v["error"]["current_status"], "in_progress");
     assert_eq!(go("pause").await.0, StatusCode::OK);
     let (s, v) = go("pause").await;
-    assert_eq!(
-        (s, v["error"]["current_status"].as_str()),
-        (StatusCode::CONFLICT, Some("paused"))
-    );
+    assert_eq!((s, v["error"]["current_status"].as_str()), (StatusCode::CONFLICT, Some("paused")));
     assert_eq!(go("start").await.1["status"], "in_progress", "resume");
     assert_eq!(go("complete").await.0, StatusCode::OK);
     for action in ["start", "pause", "complete"] {
@@ -546,19 +424,8 @@ async fn state_machine(t: TestApp) {
     }
     // A pending campaign can be completed (cancelled) directly.
     let p = t.create(seed_campaign("sm2")).await;
-    let (s, v) = t
-        .post(
-            &format!(
-                "/api/v1/campaigns/{}/complete",
-                p["id"].as_str().expect("id")
-            ),
-            json!(null),
-        )
-        .await;
-    assert_eq!(
-        (s, v["status"].as_str()),
-        (StatusCode::OK, Some("completed"))
-    );
+    let (s, v) = t.post(&format!("/api/v1/campaigns/{}/complete", p["id"].as_str().expect("id")), json!(null)).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("completed")));
 }
 
 async fn targets_only_registered(t: TestApp) {
@@ -566,29 +433,20 @@ async fn targets_only_registered(t: TestApp) {
     let id = c["id"].as_str().expect("id");
     let path = format!("/api/v1/campaigns/{id}/targets");
     // Both registered numbers still have their first pending call: nothing new is queued.
-    let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550002"}]})).await;
-    assert_eq!(
-        (s, v.clone()),
-        (StatusCode::OK, json!({"queued": 0, "already_queued": 2}))
-    );
+    let (s, v) =
+        t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550002"}]})).await;
+    assert_eq!((s, v.clone()), (StatusCode::OK, json!({"queued": 0, "already_queued": 2})));
     // An unregistered number refuses the whole request, naming it; nothing is written.
     let before = t.assert_stats_match_rows(id).await;
-    let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550099"}]})).await;
+    let (s, v) =
+        t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550099"}]})).await;
     assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
     assert_eq!(v["error"]["field"], "targets[1].phone_number");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .expect("msg")
-            .contains("+15555550099")
-    );
+    assert!(v["error"]["message"].as_str().expect("msg").contains("+15555550099"));
     assert_eq!(t.assert_stats_match_rows(id).await, before);
     for (body, field) in [
         (json!({"targets": []}), "targets"),
-        (
-            json!({"targets": [{"phone_number": "12"}]}),
-            "targets[0].phone_number",
-        ),
+        (json!({"targets": [{"phone_number": "12"}]}), "targets[0].phone_number"),
         (
             json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
             "targets[1].phone_number",
@@ -606,33 +464,30 @@ async fn targets_only_registered(t: TestApp) {
                 .execute(p)
                 .await
                 .expect("update");
-            sqlx::query("UPDATE campaign_stats SET pending_calls = pending_calls - 1, failed_calls = failed_calls + 1").execute(p).await.expect("update");
+            sqlx::query("UPDATE campaign_stats SET pending_calls = pending_calls - 1, failed_calls = failed_calls + 1")
+                .execute(p)
+                .await
+                .expect("update");
         }
         Store::Sqlite(p) => {
             sqlx::query("UPDATE calls SET status = 'failed' WHERE phone_number = '+15555550001'")
                 .execute(p)
                 .await
                 .expect("update");
-            sqlx::query("UPDATE campaign_stats SET pending_calls = pending_calls - 1, failed_calls = failed_calls + 1").execute(p).await.expect("update");
+            sqlx::query("UPDATE campaign_stats SET pending_calls = pending_calls - 1, failed_calls = failed_calls + 1")
+                .execute(p)
+                .await
+                .expect("update");
         }
     }
     let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001", "metadata": {"again": true}}, {"phone_number": "+15555550002"}]})).await;
-    assert_eq!(
-        (s, v),
-        (StatusCode::OK, json!({"queued": 1, "already_queued": 1}))
-    );
+    assert_eq!((s, v), (StatusCode::OK, json!({"queued": 1, "already_queued": 1})));
     let stats = t.assert_stats_match_rows(id).await;
     assert_eq!(
-        (
-            stats["total_calls"].as_i64(),
-            stats["pending_calls"].as_i64(),
-            stats["failed_calls"].as_i64()
-        ),
+        (stats["total_calls"].as_i64(), stats["pending_calls"].as_i64(), stats["failed_calls"].as_i64()),
         (Some(3), Some(2), Some(1))
     );
-    let (_, pending) = t
-        .get(&format!("/api/v1/campaigns/{id}/calls?status=pending"))
-        .await;
+    let (_, pending) = t.get(&format!("/api/v1/campaigns/{id}/calls?status=pending")).await;
     let requeued = pending["calls"]
         .as_array()
         .expect("calls")
@@ -641,21 +496,13 @@ async fn targets_only_registered(t: TestApp) {
         .expect("requeued call");
     assert_eq!(requeued["metadata"], json!({"again": true}));
     // A completed campaign takes no new calls.
-    t.post(&format!("/api/v1/campaigns/{id}/complete"), json!(null))
-        .await;
-    let (s, v) = t
-        .post(
-            &path,
-            json!({"targets": [{"phone_number": "+15555550001"}]}),
-        )
-        .await;
+    t.post(&format!("/api/v1/campaigns/{id}/complete"), json!(null)).await;
+    let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}]})).await;
     assert_error(s, &v, StatusCode::CONFLICT, "conflict");
 }
 
 async fn calls_endpoints(t: TestApp) {
-    let targets: Vec<Value> = (0..7)
-        .map(|i| json!({"phone_number": format!("+1555000{i:04}")}))
-        .collect();
+    let targets: Vec<Value> = (0..7).map(|i| json!({"phone_number": format!("+1555000{i:04}")})).collect();
     let mut body = seed_campaign("calls");
     body["targets"] = Value::Array(targets);
     let c = t.create(body).await;
@@ -691,12 +538,7 @@ async fn calls_endpoints(t: TestApp) {
             "validation_failed",
             Some("metadata"),
         ),
-        (
-            json!({"campaign_id": id}),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            Some("phone_number"),
-        ),
+        (json!({"campaign_id": id}), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", Some("phone_number")),
     ] {
         let (s, v) = t.post("/api/v1/calls", body).await;
         assert_error(s, &v, want, code);
@@ -715,10 +557,7 @@ async fn calls_endpoints(t: TestApp) {
         let (s, page) = t.get(&path).await;
         assert_eq!(s, StatusCode::OK);
         for call in page["calls"].as_array().expect("calls") {
-            assert!(
-                seen.insert(call["id"].as_str().expect("id").to_string()),
-                "a call appears on two pages"
-            );
+            assert!(seen.insert(call["id"].as_str().expect("id").to_string()), "a call appears on two pages");
         }
         match page["next_page_token"].as_str() {
             Some(tk) => token = Some(tk.to_string()),
@@ -726,54 +565,33 @@ async fn calls_endpoints(t: TestApp) {
         }
     }
     assert_eq!(seen.len(), 7);
-    let (s, v) = t
-        .get(&format!("/api/v1/campaigns/{id}/calls?status=ringing"))
-        .await;
+    let (s, v) = t.get(&format!("/api/v1/campaigns/{id}/calls?status=ringing")).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_parameter");
-    let (_, done) = t
-        .get(&format!("/api/v1/campaigns/{id}/calls?status=completed"))
-        .await;
+    let (_, done) = t.get(&format!("/api/v1/campaigns/{id}/calls?status=completed")).await;
     assert_eq!(done["calls"], json!([]));
     t.assert_stats_match_rows(id).await;
 }
 
 async fn bulk_targets(t: TestApp) {
     let n = 20_000;
-    let targets: Vec<Value> = (0..n)
-        .map(|i| json!({"phone_number": format!("+1444{i:07}"), "metadata": {"row": i}}))
-        .collect();
+    let targets: Vec<Value> =
+        (0..n).map(|i| json!({"phone_number": format!("+1444{i:07}"), "metadata": {"row": i}})).collect();
     let mut body = seed_campaign("bulk");
     body["targets"] = Value::Array(targets.clone());
     let c = t.create(body).await;
     assert_eq!(c["target_count"], n);
     let id = c["id"].as_str().expect("id");
     let stats = t.assert_stats_match_rows(id).await;
-    assert_eq!(
-        (
-            stats["total_calls"].as_i64(),
-            stats["pending_calls"].as_i64()
-        ),
-        (Some(n), Some(n))
-    );
-    let (s, v) = t
-        .post(
-            &format!("/api/v1/campaigns/{id}/targets"),
-            json!({"targets": targets}),
-        )
-        .await;
-    assert_eq!(
-        (s, v),
-        (StatusCode::OK, json!({"queued": 0, "already_queued": n}))
-    );
+    assert_eq!((stats["total_calls"].as_i64(), stats["pending_calls"].as_i64()), (Some(n), Some(n)));
+    let (s, v) = t.post(&format!("/api/v1/campaigns/{id}/targets"), json!({"targets": targets})).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"queued": 0, "already_queued": n})));
 }
 
 async fn body_limit(backend: Backend) {
     let mut cfg = Config::default();
     cfg.api.max_body_bytes = 2048;
     let t = test_app_with(backend, cfg).await;
-    let targets: Vec<Value> = (0..200)
-        .map(|i| json!({"phone_number": format!("+1444{i:07}")}))
-        .collect();
+    let targets: Vec<Value> = (0..200).map(|i| json!({"phone_number": format!("+1444{i:07}")})).collect();
     let mut body = seed_campaign("big");
     body["targets"] = Value::Array(targets);
     let (s, v) = t.post("/api/v1/campaigns", body).await;
@@ -818,3 +636,47 @@ both_stores!(
     bulk_targets,
     health_reports_store_down,
 );
+
+/// `MAX_CONCURRENT_CALLS` requests in flight: the next one is 429 `rate_limit_exceeded`,
+/// with Retry-After; the daily usage cap answers 429 `usage_cap_exceeded`. Never a 5xx.
+#[tokio::test]
+async fn call_guard_answers_429() {
+    let mut cfg = Config::default();
+    cfg.limits.max_concurrent_calls = 1;
+    cfg.limits.daily_usage_cap = 2;
+    let t = test_app_with(Backend::Sqlite, cfg.clone()).await;
+    let guard = dialer_control_plane::api_guard(&cfg);
+    let router = dialer_control_plane::app_with_guard(&cfg, t.store.clone(), guard.clone());
+    let c = t.create(seed_campaign("guard")).await;
+    let body = json!({"campaign_id": c["id"], "phone_number": "+15555550001"}).to_string();
+    let send = || {
+        let router = router.clone();
+        let body = body.clone();
+        async move {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/calls")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .expect("request");
+            let resp = router.oneshot(req).await.expect("answer");
+            let status = resp.status();
+            let retry = resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, retry, serde_json::from_slice::<Value>(&bytes).expect("json"))
+        }
+    };
+    // One request in flight (held here): the next is refused.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let held = guard.try_enter(now).expect("permit");
+    let (s, retry, v) = send().await;
+    assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
+    assert_eq!(retry.as_deref(), Some("1"));
+    drop(held);
+    // The daily cap (2, one already used by the permit above).
+    let (s, _, v) = send().await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, retry, v) = send().await;
+    assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "usage_cap_exceeded");
+    assert!(retry.and_then(|r| r.parse::<u64>().ok()).is_some_and(|r| r > 0 && r <= 86_400));
+}

@@ -13,11 +13,7 @@ use clap::{Parser, Subcommand};
 use dialer_control_plane::{Config, store::redact};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "dialer",
-    version,
-    about = "High-throughput outbound voice dialer"
-)]
+#[command(name = "dialer", version, about = "High-throughput outbound voice dialer")]
 struct Cli {
     /// TOML configuration file (every key optional; environment variables override it).
     #[arg(long, global = true, env = "DIALER_CONFIG")]
@@ -87,36 +83,24 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
     let store = dialer_control_plane::open_store(cfg, url)
         .await
         .with_context(|| format!("opening the store at {}", redact(url)))?;
-    let listener = tokio::net::TcpListener::bind(cfg.api.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another process using it? pick another with --listen",
-                cfg.api.listen
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
+    })?;
     tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
-    dialer_control_plane::serve(
-        listener,
-        dialer_control_plane::app(cfg, store.clone()),
-        shutdown_signal(),
-    )
-    .await?;
+    dialer_control_plane::serve(listener, dialer_control_plane::app(cfg, store.clone()), shutdown_signal()).await?;
     store.close().await;
     Ok(())
 }
 
 fn sqlite_dir(data_dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
-    let mut cfg =
-        Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
+    let mut cfg = Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
     match cli.command {
         Command::Up { data_dir, listen } => {
             if let Some(l) = listen {
@@ -141,9 +125,7 @@ async fn main() -> Result<()> {
             serve_api(&cfg, &url).await
         }
         Command::Dataplane => {
-            anyhow::bail!(
-                "the data plane is not built yet in this version; use `dialer up` or `dialer control-plane`"
-            )
+            anyhow::bail!("the data plane is not built yet in this version; use `dialer up` or `dialer control-plane`")
         }
         Command::Migrate { data_dir } => {
             let url = cfg.store_url(&data_dir);
@@ -153,11 +135,7 @@ async fn main() -> Result<()> {
             let store = dialer_control_plane::open_store(&cfg, &url)
                 .await
                 .with_context(|| format!("migrating {}", redact(&url)))?;
-            println!(
-                "migrations applied to {} ({})",
-                redact(&url),
-                store.kind().as_str()
-            );
+            println!("migrations applied to {} ({})", redact(&url), store.kind().as_str());
             store.close().await;
             Ok(())
         }

@@ -30,12 +30,8 @@ pub struct TransitionError {
 }
 
 impl CampaignStatus {
-    pub const ALL: [CampaignStatus; 4] = [
-        CampaignStatus::Pending,
-        CampaignStatus::InProgress,
-        CampaignStatus::Paused,
-        CampaignStatus::Completed,
-    ];
+    pub const ALL: [CampaignStatus; 4] =
+        [CampaignStatus::Pending, CampaignStatus::InProgress, CampaignStatus::Paused, CampaignStatus::Completed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -59,10 +55,7 @@ impl CampaignStatus {
             (CampaignAction::Pause, InProgress) => Paused,
             (CampaignAction::Complete, Pending | InProgress | Paused) => Completed,
             _ => {
-                return Err(TransitionError {
-                    action: action.as_str(),
-                    current: self,
-                });
+                return Err(TransitionError { action: action.as_str(), current: self });
             }
         };
         Ok(next)
@@ -70,10 +63,7 @@ impl CampaignStatus {
 
     /// The states from which `action` is allowed (for conditional updates in SQL).
     pub fn sources(action: CampaignAction) -> Vec<CampaignStatus> {
-        CampaignStatus::ALL
-            .into_iter()
-            .filter(|s| s.apply(action).is_ok())
-            .collect()
+        CampaignStatus::ALL.into_iter().filter(|s| s.apply(action).is_ok()).collect()
     }
 }
 
@@ -106,13 +96,8 @@ pub enum CallStatus {
 }
 
 impl CallStatus {
-    pub const ALL: [CallStatus; 5] = [
-        CallStatus::Pending,
-        CallStatus::Queued,
-        CallStatus::InProgress,
-        CallStatus::Completed,
-        CallStatus::Failed,
-    ];
+    pub const ALL: [CallStatus; 5] =
+        [CallStatus::Pending, CallStatus::Queued, CallStatus::InProgress, CallStatus::Completed, CallStatus::Failed];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -158,20 +143,14 @@ mod tests {
             let err = from.apply(action).unwrap_err();
             assert_eq!(err.current, from);
         }
-        assert_eq!(
-            Pending.apply(Pause).unwrap_err().to_string(),
-            "cannot pause a campaign that is pending"
-        );
+        assert_eq!(Pending.apply(Pause).unwrap_err().to_string(), "cannot pause a campaign that is pending");
     }
 
     #[test]
     fn sources_match_apply() {
         assert_eq!(CampaignStatus::sources(Start), vec![Pending, Paused]);
         assert_eq!(CampaignStatus::sources(Pause), vec![InProgress]);
-        assert_eq!(
-            CampaignStatus::sources(Complete),
-            vec![Pending, InProgress, Paused]
-        );
+        assert_eq!(CampaignStatus::sources(Complete), vec![Pending, InProgress, Paused]);
     }
 
     #[test]

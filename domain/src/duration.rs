@@ -8,8 +8,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err("must be a duration such as \"2s\", \"500ms\" or \"2m\"".into());
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{e}; use a duration such as \"2s\", \"500ms\" or \"2m\""))
+    humantime::parse_duration(t).map_err(|e| format!("{e}; use a duration such as \"2s\", \"500ms\" or \"2m\""))
 }
 
 /// Formats a duration the way [`parse`] reads it (`120s` → `"2m"`).
@@ -33,10 +32,7 @@ mod tests {
         assert_eq!(format(Duration::from_secs(120)), "2m");
         assert_eq!(format(Duration::from_secs(90)), "1m30s");
         assert_eq!(format(Duration::from_millis(1500)), "1s500ms");
-        assert_eq!(
-            parse(&format(Duration::from_millis(1500))),
-            Ok(Duration::from_millis(1500))
-        );
+        assert_eq!(parse(&format(Duration::from_millis(1500))), Ok(Duration::from_millis(1500)));
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! local hour is open both times it occurs.
 
 use chrono::{
-    DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime,
-    NaiveTime, TimeZone, Timelike, Utc,
+    DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone,
+    Timelike, Utc,
 };
 use chrono_tz::Tz;
 
@@ -29,28 +29,16 @@ pub struct Window {
 
 impl Window {
     /// Builds a window from API values, with the reason when they are impossible.
-    pub fn parse(
-        day_of_week: i64,
-        start: &str,
-        end: &str,
-    ) -> Result<Window, (&'static str, String)> {
+    pub fn parse(day_of_week: i64, start: &str, end: &str) -> Result<Window, (&'static str, String)> {
         if !(0..=6).contains(&day_of_week) {
             return Err(("day_of_week", "must be 0 (Sunday) to 6 (Saturday)".into()));
         }
         let start_m = parse_hhmm(start, false).map_err(|m| ("start", m))?;
         let end_m = parse_hhmm(end, true).map_err(|m| ("end", m))?;
         if start_m == end_m {
-            return Err((
-                "end",
-                "must differ from start (use start \"00:00\", end \"24:00\" for a whole day)"
-                    .into(),
-            ));
+            return Err(("end", "must differ from start (use start \"00:00\", end \"24:00\" for a whole day)".into()));
         }
-        Ok(Window {
-            day_of_week: day_of_week as u8,
-            start: start_m,
-            end: end_m,
-        })
+        Ok(Window { day_of_week: day_of_week as u8, start: start_m, end: end_m })
     }
 
     /// True when the window runs past midnight into the next day.
@@ -81,12 +69,7 @@ impl Window {
 }
 
 fn parse_hhmm(s: &str, allow_24: bool) -> Result<u16, String> {
-    let bad = || {
-        format!(
-            "must be \"HH:MM\" between 00:00 and {}, got {s:?}",
-            if allow_24 { "24:00" } else { "23:59" }
-        )
-    };
+    let bad = || format!("must be \"HH:MM\" between 00:00 and {}, got {s:?}", if allow_24 { "24:00" } else { "23:59" });
     let (h, m) = s.split_once(':').ok_or_else(bad)?;
     if h.len() != 2 || m.len() != 2 {
         return Err(bad());
@@ -136,10 +119,7 @@ impl BusinessHours {
             let dow = date.weekday().num_days_from_sunday() as u8;
             for w in self.windows.iter().filter(|w| w.day_of_week == dow) {
                 for candidate in self.resolve_start(date, w.start).into_iter().flatten() {
-                    if candidate > at
-                        && self.is_open(candidate)
-                        && best.is_none_or(|b| candidate < b)
-                    {
+                    if candidate > at && self.is_open(candidate) && best.is_none_or(|b| candidate < b) {
                         best = Some(candidate);
                     }
                 }
@@ -151,8 +131,7 @@ impl BusinessHours {
     /// The UTC instants of local `date` + `minute`: one normally, both occurrences in a fall-back
     /// overlap, and the first instant after the gap for a time inside a spring-forward gap.
     fn resolve_start(&self, date: NaiveDate, minute: u16) -> [Option<DateTime<Utc>>; 2] {
-        let Some(time) = NaiveTime::from_hms_opt(u32::from(minute / 60), u32::from(minute % 60), 0)
-        else {
+        let Some(time) = NaiveTime::from_hms_opt(u32::from(minute / 60), u32::from(minute % 60), 0) else {
             return [None, None];
         };
         let mut local = NaiveDateTime::new(date, time);
@@ -171,11 +150,8 @@ impl BusinessHours {
 
 /// Parses an IANA time-zone name such as `America/New_York`.
 pub fn parse_tz(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>().map_err(|_| {
-        format!(
-            "unknown IANA time zone {name:?}; use a name such as \"America/New_York\" or \"UTC\""
-        )
-    })
+    name.parse::<Tz>()
+        .map_err(|_| format!("unknown IANA time zone {name:?}; use a name such as \"America/New_York\" or \"UTC\""))
 }
 
 #[cfg(test)]
@@ -183,43 +159,23 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .expect("test instant")
-            .with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s).expect("test instant").with_timezone(&Utc)
     }
 
     fn hours(tz: &str, w: &[(i64, &str, &str)]) -> BusinessHours {
         BusinessHours {
             tz: parse_tz(tz).expect("tz"),
-            windows: w
-                .iter()
-                .map(|(d, s, e)| Window::parse(*d, s, e).expect("window"))
-                .collect(),
+            windows: w.iter().map(|(d, s, e)| Window::parse(*d, s, e).expect("window")).collect(),
         }
     }
 
     #[test]
     fn parses_and_rejects_windows() {
         assert!(Window::parse(1, "09:00", "18:00").is_ok());
-        assert!(
-            Window::parse(5, "22:00", "02:00")
-                .expect("crosses")
-                .crosses_midnight()
-        );
-        assert_eq!(
-            Window::parse(0, "00:00", "24:00")
-                .expect("whole day")
-                .end_hhmm(),
-            "24:00"
-        );
-        assert_eq!(
-            Window::parse(7, "09:00", "18:00").unwrap_err().0,
-            "day_of_week"
-        );
-        assert_eq!(
-            Window::parse(-1, "09:00", "18:00").unwrap_err().0,
-            "day_of_week"
-        );
+        assert!(Window::parse(5, "22:00", "02:00").expect("crosses").crosses_midnight());
+        assert_eq!(Window::parse(0, "00:00", "24:00").expect("whole day").end_hhmm(), "24:00");
+        assert_eq!(Window::parse(7, "09:00", "18:00").unwrap_err().0, "day_of_week");
+        assert_eq!(Window::parse(-1, "09:00", "18:00").unwrap_err().0, "day_of_week");
         assert_eq!(Window::parse(1, "9:00", "18:00").unwrap_err().0, "start");
         assert_eq!(Window::parse(1, "24:00", "18:00").unwrap_err().0, "start");
         assert_eq!(Window::parse(1, "09:60", "18:00").unwrap_err().0, "start");
@@ -245,15 +201,9 @@ mod tests {
         assert!(h.is_open(utc("2026-11-23T22:59:59Z")));
         assert!(!h.is_open(utc("2026-11-23T23:00:00Z")), "end is exclusive");
         // Tuesday: next opening is the following Monday 09:00 local.
-        assert_eq!(
-            h.next_open(utc("2026-11-24T15:00:00Z")),
-            Some(utc("2026-11-30T14:00:00Z"))
-        );
+        assert_eq!(h.next_open(utc("2026-11-24T15:00:00Z")), Some(utc("2026-11-30T14:00:00Z")));
         // Monday before opening: same day.
-        assert_eq!(
-            h.next_open(utc("2026-11-23T05:00:00Z")),
-            Some(utc("2026-11-23T14:00:00Z"))
-        );
+        assert_eq!(h.next_open(utc("2026-11-23T05:00:00Z")), Some(utc("2026-11-23T14:00:00Z")));
     }
 
     #[test]
@@ -262,19 +212,10 @@ mod tests {
         let h = hours("UTC", &[(5, "22:00", "02:00")]);
         assert!(!h.is_open(utc("2026-11-20T21:59:00Z")));
         assert!(h.is_open(utc("2026-11-20T22:00:00Z")));
-        assert!(
-            h.is_open(utc("2026-11-21T01:30:00Z")),
-            "Saturday early morning belongs to Friday's window"
-        );
+        assert!(h.is_open(utc("2026-11-21T01:30:00Z")), "Saturday early morning belongs to Friday's window");
         assert!(!h.is_open(utc("2026-11-21T02:00:00Z")));
-        assert!(
-            !h.is_open(utc("2026-11-22T01:30:00Z")),
-            "Sunday early morning is not open"
-        );
-        assert_eq!(
-            h.next_open(utc("2026-11-21T03:00:00Z")),
-            Some(utc("2026-11-27T22:00:00Z"))
-        );
+        assert!(!h.is_open(utc("2026-11-22T01:30:00Z")), "Sunday early morning is not open");
+        assert_eq!(h.next_open(utc("2026-11-21T03:00:00Z")), Some(utc("2026-11-27T22:00:00Z")));
     }
 
     #[test]
@@ -292,16 +233,10 @@ mod tests {
         assert!(!h.is_open(utc("2026-03-08T06:59:00Z")), "01:59 EST");
         assert!(h.is_open(utc("2026-03-08T07:00:00Z")), "03:00 EDT");
         assert!(!h.is_open(utc("2026-03-08T08:00:00Z")), "04:00 EDT");
-        assert_eq!(
-            h.next_open(utc("2026-03-08T05:00:00Z")),
-            Some(utc("2026-03-08T07:00:00Z"))
-        );
+        assert_eq!(h.next_open(utc("2026-03-08T05:00:00Z")), Some(utc("2026-03-08T07:00:00Z")));
         // A window entirely inside the gap does not open that day at all.
         let gap_only = hours("America/New_York", &[(0, "02:10", "02:50")]);
-        assert_eq!(
-            gap_only.next_open(utc("2026-03-08T05:00:00Z")),
-            Some(utc("2026-03-15T06:10:00Z"))
-        );
+        assert_eq!(gap_only.next_open(utc("2026-03-08T05:00:00Z")), Some(utc("2026-03-15T06:10:00Z")));
     }
 
     #[test]
@@ -311,11 +246,7 @@ mod tests {
         assert!(h.is_open(utc("2026-11-01T05:15:00Z")), "01:15 EDT");
         assert!(!h.is_open(utc("2026-11-01T05:45:00Z")), "01:45 EDT");
         assert!(h.is_open(utc("2026-11-01T06:15:00Z")), "01:15 EST");
-        assert_eq!(
-            h.next_open(utc("2026-11-01T04:00:00Z")),
-            Some(utc("2026-11-01T05:00:00Z")),
-            "earlier occurrence"
-        );
+        assert_eq!(h.next_open(utc("2026-11-01T04:00:00Z")), Some(utc("2026-11-01T05:00:00Z")), "earlier occurrence");
         assert_eq!(
             h.next_open(utc("2026-11-01T05:45:00Z")),
             Some(utc("2026-11-01T06:00:00Z")),

@@ -21,16 +21,7 @@ pub fn check_e164(s: &str) -> Result<(), &'static str> {
 /// Masks all but the last four digits, for logs: `+15555550001` → `+*******0001`.
 pub fn mask(s: &str) -> String {
     let n = s.chars().count();
-    s.chars()
-        .enumerate()
-        .map(|(i, c)| {
-            if i == 0 && c == '+' || i + 4 >= n {
-                c
-            } else {
-                '*'
-            }
-        })
-        .collect()
+    s.chars().enumerate().map(|(i, c)| if i == 0 && c == '+' || i + 4 >= n { c } else { '*' }).collect()
 }
 
 #[cfg(test)]

@@ -44,10 +44,7 @@ impl RetryPolicy {
     /// Checks the policy, returning the offending field and the reason.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.max_attempts == 0 || self.max_attempts > MAX_ATTEMPTS_LIMIT {
-            return Err((
-                "max_attempts",
-                format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
-            ));
+            return Err(("max_attempts", format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}")));
         }
         if self.base_delay < Duration::from_millis(1) {
             return Err(("base_delay", "must be at least 1ms".into()));
@@ -89,12 +86,7 @@ mod tests {
     use super::*;
 
     fn policy(jitter: f64) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 5,
-            base_delay: Duration::from_secs(2),
-            max_delay: Duration::from_secs(30),
-            jitter,
-        }
+        RetryPolicy { max_attempts: 5, base_delay: Duration::from_secs(2), max_delay: Duration::from_secs(30), jitter }
     }
 
     #[test]
@@ -145,13 +137,8 @@ mod tests {
         assert!((fifth.next_delay(prev, 0.0).as_secs_f64() - 19.6).abs() < 1e-9);
         // The mean of uniform draws sits in the middle of the range.
         let n = 10_000;
-        let mean: f64 = (0..n)
-            .map(|i| {
-                full.next_delay(prev, (i as f64 + 0.5) / n as f64)
-                    .as_secs_f64()
-            })
-            .sum::<f64>()
-            / n as f64;
+        let mean: f64 =
+            (0..n).map(|i| full.next_delay(prev, (i as f64 + 0.5) / n as f64).as_secs_f64()).sum::<f64>() / n as f64;
         assert!((mean - 13.0).abs() < 0.01, "mean {mean}");
     }
 
@@ -161,10 +148,7 @@ mod tests {
         let mut prev = Duration::from_millis(1);
         for i in 1..200u64 {
             let d = p.next_delay(Some(Duration::from_millis(i * 100)), 0.5);
-            assert!(
-                d >= prev,
-                "non-decreasing in the previous delay without jitter"
-            );
+            assert!(d >= prev, "non-decreasing in the previous delay without jitter");
             prev = d;
         }
     }

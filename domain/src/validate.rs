@@ -33,10 +33,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
+        FieldError { field: field.into(), message: message.into() }
     }
 }
 
@@ -173,26 +170,17 @@ fn check_name(name: &str) -> Result<String, FieldError> {
         return Err(FieldError::new("name", "must not be empty"));
     }
     if n.chars().count() > NAME_MAX_CHARS {
-        return Err(FieldError::new(
-            "name",
-            format!("must be at most {NAME_MAX_CHARS} characters"),
-        ));
+        return Err(FieldError::new("name", format!("must be at most {NAME_MAX_CHARS} characters")));
     }
     if n.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            "name",
-            "must not contain control characters",
-        ));
+        return Err(FieldError::new("name", "must not contain control characters"));
     }
     Ok(n.to_string())
 }
 
 fn check_description(d: &str) -> Result<String, FieldError> {
     if d.chars().count() > DESCRIPTION_MAX_CHARS {
-        return Err(FieldError::new(
-            "description",
-            format!("must be at most {DESCRIPTION_MAX_CHARS} characters"),
-        ));
+        return Err(FieldError::new("description", format!("must be at most {DESCRIPTION_MAX_CHARS} characters")));
     }
     Ok(d.to_string())
 }
@@ -239,10 +227,7 @@ fn check_retry(input: &RetryPolicyInput, base: RetryPolicy) -> Result<RetryPolic
 
 fn check_hours(input: &[BusinessHourInput]) -> Result<Vec<Window>, FieldError> {
     if input.len() > BUSINESS_HOURS_MAX {
-        return Err(FieldError::new(
-            "business_hours",
-            format!("at most {BUSINESS_HOURS_MAX} windows"),
-        ));
+        return Err(FieldError::new("business_hours", format!("at most {BUSINESS_HOURS_MAX} windows")));
     }
     input
         .iter()
@@ -256,13 +241,9 @@ fn check_hours(input: &[BusinessHourInput]) -> Result<Vec<Window>, FieldError> {
 
 /// Validates one target's number and metadata; `field` prefixes the field names.
 pub fn check_target(field: &str, t: &TargetInput) -> Result<NewTarget, FieldError> {
-    phone::check_e164(&t.phone_number)
-        .map_err(|m| FieldError::new(format!("{field}.phone_number"), m))?;
+    phone::check_e164(&t.phone_number).map_err(|m| FieldError::new(format!("{field}.phone_number"), m))?;
     let metadata = check_metadata(&format!("{field}.metadata"), t.metadata.as_ref())?;
-    Ok(NewTarget {
-        phone_number: t.phone_number.clone(),
-        metadata,
-    })
+    Ok(NewTarget { phone_number: t.phone_number.clone(), metadata })
 }
 
 /// Metadata must be a JSON object (null/absent = `{}`) of bounded size.
@@ -271,10 +252,7 @@ pub fn check_metadata(field: &str, m: Option<&Value>) -> Result<Value, FieldErro
         None | Some(Value::Null) => Ok(Value::Object(Default::default())),
         Some(v @ Value::Object(_)) => {
             if v.to_string().len() > METADATA_MAX_BYTES {
-                return Err(FieldError::new(
-                    field,
-                    format!("must be at most {METADATA_MAX_BYTES} bytes of JSON"),
-                ));
+                return Err(FieldError::new(field, format!("must be at most {METADATA_MAX_BYTES} bytes of JSON")));
             }
             Ok(v.clone())
         }
@@ -314,30 +292,18 @@ pub fn check_targets(targets: &[TargetInput], max: usize) -> Result<Vec<NewTarge
 impl CreateCampaignRequest {
     /// Validates the request and fills in the defaults.
     pub fn validate(&self, max_targets: usize) -> Result<NewCampaign, FieldError> {
-        let name = check_name(
-            self.name
-                .as_deref()
-                .ok_or_else(|| FieldError::new("name", "is required"))?,
-        )?;
+        let name = check_name(self.name.as_deref().ok_or_else(|| FieldError::new("name", "is required"))?)?;
         let description = check_description(self.description.as_deref().unwrap_or(""))?;
         let time_zone = check_time_zone(self.time_zone.as_deref().unwrap_or("UTC"))?;
-        let max_concurrent_calls = self
-            .max_concurrent_calls
-            .map_or(Ok(DEFAULT_MAX_CONCURRENT_CALLS), check_max_concurrent)?;
-        let retry_policy = check_retry(
-            self.retry_policy
-                .as_ref()
-                .unwrap_or(&RetryPolicyInput::default()),
-            RetryPolicy::default(),
-        )?;
+        let max_concurrent_calls =
+            self.max_concurrent_calls.map_or(Ok(DEFAULT_MAX_CONCURRENT_CALLS), check_max_concurrent)?;
+        let retry_policy =
+            check_retry(self.retry_policy.as_ref().unwrap_or(&RetryPolicyInput::default()), RetryPolicy::default())?;
         let business_hours = check_hours(self.business_hours.as_deref().unwrap_or(&[]))?;
         let targets = check_targets(
-            self.targets.as_deref().ok_or_else(|| {
-                FieldError::new(
-                    "targets",
-                    "is required: list the numbers this campaign may call",
-                )
-            })?,
+            self.targets
+                .as_deref()
+                .ok_or_else(|| FieldError::new("targets", "is required: list the numbers this campaign may call"))?,
             max_targets,
         )?;
         Ok(NewCampaign {
@@ -393,12 +359,7 @@ impl UpdateCampaignRequest {
 /// Parses an id from a path or body; the error names `field`.
 pub fn parse_id(field: &str, s: &str) -> Result<Uuid, FieldError> {
     Uuid::try_parse(s).map_err(|_| {
-        FieldError::new(
-            field,
-            format!(
-                "{s:?} is not a valid id (a UUID such as 0192f0c1-7a5e-7c3b-9a61-1f2e3d4c5b6a)"
-            ),
-        )
+        FieldError::new(field, format!("{s:?} is not a valid id (a UUID such as 0192f0c1-7a5e-7c3b-9a61-1f2e3d4c5b6a)"))
     })
 }
 
@@ -436,11 +397,7 @@ pub struct BusinessHourView {
 
 impl From<&Window> for BusinessHourView {
     fn from(w: &Window) -> Self {
-        BusinessHourView {
-            day_of_week: w.day_of_week,
-            start: w.start_hhmm(),
-            end: w.end_hhmm(),
-        }
+        BusinessHourView { day_of_week: w.day_of_week, start: w.start_hhmm(), end: w.end_hhmm() }
     }
 }
 
@@ -465,13 +422,7 @@ pub struct Campaign {
 }
 
 impl Campaign {
-    pub fn new(
-        id: Uuid,
-        s: &CampaignSettings,
-        status: CampaignStatus,
-        target_count: i64,
-        ts: Timestamps,
-    ) -> Campaign {
+    pub fn new(id: Uuid, s: &CampaignSettings, status: CampaignStatus, target_count: i64, ts: Timestamps) -> Campaign {
         Campaign {
             id,
             name: s.name.clone(),
@@ -479,11 +430,7 @@ impl Campaign {
             time_zone: s.time_zone.clone(),
             max_concurrent_calls: s.max_concurrent_calls,
             retry_policy: s.retry_policy.into(),
-            business_hours: s
-                .business_hours
-                .iter()
-                .map(BusinessHourView::from)
-                .collect(),
+            business_hours: s.business_hours.iter().map(BusinessHourView::from).collect(),
             status,
             target_count,
             created_at: ts.created_at,
@@ -597,9 +544,7 @@ mod tests {
     use serde_json::json;
 
     fn create(v: Value) -> Result<NewCampaign, FieldError> {
-        serde_json::from_value::<CreateCampaignRequest>(v)
-            .expect("shape")
-            .validate(1000)
+        serde_json::from_value::<CreateCampaignRequest>(v).expect("shape").validate(1000)
     }
 
     fn seed_body() -> Value {
@@ -625,8 +570,7 @@ mod tests {
 
     #[test]
     fn defaults_fill_in() {
-        let c = create(json!({"name": "x", "targets": [{"phone_number": "+15555550001"}]}))
-            .expect("valid");
+        let c = create(json!({"name": "x", "targets": [{"phone_number": "+15555550001"}]})).expect("valid");
         assert_eq!(c.settings.max_concurrent_calls, 500);
         assert_eq!(c.settings.retry_policy, RetryPolicy::default());
         assert_eq!(c.settings.time_zone, "UTC");
@@ -641,22 +585,10 @@ mod tests {
             (json!({"time_zone": "Nowhere/Land"}), "time_zone"),
             (json!({"max_concurrent_calls": 0}), "max_concurrent_calls"),
             (json!({"max_concurrent_calls": -5}), "max_concurrent_calls"),
-            (
-                json!({"retry_policy": {"jitter": 2.0}}),
-                "retry_policy.jitter",
-            ),
-            (
-                json!({"retry_policy": {"max_attempts": 0}}),
-                "retry_policy.max_attempts",
-            ),
-            (
-                json!({"retry_policy": {"base_delay": "soon"}}),
-                "retry_policy.base_delay",
-            ),
-            (
-                json!({"retry_policy": {"base_delay": "1m", "max_delay": "30s"}}),
-                "retry_policy.max_delay",
-            ),
+            (json!({"retry_policy": {"jitter": 2.0}}), "retry_policy.jitter"),
+            (json!({"retry_policy": {"max_attempts": 0}}), "retry_policy.max_attempts"),
+            (json!({"retry_policy": {"base_delay": "soon"}}), "retry_policy.base_delay"),
+            (json!({"retry_policy": {"base_delay": "1m", "max_delay": "30s"}}), "retry_policy.max_delay"),
             (
                 json!({"business_hours": [{"day_of_week": 9, "start": "09:00", "end": "18:00"}]}),
                 "business_hours[0].day_of_week",
@@ -667,14 +599,8 @@ mod tests {
             ),
             (json!({"targets": []}), "targets"),
             (json!({"targets": null}), "targets"),
-            (
-                json!({"targets": [{"phone_number": "555-0001"}]}),
-                "targets[0].phone_number",
-            ),
-            (
-                json!({"targets": [{"phone_number": "+15555550001", "metadata": [1]}]}),
-                "targets[0].metadata",
-            ),
+            (json!({"targets": [{"phone_number": "555-0001"}]}), "targets[0].phone_number"),
+            (json!({"targets": [{"phone_number": "+15555550001", "metadata": [1]}]}), "targets[0].metadata"),
             (
                 json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
                 "targets[1].phone_number",
@@ -692,9 +618,7 @@ mod tests {
 
     #[test]
     fn too_many_targets_is_refused() {
-        let targets: Vec<Value> = (0..1001)
-            .map(|i| json!({"phone_number": format!("+1555{i:07}")}))
-            .collect();
+        let targets: Vec<Value> = (0..1001).map(|i| json!({"phone_number": format!("+1555{i:07}")})).collect();
         let mut body = seed_body();
         body["targets"] = Value::Array(targets);
         assert_eq!(create(body).expect_err("too many").field, "targets");
@@ -722,12 +646,8 @@ mod tests {
         assert_eq!(next.retry_policy.max_delay, Duration::from_secs(30), "kept");
         assert!(next.business_hours.is_empty());
         assert_eq!(next.name, current.name);
-        let bad: UpdateCampaignRequest =
-            serde_json::from_value(json!({"max_concurrent_calls": 0})).expect("shape");
-        assert_eq!(
-            bad.apply(&current).expect_err("bad").field,
-            "max_concurrent_calls"
-        );
+        let bad: UpdateCampaignRequest = serde_json::from_value(json!({"max_concurrent_calls": 0})).expect("shape");
+        assert_eq!(bad.apply(&current).expect_err("bad").field, "max_concurrent_calls");
     }
 
     #[test]

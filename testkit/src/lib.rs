@@ -29,10 +29,7 @@ pub enum HarnessError {
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port on 127.0.0.1")
 }
 
 /// Waits until something accepts TCP connections on `port`.
@@ -72,18 +69,11 @@ fn watch(pid: u32, dir: &Path) {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, HarnessError> {
-    let out = cmd.output().map_err(|e| HarnessError::Command {
-        what: what.into(),
-        detail: e.to_string(),
-    })?;
+    let out = cmd.output().map_err(|e| HarnessError::Command { what: what.into(), detail: e.to_string() })?;
     if !out.status.success() {
         return Err(HarnessError::Command {
             what: what.into(),
-            detail: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            detail: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -92,11 +82,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, HarnessError> {
 fn euid_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -105,9 +91,7 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name))
-            .then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))
-            .flatten()
+        (f.first() == Some(&name)).then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))).flatten()
     })
 }
 
@@ -139,18 +123,11 @@ fn pg_bin_dir() -> Result<PathBuf, HarnessError> {
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path().join("bin"))
-                .filter(|p| p.join("postgres").exists())
-                .collect()
+            rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("postgres").exists()).collect()
         })
         .unwrap_or_default();
     dirs.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
     dirs.pop().ok_or_else(|| HarnessError::Missing {
         what: "PostgreSQL server binaries (/usr/lib/postgresql/*/bin/postgres)".into(),
@@ -162,27 +139,18 @@ impl Postgres {
     /// The process-wide server, started on first use.
     pub fn shared() -> Result<&'static Postgres, String> {
         static PG: OnceLock<Result<Postgres, String>> = OnceLock::new();
-        PG.get_or_init(|| Postgres::start().map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(Clone::clone)
+        PG.get_or_init(|| Postgres::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
     }
 
     fn start() -> Result<Postgres, HarnessError> {
         if let Ok(url) = std::env::var("DIALER_TEST_POSTGRES_URL") {
-            return Ok(Postgres {
-                base_url: url.trim_end_matches('/').to_string(),
-                bin: None,
-                _dir: None,
-            });
+            return Ok(Postgres { base_url: url.trim_end_matches('/').to_string(), bin: None, _dir: None });
         }
         let bin = pg_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("dialer-pg-")
             .tempdir()
-            .map_err(|e| HarnessError::Start {
-                what: "PostgreSQL".into(),
-                detail: format!("temp dir: {e}"),
-            })?;
+            .map_err(|e| HarnessError::Start { what: "PostgreSQL".into(), detail: format!("temp dir: {e}") })?;
         let data = dir.path().join("data");
         let ids = if euid_is_root() {
             // initdb and postgres refuse to run as root: run them as the `postgres` user.
@@ -190,13 +158,7 @@ impl Postgres {
                 what: "the `postgres` system user (tests run as root)".into(),
                 hint: PG_INSTALL.into(),
             })?;
-            run(
-                Command::new("chown")
-                    .arg("-R")
-                    .arg(format!("{}:{}", ids.0, ids.1))
-                    .arg(dir.path()),
-                "chown",
-            )?;
+            run(Command::new("chown").arg("-R").arg(format!("{}:{}", ids.0, ids.1)).arg(dir.path()), "chown")?;
             Some(ids)
         } else {
             None
@@ -225,38 +187,18 @@ impl Postgres {
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-            ])
-            .args([
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=400",
-                "-c",
-                "shared_buffers=256MB",
-            ])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=256MB"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("postgres.log")).map_err(|e| {
-                    HarnessError::Start {
-                        what: "PostgreSQL".into(),
-                        detail: e.to_string(),
-                    }
-                })?,
+                std::fs::File::create(dir.path().join("postgres.log"))
+                    .map_err(|e| HarnessError::Start { what: "PostgreSQL".into(), detail: e.to_string() })?,
             ))
             .process_group(0);
         as_user(&mut server);
-        let child = server.spawn().map_err(|e| HarnessError::Start {
-            what: "PostgreSQL".into(),
-            detail: e.to_string(),
-        })?;
+        let child =
+            server.spawn().map_err(|e| HarnessError::Start { what: "PostgreSQL".into(), detail: e.to_string() })?;
         watch(child.id(), dir.path());
         let base_url = format!("postgres://postgres@127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -269,34 +211,24 @@ impl Postgres {
                 break;
             }
             if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
-                return Err(HarnessError::Start {
-                    what: "PostgreSQL".into(),
-                    detail: log,
-                });
+                let log = std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
+                return Err(HarnessError::Start { what: "PostgreSQL".into(), detail: log });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Postgres {
-            base_url,
-            bin: Some(bin),
-            _dir: Some(dir),
-        })
+        Ok(Postgres { base_url, bin: Some(bin), _dir: Some(dir) })
     }
 
     /// A new, empty database; returns its URL.
     pub fn create_database(&self) -> Result<String, String> {
         let name = unique_name("t");
-        let psql = self
-            .bin
-            .as_ref()
-            .map(|b| b.join("psql"))
-            .unwrap_or_else(|| PathBuf::from("psql"));
+        let psql = self.bin.as_ref().map(|b| b.join("psql")).unwrap_or_else(|| PathBuf::from("psql"));
         run(
-            Command::new(psql)
-                .arg(format!("{}/postgres", self.base_url))
-                .args(["-q", "-c", &format!("CREATE DATABASE {name}")]),
+            Command::new(psql).arg(format!("{}/postgres", self.base_url)).args([
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ]),
             "CREATE DATABASE",
         )
         .map_err(|e| e.to_string())?;
@@ -328,4 +260,100 @@ mod tests {
         let p = free_port();
         assert!(TcpListener::bind(("127.0.0.1", p)).is_ok());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+const REDIS_INSTALL: &str = "install it with: apt-get install -y redis-server redis-tools";
+
+/// A `redis-server` on a free port, without persistence. Tests that kill and restart Redis start
+/// their own; others share [`RedisServer::shared`] and keep apart by key prefix.
+#[derive(Debug)]
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl RedisServer {
+    /// The process-wide server, started on first use.
+    pub fn shared() -> Result<&'static RedisServer, String> {
+        static REDIS: OnceLock<Result<RedisServer, String>> = OnceLock::new();
+        REDIS.get_or_init(|| RedisServer::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    }
+
+    /// A server of its own (stopped on drop).
+    pub fn start() -> Result<RedisServer, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("dialer-redis-")
+            .tempdir()
+            .map_err(|e| HarnessError::Start { what: "redis-server".into(), detail: e.to_string() })?;
+        let s = RedisServer { port: free_port(), dir, child: std::sync::Mutex::new(None) };
+        s.launch()?;
+        Ok(s)
+    }
+
+    fn launch(&self) -> Result<(), HarnessError> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    HarnessError::Missing { what: "redis-server".into(), hint: REDIS_INSTALL.into() }
+                }
+                _ => HarnessError::Start { what: "redis-server".into(), detail: e.to_string() },
+            })?;
+        watch(child.id(), self.dir.path());
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        if !wait_for_port(self.port, Duration::from_secs(10)) {
+            return Err(HarnessError::Start {
+                what: "redis-server".into(),
+                detail: format!("port {} never opened", self.port),
+            });
+        }
+        Ok(())
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the server (its data is lost: there is no persistence).
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        self.kill();
+        self.launch()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A unique key prefix with its own Cluster hash tag, e.g. `{t_0192…}:`.
+pub fn redis_prefix() -> String {
+    format!("{{{}}}:", unique_name("t"))
+}
+
+/// The shared Redis, or a panic naming what to install.
+pub fn redis() -> &'static RedisServer {
+    RedisServer::shared().unwrap_or_else(|e| panic!("test Redis unavailable: {e}"))
 }

@@ -42,17 +42,13 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub current_status: Option<CampaignStatus>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-            current_status: None,
-        }
+        ApiError { status, code, message: message.into(), field: None, current_status: None, retry_after: None }
     }
 
     pub fn field(mut self, field: impl Into<String>) -> ApiError {
@@ -60,33 +56,24 @@ impl ApiError {
         self
     }
 
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+
     pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     /// A malformed path id or query parameter.
     pub fn bad_param(field: &FieldError) -> ApiError {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            field.message.clone(),
-        )
-        .field(field.field.clone())
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", field.message.clone()).field(field.field.clone())
     }
 }
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            e.message,
-        )
-        .field(e.field)
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.message).field(e.field)
     }
 }
 
@@ -96,8 +83,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::Transition(t) => {
-                let mut e =
-                    ApiError::new(StatusCode::CONFLICT, "invalid_transition", format!("{t}"));
+                let mut e = ApiError::new(StatusCode::CONFLICT, "invalid_transition", format!("{t}"));
                 e.current_status = Some(t.current);
                 e
             }
@@ -112,11 +98,7 @@ impl From<StoreError> for ApiError {
             }
             other => {
                 tracing::error!(error = %other, "store error");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the server log",
-                )
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
             }
         }
     }
@@ -132,10 +114,13 @@ impl IntoResponse for ApiError {
                 current_status: self.current_status,
             },
         };
+        let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            metrics::counter!("dialer_http_rejections_total", "code" => self.code).increment(1);
+        }
         let mut resp = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         resp
     }
@@ -152,19 +137,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or("");
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
+            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
             if !(mime == "application/json" || mime.ends_with("+json")) {
                 return Err(ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
-                    format!(
-                        "send the body as JSON with Content-Type: application/json (got {ct:?})"
-                    ),
+                    format!("send the body as JSON with Content-Type: application/json (got {ct:?})"),
                 ));
             }
         }
@@ -211,19 +189,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 let e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", msg);
                 if field == "." { e } else { e.field(field) }
             }
-            _ => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {inner}"),
-            ),
+            _ => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"))
+            }
         }
     })?;
     de.end().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("unexpected data after the JSON value: {e}"),
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("unexpected data after the JSON value: {e}"))
     })?;
     Ok(value)
 }
@@ -235,26 +207,14 @@ mod tests {
 
     #[test]
     fn shape_errors_name_the_field() {
-        let e =
-            parse_json::<CreateCampaignRequest>(br#"{"name":"x","max_concurrent_calls":"ten"}"#)
-                .unwrap_err();
-        assert_eq!(
-            (e.status, e.field.as_deref()),
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Some("max_concurrent_calls")
-            )
-        );
-        let e =
-            parse_json::<CreateCampaignRequest>(br#"{"name":"x","retry_policy":{"jitterr":1}}"#)
-                .unwrap_err();
+        let e = parse_json::<CreateCampaignRequest>(br#"{"name":"x","max_concurrent_calls":"ten"}"#).unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (StatusCode::UNPROCESSABLE_ENTITY, Some("max_concurrent_calls")));
+        let e = parse_json::<CreateCampaignRequest>(br#"{"name":"x","retry_policy":{"jitterr":1}}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("retry_policy.jitterr"));
         let e = parse_json::<CreateCampaignRequest>(br#"{"bogus":1}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("bogus"));
-        let e = parse_json::<CreateCampaignRequest>(
-            br#"{"business_hours":[{"day_of_week":1,"start":"09:00"}]}"#,
-        )
-        .unwrap_err();
+        let e = parse_json::<CreateCampaignRequest>(br#"{"business_hours":[{"day_of_week":1,"start":"09:00"}]}"#)
+            .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("business_hours[0].end"));
     }
 
@@ -262,12 +222,7 @@ mod tests {
     fn syntax_errors_are_400() {
         for body in [&b"{"[..], b"not json", b"", b"{} trailing", b"{\"name\":}"] {
             let e = parse_json::<CreateCampaignRequest>(body).unwrap_err();
-            assert_eq!(
-                e.status,
-                StatusCode::BAD_REQUEST,
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{:?}", String::from_utf8_lossy(body));
         }
     }
 }

@@ -8,9 +8,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dialer_domain::campaign::{CallStatus, CampaignAction};
 use dialer_domain::validate::{
-    self, CallDetail, CallList, Campaign, CampaignList, CampaignStats, CreateCallRequest,
-    CreateCampaignRequest, FieldError, QueueTargetsRequest, QueueTargetsResponse,
-    UpdateCampaignRequest,
+    self, CallDetail, CallList, Campaign, CampaignList, CampaignStats, CreateCallRequest, CreateCampaignRequest,
+    FieldError, QueueTargetsRequest, QueueTargetsResponse, UpdateCampaignRequest,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -18,6 +17,7 @@ use uuid::Uuid;
 
 use super::{ApiDoc, ApiError, ApiJson, AppState, ErrorBody};
 use crate::store::CallQuery;
+use dialer_limiter::GuardRejection;
 
 type Params = Query<HashMap<String, String>>;
 
@@ -41,18 +41,13 @@ fn page_limit(params: &Params, st: &AppState) -> Result<u32, ApiError> {
             Ok(n) if (1..=st.api.max_page_size).contains(&n) => Ok(n),
             _ => Err(ApiError::bad_param(&FieldError::new(
                 "limit",
-                format!(
-                    "must be a whole number between 1 and {}",
-                    st.api.max_page_size
-                ),
+                format!("must be a whole number between 1 and {}", st.api.max_page_size),
             ))),
         },
     }
 }
 
-fn query(
-    params: Result<Params, axum::extract::rejection::QueryRejection>,
-) -> Result<Params, ApiError> {
+fn query(params: Result<Params, axum::extract::rejection::QueryRejection>) -> Result<Params, ApiError> {
     params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
 }
 
@@ -87,15 +82,7 @@ async fn health(st: &AppState, check_migrations: bool) -> Response {
         version: env!("CARGO_PKG_VERSION").into(),
         dependencies: serde_json::json!({ "store": dep }),
     };
-    (
-        if up {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(body),
-    )
-        .into_response()
+    (if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
 }
 
 /// Liveness, with the store's state; 503 when the store is down.
@@ -150,25 +137,15 @@ pub async fn list_campaigns(
     let limit = page_limit(&params, &st)?;
     let after = param_id(&params, "after_id")?;
     let campaigns = st.store.list_campaigns(after, limit).await?;
-    let next_after_id = if campaigns.len() == limit as usize {
-        campaigns.last().map(|c| c.id)
-    } else {
-        None
-    };
-    Ok(Json(CampaignList {
-        campaigns,
-        next_after_id,
-    }))
+    let next_after_id = if campaigns.len() == limit as usize { campaigns.last().map(|c| c.id) } else { None };
+    Ok(Json(CampaignList { campaigns, next_after_id }))
 }
 
 /// One campaign.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "campaigns",
     params(("id" = String, Path, description = "Campaign id")),
     responses((status = 200, body = Campaign), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_campaign(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Campaign>, ApiError> {
+pub async fn get_campaign(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Campaign>, ApiError> {
     Ok(Json(st.store.get_campaign(path_id(&id)?).await?))
 }
 
@@ -190,11 +167,7 @@ pub async fn update_campaign(
     Ok(Json(st.store.update_campaign(id, &req).await?))
 }
 
-async fn transition(
-    st: &AppState,
-    id: &str,
-    action: CampaignAction,
-) -> Result<Json<Campaign>, ApiError> {
+async fn transition(st: &AppState, id: &str, action: CampaignAction) -> Result<Json<Campaign>, ApiError> {
     Ok(Json(st.store.transition(path_id(id)?, action).await?))
 }
 
@@ -206,10 +179,7 @@ async fn transition(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Not pending or paused; `current_status` says what it is", body = ErrorBody),
     ))]
-pub async fn start_campaign(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Campaign>, ApiError> {
+pub async fn start_campaign(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Campaign>, ApiError> {
     transition(&st, &id, CampaignAction::Start).await
 }
 
@@ -221,10 +191,7 @@ pub async fn start_campaign(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Not in progress; `current_status` says what it is", body = ErrorBody),
     ))]
-pub async fn pause_campaign(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Campaign>, ApiError> {
+pub async fn pause_campaign(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Campaign>, ApiError> {
     transition(&st, &id, CampaignAction::Pause).await
 }
 
@@ -236,10 +203,7 @@ pub async fn pause_campaign(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Already completed", body = ErrorBody),
     ))]
-pub async fn complete_campaign(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Campaign>, ApiError> {
+pub async fn complete_campaign(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Campaign>, ApiError> {
     transition(&st, &id, CampaignAction::Complete).await
 }
 
@@ -276,10 +240,7 @@ pub async fn queue_targets(
     if req.targets.len() > st.api.max_targets_per_request {
         return Err(FieldError::new(
             "targets",
-            format!(
-                "at most {} targets per request",
-                st.api.max_targets_per_request
-            ),
+            format!("at most {} targets per request", st.api.max_targets_per_request),
         )
         .into());
     }
@@ -295,10 +256,7 @@ pub async fn queue_targets(
             )
             .into());
         }
-        targets.push((
-            checked.phone_number,
-            t.metadata.as_ref().map(|_| checked.metadata),
-        ));
+        targets.push((checked.phone_number, t.metadata.as_ref().map(|_| checked.metadata)));
     }
     Ok(Json(st.store.queue_targets(id, &targets).await?))
 }
@@ -330,26 +288,9 @@ pub async fn list_calls(
             ))
         })?),
     };
-    let calls = st
-        .store
-        .list_calls(
-            id,
-            &CallQuery {
-                after,
-                status,
-                limit,
-            },
-        )
-        .await?;
-    let next_page_token = if calls.len() == limit as usize {
-        calls.last().map(|c| c.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(CallList {
-        calls,
-        next_page_token,
-    }))
+    let calls = st.store.list_calls(id, &CallQuery { after, status, limit }).await?;
+    let next_page_token = if calls.len() == limit as usize { calls.last().map(|c| c.id.to_string()) } else { None };
+    Ok(Json(CallList { calls, next_page_token }))
 }
 
 /// Trigger a call to a number registered with the campaign. When the number already has a
@@ -362,27 +303,35 @@ pub async fn list_calls(
         (status = 404, description = "Unknown campaign", body = ErrorBody),
         (status = 409, description = "The campaign is completed", body = ErrorBody),
         (status = 422, description = "Invalid or unregistered number, or malformed campaign_id", body = ErrorBody),
+        (status = 429, description = "`rate_limit_exceeded` (MAX_CONCURRENT_CALLS in flight) or `usage_cap_exceeded` (daily cap); see Retry-After", body = ErrorBody),
     ))]
 pub async fn create_call(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<CreateCallRequest>,
 ) -> Result<Response, ApiError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let _permit = st.guard.try_enter(now).map_err(|r| match r {
+        GuardRejection::RateLimit => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "too many call requests in flight (MAX_CONCURRENT_CALLS); retry after the Retry-After delay",
+        )
+        .retry_after(1),
+        GuardRejection::UsageCap { retry_after_secs } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "usage_cap_exceeded",
+            "the daily usage cap (DAILY_USAGE_CAP) is reached; calls are accepted again after UTC midnight",
+        )
+        .retry_after(retry_after_secs),
+    })?;
     let campaign_id = validate::parse_id("campaign_id", &req.campaign_id)?;
-    dialer_domain::phone::check_e164(&req.phone_number)
-        .map_err(|m| FieldError::new("phone_number", m))?;
+    dialer_domain::phone::check_e164(&req.phone_number).map_err(|m| FieldError::new("phone_number", m))?;
     let metadata = match &req.metadata {
         None => None,
         Some(m) => Some(validate::check_metadata("metadata", Some(m))?),
     };
-    let (call, created) = st
-        .store
-        .create_call(campaign_id, &req.phone_number, metadata.as_ref())
-        .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let (call, created) = st.store.create_call(campaign_id, &req.phone_number, metadata.as_ref()).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = format!("/api/v1/calls/{}", call.id);
     Ok((status, [(header::LOCATION, location)], Json(call)).into_response())
 }
@@ -391,9 +340,6 @@ pub async fn create_call(
 #[utoipa::path(get, path = "/api/v1/calls/{id}", tag = "calls",
     params(("id" = String, Path, description = "Call id")),
     responses((status = 200, body = CallDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_call(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<CallDetail>, ApiError> {
+pub async fn get_call(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<CallDetail>, ApiError> {
     Ok(Json(st.store.get_call(path_id(&id)?).await?))
 }

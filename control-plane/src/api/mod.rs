@@ -21,6 +21,8 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Store,
     pub api: Arc<ApiConfig>,
+    /// `MAX_CONCURRENT_CALLS` and the daily usage cap on `POST /api/v1/calls`.
+    pub guard: Arc<dialer_limiter::ApiGuard>,
 }
 
 /// The OpenAPI 3 document, generated from the handlers and schemas.
@@ -57,43 +59,18 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/api/v1/openapi.json", get(handlers::openapi))
-        .route(
-            "/api/v1/campaigns",
-            post(handlers::create_campaign).get(handlers::list_campaigns),
-        )
-        .route(
-            "/api/v1/campaigns/{id}",
-            get(handlers::get_campaign).put(handlers::update_campaign),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/start",
-            post(handlers::start_campaign),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/pause",
-            post(handlers::pause_campaign),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/complete",
-            post(handlers::complete_campaign),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/stats",
-            get(handlers::campaign_stats),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/targets",
-            post(handlers::queue_targets),
-        )
+        .route("/api/v1/campaigns", post(handlers::create_campaign).get(handlers::list_campaigns))
+        .route("/api/v1/campaigns/{id}", get(handlers::get_campaign).put(handlers::update_campaign))
+        .route("/api/v1/campaigns/{id}/start", post(handlers::start_campaign))
+        .route("/api/v1/campaigns/{id}/pause", post(handlers::pause_campaign))
+        .route("/api/v1/campaigns/{id}/complete", post(handlers::complete_campaign))
+        .route("/api/v1/campaigns/{id}/stats", get(handlers::campaign_stats))
+        .route("/api/v1/campaigns/{id}/targets", post(handlers::queue_targets))
         .route("/api/v1/campaigns/{id}/calls", get(handlers::list_calls))
         .route("/api/v1/calls", post(handlers::create_call))
         .route("/api/v1/calls/{id}", get(handlers::get_call))
         .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see /api/v1/openapi.json",
-            )
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/v1/openapi.json")
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

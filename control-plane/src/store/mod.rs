@@ -13,14 +13,11 @@ use std::time::Duration;
 
 use dialer_domain::campaign::{CampaignAction, TransitionError};
 use dialer_domain::validate::{
-    Call, CallDetail, Campaign, CampaignStats, FieldError, NewCampaign, QueueTargetsResponse,
-    UpdateCampaignRequest,
+    Call, CallDetail, Campaign, CampaignStats, FieldError, NewCampaign, QueueTargetsResponse, UpdateCampaignRequest,
 };
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use uuid::Uuid;
 
 /// What went wrong in the store, in terms the API maps to status codes.
@@ -47,9 +44,9 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::ColumnDecode { .. }
-            | sqlx::Error::Decode(_)
-            | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+                StoreError::Corrupt(e.to_string())
+            }
             _ => StoreError::Unavailable(e),
         }
     }
@@ -80,10 +77,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        StoreOptions { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -115,10 +109,7 @@ macro_rules! dispatch {
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://PATH`, created if missing).
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
-        let bad = |reason: String| StoreError::BadUrl {
-            url: redact(url),
-            reason,
-        };
+        let bad = |reason: String| StoreError::BadUrl { url: redact(url), reason };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let o = PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
             let pool = PgPoolOptions::new()
@@ -144,9 +135,7 @@ impl Store {
                 .map_err(StoreError::Unavailable)?;
             Ok(Store::Sqlite(pool))
         } else {
-            Err(bad(
-                "use postgres://USER@HOST:PORT/DB or sqlite://PATH".into()
-            ))
+            Err(bad("use postgres://USER@HOST:PORT/DB or sqlite://PATH".into()))
         }
     }
 
@@ -171,15 +160,11 @@ impl Store {
         let (known, applied): (usize, i64) = match self {
             Store::Postgres(p) => (
                 sqlx::migrate!("../migrations/postgres").iter().count(),
-                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-                    .fetch_one(p)
-                    .await?,
+                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(p).await?,
             ),
             Store::Sqlite(p) => (
                 sqlx::migrate!("../migrations/sqlite").iter().count(),
-                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-                    .fetch_one(p)
-                    .await?,
+                sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(p).await?,
             ),
         };
         Ok(applied as usize >= known)
@@ -212,29 +197,17 @@ impl Store {
     }
 
     /// Campaigns in creation order, after `after`.
-    pub async fn list_campaigns(
-        &self,
-        after: Option<Uuid>,
-        limit: u32,
-    ) -> Result<Vec<Campaign>, StoreError> {
+    pub async fn list_campaigns(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Campaign>, StoreError> {
         dispatch!(self.list_campaigns(after, limit))
     }
 
     /// Applies a partial update.
-    pub async fn update_campaign(
-        &self,
-        id: Uuid,
-        patch: &UpdateCampaignRequest,
-    ) -> Result<Campaign, StoreError> {
+    pub async fn update_campaign(&self, id: Uuid, patch: &UpdateCampaignRequest) -> Result<Campaign, StoreError> {
         dispatch!(self.update_campaign(id, patch))
     }
 
     /// Moves the campaign through its state machine atomically.
-    pub async fn transition(
-        &self,
-        id: Uuid,
-        action: CampaignAction,
-    ) -> Result<Campaign, StoreError> {
+    pub async fn transition(&self, id: Uuid, action: CampaignAction) -> Result<Campaign, StoreError> {
         dispatch!(self.transition(id, action))
     }
 
@@ -270,11 +243,7 @@ impl Store {
         dispatch!(self.create_call(campaign_id, phone_number, metadata))
     }
 
-    pub async fn list_calls(
-        &self,
-        campaign_id: Uuid,
-        q: &CallQuery,
-    ) -> Result<Vec<Call>, StoreError> {
+    pub async fn list_calls(&self, campaign_id: Uuid, q: &CallQuery) -> Result<Vec<Call>, StoreError> {
         dispatch!(self.list_calls(campaign_id, q))
     }
 
@@ -302,14 +271,8 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            super::redact("sqlite://./data/x.db"),
-            "sqlite://./data/x.db"
-        );
+        assert_eq!(super::redact("sqlite://./data/x.db"), "sqlite://./data/x.db");
     }
 }

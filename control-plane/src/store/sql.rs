@@ -10,7 +10,8 @@ const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent
      retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, created_at, updated_at, \
      started_at, completed_at";
 const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at";
-const LIVE_CALL_CONFLICT: &str = "ON CONFLICT (campaign_id, phone_number) WHERE status IN ('pending', 'queued', 'in_progress') DO NOTHING";
+const LIVE_CALL_CONFLICT: &str =
+    "ON CONFLICT (campaign_id, phone_number) WHERE status IN ('pending', 'queued', 'in_progress') DO NOTHING";
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;

@@ -1,0 +1,343 @@
+//! The limiter against a real redis-server from the shared harness: the Lua scripts match the
+//! pure model, caps hold under concurrent holders that crash, dead holders' tokens come back
+//! after their TTL (and only theirs), Redis restarts fail closed and recover, drift is corrected.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dialer_limiter::model::{PoolState, SyncRequest};
+use dialer_limiter::{Backend, LeaseDriver, LeaseSettings, LocalBackend, RedisBackend};
+use dialer_testkit::{RedisServer, redis, redis_prefix};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+async fn backend(url: &str) -> RedisBackend {
+    RedisBackend::connect(url, &redis_prefix(), Duration::from_millis(500)).await.expect("connect to test Redis")
+}
+
+fn c(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+
+#[tokio::test]
+async fn script_matches_the_model() {
+    let r = backend(&redis().url()).await;
+    let mut model = PoolState::default();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut gens: HashMap<&str, u64> = HashMap::new();
+    let base = 1_790_000_000_000_000u64; // microseconds since the epoch, as drivers use
+    let holders = ["a", "b", "c"];
+    for step in 0..400 {
+        let h = holders[rng.random_range(0..holders.len())];
+        let n = rng.random_range(1..4);
+        let mut reqs = Vec::new();
+        let mut used = std::collections::HashSet::new();
+        for _ in 0..n {
+            let camp = c(rng.random_range(1..5));
+            if !used.insert(camp) {
+                continue;
+            }
+            let g = gens.entry(h).or_insert(base);
+            // Mostly fresh updates, sometimes a duplicate or a stale one.
+            let generation = match rng.random_range(0..10) {
+                0 => g.saturating_sub(1),
+                1 => *g,
+                _ => {
+                    *g += 1;
+                    *g
+                }
+            };
+            reqs.push(SyncRequest {
+                campaign: camp,
+                want: rng.random_range(0..30),
+                generation,
+                campaign_cap: rng.random_range(5..40),
+            });
+        }
+        let got = r.sync(h, Duration::from_secs(600), 60, &reqs).await.expect("sync");
+        let want = model.sync(0, h, 600_000, 60, &reqs);
+        assert_eq!(got.items, want.items, "step {step}: {reqs:?}");
+        let u = r.usage(c(1)).await.expect("usage");
+        assert_eq!((u.global, u.campaign), (model.global(), model.campaign(c(1))), "step {step}");
+    }
+}
+
+#[tokio::test]
+async fn keys_follow_the_operator_guide() {
+    let r = backend(&redis().url()).await;
+    r.sync(
+        "h",
+        Duration::from_secs(60),
+        100,
+        &[SyncRequest { campaign: c(9), want: 3, generation: 1, campaign_cap: 10 }],
+    )
+    .await
+    .expect("sync");
+    use fred::interfaces::KeysInterface;
+    let g: Option<i64> = r.client().get(format!("{}sem:global:concurrency", r.prefix())).await.expect("get");
+    let k: Option<i64> = r.client().get(format!("{}sem:campaign:{}:concurrency", r.prefix(), c(9))).await.expect("get");
+    assert_eq!((g, k), (Some(3), Some(3)));
+}
+
+#[tokio::test]
+async fn dead_holder_tokens_come_back_after_ttl_and_only_theirs() {
+    let r = backend(&redis().url()).await;
+    let req = |want, generation| [SyncRequest { campaign: c(1), want, generation, campaign_cap: 100 }];
+    r.sync("dead", Duration::from_millis(800), 100, &req(7, 1)).await.expect("sync");
+    r.sync("alive", Duration::from_secs(60), 100, &req(5, 1)).await.expect("sync");
+    assert_eq!(r.usage(c(1)).await.expect("usage").campaign, 12);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let reply = r.sync("alive", Duration::from_secs(60), 100, &req(5, 2)).await.expect("sync");
+    assert_eq!(reply.reaped, 7);
+    let u = r.usage(c(1)).await.expect("usage");
+    assert_eq!((u.global, u.campaign), (5, 5), "only the dead holder's tokens were reclaimed");
+    // A late give-back from the reaped holder cannot push the count below the truth.
+    r.sync("dead", Duration::from_millis(800), 100, &req(0, 2)).await.expect("sync");
+    assert_eq!(r.usage(c(1)).await.expect("usage").global, 5);
+}
+
+#[tokio::test]
+async fn reconcile_corrects_drift_and_live_limits_apply() {
+    for b in [Backend::Redis(backend(&redis().url()).await), Backend::Local(Arc::new(LocalBackend::default()))] {
+        let req = |camp, want, generation| SyncRequest { campaign: camp, want, generation, campaign_cap: 50 };
+        b.set_campaign_limit(c(2), Some(4)).await.expect("limit");
+        let reply =
+            b.sync("h", Duration::from_secs(60), 100, &[req(c(1), 10, 1), req(c(2), 10, 2)]).await.expect("sync");
+        assert_eq!((reply.items[1].held, reply.items[1].cap), (4, 4), "live campaign override wins");
+        b.set_global_limit(Some(15)).await.expect("limit");
+        let reply = b.sync("h2", Duration::from_secs(60), 100, &[req(c(3), 10, 1)]).await.expect("sync");
+        assert_eq!(reply.items[0].held, 1, "live global override wins");
+        match &b {
+            Backend::Redis(r) => r.skew_global(7).await.expect("skew"),
+            Backend::Local(l) => l.skew_global(7),
+        }
+        let fixed = b.reconcile().await.expect("reconcile");
+        assert_eq!(fixed.global_drift, 7);
+        assert_eq!(b.usage(c(1)).await.expect("usage").global, 15);
+        assert_eq!(b.reconcile().await.expect("reconcile").global_drift, 0);
+    }
+}
+
+/// Calls in progress as an independent observer sees them, per campaign and in all.
+#[derive(Default)]
+struct Tracker {
+    global: AtomicI64,
+    max_global: AtomicI64,
+    campaigns: Mutex<HashMap<Uuid, (i64, i64)>>,
+}
+
+impl Tracker {
+    fn start(&self, camp: Uuid) {
+        let g = self.global.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_global.fetch_max(g, Ordering::SeqCst);
+        let mut m = self.campaigns.lock().expect("lock");
+        let e = m.entry(camp).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    fn end(&self, camp: Uuid) {
+        self.global.fetch_sub(1, Ordering::SeqCst);
+        self.campaigns.lock().expect("lock").entry(camp).or_default().0 -= 1;
+    }
+}
+
+/// One simulated core: a current-thread runtime with a lease driver and random calls.
+fn spawn_core(
+    backend: Backend,
+    holder: String,
+    settings: LeaseSettings,
+    global_cap: u32,
+    caps: Vec<(Uuid, u32)>,
+    tracker: Arc<Tracker>,
+    stop: Arc<AtomicBool>,
+    crash: Arc<AtomicBool>,
+    seed: u64,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let (driver, handle) = LeaseDriver::new(backend, holder, settings, global_cap);
+            let driver = driver.with_tick(Duration::from_millis(5));
+            let stop2 = stop.clone();
+            let crash2 = crash.clone();
+            let drv = tokio::task::spawn_local(async move {
+                let s = stop2.clone();
+                let c = crash2.clone();
+                let done = async move {
+                    while !s.load(Ordering::SeqCst) && !c.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                driver.run(done).await;
+            });
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut live: Vec<(Uuid, Instant)> = Vec::new();
+            let mut dials = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                if crash.load(Ordering::SeqCst) {
+                    // The process died: its calls end with it, its leases are never given back.
+                    for (camp, _) in live.drain(..) {
+                        tracker.end(camp);
+                    }
+                    drv.abort();
+                    return dials;
+                }
+                let now = Instant::now();
+                live.retain(|(camp, until)| {
+                    if *until <= now {
+                        tracker.end(*camp);
+                        handle.release(*camp);
+                        false
+                    } else {
+                        true
+                    }
+                });
+                for _ in 0..8 {
+                    let (camp, cap) = caps[rng.random_range(0..caps.len())];
+                    if handle.try_acquire(camp, cap) {
+                        tracker.start(camp);
+                        dials += 1;
+                        live.push((camp, now + Duration::from_millis(rng.random_range(1..30))));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            for (camp, _) in live.drain(..) {
+                tracker.end(camp);
+                handle.release(camp);
+            }
+            let _ = drv.await;
+            dials
+        })
+    })
+}
+
+async fn caps_hold_under_crashing_holders(backend: Backend) {
+    let caps: Vec<(Uuid, u32)> = (1..=6).map(|i| (c(i), 5 + 4 * i as u32)).collect();
+    let global_cap = 60;
+    let settings = LeaseSettings {
+        batch: 8,
+        low_water: 2,
+        ttl: Duration::from_millis(1500),
+        renew_every: Duration::from_millis(400),
+        idle_give_back: Duration::from_millis(300),
+        retry_after: Duration::from_millis(50),
+    };
+    let tracker = Arc::new(Tracker::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut cores = Vec::new();
+    let mut crashes = Vec::new();
+    for i in 0..6 {
+        let crash = Arc::new(AtomicBool::new(false));
+        crashes.push(crash.clone());
+        cores.push(spawn_core(
+            backend.clone(),
+            format!("core-{i}"),
+            settings.clone(),
+            global_cap,
+            caps.clone(),
+            tracker.clone(),
+            stop.clone(),
+            crash,
+            i,
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    crashes[0].store(true, Ordering::SeqCst);
+    crashes[1].store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let dials: u64 = cores.into_iter().map(|h| h.join().expect("core thread")).sum();
+    assert!(dials > 1000, "only {dials} dials");
+    assert!(tracker.max_global.load(Ordering::SeqCst) <= i64::from(global_cap), "global cap exceeded");
+    for (camp, cap) in &caps {
+        let max = tracker.campaigns.lock().expect("lock").get(camp).map_or(0, |e| e.1);
+        assert!(max <= i64::from(*cap), "campaign {camp} reached {max} > cap {cap}");
+        assert!(max > 0, "campaign {camp} never dialed");
+    }
+    // The survivors gave everything back; the crashed holders' leases expire and are reaped.
+    tokio::time::sleep(settings.ttl + Duration::from_millis(200)).await;
+    let fixed = backend.reconcile().await.expect("reconcile");
+    assert_eq!(fixed.global_drift, 0, "counters matched the leases");
+    let u = backend.usage(c(1)).await.expect("usage");
+    assert_eq!(u.global, 0, "nothing leaked");
+    for (camp, _) in &caps {
+        assert_eq!(backend.usage(*camp).await.expect("usage").campaign, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_hold_under_crashing_holders_redis() {
+    caps_hold_under_crashing_holders(Backend::Redis(backend(&redis().url()).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_hold_under_crashing_holders_local() {
+    caps_hold_under_crashing_holders(Backend::Local(Arc::new(LocalBackend::default()))).await;
+}
+
+/// Redis is SIGKILLed under a core holding a lease, then restarted empty on the same port.
+#[test]
+fn redis_restart_fails_closed_then_recovers() {
+    let server = Arc::new(RedisServer::start().expect("own redis-server"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let b = Backend::Redis(backend(&server.url()).await);
+        let settings = LeaseSettings {
+            batch: 10,
+            low_water: 3,
+            ttl: Duration::from_millis(1500),
+            renew_every: Duration::from_millis(500),
+            idle_give_back: Duration::from_secs(60),
+            retry_after: Duration::from_millis(100),
+        };
+        let (driver, h) = LeaseDriver::new(b.clone(), "core".into(), settings, 1000);
+        tokio::task::spawn_local(driver.with_tick(Duration::from_millis(10)).run(std::future::pending::<()>()));
+        let camp = c(1);
+        let mut in_use = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while in_use < 5 {
+            assert!(Instant::now() < deadline, "no tokens while Redis is up");
+            if h.try_acquire(camp, 20) {
+                in_use += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        // Redis dies. The lease in hand still serves until it expires…
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.kill()).await.expect("kill");
+        assert!(h.try_acquire(camp, 20), "the unexpired lease keeps serving");
+        in_use += 1;
+        // …then nothing more is handed out (fail-closed).
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        let t = Instant::now();
+        let mut granted_while_down = 0;
+        while t.elapsed() < Duration::from_millis(800) {
+            if h.try_acquire(camp, 20) {
+                granted_while_down += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(granted_while_down, 0, "tokens handed out with Redis down and the lease expired");
+
+        // Redis comes back empty: the core re-establishes its lease, in-use tokens included.
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.restart()).await.expect("join").expect("restart");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !h.try_acquire(camp, 20) {
+            assert!(Instant::now() < deadline, "did not recover after Redis came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        in_use += 1;
+        let u = b.usage(camp).await.expect("usage");
+        assert!(u.campaign >= in_use, "Redis counts the calls still in progress after recovery: {u:?} < {in_use}");
+        assert!(u.campaign <= 20 && u.global == u.campaign, "{u:?}");
+    });
+}
