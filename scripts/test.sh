@@ -11,6 +11,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 # --- system packages -------------------------------------------------------------------------
 need=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server redis-tools)
 command -v jq >/dev/null || need+=(jq)
 command -v curl >/dev/null || need+=(curl)
 command -v cc >/dev/null || need+=(build-essential)

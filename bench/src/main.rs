@@ -2,6 +2,7 @@
 //! through the test harness (unless addresses are given), measures, prints a table and writes
 //! `--json PATH`. `bench compare A.json B.json` prints the ratio of every figure.
 
+mod limiter;
 mod targets;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ enum Command {
     /// Bulk registration: create a campaign with N targets in one request, then re-queue them all
     /// through POST /campaigns/{id}/targets in chunks.
     Targets(targets::Args),
+    /// Concurrency tokens: the seed's per-call Redis acquire/release against our batched leases.
+    Limiter(limiter::Args),
     /// Ratio B/A of every numeric figure of two result files.
     Compare { a: PathBuf, b: PathBuf },
 }
@@ -65,6 +68,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Targets(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(targets::run(args))
+        }
+        Command::Limiter(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(limiter::run(args))
         }
         Command::Compare { a, b } => compare(&a, &b),
     }

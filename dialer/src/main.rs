@@ -44,6 +44,26 @@ enum Command {
     },
     /// The data plane: thread-per-core dialer.
     Dataplane,
+    /// Show or change the live concurrency caps in the shared (Redis) limiter, without restarting
+    /// anything: overrides take effect at the next lease update of every core.
+    Limits {
+        /// Override the global cap (TELEPHONY_GLOBAL_MAX_CONCURRENCY) live.
+        #[arg(long)]
+        global: Option<u32>,
+        /// Remove the live global override (back to each process's configured cap).
+        #[arg(long, conflicts_with = "global")]
+        clear_global: bool,
+        /// Campaign whose cap to override (with --cap or --clear).
+        #[arg(long)]
+        campaign: Option<uuid::Uuid>,
+        #[arg(long, requires = "campaign")]
+        cap: Option<u32>,
+        #[arg(long, requires = "campaign", conflicts_with = "cap")]
+        clear: bool,
+        /// Recount the counters from the leases and report drift.
+        #[arg(long)]
+        reconcile: bool,
+    },
     /// Apply database migrations and exit.
     Migrate {
         /// Directory of the SQLite database when no store URL is configured.
@@ -83,6 +103,17 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
     let store = dialer_control_plane::open_store(cfg, url)
         .await
         .with_context(|| format!("opening the store at {}", redact(url)))?;
+    if !cfg.limits.redis_url.is_empty() {
+        let r = dialer_limiter::RedisBackend::connect(
+            &cfg.limits.redis_url,
+            &cfg.limits.redis_key_prefix,
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .context("connecting to the limiter's Redis (limits.redis_url)")?;
+        let every = std::time::Duration::from_secs(cfg.limits.reconcile_every_sec);
+        tokio::spawn(dialer_control_plane::run_reconciler(dialer_limiter::Backend::Redis(r), every, shutdown_signal()));
+    }
     let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
@@ -126,6 +157,38 @@ async fn main() -> Result<()> {
         }
         Command::Dataplane => {
             anyhow::bail!("the data plane is not built yet in this version; use `dialer up` or `dialer control-plane`")
+        }
+        Command::Limits { global, clear_global, campaign, cap, clear, reconcile } => {
+            anyhow::ensure!(
+                !cfg.limits.redis_url.is_empty(),
+                "live caps live in the shared limiter: set limits.redis_url (or REDIS_URL), e.g. redis://127.0.0.1:6379"
+            );
+            let r = dialer_limiter::RedisBackend::connect(
+                &cfg.limits.redis_url,
+                &cfg.limits.redis_key_prefix,
+                std::time::Duration::from_secs(2),
+            )
+            .await
+            .context("connecting to the limiter's Redis")?;
+            let b = dialer_limiter::Backend::Redis(r);
+            if global.is_some() || clear_global {
+                b.set_global_limit(global).await?;
+            }
+            if let Some(c) = campaign {
+                if cap.is_some() || clear {
+                    b.set_campaign_limit(c, cap).await?;
+                }
+                let u = b.usage(c).await?;
+                println!("campaign {c}: {} tokens held; global: {} tokens held", u.campaign, u.global);
+            }
+            if reconcile {
+                let d = b.reconcile().await?;
+                println!(
+                    "reconciled: global drift {}, campaign drift {}, expired tokens reaped {}",
+                    d.global_drift, d.campaign_drift, d.reaped_tokens
+                );
+            }
+            Ok(())
         }
         Command::Migrate { data_dir } => {
             let url = cfg.store_url(&data_dir);

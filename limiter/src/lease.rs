@@ -439,8 +439,7 @@ mod tests {
         let mut s = LeaseSettings::default();
         s.low_water = s.batch + 1;
         assert!(s.check(ttl).is_err());
-        let mut s = LeaseSettings::default();
-        s.ttl = Duration::from_secs(700);
+        let s = LeaseSettings { ttl: Duration::from_secs(700), ..LeaseSettings::default() };
         assert!(s.check(ttl).is_err());
         let mut s = LeaseSettings::default();
         s.renew_every = s.ttl;

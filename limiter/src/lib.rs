@@ -123,7 +123,10 @@ impl Backend {
     /// Overrides the global cap live (`None` = use each caller's configured cap).
     pub async fn set_global_limit(&self, limit: Option<u32>) -> Result<(), LimiterError> {
         match self {
-            Backend::Local(l) => Ok(l.set_global_limit(limit)),
+            Backend::Local(l) => {
+                l.set_global_limit(limit);
+                Ok(())
+            }
             Backend::Redis(r) => r.set_limit(None, limit).await,
         }
     }
@@ -131,7 +134,10 @@ impl Backend {
     /// Overrides a campaign's cap live (`None` = use the cap callers send).
     pub async fn set_campaign_limit(&self, campaign: Uuid, limit: Option<u32>) -> Result<(), LimiterError> {
         match self {
-            Backend::Local(l) => Ok(l.set_campaign_limit(campaign, limit)),
+            Backend::Local(l) => {
+                l.set_campaign_limit(campaign, limit);
+                Ok(())
+            }
             Backend::Redis(r) => r.set_limit(Some(campaign), limit).await,
         }
     }

@@ -145,6 +145,7 @@ impl Tracker {
 }
 
 /// One simulated core: a current-thread runtime with a lease driver and random calls.
+#[allow(clippy::too_many_arguments)]
 fn spawn_core(
     backend: Backend,
     holder: String,
