@@ -1,4 +1,206 @@
-//! The data plane of the dialer: one shard per core, each owning a disjoint set of dispatch
-//! partitions, taking concurrency tokens from its own lease cache, placing calls through a
-//! provider and emitting status events. This crate is being built (issue "dataplane/"): today
-//! it only reserves its place in the workspace, and `dialer dataplane` says so and exits.
+//! The data plane of the dialer: thread-per-core shards that dial.
+//!
+//! [`Dataplane::start`] starts one shard per configured core, each on its own thread with its own
+//! single-threaded tokio runtime (optionally pinned to a CPU), its own lease cache and limiter
+//! connection, its own consumer of a disjoint set of dispatch partitions and its own status
+//! producer. Shards share nothing mutable on the hot path; they meet only in the limiter (by
+//! batched lease updates) and in the provider's independent tracker (a test instrument).
+//!
+//! Modules: [`tuning`] (per-machine settings, partition→shard mapping), [`provider`] (the
+//! telephony boundary, mock provider, tracker), [`shard`] (the dial loop), [`bus`] (in-process
+//! bus), [`kafka`] (rdkafka consumer/producer), [`offsets`] (commit points).
+
+pub mod bus;
+pub mod kafka;
+pub mod offsets;
+pub mod provider;
+pub mod shard;
+pub mod tuning;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use dialer_limiter::{Backend, LeaseDriver, LocalBackend, RedisBackend};
+use tokio::sync::{mpsc, watch};
+
+pub use bus::{Delivery, MemoryBus, MemoryBusEnds};
+pub use kafka::KafkaTopics;
+pub use provider::{MockProvider, MockSettings, Provider, Tracker};
+pub use shard::{ShardConfig, ShardReport};
+pub use tuning::{Assignment, Tuning};
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Tuning(#[from] tuning::TuningError),
+    #[error("shard {shard}: {reason}")]
+    Shard { shard: usize, reason: String },
+    #[error("the in-process bus has {have} shard receivers for {want} shards")]
+    Receivers { have: usize, want: usize },
+}
+
+/// Which limiter the shards lease from.
+#[derive(Clone, Debug)]
+pub enum LimiterChoice {
+    /// In-process (embedded mode, benches).
+    Local(Arc<LocalBackend>),
+    /// Redis: each shard opens its own connection.
+    Redis { url: String, prefix: String },
+}
+
+/// Which bus the shards read and write.
+#[derive(Debug)]
+pub enum BusChoice {
+    /// In-process: one receiver per shard, and the status channel's sender.
+    Memory {
+        receivers: Vec<mpsc::Receiver<Delivery>>,
+        events: mpsc::Sender<bus_events::Event>,
+    },
+    Kafka(KafkaTopics),
+}
+
+/// Status events as the in-process bus carries them.
+pub mod bus_events {
+    pub type Event = dialer_domain::messages::StatusEvent;
+}
+
+/// Everything the data plane runs with.
+#[derive(Debug)]
+pub struct DataplaneOptions {
+    pub tuning: Tuning,
+    pub bus: BusChoice,
+    pub limiter: LimiterChoice,
+    /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY`.
+    pub global_cap: u32,
+    /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`.
+    pub per_campaign_ceiling: u32,
+    pub mock: MockSettings,
+    pub tracker: Arc<Tracker>,
+    /// Distinguishes this process's lease holders from others' (e.g. host + pid + start time).
+    pub instance: String,
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    shards: Vec<JoinHandle<Result<ShardReport, String>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Dataplane {
+    pub fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
+        let n = opts.tuning.shards.count;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut memory: Option<(Vec<Option<mpsc::Receiver<Delivery>>>, mpsc::Sender<bus_events::Event>)> = None;
+        let mut kafka: Option<KafkaTopics> = None;
+        match opts.bus {
+            BusChoice::Memory { receivers, events } => {
+                if receivers.len() != n {
+                    return Err(DataplaneError::Receivers { have: receivers.len(), want: n });
+                }
+                memory = Some((receivers.into_iter().map(Some).collect(), events));
+            }
+            BusChoice::Kafka(t) => kafka = Some(t),
+        }
+        let mut shards = Vec::with_capacity(n);
+        for i in 0..n {
+            let tuning = opts.tuning.clone();
+            let limiter = opts.limiter.clone();
+            let mock = opts.mock.clone();
+            let tracker = opts.tracker.clone();
+            let holder = format!("{}-shard{i}", opts.instance);
+            let (global_cap, ceiling) = (opts.global_cap, opts.per_campaign_ceiling);
+            let shutdown_rx = shutdown_rx.clone();
+            let cpu = tuning.shards.cpus.get(i).copied();
+            let io = match (&mut memory, &kafka) {
+                (Some((rxs, tx)), _) => ShardIo::Memory(rxs[i].take(), tx.clone()),
+                (None, Some(t)) => ShardIo::Kafka(t.clone()),
+                (None, None) => unreachable!("one bus is chosen"),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("dialer-shard-{i}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                            tracing::warn!(shard = i, cpu, "could not pin shard to CPU");
+                        }
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("runtime: {e}"))?;
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, async move {
+                        let backend = match limiter {
+                            LimiterChoice::Local(l) => Backend::Local(l),
+                            LimiterChoice::Redis { url, prefix } => Backend::Redis(
+                                RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1))
+                                    .await
+                                    .map_err(|e| e.to_string())?,
+                            ),
+                        };
+                        let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease_settings(), global_cap);
+                        let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                        let driver = tokio::task::spawn_local(driver.run(async move {
+                            let _ = stop_rx.await;
+                        }));
+                        let (source, sink) = match io {
+                            ShardIo::Memory(rx, tx) => {
+                                (shard::Source::Memory(rx.ok_or("receiver taken twice")?), shard::Sink::Memory(tx))
+                            }
+                            ShardIo::Kafka(t) => (
+                                shard::Source::Kafka(Box::new(
+                                    kafka::KafkaSource::new(
+                                        &t,
+                                        &tuning.kafka,
+                                        tuning.shards.assignment,
+                                        tuning.shards.partitions,
+                                        i,
+                                        n,
+                                    )
+                                    .map_err(|e| format!("consumer: {e}"))?,
+                                )),
+                                shard::Sink::Kafka(
+                                    kafka::KafkaSink::new(&t, &tuning.kafka, i)
+                                        .map_err(|e| format!("producer: {e}"))?,
+                                ),
+                            ),
+                        };
+                        let provider = MockProvider::new(mock, tracker, i);
+                        let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling };
+                        let report = shard::run_shard(cfg, source, sink, lease, provider, shutdown_rx).await;
+                        let _ = stop_driver.send(());
+                        let _ = driver.await;
+                        Ok(report)
+                    })
+                })
+                .map_err(|e| DataplaneError::Shard { shard: i, reason: e.to_string() })?;
+            shards.push(handle);
+        }
+        Ok(Dataplane { shards, shutdown })
+    }
+
+    /// Asks every shard to stop taking messages and finish its calls.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits for every shard to stop; their reports, or why one failed.
+    pub fn join(self) -> Result<Vec<ShardReport>, DataplaneError> {
+        self.shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join()
+                    .map_err(|_| DataplaneError::Shard { shard: i, reason: "panicked".into() })?
+                    .map_err(|reason| DataplaneError::Shard { shard: i, reason })
+            })
+            .collect()
+    }
+}
+
+enum ShardIo {
+    Memory(Option<mpsc::Receiver<Delivery>>, mpsc::Sender<bus_events::Event>),
+    Kafka(KafkaTopics),
+}

@@ -8,6 +8,7 @@
 pub mod campaign;
 pub mod duration;
 pub mod hours;
+pub mod messages;
 pub mod phone;
 pub mod retry;
 pub mod validate;

@@ -1,0 +1,93 @@
+//! The in-process bus of the embedded mode: the same shape as the Kafka topics (partitions,
+//! offsets, one reader per shard), with bounded channels instead of a broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use dialer_domain::messages::{DecodeError, DispatchMessage, StatusEvent};
+use tokio::sync::mpsc;
+
+use crate::tuning::shard_of_partition;
+
+/// One dispatch message as a shard receives it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+    pub msg: Result<DispatchMessage, DecodeError>,
+}
+
+/// The dispatch side of the in-process bus.
+#[derive(Debug)]
+pub struct MemoryBus {
+    shards: Vec<mpsc::Sender<Delivery>>,
+    partitions: i32,
+    offsets: Vec<AtomicI64>,
+}
+
+/// The readers a [`MemoryBus`] hands out: one dispatch receiver per shard, and the status events.
+#[derive(Debug)]
+pub struct MemoryBusEnds {
+    pub shard_receivers: Vec<mpsc::Receiver<Delivery>>,
+    pub events: mpsc::Receiver<StatusEvent>,
+    pub events_tx: mpsc::Sender<StatusEvent>,
+}
+
+impl MemoryBus {
+    /// A bus of `partitions` partitions over `shards` shards; each shard's channel holds at most
+    /// `capacity` messages and the status channel `event_capacity` events (bounded: a slow
+    /// reader slows the writer, memory stays flat).
+    pub fn new(
+        shards: usize,
+        partitions: i32,
+        capacity: usize,
+        event_capacity: usize,
+    ) -> (Arc<MemoryBus>, MemoryBusEnds) {
+        let (mut txs, mut rxs) = (Vec::new(), Vec::new());
+        for _ in 0..shards {
+            let (tx, rx) = mpsc::channel(capacity.max(1));
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        let (events_tx, events) = mpsc::channel(event_capacity.max(1));
+        let bus = MemoryBus { shards: txs, partitions, offsets: (0..partitions).map(|_| AtomicI64::new(0)).collect() };
+        (Arc::new(bus), MemoryBusEnds { shard_receivers: rxs, events, events_tx })
+    }
+
+    /// The partition of a call: spread by call id, as the Kafka producer keys it.
+    pub fn partition_of(&self, msg: &DispatchMessage) -> i32 {
+        (msg.call_id.as_u128() % self.partitions as u128) as i32
+    }
+
+    fn delivery(&self, msg: DispatchMessage) -> (usize, Delivery) {
+        let partition = self.partition_of(&msg);
+        let offset = self.offsets[partition as usize].fetch_add(1, Ordering::Relaxed);
+        (shard_of_partition(partition, self.shards.len()), Delivery { partition, offset, msg: Ok(msg) })
+    }
+
+    /// Publishes, waiting while the shard's channel is full.
+    pub async fn publish(&self, msg: DispatchMessage) -> Result<(), DispatchMessage> {
+        let (shard, d) = self.delivery(msg);
+        self.shards[shard].send(d).await.map_err(|e| e.0.msg.unwrap_or_else(|_| unreachable_msg()))
+    }
+
+    /// Publishes if there is room now.
+    pub fn try_publish(&self, msg: DispatchMessage) -> Result<(), DispatchMessage> {
+        let (shard, d) = self.delivery(msg);
+        self.shards[shard].try_send(d).map_err(|e| e.into_inner().msg.unwrap_or_else(|_| unreachable_msg()))
+    }
+}
+
+fn unreachable_msg() -> DispatchMessage {
+    // Only `Ok` deliveries are built by `delivery`; an `Err` never comes back.
+    DispatchMessage {
+        v: 0,
+        call_id: uuid::Uuid::nil(),
+        attempt: 0,
+        campaign_id: uuid::Uuid::nil(),
+        phone_number: String::new(),
+        campaign_cap: 0,
+        not_before_ms: 0,
+        deadline_ms: 0,
+    }
+}

@@ -1,0 +1,231 @@
+//! Kafka in and out (rdkafka): one consumer and one idempotent producer per shard.
+//!
+//! One consumer per shard (rather than one consumer whose partition queues are split across
+//! shards) keeps every shard independent: its fetches, pauses and commits touch no other core,
+//! and group membership maps partitions to shards with no extra routing. The cost is one
+//! broker connection set per shard, which is small next to the fetch traffic.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use dialer_domain::messages::{DispatchMessage, StatusEvent};
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::bus::Delivery;
+use crate::offsets::PartitionOffsets;
+use crate::tuning::{Assignment, KafkaTuning, partitions_of_shard};
+
+/// Where a shard's Kafka traffic goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaTopics {
+    pub brokers: String,
+    pub dispatch_topic: String,
+    pub status_topic: String,
+    /// Consumer group (offsets are committed to it in both assignment modes).
+    pub group_id: String,
+}
+
+pub struct KafkaSource {
+    consumer: StreamConsumer,
+    topic: String,
+    offsets: HashMap<i32, PartitionOffsets>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl KafkaSource {
+    /// A consumer for shard `shard` of `shards`.
+    pub fn new(
+        t: &KafkaTopics,
+        k: &KafkaTuning,
+        assignment: Assignment,
+        partitions: i32,
+        shard: usize,
+        shards: usize,
+    ) -> Result<KafkaSource, KafkaError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &t.brokers)
+            .set("group.id", &t.group_id)
+            .set("client.id", format!("dialer-shard-{shard}"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("fetch.min.bytes", k.fetch_min_bytes.to_string())
+            .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
+            .set("queued.max.messages.kbytes", k.queued_max_messages_kbytes.to_string())
+            .create()?;
+        match assignment {
+            Assignment::Group => consumer.subscribe(&[&t.dispatch_topic])?,
+            Assignment::Static => {
+                let mut tpl = TopicPartitionList::new();
+                for p in partitions_of_shard(shard, shards, partitions) {
+                    tpl.add_partition_offset(&t.dispatch_topic, p, Offset::Stored)?;
+                }
+                consumer.assign(&tpl)?;
+            }
+        }
+        Ok(KafkaSource { consumer, topic: t.dispatch_topic.clone(), offsets: HashMap::new() })
+    }
+
+    fn delivery(offsets: &mut HashMap<i32, PartitionOffsets>, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
+        let (partition, offset) = (m.partition(), m.offset());
+        offsets.entry(partition).or_default().received(offset);
+        Delivery { partition, offset, msg: DispatchMessage::decode(m.payload().unwrap_or_default()) }
+    }
+
+    /// Waits for at least one message, then takes what else is ready, up to `max`.
+    pub async fn recv_batch(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<(), KafkaError> {
+        let first = self.consumer.recv().await?;
+        out.push(Self::delivery(&mut self.offsets, &first));
+        drop(first);
+        while out.len() < max {
+            let Some(next) = self.consumer.recv().now_or_never() else { break };
+            let m = next?;
+            out.push(Self::delivery(&mut self.offsets, &m));
+        }
+        Ok(())
+    }
+
+    pub fn done(&mut self, partition: i32, offset: i64) {
+        self.offsets.entry(partition).or_default().done(offset);
+    }
+
+    fn tpl(&self, p: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p);
+        tpl
+    }
+
+    pub fn pause(&self, partition: i32) {
+        if let Err(e) = self.consumer.pause(&self.tpl(partition)) {
+            tracing::warn!(partition, error = %e, "could not pause partition");
+        }
+    }
+
+    pub fn resume(&self, partition: i32) {
+        if let Err(e) = self.consumer.resume(&self.tpl(partition)) {
+            tracing::warn!(partition, error = %e, "could not resume partition");
+        }
+    }
+
+    /// Commits every partition whose commit point moved.
+    pub fn commit(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        let mut points = Vec::new();
+        for (p, o) in &self.offsets {
+            if let Some(point) = o.commit_point() {
+                if tpl.add_partition_offset(&self.topic, *p, Offset::Offset(point)).is_ok() {
+                    points.push((*p, point));
+                }
+            }
+        }
+        if points.is_empty() {
+            return;
+        }
+        match self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+            Ok(()) => {
+                for (p, point) in points {
+                    if let Some(o) = self.offsets.get_mut(&p) {
+                        o.committed(point);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+        }
+    }
+
+    /// Commits synchronously (graceful shutdown).
+    pub fn commit_sync(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &self.offsets {
+            if let Some(point) = o.commit_point() {
+                let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(point));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+                tracing::warn!(error = %e, "final offset commit failed");
+            }
+        }
+    }
+
+    /// Messages received and not finished.
+    pub fn pending(&self) -> usize {
+        self.offsets.values().map(PartitionOffsets::pending).sum()
+    }
+}
+
+/// The status-event producer of one shard (idempotent, batched by `linger.ms`).
+#[derive(Clone)]
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSink").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl KafkaSink {
+    pub fn new(t: &KafkaTopics, k: &KafkaTuning, shard: usize) -> Result<KafkaSink, KafkaError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &t.brokers)
+            .set("client.id", format!("dialer-shard-{shard}-events"))
+            .set("enable.idempotence", "true")
+            .set("linger.ms", k.linger_ms.to_string())
+            .set("batch.num.messages", k.batch_num_messages.to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        Ok(KafkaSink { producer, topic: t.status_topic.clone() })
+    }
+
+    /// Queues an event (keyed by call id, so one call's events stay in order), waiting while
+    /// the producer's queue is full.
+    pub async fn send(&self, ev: &StatusEvent) -> Result<DeliveryFuture, KafkaError> {
+        let payload = ev.encode();
+        let key = ev.call_id.as_bytes().to_vec();
+        loop {
+            let rec = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+            match self.producer.send_result(rec) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+/// Creates the topics if they do not exist.
+pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    for r in admin.create_topics(&new, &AdminOptions::new()).await? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => {
+                return Err(KafkaError::AdminOp(e)).inspect_err(|_| tracing::error!(topic = t, "topic creation failed"));
+            }
+        }
+    }
+    Ok(())
+}

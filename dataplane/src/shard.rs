@@ -1,0 +1,430 @@
+//! One shard: a single-threaded loop that takes dispatch messages from its partitions, queues
+//! them per campaign, starts calls as its lease cache hands out tokens, and emits status events.
+//!
+//! - **No head-of-line blocking**: each campaign has its own queue; a campaign without tokens is
+//!   parked (not polled) until one of its calls ends or the lease cache is refilled, while other
+//!   campaigns keep dialing. Campaigns take turns of at most `quantum` starts.
+//! - **Bounded memory**: at most `max_queued_per_shard` messages wait; a partition is paused at
+//!   `pause_partition_at` waiting messages and resumed at `resume_partition_at`.
+//! - **At-least-once**: a message's offset is finished when its outcome event is acknowledged
+//!   by the broker (Kafka) or handed to the recorder's channel (in-process); commits never pass
+//!   an unfinished message.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, StatusEvent};
+use dialer_limiter::LeaseHandle;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::bus::Delivery;
+use crate::kafka::{KafkaSink, KafkaSource};
+use crate::provider::{CallOutcome, Provider};
+use crate::tuning::Tuning;
+
+/// Where a shard's dispatch messages come from.
+#[derive(Debug)]
+pub enum Source {
+    Memory(mpsc::Receiver<Delivery>),
+    Kafka(Box<KafkaSource>),
+}
+
+/// Where a shard's status events go.
+#[derive(Debug)]
+pub enum Sink {
+    Memory(mpsc::Sender<StatusEvent>),
+    Kafka(KafkaSink),
+}
+
+/// What a shard did, returned when it stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardReport {
+    pub shard: u16,
+    pub received: u64,
+    pub dialed: u64,
+    pub outcomes: u64,
+    pub expired: u64,
+    pub malformed: u64,
+    /// Messages received but not finished when the shard stopped (redelivered after restart).
+    pub unfinished: u64,
+}
+
+/// Settings a shard runs with.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub index: u16,
+    pub tuning: Tuning,
+    /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`: no campaign gets more, whatever its messages say.
+    pub per_campaign_ceiling: u32,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct Waiting {
+    msg: DispatchMessage,
+    partition: i32,
+    offset: i64,
+    received: Instant,
+}
+
+struct Finished {
+    w: Waiting,
+    started_ms: u64,
+    outcome: CallOutcome,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_campaign: HashMap<Uuid, VecDeque<Waiting>>,
+    /// Campaigns with waiting calls that may be able to start one.
+    ready: VecDeque<Uuid>,
+    in_ready: HashSet<Uuid>,
+    /// Campaigns with waiting calls but no token: woken by a call end or a lease update.
+    parked: HashSet<Uuid>,
+    /// Not due yet, by `not_before_ms`.
+    delayed: BinaryHeap<Reverse<(u64, u64)>>,
+    delayed_msgs: HashMap<u64, Waiting>,
+    seq: u64,
+    len: usize,
+    per_partition: HashMap<i32, usize>,
+}
+
+impl Queues {
+    fn push(&mut self, w: Waiting, now_ms: u64) {
+        self.len += 1;
+        *self.per_partition.entry(w.partition).or_default() += 1;
+        if w.msg.not_before_ms > now_ms {
+            self.seq += 1;
+            self.delayed.push(Reverse((w.msg.not_before_ms, self.seq)));
+            self.delayed_msgs.insert(self.seq, w);
+        } else {
+            self.enqueue(w);
+        }
+    }
+
+    fn enqueue(&mut self, w: Waiting) {
+        let c = w.msg.campaign_id;
+        self.by_campaign.entry(c).or_default().push_back(w);
+        if !self.parked.contains(&c) && self.in_ready.insert(c) {
+            self.ready.push_back(c);
+        }
+    }
+
+    /// Moves delayed messages that are due into their campaign queues.
+    fn release_due(&mut self, now_ms: u64) {
+        while let Some(Reverse((t, seq))) = self.delayed.peek().copied() {
+            if t > now_ms {
+                break;
+            }
+            self.delayed.pop();
+            if let Some(w) = self.delayed_msgs.remove(&seq) {
+                self.enqueue(w);
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.delayed.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn wake(&mut self, c: Uuid) {
+        if self.parked.remove(&c) && self.in_ready.insert(c) {
+            self.ready.push_back(c);
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for c in std::mem::take(&mut self.parked) {
+            if self.in_ready.insert(c) {
+                self.ready.push_back(c);
+            }
+        }
+    }
+
+    /// One message left the waiting state; returns the partition's remaining count.
+    fn taken(&mut self, partition: i32) -> usize {
+        self.len -= 1;
+        let n = self.per_partition.entry(partition).or_default();
+        *n = n.saturating_sub(1);
+        *n
+    }
+}
+
+fn event(msg: &DispatchMessage, kind: EventKind, shard: u16, at_ms: u64) -> StatusEvent {
+    StatusEvent {
+        v: SCHEMA_VERSION,
+        call_id: msg.call_id,
+        attempt: msg.attempt,
+        campaign_id: msg.campaign_id,
+        kind,
+        at_ms,
+        started_at_ms: None,
+        answered_at_ms: None,
+        duration_ms: None,
+        reason: None,
+        retryable: None,
+        shard,
+    }
+}
+
+fn outcome_event(f: &Finished, shard: u16) -> StatusEvent {
+    let now = now_ms();
+    match &f.outcome {
+        CallOutcome::Completed { answered_after, duration } => StatusEvent {
+            started_at_ms: Some(f.started_ms),
+            answered_at_ms: Some(f.started_ms + answered_after.as_millis() as u64),
+            duration_ms: Some(duration.as_millis() as u64),
+            ..event(&f.w.msg, EventKind::Completed, shard, now)
+        },
+        CallOutcome::Failed { reason, retryable, after } => StatusEvent {
+            started_at_ms: Some(f.started_ms),
+            duration_ms: Some(after.as_millis() as u64),
+            reason: Some((*reason).to_string()),
+            retryable: Some(*retryable),
+            ..event(&f.w.msg, EventKind::Failed, shard, now)
+        },
+    }
+}
+
+/// Runs a shard until `shutdown` turns true and its calls in progress end (or the grace
+/// period passes).
+pub async fn run_shard<P: Provider>(
+    cfg: ShardConfig,
+    mut source: Source,
+    sink: Sink,
+    lease: LeaseHandle,
+    provider: P,
+    mut shutdown: watch::Receiver<bool>,
+) -> ShardReport {
+    let t = &cfg.tuning;
+    let shard = cfg.index;
+    let mut report = ShardReport { shard, ..Default::default() };
+    let mut q = Queues::default();
+    let mut calls: FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = Finished>>>> =
+        FuturesUnordered::new();
+    let mut acks: FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (i32, i64, bool)>>>> =
+        FuturesUnordered::new();
+    let mut paused: HashSet<i32> = HashSet::new();
+    let mut batch: Vec<Delivery> = Vec::with_capacity(1024);
+    let mut events: Vec<(StatusEvent, Option<(i32, i64)>)> = Vec::with_capacity(1024);
+    let mut commit_tick = tokio::time::interval(Duration::from_millis(t.kafka.commit_every_ms));
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
+    let mut source_open = true;
+    let latency = metrics::histogram!("dialer_dispatch_to_dial_seconds");
+    let dials = metrics::counter!("dialer_dials_total");
+
+    loop {
+        // Start every call that can start now, campaign by campaign.
+        let now = now_ms();
+        q.release_due(now);
+        let mut turns = q.ready.len();
+        let mut left: Vec<i32> = Vec::new();
+        while turns > 0 {
+            turns -= 1;
+            let Some(c) = q.ready.pop_front() else { break };
+            q.in_ready.remove(&c);
+            let mut started = 0;
+            let mut parked = false;
+            if let Some(queue) = q.by_campaign.get_mut(&c) {
+                while started < t.buffers.quantum {
+                    let Some(front) = queue.front() else { break };
+                    if front.msg.deadline_ms != 0 && front.msg.deadline_ms < now {
+                        let w = queue.pop_front().expect("front exists");
+                        report.expired += 1;
+                        let mut ev = event(&w.msg, EventKind::Expired, shard, now);
+                        ev.retryable = Some(true);
+                        ev.reason = Some("deadline passed before dialing".into());
+                        events.push((ev, Some((w.partition, w.offset))));
+                        left.push(w.partition);
+                        continue;
+                    }
+                    let cap = front.msg.campaign_cap.min(cfg.per_campaign_ceiling);
+                    if !lease.try_acquire(c, cap) {
+                        parked = true;
+                        break;
+                    }
+                    let w = queue.pop_front().expect("front exists");
+                    left.push(w.partition);
+                    started += 1;
+                    report.dialed += 1;
+                    dials.increment(1);
+                    latency.record(w.received.elapsed().as_secs_f64());
+                    events.push((event(&w.msg, EventKind::Started, shard, now), None));
+                    let call = provider.place_call(&w.msg);
+                    calls.push(Box::pin(async move {
+                        let outcome = call.await;
+                        Finished { w, started_ms: now, outcome }
+                    }));
+                }
+                if queue.is_empty() {
+                    q.by_campaign.remove(&c);
+                } else if parked {
+                    q.parked.insert(c);
+                } else {
+                    q.in_ready.insert(c);
+                    q.ready.push_back(c);
+                }
+            }
+        }
+        // Messages that left the queues no longer count against their partitions.
+        for p in left.drain(..) {
+            if q.taken(p) <= t.buffers.resume_partition_at && paused.remove(&p) {
+                if let Source::Kafka(k) = &source {
+                    k.resume(p);
+                }
+            }
+        }
+
+        // Emit queued events.
+        for (ev, track) in events.drain(..) {
+            match &sink {
+                Sink::Memory(tx) => {
+                    if tx.send(ev).await.is_err() {
+                        tracing::error!(shard, "status channel closed; stopping");
+                        stopping = true;
+                    }
+                    if let (Some((p, o)), Source::Kafka(k)) = (track, &mut source) {
+                        k.done(p, o);
+                    }
+                }
+                Sink::Kafka(k) => match k.send(&ev).await {
+                    Ok(delivery) => {
+                        if let Some((p, o)) = track {
+                            acks.push(Box::pin(async move { (p, o, matches!(delivery.await, Ok(Ok(_)))) }));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(shard, error = %e, "status event not produced; its message will be redelivered");
+                    }
+                },
+            }
+            if track.is_some() {
+                report.outcomes += 1;
+            }
+        }
+
+        if stopping && calls.is_empty() && acks.is_empty() {
+            break;
+        }
+        if stop_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            tracing::warn!(shard, calls = calls.len(), "grace period over with calls in progress");
+            break;
+        }
+        let can_take = source_open && !stopping && q.len < t.buffers.max_queued_per_shard;
+        let due = q.next_due().map(|t| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms())));
+        let parked_any = !q.parked.is_empty();
+        tokio::select! {
+            biased;
+            changed = shutdown.changed(), if !stopping => {
+                if changed.is_err() || *shutdown.borrow() {
+                    stopping = true;
+                    stop_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(t.shutdown.grace_ms));
+                }
+            }
+            Some(f) = calls.next(), if !calls.is_empty() => {
+                let c = f.w.msg.campaign_id;
+                lease.release(c);
+                q.wake(c);
+                let (p, o) = (f.w.partition, f.w.offset);
+                events.push((outcome_event(&f, shard), Some((p, o))));
+                // Drain what else has ended, so events go out in batches.
+                while let Some(Some(f)) = calls.next().now_or_never_opt() {
+                    let c = f.w.msg.campaign_id;
+                    lease.release(c);
+                    q.wake(c);
+                    events.push((outcome_event(&f, shard), Some((f.w.partition, f.w.offset))));
+                }
+            }
+            Some((p, o, ok)) = acks.next(), if !acks.is_empty() => {
+                if let Source::Kafka(k) = &mut source {
+                    if ok { k.done(p, o) } else { tracing::warn!(shard, partition = p, offset = o, "outcome not acknowledged; message will be redelivered") }
+                }
+            }
+            r = recv(&mut source, &mut batch, 1024), if can_take => {
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => source_open = false,
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "dispatch fetch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                let now = now_ms();
+                let received = Instant::now();
+                for d in batch.drain(..) {
+                    report.received += 1;
+                    match d.msg {
+                        Ok(msg) => {
+                            q.push(Waiting { msg, partition: d.partition, offset: d.offset, received }, now);
+                            let n = q.per_partition.get(&d.partition).copied().unwrap_or(0);
+                            if n >= t.buffers.pause_partition_at && paused.insert(d.partition) {
+                                if let Source::Kafka(k) = &source {
+                                    k.pause(d.partition);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            report.malformed += 1;
+                            metrics::counter!("dialer_dispatch_malformed_total").increment(1);
+                            tracing::warn!(shard, partition = d.partition, offset = d.offset, error = %e, "malformed dispatch message skipped");
+                            if let Source::Kafka(k) = &mut source {
+                                k.done(d.partition, d.offset);
+                            }
+                        }
+                    }
+                }
+            }
+            _ = lease.updated(), if parked_any => q.wake_all(),
+            _ = tokio::time::sleep(Duration::from_millis(5)), if parked_any => q.wake_all(),
+            _ = sleep_until_opt(due), if due.is_some() => {}
+            _ = commit_tick.tick() => {
+                if let Source::Kafka(k) = &mut source { k.commit() }
+            }
+            _ = std::future::ready(()), if !source_open && calls.is_empty() && acks.is_empty() && q.len == 0 => break,
+        }
+    }
+    report.unfinished = q.len as u64 + calls.len() as u64;
+    if let Sink::Kafka(k) = &sink {
+        k.flush(Duration::from_secs(5));
+    }
+    // Wait for acks still in flight so that their offsets are committed.
+    while let Some((p, o, ok)) = acks.next().await {
+        if let (true, Source::Kafka(k)) = (ok, &mut source) {
+            k.done(p, o);
+        }
+    }
+    if let Source::Kafka(k) = &mut source {
+        k.commit_sync();
+    }
+    report
+}
+
+async fn recv(source: &mut Source, out: &mut Vec<Delivery>, max: usize) -> Result<bool, String> {
+    match source {
+        Source::Memory(rx) => Ok(rx.recv_many(out, max).await > 0),
+        Source::Kafka(k) => k.recv_batch(out, max).await.map(|()| true).map_err(|e| e.to_string()),
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `now_or_never` for a stream's next item.
+trait NowOrNever: futures::Future + Sized {
+    fn now_or_never_opt(self) -> Option<Self::Output> {
+        futures::FutureExt::now_or_never(self)
+    }
+}
+impl<F: futures::Future> NowOrNever for F {}

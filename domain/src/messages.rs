@@ -1,0 +1,167 @@
+//! Messages between the planes: dispatch messages (scheduler → data plane) and status events
+//! (data plane → recorder). Both are versioned JSON (`"v": 1`): readable with any Kafka tool,
+//! and measured cheap enough next to the broker (see `bench dataplane`). A reader refuses a
+//! version it does not know instead of guessing.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// Everything a data-plane shard needs to place one attempt of one call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchMessage {
+    pub v: u8,
+    pub call_id: Uuid,
+    /// 1-based attempt number; (call_id, attempt) is the unit that is dialed at most once.
+    pub attempt: u32,
+    pub campaign_id: Uuid,
+    pub phone_number: String,
+    /// The campaign's effective cap when the message was written.
+    pub campaign_cap: u32,
+    /// Unix milliseconds before which the call must not be placed.
+    pub not_before_ms: u64,
+    /// Unix milliseconds after which the call must not be placed any more (0 = no deadline): a
+    /// paused or completed campaign's queued calls expire instead of dialing.
+    #[serde(default)]
+    pub deadline_ms: u64,
+}
+
+/// What happened to an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Dialing began.
+    Started,
+    /// The call was answered and has ended normally (carries `answered_at_ms`, `duration_ms`).
+    Completed,
+    /// The attempt failed (carries `reason`, `retryable`).
+    Failed,
+    /// The attempt was not placed: its deadline passed while it waited (retryable).
+    Expired,
+}
+
+impl EventKind {
+    /// Whether this event ends the attempt (its dispatch message is then done).
+    pub fn is_outcome(self) -> bool {
+        !matches!(self, EventKind::Started)
+    }
+}
+
+/// One status event of one attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub v: u8,
+    pub call_id: Uuid,
+    pub attempt: u32,
+    pub campaign_id: Uuid,
+    pub kind: EventKind,
+    /// Unix milliseconds of the event.
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retryable: Option<bool>,
+    /// The shard that placed the call (diagnostics).
+    pub shard: u16,
+}
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a message of this schema: {0}")]
+    Malformed(String),
+    #[error(
+        "schema version {0} is not supported by this build (it reads version {SCHEMA_VERSION}); upgrade the reader"
+    )]
+    Version(u8),
+}
+
+fn check_version(v: u8) -> Result<(), DecodeError> {
+    if v == SCHEMA_VERSION { Ok(()) } else { Err(DecodeError::Version(v)) }
+}
+
+impl DispatchMessage {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DispatchMessage, DecodeError> {
+        let m: DispatchMessage = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        check_version(m.v)?;
+        Ok(m)
+    }
+}
+
+impl StatusEvent {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<StatusEvent, DecodeError> {
+        let e: StatusEvent = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        check_version(e.v)?;
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> DispatchMessage {
+        DispatchMessage {
+            v: SCHEMA_VERSION,
+            call_id: Uuid::from_u128(1),
+            attempt: 2,
+            campaign_id: Uuid::from_u128(3),
+            phone_number: "+15555550001".into(),
+            campaign_cap: 10,
+            not_before_ms: 1_790_000_000_000,
+            deadline_ms: 0,
+        }
+    }
+
+    #[test]
+    fn dispatch_round_trips() {
+        let m = msg();
+        assert_eq!(DispatchMessage::decode(&m.encode()).expect("decode"), m);
+    }
+
+    #[test]
+    fn refuses_other_versions_and_garbage() {
+        let mut m = msg();
+        m.v = 2;
+        assert!(matches!(DispatchMessage::decode(&m.encode()), Err(DecodeError::Version(2))));
+        assert!(matches!(DispatchMessage::decode(b"{not json"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(DispatchMessage::decode(b"{\"v\":1}"), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn events_round_trip_and_know_outcomes() {
+        let e = StatusEvent {
+            v: 1,
+            call_id: Uuid::from_u128(1),
+            attempt: 1,
+            campaign_id: Uuid::from_u128(2),
+            kind: EventKind::Failed,
+            at_ms: 5,
+            started_at_ms: Some(1),
+            answered_at_ms: None,
+            duration_ms: None,
+            reason: Some("busy".into()),
+            retryable: Some(true),
+            shard: 0,
+        };
+        assert_eq!(StatusEvent::decode(&e.encode()).expect("decode"), e);
+        assert!(EventKind::Failed.is_outcome() && EventKind::Completed.is_outcome() && EventKind::Expired.is_outcome());
+        assert!(!EventKind::Started.is_outcome());
+    }
+}
