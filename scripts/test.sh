@@ -15,6 +15,7 @@ command -v redis-server >/dev/null || need+=(redis-server redis-tools)
 command -v jq >/dev/null || need+=(jq)
 command -v curl >/dev/null || need+=(curl)
 command -v cc >/dev/null || need+=(build-essential)
+command -v cmake >/dev/null || need+=(cmake)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -22,6 +23,13 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "test.sh: cargo is missing; install Rust from https://rustup.rs" >&2; exit 1; }
+
+# tansu, the Kafka-protocol broker the tests start: built once into a cache outside the clone.
+TANSU_ROOT=$HOME/.cache/dialer/tansu
+if [ -z "${TANSU_BIN:-}" ] && [ ! -x "$TANSU_ROOT/bin/tansu" ] && ! command -v tansu >/dev/null; then
+  echo "test.sh: building tansu 0.6.0 into $TANSU_ROOT (once; about 25 minutes on 2 cores)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore,postgres,libsql --root "$TANSU_ROOT"
+fi
 
 # --- static checks ---------------------------------------------------------------------------
 echo "== cargo fmt --check"

@@ -2,6 +2,8 @@
 //! through the test harness (unless addresses are given), measures, prints a table and writes
 //! `--json PATH`. `bench compare A.json B.json` prints the ratio of every figure.
 
+mod broker;
+mod dataplane;
 mod limiter;
 mod targets;
 
@@ -25,6 +27,10 @@ enum Command {
     Targets(targets::Args),
     /// Concurrency tokens: the seed's per-call Redis acquire/release against our batched leases.
     Limiter(limiter::Args),
+    /// Dispatch → dial → status through the data plane (in-process bus or Kafka).
+    Dataplane(dataplane::Args),
+    /// The Kafka broker's own produce+consume ceiling.
+    Broker(broker::Args),
     /// Ratio B/A of every numeric figure of two result files.
     Compare { a: PathBuf, b: PathBuf },
 }
@@ -71,6 +77,12 @@ fn main() -> Result<()> {
         }
         Command::Limiter(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(limiter::run(args))
+        }
+        Command::Dataplane(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(dataplane::run(args))
+        }
+        Command::Broker(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(broker::run(args))
         }
         Command::Compare { a, b } => compare(&a, &b),
     }

@@ -32,6 +32,66 @@ pub struct Config {
     pub api: ApiConfig,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
+    pub bus: BusConfig,
+    pub provider: ProviderConfig,
+}
+
+/// The message bus between the planes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `kafka` (distributed) or `memory` (in-process; `dialer up` always uses it).
+    pub kind: String,
+    /// `KAFKA_BROKERS`: bootstrap servers, e.g. `127.0.0.1:9092`.
+    pub brokers: String,
+    pub dispatch_topic: String,
+    pub status_topic: String,
+    pub dead_letter_topic: String,
+    /// Consumer group of the data plane (offsets are kept under it in both assignment modes).
+    pub group_id: String,
+    /// Partitions of the status and dead-letter topics when they are created.
+    pub status_partitions: i32,
+}
+
+/// The mock telephony provider (the only provider so far).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: String,
+    pub answer_rate: f64,
+    pub retryable_share: f64,
+    pub min_call_ms: u64,
+    pub max_call_ms: u64,
+    pub max_ring_ms: u64,
+    pub seed: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: "memory".into(),
+            brokers: "127.0.0.1:9092".into(),
+            dispatch_topic: "dialer.dispatch".into(),
+            status_topic: "dialer.status".into(),
+            dead_letter_topic: "dialer.dead_letter".into(),
+            group_id: "dialer-dataplane".into(),
+            status_partitions: 8,
+        }
+    }
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            kind: "mock".into(),
+            answer_rate: 0.8,
+            retryable_share: 0.7,
+            min_call_ms: 1000,
+            max_call_ms: 5000,
+            max_ring_ms: 500,
+            seed: 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,6 +193,10 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("REDIS_URL", "limits.redis_url"),
     ("DIALER_LIMITS_REDIS_KEY_PREFIX", "limits.redis_key_prefix"),
     ("DIALER_LIMITS_RECONCILE_EVERY_SEC", "limits.reconcile_every_sec"),
+    ("DIALER_BUS_KIND", "bus.kind"),
+    ("KAFKA_BROKERS", "bus.brokers"),
+    ("DIALER_BUS_GROUP_ID", "bus.group_id"),
+    ("DIALER_PROVIDER_SEED", "provider.seed"),
 ];
 
 impl Config {
@@ -185,6 +249,10 @@ impl Config {
             "limits.redis_url" => self.limits.redis_url = v.to_string(),
             "limits.redis_key_prefix" => self.limits.redis_key_prefix = v.to_string(),
             "limits.reconcile_every_sec" => self.limits.reconcile_every_sec = num(v)?,
+            "bus.kind" => self.bus.kind = v.to_string(),
+            "bus.brokers" => self.bus.brokers = v.to_string(),
+            "bus.group_id" => self.bus.group_id = v.to_string(),
+            "provider.seed" => self.provider.seed = num(v)?,
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -249,6 +317,38 @@ impl Config {
         }
         if l.reconcile_every_sec == 0 {
             return Err(invalid("limits.reconcile_every_sec", "must be at least 1"));
+        }
+        let b = &self.bus;
+        if b.kind != "kafka" && b.kind != "memory" {
+            return Err(invalid("bus.kind", "must be \"kafka\" or \"memory\""));
+        }
+        for (k, v) in [
+            ("bus.dispatch_topic", &b.dispatch_topic),
+            ("bus.status_topic", &b.status_topic),
+            ("bus.dead_letter_topic", &b.dead_letter_topic),
+            ("bus.group_id", &b.group_id),
+        ] {
+            if v.is_empty() || v.len() > 249 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+                return Err(invalid(k, "must be 1–249 characters of letters, digits, '.', '_' and '-'"));
+            }
+        }
+        if b.kind == "kafka" && b.brokers.is_empty() {
+            return Err(invalid("bus.brokers", "must list the bootstrap servers, e.g. 127.0.0.1:9092"));
+        }
+        if b.status_partitions < 1 {
+            return Err(invalid("bus.status_partitions", "must be at least 1"));
+        }
+        let p = &self.provider;
+        if p.kind != "mock" {
+            return Err(invalid("provider.kind", "only \"mock\" exists so far"));
+        }
+        for (k, v) in [("provider.answer_rate", p.answer_rate), ("provider.retryable_share", p.retryable_share)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(k, "must be between 0 and 1"));
+            }
+        }
+        if p.max_call_ms < p.min_call_ms {
+            return Err(invalid("provider.max_call_ms", "must be at least provider.min_call_ms"));
         }
         Ok(())
     }

@@ -89,5 +89,6 @@ fn unreachable_msg() -> DispatchMessage {
         campaign_cap: 0,
         not_before_ms: 0,
         deadline_ms: 0,
+        enqueued_at_us: 0,
     }
 }

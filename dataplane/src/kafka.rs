@@ -122,10 +122,10 @@ impl KafkaSource {
         let mut tpl = TopicPartitionList::new();
         let mut points = Vec::new();
         for (p, o) in &self.offsets {
-            if let Some(point) = o.commit_point() {
-                if tpl.add_partition_offset(&self.topic, *p, Offset::Offset(point)).is_ok() {
-                    points.push((*p, point));
-                }
+            if let Some(point) = o.commit_point()
+                && tpl.add_partition_offset(&self.topic, *p, Offset::Offset(point)).is_ok()
+            {
+                points.push((*p, point));
             }
         }
         if points.is_empty() {
@@ -151,10 +151,10 @@ impl KafkaSource {
                 let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(point));
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
-                tracing::warn!(error = %e, "final offset commit failed");
-            }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "final offset commit failed");
         }
     }
 
@@ -223,7 +223,8 @@ pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), 
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, e)) => {
-                return Err(KafkaError::AdminOp(e)).inspect_err(|_| tracing::error!(topic = t, "topic creation failed"));
+                return Err(KafkaError::AdminOp(e))
+                    .inspect_err(|_| tracing::error!(topic = t, "topic creation failed"));
             }
         }
     }

@@ -92,7 +92,7 @@ impl Dataplane {
     pub fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
         let n = opts.tuning.shards.count;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut memory: Option<(Vec<Option<mpsc::Receiver<Delivery>>>, mpsc::Sender<bus_events::Event>)> = None;
+        let mut memory: Option<MemoryEnds> = None;
         let mut kafka: Option<KafkaTopics> = None;
         match opts.bus {
             BusChoice::Memory { receivers, events } => {
@@ -121,10 +121,10 @@ impl Dataplane {
             let handle = std::thread::Builder::new()
                 .name(format!("dialer-shard-{i}"))
                 .spawn(move || {
-                    if let Some(cpu) = cpu {
-                        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                            tracing::warn!(shard = i, cpu, "could not pin shard to CPU");
-                        }
+                    if let Some(cpu) = cpu
+                        && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+                    {
+                        tracing::warn!(shard = i, cpu, "could not pin shard to CPU");
                     }
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -199,6 +199,8 @@ impl Dataplane {
             .collect()
     }
 }
+
+type MemoryEnds = (Vec<Option<mpsc::Receiver<Delivery>>>, mpsc::Sender<bus_events::Event>);
 
 enum ShardIo {
     Memory(Option<mpsc::Receiver<Delivery>>, mpsc::Sender<bus_events::Event>),

@@ -157,13 +157,16 @@ impl Drop for Up {
     }
 }
 
+type CampaignCounter = (Arc<Counter>, Option<u32>);
+
 /// The mock provider for one shard: its own random generator, the shared tracker.
 #[derive(Debug)]
 pub struct MockProvider {
     settings: MockSettings,
     rng: RefCell<StdRng>,
     tracker: Arc<Tracker>,
-    counters: RefCell<HashMap<Uuid, (Arc<Counter>, Option<u32>)>>,
+    /// This shard's view of the tracker's counters and caps (filled on a campaign's first call).
+    counters: RefCell<HashMap<Uuid, CampaignCounter>>,
 }
 
 impl MockProvider {
@@ -241,6 +244,7 @@ mod tests {
             campaign_cap: 10,
             not_before_ms: 0,
             deadline_ms: 0,
+            enqueued_at_us: 0,
         }
     }
 

@@ -62,6 +62,8 @@ pub struct ShardConfig {
     pub per_campaign_ceiling: u32,
 }
 
+type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -170,7 +172,12 @@ fn event(msg: &DispatchMessage, kind: EventKind, shard: u16, at_ms: u64) -> Stat
         reason: None,
         retryable: None,
         shard,
+        dispatch_latency_us: None,
     }
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn outcome_event(f: &Finished, shard: u16) -> StatusEvent {
@@ -206,10 +213,8 @@ pub async fn run_shard<P: Provider>(
     let shard = cfg.index;
     let mut report = ShardReport { shard, ..Default::default() };
     let mut q = Queues::default();
-    let mut calls: FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = Finished>>>> =
-        FuturesUnordered::new();
-    let mut acks: FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = (i32, i64, bool)>>>> =
-        FuturesUnordered::new();
+    let mut calls: FuturesUnordered<LocalBoxFuture<Finished>> = FuturesUnordered::new();
+    let mut acks: FuturesUnordered<LocalBoxFuture<(i32, i64, bool)>> = FuturesUnordered::new();
     let mut paused: HashSet<i32> = HashSet::new();
     let mut batch: Vec<Delivery> = Vec::with_capacity(1024);
     let mut events: Vec<(StatusEvent, Option<(i32, i64)>)> = Vec::with_capacity(1024);
@@ -257,7 +262,11 @@ pub async fn run_shard<P: Provider>(
                     report.dialed += 1;
                     dials.increment(1);
                     latency.record(w.received.elapsed().as_secs_f64());
-                    events.push((event(&w.msg, EventKind::Started, shard, now), None));
+                    let mut started_ev = event(&w.msg, EventKind::Started, shard, now);
+                    if w.msg.enqueued_at_us > 0 {
+                        started_ev.dispatch_latency_us = Some(now_us().saturating_sub(w.msg.enqueued_at_us));
+                    }
+                    events.push((started_ev, None));
                     let call = provider.place_call(&w.msg);
                     calls.push(Box::pin(async move {
                         let outcome = call.await;
@@ -276,10 +285,11 @@ pub async fn run_shard<P: Provider>(
         }
         // Messages that left the queues no longer count against their partitions.
         for p in left.drain(..) {
-            if q.taken(p) <= t.buffers.resume_partition_at && paused.remove(&p) {
-                if let Source::Kafka(k) = &source {
-                    k.resume(p);
-                }
+            if q.taken(p) <= t.buffers.resume_partition_at
+                && paused.remove(&p)
+                && let Source::Kafka(k) = &source
+            {
+                k.resume(p);
             }
         }
 
@@ -365,10 +375,11 @@ pub async fn run_shard<P: Provider>(
                         Ok(msg) => {
                             q.push(Waiting { msg, partition: d.partition, offset: d.offset, received }, now);
                             let n = q.per_partition.get(&d.partition).copied().unwrap_or(0);
-                            if n >= t.buffers.pause_partition_at && paused.insert(d.partition) {
-                                if let Source::Kafka(k) = &source {
-                                    k.pause(d.partition);
-                                }
+                            if n >= t.buffers.pause_partition_at
+                                && paused.insert(d.partition)
+                                && let Source::Kafka(k) = &source
+                            {
+                                k.pause(d.partition);
                             }
                         }
                         Err(e) => {

@@ -42,8 +42,15 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// The data plane: thread-per-core dialer.
-    Dataplane,
+    /// The data plane: thread-per-core dialer reading the dispatch topic, leasing from Redis.
+    Dataplane {
+        /// Per-machine tuning file (see tuning/).
+        #[arg(long, default_value = "tuning/laptop.toml", env = "DIALER_TUNING")]
+        tuning: PathBuf,
+        /// Validate the tuning file, print the effective settings and exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Show or change the live concurrency caps in the shared (Redis) limiter, without restarting
     /// anything: overrides take effect at the next lease update of every core.
     Limits {
@@ -123,6 +130,86 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
     Ok(())
 }
 
+fn mock_settings(cfg: &Config) -> dialer_dataplane::MockSettings {
+    let p = &cfg.provider;
+    dialer_dataplane::MockSettings {
+        answer_rate: p.answer_rate,
+        retryable_share: p.retryable_share,
+        min_call: std::time::Duration::from_millis(p.min_call_ms),
+        max_call: std::time::Duration::from_millis(p.max_call_ms),
+        max_ring: std::time::Duration::from_millis(p.max_ring_ms),
+        seed: p.seed,
+    }
+}
+
+async fn run_dataplane(cfg: &Config, tuning_path: &Path, check: bool) -> Result<()> {
+    let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
+    let tuning = dialer_dataplane::Tuning::load(tuning_path, ttl).context("refusing to start")?;
+    if check {
+        println!("# effective settings of {}\n{}", tuning_path.display(), toml::to_string_pretty(&tuning)?);
+        return Ok(());
+    }
+    anyhow::ensure!(
+        cfg.bus.kind == "kafka",
+        "the data plane reads the dispatch topic: set bus.kind = \"kafka\" and bus.brokers (KAFKA_BROKERS); \
+         the in-process bus exists only inside `dialer up`"
+    );
+    dialer_dataplane::kafka::ensure_topics(
+        &cfg.bus.brokers,
+        &[
+            (cfg.bus.dispatch_topic.as_str(), tuning.shards.partitions),
+            (cfg.bus.status_topic.as_str(), cfg.bus.status_partitions),
+            (cfg.bus.dead_letter_topic.as_str(), cfg.bus.status_partitions),
+        ],
+    )
+    .await
+    .with_context(|| format!("creating topics on {}", cfg.bus.brokers))?;
+    let limiter = if cfg.limits.redis_url.is_empty() {
+        tracing::warn!("limits.redis_url is empty: caps hold for this process only (in-process limiter)");
+        dialer_dataplane::LimiterChoice::Local(std::sync::Arc::new(dialer_limiter::LocalBackend::default()))
+    } else {
+        dialer_dataplane::LimiterChoice::Redis {
+            url: cfg.limits.redis_url.clone(),
+            prefix: cfg.limits.redis_key_prefix.clone(),
+        }
+    };
+    let instance = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+    );
+    let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
+        tuning: tuning.clone(),
+        bus: dialer_dataplane::BusChoice::Kafka(dialer_dataplane::KafkaTopics {
+            brokers: cfg.bus.brokers.clone(),
+            dispatch_topic: cfg.bus.dispatch_topic.clone(),
+            status_topic: cfg.bus.status_topic.clone(),
+            group_id: cfg.bus.group_id.clone(),
+        }),
+        limiter,
+        global_cap: cfg.limits.global_max_concurrency,
+        per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
+        mock: mock_settings(cfg),
+        tracker: dialer_dataplane::Tracker::new(cfg.limits.global_max_concurrency),
+        instance,
+    })?;
+    tracing::info!(shards = tuning.shards.count, brokers = %cfg.bus.brokers, "data plane running");
+    shutdown_signal().await;
+    dp.shutdown();
+    let reports = tokio::task::spawn_blocking(move || dp.join()).await??;
+    for r in reports {
+        tracing::info!(
+            shard = r.shard,
+            received = r.received,
+            dialed = r.dialed,
+            unfinished = r.unfinished,
+            "shard stopped"
+        );
+    }
+    Ok(())
+}
+
 fn sqlite_dir(data_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))
 }
@@ -155,9 +242,7 @@ async fn main() -> Result<()> {
             let url = cfg.store.url.clone();
             serve_api(&cfg, &url).await
         }
-        Command::Dataplane => {
-            anyhow::bail!("the data plane is not built yet in this version; use `dialer up` or `dialer control-plane`")
-        }
+        Command::Dataplane { tuning, check } => run_dataplane(&cfg, &tuning, check).await,
         Command::Limits { global, clear_global, campaign, cap, clear, reconcile } => {
             anyhow::ensure!(
                 !cfg.limits.redis_url.is_empty(),

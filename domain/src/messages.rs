@@ -26,6 +26,10 @@ pub struct DispatchMessage {
     /// paused or completed campaign's queued calls expire instead of dialing.
     #[serde(default)]
     pub deadline_ms: u64,
+    /// Unix microseconds when the message was (meant to be) queued; the data plane reports the
+    /// wait until dialing on the `started` event (0 = unknown).
+    #[serde(default)]
+    pub enqueued_at_us: u64,
 }
 
 /// What happened to an attempt.
@@ -71,6 +75,9 @@ pub struct StatusEvent {
     pub retryable: Option<bool>,
     /// The shard that placed the call (diagnostics).
     pub shard: u16,
+    /// On `started`: microseconds from `enqueued_at_us` of the dispatch message to dialing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_latency_us: Option<u64>,
 }
 
 /// Why a message could not be read.
@@ -126,6 +133,7 @@ mod tests {
             campaign_cap: 10,
             not_before_ms: 1_790_000_000_000,
             deadline_ms: 0,
+            enqueued_at_us: 0,
         }
     }
 
@@ -159,6 +167,7 @@ mod tests {
             reason: Some("busy".into()),
             retryable: Some(true),
             shard: 0,
+            dispatch_latency_us: None,
         };
         assert_eq!(StatusEvent::decode(&e.encode()).expect("decode"), e);
         assert!(EventKind::Failed.is_outcome() && EventKind::Completed.is_outcome() && EventKind::Expired.is_outcome());

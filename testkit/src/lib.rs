@@ -357,3 +357,129 @@ pub fn redis_prefix() -> String {
 pub fn redis() -> &'static RedisServer {
     RedisServer::shared().unwrap_or_else(|e| panic!("test Redis unavailable: {e}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kafka protocol: tansu
+// ---------------------------------------------------------------------------------------------
+
+/// How tansu is installed (`scripts/test.sh` does it when missing).
+pub const TANSU_INSTALL: &str = "install it with: cargo install tansu --version 0.6.0 --locked \
+     --features dynostore,postgres,libsql --root ~/.cache/dialer/tansu (about 25 minutes on 2 cores; \
+     ./scripts/test.sh does it), or point TANSU_BIN at a tansu binary";
+
+/// The tansu binary: `TANSU_BIN`, `~/.cache/dialer/tansu/bin/tansu`, `~/.cargo/bin/tansu`, PATH.
+pub fn tansu_bin() -> Result<PathBuf, HarnessError> {
+    let missing = || HarnessError::Missing { what: "the tansu broker".into(), hint: TANSU_INSTALL.into() };
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        let p = PathBuf::from(p);
+        return if p.exists() { Ok(p) } else { Err(missing()) };
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    for p in [format!("{home}/.cache/dialer/tansu/bin/tansu"), format!("{home}/.cargo/bin/tansu")] {
+        if Path::new(&p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("tansu"))
+        .find(|p| p.exists())
+        .ok_or_else(missing)
+}
+
+/// Storage of a tansu broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TansuStorage {
+    /// Correct offsets; for correctness tests.
+    Sqlite,
+    /// Fastest; loses messages when a consumer resumes inside a producer batch: throughput only.
+    Memory,
+}
+
+/// A tansu broker on a free port (stopped on drop).
+#[derive(Debug)]
+pub struct Tansu {
+    pub port: u16,
+    storage: TansuStorage,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl Tansu {
+    pub fn start(storage: TansuStorage) -> Result<Tansu, HarnessError> {
+        let bin = tansu_bin()?;
+        let dir = tempfile::Builder::new()
+            .prefix("dialer-tansu-")
+            .tempdir()
+            .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
+        let t = Tansu { port: free_port(), storage, bin, dir, child: std::sync::Mutex::new(None) };
+        t.launch()?;
+        Ok(t)
+    }
+
+    /// The process-wide sqlite-backed broker (tests keep apart by topic and group names).
+    pub fn shared() -> Result<&'static Tansu, String> {
+        static T: OnceLock<Result<Tansu, String>> = OnceLock::new();
+        T.get_or_init(|| Tansu::start(TansuStorage::Sqlite).map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    }
+
+    fn launch(&self) -> Result<(), HarnessError> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let engine = match self.storage {
+            TansuStorage::Sqlite => format!("sqlite://{}", self.dir.path().join("tansu.db").display()),
+            TansuStorage::Memory => "memory://tansu/".to_string(),
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
+        let child = Command::new(&self.bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .spawn()
+            .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
+        watch(child.id(), self.dir.path());
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        if !wait_for_port(self.port, Duration::from_secs(20)) {
+            let log = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+            return Err(HarnessError::Start { what: "tansu".into(), detail: log });
+        }
+        Ok(())
+    }
+
+    /// `127.0.0.1:PORT` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts on the same port and storage (sqlite keeps its data).
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        self.kill();
+        self.launch()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The shared broker, or a panic naming what to install.
+pub fn tansu() -> &'static Tansu {
+    Tansu::shared().unwrap_or_else(|e| panic!("test Kafka broker unavailable: {e}"))
+}

@@ -1,0 +1,487 @@
+//! `bench dataplane`: dispatch → dial → status through the data plane, on the in-process bus or
+//! through a Kafka broker (tansu from the harness unless `--brokers`), with the in-process or the
+//! Redis limiter. Open loop at `--rate` (latency measured from each message's *intended* send
+//! time, so a stalled system is not flattered: no coordinated omission) or closed loop (`--rate
+//! 0`: as fast as the bus accepts). The first second is warm-up and not counted.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dialer_dataplane::{
+    BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MemoryBus, MockSettings, Tracker, Tuning,
+};
+use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, StatusEvent};
+use dialer_limiter::LocalBackend;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// memory (in-process bus) or kafka.
+    #[arg(long, default_value = "memory")]
+    pub bus: String,
+    /// local (in-process) or redis.
+    #[arg(long, default_value = "local")]
+    pub limiter: String,
+    /// Shards (cores); default: every CPU.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Dispatch messages per second (0 = closed loop, as fast as accepted).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    #[arg(long, default_value = "10s", value_parser = dialer_domain::duration::parse)]
+    pub duration: Duration,
+    /// Mock call length range in ms, e.g. 1-5 (throughput) or 1000-5000 (the seed's).
+    #[arg(long, default_value = "1-5")]
+    pub call_ms: String,
+    #[arg(long, default_value_t = 100)]
+    pub campaigns: u32,
+    #[arg(long, default_value_t = 10_000)]
+    pub campaign_cap: u32,
+    #[arg(long, default_value_t = 1_000_000)]
+    pub global_cap: u32,
+    /// Lease batch per campaign and core.
+    #[arg(long, default_value_t = 1024)]
+    pub lease_batch: u32,
+    #[arg(long)]
+    pub brokers: Option<String>,
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// tansu storage when the harness starts it: memory (fast, no restarts) or sqlite.
+    #[arg(long, default_value = "memory")]
+    pub tansu_storage: String,
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+fn call_range(s: &str) -> Result<(u64, u64)> {
+    let (a, b) = s.split_once('-').context("--call-ms is MIN-MAX, e.g. 1-5")?;
+    let (a, b): (u64, u64) = (a.trim().parse()?, b.trim().parse()?);
+    if b < a {
+        bail!("--call-ms: MAX below MIN");
+    }
+    Ok((a, b))
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Counts from the status stream.
+struct Tally {
+    hist: Histogram<u64>,
+    started: u64,
+    outcomes: u64,
+    duplicates: u64,
+    seen: HashSet<Uuid>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            started: 0,
+            outcomes: 0,
+            duplicates: 0,
+            seen: HashSet::new(),
+        }
+    }
+
+    fn add(&mut self, e: &StatusEvent, counting: bool) {
+        match e.kind {
+            EventKind::Started => {
+                if !self.seen.insert(e.call_id) {
+                    self.duplicates += 1;
+                }
+                if counting {
+                    self.started += 1;
+                    if let Some(us) = e.dispatch_latency_us {
+                        let _ = self.hist.record(us.max(1));
+                    }
+                }
+            }
+            _ => self.outcomes += 1,
+        }
+    }
+}
+
+enum Publisher {
+    Memory(Arc<MemoryBus>),
+    Kafka(FutureProducer, String),
+}
+
+impl Publisher {
+    async fn send(&self, m: DispatchMessage) -> Result<()> {
+        match self {
+            Publisher::Memory(bus) => bus.publish(m).await.map_err(|_| anyhow::anyhow!("bus closed")),
+            Publisher::Kafka(p, topic) => {
+                let payload = m.encode();
+                let key = m.call_id.as_bytes().to_vec();
+                loop {
+                    match p.send_result(FutureRecord::to(topic).key(&key).payload(&payload)) {
+                        Ok(_) => return Ok(()),
+                        Err((
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                            _,
+                        )) => tokio::time::sleep(Duration::from_micros(200)).await,
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn run(a: Args) -> Result<()> {
+    let shards = a.shards.unwrap_or_else(crate::cores);
+    let (min_ms, max_ms) = call_range(&a.call_ms)?;
+    let mut tuning = Tuning::default();
+    tuning.shards.count = shards;
+    tuning.shards.partitions = (shards as i32).max(8);
+    tuning.lease.batch = a.lease_batch;
+    tuning.lease.low_water = a.lease_batch / 4;
+    tuning.buffers.max_queued_per_shard = 200_000;
+    tuning.buffers.pause_partition_at = 100_000;
+    tuning.buffers.resume_partition_at = 50_000;
+    tuning.validate(Duration::from_secs(600)).context("bench tuning")?;
+
+    // Servers.
+    let mut _redis_server = None;
+    let limiter = match a.limiter.as_str() {
+        "local" => LimiterChoice::Local(Arc::new(LocalBackend::default())),
+        "redis" => {
+            let url = match &a.redis {
+                Some(u) => u.clone(),
+                None => {
+                    let s = dialer_testkit::RedisServer::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let u = s.url();
+                    _redis_server = Some(s);
+                    u
+                }
+            };
+            LimiterChoice::Redis { url, prefix: format!("{{bench{}}}:", std::process::id()) }
+        }
+        other => bail!("--limiter must be local or redis, not {other:?}"),
+    };
+    let redis_url = match &limiter {
+        LimiterChoice::Redis { url, .. } => Some(url.clone()),
+        LimiterChoice::Local(_) => None,
+    };
+    let tracker = Tracker::new(a.global_cap);
+    let campaigns: Vec<Uuid> = (0..a.campaigns).map(|i| Uuid::from_u128(0xC000_0000 + u128::from(i))).collect();
+    for c in &campaigns {
+        tracker.set_campaign_cap(*c, a.campaign_cap);
+    }
+    let mock = MockSettings {
+        min_call: Duration::from_millis(min_ms),
+        max_call: Duration::from_millis(max_ms),
+        max_ring: Duration::ZERO,
+        ..MockSettings::default()
+    };
+
+    let mut _tansu = None;
+    let (bus, publisher, mut events_rx, kafka_consumer, broker_ceiling) = match a.bus.as_str() {
+        "memory" => {
+            let (bus, ends) = MemoryBus::new(shards, tuning.shards.partitions, 65_536, 1 << 20);
+            (
+                BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+                Publisher::Memory(bus),
+                Some(ends.events),
+                None,
+                None,
+            )
+        }
+        "kafka" => {
+            let brokers = match &a.brokers {
+                Some(b) => b.clone(),
+                None => {
+                    let storage = if a.tansu_storage == "sqlite" {
+                        dialer_testkit::TansuStorage::Sqlite
+                    } else {
+                        dialer_testkit::TansuStorage::Memory
+                    };
+                    let t = dialer_testkit::Tansu::start(storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let b = t.bootstrap();
+                    _tansu = Some(t);
+                    b
+                }
+            };
+            let run = std::process::id();
+            let topics = KafkaTopics {
+                brokers: brokers.clone(),
+                dispatch_topic: format!("bench.dispatch.{run}"),
+                status_topic: format!("bench.status.{run}"),
+                group_id: format!("bench-dp-{run}"),
+            };
+            dialer_dataplane::kafka::ensure_topics(
+                &brokers,
+                &[(&topics.dispatch_topic, tuning.shards.partitions), (&topics.status_topic, tuning.shards.partitions)],
+            )
+            .await?;
+            let sample = sample_message(campaigns[0], a.campaign_cap).encode().len();
+            println!("measuring the broker's own produce+consume ceiling with {sample}-byte messages…");
+            let ceiling = crate::broker::ceiling(&brokers, sample, 200_000).await?;
+            let producer: FutureProducer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "5")
+                .set("batch.num.messages", "10000")
+                .set("queue.buffering.max.messages", "1000000")
+                .create()?;
+            let consumer: StreamConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", format!("bench-events-{run}"))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .create()?;
+            consumer.subscribe(&[&topics.status_topic])?;
+            let status_topic = topics.dispatch_topic.clone();
+            (BusChoice::Kafka(topics), Publisher::Kafka(producer, status_topic), None, Some(consumer), Some(ceiling))
+        }
+        other => bail!("--bus must be memory or kafka, not {other:?}"),
+    };
+
+    let rss0 = rss_bytes();
+    let dp = Dataplane::start(DataplaneOptions {
+        tuning,
+        bus,
+        limiter,
+        global_cap: a.global_cap,
+        per_campaign_ceiling: a.campaign_cap,
+        mock,
+        tracker: tracker.clone(),
+        instance: format!("bench-{}", std::process::id()),
+    })?;
+    let redis_before = match &redis_url {
+        Some(u) => Some(redis_calls(u).await?),
+        None => None,
+    };
+
+    // Event reader: counts, latencies, duplicates.
+    let counting = Arc::new(AtomicBool::new(false));
+    let (tally_tx, tally_rx) = tokio::sync::oneshot::channel::<Tally>();
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let outcomes_seen = Arc::new(AtomicU64::new(0));
+    {
+        let counting = counting.clone();
+        let stop = stop_reader.clone();
+        let outcomes_seen = outcomes_seen.clone();
+        tokio::spawn(async move {
+            let mut t = Tally::new();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let e = match (&mut events_rx, &kafka_consumer) {
+                    (Some(rx), _) => match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                        Ok(Some(e)) => e,
+                        Ok(None) => break,
+                        Err(_) => continue,
+                    },
+                    (None, Some(c)) => match tokio::time::timeout(Duration::from_millis(100), c.recv()).await {
+                        Ok(Ok(m)) => match StatusEvent::decode(m.payload().unwrap_or_default()) {
+                            Ok(e) => e,
+                            Err(_) => continue,
+                        },
+                        _ => continue,
+                    },
+                    _ => break,
+                };
+                t.add(&e, counting.load(Ordering::Relaxed));
+                if e.kind.is_outcome() {
+                    outcomes_seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let _ = tally_tx.send(t);
+        });
+    }
+
+    // Publisher: open or closed loop.
+    let published = Arc::new(AtomicU64::new(0));
+    let stop_pub = Arc::new(AtomicBool::new(false));
+    let pub_task = {
+        let (published, stop) = (published.clone(), stop_pub.clone());
+        let campaigns = campaigns.clone();
+        let (rate, cap) = (a.rate, a.campaign_cap);
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let epoch_us = dialer_dataplane::shard::now_us();
+            let mut i: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut m = sample_message(campaigns[(i % campaigns.len() as u64) as usize], cap);
+                m.call_id = Uuid::from_u128((u128::from(std::process::id()) << 64) | u128::from(i));
+                if let Some(due_ns) = i.saturating_mul(1_000_000_000).checked_div(rate) {
+                    let due = Duration::from_nanos(due_ns);
+                    let el = start.elapsed();
+                    if due > el {
+                        tokio::time::sleep(due - el).await;
+                    }
+                    m.enqueued_at_us = epoch_us + due.as_micros() as u64;
+                } else {
+                    m.enqueued_at_us = dialer_dataplane::shard::now_us();
+                }
+                publisher.send(m).await?;
+                published.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                if i.is_multiple_of(256) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            anyhow::Ok(publisher)
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
+    counting.store(true, Ordering::SeqCst);
+    let t0 = Instant::now();
+    let pb = ProgressBar::new(a.duration.as_secs().max(1));
+    pb.set_style(
+        ProgressStyle::with_template("dataplane {bar:40} {pos}/{len} s {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut peak_inflight = 0i64;
+    let mut peak_rss = rss0;
+    while t0.elapsed() < a.duration {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak_inflight = peak_inflight.max(tracker.global().current());
+        peak_rss = peak_rss.max(rss_bytes());
+        pb.set_position(t0.elapsed().as_secs());
+        pb.set_message(format!(
+            "{} published, {} in flight",
+            published.load(Ordering::Relaxed),
+            tracker.global().current()
+        ));
+    }
+    counting.store(false, Ordering::SeqCst);
+    let secs = t0.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let redis_after = match &redis_url {
+        Some(u) => Some(redis_calls(u).await?),
+        None => None,
+    };
+    stop_pub.store(true, Ordering::SeqCst);
+    let _publisher = pub_task.await??;
+    let total = published.load(Ordering::SeqCst);
+    // Drain: every published message must get its outcome.
+    let drain_deadline = Instant::now() + Duration::from_millis(max_ms * 2 + 30_000);
+    while outcomes_seen.load(Ordering::Relaxed) < total && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop_reader.store(true, Ordering::SeqCst);
+    dp.shutdown();
+    let reports = tokio::task::spawn_blocking(move || dp.join()).await??;
+    let tally = tally_rx.await.context("event reader")?;
+    let lost = total.saturating_sub(tally.outcomes);
+    let dials_per_sec = tally.started as f64 / secs;
+    let redis_cmds = match (redis_before, redis_after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    let rpd = redis_cmds.map_or(0.0, |c| c as f64 / (tally.started.max(1)) as f64);
+    let h = &tally.hist;
+    let mem_per_call =
+        if peak_inflight > 1000 { Some((peak_rss.saturating_sub(rss0)) as f64 / peak_inflight as f64) } else { None };
+
+    println!("{:<34} {:>14}", "figure", "value");
+    println!("{:<34} {:>14}", "bus / limiter", format!("{} / {}", a.bus, a.limiter));
+    println!("{:<34} {:>14}", "shards", shards);
+    println!("{:<34} {:>14.0}", "dials/s", dials_per_sec);
+    println!("{:<34} {:>14.0}", "dials/s per shard", dials_per_sec / shards as f64);
+    for (name, q) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)] {
+        println!("{:<34} {:>14}", format!("dispatch→dial {name} µs"), h.value_at_quantile(q / 100.0));
+    }
+    println!("{:<34} {:>14}", "dispatch→dial max µs", h.max());
+    println!("{:<34} {:>14.4}", "redis commands per dial", rpd);
+    println!("{:<34} {:>14}", "cap violations (tracker)", tracker.violations());
+    println!("{:<34} {:>14}", "lost / duplicates", format!("{lost} / {}", tally.duplicates));
+    println!("{:<34} {:>14}", "peak calls in flight", peak_inflight);
+    if let Some(m) = mem_per_call {
+        println!("{:<34} {:>14.0}", "memory per in-flight call, bytes", m);
+    }
+    if let Some(c) = &broker_ceiling {
+        println!("{:<34} {:>14.0}", "broker produce msgs/s (raw)", c.produce);
+        println!("{:<34} {:>14.0}", "broker consume msgs/s (raw)", c.consume);
+        println!("{:<34} {:>13.0}%", "dials/s vs broker ceiling", 100.0 * dials_per_sec / c.produce.min(c.consume));
+    }
+    println!("{:<34} {:>14}", "cores (nproc)", crate::cores());
+    let _ = reports;
+    crate::write_json(
+        a.json.as_deref(),
+        &json!({
+            "scenario": "dataplane",
+            "settings": {"bus": a.bus, "limiter": a.limiter, "rate": a.rate, "call_ms": a.call_ms,
+                         "campaigns": a.campaigns, "campaign_cap": a.campaign_cap, "global_cap": a.global_cap,
+                         "lease_batch": a.lease_batch},
+            "duration_s": secs,
+            "shards": shards,
+            "cores": crate::cores(),
+            "dials_per_sec": dials_per_sec,
+            "dials_per_sec_per_shard": dials_per_sec / shards as f64,
+            "p50_us": h.value_at_quantile(0.5),
+            "p90_us": h.value_at_quantile(0.9),
+            "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999),
+            "max_us": h.max(),
+            "redis_commands_per_dial": rpd,
+            "cap_violations": tracker.violations(),
+            "lost": lost,
+            "duplicates": tally.duplicates,
+            "published": total,
+            "peak_in_flight": peak_inflight,
+            "memory_per_inflight_call_bytes": mem_per_call,
+            "broker_produce_msgs_per_sec": broker_ceiling.as_ref().map(|c| c.produce),
+            "broker_consume_msgs_per_sec": broker_ceiling.as_ref().map(|c| c.consume),
+        }),
+    )
+}
+
+fn sample_message(campaign: Uuid, cap: u32) -> DispatchMessage {
+    DispatchMessage {
+        v: SCHEMA_VERSION,
+        call_id: Uuid::nil(),
+        attempt: 1,
+        campaign_id: campaign,
+        phone_number: "+15555550123".into(),
+        campaign_cap: cap,
+        not_before_ms: 0,
+        deadline_ms: 0,
+        enqueued_at_us: 0,
+    }
+}
+
+/// Client commands Redis has executed (EVALSHA and friends), from INFO commandstats.
+async fn redis_calls(url: &str) -> Result<u64> {
+    use fred::interfaces::ClientLike;
+    let client = fred::clients::Client::new(fred::types::config::Config::from_url(url)?, None, None, None);
+    client.init().await?;
+    let info: String = client.info(Some(fred::types::InfoKind::CommandStats)).await?;
+    let mut n = 0;
+    for line in info.lines() {
+        if let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+            && matches!(name, "evalsha" | "eval")
+        {
+            n += rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    let _ = client.quit().await;
+    Ok(n)
+}
+
+/// Keeps the mpsc import used when only Kafka is compiled in.
+#[allow(dead_code)]
+type EventsRx = mpsc::Receiver<StatusEvent>;
