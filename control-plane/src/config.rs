@@ -34,6 +34,27 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub bus: BusConfig,
     pub provider: ProviderConfig,
+    pub scheduler: SchedulerSettings,
+}
+
+/// The scheduler's pacing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Milliseconds between ticks.
+    pub interval_ms: u64,
+    /// Queued + dialing calls of a campaign stay under this many times its cap.
+    pub inflight_factor: u32,
+    /// Most calls claimed for one campaign per tick.
+    pub max_batch: usize,
+    /// Seconds a dispatched call may wait for a token before it expires (and is claimed again).
+    pub dispatch_ttl_sec: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings { interval_ms: 1000, inflight_factor: 2, max_batch: 5000, dispatch_ttl_sec: 300 }
+    }
 }
 
 /// The message bus between the planes.
@@ -170,6 +191,19 @@ impl Default for LimitsConfig {
             redis_url: String::new(),
             redis_key_prefix: "{dialer}:".into(),
             reconcile_every_sec: 60,
+        }
+    }
+}
+
+impl Config {
+    /// The scheduler settings in the form the scheduler takes.
+    pub fn scheduler_config(&self) -> crate::scheduler::SchedulerConfig {
+        crate::scheduler::SchedulerConfig {
+            interval: std::time::Duration::from_millis(self.scheduler.interval_ms),
+            inflight_factor: self.scheduler.inflight_factor,
+            max_batch: self.scheduler.max_batch,
+            dispatch_ttl: std::time::Duration::from_secs(self.scheduler.dispatch_ttl_sec),
+            per_campaign_ceiling: self.limits.per_campaign_max_concurrency,
         }
     }
 }
@@ -349,6 +383,19 @@ impl Config {
         }
         if p.max_call_ms < p.min_call_ms {
             return Err(invalid("provider.max_call_ms", "must be at least provider.min_call_ms"));
+        }
+        let sc = &self.scheduler;
+        if sc.interval_ms < 10 {
+            return Err(invalid("scheduler.interval_ms", "must be at least 10"));
+        }
+        if sc.inflight_factor == 0 {
+            return Err(invalid("scheduler.inflight_factor", "must be at least 1"));
+        }
+        if sc.max_batch == 0 {
+            return Err(invalid("scheduler.max_batch", "must be at least 1"));
+        }
+        if sc.dispatch_ttl_sec == 0 {
+            return Err(invalid("scheduler.dispatch_ttl_sec", "must be at least 1"));
         }
         Ok(())
     }

@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod config;
+pub mod recorder;
+pub mod scheduler;
 pub mod store;
 
 use std::sync::Arc;

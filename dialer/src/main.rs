@@ -35,6 +35,9 @@ enum Command {
         /// Address of the REST API (overrides api.listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Data-plane tuning file; default: one shard per CPU, no pinning.
+        #[arg(long, env = "DIALER_TUNING")]
+        tuning: Option<PathBuf>,
     },
     /// The control plane: REST API against the configured store.
     ControlPlane {
@@ -106,6 +109,73 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// `dialer up`: API, scheduler, data plane and recorder in one process over the in-process bus
+/// and limiter.
+async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>) -> Result<()> {
+    let store = dialer_control_plane::open_store(cfg, url)
+        .await
+        .with_context(|| format!("opening the store at {}", redact(url)))?;
+    let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
+    let tuning = match tuning_path {
+        Some(p) => dialer_dataplane::Tuning::load(p, ttl).context("refusing to start")?,
+        None => {
+            let mut t = dialer_dataplane::Tuning::default();
+            t.shards.count = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+            t.shards.partitions = (t.shards.count as i32).max(8);
+            t
+        }
+    };
+    let (bus, ends) = dialer_dataplane::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
+    let limiter = std::sync::Arc::new(dialer_limiter::LocalBackend::default());
+    let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
+        tuning: tuning.clone(),
+        bus: dialer_dataplane::BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+        limiter: dialer_dataplane::LimiterChoice::Local(limiter.clone()),
+        global_cap: cfg.limits.global_max_concurrency,
+        per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
+        mock: mock_settings(cfg),
+        tracker: dialer_dataplane::Tracker::new(cfg.limits.global_max_concurrency),
+        instance: format!("up-{}", std::process::id()),
+    })?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let scheduler = dialer_control_plane::scheduler::Scheduler {
+        store: store.clone(),
+        sink: dialer_control_plane::scheduler::DispatchSink::Memory(bus),
+        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
+        cfg: cfg.scheduler_config(),
+    };
+    let scheduler = tokio::spawn(scheduler.run(wait(stopped.clone())));
+    let recorder = dialer_control_plane::recorder::Recorder {
+        store: store.clone(),
+        source: dialer_control_plane::recorder::EventSource::Memory(ends.events),
+        batch_max: 1000,
+        seed: cfg.provider.seed,
+    };
+    let recorder = tokio::spawn(recorder.run(wait(stopped.clone())));
+    let reconciler = tokio::spawn(dialer_control_plane::run_reconciler(
+        dialer_limiter::Backend::Local(limiter),
+        std::time::Duration::from_secs(cfg.limits.reconcile_every_sec),
+        wait(stopped.clone()),
+    ));
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
+    })?;
+    tracing::info!(listen = %cfg.api.listen, shards = tuning.shards.count, "dialer up: API, scheduler, data plane and recorder running");
+    dialer_control_plane::serve(listener, dialer_control_plane::app(cfg, store.clone()), shutdown_signal()).await?;
+    // Stop dispatching, let the data plane finish its calls, record their outcomes.
+    let _ = stop.send(true);
+    let _ = scheduler.await;
+    dp.shutdown();
+    tokio::task::spawn_blocking(move || dp.join()).await??;
+    let _ = recorder.await;
+    let _ = reconciler.await;
+    store.close().await;
+    Ok(())
+}
+
 async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
     let store = dialer_control_plane::open_store(cfg, url)
         .await
@@ -121,12 +191,71 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         let every = std::time::Duration::from_secs(cfg.limits.reconcile_every_sec);
         tokio::spawn(dialer_control_plane::run_reconciler(dialer_limiter::Backend::Redis(r), every, shutdown_signal()));
     }
+    if cfg.bus.kind == "kafka" {
+        spawn_kafka_pipeline(cfg, &store).await?;
+    } else {
+        tracing::warn!(
+            "bus.kind is \"memory\": the control plane serves the API only; set bus.kind = \"kafka\" to schedule and record"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
     dialer_control_plane::serve(listener, dialer_control_plane::app(cfg, store.clone()), shutdown_signal()).await?;
     store.close().await;
+    Ok(())
+}
+
+/// The scheduler (dispatch topic) and the recorder (status topic) of the distributed mode.
+async fn spawn_kafka_pipeline(cfg: &Config, store: &dialer_control_plane::Store) -> Result<()> {
+    use rdkafka::consumer::Consumer;
+    let b = &cfg.bus;
+    dialer_dataplane::kafka::ensure_topics(
+        &b.brokers,
+        &[
+            (b.dispatch_topic.as_str(), 8),
+            (b.status_topic.as_str(), b.status_partitions),
+            (b.dead_letter_topic.as_str(), b.status_partitions),
+        ],
+    )
+    .await
+    .with_context(|| format!("creating topics on {}", b.brokers))?;
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b.brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .context("Kafka producer")?;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b.brokers)
+        .set("group.id", format!("{}-recorder", b.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("Kafka consumer")?;
+    consumer.subscribe(&[&b.status_topic]).context("subscribing to the status topic")?;
+    let scheduler = dialer_control_plane::scheduler::Scheduler {
+        store: store.clone(),
+        sink: dialer_control_plane::scheduler::DispatchSink::Kafka {
+            producer: producer.clone(),
+            topic: b.dispatch_topic.clone(),
+        },
+        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
+        cfg: cfg.scheduler_config(),
+    };
+    tokio::spawn(scheduler.run(shutdown_signal()));
+    let recorder = dialer_control_plane::recorder::Recorder {
+        store: store.clone(),
+        source: dialer_control_plane::recorder::EventSource::Kafka {
+            consumer,
+            topic: b.status_topic.clone(),
+            dead_letter: (producer, b.dead_letter_topic.clone()),
+        },
+        batch_max: 1000,
+        seed: cfg.provider.seed,
+    };
+    tokio::spawn(recorder.run(shutdown_signal()));
     Ok(())
 }
 
@@ -220,7 +349,7 @@ async fn main() -> Result<()> {
     init_logging(cli.log_json);
     let mut cfg = Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
     match cli.command {
-        Command::Up { data_dir, listen } => {
+        Command::Up { data_dir, listen, tuning } => {
             if let Some(l) = listen {
                 cfg.api.listen = l;
             }
@@ -228,7 +357,7 @@ async fn main() -> Result<()> {
             if url.starts_with("sqlite:") {
                 sqlite_dir(&data_dir)?;
             }
-            serve_api(&cfg, &url).await
+            run_embedded(&cfg, &url, tuning.as_deref()).await
         }
         Command::ControlPlane { listen } => {
             if let Some(l) = listen {

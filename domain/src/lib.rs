@@ -8,6 +8,7 @@
 pub mod campaign;
 pub mod duration;
 pub mod hours;
+pub mod lifecycle;
 pub mod messages;
 pub mod phone;
 pub mod retry;

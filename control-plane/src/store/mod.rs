@@ -89,6 +89,40 @@ pub struct CallQuery {
     pub limit: u32,
 }
 
+/// An in-progress campaign as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActiveCampaign {
+    pub id: Uuid,
+    pub time_zone: String,
+    pub business_hours: Vec<dialer_domain::Window>,
+    pub max_concurrent_calls: u32,
+    pub pending: i64,
+    pub queued: i64,
+    pub in_progress: i64,
+}
+
+/// A call moved to queued for dispatch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedCall {
+    pub id: Uuid,
+    pub phone_number: String,
+    /// The attempt number this dispatch is.
+    pub attempt: u32,
+}
+
+/// What a recorded batch did.
+#[derive(Clone, Debug, Default)]
+pub struct RecordReport {
+    pub applied: u64,
+    /// Duplicates, late or stale events: no change.
+    pub ignored: u64,
+    /// Events of calls this store does not know.
+    pub unknown: u64,
+    pub retries_scheduled: u64,
+    /// Final failures and why, for the dead-letter topic.
+    pub dead_letters: Vec<(dialer_domain::messages::StatusEvent, String)>,
+}
+
 /// The control plane's persistence.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -245,6 +279,42 @@ impl Store {
 
     pub async fn list_calls(&self, campaign_id: Uuid, q: &CallQuery) -> Result<Vec<Call>, StoreError> {
         dispatch!(self.list_calls(campaign_id, q))
+    }
+
+    /// In-progress campaigns with schedule, cap and live counts (the scheduler's view).
+    pub async fn active_campaigns(&self) -> Result<Vec<ActiveCampaign>, StoreError> {
+        dispatch!(self.active_campaigns())
+    }
+
+    /// Claims up to `n` due calls of a campaign for dispatch (pending → queued, attempt + 1),
+    /// retries and new calls side by side. Concurrent claimers never get the same call.
+    pub async fn claim_calls(
+        &self,
+        campaign_id: Uuid,
+        n: usize,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ClaimedCall>, StoreError> {
+        dispatch!(self.claim_calls(campaign_id, n, at))
+    }
+
+    /// Undoes a claim whose dispatch failed.
+    pub async fn unclaim_calls(&self, campaign_id: Uuid, calls: &[ClaimedCall]) -> Result<(), StoreError> {
+        dispatch!(self.unclaim_calls(campaign_id, calls))
+    }
+
+    /// Completes in-progress campaigns whose every call is terminal.
+    pub async fn complete_finished(&self) -> Result<Vec<Uuid>, StoreError> {
+        dispatch!(self.complete_finished())
+    }
+
+    /// Applies a batch of status events (idempotent by call id + attempt). `samples` gives
+    /// uniform draws in [0, 1) for backoff jitter.
+    pub async fn record_events(
+        &self,
+        events: &[dialer_domain::messages::StatusEvent],
+        samples: &mut (dyn FnMut() -> f64 + Send),
+    ) -> Result<RecordReport, StoreError> {
+        dispatch!(self.record_events(events, samples))
     }
 
     /// A call and its attempts from the SQL timeline.

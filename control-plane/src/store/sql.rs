@@ -24,7 +24,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 macro_rules! sql_store {
-    ($module:ident, $db:ty, begin = $begin:literal) => {
+    ($module:ident, $db:ty, begin = $begin:literal, skip_locked = $skip_locked:literal) => {
         pub(crate) mod $module {
             use std::collections::HashMap;
             use std::time::Duration;
@@ -45,7 +45,9 @@ macro_rules! sql_store {
             use super::{
                 is_unique_violation, now, CALL_COLUMNS, CAMPAIGN_COLUMNS, CHUNK_ROWS, LIVE_CALL_CONFLICT, LOOKUP_CHUNK,
             };
-            use crate::store::{CallQuery, StoreError};
+            use crate::store::{ActiveCampaign, CallQuery, ClaimedCall, RecordReport, StoreError};
+            use dialer_domain::lifecycle::{self, CallState};
+            use dialer_domain::messages::{EventKind, StatusEvent};
 
             type Db = $db;
             type Pool = sqlx::Pool<Db>;
@@ -577,9 +579,353 @@ macro_rules! sql_store {
                 .collect::<Result<Vec<_>, StoreError>>()?;
                 Ok(CallDetail { call, attempts })
             }
+
+            fn ms_to_time(ms: u64) -> DateTime<Utc> {
+                DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or_default()
+            }
+
+            /// In-progress campaigns with their schedule, cap and live counts.
+            pub async fn active_campaigns(pool: &Pool) -> Result<Vec<ActiveCampaign>, StoreError> {
+                let mut conn = pool.acquire().await?;
+                let rows = sqlx::query(
+                    "SELECT c.id, c.time_zone, c.max_concurrent_calls, s.pending_calls, s.queued_calls, s.in_progress_calls \
+                     FROM campaigns c JOIN campaign_stats s ON s.campaign_id = c.id WHERE c.status = 'in_progress' ORDER BY c.id",
+                )
+                .fetch_all(&mut *conn)
+                .await?;
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+                let mut hours = load_hours(&mut conn, &ids).await?;
+                rows.iter()
+                    .zip(&ids)
+                    .map(|(r, id)| {
+                        Ok(ActiveCampaign {
+                            id: *id,
+                            time_zone: r.try_get("time_zone")?,
+                            business_hours: hours.remove(id).unwrap_or_default(),
+                            max_concurrent_calls: r.try_get::<i32, _>("max_concurrent_calls")? as u32,
+                            pending: r.try_get("pending_calls")?,
+                            queued: r.try_get("queued_calls")?,
+                            in_progress: r.try_get("in_progress_calls")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn claim_some(
+                conn: &mut Conn,
+                campaign_id: Uuid,
+                retries: bool,
+                limit: usize,
+                at: DateTime<Utc>,
+            ) -> Result<Vec<ClaimedCall>, StoreError> {
+                if limit == 0 {
+                    return Ok(vec![]);
+                }
+                let (cond, order) = if retries {
+                    ("next_attempt_at IS NOT NULL AND next_attempt_at <= $2", "next_attempt_at, id")
+                } else {
+                    ("next_attempt_at IS NULL", "id")
+                };
+                let sql = format!(
+                    "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, queued_at = $2, updated_at = $2 \
+                     WHERE campaign_id = $1 AND status = 'pending' AND id IN (\
+                       SELECT id FROM calls WHERE campaign_id = $1 AND status = 'pending' AND {cond} \
+                       ORDER BY {order} LIMIT $3{}) \
+                     RETURNING id, phone_number, attempt_count",
+                    $skip_locked
+                );
+                let rows = sqlx::query(&sql).bind(campaign_id).bind(at).bind(limit as i64).fetch_all(&mut *conn).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(ClaimedCall {
+                            id: r.try_get("id")?,
+                            phone_number: r.try_get("phone_number")?,
+                            attempt: r.try_get::<i32, _>("attempt_count")? as u32,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Moves up to `n` due calls of a campaign from pending to queued, taking due retries
+            /// and new calls side by side (half each when both wait), and counts their attempts.
+            pub async fn claim_calls(pool: &Pool, campaign_id: Uuid, n: usize, at: DateTime<Utc>) -> Result<Vec<ClaimedCall>, StoreError> {
+                let mut tx = begin(pool).await?;
+                let mut out = claim_some(&mut tx, campaign_id, true, n.div_ceil(2), at).await?;
+                let fresh = claim_some(&mut tx, campaign_id, false, n - out.len(), at).await?;
+                out.extend(fresh);
+                if out.len() < n {
+                    let more = claim_some(&mut tx, campaign_id, true, n - out.len(), at).await?;
+                    out.extend(more);
+                }
+                if !out.is_empty() {
+                    let k = out.len() as i64;
+                    let retries = out.iter().filter(|c| c.attempt > 1).count() as i64;
+                    sqlx::query(
+                        "UPDATE campaign_stats SET pending_calls = pending_calls - $1, queued_calls = queued_calls + $1, \
+                         attempts_total = attempts_total + $1, retries_attempted = retries_attempted + $2 WHERE campaign_id = $3",
+                    )
+                    .bind(k)
+                    .bind(retries)
+                    .bind(campaign_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            /// Gives claimed calls back (their dispatch failed): queued → pending, attempt undone.
+            pub async fn unclaim_calls(pool: &Pool, campaign_id: Uuid, calls: &[ClaimedCall]) -> Result<(), StoreError> {
+                if calls.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = begin(pool).await?;
+                let mut n = 0i64;
+                let mut retries = 0i64;
+                for c in calls {
+                    let r = sqlx::query(
+                        "UPDATE calls SET status = 'pending', attempt_count = attempt_count - 1, queued_at = NULL \
+                         WHERE campaign_id = $1 AND id = $2 AND status = 'queued' AND attempt_count = $3",
+                    )
+                    .bind(campaign_id)
+                    .bind(c.id)
+                    .bind(c.attempt as i32)
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 1 {
+                        n += 1;
+                        retries += i64::from(c.attempt > 1);
+                    }
+                }
+                sqlx::query(
+                    "UPDATE campaign_stats SET pending_calls = pending_calls + $1, queued_calls = queued_calls - $1, \
+                     attempts_total = attempts_total - $1, retries_attempted = retries_attempted - $2 WHERE campaign_id = $3",
+                )
+                .bind(n)
+                .bind(retries)
+                .bind(campaign_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// Completes in-progress campaigns whose every call is terminal; returns their ids.
+            pub async fn complete_finished(pool: &Pool) -> Result<Vec<Uuid>, StoreError> {
+                let at = now();
+                let mut tx = begin(pool).await?;
+                let ids: Vec<Uuid> = sqlx::query_scalar(
+                    "UPDATE campaigns SET status = 'completed', completed_at = $1, updated_at = $1 \
+                     WHERE status = 'in_progress' AND id IN (SELECT campaign_id FROM campaign_stats \
+                     WHERE pending_calls = 0 AND queued_calls = 0 AND in_progress_calls = 0) RETURNING id",
+                )
+                .bind(at)
+                .fetch_all(&mut *tx)
+                .await?;
+                for id in &ids {
+                    insert_event(&mut tx, *id, "complete", json!({"status": "completed", "by": "scheduler: every call is terminal"}), at).await?;
+                }
+                tx.commit().await?;
+                Ok(ids)
+            }
+
+            /// Applies a batch of status events: call rows, the timeline, the aggregates, in one
+            /// transaction and a handful of statements (not a round trip per event).
+            pub async fn record_events(
+                pool: &Pool,
+                events: &[StatusEvent],
+                samples: &mut (dyn FnMut() -> f64 + Send),
+            ) -> Result<RecordReport, StoreError> {
+                let mut report = RecordReport::default();
+                if events.is_empty() {
+                    return Ok(report);
+                }
+                let now_ms = chrono::Utc::now().timestamp_millis() as u64;
+                let at = now();
+                let mut tx = begin(pool).await?;
+                // The calls and campaigns of the batch.
+                let mut call_ids: Vec<Uuid> = events.iter().map(|e| e.call_id).collect();
+                call_ids.sort_unstable();
+                call_ids.dedup();
+                let mut states: HashMap<Uuid, (Uuid, CallState)> = HashMap::new();
+                for chunk in call_ids.chunks(LOOKUP_CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new(
+                        "SELECT campaign_id, id, status, attempt_count, retry_delay_ms FROM calls WHERE id IN (",
+                    );
+                    let mut sep = q.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    q.push(")");
+                    for r in q.build().fetch_all(&mut *tx).await? {
+                        let s: String = r.try_get("status")?;
+                        states.insert(
+                            r.try_get("id")?,
+                            (
+                                r.try_get("campaign_id")?,
+                                CallState {
+                                    status: CallStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("call status {s:?}")))?,
+                                    attempt_count: r.try_get::<i32, _>("attempt_count")? as u32,
+                                    retry_delay_ms: r.try_get::<Option<i64>, _>("retry_delay_ms")?.map(|v| v.max(0) as u64),
+                                },
+                            ),
+                        );
+                    }
+                }
+                let mut campaign_ids: Vec<Uuid> = states.values().map(|(c, _)| *c).collect();
+                campaign_ids.sort_unstable();
+                campaign_ids.dedup();
+                let mut policies: HashMap<Uuid, RetryPolicy> = HashMap::new();
+                if !campaign_ids.is_empty() {
+                    let mut q = QueryBuilder::<Db>::new(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id IN ("));
+                    let mut sep = q.separated(", ");
+                    for id in &campaign_ids {
+                        sep.push_bind(*id);
+                    }
+                    q.push(")");
+                    for r in q.build().fetch_all(&mut *tx).await? {
+                        let mut p = settings_from_row(&r, vec![])?.retry_policy;
+                        if campaign_status(&r)? == CampaignStatus::Completed {
+                            p.max_attempts = 0; // a completed campaign retries nothing
+                        }
+                        policies.insert(r.try_get("id")?, p);
+                    }
+                }
+                // Decide, in arrival order.
+                #[derive(Default)]
+                struct Delta { pending: i64, queued: i64, in_progress: i64, completed: i64, failed: i64, attempts: i64, retries: i64 }
+                let mut deltas: HashMap<Uuid, Delta> = HashMap::new();
+                let mut changed: HashMap<Uuid, lifecycle::Change> = HashMap::new();
+                let mut timeline: HashMap<(Uuid, u32), (Uuid, &StatusEvent, String)> = HashMap::new();
+                for e in events {
+                    let Some((campaign, state)) = states.get_mut(&e.call_id) else {
+                        report.unknown += 1;
+                        continue;
+                    };
+                    let policy = policies.get(campaign).copied().unwrap_or_default();
+                    let Some(change) = lifecycle::apply(state, e, &policy, now_ms, samples()) else {
+                        report.ignored += 1;
+                        continue;
+                    };
+                    report.applied += 1;
+                    let d = deltas.entry(*campaign).or_default();
+                    for (status, sign) in [(state.status, -1), (change.status, 1)] {
+                        match status {
+                            CallStatus::Pending => d.pending += sign,
+                            CallStatus::Queued => d.queued += sign,
+                            CallStatus::InProgress => d.in_progress += sign,
+                            CallStatus::Completed => d.completed += sign,
+                            CallStatus::Failed => d.failed += sign,
+                        }
+                    }
+                    if change.attempt_count < state.attempt_count {
+                        d.attempts -= 1;
+                        d.retries -= i64::from(state.attempt_count > 1);
+                    }
+                    if change.status == CallStatus::Pending && change.next_attempt_at_ms.is_some() && e.kind == EventKind::Failed {
+                        report.retries_scheduled += 1;
+                    }
+                    if let Some(why) = &change.dead_letter {
+                        report.dead_letters.push((e.clone(), why.clone()));
+                    }
+                    let outcome = match e.kind {
+                        EventKind::Started => "started",
+                        EventKind::Completed => "completed",
+                        EventKind::Failed => "failed",
+                        EventKind::Expired => "expired",
+                    };
+                    if e.kind != EventKind::Expired {
+                        let slot = timeline.entry((e.call_id, e.attempt)).or_insert((*campaign, e, outcome.to_string()));
+                        if e.kind != EventKind::Started {
+                            *slot = (*campaign, e, outcome.to_string());
+                        }
+                    }
+                    state.status = change.status;
+                    state.attempt_count = change.attempt_count;
+                    state.retry_delay_ms = change.retry_delay_ms;
+                    changed.insert(e.call_id, change);
+                }
+                // Write the calls.
+                let rows: Vec<(Uuid, Uuid, &lifecycle::Change)> =
+                    changed.iter().map(|(id, c)| (states[id].0, *id, c)).collect();
+                for chunk in rows.chunks(CHUNK_ROWS / 4) {
+                    let mut q = QueryBuilder::<Db>::new("WITH v(cid, id, status, attempts, next_at, delay, err) AS (");
+                    q.push_values(chunk, |mut b, (cid, id, c)| {
+                        b.push_bind(*cid)
+                            .push_bind(*id)
+                            .push_bind(c.status.as_str())
+                            .push_bind(c.attempt_count as i32)
+                            .push_bind(c.next_attempt_at_ms.map(ms_to_time))
+                            .push_bind(c.retry_delay_ms.map(|v| v as i64))
+                            .push_bind(c.last_error.clone());
+                    });
+                    q.push(
+                        ") UPDATE calls SET status = v.status, attempt_count = v.attempts, next_attempt_at = v.next_at, \
+                         retry_delay_ms = v.delay, last_error = v.err, updated_at = ",
+                    );
+                    q.push_bind(at);
+                    q.push(" FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id");
+                    q.build().execute(&mut *tx).await?;
+                }
+                // Write the timeline.
+                let tl: Vec<&(Uuid, &StatusEvent, String)> = timeline.values().collect();
+                for chunk in tl.chunks(CHUNK_ROWS / 5) {
+                    let mut q = QueryBuilder::<Db>::new(
+                        "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, started_at, answered_at, ended_at, \
+                         duration_ms, reason, retryable) ",
+                    );
+                    q.push_values(chunk, |mut b, (cid, e, outcome)| {
+                        let started = e.started_at_ms.or((e.kind == EventKind::Started).then_some(e.at_ms));
+                        let ended = (e.kind != EventKind::Started).then_some(e.at_ms);
+                        b.push_bind(*cid)
+                            .push_bind(e.call_id)
+                            .push_bind(e.attempt as i32)
+                            .push_bind(outcome.as_str())
+                            .push_bind(started.map(ms_to_time))
+                            .push_bind(e.answered_at_ms.map(ms_to_time))
+                            .push_bind(ended.map(ms_to_time))
+                            .push_bind(e.duration_ms.map(|v| v as i64))
+                            .push_bind(e.reason.clone())
+                            .push_bind(e.retryable);
+                    });
+                    q.push(
+                        " ON CONFLICT (campaign_id, call_id, attempt) DO UPDATE SET \
+                         outcome = CASE WHEN excluded.outcome = 'started' THEN call_attempts.outcome ELSE excluded.outcome END, \
+                         started_at = COALESCE(call_attempts.started_at, excluded.started_at), \
+                         answered_at = COALESCE(excluded.answered_at, call_attempts.answered_at), \
+                         ended_at = COALESCE(excluded.ended_at, call_attempts.ended_at), \
+                         duration_ms = COALESCE(excluded.duration_ms, call_attempts.duration_ms), \
+                         reason = COALESCE(excluded.reason, call_attempts.reason), \
+                         retryable = COALESCE(excluded.retryable, call_attempts.retryable)",
+                    );
+                    q.build().execute(&mut *tx).await?;
+                }
+                // The aggregates, one statement per campaign.
+                for (cid, d) in &deltas {
+                    sqlx::query(
+                        "UPDATE campaign_stats SET pending_calls = pending_calls + $1, queued_calls = queued_calls + $2, \
+                         in_progress_calls = in_progress_calls + $3, completed_calls = completed_calls + $4, \
+                         failed_calls = failed_calls + $5, attempts_total = attempts_total + $6, \
+                         retries_attempted = retries_attempted + $7 WHERE campaign_id = $8",
+                    )
+                    .bind(d.pending)
+                    .bind(d.queued)
+                    .bind(d.in_progress)
+                    .bind(d.completed)
+                    .bind(d.failed)
+                    .bind(d.attempts)
+                    .bind(d.retries)
+                    .bind(*cid)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(report)
+            }
         }
     };
 }
 
-sql_store!(pg, sqlx::Postgres, begin = "BEGIN");
-sql_store!(lite, sqlx::Sqlite, begin = "BEGIN IMMEDIATE");
+sql_store!(pg, sqlx::Postgres, begin = "BEGIN", skip_locked = " FOR UPDATE SKIP LOCKED");
+// SQLite has one writer at a time (BEGIN IMMEDIATE): claims cannot overlap without row locks.
+sql_store!(lite, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", skip_locked = "");

@@ -1,0 +1,154 @@
+//! The recorder: consumes status events in batches and applies them to the store (call rows,
+//! timeline, aggregates) in one transaction per batch; retries are decided there by the
+//! campaign's policy; final failures go to the dead-letter topic with their reason. A batch that
+//! cannot be written is retried, never dropped: offsets are committed only after it is written.
+
+use std::time::Duration;
+
+use dialer_domain::messages::StatusEvent;
+use futures::FutureExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::store::Store;
+
+/// Where status events come from.
+pub enum EventSource {
+    Memory(mpsc::Receiver<StatusEvent>),
+    Kafka { consumer: StreamConsumer, topic: String, dead_letter: (FutureProducer, String) },
+}
+
+impl std::fmt::Debug for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventSource::Memory(_) => f.write_str("EventSource::Memory"),
+            EventSource::Kafka { topic, .. } => write!(f, "EventSource::Kafka({topic})"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Recorder {
+    pub store: Store,
+    pub source: EventSource,
+    pub batch_max: usize,
+    pub seed: u64,
+}
+
+impl Recorder {
+    /// Runs until `shutdown` resolves and no more events wait (in-process), or until shutdown.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut batch: Vec<StatusEvent> = Vec::with_capacity(self.batch_max);
+        let mut offsets: Vec<(i32, i64)> = Vec::new();
+        let mut stopping = false;
+        loop {
+            batch.clear();
+            offsets.clear();
+            match &mut self.source {
+                EventSource::Memory(rx) => {
+                    tokio::select! {
+                        n = rx.recv_many(&mut batch, self.batch_max) => if n == 0 { return },
+                        _ = &mut shutdown, if !stopping => { stopping = true; rx.close(); continue; }
+                    }
+                }
+                EventSource::Kafka { consumer, .. } => {
+                    let first = tokio::select! {
+                        m = consumer.recv() => m,
+                        _ = &mut shutdown => return,
+                    };
+                    let mut push = |m: &rdkafka::message::BorrowedMessage<'_>| {
+                        offsets.push((m.partition(), m.offset()));
+                        match StatusEvent::decode(m.payload().unwrap_or_default()) {
+                            Ok(e) => batch.push(e),
+                            Err(e) => {
+                                metrics::counter!("dialer_recorder_malformed_total").increment(1);
+                                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "malformed status event skipped");
+                            }
+                        }
+                    };
+                    match first {
+                        Ok(m) => push(&m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "status fetch failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    }
+                    let mut taken = 1;
+                    while taken < self.batch_max {
+                        taken += 1;
+                        match consumer.recv().now_or_never() {
+                            Some(Ok(m)) => push(&m),
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            self.write(&batch, &mut rng).await;
+            if let EventSource::Kafka { consumer, topic, .. } = &self.source {
+                commit(consumer, topic, &offsets);
+            }
+        }
+    }
+
+    /// Writes one batch, retrying with backoff until the store takes it.
+    async fn write(&self, batch: &[StatusEvent], rng: &mut StdRng) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let t = std::time::Instant::now();
+            let mut samples = || rng.random::<f64>();
+            match self.store.record_events(batch, &mut samples).await {
+                Ok(r) => {
+                    metrics::histogram!("dialer_recorder_batch_seconds").record(t.elapsed().as_secs_f64());
+                    metrics::counter!("dialer_recorder_events_total").increment(batch.len() as u64);
+                    metrics::counter!("dialer_retries_scheduled_total").increment(r.retries_scheduled);
+                    metrics::counter!("dialer_dead_letters_total").increment(r.dead_letters.len() as u64);
+                    for (e, why) in &r.dead_letters {
+                        tracing::info!(call = %e.call_id, attempt = e.attempt, reason = %why, "call failed for good");
+                        if let EventSource::Kafka { dead_letter: (p, topic), .. } = &self.source {
+                            let body = serde_json::json!({"event": e, "reason": why}).to_string();
+                            let key = e.call_id.as_bytes().to_vec();
+                            if let Err((err, _)) =
+                                p.send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(5)).await
+                            {
+                                tracing::warn!(error = %err, "dead-letter record not produced");
+                            }
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = batch.len(), "recording failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+fn commit(consumer: &StreamConsumer, topic: &str, offsets: &[(i32, i64)]) {
+    let mut next: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    for (p, o) in offsets {
+        let e = next.entry(*p).or_insert(o + 1);
+        *e = (*e).max(o + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in next {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+    {
+        tracing::warn!(error = %e, "status offsets not committed; events will be redelivered (harmless)");
+    }
+}
