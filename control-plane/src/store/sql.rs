@@ -10,6 +10,8 @@ const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent
      retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, created_at, updated_at, \
      started_at, completed_at";
 const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at";
+/// `last_error` of calls cancelled because their campaign was completed.
+const CANCELLED: &str = "cancelled: the campaign was completed before this call was placed";
 const LIVE_CALL_CONFLICT: &str =
     "ON CONFLICT (campaign_id, phone_number) WHERE status IN ('pending', 'queued', 'in_progress') DO NOTHING";
 
@@ -43,7 +45,8 @@ macro_rules! sql_store {
             use uuid::Uuid;
 
             use super::{
-                is_unique_violation, now, CALL_COLUMNS, CAMPAIGN_COLUMNS, CHUNK_ROWS, LIVE_CALL_CONFLICT, LOOKUP_CHUNK,
+                is_unique_violation, now, CALL_COLUMNS, CAMPAIGN_COLUMNS, CANCELLED, CHUNK_ROWS, LIVE_CALL_CONFLICT,
+                LOOKUP_CHUNK,
             };
             use crate::store::{ActiveCampaign, CallQuery, ClaimedCall, RecordReport, StoreError};
             use dialer_domain::lifecycle::{self, CallState};
@@ -396,7 +399,29 @@ macro_rules! sql_store {
                         Ok(_) => StoreError::Conflict("the campaign changed while this request ran; send it again".into()),
                     });
                 }
-                insert_event(&mut tx, id, action.as_str(), json!({"status": next.as_str()}), at).await?;
+                let mut cancelled = 0u64;
+                if next == CampaignStatus::Completed {
+                    // Complete stops everything: calls still waiting are cancelled.
+                    cancelled = sqlx::query(
+                        "UPDATE calls SET status = 'failed', last_error = $1, next_attempt_at = NULL, updated_at = $2 \
+                         WHERE campaign_id = $3 AND status = 'pending'",
+                    )
+                    .bind(CANCELLED)
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    sqlx::query(
+                        "UPDATE campaign_stats SET pending_calls = pending_calls - $1, failed_calls = failed_calls + $1 \
+                         WHERE campaign_id = $2",
+                    )
+                    .bind(cancelled as i64)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                insert_event(&mut tx, id, action.as_str(), json!({"status": next.as_str(), "cancelled_calls": cancelled}), at).await?;
                 let campaign = fetch_campaign(&mut tx, id).await?;
                 tx.commit().await?;
                 Ok(campaign)
@@ -626,11 +651,13 @@ macro_rules! sql_store {
                 } else {
                     ("next_attempt_at IS NULL", "id")
                 };
+                // A CTE is evaluated once: `id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
+                // rescanned by a semi-join on PostgreSQL and claim more than n rows.
                 let sql = format!(
-                    "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, queued_at = $2, updated_at = $2 \
-                     WHERE campaign_id = $1 AND status = 'pending' AND id IN (\
-                       SELECT id FROM calls WHERE campaign_id = $1 AND status = 'pending' AND {cond} \
-                       ORDER BY {order} LIMIT $3{}) \
+                    "WITH due AS (SELECT id AS due_id FROM calls WHERE campaign_id = $1 AND status = 'pending' AND {cond} \
+                     ORDER BY {order} LIMIT $3{}) \
+                     UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, queued_at = $2, updated_at = $2 \
+                     FROM due WHERE calls.campaign_id = $1 AND calls.id = due.due_id AND calls.status = 'pending' \
                      RETURNING id, phone_number, attempt_count",
                     $skip_locked
                 );
@@ -651,7 +678,7 @@ macro_rules! sql_store {
             pub async fn claim_calls(pool: &Pool, campaign_id: Uuid, n: usize, at: DateTime<Utc>) -> Result<Vec<ClaimedCall>, StoreError> {
                 let mut tx = begin(pool).await?;
                 let mut out = claim_some(&mut tx, campaign_id, true, n.div_ceil(2), at).await?;
-                let fresh = claim_some(&mut tx, campaign_id, false, n - out.len(), at).await?;
+                let fresh = claim_some(&mut tx, campaign_id, false, n.saturating_sub(out.len()), at).await?;
                 out.extend(fresh);
                 if out.len() < n {
                     let more = claim_some(&mut tx, campaign_id, true, n - out.len(), at).await?;
@@ -776,6 +803,7 @@ macro_rules! sql_store {
                 campaign_ids.sort_unstable();
                 campaign_ids.dedup();
                 let mut policies: HashMap<Uuid, RetryPolicy> = HashMap::new();
+                let mut completed: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
                 if !campaign_ids.is_empty() {
                     let mut q = QueryBuilder::<Db>::new(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id IN ("));
                     let mut sep = q.separated(", ");
@@ -784,11 +812,12 @@ macro_rules! sql_store {
                     }
                     q.push(")");
                     for r in q.build().fetch_all(&mut *tx).await? {
-                        let mut p = settings_from_row(&r, vec![])?.retry_policy;
+                        let p = settings_from_row(&r, vec![])?.retry_policy;
+                        let id: Uuid = r.try_get("id")?;
                         if campaign_status(&r)? == CampaignStatus::Completed {
-                            p.max_attempts = 0; // a completed campaign retries nothing
+                            completed.insert(id);
                         }
-                        policies.insert(r.try_get("id")?, p);
+                        policies.insert(id, p);
                     }
                 }
                 // Decide, in arrival order.
@@ -803,10 +832,16 @@ macro_rules! sql_store {
                         continue;
                     };
                     let policy = policies.get(campaign).copied().unwrap_or_default();
-                    let Some(change) = lifecycle::apply(state, e, &policy, now_ms, samples()) else {
+                    let Some(mut change) = lifecycle::apply(state, e, &policy, now_ms, samples()) else {
                         report.ignored += 1;
                         continue;
                     };
+                    if change.status == CallStatus::Pending && completed.contains(campaign) {
+                        // A completed campaign places no further attempt.
+                        change.status = CallStatus::Failed;
+                        change.next_attempt_at_ms = None;
+                        change.last_error = Some(CANCELLED.into());
+                    }
                     report.applied += 1;
                     let d = deltas.entry(*campaign).or_default();
                     for (status, sign) in [(state.status, -1), (change.status, 1)] {

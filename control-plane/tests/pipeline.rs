@@ -1,0 +1,333 @@
+//! Campaigns dial end to end in one process (store + scheduler + in-process bus + data plane +
+//! recorder), on both stores: everything reaches a terminal state, stats equal the rows, no
+//! attempt is dialed twice, business hours gate dispatch, pause/resume/complete behave, two
+//! scheduler replicas never queue a call twice, and redelivered events change nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dialer_control_plane::recorder::{EventSource, Recorder};
+use dialer_control_plane::scheduler::{Clock, DispatchSink, ManualClock, Scheduler, SchedulerConfig, SystemClock};
+use dialer_control_plane::{Config, Store, open_store};
+use dialer_dataplane::{
+    BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MemoryBus, MockSettings, Tracker, Tuning,
+};
+use dialer_domain::campaign::CampaignAction;
+use dialer_domain::messages::{EventKind, StatusEvent};
+use dialer_domain::validate::{Campaign, CreateCampaignRequest};
+use dialer_limiter::LocalBackend;
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+async fn store(b: Backend) -> (Store, Option<tempfile::TempDir>) {
+    let (url, dir) = match b {
+        Backend::Postgres => (dialer_testkit::postgres_database(), None),
+        Backend::Sqlite => {
+            let d = tempfile::tempdir().expect("tmp");
+            (format!("sqlite://{}", d.path().join("t.db").display()), Some(d))
+        }
+    };
+    (open_store(&Config::default(), &url).await.expect("store"), dir)
+}
+
+async fn campaign(s: &Store, name: &str, targets: usize, cap: u32, hours: serde_json::Value) -> Campaign {
+    let targets: Vec<_> =
+        (0..targets).map(|i| json!({"phone_number": format!("+1777{:03}{i:05}", name.len())})).collect();
+    let req: CreateCampaignRequest = serde_json::from_value(json!({
+        "name": name, "time_zone": "America/New_York", "max_concurrent_calls": cap,
+        "retry_policy": {"max_attempts": 3, "base_delay": "20ms", "max_delay": "100ms", "jitter": 1.0},
+        "business_hours": hours, "targets": targets
+    }))
+    .expect("request");
+    s.create_campaign(&req.validate(1_000_000).expect("valid")).await.expect("created")
+}
+
+struct Pipeline {
+    store: Store,
+    tracker: Arc<Tracker>,
+    dp: Option<Dataplane>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn mock(ms: u64) -> MockSettings {
+    MockSettings {
+        min_call: Duration::from_millis(ms),
+        max_call: Duration::from_millis(ms * 3),
+        max_ring: Duration::ZERO,
+        ..MockSettings::default()
+    }
+}
+
+fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
+    let mut t = Tuning::default();
+    t.shards.count = 2;
+    t.lease.idle_give_back_ms = 300;
+    let (bus, ends) = MemoryBus::new(2, t.shards.partitions, 10_000, 10_000);
+    let tracker = Tracker::new(10_000);
+    let dp = Dataplane::start(DataplaneOptions {
+        tuning: t,
+        bus: BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+        limiter: LimiterChoice::Local(Arc::new(LocalBackend::default())),
+        global_cap: 10_000,
+        per_campaign_ceiling: 100,
+        mock: mock(call_ms),
+        tracker: tracker.clone(),
+        instance: "pipeline-test".into(),
+    })
+    .expect("data plane");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let sched = Scheduler {
+        store: store.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock,
+        cfg: SchedulerConfig {
+            interval: Duration::from_millis(50),
+            per_campaign_ceiling: 100,
+            ..SchedulerConfig::default()
+        },
+    };
+    let rec = Recorder { store: store.clone(), source: EventSource::Memory(ends.events), batch_max: 500, seed: 7 };
+    let tasks = vec![tokio::spawn(sched.run(wait(rx.clone()))), tokio::spawn(rec.run(wait(rx)))];
+    Pipeline { store: store.clone(), tracker, dp: Some(dp), stop, tasks }
+}
+
+impl Pipeline {
+    async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(dp) = self.dp.take() {
+            dp.shutdown();
+            tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("shards");
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+
+    async fn wait_status(&self, id: Uuid, status: &str, timeout: Duration) -> Campaign {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.store.get_campaign(id).await.expect("campaign");
+            if c.status.as_str() == status {
+                return c;
+            }
+            let s = self.store.stats(id).await.expect("stats");
+            assert!(Instant::now() < deadline, "campaign {id} still {} after {timeout:?}: {s:?}", c.status);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn assert_consistent(s: &Store, id: Uuid) -> dialer_domain::validate::CampaignStats {
+    let stats = s.stats(id).await.expect("stats");
+    assert_eq!(stats, s.recount_stats(id).await.expect("recount"), "stats differ from the call rows");
+    stats
+}
+
+async fn campaigns_run_to_completion(b: Backend) {
+    let (s, _d) = store(b).await;
+    let p = start(&s, Arc::new(SystemClock), 5);
+    let mut ids = vec![];
+    for (i, n) in [150usize, 100, 50].into_iter().enumerate() {
+        let c = campaign(&s, &format!("run{i}"), n, 10 + 10 * i as u32, json!([])).await;
+        s.transition(c.id, CampaignAction::Start).await.expect("start");
+        ids.push((c.id, n as i64));
+    }
+    for (id, n) in &ids {
+        p.wait_status(*id, "completed", Duration::from_secs(90)).await;
+        let st = assert_consistent(&s, *id).await;
+        assert_eq!(st.total_calls, *n);
+        assert_eq!(st.completed_calls + st.failed_calls, *n, "every target reached a terminal state");
+        assert!(st.failed_calls > 0 && st.retries_attempted > 0, "the mock's failures were retried: {st:?}");
+        assert!(st.attempts_total >= *n);
+    }
+    let total_attempts: i64 = {
+        let mut t = 0;
+        for (id, _) in &ids {
+            t += s.stats(*id).await.expect("stats").attempts_total;
+        }
+        t
+    };
+    assert_eq!(p.tracker.calls() as i64, total_attempts, "each attempt was dialed exactly once");
+    assert_eq!(p.tracker.violations(), 0);
+    // The timeline shows the attempts.
+    let calls = s
+        .list_calls(ids[0].0, &dialer_control_plane::store::CallQuery { limit: 1000, ..Default::default() })
+        .await
+        .expect("calls");
+    let retried = calls.iter().find(|c| c.attempt_count > 1).expect("a retried call");
+    let detail = s.get_call(retried.id).await.expect("call");
+    assert_eq!(detail.attempts.len() as u32, retried.attempt_count);
+    assert!(detail.attempts.iter().all(|a| a.started_at.is_some() && a.ended_at.is_some()));
+    p.stop().await;
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).expect("instant").with_timezone(&Utc)
+}
+
+async fn business_hours_gate_dispatch(b: Backend) {
+    let (s, _d) = store(b).await;
+    // Monday 09:00–18:00 New York. 2026-11-23 is a Monday; 13:00Z is 08:00 local.
+    let c = campaign(&s, "hours", 20, 5, json!([{"day_of_week": 1, "start": "09:00", "end": "18:00"}])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let (bus, mut ends) = MemoryBus::new(1, 1, 1000, 10);
+    let clock = ManualClock::new(at("2026-11-23T13:00:00Z"));
+    let sched = Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock: clock.clone(),
+        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+    };
+    let r = sched.tick().await.expect("tick");
+    assert_eq!((r.campaigns_closed, r.dispatched), (1, 0), "closed window dials nothing");
+    clock.set(at("2026-11-23T14:00:00Z"));
+    let r = sched.tick().await.expect("tick");
+    assert_eq!(r.campaigns_open, 1);
+    assert_eq!(r.dispatched, 10, "opening the window starts dispatch, at most 2 × cap");
+    let mut got = vec![];
+    ends.shard_receivers[0].recv_many(&mut got, 100).await;
+    assert_eq!(got.len(), 10);
+    assert!(got.iter().all(|d| d.msg.as_ref().is_ok_and(|m| m.campaign_cap == 5 && m.attempt == 1)));
+    let r = sched.tick().await.expect("tick");
+    assert_eq!(r.dispatched, 0, "never more than 2 × cap queued");
+    let st = assert_consistent(&s, c.id).await;
+    assert_eq!((st.queued_calls, st.pending_calls, st.attempts_total), (10, 10, 10));
+    // Saturday: closed again.
+    clock.set(at("2026-11-28T15:00:00Z"));
+    assert_eq!(sched.tick().await.expect("tick").campaigns_closed, 1);
+}
+
+async fn pause_resume_complete(b: Backend) {
+    let (s, _d) = store(b).await;
+    let p = start(&s, Arc::new(SystemClock), 100);
+    let c = campaign(&s, "pause", 60, 5, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.transition(c.id, CampaignAction::Pause).await.expect("pause");
+    tokio::time::sleep(Duration::from_millis(150)).await; // one tick for the scheduler to notice
+    let frozen = s.stats(c.id).await.expect("stats").attempts_total;
+    assert!(frozen > 0, "dialing had begun");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = assert_consistent(&s, c.id).await;
+    assert_eq!(later.attempts_total, frozen, "no new dispatch while paused");
+    assert_eq!((later.queued_calls, later.in_progress_calls), (0, 0), "calls already dialing finished");
+    s.transition(c.id, CampaignAction::Start).await.expect("resume");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(s.stats(c.id).await.expect("stats").attempts_total > frozen, "resume continues");
+    s.transition(c.id, CampaignAction::Complete).await.expect("complete");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let done = assert_consistent(&s, c.id).await;
+    assert_eq!(done.pending_calls, 0, "complete stops everything: nothing left waiting");
+    assert_eq!((done.queued_calls, done.in_progress_calls), (0, 0));
+    assert_eq!(done.completed_calls + done.failed_calls, 60);
+    p.stop().await;
+}
+
+async fn two_scheduler_replicas_never_queue_a_call_twice(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "replicas", 3000, 100, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let (bus, mut ends) = MemoryBus::new(1, 1, 100_000, 10);
+    let mk = || Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus.clone()),
+        clock: Arc::new(SystemClock),
+        cfg: SchedulerConfig {
+            inflight_factor: 1000,
+            max_batch: 97,
+            per_campaign_ceiling: 100,
+            ..SchedulerConfig::default()
+        },
+    };
+    let (a, bb) = (mk(), mk());
+    let ta = tokio::spawn(async move {
+        for _ in 0..40 {
+            a.tick().await.expect("tick");
+        }
+    });
+    let tb = tokio::spawn(async move {
+        for _ in 0..40 {
+            bb.tick().await.expect("tick");
+        }
+    });
+    ta.await.expect("a");
+    tb.await.expect("b");
+    let mut got = vec![];
+    while ends.shard_receivers[0].recv_many(&mut got, 10_000).await > 0 && got.len() < 3000 {}
+    let ids: HashSet<Uuid> = got.iter().map(|d| d.msg.as_ref().expect("ok").call_id).collect();
+    assert_eq!(got.len(), 3000, "every call dispatched");
+    assert_eq!(ids.len(), 3000, "no call queued twice");
+    let st = assert_consistent(&s, c.id).await;
+    assert_eq!((st.queued_calls, st.pending_calls), (3000, 0));
+}
+
+async fn redelivered_events_change_nothing(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "idem", 5, 5, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let claimed = s.claim_calls(c.id, 5, Utc::now()).await.expect("claim");
+    let ev = |k: &dialer_control_plane::store::ClaimedCall, kind: EventKind| StatusEvent {
+        v: 1,
+        call_id: k.id,
+        attempt: k.attempt,
+        campaign_id: c.id,
+        kind,
+        at_ms: 1,
+        started_at_ms: Some(1),
+        answered_at_ms: (kind == EventKind::Completed).then_some(2),
+        duration_ms: Some(3),
+        reason: (kind == EventKind::Failed).then(|| "busy".into()),
+        retryable: (kind == EventKind::Failed).then_some(true),
+        shard: 0,
+        dispatch_latency_us: None,
+    };
+    let mut events = vec![];
+    for (i, k) in claimed.iter().enumerate() {
+        events.push(ev(k, EventKind::Started));
+        events.push(ev(k, if i % 2 == 0 { EventKind::Completed } else { EventKind::Failed }));
+    }
+    let mut u = || 0.5;
+    let first = s.record_events(&events, &mut u).await.expect("record");
+    assert_eq!(first.applied, 10);
+    let after_first = assert_consistent(&s, c.id).await;
+    let again = s.record_events(&events, &mut u).await.expect("record again");
+    assert_eq!((again.applied, again.ignored), (0, 10), "a redelivered batch changes nothing");
+    assert_eq!(assert_consistent(&s, c.id).await, after_first);
+    assert_eq!((after_first.completed_calls, after_first.pending_calls), (3, 2), "failures wait for their retry");
+    let failed = claimed[1].id;
+    let detail = s.get_call(failed).await.expect("call");
+    assert_eq!(detail.attempts.len(), 1);
+    assert_eq!(detail.attempts[0].outcome, "failed");
+    assert!(detail.call.next_attempt_at.is_some() && detail.call.last_error.as_deref() == Some("busy"));
+}
+
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+    };
+}
+
+both_stores!(
+    campaigns_run_to_completion,
+    business_hours_gate_dispatch,
+    pause_resume_complete,
+    two_scheduler_replicas_never_queue_a_call_twice,
+    redelivered_events_change_nothing,
+);
