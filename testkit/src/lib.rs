@@ -428,7 +428,9 @@ impl Tansu {
     fn launch(&self) -> Result<(), HarnessError> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let engine = match self.storage {
-            TansuStorage::Sqlite => format!("sqlite://{}", self.dir.path().join("tansu.db").display()),
+            // Relative to the broker's working directory (its temp dir): tansu reads
+            // `sqlite:///abs` as a relative path.
+            TansuStorage::Sqlite => "sqlite://tansu.db".to_string(),
             TansuStorage::Memory => "memory://tansu/".to_string(),
         };
         let log = std::fs::OpenOptions::new()
@@ -439,6 +441,7 @@ impl Tansu {
         let child = Command::new(&self.bin)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
             .env("RUST_LOG", "warn")
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

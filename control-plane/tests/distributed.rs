@@ -1,0 +1,149 @@
+//! The distributed mode end to end with real servers from the harness: PostgreSQL (store),
+//! tansu (dispatch, status and dead-letter topics), Redis (limiter). The scheduler publishes to
+//! Kafka, the data plane (2 shards) dials under Redis leases, the recorder consumes the status
+//! topic; every target reaches a terminal state, stats equal the rows, each attempt is dialed
+//! once, caps hold.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dialer_control_plane::recorder::{EventSource, Recorder};
+use dialer_control_plane::scheduler::{DispatchSink, Scheduler, SchedulerConfig, SystemClock};
+use dialer_control_plane::{Config, open_store};
+use dialer_dataplane::{
+    Assignment, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker, Tuning,
+};
+use dialer_domain::campaign::CampaignAction;
+use dialer_domain::validate::CreateCampaignRequest;
+use dialer_testkit::{redis, redis_prefix, tansu, unique_name};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_complete_over_kafka_redis_and_postgres() {
+    let store = open_store(&Config::default(), &dialer_testkit::postgres_database()).await.expect("store");
+    let n = unique_name("e2e");
+    let topics = KafkaTopics {
+        brokers: tansu().bootstrap(),
+        dispatch_topic: format!("{n}.dispatch"),
+        status_topic: format!("{n}.status"),
+        group_id: format!("{n}-dp"),
+    };
+    let dead_letter = format!("{n}.dead_letter");
+    dialer_dataplane::kafka::ensure_topics(
+        &topics.brokers,
+        &[(&topics.dispatch_topic, 4), (&topics.status_topic, 4), (&dead_letter, 1)],
+    )
+    .await
+    .expect("topics");
+
+    let mut ids = vec![];
+    for (i, targets) in [120usize, 80].into_iter().enumerate() {
+        let t: Vec<_> = (0..targets).map(|k| json!({"phone_number": format!("+1888{i}{k:06}")})).collect();
+        let req: CreateCampaignRequest = serde_json::from_value(json!({
+            "name": format!("dist-{i}"), "max_concurrent_calls": 8,
+            "retry_policy": {"max_attempts": 3, "base_delay": "20ms", "max_delay": "100ms"},
+            "targets": t
+        }))
+        .expect("request");
+        let c = store.create_campaign(&req.validate(10_000).expect("valid")).await.expect("created");
+        store.transition(c.id, CampaignAction::Start).await.expect("start");
+        ids.push((c.id, targets as i64));
+    }
+
+    let mut tuning = Tuning::default();
+    tuning.shards.count = 2;
+    tuning.shards.partitions = 4;
+    tuning.shards.assignment = Assignment::Static;
+    tuning.lease.batch = 8;
+    tuning.lease.low_water = 2;
+    tuning.lease.idle_give_back_ms = 300;
+    tuning.kafka.commit_every_ms = 100;
+    let tracker = Tracker::new(12);
+    for (id, _) in &ids {
+        tracker.set_campaign_cap(*id, 8);
+    }
+    let dp = Dataplane::start(DataplaneOptions {
+        tuning,
+        bus: BusChoice::Kafka(topics.clone()),
+        limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
+        global_cap: 12,
+        per_campaign_ceiling: 100,
+        mock: MockSettings {
+            min_call: Duration::from_millis(5),
+            max_call: Duration::from_millis(20),
+            max_ring: Duration::ZERO,
+            ..MockSettings::default()
+        },
+        tracker: tracker.clone(),
+        instance: unique_name("dp"),
+    })
+    .expect("data plane");
+
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &topics.brokers).set("linger.ms", "2").create().expect("producer");
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &topics.brokers)
+        .set("group.id", format!("{n}-recorder"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topics.status_topic]).expect("subscribe");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let sched = Scheduler {
+        store: store.clone(),
+        sink: DispatchSink::Kafka { producer: producer.clone(), topic: topics.dispatch_topic.clone() },
+        clock: Arc::new(SystemClock),
+        cfg: SchedulerConfig {
+            interval: Duration::from_millis(100),
+            per_campaign_ceiling: 100,
+            ..SchedulerConfig::default()
+        },
+    };
+    let rec = Recorder {
+        store: store.clone(),
+        source: EventSource::Kafka {
+            consumer,
+            topic: topics.status_topic.clone(),
+            dead_letter: (producer, dead_letter),
+        },
+        batch_max: 500,
+        seed: 3,
+    };
+    let t1 = tokio::spawn(sched.run(wait(rx.clone())));
+    let t2 = tokio::spawn(rec.run(wait(rx)));
+
+    let deadline = Instant::now() + Duration::from_secs(150);
+    for (id, _) in &ids {
+        loop {
+            let c = store.get_campaign(*id).await.expect("campaign");
+            if c.status.as_str() == "completed" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not completed: {:?}", store.stats(*id).await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let _ = stop.send(true);
+    let _ = t1.await;
+    let _ = t2.await;
+    dp.shutdown();
+    tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("shards");
+
+    let mut attempts = 0;
+    for (id, targets) in &ids {
+        let st = store.stats(*id).await.expect("stats");
+        assert_eq!(st, store.recount_stats(*id).await.expect("recount"), "stats equal the rows");
+        assert_eq!(st.completed_calls + st.failed_calls, *targets);
+        attempts += st.attempts_total;
+    }
+    assert_eq!(tracker.calls() as i64, attempts, "each attempt dialed exactly once");
+    assert_eq!(tracker.violations(), 0, "caps held");
+    assert!(tracker.global().max() <= 12);
+}
