@@ -59,6 +59,9 @@ pub struct Args {
     /// tansu storage when the harness starts it: memory (fast, no restarts) or sqlite.
     #[arg(long, default_value = "memory")]
     pub tansu_storage: String,
+    /// Closed loop: most messages published and not yet finished (keeps queues realistic).
+    #[arg(long, default_value_t = 20_000)]
+    pub window: u64,
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
 }
@@ -312,6 +315,7 @@ pub async fn run(a: Args) -> Result<()> {
     let stop_pub = Arc::new(AtomicBool::new(false));
     let pub_task = {
         let (published, stop) = (published.clone(), stop_pub.clone());
+        let (outcomes_seen, window) = (outcomes_seen.clone(), a.window);
         let campaigns = campaigns.clone();
         let (rate, cap) = (a.rate, a.campaign_cap);
         tokio::spawn(async move {
@@ -329,6 +333,11 @@ pub async fn run(a: Args) -> Result<()> {
                     }
                     m.enqueued_at_us = epoch_us + due.as_micros() as u64;
                 } else {
+                    while i.saturating_sub(outcomes_seen.load(Ordering::Relaxed)) >= window
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
                     m.enqueued_at_us = dialer_dataplane::shard::now_us();
                 }
                 publisher.send(m).await?;
