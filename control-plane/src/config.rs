@@ -35,6 +35,25 @@ pub struct Config {
     pub bus: BusConfig,
     pub provider: ProviderConfig,
     pub scheduler: SchedulerSettings,
+    pub timeline: TimelineSettings,
+}
+
+/// Where the call-attempt timeline lives.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimelineSettings {
+    /// CQL nodes (`host:port`, ScyllaDB or Cassandra); empty = the SQL `call_attempts` table.
+    /// `SCYLLA_HOST` + `SCYLLA_PORT` set one node.
+    pub cql_nodes: Vec<String>,
+    /// `SCYLLA_KEYSPACE`.
+    pub keyspace: String,
+    pub replication_factor: u32,
+}
+
+impl Default for TimelineSettings {
+    fn default() -> Self {
+        TimelineSettings { cql_nodes: vec![], keyspace: "dialer".into(), replication_factor: 1 }
+    }
 }
 
 /// The scheduler's pacing.
@@ -246,6 +265,13 @@ impl Config {
             None => Config::default(),
         };
         let env: Vec<(String, String)> = env.into_iter().collect();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if let Some(host) = get("SCYLLA_HOST") {
+            cfg.timeline.cql_nodes = vec![format!("{host}:{}", get("SCYLLA_PORT").unwrap_or_else(|| "9042".into()))];
+        }
+        if let Some(ks) = get("SCYLLA_KEYSPACE") {
+            cfg.timeline.keyspace = ks;
+        }
         for (var, key) in ENV_KEYS {
             if let Some((_, value)) = env.iter().find(|(k, _)| k == var) {
                 cfg.set(key, value).map_err(|reason| invalid(key, format!("from ${var}: {reason}")))?;
@@ -383,6 +409,16 @@ impl Config {
         }
         if p.max_call_ms < p.min_call_ms {
             return Err(invalid("provider.max_call_ms", "must be at least provider.min_call_ms"));
+        }
+        let t = &self.timeline;
+        if t.keyspace.is_empty() || !t.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid("timeline.keyspace", "must be letters, digits and '_' (SCYLLA_KEYSPACE)"));
+        }
+        if t.replication_factor == 0 {
+            return Err(invalid("timeline.replication_factor", "must be at least 1"));
+        }
+        if let Some(n) = t.cql_nodes.iter().find(|n| !n.contains(':')) {
+            return Err(invalid("timeline.cql_nodes", format!("{n:?} is not host:port")));
         }
         let sc = &self.scheduler;
         if sc.interval_ms < 10 {

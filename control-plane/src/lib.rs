@@ -8,6 +8,7 @@ pub mod config;
 pub mod recorder;
 pub mod scheduler;
 pub mod store;
+pub mod timeline;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +42,27 @@ pub fn app(cfg: &Config, store: Store) -> axum::Router {
 
 /// The API router with a given guard (tests hold on to it).
 pub fn app_with_guard(cfg: &Config, store: Store, guard: Arc<dialer_limiter::ApiGuard>) -> axum::Router {
-    api::router(api::AppState { store, api: Arc::new(cfg.api.clone()), guard })
+    app_with(cfg, store, guard, None)
+}
+
+/// The API router with every part given.
+pub fn app_with(
+    cfg: &Config,
+    store: Store,
+    guard: Arc<dialer_limiter::ApiGuard>,
+    timeline: Option<timeline::CqlTimeline>,
+) -> axum::Router {
+    api::router(api::AppState { store, api: Arc::new(cfg.api.clone()), guard, timeline })
+}
+
+/// Connects the CQL timeline when `timeline.cql_nodes` is set.
+pub async fn open_timeline(cfg: &Config) -> Result<Option<timeline::CqlTimeline>, timeline::TimelineError> {
+    if cfg.timeline.cql_nodes.is_empty() {
+        return Ok(None);
+    }
+    timeline::CqlTimeline::connect(&cfg.timeline.cql_nodes, &cfg.timeline.keyspace, cfg.timeline.replication_factor)
+        .await
+        .map(Some)
 }
 
 /// Reconciles the limiter's counters with its leases every `every`, logging and counting drift,

@@ -37,6 +37,8 @@ pub struct Recorder {
     pub source: EventSource,
     pub batch_max: usize,
     pub seed: u64,
+    /// The CQL timeline, when configured (else the SQL table).
+    pub timeline: Option<crate::timeline::CqlTimeline>,
 }
 
 impl Recorder {
@@ -106,7 +108,7 @@ impl Recorder {
         loop {
             let t = std::time::Instant::now();
             let mut samples = || rng.random::<f64>();
-            match self.store.record_events(batch, &mut samples).await {
+            match self.store.record_events(batch, &mut samples, self.timeline.as_ref()).await {
                 Ok(r) => {
                     metrics::histogram!("dialer_recorder_batch_seconds").record(t.elapsed().as_secs_f64());
                     metrics::counter!("dialer_recorder_events_total").increment(batch.len() as u64);

@@ -115,6 +115,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         },
         batch_max: 500,
         seed: 3,
+        timeline: None,
     };
     let t1 = tokio::spawn(sched.run(wait(rx.clone())));
     let t2 = tokio::spawn(rec.run(wait(rx)));

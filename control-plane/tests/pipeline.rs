@@ -98,7 +98,13 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
             ..SchedulerConfig::default()
         },
     };
-    let rec = Recorder { store: store.clone(), source: EventSource::Memory(ends.events), batch_max: 500, seed: 7 };
+    let rec = Recorder {
+        store: store.clone(),
+        source: EventSource::Memory(ends.events),
+        batch_max: 500,
+        seed: 7,
+        timeline: None,
+    };
     let tasks = vec![tokio::spawn(sched.run(wait(rx.clone()))), tokio::spawn(rec.run(wait(rx)))];
     Pipeline { store: store.clone(), tracker, dp: Some(dp), stop, tasks }
 }
@@ -299,10 +305,10 @@ async fn redelivered_events_change_nothing(b: Backend) {
         events.push(ev(k, if i % 2 == 0 { EventKind::Completed } else { EventKind::Failed }));
     }
     let mut u = || 0.5;
-    let first = s.record_events(&events, &mut u).await.expect("record");
+    let first = s.record_events(&events, &mut u, None).await.expect("record");
     assert_eq!(first.applied, 10);
     let after_first = assert_consistent(&s, c.id).await;
-    let again = s.record_events(&events, &mut u).await.expect("record again");
+    let again = s.record_events(&events, &mut u, None).await.expect("record again");
     assert_eq!((again.applied, again.ignored), (0, 10), "a redelivered batch changes nothing");
     assert_eq!(assert_consistent(&s, c.id).await, after_first);
     assert_eq!((after_first.completed_calls, after_first.pending_calls), (3, 2), "failures wait for their retry");

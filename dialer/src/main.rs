@@ -115,6 +115,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>) -> Re
     let store = dialer_control_plane::open_store(cfg, url)
         .await
         .with_context(|| format!("opening the store at {}", redact(url)))?;
+    let timeline = dialer_control_plane::open_timeline(cfg).await.context("connecting the CQL timeline store")?;
     let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
     let tuning = match tuning_path {
         Some(p) => dialer_dataplane::Tuning::load(p, ttl).context("refusing to start")?,
@@ -153,6 +154,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>) -> Re
         source: dialer_control_plane::recorder::EventSource::Memory(ends.events),
         batch_max: 1000,
         seed: cfg.provider.seed,
+        timeline: timeline.clone(),
     };
     let recorder = tokio::spawn(recorder.run(wait(stopped.clone())));
     let reconciler = tokio::spawn(dialer_control_plane::run_reconciler(
@@ -164,7 +166,8 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>) -> Re
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, shards = tuning.shards.count, "dialer up: API, scheduler, data plane and recorder running");
-    dialer_control_plane::serve(listener, dialer_control_plane::app(cfg, store.clone()), shutdown_signal()).await?;
+    let app = dialer_control_plane::app_with(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline);
+    dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     // Stop dispatching, let the data plane finish its calls, record their outcomes.
     let _ = stop.send(true);
     let _ = scheduler.await;
@@ -191,8 +194,9 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         let every = std::time::Duration::from_secs(cfg.limits.reconcile_every_sec);
         tokio::spawn(dialer_control_plane::run_reconciler(dialer_limiter::Backend::Redis(r), every, shutdown_signal()));
     }
+    let timeline = dialer_control_plane::open_timeline(cfg).await.context("connecting the CQL timeline store")?;
     if cfg.bus.kind == "kafka" {
-        spawn_kafka_pipeline(cfg, &store).await?;
+        spawn_kafka_pipeline(cfg, &store, timeline.clone()).await?;
     } else {
         tracing::warn!(
             "bus.kind is \"memory\": the control plane serves the API only; set bus.kind = \"kafka\" to schedule and record"
@@ -202,13 +206,18 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
-    dialer_control_plane::serve(listener, dialer_control_plane::app(cfg, store.clone()), shutdown_signal()).await?;
+    let app = dialer_control_plane::app_with(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline);
+    dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     store.close().await;
     Ok(())
 }
 
 /// The scheduler (dispatch topic) and the recorder (status topic) of the distributed mode.
-async fn spawn_kafka_pipeline(cfg: &Config, store: &dialer_control_plane::Store) -> Result<()> {
+async fn spawn_kafka_pipeline(
+    cfg: &Config,
+    store: &dialer_control_plane::Store,
+    timeline: Option<dialer_control_plane::timeline::CqlTimeline>,
+) -> Result<()> {
     use rdkafka::consumer::Consumer;
     let b = &cfg.bus;
     dialer_dataplane::kafka::ensure_topics(
@@ -254,6 +263,7 @@ async fn spawn_kafka_pipeline(cfg: &Config, store: &dialer_control_plane::Store)
         },
         batch_max: 1000,
         seed: cfg.provider.seed,
+        timeline: timeline.clone(),
     };
     tokio::spawn(recorder.run(shutdown_signal()));
     Ok(())

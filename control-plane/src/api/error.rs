@@ -88,7 +88,7 @@ impl From<StoreError> for ApiError {
                 e
             }
             StoreError::Invalid(f) => f.into(),
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::Timeline(_) => {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

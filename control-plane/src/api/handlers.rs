@@ -341,5 +341,10 @@ pub async fn create_call(
     params(("id" = String, Path, description = "Call id")),
     responses((status = 200, body = CallDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_call(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<CallDetail>, ApiError> {
-    Ok(Json(st.store.get_call(path_id(&id)?).await?))
+    let mut detail = st.store.get_call(path_id(&id)?).await?;
+    if let Some(t) = &st.timeline {
+        detail.attempts =
+            t.attempts(detail.call.id).await.map_err(|e| crate::store::StoreError::Timeline(e.to_string()))?;
+    }
+    Ok(Json(detail))
 }

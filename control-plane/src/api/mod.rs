@@ -23,6 +23,8 @@ pub struct AppState {
     pub api: Arc<ApiConfig>,
     /// `MAX_CONCURRENT_CALLS` and the daily usage cap on `POST /api/v1/calls`.
     pub guard: Arc<dialer_limiter::ApiGuard>,
+    /// The CQL timeline, when configured: `GET /api/v1/calls/{id}` reads attempts from it.
+    pub timeline: Option<crate::timeline::CqlTimeline>,
 }
 
 /// The OpenAPI 3 document, generated from the handlers and schemas.

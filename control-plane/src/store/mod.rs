@@ -37,6 +37,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("applying migrations failed: {0}; never edit an applied migration, add a new one")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the CQL timeline store failed: {0}")]
+    Timeline(String),
     #[error("bad database URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
 }
@@ -313,8 +315,9 @@ impl Store {
         &self,
         events: &[dialer_domain::messages::StatusEvent],
         samples: &mut (dyn FnMut() -> f64 + Send),
+        timeline: Option<&crate::timeline::CqlTimeline>,
     ) -> Result<RecordReport, StoreError> {
-        dispatch!(self.record_events(events, samples))
+        dispatch!(self.record_events(events, samples, timeline))
     }
 
     /// A call and its attempts from the SQL timeline.

@@ -762,6 +762,7 @@ macro_rules! sql_store {
                 pool: &Pool,
                 events: &[StatusEvent],
                 samples: &mut (dyn FnMut() -> f64 + Send),
+                cql: Option<&crate::timeline::CqlTimeline>,
             ) -> Result<RecordReport, StoreError> {
                 let mut report = RecordReport::default();
                 if events.is_empty() {
@@ -902,9 +903,28 @@ macro_rules! sql_store {
                     q.push(" FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id");
                     q.build().execute(&mut *tx).await?;
                 }
-                // Write the timeline.
+                // Write the timeline: on the CQL store (before the commit, so a failure retries the
+                // whole batch), or in the SQL table.
                 let tl: Vec<&(Uuid, &StatusEvent, String)> = timeline.values().collect();
-                for chunk in tl.chunks(CHUNK_ROWS / 5) {
+                if let Some(cql) = cql {
+                    let rows: Vec<crate::timeline::TimelineRow> = tl
+                        .iter()
+                        .map(|(cid, e, outcome)| crate::timeline::TimelineRow {
+                            campaign_id: *cid,
+                            call_id: e.call_id,
+                            attempt: e.attempt,
+                            outcome: outcome.clone(),
+                            started_at_ms: e.started_at_ms.or((e.kind == EventKind::Started).then_some(e.at_ms)),
+                            answered_at_ms: e.answered_at_ms,
+                            ended_at_ms: (e.kind != EventKind::Started).then_some(e.at_ms),
+                            duration_ms: e.duration_ms,
+                            reason: e.reason.clone(),
+                            retryable: e.retryable,
+                        })
+                        .collect();
+                    cql.write(&rows).await.map_err(|e| StoreError::Timeline(e.to_string()))?;
+                }
+                for chunk in tl.chunks(CHUNK_ROWS / 5).filter(|_| cql.is_none()) {
                     let mut q = QueryBuilder::<Db>::new(
                         "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, started_at, answered_at, ended_at, \
                          duration_ms, reason, retryable) ",

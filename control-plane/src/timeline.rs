@@ -1,0 +1,167 @@
+//! The call-attempt timeline on a CQL store (ScyllaDB or Cassandra, `scylla` driver), used when
+//! `timeline.cql_nodes` is set; otherwise the timeline is the `call_attempts` SQL table. Schema:
+//! `migrations/scylla`. The recorder writes a batch's rows here *before* committing the batch's
+//! SQL transaction, so a failed write retries the whole batch and the two stores cannot drift.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use dialer_domain::validate::CallAttempt;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use uuid::Uuid;
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/scylla/0001_timeline.cql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TimelineError {
+    #[error("CQL store unreachable at {nodes}: {reason}; check timeline.cql_nodes (SCYLLA_HOST/SCYLLA_PORT)")]
+    Connect { nodes: String, reason: String },
+    #[error("CQL statement failed: {0}")]
+    Query(String),
+    #[error("bad timeline setting {key}: {reason}")]
+    Config { key: &'static str, reason: String },
+}
+
+fn q(e: impl std::fmt::Display) -> TimelineError {
+    TimelineError::Query(e.to_string())
+}
+
+/// One attempt's row as the recorder writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineRow {
+    pub campaign_id: Uuid,
+    pub call_id: Uuid,
+    pub attempt: u32,
+    pub outcome: String,
+    pub started_at_ms: Option<u64>,
+    pub answered_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub reason: Option<String>,
+    pub retryable: Option<bool>,
+}
+
+/// The timeline on a CQL store.
+#[derive(Clone)]
+pub struct CqlTimeline {
+    session: Arc<Session>,
+    insert: PreparedStatement,
+    select: PreparedStatement,
+}
+
+impl std::fmt::Debug for CqlTimeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CqlTimeline")
+    }
+}
+
+fn ms(v: Option<u64>) -> Option<i64> {
+    v.map(|x| x as i64)
+}
+
+fn time(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.and_then(DateTime::<Utc>::from_timestamp_millis)
+}
+
+impl CqlTimeline {
+    /// Connects, creates the keyspace (replication factor `rf`) and applies `migrations/scylla`.
+    pub async fn connect(nodes: &[String], keyspace: &str, rf: u32) -> Result<CqlTimeline, TimelineError> {
+        if keyspace.is_empty() || !keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(TimelineError::Config {
+                key: "timeline.keyspace",
+                reason: "letters, digits and '_' only".into(),
+            });
+        }
+        let session = SessionBuilder::new()
+            .known_nodes(nodes)
+            .auto_await_schema_agreement(false)
+            .build()
+            .await
+            .map_err(|e| TimelineError::Connect { nodes: nodes.join(","), reason: e.to_string() })?;
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH REPLICATION = {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"
+                ),
+                &[],
+            )
+            .await
+            .map_err(q)?;
+        for m in MIGRATIONS {
+            let text: String = m.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+            for stmt in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                session.query_unpaged(stmt.replace("{keyspace}", keyspace), &[]).await.map_err(q)?;
+            }
+        }
+        let insert = session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.call_attempts (call_id, attempt, campaign_id, outcome, started_at, answered_at, \
+                 ended_at, duration_ms, reason, retryable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await
+            .map_err(q)?;
+        let select = session
+            .prepare(format!(
+                "SELECT attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable \
+                 FROM {keyspace}.call_attempts WHERE call_id = ?"
+            ))
+            .await
+            .map_err(q)?;
+        Ok(CqlTimeline { session: Arc::new(session), insert, select })
+    }
+
+    /// Writes rows (upserts by call and attempt), concurrently in chunks.
+    pub async fn write(&self, rows: &[TimelineRow]) -> Result<(), TimelineError> {
+        for chunk in rows.chunks(256) {
+            let writes = chunk.iter().map(|r| {
+                self.session.execute_unpaged(
+                    &self.insert,
+                    (
+                        r.call_id,
+                        r.attempt as i32,
+                        r.campaign_id,
+                        r.outcome.as_str(),
+                        ms(r.started_at_ms),
+                        ms(r.answered_at_ms),
+                        ms(r.ended_at_ms),
+                        ms(r.duration_ms),
+                        r.reason.as_deref(),
+                        r.retryable,
+                    ),
+                )
+            });
+            for res in futures::future::join_all(writes).await {
+                res.map_err(q)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The attempts of a call, in attempt order.
+    pub async fn attempts(&self, call_id: Uuid) -> Result<Vec<CallAttempt>, TimelineError> {
+        type Row = (i32, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<bool>);
+        let res = self.session.execute_unpaged(&self.select, (call_id,)).await.map_err(q)?;
+        let rows = res.into_rows_result().map_err(q)?;
+        let mut out: Vec<CallAttempt> = rows
+            .rows::<Row>()
+            .map_err(q)?
+            .map(|r| {
+                r.map(|(attempt, outcome, started, answered, ended, duration_ms, reason, retryable)| CallAttempt {
+                    attempt: attempt.max(0) as u32,
+                    outcome,
+                    started_at: time(started),
+                    answered_at: time(answered),
+                    ended_at: time(ended),
+                    duration_ms,
+                    reason,
+                    retryable,
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(q)?;
+        out.sort_by_key(|a| a.attempt);
+        Ok(out)
+    }
+}
