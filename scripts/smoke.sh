@@ -51,4 +51,26 @@ req GET "/api/v1/calls/$CALL_ID"; expect 200 "9. get call"
 req POST "/api/v1/campaigns/$ID/complete"; expect 200 "10. complete"
 req POST "/api/v1/campaigns/$ID/start"; expect 409 "10b. start after complete refused"
 [ "$(jq -r .error.current_status <<<"$BODY")" = completed ] || fail "409 lacks current_status"
+
+# 11. A 24x7 campaign of 1,000 targets runs to completion by itself, with stats equal to its calls.
+if [ "${SMOKE_CAMPAIGN:-1}" = 1 ]; then
+  TARGETS=$(python3 -c 'import json; print(json.dumps([{"phone_number": "+1999%07d" % i} for i in range(1000)]))')
+  req POST /api/v1/campaigns "{\"name\": \"$NAME-1000\", \"max_concurrent_calls\": 100,
+    \"retry_policy\": {\"max_attempts\": 3, \"base_delay\": \"100ms\", \"max_delay\": \"1s\"}, \"targets\": $TARGETS}"
+  expect 201 "11. create a 1,000-target campaign"
+  BIG=$(jq -r .id <<<"$BODY")
+  req POST "/api/v1/campaigns/$BIG/start"; expect 200 "11. start it"
+  for _ in $(seq 600); do
+    req GET "/api/v1/campaigns/$BIG"; [ "$(jq -r .status <<<"$BODY")" = completed ] && break; sleep 0.5
+  done
+  [ "$(jq -r .status <<<"$BODY")" = completed ] || fail "1,000-target campaign did not complete within 300 s"
+  req GET "/api/v1/campaigns/$BIG/stats"; expect 200 "11. stats of the finished campaign"
+  total=$(jq -r .total_calls <<<"$BODY"); done_=$(jq -r '.completed_calls + .failed_calls' <<<"$BODY")
+  [ "$total" = 1000 ] && [ "$done_" = 1000 ] || fail "stats after completion: $BODY"
+  [ "$(jq -r '.pending_calls + .queued_calls + .in_progress_calls' <<<"$BODY")" = 0 ] || fail "calls left open: $BODY"
+  [ "$(jq -r '.retries_attempted' <<<"$BODY")" -gt 0 ] || fail "no retries recorded: $BODY"
+  req GET "/api/v1/campaigns/$BIG/calls?status=failed&limit=1000"
+  [ "$(jq -r '.calls | length' <<<"$BODY")" = "$(jq -r '.failed_calls' <<<"$(curl -s "$BASE/api/v1/campaigns/$BIG/stats")")" ] || fail "failed_calls differs from the failed call rows"
+  echo "ok   11. 1,000-target campaign completed: $done_ terminal calls"
+fi
 echo "smoke: all steps passed against $BASE"

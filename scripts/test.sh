@@ -52,8 +52,10 @@ rm -f /tmp/dialer-test.$$.log
 echo "== smoke: dialer up + scripts/smoke.sh"
 cargo build --quiet -p dialer
 data=$(mktemp -d)
+# Short mock calls so the 1,000-target campaign of the smoke finishes in seconds.
+printf '[provider]\nmin_call_ms = 50\nmax_call_ms = 250\nmax_ring_ms = 20\n[scheduler]\ninterval_ms = 200\n' >"$data/smoke.toml"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CARGO_TARGET_DIR/debug/dialer" up --data-dir "$data" --listen "127.0.0.1:$port" >"$data/up.log" 2>&1 &
+"$CARGO_TARGET_DIR/debug/dialer" --config "$data/smoke.toml" up --data-dir "$data" --listen "127.0.0.1:$port" >"$data/up.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -4,6 +4,7 @@
 
 mod broker;
 mod dataplane;
+mod e2e;
 mod limiter;
 mod targets;
 
@@ -29,6 +30,8 @@ enum Command {
     Limiter(limiter::Args),
     /// Dispatch → dial → status through the data plane (in-process bus or Kafka).
     Dataplane(dataplane::Args),
+    /// Campaigns end to end through the distributed mode (PostgreSQL, Kafka, Redis).
+    E2e(e2e::Args),
     /// The Kafka broker's own produce+consume ceiling.
     Broker(broker::Args),
     /// Ratio B/A of every numeric figure of two result files.
@@ -80,6 +83,9 @@ fn main() -> Result<()> {
         }
         Command::Dataplane(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(dataplane::run(args))
+        }
+        Command::E2e(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(e2e::run(args))
         }
         Command::Broker(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(broker::run(args))

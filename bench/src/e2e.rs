@@ -1,0 +1,248 @@
+//! `bench e2e`: the seed's load-test shapes through the distributed mode — PostgreSQL, the Kafka
+//! broker and Redis (started by the harness unless given), the scheduler and recorder over Kafka,
+//! a data plane of `--shards` shards — from "start" until every campaign completes by itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dialer_control_plane::recorder::{EventSource, Recorder};
+use dialer_control_plane::scheduler::{DispatchSink, Scheduler, SchedulerConfig, SystemClock};
+use dialer_control_plane::{Config, open_store};
+use dialer_dataplane::{
+    Assignment, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker, Tuning,
+};
+use dialer_domain::campaign::CampaignAction;
+use dialer_domain::validate::CreateCampaignRequest;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 10)]
+    campaigns: usize,
+    #[arg(long, default_value_t = 500)]
+    targets: usize,
+    /// Each campaign's max_concurrent_calls (the per-campaign ceiling is raised to match).
+    #[arg(long, default_value_t = 100)]
+    campaign_cap: u32,
+    /// Mock call length range in ms.
+    #[arg(long, default_value = "1-5")]
+    call_ms: String,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Scheduler tick, ms.
+    #[arg(long, default_value_t = 100)]
+    tick_ms: u64,
+    /// PostgreSQL URL (a database) instead of the harness's.
+    #[arg(long)]
+    database_url: Option<String>,
+    #[arg(long)]
+    brokers: Option<String>,
+    #[arg(long)]
+    redis: Option<String>,
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+pub async fn run(a: Args) -> Result<()> {
+    let (min_ms, max_ms) = a.call_ms.split_once('-').context("--call-ms is MIN-MAX")?;
+    let (min_ms, max_ms): (u64, u64) = (min_ms.parse()?, max_ms.parse()?);
+    let db = match &a.database_url {
+        Some(u) => u.clone(),
+        None => dialer_testkit::Postgres::shared()
+            .and_then(dialer_testkit::Postgres::create_database)
+            .map_err(anyhow::Error::msg)?,
+    };
+    let mut _tansu = None;
+    let brokers = match &a.brokers {
+        Some(b) => b.clone(),
+        None => {
+            let t = dialer_testkit::Tansu::start(dialer_testkit::TansuStorage::Sqlite)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let b = t.bootstrap();
+            _tansu = Some(t);
+            b
+        }
+    };
+    let mut _redis = None;
+    let redis = match &a.redis {
+        Some(r) => r.clone(),
+        None => {
+            let r = dialer_testkit::RedisServer::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let u = r.url();
+            _redis = Some(r);
+            u
+        }
+    };
+    let mut cfg = Config::default();
+    cfg.store.max_connections = 32;
+    let store = open_store(&cfg, &db).await?;
+    let run = std::process::id();
+    let topics = KafkaTopics {
+        brokers: brokers.clone(),
+        dispatch_topic: format!("e2e.{run}.dispatch"),
+        status_topic: format!("e2e.{run}.status"),
+        group_id: format!("e2e-{run}-dp"),
+    };
+    let dlq = format!("e2e.{run}.dead_letter");
+    let partitions = (a.shards as i32).max(4);
+    dialer_dataplane::kafka::ensure_topics(
+        &brokers,
+        &[(&topics.dispatch_topic, partitions), (&topics.status_topic, partitions), (&dlq, 1)],
+    )
+    .await?;
+
+    println!("creating {} campaigns × {} targets…", a.campaigns, a.targets);
+    let mut ids = Vec::new();
+    for c in 0..a.campaigns {
+        let t: Vec<_> = (0..a.targets).map(|k| json!({"phone_number": format!("+1{:03}{k:07}", 200 + c)})).collect();
+        let req: CreateCampaignRequest = serde_json::from_value(json!({
+            "name": format!("e2e-{run}-{c}"), "max_concurrent_calls": a.campaign_cap,
+            "retry_policy": {"max_attempts": 3, "base_delay": "100ms", "max_delay": "1s"}, "targets": t
+        }))?;
+        ids.push(store.create_campaign(&req.validate(10_000_000).map_err(|e| anyhow::anyhow!("{e}"))?).await?.id);
+    }
+
+    let mut tuning = Tuning::default();
+    tuning.shards.count = a.shards;
+    tuning.shards.partitions = partitions;
+    tuning.shards.assignment = Assignment::Static;
+    tuning.lease.batch = 256;
+    tuning.lease.low_water = 64;
+    let tracker = Tracker::new(1_000_000);
+    for id in &ids {
+        tracker.set_campaign_cap(*id, a.campaign_cap);
+    }
+    let dp = Dataplane::start(DataplaneOptions {
+        tuning,
+        bus: BusChoice::Kafka(topics.clone()),
+        limiter: LimiterChoice::Redis { url: redis, prefix: format!("{{e2e{run}}}:") },
+        global_cap: 1_000_000,
+        per_campaign_ceiling: a.campaign_cap,
+        mock: MockSettings {
+            min_call: Duration::from_millis(min_ms),
+            max_call: Duration::from_millis(max_ms),
+            max_ring: Duration::ZERO,
+            ..MockSettings::default()
+        },
+        tracker: tracker.clone(),
+        instance: format!("e2e-{run}"),
+    })?;
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "2").create()?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("e2e-{run}-recorder"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[&topics.status_topic])?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let rec = Recorder {
+        store: store.clone(),
+        source: EventSource::Kafka {
+            consumer,
+            topic: topics.status_topic.clone(),
+            dead_letter: (producer.clone(), dlq),
+        },
+        batch_max: 2000,
+        seed: 1,
+        timeline: None,
+    };
+    let mut rx2 = rx.clone();
+    let recorder = tokio::spawn(rec.run(async move {
+        let _ = rx2.wait_for(|v| *v).await;
+    }));
+    let sched = Scheduler {
+        store: store.clone(),
+        sink: DispatchSink::Kafka { producer, topic: topics.dispatch_topic.clone() },
+        clock: Arc::new(SystemClock),
+        cfg: SchedulerConfig {
+            interval: Duration::from_millis(a.tick_ms),
+            per_campaign_ceiling: a.campaign_cap,
+            ..SchedulerConfig::default()
+        },
+    };
+
+    for id in &ids {
+        store.transition(*id, CampaignAction::Start).await?;
+    }
+    let t0 = Instant::now();
+    let total = (a.campaigns * a.targets) as u64;
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("e2e {bar:40} {pos}/{len} terminal calls {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut ticks = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
+    let deadline = t0 + Duration::from_secs(a.timeout_s);
+    loop {
+        let tick0 = Instant::now();
+        sched.tick().await?;
+        let _ = ticks.record((tick0.elapsed().as_millis() as u64).max(1));
+        let mut terminal = 0;
+        let mut open = 0;
+        for id in &ids {
+            let s = store.stats(*id).await?;
+            terminal += s.completed_calls + s.failed_calls;
+            open += usize::from(store.get_campaign(*id).await?.status.as_str() != "completed");
+        }
+        pb.set_position(terminal as u64);
+        if open == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not drained after {} s: {terminal} of {total} calls terminal", a.timeout_s);
+        }
+        let el = tick0.elapsed();
+        if el < Duration::from_millis(a.tick_ms) {
+            tokio::time::sleep(Duration::from_millis(a.tick_ms) - el).await;
+        }
+    }
+    let drain = t0.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let _ = stop.send(true);
+    let _ = recorder.await;
+    dp.shutdown();
+    tokio::task::spawn_blocking(move || dp.join()).await??;
+
+    let (mut attempts, mut terminal, mut mismatched) = (0i64, 0i64, 0);
+    for id in &ids {
+        let s = store.stats(*id).await?;
+        attempts += s.attempts_total;
+        terminal += s.completed_calls + s.failed_calls;
+        if s != store.recount_stats(*id).await? {
+            mismatched += 1;
+        }
+    }
+    let dials = tracker.calls() as i64;
+    let lost = total as i64 - terminal;
+    let duplicates = (dials - attempts).max(0);
+    let out = json!({
+        "scenario": "e2e",
+        "settings": {"campaigns": a.campaigns, "targets": a.targets, "campaign_cap": a.campaign_cap, "call_ms": a.call_ms, "shards": a.shards, "tick_ms": a.tick_ms},
+        "cores": crate::cores(),
+        "duration_s": drain,
+        "drain_seconds": drain,
+        "dials": dials,
+        "dials_per_sec": dials as f64 / drain,
+        "events_persisted_per_sec": (2 * attempts) as f64 / drain,
+        "scheduler_tick_p50_ms": ticks.value_at_quantile(0.5),
+        "scheduler_tick_max_ms": ticks.max(),
+        "lost": lost,
+        "duplicates": duplicates,
+        "cap_violations": tracker.violations(),
+        "stats_mismatches": mismatched,
+    });
+    for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
+        println!("{k:<28} {v}");
+    }
+    crate::write_json(a.json.as_deref(), &out)
+}
