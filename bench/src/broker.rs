@@ -88,21 +88,7 @@ pub async fn ceiling(brokers: &str, size: usize, n: u64) -> Result<Ceiling> {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let mut _tansu = None;
-    let brokers = match &a.brokers {
-        Some(b) => b.clone(),
-        None => {
-            let storage = if a.tansu_storage == "sqlite" {
-                dialer_testkit::TansuStorage::Sqlite
-            } else {
-                dialer_testkit::TansuStorage::Memory
-            };
-            let t = dialer_testkit::Tansu::start(storage).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let b = t.bootstrap();
-            _tansu = Some(t);
-            b
-        }
-    };
+    let (brokers, _tansu) = crate::tansu_or(a.brokers.as_ref(), &a.tansu_storage)?;
     let c = ceiling(&brokers, a.message_bytes, a.messages).await?;
     println!("{:<30} {:>12.0}", "produce_msgs_per_sec", c.produce);
     println!("{:<30} {:>12.0}", "consume_msgs_per_sec", c.consume);

@@ -165,15 +165,8 @@ pub async fn run(a: Args) -> Result<()> {
     let limiter = match a.limiter.as_str() {
         "local" => LimiterChoice::Local(Arc::new(LocalBackend::default())),
         "redis" => {
-            let url = match &a.redis {
-                Some(u) => u.clone(),
-                None => {
-                    let s = dialer_testkit::RedisServer::start().map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let u = s.url();
-                    _redis_server = Some(s);
-                    u
-                }
-            };
+            let (url, guard) = crate::redis_or(a.redis.as_ref())?;
+            _redis_server = guard;
             LimiterChoice::Redis { url, prefix: format!("{{bench{}}}:", std::process::id()) }
         }
         other => bail!("--limiter must be local or redis, not {other:?}"),
@@ -207,20 +200,8 @@ pub async fn run(a: Args) -> Result<()> {
             )
         }
         "kafka" => {
-            let brokers = match &a.brokers {
-                Some(b) => b.clone(),
-                None => {
-                    let storage = if a.tansu_storage == "sqlite" {
-                        dialer_testkit::TansuStorage::Sqlite
-                    } else {
-                        dialer_testkit::TansuStorage::Memory
-                    };
-                    let t = dialer_testkit::Tansu::start(storage).map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let b = t.bootstrap();
-                    _tansu = Some(t);
-                    b
-                }
-            };
+            let (brokers, guard) = crate::tansu_or(a.brokers.as_ref(), &a.tansu_storage)?;
+            _tansu = guard;
             let run = std::process::id();
             let topics = KafkaTopics {
                 brokers: brokers.clone(),

@@ -60,27 +60,8 @@ pub async fn run(a: Args) -> Result<()> {
             .and_then(dialer_testkit::Postgres::create_database)
             .map_err(anyhow::Error::msg)?,
     };
-    let mut _tansu = None;
-    let brokers = match &a.brokers {
-        Some(b) => b.clone(),
-        None => {
-            let t = dialer_testkit::Tansu::start(dialer_testkit::TansuStorage::Sqlite)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let b = t.bootstrap();
-            _tansu = Some(t);
-            b
-        }
-    };
-    let mut _redis = None;
-    let redis = match &a.redis {
-        Some(r) => r.clone(),
-        None => {
-            let r = dialer_testkit::RedisServer::start().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let u = r.url();
-            _redis = Some(r);
-            u
-        }
-    };
+    let (brokers, _tansu) = crate::tansu_or(a.brokers.as_ref(), "sqlite")?;
+    let (redis, _redis) = crate::redis_or(a.redis.as_ref())?;
     let mut cfg = Config::default();
     cfg.store.max_connections = 32;
     let store = open_store(&cfg, &db).await?;

@@ -260,14 +260,7 @@ async fn leased(a: &Args, url: &str) -> Result<Phase> {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let server;
-    let url = match &a.redis {
-        Some(u) => u.clone(),
-        None => {
-            server = dialer_testkit::RedisServer::start().map_err(|e| anyhow::anyhow!("{e}"))?;
-            server.url()
-        }
-    };
+    let (url, _server) = crate::redis_or(a.redis.as_ref())?;
     println!(
         "limiter: {} campaigns × cap {}, global cap {}, calls 0–{} µs, {} s per design, Redis {url}",
         a.campaigns,

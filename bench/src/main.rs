@@ -38,6 +38,29 @@ enum Command {
     Compare { a: PathBuf, b: PathBuf },
 }
 
+/// A Kafka broker: `given`, or a tansu started by the harness (kept alive by the returned guard).
+pub fn tansu_or(given: Option<&String>, storage: &str) -> Result<(String, Option<dialer_testkit::Tansu>)> {
+    if let Some(b) = given {
+        return Ok((b.clone(), None));
+    }
+    let storage = match storage {
+        "sqlite" => dialer_testkit::TansuStorage::Sqlite,
+        "memory" => dialer_testkit::TansuStorage::Memory,
+        other => anyhow::bail!("tansu storage must be memory or sqlite, not {other:?}"),
+    };
+    let t = dialer_testkit::Tansu::start(storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((t.bootstrap(), Some(t)))
+}
+
+/// A Redis: `given`, or a redis-server started by the harness (kept alive by the returned guard).
+pub fn redis_or(given: Option<&String>) -> Result<(String, Option<dialer_testkit::RedisServer>)> {
+    if let Some(u) = given {
+        return Ok((u.clone(), None));
+    }
+    let r = dialer_testkit::RedisServer::start().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((r.url(), Some(r)))
+}
+
 /// Number of CPUs, as `nproc` reports it.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(usize::from).unwrap_or(1)

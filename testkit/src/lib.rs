@@ -79,6 +79,63 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, HarnessError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A server process started by the harness: watched (stopped when the test process exits),
+/// killed on demand and on drop.
+#[derive(Debug, Default)]
+struct Managed {
+    child: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl Managed {
+    /// Spawns `cmd`, watches it, and waits until `port` accepts connections; on failure the
+    /// error carries the server's log file, if it has one.
+    fn start(
+        &self,
+        cmd: &mut Command,
+        what: &str,
+        port: u16,
+        dir: &Path,
+        log: Option<&Path>,
+    ) -> Result<(), HarnessError> {
+        let child = cmd.stdin(Stdio::null()).process_group(0).spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                HarnessError::Missing { what: what.into(), hint: install_hint(what).into() }
+            }
+            _ => HarnessError::Start { what: what.into(), detail: e.to_string() },
+        })?;
+        watch(child.id(), dir);
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        if !wait_for_port(port, Duration::from_secs(20)) {
+            let detail = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_else(|| format!("port {port} never opened"));
+            return Err(HarnessError::Start { what: what.into(), detail });
+        }
+        Ok(())
+    }
+
+    fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn install_hint(what: &str) -> &'static str {
+    match what {
+        "redis-server" => REDIS_INSTALL,
+        "tansu" => TANSU_INSTALL,
+        _ => PG_INSTALL,
+    }
+}
+
 fn euid_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -273,8 +330,8 @@ const REDIS_INSTALL: &str = "install it with: apt-get install -y redis-server re
 #[derive(Debug)]
 pub struct RedisServer {
     pub port: u16,
+    process: Managed,
     dir: tempfile::TempDir,
-    child: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 impl RedisServer {
@@ -290,36 +347,19 @@ impl RedisServer {
             .prefix("dialer-redis-")
             .tempdir()
             .map_err(|e| HarnessError::Start { what: "redis-server".into(), detail: e.to_string() })?;
-        let s = RedisServer { port: free_port(), dir, child: std::sync::Mutex::new(None) };
+        let s = RedisServer { port: free_port(), dir, process: Managed::default() };
         s.launch()?;
         Ok(s)
     }
 
     fn launch(&self) -> Result<(), HarnessError> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
             .arg(self.dir.path())
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    HarnessError::Missing { what: "redis-server".into(), hint: REDIS_INSTALL.into() }
-                }
-                _ => HarnessError::Start { what: "redis-server".into(), detail: e.to_string() },
-            })?;
-        watch(child.id(), self.dir.path());
-        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-        if !wait_for_port(self.port, Duration::from_secs(10)) {
-            return Err(HarnessError::Start {
-                what: "redis-server".into(),
-                detail: format!("port {} never opened", self.port),
-            });
-        }
-        Ok(())
+            .stderr(Stdio::null());
+        self.process.start(&mut cmd, "redis-server", self.port, self.dir.path(), None)
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -329,22 +369,13 @@ impl RedisServer {
 
     /// SIGKILLs the server (its data is lost: there is no persistence).
     pub fn kill(&self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts it again on the same port.
     pub fn restart(&self) -> Result<(), HarnessError> {
         self.kill();
         self.launch()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -403,8 +434,8 @@ pub struct Tansu {
     pub port: u16,
     storage: TansuStorage,
     bin: PathBuf,
+    process: Managed,
     dir: tempfile::TempDir,
-    child: std::sync::Mutex<Option<std::process::Child>>,
 }
 
 impl Tansu {
@@ -414,7 +445,7 @@ impl Tansu {
             .prefix("dialer-tansu-")
             .tempdir()
             .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
-        let t = Tansu { port: free_port(), storage, bin, dir, child: std::sync::Mutex::new(None) };
+        let t = Tansu { port: free_port(), storage, bin, dir, process: Managed::default() };
         t.launch()?;
         Ok(t)
     }
@@ -438,23 +469,14 @@ impl Tansu {
             .append(true)
             .open(self.dir.path().join("tansu.log"))
             .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
-        let child = Command::new(&self.bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
             .env("RUST_LOG", "warn")
             .current_dir(self.dir.path())
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .process_group(0)
-            .spawn()
-            .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
-        watch(child.id(), self.dir.path());
-        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-        if !wait_for_port(self.port, Duration::from_secs(20)) {
-            let log = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
-            return Err(HarnessError::Start { what: "tansu".into(), detail: log });
-        }
-        Ok(())
+            .stderr(Stdio::from(log));
+        let log_path = self.dir.path().join("tansu.log");
+        self.process.start(&mut cmd, "tansu", self.port, self.dir.path(), Some(&log_path))
     }
 
     /// `127.0.0.1:PORT` for `bootstrap.servers`.
@@ -463,22 +485,13 @@ impl Tansu {
     }
 
     pub fn kill(&self) {
-        if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// Restarts on the same port and storage (sqlite keeps its data).
     pub fn restart(&self) -> Result<(), HarnessError> {
         self.kill();
         self.launch()
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
