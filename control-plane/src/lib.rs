@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod config;
+pub mod observability;
 pub mod recorder;
 pub mod scheduler;
 pub mod store;

@@ -53,6 +53,9 @@ enum Command {
         /// Validate the tuning file, print the effective settings and exit.
         #[arg(long)]
         check: bool,
+        /// Admin address serving /metrics and /healthz.
+        #[arg(long, default_value = "127.0.0.1:9101", env = "DIALER_DATAPLANE_ADMIN")]
+        admin: SocketAddr,
     },
     /// Show or change the live concurrency caps in the shared (Redis) limiter, without restarting
     /// anything: overrides take effect at the next lease update of every core.
@@ -281,7 +284,7 @@ fn mock_settings(cfg: &Config) -> dialer_dataplane::MockSettings {
     }
 }
 
-async fn run_dataplane(cfg: &Config, tuning_path: &Path, check: bool) -> Result<()> {
+async fn run_dataplane(cfg: &Config, tuning_path: &Path, check: bool, admin: SocketAddr) -> Result<()> {
     let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
     let tuning = dialer_dataplane::Tuning::load(tuning_path, ttl).context("refusing to start")?;
     if check {
@@ -333,7 +336,14 @@ async fn run_dataplane(cfg: &Config, tuning_path: &Path, check: bool) -> Result<
         tracker: dialer_dataplane::Tracker::new(cfg.limits.global_max_concurrency),
         instance,
     })?;
-    tracing::info!(shards = tuning.shards.count, brokers = %cfg.bus.brokers, "data plane running");
+    let admin_app = axum::Router::new()
+        .route("/metrics", axum::routing::get(dialer_control_plane::observability::metrics))
+        .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }));
+    let listener = tokio::net::TcpListener::bind(admin)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {admin}; pick another with --admin"))?;
+    tokio::spawn(dialer_control_plane::serve(listener, admin_app, shutdown_signal()));
+    tracing::info!(shards = tuning.shards.count, brokers = %cfg.bus.brokers, %admin, "data plane running");
     shutdown_signal().await;
     dp.shutdown();
     let reports = tokio::task::spawn_blocking(move || dp.join()).await??;
@@ -357,6 +367,7 @@ fn sqlite_dir(data_dir: &Path) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    dialer_control_plane::observability::install();
     let mut cfg = Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
     match cli.command {
         Command::Up { data_dir, listen, tuning } => {
@@ -381,7 +392,7 @@ async fn main() -> Result<()> {
             let url = cfg.store.url.clone();
             serve_api(&cfg, &url).await
         }
-        Command::Dataplane { tuning, check } => run_dataplane(&cfg, &tuning, check).await,
+        Command::Dataplane { tuning, check, admin } => run_dataplane(&cfg, &tuning, check, admin).await,
         Command::Limits { global, clear_global, campaign, cap, clear, reconcile } => {
             anyhow::ensure!(
                 !cfg.limits.redis_url.is_empty(),

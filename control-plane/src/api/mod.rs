@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/api/v1/openapi.json", get(handlers::openapi))
+        .route("/metrics", get(crate::observability::metrics))
         .route("/api/v1/campaigns", post(handlers::create_campaign).get(handlers::list_campaigns))
         .route("/api/v1/campaigns/{id}", get(handlers::get_campaign).put(handlers::update_campaign))
         .route("/api/v1/campaigns/{id}/start", post(handlers::start_campaign))
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(crate::observability::track_http))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,0 +1,89 @@
+//! `/metrics` is valid Prometheus exposition (`promtool check metrics`, Debian package
+//! `prometheus`), with the HTTP, 429 and limiter metrics present and no unbounded labels.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use dialer_control_plane::{Config, app_with_guard, open_store};
+use http_body_util::BodyExt;
+use serde_json::json;
+use tower::ServiceExt;
+
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    dialer_control_plane::observability::install().expect("recorder installed");
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = Config::default();
+    cfg.limits.max_concurrent_calls = 1;
+    let store = open_store(&cfg, &format!("sqlite://{}", dir.path().join("m.db").display())).await.expect("store");
+    let guard = dialer_control_plane::api_guard(&cfg);
+    let app = app_with_guard(&cfg, store, guard.clone());
+    let send = |method: Method, uri: &str, body: Option<serde_json::Value>| {
+        let app = app.clone();
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .expect("request");
+        async move {
+            let r = app.oneshot(req).await.expect("answer");
+            let s = r.status();
+            (s, String::from_utf8(r.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8"))
+        }
+    };
+    let (s, body) = send(
+        Method::POST,
+        "/api/v1/campaigns",
+        Some(json!({"name": "m", "targets": [{"phone_number": "+15550009999"}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = serde_json::from_str::<serde_json::Value>(&body).expect("json")["id"].as_str().expect("id").to_string();
+    send(Method::GET, &format!("/api/v1/campaigns/{id}"), None).await;
+    send(Method::GET, "/api/v1/campaigns/not-an-id", None).await;
+    // A 429 from the API guard.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let held = guard.try_enter(now).expect("permit");
+    let (s, _) =
+        send(Method::POST, "/api/v1/calls", Some(json!({"campaign_id": id, "phone_number": "+15550009999"}))).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    drop(held);
+    // Limiter metrics.
+    let b = dialer_limiter::Backend::Local(Arc::new(dialer_limiter::LocalBackend::default()));
+    b.sync("h", std::time::Duration::from_secs(5), 10, &[]).await.expect("sync");
+
+    let (s, text) = send(Method::GET, "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    for name in [
+        "dialer_http_requests_total",
+        "dialer_http_request_duration_seconds_bucket",
+        "dialer_http_rejections_total",
+        "dialer_limiter_backend_calls_total",
+        "dialer_limiter_sync_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    assert!(text.contains("route=\"/api/v1/campaigns/{id}\""), "routes are templates");
+    assert!(!text.contains(&id), "no id in any label");
+    assert!(!text.contains("+1555"), "no phone number in any label");
+
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool not runnable ({e}); install it with: apt-get install -y prometheus"));
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
