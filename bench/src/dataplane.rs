@@ -21,7 +21,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 use serde_json::json;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 #[derive(Debug, clap::Args)]
@@ -471,7 +470,3 @@ async fn redis_calls(url: &str) -> Result<u64> {
     let _ = client.quit().await;
     Ok(n)
 }
-
-/// Keeps the mpsc import used when only Kafka is compiled in.
-#[allow(dead_code)]
-type EventsRx = mpsc::Receiver<StatusEvent>;

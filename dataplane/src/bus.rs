@@ -65,30 +65,15 @@ impl MemoryBus {
         (shard_of_partition(partition, self.shards.len()), Delivery { partition, offset, msg: Ok(msg) })
     }
 
-    /// Publishes, waiting while the shard's channel is full.
-    pub async fn publish(&self, msg: DispatchMessage) -> Result<(), DispatchMessage> {
+    /// Publishes, waiting while the shard's channel is full; fails only when the data plane
+    /// has stopped (its receivers are gone).
+    pub async fn publish(&self, msg: DispatchMessage) -> Result<(), BusClosed> {
         let (shard, d) = self.delivery(msg);
-        self.shards[shard].send(d).await.map_err(|e| e.0.msg.unwrap_or_else(|_| unreachable_msg()))
-    }
-
-    /// Publishes if there is room now.
-    pub fn try_publish(&self, msg: DispatchMessage) -> Result<(), DispatchMessage> {
-        let (shard, d) = self.delivery(msg);
-        self.shards[shard].try_send(d).map_err(|e| e.into_inner().msg.unwrap_or_else(|_| unreachable_msg()))
+        self.shards[shard].send(d).await.map_err(|_| BusClosed)
     }
 }
 
-fn unreachable_msg() -> DispatchMessage {
-    // Only `Ok` deliveries are built by `delivery`; an `Err` never comes back.
-    DispatchMessage {
-        v: 0,
-        call_id: uuid::Uuid::nil(),
-        attempt: 0,
-        campaign_id: uuid::Uuid::nil(),
-        phone_number: String::new(),
-        campaign_cap: 0,
-        not_before_ms: 0,
-        deadline_ms: 0,
-        enqueued_at_us: 0,
-    }
-}
+/// The in-process bus's readers are gone: the data plane has stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the in-process bus is closed: the data plane has stopped")]
+pub struct BusClosed;

@@ -20,6 +20,7 @@ pub mod tuning;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use dialer_domain::messages::StatusEvent;
 use dialer_limiter::{Backend, LeaseDriver, LocalBackend, RedisBackend};
 use tokio::sync::{mpsc, watch};
 
@@ -55,14 +56,9 @@ pub enum BusChoice {
     /// In-process: one receiver per shard, and the status channel's sender.
     Memory {
         receivers: Vec<mpsc::Receiver<Delivery>>,
-        events: mpsc::Sender<bus_events::Event>,
+        events: mpsc::Sender<StatusEvent>,
     },
     Kafka(KafkaTopics),
-}
-
-/// Status events as the in-process bus carries them.
-pub mod bus_events {
-    pub type Event = dialer_domain::messages::StatusEvent;
 }
 
 /// Everything the data plane runs with.
@@ -200,9 +196,9 @@ impl Dataplane {
     }
 }
 
-type MemoryEnds = (Vec<Option<mpsc::Receiver<Delivery>>>, mpsc::Sender<bus_events::Event>);
+type MemoryEnds = (Vec<Option<mpsc::Receiver<Delivery>>>, mpsc::Sender<StatusEvent>);
 
 enum ShardIo {
-    Memory(Option<mpsc::Receiver<Delivery>>, mpsc::Sender<bus_events::Event>),
+    Memory(Option<mpsc::Receiver<Delivery>>, mpsc::Sender<StatusEvent>),
     Kafka(KafkaTopics),
 }

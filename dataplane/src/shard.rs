@@ -81,6 +81,30 @@ struct Finished {
     outcome: CallOutcome,
 }
 
+/// A call in progress with what the shard needs when it ends: the provider's future plus the
+/// message, without a second allocation per dial.
+struct CallTask {
+    call: crate::provider::CallFuture,
+    w: Option<Waiting>,
+    started_ms: u64,
+}
+
+impl std::future::Future for CallTask {
+    type Output = Finished;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Finished> {
+        let this = &mut *self;
+        match this.call.as_mut().poll(cx) {
+            std::task::Poll::Ready(outcome) => std::task::Poll::Ready(Finished {
+                w: this.w.take().expect("a finished call is not polled again"),
+                started_ms: this.started_ms,
+                outcome,
+            }),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queues {
     by_campaign: HashMap<Uuid, VecDeque<Waiting>>,
@@ -213,7 +237,7 @@ pub async fn run_shard<P: Provider>(
     let shard = cfg.index;
     let mut report = ShardReport { shard, ..Default::default() };
     let mut q = Queues::default();
-    let mut calls: FuturesUnordered<LocalBoxFuture<Finished>> = FuturesUnordered::new();
+    let mut calls: FuturesUnordered<CallTask> = FuturesUnordered::new();
     let mut acks: FuturesUnordered<LocalBoxFuture<(i32, i64, bool)>> = FuturesUnordered::new();
     let mut paused: HashSet<i32> = HashSet::new();
     let mut batch: Vec<Delivery> = Vec::with_capacity(1024);
@@ -268,10 +292,7 @@ pub async fn run_shard<P: Provider>(
                     }
                     events.push((started_ev, None));
                     let call = provider.place_call(&w.msg);
-                    calls.push(Box::pin(async move {
-                        let outcome = call.await;
-                        Finished { w, started_ms: now, outcome }
-                    }));
+                    calls.push(CallTask { call, w: Some(w), started_ms: now });
                 }
                 if queue.is_empty() {
                     q.by_campaign.remove(&c);

@@ -4,7 +4,6 @@
 //! (`targets[3].phone_number`, `retry_policy.jitter`) and saying what would be accepted.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -533,15 +532,11 @@ pub struct QueueTargetsResponse {
     pub already_queued: u64,
 }
 
-/// How long one duration is, for views elsewhere.
-pub fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     fn create(v: Value) -> Result<NewCampaign, FieldError> {
         serde_json::from_value::<CreateCampaignRequest>(v).expect("shape").validate(1000)
