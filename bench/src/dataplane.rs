@@ -207,6 +207,7 @@ pub async fn run(a: Args) -> Result<()> {
                 dispatch_topic: format!("bench.dispatch.{run}"),
                 status_topic: format!("bench.status.{run}"),
                 group_id: format!("bench-dp-{run}"),
+                dead_letter_topic: format!("bench.dead_letter.{run}"),
             };
             dialer_dataplane::kafka::ensure_topics(
                 &brokers,

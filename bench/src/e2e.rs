@@ -17,8 +17,7 @@ use dialer_domain::validate::CreateCampaignRequest;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::Consumer;
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +70,7 @@ pub async fn run(a: Args) -> Result<()> {
         dispatch_topic: format!("e2e.{run}.dispatch"),
         status_topic: format!("e2e.{run}.status"),
         group_id: format!("e2e-{run}-dp"),
+        dead_letter_topic: format!("e2e.{run}.dead_letter"),
     };
     let dlq = format!("e2e.{run}.dead_letter");
     let partitions = (a.shards as i32).max(4);
@@ -116,14 +116,16 @@ pub async fn run(a: Args) -> Result<()> {
         tracker: tracker.clone(),
         instance: format!("e2e-{run}"),
     })?;
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "2").create()?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("e2e-{run}-recorder"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+    let producer = dialer_dataplane::kafka::metered_producer(
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "2"),
+    )?;
+    let consumer = dialer_dataplane::kafka::metered_consumer(
+        ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("e2e-{run}-recorder"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest"),
+    )?;
     consumer.subscribe(&[&topics.status_topic])?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let rec = Recorder {

@@ -68,11 +68,20 @@ pub struct SchedulerSettings {
     pub max_batch: usize,
     /// Seconds a dispatched call may wait for a token before it expires (and is claimed again).
     pub dispatch_ttl_sec: u64,
+    /// How many campaigns (those with the most active calls) get a
+    /// `dialer_campaign_active_calls{campaign=…}` series; 0 turns the per-campaign series off.
+    pub metrics_top_campaigns: usize,
 }
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        SchedulerSettings { interval_ms: 1000, inflight_factor: 2, max_batch: 5000, dispatch_ttl_sec: 300 }
+        SchedulerSettings {
+            interval_ms: 1000,
+            inflight_factor: 2,
+            max_batch: 5000,
+            dispatch_ttl_sec: 300,
+            metrics_top_campaigns: 10,
+        }
     }
 }
 
@@ -223,6 +232,7 @@ impl Config {
             max_batch: self.scheduler.max_batch,
             dispatch_ttl: std::time::Duration::from_secs(self.scheduler.dispatch_ttl_sec),
             per_campaign_ceiling: self.limits.per_campaign_max_concurrency,
+            top_campaigns: self.scheduler.metrics_top_campaigns,
         }
     }
 }

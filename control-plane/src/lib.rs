@@ -53,7 +53,18 @@ pub fn app_with(
     guard: Arc<dialer_limiter::ApiGuard>,
     timeline: Option<timeline::CqlTimeline>,
 ) -> axum::Router {
-    api::router(api::AppState { store, api: Arc::new(cfg.api.clone()), guard, timeline })
+    app_checked(cfg, store, guard, timeline, Vec::new())
+}
+
+/// The API router with readiness checks beyond the store.
+pub fn app_checked(
+    cfg: &Config,
+    store: Store,
+    guard: Arc<dialer_limiter::ApiGuard>,
+    timeline: Option<timeline::CqlTimeline>,
+    checks: Vec<observability::ReadyCheck>,
+) -> axum::Router {
+    api::router(api::AppState { store, api: Arc::new(cfg.api.clone()), guard, timeline, checks: checks.into() })
 }
 
 /// Connects the CQL timeline when `timeline.cql_nodes` is set.

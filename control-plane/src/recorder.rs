@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
+use dialer_dataplane::kafka::{MeteredConsumer, MeteredProducer};
 use dialer_domain::messages::StatusEvent;
 use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -19,7 +20,7 @@ use crate::store::Store;
 /// Where status events come from.
 pub enum EventSource {
     Memory(mpsc::Receiver<StatusEvent>),
-    Kafka { consumer: StreamConsumer, topic: String, dead_letter: (FutureProducer, String) },
+    Kafka { consumer: MeteredConsumer, topic: String, dead_letter: (MeteredProducer, String) },
 }
 
 impl std::fmt::Debug for EventSource {
@@ -48,10 +49,12 @@ impl Recorder {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut batch: Vec<StatusEvent> = Vec::with_capacity(self.batch_max);
         let mut offsets: Vec<(i32, i64)> = Vec::new();
+        let mut malformed: Vec<MalformedEvent> = Vec::new();
         let mut stopping = false;
         loop {
             batch.clear();
             offsets.clear();
+            malformed.clear();
             match &mut self.source {
                 EventSource::Memory(rx) => {
                     tokio::select! {
@@ -70,7 +73,14 @@ impl Recorder {
                             Ok(e) => batch.push(e),
                             Err(e) => {
                                 metrics::counter!("dialer_recorder_malformed_total").increment(1);
-                                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "malformed status event skipped");
+                                tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "malformed status event: sent to the dead-letter topic");
+                                malformed.push(MalformedEvent {
+                                    partition: m.partition(),
+                                    offset: m.offset(),
+                                    key: m.key().map(<[u8]>::to_vec),
+                                    payload: m.payload().unwrap_or_default().to_vec(),
+                                    reason: e.to_string(),
+                                });
                             }
                         }
                     };
@@ -93,13 +103,17 @@ impl Recorder {
                 }
             }
             self.write(&batch, &mut rng).await;
-            if let EventSource::Kafka { consumer, topic, .. } = &self.source {
+            if let EventSource::Kafka { consumer, topic, dead_letter: (p, dlq) } = &self.source {
+                for m in &malformed {
+                    dead_letter_malformed(p, dlq, topic, m).await;
+                }
                 commit(consumer, topic, &offsets);
             }
         }
     }
 
     /// Writes one batch, retrying with backoff until the store takes it.
+    #[tracing::instrument(name = "recorder_batch", skip_all, fields(events = batch.len()))]
     async fn write(&self, batch: &[StatusEvent], rng: &mut StdRng) {
         if batch.is_empty() {
             return;
@@ -122,6 +136,7 @@ impl Recorder {
                             if let Err((err, _)) =
                                 p.send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(5)).await
                             {
+                                dialer_dataplane::kafka::produce_error(topic);
                                 tracing::warn!(error = %err, "dead-letter record not produced");
                             }
                         }
@@ -138,7 +153,7 @@ impl Recorder {
     }
 }
 
-fn commit(consumer: &StreamConsumer, topic: &str, offsets: &[(i32, i64)]) {
+fn commit(consumer: &MeteredConsumer, topic: &str, offsets: &[(i32, i64)]) {
     let mut next: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
     for (p, o) in offsets {
         let e = next.entry(*p).or_insert(o + 1);
@@ -152,5 +167,42 @@ fn commit(consumer: &StreamConsumer, topic: &str, offsets: &[(i32, i64)]) {
         && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
     {
         tracing::warn!(error = %e, "status offsets not committed; events will be redelivered (harmless)");
+    }
+}
+
+/// A status event that could not be read, kept for the dead-letter topic.
+#[derive(Debug)]
+struct MalformedEvent {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    reason: String,
+}
+
+/// Sends an unreadable status event to the dead-letter topic (bytes unchanged, reason and origin
+/// in headers), retrying until the broker takes it: its offset is committed only afterwards.
+async fn dead_letter_malformed(p: &MeteredProducer, dlq: &str, source: &str, m: &MalformedEvent) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let origin = format!("{source}/{}/{}", m.partition, m.offset);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "dialer-reason", value: Some(m.reason.as_bytes()) })
+            .insert(Header { key: "dialer-source", value: Some(origin.as_bytes()) })
+            .insert(Header { key: "dialer-kind", value: Some(b"malformed_status".as_slice()) });
+        let mut rec = FutureRecord::<[u8], [u8]>::to(dlq).payload(&m.payload).headers(headers);
+        if let Some(k) = &m.key {
+            rec = rec.key(k);
+        }
+        match p.send(rec, Duration::from_secs(5)).await {
+            Ok(_) => return,
+            Err((e, _)) => {
+                dialer_dataplane::kafka::produce_error(dlq);
+                tracing::warn!(error = %e, "dead-letter record not produced; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }

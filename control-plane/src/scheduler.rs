@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dialer_dataplane::MemoryBus;
+use dialer_dataplane::kafka::MeteredProducer;
 use dialer_domain::hours::{BusinessHours, parse_tz};
 use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 use crate::store::{ActiveCampaign, ClaimedCall, Store, StoreError};
 
@@ -52,7 +53,7 @@ impl Clock for ManualClock {
 #[derive(Clone)]
 pub enum DispatchSink {
     Memory(Arc<MemoryBus>),
-    Kafka { producer: FutureProducer, topic: String },
+    Kafka { producer: MeteredProducer, topic: String },
 }
 
 impl std::fmt::Debug for DispatchSink {
@@ -84,7 +85,10 @@ impl DispatchSink {
                     );
                 }
                 for r in futures::future::join_all(acks).await {
-                    r.map_err(|(e, _)| format!("dispatch not acknowledged: {e}"))?;
+                    r.map_err(|(e, _)| {
+                        dialer_dataplane::kafka::produce_error(topic);
+                        format!("dispatch not acknowledged: {e}")
+                    })?;
                 }
                 Ok(())
             }
@@ -103,6 +107,8 @@ pub struct SchedulerConfig {
     pub dispatch_ttl: Duration,
     /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`.
     pub per_campaign_ceiling: u32,
+    /// Campaigns with a per-campaign active-calls series (the busiest N).
+    pub top_campaigns: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -113,6 +119,7 @@ impl Default for SchedulerConfig {
             max_batch: 5000,
             dispatch_ttl: Duration::from_secs(300),
             per_campaign_ceiling: 100,
+            top_campaigns: 10,
         }
     }
 }
@@ -142,11 +149,24 @@ impl Scheduler {
         room.clamp(0, c.pending.min(self.cfg.max_batch as i64)) as usize
     }
 
+    #[tracing::instrument(name = "scheduler_tick", skip_all, fields(dispatched))]
     pub async fn tick(&self) -> Result<TickReport, StoreError> {
         let started = std::time::Instant::now();
         let now = self.clock.now();
         let mut report = TickReport::default();
-        for c in self.store.active_campaigns().await? {
+        let active = self.store.active_campaigns().await?;
+        crate::observability::publish_campaign_load(
+            active
+                .iter()
+                .map(|c| crate::observability::CampaignLoad {
+                    campaign: c.id,
+                    active: c.queued + c.in_progress,
+                    cap: c.max_concurrent_calls.min(self.cfg.per_campaign_ceiling),
+                })
+                .collect(),
+            self.cfg.top_campaigns,
+        );
+        for c in active {
             let Ok(tz) = parse_tz(&c.time_zone) else { continue };
             let hours = BusinessHours { tz, windows: c.business_hours.clone() };
             if !hours.is_open(now) {
@@ -174,6 +194,7 @@ impl Scheduler {
             metrics::histogram!("dialer_scheduler_batch_size").record(k as f64);
         }
         report.completed_campaigns = self.store.complete_finished().await?.len();
+        tracing::Span::current().record("dispatched", report.dispatched);
         metrics::counter!("dialer_scheduler_dispatched_total").increment(report.dispatched as u64);
         metrics::histogram!("dialer_scheduler_tick_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)

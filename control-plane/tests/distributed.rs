@@ -17,8 +17,7 @@ use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
 use dialer_testkit::{redis, redis_prefix, tansu, unique_name};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::consumer::Consumer;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,6 +29,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         dispatch_topic: format!("{n}.dispatch"),
         status_topic: format!("{n}.status"),
         group_id: format!("{n}-dp"),
+        dead_letter_topic: format!("{n}.dead_letter"),
     };
     let dead_letter = format!("{n}.dead_letter");
     dialer_dataplane::kafka::ensure_topics(
@@ -38,6 +38,18 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     )
     .await
     .expect("topics");
+    // An unreadable status event: the recorder must dead-letter it and go on.
+    {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let p: FutureProducer =
+            ClientConfig::new().set("bootstrap.servers", &topics.brokers).create().expect("producer");
+        p.send(
+            FutureRecord::to(&topics.status_topic).key("junk").payload("{\"v\":1,\"kind\":"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("junk produced");
+    }
 
     let mut ids = vec![];
     for (i, targets) in [120usize, 80].into_iter().enumerate() {
@@ -82,15 +94,18 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     })
     .expect("data plane");
 
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", &topics.brokers).set("linger.ms", "2").create().expect("producer");
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &topics.brokers)
-        .set("group.id", format!("{n}-recorder"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
+    let producer = dialer_dataplane::kafka::metered_producer(
+        ClientConfig::new().set("bootstrap.servers", &topics.brokers).set("linger.ms", "2"),
+    )
+    .expect("producer");
+    let consumer = dialer_dataplane::kafka::metered_consumer(
+        ClientConfig::new()
+            .set("bootstrap.servers", &topics.brokers)
+            .set("group.id", format!("{n}-recorder"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest"),
+    )
+    .expect("consumer");
     consumer.subscribe(&[&topics.status_topic]).expect("subscribe");
     let (stop, rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -111,7 +126,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         source: EventSource::Kafka {
             consumer,
             topic: topics.status_topic.clone(),
-            dead_letter: (producer, dead_letter),
+            dead_letter: (producer, dead_letter.clone()),
         },
         batch_max: 500,
         seed: 3,
@@ -145,6 +160,32 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         attempts += st.attempts_total;
     }
     assert_eq!(tracker.calls() as i64, attempts, "each attempt dialed exactly once");
+
+    // The junk status event is in the dead-letter topic with its reason.
+    let dlq: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &topics.brokers)
+        .set("group.id", unique_name("dlq"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    dlq.subscribe(&[&dead_letter]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut junk = None;
+    while junk.is_none() && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), dlq.recv()).await {
+            use rdkafka::Message;
+            use rdkafka::message::Headers;
+            let kind = m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-kind").and_then(|h| h.value));
+            if kind == Some(&b"malformed_status"[..]) {
+                let reason =
+                    m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-reason").and_then(|h| h.value));
+                junk = Some((m.payload().map(<[u8]>::to_vec), reason.map(<[u8]>::to_vec)));
+            }
+        }
+    }
+    let (payload, reason) = junk.expect("the malformed status event reached the dead-letter topic");
+    assert_eq!(payload.as_deref(), Some(&b"{\"v\":1,\"kind\":"[..]));
+    assert!(reason.is_some_and(|r| !r.is_empty()));
     assert_eq!(tracker.violations(), 0, "caps held");
     assert!(tracker.global().max() <= 12);
 }

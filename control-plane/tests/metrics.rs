@@ -52,6 +52,15 @@ async fn metrics_pass_promtool() {
         send(Method::POST, "/api/v1/calls", Some(json!({"campaign_id": id, "phone_number": "+15550009999"}))).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     drop(held);
+    // The busiest campaigns get a series each (top N), the others only count in the total.
+    let loads: Vec<_> = (1..=12u128)
+        .map(|i| dialer_control_plane::observability::CampaignLoad {
+            campaign: uuid::Uuid::from_u128(i),
+            active: i as i64,
+            cap: 20,
+        })
+        .collect();
+    dialer_control_plane::observability::publish_campaign_load(loads, 10);
     // Limiter metrics.
     let b = dialer_limiter::Backend::Local(Arc::new(dialer_limiter::LocalBackend::default()));
     b.sync("h", std::time::Duration::from_secs(5), 10, &[]).await.expect("sync");
@@ -69,6 +78,19 @@ async fn metrics_pass_promtool() {
     }
     assert!(text.contains("route=\"/api/v1/campaigns/{id}\""), "routes are templates");
     assert!(!text.contains(&id), "no id in any label");
+    let per_campaign: Vec<&str> = text.lines().filter(|l| l.starts_with("dialer_campaign_active_calls{")).collect();
+    assert_eq!(per_campaign.len(), 10, "top 10 only: {per_campaign:?}");
+    assert!(per_campaign.contains(&"dialer_campaign_active_calls{campaign=\"00000000-0000-0000-0000-00000000000c\"} 12"));
+    assert!(!text.contains("00000000-0000-0000-0000-000000000002\""), "campaigns outside the top N have no series");
+    assert!(text.contains("dialer_active_calls 78"), "the total counts every campaign");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if line.contains("campaign=") {
+            assert!(
+                line.starts_with("dialer_campaign_active_calls{") || line.starts_with("dialer_campaign_concurrency_cap{"),
+                "only the top-N families carry a campaign label: {line}"
+            );
+        }
+    }
     assert!(!text.contains("+1555"), "no phone number in any label");
 
     let mut child = Command::new("promtool")
@@ -86,4 +108,77 @@ async fn metrics_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn dataplane_readyz_follows_the_shards() {
+    let health = Arc::new(dialer_dataplane::Health::new(2));
+    let app = dialer_control_plane::observability::dataplane_admin(health.clone());
+    let get = |uri: &'static str| {
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(Request::get(uri).body(Body::empty()).expect("request")).await.expect("answer");
+            let s = r.status();
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            (s, serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, StatusCode::OK);
+    let (s, body) = get("/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "starting shards are not ready");
+    assert_eq!(body["shards"][0]["ready"], false);
+    let now = dialer_dataplane::shard::now_ms();
+    health.shard(0).running(now);
+    health.shard(1).running(now);
+    assert_eq!(get("/readyz").await.0, StatusCode::OK);
+    health.shard(1).set_fail_closed(true);
+    let (s, body) = get("/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["shards"][1]["problems"][0].as_str().unwrap_or_default().contains("limiter"), "{body}");
+    assert_eq!(body["shards"][0]["ready"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lag_per_partition_is_exported() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::Consumer;
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let handle = dialer_control_plane::observability::install().expect("recorder installed");
+    let brokers = dialer_testkit::tansu().bootstrap();
+    let topic = dialer_testkit::unique_name("lag");
+    dialer_dataplane::kafka::ensure_topics(&brokers, &[(&topic, 1)]).await.expect("topic");
+    let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+    for i in 0..10 {
+        p.send_result(FutureRecord::<(), _>::to(&topic).payload(&format!("m{i}"))).expect("queued");
+    }
+    p.flush(std::time::Duration::from_secs(10)).expect("flushed");
+    let c = dialer_dataplane::kafka::metered_consumer(
+        ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", dialer_testkit::unique_name("lag"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("max.partition.fetch.bytes", "1"),
+    )
+    .expect("consumer");
+    c.subscribe(&[&topic]).expect("subscribe");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), c.recv()).await.expect("a message").expect("ok");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(rdkafka::Message::offset(&first) + 1)).expect("tpl");
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).expect("commit");
+    drop(first);
+    // Statistics arrive every 5 s; poll the consumer meanwhile so callbacks run.
+    let needle = format!("topic=\"{topic}\"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), c.recv()).await;
+        let text = handle.render();
+        if let Some(line) = text.lines().find(|l| l.starts_with("dialer_kafka_consumer_lag{") && l.contains(&needle)) {
+            assert!(line.contains("partition=\"0\""), "{line}");
+            let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a value");
+            assert!((0.0..=10.0).contains(&v), "lag within the topic's size: {line}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no consumer lag for {topic} in:\n{text}");
+    }
 }

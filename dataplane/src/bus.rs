@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use dialer_domain::messages::{DecodeError, DispatchMessage, StatusEvent};
+use dialer_domain::messages::{DispatchMessage, StatusEvent};
 use tokio::sync::mpsc;
 
 use crate::tuning::shard_of_partition;
@@ -14,7 +14,15 @@ use crate::tuning::shard_of_partition;
 pub struct Delivery {
     pub partition: i32,
     pub offset: i64,
-    pub msg: Result<DispatchMessage, DecodeError>,
+    pub msg: Result<DispatchMessage, Malformed>,
+}
+
+/// A message that could not be read: why, and its bytes (kept for the dead-letter topic).
+#[derive(Debug)]
+pub struct Malformed {
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
 }
 
 /// The dispatch side of the in-process bus.

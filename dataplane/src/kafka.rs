@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use dialer_domain::messages::{DispatchMessage, StatusEvent};
 use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::bus::Delivery;
@@ -27,12 +29,73 @@ pub struct KafkaTopics {
     pub status_topic: String,
     /// Consumer group (offsets are committed to it in both assignment modes).
     pub group_id: String,
+    /// Where unreadable dispatch messages go, with the reason in headers (`dialer-reason`,
+    /// `dialer-source`); the recorder sends calls that failed for good to the same topic.
+    pub dead_letter_topic: String,
+}
+
+/// The rdkafka client context of every consumer and producer of the product: turns librdkafka's
+/// statistics (every `statistics.interval.ms`) into `dialer_kafka_consumer_lag{topic,partition}`
+/// for the partitions this client fetches, and logs client errors through `tracing`.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsContext;
+
+impl ClientContext for MetricsContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (p, part) in &t.partitions {
+                // Partition -1 is librdkafka's internal "unassigned" queue; a lag of -1 is unknown.
+                if *p < 0 || part.consumer_lag < 0 || part.fetch_state == "none" {
+                    continue;
+                }
+                metrics::gauge!("dialer_kafka_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string())
+                    .set(part.consumer_lag as f64);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!("dialer_kafka_client_errors_total").increment(1);
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for MetricsContext {}
+
+/// The consumer type used everywhere (lag metrics through [`MetricsContext`]).
+pub type MeteredConsumer = StreamConsumer<MetricsContext>;
+/// The producer type used everywhere.
+pub type MeteredProducer = FutureProducer<MetricsContext>;
+
+/// How often librdkafka reports statistics (consumer lag), in milliseconds.
+pub const STATS_INTERVAL_MS: &str = "5000";
+
+/// Counts one failed produce (queueing refused or delivery not acknowledged) for `topic`.
+pub fn produce_error(topic: &str) {
+    metrics::counter!("dialer_kafka_produce_errors_total", "topic" => topic.to_string()).increment(1);
+}
+
+/// A consumer with the product's context, from `config` (statistics enabled).
+pub fn metered_consumer(config: &mut ClientConfig) -> Result<MeteredConsumer, KafkaError> {
+    config.set("statistics.interval.ms", STATS_INTERVAL_MS).create_with_context(MetricsContext)
+}
+
+/// A producer with the product's context, from `config`.
+pub fn metered_producer(config: &ClientConfig) -> Result<MeteredProducer, KafkaError> {
+    config.create_with_context(MetricsContext)
 }
 
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    consumer: MeteredConsumer,
     topic: String,
     offsets: HashMap<i32, PartitionOffsets>,
+}
+
+impl KafkaSource {
+    /// The dispatch topic this source reads.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -51,18 +114,19 @@ impl KafkaSource {
         shard: usize,
         shards: usize,
     ) -> Result<KafkaSource, KafkaError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &t.brokers)
-            .set("group.id", &t.group_id)
-            .set("client.id", format!("dialer-shard-{shard}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("fetch.min.bytes", k.fetch_min_bytes.to_string())
-            .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
-            .set("queued.max.messages.kbytes", k.queued_max_messages_kbytes.to_string())
-            .create()?;
+        let consumer = metered_consumer(
+            ClientConfig::new()
+                .set("bootstrap.servers", &t.brokers)
+                .set("group.id", &t.group_id)
+                .set("client.id", format!("dialer-shard-{shard}"))
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "false")
+                .set("fetch.min.bytes", k.fetch_min_bytes.to_string())
+                .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
+                .set("queued.max.messages.kbytes", k.queued_max_messages_kbytes.to_string()),
+        )?;
         match assignment {
             Assignment::Group => consumer.subscribe(&[&t.dispatch_topic])?,
             Assignment::Static => {
@@ -79,7 +143,13 @@ impl KafkaSource {
     fn delivery(offsets: &mut HashMap<i32, PartitionOffsets>, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
         let (partition, offset) = (m.partition(), m.offset());
         offsets.entry(partition).or_default().received(offset);
-        Delivery { partition, offset, msg: DispatchMessage::decode(m.payload().unwrap_or_default()) }
+        let payload = m.payload().unwrap_or_default();
+        let msg = DispatchMessage::decode(payload).map_err(|e| crate::bus::Malformed {
+            reason: e.to_string(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+        });
+        Delivery { partition, offset, msg }
     }
 
     /// Waits for at least one message, then takes what else is ready, up to `max`.
@@ -167,8 +237,9 @@ impl KafkaSource {
 /// The status-event producer of one shard (idempotent, batched by `linger.ms`).
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: MeteredProducer,
     topic: String,
+    dead_letter_topic: String,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -179,15 +250,16 @@ impl std::fmt::Debug for KafkaSink {
 
 impl KafkaSink {
     pub fn new(t: &KafkaTopics, k: &KafkaTuning, shard: usize) -> Result<KafkaSink, KafkaError> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &t.brokers)
-            .set("client.id", format!("dialer-shard-{shard}-events"))
-            .set("enable.idempotence", "true")
-            .set("linger.ms", k.linger_ms.to_string())
-            .set("batch.num.messages", k.batch_num_messages.to_string())
-            .set("queue.buffering.max.messages", "1000000")
-            .create()?;
-        Ok(KafkaSink { producer, topic: t.status_topic.clone() })
+        let producer = metered_producer(
+            ClientConfig::new()
+                .set("bootstrap.servers", &t.brokers)
+                .set("client.id", format!("dialer-shard-{shard}-events"))
+                .set("enable.idempotence", "true")
+                .set("linger.ms", k.linger_ms.to_string())
+                .set("batch.num.messages", k.batch_num_messages.to_string())
+                .set("queue.buffering.max.messages", "1000000"),
+        )?;
+        Ok(KafkaSink { producer, topic: t.status_topic.clone(), dead_letter_topic: t.dead_letter_topic.clone() })
     }
 
     /// Queues an event (keyed by call id, so one call's events stay in order), waiting while
@@ -202,7 +274,43 @@ impl KafkaSink {
                 Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => {
+                    produce_error(&self.topic);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Queues an unreadable dispatch message for the dead-letter topic, its bytes unchanged and
+    /// the reason and origin in headers.
+    pub async fn dead_letter(
+        &self,
+        m: &crate::bus::Malformed,
+        source_topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let origin = format!("{source_topic}/{partition}/{offset}");
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "dialer-reason", value: Some(m.reason.as_bytes()) })
+                .insert(Header { key: "dialer-source", value: Some(origin.as_bytes()) })
+                .insert(Header { key: "dialer-kind", value: Some(b"malformed_dispatch".as_slice()) });
+            let mut rec = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).payload(&m.payload).headers(headers);
+            if let Some(k) = &m.key {
+                rec = rec.key(k);
+            }
+            match self.producer.send_result(rec) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    produce_error(&self.dead_letter_topic);
+                    return Err(e);
+                }
             }
         }
     }

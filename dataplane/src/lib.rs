@@ -11,6 +11,7 @@
 //! bus), [`kafka`] (rdkafka consumer/producer), [`offsets`] (commit points).
 
 pub mod bus;
+pub mod health;
 pub mod kafka;
 pub mod offsets;
 pub mod provider;
@@ -24,7 +25,8 @@ use dialer_domain::messages::StatusEvent;
 use dialer_limiter::{Backend, LeaseDriver, LocalBackend, RedisBackend};
 use tokio::sync::{mpsc, watch};
 
-pub use bus::{Delivery, MemoryBus, MemoryBusEnds};
+pub use bus::{Delivery, Malformed, MemoryBus, MemoryBusEnds};
+pub use health::{Health, ShardStatus};
 pub use kafka::KafkaTopics;
 pub use provider::{MockProvider, MockSettings, Provider, Tracker};
 pub use shard::{ShardConfig, ShardReport};
@@ -82,12 +84,14 @@ pub struct DataplaneOptions {
 pub struct Dataplane {
     shards: Vec<JoinHandle<Result<ShardReport, String>>>,
     shutdown: watch::Sender<bool>,
+    health: Arc<Health>,
 }
 
 impl Dataplane {
     pub fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
         let n = opts.tuning.shards.count;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let health = Arc::new(Health::new(n));
         let mut memory: Option<MemoryEnds> = None;
         let mut kafka: Option<KafkaTopics> = None;
         match opts.bus {
@@ -109,6 +113,8 @@ impl Dataplane {
             let (global_cap, ceiling) = (opts.global_cap, opts.per_campaign_ceiling);
             let shutdown_rx = shutdown_rx.clone();
             let cpu = tuning.shards.cpus.get(i).copied();
+            let health = health.clone();
+            let failed = health.clone();
             let io = match (&mut memory, &kafka) {
                 (Some((rxs, tx)), _) => ShardIo::Memory(rxs[i].take(), tx.clone()),
                 (None, Some(t)) => ShardIo::Kafka(t.clone()),
@@ -117,64 +123,36 @@ impl Dataplane {
             let handle = std::thread::Builder::new()
                 .name(format!("dialer-shard-{i}"))
                 .spawn(move || {
-                    if let Some(cpu) = cpu
-                        && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
-                    {
-                        tracing::warn!(shard = i, cpu, "could not pin shard to CPU");
+                    let start = ShardStart {
+                        i,
+                        n,
+                        cpu,
+                        tuning,
+                        limiter,
+                        io,
+                        mock,
+                        tracker,
+                        holder,
+                        global_cap,
+                        ceiling,
+                        shutdown_rx,
+                        health,
+                    };
+                    let r = run_shard_thread(start);
+                    if r.is_err() {
+                        failed.shard(i).stopped();
                     }
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| format!("runtime: {e}"))?;
-                    let local = tokio::task::LocalSet::new();
-                    local.block_on(&rt, async move {
-                        let backend = match limiter {
-                            LimiterChoice::Local(l) => Backend::Local(l),
-                            LimiterChoice::Redis { url, prefix } => Backend::Redis(
-                                RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1))
-                                    .await
-                                    .map_err(|e| e.to_string())?,
-                            ),
-                        };
-                        let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease_settings(), global_cap);
-                        let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
-                        let driver = tokio::task::spawn_local(driver.run(async move {
-                            let _ = stop_rx.await;
-                        }));
-                        let (source, sink) = match io {
-                            ShardIo::Memory(rx, tx) => {
-                                (shard::Source::Memory(rx.ok_or("receiver taken twice")?), shard::Sink::Memory(tx))
-                            }
-                            ShardIo::Kafka(t) => (
-                                shard::Source::Kafka(Box::new(
-                                    kafka::KafkaSource::new(
-                                        &t,
-                                        &tuning.kafka,
-                                        tuning.shards.assignment,
-                                        tuning.shards.partitions,
-                                        i,
-                                        n,
-                                    )
-                                    .map_err(|e| format!("consumer: {e}"))?,
-                                )),
-                                shard::Sink::Kafka(
-                                    kafka::KafkaSink::new(&t, &tuning.kafka, i)
-                                        .map_err(|e| format!("producer: {e}"))?,
-                                ),
-                            ),
-                        };
-                        let provider = MockProvider::new(mock, tracker, i);
-                        let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling };
-                        let report = shard::run_shard(cfg, source, sink, lease, provider, shutdown_rx).await;
-                        let _ = stop_driver.send(());
-                        let _ = driver.await;
-                        Ok(report)
-                    })
+                    r
                 })
                 .map_err(|e| DataplaneError::Shard { shard: i, reason: e.to_string() })?;
             shards.push(handle);
         }
-        Ok(Dataplane { shards, shutdown })
+        Ok(Dataplane { shards, shutdown, health })
+    }
+
+    /// The shards' health (for `/readyz`).
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
     }
 
     /// Asks every shard to stop taking messages and finish its calls.
@@ -201,4 +179,74 @@ type MemoryEnds = (Vec<Option<mpsc::Receiver<Delivery>>>, mpsc::Sender<StatusEve
 enum ShardIo {
     Memory(Option<mpsc::Receiver<Delivery>>, mpsc::Sender<StatusEvent>),
     Kafka(KafkaTopics),
+}
+
+/// Everything one shard thread starts with.
+struct ShardStart {
+    i: usize,
+    n: usize,
+    cpu: Option<usize>,
+    tuning: Tuning,
+    limiter: LimiterChoice,
+    io: ShardIo,
+    mock: MockSettings,
+    tracker: Arc<Tracker>,
+    holder: String,
+    global_cap: u32,
+    ceiling: u32,
+    shutdown_rx: watch::Receiver<bool>,
+    health: Arc<Health>,
+}
+
+/// The body of one shard's thread: pin, build the runtime, connect, run the shard loop.
+fn run_shard_thread(start: ShardStart) -> Result<ShardReport, String> {
+    let ShardStart { i, n, cpu, tuning, limiter, io, mock, tracker, holder, global_cap, ceiling, shutdown_rx, health } =
+        start;
+    if let Some(cpu) = cpu
+        && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
+    {
+        tracing::warn!(shard = i, cpu, "could not pin shard to CPU");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let backend = match limiter {
+            LimiterChoice::Local(l) => Backend::Local(l),
+            LimiterChoice::Redis { url, prefix } => Backend::Redis(
+                RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1))
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease_settings(), global_cap);
+        let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let driver = tokio::task::spawn_local(driver.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let (source, sink) = match io {
+            ShardIo::Memory(rx, tx) => {
+                (shard::Source::Memory(rx.ok_or("receiver taken twice")?), shard::Sink::Memory(tx))
+            }
+            ShardIo::Kafka(t) => (
+                shard::Source::Kafka(Box::new(
+                    kafka::KafkaSource::new(
+                        &t,
+                        &tuning.kafka,
+                        tuning.shards.assignment,
+                        tuning.shards.partitions,
+                        i,
+                        n,
+                    )
+                    .map_err(|e| format!("consumer: {e}"))?,
+                )),
+                shard::Sink::Kafka(kafka::KafkaSink::new(&t, &tuning.kafka, i).map_err(|e| format!("producer: {e}"))?),
+            ),
+        };
+        let provider = MockProvider::new(mock, tracker, i);
+        let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling, health };
+        let report = shard::run_shard(cfg, source, sink, lease, provider, shutdown_rx).await;
+        let _ = stop_driver.send(());
+        let _ = driver.await;
+        Ok(report)
+    })
 }

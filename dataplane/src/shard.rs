@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use crate::bus::Delivery;
+use crate::health::Health;
 use crate::kafka::{KafkaSink, KafkaSource};
 use crate::provider::{CallOutcome, Provider};
 use crate::tuning::Tuning;
@@ -60,6 +61,8 @@ pub struct ShardConfig {
     pub tuning: Tuning,
     /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`: no campaign gets more, whatever its messages say.
     pub per_campaign_ceiling: u32,
+    /// Where this shard reports its health (its own slot of the data plane's [`Health`]).
+    pub health: std::sync::Arc<Health>,
 }
 
 type LocalBoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
@@ -249,6 +252,18 @@ pub async fn run_shard<P: Provider>(
     let mut source_open = true;
     let latency = metrics::histogram!("dialer_dispatch_to_dial_seconds");
     let dials = metrics::counter!("dialer_dials_total");
+    let shard_label = shard.to_string();
+    let busy_gauge = metrics::gauge!("dialer_shard_busy_ratio", "shard" => shard_label.clone());
+    let in_flight_gauge = metrics::gauge!("dialer_shard_calls_in_progress", "shard" => shard_label.clone());
+    let waiting_gauge = metrics::gauge!("dialer_shard_messages_waiting", "shard" => shard_label.clone());
+    let fail_closed_gauge = metrics::gauge!("dialer_shard_fail_closed", "shard" => shard_label);
+    let health = cfg.health.clone();
+    let my_health = || health.shard(usize::from(shard));
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let mut busy_mark = (Instant::now(), runtime.worker_total_busy_duration(0));
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    my_health().running(now_ms());
 
     loop {
         // Start every call that can start now, campaign by campaign.
@@ -291,7 +306,11 @@ pub async fn run_shard<P: Provider>(
                         started_ev.dispatch_latency_us = Some(now_us().saturating_sub(w.msg.enqueued_at_us));
                     }
                     events.push((started_ev, None));
-                    let call = provider.place_call(&w.msg);
+                    let call = {
+                        let _dial =
+                            tracing::debug_span!("dial", shard, campaign = %c, attempt = w.msg.attempt).entered();
+                        provider.place_call(&w.msg)
+                    };
                     calls.push(CallTask { call, w: Some(w), started_ms: now });
                 }
                 if queue.is_empty() {
@@ -375,15 +394,22 @@ pub async fn run_shard<P: Provider>(
                 }
             }
             Some((p, o, ok)) = acks.next(), if !acks.is_empty() => {
+                my_health().set_sink_failing(!ok);
                 if let Source::Kafka(k) = &mut source {
-                    if ok { k.done(p, o) } else { tracing::warn!(shard, partition = p, offset = o, "outcome not acknowledged; message will be redelivered") }
+                    if ok {
+                        k.done(p, o)
+                    } else {
+                        crate::kafka::produce_error(k.topic());
+                        tracing::warn!(shard, partition = p, offset = o, "outcome not acknowledged; message will be redelivered")
+                    }
                 }
             }
             r = recv(&mut source, &mut batch, 1024), if can_take => {
                 match r {
-                    Ok(true) => {}
+                    Ok(true) => my_health().set_source_failing(false),
                     Ok(false) => source_open = false,
                     Err(e) => {
+                        my_health().set_source_failing(true);
                         tracing::warn!(shard, error = %e, "dispatch fetch failed; retrying");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -403,12 +429,23 @@ pub async fn run_shard<P: Provider>(
                                 k.pause(d.partition);
                             }
                         }
-                        Err(e) => {
+                        Err(bad) => {
                             report.malformed += 1;
                             metrics::counter!("dialer_dispatch_malformed_total").increment(1);
-                            tracing::warn!(shard, partition = d.partition, offset = d.offset, error = %e, "malformed dispatch message skipped");
-                            if let Source::Kafka(k) = &mut source {
-                                k.done(d.partition, d.offset);
+                            tracing::warn!(shard, partition = d.partition, offset = d.offset, reason = %bad.reason, "malformed dispatch message: sent to the dead-letter topic");
+                            match (&mut source, &sink) {
+                                (Source::Kafka(k), Sink::Kafka(out)) => {
+                                    match out.dead_letter(&bad, k.topic(), d.partition, d.offset).await {
+                                        Ok(delivery) => {
+                                            let (p, o) = (d.partition, d.offset);
+                                            acks.push(Box::pin(async move { (p, o, matches!(delivery.await, Ok(Ok(_)))) }));
+                                        }
+                                        // Not finished: the message is read again after a restart.
+                                        Err(e) => tracing::error!(shard, error = %e, "dead-letter record not produced"),
+                                    }
+                                }
+                                (Source::Kafka(k), Sink::Memory(_)) => k.done(d.partition, d.offset),
+                                (Source::Memory(_), _) => {}
                             }
                         }
                     }
@@ -419,6 +456,21 @@ pub async fn run_shard<P: Provider>(
             _ = sleep_until_opt(due), if due.is_some() => {}
             _ = commit_tick.tick() => {
                 if let Source::Kafka(k) = &mut source { k.commit() }
+            }
+            _ = heartbeat.tick() => {
+                let now = Instant::now();
+                let busy = runtime.worker_total_busy_duration(0);
+                let wall = now.duration_since(busy_mark.0).as_secs_f64();
+                if wall > 0.0 {
+                    busy_gauge.set((busy.saturating_sub(busy_mark.1).as_secs_f64() / wall).min(1.0));
+                }
+                busy_mark = (now, busy);
+                in_flight_gauge.set(calls.len() as f64);
+                waiting_gauge.set(q.len as f64);
+                let closed = lease.fail_closed();
+                fail_closed_gauge.set(if closed { 1.0 } else { 0.0 });
+                my_health().set_fail_closed(closed);
+                my_health().running(now_ms());
             }
             _ = std::future::ready(()), if !source_open && calls.is_empty() && acks.is_empty() && q.len == 0 => break,
         }
@@ -436,6 +488,7 @@ pub async fn run_shard<P: Provider>(
     if let Source::Kafka(k) = &mut source {
         k.commit_sync();
     }
+    my_health().stopped();
     report
 }
 

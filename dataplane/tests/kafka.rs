@@ -25,6 +25,7 @@ fn topics() -> KafkaTopics {
         dispatch_topic: format!("{n}.dispatch"),
         status_topic: format!("{n}.status"),
         group_id: format!("{n}-group"),
+        dead_letter_topic: format!("{n}.dead_letter"),
     }
 }
 
@@ -200,4 +201,84 @@ async fn caps_hold_through_kafka_and_redis() {
     assert!(tracker.campaign_max(capped) <= 3, "capped campaign reached {}", tracker.campaign_max(capped));
     assert!(tracker.global().max() <= 15, "global cap: {}", tracker.global().max());
     assert_eq!(tracker.violations(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() {
+    let t = topics();
+    dialer_dataplane::kafka::ensure_topics(
+        &t.brokers,
+        &[(&t.dispatch_topic, PARTITIONS), (&t.status_topic, PARTITIONS), (&t.dead_letter_topic, 1)],
+    )
+    .await
+    .expect("topics");
+    // Good, garbage, good, a future schema version, good: all on partition 0, in that order.
+    let p: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &t.brokers).set("linger.ms", "5").create().expect("producer");
+    let campaign = Uuid::from_u128(900);
+    let mut future = serde_json::to_value(msg(902, campaign, 5)).expect("json");
+    future["v"] = 99.into();
+    let payloads: Vec<Vec<u8>> = vec![
+        msg(901, campaign, 5).encode(),
+        b"\x00not json at all".to_vec(),
+        msg(903, campaign, 5).encode(),
+        future.to_string().into_bytes(),
+        msg(905, campaign, 5).encode(),
+    ];
+    for (i, payload) in payloads.iter().enumerate() {
+        let key = format!("k{i}");
+        p.send_result(FutureRecord::to(&t.dispatch_topic).partition(0).key(&key).payload(payload)).expect("queued");
+    }
+    p.flush(Duration::from_secs(30)).expect("flushed");
+
+    let tracker = Tracker::new(100);
+    let dp = start(&t, tuning(Assignment::Static), tracker.clone(), &redis_prefix(), 100);
+    let health = dp.health();
+    let reader = status_reader(&t);
+    let mut events = Vec::new();
+    read_outcomes(&reader, 3, Duration::from_secs(60), &mut events).await;
+    assert!(health.ready(dialer_dataplane::shard::now_ms()), "shards ready: {:?}", health.status(0));
+
+    // The dead-letter topic holds both bad messages, bytes unchanged, with reason and origin.
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &t.brokers)
+        .set("group.id", unique_name("dlq"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    dlq.subscribe(&[&t.dead_letter_topic]).expect("subscribe");
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dead.len() < 2 && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), dlq.recv()).await {
+            use rdkafka::message::Headers;
+            let headers = m.headers().expect("headers");
+            let h = |name: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+                    .unwrap_or_default()
+            };
+            dead.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                h("dialer-reason"),
+                h("dialer-source"),
+            ));
+        }
+    }
+    dp.shutdown();
+    let reports = tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("reports");
+    assert_eq!(dead.len(), 2, "both malformed messages dead-lettered: {dead:?}");
+    assert_eq!(dead[0].0.as_deref(), Some(&b"k1"[..]));
+    assert_eq!(dead[0].1.as_deref(), Some(&payloads[1][..]), "bytes unchanged");
+    assert!(!dead[0].2.is_empty(), "a reason is given");
+    assert_eq!(dead[0].3, format!("{}/0/1", t.dispatch_topic));
+    assert!(dead[1].2.contains("99"), "the reason names the unknown version: {}", dead[1].2);
+    assert_eq!(reports.iter().map(|r| r.malformed).sum::<u64>(), 2);
+    assert_eq!(reports.iter().map(|r| r.dialed).sum::<u64>(), 3, "the good messages around them were dialed");
+    assert_eq!(committed_total(&t), 5, "offsets pass the dead-lettered messages");
+    assert!(!health.ready(dialer_dataplane::shard::now_ms()), "stopped shards are not ready");
 }

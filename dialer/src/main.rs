@@ -169,7 +169,9 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>) -> Re
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, shards = tuning.shards.count, "dialer up: API, scheduler, data plane and recorder running");
-    let app = dialer_control_plane::app_with(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline);
+    let checks = vec![dialer_control_plane::observability::ReadyCheck::shards(dp.health())];
+    let app =
+        dialer_control_plane::app_checked(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline, checks);
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     // Stop dispatching, let the data plane finish its calls, record their outcomes.
     let _ = stop.send(true);
@@ -186,6 +188,7 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
     let store = dialer_control_plane::open_store(cfg, url)
         .await
         .with_context(|| format!("opening the store at {}", redact(url)))?;
+    let mut checks = Vec::new();
     if !cfg.limits.redis_url.is_empty() {
         let r = dialer_limiter::RedisBackend::connect(
             &cfg.limits.redis_url,
@@ -194,12 +197,13 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         )
         .await
         .context("connecting to the limiter's Redis (limits.redis_url)")?;
+        checks.push(dialer_control_plane::observability::ReadyCheck::redis(r.clone()));
         let every = std::time::Duration::from_secs(cfg.limits.reconcile_every_sec);
         tokio::spawn(dialer_control_plane::run_reconciler(dialer_limiter::Backend::Redis(r), every, shutdown_signal()));
     }
     let timeline = dialer_control_plane::open_timeline(cfg).await.context("connecting the CQL timeline store")?;
     if cfg.bus.kind == "kafka" {
-        spawn_kafka_pipeline(cfg, &store, timeline.clone()).await?;
+        checks.push(spawn_kafka_pipeline(cfg, &store, timeline.clone()).await?);
     } else {
         tracing::warn!(
             "bus.kind is \"memory\": the control plane serves the API only; set bus.kind = \"kafka\" to schedule and record"
@@ -209,18 +213,20 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
-    let app = dialer_control_plane::app_with(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline);
+    let app =
+        dialer_control_plane::app_checked(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline, checks);
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     store.close().await;
     Ok(())
 }
 
-/// The scheduler (dispatch topic) and the recorder (status topic) of the distributed mode.
+/// The scheduler (dispatch topic) and the recorder (status topic) of the distributed mode; the
+/// broker's readiness check.
 async fn spawn_kafka_pipeline(
     cfg: &Config,
     store: &dialer_control_plane::Store,
     timeline: Option<dialer_control_plane::timeline::CqlTimeline>,
-) -> Result<()> {
+) -> Result<dialer_control_plane::observability::ReadyCheck> {
     use rdkafka::consumer::Consumer;
     let b = &cfg.bus;
     dialer_dataplane::kafka::ensure_topics(
@@ -233,19 +239,21 @@ async fn spawn_kafka_pipeline(
     )
     .await
     .with_context(|| format!("creating topics on {}", b.brokers))?;
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &b.brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .context("Kafka producer")?;
-    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &b.brokers)
-        .set("group.id", format!("{}-recorder", b.group_id))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .context("Kafka consumer")?;
+    let producer = dialer_dataplane::kafka::metered_producer(
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b.brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5"),
+    )
+    .context("Kafka producer")?;
+    let consumer = dialer_dataplane::kafka::metered_consumer(
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b.brokers)
+            .set("group.id", format!("{}-recorder", b.group_id))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest"),
+    )
+    .context("Kafka consumer")?;
     consumer.subscribe(&[&b.status_topic]).context("subscribing to the status topic")?;
     let scheduler = dialer_control_plane::scheduler::Scheduler {
         store: store.clone(),
@@ -257,6 +265,7 @@ async fn spawn_kafka_pipeline(
         cfg: cfg.scheduler_config(),
     };
     tokio::spawn(scheduler.run(shutdown_signal()));
+    let ready = dialer_control_plane::observability::ReadyCheck::kafka(producer.clone(), b.dispatch_topic.clone());
     let recorder = dialer_control_plane::recorder::Recorder {
         store: store.clone(),
         source: dialer_control_plane::recorder::EventSource::Kafka {
@@ -269,7 +278,7 @@ async fn spawn_kafka_pipeline(
         timeline: timeline.clone(),
     };
     tokio::spawn(recorder.run(shutdown_signal()));
-    Ok(())
+    Ok(ready)
 }
 
 fn mock_settings(cfg: &Config) -> dialer_dataplane::MockSettings {
@@ -328,6 +337,7 @@ async fn run_dataplane(cfg: &Config, tuning_path: &Path, check: bool, admin: Soc
             dispatch_topic: cfg.bus.dispatch_topic.clone(),
             status_topic: cfg.bus.status_topic.clone(),
             group_id: cfg.bus.group_id.clone(),
+            dead_letter_topic: cfg.bus.dead_letter_topic.clone(),
         }),
         limiter,
         global_cap: cfg.limits.global_max_concurrency,
@@ -336,9 +346,7 @@ async fn run_dataplane(cfg: &Config, tuning_path: &Path, check: bool, admin: Soc
         tracker: dialer_dataplane::Tracker::new(cfg.limits.global_max_concurrency),
         instance,
     })?;
-    let admin_app = axum::Router::new()
-        .route("/metrics", axum::routing::get(dialer_control_plane::observability::metrics))
-        .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }));
+    let admin_app = dialer_control_plane::observability::dataplane_admin(dp.health());
     let listener = tokio::net::TcpListener::bind(admin)
         .await
         .with_context(|| format!("cannot listen on the admin address {admin}; pick another with --admin"))?;

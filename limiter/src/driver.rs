@@ -47,6 +47,13 @@ impl LeaseHandle {
         self.cache.borrow().totals()
     }
 
+    /// True when lease updates have failed for longer than the lease TTL: every lease has expired
+    /// and the core starts no call (fail-closed) until the backend answers again.
+    pub fn fail_closed(&self) -> bool {
+        let c = self.cache.borrow();
+        c.failing_since().is_some_and(|since| since.elapsed() >= c.settings().ttl)
+    }
+
     /// Resolves after the next backend update completes (refused dials may retry then).
     pub async fn updated(&self) {
         self.updated.notified().await;

@@ -169,6 +169,11 @@ impl RedisBackend {
         .map_err(unavailable)
     }
 
+    /// Checks that Redis answers (readiness probes).
+    pub async fn ping(&self) -> Result<(), LimiterError> {
+        self.client.ping::<String>(None).await.map(|_| ()).map_err(unavailable)
+    }
+
     /// Adds `by` to the global counter (tests of reconciliation).
     #[doc(hidden)]
     pub async fn skew_global(&self, by: i64) -> Result<(), LimiterError> {

@@ -72,15 +72,26 @@ async fn health(st: &AppState, check_migrations: bool) -> Response {
         Ok(()) => Ok(()),
         Err(e) => Err(e.to_string()),
     };
-    let up = store.is_ok();
+    let mut up = store.is_ok();
     let mut dep = serde_json::json!({"kind": st.store.kind().as_str(), "status": if up { "up" } else { "down" }});
     if let Err(e) = store {
         dep["error"] = e.into();
     }
+    let mut deps = serde_json::json!({ "store": dep });
+    if check_migrations {
+        for c in st.checks.iter() {
+            let r = c.run().await;
+            up &= r.is_ok();
+            deps[c.name] = match r {
+                Ok(()) => serde_json::json!({"status": "up"}),
+                Err(e) => serde_json::json!({"status": "down", "error": e}),
+            };
+        }
+    }
     let body = Health {
         status: if up { "ok" } else { "unavailable" }.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        dependencies: serde_json::json!({ "store": dep }),
+        dependencies: deps,
     };
     (if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
 }
@@ -92,7 +103,8 @@ pub async fn healthz(State(st): State<AppState>) -> Response {
     health(&st, false).await
 }
 
-/// Readiness: the store is reachable and every migration is applied.
+/// Readiness: the store is reachable, every migration is applied, and the process's other
+/// dependencies answer (Redis, the broker, the data plane's shards and leases, as configured).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn readyz(State(st): State<AppState>) -> Response {

@@ -25,6 +25,8 @@ pub struct AppState {
     pub guard: Arc<dialer_limiter::ApiGuard>,
     /// The CQL timeline, when configured: `GET /api/v1/calls/{id}` reads attempts from it.
     pub timeline: Option<crate::timeline::CqlTimeline>,
+    /// What `/readyz` checks besides the store (Redis, the broker, the shards of `dialer up`).
+    pub checks: Arc<[crate::observability::ReadyCheck]>,
 }
 
 /// The OpenAPI 3 document, generated from the handlers and schemas.
