@@ -70,6 +70,11 @@ fn describe_all() {
     describe_gauge!("dialer_limiter_tokens_held", "Tokens a core holds under its leases.");
     describe_gauge!("dialer_limiter_tokens_in_use", "Tokens a core has handed to calls in progress.");
     describe_counter!("dialer_dials_total", "Calls placed by the data plane.");
+    describe_counter!(
+        "dialer_call_outcomes_total",
+        "Ended dial attempts by outcome (completed, failed, failed_retryable, expired) and provider reason."
+    );
+    describe_gauge!("dialer_limiter_global_cap", "TELEPHONY_GLOBAL_MAX_CONCURRENCY as this data plane was started with.");
     describe_histogram!(
         "dialer_dispatch_to_dial_seconds",
         Unit::Seconds,

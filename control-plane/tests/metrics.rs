@@ -182,3 +182,76 @@ async fn consumer_lag_per_partition_is_exported() {
         assert!(std::time::Instant::now() < deadline, "no consumer lag for {topic} in:\n{text}");
     }
 }
+
+fn dashboards() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
+}
+
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dashboards())
+        .output()
+        .unwrap_or_else(|e| panic!("promtool not runnable ({e}); install it with: apt-get install -y prometheus"));
+    assert!(
+        out.status.success(),
+        "promtool {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Metric names a text refers to (`dialer_…`, without the `_bucket`/`_sum`/`_count` suffixes).
+fn referenced_metrics(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("dialer_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        let before_ok = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let name = &text[start..end];
+        // `dialer_.*` (a regex over every metric) is not a name.
+        if before_ok && !name.ends_with('_') {
+            let base = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            out.insert(base.to_string());
+        }
+        i = end.max(start + 1);
+    }
+    out
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    promtool(&["check", "rules", "alerts.yml"]);
+    promtool(&["test", "rules", "alerts.test.yml"]);
+    promtool(&["check", "config", "prometheus.yml"]);
+}
+
+#[test]
+fn dashboard_and_alerts_use_only_metrics_the_product_exports() {
+    let catalogue = include_str!("../src/observability.rs");
+    let dash_text = std::fs::read_to_string(dashboards().join("dialer.json")).expect("dashboards/dialer.json");
+    let dash: serde_json::Value = serde_json::from_str(&dash_text).expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    for wanted in ["requests/s", "5xx", "heatmap", "429", "Dials/s", "vs caps", "Redis", "lag", "Dead letters"] {
+        assert!(titles.iter().any(|t| t.contains(wanted)), "no panel about {wanted}: {titles:?}");
+    }
+    assert!(panels.iter().all(|p| !p["targets"].as_array().expect("targets").is_empty()));
+    let alerts = std::fs::read_to_string(dashboards().join("alerts.yml")).expect("alerts.yml");
+    for (what, text) in [("dashboards/dialer.json", &dash_text), ("dashboards/alerts.yml", &alerts)] {
+        let names = referenced_metrics(text);
+        assert!(names.len() > 5, "{what} refers to metrics");
+        for name in names {
+            assert!(
+                catalogue.contains(&format!("\"{name}\"")) || catalogue.contains(&format!("# HELP {name} ")),
+                "{what} uses {name}, which the product does not export (not in observability.rs)"
+            );
+        }
+    }
+}

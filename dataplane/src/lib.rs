@@ -92,6 +92,7 @@ impl Dataplane {
         let n = opts.tuning.shards.count;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let health = Arc::new(Health::new(n));
+        metrics::gauge!("dialer_limiter_global_cap").set(f64::from(opts.global_cap));
         let mut memory: Option<MemoryEnds> = None;
         let mut kafka: Option<KafkaTopics> = None;
         match opts.bus {

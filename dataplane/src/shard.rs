@@ -226,6 +226,40 @@ fn outcome_event(f: &Finished, shard: u16) -> StatusEvent {
     }
 }
 
+/// `dialer_call_outcomes_total` by outcome (and failure reason, a small fixed set from the
+/// provider), with the counters looked up once per shard rather than once per call.
+struct OutcomeCounters {
+    completed: metrics::Counter,
+    expired: metrics::Counter,
+    failed: HashMap<(&'static str, bool), metrics::Counter>,
+}
+
+impl Default for OutcomeCounters {
+    fn default() -> Self {
+        OutcomeCounters {
+            completed: metrics::counter!("dialer_call_outcomes_total", "outcome" => "completed", "reason" => ""),
+            expired: metrics::counter!("dialer_call_outcomes_total", "outcome" => "expired", "reason" => "deadline"),
+            failed: HashMap::new(),
+        }
+    }
+}
+
+impl OutcomeCounters {
+    fn count(&mut self, o: &CallOutcome) {
+        match o {
+            CallOutcome::Completed { .. } => self.completed.increment(1),
+            CallOutcome::Failed { reason, retryable, .. } => self
+                .failed
+                .entry((reason, *retryable))
+                .or_insert_with(|| {
+                    let outcome = if *retryable { "failed_retryable" } else { "failed" };
+                    metrics::counter!("dialer_call_outcomes_total", "outcome" => outcome, "reason" => *reason)
+                })
+                .increment(1),
+        }
+    }
+}
+
 /// Runs a shard until `shutdown` turns true and its calls in progress end (or the grace
 /// period passes).
 pub async fn run_shard<P: Provider>(
@@ -257,6 +291,7 @@ pub async fn run_shard<P: Provider>(
     let in_flight_gauge = metrics::gauge!("dialer_shard_calls_in_progress", "shard" => shard_label.clone());
     let waiting_gauge = metrics::gauge!("dialer_shard_messages_waiting", "shard" => shard_label.clone());
     let fail_closed_gauge = metrics::gauge!("dialer_shard_fail_closed", "shard" => shard_label);
+    let mut outcomes = OutcomeCounters::default();
     let health = cfg.health.clone();
     let my_health = || health.shard(usize::from(shard));
     let runtime = tokio::runtime::Handle::current().metrics();
@@ -283,6 +318,7 @@ pub async fn run_shard<P: Provider>(
                     if front.msg.deadline_ms != 0 && front.msg.deadline_ms < now {
                         let w = queue.pop_front().expect("front exists");
                         report.expired += 1;
+                        outcomes.expired.increment(1);
                         let mut ev = event(&w.msg, EventKind::Expired, shard, now);
                         ev.retryable = Some(true);
                         ev.reason = Some("deadline passed before dialing".into());
@@ -384,12 +420,14 @@ pub async fn run_shard<P: Provider>(
                 lease.release(c);
                 q.wake(c);
                 let (p, o) = (f.w.partition, f.w.offset);
+                outcomes.count(&f.outcome);
                 events.push((outcome_event(&f, shard), Some((p, o))));
                 // Drain what else has ended, so events go out in batches.
                 while let Some(Some(f)) = calls.next().now_or_never_opt() {
                     let c = f.w.msg.campaign_id;
                     lease.release(c);
                     q.wake(c);
+                    outcomes.count(&f.outcome);
                     events.push((outcome_event(&f, shard), Some((f.w.partition, f.w.offset))));
                 }
             }
