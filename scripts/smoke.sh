@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The seed platform's curl smoke sequence against a running API, with checks.
-# Usage: scripts/smoke.sh [BASE_URL]   (default http://127.0.0.1:8081)
+# Usage: [API_KEY=KEY] scripts/smoke.sh [BASE_URL]   (default http://127.0.0.1:8081)
+# With API_KEY set, every request carries it, and the script also checks that a request
+# without it gets 401.
 set -euo pipefail
 BASE=${1:-http://127.0.0.1:8081}
 command -v jq >/dev/null || { echo "smoke: jq is missing; install it with: apt-get install -y jq" >&2; exit 1; }
 fail() { echo "smoke: FAILED: $*" >&2; exit 1; }
+AUTH=(); [ -n "${API_KEY:-}" ] && AUTH=(-H "Authorization: Bearer $API_KEY")
 # req METHOD PATH [BODY] -> sets CODE and BODY
 req() {
   local out
   if [ $# -ge 3 ]; then
-    out=$(curl -sS -o /tmp/smoke.$$ -w '%{http_code}' -X "$1" "$BASE$2" -H 'Content-Type: application/json' -d "$3")
+    out=$(curl -sS "${AUTH[@]}" -o /tmp/smoke.$$ -w '%{http_code}' -X "$1" "$BASE$2" -H 'Content-Type: application/json' -d "$3")
   else
-    out=$(curl -sS -o /tmp/smoke.$$ -w '%{http_code}' -X "$1" "$BASE$2")
+    out=$(curl -sS "${AUTH[@]}" -o /tmp/smoke.$$ -w '%{http_code}' -X "$1" "$BASE$2")
   fi
   CODE=$out; BODY=$(cat /tmp/smoke.$$); rm -f /tmp/smoke.$$
 }
@@ -19,6 +22,11 @@ expect() { [ "$CODE" = "$1" ] || fail "$2: expected HTTP $1, got $CODE: $BODY"; 
 
 NAME="smoke-$(date +%s%N)"
 req GET /healthz; expect 200 "healthz"
+if [ -n "${API_KEY:-}" ]; then
+  code=$(curl -sS -o /dev/null -w '%{http_code}' "$BASE/api/v1/campaigns")
+  [ "$code" = 401 ] || fail "a request without the API key got $code, not 401"
+  echo "ok   0. no API key: 401"
+fi
 req POST /api/v1/campaigns "{
   \"name\": \"$NAME\", \"description\": \"Sample outbound campaign\", \"time_zone\": \"America/New_York\",
   \"max_concurrent_calls\": 10,
@@ -70,7 +78,7 @@ if [ "${SMOKE_CAMPAIGN:-1}" = 1 ]; then
   [ "$(jq -r '.pending_calls + .queued_calls + .in_progress_calls' <<<"$BODY")" = 0 ] || fail "calls left open: $BODY"
   [ "$(jq -r '.retries_attempted' <<<"$BODY")" -gt 0 ] || fail "no retries recorded: $BODY"
   req GET "/api/v1/campaigns/$BIG/calls?status=failed&limit=1000"
-  [ "$(jq -r '.calls | length' <<<"$BODY")" = "$(jq -r '.failed_calls' <<<"$(curl -s "$BASE/api/v1/campaigns/$BIG/stats")")" ] || fail "failed_calls differs from the failed call rows"
+  [ "$(jq -r '.calls | length' <<<"$BODY")" = "$(jq -r '.failed_calls' <<<"$(curl -s "${AUTH[@]}" "$BASE/api/v1/campaigns/$BIG/stats")")" ] || fail "failed_calls differs from the failed call rows"
   echo "ok   11. 1,000-target campaign completed: $done_ terminal calls"
 fi
 echo "smoke: all steps passed against $BASE"

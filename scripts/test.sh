@@ -50,17 +50,32 @@ rm -f /tmp/dialer-test.$$.log
 [ "$status" = 0 ] || { echo "$passed passed, $failed failed"; exit "$status"; }
 
 # --- the seed's smoke sequence against the real binary -----------------------------------------
+# `dialer up` with an API key, span export to a stand-in OTLP collector, and short mock calls
+# so the 1,000-target campaign of the smoke finishes in seconds. Afterwards: spans arrived, and
+# the log holds neither a full phone number nor the key.
 echo "== smoke: dialer up + scripts/smoke.sh"
 cargo build --quiet -p dialer
 data=$(mktemp -d)
-# Short mock calls so the 1,000-target campaign of the smoke finishes in seconds.
 printf '[provider]\nmin_call_ms = 50\nmax_call_ms = 250\nmax_ring_ms = 20\n[scheduler]\ninterval_ms = 200\n' >"$data/smoke.toml"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$CARGO_TARGET_DIR/debug/dialer" --config "$data/smoke.toml" up --data-dir "$data" --listen "127.0.0.1:$port" >"$data/up.log" 2>&1 &
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port); otlp=$(free_port)
+key="smoke-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+python3 scripts/otlp_sink.py "$otlp" "$data/otlp.log" &
+sink=$!
+DIALER_API_KEYS="$key" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$otlp" \
+  "$CARGO_TARGET_DIR/debug/dialer" --config "$data/smoke.toml" up --data-dir "$data" --listen "127.0.0.1:$port" >"$data/up.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
+trap 'kill $pid $sink 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-if scripts/smoke.sh "http://127.0.0.1:$port"; then passed=$((passed + 1)); else failed=$((failed + 1)); cat "$data/up.log"; fi
+smoke_ok=1
+API_KEY="$key" scripts/smoke.sh "http://127.0.0.1:$port" || smoke_ok=0
+kill -TERM $pid; wait $pid || { echo "smoke: dialer up did not stop cleanly"; smoke_ok=0; }
+if ! grep -q '^POST /v1/traces [1-9]' "$data/otlp.log" 2>/dev/null; then
+  echo "smoke: FAILED: no spans reached the OTLP endpoint"; smoke_ok=0
+fi
+if grep -nE '\+[0-9]{8,15}' "$data/up.log"; then echo "smoke: FAILED: a full phone number is in the log"; smoke_ok=0; fi
+if grep -n "$key" "$data/up.log"; then echo "smoke: FAILED: the API key is in the log"; smoke_ok=0; fi
+if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); cat "$data/up.log"; fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

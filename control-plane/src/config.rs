@@ -36,6 +36,30 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub scheduler: SchedulerSettings,
     pub timeline: TimelineSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Span export (logs always go to stderr).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended);
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`. Empty (the default) = no export.
+    pub otlp_endpoint: String,
+    /// `OTEL_SERVICE_NAME`.
+    pub service_name: String,
+    /// Which spans are exported (an `EnvFilter` directive, independent of `RUST_LOG`).
+    pub span_filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: String::new(),
+            service_name: "dialer".into(),
+            span_filter: "info,dialer_control_plane=debug,dialer_dataplane=info,tower_http=debug".into(),
+        }
+    }
 }
 
 /// Where the call-attempt timeline lives.
@@ -156,6 +180,46 @@ pub struct ApiConfig {
     pub default_page_size: u32,
     /// Largest `limit` accepted.
     pub max_page_size: u32,
+    /// API keys; requests to `/api/v1/…` need `Authorization: Bearer KEY` (`DIALER_API_KEYS`,
+    /// comma-separated). Empty = no authentication, which is allowed only while `listen` is a
+    /// loopback address (the embedded default: only this machine can connect).
+    pub keys: Vec<ApiKey>,
+    /// Requests per second each key may make (burst: two seconds' worth); 0 = unlimited.
+    pub rate_limit_per_key: u32,
+}
+
+/// An API key. Its `Debug` and serialized forms are redacted, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(redacted)")
+    }
+}
+
+impl Serialize for ApiKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("redacted")
+    }
+}
+
+impl ApiConfig {
+    /// Refuses to serve without keys on an address other machines can reach.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.keys.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "api.keys",
+                format!(
+                    "the API would listen on {} (not loopback) without authentication; \
+                     set DIALER_API_KEYS (or api.keys), or listen on 127.0.0.1",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -198,6 +262,8 @@ impl Default for ApiConfig {
             max_targets_per_request: 1_000_000,
             default_page_size: 100,
             max_page_size: 1000,
+            keys: Vec::new(),
+            rate_limit_per_key: 1000,
         }
     }
 }
@@ -244,6 +310,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_API_MAX_TARGETS_PER_REQUEST", "api.max_targets_per_request"),
     ("DIALER_API_DEFAULT_PAGE_SIZE", "api.default_page_size"),
     ("DIALER_API_MAX_PAGE_SIZE", "api.max_page_size"),
+    ("DIALER_API_KEYS", "api.keys"),
+    ("DIALER_API_RATE_LIMIT_PER_KEY", "api.rate_limit_per_key"),
     ("DATABASE_URL", "store.url"),
     ("DIALER_STORE_URL", "store.url"),
     ("DIALER_STORE_MAX_CONNECTIONS", "store.max_connections"),
@@ -260,6 +328,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_BROKERS", "bus.brokers"),
     ("DIALER_BUS_GROUP_ID", "bus.group_id"),
     ("DIALER_PROVIDER_SEED", "provider.seed"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("OTEL_SERVICE_NAME", "telemetry.service_name"),
 ];
 
 impl Config {
@@ -308,6 +378,11 @@ impl Config {
             "api.max_targets_per_request" => self.api.max_targets_per_request = num(v)?,
             "api.default_page_size" => self.api.default_page_size = num(v)?,
             "api.max_page_size" => self.api.max_page_size = num(v)?,
+            "api.keys" => {
+                self.api.keys =
+                    v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| ApiKey(k.to_string())).collect()
+            }
+            "api.rate_limit_per_key" => self.api.rate_limit_per_key = num(v)?,
             "store.url" => self.store.url = v.to_string(),
             "store.max_connections" => self.store.max_connections = num(v)?,
             "store.acquire_timeout_sec" => self.store.acquire_timeout_sec = num(v)?,
@@ -323,6 +398,8 @@ impl Config {
             "bus.brokers" => self.bus.brokers = v.to_string(),
             "bus.group_id" => self.bus.group_id = v.to_string(),
             "provider.seed" => self.provider.seed = num(v)?,
+            "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
+            "telemetry.service_name" => self.telemetry.service_name = v.to_string(),
             _ => return Err("unknown key".into()),
         }
         Ok(())
@@ -430,6 +507,32 @@ impl Config {
         if let Some(n) = t.cql_nodes.iter().find(|n| !n.contains(':')) {
             return Err(invalid("timeline.cql_nodes", format!("{n:?} is not host:port")));
         }
+        for (i, k) in self.api.keys.iter().enumerate() {
+            if k.0.len() < 16 || k.0.len() > 256 || !k.0.chars().all(|c| c.is_ascii_graphic() && c != ',') {
+                return Err(invalid(
+                    &format!("api.keys[{i}]"),
+                    "an API key must be 16–256 visible ASCII characters without commas \
+                     (e.g. the output of `openssl rand -hex 24`)",
+                ));
+            }
+        }
+        if self.api.keys.iter().enumerate().any(|(i, k)| self.api.keys[..i].contains(k)) {
+            return Err(invalid("api.keys", "lists the same key twice"));
+        }
+        let te = &self.telemetry;
+        if !te.otlp_endpoint.is_empty() && !te.otlp_endpoint.starts_with("http://") {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http:// URL of an OTLP/HTTP collector (e.g. http://127.0.0.1:4318); \
+                 TLS is not built in: run the collector as a local agent or sidecar",
+            ));
+        }
+        if te.service_name.is_empty() {
+            return Err(invalid("telemetry.service_name", "must not be empty"));
+        }
+        if let Err(e) = check_filter_directives(&te.span_filter) {
+            return Err(invalid("telemetry.span_filter", e));
+        }
         let sc = &self.scheduler;
         if sc.interval_ms < 10 {
             return Err(invalid("scheduler.interval_ms", "must be at least 10"));
@@ -454,6 +557,19 @@ impl Config {
             self.store.url.clone()
         }
     }
+}
+
+/// A light check of an `EnvFilter` directive list (`target=level,…`), so that a typo is refused
+/// at start rather than silently exporting nothing.
+fn check_filter_directives(directives: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for d in directives.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("{d:?}: the level must be one of {}", LEVELS.join(", ")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -511,5 +627,40 @@ mod tests {
             let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config").join(f);
             Config::load(Some(&p), env(&[])).unwrap_or_else(|e| panic!("{f}: {e}"));
         }
+    }
+
+    #[test]
+    fn api_keys_are_validated_redacted_and_required_off_loopback() {
+        let key = "k3y-0123456789abcdef";
+        let c =
+            Config::load(None, env(&[("DIALER_API_KEYS", &format!("{key}, other-0123456789abcdef"))])).expect("keys");
+        assert_eq!(c.api.keys.len(), 2);
+        assert!(!format!("{c:?}").contains(key), "Debug never shows a key");
+        assert!(!toml::to_string(&c).expect("toml").contains(key), "nor does the serialized form");
+        let e = Config::load(None, env(&[("DIALER_API_KEYS", "short")])).expect_err("short key");
+        assert!(e.to_string().contains("api.keys[0]"), "{e}");
+        let e = Config::load(None, env(&[("DIALER_API_KEYS", &format!("{key},{key}"))])).expect_err("duplicate");
+        assert!(e.to_string().contains("twice"), "{e}");
+        let mut open = Config::default();
+        assert!(open.api.check_exposure().is_ok(), "no keys on loopback: the embedded default");
+        open.api.listen = "0.0.0.0:8081".parse().expect("addr");
+        let e = open.api.check_exposure().expect_err("no keys off loopback");
+        assert!(e.to_string().contains("DIALER_API_KEYS"), "{e}");
+        open.api.keys = vec![ApiKey(key.into())];
+        assert!(open.api.check_exposure().is_ok());
+    }
+
+    #[test]
+    fn telemetry_settings_are_checked() {
+        let c = Config::load(None, env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")])).expect("otlp");
+        assert_eq!(c.telemetry.otlp_endpoint, "http://127.0.0.1:4318");
+        assert!(Config::default().telemetry.otlp_endpoint.is_empty(), "off by default");
+        let e = Config::load(None, env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")])).expect_err("no scheme");
+        assert!(e.to_string().contains("telemetry.otlp_endpoint"), "{e}");
+        let e = Config::from_toml("[telemetry]\nspan_filter = \"dialer=loud\"\n")
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map_err(|e| e.to_string()))
+            .expect_err("bad level");
+        assert!(e.contains("telemetry.span_filter"), "{e}");
     }
 }

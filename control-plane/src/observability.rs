@@ -74,7 +74,10 @@ fn describe_all() {
         "dialer_call_outcomes_total",
         "Ended dial attempts by outcome (completed, failed, failed_retryable, expired) and provider reason."
     );
-    describe_gauge!("dialer_limiter_global_cap", "TELEPHONY_GLOBAL_MAX_CONCURRENCY as this data plane was started with.");
+    describe_gauge!(
+        "dialer_limiter_global_cap",
+        "TELEPHONY_GLOBAL_MAX_CONCURRENCY as this data plane was started with."
+    );
     describe_histogram!(
         "dialer_dispatch_to_dial_seconds",
         Unit::Seconds,
@@ -101,11 +104,23 @@ fn describe_all() {
         "dialer_kafka_consumer_lag",
         "Messages between a consumer's position and the partition's end, by topic and partition."
     );
-    describe_counter!("dialer_kafka_produce_errors_total", "Messages the broker refused or did not acknowledge, by topic.");
-    describe_counter!("dialer_kafka_client_errors_total", "Errors reported by a Kafka client (connection, broker, transport).");
-    describe_gauge!("dialer_shard_busy_ratio", "Share of the last second a data-plane shard's core spent working, by shard.");
+    describe_counter!(
+        "dialer_kafka_produce_errors_total",
+        "Messages the broker refused or did not acknowledge, by topic."
+    );
+    describe_counter!(
+        "dialer_kafka_client_errors_total",
+        "Errors reported by a Kafka client (connection, broker, transport)."
+    );
+    describe_gauge!(
+        "dialer_shard_busy_ratio",
+        "Share of the last second a data-plane shard's core spent working, by shard."
+    );
     describe_gauge!("dialer_shard_calls_in_progress", "Calls a shard has placed and not yet seen end, by shard.");
-    describe_gauge!("dialer_shard_messages_waiting", "Dispatch messages a shard holds waiting for a token or their time.");
+    describe_gauge!(
+        "dialer_shard_messages_waiting",
+        "Dispatch messages a shard holds waiting for a token or their time."
+    );
     describe_gauge!(
         "dialer_shard_fail_closed",
         "1 while a shard's leases have expired and the limiter does not answer (no new dials), by shard."

@@ -680,3 +680,66 @@ async fn call_guard_answers_429() {
     assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "usage_cap_exceeded");
     assert!(retry.and_then(|r| r.parse::<u64>().ok()).is_some_and(|r| r > 0 && r <= 86_400));
 }
+
+#[tokio::test]
+async fn api_keys_guard_the_api_and_each_key_has_a_rate() {
+    let key = "test-key-0123456789abcdef";
+    let other = "second-key-0123456789abcdef";
+    let mut cfg = Config::default();
+    cfg.api.keys =
+        vec![dialer_control_plane::config::ApiKey(key.into()), dialer_control_plane::config::ApiKey(other.into())];
+    cfg.api.rate_limit_per_key = 5; // burst 10
+    let t = test_app_with(Backend::Sqlite, cfg).await;
+    let with = |auth: Option<&str>, path: &str| {
+        let mut b = Request::builder().method(Method::GET).uri(path);
+        if let Some(a) = auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(Body::empty()).expect("request")
+    };
+    // No key, a wrong key, a wrong scheme: 401 naming the header, nothing served.
+    for auth in [None, Some("Bearer not-a-key-0123456789abcdef"), Some(&format!("Basic {key}")[..])] {
+        let resp = t.router.clone().oneshot(with(auth, "/api/v1/campaigns")).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"dialer\"");
+        let v: Value =
+            serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+        assert_eq!(v["error"]["code"], "unauthorized");
+        assert_eq!(v["error"]["field"], "Authorization");
+    }
+    // A POST without a key creates nothing.
+    let (s, _) =
+        t.post("/api/v1/campaigns", json!({"name": "nokey", "targets": [{"phone_number": "+15555550100"}]})).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Probes, scrapers and the spec stay open.
+    for path in ["/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"] {
+        let resp = t.router.clone().oneshot(with(None, path)).await.expect("answer");
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+    // The right key (scheme case-insensitive) is served until its bucket is empty: then 429 with
+    // Retry-After, while the other key is still served.
+    let (s, v) = t.raw(with(Some(&format!("bearer {key}")), "/api/v1/campaigns")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["campaigns"], json!([]), "the unauthenticated POST created nothing");
+    let mut limited = None;
+    for _ in 0..20 {
+        let resp =
+            t.router.clone().oneshot(with(Some(&format!("Bearer {key}")), "/api/v1/campaigns")).await.expect("a");
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = limited.expect("the key's rate is enforced");
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.expect("body").to_bytes()).expect("json");
+    assert_eq!(v["error"]["code"], "key_rate_limited");
+    let (s, _) = t.raw(with(Some(&format!("Bearer {other}")), "/api/v1/campaigns")).await;
+    assert_eq!(s, StatusCode::OK, "another key has its own bucket");
+    // The spec documents the scheme and the 401.
+    let (_, spec) = t.get("/api/v1/openapi.json").await;
+    assert_eq!(spec["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
+    assert!(spec["paths"]["/api/v1/campaigns"]["get"]["responses"]["401"].is_object());
+    assert!(spec["paths"]["/healthz"]["get"]["security"].is_null());
+}

@@ -80,13 +80,16 @@ async fn metrics_pass_promtool() {
     assert!(!text.contains(&id), "no id in any label");
     let per_campaign: Vec<&str> = text.lines().filter(|l| l.starts_with("dialer_campaign_active_calls{")).collect();
     assert_eq!(per_campaign.len(), 10, "top 10 only: {per_campaign:?}");
-    assert!(per_campaign.contains(&"dialer_campaign_active_calls{campaign=\"00000000-0000-0000-0000-00000000000c\"} 12"));
+    assert!(
+        per_campaign.contains(&"dialer_campaign_active_calls{campaign=\"00000000-0000-0000-0000-00000000000c\"} 12")
+    );
     assert!(!text.contains("00000000-0000-0000-0000-000000000002\""), "campaigns outside the top N have no series");
     assert!(text.contains("dialer_active_calls 78"), "the total counts every campaign");
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         if line.contains("campaign=") {
             assert!(
-                line.starts_with("dialer_campaign_active_calls{") || line.starts_with("dialer_campaign_concurrency_cap{"),
+                line.starts_with("dialer_campaign_active_calls{")
+                    || line.starts_with("dialer_campaign_concurrency_cap{"),
                 "only the top-N families carry a campaign label: {line}"
             );
         }
@@ -162,7 +165,8 @@ async fn consumer_lag_per_partition_is_exported() {
     )
     .expect("consumer");
     c.subscribe(&[&topic]).expect("subscribe");
-    let first = tokio::time::timeout(std::time::Duration::from_secs(30), c.recv()).await.expect("a message").expect("ok");
+    let first =
+        tokio::time::timeout(std::time::Duration::from_secs(30), c.recv()).await.expect("a message").expect("ok");
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(rdkafka::Message::offset(&first) + 1)).expect("tpl");
     c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).expect("commit");
@@ -209,7 +213,8 @@ fn referenced_metrics(text: &str) -> std::collections::BTreeSet<String> {
     while let Some(at) = text[i..].find("dialer_") {
         let start = i + at;
         let mut end = start;
-        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_')
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase() || bytes[end].is_ascii_digit() || bytes[end] == b'_')
         {
             end += 1;
         }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use dialer_control_plane::{Config, store::redact};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
 #[derive(Debug, Parser)]
 #[command(name = "dialer", version, about = "High-throughput outbound voice dialer")]
@@ -85,15 +86,46 @@ enum Command {
     },
 }
 
-fn init_logging(json: bool) {
+/// Logs (text or JSON lines, `RUST_LOG` filter) and, when `telemetry.otlp_endpoint` is set,
+/// spans exported over OTLP/HTTP; the returned provider flushes them at exit. Runs before the
+/// tokio runtime exists: the OTLP exporter's blocking HTTP client must not live inside it.
+fn init_logging(json: bool, t: &dialer_control_plane::config::TelemetrySettings) -> Result<Option<SdkTracerProvider>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        b.json().init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = if json {
+        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
     } else {
-        b.init();
+        tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed()
+    };
+    let fmt = fmt.with_filter(filter);
+    if t.otlp_endpoint.is_empty() {
+        tracing_subscriber::registry().with(fmt).init();
+        return Ok(None);
     }
+    use opentelemetry::trace::TracerProvider;
+    use opentelemetry_otlp::WithExportConfig;
+    let endpoint = if t.otlp_endpoint.ends_with("/v1/traces") {
+        t.otlp_endpoint.clone()
+    } else {
+        format!("{}/v1/traces", t.otlp_endpoint.trim_end_matches('/'))
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(&endpoint)
+        .build()
+        .with_context(|| format!("telemetry.otlp_endpoint: cannot build the OTLP exporter for {endpoint}"))?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(t.service_name.clone()).build();
+    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("dialer"))
+        .with_filter(tracing_subscriber::EnvFilter::new(&t.span_filter));
+    tracing_subscriber::registry().with(fmt).with(spans).init();
+    tracing::info!(%endpoint, service = %t.service_name, "exporting spans over OTLP/HTTP");
+    Ok(Some(provider))
 }
 
 async fn shutdown_signal() {
@@ -371,17 +403,29 @@ fn sqlite_dir(data_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    let cfg = Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
+    let spans = init_logging(cli.log_json, &cfg.telemetry)?;
     dialer_control_plane::observability::install();
-    let mut cfg = Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
-    match cli.command {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
+    let r = rt.block_on(run(cli.command, cfg));
+    drop(rt);
+    if let Some(p) = spans
+        && let Err(e) = p.shutdown()
+    {
+        eprintln!("spans not flushed to the OTLP endpoint: {e}");
+    }
+    r
+}
+
+async fn run(command: Command, mut cfg: Config) -> Result<()> {
+    match command {
         Command::Up { data_dir, listen, tuning } => {
             if let Some(l) = listen {
                 cfg.api.listen = l;
             }
+            cfg.api.check_exposure().context("refusing to start")?;
             let url = cfg.store_url(&data_dir);
             if url.starts_with("sqlite:") {
                 sqlite_dir(&data_dir)?;
@@ -392,6 +436,7 @@ async fn main() -> Result<()> {
             if let Some(l) = listen {
                 cfg.api.listen = l;
             }
+            cfg.api.check_exposure().context("refusing to start")?;
             anyhow::ensure!(
                 !cfg.store.url.is_empty(),
                 "the control plane needs store.url (or DATABASE_URL), e.g. postgres://campaign@localhost:5432/campaign; \

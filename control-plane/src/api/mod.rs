@@ -1,5 +1,6 @@
 //! The REST API (axum): campaigns, targets, calls, stats, health and the OpenAPI document.
 
+pub mod auth;
 mod error;
 mod handlers;
 
@@ -52,9 +53,53 @@ pub struct AppState {
         handlers::create_call,
         handlers::get_call,
     ),
-    components(schemas(ErrorBody, ErrorDetail, handlers::Health))
+    components(schemas(ErrorBody, ErrorDetail, handlers::Health)),
+    modifiers(&Security)
 )]
 pub struct ApiDoc;
+
+/// Adds the bearer-key scheme, requires it on every `/api/v1` operation, and documents the
+/// 401 (no or unknown key) and 429 (`key_rate_limited`) answers those operations may give.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{Ref, RefOr, ResponseBuilder, content::ContentBuilder};
+        if let Some(c) = doc.components.as_mut() {
+            c.add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(Http::builder().scheme(HttpAuthScheme::Bearer).description(Some(
+                    "An API key from api.keys / DIALER_API_KEYS. Without configured keys (loopback only) none is needed.",
+                )).build()),
+            );
+        }
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/api/v1/") {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
+                op.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
+                op.responses.responses.entry("401".into()).or_insert_with(|| error("No API key, or an unknown one"));
+                op.responses
+                    .responses
+                    .entry("429".into())
+                    .or_insert_with(|| error("Over the key's request rate (key_rate_limited); see Retry-After"));
+            }
+        }
+    }
+}
 
 /// The whole API as a router.
 pub fn router(state: AppState) -> Router {
@@ -85,6 +130,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(auth::Auth::new(&state.api), auth::require_key))
         .layer(axum::middleware::from_fn(crate::observability::track_http))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(

@@ -183,6 +183,7 @@ impl Store {
     }
 
     /// Applies the migrations under `migrations/<backend>` that are not applied yet.
+    #[tracing::instrument(name = "store.migrate", level = "debug", skip_all)]
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(p) => sqlx::migrate!("../migrations/postgres").run(p).await?,
@@ -192,6 +193,7 @@ impl Store {
     }
 
     /// Whether every migration this build knows is applied.
+    #[tracing::instrument(name = "store.migrations_applied", level = "debug", skip_all)]
     pub async fn migrations_applied(&self) -> Result<bool, StoreError> {
         let (known, applied): (usize, i64) = match self {
             Store::Postgres(p) => (
@@ -207,6 +209,7 @@ impl Store {
     }
 
     /// A round trip to the database.
+    #[tracing::instrument(name = "store.ping", level = "debug", skip_all)]
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(drop)?,
@@ -224,35 +227,42 @@ impl Store {
 
     /// Creates a campaign with its targets, one pending call per target, its stats row and a
     /// `created` event, in one transaction.
+    #[tracing::instrument(name = "store.create_campaign", level = "debug", skip_all)]
     pub async fn create_campaign(&self, c: &NewCampaign) -> Result<Campaign, StoreError> {
         dispatch!(self.create_campaign(c))
     }
 
+    #[tracing::instrument(name = "store.get_campaign", level = "debug", skip_all, fields(id = %id))]
     pub async fn get_campaign(&self, id: Uuid) -> Result<Campaign, StoreError> {
         dispatch!(self.get_campaign(id))
     }
 
     /// Campaigns in creation order, after `after`.
+    #[tracing::instrument(name = "store.list_campaigns", level = "debug", skip_all)]
     pub async fn list_campaigns(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Campaign>, StoreError> {
         dispatch!(self.list_campaigns(after, limit))
     }
 
     /// Applies a partial update.
+    #[tracing::instrument(name = "store.update_campaign", level = "debug", skip_all, fields(id = %id))]
     pub async fn update_campaign(&self, id: Uuid, patch: &UpdateCampaignRequest) -> Result<Campaign, StoreError> {
         dispatch!(self.update_campaign(id, patch))
     }
 
     /// Moves the campaign through its state machine atomically.
+    #[tracing::instrument(name = "store.transition", level = "debug", skip_all, fields(id = %id))]
     pub async fn transition(&self, id: Uuid, action: CampaignAction) -> Result<Campaign, StoreError> {
         dispatch!(self.transition(id, action))
     }
 
     /// The aggregates kept with the call rows.
+    #[tracing::instrument(name = "store.stats", level = "debug", skip_all, fields(id = %id))]
     pub async fn stats(&self, id: Uuid) -> Result<CampaignStats, StoreError> {
         dispatch!(self.stats(id))
     }
 
     /// The same figures as [`Store::stats`], counted afresh from the call rows.
+    #[tracing::instrument(name = "store.recount_stats", level = "debug", skip_all, fields(id = %id))]
     pub async fn recount_stats(&self, id: Uuid) -> Result<CampaignStats, StoreError> {
         dispatch!(self.recount_stats(id))
     }
@@ -260,6 +270,7 @@ impl Store {
     /// Queues new calls for registered numbers (`(number, metadata)`; metadata `None` keeps the
     /// registered target's). A number that is not registered fails the whole request, naming
     /// its index; numbers with a live call already are counted, not queued twice.
+    #[tracing::instrument(name = "store.queue_targets", level = "debug", skip_all)]
     pub async fn queue_targets(
         &self,
         campaign_id: Uuid,
@@ -270,6 +281,7 @@ impl Store {
 
     /// Creates a call for one registered number, or returns the live call it already has
     /// (`false` = not created).
+    #[tracing::instrument(name = "store.create_call", level = "debug", skip_all)]
     pub async fn create_call(
         &self,
         campaign_id: Uuid,
@@ -279,17 +291,20 @@ impl Store {
         dispatch!(self.create_call(campaign_id, phone_number, metadata))
     }
 
+    #[tracing::instrument(name = "store.list_calls", level = "debug", skip_all, fields(campaign = %campaign_id))]
     pub async fn list_calls(&self, campaign_id: Uuid, q: &CallQuery) -> Result<Vec<Call>, StoreError> {
         dispatch!(self.list_calls(campaign_id, q))
     }
 
     /// In-progress campaigns with schedule, cap and live counts (the scheduler's view).
+    #[tracing::instrument(name = "store.active_campaigns", level = "debug", skip_all)]
     pub async fn active_campaigns(&self) -> Result<Vec<ActiveCampaign>, StoreError> {
         dispatch!(self.active_campaigns())
     }
 
     /// Claims up to `n` due calls of a campaign for dispatch (pending → queued, attempt + 1),
     /// retries and new calls side by side. Concurrent claimers never get the same call.
+    #[tracing::instrument(name = "store.claim_calls", level = "debug", skip_all)]
     pub async fn claim_calls(
         &self,
         campaign_id: Uuid,
@@ -300,17 +315,20 @@ impl Store {
     }
 
     /// Undoes a claim whose dispatch failed.
+    #[tracing::instrument(name = "store.unclaim_calls", level = "debug", skip_all, fields(campaign = %campaign_id))]
     pub async fn unclaim_calls(&self, campaign_id: Uuid, calls: &[ClaimedCall]) -> Result<(), StoreError> {
         dispatch!(self.unclaim_calls(campaign_id, calls))
     }
 
     /// Completes in-progress campaigns whose every call is terminal.
+    #[tracing::instrument(name = "store.complete_finished", level = "debug", skip_all)]
     pub async fn complete_finished(&self) -> Result<Vec<Uuid>, StoreError> {
         dispatch!(self.complete_finished())
     }
 
     /// Applies a batch of status events (idempotent by call id + attempt). `samples` gives
     /// uniform draws in [0, 1) for backoff jitter.
+    #[tracing::instrument(name = "store.record_events", level = "debug", skip_all)]
     pub async fn record_events(
         &self,
         events: &[dialer_domain::messages::StatusEvent],
@@ -321,6 +339,7 @@ impl Store {
     }
 
     /// A call and its attempts from the SQL timeline.
+    #[tracing::instrument(name = "store.get_call", level = "debug", skip_all, fields(id = %id))]
     pub async fn get_call(&self, id: Uuid) -> Result<CallDetail, StoreError> {
         dispatch!(self.get_call(id))
     }

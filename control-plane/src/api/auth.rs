@@ -1,0 +1,127 @@
+//! API keys and per-key rate limits.
+//!
+//! Every `/api/v1/…` request (but the OpenAPI document) carries `Authorization: Bearer KEY` when
+//! keys are configured; `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers.
+//! Keys are compared as SHA-256 digests in constant time (every configured key is compared, so
+//! the time does not tell which key or how much of one matched). Each key has its own token
+//! bucket (GCRA, `governor`): over it, 429 `key_rate_limited` with `Retry-After`.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+use crate::config::ApiConfig;
+
+/// The configured keys (as digests) and one rate limiter per key.
+pub struct Auth {
+    keys: Vec<[u8; 32]>,
+    limits: Vec<Option<DefaultDirectRateLimiter>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("keys", &self.keys.len()).finish_non_exhaustive()
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Auth {
+    pub fn new(api: &ApiConfig) -> Arc<Auth> {
+        let quota = NonZeroU32::new(api.rate_limit_per_key).map(|rate| {
+            let burst = NonZeroU32::new(api.rate_limit_per_key.saturating_mul(2)).unwrap_or(rate);
+            Quota::per_second(rate).allow_burst(burst)
+        });
+        Arc::new(Auth {
+            keys: api.keys.iter().map(|k| digest(k.0.as_bytes())).collect(),
+            limits: api.keys.iter().map(|_| quota.map(RateLimiter::direct)).collect(),
+        })
+    }
+
+    /// Which key `presented` is, comparing against every key in constant time.
+    fn find(&self, presented: &[u8]) -> Option<usize> {
+        let d = digest(presented);
+        let mut found = None;
+        for (i, k) in self.keys.iter().enumerate() {
+            if bool::from(k.ct_eq(&d)) {
+                found = Some(i);
+            }
+        }
+        found
+    }
+}
+
+fn open_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/api/v1/openapi.json")
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).field("Authorization").into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"dialer\""));
+    r
+}
+
+/// The middleware: 401 without a valid key, 429 over the key's rate.
+pub async fn require_key(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    if auth.keys.is_empty() || open_path(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return unauthorized("this API needs an API key: send `Authorization: Bearer KEY`");
+    };
+    let token = value
+        .as_bytes()
+        .split_at_checked(7)
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|(_, t)| t.trim_ascii());
+    let Some(token) = token else {
+        return unauthorized("the Authorization header must be `Bearer KEY`");
+    };
+    let Some(i) = auth.find(token) else {
+        return unauthorized("unknown API key");
+    };
+    if let Some(limit) = &auth.limits[i]
+        && let Err(not_until) = limit.check()
+    {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "key_rate_limited",
+            format!("this API key is over its rate (api.rate_limit_per_key); retry in {} ms", wait.as_millis()),
+        )
+        .retry_after(wait.as_secs().max(1))
+        .into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ApiKey;
+
+    #[test]
+    fn keys_are_found_by_digest() {
+        let api = ApiConfig {
+            keys: vec![ApiKey("first-0123456789abcdef".into()), ApiKey("second-0123456789abcdef".into())],
+            ..ApiConfig::default()
+        };
+        let auth = Auth::new(&api);
+        assert_eq!(auth.find(b"first-0123456789abcdef"), Some(0));
+        assert_eq!(auth.find(b"second-0123456789abcdef"), Some(1));
+        assert_eq!(auth.find(b"second-0123456789abcdeX"), None);
+        assert_eq!(auth.find(b""), None);
+        assert!(!format!("{auth:?}").contains("first"));
+    }
+}
