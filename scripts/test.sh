@@ -17,6 +17,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -76,6 +77,10 @@ fi
 if grep -nE '\+[0-9]{8,15}' "$data/up.log"; then echo "smoke: FAILED: a full phone number is in the log"; smoke_ok=0; fi
 if grep -n "$key" "$data/up.log"; then echo "smoke: FAILED: the API key is in the log"; smoke_ok=0; fi
 if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); cat "$data/up.log"; fi
+
+# --- schemathesis fuzzing of every endpoint from the OpenAPI document ---------------------------
+echo "== fuzz: scripts/fuzz.sh"
+if scripts/fuzz.sh 30; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -44,21 +44,28 @@ impl FieldError {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaignRequest {
-    /// Unique among campaigns, case-insensitively; 1–200 characters.
-    #[schema(required = true, nullable = false)]
+    /// Unique among campaigns, case-insensitively; 1–200 characters, no control characters.
+    #[schema(
+        required = true,
+        nullable = false,
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
+    )]
     pub name: Option<String>,
+    #[schema(max_length = 4000)]
     pub description: Option<String>,
     /// IANA time zone of the business hours; default `UTC`.
     #[schema(example = "America/New_York")]
     pub time_zone: Option<String>,
     /// Most calls of this campaign in progress at once; default 500.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_concurrent_calls: Option<i64>,
     pub retry_policy: Option<RetryPolicyInput>,
     /// Weekly windows in local time; omitted or empty = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
-    /// The complete list of numbers this campaign may call (at least one).
-    #[schema(required = true, nullable = false)]
+    /// The complete list of numbers this campaign may call (at least one, no number twice).
+    #[schema(required = true, nullable = false, min_items = 1)]
     pub targets: Option<Vec<TargetInput>>,
 }
 
@@ -66,9 +73,12 @@ pub struct CreateCampaignRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCampaignRequest {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$")]
     pub name: Option<String>,
+    #[schema(max_length = 4000)]
     pub description: Option<String>,
     pub time_zone: Option<String>,
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_concurrent_calls: Option<i64>,
     /// Fields given replace the current ones; omitted ones are kept.
     pub retry_policy: Option<RetryPolicyInput>,
@@ -80,6 +90,7 @@ pub struct UpdateCampaignRequest {
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicyInput {
     /// Attempts in all, the first included; default 5.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<i64>,
     /// Default "2s".
     #[schema(example = "2s")]
@@ -88,6 +99,7 @@ pub struct RetryPolicyInput {
     #[schema(example = "2m")]
     pub max_delay: Option<String>,
     /// Fraction 0–1 of the backoff range that is randomised; default 1 (full decorrelated jitter).
+    #[schema(minimum = 0, maximum = 1)]
     pub jitter: Option<f64>,
 }
 
@@ -95,12 +107,13 @@ pub struct RetryPolicyInput {
 #[serde(deny_unknown_fields)]
 pub struct BusinessHourInput {
     /// 0 = Sunday … 6 = Saturday.
+    #[schema(minimum = 0, maximum = 6)]
     pub day_of_week: i64,
     /// "HH:MM" local time.
-    #[schema(example = "09:00")]
+    #[schema(example = "09:00", pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub start: String,
     /// "HH:MM" local time, up to "24:00"; earlier than start = crosses midnight.
-    #[schema(example = "18:00")]
+    #[schema(example = "18:00", pattern = "^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$")]
     pub end: String,
 }
 
@@ -108,7 +121,7 @@ pub struct BusinessHourInput {
 #[serde(deny_unknown_fields)]
 pub struct TargetInput {
     /// E.164, e.g. "+15555550001".
-    #[schema(example = "+15555550001")]
+    #[schema(example = "+15555550001", pattern = r"^\+[0-9]{2,15}$")]
     pub phone_number: String,
     /// Free-form JSON object kept with the target (at most 8 KiB).
     #[schema(value_type = Option<Object>)]
@@ -129,6 +142,8 @@ pub struct QueueTargetsRequest {
 pub struct CreateCallRequest {
     #[schema(value_type = String, format = Uuid)]
     pub campaign_id: String,
+    /// A number registered with the campaign (E.164).
+    #[schema(example = "+15555550001", pattern = r"^\+[0-9]{2,15}$")]
     pub phone_number: String,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,

@@ -26,12 +26,7 @@ fn path_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 fn param_id(params: &Params, name: &str) -> Result<Option<Uuid>, ApiError> {
-    params
-        .get(name)
-        .filter(|s| !s.is_empty())
-        .map(|s| validate::parse_id(name, s))
-        .transpose()
-        .map_err(|e| ApiError::bad_param(&e))
+    params.get(name).map(|s| validate::parse_id(name, s)).transpose().map_err(|e| ApiError::bad_param(&e))
 }
 
 fn page_limit(params: &Params, st: &AppState) -> Result<u32, ApiError> {
@@ -111,8 +106,19 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     health(&st, true).await
 }
 
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The OpenAPI document, with the page-size bounds of this server's configuration.
+pub async fn openapi(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for op in paths.values_mut().filter_map(|p| p.as_object_mut()).flat_map(|p| p.values_mut()) {
+            for param in op.get_mut("parameters").and_then(|p| p.as_array_mut()).into_iter().flatten() {
+                if param["name"] == "limit" {
+                    param["schema"]["maximum"] = st.api.max_page_size.into();
+                }
+            }
+        }
+    }
+    Json(doc)
 }
 
 /// Create a campaign with its registered targets.
@@ -137,8 +143,8 @@ pub async fn create_campaign(
 /// List campaigns in creation order, a page at a time.
 #[utoipa::path(get, path = "/api/v1/campaigns", tag = "campaigns",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size (default api.default_page_size, at most api.max_page_size)"),
-        ("after_id" = Option<String>, Query, description = "Return campaigns created after this id (the previous page's `next_after_id`)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default api.default_page_size, at most api.max_page_size)"),
+        ("after_id" = Option<uuid::Uuid>, Query, description = "Return campaigns created after this id (the previous page's `next_after_id`)"),
     ),
     responses((status = 200, body = CampaignList), (status = 400, body = ErrorBody)))]
 pub async fn list_campaigns(
@@ -155,7 +161,7 @@ pub async fn list_campaigns(
 
 /// One campaign.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses((status = 200, body = Campaign), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_campaign(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Campaign>, ApiError> {
     Ok(Json(st.store.get_campaign(path_id(&id)?).await?))
@@ -163,7 +169,7 @@ pub async fn get_campaign(State(st): State<AppState>, Path(id): Path<String>) ->
 
 /// Partially update a campaign's settings.
 #[utoipa::path(put, path = "/api/v1/campaigns/{id}", tag = "campaigns", request_body = UpdateCampaignRequest,
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses(
         (status = 200, body = Campaign),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -185,7 +191,7 @@ async fn transition(st: &AppState, id: &str, action: CampaignAction) -> Result<J
 
 /// Start a pending campaign, or resume a paused one.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/start", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "Now `in_progress`", body = Campaign),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -197,7 +203,7 @@ pub async fn start_campaign(State(st): State<AppState>, Path(id): Path<String>) 
 
 /// Pause an in-progress campaign: no new dials; calls already dialing finish.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/pause", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "Now `paused`", body = Campaign),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -209,7 +215,7 @@ pub async fn pause_campaign(State(st): State<AppState>, Path(id): Path<String>) 
 
 /// Complete a campaign: it dials nothing more.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/complete", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "Now `completed`", body = Campaign),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -221,7 +227,7 @@ pub async fn complete_campaign(State(st): State<AppState>, Path(id): Path<String
 
 /// Counts of the campaign's calls by state.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns",
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses((status = 200, body = CampaignStats), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn campaign_stats(
     State(st): State<AppState>,
@@ -233,7 +239,7 @@ pub async fn campaign_stats(
 /// Queue registered numbers for calling again. Any unregistered number refuses the whole
 /// request (nothing is written); numbers that already have a live call are not queued twice.
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/targets", tag = "campaigns", request_body = QueueTargetsRequest,
-    params(("id" = String, Path, description = "Campaign id")),
+    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses(
         (status = 200, body = QueueTargetsResponse),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -276,8 +282,8 @@ pub async fn queue_targets(
 /// The campaign's calls in creation order, a page at a time.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/calls", tag = "calls",
     params(
-        ("id" = String, Path, description = "Campaign id"),
-        ("limit" = Option<u32>, Query, description = "Page size"),
+        ("id" = uuid::Uuid, Path, description = "Campaign id"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default api.default_page_size, at most api.max_page_size)"),
         ("page_token" = Option<String>, Query, description = "The previous page's `next_page_token`"),
         ("status" = Option<CallStatus>, Query, description = "Only calls in this state"),
     ),
@@ -350,7 +356,7 @@ pub async fn create_call(
 
 /// One call with its attempts.
 #[utoipa::path(get, path = "/api/v1/calls/{id}", tag = "calls",
-    params(("id" = String, Path, description = "Call id")),
+    params(("id" = uuid::Uuid, Path, description = "Call id")),
     responses((status = 200, body = CallDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_call(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<CallDetail>, ApiError> {
     let mut detail = st.store.get_call(path_id(&id)?).await?;
