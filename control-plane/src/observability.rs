@@ -83,6 +83,10 @@ fn describe_all() {
         Unit::Seconds,
         "Wait of a dispatch message inside a shard until its call is placed."
     );
+    describe_counter!(
+        "dialer_unknown_outcomes_total",
+        "Redelivered attempts the journal showed as started before a restart: reported unknown_outcome, not redialed."
+    );
     describe_counter!("dialer_dispatch_malformed_total", "Dispatch messages that could not be read and were skipped.");
     describe_counter!("dialer_scheduler_dispatched_total", "Calls claimed and published by the scheduler.");
     describe_histogram!("dialer_scheduler_batch_size", "Calls published for one campaign in one tick.");

@@ -23,6 +23,8 @@ pub struct ShardHealth {
     source_failing: AtomicBool,
     /// The last status event or offset acknowledgement failed.
     sink_failing: AtomicBool,
+    /// The attempt journal could not be written.
+    journal_failing: AtomicBool,
 }
 
 impl ShardHealth {
@@ -41,6 +43,9 @@ impl ShardHealth {
     }
     pub fn set_sink_failing(&self, v: bool) {
         self.sink_failing.store(v, Ordering::Relaxed);
+    }
+    pub fn set_journal_failing(&self, v: bool) {
+        self.journal_failing.store(v, Ordering::Relaxed);
     }
 }
 
@@ -92,6 +97,9 @@ impl Health {
                 }
                 if h.source_failing.load(Ordering::Relaxed) {
                     problems.push("dispatch fetch failing: check the broker".to_string());
+                }
+                if h.journal_failing.load(Ordering::Relaxed) {
+                    problems.push("the attempt journal cannot be written: no new dials; check journal.dir".to_string());
                 }
                 if h.sink_failing.load(Ordering::Relaxed) {
                     problems.push("status events not acknowledged: check the broker".to_string());

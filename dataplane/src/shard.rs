@@ -50,6 +50,9 @@ pub struct ShardReport {
     pub outcomes: u64,
     pub expired: u64,
     pub malformed: u64,
+    /// Redelivered attempts the journal showed as started without an outcome: reported as
+    /// `unknown_outcome`, not dialed again.
+    pub unknown_outcome: u64,
     /// Messages received but not finished when the shard stopped (redelivered after restart).
     pub unfinished: u64,
 }
@@ -226,6 +229,23 @@ fn outcome_event(f: &Finished, shard: u16) -> StatusEvent {
     }
 }
 
+/// A broker acknowledgement (or refusal) of an event that finishes a dispatch message.
+struct Ack {
+    partition: i32,
+    offset: i64,
+    ok: bool,
+    /// The attempt the event resolves (outcome events), for the journal's `D` record.
+    attempt: Option<crate::journal::Attempt>,
+}
+
+fn journal_done(journal: &mut Option<crate::journal::Journal>, partition: i32, a: crate::journal::Attempt, shard: u16) {
+    if let Some(j) = journal
+        && let Err(e) = j.done(partition, a)
+    {
+        tracing::error!(shard, error = %e, "journal write failed");
+    }
+}
+
 /// `dialer_call_outcomes_total` by outcome (and failure reason, a small fixed set from the
 /// provider), with the counters looked up once per shard rather than once per call.
 struct OutcomeCounters {
@@ -268,6 +288,7 @@ pub async fn run_shard<P: Provider>(
     sink: Sink,
     lease: LeaseHandle,
     provider: P,
+    mut journal: Option<crate::journal::Journal>,
     mut shutdown: watch::Receiver<bool>,
 ) -> ShardReport {
     let t = &cfg.tuning;
@@ -275,7 +296,8 @@ pub async fn run_shard<P: Provider>(
     let mut report = ShardReport { shard, ..Default::default() };
     let mut q = Queues::default();
     let mut calls: FuturesUnordered<CallTask> = FuturesUnordered::new();
-    let mut acks: FuturesUnordered<LocalBoxFuture<(i32, i64, bool)>> = FuturesUnordered::new();
+    let mut acks: FuturesUnordered<LocalBoxFuture<Ack>> = FuturesUnordered::new();
+    let mut to_start: Vec<Waiting> = Vec::with_capacity(1024);
     let mut paused: HashSet<i32> = HashSet::new();
     let mut batch: Vec<Delivery> = Vec::with_capacity(1024);
     let mut events: Vec<(StatusEvent, Option<(i32, i64)>)> = Vec::with_capacity(1024);
@@ -334,20 +356,7 @@ pub async fn run_shard<P: Provider>(
                     let w = queue.pop_front().expect("front exists");
                     left.push(w.partition);
                     started += 1;
-                    report.dialed += 1;
-                    dials.increment(1);
-                    latency.record(w.received.elapsed().as_secs_f64());
-                    let mut started_ev = event(&w.msg, EventKind::Started, shard, now);
-                    if w.msg.enqueued_at_us > 0 {
-                        started_ev.dispatch_latency_us = Some(now_us().saturating_sub(w.msg.enqueued_at_us));
-                    }
-                    events.push((started_ev, None));
-                    let call = {
-                        let _dial =
-                            tracing::debug_span!("dial", shard, campaign = %c, attempt = w.msg.attempt).entered();
-                        provider.place_call(&w.msg)
-                    };
-                    calls.push(CallTask { call, w: Some(w), started_ms: now });
+                    to_start.push(w);
                 }
                 if queue.is_empty() {
                     q.by_campaign.remove(&c);
@@ -357,6 +366,44 @@ pub async fn run_shard<P: Provider>(
                     q.in_ready.insert(c);
                     q.ready.push_back(c);
                 }
+            }
+        }
+        // Make the starts durable in one group commit, then dial.
+        if !to_start.is_empty() {
+            let durable = match &mut journal {
+                None => Ok(()),
+                Some(j) => to_start
+                    .iter()
+                    .try_for_each(|w| j.started(w.partition, (w.msg.call_id, w.msg.attempt)))
+                    .and_then(|()| j.commit()),
+            };
+            my_health().set_journal_failing(durable.is_err());
+            if let Err(e) = durable {
+                tracing::error!(shard, error = %e, calls = to_start.len(), "journal write failed: these calls are not dialed and are reported as failed (retryable)");
+                for w in to_start.drain(..) {
+                    lease.release(w.msg.campaign_id);
+                    let mut ev = event(&w.msg, EventKind::Failed, shard, now);
+                    ev.reason = Some("journal_unavailable".into());
+                    ev.retryable = Some(true);
+                    events.push((ev, Some((w.partition, w.offset))));
+                }
+            }
+            for w in to_start.drain(..) {
+                report.dialed += 1;
+                dials.increment(1);
+                latency.record(w.received.elapsed().as_secs_f64());
+                let mut started_ev = event(&w.msg, EventKind::Started, shard, now);
+                if w.msg.enqueued_at_us > 0 {
+                    started_ev.dispatch_latency_us = Some(now_us().saturating_sub(w.msg.enqueued_at_us));
+                }
+                events.push((started_ev, None));
+                let call = {
+                    let _dial =
+                        tracing::debug_span!("dial", shard, campaign = %w.msg.campaign_id, attempt = w.msg.attempt)
+                            .entered();
+                    provider.place_call(&w.msg)
+                };
+                calls.push(CallTask { call, w: Some(w), started_ms: now });
             }
         }
         // Messages that left the queues no longer count against their partitions.
@@ -371,20 +418,34 @@ pub async fn run_shard<P: Provider>(
 
         // Emit queued events.
         for (ev, track) in events.drain(..) {
+            let attempt = (ev.call_id, ev.attempt);
             match &sink {
                 Sink::Memory(tx) => {
-                    if tx.send(ev).await.is_err() {
+                    let sent = tx.send(ev).await.is_ok();
+                    if !sent {
                         tracing::error!(shard, "status channel closed; stopping");
                         stopping = true;
                     }
-                    if let (Some((p, o)), Source::Kafka(k)) = (track, &mut source) {
-                        k.done(p, o);
+                    if let Some((p, o)) = track {
+                        if sent {
+                            journal_done(&mut journal, p, attempt, shard);
+                        }
+                        if let Source::Kafka(k) = &mut source {
+                            k.done(p, o);
+                        }
                     }
                 }
                 Sink::Kafka(k) => match k.send(&ev).await {
                     Ok(delivery) => {
                         if let Some((p, o)) = track {
-                            acks.push(Box::pin(async move { (p, o, matches!(delivery.await, Ok(Ok(_)))) }));
+                            acks.push(Box::pin(async move {
+                                Ack {
+                                    partition: p,
+                                    offset: o,
+                                    ok: matches!(delivery.await, Ok(Ok(_))),
+                                    attempt: Some(attempt),
+                                }
+                            }));
                         }
                     }
                     Err(e) => {
@@ -431,8 +492,11 @@ pub async fn run_shard<P: Provider>(
                     events.push((outcome_event(&f, shard), Some((f.w.partition, f.w.offset))));
                 }
             }
-            Some((p, o, ok)) = acks.next(), if !acks.is_empty() => {
+            Some(Ack { partition: p, offset: o, ok, attempt }) = acks.next(), if !acks.is_empty() => {
                 my_health().set_sink_failing(!ok);
+                if ok && let Some(a) = attempt {
+                    journal_done(&mut journal, p, a, shard);
+                }
                 if let Source::Kafka(k) = &mut source {
                     if ok {
                         k.done(p, o)
@@ -458,6 +522,24 @@ pub async fn run_shard<P: Provider>(
                     report.received += 1;
                     match d.msg {
                         Ok(msg) => {
+                            let seen = match &mut journal {
+                                Some(j) => j.is_unresolved(d.partition, (msg.call_id, msg.attempt)).unwrap_or_else(|e| {
+                                    // Cannot tell: do not dial; the retry policy decides.
+                                    tracing::error!(shard, error = %e, "journal unreadable");
+                                    true
+                                }),
+                                None => false,
+                            };
+                            if seen {
+                                report.unknown_outcome += 1;
+                                metrics::counter!("dialer_unknown_outcomes_total").increment(1);
+                                tracing::warn!(shard, call = %msg.call_id, attempt = msg.attempt, "attempt started before a restart with no recorded outcome: reported as unknown_outcome, not dialed again");
+                                let mut ev = event(&msg, EventKind::Failed, shard, now);
+                                ev.reason = Some("unknown_outcome".into());
+                                ev.retryable = Some(true);
+                                events.push((ev, Some((d.partition, d.offset))));
+                                continue;
+                            }
                             q.push(Waiting { msg, partition: d.partition, offset: d.offset, received }, now);
                             let n = q.per_partition.get(&d.partition).copied().unwrap_or(0);
                             if n >= t.buffers.pause_partition_at
@@ -476,7 +558,9 @@ pub async fn run_shard<P: Provider>(
                                     match out.dead_letter(&bad, k.topic(), d.partition, d.offset).await {
                                         Ok(delivery) => {
                                             let (p, o) = (d.partition, d.offset);
-                                            acks.push(Box::pin(async move { (p, o, matches!(delivery.await, Ok(Ok(_)))) }));
+                                            acks.push(Box::pin(async move {
+                                                Ack { partition: p, offset: o, ok: matches!(delivery.await, Ok(Ok(_))), attempt: None }
+                                            }));
                                         }
                                         // Not finished: the message is read again after a restart.
                                         Err(e) => tracing::error!(shard, error = %e, "dead-letter record not produced"),
@@ -494,6 +578,10 @@ pub async fn run_shard<P: Provider>(
             _ = sleep_until_opt(due), if due.is_some() => {}
             _ = commit_tick.tick() => {
                 if let Source::Kafka(k) = &mut source { k.commit() }
+                if let Some(j) = &mut journal && let Err(e) = j.commit() {
+                    tracing::error!(shard, error = %e, "journal write failed");
+                    my_health().set_journal_failing(true);
+                }
             }
             _ = heartbeat.tick() => {
                 let now = Instant::now();
@@ -518,10 +606,18 @@ pub async fn run_shard<P: Provider>(
         k.flush(Duration::from_secs(5));
     }
     // Wait for acks still in flight so that their offsets are committed.
-    while let Some((p, o, ok)) = acks.next().await {
+    while let Some(Ack { partition: p, offset: o, ok, attempt }) = acks.next().await {
+        if ok && let Some(a) = attempt {
+            journal_done(&mut journal, p, a, shard);
+        }
         if let (true, Source::Kafka(k)) = (ok, &mut source) {
             k.done(p, o);
         }
+    }
+    if let Some(j) = &mut journal
+        && let Err(e) = j.commit()
+    {
+        tracing::error!(shard, error = %e, "final journal write failed");
     }
     if let Source::Kafka(k) = &mut source {
         k.commit_sync();

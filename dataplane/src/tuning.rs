@@ -28,6 +28,18 @@ pub struct Tuning {
     pub lease: LeaseTuning,
     pub buffers: BufferTuning,
     pub shutdown: ShutdownTuning,
+    pub journal: JournalTuning,
+}
+
+/// The attempt journal (no double dial across crashes): see [`crate::journal`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalTuning {
+    /// Directory of the per-partition journal files; empty = no journal (a crash may then
+    /// redial the calls that were in progress). Keep it on local disk that survives restarts.
+    pub dir: String,
+    /// `fdatasync` each group commit (default true). False only measures the write path.
+    pub no_sync: bool,
 }
 
 /// How the dispatch topic's partitions reach the shards.

@@ -282,3 +282,52 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
     assert_eq!(committed_total(&t), 5, "offsets pass the dead-lettered messages");
     assert!(!health.ready(dialer_dataplane::shard::now_ms()), "stopped shards are not ready");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_started_before_a_crash_is_not_dialed_again() {
+    let t = topics();
+    ensure(&t).await;
+    let campaign = Uuid::from_u128(4242);
+    let msgs: Vec<DispatchMessage> = (0..40u128).map(|i| msg(50_000 + i, campaign, 10)).collect();
+    produce(&t, &msgs).await;
+    // The journal of a data plane that crashed after durably starting calls 50_000..50_010
+    // (attempt 1) and before their outcomes were acknowledged: their messages are redelivered.
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let mut j = dialer_dataplane::journal::Journal::open(dir.path(), true).expect("journal");
+        for (i, m) in msgs.iter().enumerate().take(10) {
+            j.started((i as i32) % PARTITIONS, (m.call_id, 1)).expect("started");
+        }
+        // Attempt 2 of another call: a different attempt, which must be dialed.
+        j.started(10 % PARTITIONS, (msgs[10].call_id, 2)).expect("started");
+        j.commit().expect("commit");
+    }
+    let mut tuning = tuning(Assignment::Static);
+    tuning.journal.dir = dir.path().display().to_string();
+    let tracker = Tracker::new(1000);
+    let dp = start(&t, tuning.clone(), tracker.clone(), &redis_prefix(), 1000);
+    let reader = status_reader(&t);
+    let mut events = Vec::new();
+    read_outcomes(&reader, 40, Duration::from_secs(60), &mut events).await;
+    dp.shutdown();
+    let reports = tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("reports");
+
+    assert_eq!(tracker.calls(), 30, "the 10 journalled attempts are not dialed again");
+    assert_eq!(reports.iter().map(|r| r.unknown_outcome).sum::<u64>(), 10);
+    for m in &msgs[..10] {
+        let mine: Vec<_> = events.iter().filter(|e| e.call_id == m.call_id).collect();
+        assert_eq!(mine.len(), 1, "one event, no `started`: {mine:?}");
+        assert_eq!(mine[0].kind, EventKind::Failed);
+        assert_eq!(mine[0].reason.as_deref(), Some("unknown_outcome"));
+        assert_eq!(mine[0].retryable, Some(true), "the retry policy decides");
+    }
+    for m in &msgs[10..] {
+        assert!(events.iter().any(|e| e.call_id == m.call_id && e.kind == EventKind::Started), "{} dialed", m.call_id);
+    }
+    // Every attempt is resolved now: a new data plane finds nothing open.
+    let mut j = dialer_dataplane::journal::Journal::open(dir.path(), true).expect("journal");
+    for (i, m) in msgs.iter().enumerate() {
+        assert!(!j.is_unresolved((i as i32) % PARTITIONS, (m.call_id, 1)).expect("read"), "call {i} resolved");
+    }
+    assert_eq!(committed_total(&t), 40);
+}

@@ -54,9 +54,12 @@ enum Command {
         /// Validate the tuning file, print the effective settings and exit.
         #[arg(long)]
         check: bool,
-        /// Admin address serving /metrics and /healthz.
+        /// Admin address serving /metrics, /healthz and /readyz.
         #[arg(long, default_value = "127.0.0.1:9101", env = "DIALER_DATAPLANE_ADMIN")]
         admin: SocketAddr,
+        /// Directory of the attempt journal when the tuning file sets none (journal.dir).
+        #[arg(long, default_value = "data/journal", env = "DIALER_JOURNAL_DIR")]
+        journal_dir: PathBuf,
     },
     /// Show or change the live concurrency caps in the shared (Redis) limiter, without restarting
     /// anything: overrides take effect at the next lease update of every core.
@@ -146,7 +149,7 @@ async fn shutdown_signal() {
 
 /// `dialer up`: API, scheduler, data plane and recorder in one process over the in-process bus
 /// and limiter.
-async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>) -> Result<()> {
+async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_dir: &Path) -> Result<()> {
     let store = dialer_control_plane::open_store(cfg, url)
         .await
         .with_context(|| format!("opening the store at {}", redact(url)))?;
@@ -161,6 +164,10 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>) -> Re
             t
         }
     };
+    let mut tuning = tuning;
+    if tuning.journal.dir.is_empty() {
+        tuning.journal.dir = data_dir.join("journal").display().to_string();
+    }
     let (bus, ends) = dialer_dataplane::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
     let limiter = std::sync::Arc::new(dialer_limiter::LocalBackend::default());
     let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
@@ -325,9 +332,18 @@ fn mock_settings(cfg: &Config) -> dialer_dataplane::MockSettings {
     }
 }
 
-async fn run_dataplane(cfg: &Config, tuning_path: &Path, check: bool, admin: SocketAddr) -> Result<()> {
+async fn run_dataplane(
+    cfg: &Config,
+    tuning_path: &Path,
+    check: bool,
+    admin: SocketAddr,
+    journal_dir: &Path,
+) -> Result<()> {
     let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
-    let tuning = dialer_dataplane::Tuning::load(tuning_path, ttl).context("refusing to start")?;
+    let mut tuning = dialer_dataplane::Tuning::load(tuning_path, ttl).context("refusing to start")?;
+    if tuning.journal.dir.is_empty() {
+        tuning.journal.dir = journal_dir.display().to_string();
+    }
     if check {
         println!("# effective settings of {}\n{}", tuning_path.display(), toml::to_string_pretty(&tuning)?);
         return Ok(());
@@ -430,7 +446,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             if url.starts_with("sqlite:") {
                 sqlite_dir(&data_dir)?;
             }
-            run_embedded(&cfg, &url, tuning.as_deref()).await
+            run_embedded(&cfg, &url, tuning.as_deref(), &data_dir).await
         }
         Command::ControlPlane { listen } => {
             if let Some(l) = listen {
@@ -445,7 +461,9 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             let url = cfg.store.url.clone();
             serve_api(&cfg, &url).await
         }
-        Command::Dataplane { tuning, check, admin } => run_dataplane(&cfg, &tuning, check, admin).await,
+        Command::Dataplane { tuning, check, admin, journal_dir } => {
+            run_dataplane(&cfg, &tuning, check, admin, &journal_dir).await
+        }
         Command::Limits { global, clear_global, campaign, cap, clear, reconcile } => {
             anyhow::ensure!(
                 !cfg.limits.redis_url.is_empty(),
