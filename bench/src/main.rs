@@ -3,6 +3,7 @@
 //! `--json PATH`. `bench compare A.json B.json` prints the ratio of every figure.
 
 mod broker;
+mod chaos;
 mod dataplane;
 mod e2e;
 mod limiter;
@@ -32,6 +33,9 @@ enum Command {
     Dataplane(dataplane::Args),
     /// Campaigns end to end through the distributed mode (PostgreSQL, Kafka, Redis).
     E2e(e2e::Args),
+    /// Faults during a distributed run (SIGKILLed data planes, Redis, broker and PostgreSQL
+    /// restarts), then checks: no cap violation, no double dial, nothing lost.
+    Chaos(chaos::Args),
     /// The Kafka broker's own produce+consume ceiling.
     Broker(broker::Args),
     /// Ratio B/A of every numeric figure of two result files.
@@ -112,6 +116,9 @@ fn main() -> Result<()> {
         }
         Command::Broker(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(broker::run(args))
+        }
+        Command::Chaos(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(chaos::run(args))
         }
         Command::Compare { a, b } => compare(&a, &b),
     }

@@ -137,6 +137,9 @@ pub struct ProviderConfig {
     pub max_call_ms: u64,
     pub max_ring_ms: u64,
     pub seed: u64,
+    /// Mock only: append every call placed to this file (`DIALER_PROVIDER_LEDGER`), the
+    /// carrier's view that fault runs (`bench chaos`) check across processes; empty = off.
+    pub ledger: String,
 }
 
 impl Default for BusConfig {
@@ -163,6 +166,7 @@ impl Default for ProviderConfig {
             max_call_ms: 5000,
             max_ring_ms: 500,
             seed: 1,
+            ledger: String::new(),
         }
     }
 }
@@ -328,6 +332,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_BROKERS", "bus.brokers"),
     ("DIALER_BUS_GROUP_ID", "bus.group_id"),
     ("DIALER_PROVIDER_SEED", "provider.seed"),
+    ("DIALER_PROVIDER_LEDGER", "provider.ledger"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("OTEL_SERVICE_NAME", "telemetry.service_name"),
 ];
@@ -398,6 +403,7 @@ impl Config {
             "bus.brokers" => self.bus.brokers = v.to_string(),
             "bus.group_id" => self.bus.group_id = v.to_string(),
             "provider.seed" => self.provider.seed = num(v)?,
+            "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
             "telemetry.service_name" => self.telemetry.service_name = v.to_string(),
             _ => return Err("unknown key".into()),

@@ -6,18 +6,21 @@
 //!   The cost is one write + one sync per batch, not per dial.
 //! - **Resolution**: an attempt's `D` record is appended once its outcome event is acknowledged
 //!   (never before: a crash between the two must leave the attempt unresolved). On restart the
-//!   files are replayed; a redelivered message whose attempt is started but unresolved is not
+//!   files are replayed. A redelivered message whose attempt is started but unresolved is not
 //!   dialed again: the shard reports it as failed with reason `unknown_outcome` (retryable), and
-//!   the campaign's retry policy decides.
+//!   the campaign's retry policy decides. One whose attempt is resolved is not dialed either: its
+//!   outcome was delivered already, only the offset commit was lost. Resolved attempts are
+//!   remembered (with their message's offset) until the partition's committed offset passes
+//!   them, after which no redelivery can bring them back.
 //! - **Layout**: one file per dispatch partition (`p{N}.journal` under the journal directory), so
 //!   that whichever shard of the host owns a partition after a restart or rebalance reads its
 //!   history. A file is compacted (rewritten with only unresolved attempts) when loaded and when
 //!   it has grown past a threshold.
 //!
-//! Records are text lines, `S <uuid> <attempt>` and `D <uuid> <attempt>`; a torn last line (a
-//! crash mid-write) is ignored, which is safe because its sync never returned.
+//! Records are text lines, `S <uuid> <attempt> <offset>` and `D <uuid> <attempt> <offset>`; a
+//! torn last line (a crash mid-write) is ignored, which is safe because its sync never returned.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -27,21 +30,21 @@ use uuid::Uuid;
 /// One attempt: (call id, attempt number).
 pub type Attempt = (Uuid, u32);
 
-/// A journal record.
+/// A journal record: an attempt and the offset of the message that carried it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
-    Started(Attempt),
-    Done(Attempt),
+    Started(Attempt, i64),
+    Done(Attempt, i64),
 }
 
 impl Record {
     /// The record as one line (with its newline).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let (tag, (id, attempt)) = match self {
-            Record::Started(a) => ('S', a),
-            Record::Done(a) => ('D', a),
+        let (tag, (id, attempt), offset) = match self {
+            Record::Started(a, o) => ('S', a, o),
+            Record::Done(a, o) => ('D', a, o),
         };
-        let _ = writeln!(out, "{tag} {} {attempt}", id.as_hyphenated());
+        let _ = writeln!(out, "{tag} {} {attempt} {offset}", id.as_hyphenated());
     }
 
     /// Parses one line (without its newline); `None` for a torn or foreign line.
@@ -50,31 +53,47 @@ impl Record {
         let tag = parts.next()?;
         let id = Uuid::parse_str(parts.next()?).ok()?;
         let attempt = parts.next()?.parse().ok()?;
+        let offset = parts.next()?.parse().ok()?;
         if parts.next().is_some() {
             return None;
         }
         match tag {
-            "S" => Some(Record::Started((id, attempt))),
-            "D" => Some(Record::Done((id, attempt))),
+            "S" => Some(Record::Started((id, attempt), offset)),
+            "D" => Some(Record::Done((id, attempt), offset)),
             _ => None,
         }
     }
 }
 
-/// Replays records: the attempts started and not done.
-pub fn unresolved(records: impl IntoIterator<Item = Record>) -> HashSet<Attempt> {
-    let mut open = HashSet::new();
+/// What the journal knows of an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Never started here: dial it.
+    No,
+    /// Started, no outcome recorded: report `unknown_outcome`, do not dial.
+    Unresolved,
+    /// Started and its outcome delivered: skip the redelivered message.
+    Resolved,
+}
+
+/// Attempt → offset of its message.
+pub type Attempts = HashMap<Attempt, i64>;
+
+/// Replays records: attempts started and not done, and attempts done.
+pub fn replay(records: impl IntoIterator<Item = Record>) -> (Attempts, Attempts) {
+    let (mut open, mut done) = (HashMap::new(), HashMap::new());
     for r in records {
         match r {
-            Record::Started(a) => {
-                open.insert(a);
+            Record::Started(a, o) => {
+                open.insert(a, o);
             }
-            Record::Done(a) => {
+            Record::Done(a, o) => {
                 open.remove(&a);
+                done.insert(a, o);
             }
         }
     }
-    open
+    (open, done)
 }
 
 /// Why the journal cannot be used.
@@ -95,30 +114,36 @@ struct PartitionJournal {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
-    open: HashSet<Attempt>,
+    /// Started, no outcome yet.
+    open: Attempts,
+    /// Outcome delivered, the message's offset maybe not committed yet.
+    done: Attempts,
     appended: usize,
     dirty: bool,
 }
 
 impl PartitionJournal {
     fn load(path: PathBuf) -> Result<PartitionJournal, JournalError> {
-        let open = match File::open(&path) {
-            Ok(f) => unresolved(BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| Record::decode(&l))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+        let (open, done) = match File::open(&path) {
+            Ok(f) => replay(BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| Record::decode(&l))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (HashMap::new(), HashMap::new()),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let file = compact(&path, &open)?;
-        Ok(PartitionJournal { path, file, buf: Vec::with_capacity(64 * 1024), open, appended: 0, dirty: false })
+        let file = compact(&path, &open, &done)?;
+        Ok(PartitionJournal { path, file, buf: Vec::with_capacity(64 * 1024), open, done, appended: 0, dirty: false })
     }
 }
 
-/// Writes `open` as `S` records to a temporary file, syncs it and renames it over `path`;
-/// returns `path` opened for appending.
-fn compact(path: &Path, open: &HashSet<Attempt>) -> Result<File, JournalError> {
+/// Writes the open attempts as `S` records and the done ones as `D` records to a temporary
+/// file, syncs it and renames it over `path`; returns `path` opened for appending.
+fn compact(path: &Path, open: &Attempts, done: &Attempts) -> Result<File, JournalError> {
     let tmp = path.with_extension("journal.tmp");
-    let mut buf = Vec::with_capacity(open.len() * 48);
-    for a in open {
-        Record::Started(*a).encode(&mut buf);
+    let mut buf = Vec::with_capacity((open.len() + done.len()) * 48);
+    for (a, o) in open {
+        Record::Started(*a, *o).encode(&mut buf);
+    }
+    for (a, o) in done {
+        Record::Done(*a, *o).encode(&mut buf);
     }
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(&buf).map_err(io_err(&tmp))?;
@@ -166,16 +191,23 @@ impl Journal {
         Ok(self.parts.get_mut(&partition).expect("just inserted"))
     }
 
-    /// True when `a` was started (durably) and has no recorded outcome: do not dial it again.
-    pub fn is_unresolved(&mut self, partition: i32, a: Attempt) -> Result<bool, JournalError> {
-        Ok(self.part(partition)?.open.contains(&a))
+    /// What the journal knows of attempt `a` of `partition`.
+    pub fn seen(&mut self, partition: i32, a: Attempt) -> Result<Seen, JournalError> {
+        let p = self.part(partition)?;
+        Ok(if p.open.contains_key(&a) {
+            Seen::Unresolved
+        } else if p.done.contains_key(&a) {
+            Seen::Resolved
+        } else {
+            Seen::No
+        })
     }
 
     /// Queues the `S` record of an attempt about to be dialed (durable at [`Journal::commit`]).
-    pub fn started(&mut self, partition: i32, a: Attempt) -> Result<(), JournalError> {
+    pub fn started(&mut self, partition: i32, a: Attempt, offset: i64) -> Result<(), JournalError> {
         let p = self.part(partition)?;
-        Record::Started(a).encode(&mut p.buf);
-        p.open.insert(a);
+        Record::Started(a, offset).encode(&mut p.buf);
+        p.open.insert(a, offset);
         p.dirty = true;
         Ok(())
     }
@@ -183,11 +215,27 @@ impl Journal {
     /// Queues the `D` record of an attempt whose outcome is acknowledged.
     pub fn done(&mut self, partition: i32, a: Attempt) -> Result<(), JournalError> {
         let p = self.part(partition)?;
-        if p.open.remove(&a) {
-            Record::Done(a).encode(&mut p.buf);
+        if let Some(offset) = p.open.remove(&a) {
+            Record::Done(a, offset).encode(&mut p.buf);
+            p.done.insert(a, offset);
             p.dirty = true;
         }
         Ok(())
+    }
+
+    /// Forgets resolved attempts of messages below `committed` (the partition's committed
+    /// offset): they can no longer be redelivered.
+    pub fn committed(&mut self, partition: i32, committed: i64) {
+        if let Some(p) = self.parts.get_mut(&partition) {
+            p.done.retain(|_, o| *o >= committed);
+        }
+    }
+
+    /// Forgets every resolved attempt (an in-process bus: nothing is ever redelivered).
+    pub fn forget_resolved(&mut self) {
+        for p in self.parts.values_mut() {
+            p.done.clear();
+        }
     }
 
     /// Writes every queued record and syncs each touched file once (the group commit).
@@ -201,7 +249,7 @@ impl Journal {
             }
             p.dirty = false;
             if p.appended > COMPACT_AFTER {
-                p.file = compact(&p.path, &p.open)?;
+                p.file = compact(&p.path, &p.open, &p.done)?;
                 p.appended = 0;
             }
         }
@@ -225,35 +273,36 @@ mod tests {
     #[test]
     fn records_round_trip_and_torn_lines_are_ignored() {
         let mut buf = Vec::new();
-        Record::Started(a(7, 2)).encode(&mut buf);
-        Record::Done(a(7, 2)).encode(&mut buf);
+        Record::Started(a(7, 2), 40).encode(&mut buf);
+        Record::Done(a(7, 2), 40).encode(&mut buf);
         let text = String::from_utf8(buf).expect("utf8");
         let recs: Vec<_> = text.lines().filter_map(Record::decode).collect();
-        assert_eq!(recs, vec![Record::Started(a(7, 2)), Record::Done(a(7, 2))]);
+        assert_eq!(recs, vec![Record::Started(a(7, 2), 40), Record::Done(a(7, 2), 40)]);
         assert_eq!(Record::decode("S 00000000-0000-0000-0000-0000000"), None, "torn");
-        assert_eq!(Record::decode("X 00000000-0000-0000-0000-000000000007 1"), None);
-        assert_eq!(Record::decode("S 00000000-0000-0000-0000-000000000007 1 9"), None);
+        assert_eq!(Record::decode("S 00000000-0000-0000-0000-000000000007 1"), None, "torn");
+        assert_eq!(Record::decode("X 00000000-0000-0000-0000-000000000007 1 4"), None);
+        assert_eq!(Record::decode("S 00000000-0000-0000-0000-000000000007 1 9 9"), None);
     }
 
     #[test]
-    fn replay_keeps_started_without_done() {
-        let open = unresolved([
-            Record::Started(a(1, 1)),
-            Record::Started(a(2, 1)),
-            Record::Done(a(1, 1)),
-            Record::Started(a(1, 2)),
-            Record::Done(a(3, 1)),
+    fn replay_separates_open_and_done_attempts() {
+        let (open, done) = replay([
+            Record::Started(a(1, 1), 1),
+            Record::Started(a(2, 1), 2),
+            Record::Done(a(1, 1), 1),
+            Record::Started(a(1, 2), 3),
         ]);
-        assert_eq!(open, HashSet::from([a(2, 1), a(1, 2)]));
+        assert_eq!(open, HashMap::from([(a(2, 1), 2), (a(1, 2), 3)]));
+        assert_eq!(done, HashMap::from([(a(1, 1), 1)]));
     }
 
     #[test]
-    fn a_reopened_journal_knows_unresolved_attempts_and_compacts() {
+    fn a_reopened_journal_knows_open_and_resolved_attempts() {
         let dir = tempfile::tempdir().expect("tmp");
         {
             let mut j = Journal::open(dir.path(), true).expect("open");
             for i in 0..100 {
-                j.started(i % 3, a(i as u128, 1)).expect("started");
+                j.started(i % 3, a(i as u128, 1), i64::from(i)).expect("started");
             }
             j.commit().expect("commit");
             for i in 0..90 {
@@ -261,18 +310,22 @@ mod tests {
             }
             j.commit().expect("commit");
             // A crash: records queued after the last commit are lost.
-            j.started(0, a(1000, 1)).expect("started");
+            j.started(0, a(1000, 1), 1000).expect("started");
         }
         let mut j = Journal::open(dir.path(), true).expect("reopen");
         for i in 0..100 {
-            assert_eq!(j.is_unresolved(i % 3, a(i as u128, 1)).expect("read"), i >= 90, "attempt {i}");
+            let want = if i >= 90 { Seen::Unresolved } else { Seen::Resolved };
+            assert_eq!(j.seen(i % 3, a(i as u128, 1)).expect("read"), want, "attempt {i}");
         }
-        assert!(!j.is_unresolved(0, a(1000, 1)).expect("read"), "never made durable, never dialed");
+        assert_eq!(j.seen(0, a(1000, 1)).expect("read"), Seen::No, "never made durable, never dialed");
         assert_eq!(j.open_attempts(), 10);
-        let size: u64 =
-            (0..3).map(|p| std::fs::metadata(dir.path().join(format!("p{p}.journal"))).expect("f").len()).sum();
-        assert!(size < 10 * 48, "compacted on load to the open attempts: {size} bytes");
         // An attempt of another number of the same call is a different attempt.
-        assert!(!j.is_unresolved(0, a(90, 2)).expect("read"));
+        assert_eq!(j.seen(0, a(90, 2)).expect("read"), Seen::No);
+        // Once the committed offset passes them, resolved attempts are forgotten.
+        for p in 0..3 {
+            j.committed(p, 95);
+        }
+        assert_eq!(j.seen(0, a(3, 1)).expect("read"), Seen::No);
+        assert_eq!(j.seen(1, a(94, 1)).expect("read"), Seen::Unresolved, "open attempts stay until resolved");
     }
 }

@@ -228,6 +228,11 @@ impl KafkaSource {
         }
     }
 
+    /// Each partition's last committed offset (the next message to read after a restart).
+    pub fn committed_points(&self) -> Vec<(i32, i64)> {
+        self.offsets.iter().filter_map(|(p, o)| o.committed_offset().map(|c| (*p, c))).collect()
+    }
+
     /// Messages received and not finished.
     pub fn pending(&self) -> usize {
         self.offsets.values().map(PartitionOffsets::pending).sum()

@@ -134,7 +134,6 @@ impl Dataplane {
                 .spawn(move || {
                     let start = ShardStart {
                         i,
-                        n,
                         cpu,
                         tuning,
                         limiter,
@@ -193,7 +192,6 @@ enum ShardIo {
 /// Everything one shard thread starts with.
 struct ShardStart {
     i: usize,
-    n: usize,
     cpu: Option<usize>,
     tuning: Tuning,
     limiter: LimiterChoice,
@@ -209,7 +207,7 @@ struct ShardStart {
 
 /// The body of one shard's thread: pin, build the runtime, connect, run the shard loop.
 fn run_shard_thread(start: ShardStart) -> Result<ShardReport, String> {
-    let ShardStart { i, n, cpu, tuning, limiter, io, mock, tracker, holder, global_cap, ceiling, shutdown_rx, health } =
+    let ShardStart { i, cpu, tuning, limiter, io, mock, tracker, holder, global_cap, ceiling, shutdown_rx, health } =
         start;
     if let Some(cpu) = cpu
         && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
@@ -243,8 +241,8 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, String> {
                         &tuning.kafka,
                         tuning.shards.assignment,
                         tuning.shards.partitions,
-                        i,
-                        n,
+                        tuning.global_shard(i).0,
+                        tuning.global_shard(i).1,
                     )
                     .map_err(|e| format!("consumer: {e}"))?,
                 )),

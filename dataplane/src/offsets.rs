@@ -34,6 +34,11 @@ impl PartitionOffsets {
         self.committed = Some(point);
     }
 
+    /// The last offset committed (`None` before the first commit).
+    pub fn committed_offset(&self) -> Option<i64> {
+        self.committed
+    }
+
     pub fn pending(&self) -> usize {
         self.pending.len()
     }

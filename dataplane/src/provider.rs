@@ -73,6 +73,9 @@ pub struct Tracker {
     caps: RwLock<HashMap<Uuid, u32>>,
     violations: AtomicU64,
     calls: AtomicU64,
+    /// Optional ledger file: one line per call placed, written with one `write` on an
+    /// `O_APPEND` file, so it survives the process being killed (fault runs check it).
+    ledger: Option<std::fs::File>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +107,39 @@ impl Tracker {
         let t = Tracker::default();
         t.global_cap.store(u64::from(global_cap), Ordering::Relaxed);
         Arc::new(t)
+    }
+
+    /// A tracker that also appends every call placed to `path` as
+    /// `<call id> <attempt> <campaign id> <start µs> <planned end µs>` (the carrier's view: a
+    /// call goes on until its planned end even if the dialer dies), for checks across processes.
+    pub fn with_ledger(global_cap: u32, path: &std::path::Path) -> std::io::Result<Arc<Tracker>> {
+        let t = Tracker {
+            ledger: Some(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            ..Tracker::default()
+        };
+        t.global_cap.store(u64::from(global_cap), Ordering::Relaxed);
+        Ok(Arc::new(t))
+    }
+
+    fn record(&self, msg: &DispatchMessage, wait: Duration) {
+        if let Some(mut f) = self.ledger.as_ref() {
+            use std::io::Write;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            let line = format!(
+                "{} {} {} {} {}\n",
+                msg.call_id,
+                msg.attempt,
+                msg.campaign_id,
+                now,
+                now + wait.as_micros() as u64
+            );
+            if let Err(e) = f.write_all(line.as_bytes()) {
+                tracing::error!(error = %e, "provider ledger not written");
+            }
+        }
     }
 
     /// The cap a campaign's calls must stay under (checked on every call start).
@@ -220,6 +256,7 @@ impl Provider for MockProvider {
             CallOutcome::Completed { duration, .. } => *duration,
             CallOutcome::Failed { after, .. } => *after,
         };
+        t.record(msg, wait);
         Box::pin(async move {
             let _up = up;
             if !wait.is_zero() {

@@ -53,6 +53,8 @@ pub struct ShardReport {
     /// Redelivered attempts the journal showed as started without an outcome: reported as
     /// `unknown_outcome`, not dialed again.
     pub unknown_outcome: u64,
+    /// Redelivered messages whose attempt the journal showed as dialed and resolved: skipped.
+    pub redelivered_done: u64,
     /// Messages received but not finished when the shard stopped (redelivered after restart).
     pub unfinished: u64,
 }
@@ -374,7 +376,7 @@ pub async fn run_shard<P: Provider>(
                 None => Ok(()),
                 Some(j) => to_start
                     .iter()
-                    .try_for_each(|w| j.started(w.partition, (w.msg.call_id, w.msg.attempt)))
+                    .try_for_each(|w| j.started(w.partition, (w.msg.call_id, w.msg.attempt), w.offset))
                     .and_then(|()| j.commit()),
             };
             my_health().set_journal_failing(durable.is_err());
@@ -522,15 +524,25 @@ pub async fn run_shard<P: Provider>(
                     report.received += 1;
                     match d.msg {
                         Ok(msg) => {
+                            use crate::journal::Seen;
                             let seen = match &mut journal {
-                                Some(j) => j.is_unresolved(d.partition, (msg.call_id, msg.attempt)).unwrap_or_else(|e| {
+                                Some(j) => j.seen(d.partition, (msg.call_id, msg.attempt)).unwrap_or_else(|e| {
                                     // Cannot tell: do not dial; the retry policy decides.
                                     tracing::error!(shard, error = %e, "journal unreadable");
-                                    true
+                                    Seen::Unresolved
                                 }),
-                                None => false,
+                                None => Seen::No,
                             };
-                            if seen {
+                            if seen == Seen::Resolved {
+                                // Dialed, and its outcome delivered, before a restart: only the
+                                // offset commit was lost. Nothing to do but finish the message.
+                                report.redelivered_done += 1;
+                                if let Source::Kafka(k) = &mut source {
+                                    k.done(d.partition, d.offset);
+                                }
+                                continue;
+                            }
+                            if seen == Seen::Unresolved {
                                 report.unknown_outcome += 1;
                                 metrics::counter!("dialer_unknown_outcomes_total").increment(1);
                                 tracing::warn!(shard, call = %msg.call_id, attempt = msg.attempt, "attempt started before a restart with no recorded outcome: reported as unknown_outcome, not dialed again");
@@ -577,7 +589,17 @@ pub async fn run_shard<P: Provider>(
             _ = tokio::time::sleep(Duration::from_millis(5)), if parked_any => q.wake_all(),
             _ = sleep_until_opt(due), if due.is_some() => {}
             _ = commit_tick.tick() => {
-                if let Source::Kafka(k) = &mut source { k.commit() }
+                match (&mut source, &mut journal) {
+                    (Source::Kafka(k), Some(j)) => {
+                        k.commit();
+                        for (p, point) in k.committed_points() {
+                            j.committed(p, point);
+                        }
+                    }
+                    (Source::Kafka(k), None) => k.commit(),
+                    (Source::Memory(_), Some(j)) => j.forget_resolved(),
+                    (Source::Memory(_), None) => {}
+                }
                 if let Some(j) = &mut journal && let Err(e) = j.commit() {
                     tracing::error!(shard, error = %e, "journal write failed");
                     my_health().set_journal_failing(true);

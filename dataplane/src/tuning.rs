@@ -63,6 +63,11 @@ pub struct ShardTuning {
     pub assignment: Assignment,
     /// Partitions of the dispatch topic (static assignment, and topic creation).
     pub partitions: i32,
+    /// Static assignment over several data-plane processes: this process is `instance` of
+    /// `instances`, and its shard `i` reads the partitions of global shard
+    /// `instance × count + i` of `instances × count` (`dialer dataplane --instance K --instances N`).
+    pub instance: usize,
+    pub instances: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,7 +115,7 @@ pub struct ShutdownTuning {
 
 impl Default for ShardTuning {
     fn default() -> Self {
-        ShardTuning { count: 2, cpus: vec![], assignment: Assignment::Static, partitions: 8 }
+        ShardTuning { count: 2, cpus: vec![], assignment: Assignment::Static, partitions: 8, instance: 0, instances: 1 }
     }
 }
 
@@ -158,6 +163,12 @@ impl Default for ShutdownTuning {
 }
 
 impl Tuning {
+    /// The global index of shard `i` of this process and the number of shards of all
+    /// processes, for static assignment.
+    pub fn global_shard(&self, i: usize) -> (usize, usize) {
+        (self.shards.instance * self.shards.count + i, self.shards.instances * self.shards.count)
+    }
+
     pub fn from_toml(text: &str) -> Result<Tuning, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
@@ -208,10 +219,16 @@ impl Tuning {
         if s.partitions < 1 {
             return Err(invalid("shards.partitions", "must be at least 1"));
         }
-        if s.assignment == Assignment::Static && (s.partitions as usize) < s.count {
+        if s.instances == 0 || s.instance >= s.instances {
+            return Err(invalid("shards.instance", format!("must be below shards.instances ({})", s.instances)));
+        }
+        if s.assignment == Assignment::Static && (s.partitions as usize) < s.count * s.instances {
             return Err(invalid(
                 "shards.partitions",
-                format!("{} partitions cannot feed {} shards: some shards would idle", s.partitions, s.count),
+                format!(
+                    "{} partitions cannot feed {} shards × {} instances: some shards would idle",
+                    s.partitions, s.count, s.instances
+                ),
             ));
         }
         let k = &self.kafka;

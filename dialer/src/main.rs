@@ -60,6 +60,12 @@ enum Command {
         /// Directory of the attempt journal when the tuning file sets none (journal.dir).
         #[arg(long, default_value = "data/journal", env = "DIALER_JOURNAL_DIR")]
         journal_dir: PathBuf,
+        /// With static assignment over several processes: this process's index (shards.instance).
+        #[arg(long, env = "DIALER_INSTANCE")]
+        instance: Option<usize>,
+        /// With static assignment over several processes: how many there are (shards.instances).
+        #[arg(long, env = "DIALER_INSTANCES")]
+        instances: Option<usize>,
     },
     /// Show or change the live concurrency caps in the shared (Redis) limiter, without restarting
     /// anything: overrides take effect at the next lease update of every core.
@@ -177,7 +183,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
         mock: mock_settings(cfg),
-        tracker: dialer_dataplane::Tracker::new(cfg.limits.global_max_concurrency),
+        tracker: tracker(cfg)?,
         instance: format!("up-{}", std::process::id()),
     })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -320,6 +326,24 @@ async fn spawn_kafka_pipeline(
     Ok(ready)
 }
 
+/// Where a data-plane process sits: its journal, its slice of a static assignment.
+#[derive(Debug)]
+struct Placement {
+    journal_dir: PathBuf,
+    instance: Option<usize>,
+    instances: Option<usize>,
+}
+
+/// The provider's independent tracker, with its ledger file when `provider.ledger` is set.
+fn tracker(cfg: &Config) -> Result<std::sync::Arc<dialer_dataplane::Tracker>> {
+    let cap = cfg.limits.global_max_concurrency;
+    if cfg.provider.ledger.is_empty() {
+        return Ok(dialer_dataplane::Tracker::new(cap));
+    }
+    dialer_dataplane::Tracker::with_ledger(cap, Path::new(&cfg.provider.ledger))
+        .with_context(|| format!("provider.ledger: cannot append to {}", cfg.provider.ledger))
+}
+
 fn mock_settings(cfg: &Config) -> dialer_dataplane::MockSettings {
     let p = &cfg.provider;
     dialer_dataplane::MockSettings {
@@ -337,13 +361,20 @@ async fn run_dataplane(
     tuning_path: &Path,
     check: bool,
     admin: SocketAddr,
-    journal_dir: &Path,
+    placement: &Placement,
 ) -> Result<()> {
     let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
     let mut tuning = dialer_dataplane::Tuning::load(tuning_path, ttl).context("refusing to start")?;
     if tuning.journal.dir.is_empty() {
-        tuning.journal.dir = journal_dir.display().to_string();
+        tuning.journal.dir = placement.journal_dir.display().to_string();
     }
+    if let Some(i) = placement.instance {
+        tuning.shards.instance = i;
+    }
+    if let Some(n) = placement.instances {
+        tuning.shards.instances = n;
+    }
+    tuning.validate(ttl).context("refusing to start")?;
     if check {
         println!("# effective settings of {}\n{}", tuning_path.display(), toml::to_string_pretty(&tuning)?);
         return Ok(());
@@ -391,7 +422,7 @@ async fn run_dataplane(
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
         mock: mock_settings(cfg),
-        tracker: dialer_dataplane::Tracker::new(cfg.limits.global_max_concurrency),
+        tracker: tracker(cfg)?,
         instance,
     })?;
     let admin_app = dialer_control_plane::observability::dataplane_admin(dp.health());
@@ -461,8 +492,9 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             let url = cfg.store.url.clone();
             serve_api(&cfg, &url).await
         }
-        Command::Dataplane { tuning, check, admin, journal_dir } => {
-            run_dataplane(&cfg, &tuning, check, admin, &journal_dir).await
+        Command::Dataplane { tuning, check, admin, journal_dir, instance, instances } => {
+            let placement = Placement { journal_dir, instance, instances };
+            run_dataplane(&cfg, &tuning, check, admin, &placement).await
         }
         Command::Limits { global, clear_global, campaign, cap, clear, reconcile } => {
             anyhow::ensure!(

@@ -164,7 +164,70 @@ pub struct Postgres {
     /// `postgres://postgres@127.0.0.1:PORT` (no database).
     pub base_url: String,
     bin: Option<PathBuf>,
+    server: Option<std::sync::Mutex<PgServer>>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// How to (re)start a harness-owned PostgreSQL server.
+#[derive(Debug)]
+struct PgServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    ids: Option<(u32, u32)>,
+    child: Option<std::process::Child>,
+}
+
+impl PgServer {
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))
+            .map_err(|e| HarnessError::Start { what: "PostgreSQL".into(), detail: e.to_string() })?;
+        let mut server = Command::new(self.bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&self.dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=256MB"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .process_group(0);
+        if let Some((uid, gid)) = self.ids {
+            server.uid(uid).gid(gid);
+        }
+        let child =
+            server.spawn().map_err(|e| HarnessError::Start { what: "PostgreSQL".into(), detail: e.to_string() })?;
+        watch(child.id(), &self.dir);
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default();
+                return Err(HarnessError::Start { what: "PostgreSQL".into(), detail: log });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server the way a crash would (immediate shutdown: no checkpoint, clients cut).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-QUIT", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn pg_bin_dir() -> Result<PathBuf, HarnessError> {
@@ -199,9 +262,36 @@ impl Postgres {
         PG.get_or_init(|| Postgres::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
     }
 
+    /// A server of the caller's own (fault runs restart it), never `DIALER_TEST_POSTGRES_URL`'s.
+    pub fn own() -> Result<Postgres, HarnessError> {
+        Postgres::start_inner(false)
+    }
+
+    /// Stops the server as a crash would and starts it again on the same port and data.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        let Some(s) = &self.server else {
+            return Err(HarnessError::Start {
+                what: "PostgreSQL".into(),
+                detail: "an external server (DIALER_TEST_POSTGRES_URL) cannot be restarted".into(),
+            });
+        };
+        let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+        s.stop();
+        s.spawn()
+    }
+
     fn start() -> Result<Postgres, HarnessError> {
-        if let Ok(url) = std::env::var("DIALER_TEST_POSTGRES_URL") {
-            return Ok(Postgres { base_url: url.trim_end_matches('/').to_string(), bin: None, _dir: None });
+        Postgres::start_inner(true)
+    }
+
+    fn start_inner(external_ok: bool) -> Result<Postgres, HarnessError> {
+        if let (true, Ok(url)) = (external_ok, std::env::var("DIALER_TEST_POSTGRES_URL")) {
+            return Ok(Postgres {
+                base_url: url.trim_end_matches('/').to_string(),
+                bin: None,
+                server: None,
+                _dir: None,
+            });
         }
         let bin = pg_bin_dir()?;
         let dir = tempfile::Builder::new()
@@ -238,42 +328,10 @@ impl Postgres {
         as_user(&mut initdb);
         run(&mut initdb, "initdb")?;
         let port = free_port();
-        let mut server = Command::new(bin.join("postgres"));
-        server
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=256MB"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.path().join("postgres.log"))
-                    .map_err(|e| HarnessError::Start { what: "PostgreSQL".into(), detail: e.to_string() })?,
-            ))
-            .process_group(0);
-        as_user(&mut server);
-        let child =
-            server.spawn().map_err(|e| HarnessError::Start { what: "PostgreSQL".into(), detail: e.to_string() })?;
-        watch(child.id(), dir.path());
+        let mut server = PgServer { bin: bin.clone(), dir: dir.path().to_path_buf(), port, ids, child: None };
+        server.spawn()?;
         let base_url = format!("postgres://postgres@127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Command::new(bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                break;
-            }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default();
-                return Err(HarnessError::Start { what: "PostgreSQL".into(), detail: log });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Postgres { base_url, bin: Some(bin), _dir: Some(dir) })
+        Ok(Postgres { base_url, bin: Some(bin), server: Some(std::sync::Mutex::new(server)), _dir: Some(dir) })
     }
 
     /// A new, empty database; returns its URL.
@@ -498,4 +556,10 @@ impl Tansu {
 /// The shared broker, or a panic naming what to install.
 pub fn tansu() -> &'static Tansu {
     Tansu::shared().unwrap_or_else(|e| panic!("test Kafka broker unavailable: {e}"))
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

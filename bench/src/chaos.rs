@@ -1,0 +1,475 @@
+//! `bench chaos`: the distributed mode as real processes on loopback — `dialer control-plane`
+//! (API, scheduler, recorder) and `--dataplanes` × `dialer dataplane` (static assignment, one
+//! shard each, attempt journal on) over harness-owned PostgreSQL, Redis and tansu — with faults
+//! injected while campaigns run: a data plane SIGKILLed and restarted every `--kill-every-s`,
+//! redis-server restarted (its data lost), the broker restarted, PostgreSQL restarted (immediate
+//! shutdown). After the faults stop and every campaign completes, it checks the guarantees:
+//!
+//! - **no cap violation**, from the provider's ledger (the carrier's view: every call placed,
+//!   with its planned end, written with `O_APPEND` so a killed process loses nothing): the
+//!   global and each campaign's simultaneous calls never exceed their caps;
+//! - **no double dial**: no (call, attempt) twice in the ledger, nor two `started` events of one
+//!   attempt on the status topic;
+//! - **nothing lost**: every target terminal, stats equal to the rows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dialer_control_plane::{Config, open_store};
+use dialer_domain::campaign::CampaignAction;
+use dialer_domain::messages::{EventKind, StatusEvent};
+use dialer_domain::validate::CreateCampaignRequest;
+use indicatif::{ProgressBar, ProgressStyle};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message};
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long faults are injected, in seconds (then the campaigns drain without faults).
+    #[arg(long, default_value_t = 120)]
+    fault_seconds: u64,
+    #[arg(long, default_value_t = 6)]
+    campaigns: usize,
+    /// Targets per campaign.
+    #[arg(long, default_value_t = 2000)]
+    targets: usize,
+    /// Campaign caps are spread between 5 and this.
+    #[arg(long, default_value_t = 30)]
+    campaign_cap: u32,
+    /// TELEPHONY_GLOBAL_MAX_CONCURRENCY (below the sum of the campaign caps, so it binds).
+    #[arg(long, default_value_t = 80)]
+    global_cap: u32,
+    #[arg(long, default_value_t = 2)]
+    dataplanes: usize,
+    /// A data plane is SIGKILLed (and restarted a second later) this often.
+    #[arg(long, default_value_t = 10)]
+    kill_every_s: u64,
+    /// Mock call length range in ms.
+    #[arg(long, default_value = "200-1000")]
+    call_ms: String,
+    /// How long the campaigns may take to finish after the faults stop.
+    #[arg(long, default_value_t = 600)]
+    settle_timeout_s: u64,
+    /// The `dialer` binary (default: next to this one; build it with `cargo build --release -p dialer`).
+    #[arg(long)]
+    dialer: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn dialer_bin(a: &Args) -> Result<PathBuf> {
+    let p = match &a.dialer {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("dialer"),
+    };
+    if !p.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build -p dialer` (same profile as bench) or pass --dialer",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A `dialer` process of the run, restartable.
+struct Proc {
+    name: String,
+    cmd: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self, bin: &Path) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut c = Command::new(bin);
+        c.args(&self.cmd).stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        self.child = Some(c.spawn().with_context(|| format!("starting {}", self.name))?);
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One call placed, from a ledger line.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    call: Uuid,
+    attempt: u32,
+    campaign: Uuid,
+    start_us: u64,
+    end_us: u64,
+}
+
+fn read_ledgers(dir: &Path) -> Result<Vec<Placed>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ledger-")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(&p)?.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if let [call, attempt, campaign, start, end] = f[..] {
+                out.push(Placed {
+                    call: call.parse()?,
+                    attempt: attempt.parse()?,
+                    campaign: campaign.parse()?,
+                    start_us: start.parse()?,
+                    end_us: end.parse()?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Starts that found their cap full (global or campaign), sweeping the calls' intervals; and the
+/// highest global concurrency seen.
+fn cap_violations(calls: &[Placed], global_cap: u32, caps: &HashMap<Uuid, u32>) -> (u64, i64) {
+    let mut edges: Vec<(u64, i8, Uuid)> = Vec::with_capacity(calls.len() * 2);
+    for c in calls {
+        edges.push((c.start_us, 1, c.campaign));
+        edges.push((c.end_us, -1, c.campaign));
+    }
+    // Ends before starts at the same instant.
+    edges.sort_by_key(|(t, d, _)| (*t, *d));
+    let (mut global, mut max, mut violations) = (0i64, 0i64, 0u64);
+    let mut per: HashMap<Uuid, i64> = HashMap::new();
+    for (_, d, c) in edges {
+        global += i64::from(d);
+        let n = per.entry(c).or_default();
+        *n += i64::from(d);
+        if d > 0 {
+            max = max.max(global);
+            let cap = caps.get(&c).copied().unwrap_or(u32::MAX);
+            if global > i64::from(global_cap) || *n > i64::from(cap) {
+                violations += 1;
+            }
+        }
+    }
+    (violations, max)
+}
+
+/// Started events per attempt on the status topic (a second one = a second dial).
+async fn started_duplicates(brokers: &str, topic: &str) -> Result<(u64, u64)> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("chaos-audit-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    c.subscribe(&[topic])?;
+    let mut started: HashMap<(Uuid, u32), u32> = HashMap::new();
+    let mut events = 0u64;
+    let mut quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(5) {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
+            quiet = Instant::now();
+            events += 1;
+            if let Ok(e) = StatusEvent::decode(m.payload().unwrap_or_default())
+                && e.kind == EventKind::Started
+            {
+                *started.entry((e.call_id, e.attempt)).or_default() += 1;
+            }
+        }
+    }
+    Ok((started.values().map(|n| u64::from(n.saturating_sub(1))).sum(), events))
+}
+
+pub async fn run(a: Args) -> Result<()> {
+    let bin = dialer_bin(&a)?;
+    let (min_ms, max_ms) = a.call_ms.split_once('-').context("--call-ms is MIN-MAX")?;
+    let (min_ms, max_ms): (u64, u64) = (min_ms.parse()?, max_ms.parse()?);
+    let err = |e: dialer_testkit::HarnessError| anyhow::anyhow!("{e}");
+    let pg = dialer_testkit::Postgres::own().map_err(err)?;
+    let db = pg.create_database().map_err(anyhow::Error::msg)?;
+    let redis = dialer_testkit::RedisServer::start().map_err(err)?;
+    let tansu = dialer_testkit::Tansu::start(dialer_testkit::TansuStorage::Sqlite).map_err(err)?;
+    let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
+    let w = work.path();
+    let api_port = dialer_testkit::free_port();
+    std::fs::write(
+        w.join("dialer.toml"),
+        format!(
+            "[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+             [store]\nurl = \"{db}\"\nmax_connections = 16\n\
+             [limits]\nglobal_max_concurrency = {g}\nper_campaign_max_concurrency = {cc}\nsemaphore_ttl_sec = 30\n\
+             redis_url = \"{r}\"\nreconcile_every_sec = 5\n\
+             [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\n\
+             [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = 50\n\
+             [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n",
+            g = a.global_cap,
+            cc = a.campaign_cap,
+            r = redis.url(),
+            b = tansu.bootstrap()
+        ),
+    )?;
+    let partitions = (a.dataplanes * 4).max(8);
+    std::fs::write(
+        w.join("tuning.toml"),
+        format!(
+            "[shards]\ncount = 1\nassignment = \"static\"\npartitions = {partitions}\n\
+             [kafka]\ncommit_every_ms = 100\n\
+             [lease]\nbatch = 8\nlow_water = 2\nttl_ms = 5000\nrenew_every_ms = 1000\nidle_give_back_ms = 1000\n\
+             [shutdown]\ngrace_ms = 5000\n"
+        ),
+    )?;
+    let config = w.join("dialer.toml").display().to_string();
+    let mut cp = Proc {
+        name: "control-plane".into(),
+        cmd: vec!["--config".into(), config.clone(), "control-plane".into()],
+        env: vec![],
+        log: w.join("control-plane.log"),
+        child: None,
+    };
+    cp.spawn(&bin)?;
+    if !dialer_testkit::wait_for_port(api_port, Duration::from_secs(60)) {
+        bail!("the control plane did not start; its log:\n{}", std::fs::read_to_string(&cp.log).unwrap_or_default());
+    }
+    let mut dps: Vec<Proc> = (0..a.dataplanes)
+        .map(|k| Proc {
+            name: format!("dataplane-{k}"),
+            cmd: vec![
+                "--config".into(),
+                config.clone(),
+                "dataplane".into(),
+                "--tuning".into(),
+                w.join("tuning.toml").display().to_string(),
+                "--admin".into(),
+                format!("127.0.0.1:{}", dialer_testkit::free_port()),
+                "--journal-dir".into(),
+                w.join("journal").display().to_string(),
+                "--instance".into(),
+                k.to_string(),
+                "--instances".into(),
+                a.dataplanes.to_string(),
+            ],
+            env: vec![("DIALER_PROVIDER_LEDGER".into(), w.join(format!("ledger-{k}")).display().to_string())],
+            log: w.join(format!("dataplane-{k}.log")),
+            child: None,
+        })
+        .collect();
+    for d in &mut dps {
+        d.spawn(&bin)?;
+    }
+
+    // The campaigns, created and started through the store (the API is not under test here).
+    let store = open_store(&Config::default(), &db).await?;
+    let mut caps: HashMap<Uuid, u32> = HashMap::new();
+    let mut ids = Vec::new();
+    for i in 0..a.campaigns {
+        let cap = 5 + (i as u32 * 7) % a.campaign_cap.saturating_sub(4).max(1);
+        let targets: Vec<_> =
+            (0..a.targets).map(|k| json!({"phone_number": format!("+1{:03}{:07}", 200 + i, k)})).collect();
+        let req: CreateCampaignRequest = serde_json::from_value(json!({
+            "name": format!("chaos-{i}"), "max_concurrent_calls": cap,
+            "retry_policy": {"max_attempts": 3, "base_delay": "200ms", "max_delay": "2s"},
+            "targets": targets
+        }))?;
+        let c = store.create_campaign(&req.validate(1_000_000).map_err(|e| anyhow::anyhow!("{e:?}"))?).await?;
+        store.transition(c.id, CampaignAction::Start).await?;
+        caps.insert(c.id, cap);
+        ids.push(c.id);
+    }
+    store.close().await;
+    let total = (a.campaigns * a.targets) as i64;
+
+    // Faults.
+    let pb = ProgressBar::new(a.fault_seconds);
+    pb.set_style(
+        ProgressStyle::with_template("chaos {bar:40} {pos}/{len} s of faults  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let t0 = Instant::now();
+    let fault_end = t0 + Duration::from_secs(a.fault_seconds);
+    let (mut kills, mut redis_restarts, mut broker_restarts, mut pg_restarts) = (0u64, 0u64, 0u64, 0u64);
+    let mut next_kill = t0 + Duration::from_secs(a.kill_every_s);
+    let at = |f: f64| t0 + Duration::from_secs_f64(a.fault_seconds as f64 * f);
+    let mut scheduled = vec![(at(0.25), "redis"), (at(0.5), "broker"), (at(0.75), "postgres")];
+    while Instant::now() < fault_end {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pb.set_position(t0.elapsed().as_secs());
+        if Instant::now() >= next_kill {
+            let k = (kills as usize) % dps.len();
+            dps[k].kill9();
+            kills += 1;
+            pb.set_message(format!("SIGKILL dataplane-{k} (kills {kills})"));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            dps[k].spawn(&bin)?;
+            next_kill += Duration::from_secs(a.kill_every_s);
+        }
+        if let Some(pos) = scheduled.iter().position(|(t, _)| Instant::now() >= *t) {
+            let (_, what) = scheduled.remove(pos);
+            pb.set_message(format!("restarting {what}"));
+            match what {
+                "redis" => {
+                    redis.restart().map_err(err)?;
+                    redis_restarts += 1;
+                }
+                "broker" => {
+                    tansu.kill();
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tansu.restart().map_err(err)?;
+                    broker_restarts += 1;
+                }
+                _ => {
+                    pg.restart().map_err(err)?;
+                    pg_restarts += 1;
+                }
+            }
+        }
+    }
+    pb.finish_and_clear();
+    println!(
+        "faults over after {:.0} s: {kills} data-plane kills, {redis_restarts} Redis, {broker_restarts} broker, \
+         {pg_restarts} PostgreSQL restarts; waiting for the campaigns to finish",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // Settle: every campaign completes by itself.
+    let store = open_store(&Config::default(), &db).await?;
+    let settle = Instant::now() + Duration::from_secs(a.settle_timeout_s);
+    let spin = ProgressBar::new(total as u64);
+    spin.set_style(
+        ProgressStyle::with_template("settle {bar:40} {pos}/{len} terminal calls")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut completed = false;
+    while Instant::now() < settle {
+        let mut terminal = 0;
+        let mut open = 0;
+        for id in &ids {
+            let s = store.stats(*id).await?;
+            terminal += s.completed_calls + s.failed_calls;
+            open += usize::from(store.get_campaign(*id).await?.status.as_str() != "completed");
+        }
+        spin.set_position(terminal as u64);
+        if open == 0 {
+            completed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    spin.finish_and_clear();
+    let elapsed = t0.elapsed().as_secs_f64();
+    for d in &mut dps {
+        d.stop();
+    }
+    cp.stop();
+
+    // The guarantees.
+    let (mut terminal, mut mismatched, mut attempts) = (0i64, 0u64, 0i64);
+    for id in &ids {
+        let s = store.stats(*id).await?;
+        terminal += s.completed_calls + s.failed_calls;
+        attempts += s.attempts_total;
+        mismatched += u64::from(s != store.recount_stats(*id).await?);
+    }
+    let placed = read_ledgers(w)?;
+    let mut seen: HashMap<(Uuid, u32), u32> = HashMap::new();
+    for p in &placed {
+        *seen.entry((p.call, p.attempt)).or_default() += 1;
+    }
+    let ledger_duplicates: u64 = seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
+    let (violations, max_global) = cap_violations(&placed, a.global_cap, &caps);
+    let (topic_duplicates, status_events) = started_duplicates(&tansu.bootstrap(), "dialer.status").await?;
+    let lost = total - terminal + mismatched as i64;
+    let out = json!({
+        "scenario": "chaos",
+        "settings": {"fault_seconds": a.fault_seconds, "campaigns": a.campaigns, "targets": a.targets,
+            "campaign_cap": a.campaign_cap, "global_cap": a.global_cap, "dataplanes": a.dataplanes,
+            "kill_every_s": a.kill_every_s, "call_ms": a.call_ms},
+        "cores": crate::cores(),
+        "duration_s": elapsed,
+        "completed": completed,
+        "dials": placed.len(),
+        "dials_per_sec": placed.len() as f64 / elapsed,
+        "attempts_recorded": attempts,
+        "status_events": status_events,
+        "cap_violations": violations,
+        "max_global_concurrency": max_global,
+        "lost": lost,
+        "stats_mismatches": mismatched,
+        "duplicates": ledger_duplicates + topic_duplicates,
+        "ledger_duplicates": ledger_duplicates,
+        "status_topic_duplicates": topic_duplicates,
+        "dataplane_kills": kills,
+        "redis_restarts": redis_restarts,
+        "broker_restarts": broker_restarts,
+        "postgres_restarts": pg_restarts,
+    });
+    for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
+        println!("{k:<28} {v}");
+    }
+    crate::write_json(a.json.as_deref(), &out)?;
+    if !completed || lost != 0 || violations != 0 || ledger_duplicates + topic_duplicates != 0 {
+        let keep = work.keep();
+        bail!("a guarantee failed (logs and ledgers kept in {})", keep.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(campaign: u128, start: u64, end: u64) -> Placed {
+        Placed {
+            call: Uuid::from_u128(start as u128),
+            attempt: 1,
+            campaign: Uuid::from_u128(campaign),
+            start_us: start,
+            end_us: end,
+        }
+    }
+
+    #[test]
+    fn the_sweep_finds_over_cap_starts_and_lets_back_to_back_calls_pass() {
+        let caps = HashMap::from([(Uuid::from_u128(1), 2), (Uuid::from_u128(2), 5)]);
+        // Back to back (one ends when the next starts): never two at once.
+        let calls = [p(1, 0, 10), p(1, 10, 20), p(1, 20, 30)];
+        assert_eq!(cap_violations(&calls, 10, &caps), (0, 1));
+        // Three of campaign 1 overlap: its cap of 2 is exceeded once.
+        let calls = [p(1, 0, 10), p(1, 1, 10), p(1, 2, 10), p(2, 3, 10)];
+        assert_eq!(cap_violations(&calls, 10, &caps), (1, 4));
+        // The global cap binds across campaigns.
+        let calls = [p(1, 0, 10), p(2, 1, 10), p(2, 2, 10)];
+        assert_eq!(cap_violations(&calls, 2, &caps).0, 1);
+    }
+}
