@@ -52,6 +52,9 @@ pub struct Args {
     /// Mock call length range in ms.
     #[arg(long, default_value = "200-1000")]
     call_ms: String,
+    /// Which faults to inject (comma-separated): kill, redis, broker, postgres.
+    #[arg(long, default_value = "kill,redis,broker,postgres", value_delimiter = ',')]
+    faults: Vec<String>,
     /// How long the campaigns may take to finish after the faults stop.
     #[arg(long, default_value_t = 600)]
     settle_timeout_s: u64,
@@ -319,13 +322,20 @@ pub async fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
     let fault_end = t0 + Duration::from_secs(a.fault_seconds);
     let (mut kills, mut redis_restarts, mut broker_restarts, mut pg_restarts) = (0u64, 0u64, 0u64, 0u64);
+    for f in &a.faults {
+        if !["kill", "redis", "broker", "postgres"].contains(&f.as_str()) {
+            bail!("--faults: unknown fault {f:?}; pick from kill, redis, broker, postgres");
+        }
+    }
+    let on = |f: &str| a.faults.iter().any(|x| x == f);
     let mut next_kill = t0 + Duration::from_secs(a.kill_every_s);
     let at = |f: f64| t0 + Duration::from_secs_f64(a.fault_seconds as f64 * f);
-    let mut scheduled = vec![(at(0.25), "redis"), (at(0.5), "broker"), (at(0.75), "postgres")];
+    let mut scheduled: Vec<(Instant, &str)> =
+        [(at(0.25), "redis"), (at(0.5), "broker"), (at(0.75), "postgres")].into_iter().filter(|(_, f)| on(f)).collect();
     while Instant::now() < fault_end {
         tokio::time::sleep(Duration::from_millis(200)).await;
         pb.set_position(t0.elapsed().as_secs());
-        if Instant::now() >= next_kill {
+        if on("kill") && Instant::now() >= next_kill {
             let k = (kills as usize) % dps.len();
             dps[k].kill9();
             kills += 1;
@@ -414,7 +424,7 @@ pub async fn run(a: Args) -> Result<()> {
         "scenario": "chaos",
         "settings": {"fault_seconds": a.fault_seconds, "campaigns": a.campaigns, "targets": a.targets,
             "campaign_cap": a.campaign_cap, "global_cap": a.global_cap, "dataplanes": a.dataplanes,
-            "kill_every_s": a.kill_every_s, "call_ms": a.call_ms},
+            "kill_every_s": a.kill_every_s, "call_ms": a.call_ms, "faults": a.faults},
         "cores": crate::cores(),
         "duration_s": elapsed,
         "completed": completed,

@@ -176,6 +176,8 @@ struct PgServer {
     port: u16,
     ids: Option<(u32, u32)>,
     child: Option<std::process::Child>,
+    /// fsync and synchronous commit on, as in production (fault runs); off for speed in tests.
+    durable: bool,
 }
 
 impl PgServer {
@@ -191,12 +193,14 @@ impl PgServer {
             .arg(self.dir.join("data"))
             .args(["-p", &self.port.to_string(), "-k"])
             .arg(&self.dir)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=256MB"])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=400", "-c", "shared_buffers=256MB"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .process_group(0);
+        if !self.durable {
+            server.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+        }
         if let Some((uid, gid)) = self.ids {
             server.uid(uid).gid(gid);
         }
@@ -263,6 +267,7 @@ impl Postgres {
     }
 
     /// A server of the caller's own (fault runs restart it), never `DIALER_TEST_POSTGRES_URL`'s.
+    /// Durable (fsync, synchronous commit): a crash loses no committed transaction.
     pub fn own() -> Result<Postgres, HarnessError> {
         Postgres::start_inner(false)
     }
@@ -328,7 +333,8 @@ impl Postgres {
         as_user(&mut initdb);
         run(&mut initdb, "initdb")?;
         let port = free_port();
-        let mut server = PgServer { bin: bin.clone(), dir: dir.path().to_path_buf(), port, ids, child: None };
+        let mut server =
+            PgServer { bin: bin.clone(), dir: dir.path().to_path_buf(), port, ids, child: None, durable: !external_ok };
         server.spawn()?;
         let base_url = format!("postgres://postgres@127.0.0.1:{port}");
         Ok(Postgres { base_url, bin: Some(bin), server: Some(std::sync::Mutex::new(server)), _dir: Some(dir) })
