@@ -382,13 +382,7 @@ pub async fn run(a: Args) -> Result<()> {
     );
     let mut completed = false;
     while Instant::now() < settle {
-        let mut terminal = 0;
-        let mut open = 0;
-        for id in &ids {
-            let s = store.stats(*id).await?;
-            terminal += s.completed_calls + s.failed_calls;
-            open += usize::from(store.get_campaign(*id).await?.status.as_str() != "completed");
-        }
+        let crate::Progress { terminal, open, .. } = crate::progress(&store, &ids).await?;
         spin.set_position(terminal as u64);
         if open == 0 {
             completed = true;
@@ -404,13 +398,8 @@ pub async fn run(a: Args) -> Result<()> {
     cp.stop();
 
     // The guarantees.
-    let (mut terminal, mut mismatched, mut attempts) = (0i64, 0u64, 0i64);
-    for id in &ids {
-        let s = store.stats(*id).await?;
-        terminal += s.completed_calls + s.failed_calls;
-        attempts += s.attempts_total;
-        mismatched += u64::from(s != store.recount_stats(*id).await?);
-    }
+    let crate::Progress { terminal, attempts, .. } = crate::progress(&store, &ids).await?;
+    let mismatched = crate::stats_mismatches(&store, &ids).await?;
     let placed = read_ledgers(w)?;
     let mut seen: HashMap<(Uuid, u32), u32> = HashMap::new();
     for p in &placed {

@@ -170,13 +170,7 @@ pub async fn run(a: Args) -> Result<()> {
         let tick0 = Instant::now();
         sched.tick().await?;
         let _ = ticks.record((tick0.elapsed().as_millis() as u64).max(1));
-        let mut terminal = 0;
-        let mut open = 0;
-        for id in &ids {
-            let s = store.stats(*id).await?;
-            terminal += s.completed_calls + s.failed_calls;
-            open += usize::from(store.get_campaign(*id).await?.status.as_str() != "completed");
-        }
+        let crate::Progress { terminal, open, .. } = crate::progress(&store, &ids).await?;
         pb.set_position(terminal as u64);
         if open == 0 {
             break;
@@ -196,15 +190,8 @@ pub async fn run(a: Args) -> Result<()> {
     dp.shutdown();
     tokio::task::spawn_blocking(move || dp.join()).await??;
 
-    let (mut attempts, mut terminal, mut mismatched) = (0i64, 0i64, 0);
-    for id in &ids {
-        let s = store.stats(*id).await?;
-        attempts += s.attempts_total;
-        terminal += s.completed_calls + s.failed_calls;
-        if s != store.recount_stats(*id).await? {
-            mismatched += 1;
-        }
-    }
+    let crate::Progress { terminal, attempts, .. } = crate::progress(&store, &ids).await?;
+    let mismatched = crate::stats_mismatches(&store, &ids).await?;
     let dials = tracker.calls() as i64;
     let lost = total as i64 - terminal;
     let duplicates = (dials - attempts).max(0);

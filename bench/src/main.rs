@@ -65,6 +65,37 @@ pub fn redis_or(given: Option<&String>) -> Result<(String, Option<dialer_testkit
     Ok((r.url(), Some(r)))
 }
 
+/// Where a run's campaigns stand, from the store.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Calls completed or failed for good.
+    pub terminal: i64,
+    /// Campaigns not completed yet.
+    pub open: usize,
+    /// Attempts recorded.
+    pub attempts: i64,
+}
+
+pub async fn progress(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<Progress> {
+    let mut p = Progress::default();
+    for id in ids {
+        let s = store.stats(*id).await?;
+        p.terminal += s.completed_calls + s.failed_calls;
+        p.attempts += s.attempts_total;
+        p.open += usize::from(store.get_campaign(*id).await?.status.as_str() != "completed");
+    }
+    Ok(p)
+}
+
+/// Campaigns whose stats differ from a fresh count of their call rows.
+pub async fn stats_mismatches(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<u64> {
+    let mut n = 0;
+    for id in ids {
+        n += u64::from(store.stats(*id).await? != store.recount_stats(*id).await?);
+    }
+    Ok(n)
+}
+
 /// Number of CPUs, as `nproc` reports it.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(usize::from).unwrap_or(1)

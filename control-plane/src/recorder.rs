@@ -49,7 +49,7 @@ impl Recorder {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut batch: Vec<StatusEvent> = Vec::with_capacity(self.batch_max);
         let mut offsets: Vec<(i32, i64)> = Vec::new();
-        let mut malformed: Vec<MalformedEvent> = Vec::new();
+        let mut malformed: Vec<(i32, i64, dialer_dataplane::Malformed)> = Vec::new();
         let mut stopping = false;
         loop {
             batch.clear();
@@ -74,13 +74,15 @@ impl Recorder {
                             Err(e) => {
                                 metrics::counter!("dialer_recorder_malformed_total").increment(1);
                                 tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "malformed status event: sent to the dead-letter topic");
-                                malformed.push(MalformedEvent {
-                                    partition: m.partition(),
-                                    offset: m.offset(),
-                                    key: m.key().map(<[u8]>::to_vec),
-                                    payload: m.payload().unwrap_or_default().to_vec(),
-                                    reason: e.to_string(),
-                                });
+                                malformed.push((
+                                    m.partition(),
+                                    m.offset(),
+                                    dialer_dataplane::Malformed {
+                                        reason: e.to_string(),
+                                        key: m.key().map(<[u8]>::to_vec),
+                                        payload: m.payload().unwrap_or_default().to_vec(),
+                                    },
+                                ));
                             }
                         }
                     };
@@ -170,31 +172,18 @@ fn commit(consumer: &MeteredConsumer, topic: &str, offsets: &[(i32, i64)]) {
     }
 }
 
-/// A status event that could not be read, kept for the dead-letter topic.
-#[derive(Debug)]
-struct MalformedEvent {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    reason: String,
-}
-
 /// Sends an unreadable status event to the dead-letter topic (bytes unchanged, reason and origin
 /// in headers), retrying until the broker takes it: its offset is committed only afterwards.
-async fn dead_letter_malformed(p: &MeteredProducer, dlq: &str, source: &str, m: &MalformedEvent) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    let origin = format!("{source}/{}/{}", m.partition, m.offset);
+async fn dead_letter_malformed(
+    p: &MeteredProducer,
+    dlq: &str,
+    source: &str,
+    (partition, offset, m): &(i32, i64, dialer_dataplane::Malformed),
+) {
+    let origin = format!("{source}/{partition}/{offset}");
     let mut wait = Duration::from_millis(100);
     loop {
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "dialer-reason", value: Some(m.reason.as_bytes()) })
-            .insert(Header { key: "dialer-source", value: Some(origin.as_bytes()) })
-            .insert(Header { key: "dialer-kind", value: Some(b"malformed_status".as_slice()) });
-        let mut rec = FutureRecord::<[u8], [u8]>::to(dlq).payload(&m.payload).headers(headers);
-        if let Some(k) = &m.key {
-            rec = rec.key(k);
-        }
+        let rec = dialer_dataplane::kafka::dead_letter_record(dlq, m, &origin, "malformed_status");
         match p.send(rec, Duration::from_secs(5)).await {
             Ok(_) => return,
             Err((e, _)) => {

@@ -208,6 +208,7 @@ impl Journal {
         let p = self.part(partition)?;
         Record::Started(a, offset).encode(&mut p.buf);
         p.open.insert(a, offset);
+        p.appended += 1;
         p.dirty = true;
         Ok(())
     }
@@ -218,6 +219,7 @@ impl Journal {
         if let Some(offset) = p.open.remove(&a) {
             Record::Done(a, offset).encode(&mut p.buf);
             p.done.insert(a, offset);
+            p.appended += 1;
             p.dirty = true;
         }
         Ok(())
@@ -242,7 +244,6 @@ impl Journal {
     pub fn commit(&mut self) -> Result<(), JournalError> {
         for p in self.parts.values_mut().filter(|p| p.dirty) {
             p.file.write_all(&p.buf).map_err(io_err(&p.path))?;
-            p.appended += p.buf.len() / 40;
             p.buf.clear();
             if self.sync {
                 p.file.sync_data().map_err(io_err(&p.path))?;

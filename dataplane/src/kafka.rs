@@ -296,17 +296,9 @@ impl KafkaSink {
         partition: i32,
         offset: i64,
     ) -> Result<DeliveryFuture, KafkaError> {
-        use rdkafka::message::{Header, OwnedHeaders};
         let origin = format!("{source_topic}/{partition}/{offset}");
         loop {
-            let headers = OwnedHeaders::new()
-                .insert(Header { key: "dialer-reason", value: Some(m.reason.as_bytes()) })
-                .insert(Header { key: "dialer-source", value: Some(origin.as_bytes()) })
-                .insert(Header { key: "dialer-kind", value: Some(b"malformed_dispatch".as_slice()) });
-            let mut rec = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).payload(&m.payload).headers(headers);
-            if let Some(k) = &m.key {
-                rec = rec.key(k);
-            }
+            let rec = dead_letter_record(&self.dead_letter_topic, m, &origin, "malformed_dispatch");
             match self.producer.send_result(rec) {
                 Ok(f) => return Ok(f),
                 Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
@@ -323,6 +315,27 @@ impl KafkaSink {
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer;
         let _ = self.producer.flush(timeout);
+    }
+}
+
+/// The dead-letter record of an unreadable message: its key and bytes unchanged, the reason,
+/// origin (`topic/partition/offset`) and kind (`malformed_dispatch`, `malformed_status`) in the
+/// headers `dialer-reason`, `dialer-source`, `dialer-kind`.
+pub fn dead_letter_record<'a>(
+    topic: &'a str,
+    m: &'a crate::bus::Malformed,
+    origin: &str,
+    kind: &str,
+) -> FutureRecord<'a, [u8], [u8]> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "dialer-reason", value: Some(m.reason.as_bytes()) })
+        .insert(Header { key: "dialer-source", value: Some(origin.as_bytes()) })
+        .insert(Header { key: "dialer-kind", value: Some(kind.as_bytes()) });
+    let rec = FutureRecord::<[u8], [u8]>::to(topic).payload(&m.payload).headers(headers);
+    match &m.key {
+        Some(k) => rec.key(k),
+        None => rec,
     }
 }
 

@@ -94,10 +94,8 @@ impl Dataplane {
         let (shutdown, shutdown_rx) = watch::channel(false);
         if !opts.tuning.journal.dir.is_empty() {
             // Fail at start, not in a shard, when the journal directory is unusable.
-            for i in 0..n {
-                journal::Journal::open(&journal_dir(&opts.tuning, i), true)
-                    .map_err(|e| DataplaneError::Shard { shard: i, reason: e.to_string() })?;
-            }
+            journal::Journal::open(std::path::Path::new(&opts.tuning.journal.dir), true)
+                .map_err(|e| DataplaneError::Shard { shard: 0, reason: e.to_string() })?;
         }
         let health = Arc::new(Health::new(n));
         metrics::gauge!("dialer_limiter_global_cap").set(f64::from(opts.global_cap));
@@ -253,7 +251,10 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, String> {
         let journal = if tuning.journal.dir.is_empty() {
             None
         } else {
-            Some(journal::Journal::open(&journal_dir(&tuning, i), !tuning.journal.no_sync).map_err(|e| e.to_string())?)
+            // One directory per host, shared by its shards: each partition has its own file, so
+            // whichever shard owns a partition after a restart finds its history.
+            let dir = std::path::Path::new(&tuning.journal.dir);
+            Some(journal::Journal::open(dir, !tuning.journal.no_sync).map_err(|e| e.to_string())?)
         };
         let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling, health };
         let report = shard::run_shard(cfg, source, sink, lease, provider, journal, shutdown_rx).await;
@@ -261,11 +262,4 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, String> {
         let _ = driver.await;
         Ok(report)
     })
-}
-
-/// The journal directory: one per host, shared by its shards; each partition has its own file,
-/// so whichever shard owns a partition after a restart or rebalance finds its history. Two
-/// shards never write one file: a partition has one owner at a time.
-fn journal_dir(t: &Tuning, _shard: usize) -> std::path::PathBuf {
-    std::path::PathBuf::from(&t.journal.dir)
 }
