@@ -63,7 +63,7 @@ async fn metrics_pass_promtool() {
     dialer_control_plane::observability::publish_campaign_load(loads, 10);
     // Limiter metrics.
     let b = dialer_limiter::Backend::Local(Arc::new(dialer_limiter::LocalBackend::default()));
-    b.sync("h", std::time::Duration::from_secs(5), 10, &[]).await.expect("sync");
+    b.sync("h", std::time::Duration::from_secs(5), 10, 0, &[]).await.expect("sync");
 
     let (s, text) = send(Method::GET, "/metrics", None).await;
     assert_eq!(s, StatusCode::OK);

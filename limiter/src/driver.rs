@@ -113,8 +113,8 @@ impl LeaseDriver {
         let reqs = self.cache.borrow_mut().release_all();
         if !reqs.is_empty() {
             let sent = Instant::now();
-            let ttl = self.cache.borrow().settings().ttl;
-            let r = self.backend.sync(&self.holder, ttl, self.global_cap, &reqs).await;
+            let (ttl, epoch) = (self.cache.borrow().settings().ttl, self.cache.borrow().epoch());
+            let r = self.backend.sync(&self.holder, ttl, self.global_cap, epoch, &reqs).await;
             self.cache.borrow_mut().complete(&reqs, r.as_ref(), sent);
         }
     }
@@ -126,8 +126,8 @@ impl LeaseDriver {
         if reqs.is_empty() {
             return;
         }
-        let ttl = self.cache.borrow().settings().ttl;
-        let r = self.backend.sync(&self.holder, ttl, self.global_cap, &reqs).await;
+        let (ttl, epoch) = (self.cache.borrow().settings().ttl, self.cache.borrow().epoch());
+        let r = self.backend.sync(&self.holder, ttl, self.global_cap, epoch, &reqs).await;
         let before = self.cache.borrow().totals();
         let failing = {
             let mut c = self.cache.borrow_mut();

@@ -107,13 +107,15 @@ pub struct LeaseCache {
     entries: HashMap<Uuid, Entry>,
     /// When the backend last failed and has not succeeded since.
     failing_since: Option<Instant>,
+    /// The pool epoch of the last reply (0 = none yet).
+    epoch: u64,
 }
 
 impl LeaseCache {
     /// `gen_base` must exceed every generation this holder id used before (e.g. the start time
     /// in microseconds), so a restarted holder's updates are never taken for stale ones.
     pub fn new(settings: LeaseSettings, gen_base: u64) -> LeaseCache {
-        LeaseCache { settings, generation: gen_base, entries: HashMap::new(), failing_since: None }
+        LeaseCache { settings, generation: gen_base, entries: HashMap::new(), failing_since: None, epoch: 0 }
     }
 
     pub fn settings(&self) -> &LeaseSettings {
@@ -185,7 +187,13 @@ impl LeaseCache {
             if needed {
                 self.generation += 1;
                 e.in_flight = true;
-                out.push(SyncRequest { campaign: *c, want, generation: self.generation, campaign_cap: e.cap });
+                out.push(SyncRequest {
+                    campaign: *c,
+                    want,
+                    generation: self.generation,
+                    campaign_cap: e.cap,
+                    in_use: e.in_use,
+                });
             }
         }
         for c in drop {
@@ -201,6 +209,16 @@ impl LeaseCache {
         match reply {
             Ok(r) => {
                 self.failing_since = None;
+                if self.epoch != 0 && r.epoch != self.epoch {
+                    // The pool lost its state: re-register every campaign's calls in progress
+                    // at the next plan, not at its next renewal.
+                    // Until then only calls in progress are counted: no spare tokens.
+                    for e in self.entries.values_mut() {
+                        e.renewed_at = None;
+                        e.held = e.held.min(e.in_use);
+                    }
+                }
+                self.epoch = r.epoch;
                 for (req, item) in reqs.iter().zip(&r.items) {
                     if let Some(e) = self.entries.get_mut(&req.campaign) {
                         e.in_flight = false;
@@ -238,6 +256,7 @@ impl LeaseCache {
                     want: e.in_use,
                     generation: self.generation,
                     campaign_cap: e.cap,
+                    in_use: e.in_use,
                 });
             }
         }
@@ -261,6 +280,11 @@ impl LeaseCache {
             in_use: self.entries.values().map(|e| u64::from(e.in_use)).sum(),
             campaigns: self.entries.len(),
         }
+    }
+
+    /// The pool epoch of the last reply, sent with the next sync (0 = none yet).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Since when the backend has been failing (fail-closed once leases expire).
@@ -294,7 +318,7 @@ mod tests {
         let reqs = cache.plan(now);
         if !reqs.is_empty() {
             let ms = now.duration_since(t0).as_millis() as u64;
-            let reply = pool.sync(ms, "h", 30_000, 1000, &reqs);
+            let reply = pool.sync(ms, "h", 30_000, 1000, cache.epoch(), &reqs);
             cache.complete(&reqs, Ok(&reply), now);
         }
         reqs
@@ -413,7 +437,7 @@ mod tests {
         t += Duration::from_secs(1);
         let reqs = cache.plan(t);
         assert_eq!(reqs.len(), 1);
-        let reply = pool.sync(t.duration_since(t0).as_millis() as u64, "h", 30_000, 1000, &reqs);
+        let reply = pool.sync(t.duration_since(t0).as_millis() as u64, "h", 30_000, 1000, cache.epoch(), &reqs);
         cache.complete(&reqs, Ok(&reply), t);
         assert!(cache.try_acquire(c(1), 100, t));
         assert!(cache.failing_since().is_none());
@@ -425,7 +449,11 @@ mod tests {
         let mut cache = LeaseCache::new(settings(), 0);
         cache.try_acquire(c(1), 100, t0);
         let reqs = cache.plan(t0);
-        cache.complete(&reqs, Ok(&SyncReply { items: vec![SyncItem { held: 10, cap: 100 }], reaped: 0 }), t0);
+        cache.complete(
+            &reqs,
+            Ok(&SyncReply { items: vec![SyncItem { held: 10, cap: 100 }], reaped: 0, epoch: 1, recovering: false }),
+            t0,
+        );
         assert!(cache.try_acquire(c(1), 4, t0));
         let reqs = cache.plan(t0);
         assert_eq!(reqs[0].want, 4, "held above the new cap is given back");

@@ -5,7 +5,8 @@
 //! per dial.
 //!
 //! - [`model`]: the pool semantics, pure: atomic take from both caps, per-holder leases with an
-//!   expiry, reaping, idempotent absolute "hold N" updates ordered by a generation number.
+//!   expiry, reaping, idempotent absolute "hold N" updates ordered by a generation number, calls
+//!   in progress always counted, and a recovery window when the store lost its state.
 //! - [`redis`]: the same semantics as Lua scripts in Redis (fred), loaded once, run by SHA.
 //! - [`local`]: the same semantics in-process, for the embedded mode and tests.
 //! - [`lease`]: the per-core lease cache (pure): low-water refill, idle give-back, renewal,
@@ -77,19 +78,21 @@ pub enum Backend {
 
 impl Backend {
     /// Sets each requested campaign's lease of `holder` to `want` tokens (as far as the caps
-    /// allow), renews them for `ttl`, and reaps expired leases; one round trip for all.
+    /// allow), renews them for `ttl`, and reaps expired leases; one round trip for all. `epoch`
+    /// is the pool epoch of the holder's last reply (0 = none): see [`model`] on lost state.
     pub async fn sync(
         &self,
         holder: &str,
         ttl: Duration,
         global_cap: u32,
+        epoch: u64,
         reqs: &[SyncRequest],
     ) -> Result<SyncReply, LimiterError> {
         metrics::counter!("dialer_limiter_backend_calls_total").increment(1);
         let t = std::time::Instant::now();
         let r = match self {
-            Backend::Local(l) => Ok(l.sync(holder, ttl, global_cap, reqs)),
-            Backend::Redis(r) => r.sync(holder, ttl, global_cap, reqs).await,
+            Backend::Local(l) => Ok(l.sync(holder, ttl, global_cap, epoch, reqs)),
+            Backend::Redis(r) => r.sync(holder, ttl, global_cap, epoch, reqs).await,
         };
         metrics::histogram!("dialer_limiter_sync_seconds").record(t.elapsed().as_secs_f64());
         if r.is_err() {

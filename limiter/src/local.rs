@@ -32,9 +32,9 @@ impl LocalBackend {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn sync(&self, holder: &str, ttl: Duration, global_cap: u32, reqs: &[SyncRequest]) -> SyncReply {
+    pub fn sync(&self, holder: &str, ttl: Duration, global_cap: u32, epoch: u64, reqs: &[SyncRequest]) -> SyncReply {
         let now = self.now_ms();
-        self.state().sync(now, holder, ttl.as_millis() as u64, global_cap, reqs)
+        self.state().sync(now, holder, ttl.as_millis() as u64, global_cap, epoch, reqs)
     }
 
     pub fn reconcile(&self) -> Reconciled {

@@ -5,7 +5,8 @@
 //! `{dialer}:`): `sem:global:concurrency` (tokens held in all), `sem:global:limit` (live override
 //! of the global cap), `sem:campaign:<id>:concurrency`, `sem:campaign:<id>:limit`, `sem:leases`
 //! (hash `holder|campaign` → `count:generation`), `sem:lease_expiry` (sorted set by expiry),
-//! `sem:campaigns` (campaigns seen, for reconciliation).
+//! `sem:campaigns` (campaigns seen, for reconciliation), `sem:epoch` (the pool's epoch, to tell a
+//! Redis that lost its data) and `sem:recovery` (exists during the recovery window after a loss).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,6 +96,7 @@ impl RedisBackend {
         holder: &str,
         ttl: Duration,
         global_cap: u32,
+        epoch: u64,
         reqs: &[SyncRequest],
     ) -> Result<SyncReply, LimiterError> {
         let keys = vec![
@@ -103,14 +105,17 @@ impl RedisBackend {
             self.key("leases"),
             self.key("lease_expiry"),
             self.key("campaigns"),
+            self.key("epoch"),
+            self.key("recovery"),
         ];
-        let mut args: Vec<String> = Vec::with_capacity(5 + 4 * reqs.len());
+        let mut args: Vec<String> = Vec::with_capacity(6 + 5 * reqs.len());
         args.extend([
             self.prefix.to_string(),
             holder.to_string(),
             ttl.as_millis().to_string(),
             global_cap.to_string(),
             REAP_PER_SYNC.to_string(),
+            epoch.to_string(),
         ]);
         for r in reqs {
             args.extend([
@@ -118,19 +123,21 @@ impl RedisBackend {
                 r.want.to_string(),
                 r.generation.to_string(),
                 r.campaign_cap.to_string(),
+                r.in_use.to_string(),
             ]);
         }
         let out: Vec<i64> = self.sync.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
-        if out.len() != 2 * reqs.len() + 1 {
+        if out.len() != 2 * reqs.len() + 3 {
             return Err(LimiterError::Protocol(format!(
                 "sync answered {} values for {} campaigns",
                 out.len(),
                 reqs.len()
             )));
         }
+        let (pairs, tail) = out.split_at(2 * reqs.len());
         let items =
-            out.chunks_exact(2).map(|p| SyncItem { held: p[0].max(0) as u32, cap: p[1].max(0) as u32 }).collect();
-        Ok(SyncReply { items, reaped: out[out.len() - 1].max(0) as u32 })
+            pairs.chunks_exact(2).map(|p| SyncItem { held: p[0].max(0) as u32, cap: p[1].max(0) as u32 }).collect();
+        Ok(SyncReply { items, reaped: tail[0].max(0) as u32, epoch: tail[1].max(0) as u64, recovering: tail[2] == 1 })
     }
 
     pub async fn reconcile(&self) -> Result<Reconciled, LimiterError> {

@@ -30,7 +30,22 @@ async fn script_matches_the_model() {
     let mut gens: HashMap<&str, u64> = HashMap::new();
     let base = 1_790_000_000_000_000u64; // microseconds since the epoch, as drivers use
     let holders = ["a", "b", "c"];
-    for step in 0..400 {
+    // Pool epochs each holder last saw, from the script and from the model (their values differ:
+    // the script's come from Redis's clock).
+    let mut epochs: HashMap<&str, (u64, u64)> = HashMap::new();
+    for step in 0..500 {
+        if step % 125 == 124 {
+            // Redis loses everything (restarted without persistence); so does the model.
+            use fred::interfaces::KeysInterface;
+            let mut keys: Vec<String> =
+                ["global:concurrency", "leases", "lease_expiry", "campaigns", "epoch", "recovery"]
+                    .iter()
+                    .map(|k| format!("{}sem:{k}", r.prefix()))
+                    .collect();
+            keys.extend((1..5).map(|n| format!("{}sem:campaign:{}:concurrency", r.prefix(), c(n))));
+            r.client().del::<(), _>(keys).await.expect("del");
+            model.lose_everything();
+        }
         let h = holders[rng.random_range(0..holders.len())];
         let n = rng.random_range(1..4);
         let mut reqs = Vec::new();
@@ -50,16 +65,20 @@ async fn script_matches_the_model() {
                     *g
                 }
             };
+            let want = rng.random_range(0..30);
             reqs.push(SyncRequest {
                 campaign: camp,
-                want: rng.random_range(0..30),
+                want,
                 generation,
                 campaign_cap: rng.random_range(5..40),
+                in_use: rng.random_range(0..=want + 3),
             });
         }
-        let got = r.sync(h, Duration::from_secs(600), 60, &reqs).await.expect("sync");
-        let want = model.sync(0, h, 600_000, 60, &reqs);
-        assert_eq!(got.items, want.items, "step {step}: {reqs:?}");
+        let (re, me) = epochs.get(h).copied().unwrap_or((0, 0));
+        let got = r.sync(h, Duration::from_secs(600), 60, re, &reqs).await.expect("sync");
+        let want = model.sync(0, h, 600_000, 60, me, &reqs);
+        assert_eq!((&got.items, got.recovering), (&want.items, want.recovering), "step {step}: {reqs:?}");
+        epochs.insert(h, (got.epoch, want.epoch));
         let u = r.usage(c(1)).await.expect("usage");
         assert_eq!((u.global, u.campaign), (model.global(), model.campaign(c(1))), "step {step}");
     }
@@ -72,7 +91,8 @@ async fn keys_follow_the_operator_guide() {
         "h",
         Duration::from_secs(60),
         100,
-        &[SyncRequest { campaign: c(9), want: 3, generation: 1, campaign_cap: 10 }],
+        0,
+        &[SyncRequest { campaign: c(9), want: 3, generation: 1, campaign_cap: 10, in_use: 0 }],
     )
     .await
     .expect("sync");
@@ -85,30 +105,31 @@ async fn keys_follow_the_operator_guide() {
 #[tokio::test]
 async fn dead_holder_tokens_come_back_after_ttl_and_only_theirs() {
     let r = backend(&redis().url()).await;
-    let req = |want, generation| [SyncRequest { campaign: c(1), want, generation, campaign_cap: 100 }];
-    r.sync("dead", Duration::from_millis(800), 100, &req(7, 1)).await.expect("sync");
-    r.sync("alive", Duration::from_secs(60), 100, &req(5, 1)).await.expect("sync");
+    let req = |want, generation| [SyncRequest { campaign: c(1), want, generation, campaign_cap: 100, in_use: 0 }];
+    r.sync("dead", Duration::from_millis(800), 100, 0, &req(7, 1)).await.expect("sync");
+    r.sync("alive", Duration::from_secs(60), 100, 0, &req(5, 1)).await.expect("sync");
     assert_eq!(r.usage(c(1)).await.expect("usage").campaign, 12);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let reply = r.sync("alive", Duration::from_secs(60), 100, &req(5, 2)).await.expect("sync");
+    let reply = r.sync("alive", Duration::from_secs(60), 100, 0, &req(5, 2)).await.expect("sync");
     assert_eq!(reply.reaped, 7);
     let u = r.usage(c(1)).await.expect("usage");
     assert_eq!((u.global, u.campaign), (5, 5), "only the dead holder's tokens were reclaimed");
     // A late give-back from the reaped holder cannot push the count below the truth.
-    r.sync("dead", Duration::from_millis(800), 100, &req(0, 2)).await.expect("sync");
+    r.sync("dead", Duration::from_millis(800), 100, 0, &req(0, 2)).await.expect("sync");
     assert_eq!(r.usage(c(1)).await.expect("usage").global, 5);
 }
 
 #[tokio::test]
 async fn reconcile_corrects_drift_and_live_limits_apply() {
     for b in [Backend::Redis(backend(&redis().url()).await), Backend::Local(Arc::new(LocalBackend::default()))] {
-        let req = |camp, want, generation| SyncRequest { campaign: camp, want, generation, campaign_cap: 50 };
+        let req =
+            |camp, want, generation| SyncRequest { campaign: camp, want, generation, campaign_cap: 50, in_use: 0 };
         b.set_campaign_limit(c(2), Some(4)).await.expect("limit");
         let reply =
-            b.sync("h", Duration::from_secs(60), 100, &[req(c(1), 10, 1), req(c(2), 10, 2)]).await.expect("sync");
+            b.sync("h", Duration::from_secs(60), 100, 0, &[req(c(1), 10, 1), req(c(2), 10, 2)]).await.expect("sync");
         assert_eq!((reply.items[1].held, reply.items[1].cap), (4, 4), "live campaign override wins");
         b.set_global_limit(Some(15)).await.expect("limit");
-        let reply = b.sync("h2", Duration::from_secs(60), 100, &[req(c(3), 10, 1)]).await.expect("sync");
+        let reply = b.sync("h2", Duration::from_secs(60), 100, 0, &[req(c(3), 10, 1)]).await.expect("sync");
         assert_eq!(reply.items[0].held, 1, "live global override wins");
         match &b {
             Backend::Redis(r) => r.skew_global(7).await.expect("skew"),
@@ -340,5 +361,77 @@ fn redis_restart_fails_closed_then_recovers() {
         let u = b.usage(camp).await.expect("usage");
         assert!(u.campaign >= in_use, "Redis counts the calls still in progress after recovery: {u:?} < {in_use}");
         assert!(u.campaign <= 20 && u.global == u.campaign, "{u:?}");
+    });
+}
+
+/// Redis restarts empty while two cores have the campaign's cap full of calls: no core may be
+/// granted that room again while the other's calls are up (they re-register them first).
+#[test]
+fn redis_losing_its_data_exceeds_no_cap() {
+    let server = Arc::new(RedisServer::start().expect("own redis-server"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let b = Backend::Redis(backend(&server.url()).await);
+        let settings = LeaseSettings {
+            batch: 10,
+            low_water: 3,
+            ttl: Duration::from_millis(1500),
+            renew_every: Duration::from_millis(500),
+            idle_give_back: Duration::from_millis(200),
+            retry_after: Duration::from_millis(50),
+        };
+        let (cap, camp) = (10u32, c(1));
+        let mut cores = Vec::new();
+        for name in ["a", "b"] {
+            let (driver, h) = LeaseDriver::new(b.clone(), name.into(), settings.clone(), 1000);
+            tokio::task::spawn_local(driver.with_tick(Duration::from_millis(10)).run(std::future::pending::<()>()));
+            cores.push(h);
+        }
+        // a takes 6 calls (and gives its spare tokens back once idle), then b the other 4: the cap
+        // is full.
+        for (h, n) in cores.iter().zip([6, 4]) {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut got = 0;
+            while got < n {
+                assert!(Instant::now() < deadline, "no tokens while Redis is up");
+                if h.try_acquire(camp, cap) {
+                    got += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        assert_eq!(b.usage(camp).await.expect("usage").campaign, 10);
+
+        // Redis restarts empty, well within the leases' TTL.
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.restart()).await.expect("join").expect("restart");
+
+        // Both cores press for more for two TTLs: neither may start an 11th call.
+        let mut in_use = [6u32, 4u32];
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(3000) {
+            for (i, h) in cores.iter().enumerate() {
+                if h.try_acquire(camp, cap) {
+                    in_use[i] += 1;
+                }
+            }
+            assert!(in_use[0] + in_use[1] <= cap, "cap exceeded after Redis lost its data: {in_use:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let u = b.usage(camp).await.expect("usage");
+        assert_eq!(u.campaign, 10, "Redis counts the calls re-registered by both cores: {u:?}");
+
+        // a's calls end; after the window b may use the room.
+        for _ in 0..in_use[0] {
+            cores[0].release(camp);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cores[1].try_acquire(camp, cap) {
+            assert!(Instant::now() < deadline, "b never got the room a gave back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     });
 }
