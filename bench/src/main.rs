@@ -2,11 +2,13 @@
 //! through the test harness (unless addresses are given), measures, prints a table and writes
 //! `--json PATH`. `bench compare A.json B.json` prints the ratio of every figure.
 
+mod api;
 mod broker;
 mod chaos;
 mod dataplane;
 mod e2e;
 mod limiter;
+mod plot;
 mod targets;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,8 @@ enum Command {
     /// Faults during a distributed run (SIGKILLed data planes, Redis, broker and PostgreSQL
     /// restarts), then checks: no cap violation, no double dial, nothing lost.
     Chaos(chaos::Args),
+    /// The control-plane REST API under concurrent load (GET a campaign, POST /calls).
+    Api(api::Args),
     /// The Kafka broker's own produce+consume ceiling.
     Broker(broker::Args),
     /// Ratio B/A of every numeric figure of two result files.
@@ -144,6 +148,9 @@ fn main() -> Result<()> {
         }
         Command::E2e(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(e2e::run(args))
+        }
+        Command::Api(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(api::run(args))
         }
         Command::Broker(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(broker::run(args))

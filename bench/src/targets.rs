@@ -147,7 +147,8 @@ pub async fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-async fn finish_all(store: &Store) -> Result<()> {
+/// Ends every call (as the recorder would), so re-queueing or POST /calls creates new ones.
+pub async fn finish_all(store: &Store) -> Result<()> {
     let q1 = "UPDATE calls SET status = 'completed', attempt_count = 1";
     let q2 = "UPDATE campaign_stats SET completed_calls = total_calls, pending_calls = 0, attempts_total = total_calls";
     match store {

@@ -142,6 +142,9 @@ macro_rules! dispatch {
     };
 }
 
+/// Pooled PostgreSQL connections idle at least this long are pinged before use.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Connects to `url` (`postgres://…` or `sqlite://PATH`, created if missing).
     pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
@@ -151,6 +154,18 @@ impl Store {
             let pool = PgPoolOptions::new()
                 .max_connections(opts.max_connections)
                 .acquire_timeout(opts.acquire_timeout)
+                // A connection idle for a while is checked before use (the server may have
+                // restarted meanwhile); a busy one is not: a ping per acquire would add a round
+                // trip to every request (a failed query closes its connection anyway).
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= IDLE_CHECK_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(o)
                 .await
                 .map_err(StoreError::Unavailable)?;

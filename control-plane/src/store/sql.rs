@@ -226,14 +226,27 @@ macro_rules! sql_store {
                 Ok(status)
             }
 
+            /// One round trip: the campaign's row repeated once per business-hours window.
             async fn fetch_campaign(conn: &mut Conn, id: Uuid) -> Result<Campaign, StoreError> {
-                let row = sqlx::query(&format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1"))
-                    .bind(id)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .ok_or(StoreError::NotFound("campaign"))?;
-                let mut hours = load_hours(conn, &[id]).await?;
-                campaign_from_row(&row, hours.remove(&id).unwrap_or_default())
+                let rows = sqlx::query(&format!(
+                    "SELECT {CAMPAIGN_COLUMNS}, day_of_week, start_minute, end_minute FROM campaigns \
+                     LEFT JOIN campaign_business_hours ON campaign_id = id WHERE id = $1 ORDER BY position"
+                ))
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?;
+                let first = rows.first().ok_or(StoreError::NotFound("campaign"))?;
+                let mut hours = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    if let Some(day) = row.try_get::<Option<i32>, _>("day_of_week")? {
+                        hours.push(Window {
+                            day_of_week: day as u8,
+                            start: row.try_get::<i32, _>("start_minute")? as u16,
+                            end: row.try_get::<i32, _>("end_minute")? as u16,
+                        });
+                    }
+                }
+                campaign_from_row(first, hours)
             }
 
             pub async fn create_campaign(pool: &Pool, c: &NewCampaign) -> Result<Campaign, StoreError> {
