@@ -287,7 +287,6 @@ async fn run_phase(
         // Open loop: connection i sends at start + i/rate + k·n/rate.
         let interval = (a.rate > 0).then(|| Duration::from_secs_f64(n as f64 / a.rate as f64));
         let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
-        let total_targets = per * campaigns.len();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let (mut ok, mut created, mut r429, mut errors) = (0u64, 0u64, 0u64, 0u64);
@@ -310,8 +309,11 @@ async fn run_phase(
                     let id = &campaigns[j % campaigns.len()];
                     conn.send(Method::GET, &format!("/api/v1/campaigns/{id}"), None).await
                 } else {
-                    let t = j % total_targets;
-                    let body = json!({"campaign_id": campaigns[t / per], "phone_number": number(t)}).to_string();
+                    // Consecutive requests go to different campaigns, as independent clients'
+                    // would (one campaign's calls share its stats row).
+                    let c = j % campaigns.len();
+                    let t = c * per + (j / campaigns.len()) % per;
+                    let body = json!({"campaign_id": campaigns[c], "phone_number": number(t)}).to_string();
                     conn.send(Method::POST, "/api/v1/calls", Some(body)).await
                 };
                 let done = Instant::now();

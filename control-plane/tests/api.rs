@@ -608,6 +608,38 @@ async fn health_reports_store_down(t: TestApp) {
     assert_error(s, &v, StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
 }
 
+/// POST /calls for a number whose last call ended creates a new call (201, Location), counted
+/// in the stats; the same request again returns that open call (200), not a second one.
+async fn post_call_creates_after_the_last_ended(t: TestApp) {
+    let c = t.create(seed_campaign("recall")).await;
+    let id = c["id"].as_str().expect("id").to_string();
+    // End every call, as the recorder would.
+    let q1 = "UPDATE calls SET status = 'completed', attempt_count = 1";
+    let q2 = "UPDATE campaign_stats SET completed_calls = total_calls, pending_calls = 0, attempts_total = total_calls";
+    match &t.store {
+        Store::Postgres(p) => {
+            sqlx::query(q1).execute(p).await.expect("end calls");
+            sqlx::query(q2).execute(p).await.expect("end stats");
+        }
+        Store::Sqlite(p) => {
+            sqlx::query(q1).execute(p).await.expect("end calls");
+            sqlx::query(q2).execute(p).await.expect("end stats");
+        }
+    }
+    let before = t.assert_stats_match_rows(&id).await;
+    let body = json!({"campaign_id": id, "phone_number": "+15555550002"});
+    let (s, call) = t.post("/api/v1/calls", body.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{call}");
+    assert_eq!((call["status"].as_str(), call["attempt_count"].as_u64()), (Some("pending"), Some(0)));
+    assert_eq!(call["metadata"], json!({"tier": "gold"}), "the target's registered metadata");
+    let (s, again) = t.post("/api/v1/calls", body).await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], call["id"], "the open call, not a second one");
+    let after = t.assert_stats_match_rows(&id).await;
+    assert_eq!(after["total_calls"].as_i64(), before["total_calls"].as_i64().map(|n| n + 1));
+    assert_eq!(after["pending_calls"], 1);
+}
+
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -635,6 +667,7 @@ both_stores!(
     calls_endpoints,
     bulk_targets,
     health_reports_store_down,
+    post_call_creates_after_the_last_ended,
 );
 
 /// `MAX_CONCURRENT_CALLS` requests in flight: the next one is 429 `rate_limit_exceeded`,

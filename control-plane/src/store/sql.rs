@@ -26,7 +26,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 macro_rules! sql_store {
-    ($module:ident, $db:ty, begin = $begin:literal, skip_locked = $skip_locked:literal) => {
+    ($module:ident, $db:ty, begin = $begin:literal, skip_locked = $skip_locked:literal, writing_ctes = $writing_ctes:literal) => {
         pub(crate) mod $module {
             use std::collections::HashMap;
             use std::time::Duration;
@@ -534,36 +534,123 @@ macro_rules! sql_store {
                 metadata: Option<&Value>,
             ) -> Result<(Call, bool), StoreError> {
                 let at = now();
+                if $writing_ctes {
+                    return create_call_one_statement(pool, campaign_id, phone_number, metadata, at).await;
+                }
+                // Few round trips, and the campaign's stats row (every new call of the campaign
+                // updates it) locked only from its update to the commit.
                 let mut tx = begin(pool).await?;
-                open_status(&mut tx, campaign_id).await?;
-                let registered: Value = sqlx::query(
-                    "SELECT metadata FROM campaign_targets WHERE campaign_id = $1 AND phone_number = $2",
+                let row = sqlx::query(
+                    "SELECT status, metadata FROM campaigns LEFT JOIN campaign_targets \
+                     ON campaign_id = id AND phone_number = $2 WHERE id = $1",
                 )
                 .bind(campaign_id)
                 .bind(phone_number)
                 .fetch_optional(&mut *tx)
                 .await?
-                .ok_or_else(|| {
-                    FieldError::new(
+                .ok_or(StoreError::NotFound("campaign"))?;
+                if campaign_status(&row)? == CampaignStatus::Completed {
+                    return Err(StoreError::Conflict("the campaign is completed; it takes no new calls".into()));
+                }
+                let registered: Value = row
+                    .try_get::<Option<Json<Value>>, _>("metadata")?
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            "phone_number",
+                            format!("{phone_number} is not registered with this campaign; only numbers listed when the campaign was created can be called"),
+                        )
+                    })?
+                    .0;
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 0, $6, $6) {LIVE_CALL_CONFLICT} RETURNING {CALL_COLUMNS}"
+                ))
+                .bind(campaign_id)
+                .bind(Uuid::now_v7())
+                .bind(phone_number)
+                .bind(Json(metadata.unwrap_or(&registered)))
+                .bind(CallStatus::Pending.as_str())
+                .bind(at)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (call, created) = match inserted {
+                    Some(row) => {
+                        add_pending(&mut tx, campaign_id, 1).await?;
+                        (call_from_row(&row)?, true)
+                    }
+                    None => {
+                        let row = sqlx::query(&format!(
+                            "SELECT {CALL_COLUMNS} FROM calls WHERE campaign_id = $1 AND phone_number = $2 \
+                             AND status IN ('pending', 'queued', 'in_progress')"
+                        ))
+                        .bind(campaign_id)
+                        .bind(phone_number)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        (call_from_row(&row)?, false)
+                    }
+                };
+                tx.commit().await?;
+                Ok((call, created))
+            }
+
+            /// [`create_call`] in one statement (one round trip; the stats row is locked only
+            /// for the statement), where writing CTEs exist (PostgreSQL).
+            async fn create_call_one_statement(
+                pool: &Pool,
+                campaign_id: Uuid,
+                phone_number: &str,
+                metadata: Option<&Value>,
+                at: DateTime<Utc>,
+            ) -> Result<(Call, bool), StoreError> {
+                let row = sqlx::query(&format!(
+                    "WITH camp AS (SELECT status AS campaign_status FROM campaigns WHERE id = $1), \
+                     tgt AS (SELECT metadata AS registered FROM campaign_targets WHERE campaign_id = $1 AND phone_number = $3), \
+                     ins AS (INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at) \
+                        SELECT $1, $2, $3, COALESCE($4, registered), $5, 0, $6, $6 FROM camp, tgt WHERE campaign_status <> 'completed' \
+                        {LIVE_CALL_CONFLICT} RETURNING {CALL_COLUMNS}), \
+                     upd AS (UPDATE campaign_stats SET total_calls = total_calls + 1, pending_calls = pending_calls + 1 \
+                        WHERE campaign_id = $1 AND EXISTS (SELECT 1 FROM ins)) \
+                     SELECT (SELECT campaign_status FROM camp) AS campaign_status, EXISTS (SELECT 1 FROM tgt) AS registered, ins.* \
+                     FROM (SELECT 1) AS one LEFT JOIN ins ON true"
+                ))
+                .bind(campaign_id)
+                .bind(Uuid::now_v7())
+                .bind(phone_number)
+                .bind(metadata.map(Json))
+                .bind(CallStatus::Pending.as_str())
+                .bind(at)
+                .fetch_one(pool)
+                .await?;
+                let status: Option<String> = row.try_get("campaign_status")?;
+                match status.as_deref() {
+                    None => return Err(StoreError::NotFound("campaign")),
+                    Some("completed") => {
+                        return Err(StoreError::Conflict("the campaign is completed; it takes no new calls".into()))
+                    }
+                    Some(_) => {}
+                }
+                if !row.try_get::<bool, _>("registered")? {
+                    return Err(FieldError::new(
                         "phone_number",
                         format!("{phone_number} is not registered with this campaign; only numbers listed when the campaign was created can be called"),
                     )
-                })?
-                .try_get::<Json<Value>, _>("metadata")?
-                .0;
-                let created = insert_pending_calls(&mut tx, campaign_id, &[(phone_number, metadata.unwrap_or(&registered))], at).await?;
-                add_pending(&mut tx, campaign_id, created).await?;
+                    .into());
+                }
+                if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
+                    return Ok((call_from_row(&row)?, true));
+                }
+                // Already an open call for the number: that one.
                 let row = sqlx::query(&format!(
                     "SELECT {CALL_COLUMNS} FROM calls WHERE campaign_id = $1 AND phone_number = $2 \
                      AND status IN ('pending', 'queued', 'in_progress')"
                 ))
                 .bind(campaign_id)
                 .bind(phone_number)
-                .fetch_one(&mut *tx)
-                .await?;
-                let call = call_from_row(&row)?;
-                tx.commit().await?;
-                Ok((call, created == 1))
+                .fetch_optional(pool)
+                .await?
+                .ok_or_else(|| StoreError::Conflict("the number's open call changed meanwhile; retry the request".into()))?;
+                Ok((call_from_row(&row)?, false))
             }
 
             pub async fn list_calls(pool: &Pool, campaign_id: Uuid, cq: &CallQuery) -> Result<Vec<Call>, StoreError> {
@@ -994,6 +1081,6 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(pg, sqlx::Postgres, begin = "BEGIN", skip_locked = " FOR UPDATE SKIP LOCKED");
+sql_store!(pg, sqlx::Postgres, begin = "BEGIN", skip_locked = " FOR UPDATE SKIP LOCKED", writing_ctes = true);
 // SQLite has one writer at a time (BEGIN IMMEDIATE): claims cannot overlap without row locks.
-sql_store!(lite, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", skip_locked = "");
+sql_store!(lite, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", skip_locked = "", writing_ctes = false);
