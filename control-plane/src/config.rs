@@ -190,6 +190,10 @@ pub struct ApiConfig {
     pub keys: Vec<ApiKey>,
     /// Requests per second each key may make (burst: two seconds' worth); 0 = unlimited.
     pub rate_limit_per_key: u32,
+    /// `GET /api/v1/campaigns/{id}` answers from memory for this long after reading the row
+    /// (writes through this process drop the entry at once; changes made by other processes
+    /// show within this delay); 0 = always read the store.
+    pub campaign_cache_ms: u64,
 }
 
 /// An API key. Its `Debug` and serialized forms are redacted, so it never reaches a log.
@@ -268,6 +272,7 @@ impl Default for ApiConfig {
             max_page_size: 1000,
             keys: Vec::new(),
             rate_limit_per_key: 1000,
+            campaign_cache_ms: 250,
         }
     }
 }
@@ -316,6 +321,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_API_MAX_PAGE_SIZE", "api.max_page_size"),
     ("DIALER_API_KEYS", "api.keys"),
     ("DIALER_API_RATE_LIMIT_PER_KEY", "api.rate_limit_per_key"),
+    ("DIALER_API_CAMPAIGN_CACHE_MS", "api.campaign_cache_ms"),
     ("DATABASE_URL", "store.url"),
     ("DIALER_STORE_URL", "store.url"),
     ("DIALER_STORE_MAX_CONNECTIONS", "store.max_connections"),
@@ -388,6 +394,7 @@ impl Config {
                     v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| ApiKey(k.to_string())).collect()
             }
             "api.rate_limit_per_key" => self.api.rate_limit_per_key = num(v)?,
+            "api.campaign_cache_ms" => self.api.campaign_cache_ms = num(v)?,
             "store.url" => self.store.url = v.to_string(),
             "store.max_connections" => self.store.max_connections = num(v)?,
             "store.acquire_timeout_sec" => self.store.acquire_timeout_sec = num(v)?,
@@ -419,6 +426,9 @@ impl Config {
         }
         if a.max_targets_per_request == 0 {
             return Err(invalid("api.max_targets_per_request", "must be at least 1"));
+        }
+        if a.campaign_cache_ms > 60_000 {
+            return Err(invalid("api.campaign_cache_ms", "must be at most 60000 (a minute of staleness)"));
         }
         if a.max_page_size == 0 || a.max_page_size > 100_000 {
             return Err(invalid("api.max_page_size", "must be between 1 and 100000"));

@@ -64,7 +64,14 @@ pub fn app_checked(
     timeline: Option<timeline::CqlTimeline>,
     checks: Vec<observability::ReadyCheck>,
 ) -> axum::Router {
-    api::router(api::AppState { store, api: Arc::new(cfg.api.clone()), guard, timeline, checks: checks.into() })
+    api::router(api::AppState {
+        store,
+        api: Arc::new(cfg.api.clone()),
+        guard,
+        timeline,
+        checks: checks.into(),
+        campaigns: Arc::new(api::CampaignCache::new(Duration::from_millis(cfg.api.campaign_cache_ms))),
+    })
 }
 
 /// Connects the CQL timeline when `timeline.cql_nodes` is set.

@@ -776,3 +776,37 @@ async fn api_keys_guard_the_api_and_each_key_has_a_rate() {
     assert!(spec["paths"]["/api/v1/campaigns"]["get"]["responses"]["401"].is_object());
     assert!(spec["paths"]["/healthz"]["get"]["security"].is_null());
 }
+
+/// `api.campaign_cache_ms`: GET a campaign is served from memory within the delay (a change
+/// made behind the API's back shows only after it), and a write through the API is seen at once.
+#[tokio::test]
+async fn campaign_reads_are_cached_and_writes_through_the_api_are_seen_at_once() {
+    let mut cfg = Config::default();
+    cfg.api.campaign_cache_ms = 60_000;
+    let t = test_app_with(Backend::Sqlite, cfg).await;
+    let c = t.create(seed_campaign("cached")).await;
+    let id = c["id"].as_str().expect("id").to_string();
+    let (s, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!((s, v["description"].as_str()), (StatusCode::OK, Some("Sample outbound campaign")));
+    // Another process changes the row: the cached read stands (within the delay).
+    let Store::Sqlite(p) = &t.store else { unreachable!() };
+    sqlx::query("UPDATE campaigns SET description = 'changed elsewhere'").execute(p).await.expect("update");
+    let (_, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(v["description"], "Sample outbound campaign", "served from memory");
+    // A write through this API drops the entry: the next read is fresh.
+    let (s, _) = t.req(Method::PUT, &format!("/api/v1/campaigns/{id}"), Some(json!({"max_concurrent_calls": 7}))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!((v["description"].as_str(), v["max_concurrent_calls"].as_u64()), (Some("changed elsewhere"), Some(7)));
+    let (s, _) = t.post(&format!("/api/v1/campaigns/{id}/start"), json!(null)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(v["status"], "in_progress");
+    // Off: every read goes to the store.
+    let mut cfg = Config::default();
+    cfg.api.campaign_cache_ms = 0;
+    let t2 = TestApp { router: app(&cfg, t.store.clone()), store: t.store.clone(), _dir: None };
+    sqlx::query("UPDATE campaigns SET description = 'again'").execute(p).await.expect("update");
+    let (_, v) = t2.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert_eq!(v["description"], "again");
+}

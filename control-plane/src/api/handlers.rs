@@ -164,7 +164,14 @@ pub async fn list_campaigns(
     params(("id" = uuid::Uuid, Path, description = "Campaign id")),
     responses((status = 200, body = Campaign), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_campaign(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Campaign>, ApiError> {
-    Ok(Json(st.store.get_campaign(path_id(&id)?).await?))
+    let id = path_id(&id)?;
+    if let Some(c) = st.campaigns.get(id) {
+        return Ok(Json(c));
+    }
+    let before = st.campaigns.before_read();
+    let c = st.store.get_campaign(id).await?;
+    st.campaigns.put(before, &c);
+    Ok(Json(c))
 }
 
 /// Partially update a campaign's settings.
@@ -182,11 +189,18 @@ pub async fn update_campaign(
     ApiJson(req): ApiJson<UpdateCampaignRequest>,
 ) -> Result<Json<Campaign>, ApiError> {
     let id = path_id(&id)?;
-    Ok(Json(st.store.update_campaign(id, &req).await?))
+    st.campaigns.forget(id);
+    let c = st.store.update_campaign(id, &req).await;
+    st.campaigns.forget(id);
+    Ok(Json(c?))
 }
 
 async fn transition(st: &AppState, id: &str, action: CampaignAction) -> Result<Json<Campaign>, ApiError> {
-    Ok(Json(st.store.transition(path_id(id)?, action).await?))
+    let id = path_id(id)?;
+    st.campaigns.forget(id);
+    let c = st.store.transition(id, action).await;
+    st.campaigns.forget(id);
+    Ok(Json(c?))
 }
 
 /// Start a pending campaign, or resume a paused one.

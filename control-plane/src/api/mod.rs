@@ -28,6 +28,66 @@ pub struct AppState {
     pub timeline: Option<crate::timeline::CqlTimeline>,
     /// What `/readyz` checks besides the store (Redis, the broker, the shards of `dialer up`).
     pub checks: Arc<[crate::observability::ReadyCheck]>,
+    /// Campaigns recently read, for `GET /api/v1/campaigns/{id}` (`api.campaign_cache_ms`).
+    pub campaigns: Arc<CampaignCache>,
+}
+
+/// Campaigns read within the last `ttl`. Bounded: when full, it starts over empty.
+#[derive(Debug)]
+pub struct CampaignCache {
+    ttl: std::time::Duration,
+    entries: std::sync::RwLock<
+        std::collections::HashMap<uuid::Uuid, (std::time::Instant, dialer_domain::validate::Campaign)>,
+    >,
+    /// Bumped by every write: a read that overlapped a write is not kept.
+    writes: std::sync::atomic::AtomicU64,
+}
+
+/// Most campaigns the cache holds.
+const CAMPAIGN_CACHE_ENTRIES: usize = 10_000;
+
+impl CampaignCache {
+    pub fn new(ttl: std::time::Duration) -> CampaignCache {
+        CampaignCache { ttl, entries: Default::default(), writes: Default::default() }
+    }
+
+    /// The write count to pass to [`CampaignCache::put`], taken before reading the store.
+    fn before_read(&self) -> (std::time::Instant, u64) {
+        (std::time::Instant::now(), self.writes.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    fn get(&self, id: uuid::Uuid) -> Option<dialer_domain::validate::Campaign> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries.get(&id).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, c)| c.clone())
+    }
+
+    /// Keeps a campaign read after [`CampaignCache::before_read`], unless a write through this
+    /// process happened meanwhile (the read may predate it).
+    fn put(&self, (read_at, writes): (std::time::Instant, u64), c: &dialer_domain::validate::Campaign) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if self.writes.load(std::sync::atomic::Ordering::Acquire) != writes {
+            return;
+        }
+        if entries.len() >= CAMPAIGN_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(c.id, (read_at, c.clone()));
+    }
+
+    /// Drops a campaign written through this process.
+    fn forget(&self, id: uuid::Uuid) {
+        if !self.ttl.is_zero() {
+            let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            entries.remove(&id);
+        }
+    }
 }
 
 /// The OpenAPI 3 document, generated from the handlers and schemas.
