@@ -63,6 +63,9 @@ pub struct Args {
     pub window: u64,
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Latency plot (SVG); default: next to --json.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 fn call_range(s: &str) -> Result<(u64, u64)> {
@@ -406,6 +409,18 @@ pub async fn run(a: Args) -> Result<()> {
     }
     println!("{:<34} {:>14}", "cores (nproc)", crate::cores());
     let _ = reports;
+    if let Some(p) = crate::plot::path_for(a.plot.as_deref(), a.json.as_deref()) {
+        let title = format!(
+            "bench dataplane, {} bus, {} limiter, {shards} shards, {}",
+            a.bus,
+            a.limiter,
+            match a.rate {
+                0 => "closed loop".to_string(),
+                r => format!("open loop at {r}/s"),
+            }
+        );
+        crate::plot::percentiles(&p, &title, &[("dispatch→dial", h)])?;
+    }
     crate::write_json(
         a.json.as_deref(),
         &json!({

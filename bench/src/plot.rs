@@ -17,6 +17,15 @@ fn nines(q: f64) -> f64 {
     -(1.0 - q).max(1e-7).log10()
 }
 
+/// The percentile at x nines: 0 %, 90 %, 99 %, 99.9 %, …
+fn label(x: f64) -> String {
+    match x.round() as i32 {
+        k if k <= 0 => "0%".into(),
+        1 => "90%".into(),
+        k => format!("{:.*}%", (k - 2) as usize, 100.0 - 10f64.powi(2 - k)),
+    }
+}
+
 /// Draws `series` (name, latencies in µs) to `path` as SVG.
 pub fn percentiles(path: &Path, title: &str, series: &[(&str, &Histogram<u64>)]) -> Result<()> {
     let series: Vec<(&str, Vec<(f64, f64)>)> = series
@@ -50,10 +59,7 @@ pub fn percentiles(path: &Path, title: &str, series: &[(&str, &Histogram<u64>)])
         .x_desc("percentile")
         .y_desc("latency, ms")
         .x_labels(max_x as usize + 1)
-        .x_label_formatter(&|x| {
-            let q = 100.0 * (1.0 - 10f64.powf(-x));
-            if q < 99.0 { format!("{q:.0}%") } else { format!("{q}%").trim_end_matches('0').to_string() }
-        })
+        .x_label_formatter(&|x| label(*x))
         .draw()?;
     for (i, (name, pts)) in series.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -75,5 +81,7 @@ mod tests {
         assert!((super::nines(0.9) - 1.0).abs() < 1e-9);
         assert!((super::nines(0.999) - 3.0).abs() < 1e-6);
         assert_eq!(super::nines(0.0), 0.0);
+        let labels: Vec<String> = (0..6).map(|x| super::label(f64::from(x))).collect();
+        assert_eq!(labels, ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]);
     }
 }
