@@ -7,6 +7,7 @@ mod broker;
 mod chaos;
 mod dataplane;
 mod e2e;
+mod journal;
 mod limiter;
 mod plot;
 mod targets;
@@ -42,6 +43,8 @@ enum Command {
     Api(api::Args),
     /// The Kafka broker's own produce+consume ceiling.
     Broker(broker::Args),
+    /// The attempt journal's group commit: plain write + fdatasync against io_uring.
+    Journal(journal::Args),
     /// Ratio B/A of every numeric figure of two result files.
     Compare { a: PathBuf, b: PathBuf },
 }
@@ -158,6 +161,7 @@ fn main() -> Result<()> {
         Command::Chaos(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(chaos::run(args))
         }
+        Command::Journal(args) => journal::run(args),
         Command::Compare { a, b } => compare(&a, &b),
     }
 }

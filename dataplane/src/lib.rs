@@ -94,8 +94,13 @@ impl Dataplane {
         let (shutdown, shutdown_rx) = watch::channel(false);
         if !opts.tuning.journal.dir.is_empty() {
             // Fail at start, not in a shard, when the journal directory is unusable.
-            journal::Journal::open(std::path::Path::new(&opts.tuning.journal.dir), true)
-                .map_err(|e| DataplaneError::Shard { shard: 0, reason: e.to_string() })?;
+            let j = journal::Journal::open_with(
+                std::path::Path::new(&opts.tuning.journal.dir),
+                !opts.tuning.journal.no_sync,
+                opts.tuning.journal.io,
+            )
+            .map_err(|e| DataplaneError::Shard { shard: 0, reason: e.to_string() })?;
+            tracing::info!(dir = %opts.tuning.journal.dir, io = j.io_name(), "attempt journal");
         }
         let health = Arc::new(Health::new(n));
         metrics::gauge!("dialer_limiter_global_cap").set(f64::from(opts.global_cap));
@@ -254,7 +259,10 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, String> {
             // One directory per host, shared by its shards: each partition has its own file, so
             // whichever shard owns a partition after a restart finds its history.
             let dir = std::path::Path::new(&tuning.journal.dir);
-            Some(journal::Journal::open(dir, !tuning.journal.no_sync).map_err(|e| e.to_string())?)
+            Some(
+                journal::Journal::open_with(dir, !tuning.journal.no_sync, tuning.journal.io)
+                    .map_err(|e| e.to_string())?,
+            )
         };
         let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling, health };
         let report = shard::run_shard(cfg, source, sink, lease, provider, journal, shutdown_rx).await;

@@ -40,6 +40,19 @@ pub struct JournalTuning {
     pub dir: String,
     /// `fdatasync` each group commit (default true). False only measures the write path.
     pub no_sync: bool,
+    /// How a group commit reaches the disk: `auto` (io_uring where the kernel allows it, else
+    /// plain system calls), `io_uring`, or `std` (a write and an fdatasync per touched file).
+    pub io: JournalIo,
+}
+
+/// See [`JournalTuning::io`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalIo {
+    #[default]
+    Auto,
+    IoUring,
+    Std,
 }
 
 /// How the dispatch topic's partitions reach the shards.
