@@ -134,20 +134,8 @@ pub async fn run(a: Args) -> Result<()> {
     let addr = match &a.target {
         Some(t) => t.trim_start_matches("http://").trim_end_matches('/').to_string(),
         None => {
-            let url = match (&a.url, a.store.as_str()) {
-                (Some(u), _) => u.clone(),
-                (None, "postgres") => dialer_testkit::Postgres::shared()
-                    .and_then(dialer_testkit::Postgres::create_database)
-                    .map_err(anyhow::Error::msg)
-                    .context("starting PostgreSQL through the test harness")?,
-                (None, "sqlite") => {
-                    let d = tempfile::tempdir()?;
-                    let u = format!("sqlite://{}", d.path().join("bench.db").display());
-                    _tmp = Some(d);
-                    u
-                }
-                (None, other) => bail!("--store must be postgres or sqlite, not {other:?}"),
-            };
+            let (url, tmp) = crate::store_url(&a.store, a.url.as_ref())?;
+            _tmp = tmp;
             let mut cfg = Config::default();
             cfg.api.max_body_bytes = 1 << 30;
             cfg.api.max_targets_per_request = a.targets;

@@ -72,6 +72,24 @@ pub fn redis_or(given: Option<&String>) -> Result<(String, Option<dialer_testkit
     Ok((r.url(), Some(r)))
 }
 
+/// A database for a bench: `url`, or a fresh PostgreSQL database from the harness, or a SQLite
+/// file in a temp dir (kept alive by the returned guard), by `--store`.
+pub fn store_url(store: &str, url: Option<&String>) -> Result<(String, Option<tempfile::TempDir>)> {
+    match (url, store) {
+        (Some(u), _) => Ok((u.clone(), None)),
+        (None, "postgres") => dialer_testkit::Postgres::shared()
+            .and_then(dialer_testkit::Postgres::create_database)
+            .map(|u| (u, None))
+            .map_err(anyhow::Error::msg)
+            .context("starting PostgreSQL through the test harness"),
+        (None, "sqlite") => {
+            let d = tempfile::tempdir()?;
+            Ok((format!("sqlite://{}", d.path().join("bench.db").display()), Some(d)))
+        }
+        (None, other) => anyhow::bail!("--store must be postgres or sqlite, not {other:?}"),
+    }
+}
+
 /// Where a run's campaigns stand, from the store.
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -51,21 +51,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.count == 0 || a.chunk == 0 {
         bail!("--count and --chunk must be at least 1");
     }
-    let _tmp;
-    let url = match (&a.url, a.store.as_str()) {
-        (Some(u), _) => u.clone(),
-        (None, "postgres") => dialer_testkit::Postgres::shared()
-            .and_then(dialer_testkit::Postgres::create_database)
-            .map_err(anyhow::Error::msg)
-            .context("starting PostgreSQL through the test harness")?,
-        (None, "sqlite") => {
-            let d = tempfile::tempdir()?;
-            let u = format!("sqlite://{}", d.path().join("bench.db").display());
-            _tmp = d;
-            u
-        }
-        (None, other) => bail!("--store must be postgres or sqlite, not {other:?}"),
-    };
+    let (url, _tmp) = crate::store_url(&a.store, a.url.as_ref())?;
     let mut cfg = Config::default();
     cfg.api.max_body_bytes = 1 << 30;
     cfg.api.max_targets_per_request = a.count.max(a.chunk);

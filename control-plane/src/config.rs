@@ -635,6 +635,8 @@ mod tests {
         assert!(e.to_string().contains("limits.global_max_concurrency"), "{e}");
         let e = Config::load(None, env(&[("DATABASE_URL", "mysql://x")])).expect_err("bad url");
         assert!(e.to_string().contains("store.url"), "{e}");
+        let e = Config::load(None, env(&[("DIALER_API_CAMPAIGN_CACHE_MS", "600000")])).expect_err("a long cache");
+        assert!(e.to_string().contains("api.campaign_cache_ms"), "{e}");
     }
 
     #[test]

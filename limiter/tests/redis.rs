@@ -302,9 +302,13 @@ async fn caps_hold_under_crashing_holders_local() {
     caps_hold_under_crashing_holders(Backend::Local(Arc::new(LocalBackend::default()))).await;
 }
 
-/// Redis is SIGKILLed under a core holding a lease, then restarted empty on the same port.
-#[test]
-fn redis_restart_fails_closed_then_recovers() {
+/// Runs `test` on one core's runtime (a `LocalSet`, as a shard) with an own redis-server that
+/// it may kill and restart, and lease settings with a short TTL (1.5 s, renewed every 0.5 s).
+fn with_own_redis<F, Fut>(idle_give_back: Duration, retry_after: Duration, test: F)
+where
+    F: FnOnce(Arc<RedisServer>, Backend, LeaseSettings) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let server = Arc::new(RedisServer::start().expect("own redis-server"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
@@ -315,9 +319,17 @@ fn redis_restart_fails_closed_then_recovers() {
             low_water: 3,
             ttl: Duration::from_millis(1500),
             renew_every: Duration::from_millis(500),
-            idle_give_back: Duration::from_secs(60),
-            retry_after: Duration::from_millis(100),
+            idle_give_back,
+            retry_after,
         };
+        test(server, b, settings).await
+    });
+}
+
+/// Redis is SIGKILLed under a core holding a lease, then restarted empty on the same port.
+#[test]
+fn redis_restart_fails_closed_then_recovers() {
+    with_own_redis(Duration::from_secs(60), Duration::from_millis(100), |server, b, settings| async move {
         let (driver, h) = LeaseDriver::new(b.clone(), "core".into(), settings, 1000);
         tokio::task::spawn_local(driver.with_tick(Duration::from_millis(10)).run(std::future::pending::<()>()));
         let camp = c(1);
@@ -368,19 +380,7 @@ fn redis_restart_fails_closed_then_recovers() {
 /// granted that room again while the other's calls are up (they re-register them first).
 #[test]
 fn redis_losing_its_data_exceeds_no_cap() {
-    let server = Arc::new(RedisServer::start().expect("own redis-server"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let b = Backend::Redis(backend(&server.url()).await);
-        let settings = LeaseSettings {
-            batch: 10,
-            low_water: 3,
-            ttl: Duration::from_millis(1500),
-            renew_every: Duration::from_millis(500),
-            idle_give_back: Duration::from_millis(200),
-            retry_after: Duration::from_millis(50),
-        };
+    with_own_redis(Duration::from_millis(200), Duration::from_millis(50), |server, b, settings| async move {
         let (cap, camp) = (10u32, c(1));
         let mut cores = Vec::new();
         for name in ["a", "b"] {

@@ -189,7 +189,6 @@ pub async fn update_campaign(
     ApiJson(req): ApiJson<UpdateCampaignRequest>,
 ) -> Result<Json<Campaign>, ApiError> {
     let id = path_id(&id)?;
-    st.campaigns.forget(id);
     let c = st.store.update_campaign(id, &req).await;
     st.campaigns.forget(id);
     Ok(Json(c?))
@@ -197,7 +196,6 @@ pub async fn update_campaign(
 
 async fn transition(st: &AppState, id: &str, action: CampaignAction) -> Result<Json<Campaign>, ApiError> {
     let id = path_id(id)?;
-    st.campaigns.forget(id);
     let c = st.store.transition(id, action).await;
     st.campaigns.forget(id);
     Ok(Json(c?))

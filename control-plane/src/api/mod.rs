@@ -80,7 +80,9 @@ impl CampaignCache {
         entries.insert(c.id, (read_at, c.clone()));
     }
 
-    /// Drops a campaign written through this process.
+    /// Drops a campaign written through this process; call it once the write is done. A read
+    /// that started before and ends after it is not kept (the write count moved), and one kept
+    /// before it is removed here.
     fn forget(&self, id: uuid::Uuid) {
         if !self.ttl.is_zero() {
             let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
