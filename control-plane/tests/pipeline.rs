@@ -319,6 +319,81 @@ async fn redelivered_events_change_nothing(b: Backend) {
     assert!(detail.call.next_attempt_at.is_some() && detail.call.last_error.as_deref() == Some("busy"));
 }
 
+/// Completing a campaign while its outcomes are recorded, new calls are created and calls are
+/// claimed leaves nothing waiting: each writer either sees the campaign completed or commits
+/// before the completion, which then cancels what it left pending.
+async fn completing_races_leave_nothing_waiting(b: Backend) {
+    let (s, _d) = store(b).await;
+    let ev = |campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, kind: EventKind| StatusEvent {
+        v: 1,
+        call_id: k.id,
+        attempt: k.attempt,
+        campaign_id,
+        kind,
+        at_ms: 1,
+        started_at_ms: Some(1),
+        answered_at_ms: (kind == EventKind::Completed).then_some(2),
+        duration_ms: Some(3),
+        reason: (kind == EventKind::Failed).then(|| "busy".into()),
+        retryable: (kind == EventKind::Failed).then_some(true),
+        shard: 0,
+        dispatch_latency_us: None,
+    };
+    for round in 0..24u64 {
+        let c = campaign(&s, &format!("race{round:02}"), 60, 100, json!([])).await;
+        s.transition(c.id, CampaignAction::Start).await.expect("start");
+        let claimed = s.claim_calls(c.id, 40, Utc::now()).await.expect("claim");
+        assert_eq!(claimed.len(), 40);
+        let mut u = || 0.5;
+        let started: Vec<_> = claimed.iter().map(|k| ev(c.id, k, EventKind::Started)).collect();
+        s.record_events(&started, &mut u, None).await.expect("started");
+        // Ten calls end, so their numbers can be called again.
+        let done: Vec<_> = claimed[..10].iter().map(|k| ev(c.id, k, EventKind::Completed)).collect();
+        s.record_events(&done, &mut u, None).await.expect("completed");
+        let numbers: Vec<String> = {
+            let ids: HashSet<Uuid> = claimed[..10].iter().map(|k| k.id).collect();
+            let calls = s
+                .list_calls(c.id, &dialer_control_plane::store::CallQuery { limit: 1000, ..Default::default() })
+                .await
+                .expect("calls");
+            calls.into_iter().filter(|k| ids.contains(&k.id)).map(|k| k.phone_number).collect()
+        };
+        let failures: Vec<_> = claimed[10..].iter().map(|k| ev(c.id, k, EventKind::Failed)).collect();
+        let lag = Duration::from_micros(round * 300 % 4000);
+        let (rs, cs, ks, ws) = (s.clone(), s.clone(), s.clone(), s.clone());
+        let recorder = tokio::spawn(async move {
+            let mut u = || 0.5;
+            for chunk in failures.chunks(6) {
+                rs.record_events(chunk, &mut u, None).await.expect("failures");
+            }
+        });
+        let creator = tokio::spawn(async move {
+            for n in &numbers {
+                match cs.create_call(c.id, n, None).await {
+                    Ok(_) | Err(dialer_control_plane::store::StoreError::Conflict(_)) => {}
+                    Err(e) => panic!("create call: {e}"),
+                }
+            }
+        });
+        let claimer = tokio::spawn(async move {
+            for _ in 0..5 {
+                ks.claim_calls(c.id, 3, Utc::now()).await.expect("claim");
+            }
+        });
+        tokio::time::sleep(lag).await;
+        ws.transition(c.id, CampaignAction::Complete).await.expect("complete");
+        for t in [recorder, creator, claimer] {
+            t.await.expect("writer");
+        }
+        let st = assert_consistent(&s, c.id).await;
+        assert_eq!(st.pending_calls, 0, "round {round}: a call waits in a completed campaign: {st:?}");
+        assert!(
+            s.claim_calls(c.id, 100, Utc::now()).await.expect("claim").is_empty(),
+            "nothing claimed once completed"
+        );
+    }
+}
+
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -336,4 +411,5 @@ both_stores!(
     pause_resume_complete,
     two_scheduler_replicas_never_queue_a_call_twice,
     redelivered_events_change_nothing,
+    completing_races_leave_nothing_waiting,
 );

@@ -26,7 +26,14 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 macro_rules! sql_store {
-    ($module:ident, $db:ty, begin = $begin:literal, skip_locked = $skip_locked:literal, writing_ctes = $writing_ctes:literal) => {
+    (
+        $module:ident,
+        $db:ty,
+        begin = $begin:literal,
+        skip_locked = $skip_locked:literal,
+        for_share = $for_share:literal,
+        writing_ctes = $writing_ctes:literal
+    ) => {
         pub(crate) mod $module {
             use std::collections::HashMap;
             use std::time::Duration;
@@ -414,25 +421,7 @@ macro_rules! sql_store {
                 }
                 let mut cancelled = 0u64;
                 if next == CampaignStatus::Completed {
-                    // Complete stops everything: calls still waiting are cancelled.
-                    cancelled = sqlx::query(
-                        "UPDATE calls SET status = 'failed', last_error = $1, next_attempt_at = NULL, updated_at = $2 \
-                         WHERE campaign_id = $3 AND status = 'pending'",
-                    )
-                    .bind(CANCELLED)
-                    .bind(at)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    sqlx::query(
-                        "UPDATE campaign_stats SET pending_calls = pending_calls - $1, failed_calls = failed_calls + $1 \
-                         WHERE campaign_id = $2",
-                    )
-                    .bind(cancelled as i64)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                    cancelled = cancel_pending(&mut tx, id, at).await?;
                 }
                 insert_event(&mut tx, id, action.as_str(), json!({"status": next.as_str(), "cancelled_calls": cancelled}), at).await?;
                 let campaign = fetch_campaign(&mut tx, id).await?;
@@ -604,7 +593,7 @@ macro_rules! sql_store {
                 at: DateTime<Utc>,
             ) -> Result<(Call, bool), StoreError> {
                 let row = sqlx::query(&format!(
-                    "WITH camp AS (SELECT status AS campaign_status FROM campaigns WHERE id = $1), \
+                    "WITH camp AS (SELECT status AS campaign_status FROM campaigns WHERE id = $1{}), \
                      tgt AS (SELECT metadata AS registered FROM campaign_targets WHERE campaign_id = $1 AND phone_number = $3), \
                      ins AS (INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at) \
                         SELECT $1, $2, $3, COALESCE($4, registered), $5, 0, $6, $6 FROM camp, tgt WHERE campaign_status <> 'completed' \
@@ -612,7 +601,8 @@ macro_rules! sql_store {
                      upd AS (UPDATE campaign_stats SET total_calls = total_calls + 1, pending_calls = pending_calls + 1 \
                         WHERE campaign_id = $1 AND EXISTS (SELECT 1 FROM ins)) \
                      SELECT (SELECT campaign_status FROM camp) AS campaign_status, EXISTS (SELECT 1 FROM tgt) AS registered, ins.* \
-                     FROM (SELECT 1) AS one LEFT JOIN ins ON true"
+                     FROM (SELECT 1) AS one LEFT JOIN ins ON true",
+                    $for_share
                 ))
                 .bind(campaign_id)
                 .bind(Uuid::now_v7())
@@ -777,6 +767,16 @@ macro_rules! sql_store {
             /// and new calls side by side (half each when both wait), and counts their attempts.
             pub async fn claim_calls(pool: &Pool, campaign_id: Uuid, n: usize, at: DateTime<Utc>) -> Result<Vec<ClaimedCall>, StoreError> {
                 let mut tx = begin(pool).await?;
+                // Nothing is claimed for a campaign paused or completed since the scheduler listed it.
+                let running = sqlx::query(concat!("SELECT status FROM campaigns WHERE id = $1", $for_share))
+                    .bind(campaign_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| campaign_status(&r))
+                    .transpose()?;
+                if running != Some(CampaignStatus::InProgress) {
+                    return Ok(vec![]);
+                }
                 let mut out = claim_some(&mut tx, campaign_id, true, n.div_ceil(2), at).await?;
                 let fresh = claim_some(&mut tx, campaign_id, false, n.saturating_sub(out.len()), at).await?;
                 out.extend(fresh);
@@ -801,22 +801,34 @@ macro_rules! sql_store {
                 Ok(out)
             }
 
-            /// Gives claimed calls back (their dispatch failed): queued → pending, attempt undone.
+            /// Gives claimed calls back (their dispatch failed): queued → pending, attempt undone;
+            /// cancelled instead (failed, never placed) if the campaign was completed meanwhile.
             pub async fn unclaim_calls(pool: &Pool, campaign_id: Uuid, calls: &[ClaimedCall]) -> Result<(), StoreError> {
                 if calls.is_empty() {
                     return Ok(());
                 }
                 let mut tx = begin(pool).await?;
+                let completed = sqlx::query(concat!("SELECT status FROM campaigns WHERE id = $1", $for_share))
+                    .bind(campaign_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| campaign_status(&r))
+                    .transpose()?
+                    == Some(CampaignStatus::Completed);
+                let (to, error) = if completed { ("failed", Some(CANCELLED)) } else { ("pending", None) };
                 let mut n = 0i64;
                 let mut retries = 0i64;
                 for c in calls {
                     let r = sqlx::query(
-                        "UPDATE calls SET status = 'pending', attempt_count = attempt_count - 1, queued_at = NULL \
+                        "UPDATE calls SET status = $4, last_error = COALESCE($5, last_error), \
+                         attempt_count = attempt_count - 1, queued_at = NULL \
                          WHERE campaign_id = $1 AND id = $2 AND status = 'queued' AND attempt_count = $3",
                     )
                     .bind(campaign_id)
                     .bind(c.id)
                     .bind(c.attempt as i32)
+                    .bind(to)
+                    .bind(error)
                     .execute(&mut *tx)
                     .await?;
                     if r.rows_affected() == 1 {
@@ -824,10 +836,14 @@ macro_rules! sql_store {
                         retries += i64::from(c.attempt > 1);
                     }
                 }
+                let (pending, failed) = if completed { (0, n) } else { (n, 0) };
                 sqlx::query(
-                    "UPDATE campaign_stats SET pending_calls = pending_calls + $1, queued_calls = queued_calls - $1, \
-                     attempts_total = attempts_total - $1, retries_attempted = retries_attempted - $2 WHERE campaign_id = $3",
+                    "UPDATE campaign_stats SET pending_calls = pending_calls + $1, failed_calls = failed_calls + $2, \
+                     queued_calls = queued_calls - $3, attempts_total = attempts_total - $3, \
+                     retries_attempted = retries_attempted - $4 WHERE campaign_id = $5",
                 )
+                .bind(pending)
+                .bind(failed)
                 .bind(n)
                 .bind(retries)
                 .bind(campaign_id)
@@ -837,7 +853,35 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// Completes in-progress campaigns whose every call is terminal; returns their ids.
+            /// Complete stops everything: the calls of a just-completed campaign still waiting are
+            /// cancelled. Runs after the campaign row's update, in its transaction: writers that
+            /// read the campaign `FOR SHARE` have committed by then and their calls are seen.
+            async fn cancel_pending(conn: &mut Conn, id: Uuid, at: DateTime<Utc>) -> Result<u64, StoreError> {
+                let cancelled = sqlx::query(
+                    "UPDATE calls SET status = 'failed', last_error = $1, next_attempt_at = NULL, updated_at = $2 \
+                     WHERE campaign_id = $3 AND status = 'pending'",
+                )
+                .bind(CANCELLED)
+                .bind(at)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if cancelled > 0 {
+                    sqlx::query(
+                        "UPDATE campaign_stats SET pending_calls = pending_calls - $1, failed_calls = failed_calls + $1 \
+                         WHERE campaign_id = $2",
+                    )
+                    .bind(cancelled as i64)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                Ok(cancelled)
+            }
+
+            /// Completes in-progress campaigns whose every call is terminal; returns their ids. A
+            /// call created meanwhile (the totals were read before it) is cancelled with them.
             pub async fn complete_finished(pool: &Pool) -> Result<Vec<Uuid>, StoreError> {
                 let at = now();
                 let mut tx = begin(pool).await?;
@@ -850,10 +894,44 @@ macro_rules! sql_store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for id in &ids {
-                    insert_event(&mut tx, *id, "complete", json!({"status": "completed", "by": "scheduler: every call is terminal"}), at).await?;
+                    let cancelled = cancel_pending(&mut tx, *id, at).await?;
+                    insert_event(
+                        &mut tx,
+                        *id,
+                        "complete",
+                        json!({"status": "completed", "by": "scheduler: every call is terminal", "cancelled_calls": cancelled}),
+                        at,
+                    )
+                    .await?;
                 }
                 tx.commit().await?;
                 Ok(ids)
+            }
+
+            /// Reads the retry policy and completion of campaigns, `FOR SHARE` where rows lock.
+            async fn load_campaigns(
+                conn: &mut Conn,
+                ids: &[Uuid],
+                policies: &mut HashMap<Uuid, RetryPolicy>,
+                completed: &mut std::collections::HashSet<Uuid>,
+            ) -> Result<(), StoreError> {
+                for chunk in ids.chunks(LOOKUP_CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id IN ("));
+                    let mut sep = q.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    q.push(") ORDER BY id");
+                    q.push($for_share);
+                    for r in q.build().fetch_all(&mut *conn).await? {
+                        let id: Uuid = r.try_get("id")?;
+                        if campaign_status(&r)? == CampaignStatus::Completed {
+                            completed.insert(id);
+                        }
+                        policies.insert(id, settings_from_row(&r, vec![])?.retry_policy);
+                    }
+                }
+                Ok(())
             }
 
             /// Applies a batch of status events: call rows, the timeline, the aggregates, in one
@@ -871,7 +949,15 @@ macro_rules! sql_store {
                 let now_ms = chrono::Utc::now().timestamp_millis() as u64;
                 let at = now();
                 let mut tx = begin(pool).await?;
-                // The calls and campaigns of the batch.
+                // The campaigns of the batch first, read FOR SHARE (in id order): a campaign being
+                // completed is either completed before this batch reads it or after it commits.
+                let mut policies: HashMap<Uuid, RetryPolicy> = HashMap::new();
+                let mut completed: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+                let mut campaign_ids: Vec<Uuid> = events.iter().map(|e| e.campaign_id).collect();
+                campaign_ids.sort_unstable();
+                campaign_ids.dedup();
+                load_campaigns(&mut tx, &campaign_ids, &mut policies, &mut completed).await?;
+                // The calls of the batch.
                 let mut call_ids: Vec<Uuid> = events.iter().map(|e| e.call_id).collect();
                 call_ids.sort_unstable();
                 call_ids.dedup();
@@ -900,27 +986,12 @@ macro_rules! sql_store {
                         );
                     }
                 }
-                let mut campaign_ids: Vec<Uuid> = states.values().map(|(c, _)| *c).collect();
-                campaign_ids.sort_unstable();
-                campaign_ids.dedup();
-                let mut policies: HashMap<Uuid, RetryPolicy> = HashMap::new();
-                let mut completed: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
-                if !campaign_ids.is_empty() {
-                    let mut q = QueryBuilder::<Db>::new(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id IN ("));
-                    let mut sep = q.separated(", ");
-                    for id in &campaign_ids {
-                        sep.push_bind(*id);
-                    }
-                    q.push(")");
-                    for r in q.build().fetch_all(&mut *tx).await? {
-                        let p = settings_from_row(&r, vec![])?.retry_policy;
-                        let id: Uuid = r.try_get("id")?;
-                        if campaign_status(&r)? == CampaignStatus::Completed {
-                            completed.insert(id);
-                        }
-                        policies.insert(id, p);
-                    }
-                }
+                // An event naming another campaign than its call's: the call's campaign rules.
+                let mut others: Vec<Uuid> =
+                    states.values().map(|(c, _)| *c).filter(|c| !policies.contains_key(c)).collect();
+                others.sort_unstable();
+                others.dedup();
+                load_campaigns(&mut tx, &others, &mut policies, &mut completed).await?;
                 // Decide, in arrival order.
                 #[derive(Default)]
                 struct Delta { pending: i64, queued: i64, in_progress: i64, completed: i64, failed: i64, attempts: i64, retries: i64 }
@@ -1081,6 +1152,16 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(pg, sqlx::Postgres, begin = "BEGIN", skip_locked = " FOR UPDATE SKIP LOCKED", writing_ctes = true);
+// A campaign's status is read `FOR SHARE` by every writer that must not act on a campaign
+// changing under it (a call created, an outcome recorded, calls claimed as the campaign is
+// completed or paused): the status change waits for them, they wait for it and see it.
+sql_store!(
+    pg,
+    sqlx::Postgres,
+    begin = "BEGIN",
+    skip_locked = " FOR UPDATE SKIP LOCKED",
+    for_share = " FOR SHARE",
+    writing_ctes = true
+);
 // SQLite has one writer at a time (BEGIN IMMEDIATE): claims cannot overlap without row locks.
-sql_store!(lite, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", skip_locked = "", writing_ctes = false);
+sql_store!(lite, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", skip_locked = "", for_share = "", writing_ctes = false);
