@@ -188,7 +188,10 @@ async fn consumer_lag_per_partition_is_exported() {
 }
 
 fn dashboards() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../dashboards")
 }
 
 fn promtool(args: &[&str]) {
