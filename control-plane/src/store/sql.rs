@@ -31,6 +31,7 @@ macro_rules! sql_store {
         $db:ty,
         begin = $begin:literal,
         skip_locked = $skip_locked:literal,
+        claim_in = $claim_in:expr,
         for_share = $for_share:literal,
         writing_ctes = $writing_ctes:literal
     ) => {
@@ -736,20 +737,28 @@ macro_rules! sql_store {
                 if limit == 0 {
                     return Ok(vec![]);
                 }
-                let (cond, order) = if retries {
-                    ("next_attempt_at IS NOT NULL AND next_attempt_at <= $2", "next_attempt_at, id")
+                let cond = if retries {
+                    "next_attempt_at IS NOT NULL AND next_attempt_at <= $2"
                 } else {
-                    ("next_attempt_at IS NULL", "id")
+                    "next_attempt_at IS NULL"
                 };
-                // A CTE is evaluated once: `id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be
-                // rescanned by a semi-join on PostgreSQL and claim more than n rows.
+                // Both kinds read the index `calls_pending` in its order (next_attempt_at, id; new
+                // calls last), so a claim costs the rows it takes, whatever the statistics say.
+                // The ids are taken once (PostgreSQL: `= ANY (ARRAY(…))`, an init plan; a semi-join
+                // `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be rescanned and claim more
+                // than n), then updated through the index on `id` alone: with the campaign or the
+                // status in the outer condition, stale statistics (a campaign just loaded) made
+                // PostgreSQL scan every pending call of the campaign for each of the n ids.
+                // The rows are locked and pending: nothing else can have changed them.
                 let sql = format!(
-                    "WITH due AS (SELECT id AS due_id FROM calls WHERE campaign_id = $1 AND status = 'pending' AND {cond} \
-                     ORDER BY {order} LIMIT $3{}) \
-                     UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, queued_at = $2, updated_at = $2 \
-                     FROM due WHERE calls.campaign_id = $1 AND calls.id = due.due_id AND calls.status = 'pending' \
+                    "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, queued_at = $2, updated_at = $2 \
+                     WHERE id {}SELECT id FROM calls \
+                     WHERE campaign_id = $1 AND status = 'pending' AND {cond} \
+                     ORDER BY next_attempt_at, id LIMIT $3{}{} \
                      RETURNING id, phone_number, attempt_count",
-                    $skip_locked
+                    $claim_in.0,
+                    $skip_locked,
+                    $claim_in.1,
                 );
                 let rows = sqlx::query(&sql).bind(campaign_id).bind(at).bind(limit as i64).fetch_all(&mut *conn).await?;
                 rows.iter()
@@ -1160,8 +1169,17 @@ sql_store!(
     sqlx::Postgres,
     begin = "BEGIN",
     skip_locked = " FOR UPDATE SKIP LOCKED",
+    claim_in = ("= ANY (ARRAY(", "))"),
     for_share = " FOR SHARE",
     writing_ctes = true
 );
 // SQLite has one writer at a time (BEGIN IMMEDIATE): claims cannot overlap without row locks.
-sql_store!(lite, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", skip_locked = "", for_share = "", writing_ctes = false);
+sql_store!(
+    lite,
+    sqlx::Sqlite,
+    begin = "BEGIN IMMEDIATE",
+    skip_locked = "",
+    claim_in = ("IN (", ")"),
+    for_share = "",
+    writing_ctes = false
+);
