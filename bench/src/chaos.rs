@@ -38,9 +38,11 @@ pub struct Args {
     /// Targets per campaign.
     #[arg(long, default_value_t = 2000)]
     targets: usize,
-    /// Campaign caps are spread between 5 and this.
+    /// Campaign caps are spread between `--min-campaign-cap` and this.
     #[arg(long, default_value_t = 30)]
     campaign_cap: u32,
+    #[arg(long, default_value_t = 5)]
+    min_campaign_cap: u32,
     /// TELEPHONY_GLOBAL_MAX_CONCURRENCY (below the sum of the campaign caps, so it binds).
     #[arg(long, default_value_t = 80)]
     global_cap: u32,
@@ -52,6 +54,13 @@ pub struct Args {
     /// Mock call length range in ms.
     #[arg(long, default_value = "200-1000")]
     call_ms: String,
+    /// Longest mock ring before answer, ms.
+    #[arg(long, default_value_t = 50)]
+    ring_ms: u64,
+    /// Redis, the broker and PostgreSQL are each restarted this often (staggered) while faults
+    /// last; 0: once each, at a quarter, half and three quarters of `--fault-seconds`.
+    #[arg(long, default_value_t = 0)]
+    restart_every_s: u64,
     /// Which faults to inject (comma-separated): kill, redis, broker, postgres.
     #[arg(long, default_value = "kill,redis,broker,postgres", value_delimiter = ',')]
     faults: Vec<String>,
@@ -235,12 +244,13 @@ pub async fn run(a: Args) -> Result<()> {
              [limits]\nglobal_max_concurrency = {g}\nper_campaign_max_concurrency = {cc}\nsemaphore_ttl_sec = 30\n\
              redis_url = \"{r}\"\nreconcile_every_sec = 5\n\
              [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\n\
-             [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = 50\n\
+             [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = {ring}\n\
              [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n",
             g = a.global_cap,
             cc = a.campaign_cap,
             r = redis.url(),
-            b = tansu.bootstrap()
+            b = tansu.bootstrap(),
+            ring = a.ring_ms
         ),
     )?;
     let partitions = (a.dataplanes * 4).max(8);
@@ -296,8 +306,11 @@ pub async fn run(a: Args) -> Result<()> {
     let store = open_store(&Config::default(), &db).await?;
     let mut caps: HashMap<Uuid, u32> = HashMap::new();
     let mut ids = Vec::new();
+    if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
+        bail!("--min-campaign-cap must be between 1 and --campaign-cap ({})", a.campaign_cap);
+    }
     for i in 0..a.campaigns {
-        let cap = 5 + (i as u32 * 7) % a.campaign_cap.saturating_sub(4).max(1);
+        let cap = a.min_campaign_cap + (i as u32 * 7) % (a.campaign_cap - a.min_campaign_cap + 1);
         let targets: Vec<_> =
             (0..a.targets).map(|k| json!({"phone_number": format!("+1{:03}{:07}", 200 + i, k)})).collect();
         let req: CreateCampaignRequest = serde_json::from_value(json!({
@@ -330,8 +343,22 @@ pub async fn run(a: Args) -> Result<()> {
     let on = |f: &str| a.faults.iter().any(|x| x == f);
     let mut next_kill = t0 + Duration::from_secs(a.kill_every_s);
     let at = |f: f64| t0 + Duration::from_secs_f64(a.fault_seconds as f64 * f);
-    let mut scheduled: Vec<(Instant, &str)> =
-        [(at(0.25), "redis"), (at(0.5), "broker"), (at(0.75), "postgres")].into_iter().filter(|(_, f)| on(f)).collect();
+    let mut scheduled: Vec<(Instant, &str)> = if a.restart_every_s == 0 {
+        vec![(at(0.25), "redis"), (at(0.5), "broker"), (at(0.75), "postgres")]
+    } else {
+        let every = Duration::from_secs(a.restart_every_s);
+        let mut v = vec![];
+        for (k, f) in ["redis", "broker", "postgres"].into_iter().enumerate() {
+            let mut t = t0 + every * (k as u32 + 1) / 3;
+            while t < fault_end {
+                v.push((t, f));
+                t += every;
+            }
+        }
+        v.sort_by_key(|(t, _)| *t);
+        v
+    };
+    scheduled.retain(|(_, f)| on(f));
     while Instant::now() < fault_end {
         tokio::time::sleep(Duration::from_millis(200)).await;
         pb.set_position(t0.elapsed().as_secs());
@@ -413,7 +440,8 @@ pub async fn run(a: Args) -> Result<()> {
         "scenario": "chaos",
         "settings": {"fault_seconds": a.fault_seconds, "campaigns": a.campaigns, "targets": a.targets,
             "campaign_cap": a.campaign_cap, "global_cap": a.global_cap, "dataplanes": a.dataplanes,
-            "kill_every_s": a.kill_every_s, "call_ms": a.call_ms, "faults": a.faults},
+            "kill_every_s": a.kill_every_s, "call_ms": a.call_ms, "ring_ms": a.ring_ms, "faults": a.faults,
+            "min_campaign_cap": a.min_campaign_cap, "restart_every_s": a.restart_every_s},
         "cores": crate::cores(),
         "duration_s": elapsed,
         "completed": completed,

@@ -51,6 +51,10 @@ pub struct Args {
     /// Lease batch per campaign and core.
     #[arg(long, default_value_t = 1024)]
     pub lease_batch: u32,
+    /// A data-plane tuning file (`tuning/*.toml`) to measure; `--shards`, `--lease-batch` and
+    /// this bench's buffer sizes still apply on top.
+    #[arg(long)]
+    pub tuning: Option<std::path::PathBuf>,
     #[arg(long)]
     pub brokers: Option<String>,
     #[arg(long)]
@@ -152,8 +156,14 @@ impl Publisher {
 pub async fn run(a: Args) -> Result<()> {
     let shards = a.shards.unwrap_or_else(crate::cores);
     let (min_ms, max_ms) = call_range(&a.call_ms)?;
-    let mut tuning = Tuning::default();
+    let mut tuning = match &a.tuning {
+        Some(p) => Tuning::load(p, Duration::from_secs(600))?,
+        None => Tuning::default(),
+    };
     tuning.shards.count = shards;
+    if tuning.shards.cpus.len() != tuning.shards.count {
+        tuning.shards.cpus.clear(); // the file pins another shard count
+    }
     tuning.shards.partitions = (shards as i32).max(8);
     tuning.lease.batch = a.lease_batch;
     tuning.lease.low_water = a.lease_batch / 4;

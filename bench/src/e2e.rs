@@ -46,6 +46,10 @@ pub struct Args {
     redis: Option<String>,
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// A data-plane tuning file (`tuning/*.toml`) to measure; `--shards` and the lease batch
+    /// of this bench still apply on top.
+    #[arg(long)]
+    tuning: Option<std::path::PathBuf>,
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
@@ -91,8 +95,14 @@ pub async fn run(a: Args) -> Result<()> {
         ids.push(store.create_campaign(&req.validate(10_000_000).map_err(|e| anyhow::anyhow!("{e}"))?).await?.id);
     }
 
-    let mut tuning = Tuning::default();
+    let mut tuning = match &a.tuning {
+        Some(p) => Tuning::load(p, Duration::from_secs(600))?,
+        None => Tuning::default(),
+    };
     tuning.shards.count = a.shards;
+    if tuning.shards.cpus.len() != tuning.shards.count {
+        tuning.shards.cpus.clear(); // the file pins another shard count
+    }
     tuning.shards.partitions = partitions;
     tuning.shards.assignment = Assignment::Static;
     tuning.lease.batch = 256;
