@@ -14,7 +14,9 @@
 //!   them, after which no redelivery can bring them back.
 //! - **Layout**: one file per dispatch partition (`p{N}.journal` under the journal directory), so
 //!   that whichever shard of the host owns a partition after a restart or rebalance reads its
-//!   history. A file is compacted (rewritten with only unresolved attempts) when loaded and when
+//!   history. At a rebalance a partition that moves is *released* by its old owner (pending
+//!   records written, the file never touched again) and loaded by its new one; one that comes
+//!   straight back keeps the shard's view, in which its own calls in progress are `InFlight`. A file is compacted (rewritten with only unresolved attempts) when loaded and when
 //!   it has grown past a threshold.
 //!
 //! - **I/O**: with io_uring (tuning `journal.io`, default `auto`), a group commit is one system
@@ -77,6 +79,10 @@ pub enum Seen {
     No,
     /// Started, no outcome recorded: report `unknown_outcome`, do not dial.
     Unresolved,
+    /// Started by this journal's shard and still in progress: the message came again (a
+    /// rebalance handed its partition back, or the broker redelivered it). Skip it: the call in
+    /// progress finishes the message.
+    InFlight,
     /// Started and its outcome delivered: skip the redelivered message.
     Resolved,
 }
@@ -108,6 +114,8 @@ pub enum JournalError {
     Io { path: String, source: io::Error },
     #[error("journal: io_uring cannot be set up ({0}); set tuning journal.io = \"auto\" or \"std\"")]
     Uring(String),
+    #[error("journal: partition {0} was given to another consumer; its file is not this shard's any more")]
+    Released(i32),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -244,6 +252,8 @@ struct PartitionJournal {
     open: Attempts,
     /// Outcome delivered, the message's offset maybe not committed yet.
     done: Attempts,
+    /// The open attempts this shard started itself (not loaded from the file).
+    mine: std::collections::HashSet<Attempt>,
     appended: usize,
     dirty: bool,
 }
@@ -256,7 +266,16 @@ impl PartitionJournal {
             Err(e) => return Err(io_err(&path)(e)),
         };
         let file = compact(&path, &open, &done)?;
-        Ok(PartitionJournal { path, file, buf: Vec::with_capacity(64 * 1024), open, done, appended: 0, dirty: false })
+        Ok(PartitionJournal {
+            path,
+            file,
+            buf: Vec::with_capacity(64 * 1024),
+            open,
+            done,
+            mine: Default::default(),
+            appended: 0,
+            dirty: false,
+        })
     }
 }
 
@@ -292,11 +311,20 @@ fn finish_plain(p: &mut PartitionJournal, sync: bool) -> Result<(), JournalError
 }
 
 /// One shard's journal: the files of the partitions it has seen, loaded on first use.
+///
+/// With consumer-group assignment a partition can move: [`Journal::revoked`] marks the
+/// partitions a rebalance took away (their state is kept: they may come straight back), and
+/// [`Journal::assigned`] then keeps those that came back and *releases* the others — their
+/// pending records are written, their state dropped, and the file is never touched again by
+/// this shard (its new owner loads and compacts it) until the partition is assigned back, when
+/// the file is loaded afresh.
 pub struct Journal {
     dir: PathBuf,
     sync: bool,
     parts: HashMap<i32, PartitionJournal>,
     io: Io,
+    suspended: std::collections::HashSet<i32>,
+    released: std::collections::HashSet<i32>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -335,7 +363,14 @@ impl Journal {
                 }
             },
         };
-        Ok(Journal { dir: dir.to_path_buf(), sync, parts: HashMap::new(), io })
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            sync,
+            parts: HashMap::new(),
+            io,
+            suspended: Default::default(),
+            released: Default::default(),
+        })
     }
 
     /// `io_uring` or `std`: what the group commits use.
@@ -347,6 +382,9 @@ impl Journal {
     }
 
     fn part(&mut self, partition: i32) -> Result<&mut PartitionJournal, JournalError> {
+        if self.released.contains(&partition) {
+            return Err(JournalError::Released(partition));
+        }
         if !self.parts.contains_key(&partition) {
             let p = PartitionJournal::load(self.dir.join(format!("p{partition}.journal")))?;
             if !p.open.is_empty() {
@@ -364,7 +402,9 @@ impl Journal {
     /// What the journal knows of attempt `a` of `partition`.
     pub fn seen(&mut self, partition: i32, a: Attempt) -> Result<Seen, JournalError> {
         let p = self.part(partition)?;
-        Ok(if p.open.contains_key(&a) {
+        Ok(if p.mine.contains(&a) {
+            Seen::InFlight
+        } else if p.open.contains_key(&a) {
             Seen::Unresolved
         } else if p.done.contains_key(&a) {
             Seen::Resolved
@@ -378,6 +418,7 @@ impl Journal {
         let p = self.part(partition)?;
         Record::Started(a, offset).encode(&mut p.buf);
         p.open.insert(a, offset);
+        p.mine.insert(a);
         p.appended += 1;
         p.dirty = true;
         Ok(())
@@ -385,7 +426,13 @@ impl Journal {
 
     /// Queues the `D` record of an attempt whose outcome is acknowledged.
     pub fn done(&mut self, partition: i32, a: Attempt) -> Result<(), JournalError> {
+        if self.released.contains(&partition) {
+            // The new owner has the file; it reports the attempt `unknown_outcome` if the
+            // message reaches it (the outcome delivered here is then the one that counts).
+            return Ok(());
+        }
         let p = self.part(partition)?;
+        p.mine.remove(&a);
         if let Some(offset) = p.open.remove(&a) {
             Record::Done(a, offset).encode(&mut p.buf);
             p.done.insert(a, offset);
@@ -401,6 +448,30 @@ impl Journal {
         if let Some(p) = self.parts.get_mut(&partition) {
             p.done.retain(|_, o| *o >= committed);
         }
+    }
+
+    /// A rebalance took these partitions away (they may come back with the next assignment).
+    pub fn revoked(&mut self, partitions: &[i32]) {
+        self.suspended.extend(partitions);
+    }
+
+    /// The partitions a rebalance gave this shard: revoked ones not among them are released.
+    pub fn assigned(&mut self, partitions: &[i32]) -> Result<(), JournalError> {
+        for p in std::mem::take(&mut self.suspended) {
+            if partitions.contains(&p) {
+                continue;
+            }
+            if let Some(mut part) = self.parts.remove(&p)
+                && !part.buf.is_empty()
+            {
+                finish_plain(&mut part, self.sync)?;
+            }
+            self.released.insert(p);
+        }
+        for p in partitions {
+            self.released.remove(p);
+        }
+        Ok(())
     }
 
     /// Forgets every resolved attempt (an in-process bus: nothing is ever redelivered).
@@ -501,6 +572,37 @@ mod tests {
     #[test]
     fn a_reopened_journal_knows_open_and_resolved_attempts_io_uring() {
         reopened_journal(crate::tuning::JournalIo::IoUring);
+    }
+
+    /// A rebalance: a partition that comes straight back keeps this shard's view (its calls in
+    /// progress are `InFlight`, not `Unresolved`); one that goes elsewhere is written out and
+    /// never touched again (its next owner sees the started attempts), until assigned back.
+    #[test]
+    fn rebalances_keep_or_release_partitions() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut j = Journal::open(dir.path(), true).expect("open");
+        j.started(0, a(1, 1), 10).expect("started");
+        j.started(1, a(2, 1), 20).expect("started");
+        j.commit().expect("commit");
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::InFlight, "this shard is dialing it");
+        // Eager rebalance: everything revoked, partition 0 comes back, 1 goes elsewhere.
+        j.revoked(&[0, 1]);
+        j.done(1, a(2, 1)).expect("an outcome acknowledged meanwhile");
+        j.assigned(&[0]).expect("assigned");
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::InFlight, "kept across the rebalance");
+        assert!(matches!(j.seen(1, a(2, 1)), Err(JournalError::Released(1))), "partition 1 is not ours any more");
+        j.done(1, a(9, 1)).expect("outcomes of a released partition are dropped, not an error");
+        // The new owner of partition 1 sees what was written before the release.
+        let mut other = Journal::open(dir.path(), true).expect("open");
+        assert_eq!(other.seen(1, a(2, 1)).expect("seen"), Seen::Resolved, "the outcome was written at release");
+        other.started(1, a(3, 1), 21).expect("started");
+        other.commit().expect("commit");
+        // Partition 1 comes back: loaded afresh, with the other owner's records.
+        j.revoked(&[0]);
+        j.assigned(&[0, 1]).expect("assigned");
+        assert_eq!(j.seen(1, a(3, 1)).expect("seen"), Seen::Unresolved, "started by the other owner");
+        j.done(0, a(1, 1)).expect("done");
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::Resolved);
     }
 
     /// Many partitions and large batches through one io_uring submission per commit, files read

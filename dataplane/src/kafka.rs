@@ -36,9 +36,23 @@ pub struct KafkaTopics {
 
 /// The rdkafka client context of every consumer and producer of the product: turns librdkafka's
 /// statistics (every `statistics.interval.ms`) into `dialer_kafka_consumer_lag{topic,partition}`
-/// for the partitions this client fetches, and logs client errors through `tracing`.
+/// for the partitions this client fetches, logs client errors through `tracing`, and notes the
+/// partitions a consumer-group rebalance takes away or gives (for the shard to act on).
 #[derive(Clone, Debug, Default)]
-pub struct MetricsContext;
+pub struct MetricsContext {
+    /// Filled by the rebalance callback, which librdkafka runs inside the consumer's poll (on
+    /// the shard's own thread, within `recv`); drained by the shard before it dials again.
+    moved: std::sync::Arc<std::sync::Mutex<Vec<Moved>>>,
+}
+
+/// A consumer-group rebalance, as the shard sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// These partitions are no longer this consumer's (they may come straight back).
+    Revoked(Vec<i32>),
+    /// This consumer's partitions from now on.
+    Assigned(Vec<i32>),
+}
 
 impl ClientContext for MetricsContext {
     fn stats(&self, statistics: Statistics) {
@@ -60,7 +74,22 @@ impl ClientContext for MetricsContext {
     }
 }
 
-impl ConsumerContext for MetricsContext {}
+impl ConsumerContext for MetricsContext {
+    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, r: &rdkafka::consumer::Rebalance<'_>) {
+        use rdkafka::consumer::Rebalance;
+        let parts = |tpl: &TopicPartitionList| tpl.elements().iter().map(|e| e.partition()).collect::<Vec<i32>>();
+        let moved = match r {
+            Rebalance::Revoke(tpl) => Moved::Revoked(parts(tpl)),
+            Rebalance::Assign(tpl) => Moved::Assigned(parts(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "consumer group rebalance failed");
+                return;
+            }
+        };
+        tracing::info!(?moved, "consumer group rebalance");
+        self.moved.lock().unwrap_or_else(|p| p.into_inner()).push(moved);
+    }
+}
 
 /// The consumer type used everywhere (lag metrics through [`MetricsContext`]).
 pub type MeteredConsumer = StreamConsumer<MetricsContext>;
@@ -77,12 +106,12 @@ pub fn produce_error(topic: &str) {
 
 /// A consumer with the product's context, from `config` (statistics enabled).
 pub fn metered_consumer(config: &mut ClientConfig) -> Result<MeteredConsumer, KafkaError> {
-    config.set("statistics.interval.ms", STATS_INTERVAL_MS).create_with_context(MetricsContext)
+    config.set("statistics.interval.ms", STATS_INTERVAL_MS).create_with_context(MetricsContext::default())
 }
 
 /// A producer with the product's context, from `config`.
 pub fn metered_producer(config: &ClientConfig) -> Result<MeteredProducer, KafkaError> {
-    config.create_with_context(MetricsContext)
+    config.create_with_context(MetricsContext::default())
 }
 
 pub struct KafkaSource {
@@ -163,6 +192,21 @@ impl KafkaSource {
             out.push(Self::delivery(&mut self.offsets, &m));
         }
         Ok(())
+    }
+
+    /// What rebalances did since the last call, in order. A revoked partition's offsets are
+    /// forgotten (it is never committed by this consumer again; if it comes back, its messages
+    /// come again from the committed offset).
+    pub fn take_moved(&mut self) -> Vec<Moved> {
+        let moved = std::mem::take(&mut *self.consumer.context().moved.lock().unwrap_or_else(|p| p.into_inner()));
+        for m in &moved {
+            if let Moved::Revoked(ps) = m {
+                for p in ps {
+                    self.offsets.remove(p);
+                }
+            }
+        }
+        moved
     }
 
     pub fn done(&mut self, partition: i32, offset: i64) {

@@ -60,6 +60,9 @@ pub struct ShardReport {
     pub unknown_outcome: u64,
     /// Redelivered messages whose attempt the journal showed as dialed and resolved: skipped.
     pub redelivered_done: u64,
+    /// Messages received again while this shard was dialing their attempt (a rebalance gave
+    /// their partition back): skipped, the call in progress finishes them.
+    pub redelivered_in_flight: u64,
     /// Messages received but not finished when the shard stopped (redelivered after restart).
     pub unfinished: u64,
 }
@@ -184,6 +187,24 @@ impl Queues {
                 self.ready.push_back(c);
             }
         }
+    }
+
+    /// Drops every waiting message of `partition` (a rebalance took it away: its next owner
+    /// reads them again from the committed offset); returns how many.
+    fn purge_partition(&mut self, partition: i32) -> usize {
+        let mut n = 0;
+        for queue in self.by_campaign.values_mut() {
+            let before = queue.len();
+            queue.retain(|w| w.partition != partition);
+            n += before - queue.len();
+        }
+        self.by_campaign.retain(|_, q| !q.is_empty());
+        let before = self.delayed_msgs.len();
+        self.delayed_msgs.retain(|_, w| w.partition != partition);
+        n += before - self.delayed_msgs.len();
+        self.len -= n;
+        self.per_partition.remove(&partition);
+        n
     }
 
     /// One message left the waiting state; returns the partition's remaining count.
@@ -329,6 +350,37 @@ pub async fn run_shard<P: Provider>(
     my_health().running(now_ms());
 
     loop {
+        // A consumer-group rebalance (noted during the last `recv`, on this thread): nothing of
+        // a revoked partition is dialed from here on; its journal file is released unless the
+        // partition came straight back.
+        if let Source::Kafka(k) = &mut source {
+            for moved in k.take_moved() {
+                match moved {
+                    crate::kafka::Moved::Revoked(ps) => {
+                        for p in &ps {
+                            let n = q.purge_partition(*p);
+                            paused.remove(p);
+                            tracing::info!(
+                                shard,
+                                partition = p,
+                                dropped = n,
+                                "partition revoked: its waiting messages are left to its next owner"
+                            );
+                        }
+                        if let Some(j) = &mut journal {
+                            j.revoked(&ps);
+                        }
+                    }
+                    crate::kafka::Moved::Assigned(ps) => {
+                        if let Some(j) = &mut journal
+                            && let Err(e) = j.assigned(&ps)
+                        {
+                            tracing::error!(shard, error = %e, "journal: released partition not written");
+                        }
+                    }
+                }
+            }
+        }
         // Start every call that can start now, campaign by campaign.
         let now = now_ms();
         q.release_due(now);
@@ -541,6 +593,11 @@ pub async fn run_shard<P: Provider>(
                                 }),
                                 None => Seen::No,
                             };
+                            if seen == Seen::InFlight {
+                                // This shard is dialing it: the call in progress finishes it.
+                                report.redelivered_in_flight += 1;
+                                continue;
+                            }
                             if seen == Seen::Resolved {
                                 // Dialed, and its outcome delivered, before a restart: only the
                                 // offset commit was lost. Nothing to do but finish the message.

@@ -283,6 +283,78 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
     assert!(!health.ready(dialer_dataplane::shard::now_ms()), "stopped shards are not ready");
 }
 
+/// Consumer-group assignment: a second data plane joins while the first has hundreds of
+/// messages waiting, and the group moves partitions to it. The first stops dialing what it had
+/// waiting of the partitions it lost (their new owner reads them again), keeps finishing the
+/// calls it had started, and the journal (one directory, as for the processes of one host)
+/// shows the new owner what was started: no attempt is dialed twice, every call gets an outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_dials_no_attempt_twice() {
+    let t = topics();
+    ensure(&t).await;
+    let campaign = Uuid::from_u128(6060);
+    let n = 2000usize;
+    let msgs: Vec<DispatchMessage> = (0..n as u128).map(|i| msg(60_000 + i, campaign, 20)).collect();
+    produce(&t, &msgs).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut tu = tuning(Assignment::Group);
+    tu.shards.count = 1;
+    tu.journal.dir = dir.path().display().to_string();
+    let tracker = Tracker::new(1000);
+    tracker.set_campaign_cap(campaign, 20);
+    let prefix = redis_prefix();
+    let slow = |tracker: Arc<Tracker>| {
+        Dataplane::start(DataplaneOptions {
+            tuning: tu.clone(),
+            bus: BusChoice::Kafka(t.clone()),
+            limiter: LimiterChoice::Redis { url: redis().url(), prefix: prefix.clone() },
+            global_cap: 1000,
+            per_campaign_ceiling: 1000,
+            mock: MockSettings {
+                min_call: Duration::from_millis(60),
+                max_call: Duration::from_millis(140),
+                max_ring: Duration::ZERO,
+                ..MockSettings::default()
+            },
+            tracker,
+            instance: unique_name("dp"),
+        })
+        .expect("data plane starts")
+    };
+    let a = slow(tracker.clone());
+    let reader = status_reader(&t);
+    let mut events = Vec::new();
+    read_outcomes(&reader, 100, Duration::from_secs(60), &mut events).await;
+    let b = slow(tracker.clone());
+    // Until every call has an outcome (a call that was in progress on a moved partition may
+    // get two: its own and the new owner's `unknown_outcome`).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ended: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    while ended.len() < n && Instant::now() < deadline {
+        let seen = events.iter().filter(|e| e.kind.is_outcome()).count();
+        read_outcomes(&reader, seen + 1, Duration::from_secs(2), &mut events).await;
+        ended.extend(events.iter().filter(|e| e.kind.is_outcome()).map(|e| e.call_id));
+    }
+    a.shutdown();
+    b.shutdown();
+    let ra = tokio::task::spawn_blocking(move || a.join()).await.expect("join").expect("reports");
+    let rb = tokio::task::spawn_blocking(move || b.join()).await.expect("join").expect("reports");
+    // Events produced while the readers stopped are read too.
+    read_outcomes(&reader, usize::MAX, Duration::from_secs(3), &mut events).await;
+
+    let (da, db) = (ra.iter().map(|r| r.dialed).sum::<u64>(), rb.iter().map(|r| r.dialed).sum::<u64>());
+    assert!(da > 0 && db > 0, "the group moved partitions to the second data plane: {da} / {db} dialed");
+    let mut started: HashMap<Uuid, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e.kind == EventKind::Started) {
+        *started.entry(e.call_id).or_default() += 1;
+    }
+    let twice: Vec<_> = started.iter().filter(|(_, k)| **k > 1).collect();
+    assert!(twice.is_empty(), "{} attempts dialed twice across the rebalance: {twice:?}", twice.len());
+    assert_eq!(tracker.calls() as usize, started.len(), "the provider saw each started attempt once");
+    assert_eq!(ended.len(), n, "every call got an outcome");
+    assert_eq!(tracker.violations(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_started_before_a_crash_is_not_dialed_again() {
     let t = topics();
