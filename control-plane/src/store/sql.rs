@@ -1135,7 +1135,10 @@ macro_rules! sql_store {
                     );
                     q.build().execute(&mut *tx).await?;
                 }
-                // The aggregates, one statement per campaign.
+                // The aggregates, one statement per campaign, in campaign-id order: two recorders
+                // touching the same campaigns lock their stats rows in one order (no deadlock).
+                let mut deltas: Vec<(Uuid, Delta)> = deltas.into_iter().collect();
+                deltas.sort_unstable_by_key(|(cid, _)| *cid);
                 for (cid, d) in &deltas {
                     sqlx::query(
                         "UPDATE campaign_stats SET pending_calls = pending_calls + $1, queued_calls = queued_calls + $2, \
