@@ -279,16 +279,13 @@ async fn two_scheduler_replicas_never_queue_a_call_twice(b: Backend) {
     assert_eq!((st.queued_calls, st.pending_calls), (3000, 0));
 }
 
-async fn redelivered_events_change_nothing(b: Backend) {
-    let (s, _d) = store(b).await;
-    let c = campaign(&s, "idem", 5, 5, json!([])).await;
-    s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let claimed = s.claim_calls(c.id, 5, Utc::now()).await.expect("claim");
-    let ev = |k: &dialer_control_plane::store::ClaimedCall, kind: EventKind| StatusEvent {
+/// The status event a data plane would send for a claimed call (failures retryable, "busy").
+fn event(campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, kind: EventKind) -> StatusEvent {
+    StatusEvent {
         v: 1,
         call_id: k.id,
         attempt: k.attempt,
-        campaign_id: c.id,
+        campaign_id,
         kind,
         at_ms: 1,
         started_at_ms: Some(1),
@@ -298,7 +295,15 @@ async fn redelivered_events_change_nothing(b: Backend) {
         retryable: (kind == EventKind::Failed).then_some(true),
         shard: 0,
         dispatch_latency_us: None,
-    };
+    }
+}
+
+async fn redelivered_events_change_nothing(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "idem", 5, 5, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let claimed = s.claim_calls(c.id, 5, Utc::now()).await.expect("claim");
+    let ev = |k: &dialer_control_plane::store::ClaimedCall, kind: EventKind| event(c.id, k, kind);
     let mut events = vec![];
     for (i, k) in claimed.iter().enumerate() {
         events.push(ev(k, EventKind::Started));
@@ -324,21 +329,7 @@ async fn redelivered_events_change_nothing(b: Backend) {
 /// before the completion, which then cancels what it left pending.
 async fn completing_races_leave_nothing_waiting(b: Backend) {
     let (s, _d) = store(b).await;
-    let ev = |campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, kind: EventKind| StatusEvent {
-        v: 1,
-        call_id: k.id,
-        attempt: k.attempt,
-        campaign_id,
-        kind,
-        at_ms: 1,
-        started_at_ms: Some(1),
-        answered_at_ms: (kind == EventKind::Completed).then_some(2),
-        duration_ms: Some(3),
-        reason: (kind == EventKind::Failed).then(|| "busy".into()),
-        retryable: (kind == EventKind::Failed).then_some(true),
-        shard: 0,
-        dispatch_latency_us: None,
-    };
+    let ev = event;
     for round in 0..24u64 {
         let c = campaign(&s, &format!("race{round:02}"), 60, 100, json!([])).await;
         s.transition(c.id, CampaignAction::Start).await.expect("start");
