@@ -26,10 +26,29 @@ pub enum CallOutcome {
 /// A future for one call, owned by the shard that placed it.
 pub type CallFuture = Pin<Box<dyn Future<Output = CallOutcome>>>;
 
+/// A placed call, as the shard tracks it.
+pub enum Placed {
+    /// The outcome comes when the future resolves (a provider that waits on the network).
+    Pending(CallFuture),
+    /// The provider knows the outcome and when the call ends (the mock): the shard keeps such
+    /// calls in its own timer heap, with no future and no timer of their own.
+    Scheduled {
+        after: Duration,
+        outcome: CallOutcome,
+        /// Dropped when the call ends (the mock's tracker counts the call down).
+        end: CallEnd,
+    },
+}
+
 /// Places calls. One instance per shard (no lock shared across cores); the future must not
 /// borrow the provider.
 pub trait Provider {
     fn place_call(&self, msg: &DispatchMessage) -> CallFuture;
+
+    /// Places a call the way the shard tracks it; by default through [`Provider::place_call`].
+    fn place(&self, msg: &DispatchMessage) -> Placed {
+        Placed::Pending(self.place_call(msg))
+    }
 }
 
 /// The seed's mock telephony provider's behaviour.
@@ -181,12 +200,29 @@ impl Tracker {
 }
 
 /// Marks a call up in the tracker until dropped (also when the call's future is cancelled).
-struct Up {
+pub struct CallEnd {
     campaign: Arc<Counter>,
     tracker: Arc<Tracker>,
 }
 
-impl Drop for Up {
+impl std::fmt::Debug for CallEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallEnd")
+    }
+}
+
+impl std::fmt::Debug for Placed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placed::Pending(_) => f.write_str("Placed::Pending"),
+            Placed::Scheduled { after, outcome, .. } => {
+                f.debug_struct("Placed::Scheduled").field("after", after).field("outcome", outcome).finish()
+            }
+        }
+    }
+}
+
+impl Drop for CallEnd {
     fn drop(&mut self) {
         self.campaign.end();
         self.tracker.global.end();
@@ -237,6 +273,19 @@ impl MockProvider {
 
 impl Provider for MockProvider {
     fn place_call(&self, msg: &DispatchMessage) -> CallFuture {
+        match self.place(msg) {
+            Placed::Scheduled { after, outcome, end } => Box::pin(async move {
+                let _end = end;
+                if !after.is_zero() {
+                    tokio::time::sleep(after).await;
+                }
+                outcome
+            }),
+            Placed::Pending(f) => f,
+        }
+    }
+
+    fn place(&self, msg: &DispatchMessage) -> Placed {
         let (counter, cap) = self
             .counters
             .borrow_mut()
@@ -250,20 +299,14 @@ impl Provider for MockProvider {
         if g > t.global_cap.load(Ordering::Relaxed) as i64 || cap.is_some_and(|cap| c > i64::from(cap)) {
             t.violations.fetch_add(1, Ordering::Relaxed);
         }
-        let up = Up { campaign: counter, tracker: t.clone() };
+        let end = CallEnd { campaign: counter, tracker: t.clone() };
         let outcome = self.draw();
         let wait = match &outcome {
             CallOutcome::Completed { duration, .. } => *duration,
             CallOutcome::Failed { after, .. } => *after,
         };
         t.record(msg, wait);
-        Box::pin(async move {
-            let _up = up;
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            outcome
-        })
+        Placed::Scheduled { after: wait, outcome, end }
     }
 }
 
