@@ -276,11 +276,16 @@ async fn caps_hold_under_crashing_holders(backend: Backend) {
     let dials: u64 = cores.into_iter().map(|h| h.join().expect("core thread")).sum();
     assert!(dials > 1000, "only {dials} dials");
     assert!(tracker.max_global.load(Ordering::SeqCst) <= i64::from(global_cap), "global cap exceeded");
+    let mut dialed = 0;
     for (camp, cap) in &caps {
         let max = tracker.campaigns.lock().expect("lock").get(camp).map_or(0, |e| e.1);
         assert!(max <= i64::from(*cap), "campaign {camp} reached {max} > cap {cap}");
-        assert!(max > 0, "campaign {camp} never dialed");
+        dialed += usize::from(max > 0);
     }
+    // The global cap (60) binds below the campaigns' sum (114): the pool goes to the campaigns
+    // whose leases came first, and one that asks later can wait the whole run (no fairness
+    // between campaigns under the global cap is promised; see README, Concurrency limits).
+    assert!(dialed >= 4, "only {dialed} of 6 campaigns dialed: the run did not exercise the caps");
     // The survivors gave everything back; the crashed holders' leases expire and are reaped.
     tokio::time::sleep(settings.ttl + Duration::from_millis(200)).await;
     let fixed = backend.reconcile().await.expect("reconcile");
