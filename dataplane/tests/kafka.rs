@@ -284,16 +284,18 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
 }
 
 /// Consumer-group assignment: a second data plane joins while the first has hundreds of
-/// messages waiting, and the group moves partitions to it. The first stops dialing what it had
-/// waiting of the partitions it lost (their new owner reads them again), keeps finishing the
-/// calls it had started, and the journal (one directory, as for the processes of one host)
-/// shows the new owner what was started: no attempt is dialed twice, every call gets an outcome.
+/// messages waiting (3,000 calls of 60–140 ms at a cap of 20: ~15 s of work, time for the
+/// group to rebalance even on a loaded machine), and the group moves partitions to it. The
+/// first stops dialing what it had waiting of the partitions it lost (their new owner reads
+/// them again), keeps finishing the calls it had started, and the journal (one directory, as
+/// for the processes of one host) shows the new owner what was started: no attempt is dialed
+/// twice, every call gets an outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_dials_no_attempt_twice() {
     let t = topics();
     ensure(&t).await;
     let campaign = Uuid::from_u128(6060);
-    let n = 2000usize;
+    let n = 3000usize;
     let msgs: Vec<DispatchMessage> = (0..n as u128).map(|i| msg(60_000 + i, campaign, 20)).collect();
     produce(&t, &msgs).await;
     let dir = tempfile::tempdir().expect("tmp");
