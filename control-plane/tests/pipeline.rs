@@ -324,8 +324,8 @@ async fn redelivered_events_change_nothing(b: Backend) {
     assert!(detail.call.next_attempt_at.is_some() && detail.call.last_error.as_deref() == Some("busy"));
 }
 
-/// Completing a campaign while its outcomes are recorded, new calls are created and calls are
-/// claimed leaves nothing waiting: each writer either sees the campaign completed or commits
+/// Completing a campaign while its outcomes are recorded, new calls are created, numbers are
+/// re-queued and calls are claimed leaves nothing waiting: each writer either sees the campaign completed or commits
 /// before the completion, which then cancels what it left pending.
 async fn completing_races_leave_nothing_waiting(b: Backend) {
     let (s, _d) = store(b).await;
@@ -351,7 +351,8 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
         };
         let failures: Vec<_> = claimed[10..].iter().map(|k| ev(c.id, k, EventKind::Failed)).collect();
         let lag = Duration::from_micros(round * 300 % 4000);
-        let (rs, cs, ks, ws) = (s.clone(), s.clone(), s.clone(), s.clone());
+        let (rs, cs, ks, ws, qs) = (s.clone(), s.clone(), s.clone(), s.clone(), s.clone());
+        let requeue: Vec<(String, Option<serde_json::Value>)> = numbers.iter().map(|n| (n.clone(), None)).collect();
         let recorder = tokio::spawn(async move {
             let mut u = || 0.5;
             for chunk in failures.chunks(6) {
@@ -366,6 +367,12 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
                 }
             }
         });
+        let requeuer = tokio::spawn(async move {
+            match qs.queue_targets(c.id, &requeue).await {
+                Ok(_) | Err(dialer_control_plane::store::StoreError::Conflict(_)) => {}
+                Err(e) => panic!("re-queue: {e}"),
+            }
+        });
         let claimer = tokio::spawn(async move {
             for _ in 0..5 {
                 ks.claim_calls(c.id, 3, Utc::now()).await.expect("claim");
@@ -373,7 +380,7 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
         });
         tokio::time::sleep(lag).await;
         ws.transition(c.id, CampaignAction::Complete).await.expect("complete");
-        for t in [recorder, creator, claimer] {
+        for t in [recorder, creator, requeuer, claimer] {
             t.await.expect("writer");
         }
         let st = assert_consistent(&s, c.id).await;

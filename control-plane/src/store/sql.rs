@@ -221,13 +221,20 @@ macro_rules! sql_store {
             }
 
             /// The campaign's status, for writes that need it open.
-            async fn open_status(conn: &mut Conn, id: Uuid) -> Result<CampaignStatus, StoreError> {
-                let row = sqlx::query("SELECT status FROM campaigns WHERE id = $1")
+            /// A campaign's status, read `FOR SHARE` where rows lock: a status change (pause,
+            /// complete) waits for this transaction, and this one sees a change that committed.
+            async fn locked_status(conn: &mut Conn, id: Uuid) -> Result<Option<CampaignStatus>, StoreError> {
+                sqlx::query(concat!("SELECT status FROM campaigns WHERE id = $1", $for_share))
                     .bind(id)
                     .fetch_optional(&mut *conn)
                     .await?
-                    .ok_or(StoreError::NotFound("campaign"))?;
-                let status = campaign_status(&row)?;
+                    .map(|r| campaign_status(&r))
+                    .transpose()
+            }
+
+            /// The status of a campaign that takes new calls (locked, see [`locked_status`]).
+            async fn open_status(conn: &mut Conn, id: Uuid) -> Result<CampaignStatus, StoreError> {
+                let status = locked_status(conn, id).await?.ok_or(StoreError::NotFound("campaign"))?;
                 if status == CampaignStatus::Completed {
                     return Err(StoreError::Conflict("the campaign is completed; it takes no new calls".into()));
                 }
@@ -777,13 +784,7 @@ macro_rules! sql_store {
             pub async fn claim_calls(pool: &Pool, campaign_id: Uuid, n: usize, at: DateTime<Utc>) -> Result<Vec<ClaimedCall>, StoreError> {
                 let mut tx = begin(pool).await?;
                 // Nothing is claimed for a campaign paused or completed since the scheduler listed it.
-                let running = sqlx::query(concat!("SELECT status FROM campaigns WHERE id = $1", $for_share))
-                    .bind(campaign_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|r| campaign_status(&r))
-                    .transpose()?;
-                if running != Some(CampaignStatus::InProgress) {
+                if locked_status(&mut tx, campaign_id).await? != Some(CampaignStatus::InProgress) {
                     return Ok(vec![]);
                 }
                 let mut out = claim_some(&mut tx, campaign_id, true, n.div_ceil(2), at).await?;
@@ -817,13 +818,7 @@ macro_rules! sql_store {
                     return Ok(());
                 }
                 let mut tx = begin(pool).await?;
-                let completed = sqlx::query(concat!("SELECT status FROM campaigns WHERE id = $1", $for_share))
-                    .bind(campaign_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|r| campaign_status(&r))
-                    .transpose()?
-                    == Some(CampaignStatus::Completed);
+                let completed = locked_status(&mut tx, campaign_id).await? == Some(CampaignStatus::Completed);
                 let (to, error) = if completed { ("failed", Some(CANCELLED)) } else { ("pending", None) };
                 let mut n = 0i64;
                 let mut retries = 0i64;
@@ -1004,7 +999,9 @@ macro_rules! sql_store {
                 // Decide, in arrival order.
                 #[derive(Default)]
                 struct Delta { pending: i64, queued: i64, in_progress: i64, completed: i64, failed: i64, attempts: i64, retries: i64 }
-                let mut deltas: HashMap<Uuid, Delta> = HashMap::new();
+                // Ordered by campaign id: two recorders touching the same campaigns lock their
+                // stats rows in one order (no deadlock).
+                let mut deltas: std::collections::BTreeMap<Uuid, Delta> = std::collections::BTreeMap::new();
                 let mut changed: HashMap<Uuid, lifecycle::Change> = HashMap::new();
                 let mut timeline: HashMap<(Uuid, u32), (Uuid, &StatusEvent, String)> = HashMap::new();
                 for e in events {
@@ -1135,10 +1132,7 @@ macro_rules! sql_store {
                     );
                     q.build().execute(&mut *tx).await?;
                 }
-                // The aggregates, one statement per campaign, in campaign-id order: two recorders
-                // touching the same campaigns lock their stats rows in one order (no deadlock).
-                let mut deltas: Vec<(Uuid, Delta)> = deltas.into_iter().collect();
-                deltas.sort_unstable_by_key(|(cid, _)| *cid);
+                // The aggregates, one statement per campaign, in campaign-id order.
                 for (cid, d) in &deltas {
                     sqlx::query(
                         "UPDATE campaign_stats SET pending_calls = pending_calls + $1, queued_calls = queued_calls + $2, \
@@ -1165,8 +1159,9 @@ macro_rules! sql_store {
 }
 
 // A campaign's status is read `FOR SHARE` by every writer that must not act on a campaign
-// changing under it (a call created, an outcome recorded, calls claimed as the campaign is
-// completed or paused): the status change waits for them, they wait for it and see it.
+// changing under it (calls created or re-queued, an outcome recorded, calls claimed or given
+// back as the campaign is completed or paused): the status change waits for them, they wait
+// for it and see it.
 sql_store!(
     pg,
     sqlx::Postgres,
