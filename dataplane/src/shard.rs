@@ -12,11 +12,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-
-/// The shard's own maps (campaign queues, partition counts) hash with foldhash: SipHash showed
-/// up at ~5 % of a shard's time in `perf` of `bench dataplane`.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, StatusEvent};
@@ -31,6 +26,11 @@ use crate::health::Health;
 use crate::kafka::{KafkaSink, KafkaSource};
 use crate::provider::{CallOutcome, Placed, Provider};
 use crate::tuning::Tuning;
+
+/// The shard's own maps (campaign queues, partition counts) hash with foldhash: SipHash showed
+/// up at ~5 % of a shard's time in `perf` of `bench dataplane`.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Where a shard's dispatch messages come from.
 #[derive(Debug)]
