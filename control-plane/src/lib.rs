@@ -65,6 +65,7 @@ pub fn app_checked(
     checks: Vec<observability::ReadyCheck>,
 ) -> axum::Router {
     api::router(api::AppState {
+        calls: store::CallBatcher::new(store.clone()),
         store,
         api: Arc::new(cfg.api.clone()),
         guard,

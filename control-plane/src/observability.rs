@@ -95,6 +95,14 @@ fn describe_all() {
         Unit::Seconds,
         "Duration of one scheduler tick (scheduler lag when above the interval)."
     );
+    describe_counter!(
+        "dialer_api_call_batches_total",
+        "Batches of POST /api/v1/calls requests created in one statement (PostgreSQL group commit)."
+    );
+    describe_counter!(
+        "dialer_api_call_batch_requests_total",
+        "POST /api/v1/calls requests that went through a batch (divided by the batches: mean batch size)."
+    );
     describe_counter!("dialer_recorder_events_total", "Status events recorded.");
     describe_histogram!("dialer_recorder_batch_seconds", Unit::Seconds, "Time to record one batch of status events.");
     describe_counter!("dialer_recorder_malformed_total", "Status events that could not be read and were skipped.");

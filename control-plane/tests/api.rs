@@ -613,19 +613,7 @@ async fn health_reports_store_down(t: TestApp) {
 async fn post_call_creates_after_the_last_ended(t: TestApp) {
     let c = t.create(seed_campaign("recall")).await;
     let id = c["id"].as_str().expect("id").to_string();
-    // End every call, as the recorder would.
-    let q1 = "UPDATE calls SET status = 'completed', attempt_count = 1";
-    let q2 = "UPDATE campaign_stats SET completed_calls = total_calls, pending_calls = 0, attempts_total = total_calls";
-    match &t.store {
-        Store::Postgres(p) => {
-            sqlx::query(q1).execute(p).await.expect("end calls");
-            sqlx::query(q2).execute(p).await.expect("end stats");
-        }
-        Store::Sqlite(p) => {
-            sqlx::query(q1).execute(p).await.expect("end calls");
-            sqlx::query(q2).execute(p).await.expect("end stats");
-        }
-    }
+    end_all_calls(&t.store).await;
     let before = t.assert_stats_match_rows(&id).await;
     let body = json!({"campaign_id": id, "phone_number": "+15555550002"});
     let (s, call) = t.post("/api/v1/calls", body.clone()).await;
@@ -638,6 +626,138 @@ async fn post_call_creates_after_the_last_ended(t: TestApp) {
     let after = t.assert_stats_match_rows(&id).await;
     assert_eq!(after["total_calls"].as_i64(), before["total_calls"].as_i64().map(|n| n + 1));
     assert_eq!(after["pending_calls"], 1);
+}
+
+/// Ends every pending call of the store as answered on its first attempt, as the recorder
+/// would, so the numbers take new calls.
+async fn end_all_calls(store: &Store) {
+    let q1 = "UPDATE calls SET status = 'completed', attempt_count = 1 WHERE status = 'pending'";
+    let q2 = "UPDATE campaign_stats SET completed_calls = completed_calls + pending_calls, \
+              attempts_total = attempts_total + pending_calls, pending_calls = 0";
+    match store {
+        Store::Postgres(p) => {
+            sqlx::query(q1).execute(p).await.expect("end calls");
+            sqlx::query(q2).execute(p).await.expect("end stats");
+        }
+        Store::Sqlite(p) => {
+            sqlx::query(q1).execute(p).await.expect("end calls");
+            sqlx::query(q2).execute(p).await.expect("end stats");
+        }
+    }
+}
+
+/// Many `POST /calls` at once (on PostgreSQL they are created in batches): each request gets
+/// its own answer, each number exactly one new call however often it is asked for, bad items
+/// fail alone, and the stats equal the rows. Then one mixed batch straight through the store.
+async fn post_calls_concurrently_and_in_batches(t: TestApp) {
+    let numbers = |base: u32| -> Vec<Value> {
+        (0..30).map(|i| json!({"phone_number": format!("+1555{:07}", base + i)})).collect()
+    };
+    let mut ids = Vec::new();
+    for (name, base) in [("batch-a", 1000), ("batch-b", 2000), ("batch-done", 3000)] {
+        let mut body = seed_campaign(name);
+        body["targets"] = Value::Array(numbers(base));
+        ids.push(t.create(body).await["id"].as_str().expect("id").to_string());
+    }
+    let (a, b, done) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let (s, v) = t.post(&format!("/api/v1/campaigns/{done}/complete"), json!(null)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    end_all_calls(&t.store).await;
+    let before_a = t.assert_stats_match_rows(&a).await;
+
+    // Every number of a and b three times (the first with metadata of its own), interleaved,
+    // plus requests that must fail alone: 189 in all, under the default MAX_CONCURRENT_CALLS (200).
+    let mut reqs = Vec::new();
+    for round in 0..3 {
+        for i in 0..30u32 {
+            for (cid, base) in [(&a, 1000u32), (&b, 2000)] {
+                let mut body = json!({"campaign_id": cid, "phone_number": format!("+1555{:07}", base + i)});
+                if round == 0 {
+                    body["metadata"] = json!({"round": 0, "i": i});
+                }
+                reqs.push((body, None));
+            }
+        }
+        reqs.push((json!({"campaign_id": done, "phone_number": "+15550003000"}), Some(StatusCode::CONFLICT)));
+        reqs.push((json!({"campaign_id": a, "phone_number": "+15559999999"}), Some(StatusCode::UNPROCESSABLE_ENTITY)));
+        reqs.push((
+            json!({"campaign_id": "0192f0c1-7a5e-7c3b-9a61-1f2e3d4c5b6a", "phone_number": "+15550001000"}),
+            Some(StatusCode::NOT_FOUND),
+        ));
+    }
+    let answers = futures::future::join_all(reqs.iter().map(|(body, _)| t.post("/api/v1/calls", body.clone()))).await;
+    let mut calls: std::collections::HashMap<(String, String), (usize, Vec<String>)> = Default::default();
+    for ((body, want), (s, v)) in reqs.iter().zip(answers) {
+        match want {
+            Some(w) => {
+                assert_eq!(s, *w, "{body} → {v}");
+                if *w == StatusCode::UNPROCESSABLE_ENTITY {
+                    assert_eq!(v["error"]["field"], "phone_number");
+                }
+            }
+            None => {
+                assert!(s == StatusCode::CREATED || s == StatusCode::OK, "{body} → {s} {v}");
+                assert_eq!(v["status"], "pending", "{v}");
+                let key = (
+                    body["campaign_id"].as_str().unwrap().to_string(),
+                    v["phone_number"].as_str().unwrap().to_string(),
+                );
+                let e = calls.entry(key).or_default();
+                e.0 += usize::from(s == StatusCode::CREATED);
+                e.1.push(v["id"].as_str().expect("call id").to_string());
+            }
+        }
+    }
+    assert_eq!(calls.len(), 60);
+    for (key, (created, ids)) in &calls {
+        assert_eq!(*created, 1, "{key:?}: one request creates the call");
+        assert!(ids.iter().all(|id| id == &ids[0]), "{key:?}: every answer is that one call: {ids:?}");
+    }
+    let after_a = t.assert_stats_match_rows(&a).await;
+    assert_eq!(after_a["total_calls"].as_i64(), before_a["total_calls"].as_i64().map(|n| n + 30));
+    assert_eq!(after_a["pending_calls"], 30);
+    t.assert_stats_match_rows(&b).await;
+    t.assert_stats_match_rows(&done).await;
+
+    // One batch straight through the store: a new call keeping the registered metadata, one with
+    // its own, a number with a live call (not created), an unregistered number, a completed and
+    // an unknown campaign. Each gets its own answer; the batch writes only what it should.
+    end_all_calls(&t.store).await;
+    let (a_id, done_id) = (a.parse().expect("uuid"), done.parse().expect("uuid"));
+    let new = |cid: uuid::Uuid, n: &str, m: Option<Value>| dialer_control_plane::store::NewCall {
+        campaign_id: cid,
+        phone_number: n.into(),
+        metadata: m,
+    };
+    let (live, _) = t.store.create_call(a_id, "+15550001002", None).await.expect("a live call");
+    let batch = [
+        new(a_id, "+15550001000", None),
+        new(a_id, "+15550001001", Some(json!({"own": true}))),
+        new(a_id, "+15550001002", None),
+        new(a_id, "+15559999999", None),
+        new(done_id, "+15550003000", None),
+        new(uuid::Uuid::now_v7(), "+15550001000", None),
+    ];
+    let before = t.assert_stats_match_rows(&a).await;
+    let out = t.store.create_calls(&batch).await.expect("the batch runs");
+    assert_eq!(out.len(), batch.len());
+    let mut out = out.into_iter();
+    let (first, created) = out.next().unwrap().expect("new call");
+    assert!(created);
+    assert_eq!((first.phone_number.as_str(), &first.metadata), ("+15550001000", &json!({})));
+    let (own, created) = out.next().unwrap().expect("new call");
+    assert!(created);
+    assert_eq!(own.metadata, json!({"own": true}));
+    let (again, created) = out.next().unwrap().expect("the live call");
+    assert!(!created);
+    assert_eq!(again.id, live.id);
+    use dialer_control_plane::store::StoreError;
+    assert!(matches!(out.next().unwrap(), Err(StoreError::Invalid(f)) if f.field == "phone_number"));
+    assert!(matches!(out.next().unwrap(), Err(StoreError::Conflict(_))));
+    assert!(matches!(out.next().unwrap(), Err(StoreError::NotFound("campaign"))));
+    let after = t.assert_stats_match_rows(&a).await;
+    assert_eq!(after["total_calls"].as_i64(), before["total_calls"].as_i64().map(|n| n + 2));
+    t.assert_stats_match_rows(&done).await;
 }
 
 macro_rules! both_stores {
@@ -668,6 +788,7 @@ both_stores!(
     bulk_targets,
     health_reports_store_down,
     post_call_creates_after_the_last_ended,
+    post_calls_concurrently_and_in_batches,
 );
 
 /// `MAX_CONCURRENT_CALLS` requests in flight: the next one is 429 `rate_limit_exceeded`,

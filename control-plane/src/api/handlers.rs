@@ -16,7 +16,7 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::{ApiDoc, ApiError, ApiJson, AppState, ErrorBody};
-use crate::store::CallQuery;
+use crate::store::{CallQuery, NewCall};
 use dialer_limiter::GuardRejection;
 
 type Params = Query<HashMap<String, String>>;
@@ -360,7 +360,8 @@ pub async fn create_call(
         None => None,
         Some(m) => Some(validate::check_metadata("metadata", Some(m))?),
     };
-    let (call, created) = st.store.create_call(campaign_id, &req.phone_number, metadata.as_ref()).await?;
+    let (call, created) =
+        st.calls.create_call(NewCall { campaign_id, phone_number: req.phone_number, metadata }).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let location = format!("/api/v1/calls/{}", call.id);
     Ok((status, [(header::LOCATION, location)], Json(call)).into_response())

@@ -21,6 +21,8 @@ use crate::store::Store;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
+    /// `POST /api/v1/calls` goes through it (group commit on PostgreSQL).
+    pub calls: crate::store::CallBatcher,
     pub api: Arc<ApiConfig>,
     /// `MAX_CONCURRENT_CALLS` and the daily usage cap on `POST /api/v1/calls`.
     pub guard: Arc<dialer_limiter::ApiGuard>,

@@ -6,7 +6,10 @@
 //! arguments. Every write that changes call rows updates `campaign_stats` in the same
 //! transaction, so the aggregates always equal the rows ([`Store::recount_stats`] proves it).
 
+mod batch;
 mod sql;
+
+pub use batch::CallBatcher;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -110,6 +113,19 @@ pub struct ClaimedCall {
     pub phone_number: String,
     /// The attempt number this dispatch is.
     pub attempt: u32,
+}
+
+/// The answer to one `POST /calls` request: the call, and whether it was created (`false`: the
+/// number's live call, returned).
+pub type CallAnswer = Result<(Call, bool), StoreError>;
+
+/// One `POST /calls` request, for [`Store::create_calls`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewCall {
+    pub campaign_id: Uuid,
+    pub phone_number: String,
+    /// `None` keeps the registered target's metadata.
+    pub metadata: Option<Value>,
 }
 
 /// What a recorded batch did.
@@ -304,6 +320,14 @@ impl Store {
         metadata: Option<&Value>,
     ) -> Result<(Call, bool), StoreError> {
         dispatch!(self.create_call(campaign_id, phone_number, metadata))
+    }
+
+    /// [`Store::create_call`] for many requests in one transaction, each with its own answer;
+    /// the (campaign, number) pairs must be distinct. `Err`: the batch failed as a whole and
+    /// wrote nothing (do the requests one by one). SQLite does them one by one.
+    #[tracing::instrument(name = "store.create_calls", level = "debug", skip_all, fields(n = reqs.len()))]
+    pub async fn create_calls(&self, reqs: &[NewCall]) -> Result<Vec<CallAnswer>, StoreError> {
+        dispatch!(self.create_calls(reqs))
     }
 
     #[tracing::instrument(name = "store.list_calls", level = "debug", skip_all, fields(campaign = %campaign_id))]

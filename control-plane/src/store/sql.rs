@@ -33,6 +33,7 @@ macro_rules! sql_store {
         skip_locked = $skip_locked:literal,
         claim_in = $claim_in:expr,
         for_share = $for_share:literal,
+        for_update = $for_update:literal,
         writing_ctes = $writing_ctes:literal
     ) => {
         pub(crate) mod $module {
@@ -56,7 +57,7 @@ macro_rules! sql_store {
                 is_unique_violation, now, CALL_COLUMNS, CAMPAIGN_COLUMNS, CANCELLED, CHUNK_ROWS, LIVE_CALL_CONFLICT,
                 LOOKUP_CHUNK,
             };
-            use crate::store::{ActiveCampaign, CallQuery, ClaimedCall, RecordReport, StoreError};
+            use crate::store::{ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, NewCall, RecordReport, StoreError};
             use dialer_domain::lifecycle::{self, CallState};
             use dialer_domain::messages::{EventKind, StatusEvent};
 
@@ -651,6 +652,113 @@ macro_rules! sql_store {
                 Ok((call_from_row(&row)?, false))
             }
 
+            /// Calls for many requests at once (group commit for `POST /calls`, see
+            /// [`crate::store::CallBatcher`]) in one statement: it locks the campaigns, inserts
+            /// the new calls, updates each campaign's stats row once and reads the numbers' live
+            /// calls. Requests must name
+            /// distinct (campaign, number) pairs. An item whose live call the statement could not
+            /// see (committed by another transaction meanwhile) is then done alone. `Err` means
+            /// the batch failed as a whole (nothing written): do the items alone.
+            pub async fn create_calls(
+                pool: &Pool,
+                reqs: &[NewCall],
+            ) -> Result<Vec<CallAnswer>, StoreError> {
+                let mut out = Vec::with_capacity(reqs.len());
+                if !$writing_ctes {
+                    for r in reqs {
+                        out.push(create_call(pool, r.campaign_id, &r.phone_number, r.metadata.as_ref()).await);
+                    }
+                    return Ok(out);
+                }
+                let at = now();
+                let ids: Vec<Uuid> = reqs.iter().map(|_| Uuid::now_v7()).collect();
+                // Absent `meta` is SQL NULL (a JSON null would be kept as jsonb 'null').
+                let items: Vec<Value> = reqs
+                    .iter()
+                    .zip(&ids)
+                    .enumerate()
+                    .map(|(i, (r, id))| {
+                        let mut o = json!({"idx": i, "cid": r.campaign_id, "id": id, "phone": r.phone_number});
+                        if let Some(m) = &r.metadata {
+                            o["meta"] = m.clone();
+                        }
+                        o
+                    })
+                    .collect();
+                // One statement, so one round trip and no lock held between statements: the
+                // campaigns are locked (shared) first, then the calls inserted in (campaign,
+                // number) order, then the stats rows locked in campaign order and updated: two
+                // batches, or a batch and the recorder, always wait for each other in one order.
+                let rows = sqlx::query(&format!(
+                    "WITH req AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(idx int, cid uuid, id uuid, phone text, meta jsonb)), \
+                     camp AS (SELECT id AS cid, status AS campaign_status FROM campaigns \
+                        WHERE id IN (SELECT cid FROM req) ORDER BY id{}), \
+                     tgt AS (SELECT r.idx, t.metadata AS registered FROM req r \
+                        JOIN campaign_targets t ON t.campaign_id = r.cid AND t.phone_number = r.phone), \
+                     ins AS (INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at) \
+                        SELECT r.cid, r.id, r.phone, COALESCE(r.meta, tgt.registered), $2, 0, $3, $3 \
+                        FROM req r JOIN tgt ON tgt.idx = r.idx JOIN camp ON camp.cid = r.cid \
+                        WHERE camp.campaign_status <> 'completed' ORDER BY r.cid, r.phone \
+                        {LIVE_CALL_CONFLICT} RETURNING {CALL_COLUMNS}), \
+                     cnt AS (SELECT campaign_id AS cid, count(*) AS n FROM ins GROUP BY campaign_id), \
+                     lk AS (SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (SELECT cid FROM cnt) \
+                        ORDER BY campaign_id{}), \
+                     upd AS (UPDATE campaign_stats s SET total_calls = s.total_calls + cnt.n, pending_calls = s.pending_calls + cnt.n \
+                        FROM lk JOIN cnt ON cnt.cid = lk.campaign_id WHERE s.campaign_id = lk.campaign_id), \
+                     live AS (SELECT {CALL_COLUMNS} FROM calls WHERE (campaign_id, phone_number) IN (SELECT cid, phone FROM req) \
+                        AND status IN ('pending', 'queued', 'in_progress')) \
+                     SELECT r.idx, camp.campaign_status, tgt.idx IS NOT NULL AS registered, x.* FROM req r \
+                     LEFT JOIN camp ON camp.cid = r.cid LEFT JOIN tgt ON tgt.idx = r.idx \
+                     LEFT JOIN (SELECT * FROM ins UNION ALL SELECT * FROM live) x \
+                        ON x.campaign_id = r.cid AND x.phone_number = r.phone",
+                    $for_share, $for_update
+                ))
+                .bind(Value::Array(items).to_string())
+                .bind(CallStatus::Pending.as_str())
+                .bind(at)
+                .fetch_all(pool)
+                .await?;
+                let mut by_idx: Vec<Option<DbRow>> = (0..reqs.len()).map(|_| None).collect();
+                for row in rows {
+                    let i = row.try_get::<i32, _>("idx")? as usize;
+                    if let Some(slot) = by_idx.get_mut(i) {
+                        *slot = Some(row);
+                    }
+                }
+                let mut alone = Vec::new();
+                for (i, (r, row)) in reqs.iter().zip(by_idx).enumerate() {
+                    let Some(row) = row else {
+                        return Err(StoreError::Corrupt(format!("the batch of new calls returned no row for item {i}")));
+                    };
+                    let status: Option<String> = row.try_get("campaign_status")?;
+                    out.push(match status.as_deref() {
+                        None => Err(StoreError::NotFound("campaign")),
+                        Some("completed") => {
+                            Err(StoreError::Conflict("the campaign is completed; it takes no new calls".into()))
+                        }
+                        Some(_) if !row.try_get::<bool, _>("registered")? => Err(FieldError::new(
+                            "phone_number",
+                            format!("{} is not registered with this campaign; only numbers listed when the campaign was created can be called", r.phone_number),
+                        )
+                        .into()),
+                        Some(_) => match row.try_get::<Option<Uuid>, _>("id")? {
+                            Some(id) => {
+                                Ok((call_from_row(&row)?, id == ids[i]))
+                            }
+                            None => {
+                                alone.push(i);
+                                Err(StoreError::NotFound("call"))
+                            }
+                        },
+                    });
+                }
+                for i in alone {
+                    let r = &reqs[i];
+                    out[i] = create_call(pool, r.campaign_id, &r.phone_number, r.metadata.as_ref()).await;
+                }
+                Ok(out)
+            }
+
             pub async fn list_calls(pool: &Pool, campaign_id: Uuid, cq: &CallQuery) -> Result<Vec<Call>, StoreError> {
                 let mut conn = pool.acquire().await?;
                 sqlx::query("SELECT id FROM campaigns WHERE id = $1")
@@ -1169,6 +1277,7 @@ sql_store!(
     skip_locked = " FOR UPDATE SKIP LOCKED",
     claim_in = ("= ANY (ARRAY(", "))"),
     for_share = " FOR SHARE",
+    for_update = " FOR UPDATE",
     writing_ctes = true
 );
 // SQLite has one writer at a time (BEGIN IMMEDIATE): claims cannot overlap without row locks.
@@ -1179,5 +1288,6 @@ sql_store!(
     skip_locked = "",
     claim_in = ("IN (", ")"),
     for_share = "",
+    for_update = "",
     writing_ctes = false
 );
