@@ -359,10 +359,22 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
                 rs.record_events(chunk, &mut u, None).await.expect("failures");
             }
         });
+        // Half the numbers one by one, half in one batch (the group commit of POST /calls).
         let creator = tokio::spawn(async move {
-            for n in &numbers {
-                match cs.create_call(c.id, n, None).await {
-                    Ok(_) | Err(dialer_control_plane::store::StoreError::Conflict(_)) => {}
+            use dialer_control_plane::store::{NewCall, StoreError};
+            let (alone, batched) = numbers.split_at(numbers.len() / 2);
+            let batch: Vec<NewCall> = batched
+                .iter()
+                .map(|n| NewCall { campaign_id: c.id, phone_number: n.clone(), metadata: None })
+                .collect();
+            let mut answers = Vec::new();
+            for n in alone {
+                answers.push(cs.create_call(c.id, n, None).await);
+            }
+            answers.extend(cs.create_calls(&batch).await.expect("the batch runs"));
+            for a in answers {
+                match a {
+                    Ok(_) | Err(StoreError::Conflict(_)) => {}
                     Err(e) => panic!("create call: {e}"),
                 }
             }
