@@ -148,6 +148,9 @@ impl KafkaSource {
                 .set("bootstrap.servers", &t.brokers)
                 .set("group.id", &t.group_id)
                 .set("client.id", format!("dialer-shard-{shard}"))
+                // Nagle's algorithm holds small requests back until the previous one is
+                // acknowledged: with delayed ACKs, tens of milliseconds on a quiet link.
+                .set("socket.nagle.disable", "true")
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
@@ -303,6 +306,7 @@ impl KafkaSink {
             ClientConfig::new()
                 .set("bootstrap.servers", &t.brokers)
                 .set("client.id", format!("dialer-shard-{shard}-events"))
+                .set("socket.nagle.disable", "true")
                 .set("enable.idempotence", "true")
                 .set("linger.ms", k.linger_ms.to_string())
                 .set("batch.num.messages", k.batch_num_messages.to_string())
