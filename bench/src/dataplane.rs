@@ -87,19 +87,22 @@ fn call_range(s: &str) -> Result<(u64, u64)> {
 /// cores than shards plus load generator.
 fn shard_cpu_seconds() -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
-    let mut ticks = 0u64;
-    for t in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        if !stat[open + 1..close].starts_with("dialer-shard-") {
-            continue;
-        }
-        // After the name: state is field 3, utime 14 and stime 15.
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
+    let ticks: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|stat| stat_ticks(&stat).filter(|(name, _)| name.starts_with("dialer-shard-")).map(|(_, n)| n))
+        .sum();
     ticks as f64 / 100.0
+}
+
+/// A thread's name and its user + system CPU ticks, from its `/proc/…/stat` line (the name is in
+/// parentheses and may hold spaces or parentheses itself).
+fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    // After the name: state is field 3, utime 14 and stime 15.
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let (utime, stime) = (f.get(11)?.parse::<u64>().ok()?, f.get(12)?.parse::<u64>().ok()?);
+    Some((stat.get(open + 1..close)?, utime + stime))
 }
 
 fn rss_bytes() -> u64 {
@@ -593,4 +596,16 @@ async fn redis_calls(url: &str) -> Result<u64> {
     }
     let _ = client.quit().await;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thread_cpu_ticks_from_proc_stat() {
+        let line = "4242 (dialer-shard-1) R 4200 4200 99 0 -1 4194368 12 0 0 0 1234 56 0 0 20 0 9 0 77 0 0";
+        assert_eq!(super::stat_ticks(line), Some(("dialer-shard-1", 1290)));
+        let odd = "7 (a) b (c)) S 1 1 1 0 -1 0 0 0 0 0 5 6 0 0 20 0 1 0 1 0 0";
+        assert_eq!(super::stat_ticks(odd), Some(("a) b (c)", 11)));
+        assert_eq!(super::stat_ticks("garbage"), None);
+    }
 }
