@@ -33,7 +33,7 @@ pub struct Args {
 pub struct Ceiling {
     /// Producing alone (one producer, to the acknowledgement of the last message).
     pub produce: f64,
-    /// Consuming alone what was produced ([`CONSUMERS`] consumers, partitions split).
+    /// Consuming alone what was produced ([`consumers`] consumers, partitions split).
     pub consume: f64,
     /// Producing and consuming at once, as a pipeline does: messages through the broker per
     /// second, from the first produced to the last consumed.
@@ -47,6 +47,28 @@ pub fn consumers() -> usize {
 }
 
 const PARTITIONS: i32 = 8;
+
+/// [`consumers`] plain consumers of `topic` from its beginning, partition `p` read by consumer
+/// `p % consumers()` (static assignment: no group rebalance to wait for).
+pub fn split_readers(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<BaseConsumer>> {
+    let k = consumers();
+    (0..k)
+        .map(|i| {
+            let mut parts = TopicPartitionList::new();
+            for p in (0..partitions).filter(|p| *p as usize % k == i) {
+                parts.add_partition_offset(topic, p, Offset::Beginning)?;
+            }
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", format!("{topic}.bench-reader"))
+                .set("socket.nagle.disable", "true")
+                .set("enable.auto.commit", "false")
+                .create()?;
+            consumer.assign(&parts)?;
+            Ok(consumer)
+        })
+        .collect()
+}
 
 async fn produce_all(brokers: &str, topic: &str, size: usize, n: u64) -> Result<f64> {
     let producer: FutureProducer = ClientConfig::new()
@@ -74,23 +96,12 @@ async fn produce_all(brokers: &str, topic: &str, size: usize, n: u64) -> Result<
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// Reads `n` messages of `topic` from the beginning with [`consumers`] threads; the instants
+/// Reads `n` messages of `topic` from the beginning with [`split_readers`] threads; the instants
 /// of the first and last message.
 fn consume_all(brokers: &str, topic: &str, n: u64) -> Result<(Instant, Instant)> {
-    let k = consumers();
     let got = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
-    for i in 0..k {
-        let mut parts = TopicPartitionList::new();
-        for p in (0..PARTITIONS).filter(|p| *p as usize % k == i) {
-            parts.add_partition_offset(topic, p, Offset::Beginning)?;
-        }
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("{topic}.reader"))
-            .set("enable.auto.commit", "false")
-            .create()?;
-        consumer.assign(&parts)?;
+    for consumer in split_readers(brokers, topic, PARTITIONS)? {
         let got = got.clone();
         threads.push(std::thread::spawn(move || -> Result<(Option<Instant>, Option<Instant>)> {
             let (mut first, mut last) = (None, None);

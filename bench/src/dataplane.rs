@@ -17,7 +17,6 @@ use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, Status
 use dialer_limiter::LocalBackend;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::Consumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
 use serde_json::json;
@@ -182,21 +181,8 @@ fn kafka_readers(
     stop: &Arc<AtomicBool>,
     outcomes_seen: &Arc<AtomicU64>,
 ) -> Result<Vec<std::thread::JoinHandle<Tally>>> {
-    use rdkafka::consumer::BaseConsumer;
-    let k = crate::broker::consumers();
-    let mut readers = Vec::with_capacity(k);
-    for i in 0..k {
-        let mut parts = rdkafka::TopicPartitionList::new();
-        for p in (0..partitions).filter(|p| *p as usize % k == i) {
-            parts.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
-        }
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("{topic}.bench-reader"))
-            .set("socket.nagle.disable", "true")
-            .set("enable.auto.commit", "false")
-            .create()?;
-        consumer.assign(&parts)?;
+    let mut readers = Vec::new();
+    for consumer in crate::broker::split_readers(brokers, topic, partitions)? {
         let (counting, stop, outcomes_seen) = (counting.clone(), stop.clone(), outcomes_seen.clone());
         readers.push(std::thread::spawn(move || {
             let mut t = Tally::new();

@@ -3,7 +3,7 @@
 //! Each request would otherwise be its own statement and commit, and PostgreSQL's per-statement
 //! work (planning, locking the campaign row, updating its stats row, committing) bounds the
 //! endpoint. Requests go into a bounded queue; a few workers each take what is waiting (up to
-//! [`MAX_BATCH`]) and create those calls in one transaction ([`Store::create_calls`]). Nothing
+//! [`MAX_BATCH`]) and create those calls in one statement ([`Store::create_calls`]). Nothing
 //! waits for a batch to fill: an idle server answers a lone request at once, and batches grow
 //! only while the database is busy. Each request still gets its own answer (201, 200, 404, 409
 //! or 422). A batch that fails as a whole is redone one request at a time, so one bad item

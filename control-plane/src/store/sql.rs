@@ -531,10 +531,23 @@ macro_rules! sql_store {
                 phone_number: &str,
                 metadata: Option<&Value>,
             ) -> Result<(Call, bool), StoreError> {
-                let at = now();
                 if $writing_ctes {
-                    return create_call_one_statement(pool, campaign_id, phone_number, metadata, at).await;
+                    // The batch statement with one request: one round trip.
+                    let one = [NewCall { campaign_id, phone_number: phone_number.into(), metadata: metadata.cloned() }];
+                    let answer = create_calls_statement(pool, &one).await?.pop();
+                    return answer.unwrap_or_else(|| Err(StoreError::Corrupt("the batch of one gave no answer".into())));
                 }
+                create_call_in_transaction(pool, campaign_id, phone_number, metadata).await
+            }
+
+            /// [`create_call`] where writing CTEs do not exist (SQLite, one writer).
+            async fn create_call_in_transaction(
+                pool: &Pool,
+                campaign_id: Uuid,
+                phone_number: &str,
+                metadata: Option<&Value>,
+            ) -> CallAnswer {
+                let at = now();
                 // Few round trips, and the campaign's stats row (every new call of the campaign
                 // updates it) locked only from its update to the commit.
                 let mut tx = begin(pool).await?;
@@ -576,100 +589,54 @@ macro_rules! sql_store {
                         add_pending(&mut tx, campaign_id, 1).await?;
                         (call_from_row(&row)?, true)
                     }
-                    None => {
-                        let row = sqlx::query(&format!(
-                            "SELECT {CALL_COLUMNS} FROM calls WHERE campaign_id = $1 AND phone_number = $2 \
-                             AND status IN ('pending', 'queued', 'in_progress')"
-                        ))
-                        .bind(campaign_id)
-                        .bind(phone_number)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        (call_from_row(&row)?, false)
-                    }
+                    // The insert met the number's live call (one writer: it is there).
+                    None => match live_call(&mut tx, campaign_id, phone_number).await? {
+                        Some(call) => (call, false),
+                        None => return Err(StoreError::Corrupt("a live call conflicted and then was not found".into())),
+                    },
                 };
                 tx.commit().await?;
                 Ok((call, created))
             }
 
-            /// [`create_call`] in one statement (one round trip; the stats row is locked only
-            /// for the statement), where writing CTEs exist (PostgreSQL).
-            async fn create_call_one_statement(
-                pool: &Pool,
-                campaign_id: Uuid,
-                phone_number: &str,
-                metadata: Option<&Value>,
-                at: DateTime<Utc>,
-            ) -> Result<(Call, bool), StoreError> {
-                let row = sqlx::query(&format!(
-                    "WITH camp AS (SELECT status AS campaign_status FROM campaigns WHERE id = $1{}), \
-                     tgt AS (SELECT metadata AS registered FROM campaign_targets WHERE campaign_id = $1 AND phone_number = $3), \
-                     ins AS (INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at) \
-                        SELECT $1, $2, $3, COALESCE($4, registered), $5, 0, $6, $6 FROM camp, tgt WHERE campaign_status <> 'completed' \
-                        {LIVE_CALL_CONFLICT} RETURNING {CALL_COLUMNS}), \
-                     upd AS (UPDATE campaign_stats SET total_calls = total_calls + 1, pending_calls = pending_calls + 1 \
-                        WHERE campaign_id = $1 AND EXISTS (SELECT 1 FROM ins)) \
-                     SELECT (SELECT campaign_status FROM camp) AS campaign_status, EXISTS (SELECT 1 FROM tgt) AS registered, ins.* \
-                     FROM (SELECT 1) AS one LEFT JOIN ins ON true",
-                    $for_share
-                ))
-                .bind(campaign_id)
-                .bind(Uuid::now_v7())
-                .bind(phone_number)
-                .bind(metadata.map(Json))
-                .bind(CallStatus::Pending.as_str())
-                .bind(at)
-                .fetch_one(pool)
-                .await?;
-                let status: Option<String> = row.try_get("campaign_status")?;
-                match status.as_deref() {
-                    None => return Err(StoreError::NotFound("campaign")),
-                    Some("completed") => {
-                        return Err(StoreError::Conflict("the campaign is completed; it takes no new calls".into()))
-                    }
-                    Some(_) => {}
-                }
-                if !row.try_get::<bool, _>("registered")? {
-                    return Err(FieldError::new(
-                        "phone_number",
-                        format!("{phone_number} is not registered with this campaign; only numbers listed when the campaign was created can be called"),
-                    )
-                    .into());
-                }
-                if row.try_get::<Option<Uuid>, _>("id")?.is_some() {
-                    return Ok((call_from_row(&row)?, true));
-                }
-                // Already an open call for the number: that one.
-                let row = sqlx::query(&format!(
+            /// A number's live call (pending, queued or in progress), if it has one.
+            async fn live_call(conn: &mut Conn, campaign_id: Uuid, phone_number: &str) -> Result<Option<Call>, StoreError> {
+                sqlx::query(&format!(
                     "SELECT {CALL_COLUMNS} FROM calls WHERE campaign_id = $1 AND phone_number = $2 \
                      AND status IN ('pending', 'queued', 'in_progress')"
                 ))
                 .bind(campaign_id)
                 .bind(phone_number)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?
-                .ok_or_else(|| StoreError::Conflict("the number's open call changed meanwhile; retry the request".into()))?;
-                Ok((call_from_row(&row)?, false))
+                .as_ref()
+                .map(call_from_row)
+                .transpose()
             }
 
             /// Calls for many requests at once (group commit for `POST /calls`, see
-            /// [`crate::store::CallBatcher`]) in one statement: it locks the campaigns, inserts
-            /// the new calls, updates each campaign's stats row once and reads the numbers' live
-            /// calls. Requests must name
-            /// distinct (campaign, number) pairs. An item whose live call the statement could not
-            /// see (committed by another transaction meanwhile) is then done alone. `Err` means
-            /// the batch failed as a whole (nothing written): do the items alone.
+            /// [`crate::store::CallBatcher`]; on PostgreSQL [`create_call`] is a batch of one) in
+            /// one statement: it locks the campaigns, inserts the new calls, updates each
+            /// campaign's stats row once and reads the numbers' live calls. Requests must name
+            /// distinct (campaign, number) pairs. An item whose live call the statement could
+            /// not see (committed by another transaction meanwhile) is read again after it.
+            /// `Err` means the batch failed as a whole (nothing written): do the items alone.
             pub async fn create_calls(
                 pool: &Pool,
                 reqs: &[NewCall],
             ) -> Result<Vec<CallAnswer>, StoreError> {
-                let mut out = Vec::with_capacity(reqs.len());
                 if !$writing_ctes {
+                    let mut out = Vec::with_capacity(reqs.len());
                     for r in reqs {
-                        out.push(create_call(pool, r.campaign_id, &r.phone_number, r.metadata.as_ref()).await);
+                        out.push(create_call_in_transaction(pool, r.campaign_id, &r.phone_number, r.metadata.as_ref()).await);
                     }
                     return Ok(out);
                 }
+                create_calls_statement(pool, reqs).await
+            }
+
+            /// [`create_calls`] in one statement (PostgreSQL).
+            async fn create_calls_statement(pool: &Pool, reqs: &[NewCall]) -> Result<Vec<CallAnswer>, StoreError> {
                 let at = now();
                 let ids: Vec<Uuid> = reqs.iter().map(|_| Uuid::now_v7()).collect();
                 // Absent `meta` is SQL NULL (a JSON null would be kept as jsonb 'null').
@@ -725,7 +692,7 @@ macro_rules! sql_store {
                         *slot = Some(row);
                     }
                 }
-                let mut alone = Vec::new();
+                let mut out = Vec::with_capacity(reqs.len());
                 for (i, (r, row)) in reqs.iter().zip(by_idx).enumerate() {
                     let Some(row) = row else {
                         return Err(StoreError::Corrupt(format!("the batch of new calls returned no row for item {i}")));
@@ -742,19 +709,18 @@ macro_rules! sql_store {
                         )
                         .into()),
                         Some(_) => match row.try_get::<Option<Uuid>, _>("id")? {
-                            Some(id) => {
-                                Ok((call_from_row(&row)?, id == ids[i]))
-                            }
-                            None => {
-                                alone.push(i);
-                                Err(StoreError::NotFound("call"))
-                            }
+                            Some(id) => Ok((call_from_row(&row)?, id == ids[i])),
+                            // The live call was committed by another transaction after this
+                            // statement's snapshot: a new statement sees it.
+                            None => match live_call(&mut *pool.acquire().await?, r.campaign_id, &r.phone_number).await {
+                                Ok(Some(call)) => Ok((call, false)),
+                                Ok(None) => Err(StoreError::Conflict(
+                                    "the number's open call changed meanwhile; retry the request".into(),
+                                )),
+                                Err(e) => Err(e),
+                            },
                         },
                     });
-                }
-                for i in alone {
-                    let r = &reqs[i];
-                    out[i] = create_call(pool, r.campaign_id, &r.phone_number, r.metadata.as_ref()).await;
                 }
                 Ok(out)
             }
