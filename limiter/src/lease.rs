@@ -6,7 +6,9 @@
 //! - **refill**: fewer than `low_water` spare tokens (or a dial was refused) → want
 //!   `in_use + batch`, at most the campaign cap;
 //! - **give back**: no dial for `idle_give_back` → want `in_use` (return the spare tokens so they
-//!   are not stranded on a core with no work for that campaign);
+//!   are not stranded on a core with no work for that campaign); tokens being given back are
+//!   dropped from the cache when the update is planned, not when it is answered, so a dial
+//!   meanwhile cannot take one the pool is already granting to another core;
 //! - **renew**: the last update is `renew_every` old → the same count again, well before expiry.
 //!
 //! Fail-closed: a lease is good until `expires` (its last successful update + ttl). Past that, no
@@ -187,6 +189,10 @@ impl LeaseCache {
             if needed {
                 self.generation += 1;
                 e.in_flight = true;
+                // Tokens being given back are no longer ours to hand out: the pool may grant
+                // them to another core before the reply comes (and, if the update fails, it may
+                // still have applied). Until the next grant, this core has only `want`.
+                e.held = e.held.min(want);
                 out.push(SyncRequest {
                     campaign: *c,
                     want,
@@ -379,6 +385,37 @@ mod tests {
     }
 
     #[test]
+    fn tokens_being_given_back_are_not_handed_out() {
+        // Seen in a chaos run: a core's give-back was in flight when a dial came; the dial took a
+        // token the pool was handing to another core, and the two cores were over the cap.
+        let t0 = Instant::now();
+        let mut pool = PoolState::default();
+        let mut a = LeaseCache::new(settings(), 0);
+        a.try_acquire(c(1), 5, t0);
+        round(&mut a, &mut pool, t0, t0);
+        assert_eq!(a.available(c(1), t0), 5);
+        let idle = t0 + Duration::from_secs(3);
+        let reqs = a.plan(idle);
+        assert_eq!(reqs[0].want, 0, "idle: everything back");
+        assert!(!a.try_acquire(c(1), 5, idle), "a token being given back is not handed out");
+        let reply = pool.sync(3000, "a", 30_000, 1000, a.epoch(), &reqs);
+        a.complete(&reqs, Ok(&reply), idle);
+        let mut b = LeaseCache::new(settings(), 0);
+        b.try_acquire(c(1), 5, idle);
+        round(&mut b, &mut pool, idle, t0);
+        assert!((0..5).all(|_| b.try_acquire(c(1), 5, idle)), "the other core gets the whole cap");
+        assert_eq!(a.in_use(c(1)) + b.in_use(c(1)), 5, "never over the cap of 5");
+        // A give-back that fails may still have been applied: the tokens stay given back.
+        let later = idle + Duration::from_secs(1);
+        a.try_acquire(c(2), 5, later);
+        round(&mut a, &mut pool, later, t0);
+        let reqs = a.plan(later + Duration::from_secs(3));
+        assert_eq!(reqs[0].want, 0);
+        a.complete(&reqs, Err(&LimiterError::Config { key: "test", reason: "down".into() }), later);
+        assert_eq!(a.available(c(2), later + Duration::from_secs(3)), 0);
+    }
+
+    #[test]
     fn idle_campaign_gives_back_its_spare_tokens() {
         let t0 = Instant::now();
         let mut pool = PoolState::default();
@@ -424,8 +461,12 @@ mod tests {
         round(&mut cache, &mut pool, t0, t0);
         // Backend down: updates fail; tokens of the unexpired lease are still handed out.
         let down = LimiterError::Unavailable("test".into());
+        // A dial at 10 s keeps the campaign busy, so the update at 11 s is a renewal.
+        assert!(cache.try_acquire(c(1), 100, t0 + Duration::from_secs(10)));
+        cache.release(c(1));
         let mut t = t0 + Duration::from_secs(11);
         let reqs = cache.plan(t);
+        assert_eq!(reqs[0].want, 10, "a renewal of the whole lease");
         cache.complete(&reqs, Err(&down), t);
         assert!(cache.try_acquire(c(1), 100, t));
         // Past the lease's expiry nothing is handed out.
