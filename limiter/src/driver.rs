@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::Backend;
-use crate::lease::{CacheTotals, LeaseCache, LeaseSettings};
+use crate::lease::{Ask, CacheTotals, LeaseCache, LeaseSettings};
 
 /// The dial path's side of a core's leases.
 #[derive(Clone, Debug)]
@@ -23,14 +23,20 @@ pub struct LeaseHandle {
 }
 
 impl LeaseHandle {
-    /// Takes a token for a call of `campaign` (effective cap `cap`), or refuses and asks the
-    /// driver for a refill.
-    pub fn try_acquire(&self, campaign: Uuid, cap: u32) -> bool {
-        let ok = self.cache.borrow_mut().try_acquire(campaign, cap, Instant::now());
-        if !ok {
+    /// Takes a token for a call of `campaign`, or refuses; a refusal that an early update may
+    /// satisfy wakes the driver, one that only the next refresh can change does not.
+    pub fn try_acquire(&self, campaign: Uuid, ask: Ask) -> bool {
+        let mut cache = self.cache.borrow_mut();
+        let ok = cache.try_acquire(campaign, ask, Instant::now());
+        if !ok && cache.take_urgent() {
             self.wake.notify_one();
         }
         ok
+    }
+
+    /// Notes how many calls of `campaign` wait on this core (its queue changed without a dial).
+    pub fn set_waiting(&self, campaign: Uuid, waiting: u32) {
+        self.cache.borrow_mut().set_waiting(campaign, waiting);
     }
 
     /// Returns the token of an ended call.
@@ -54,7 +60,8 @@ impl LeaseHandle {
         c.failing_since().is_some_and(|since| since.elapsed() >= c.settings().ttl)
     }
 
-    /// Resolves after the next backend update completes (refused dials may retry then).
+    /// Resolves after a backend update that lets some campaign start calls it could not before
+    /// (refused dials may retry then).
     pub async fn updated(&self) {
         self.updated.notified().await;
     }
@@ -129,10 +136,10 @@ impl LeaseDriver {
         let (ttl, epoch) = (self.cache.borrow().settings().ttl, self.cache.borrow().epoch());
         let r = self.backend.sync(&self.holder, ttl, self.global_cap, epoch, &reqs).await;
         let before = self.cache.borrow().totals();
-        let failing = {
+        let (more, failing) = {
             let mut c = self.cache.borrow_mut();
-            c.complete(&reqs, r.as_ref(), now);
-            c.failing_since()
+            let more = c.complete(&reqs, r.as_ref(), now);
+            (more, c.failing_since())
         };
         let after = self.cache.borrow().totals();
         match &r {
@@ -154,6 +161,8 @@ impl LeaseDriver {
         }
         metrics::gauge!("dialer_limiter_tokens_held", "holder" => self.holder.clone()).set(after.held as f64);
         metrics::gauge!("dialer_limiter_tokens_in_use", "holder" => self.holder.clone()).set(after.in_use as f64);
-        self.updated.notify_waiters();
+        if more {
+            self.updated.notify_waiters();
+        }
     }
 }

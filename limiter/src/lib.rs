@@ -4,6 +4,8 @@
 //! locally, reusing them as calls end, so the shared store sees a tiny fraction of an operation
 //! per dial.
 //!
+//! - [`fair`]: demand-driven fair shares, pure: the global cap split across campaigns max-min
+//!   fair by demand (weighted), each campaign's share split across its holders by demand.
 //! - [`model`]: the pool semantics, pure: atomic take from both caps, per-holder leases with an
 //!   expiry, reaping, idempotent absolute "hold N" updates ordered by a generation number, calls
 //!   in progress always counted, and a recovery window when the store lost its state.
@@ -16,6 +18,7 @@
 //! - [`guard`]: the API-level guard (`MAX_CONCURRENT_CALLS` in-flight requests, daily usage cap).
 
 pub mod driver;
+pub mod fair;
 pub mod guard;
 pub mod lease;
 pub mod local;
@@ -29,7 +32,7 @@ use uuid::Uuid;
 
 pub use driver::{LeaseDriver, LeaseHandle};
 pub use guard::{ApiGuard, GuardRejection};
-pub use lease::{LeaseCache, LeaseSettings};
+pub use lease::{Ask, LeaseCache, LeaseSettings};
 pub use local::LocalBackend;
 pub use model::{SyncItem, SyncReply, SyncRequest};
 pub use redis::RedisBackend;

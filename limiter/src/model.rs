@@ -25,6 +25,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
+use crate::fair::{CampaignDemand, campaign_shares, holder_target};
+
 /// One campaign's part of a sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncRequest {
@@ -37,6 +39,11 @@ pub struct SyncRequest {
     pub campaign_cap: u32,
     /// Tokens of the campaign the holder has in use (calls in progress): always counted.
     pub in_use: u32,
+    /// Calls in progress plus calls waiting for a token on this holder: what its fair share
+    /// is computed from (see [`crate::fair`]).
+    pub demand: u32,
+    /// The campaign's weight under a binding global cap (0 is taken as 1).
+    pub weight: u32,
 }
 
 /// The answer for one [`SyncRequest`].
@@ -46,6 +53,9 @@ pub struct SyncItem {
     pub held: u32,
     /// The campaign cap that applied (a live override wins over the request's).
     pub cap: u32,
+    /// The holder's fair share of the campaign now: it starts no call beyond it, and gives back
+    /// what it holds above it as its calls end.
+    pub target: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -59,11 +69,33 @@ pub struct SyncReply {
     pub recovering: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Lease {
     count: u32,
     generation: u64,
     expires_ms: u64,
+    demand: u32,
+    want: u32,
+}
+
+/// A campaign's demand summed over its live leases, with the cap and weight last reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Demand {
+    demand: i64,
+    want: i64,
+    cap: u32,
+    weight: u32,
+}
+
+impl Demand {
+    fn view(&self) -> CampaignDemand {
+        CampaignDemand {
+            demand: self.demand as f64,
+            want: self.want as f64,
+            cap: f64::from(self.cap),
+            weight: f64::from(self.weight.max(1)),
+        }
+    }
 }
 
 /// The whole pool.
@@ -72,6 +104,8 @@ pub struct PoolState {
     global: i64,
     campaigns: HashMap<Uuid, i64>,
     leases: BTreeMap<(String, Uuid), Lease>,
+    /// Demand by campaign (only campaigns with a live lease that reports some).
+    demands: BTreeMap<Uuid, Demand>,
     global_limit: Option<u32>,
     campaign_limits: HashMap<Uuid, u32>,
     /// 0 = none yet (a fresh or emptied pool).
@@ -83,7 +117,8 @@ pub struct PoolState {
 
 impl PoolState {
     /// Applies a batch of updates from `holder`, which last saw the pool at `epoch` (0 = never),
-    /// at `now_ms`.
+    /// at `now_ms`: records each campaign's demand, computes the fair shares, then gives back
+    /// or grants (up to the holder's target and both caps' room).
     pub fn sync(
         &mut self,
         now_ms: u64,
@@ -105,42 +140,94 @@ impl PoolState {
             self.recover_until_ms = Some(now_ms + ttl_ms);
         }
         let recovering = self.recovering(now_ms);
-        let gcap = i64::from(self.global_limit.unwrap_or(global_cap));
+        let gcap = self.global_limit.unwrap_or(global_cap);
+        let fresh: Vec<bool> = reqs.iter().map(|r| self.record_demand(holder, r, now_ms + ttl_ms)).collect();
+        let shares = self.shares(gcap);
         let mut items = Vec::with_capacity(reqs.len());
-        for r in reqs {
-            let cap = self.campaign_limits.get(&r.campaign).copied().unwrap_or(r.campaign_cap);
+        for (r, fresh) in reqs.iter().zip(fresh) {
             let key = (holder.to_string(), r.campaign);
-            let lease = self.leases.get(&key).copied();
-            if let Some(l) = lease.filter(|l| r.generation <= l.generation) {
-                items.push(SyncItem { held: l.count, cap });
+            let lease = self.leases.get(&key).copied().unwrap_or_default();
+            let d = self.demands.get(&r.campaign).copied().unwrap_or_default();
+            let share = shares.get(&r.campaign).copied().unwrap_or(0.0);
+            let target = holder_target(share, &d.view(), f64::from(lease.demand), f64::from(lease.want));
+            let cap = self.campaign_limits.get(&r.campaign).copied().unwrap_or(r.campaign_cap);
+            if !fresh {
+                items.push(SyncItem { held: lease.count, cap, target });
                 continue;
             }
-            let cur = lease.map_or(0, |l| l.count);
-            let ccount = self.campaigns.entry(r.campaign).or_insert(0);
-            let count = if r.want <= cur {
-                let d = i64::from(cur - r.want);
-                self.global -= d;
-                *ccount -= d;
-                r.want
-            } else {
-                // Calls in progress are counted first, whatever the room.
-                let base = cur.max(r.in_use.min(r.want));
-                let registered = i64::from(base - cur);
-                self.global += registered;
-                *ccount += registered;
-                let grant = if recovering {
-                    0
-                } else {
-                    i64::from(r.want - base).min((gcap - self.global).max(0)).min((i64::from(cap) - *ccount).max(0))
-                };
-                self.global += grant;
-                *ccount += grant;
-                base + grant as u32
-            };
-            self.leases.insert(key, Lease { count, generation: r.generation, expires_ms: now_ms + ttl_ms });
-            items.push(SyncItem { held: count, cap });
+            let count = self.apply(r, lease.count, i64::from(gcap), cap, target, recovering);
+            self.leases.insert(key, Lease { count, generation: r.generation, ..lease });
+            items.push(SyncItem { held: count, cap, target });
         }
         SyncReply { items, reaped, epoch: self.epoch, recovering }
+    }
+
+    /// Records a fresh request's demand on its lease and the campaign's totals; false for a
+    /// duplicate or late update (generation not newer), which changes nothing.
+    fn record_demand(&mut self, holder: &str, r: &SyncRequest, expires_ms: u64) -> bool {
+        let key = (holder.to_string(), r.campaign);
+        let old = self.leases.get(&key).copied();
+        if old.is_some_and(|l| r.generation <= l.generation) {
+            return false;
+        }
+        let old = old.unwrap_or_default();
+        let want = r.want.max(r.demand);
+        let d = self.demands.entry(r.campaign).or_default();
+        d.demand += i64::from(r.demand) - i64::from(old.demand);
+        d.want += i64::from(want) - i64::from(old.want);
+        d.cap = self.campaign_limits.get(&r.campaign).copied().unwrap_or(r.campaign_cap);
+        d.weight = r.weight.max(1);
+        if d.demand == 0 && d.want == 0 {
+            self.demands.remove(&r.campaign);
+        }
+        self.leases.insert(key, Lease { demand: r.demand, want, expires_ms, ..old });
+        true
+    }
+
+    /// Takes a lease that is going away out of its campaign's demand.
+    fn forget_demand(&mut self, campaign: Uuid, l: &Lease) {
+        if let Some(d) = self.demands.get_mut(&campaign) {
+            d.demand -= i64::from(l.demand);
+            d.want -= i64::from(l.want);
+            if d.demand <= 0 && d.want <= 0 {
+                self.demands.remove(&campaign);
+            }
+        }
+    }
+
+    /// Every campaign's fair share of the global cap, from the demands recorded.
+    fn shares(&self, global_cap: u32) -> HashMap<Uuid, f64> {
+        let views: Vec<CampaignDemand> = self.demands.values().map(Demand::view).collect();
+        let shares = campaign_shares(f64::from(global_cap), &views);
+        self.demands.keys().copied().zip(shares).collect()
+    }
+
+    /// Moves a lease of `cur` tokens to what `r` asks for: a give-back, or a grant bounded by the
+    /// holder's target and both caps' room. Returns the new count.
+    fn apply(&mut self, r: &SyncRequest, cur: u32, gcap: i64, cap: u32, target: u32, recovering: bool) -> u32 {
+        let ccount = self.campaigns.entry(r.campaign).or_insert(0);
+        if r.want <= cur {
+            let d = i64::from(cur - r.want);
+            self.global -= d;
+            *ccount -= d;
+            return r.want;
+        }
+        // Calls in progress are counted first, whatever the room.
+        let base = cur.max(r.in_use.min(r.want));
+        let registered = i64::from(base - cur);
+        self.global += registered;
+        *ccount += registered;
+        let grant = if recovering {
+            0
+        } else {
+            i64::from(r.want - base)
+                .min((gcap - self.global).max(0))
+                .min((i64::from(cap) - *ccount).max(0))
+                .min(i64::from(target.saturating_sub(base)))
+        };
+        self.global += grant;
+        *ccount += grant;
+        base + grant as u32
     }
 
     fn recovering(&self, now_ms: u64) -> bool {
@@ -162,6 +249,7 @@ impl PoolState {
             if let Some(l) = self.leases.remove(&k) {
                 self.global -= i64::from(l.count);
                 *self.campaigns.entry(k.1).or_insert(0) -= i64::from(l.count);
+                self.forget_demand(k.1, &l);
                 back += l.count;
             }
         }
@@ -187,6 +275,15 @@ impl PoolState {
         }
         self.global = total;
         self.campaigns = truth;
+        let mut demands: BTreeMap<Uuid, Demand> = BTreeMap::new();
+        for ((_, c), l) in &self.leases {
+            let old = self.demands.get(c).copied().unwrap_or_default();
+            let d = demands.entry(*c).or_insert(Demand { demand: 0, want: 0, ..old });
+            d.demand += i64::from(l.demand);
+            d.want += i64::from(l.want);
+        }
+        demands.retain(|_, d| d.demand > 0 || d.want > 0);
+        self.demands = demands;
         (gdrift, cdrift)
     }
 
@@ -225,7 +322,49 @@ mod tests {
     }
 
     fn req(campaign: Uuid, want: u32, generation: u64, cap: u32) -> SyncRequest {
-        SyncRequest { campaign, want, generation, campaign_cap: cap, in_use: 0 }
+        SyncRequest { campaign, want, generation, campaign_cap: cap, in_use: 0, demand: want, weight: 1 }
+    }
+
+    #[test]
+    fn a_binding_global_cap_is_shared_by_demand_not_by_who_came_first() {
+        let mut p = PoolState::default();
+        // a's campaign comes first and takes the whole global cap of 100.
+        let r = p.sync(0, "a", 1000, 100, 0, &[req(c(1), 100, 1, 100)]);
+        assert_eq!((r.items[0].held, r.items[0].target), (100, 100));
+        // b's campaign arrives: its fair share is half, but there is no room yet.
+        let r = p.sync(1, "b", 1000, 100, 0, &[req(c(2), 100, 1, 100)]);
+        assert_eq!((r.items[0].held, r.items[0].target), (0, 50));
+        // a learns its target at its next refresh and gives back what its ended calls freed.
+        let r = p.sync(2, "a", 1000, 100, 0, &[SyncRequest { demand: 100, ..req(c(1), 50, 2, 100) }]);
+        assert_eq!((r.items[0].held, r.items[0].target), (50, 50), "a's demand still counts");
+        let r = p.sync(3, "b", 1000, 100, 0, &[req(c(2), 100, 2, 100)]);
+        assert_eq!(r.items[0].held, 50, "b gets its share");
+        assert_eq!(p.global(), 100);
+    }
+
+    #[test]
+    fn weights_and_holders_split_the_cap() {
+        let mut p = PoolState::default();
+        let heavy = SyncRequest { weight: 3, ..req(c(1), 100, 1, 100) };
+        p.sync(0, "a", 1000, 100, 0, &[heavy, req(c(2), 100, 2, 100)]);
+        let r = p.sync(0, "a", 1000, 100, 0, &[SyncRequest { generation: 3, ..heavy }, req(c(2), 100, 4, 100)]);
+        assert_eq!((r.items[0].target, r.items[1].target), (75, 25), "weights 3:1");
+        // A second holder of campaign 2 with three times a's demand gets three quarters of it.
+        let r = p.sync(0, "b", 1000, 100, 0, &[req(c(2), 300, 1, 100)]);
+        assert_eq!(r.items[0].target, 19, "25 × 300/400, rounded up");
+        let r = p.sync(0, "a", 1000, 100, 0, &[req(c(2), 100, 5, 100)]);
+        assert_eq!(r.items[0].target, 7, "25 × 100/400, rounded up");
+    }
+
+    #[test]
+    fn a_dead_holders_demand_goes_with_its_lease() {
+        let mut p = PoolState::default();
+        p.sync(0, "dead", 100, 100, 0, &[req(c(1), 100, 1, 100)]);
+        let r = p.sync(0, "alive", 1000, 100, 0, &[req(c(2), 100, 1, 100)]);
+        assert_eq!((r.items[0].held, r.items[0].target), (0, 50));
+        let r = p.sync(150, "alive", 1000, 100, 0, &[req(c(2), 100, 2, 100)]);
+        assert_eq!(r.reaped, 100);
+        assert_eq!((r.items[0].held, r.items[0].target), (100, 100), "the whole cap once the lease expired");
     }
 
     #[test]
@@ -234,7 +373,7 @@ mod tests {
         let r = p.sync(0, "a", 1000, 10, 0, &[req(c(1), 8, 1, 5), req(c(2), 8, 2, 100)]);
         assert_eq!(
             r.items,
-            vec![SyncItem { held: 5, cap: 5 }, SyncItem { held: 5, cap: 100 }],
+            vec![SyncItem { held: 5, cap: 5, target: 5 }, SyncItem { held: 5, cap: 100, target: 5 }],
             "campaign cap, then global room"
         );
         assert_eq!((p.global(), p.campaign(c(1)), p.campaign(c(2))), (10, 5, 5));
@@ -277,7 +416,7 @@ mod tests {
         let mut p = PoolState::default();
         p.set_campaign_limit(c(1), Some(3));
         let r = p.sync(0, "a", 1000, 100, 0, &[req(c(1), 10, 1, 50)]);
-        assert_eq!(r.items[0], SyncItem { held: 3, cap: 3 });
+        assert_eq!(r.items[0], SyncItem { held: 3, cap: 3, target: 3 });
         p.set_global_limit(Some(4));
         assert_eq!(p.sync(0, "a", 1000, 100, 0, &[req(c(2), 10, 2, 50)]).items[0].held, 1);
         p.skew_global(5);
@@ -318,12 +457,14 @@ mod tests {
         assert_eq!(r.items[0].held, 4);
         assert_eq!(p.campaign(c(1)), 10, "the truth again");
         // After one TTL, normal granting resumes. a's lease of t=100 has just expired and is
-        // reaped; its 2 calls in progress are counted and the room left (10 - 4 - 2) granted.
+        // reaped; its 2 calls in progress are counted, and it is granted up to its fair share
+        // of the campaign (10 × 10/23: b and the newcomer still ask for 8 and 5).
         let r = p.sync(1100, "a", 1000, 100, r.epoch, &[SyncRequest { in_use: 2, ..req(c(1), 10, 3, 10) }]);
         assert!(!r.recovering);
-        assert_eq!((r.reaped, r.items[0].held), (6, 6));
+        assert_eq!((r.reaped, r.items[0].held, r.items[0].target), (6, 5, 5));
         let r = p.sync(1100, "b", 1000, 100, r.epoch, &[SyncRequest { in_use: 0, ..req(c(1), 0, 3, 10) }]);
         assert_eq!(r.items[0].held, 0);
-        assert_eq!(p.sync(1100, "a", 1000, 100, r.epoch, &[req(c(1), 10, 4, 10)]).items[0].held, 10);
+        // Once the newcomer's lease has expired too, a is alone and gets the whole cap.
+        assert_eq!(p.sync(1300, "a", 1000, 100, r.epoch, &[req(c(1), 10, 4, 10)]).items[0].held, 10);
     }
 }

@@ -5,7 +5,8 @@
 //! `{dialer}:`): `sem:global:concurrency` (tokens held in all), `sem:global:limit` (live override
 //! of the global cap), `sem:campaign:<id>:concurrency`, `sem:campaign:<id>:limit`, `sem:leases`
 //! (hash `holder|campaign` → `count:generation`), `sem:lease_expiry` (sorted set by expiry),
-//! `sem:campaigns` (campaigns seen, for reconciliation), `sem:epoch` (the pool's epoch, to tell a
+//! `sem:campaigns` (campaigns seen, for reconciliation), `sem:fair` (hash campaign →
+//! `demand:want:cap:weight` summed over its live leases, for fair shares), `sem:epoch` (the pool's epoch, to tell a
 //! Redis that lost its data) and `sem:recovery` (exists during the recovery window after a loss).
 
 use std::sync::Arc;
@@ -107,8 +108,9 @@ impl RedisBackend {
             self.key("campaigns"),
             self.key("epoch"),
             self.key("recovery"),
+            self.key("fair"),
         ];
-        let mut args: Vec<String> = Vec::with_capacity(6 + 5 * reqs.len());
+        let mut args: Vec<String> = Vec::with_capacity(6 + 7 * reqs.len());
         args.extend([
             self.prefix.to_string(),
             holder.to_string(),
@@ -124,25 +126,34 @@ impl RedisBackend {
                 r.generation.to_string(),
                 r.campaign_cap.to_string(),
                 r.in_use.to_string(),
+                r.demand.to_string(),
+                r.weight.to_string(),
             ]);
         }
         let out: Vec<i64> = self.sync.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
-        if out.len() != 2 * reqs.len() + 3 {
+        if out.len() != 3 * reqs.len() + 3 {
             return Err(LimiterError::Protocol(format!(
                 "sync answered {} values for {} campaigns",
                 out.len(),
                 reqs.len()
             )));
         }
-        let (pairs, tail) = out.split_at(2 * reqs.len());
-        let items =
-            pairs.chunks_exact(2).map(|p| SyncItem { held: p[0].max(0) as u32, cap: p[1].max(0) as u32 }).collect();
+        let (triples, tail) = out.split_at(3 * reqs.len());
+        let items = triples
+            .chunks_exact(3)
+            .map(|p| SyncItem { held: p[0].max(0) as u32, cap: p[1].max(0) as u32, target: p[2].max(0) as u32 })
+            .collect();
         Ok(SyncReply { items, reaped: tail[0].max(0) as u32, epoch: tail[1].max(0) as u64, recovering: tail[2] == 1 })
     }
 
     pub async fn reconcile(&self) -> Result<Reconciled, LimiterError> {
-        let keys =
-            vec![self.key("global:concurrency"), self.key("leases"), self.key("lease_expiry"), self.key("campaigns")];
+        let keys = vec![
+            self.key("global:concurrency"),
+            self.key("leases"),
+            self.key("lease_expiry"),
+            self.key("campaigns"),
+            self.key("fair"),
+        ];
         let out: Vec<i64> = self
             .reconcile
             .evalsha_with_reload(&self.client, keys, vec![self.prefix.to_string()])

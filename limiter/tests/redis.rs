@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dialer_limiter::model::{PoolState, SyncRequest};
-use dialer_limiter::{Backend, LeaseDriver, LeaseSettings, LocalBackend, RedisBackend};
+use dialer_limiter::{Ask, Backend, LeaseDriver, LeaseSettings, LocalBackend, RedisBackend};
 use dialer_testkit::{RedisServer, redis, redis_prefix};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -20,6 +20,10 @@ async fn backend(url: &str) -> RedisBackend {
 
 fn c(n: u128) -> Uuid {
     Uuid::from_u128(n)
+}
+
+fn ask(cap: u32) -> Ask {
+    Ask { cap, weight: 1, queued: 1 }
 }
 
 #[tokio::test]
@@ -38,7 +42,7 @@ async fn script_matches_the_model() {
             // Redis loses everything (restarted without persistence); so does the model.
             use fred::interfaces::KeysInterface;
             let mut keys: Vec<String> =
-                ["global:concurrency", "leases", "lease_expiry", "campaigns", "epoch", "recovery"]
+                ["global:concurrency", "leases", "lease_expiry", "campaigns", "epoch", "recovery", "fair"]
                     .iter()
                     .map(|k| format!("{}sem:{k}", r.prefix()))
                     .collect();
@@ -66,12 +70,16 @@ async fn script_matches_the_model() {
                 }
             };
             let want = rng.random_range(0..30);
+            let in_use = rng.random_range(0..=want + 3);
             reqs.push(SyncRequest {
                 campaign: camp,
                 want,
                 generation,
                 campaign_cap: rng.random_range(5..40),
-                in_use: rng.random_range(0..=want + 3),
+                in_use,
+                // Demand: calls in progress plus some waiting, sometimes above the want.
+                demand: in_use + rng.random_range(0..40),
+                weight: rng.random_range(1..4),
             });
         }
         let (re, me) = epochs.get(h).copied().unwrap_or((0, 0));
@@ -92,7 +100,7 @@ async fn keys_follow_the_operator_guide() {
         Duration::from_secs(60),
         100,
         0,
-        &[SyncRequest { campaign: c(9), want: 3, generation: 1, campaign_cap: 10, in_use: 0 }],
+        &[SyncRequest { campaign: c(9), want: 3, generation: 1, campaign_cap: 10, in_use: 0, demand: 3, weight: 1 }],
     )
     .await
     .expect("sync");
@@ -105,7 +113,9 @@ async fn keys_follow_the_operator_guide() {
 #[tokio::test]
 async fn dead_holder_tokens_come_back_after_ttl_and_only_theirs() {
     let r = backend(&redis().url()).await;
-    let req = |want, generation| [SyncRequest { campaign: c(1), want, generation, campaign_cap: 100, in_use: 0 }];
+    let req = |want, generation| {
+        [SyncRequest { campaign: c(1), want, generation, campaign_cap: 100, in_use: 0, demand: want, weight: 1 }]
+    };
     r.sync("dead", Duration::from_millis(800), 100, 0, &req(7, 1)).await.expect("sync");
     r.sync("alive", Duration::from_secs(60), 100, 0, &req(5, 1)).await.expect("sync");
     assert_eq!(r.usage(c(1)).await.expect("usage").campaign, 12);
@@ -122,8 +132,15 @@ async fn dead_holder_tokens_come_back_after_ttl_and_only_theirs() {
 #[tokio::test]
 async fn reconcile_corrects_drift_and_live_limits_apply() {
     for b in [Backend::Redis(backend(&redis().url()).await), Backend::Local(Arc::new(LocalBackend::default()))] {
-        let req =
-            |camp, want, generation| SyncRequest { campaign: camp, want, generation, campaign_cap: 50, in_use: 0 };
+        let req = |camp, want, generation| SyncRequest {
+            campaign: camp,
+            want,
+            generation,
+            campaign_cap: 50,
+            in_use: 0,
+            demand: want,
+            weight: 1,
+        };
         b.set_campaign_limit(c(2), Some(4)).await.expect("limit");
         let reply =
             b.sync("h", Duration::from_secs(60), 100, 0, &[req(c(1), 10, 1), req(c(2), 10, 2)]).await.expect("sync");
@@ -220,7 +237,7 @@ fn spawn_core(
                 });
                 for _ in 0..8 {
                     let (camp, cap) = caps[rng.random_range(0..caps.len())];
-                    if handle.try_acquire(camp, cap) {
+                    if handle.try_acquire(camp, ask(cap)) {
                         tracker.start(camp);
                         dials += 1;
                         live.push((camp, now + Duration::from_millis(rng.random_range(1..30))));
@@ -246,6 +263,7 @@ async fn caps_hold_under_crashing_holders(backend: Backend) {
         low_water: 2,
         ttl: Duration::from_millis(1500),
         renew_every: Duration::from_millis(400),
+        refresh_every: Duration::from_millis(100),
         idle_give_back: Duration::from_millis(300),
         retry_after: Duration::from_millis(50),
     };
@@ -282,10 +300,8 @@ async fn caps_hold_under_crashing_holders(backend: Backend) {
         assert!(max <= i64::from(*cap), "campaign {camp} reached {max} > cap {cap}");
         dialed += usize::from(max > 0);
     }
-    // The global cap (60) binds below the campaigns' sum (114): the pool goes to the campaigns
-    // whose leases came first, and one that asks later can wait the whole run (no fairness
-    // between campaigns under the global cap is promised; see README, Concurrency limits).
-    assert!(dialed >= 4, "only {dialed} of 6 campaigns dialed: the run did not exercise the caps");
+    // The global cap (60) binds below the campaigns' sum (114): every campaign gets its share.
+    assert_eq!(dialed, 6, "only {dialed} of 6 campaigns dialed under the binding global cap");
     // The survivors gave everything back; the crashed holders' leases expire and are reaped.
     tokio::time::sleep(settings.ttl + Duration::from_millis(200)).await;
     let fixed = backend.reconcile().await.expect("reconcile");
@@ -324,6 +340,7 @@ where
             low_water: 3,
             ttl: Duration::from_millis(1500),
             renew_every: Duration::from_millis(500),
+            refresh_every: Duration::from_millis(100),
             idle_give_back,
             retry_after,
         };
@@ -342,7 +359,7 @@ fn redis_restart_fails_closed_then_recovers() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while in_use < 5 {
             assert!(Instant::now() < deadline, "no tokens while Redis is up");
-            if h.try_acquire(camp, 20) {
+            if h.try_acquire(camp, ask(20)) {
                 in_use += 1;
             } else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -352,14 +369,14 @@ fn redis_restart_fails_closed_then_recovers() {
         // Redis dies. The lease in hand still serves until it expires…
         let s = server.clone();
         tokio::task::spawn_blocking(move || s.kill()).await.expect("kill");
-        assert!(h.try_acquire(camp, 20), "the unexpired lease keeps serving");
+        assert!(h.try_acquire(camp, ask(20)), "the unexpired lease keeps serving");
         in_use += 1;
         // …then nothing more is handed out (fail-closed).
         tokio::time::sleep(Duration::from_millis(1700)).await;
         let t = Instant::now();
         let mut granted_while_down = 0;
         while t.elapsed() < Duration::from_millis(800) {
-            if h.try_acquire(camp, 20) {
+            if h.try_acquire(camp, ask(20)) {
                 granted_while_down += 1;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -370,7 +387,7 @@ fn redis_restart_fails_closed_then_recovers() {
         let s = server.clone();
         tokio::task::spawn_blocking(move || s.restart()).await.expect("join").expect("restart");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !h.try_acquire(camp, 20) {
+        while !h.try_acquire(camp, ask(20)) {
             assert!(Instant::now() < deadline, "did not recover after Redis came back");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -401,7 +418,7 @@ fn redis_losing_its_data_exceeds_no_cap() {
             let mut got = 0;
             while got < n {
                 assert!(Instant::now() < deadline, "no tokens while Redis is up");
-                if h.try_acquire(camp, cap) {
+                if h.try_acquire(camp, ask(cap)) {
                     got += 1;
                 } else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -419,7 +436,7 @@ fn redis_losing_its_data_exceeds_no_cap() {
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(3000) {
             for (i, h) in cores.iter().enumerate() {
-                if h.try_acquire(camp, cap) {
+                if h.try_acquire(camp, ask(cap)) {
                     in_use[i] += 1;
                 }
             }
@@ -434,9 +451,137 @@ fn redis_losing_its_data_exceeds_no_cap() {
             cores[0].release(camp);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !cores[1].try_acquire(camp, cap) {
+        while !cores[1].try_acquire(camp, ask(cap)) {
             assert!(Instant::now() < deadline, "b never got the room a gave back");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
+}
+
+/// A core with endless work in each of its campaigns `(id, cap, weight)`: it starts a call of
+/// `call` whenever its lease allows, telling the lease that 100 more wait.
+#[allow(clippy::too_many_arguments)]
+fn spawn_busy_core(
+    backend: Backend,
+    holder: String,
+    settings: LeaseSettings,
+    global_cap: u32,
+    campaigns: Vec<(Uuid, u32, u32)>,
+    call: Duration,
+    tracker: Arc<Tracker>,
+    crash: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let (driver, handle) = LeaseDriver::new(backend, holder, settings, global_cap);
+            let drv = tokio::task::spawn_local(driver.with_tick(Duration::from_millis(5)).run(std::future::pending()));
+            let mut live: Vec<(Uuid, Instant)> = Vec::new();
+            while !crash.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                live.retain(|(camp, until)| {
+                    let up = *until > now;
+                    if !up {
+                        tracker.end(*camp);
+                        handle.release(*camp);
+                    }
+                    up
+                });
+                for &(camp, cap, weight) in &campaigns {
+                    while handle.try_acquire(camp, Ask { cap, weight, queued: 100 }) {
+                        tracker.start(camp);
+                        live.push((camp, now + call));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // The process died: its calls end with it, its leases are never given back.
+            for (camp, _) in live.drain(..) {
+                tracker.end(camp);
+            }
+            drv.abort();
+        })
+    })
+}
+
+/// Each campaign's calls in progress, averaged over samples every 5 ms for `over`.
+async fn average_in_progress(tracker: &Tracker, campaigns: &[Uuid], over: Duration) -> Vec<f64> {
+    let mut sums = vec![0i64; campaigns.len()];
+    let mut samples = 0;
+    let t = Instant::now();
+    while t.elapsed() < over {
+        let m = tracker.campaigns.lock().expect("lock").clone();
+        for (sum, camp) in sums.iter_mut().zip(campaigns) {
+            *sum += m.get(camp).map_or(0, |e| e.0);
+        }
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sums.iter().map(|s| *s as f64 / f64::from(samples)).collect()
+}
+
+fn assert_near(got: &[f64], want: &[f64], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 0.1 * w.max(1.0),
+            "{what}: campaign {i} averaged {g:.1} calls, fair share {w} (all: {got:.1?})"
+        );
+    }
+}
+
+/// Three cores, four campaigns, a binding global cap of 200: campaign 1 has weight 2, campaign
+/// 2 a cap of 30. Max-min fair shares: 30 for campaign 2, then 170 split 2:1:1 (85, 42.5, 42.5).
+/// When the core that alone dials campaign 4 dies, its share goes to the others once its lease
+/// has expired: campaign 1 reaches its cap of 100, campaign 3 gets the remaining 70.
+async fn fair_shares_under_a_binding_global_cap(backend: Backend) {
+    let settings = LeaseSettings {
+        batch: 8,
+        low_water: 2,
+        ttl: Duration::from_millis(1500),
+        renew_every: Duration::from_millis(500),
+        refresh_every: Duration::from_millis(100),
+        idle_give_back: Duration::from_millis(300),
+        retry_after: Duration::from_millis(50),
+    };
+    let (c1, c2, c3, c4) = ((c(1), 100, 2), (c(2), 30, 1), (c(3), 100, 1), (c(4), 100, 1));
+    let ids = [c1.0, c2.0, c3.0, c4.0];
+    let tracker = Arc::new(Tracker::default());
+    let crashes: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let plans = [vec![c1, c2], vec![c2, c3], vec![c3, c4]];
+    let cores: Vec<_> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, campaigns)| {
+            let (b, t, crash) = (backend.clone(), tracker.clone(), crashes[i].clone());
+            let call = Duration::from_millis(50);
+            spawn_busy_core(b, format!("fair-{i}"), settings.clone(), 200, campaigns.clone(), call, t, crash)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = average_in_progress(&tracker, &ids, Duration::from_secs(2)).await;
+    assert_near(&got, &[85.0, 30.0, 42.5, 42.5], "three cores");
+    crashes[2].store(true, Ordering::SeqCst);
+    tokio::time::sleep(settings.ttl + Duration::from_millis(1000)).await;
+    let got = average_in_progress(&tracker, &ids, Duration::from_secs(2)).await;
+    assert_near(&got, &[100.0, 30.0, 70.0, 0.0], "after core 2 died and its lease expired");
+    for crash in &crashes {
+        crash.store(true, Ordering::SeqCst);
+    }
+    for core in cores {
+        core.join().expect("core thread");
+    }
+    assert!(tracker.max_global.load(Ordering::SeqCst) <= 200, "global cap exceeded");
+    let m = tracker.campaigns.lock().expect("lock").clone();
+    assert!(m[&c(2)].1 <= 30 && m[&c(1)].1 <= 100 && m[&c(3)].1 <= 100, "a campaign cap was exceeded: {m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_shares_under_a_binding_global_cap_redis() {
+    fair_shares_under_a_binding_global_cap(Backend::Redis(backend(&redis().url()).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_shares_under_a_binding_global_cap_local() {
+    fair_shares_under_a_binding_global_cap(Backend::Local(Arc::new(LocalBackend::default()))).await;
 }

@@ -1,0 +1,136 @@
+//! Demand-driven fair shares, pure (the Doorman idea: holders report what they want, the pool
+//! computes shares and grants leases up to them; `sync.lua` mirrors this file line for line).
+//!
+//! Two levels, each max-min fair:
+//! - **Campaigns share the global cap.** Each campaign claims `min(cap, demand)` first, weighted
+//!   by its `weight`; what is left of the global cap then goes, the same way, to headroom (spare
+//!   tokens a holder keeps so that a new message starts without a round trip). So headroom is
+//!   only ever handed out when every campaign's demand is met: under a binding cap, shares
+//!   follow demand alone.
+//! - **A campaign's share is split across its holders** (cores) in proportion to their demand,
+//!   and, beyond the campaign's demand, in proportion to their headroom.
+//!
+//! Demand is what a holder could start now: calls in progress plus messages waiting for a token.
+//! Shares are real numbers; a holder's *target* is its share rounded up (with a small tolerance,
+//! so Lua's and Rust's rounding agree), so the targets of a campaign never sum short of its share.
+//! Targets are ceilings for grants, never a reason to cut a call: a holder above its target
+//! starts nothing new and gives tokens back as its calls end.
+
+/// One campaign as the pool sees it, summed over its live leases.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CampaignDemand {
+    /// Calls in progress plus calls waiting, over all holders.
+    pub demand: f64,
+    /// Demand plus the headroom the holders would like (≥ `demand`).
+    pub want: f64,
+    /// The campaign's effective cap.
+    pub cap: f64,
+    /// Relative weight under a binding global cap (≥ 1).
+    pub weight: f64,
+}
+
+/// Max-min fair division of `total` over claims of `(bound, weight)` (water-filling): each claim
+/// gets `min(bound, weight × level)` for the one level at which the shares sum to `total`, or its
+/// whole bound when the bounds sum to less.
+pub fn waterfill(total: f64, claims: &[(f64, f64)]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..claims.len()).filter(|&i| claims[i].0 > 0.0).collect();
+    order.sort_by(|&a, &b| (claims[a].0 / claims[a].1).total_cmp(&(claims[b].0 / claims[b].1)));
+    let mut shares = vec![0.0; claims.len()];
+    let mut weights: f64 = order.iter().map(|&i| claims[i].1).sum();
+    let mut left = total.max(0.0);
+    for i in order {
+        let (bound, weight) = claims[i];
+        let level = left / weights;
+        shares[i] = if bound / weight <= level { bound } else { weight * level };
+        left -= shares[i];
+        weights -= weight;
+    }
+    shares
+}
+
+/// Each campaign's share of `global_cap`: demand first, then headroom, both max-min fair by weight.
+pub fn campaign_shares(global_cap: f64, campaigns: &[CampaignDemand]) -> Vec<f64> {
+    let first: Vec<(f64, f64)> = campaigns.iter().map(|c| (c.cap.min(c.demand), c.weight)).collect();
+    let shares = waterfill(global_cap, &first);
+    let left = global_cap - shares.iter().sum::<f64>();
+    let headroom: Vec<(f64, f64)> =
+        campaigns.iter().zip(&first).map(|(c, f)| ((c.cap.min(c.want) - f.0).max(0.0), c.weight)).collect();
+    let extra = waterfill(left, &headroom);
+    shares.iter().zip(extra).map(|(s, e)| s + e).collect()
+}
+
+/// A holder's target in a campaign whose share is `share`, given the holder's demand and want
+/// and the campaign's totals of both.
+pub fn holder_target(share: f64, campaign: &CampaignDemand, demand: f64, want: f64) -> u32 {
+    let t = if share <= campaign.demand {
+        if campaign.demand > 0.0 { share * demand / campaign.demand } else { 0.0 }
+    } else {
+        let room = campaign.want - campaign.demand;
+        let extra = if room > 0.0 { (share - campaign.demand) * (want - demand) / room } else { 0.0 };
+        demand + extra
+    };
+    round_up(t)
+}
+
+/// Rounds a share up to whole tokens, ignoring floating-point noise (Lua does the same).
+pub fn round_up(x: f64) -> u32 {
+    (x - 1e-9).ceil().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(demand: f64, want: f64, cap: f64, weight: f64) -> CampaignDemand {
+        CampaignDemand { demand, want, cap, weight }
+    }
+
+    #[test]
+    fn waterfill_gives_small_claims_all_and_splits_the_rest() {
+        let s = waterfill(100.0, &[(10.0, 1.0), (200.0, 1.0), (200.0, 1.0)]);
+        assert_eq!(s, vec![10.0, 45.0, 45.0]);
+        let s = waterfill(100.0, &[(10.0, 1.0), (20.0, 1.0)]);
+        assert_eq!(s, vec![10.0, 20.0], "bounds below the total are met whole");
+        let s = waterfill(90.0, &[(100.0, 2.0), (100.0, 1.0), (0.0, 1.0)]);
+        assert_eq!(s, vec![60.0, 30.0, 0.0], "weights 2:1; no demand, no share");
+        assert_eq!(waterfill(0.0, &[(5.0, 1.0)]), vec![0.0]);
+    }
+
+    #[test]
+    fn headroom_only_once_every_demand_is_met() {
+        // Binding: 3 campaigns want 50 each (demand 40) under a global cap of 90.
+        let s = campaign_shares(90.0, &[c(40.0, 50.0, 100.0, 1.0); 3]);
+        assert_eq!(s, vec![30.0; 3]);
+        // Not binding: demand 40 each, 30 left over for headroom, 10 each.
+        let s = campaign_shares(150.0, &[c(40.0, 50.0, 100.0, 1.0); 3]);
+        assert_eq!(s, vec![50.0; 3]);
+        // The campaign cap bounds both tiers.
+        let s = campaign_shares(1000.0, &[c(40.0, 80.0, 50.0, 1.0), c(5.0, 10.0, 100.0, 1.0)]);
+        assert_eq!(s, vec![50.0, 10.0]);
+    }
+
+    #[test]
+    fn hot_and_cold_campaigns_get_max_min_fair_shares() {
+        // 90 cold campaigns need 8 each, 10 hot ones need 80 each; the global cap is 1000.
+        let mut all = vec![c(8.0, 8.0, 100.0, 1.0); 90];
+        all.extend(vec![c(80.0, 80.0, 100.0, 1.0); 10]);
+        let s = campaign_shares(1000.0, &all);
+        assert!(s[..90].iter().all(|&x| x == 8.0), "cold ones get their demand");
+        assert!(s[90..].iter().all(|&x| (x - 28.0).abs() < 1e-9), "hot ones split the rest: {}", s[95]);
+        assert!((s.iter().sum::<f64>() - 1000.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn holders_split_a_campaign_by_demand() {
+        let camp = c(30.0, 60.0, 100.0, 1.0);
+        // Share below demand: proportional to demand, rounded up.
+        assert_eq!(holder_target(20.0, &camp, 10.0, 20.0), 7);
+        assert_eq!(holder_target(20.0, &camp, 20.0, 40.0), 14);
+        // Share above demand: demand plus a part of the headroom.
+        assert_eq!(holder_target(45.0, &camp, 10.0, 20.0), 15);
+        assert_eq!(holder_target(45.0, &camp, 20.0, 40.0), 30);
+        // No demand at all: nothing.
+        assert_eq!(holder_target(0.0, &c(0.0, 0.0, 10.0, 1.0), 0.0, 0.0), 0);
+        assert_eq!(round_up(10.000_000_000_1), 10, "noise does not add a token");
+    }
+}
