@@ -64,14 +64,14 @@ pub struct Args {
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Conn {
+pub(crate) struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
     auth: Option<String>,
 }
 
 impl Conn {
-    async fn open(addr: &str, auth: Option<String>) -> Result<Conn> {
+    pub(crate) async fn open(addr: &str, auth: Option<String>) -> Result<Conn> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -81,7 +81,12 @@ impl Conn {
         Ok(Conn { sender, host: addr.to_string(), auth })
     }
 
-    async fn send(&mut self, method: Method, path: &str, body: Option<String>) -> Result<(StatusCode, Bytes)> {
+    pub(crate) async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes)> {
         let mut b = Request::builder().method(method).uri(path).header(hyper::header::HOST, &self.host);
         if let Some(a) = &self.auth {
             b = b.header(hyper::header::AUTHORIZATION, a);

@@ -74,8 +74,8 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-fn dialer_bin(a: &Args) -> Result<PathBuf> {
-    let p = match &a.dialer {
+pub(crate) fn dialer_bin(given: Option<&PathBuf>) -> Result<PathBuf> {
+    let p = match given {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("dialer"),
     };
@@ -89,16 +89,16 @@ fn dialer_bin(a: &Args) -> Result<PathBuf> {
 }
 
 /// A `dialer` process of the run, restartable.
-struct Proc {
-    name: String,
-    cmd: Vec<String>,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-    child: Option<Child>,
+pub(crate) struct Proc {
+    pub(crate) name: String,
+    pub(crate) cmd: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) log: PathBuf,
+    pub(crate) child: Option<Child>,
 }
 
 impl Proc {
-    fn spawn(&mut self, bin: &Path) -> Result<()> {
+    pub(crate) fn spawn(&mut self, bin: &Path) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut c = Command::new(bin);
         c.args(&self.cmd).stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
@@ -116,7 +116,7 @@ impl Proc {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -140,15 +140,15 @@ impl Drop for Proc {
 
 /// One call placed, from a ledger line.
 #[derive(Clone, Copy, Debug)]
-struct Placed {
-    call: Uuid,
-    attempt: u32,
-    campaign: Uuid,
-    start_us: u64,
-    end_us: u64,
+pub(crate) struct Placed {
+    pub(crate) call: Uuid,
+    pub(crate) attempt: u32,
+    pub(crate) campaign: Uuid,
+    pub(crate) start_us: u64,
+    pub(crate) end_us: u64,
 }
 
-fn read_ledgers(dir: &Path) -> Result<Vec<Placed>> {
+pub(crate) fn read_ledgers(dir: &Path) -> Result<Vec<Placed>> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let p = e?.path();
@@ -173,7 +173,7 @@ fn read_ledgers(dir: &Path) -> Result<Vec<Placed>> {
 
 /// Starts that found their cap full (global or campaign), sweeping the calls' intervals; and the
 /// highest global concurrency seen.
-fn cap_violations(calls: &[Placed], global_cap: u32, caps: &HashMap<Uuid, u32>) -> (u64, i64) {
+pub(crate) fn cap_violations(calls: &[Placed], global_cap: u32, caps: &HashMap<Uuid, u32>) -> (u64, i64) {
     let mut edges: Vec<(u64, i8, Uuid)> = Vec::with_capacity(calls.len() * 2);
     for c in calls {
         edges.push((c.start_us, 1, c.campaign));
@@ -225,7 +225,7 @@ async fn started_duplicates(brokers: &str, topic: &str) -> Result<(u64, u64)> {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let bin = dialer_bin(&a)?;
+    let bin = dialer_bin(a.dialer.as_ref())?;
     let (min_ms, max_ms) = a.call_ms.split_once('-').context("--call-ms is MIN-MAX")?;
     let (min_ms, max_ms): (u64, u64) = (min_ms.parse()?, max_ms.parse()?);
     let err = |e: dialer_testkit::HarnessError| anyhow::anyhow!("{e}");

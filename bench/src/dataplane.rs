@@ -43,13 +43,31 @@ pub struct Args {
     pub call_ms: String,
     #[arg(long, default_value_t = 100)]
     pub campaigns: u32,
-    #[arg(long, default_value_t = 10_000)]
+    /// Every campaign's cap. The defaults make caps bind, as operators run: 100 campaigns of cap
+    /// 20 (2,000) under a global cap of 1,000.
+    #[arg(long, default_value_t = 20)]
     pub campaign_cap: u32,
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000)]
     pub global_cap: u32,
-    /// Lease batch per campaign and core.
-    #[arg(long, default_value_t = 1024)]
+    /// Lease batch per campaign and core (the product's default).
+    #[arg(long, default_value_t = 64)]
     pub lease_batch: u32,
+    /// Data planes (each with its own lease holders and limiter connections; static partition
+    /// split), sharing one limiter and one tracker: `--shards` are divided among them.
+    #[arg(long, default_value_t = 1)]
+    pub dataplanes: usize,
+    /// Closed loop: each campaign keeps at most this many messages outstanding (its demand, as
+    /// the scheduler's per-campaign budget makes it). Default: `--window` ÷ `--campaigns`.
+    #[arg(long)]
+    pub campaign_window: Option<u64>,
+    /// The first N campaigns are hot: their window is `--hot-factor` times `--campaign-window`.
+    #[arg(long, default_value_t = 0)]
+    pub hot_campaigns: u32,
+    #[arg(long, default_value_t = 10)]
+    pub hot_factor: u64,
+    /// Fairness is judged over windows this long.
+    #[arg(long, default_value = "10s", value_parser = dialer_domain::duration::parse)]
+    pub fairness_window: Duration,
     /// A data-plane tuning file (`tuning/*.toml`) to measure; `--shards`, `--lease-batch` and
     /// this bench's buffer sizes still apply on top.
     #[arg(long)]
@@ -180,10 +198,12 @@ fn kafka_readers(
     counting: &Arc<AtomicBool>,
     stop: &Arc<AtomicBool>,
     outcomes_seen: &Arc<AtomicU64>,
+    by_campaign: &Arc<Vec<AtomicU64>>,
 ) -> Result<Vec<std::thread::JoinHandle<Tally>>> {
     let mut readers = Vec::new();
     for consumer in crate::broker::split_readers(brokers, topic, partitions)? {
         let (counting, stop, outcomes_seen) = (counting.clone(), stop.clone(), outcomes_seen.clone());
+        let by_campaign = by_campaign.clone();
         readers.push(std::thread::spawn(move || {
             let mut t = Tally::new();
             while !stop.load(Ordering::Relaxed) {
@@ -192,6 +212,7 @@ fn kafka_readers(
                 t.add(&e, counting.load(Ordering::Relaxed));
                 if e.kind.is_outcome() {
                     outcomes_seen.fetch_add(1, Ordering::Relaxed);
+                    count_campaign(&by_campaign, e.campaign_id);
                 }
             }
             t
@@ -263,7 +284,8 @@ pub async fn run(a: Args) -> Result<()> {
         LimiterChoice::Local(_) => None,
     };
     let tracker = Tracker::new(a.global_cap);
-    let campaigns: Vec<Uuid> = (0..a.campaigns).map(|i| Uuid::from_u128(0xC000_0000 + u128::from(i))).collect();
+    let demand = campaign_demand(&a);
+    let campaigns: Vec<Uuid> = (0..a.campaigns).map(|i| Uuid::from_u128(CAMPAIGN_BASE + u128::from(i))).collect();
     for c in &campaigns {
         tracker.set_campaign_cap(*c, a.campaign_cap);
     }
@@ -320,16 +342,7 @@ pub async fn run(a: Args) -> Result<()> {
     };
 
     let rss0 = rss_bytes();
-    let dp = Dataplane::start(DataplaneOptions {
-        tuning,
-        bus,
-        limiter,
-        global_cap: a.global_cap,
-        per_campaign_ceiling: a.campaign_cap,
-        mock,
-        tracker: tracker.clone(),
-        instance: format!("bench-{}", std::process::id()),
-    })?;
+    let dps = start_dataplanes(&a, tuning, bus, limiter, mock, &tracker)?;
     let redis_before = match &redis_url {
         Some(u) => Some(redis_calls(u).await?),
         None => None,
@@ -339,9 +352,11 @@ pub async fn run(a: Args) -> Result<()> {
     let counting = Arc::new(AtomicBool::new(false));
     let stop_reader = Arc::new(AtomicBool::new(false));
     let outcomes_seen = Arc::new(AtomicU64::new(0));
+    let by_campaign: Arc<Vec<AtomicU64>> = Arc::new(campaigns.iter().map(|_| AtomicU64::new(0)).collect());
     let readers: Vec<tokio::task::JoinHandle<Result<Tally>>> = match (events_rx, &kafka_status) {
         (Some(mut rx), _) => {
             let (counting, stop, outcomes_seen) = (counting.clone(), stop_reader.clone(), outcomes_seen.clone());
+            let by_campaign = by_campaign.clone();
             vec![tokio::spawn(async move {
                 let mut t = Tally::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -353,13 +368,14 @@ pub async fn run(a: Args) -> Result<()> {
                     t.add(&e, counting.load(Ordering::Relaxed));
                     if e.kind.is_outcome() {
                         outcomes_seen.fetch_add(1, Ordering::Relaxed);
+                        count_campaign(&by_campaign, e.campaign_id);
                     }
                 }
                 Ok(t)
             })]
         }
         (None, Some((brokers, topic))) => {
-            kafka_readers(brokers, topic, partitions, &counting, &stop_reader, &outcomes_seen)?
+            kafka_readers(brokers, topic, partitions, &counting, &stop_reader, &outcomes_seen, &by_campaign)?
                 .into_iter()
                 .map(|h| {
                     tokio::task::spawn_blocking(move || {
@@ -376,16 +392,23 @@ pub async fn run(a: Args) -> Result<()> {
     let stop_pub = Arc::new(AtomicBool::new(false));
     let pub_task = {
         let (published, stop) = (published.clone(), stop_pub.clone());
-        let (outcomes_seen, window) = (outcomes_seen.clone(), a.window);
         let campaigns = campaigns.clone();
         let (rate, cap) = (a.rate, a.campaign_cap);
+        let mut pick = CampaignPicker::new(demand.clone(), rate == 0, by_campaign.clone());
         tokio::spawn(async move {
             let start = Instant::now();
             let epoch_us = dialer_dataplane::shard::now_us();
             let mut i: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
-                let mut m = sample_message(campaigns[(i % campaigns.len() as u64) as usize], cap);
-                m.call_id = Uuid::from_u128((u128::from(std::process::id()) << 64) | u128::from(i));
+                let Some(k) = pick.next() else {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    continue;
+                };
+                let mut m = sample_message(campaigns[k], cap);
+                // Mixed (a bijection of i), as the product's random UUIDv7 ids are: partitions and
+                // shards get each campaign's calls evenly, not by the round robin's parity.
+                let mixed = splitmix64(i);
+                m.call_id = Uuid::from_u128((u128::from(std::process::id()) << 64) | u128::from(mixed));
                 if let Some(due_ns) = i.saturating_mul(1_000_000_000).checked_div(rate) {
                     let due = Duration::from_nanos(due_ns);
                     let el = start.elapsed();
@@ -394,11 +417,6 @@ pub async fn run(a: Args) -> Result<()> {
                     }
                     m.enqueued_at_us = epoch_us + due.as_micros() as u64;
                 } else {
-                    while i.saturating_sub(outcomes_seen.load(Ordering::Relaxed)) >= window
-                        && !stop.load(Ordering::Relaxed)
-                    {
-                        tokio::time::sleep(Duration::from_micros(200)).await;
-                    }
                     m.enqueued_at_us = dialer_dataplane::shard::now_us();
                 }
                 publisher.send(m).await?;
@@ -414,6 +432,8 @@ pub async fn run(a: Args) -> Result<()> {
 
     tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
     counting.store(true, Ordering::SeqCst);
+    let stop_sampler = Arc::new(AtomicBool::new(false));
+    let sampler = crate::occupancy::sample(tracker.clone(), campaigns.clone(), a.fairness_window, stop_sampler.clone());
     let cpu0 = shard_cpu_seconds();
     let t0 = Instant::now();
     let pb = ProgressBar::new(a.duration.as_secs().max(1));
@@ -435,6 +455,7 @@ pub async fn run(a: Args) -> Result<()> {
         ));
     }
     counting.store(false, Ordering::SeqCst);
+    stop_sampler.store(true, Ordering::SeqCst);
     let secs = t0.elapsed().as_secs_f64();
     let shard_cpu = shard_cpu_seconds() - cpu0;
     pb.finish_and_clear();
@@ -451,14 +472,21 @@ pub async fn run(a: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop_reader.store(true, Ordering::SeqCst);
-    dp.shutdown();
-    let reports = tokio::task::spawn_blocking(move || dp.join()).await??;
+    for dp in &dps {
+        dp.shutdown();
+    }
+    let reports = tokio::task::spawn_blocking(move || dps.into_iter().map(Dataplane::join).collect::<Vec<_>>())
+        .await?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     let mut tally = Tally::new();
     for r in readers {
         tally.merge(r.await.context("event reader")??)?;
     }
     let lost = total.saturating_sub(tally.outcomes);
-    let dials_per_sec = tally.started as f64 / secs;
+    let occupancy = sampler.join().map_err(|_| anyhow::anyhow!("the occupancy sampler panicked"))?;
+    let caps = CapsReport::new(&a, &demand, &occupancy, &tracker, &campaigns, dials_per_sec_of(&tally, secs));
+    let dials_per_sec = dials_per_sec_of(&tally, secs);
     // Each dial moves its dispatch message and its status events through the broker (each
     // produced once and consumed once), like one message of the broker's pipeline ceiling.
     let msgs_per_dial = 1.0 + tally.events as f64 / tally.started.max(1) as f64;
@@ -487,6 +515,7 @@ pub async fn run(a: Args) -> Result<()> {
     println!("{:<34} {:>14}", "cap violations (tracker)", tracker.violations());
     println!("{:<34} {:>14}", "lost / duplicates", format!("{lost} / {}", tally.duplicates));
     println!("{:<34} {:>14}", "peak calls in flight", peak_inflight);
+    caps.print();
     if let Some(m) = mem_per_call {
         println!("{:<34} {:>14.0}", "memory per in-flight call, bytes", m);
     }
@@ -518,7 +547,9 @@ pub async fn run(a: Args) -> Result<()> {
             "scenario": "dataplane",
             "settings": {"bus": a.bus, "limiter": a.limiter, "rate": a.rate, "call_ms": a.call_ms,
                          "campaigns": a.campaigns, "campaign_cap": a.campaign_cap, "global_cap": a.global_cap,
-                         "lease_batch": a.lease_batch},
+                         "lease_batch": a.lease_batch, "dataplanes": a.dataplanes,
+                         "campaign_window": a.campaign_window, "hot_campaigns": a.hot_campaigns,
+                         "hot_factor": a.hot_factor},
             "duration_s": secs,
             "shards": shards,
             "cores": crate::cores(),
@@ -537,6 +568,7 @@ pub async fn run(a: Args) -> Result<()> {
             "duplicates": tally.duplicates,
             "published": total,
             "peak_in_flight": peak_inflight,
+            "caps": caps.json(),
             "memory_per_inflight_call_bytes": mem_per_call,
             "broker_produce_msgs_per_sec": broker_ceiling.as_ref().map(|c| c.produce),
             "broker_consume_msgs_per_sec": broker_ceiling.as_ref().map(|c| c.consume),
@@ -548,6 +580,189 @@ pub async fn run(a: Args) -> Result<()> {
     )
 }
 
+/// A bijection of u64 that scatters consecutive numbers (the SplitMix64 finalizer).
+fn splitmix64(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn dials_per_sec_of(t: &Tally, secs: f64) -> f64 {
+    t.started as f64 / secs
+}
+
+fn count_campaign(by_campaign: &[AtomicU64], campaign: Uuid) {
+    let k = campaign.as_u128().wrapping_sub(CAMPAIGN_BASE) as usize;
+    if let Some(n) = by_campaign.get(k) {
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Each campaign's demand: the messages it keeps outstanding (in progress or waiting).
+fn campaign_demand(a: &Args) -> Vec<u64> {
+    (0..a.campaigns)
+        .map(|i| match a.campaign_window {
+            Some(w) if i < a.hot_campaigns => w * a.hot_factor,
+            Some(w) => w,
+            None => a.window / u64::from(a.campaigns.max(1)),
+        })
+        .collect()
+}
+
+/// Which campaign is published for next: round robin; in the closed loop, skipping campaigns
+/// with their window of messages outstanding.
+struct CampaignPicker {
+    windows: Vec<u64>,
+    per_campaign: bool,
+    published: Vec<u64>,
+    finished: Arc<Vec<AtomicU64>>,
+    next: usize,
+}
+
+impl CampaignPicker {
+    fn new(windows: Vec<u64>, per_campaign: bool, finished: Arc<Vec<AtomicU64>>) -> CampaignPicker {
+        let published = vec![0; windows.len()];
+        CampaignPicker { windows, per_campaign, published, finished, next: 0 }
+    }
+
+    fn next(&mut self) -> Option<usize> {
+        let n = self.windows.len();
+        for _ in 0..n {
+            let k = self.next;
+            self.next = (self.next + 1) % n;
+            let outstanding = self.published[k].saturating_sub(self.finished[k].load(Ordering::Relaxed));
+            if !self.per_campaign || outstanding < self.windows[k] {
+                self.published[k] += 1;
+                return Some(k);
+            }
+        }
+        None
+    }
+}
+
+/// Whether the caps were used as operators configure them: time-averaged calls in progress
+/// against the global cap and the fair shares, dials against Little's law, peaks against caps.
+struct CapsReport {
+    /// Σ fair shares: what the caps allow with the demand offered.
+    ceiling: f64,
+    mean_in_progress: f64,
+    littles_law_dials: f64,
+    dials: f64,
+    worst_fairness: f64,
+    outside: usize,
+    /// (campaign, window) pairs judged.
+    windows: usize,
+    campaign_peak_over_cap: i64,
+    campaigns_at_cap: usize,
+}
+
+impl CapsReport {
+    fn new(
+        a: &Args,
+        demand: &[u64],
+        occ: &crate::occupancy::Occupancy,
+        tracker: &Tracker,
+        campaigns: &[Uuid],
+        dials: f64,
+    ) -> CapsReport {
+        let shares = crate::occupancy::fair_shares(a.global_cap, demand, a.campaign_cap);
+        let ceiling: f64 = shares.iter().sum();
+        let (min_ms, max_ms) = call_range(&a.call_ms).unwrap_or((1, 5));
+        let mean_call_s = (min_ms + max_ms) as f64 / 2000.0;
+        let (worst_fairness, outside) = crate::occupancy::fairness(&occ.windows, &shares, 0.10);
+        let peaks: Vec<i64> = campaigns.iter().map(|c| tracker.campaign_max(*c)).collect();
+        CapsReport {
+            ceiling,
+            mean_in_progress: occ.global,
+            littles_law_dials: ceiling / mean_call_s,
+            dials,
+            worst_fairness,
+            outside,
+            windows: occ.windows.len() * campaigns.len(),
+            campaign_peak_over_cap: peaks.iter().map(|p| p - i64::from(a.campaign_cap)).max().unwrap_or(0),
+            campaigns_at_cap: peaks.iter().filter(|p| **p >= i64::from(a.campaign_cap)).count(),
+        }
+    }
+
+    fn print(&self) {
+        println!("{:<34} {:>14.0}", "caps allow (Σ fair shares)", self.ceiling);
+        println!("{:<34} {:>14.1}", "calls in progress, time-averaged", self.mean_in_progress);
+        println!("{:<34} {:>13.1}%", "… of what the caps allow", 100.0 * self.mean_in_progress / self.ceiling);
+        println!("{:<34} {:>14.0}", "Little's law dials/s (caps)", self.littles_law_dials);
+        println!("{:<34} {:>13.1}%", "dials/s of Little's law", 100.0 * self.dials / self.littles_law_dials);
+        println!("{:<34} {:>13.1}%", "worst campaign vs fair share", 100.0 * self.worst_fairness);
+        println!("{:<34} {:>14}", "campaign-windows off by > 10 %", format!("{} of {}", self.outside, self.windows));
+        println!("{:<34} {:>14}", "campaign peak − cap (max)", self.campaign_peak_over_cap);
+        println!("{:<34} {:>14}", "campaigns that reached their cap", self.campaigns_at_cap);
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "caps_allow": self.ceiling,
+            "mean_in_progress": self.mean_in_progress,
+            "in_progress_share_of_caps": self.mean_in_progress / self.ceiling,
+            "littles_law_dials_per_sec": self.littles_law_dials,
+            "dials_share_of_littles_law": self.dials / self.littles_law_dials,
+            "worst_campaign_fairness_deviation": self.worst_fairness,
+            "campaign_windows_outside_10pct": self.outside,
+            "fairness_windows": self.windows,
+            "campaign_peak_minus_cap": self.campaign_peak_over_cap,
+            "campaigns_at_cap": self.campaigns_at_cap,
+        })
+    }
+}
+
+/// Campaign ids are `CAMPAIGN_BASE + index`.
+const CAMPAIGN_BASE: u128 = 0xC000_0000;
+
+/// Starts `--dataplanes` data planes over the shards, each its own lease holders.
+fn start_dataplanes(
+    a: &Args,
+    tuning: Tuning,
+    bus: BusChoice,
+    limiter: LimiterChoice,
+    mock: MockSettings,
+    tracker: &Arc<Tracker>,
+) -> Result<Vec<Dataplane>> {
+    let n = a.dataplanes.max(1);
+    let shards = tuning.shards.count;
+    if shards % n != 0 {
+        bail!("--shards ({shards}) must be a multiple of --dataplanes ({n})");
+    }
+    let per = shards / n;
+    let (mut receivers, events, kafka) = match bus {
+        BusChoice::Memory { receivers, events } => (receivers, Some(events), None),
+        BusChoice::Kafka(t) => (Vec::new(), None, Some(t)),
+    };
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let mut t = tuning.clone();
+        t.shards.count = per;
+        t.shards.cpus.clear();
+        t.shards.instance = k;
+        t.shards.instances = n;
+        let bus = match (&events, &kafka) {
+            (Some(events), _) => {
+                BusChoice::Memory { receivers: receivers.drain(..per).collect(), events: events.clone() }
+            }
+            (None, Some(topics)) => BusChoice::Kafka(topics.clone()),
+            (None, None) => bail!("no bus"),
+        };
+        out.push(Dataplane::start(DataplaneOptions {
+            tuning: t,
+            bus,
+            limiter: limiter.clone(),
+            global_cap: a.global_cap,
+            per_campaign_ceiling: a.campaign_cap,
+            mock: mock.clone(),
+            tracker: tracker.clone(),
+            instance: format!("bench-{}-dp{k}", std::process::id()),
+        })?);
+    }
+    Ok(out)
+}
+
 fn sample_message(campaign: Uuid, cap: u32) -> DispatchMessage {
     DispatchMessage {
         v: SCHEMA_VERSION,
@@ -556,6 +771,7 @@ fn sample_message(campaign: Uuid, cap: u32) -> DispatchMessage {
         campaign_id: campaign,
         phone_number: "+15555550123".into(),
         campaign_cap: cap,
+        campaign_weight: 1,
         not_before_ms: 0,
         deadline_ms: 0,
         enqueued_at_us: 0,

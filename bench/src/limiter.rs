@@ -220,7 +220,7 @@ async fn leased(a: &Args, url: &str) -> Result<Phase> {
                     let mut refused = 0;
                     for _ in 0..64 {
                         let i = rng.random_range(0..campaigns.len());
-                        if h.try_acquire(campaigns[i], cap) {
+                        if h.try_acquire(campaigns[i], dialer_limiter::Ask { cap, weight: 1, queued: 1 }) {
                             let l = live.entry(i).or_default();
                             *l += 1;
                             if *l > cap {

@@ -4,11 +4,13 @@
 
 mod api;
 mod broker;
+mod caps;
 mod chaos;
 mod dataplane;
 mod e2e;
 mod journal;
 mod limiter;
+mod occupancy;
 mod plot;
 mod targets;
 
@@ -36,6 +38,9 @@ enum Command {
     Dataplane(dataplane::Args),
     /// Campaigns end to end through the distributed mode (PostgreSQL, Kafka, Redis).
     E2e(e2e::Args),
+    /// The product under binding caps (real `dialer up` or control plane + data planes, seed call
+    /// lengths): time-averaged calls in progress and dials/s per campaign vs caps and fair shares.
+    Caps(caps::Args),
     /// Faults during a distributed run (SIGKILLed data planes, Redis, broker and PostgreSQL
     /// restarts), then checks: no cap violation, no double dial, nothing lost.
     Chaos(chaos::Args),
@@ -175,6 +180,9 @@ fn main() -> Result<()> {
         }
         Command::Broker(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(broker::run(args))
+        }
+        Command::Caps(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(caps::run(args))
         }
         Command::Chaos(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(chaos::run(args))

@@ -307,6 +307,7 @@ impl Config {
             max_batch: self.scheduler.max_batch,
             dispatch_ttl: std::time::Duration::from_secs(self.scheduler.dispatch_ttl_sec),
             per_campaign_ceiling: self.limits.per_campaign_max_concurrency,
+            global_cap: self.limits.global_max_concurrency,
             top_campaigns: self.scheduler.metrics_top_campaigns,
         }
     }

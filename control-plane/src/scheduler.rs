@@ -1,7 +1,11 @@
 //! The scheduler: every tick, for each in-progress campaign whose business hours are open now in
 //! its time zone, claims due calls (retries and new calls side by side) and publishes them to the
 //! dispatch topic. It never floods: queued-but-not-finished calls of a campaign stay under
-//! `inflight_factor × cap`. Claims are atomic (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
+//! `inflight_factor × share`, where the share is what the campaign can actually get: its cap,
+//! or, when the global cap binds, its max-min fair share of it by demand and weight (the same
+//! division the limiter makes, [`dialer_limiter::fair`]). So messages do not pile up in the data
+//! plane waiting for tokens their campaign will not get, and a campaign whose share grows gets
+//! work at the next tick. Claims are atomic (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
 //! replicas never queue one call twice. A campaign whose every call is terminal completes.
 
 use std::sync::{Arc, Mutex};
@@ -12,6 +16,8 @@ use dialer_dataplane::MemoryBus;
 use dialer_dataplane::kafka::MeteredProducer;
 use dialer_domain::hours::{BusinessHours, parse_tz};
 use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
+use dialer_limiter::effective_campaign_cap;
+use dialer_limiter::fair::{CampaignDemand, campaign_shares, round_up};
 use rdkafka::producer::FutureRecord;
 
 use crate::store::{ActiveCampaign, ClaimedCall, Store, StoreError};
@@ -99,7 +105,7 @@ impl DispatchSink {
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     pub interval: Duration,
-    /// Queued + dialing calls of a campaign stay under this many times its cap.
+    /// Queued + dialing calls of a campaign stay under this many times its share.
     pub inflight_factor: u32,
     /// Most calls claimed for one campaign in one tick.
     pub max_batch: usize,
@@ -107,6 +113,8 @@ pub struct SchedulerConfig {
     pub dispatch_ttl: Duration,
     /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`.
     pub per_campaign_ceiling: u32,
+    /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY`: campaigns are dispatched to their fair share of it.
+    pub global_cap: u32,
     /// Campaigns with a per-campaign active-calls series (the busiest N).
     pub top_campaigns: usize,
 }
@@ -119,6 +127,7 @@ impl Default for SchedulerConfig {
             max_batch: 5000,
             dispatch_ttl: Duration::from_secs(300),
             per_campaign_ceiling: 100,
+            global_cap: 10_000,
             top_campaigns: 10,
         }
     }
@@ -141,14 +150,41 @@ pub struct Scheduler {
     pub cfg: SchedulerConfig,
 }
 
-impl Scheduler {
-    /// How many calls of `c` may be claimed now.
-    pub fn budget(&self, c: &ActiveCampaign) -> usize {
-        let cap = c.max_concurrent_calls.min(self.cfg.per_campaign_ceiling) as i64;
-        let room = cap * i64::from(self.cfg.inflight_factor) - c.queued - c.in_progress;
-        room.clamp(0, c.pending.min(self.cfg.max_batch as i64)) as usize
-    }
+/// How many calls of each campaign may be claimed now (`open`: whose business hours are open):
+/// `inflight_factor × share − live calls`, at most its pending calls and `max_batch`. A campaign's
+/// share is its max-min fair share of the global cap, by demand (live calls, plus pending ones
+/// where open) and weight, within its effective cap; rounded up, so a small share still dials.
+pub fn budgets(cfg: &SchedulerConfig, campaigns: &[ActiveCampaign], open: &[bool]) -> Vec<usize> {
+    let demands: Vec<CampaignDemand> = campaigns
+        .iter()
+        .zip(open)
+        .map(|(c, open)| {
+            let live = (c.queued + c.in_progress) as f64;
+            let demand = live + if *open { c.pending as f64 } else { 0.0 };
+            CampaignDemand {
+                demand,
+                want: demand,
+                cap: f64::from(effective_campaign_cap(c.max_concurrent_calls, cfg.per_campaign_ceiling)),
+                weight: f64::from(c.weight.max(1)),
+            }
+        })
+        .collect();
+    let shares = campaign_shares(f64::from(cfg.global_cap), &demands);
+    campaigns
+        .iter()
+        .zip(open)
+        .zip(shares)
+        .map(|((c, open), share)| {
+            if !open {
+                return 0;
+            }
+            let room = i64::from(round_up(share)) * i64::from(cfg.inflight_factor) - c.queued - c.in_progress;
+            room.clamp(0, c.pending.min(cfg.max_batch as i64)) as usize
+        })
+        .collect()
+}
 
+impl Scheduler {
     #[tracing::instrument(name = "scheduler_tick", skip_all, fields(dispatched))]
     pub async fn tick(&self) -> Result<TickReport, StoreError> {
         let started = std::time::Instant::now();
@@ -161,20 +197,16 @@ impl Scheduler {
                 .map(|c| crate::observability::CampaignLoad {
                     campaign: c.id,
                     active: c.queued + c.in_progress,
-                    cap: c.max_concurrent_calls.min(self.cfg.per_campaign_ceiling),
+                    cap: effective_campaign_cap(c.max_concurrent_calls, self.cfg.per_campaign_ceiling),
                 })
                 .collect(),
             self.cfg.top_campaigns,
         );
-        for c in active {
-            let Ok(tz) = parse_tz(&c.time_zone) else { continue };
-            let hours = BusinessHours { tz, windows: c.business_hours.clone() };
-            if !hours.is_open(now) {
-                report.campaigns_closed += 1;
-                continue;
-            }
-            report.campaigns_open += 1;
-            let n = self.budget(&c);
+        let open: Vec<bool> = active.iter().map(|c| is_open(c, now)).collect();
+        report.campaigns_open = open.iter().filter(|o| **o).count();
+        report.campaigns_closed = open.len() - report.campaigns_open;
+        let budgets = budgets(&self.cfg, &active, &open);
+        for (c, n) in active.into_iter().zip(budgets) {
             if n == 0 {
                 continue;
             }
@@ -182,7 +214,7 @@ impl Scheduler {
             if claimed.is_empty() {
                 continue;
             }
-            let cap = c.max_concurrent_calls.min(self.cfg.per_campaign_ceiling);
+            let cap = effective_campaign_cap(c.max_concurrent_calls, self.cfg.per_campaign_ceiling);
             let msgs = messages(&c, cap, &claimed, self.cfg.dispatch_ttl);
             let k = msgs.len();
             if let Err(e) = self.sink.publish_all(msgs).await {
@@ -217,6 +249,11 @@ impl Scheduler {
     }
 }
 
+/// Whether `c`'s business hours are open at `now` (a time zone that no longer parses: closed).
+fn is_open(c: &ActiveCampaign, now: DateTime<Utc>) -> bool {
+    parse_tz(&c.time_zone).is_ok_and(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.is_open(now))
+}
+
 fn messages(c: &ActiveCampaign, cap: u32, claimed: &[ClaimedCall], ttl: Duration) -> Vec<DispatchMessage> {
     let now = Utc::now();
     let now_ms = now.timestamp_millis() as u64;
@@ -230,9 +267,57 @@ fn messages(c: &ActiveCampaign, cap: u32, claimed: &[ClaimedCall], ttl: Duration
             campaign_id: c.id,
             phone_number: k.phone_number.clone(),
             campaign_cap: cap,
+            campaign_weight: c.weight,
             not_before_ms: 0,
             deadline_ms: now_ms + ttl.as_millis() as u64,
             enqueued_at_us: now_us,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign(cap: u32, weight: u32, pending: i64, queued: i64, in_progress: i64) -> ActiveCampaign {
+        ActiveCampaign {
+            id: uuid::Uuid::now_v7(),
+            time_zone: "UTC".into(),
+            business_hours: vec![],
+            max_concurrent_calls: cap,
+            weight,
+            pending,
+            queued,
+            in_progress,
+        }
+    }
+
+    fn cfg(global_cap: u32) -> SchedulerConfig {
+        SchedulerConfig { global_cap, per_campaign_ceiling: 1000, ..SchedulerConfig::default() }
+    }
+
+    #[test]
+    fn without_a_binding_global_cap_each_campaign_dispatches_to_its_cap() {
+        let cs = [campaign(50, 1, 5000, 0, 0), campaign(50, 1, 5000, 60, 30)];
+        assert_eq!(budgets(&cfg(2000), &cs, &[true, true]), vec![100, 10], "2 × cap − live calls");
+        assert_eq!(budgets(&cfg(2000), &[campaign(50, 1, 7, 0, 0)], &[true]), vec![7], "at most its pending calls");
+    }
+
+    #[test]
+    fn under_a_binding_global_cap_each_campaign_dispatches_to_its_fair_share() {
+        // 20 campaigns of cap 50 under a global cap of 300: a share of 15 each, not 50.
+        let cs: Vec<ActiveCampaign> = (0..20).map(|_| campaign(50, 1, 5000, 0, 0)).collect();
+        let b = budgets(&cfg(300), &cs, &[true; 20]);
+        assert!(b.iter().all(|n| *n == 30), "{b:?}");
+        // Weights 3:1; a campaign with little demand keeps what it needs and the rest goes on.
+        let cs = [campaign(500, 3, 5000, 0, 0), campaign(500, 1, 5000, 0, 0), campaign(500, 1, 4, 0, 0)];
+        assert_eq!(budgets(&cfg(100), &cs, &[true; 3]), vec![144, 48, 4]);
+    }
+
+    #[test]
+    fn a_closed_campaign_dispatches_nothing_and_its_live_calls_still_count() {
+        let cs = [campaign(500, 1, 5000, 0, 60), campaign(500, 1, 5000, 0, 0)];
+        // The closed one's 60 calls in progress are its demand: the open one's fair share is 50.
+        assert_eq!(budgets(&cfg(100), &cs, &[false, true]), vec![0, 100]);
+    }
 }

@@ -114,6 +114,7 @@ async fn smoke_sequence(t: TestApp) {
     let id = c["id"].as_str().expect("id").to_string();
     assert_eq!(c["status"], "pending");
     assert_eq!(c["max_concurrent_calls"], 10);
+    assert_eq!(c["weight"], 1, "default weight");
     assert_eq!(c["time_zone"], "America/New_York");
     assert_eq!(c["retry_policy"], json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2}));
     assert_eq!(c["business_hours"], json!([{"day_of_week": 1, "start": "09:00", "end": "18:00"}]));
@@ -128,6 +129,7 @@ async fn smoke_sequence(t: TestApp) {
             Some(json!({
                 "description": "Evening calling window",
                 "max_concurrent_calls": 25,
+                "weight": 3,
                 "business_hours": [
                     {"day_of_week": 1, "start": "13:00", "end": "21:00"},
                     {"day_of_week": 2, "start": "13:00", "end": "21:00"}
@@ -139,6 +141,7 @@ async fn smoke_sequence(t: TestApp) {
     assert_eq!(s, StatusCode::OK, "{u}");
     assert_eq!(u["description"], "Evening calling window");
     assert_eq!(u["max_concurrent_calls"], 25);
+    assert_eq!(u["weight"], 3);
     assert_eq!(u["business_hours"].as_array().map(Vec::len), Some(2));
     assert_eq!(u["retry_policy"], json!({"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3}));
     assert_eq!(u["name"], "test-campaign", "untouched fields are kept");
@@ -384,6 +387,8 @@ async fn update_rules(t: TestApp) {
     assert_eq!(s, StatusCode::OK, "crossing midnight is allowed: {v}");
     for (body, field) in [
         (json!({"max_concurrent_calls": -1}), "max_concurrent_calls"),
+        (json!({"weight": 0}), "weight"),
+        (json!({"weight": 1001}), "weight"),
         (json!({"time_zone": "Nope"}), "time_zone"),
         (json!({"retry_policy": {"max_delay": "1s"}}), "retry_policy.max_delay"),
         (json!({"targets": []}), "targets"),

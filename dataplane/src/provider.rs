@@ -322,6 +322,7 @@ mod tests {
             campaign_id: Uuid::from_u128(c),
             phone_number: "+15555550001".into(),
             campaign_cap: 10,
+            campaign_weight: 1,
             not_before_ms: 0,
             deadline_ms: 0,
             enqueued_at_us: 0,

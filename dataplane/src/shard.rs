@@ -2,8 +2,10 @@
 //! them per campaign, starts calls as its lease cache hands out tokens, and emits status events.
 //!
 //! - **No head-of-line blocking**: each campaign has its own queue; a campaign without tokens is
-//!   parked (not polled) until one of its calls ends or the lease cache is refilled, while other
-//!   campaigns keep dialing. Campaigns take turns of at most `quantum` starts.
+//!   parked (not polled) until one of its calls ends or its lease allows more (a grant or a
+//!   higher fair share), while other campaigns keep dialing. Campaigns take turns of at most
+//!   `quantum` starts. Each dial tells the lease how many of the campaign's calls wait here: the
+//!   demand the limiter divides the caps by.
 //! - **Bounded memory**: at most `max_queued_per_shard` messages wait; a partition is paused at
 //!   `pause_partition_at` waiting messages and resumed at `resume_partition_at`.
 //! - **At-least-once**: a message's offset is finished when its outcome event is acknowledged
@@ -15,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, StatusEvent};
-use dialer_limiter::LeaseHandle;
+use dialer_limiter::{Ask, LeaseHandle, effective_campaign_cap};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
@@ -224,12 +226,15 @@ impl Queues {
 
     /// Drops every waiting message of `partition` (a rebalance took it away: its next owner
     /// reads them again from the committed offset); returns how many.
-    fn purge_partition(&mut self, partition: i32) -> usize {
+    fn purge_partition(&mut self, partition: i32, lease: &LeaseHandle) -> usize {
         let mut n = 0;
-        for queue in self.by_campaign.values_mut() {
+        for (c, queue) in self.by_campaign.iter_mut() {
             let before = queue.len();
             queue.retain(|w| w.partition != partition);
             n += before - queue.len();
+            if queue.len() < before {
+                lease.set_waiting(*c, queue.len().try_into().unwrap_or(u32::MAX));
+            }
         }
         self.by_campaign.retain(|_, q| !q.is_empty());
         let before = self.delayed_msgs.len();
@@ -414,7 +419,7 @@ pub async fn run_shard<P: Provider>(
                 match moved {
                     crate::kafka::Moved::Revoked(ps) => {
                         for p in &ps {
-                            let n = q.purge_partition(*p);
+                            let n = q.purge_partition(*p, &lease);
                             paused.remove(p);
                             tracing::info!(
                                 shard,
@@ -462,8 +467,12 @@ pub async fn run_shard<P: Provider>(
                         left.push(w.partition);
                         continue;
                     }
-                    let cap = front.msg.campaign_cap.min(cfg.per_campaign_ceiling);
-                    if !lease.try_acquire(c, cap) {
+                    let ask = Ask {
+                        cap: effective_campaign_cap(front.msg.campaign_cap, cfg.per_campaign_ceiling),
+                        weight: front.msg.campaign_weight,
+                        queued: queue.len().try_into().unwrap_or(u32::MAX),
+                    };
+                    if !lease.try_acquire(c, ask) {
                         parked = true;
                         break;
                     }
@@ -474,6 +483,7 @@ pub async fn run_shard<P: Provider>(
                 }
                 if queue.is_empty() {
                     q.by_campaign.remove(&c);
+                    lease.set_waiting(c, 0);
                 } else if parked {
                     q.parked.insert(c);
                 } else {
@@ -721,8 +731,9 @@ pub async fn run_shard<P: Provider>(
                     }
                 }
             }
+            // A parked campaign waits for one of its calls to end or for its lease to allow more
+            // (a grant, a higher fair share): no polling.
             _ = lease.updated(), if parked_any => q.wake_all(),
-            _ = tokio::time::sleep(Duration::from_millis(5)), if parked_any => q.wake_all(),
             _ = sleep_until_opt(due), if due.is_some() => {}
             _ = commit_tick.tick() => {
                 match (&mut source, &mut journal) {

@@ -103,6 +103,9 @@ pub struct LeaseTuning {
     pub low_water: u32,
     pub ttl_ms: u64,
     pub renew_every_ms: u64,
+    /// How often a core reports its demand and learns its fair share (see `dialer_limiter::fair`):
+    /// shares converge within about this long. One backend call per core per refresh.
+    pub refresh_every_ms: u64,
     pub idle_give_back_ms: u64,
 }
 
@@ -153,6 +156,7 @@ impl Default for LeaseTuning {
             low_water: d.low_water,
             ttl_ms: d.ttl.as_millis() as u64,
             renew_every_ms: d.renew_every.as_millis() as u64,
+            refresh_every_ms: d.refresh_every.as_millis() as u64,
             idle_give_back_ms: d.idle_give_back.as_millis() as u64,
         }
     }
@@ -202,6 +206,7 @@ impl Tuning {
             low_water: self.lease.low_water,
             ttl: Duration::from_millis(self.lease.ttl_ms),
             renew_every: Duration::from_millis(self.lease.renew_every_ms),
+            refresh_every: Duration::from_millis(self.lease.refresh_every_ms),
             idle_give_back: Duration::from_millis(self.lease.idle_give_back_ms),
             retry_after: Duration::from_millis(200),
         }

@@ -69,6 +69,7 @@ fn msg(call: u128, campaign: Uuid, cap: u32) -> DispatchMessage {
         campaign_id: campaign,
         phone_number: "+15555550100".into(),
         campaign_cap: cap,
+        campaign_weight: 1,
         not_before_ms: 0,
         deadline_ms: 0,
         enqueued_at_us: 0,

@@ -22,6 +22,7 @@ fn msg(call: u128, campaign: Uuid, cap: u32) -> DispatchMessage {
         campaign_id: campaign,
         phone_number: format!("+1555{:07}", call % 10_000_000),
         campaign_cap: cap,
+        campaign_weight: 1,
         not_before_ms: 0,
         deadline_ms: 0,
         enqueued_at_us: 0,

@@ -20,6 +20,9 @@ pub struct DispatchMessage {
     pub phone_number: String,
     /// The campaign's effective cap when the message was written.
     pub campaign_cap: u32,
+    /// The campaign's weight in the fair division of a binding global cap (1 when absent).
+    #[serde(default = "one")]
+    pub campaign_weight: u32,
     /// Unix milliseconds before which the call must not be placed.
     pub not_before_ms: u64,
     /// Unix milliseconds after which the call must not be placed any more (0 = no deadline): a
@@ -30,6 +33,10 @@ pub struct DispatchMessage {
     /// wait until dialing on the `started` event (0 = unknown).
     #[serde(default)]
     pub enqueued_at_us: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// What happened to an attempt.
@@ -131,6 +138,7 @@ mod tests {
             campaign_id: Uuid::from_u128(3),
             phone_number: "+15555550001".into(),
             campaign_cap: 10,
+            campaign_weight: 1,
             not_before_ms: 1_790_000_000_000,
             deadline_ms: 0,
             enqueued_at_us: 0,

@@ -19,6 +19,8 @@ pub const NAME_MAX_CHARS: usize = 200;
 pub const DESCRIPTION_MAX_CHARS: usize = 4000;
 pub const DEFAULT_MAX_CONCURRENT_CALLS: u32 = 500;
 pub const MAX_CONCURRENT_CALLS_LIMIT: u32 = 1_000_000;
+/// Largest campaign weight (see `CampaignSettings::weight`).
+pub const WEIGHT_LIMIT: u32 = 1000;
 pub const METADATA_MAX_BYTES: usize = 8 * 1024;
 pub const BUSINESS_HOURS_MAX: usize = 7 * 24;
 
@@ -61,6 +63,10 @@ pub struct CreateCampaignRequest {
     /// Most calls of this campaign in progress at once; default 500.
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_concurrent_calls: Option<i64>,
+    /// Relative weight when the global cap binds: campaigns share it max-min fair by demand,
+    /// weighted by this; default 1.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub weight: Option<i64>,
     pub retry_policy: Option<RetryPolicyInput>,
     /// Weekly windows in local time; omitted or empty = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
@@ -80,6 +86,8 @@ pub struct UpdateCampaignRequest {
     pub time_zone: Option<String>,
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub max_concurrent_calls: Option<i64>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub weight: Option<i64>,
     /// Fields given replace the current ones; omitted ones are kept.
     pub retry_policy: Option<RetryPolicyInput>,
     /// Replaces the whole schedule; `[]` = 24×7.
@@ -160,6 +168,8 @@ pub struct CampaignSettings {
     pub description: String,
     pub time_zone: String,
     pub max_concurrent_calls: u32,
+    /// Weight in the fair division of a binding global cap (1..=1000).
+    pub weight: u32,
     pub retry_policy: RetryPolicy,
     pub business_hours: Vec<Window>,
 }
@@ -210,6 +220,13 @@ fn check_max_concurrent(n: i64) -> Result<u32, FieldError> {
             "max_concurrent_calls",
             format!("must be between 1 and {MAX_CONCURRENT_CALLS_LIMIT}"),
         ));
+    }
+    Ok(n as u32)
+}
+
+fn check_weight(n: i64) -> Result<u32, FieldError> {
+    if !(1..=i64::from(WEIGHT_LIMIT)).contains(&n) {
+        return Err(FieldError::new("weight", format!("must be between 1 and {WEIGHT_LIMIT}")));
     }
     Ok(n as u32)
 }
@@ -311,6 +328,7 @@ impl CreateCampaignRequest {
         let time_zone = check_time_zone(self.time_zone.as_deref().unwrap_or("UTC"))?;
         let max_concurrent_calls =
             self.max_concurrent_calls.map_or(Ok(DEFAULT_MAX_CONCURRENT_CALLS), check_max_concurrent)?;
+        let weight = self.weight.map_or(Ok(1), check_weight)?;
         let retry_policy =
             check_retry(self.retry_policy.as_ref().unwrap_or(&RetryPolicyInput::default()), RetryPolicy::default())?;
         let business_hours = check_hours(self.business_hours.as_deref().unwrap_or(&[]))?;
@@ -326,6 +344,7 @@ impl CreateCampaignRequest {
                 description,
                 time_zone,
                 max_concurrent_calls,
+                weight,
                 retry_policy,
                 business_hours,
             },
@@ -350,6 +369,9 @@ impl UpdateCampaignRequest {
         if let Some(n) = self.max_concurrent_calls {
             s.max_concurrent_calls = check_max_concurrent(n)?;
         }
+        if let Some(n) = self.weight {
+            s.weight = check_weight(n)?;
+        }
         if let Some(r) = &self.retry_policy {
             s.retry_policy = check_retry(r, current.retry_policy)?;
         }
@@ -365,6 +387,7 @@ impl UpdateCampaignRequest {
             && self.description.is_none()
             && self.time_zone.is_none()
             && self.max_concurrent_calls.is_none()
+            && self.weight.is_none()
             && self.retry_policy.is_none()
             && self.business_hours.is_none()
     }
@@ -423,6 +446,8 @@ pub struct Campaign {
     pub description: String,
     pub time_zone: String,
     pub max_concurrent_calls: u32,
+    /// Weight in the fair division of a binding global cap.
+    pub weight: u32,
     pub retry_policy: RetryPolicyView,
     /// Empty = 24×7.
     pub business_hours: Vec<BusinessHourView>,
@@ -443,6 +468,7 @@ impl Campaign {
             description: s.description.clone(),
             time_zone: s.time_zone.clone(),
             max_concurrent_calls: s.max_concurrent_calls,
+            weight: s.weight,
             retry_policy: s.retry_policy.into(),
             business_hours: s.business_hours.iter().map(BusinessHourView::from).collect(),
             status,
@@ -582,6 +608,7 @@ mod tests {
     fn defaults_fill_in() {
         let c = create(json!({"name": "x", "targets": [{"phone_number": "+15555550001"}]})).expect("valid");
         assert_eq!(c.settings.max_concurrent_calls, 500);
+        assert_eq!(c.settings.weight, 1);
         assert_eq!(c.settings.retry_policy, RetryPolicy::default());
         assert_eq!(c.settings.time_zone, "UTC");
         assert!(c.settings.business_hours.is_empty());
@@ -595,6 +622,8 @@ mod tests {
             (json!({"time_zone": "Nowhere/Land"}), "time_zone"),
             (json!({"max_concurrent_calls": 0}), "max_concurrent_calls"),
             (json!({"max_concurrent_calls": -5}), "max_concurrent_calls"),
+            (json!({"weight": 0}), "weight"),
+            (json!({"weight": 5000}), "weight"),
             (json!({"retry_policy": {"jitter": 2.0}}), "retry_policy.jitter"),
             (json!({"retry_policy": {"max_attempts": 0}}), "retry_policy.max_attempts"),
             (json!({"retry_policy": {"base_delay": "soon"}}), "retry_policy.base_delay"),

@@ -61,7 +61,8 @@ impl LeaseHandle {
     }
 
     /// Resolves after a backend update that lets some campaign start calls it could not before
-    /// (refused dials may retry then).
+    /// (refused dials may retry then). One caller (the shard's loop): an update that comes while
+    /// it is busy elsewhere is kept for its next call.
     pub async fn updated(&self) {
         self.updated.notified().await;
     }
@@ -97,7 +98,7 @@ impl LeaseDriver {
         let wake = Rc::new(Notify::new());
         let updated = Rc::new(Notify::new());
         let handle = LeaseHandle { cache: cache.clone(), wake: wake.clone(), updated: updated.clone() };
-        (LeaseDriver { cache, backend, holder, global_cap, tick: Duration::from_millis(20), wake, updated }, handle)
+        (LeaseDriver { cache, backend, holder, global_cap, tick: crate::lease::MIN_REFRESH, wake, updated }, handle)
     }
 
     /// How often due updates are looked for without a refused dial (default 20 ms).
@@ -162,7 +163,10 @@ impl LeaseDriver {
         metrics::gauge!("dialer_limiter_tokens_held", "holder" => self.holder.clone()).set(after.held as f64);
         metrics::gauge!("dialer_limiter_tokens_in_use", "holder" => self.holder.clone()).set(after.in_use as f64);
         if more {
-            self.updated.notify_waiters();
+            // One waiter (the shard): `notify_one` keeps a permit when the shard is busy
+            // elsewhere at this instant, so the news is never lost (`notify_waiters` would drop
+            // it, and a parked campaign would wait for a call end that may never come).
+            self.updated.notify_one();
         }
     }
 }

@@ -11,8 +11,11 @@
 //!   and, beyond the campaign's demand, in proportion to their headroom.
 //!
 //! Demand is what a holder could start now: calls in progress plus messages waiting for a token.
-//! Shares are real numbers; a holder's *target* is its share rounded up (with a small tolerance,
-//! so Lua's and Rust's rounding agree), so the targets of a campaign never sum short of its share.
+//! Shares are real numbers; a holder's *target* is its share rounded to whole tokens with a
+//! fixed dither per lease (a hash of `holder|campaign`): unbiased, so a campaign's targets sum to
+//! its share on average (rounding every holder up would give a campaign split over two cores up
+//! to two tokens more than its share, and another campaign less); a holder with any share gets at
+//! least one token.
 //! Targets are ceilings for grants, never a reason to cut a call: a holder above its target
 //! starts nothing new and gives tokens back as its calls end.
 
@@ -60,8 +63,8 @@ pub fn campaign_shares(global_cap: f64, campaigns: &[CampaignDemand]) -> Vec<f64
 }
 
 /// A holder's target in a campaign whose share is `share`, given the holder's demand and want
-/// and the campaign's totals of both.
-pub fn holder_target(share: f64, campaign: &CampaignDemand, demand: f64, want: f64) -> u32 {
+/// and the campaign's totals of both, rounded with the lease's `dither` ([`dither`]).
+pub fn holder_target(share: f64, campaign: &CampaignDemand, demand: f64, want: f64, dither: f64) -> u32 {
     let t = if share <= campaign.demand {
         if campaign.demand > 0.0 { share * demand / campaign.demand } else { 0.0 }
     } else {
@@ -69,7 +72,23 @@ pub fn holder_target(share: f64, campaign: &CampaignDemand, demand: f64, want: f
         let extra = if room > 0.0 { (share - campaign.demand) * (want - demand) / room } else { 0.0 };
         demand + extra
     };
-    round_up(t)
+    round_dithered(t, dither)
+}
+
+/// The rounding offset of lease `member` (`holder|campaign`) in [0, 1): a polynomial hash of its
+/// bytes, computed the same way in Lua (exact in doubles: every value stays below 2^53).
+pub fn dither(member: &str) -> f64 {
+    const M: u64 = 1_000_003;
+    let h = member.bytes().fold(0u64, |h, b| (h * 31 + u64::from(b)) % M);
+    h as f64 / M as f64
+}
+
+/// `x` rounded down after adding `dither`; at least 1 when `x` is above 0.
+pub fn round_dithered(x: f64, dither: f64) -> u32 {
+    if x <= 1e-9 {
+        return 0;
+    }
+    (x + dither + 1e-9).floor().clamp(1.0, f64::from(u32::MAX)) as u32
 }
 
 /// Rounds a share up to whole tokens, ignoring floating-point noise (Lua does the same).
@@ -123,14 +142,30 @@ mod tests {
     #[test]
     fn holders_split_a_campaign_by_demand() {
         let camp = c(30.0, 60.0, 100.0, 1.0);
-        // Share below demand: proportional to demand, rounded up.
-        assert_eq!(holder_target(20.0, &camp, 10.0, 20.0), 7);
-        assert_eq!(holder_target(20.0, &camp, 20.0, 40.0), 14);
+        // Share below demand: proportional to demand (6.67 and 13.33), rounded with the dither.
+        assert_eq!(holder_target(20.0, &camp, 10.0, 20.0, 0.2), 6);
+        assert_eq!(holder_target(20.0, &camp, 10.0, 20.0, 0.5), 7);
+        assert_eq!(holder_target(20.0, &camp, 20.0, 40.0, 0.5), 13);
         // Share above demand: demand plus a part of the headroom.
-        assert_eq!(holder_target(45.0, &camp, 10.0, 20.0), 15);
-        assert_eq!(holder_target(45.0, &camp, 20.0, 40.0), 30);
-        // No demand at all: nothing.
-        assert_eq!(holder_target(0.0, &c(0.0, 0.0, 10.0, 1.0), 0.0, 0.0), 0);
-        assert_eq!(round_up(10.000_000_000_1), 10, "noise does not add a token");
+        assert_eq!(holder_target(45.0, &camp, 10.0, 20.0, 0.9), 15);
+        assert_eq!(holder_target(45.0, &camp, 20.0, 40.0, 0.0), 30);
+        // No demand at all: nothing; any share at all: at least one token.
+        assert_eq!(holder_target(0.0, &c(0.0, 0.0, 10.0, 1.0), 0.0, 0.0, 0.9), 0);
+        assert_eq!(round_dithered(0.2, 0.0), 1);
+        assert_eq!(round_dithered(9.999_999_999_9, 0.0), 10, "noise does not cost a token");
+    }
+
+    #[test]
+    fn dithered_targets_sum_to_the_share_on_average() {
+        // 1000 campaigns, each split over two holders 37:63 of a share of 10 (3.7 and 6.3).
+        let camp = c(100.0, 100.0, 100.0, 1.0);
+        let total: u32 = (0..1000)
+            .map(|i| {
+                let (a, b) = (dither(&format!("core-a|{i}")), dither(&format!("core-b|{i}")));
+                holder_target(10.0, &camp, 37.0, 37.0, a) + holder_target(10.0, &camp, 63.0, 63.0, b)
+            })
+            .sum();
+        assert!((9_900..=10_100).contains(&total), "{total} tokens for 1000 shares of 10");
+        assert!((0.0..1.0).contains(&dither("x|y")));
     }
 }

@@ -9,10 +9,13 @@
 //! - **refill at once** when a campaign wants more than it holds and the pool granted all it
 //!   asked last time (so the pool, not a stale request, may have room): want
 //!   `in_use + waiting + batch`, at most the campaign cap;
-//! - **refresh** every `refresh_every` (hundreds of ms) while a campaign holds, uses or wants
-//!   tokens: reports the demand, learns the new target, asks again where the pool was the bound
-//!   and gives back what is above the target (tokens in use are never cut: a core above its
-//!   target starts nothing new, so its calls end down to the target);
+//! - **refresh** while a campaign holds, uses or wants tokens: reports the demand, learns the new
+//!   target, asks again where the pool was the bound and gives back what is above the target
+//!   (tokens in use are never cut: a core above its target starts nothing new, so its calls end
+//!   down to the target). Every `refresh_every` (250 ms) when the pool has room; while it is the
+//!   bound, every quarter of the calls' mean length (measured: calls in progress ÷ calls ended
+//!   per second), at least [`MIN_REFRESH`] apart, since demand on a core changes as fast as its
+//!   calls turn over;
 //! - **give back** spare tokens of a campaign idle for `idle_give_back`, at its next refresh;
 //!   tokens being given back are dropped from the cache when the update is planned, not when it
 //!   is answered, so a dial meanwhile cannot take one the pool is already granting to another
@@ -47,14 +50,19 @@ pub struct LeaseSettings {
     pub ttl: Duration,
     /// Renew this long after the last update at the latest (a third of `ttl` by default).
     pub renew_every: Duration,
-    /// Report demand and learn the fair share this often while a campaign is active: shares
-    /// converge within about this long (plus the time calls above a share take to end).
+    /// Report demand and learn the fair share at least this often while a campaign is active.
+    /// While the pool is the bound (caps binding), a core refreshes faster: every quarter of its
+    /// calls' mean length, but not more often than [`MIN_REFRESH`]. Shares converge within a
+    /// refresh (plus the time calls above a share take to end).
     pub refresh_every: Duration,
     /// Give spare tokens back after this long without a dial of the campaign.
     pub idle_give_back: Duration,
     /// Wait this long before retrying after a failed update.
     pub retry_after: Duration,
 }
+
+/// The fastest refresh (the lease driver's tick).
+pub const MIN_REFRESH: Duration = Duration::from_millis(20);
 
 impl Default for LeaseSettings {
     fn default() -> Self {
@@ -92,10 +100,10 @@ impl LeaseSettings {
                 "must be above 0 and at most half of lease_ttl, so a lease is renewed well before it expires",
             );
         }
-        if self.refresh_every < Duration::from_millis(10) || self.refresh_every > self.renew_every {
+        if self.refresh_every < MIN_REFRESH || self.refresh_every > self.renew_every {
             return bad(
                 "lease_refresh_every",
-                "must be at least 10ms (each refresh is a backend call per core) and at most lease_renew_every",
+                "must be at least 20ms (each refresh is a backend call per core) and at most lease_renew_every",
             );
         }
         Ok(())
@@ -220,6 +228,11 @@ pub struct LeaseCache {
     epoch: u64,
     /// A refused dial asked for an update before the next tick.
     urgent: bool,
+    /// Calls ended since `hold_mark`, and when it was set: the mean time a token is held
+    /// (calls in progress ÷ calls ended per second, Little's law) sets the refresh pace.
+    released: u64,
+    hold_mark: Option<Instant>,
+    mean_hold: Option<Duration>,
 }
 
 impl LeaseCache {
@@ -233,6 +246,9 @@ impl LeaseCache {
             failing_since: None,
             epoch: 0,
             urgent: false,
+            released: 0,
+            hold_mark: None,
+            mean_hold: None,
         }
     }
 
@@ -248,16 +264,16 @@ impl LeaseCache {
         e.cap = ask.cap;
         e.weight = ask.weight;
         e.last_dial = now;
-        if e.in_use < e.limit(now) {
+        let granted = e.in_use < e.limit(now);
+        if granted {
             e.in_use += 1;
             e.waiting = ask.queued.saturating_sub(1);
-            true
         } else {
             e.waiting = ask.queued;
             e.refused = true;
             self.urgent |= e.sync_would_help(now);
-            false
         }
+        granted
     }
 
     /// True once after a refused dial that an early update may satisfy.
@@ -278,10 +294,46 @@ impl LeaseCache {
         if let Some(e) = self.entries.get_mut(&campaign) {
             e.in_use = e.in_use.saturating_sub(1);
         }
+        self.released += 1;
+    }
+
+    /// How often campaigns refresh now: `refresh_every`, or, while the pool was the bound of
+    /// some campaign, a quarter of the mean call length (at least [`MIN_REFRESH`]), so shares
+    /// follow demand as fast as tokens turn over.
+    pub fn refresh_interval(&self) -> Duration {
+        let max = self.settings.refresh_every;
+        let contended = self.entries.values().any(|e| e.limited);
+        match self.mean_hold {
+            Some(hold) if contended => (hold / 4).clamp(MIN_REFRESH, max),
+            _ => max,
+        }
+    }
+
+    /// Updates the mean token hold time from the calls ended since the last estimate.
+    fn estimate_hold(&mut self, now: Instant) {
+        let Some(mark) = self.hold_mark else {
+            (self.hold_mark, self.released) = (Some(now), 0);
+            return;
+        };
+        let span = now.duration_since(mark);
+        if span < Duration::from_millis(100) {
+            return;
+        }
+        let in_use: u64 = self.entries.values().map(|e| u64::from(e.in_use)).sum();
+        if self.released > 0 && in_use > 0 {
+            let hold = span.mul_f64(in_use as f64 / self.released as f64);
+            self.mean_hold = Some(match self.mean_hold {
+                Some(old) => old.mul_f64(0.7) + hold.mul_f64(0.3),
+                None => hold,
+            });
+        }
+        (self.hold_mark, self.released) = (Some(now), 0);
     }
 
     /// The updates due at `now`; they are marked in flight until [`LeaseCache::complete`].
     pub fn plan(&mut self, now: Instant) -> Vec<SyncRequest> {
+        self.estimate_hold(now);
+        let refresh_every = self.refresh_interval();
         let s = &self.settings;
         let mut out = Vec::new();
         let mut drop = Vec::new();
@@ -299,7 +351,7 @@ impl LeaseCache {
                 continue;
             }
             let since = |at: Option<Instant>, every: Duration| at.is_none_or(|t| now.duration_since(t) >= every);
-            let refresh_due = since(e.renewed_at, s.refresh_every);
+            let refresh_due = since(e.renewed_at, refresh_every);
             let renew_due = since(e.renewed_at, s.renew_every) && (held > 0 || e.in_use > 0);
             // A refill the pool may grant now; otherwise report, learn and give back at the
             // refresh; renew or re-establish a lease in use.

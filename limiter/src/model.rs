@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use uuid::Uuid;
 
-use crate::fair::{CampaignDemand, campaign_shares, holder_target};
+use crate::fair::{CampaignDemand, campaign_shares, dither, holder_target};
 
 /// One campaign's part of a sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,7 +149,8 @@ impl PoolState {
             let lease = self.leases.get(&key).copied().unwrap_or_default();
             let d = self.demands.get(&r.campaign).copied().unwrap_or_default();
             let share = shares.get(&r.campaign).copied().unwrap_or(0.0);
-            let target = holder_target(share, &d.view(), f64::from(lease.demand), f64::from(lease.want));
+            let dither = dither(&format!("{holder}|{}", r.campaign));
+            let target = holder_target(share, &d.view(), f64::from(lease.demand), f64::from(lease.want), dither);
             let cap = self.campaign_limits.get(&r.campaign).copied().unwrap_or(r.campaign_cap);
             if !fresh {
                 items.push(SyncItem { held: lease.count, cap, target });

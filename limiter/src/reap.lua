@@ -101,8 +101,15 @@ local function campaign_shares(global_cap, fair_key)
   return out
 end
 
--- A holder's target (fair.rs: holder_target, round_up).
-local function holder_target(share, camp, demand, want)
+-- The rounding offset of a lease member (fair.rs: dither).
+local function dither(member)
+  local h = 0
+  for i = 1, #member do h = (h * 31 + string.byte(member, i)) % 1000003 end
+  return h / 1000003
+end
+
+-- A holder's target (fair.rs: holder_target, round_dithered).
+local function holder_target(share, camp, demand, want, member)
   local t
   if share <= camp[1] then
     if camp[1] > 0 then t = share * demand / camp[1] else t = 0 end
@@ -112,5 +119,6 @@ local function holder_target(share, camp, demand, want)
     if room > 0 then extra = (share - camp[1]) * (want - demand) / room end
     t = demand + extra
   end
-  return math.max(math.ceil(t - 1e-9), 0)
+  if t <= 1e-9 then return 0 end
+  return math.max(math.floor(t + dither(member) + 1e-9), 1)
 end

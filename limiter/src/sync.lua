@@ -53,7 +53,7 @@ local out = {}
 for _, r in ipairs(reqs) do
   local s = shares[r.campaign]
   local target = 0
-  if s then target = holder_target(s[1], s[2], r.ldemand, r.lwant) end
+  if s then target = holder_target(s[1], s[2], r.ldemand, r.lwant, r.member) end
   local count_key = ckey(prefix, r.campaign, 'concurrency')
   local count = r.cur
   if r.fresh then

@@ -585,3 +585,62 @@ async fn fair_shares_under_a_binding_global_cap_redis() {
 async fn fair_shares_under_a_binding_global_cap_local() {
     fair_shares_under_a_binding_global_cap(Backend::Local(Arc::new(LocalBackend::default()))).await;
 }
+
+/// A live cap change (`dialer limits --campaign ID --cap N`) reaches a busy core within a refresh
+/// interval plus the length of the calls above the new cap: measured, lowered then raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_cap_changes_converge_within_a_refresh() {
+    let r = backend(&redis().url()).await;
+    let b = Backend::Redis(r);
+    let refresh = Duration::from_millis(100);
+    let call = Duration::from_millis(50);
+    let settings = LeaseSettings {
+        batch: 8,
+        low_water: 2,
+        ttl: Duration::from_millis(1500),
+        renew_every: Duration::from_millis(500),
+        refresh_every: refresh,
+        idle_give_back: Duration::from_millis(300),
+        retry_after: Duration::from_millis(50),
+    };
+    let tracker = Arc::new(Tracker::default());
+    let crash = Arc::new(AtomicBool::new(false));
+    let core = spawn_busy_core(
+        b.clone(),
+        "live".into(),
+        settings,
+        1000,
+        vec![(c(1), 40, 1)],
+        call,
+        tracker.clone(),
+        crash.clone(),
+    );
+    let in_progress = || tracker.campaigns.lock().expect("lock").get(&c(1)).map_or(0, |e| e.0);
+    // When `pred` first held and then kept holding for three call lengths (calls of one length
+    // end together, so a single sample can catch them all down for an instant).
+    let settled = |pred: &dyn Fn(i64) -> bool| {
+        let t = Instant::now();
+        let mut since: Option<Duration> = None;
+        loop {
+            let now = t.elapsed();
+            assert!(now < Duration::from_secs(5), "no convergence within 5 s: {} calls", in_progress());
+            match (pred(in_progress()), since) {
+                (true, Some(s)) if now - s >= call * 3 => return s,
+                (true, None) => since = Some(now),
+                (false, _) => since = None,
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    };
+    settled(&|n| n == 40);
+    b.set_campaign_limit(c(1), Some(10)).await.expect("limit");
+    let lowered = settled(&|n| n <= 10);
+    b.set_campaign_limit(c(1), Some(30)).await.expect("limit");
+    let raised = settled(&|n| (21..=30).contains(&n));
+    crash.store(true, Ordering::SeqCst);
+    core.join().expect("core");
+    eprintln!("live cap 40 → 10 reached in {lowered:?}, 10 → 30 in {raised:?} (refresh {refresh:?}, calls {call:?})");
+    let bound = refresh + call + Duration::from_millis(150);
+    assert!(lowered <= bound && raised <= bound, "lowered in {lowered:?}, raised in {raised:?}: over {bound:?}");
+}

@@ -101,6 +101,8 @@ pub struct ActiveCampaign {
     pub time_zone: String,
     pub business_hours: Vec<dialer_domain::Window>,
     pub max_concurrent_calls: u32,
+    /// Weight in the fair division of a binding global cap.
+    pub weight: u32,
     pub pending: i64,
     pub queued: i64,
     pub in_progress: i64,

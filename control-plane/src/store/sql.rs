@@ -6,7 +6,7 @@ const CHUNK_ROWS: usize = 2000;
 /// Numbers per `IN (…)` look-up.
 const LOOKUP_CHUNK: usize = 1000;
 
-const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent_calls, retry_max_attempts, \
+const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent_calls, weight, retry_max_attempts, \
      retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, created_at, updated_at, \
      started_at, completed_at";
 const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at";
@@ -80,6 +80,7 @@ macro_rules! sql_store {
                     description: row.try_get("description")?,
                     time_zone: row.try_get("time_zone")?,
                     max_concurrent_calls: row.try_get::<i32, _>("max_concurrent_calls")? as u32,
+                    weight: row.try_get::<i32, _>("weight")? as u32,
                     retry_policy: RetryPolicy {
                         max_attempts: row.try_get::<i32, _>("retry_max_attempts")? as u32,
                         base_delay: Duration::from_millis(row.try_get::<i64, _>("retry_base_delay_ms")? as u64),
@@ -273,7 +274,7 @@ macro_rules! sql_store {
                 let inserted = sqlx::query(
                     "INSERT INTO campaigns (id, name, name_key, description, time_zone, max_concurrent_calls, \
                      retry_max_attempts, retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+                     created_at, updated_at, weight) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
                 )
                 .bind(id)
                 .bind(&s.name)
@@ -288,6 +289,7 @@ macro_rules! sql_store {
                 .bind(CampaignStatus::Pending.as_str())
                 .bind(c.targets.len() as i64)
                 .bind(at)
+                .bind(s.weight as i32)
                 .execute(&mut *tx)
                 .await;
                 match inserted {
@@ -354,7 +356,7 @@ macro_rules! sql_store {
                 let updated = sqlx::query(
                     "UPDATE campaigns SET name = $1, name_key = $2, description = $3, time_zone = $4, \
                      max_concurrent_calls = $5, retry_max_attempts = $6, retry_base_delay_ms = $7, \
-                     retry_max_delay_ms = $8, retry_jitter = $9, updated_at = $10 WHERE id = $11",
+                     retry_max_delay_ms = $8, retry_jitter = $9, updated_at = $10, weight = $12 WHERE id = $11",
                 )
                 .bind(&next.name)
                 .bind(next.name.to_lowercase())
@@ -367,6 +369,7 @@ macro_rules! sql_store {
                 .bind(next.retry_policy.jitter)
                 .bind(at)
                 .bind(id)
+                .bind(next.weight as i32)
                 .execute(&mut *tx)
                 .await;
                 match updated {
@@ -387,6 +390,7 @@ macro_rules! sql_store {
                     ("description", patch.description.is_some()),
                     ("time_zone", patch.time_zone.is_some()),
                     ("max_concurrent_calls", patch.max_concurrent_calls.is_some()),
+                    ("weight", patch.weight.is_some()),
                     ("retry_policy", patch.retry_policy.is_some()),
                     ("business_hours", patch.business_hours.is_some()),
                 ]
@@ -785,7 +789,7 @@ macro_rules! sql_store {
             pub async fn active_campaigns(pool: &Pool) -> Result<Vec<ActiveCampaign>, StoreError> {
                 let mut conn = pool.acquire().await?;
                 let rows = sqlx::query(
-                    "SELECT c.id, c.time_zone, c.max_concurrent_calls, s.pending_calls, s.queued_calls, s.in_progress_calls \
+                    "SELECT c.id, c.time_zone, c.max_concurrent_calls, c.weight, s.pending_calls, s.queued_calls, s.in_progress_calls \
                      FROM campaigns c JOIN campaign_stats s ON s.campaign_id = c.id WHERE c.status = 'in_progress' ORDER BY c.id",
                 )
                 .fetch_all(&mut *conn)
@@ -800,6 +804,7 @@ macro_rules! sql_store {
                             time_zone: r.try_get("time_zone")?,
                             business_hours: hours.remove(id).unwrap_or_default(),
                             max_concurrent_calls: r.try_get::<i32, _>("max_concurrent_calls")? as u32,
+                            weight: r.try_get::<i32, _>("weight")? as u32,
                             pending: r.try_get("pending_calls")?,
                             queued: r.try_get("queued_calls")?,
                             in_progress: r.try_get("in_progress_calls")?,
