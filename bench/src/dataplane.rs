@@ -727,7 +727,7 @@ fn start_dataplanes(
 ) -> Result<Vec<Dataplane>> {
     let n = a.dataplanes.max(1);
     let shards = tuning.shards.count;
-    if shards % n != 0 {
+    if !shards.is_multiple_of(n) {
         bail!("--shards ({shards}) must be a multiple of --dataplanes ({n})");
     }
     let per = shards / n;

@@ -386,6 +386,7 @@ pub async fn run_shard<P: Provider>(
     let mut scheduled_seq = 0u64;
     let mut acks: FuturesUnordered<LocalBoxFuture<Ack>> = FuturesUnordered::new();
     let mut to_start: Vec<Waiting> = Vec::with_capacity(1024);
+    let mut placing: Vec<(Duration, Waiting, CallOutcome, crate::provider::CallEnd)> = Vec::with_capacity(1024);
     let mut paused: HashSet<i32> = HashSet::new();
     let mut batch: Vec<Delivery> = Vec::with_capacity(1024);
     let mut events: Vec<(StatusEvent, Option<(i32, i64)>)> = Vec::with_capacity(1024);
@@ -531,18 +532,23 @@ pub async fn run_shard<P: Provider>(
                 };
                 match placed {
                     Placed::Pending(call) => calls.push(CallTask { call, w: Some(w), started_ms: now }),
-                    Placed::Scheduled { after, outcome, end } => {
-                        scheduled_seq += 1;
-                        scheduled.push(ScheduledCall {
-                            ends: tokio::time::Instant::from_std(dial_instant) + after,
-                            seq: scheduled_seq,
-                            w,
-                            started_ms: now,
-                            outcome,
-                            _end: end,
-                        });
-                    }
+                    Placed::Scheduled { after, outcome, end } => placing.push((after, w, outcome, end)),
                 }
+            }
+            // Scheduled calls end `after` from a clock read once the batch is placed, not before:
+            // never earlier than the provider's own view of the call (its ledger's planned end),
+            // so a token is never back before the carrier sees the call down.
+            let placed_at = tokio::time::Instant::now();
+            for (after, w, outcome, end) in placing.drain(..) {
+                scheduled_seq += 1;
+                scheduled.push(ScheduledCall {
+                    ends: placed_at + after,
+                    seq: scheduled_seq,
+                    w,
+                    started_ms: now,
+                    outcome,
+                    _end: end,
+                });
             }
         }
         // Messages that left the queues no longer count against their partitions.
