@@ -351,13 +351,12 @@ impl LeaseCache {
                 continue;
             }
             let since = |at: Option<Instant>, every: Duration| at.is_none_or(|t| now.duration_since(t) >= every);
+            // The refresh (never longer than `renew_every`, checked in the settings) also renews.
             let refresh_due = since(e.renewed_at, refresh_every);
-            let renew_due = since(e.renewed_at, s.renew_every) && (held > 0 || e.in_use > 0);
-            // A refill the pool may grant now; otherwise report, learn and give back at the
-            // refresh; renew or re-establish a lease in use.
+            // A refill the pool may grant now; otherwise report, learn, give back and renew at
+            // the refresh; re-establish a lease in use.
             let needed = (want > held && !e.limited)
                 || (refresh_due && (want != held || demand != e.reported_demand || held > 0 || e.in_use > 0))
-                || renew_due
                 || (!good && e.in_use > 0);
             if needed {
                 self.generation += 1;
