@@ -95,6 +95,11 @@ pub struct SchedulerSettings {
     /// How many campaigns (those with the most active calls) get a
     /// `dialer_campaign_active_calls{campaign=…}` series; 0 turns the per-campaign series off.
     pub metrics_top_campaigns: usize,
+    /// Milliseconds between sweeps of the reaper (calls whose dispatch or outcome was lost).
+    pub reap_every_ms: u64,
+    /// Milliseconds the reaper waits beyond a call's latest possible end before resolving it
+    /// (clock skew between machines, a recorder's lag).
+    pub reap_grace_ms: u64,
 }
 
 impl Default for SchedulerSettings {
@@ -105,6 +110,8 @@ impl Default for SchedulerSettings {
             max_batch: 5000,
             dispatch_ttl_sec: 300,
             metrics_top_campaigns: 10,
+            reap_every_ms: 10_000,
+            reap_grace_ms: 30_000,
         }
     }
 }
@@ -311,6 +318,24 @@ impl Config {
             top_campaigns: self.scheduler.metrics_top_campaigns,
         }
     }
+
+    /// The reaper's settings: the scheduler's dispatch deadline, the provider's longest call.
+    pub fn reaper_config(&self) -> crate::reaper::ReaperConfig {
+        crate::reaper::ReaperConfig {
+            every: std::time::Duration::from_millis(self.scheduler.reap_every_ms),
+            dispatch_ttl: std::time::Duration::from_secs(self.scheduler.dispatch_ttl_sec),
+            longest_call: self.provider.longest_call(),
+            grace: std::time::Duration::from_millis(self.scheduler.reap_grace_ms),
+            batch: 1000,
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The longest a call may last: the ring timeout plus the maximum call length.
+    pub fn longest_call(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.max_ring_ms.saturating_add(self.max_call_ms))
+    }
 }
 
 /// Environment variable → config key.
@@ -339,6 +364,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_BROKERS", "bus.brokers"),
     ("DIALER_BUS_GROUP_ID", "bus.group_id"),
     ("DIALER_PROVIDER_SEED", "provider.seed"),
+    ("DIALER_SCHEDULER_REAP_EVERY_MS", "scheduler.reap_every_ms"),
+    ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
     ("DIALER_PROVIDER_LEDGER", "provider.ledger"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("OTEL_SERVICE_NAME", "telemetry.service_name"),
@@ -562,6 +589,9 @@ impl Config {
         }
         if sc.dispatch_ttl_sec == 0 {
             return Err(invalid("scheduler.dispatch_ttl_sec", "must be at least 1"));
+        }
+        if sc.reap_every_ms < 100 {
+            return Err(invalid("scheduler.reap_every_ms", "must be at least 100"));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod observability;
+pub mod reaper;
 pub mod recorder;
 pub mod scheduler;
 pub mod store;

@@ -89,6 +89,14 @@ fn describe_all() {
     );
     describe_counter!("dialer_dispatch_malformed_total", "Dispatch messages that could not be read and were skipped.");
     describe_counter!("dialer_scheduler_dispatched_total", "Calls claimed and published by the scheduler.");
+    describe_counter!(
+        "dialer_scheduler_errors_total",
+        "Campaigns whose dispatch failed in a tick (a store error); the others went on."
+    );
+    describe_counter!(
+        "dialer_reaped_calls_total",
+        "Calls left queued or in progress with no outcome that the control plane resolved (by: reaper, after their latest possible end; recovery, the embedded mode at start)."
+    );
     describe_histogram!("dialer_scheduler_batch_size", "Calls published for one campaign in one tick.");
     describe_histogram!(
         "dialer_scheduler_tick_seconds",
@@ -104,6 +112,10 @@ fn describe_all() {
         "POST /api/v1/calls requests that went through a batch (divided by the batches: mean batch size)."
     );
     describe_counter!("dialer_recorder_events_total", "Status events recorded.");
+    describe_counter!(
+        "dialer_recorder_unrecordable_total",
+        "Status events the store refused while it answered (isolated by splitting their batch) and dead-lettered."
+    );
     describe_histogram!("dialer_recorder_batch_seconds", Unit::Seconds, "Time to record one batch of status events.");
     describe_counter!("dialer_recorder_malformed_total", "Status events that could not be read and were skipped.");
     describe_counter!("dialer_retries_scheduled_total", "Retries scheduled by the retry policy.");

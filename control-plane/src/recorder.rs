@@ -15,7 +15,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Where status events come from.
 pub enum EventSource {
@@ -114,46 +114,92 @@ impl Recorder {
         }
     }
 
-    /// Writes one batch, retrying with backoff until the store takes it.
+    /// Writes one batch. A batch the store keeps refusing while it answers pings holds an event
+    /// it cannot take (a poison event): the batch is split in halves, in order, until that event
+    /// is alone; it is dead-lettered with the store's reason and the rest is written. While the
+    /// store is down, the batch waits whole.
     #[tracing::instrument(name = "recorder_batch", skip_all, fields(events = batch.len()))]
     async fn write(&self, batch: &[StatusEvent], rng: &mut StdRng) {
-        if batch.is_empty() {
-            return;
-        }
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let t = std::time::Instant::now();
-            let mut samples = || rng.random::<f64>();
-            match self.store.record_events(batch, &mut samples, self.timeline.as_ref()).await {
-                Ok(r) => {
-                    metrics::histogram!("dialer_recorder_batch_seconds").record(t.elapsed().as_secs_f64());
-                    metrics::counter!("dialer_recorder_events_total").increment(batch.len() as u64);
-                    metrics::counter!("dialer_retries_scheduled_total").increment(r.retries_scheduled);
-                    metrics::counter!("dialer_dead_letters_total").increment(r.dead_letters.len() as u64);
-                    for (e, why) in &r.dead_letters {
-                        tracing::info!(call = %e.call_id, attempt = e.attempt, reason = %why, "call failed for good");
-                        if let EventSource::Kafka { dead_letter: (p, topic), .. } = &self.source {
-                            let body = serde_json::json!({"event": e, "reason": why}).to_string();
-                            let key = e.call_id.as_bytes().to_vec();
-                            if let Err((err, _)) =
-                                p.send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(5)).await
-                            {
-                                dialer_dataplane::kafka::produce_error(topic);
-                                tracing::warn!(error = %err, "dead-letter record not produced");
-                            }
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, events = batch.len(), "recording failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
+        let mut parts: Vec<&[StatusEvent]> = vec![batch];
+        while let Some(part) = parts.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            match self.write_part(part, rng).await {
+                Ok(()) => {}
+                Err(e) if part.len() == 1 => self.poison(&part[0], &e).await,
+                Err(_) => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
                 }
             }
         }
     }
+
+    /// Writes `part`, retrying with back-off while the store is unreachable or busy; `Err` once
+    /// the store, answering, has refused the part's data [`REFUSALS`] times.
+    async fn write_part(&self, part: &[StatusEvent], rng: &mut StdRng) -> Result<(), StoreError> {
+        let mut wait = Duration::from_millis(100);
+        let mut refusals = 0;
+        loop {
+            let t = std::time::Instant::now();
+            let mut samples = || rng.random::<f64>();
+            let e = match self.store.record_events(part, &mut samples, self.timeline.as_ref()).await {
+                Ok(r) => {
+                    metrics::histogram!("dialer_recorder_batch_seconds").record(t.elapsed().as_secs_f64());
+                    metrics::counter!("dialer_recorder_events_total").increment(part.len() as u64);
+                    metrics::counter!("dialer_retries_scheduled_total").increment(r.retries_scheduled);
+                    metrics::counter!("dialer_dead_letters_total").increment(r.dead_letters.len() as u64);
+                    for (e, why) in &r.dead_letters {
+                        tracing::info!(call = %e.call_id, attempt = e.attempt, reason = %why, "call failed for good");
+                        let body = serde_json::json!({"event": e, "reason": why}).to_string();
+                        self.dead_letter(e, body).await;
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if e.is_refusal() && self.store.ping().await.is_ok() {
+                refusals += 1;
+                if refusals >= REFUSALS {
+                    return Err(e);
+                }
+            }
+            tracing::warn!(error = %e, events = part.len(), "recording failed; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// An event the store refuses: dead-lettered with the reason, so that the rest goes on.
+    async fn poison(&self, e: &StatusEvent, err: &StoreError) {
+        metrics::counter!("dialer_recorder_unrecordable_total").increment(1);
+        tracing::error!(call = %e.call_id, attempt = e.attempt, error = %err, "status event the store refuses: sent to the dead-letter topic, the rest of its batch is written");
+        let body = serde_json::json!({"event": e, "reason": format!("unrecordable: {err}")}).to_string();
+        self.dead_letter(e, body).await;
+    }
+
+    /// Produces a dead letter, retrying until the broker has it (its batch's offsets are
+    /// committed only afterwards). The in-process mode has no dead-letter topic: the log has it.
+    async fn dead_letter(&self, e: &StatusEvent, body: String) {
+        let EventSource::Kafka { dead_letter: (p, topic), .. } = &self.source else {
+            return;
+        };
+        let key = e.call_id.as_bytes().to_vec();
+        let mut wait = Duration::from_millis(100);
+        while let Err((err, _)) = p.send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(5)).await
+        {
+            dialer_dataplane::kafka::produce_error(topic);
+            tracing::warn!(error = %err, "dead-letter record not produced; retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
 }
+
+/// Refusals by a reachable store after which a batch is split (or its one event dead-lettered).
+const REFUSALS: u32 = 3;
 
 fn commit(consumer: &MeteredConsumer, topic: &str, offsets: &[(i32, i64)]) {
     let mut next: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();

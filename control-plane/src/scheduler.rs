@@ -71,15 +71,53 @@ impl std::fmt::Debug for DispatchSink {
     }
 }
 
+/// Messages of a batch that the bus did not take (by index in the batch), and why: only these
+/// may be given back; the others were delivered and will be dialled.
+#[derive(Debug, thiserror::Error)]
+#[error("{} dispatch messages not taken, {in_doubt} in doubt: {reason}", .unacked.len())]
+pub struct NotPublished {
+    /// Certainly not delivered: may be given back.
+    pub unacked: Vec<usize>,
+    /// Failed in a way that may still have delivered them (a timeout): they stay queued, and
+    /// the reaper resolves them once they cannot be up any more.
+    pub in_doubt: usize,
+    pub reason: String,
+}
+
+/// Whether a failed produce may still have reached the log (the broker may have written it and
+/// the acknowledgement was lost): a timeout or a broken connection, as opposed to a refusal.
+fn possibly_delivered(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+    match e {
+        KafkaError::MessageProduction(code) => matches!(
+            code,
+            C::MessageTimedOut
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+                | C::NetworkException
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+        ),
+        _ => true,
+    }
+}
+
 impl DispatchSink {
-    /// Publishes all messages; returns once the broker has acknowledged them (Kafka).
-    pub async fn publish_all(&self, msgs: Vec<DispatchMessage>) -> Result<(), String> {
+    /// Publishes all messages; returns once the broker has acknowledged each of them (Kafka),
+    /// or with the indices of those it did not.
+    pub async fn publish_all(&self, msgs: Vec<DispatchMessage>) -> Result<(), NotPublished> {
         match self {
             DispatchSink::Memory(bus) => {
-                for m in msgs {
-                    bus.publish(m).await.map_err(|_| "in-process bus closed".to_string())?;
+                let mut unacked = Vec::new();
+                for (i, m) in msgs.into_iter().enumerate() {
+                    if bus.publish(m).await.is_err() {
+                        unacked.push(i);
+                    }
                 }
-                Ok(())
+                if unacked.is_empty() {
+                    return Ok(());
+                }
+                Err(NotPublished { unacked, in_doubt: 0, reason: "in-process bus closed".into() })
             }
             DispatchSink::Kafka { producer, topic } => {
                 let encoded: Vec<(Vec<u8>, [u8; 16])> =
@@ -90,13 +128,19 @@ impl DispatchSink {
                         producer.send(FutureRecord::to(topic).key(&key[..]).payload(payload), Duration::from_secs(5)),
                     );
                 }
-                for r in futures::future::join_all(acks).await {
-                    r.map_err(|(e, _)| {
+                let mut failed = NotPublished { unacked: Vec::new(), in_doubt: 0, reason: String::new() };
+                for (i, r) in futures::future::join_all(acks).await.into_iter().enumerate() {
+                    if let Err((e, _)) = r {
                         dialer_dataplane::kafka::produce_error(topic);
-                        format!("dispatch not acknowledged: {e}")
-                    })?;
+                        if possibly_delivered(&e) {
+                            failed.in_doubt += 1;
+                        } else {
+                            failed.unacked.push(i);
+                        }
+                        failed.reason = e.to_string();
+                    }
                 }
-                Ok(())
+                if failed.reason.is_empty() { Ok(()) } else { Err(failed) }
             }
         }
     }
@@ -210,26 +254,44 @@ impl Scheduler {
             if n == 0 {
                 continue;
             }
-            let claimed = self.store.claim_calls(c.id, n, Utc::now()).await?;
-            if claimed.is_empty() {
-                continue;
+            // One campaign's store error does not hold up the others.
+            match self.dispatch(&c, n, now).await {
+                Ok(k) => report.dispatched += k,
+                Err(e) => {
+                    metrics::counter!("dialer_scheduler_errors_total").increment(1);
+                    tracing::warn!(campaign = %c.id, error = %e, "dispatching this campaign failed; retrying next tick");
+                }
             }
-            let cap = effective_campaign_cap(c.max_concurrent_calls, self.cfg.per_campaign_ceiling);
-            let msgs = messages(&c, cap, &claimed, self.cfg.dispatch_ttl);
-            let k = msgs.len();
-            if let Err(e) = self.sink.publish_all(msgs).await {
-                tracing::warn!(campaign = %c.id, error = %e, "dispatch failed; calls given back");
-                self.store.unclaim_calls(c.id, &claimed).await?;
-                continue;
-            }
-            report.dispatched += k;
-            metrics::histogram!("dialer_scheduler_batch_size").record(k as f64);
         }
         report.completed_campaigns = self.store.complete_finished().await?.len();
         tracing::Span::current().record("dispatched", report.dispatched);
         metrics::counter!("dialer_scheduler_dispatched_total").increment(report.dispatched as u64);
         metrics::histogram!("dialer_scheduler_tick_seconds").record(started.elapsed().as_secs_f64());
         Ok(report)
+    }
+
+    /// Claims up to `n` calls of `c` and publishes them; gives back only those the bus did not
+    /// acknowledge (a delivered one will be dialled: giving it back would dial it twice).
+    /// Returns how many were dispatched.
+    async fn dispatch(&self, c: &ActiveCampaign, n: usize, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let claimed = self.store.claim_calls(c.id, n, now).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let cap = effective_campaign_cap(c.max_concurrent_calls, self.cfg.per_campaign_ceiling);
+        let msgs = messages(c, cap, &claimed, self.cfg.dispatch_ttl, now);
+        let k = msgs.len();
+        let delivered = match self.sink.publish_all(msgs).await {
+            Ok(()) => k,
+            Err(e) => {
+                tracing::warn!(campaign = %c.id, error = %e, "dispatch partly failed; the unacknowledged calls are given back");
+                let back: Vec<ClaimedCall> = e.unacked.iter().map(|i| claimed[*i].clone()).collect();
+                self.store.unclaim_calls(c.id, &back).await?;
+                k - back.len()
+            }
+        };
+        metrics::histogram!("dialer_scheduler_batch_size").record(delivered as f64);
+        Ok(delivered)
     }
 
     /// Ticks every `interval` until `shutdown` resolves.
@@ -254,8 +316,13 @@ fn is_open(c: &ActiveCampaign, now: DateTime<Utc>) -> bool {
     parse_tz(&c.time_zone).is_ok_and(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.is_open(now))
 }
 
-fn messages(c: &ActiveCampaign, cap: u32, claimed: &[ClaimedCall], ttl: Duration) -> Vec<DispatchMessage> {
-    let now = Utc::now();
+fn messages(
+    c: &ActiveCampaign,
+    cap: u32,
+    claimed: &[ClaimedCall],
+    ttl: Duration,
+    now: DateTime<Utc>,
+) -> Vec<DispatchMessage> {
     let now_ms = now.timestamp_millis() as u64;
     let now_us = now.timestamp_micros() as u64;
     claimed

@@ -8,47 +8,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use dialer_control_plane::Store;
 use dialer_control_plane::recorder::{EventSource, Recorder};
 use dialer_control_plane::scheduler::{Clock, DispatchSink, ManualClock, Scheduler, SchedulerConfig, SystemClock};
-use dialer_control_plane::{Config, Store, open_store};
 use dialer_dataplane::{
     BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MemoryBus, MockSettings, Tracker, Tuning,
 };
 use dialer_domain::campaign::CampaignAction;
-use dialer_domain::messages::{EventKind, StatusEvent};
-use dialer_domain::validate::{Campaign, CreateCampaignRequest};
+use dialer_domain::messages::EventKind;
+use dialer_domain::validate::Campaign;
 use dialer_limiter::LocalBackend;
 use serde_json::json;
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-async fn store(b: Backend) -> (Store, Option<tempfile::TempDir>) {
-    let (url, dir) = match b {
-        Backend::Postgres => (dialer_testkit::postgres_database(), None),
-        Backend::Sqlite => {
-            let d = tempfile::tempdir().expect("tmp");
-            (format!("sqlite://{}", d.path().join("t.db").display()), Some(d))
-        }
-    };
-    (open_store(&Config::default(), &url).await.expect("store"), dir)
-}
-
-async fn campaign(s: &Store, name: &str, targets: usize, cap: u32, hours: serde_json::Value) -> Campaign {
-    let targets: Vec<_> =
-        (0..targets).map(|i| json!({"phone_number": format!("+1777{:03}{i:05}", name.len())})).collect();
-    let req: CreateCampaignRequest = serde_json::from_value(json!({
-        "name": name, "time_zone": "America/New_York", "max_concurrent_calls": cap,
-        "retry_policy": {"max_attempts": 3, "base_delay": "20ms", "max_delay": "100ms", "jitter": 1.0},
-        "business_hours": hours, "targets": targets
-    }))
-    .expect("request");
-    s.create_campaign(&req.validate(1_000_000).expect("valid")).await.expect("created")
-}
+mod common;
+use common::{Backend, campaign, event, store};
 
 struct Pipeline {
     store: Store,
@@ -280,24 +254,6 @@ async fn two_scheduler_replicas_never_queue_a_call_twice(b: Backend) {
 }
 
 /// The status event a data plane would send for a claimed call (failures retryable, "busy").
-fn event(campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, kind: EventKind) -> StatusEvent {
-    StatusEvent {
-        v: 1,
-        call_id: k.id,
-        attempt: k.attempt,
-        campaign_id,
-        kind,
-        at_ms: 1,
-        started_at_ms: Some(1),
-        answered_at_ms: (kind == EventKind::Completed).then_some(2),
-        duration_ms: Some(3),
-        reason: (kind == EventKind::Failed).then(|| "busy".into()),
-        retryable: (kind == EventKind::Failed).then_some(true),
-        shard: 0,
-        dispatch_latency_us: None,
-    }
-}
-
 async fn redelivered_events_change_nothing(b: Backend) {
     let (s, _d) = store(b).await;
     let c = campaign(&s, "idem", 5, 5, json!([])).await;

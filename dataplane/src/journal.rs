@@ -107,6 +107,51 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> (Attempts, Attempts)
     (open, done)
 }
 
+/// The journal files (`p{N}.journal`) in `dir`.
+fn journal_files(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let path = e.map_err(io_err(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with('p') && name.ends_with(".journal") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Every attempt the journal files in `dir` record as started, resolved or not: what the
+/// process that wrote them may have dialled. Read before any shard loads (and compacts) them.
+pub fn dialled_attempts(dir: &Path) -> Result<std::collections::HashSet<Attempt>, JournalError> {
+    let mut out = std::collections::HashSet::new();
+    for path in journal_files(dir)? {
+        let f = File::open(&path).map_err(io_err(&path))?;
+        for line in BufReader::new(f).lines() {
+            match Record::decode(&line.map_err(io_err(&path))?) {
+                Some(Record::Started(a, _) | Record::Done(a, _)) => {
+                    out.insert(a);
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the journal files in `dir`: for the embedded mode, once its recovery at start has
+/// resolved every attempt they hold in the store (their attempt numbers are used up).
+pub fn retire(dir: &Path) -> Result<(), JournalError> {
+    for path in journal_files(dir)? {
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
 /// Why the journal cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -174,6 +174,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     if tuning.journal.dir.is_empty() {
         tuning.journal.dir = data_dir.join("journal").display().to_string();
     }
+    recover(cfg, &store, timeline.as_ref(), Path::new(&tuning.journal.dir)).await?;
     let (bus, ends) = dialer_dataplane::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
     let limiter = std::sync::Arc::new(dialer_limiter::LocalBackend::default());
     let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
@@ -186,10 +187,21 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         tracker: tracker(cfg)?,
         instance: format!("up-{}", std::process::id()),
     })?;
+    // Stopped in dependency order: the scheduler (and reaper), then the data plane (its calls
+    // finish within the grace period), then the recorder (it drains every outcome), then the store.
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (stop_recorder, recorder_stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let reaper = dialer_control_plane::reaper::Reaper {
+        store: store.clone(),
+        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
+        cfg: cfg.reaper_config(),
+        timeline: timeline.clone(),
+        seed: cfg.provider.seed,
+    };
+    let reaper = tokio::spawn(reaper.run(wait(stopped.clone())));
     let scheduler = dialer_control_plane::scheduler::Scheduler {
         store: store.clone(),
         sink: dialer_control_plane::scheduler::DispatchSink::Memory(bus),
@@ -204,7 +216,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         seed: cfg.provider.seed,
         timeline: timeline.clone(),
     };
-    let recorder = tokio::spawn(recorder.run(wait(stopped.clone())));
+    let recorder = tokio::spawn(recorder.run(wait(recorder_stopped)));
     let reconciler = tokio::spawn(dialer_control_plane::run_reconciler(
         dialer_limiter::Backend::Local(limiter),
         std::time::Duration::from_secs(cfg.limits.reconcile_every_sec),
@@ -221,11 +233,47 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     // Stop dispatching, let the data plane finish its calls, record their outcomes.
     let _ = stop.send(true);
     let _ = scheduler.await;
+    let _ = reaper.await;
     dp.shutdown();
-    tokio::task::spawn_blocking(move || dp.join()).await??;
+    let reports = tokio::task::spawn_blocking(move || dp.join()).await??;
+    let unfinished: u64 = reports.iter().map(|r| r.unfinished).sum();
+    if unfinished > 0 {
+        tracing::warn!(
+            unfinished,
+            "calls still waiting or up at the end of the grace period: resolved at the next start"
+        );
+    }
+    let _ = stop_recorder.send(true);
     let _ = recorder.await;
     let _ = reconciler.await;
     store.close().await;
+    Ok(())
+}
+
+/// The embedded mode's recovery at start: the previous run's calls still queued or in progress
+/// are resolved at once (its bus and calls died with it), the journal saying which were dialled;
+/// then its journal is retired.
+async fn recover(
+    cfg: &Config,
+    store: &dialer_control_plane::Store,
+    timeline: Option<&dialer_control_plane::timeline::CqlTimeline>,
+    journal: &Path,
+) -> Result<()> {
+    let t = std::time::Instant::now();
+    let dialled = dialer_dataplane::journal::dialled_attempts(journal).context("reading the attempt journal")?;
+    let longest = cfg.provider.longest_call();
+    let r = dialer_control_plane::reaper::recover_embedded(store, timeline, &dialled, longest, cfg.provider.seed)
+        .await
+        .context("resolving the previous run's calls")?;
+    dialer_dataplane::journal::retire(journal).context("retiring the previous run's journal")?;
+    if r.given_back + r.unknown_outcome > 0 {
+        tracing::warn!(
+            given_back = r.given_back,
+            unknown_outcome = r.unknown_outcome,
+            ms = t.elapsed().as_millis() as u64,
+            "recovered the previous run's calls: never dialled ones given back; dialled ones recorded as unknown_outcome (retried by policy once they cannot be up)"
+        );
+    }
     Ok(())
 }
 
@@ -310,6 +358,14 @@ async fn spawn_kafka_pipeline(
         cfg: cfg.scheduler_config(),
     };
     tokio::spawn(scheduler.run(shutdown_signal()));
+    let reaper = dialer_control_plane::reaper::Reaper {
+        store: store.clone(),
+        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
+        cfg: cfg.reaper_config(),
+        timeline: timeline.clone(),
+        seed: cfg.provider.seed,
+    };
+    tokio::spawn(reaper.run(shutdown_signal()));
     let ready = dialer_control_plane::observability::ReadyCheck::kafka(producer.clone(), b.dispatch_topic.clone());
     let recorder = dialer_control_plane::recorder::Recorder {
         store: store.clone(),

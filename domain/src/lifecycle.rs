@@ -87,6 +87,48 @@ pub fn apply(state: &CallState, e: &StatusEvent, policy: &RetryPolicy, now_ms: u
     }
 }
 
+/// The reason code of an attempt whose outcome nobody can report (the data plane died with it,
+/// or its events were lost): the campaign's retry policy decides, as for any retryable failure.
+pub const UNKNOWN_OUTCOME: &str = "unknown_outcome";
+
+/// An attempt left queued or in progress that nothing will report on any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Abandoned {
+    pub campaign_id: uuid::Uuid,
+    pub call_id: uuid::Uuid,
+    pub attempt: u32,
+    /// Whether it may have been dialled. `false` only where that is known (the embedded mode's
+    /// own journal says it never started): the attempt is then given back, as an expired one.
+    pub may_have_dialled: bool,
+}
+
+/// The event the control plane records for an abandoned attempt at `now_ms`: `expired` (given
+/// back, due at once) when it was certainly never dialled, else a retryable `failed` with reason
+/// [`UNKNOWN_OUTCOME`]. The attempt number is then used up, so a late event of it changes
+/// nothing ([`apply`] ignores events of an attempt that is not the call's live one).
+pub fn abandoned_event(a: &Abandoned, now_ms: u64) -> StatusEvent {
+    let (kind, reason) = if a.may_have_dialled {
+        (EventKind::Failed, UNKNOWN_OUTCOME)
+    } else {
+        (EventKind::Expired, "never dialled before the dialer stopped")
+    };
+    StatusEvent {
+        v: crate::messages::SCHEMA_VERSION,
+        call_id: a.call_id,
+        attempt: a.attempt,
+        campaign_id: a.campaign_id,
+        kind,
+        at_ms: now_ms,
+        started_at_ms: None,
+        answered_at_ms: None,
+        duration_ms: None,
+        reason: Some(reason.into()),
+        retryable: Some(true),
+        shard: u16::MAX,
+        dispatch_latency_us: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +208,42 @@ mod tests {
             None,
             "already rescheduled"
         );
+    }
+
+    #[test]
+    fn an_abandoned_attempt_that_may_have_been_dialled_uses_up_its_attempt_and_ignores_late_events() {
+        let p = policy();
+        let a = Abandoned {
+            campaign_id: Uuid::from_u128(2),
+            call_id: Uuid::from_u128(1),
+            attempt: 1,
+            may_have_dialled: true,
+        };
+        let e = abandoned_event(&a, 10_000);
+        assert_eq!((e.kind, e.reason.as_deref(), e.retryable), (EventKind::Failed, Some(UNKNOWN_OUTCOME), Some(true)));
+        let c = apply(&st(CallStatus::InProgress, 1), &e, &p, 10_000, 0.5).expect("resolved");
+        assert_eq!((c.status, c.attempt_count), (CallStatus::Pending, 1), "retried; the attempt stays counted");
+        // The real outcome arrives late: the call is pending again, or on its next attempt.
+        assert_eq!(apply(&st(CallStatus::Pending, 1), &ev(EventKind::Completed, 1), &p, 0, 0.5), None);
+        assert_eq!(apply(&st(CallStatus::Queued, 2), &ev(EventKind::Completed, 1), &p, 0, 0.5), None);
+        // Attempts used up: failed for good, with a dead letter.
+        let last = abandoned_event(&Abandoned { attempt: 3, ..a }, 0);
+        let c = apply(&st(CallStatus::Queued, 3), &last, &p, 0, 0.5).expect("final");
+        assert_eq!(c.status, CallStatus::Failed);
+        assert!(c.dead_letter.expect("dead letter").starts_with(UNKNOWN_OUTCOME));
+    }
+
+    #[test]
+    fn an_abandoned_attempt_never_dialled_is_given_back() {
+        let a = Abandoned {
+            campaign_id: Uuid::from_u128(2),
+            call_id: Uuid::from_u128(1),
+            attempt: 2,
+            may_have_dialled: false,
+        };
+        let e = abandoned_event(&a, 7);
+        let c = apply(&st(CallStatus::Queued, 2), &e, &policy(), 7, 0.5).expect("given back");
+        assert_eq!((c.status, c.attempt_count, c.next_attempt_at_ms), (CallStatus::Pending, 1, Some(7)));
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub struct CreateCampaignRequest {
     pub retry_policy: Option<RetryPolicyInput>,
     /// Weekly windows in local time; omitted or empty = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
-    /// The complete list of numbers this campaign may call (at least one, no number twice).
+    /// The complete list of numbers this campaign may call (at least one). A number listed
+    /// more than once is merged into its first listing (one target, one call; the answer's
+    /// `duplicates_merged` counts them).
     #[schema(required = true, nullable = false, min_items = 1)]
     pub targets: Option<Vec<TargetInput>>,
 }
@@ -186,6 +188,8 @@ pub struct NewTarget {
 pub struct NewCampaign {
     pub settings: CampaignSettings,
     pub targets: Vec<NewTarget>,
+    /// Listings of a number already listed, merged into its first.
+    pub duplicates_merged: u64,
 }
 
 fn check_name(name: &str) -> Result<String, FieldError> {
@@ -291,8 +295,9 @@ pub fn check_metadata(field: &str, m: Option<&Value>) -> Result<Value, FieldErro
     }
 }
 
-/// Validates a list of targets, refusing duplicates.
-pub fn check_targets(targets: &[TargetInput], max: usize) -> Result<Vec<NewTarget>, FieldError> {
+/// Validates a list of targets. A number listed more than once (after normalization) is merged:
+/// one target, the first listing's metadata; the second value counts the listings merged.
+pub fn check_targets(targets: &[TargetInput], max: usize) -> Result<(Vec<NewTarget>, u64), FieldError> {
     if targets.is_empty() {
         return Err(FieldError::new("targets", "must list at least one target"));
     }
@@ -303,21 +308,15 @@ pub fn check_targets(targets: &[TargetInput], max: usize) -> Result<Vec<NewTarge
         ));
     }
     let mut seen = HashSet::with_capacity(targets.len());
-    targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let field = format!("targets[{i}]");
-            let t = check_target(&field, t)?;
-            if !seen.insert(t.phone_number.clone()) {
-                return Err(FieldError::new(
-                    format!("{field}.phone_number"),
-                    format!("{} is listed twice", t.phone_number),
-                ));
-            }
-            Ok(t)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(targets.len());
+    for (i, t) in targets.iter().enumerate() {
+        let t = check_target(&format!("targets[{i}]"), t)?;
+        if seen.insert(t.phone_number.clone()) {
+            out.push(t);
+        }
+    }
+    let merged = (targets.len() - out.len()) as u64;
+    Ok((out, merged))
 }
 
 impl CreateCampaignRequest {
@@ -332,7 +331,7 @@ impl CreateCampaignRequest {
         let retry_policy =
             check_retry(self.retry_policy.as_ref().unwrap_or(&RetryPolicyInput::default()), RetryPolicy::default())?;
         let business_hours = check_hours(self.business_hours.as_deref().unwrap_or(&[]))?;
-        let targets = check_targets(
+        let (targets, duplicates_merged) = check_targets(
             self.targets
                 .as_deref()
                 .ok_or_else(|| FieldError::new("targets", "is required: list the numbers this campaign may call"))?,
@@ -349,6 +348,7 @@ impl CreateCampaignRequest {
                 business_hours,
             },
             targets,
+            duplicates_merged,
         })
     }
 }
@@ -454,6 +454,10 @@ pub struct Campaign {
     pub status: CampaignStatus,
     /// Registered numbers.
     pub target_count: i64,
+    /// Only in the answer to a create: listings of a number already listed, merged into the
+    /// first (one target and one call per number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicates_merged: Option<u64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -473,6 +477,7 @@ impl Campaign {
             business_hours: s.business_hours.iter().map(BusinessHourView::from).collect(),
             status,
             target_count,
+            duplicates_merged: None,
             created_at: ts.created_at,
             updated_at: ts.updated_at,
             started_at: ts.started_at,
@@ -571,6 +576,9 @@ pub struct QueueTargetsResponse {
     pub queued: u64,
     /// Numbers that already had a call waiting or in progress (no second call was created).
     pub already_queued: u64,
+    /// Listings of a number already listed in this request, merged into the first.
+    #[serde(default)]
+    pub duplicates_merged: u64,
 }
 
 #[cfg(test)]

@@ -135,7 +135,8 @@ pub async fn create_campaign(
     ApiJson(req): ApiJson<CreateCampaignRequest>,
 ) -> Result<Response, ApiError> {
     let new = req.validate(st.api.max_targets_per_request)?;
-    let c = st.store.create_campaign(&new).await?;
+    let mut c = st.store.create_campaign(&new).await?;
+    c.duplicates_merged = Some(new.duplicates_merged);
     let location = format!("/api/v1/campaigns/{}", c.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(c)).into_response())
 }
@@ -274,21 +275,18 @@ pub async fn queue_targets(
         )
         .into());
     }
+    // A number listed twice is merged into its first listing (one call), and counted.
     let mut seen = std::collections::HashSet::with_capacity(req.targets.len());
     let mut targets = Vec::with_capacity(req.targets.len());
     for (i, t) in req.targets.iter().enumerate() {
-        let field = format!("targets[{i}]");
-        let checked = validate::check_target(&field, t)?;
-        if !seen.insert(checked.phone_number.clone()) {
-            return Err(FieldError::new(
-                format!("{field}.phone_number"),
-                format!("{} is listed twice", t.phone_number),
-            )
-            .into());
+        let checked = validate::check_target(&format!("targets[{i}]"), t)?;
+        if seen.insert(checked.phone_number.clone()) {
+            targets.push((checked.phone_number, t.metadata.as_ref().map(|_| checked.metadata)));
         }
-        targets.push((checked.phone_number, t.metadata.as_ref().map(|_| checked.metadata)));
     }
-    Ok(Json(st.store.queue_targets(id, &targets).await?))
+    let mut answer = st.store.queue_targets(id, &targets).await?;
+    answer.duplicates_merged = (req.targets.len() - targets.len()) as u64;
+    Ok(Json(answer))
 }
 
 /// The campaign's calls in creation order, a page at a time.

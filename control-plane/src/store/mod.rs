@@ -57,6 +57,26 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the database refused the statement for what it holds (a value it cannot store, a
+    /// violated constraint), as opposed to being unreachable or busy: retrying the same data
+    /// cannot succeed. Serialization failures, deadlocks and lock timeouts are not refusals.
+    pub fn is_refusal(&self) -> bool {
+        let StoreError::Unavailable(sqlx::Error::Database(d)) = self else {
+            return false;
+        };
+        // PostgreSQL: 40001 serialization, 40P01 deadlock, 55P03 lock not available, 57014
+        // cancelled; SQLite: 5 busy, 6 locked (and their extended codes).
+        let transient = ["40001", "40P01", "55P03", "57014"];
+        match d.code() {
+            // A PostgreSQL SQLSTATE has five characters; SQLite's codes are shorter numbers.
+            Some(code) if code.len() == 5 => !transient.contains(&code.as_ref()),
+            Some(code) => !code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+            None => false,
+        }
+    }
+}
+
 /// Which database a [`Store`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
@@ -114,6 +134,16 @@ pub struct ClaimedCall {
     pub id: Uuid,
     pub phone_number: String,
     /// The attempt number this dispatch is.
+    pub attempt: u32,
+}
+
+/// A call whose current attempt is queued or in progress, as the reaper sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveCall {
+    pub campaign_id: Uuid,
+    pub id: Uuid,
+    /// In progress (the data plane reported it started), else queued.
+    pub started: bool,
     pub attempt: u32,
 }
 
@@ -376,7 +406,33 @@ impl Store {
         samples: &mut (dyn FnMut() -> f64 + Send),
         timeline: Option<&crate::timeline::CqlTimeline>,
     ) -> Result<RecordReport, StoreError> {
-        dispatch!(self.record_events(events, samples, timeline))
+        dispatch!(self.record_events(events, samples, timeline, 0))
+    }
+
+    /// [`Store::record_events`] for outcomes the control plane decides itself (the reaper, the
+    /// embedded mode's recovery at start): a retry they schedule is due no earlier than
+    /// `retry_not_before_ms`, when the abandoned attempt cannot be up any more.
+    #[tracing::instrument(name = "store.resolve_abandoned", level = "debug", skip_all, fields(n = events.len()))]
+    pub async fn resolve_abandoned(
+        &self,
+        events: &[dialer_domain::messages::StatusEvent],
+        samples: &mut (dyn FnMut() -> f64 + Send),
+        timeline: Option<&crate::timeline::CqlTimeline>,
+        retry_not_before_ms: u64,
+    ) -> Result<RecordReport, StoreError> {
+        dispatch!(self.record_events(events, samples, timeline, retry_not_before_ms))
+    }
+
+    /// Calls queued (not reported started) and dispatched before `queued_before`, or reported
+    /// started before `started_before`: up to `limit`, oldest dispatch first.
+    #[tracing::instrument(name = "store.stale_calls", level = "debug", skip_all)]
+    pub async fn stale_calls(
+        &self,
+        queued_before: chrono::DateTime<chrono::Utc>,
+        started_before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<LiveCall>, StoreError> {
+        dispatch!(self.stale_calls(queued_before, started_before, limit))
     }
 
     /// A call and its attempts from the SQL timeline.

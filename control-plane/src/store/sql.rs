@@ -57,7 +57,7 @@ macro_rules! sql_store {
                 is_unique_violation, now, CALL_COLUMNS, CAMPAIGN_COLUMNS, CANCELLED, CHUNK_ROWS, LIVE_CALL_CONFLICT,
                 LOOKUP_CHUNK,
             };
-            use crate::store::{ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, NewCall, RecordReport, StoreError};
+            use crate::store::{ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, LiveCall, NewCall, RecordReport, StoreError};
             use dialer_domain::lifecycle::{self, CallState};
             use dialer_domain::messages::{EventKind, StatusEvent};
 
@@ -526,7 +526,7 @@ macro_rules! sql_store {
                 let already_queued = targets.len() as u64 - queued;
                 insert_event(&mut tx, campaign_id, "targets_queued", json!({"queued": queued, "already_queued": already_queued}), at).await?;
                 tx.commit().await?;
-                Ok(QueueTargetsResponse { queued, already_queued })
+                Ok(QueueTargetsResponse { queued, already_queued, duplicates_merged: 0 })
             }
 
             pub async fn create_call(
@@ -1019,11 +1019,45 @@ macro_rules! sql_store {
 
             /// Applies a batch of status events: call rows, the timeline, the aggregates, in one
             /// transaction and a handful of statements (not a round trip per event).
+            /// Calls still queued or in progress whose attempt may be abandoned: queued (not
+            /// reported started) and dispatched before `queued_before`, or reported started
+            /// before `started_before` (dispatched before it too); oldest dispatch first.
+            pub async fn stale_calls(
+                pool: &Pool,
+                queued_before: DateTime<Utc>,
+                started_before: DateTime<Utc>,
+                limit: usize,
+            ) -> Result<Vec<LiveCall>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT campaign_id, id, status, attempt_count FROM calls \
+                     WHERE status IN ('queued', 'in_progress') AND queued_at < $2 \
+                     AND ((status = 'queued' AND queued_at < $1) OR (status = 'in_progress' AND updated_at < $2)) \
+                     ORDER BY queued_at LIMIT $3",
+                )
+                .bind(queued_before)
+                .bind(started_before)
+                .bind(limit as i64)
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let s: String = r.try_get("status")?;
+                        Ok(LiveCall {
+                            campaign_id: r.try_get("campaign_id")?,
+                            id: r.try_get("id")?,
+                            started: s == "in_progress",
+                            attempt: r.try_get::<i32, _>("attempt_count")? as u32,
+                        })
+                    })
+                    .collect()
+            }
+
             pub async fn record_events(
                 pool: &Pool,
                 events: &[StatusEvent],
                 samples: &mut (dyn FnMut() -> f64 + Send),
                 cql: Option<&crate::timeline::CqlTimeline>,
+                retry_not_before_ms: u64,
             ) -> Result<RecordReport, StoreError> {
                 let mut report = RecordReport::default();
                 if events.is_empty() {
@@ -1053,7 +1087,10 @@ macro_rules! sql_store {
                     for id in chunk {
                         sep.push_bind(*id);
                     }
-                    q.push(")");
+                    // Locked in id order: the reaper and a recorder resolving the same call
+                    // serialize (the second sees the first's answer), and never deadlock.
+                    q.push(") ORDER BY id");
+                    q.push($for_update);
                     for r in q.build().fetch_all(&mut *tx).await? {
                         let s: String = r.try_get("status")?;
                         states.insert(
@@ -1093,6 +1130,13 @@ macro_rules! sql_store {
                         report.ignored += 1;
                         continue;
                     };
+                    if change.status == CallStatus::Pending
+                        && e.kind == EventKind::Failed
+                        && let Some(at) = change.next_attempt_at_ms.as_mut()
+                    {
+                        // A retry never starts before the abandoned attempt may still be up.
+                        *at = (*at).max(retry_not_before_ms);
+                    }
                     if change.status == CallStatus::Pending && completed.contains(campaign) {
                         // A completed campaign places no further attempt.
                         change.status = CallStatus::Failed;

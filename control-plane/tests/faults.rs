@@ -1,0 +1,270 @@
+//! Failure paths of the control plane, each with the fault injected: calls abandoned by a lost
+//! dispatch or outcome are reaped only once they cannot be up, and exactly once even when a late
+//! real event races the reaper; a partly failed publish gives back only what the bus did not
+//! take; one campaign's store error does not stop the others; claims follow the injected clock;
+//! an event the store refuses is isolated and the rest of its batch recorded.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use dialer_control_plane::Store;
+use dialer_control_plane::reaper::{Reaper, ReaperConfig};
+use dialer_control_plane::recorder::{EventSource, Recorder};
+use dialer_control_plane::scheduler::{DispatchSink, ManualClock, Scheduler, SchedulerConfig};
+use dialer_control_plane::store::{CallQuery, ClaimedCall};
+use dialer_dataplane::MemoryBus;
+use dialer_domain::campaign::{CallStatus, CampaignAction};
+use dialer_domain::lifecycle::UNKNOWN_OUTCOME;
+use dialer_domain::messages::EventKind;
+use dialer_domain::validate::{Call, CreateCampaignRequest};
+use rand::SeedableRng;
+use serde_json::json;
+use uuid::Uuid;
+
+mod common;
+use common::{Backend, campaign, event, store};
+
+async fn assert_consistent(s: &Store, id: Uuid) {
+    assert_eq!(
+        s.stats(id).await.expect("stats"),
+        s.recount_stats(id).await.expect("recount"),
+        "stats differ from rows"
+    );
+}
+
+async fn calls(s: &Store, id: Uuid) -> Vec<Call> {
+    s.list_calls(id, &CallQuery { limit: 1000, ..Default::default() }).await.expect("calls")
+}
+
+fn reaper(s: &Store, clock: Arc<ManualClock>, batch: usize) -> Reaper {
+    Reaper {
+        store: s.clone(),
+        clock,
+        cfg: ReaperConfig {
+            every: Duration::from_secs(1),
+            dispatch_ttl: Duration::from_secs(60),
+            longest_call: Duration::from_secs(10),
+            grace: Duration::from_secs(5),
+            batch,
+        },
+        timeline: None,
+        seed: 1,
+    }
+}
+
+async fn started(s: &Store, campaign: Uuid, calls: &[ClaimedCall]) {
+    let evs: Vec<_> = calls.iter().map(|k| event(campaign, k, EventKind::Started)).collect();
+    s.record_events(&evs, &mut || 0.5, None).await.expect("started");
+}
+
+/// Queued calls wait `dispatch_ttl + longest call + grace` after their claim, calls in progress
+/// `longest call + grace` after their start; then each is `unknown_outcome` (attempt used, retry
+/// by policy), and the real outcome arriving late changes nothing.
+async fn abandoned_calls_are_reaped_only_after_their_latest_end(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "reap", 6, 10, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let t0 = Utc::now();
+    let claimed = s.claim_calls(c.id, 6, t0).await.expect("claim");
+    started(&s, c.id, &claimed[..3]).await;
+    let clock = ManualClock::new(t0);
+    let r = reaper(&s, clock.clone(), 2);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let sec = chrono::Duration::seconds;
+    clock.set(t0 + sec(13));
+    assert_eq!(r.sweep(&mut rng).await.expect("sweep").applied, 0, "calls in progress may still be up");
+    clock.set(t0 + sec(17));
+    let rep = r.sweep(&mut rng).await.expect("sweep");
+    assert_eq!((rep.in_progress, rep.queued, rep.applied), (3, 0, 3), "only the calls in progress: {rep:?}");
+    clock.set(t0 + sec(74));
+    assert_eq!(r.sweep(&mut rng).await.expect("sweep").applied, 0, "a queued call may be dialled up to its deadline");
+    clock.set(t0 + sec(77));
+    let rep = r.sweep(&mut rng).await.expect("sweep");
+    assert_eq!((rep.in_progress, rep.queued, rep.applied), (0, 3, 3), "{rep:?}");
+    for k in calls(&s, c.id).await {
+        assert_eq!(k.status, CallStatus::Pending, "{k:?}");
+        assert_eq!((k.attempt_count, k.last_error.as_deref()), (1, Some(UNKNOWN_OUTCOME)), "{k:?}");
+        assert!(k.next_attempt_at.is_some(), "the retry policy scheduled it: {k:?}");
+        let detail = s.get_call(k.id).await.expect("call");
+        assert_eq!(detail.attempts.last().map(|a| a.outcome.as_str()), Some("failed"), "the timeline has it");
+    }
+    assert_consistent(&s, c.id).await;
+    let late: Vec<_> = claimed.iter().map(|k| event(c.id, k, EventKind::Completed)).collect();
+    let r2 = s.record_events(&late, &mut || 0.5, None).await.expect("late events");
+    assert_eq!((r2.applied, r2.ignored), (0, 6), "an event of a resolved attempt changes nothing");
+    assert_consistent(&s, c.id).await;
+    assert_eq!(r.sweep(&mut rng).await.expect("sweep").applied, 0, "nothing left to reap");
+}
+
+/// The reaper and a recorder resolving the same calls at once: each call is resolved once
+/// (completed or unknown_outcome, never both counted), and the aggregates equal the rows.
+async fn a_reaper_racing_late_outcomes_resolves_each_call_once(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "reap-race", 400, 100, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let claimed = s.claim_calls(c.id, 400, Utc::now()).await.expect("claim");
+    started(&s, c.id, &claimed).await;
+    let done: Vec<_> = claimed.iter().map(|k| event(c.id, k, EventKind::Completed)).collect();
+    let rs = s.clone();
+    let recorder = tokio::spawn(async move {
+        let mut applied = 0;
+        for chunk in done.chunks(40) {
+            applied += rs.record_events(chunk, &mut || 0.5, None).await.expect("outcomes").applied;
+        }
+        applied
+    });
+    let r = reaper(&s, ManualClock::new(Utc::now() + chrono::Duration::hours(1)), 25);
+    let reaped = r.sweep(&mut rand::rngs::StdRng::seed_from_u64(2)).await.expect("sweep").applied;
+    let recorded = recorder.await.expect("recorder");
+    assert_eq!(reaped + recorded, 400, "each call resolved exactly once (reaped {reaped}, recorded {recorded})");
+    let rows = calls(&s, c.id).await;
+    let completed = rows.iter().filter(|k| k.status == CallStatus::Completed).count() as u64;
+    let retried = rows.iter().filter(|k| k.last_error.as_deref() == Some(UNKNOWN_OUTCOME)).count() as u64;
+    assert_eq!((completed, retried), (recorded, reaped));
+    assert_consistent(&s, c.id).await;
+}
+
+/// Two shards, one of which is gone: its messages are not taken, the others are delivered.
+/// Exactly the calls not taken go back to pending (attempt undone); the delivered stay queued.
+async fn a_partly_failed_publish_gives_back_only_what_was_not_taken(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "partial", 40, 100, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let (bus, mut ends) = MemoryBus::new(2, 8, 1000, 1000);
+    drop(ends.shard_receivers.pop());
+    let sched = Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock: ManualClock::new(Utc::now()),
+        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+    };
+    let rep = sched.tick().await.expect("tick");
+    let mut delivered = HashSet::new();
+    while let Ok(d) = ends.shard_receivers[0].try_recv() {
+        delivered.insert(d.msg.expect("readable").call_id);
+    }
+    assert!(!delivered.is_empty() && delivered.len() < 40, "both shards had calls: {}", delivered.len());
+    assert_eq!(rep.dispatched, delivered.len());
+    for k in calls(&s, c.id).await {
+        if delivered.contains(&k.id) {
+            assert_eq!((k.status, k.attempt_count), (CallStatus::Queued, 1), "delivered: stays queued");
+        } else {
+            assert_eq!((k.status, k.attempt_count), (CallStatus::Pending, 0), "not taken: given back");
+        }
+    }
+    assert_consistent(&s, c.id).await;
+}
+
+/// A campaign whose claim fails in the store (a trigger refuses its rows) does not keep the
+/// campaigns after it from being dispatched in the same tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_campaigns_store_error_does_not_stop_the_others() {
+    let (s, _d) = store(Backend::Sqlite).await;
+    let bad = campaign(&s, "bad", 5, 10, json!([])).await;
+    let good = campaign(&s, "good-one", 5, 10, json!([])).await;
+    assert!(bad.id < good.id, "the failing campaign comes first in the tick");
+    for id in [bad.id, good.id] {
+        s.transition(id, CampaignAction::Start).await.expect("start");
+    }
+    let Store::Sqlite(pool) = &s else { unreachable!() };
+    let hex: String = bad.id.as_bytes().iter().map(|b| format!("{b:02X}")).collect();
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON calls WHEN OLD.campaign_id = X'{hex}' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    ))
+    .execute(pool)
+    .await
+    .expect("trigger");
+    let (bus, _ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let sched = Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock: ManualClock::new(Utc::now()),
+        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+    };
+    let rep = sched.tick().await.expect("the tick goes on");
+    assert_eq!(rep.dispatched, 5, "the good campaign was dispatched: {rep:?}");
+    assert_eq!(s.stats(good.id).await.expect("stats").queued_calls, 5);
+    assert_eq!(s.stats(bad.id).await.expect("stats").pending_calls, 5, "the bad one's claim rolled back");
+}
+
+/// The scheduler claims by its clock: a retry due in an hour is claimed by a clock two hours
+/// ahead, and its message's deadline counts from that clock.
+async fn claims_follow_the_injected_clock(b: Backend) {
+    let (s, _d) = store(b).await;
+    let req: CreateCampaignRequest = serde_json::from_value(json!({
+        "name": "clock", "max_concurrent_calls": 5,
+        "retry_policy": {"max_attempts": 3, "base_delay": "1h", "max_delay": "2h", "jitter": 0.0},
+        "targets": [{"phone_number": "+15550000001"}]
+    }))
+    .expect("request");
+    let c = s.create_campaign(&req.validate(10).expect("valid")).await.expect("created");
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let claimed = s.claim_calls(c.id, 1, Utc::now()).await.expect("claim");
+    let failed = [event(c.id, &claimed[0], EventKind::Started), event(c.id, &claimed[0], EventKind::Failed)];
+    s.record_events(&failed, &mut || 0.5, None).await.expect("failed");
+    let (bus, mut ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let at = Utc::now() + chrono::Duration::hours(2);
+    let sched = Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock: ManualClock::new(at),
+        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+    };
+    assert_eq!(sched.tick().await.expect("tick").dispatched, 1, "the retry is due by the scheduler's clock");
+    let m = ends.shard_receivers[0].try_recv().expect("dispatched").msg.expect("readable");
+    assert_eq!(m.attempt, 2);
+    let ttl_ms = SchedulerConfig::default().dispatch_ttl.as_millis() as u64;
+    assert_eq!(m.deadline_ms, at.timestamp_millis() as u64 + ttl_ms, "the deadline counts from the clock");
+}
+
+/// PostgreSQL refuses a NUL character in text: a batch holding such an event fails as a whole.
+/// The recorder splits it until that event is alone, dead-letters it, and writes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_store_refuses_is_isolated_and_the_rest_recorded() {
+    let (s, _d) = store(Backend::Postgres).await;
+    let c = campaign(&s, "poison", 20, 100, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let claimed = s.claim_calls(c.id, 20, Utc::now()).await.expect("claim");
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    for k in &claimed {
+        tx.send(event(c.id, k, EventKind::Started)).await.expect("send");
+    }
+    for (i, k) in claimed.iter().enumerate() {
+        let mut e = event(c.id, k, EventKind::Failed);
+        if i == 7 {
+            e.reason = Some("busy\0".into());
+        }
+        tx.send(e).await.expect("send");
+    }
+    drop(tx);
+    let rec = Recorder { store: s.clone(), source: EventSource::Memory(rx), batch_max: 100, seed: 1, timeline: None };
+    tokio::time::timeout(Duration::from_secs(60), rec.run(std::future::pending::<()>()))
+        .await
+        .expect("the recorder got past the event it cannot write");
+    for k in calls(&s, c.id).await {
+        let want = if k.id == claimed[7].id { CallStatus::InProgress } else { CallStatus::Pending };
+        assert_eq!(k.status, want, "{k:?}");
+    }
+    assert_consistent(&s, c.id).await;
+}
+
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+    };
+}
+
+both_stores!(
+    abandoned_calls_are_reaped_only_after_their_latest_end,
+    a_reaper_racing_late_outcomes_resolves_each_call_once,
+    a_partly_failed_publish_gives_back_only_what_was_not_taken,
+    claims_follow_the_injected_clock,
+);
