@@ -130,7 +130,11 @@ fn start(a: &Args, bin: &Path, w: &Path, port: u16, call: (u64, u64), servers: &
         let redis = dialer_testkit::RedisServer::start().map_err(err)?;
         let tansu = dialer_testkit::Tansu::start(dialer_testkit::TansuStorage::Sqlite).map_err(err)?;
         limits = format!("redis_url = \"{}\"\n", redis.url());
-        extra = format!("[store]\nurl = \"{db}\"\n[bus]\nkind = \"kafka\"\nbrokers = \"{}\"\n", tansu.bootstrap());
+        let partitions = (a.dataplanes * 4).max(8);
+        extra = format!(
+            "[store]\nurl = \"{db}\"\n[bus]\nkind = \"kafka\"\nbrokers = \"{}\"\ndispatch_partitions = {partitions}\n",
+            tansu.bootstrap()
+        );
         servers._redis = Some(redis);
         servers._tansu = Some(tansu);
     }

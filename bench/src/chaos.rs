@@ -236,6 +236,7 @@ pub async fn run(a: Args) -> Result<()> {
     let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
     let w = work.path();
     let api_port = dialer_testkit::free_port();
+    let partitions = (a.dataplanes * 4).max(8);
     std::fs::write(
         w.join("dialer.toml"),
         format!(
@@ -243,7 +244,7 @@ pub async fn run(a: Args) -> Result<()> {
              [store]\nurl = \"{db}\"\nmax_connections = 16\n\
              [limits]\nglobal_max_concurrency = {g}\nper_campaign_max_concurrency = {cc}\nsemaphore_ttl_sec = 30\n\
              redis_url = \"{r}\"\nreconcile_every_sec = 5\n\
-             [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\n\
+             [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\ndispatch_partitions = {partitions}\n\
              [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = {ring}\n\
              [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n",
             g = a.global_cap,
@@ -253,7 +254,6 @@ pub async fn run(a: Args) -> Result<()> {
             ring = a.ring_ms
         ),
     )?;
-    let partitions = (a.dataplanes * 4).max(8);
     std::fs::write(
         w.join("tuning.toml"),
         format!(

@@ -131,6 +131,11 @@ pub struct BusConfig {
     pub group_id: String,
     /// Partitions of the status and dead-letter topics when they are created.
     pub status_partitions: i32,
+    /// Partitions of the dispatch topic when it is created: at least the data plane's shards in
+    /// all (with static assignment, exactly its tuning's `shards.partitions`).
+    pub dispatch_partitions: i32,
+    /// Replication factor of every topic the product creates (3 on a production cluster).
+    pub replication_factor: i32,
 }
 
 /// The mock telephony provider (the only provider so far).
@@ -159,6 +164,8 @@ impl Default for BusConfig {
             dead_letter_topic: "dialer.dead_letter".into(),
             group_id: "dialer-dataplane".into(),
             status_partitions: 8,
+            dispatch_partitions: 8,
+            replication_factor: 1,
         }
     }
 }
@@ -319,6 +326,23 @@ impl Config {
         }
     }
 
+    /// Every topic the product uses, as it creates them: the one place their partition counts
+    /// and replication factor come from (the control plane and the data plane both create them,
+    /// whichever starts first).
+    pub fn topics(&self) -> Vec<dialer_dataplane::kafka::TopicSpec> {
+        let b = &self.bus;
+        let spec = |name: &str, partitions: i32| dialer_dataplane::kafka::TopicSpec {
+            name: name.to_string(),
+            partitions,
+            replication: b.replication_factor,
+        };
+        vec![
+            spec(&b.dispatch_topic, b.dispatch_partitions),
+            spec(&b.status_topic, b.status_partitions),
+            spec(&b.dead_letter_topic, b.status_partitions),
+        ]
+    }
+
     /// The reaper's settings: the scheduler's dispatch deadline, the provider's longest call.
     pub fn reaper_config(&self) -> crate::reaper::ReaperConfig {
         crate::reaper::ReaperConfig {
@@ -363,6 +387,9 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_BUS_KIND", "bus.kind"),
     ("KAFKA_BROKERS", "bus.brokers"),
     ("DIALER_BUS_GROUP_ID", "bus.group_id"),
+    ("DIALER_BUS_DISPATCH_PARTITIONS", "bus.dispatch_partitions"),
+    ("DIALER_BUS_STATUS_PARTITIONS", "bus.status_partitions"),
+    ("DIALER_BUS_REPLICATION_FACTOR", "bus.replication_factor"),
     ("DIALER_PROVIDER_SEED", "provider.seed"),
     ("DIALER_SCHEDULER_REAP_EVERY_MS", "scheduler.reap_every_ms"),
     ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
@@ -526,6 +553,12 @@ impl Config {
         if b.kind == "kafka" && b.brokers.is_empty() {
             return Err(invalid("bus.brokers", "must list the bootstrap servers, e.g. 127.0.0.1:9092"));
         }
+        if b.dispatch_partitions < 1 {
+            return Err(invalid("bus.dispatch_partitions", "must be at least 1"));
+        }
+        if b.replication_factor < 1 {
+            return Err(invalid("bus.replication_factor", "must be at least 1"));
+        }
         if b.status_partitions < 1 {
             return Err(invalid("bus.status_partitions", "must be at least 1"));
         }
@@ -635,6 +668,20 @@ mod tests {
         assert_eq!(c.limits.semaphore_ttl_sec, 600);
         assert_eq!(c.limits.max_concurrent_calls, 200);
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn topics_take_their_partitions_and_replication_from_configuration() {
+        let c = Config::load(
+            None,
+            env(&[("DIALER_BUS_DISPATCH_PARTITIONS", "48"), ("DIALER_BUS_REPLICATION_FACTOR", "3")]),
+        )
+        .expect("config");
+        let t = c.topics();
+        assert_eq!((t[0].name.as_str(), t[0].partitions, t[0].replication), ("dialer.dispatch", 48, 3));
+        assert!(t[1..].iter().all(|t| t.partitions == 8 && t.replication == 3), "{t:?}");
+        let e = Config::from_toml("[bus]\ndispatch_partitions = 0\n").expect_err("refused");
+        assert!(e.contains("bus.dispatch_partitions"), "{e}");
     }
 
     #[test]

@@ -71,6 +71,10 @@ fn describe_all() {
     describe_gauge!("dialer_limiter_tokens_in_use", "Tokens a core has handed to calls in progress.");
     describe_counter!("dialer_dials_total", "Calls placed by the data plane.");
     describe_counter!(
+        "dialer_status_events_reproduced_total",
+        "Status events the broker did not take, queued to be produced again after a back-off."
+    );
+    describe_counter!(
         "dialer_call_outcomes_total",
         "Ended dial attempts by outcome (completed, failed, failed_retryable, expired) and provider reason."
     );

@@ -237,10 +237,6 @@ async fn create_validation(t: TestApp) {
             "targets[1].phone_number",
         ),
         (json!({"name": "a", "targets": [{"phone_number": "+15555550001", "metadata": "x"}]}), "targets[0].metadata"),
-        (
-            json!({"name": "a", "targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
-            "targets[1].phone_number",
-        ),
         (json!({"name": "a", "colour": "blue", "targets": [{"phone_number": "+15555550001"}]}), "colour"),
     ];
     for (body, field) in cases {
@@ -440,7 +436,7 @@ async fn targets_only_registered(t: TestApp) {
     // Both registered numbers still have their first pending call: nothing new is queued.
     let (s, v) =
         t.post(&path, json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550002"}]})).await;
-    assert_eq!((s, v.clone()), (StatusCode::OK, json!({"queued": 0, "already_queued": 2})));
+    assert_eq!((s, v.clone()), (StatusCode::OK, json!({"queued": 0, "already_queued": 2, "duplicates_merged": 0})));
     // An unregistered number refuses the whole request, naming it; nothing is written.
     let before = t.assert_stats_match_rows(id).await;
     let (s, v) =
@@ -452,10 +448,6 @@ async fn targets_only_registered(t: TestApp) {
     for (body, field) in [
         (json!({"targets": []}), "targets"),
         (json!({"targets": [{"phone_number": "12"}]}), "targets[0].phone_number"),
-        (
-            json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
-            "targets[1].phone_number",
-        ),
         (json!({"numbers": []}), "numbers"),
     ] {
         let (s, v) = t.post(&path, body).await;
@@ -486,7 +478,7 @@ async fn targets_only_registered(t: TestApp) {
         }
     }
     let (s, v) = t.post(&path, json!({"targets": [{"phone_number": "+15555550001", "metadata": {"again": true}}, {"phone_number": "+15555550002"}]})).await;
-    assert_eq!((s, v), (StatusCode::OK, json!({"queued": 1, "already_queued": 1})));
+    assert_eq!((s, v), (StatusCode::OK, json!({"queued": 1, "already_queued": 1, "duplicates_merged": 0})));
     let stats = t.assert_stats_match_rows(id).await;
     assert_eq!(
         (stats["total_calls"].as_i64(), stats["pending_calls"].as_i64(), stats["failed_calls"].as_i64()),
@@ -589,7 +581,33 @@ async fn bulk_targets(t: TestApp) {
     let stats = t.assert_stats_match_rows(id).await;
     assert_eq!((stats["total_calls"].as_i64(), stats["pending_calls"].as_i64()), (Some(n), Some(n)));
     let (s, v) = t.post(&format!("/api/v1/campaigns/{id}/targets"), json!({"targets": targets})).await;
-    assert_eq!((s, v), (StatusCode::OK, json!({"queued": 0, "already_queued": n})));
+    assert_eq!((s, v), (StatusCode::OK, json!({"queued": 0, "already_queued": n, "duplicates_merged": 0})));
+}
+
+/// The seed's load-test script lists a number more than once: each is merged into its first
+/// listing (one target, one call, the first listing's metadata), and the answer counts them.
+async fn duplicate_numbers_are_merged(t: TestApp) {
+    let mut body = seed_campaign("dups");
+    body["targets"] = json!([
+        {"phone_number": "+15555550001", "metadata": {"first": true}},
+        {"phone_number": "+15555550002"},
+        {"phone_number": "+15555550001", "metadata": {"first": false}},
+        {"phone_number": "+15555550002"},
+        {"phone_number": "+15555550003"},
+    ]);
+    let c = t.create(body).await;
+    assert_eq!((c["target_count"].as_i64(), c["duplicates_merged"].as_i64()), (Some(3), Some(2)), "{c}");
+    let id = c["id"].as_str().expect("id");
+    let stats = t.assert_stats_match_rows(id).await;
+    assert_eq!(stats["total_calls"], 3, "one call per number");
+    let (_, calls) = t.get(&format!("/api/v1/campaigns/{id}/calls")).await;
+    let first = calls["calls"].as_array().expect("calls").iter().find(|k| k["phone_number"] == "+15555550001").cloned();
+    assert_eq!(first.expect("the merged number's call")["metadata"], json!({"first": true}));
+    let (_, got) = t.get(&format!("/api/v1/campaigns/{id}")).await;
+    assert!(got.get("duplicates_merged").is_none(), "only the create answer carries it: {got}");
+    let twice = json!({"targets": [{"phone_number": "+15555550003"}, {"phone_number": "+15555550003"}]});
+    let (s, v) = t.post(&format!("/api/v1/campaigns/{id}/targets"), twice).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"queued": 0, "already_queued": 1, "duplicates_merged": 1})));
 }
 
 async fn body_limit(backend: Backend) {
@@ -794,6 +812,7 @@ both_stores!(
     health_reports_store_down,
     post_call_creates_after_the_last_ended,
     post_calls_concurrently_and_in_batches,
+    duplicate_numbers_are_merged,
 );
 
 /// `MAX_CONCURRENT_CALLS` requests in flight: the next one is 429 `rate_limit_exceeded`,

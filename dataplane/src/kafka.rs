@@ -13,6 +13,7 @@ use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer as _;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -290,6 +291,7 @@ impl KafkaSource {
 #[derive(Clone)]
 pub struct KafkaSink {
     producer: MeteredProducer,
+    config: ClientConfig,
     topic: String,
     dead_letter_topic: String,
 }
@@ -302,17 +304,37 @@ impl std::fmt::Debug for KafkaSink {
 
 impl KafkaSink {
     pub fn new(t: &KafkaTopics, k: &KafkaTuning, shard: usize) -> Result<KafkaSink, KafkaError> {
-        let producer = metered_producer(
-            ClientConfig::new()
-                .set("bootstrap.servers", &t.brokers)
-                .set("client.id", format!("dialer-shard-{shard}-events"))
-                .set("socket.nagle.disable", "true")
-                .set("enable.idempotence", "true")
-                .set("linger.ms", k.linger_ms.to_string())
-                .set("batch.num.messages", k.batch_num_messages.to_string())
-                .set("queue.buffering.max.messages", "1000000"),
-        )?;
-        Ok(KafkaSink { producer, topic: t.status_topic.clone(), dead_letter_topic: t.dead_letter_topic.clone() })
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &t.brokers)
+            .set("client.id", format!("dialer-shard-{shard}-events"))
+            .set("socket.nagle.disable", "true")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", k.linger_ms.to_string())
+            .set("batch.num.messages", k.batch_num_messages.to_string())
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.timeout.ms", k.message_timeout_ms.to_string());
+        let producer = metered_producer(&config)?;
+        let (topic, dead_letter_topic) = (t.status_topic.clone(), t.dead_letter_topic.clone());
+        Ok(KafkaSink { producer, config, topic, dead_letter_topic })
+    }
+
+    /// An idempotent producer whose delivery state became uncertain (messages timed out in
+    /// flight) may stop for good with a fatal error, or keep being refused by a broker that lost
+    /// its sequence state; after a fatal error, or `stuck`, a new producer (a new producer id)
+    /// takes its place, so that the events waiting to be produced again get through.
+    pub fn heal(&mut self, stuck: bool) {
+        match self.producer.client().fatal_error() {
+            Some((code, reason)) => {
+                tracing::warn!(?code, %reason, "status producer failed fatally; starting a new one")
+            }
+            None if stuck => tracing::warn!("status producer keeps failing; starting a new one"),
+            None => return,
+        }
+        match metered_producer(&self.config) {
+            Ok(p) => self.producer = p,
+            Err(e) => tracing::error!(error = %e, "status producer cannot be recreated; retrying later"),
+        }
     }
 
     /// Queues an event (keyed by call id, so one call's events stay in order), waiting while
@@ -387,12 +409,39 @@ pub fn dead_letter_record<'a>(
     }
 }
 
-/// Creates the topics if they do not exist.
+/// A topic as the product creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+}
+
+/// Creates the topics if they do not exist, with one replica (tests and benches).
 pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+    let specs: Vec<TopicSpec> =
+        topics.iter().map(|(n, p)| TopicSpec { name: n.to_string(), partitions: *p, replication: 1 }).collect();
+    create_topics(brokers, &specs).await
+}
+
+/// How many partitions `topic` has (metadata request).
+pub async fn partition_count(brokers: &str, topic: &str) -> Result<i32, KafkaError> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    let probe = move || -> Result<i32, KafkaError> {
+        let c: rdkafka::consumer::BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let md = c.fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))?;
+        Ok(md.topics().first().map_or(0, |t| t.partitions().len() as i32))
+    };
+    tokio::task::spawn_blocking(probe).await.unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// Creates the topics that do not exist yet (an existing topic is left as it is).
+pub async fn create_topics(brokers: &str, topics: &[TopicSpec]) -> Result<(), KafkaError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication))).collect();
     for r in admin.create_topics(&new, &AdminOptions::new()).await? {
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}

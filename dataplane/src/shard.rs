@@ -322,6 +322,55 @@ struct Ack {
     ok: bool,
     /// The attempt the event resolves (outcome events), for the journal's `D` record.
     attempt: Option<crate::journal::Attempt>,
+    /// The event, when the broker refused it: produced again.
+    refused: Option<StatusEvent>,
+}
+
+/// Status events the broker did not take, produced again after a back-off that doubles while
+/// produces keep failing (a broker-wide condition) and resets at the first success. Bounded:
+/// while [`Redo::MAX`] wait, the shard takes no new messages.
+struct Redo {
+    events: Vec<(StatusEvent, Option<(i32, i64)>)>,
+    at: Option<tokio::time::Instant>,
+    wait: Duration,
+    /// Rounds of produces again since the last delivery.
+    rounds: u32,
+}
+
+impl Redo {
+    const MAX: usize = 10_000;
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new() -> Redo {
+        Redo { events: Vec::new(), at: None, wait: Redo::FIRST, rounds: 0 }
+    }
+
+    fn push(&mut self, ev: StatusEvent, track: Option<(i32, i64)>) {
+        metrics::counter!("dialer_status_events_reproduced_total").increment(1);
+        self.events.push((ev, track));
+        if self.at.is_none() {
+            self.at = Some(tokio::time::Instant::now() + self.wait);
+            self.wait = (self.wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn delivered(&mut self) {
+        self.wait = Redo::FIRST;
+        self.rounds = 0;
+    }
+
+    /// The events due again, for the next emission; whether the producer looks stuck (several
+    /// rounds without a single delivery).
+    fn due(&mut self, into: &mut Vec<(StatusEvent, Option<(i32, i64)>)>) -> bool {
+        self.at = None;
+        self.rounds += 1;
+        into.append(&mut self.events);
+        self.rounds % 4 == 0
+    }
+
+    fn full(&self) -> bool {
+        self.events.len() >= Redo::MAX
+    }
 }
 
 fn journal_done(journal: &mut Option<crate::journal::Journal>, partition: i32, a: crate::journal::Attempt, shard: u16) {
@@ -371,7 +420,7 @@ impl OutcomeCounters {
 pub async fn run_shard<P: Provider>(
     cfg: ShardConfig,
     mut source: Source,
-    sink: Sink,
+    mut sink: Sink,
     lease: LeaseHandle,
     provider: P,
     mut journal: Option<crate::journal::Journal>,
@@ -385,6 +434,7 @@ pub async fn run_shard<P: Provider>(
     let mut scheduled: BinaryHeap<ScheduledCall> = BinaryHeap::new();
     let mut scheduled_seq = 0u64;
     let mut acks: FuturesUnordered<LocalBoxFuture<Ack>> = FuturesUnordered::new();
+    let mut redo = Redo::new();
     let mut to_start: Vec<Waiting> = Vec::with_capacity(1024);
     let mut placing: Vec<(Duration, Waiting, CallOutcome, crate::provider::CallEnd)> = Vec::with_capacity(1024);
     let mut paused: HashSet<i32> = HashSet::new();
@@ -584,17 +634,20 @@ pub async fn run_shard<P: Provider>(
                     Ok(delivery) => {
                         if let Some((p, o)) = track {
                             acks.push(Box::pin(async move {
+                                let ok = matches!(delivery.await, Ok(Ok(_)));
                                 Ack {
                                     partition: p,
                                     offset: o,
-                                    ok: matches!(delivery.await, Ok(Ok(_))),
+                                    ok,
                                     attempt: Some(attempt),
+                                    refused: (!ok).then_some(ev),
                                 }
                             }));
                         }
                     }
                     Err(e) => {
-                        tracing::error!(shard, error = %e, "status event not produced; its message will be redelivered");
+                        tracing::warn!(shard, error = %e, "status event not produced; producing it again after a back-off");
+                        redo.push(ev, track);
                     }
                 },
             }
@@ -603,7 +656,7 @@ pub async fn run_shard<P: Provider>(
             }
         }
 
-        if stopping && calls.is_empty() && scheduled.is_empty() && acks.is_empty() {
+        if stopping && calls.is_empty() && scheduled.is_empty() && acks.is_empty() && redo.events.is_empty() {
             break;
         }
         if stop_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
@@ -611,7 +664,7 @@ pub async fn run_shard<P: Provider>(
             break;
         }
         let next_end = scheduled.peek().map(|c| c.ends);
-        let can_take = source_open && !stopping && q.len < t.buffers.max_queued_per_shard;
+        let can_take = source_open && !stopping && q.len < t.buffers.max_queued_per_shard && !redo.full();
         let due = q.next_due().map(|t| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms())));
         let parked_any = !q.parked.is_empty();
         tokio::select! {
@@ -641,18 +694,25 @@ pub async fn run_shard<P: Provider>(
                     ended.finish(Finished { w, started_ms, outcome });
                 }
             }
-            Some(Ack { partition: p, offset: o, ok, attempt }) = acks.next(), if !acks.is_empty() => {
+            Some(Ack { partition: p, offset: o, ok, attempt, refused }) = acks.next(), if !acks.is_empty() => {
                 my_health().set_sink_failing(!ok);
                 if ok && let Some(a) = attempt {
                     journal_done(&mut journal, p, a, shard);
+                    redo.delivered();
                 }
-                if let Source::Kafka(k) = &mut source {
-                    if ok {
-                        k.done(p, o)
-                    } else {
-                        crate::kafka::produce_error(k.topic());
-                        tracing::warn!(shard, partition = p, offset = o, "outcome not acknowledged; message will be redelivered")
-                    }
+                if let Source::Kafka(k) = &mut source && ok {
+                    k.done(p, o)
+                }
+                if let Some(ev) = refused {
+                    // Not acknowledged: produced again (the message is finished once it is).
+                    tracing::warn!(shard, partition = p, offset = o, "outcome not acknowledged; producing it again after a back-off");
+                    redo.push(ev, Some((p, o)));
+                }
+            }
+            _ = sleep_until_opt(redo.at), if redo.at.is_some() => {
+                let stuck = redo.due(&mut events);
+                if let Sink::Kafka(k) = &mut sink {
+                    k.heal(stuck);
                 }
             }
             r = recv(&mut source, &mut batch, 1024), if can_take => {
@@ -723,7 +783,7 @@ pub async fn run_shard<P: Provider>(
                                         Ok(delivery) => {
                                             let (p, o) = (d.partition, d.offset);
                                             acks.push(Box::pin(async move {
-                                                Ack { partition: p, offset: o, ok: matches!(delivery.await, Ok(Ok(_))), attempt: None }
+                                                Ack { partition: p, offset: o, ok: matches!(delivery.await, Ok(Ok(_))), attempt: None, refused: None }
                                             }));
                                         }
                                         // Not finished: the message is read again after a restart.
@@ -781,7 +841,7 @@ pub async fn run_shard<P: Provider>(
         k.flush(Duration::from_secs(5));
     }
     // Wait for acks still in flight so that their offsets are committed.
-    while let Some(Ack { partition: p, offset: o, ok, attempt }) = acks.next().await {
+    while let Some(Ack { partition: p, offset: o, ok, attempt, .. }) = acks.next().await {
         if ok && let Some(a) = attempt {
             journal_done(&mut journal, p, a, shard);
         }
@@ -822,3 +882,64 @@ trait NowOrNever: futures::Future + Sized {
     }
 }
 impl<F: futures::Future> NowOrNever for F {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: u128) -> StatusEvent {
+        let msg = DispatchMessage {
+            v: SCHEMA_VERSION,
+            call_id: uuid::Uuid::from_u128(n),
+            attempt: 1,
+            campaign_id: uuid::Uuid::from_u128(7),
+            phone_number: "+15555550100".into(),
+            campaign_cap: 10,
+            campaign_weight: 1,
+            not_before_ms: 0,
+            deadline_ms: 0,
+            enqueued_at_us: 0,
+        };
+        event(&msg, EventKind::Completed, 0, 1)
+    }
+
+    #[test]
+    fn refused_events_wait_a_doubling_back_off_that_resets_once_one_is_delivered() {
+        let mut r = Redo::new();
+        let t0 = tokio::time::Instant::now();
+        r.push(ev(1), Some((0, 10)));
+        r.push(ev(2), Some((0, 11)));
+        let first = r.at.expect("a round is due") - t0;
+        assert!(first >= Redo::FIRST && first < Redo::FIRST * 2, "{first:?}");
+        let mut out = Vec::new();
+        let mut stuck = Vec::new();
+        for round in 0..8u128 {
+            stuck.push(r.due(&mut out));
+            assert_eq!(out.len() as u128, 2 + round, "every waiting event goes out again, in order");
+            assert!(r.events.is_empty() && r.at.is_none());
+            let t = tokio::time::Instant::now();
+            r.push(ev(100 + round), None);
+            let wait = r.at.expect("due") - t;
+            assert!(wait >= Redo::FIRST * 2, "round {round}: the back-off grows: {wait:?}");
+            assert!(wait <= Duration::from_secs(5) + Duration::from_millis(50), "capped: {wait:?}");
+        }
+        assert_eq!(out[0].1, Some((0, 10)), "the message an event finishes travels with it");
+        assert_eq!(stuck, [false, false, false, true, false, false, false, true], "a new producer every 4 rounds");
+        r.delivered();
+        let _ = r.due(&mut out);
+        let t = tokio::time::Instant::now();
+        r.push(ev(999), None);
+        assert!(r.at.expect("due") - t < Redo::FIRST * 2, "a delivery resets the back-off");
+    }
+
+    #[test]
+    fn the_shard_stops_taking_messages_while_too_many_events_wait() {
+        let mut r = Redo::new();
+        for n in 0..Redo::MAX as u128 - 1 {
+            r.push(ev(n), None);
+        }
+        assert!(!r.full());
+        r.push(ev(u128::MAX), None);
+        assert!(r.full(), "bounded: no new message is taken until some are delivered");
+    }
+}

@@ -94,6 +94,9 @@ pub struct KafkaTuning {
     pub queued_max_messages_kbytes: u32,
     /// Offsets are committed at most this often.
     pub commit_every_ms: u64,
+    /// How long the producer tries to deliver a status event before reporting it failed
+    /// (librdkafka `message.timeout.ms`); the shard then produces it again, with back-off.
+    pub message_timeout_ms: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,6 +147,7 @@ impl Default for KafkaTuning {
             batch_num_messages: 10_000,
             queued_max_messages_kbytes: 65_536,
             commit_every_ms: 200,
+            message_timeout_ms: 30_000,
         }
     }
 }
@@ -213,6 +217,26 @@ impl Tuning {
     }
 
     /// Refuses impossible values, naming the key.
+    /// Checks the dispatch topic's partition count against this tuning: with static assignment
+    /// the shards split exactly `shards.partitions`, so the topic must have that many; with a
+    /// consumer group, fewer partitions than shards leaves shards idle (the warning returned).
+    pub fn check_dispatch_partitions(&self, topic_partitions: i32) -> Result<Option<String>, String> {
+        let s = &self.shards;
+        match s.assignment {
+            Assignment::Static if topic_partitions != s.partitions => Err(format!(
+                "the dispatch topic has {topic_partitions} partitions but tuning shards.partitions is {}: \
+                 set shards.partitions = {topic_partitions} (bus.dispatch_partitions creates the topic)",
+                s.partitions
+            )),
+            Assignment::Group if (topic_partitions as usize) < s.count => Ok(Some(format!(
+                "the dispatch topic has {topic_partitions} partitions for {} shards: some shards will idle; \
+                 raise bus.dispatch_partitions (for a new topic) or add partitions to it",
+                s.count
+            ))),
+            _ => Ok(None),
+        }
+    }
+
     pub fn validate(&self, semaphore_ttl: Duration) -> Result<(), TuningError> {
         let s = &self.shards;
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
@@ -252,6 +276,9 @@ impl Tuning {
         let k = &self.kafka;
         if k.batch_num_messages == 0 {
             return Err(invalid("kafka.batch_num_messages", "must be at least 1"));
+        }
+        if k.message_timeout_ms < 1000 {
+            return Err(invalid("kafka.message_timeout_ms", "must be at least 1000"));
         }
         if k.commit_every_ms == 0 {
             return Err(invalid("kafka.commit_every_ms", "must be at least 1"));
@@ -293,6 +320,20 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn the_dispatch_topic_must_match_a_static_split_and_feed_every_shard() {
+        let mut t = Tuning::default();
+        t.shards.count = 16;
+        t.shards.partitions = 48;
+        t.shards.assignment = Assignment::Static;
+        assert_eq!(t.check_dispatch_partitions(48), Ok(None));
+        let e = t.check_dispatch_partitions(8).expect_err("8 partitions split as 48");
+        assert!(e.contains("shards.partitions") && e.contains("48"), "{e}");
+        t.shards.assignment = Assignment::Group;
+        assert!(t.check_dispatch_partitions(8).expect("runs").is_some_and(|w| w.contains("idle")));
+        assert_eq!(t.check_dispatch_partitions(48), Ok(None));
+    }
 
     #[test]
     fn partitions_split_disjointly_and_completely() {

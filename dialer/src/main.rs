@@ -322,16 +322,9 @@ async fn spawn_kafka_pipeline(
 ) -> Result<dialer_control_plane::observability::ReadyCheck> {
     use rdkafka::consumer::Consumer;
     let b = &cfg.bus;
-    dialer_dataplane::kafka::ensure_topics(
-        &b.brokers,
-        &[
-            (b.dispatch_topic.as_str(), 8),
-            (b.status_topic.as_str(), b.status_partitions),
-            (b.dead_letter_topic.as_str(), b.status_partitions),
-        ],
-    )
-    .await
-    .with_context(|| format!("creating topics on {}", b.brokers))?;
+    dialer_dataplane::kafka::create_topics(&b.brokers, &cfg.topics())
+        .await
+        .with_context(|| format!("creating topics on {}", b.brokers))?;
     let producer = dialer_dataplane::kafka::metered_producer(
         rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &b.brokers)
@@ -440,16 +433,17 @@ async fn run_dataplane(
         "the data plane reads the dispatch topic: set bus.kind = \"kafka\" and bus.brokers (KAFKA_BROKERS); \
          the in-process bus exists only inside `dialer up`"
     );
-    dialer_dataplane::kafka::ensure_topics(
-        &cfg.bus.brokers,
-        &[
-            (cfg.bus.dispatch_topic.as_str(), tuning.shards.partitions),
-            (cfg.bus.status_topic.as_str(), cfg.bus.status_partitions),
-            (cfg.bus.dead_letter_topic.as_str(), cfg.bus.status_partitions),
-        ],
-    )
-    .await
-    .with_context(|| format!("creating topics on {}", cfg.bus.brokers))?;
+    dialer_dataplane::kafka::create_topics(&cfg.bus.brokers, &cfg.topics())
+        .await
+        .with_context(|| format!("creating topics on {}", cfg.bus.brokers))?;
+    let partitions = dialer_dataplane::kafka::partition_count(&cfg.bus.brokers, &cfg.bus.dispatch_topic)
+        .await
+        .with_context(|| format!("reading the dispatch topic's metadata on {}", cfg.bus.brokers))?;
+    match tuning.check_dispatch_partitions(partitions) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Err(e) => anyhow::bail!("refusing to start: {e}"),
+    }
     let limiter = if cfg.limits.redis_url.is_empty() {
         tracing::warn!("limits.redis_url is empty: caps hold for this process only (in-process limiter)");
         dialer_dataplane::LimiterChoice::Local(std::sync::Arc::new(dialer_limiter::LocalBackend::default()))
