@@ -109,7 +109,7 @@ impl Proc {
         Ok(())
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -174,6 +174,19 @@ pub(crate) fn read_ledgers(dir: &Path) -> Result<Vec<Placed>> {
 /// Starts that found their cap full (global or campaign), sweeping the calls' intervals; and the
 /// highest global concurrency seen.
 pub(crate) fn cap_violations(calls: &[Placed], global_cap: u32, caps: &HashMap<Uuid, u32>) -> (u64, i64) {
+    let s = sweep(calls, global_cap, caps);
+    (s.violations, s.max_global)
+}
+
+/// What a sweep over the calls' intervals found.
+pub(crate) struct Sweep {
+    pub violations: u64,
+    pub max_global: i64,
+    /// Each campaign's highest concurrency.
+    pub peaks: HashMap<Uuid, i64>,
+}
+
+pub(crate) fn sweep(calls: &[Placed], global_cap: u32, caps: &HashMap<Uuid, u32>) -> Sweep {
     let mut edges: Vec<(u64, i8, Uuid)> = Vec::with_capacity(calls.len() * 2);
     for c in calls {
         edges.push((c.start_us, 1, c.campaign));
@@ -183,23 +196,34 @@ pub(crate) fn cap_violations(calls: &[Placed], global_cap: u32, caps: &HashMap<U
     edges.sort_by_key(|(t, d, _)| (*t, *d));
     let (mut global, mut max, mut violations) = (0i64, 0i64, 0u64);
     let mut per: HashMap<Uuid, i64> = HashMap::new();
+    let mut peaks: HashMap<Uuid, i64> = HashMap::new();
     for (_, d, c) in edges {
         global += i64::from(d);
         let n = per.entry(c).or_default();
         *n += i64::from(d);
         if d > 0 {
             max = max.max(global);
+            let peak = peaks.entry(c).or_default();
+            *peak = (*peak).max(*n);
             let cap = caps.get(&c).copied().unwrap_or(u32::MAX);
             if global > i64::from(global_cap) || *n > i64::from(cap) {
                 violations += 1;
             }
         }
     }
-    (violations, max)
+    Sweep { violations, max_global: max, peaks }
 }
 
-/// Started events per attempt on the status topic (a second one = a second dial).
-async fn started_duplicates(brokers: &str, topic: &str) -> Result<(u64, u64)> {
+/// What the status topic holds, read from the start by a reader of its own.
+struct Audit {
+    /// Second `started` events of an attempt (a second dial).
+    started_duplicates: u64,
+    events: u64,
+    /// Attempts with an outcome event.
+    outcomes: std::collections::HashSet<(Uuid, u32)>,
+}
+
+async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("chaos-audit-{}", std::process::id()))
@@ -208,20 +232,23 @@ async fn started_duplicates(brokers: &str, topic: &str) -> Result<(u64, u64)> {
         .create()?;
     c.subscribe(&[topic])?;
     let mut started: HashMap<(Uuid, u32), u32> = HashMap::new();
+    let mut outcomes = std::collections::HashSet::new();
     let mut events = 0u64;
     let mut quiet = Instant::now();
     while quiet.elapsed() < Duration::from_secs(5) {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
             quiet = Instant::now();
             events += 1;
-            if let Ok(e) = StatusEvent::decode(m.payload().unwrap_or_default())
-                && e.kind == EventKind::Started
-            {
+            let Ok(e) = StatusEvent::decode(m.payload().unwrap_or_default()) else { continue };
+            if e.kind == EventKind::Started {
                 *started.entry((e.call_id, e.attempt)).or_default() += 1;
+            } else {
+                outcomes.insert((e.call_id, e.attempt));
             }
         }
     }
-    Ok((started.values().map(|n| u64::from(n.saturating_sub(1))).sum(), events))
+    let started_duplicates = started.values().map(|n| u64::from(n.saturating_sub(1))).sum();
+    Ok(Audit { started_duplicates, events, outcomes })
 }
 
 pub async fn run(a: Args) -> Result<()> {
@@ -433,8 +460,16 @@ pub async fn run(a: Args) -> Result<()> {
         *seen.entry((p.call, p.attempt)).or_default() += 1;
     }
     let ledger_duplicates: u64 = seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
-    let (violations, max_global) = cap_violations(&placed, a.global_cap, &caps);
-    let (topic_duplicates, status_events) = started_duplicates(&tansu.bootstrap(), "dialer.status").await?;
+    let Sweep { violations, max_global, peaks } = sweep(&placed, a.global_cap, &caps);
+    let audit = audit_status_topic(&tansu.bootstrap(), "dialer.status").await?;
+    let (topic_duplicates, status_events) = (audit.started_duplicates, audit.events);
+    // Every attempt placed ends with an outcome on the topic (its own, or unknown_outcome after a
+    // kill): one the reader did not see means the audit itself missed events.
+    let unread = placed.iter().filter(|p| !audit.outcomes.contains(&(p.call, p.attempt))).count();
+    let per_campaign: Vec<_> = ids
+        .iter()
+        .map(|id| json!({"campaign": id, "cap": caps[id], "peak": peaks.get(id).copied().unwrap_or(0)}))
+        .collect();
     let lost = total - terminal + mismatched as i64;
     let out = json!({
         "scenario": "chaos",
@@ -451,6 +486,9 @@ pub async fn run(a: Args) -> Result<()> {
         "status_events": status_events,
         "cap_violations": violations,
         "max_global_concurrency": max_global,
+        "global_cap_bound": max_global >= i64::from(a.global_cap),
+        "campaign_peaks": per_campaign,
+        "placed_attempts_without_outcome_read": unread,
         "lost": lost,
         "stats_mismatches": mismatched,
         "duplicates": ledger_duplicates + topic_duplicates,
@@ -465,7 +503,7 @@ pub async fn run(a: Args) -> Result<()> {
         println!("{k:<28} {v}");
     }
     crate::write_json(a.json.as_deref(), &out)?;
-    if !completed || lost != 0 || violations != 0 || ledger_duplicates + topic_duplicates != 0 {
+    if !completed || lost != 0 || violations != 0 || ledger_duplicates + topic_duplicates != 0 || unread != 0 {
         let keep = work.keep();
         bail!("a guarantee failed (logs and ledgers kept in {})", keep.display());
     }

@@ -79,6 +79,9 @@ pub struct Args {
     /// tansu storage when the harness starts it: memory (fast, no restarts) or sqlite.
     #[arg(long, default_value = "memory")]
     pub tansu_storage: String,
+    /// Runs without the attempt journal (a labelled variant: production runs with it).
+    #[arg(long)]
+    pub no_journal: bool,
     /// Closed loop: most messages published and not yet finished (keeps queues realistic).
     #[arg(long, default_value_t = 20_000)]
     pub window: u64,
@@ -129,15 +132,18 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Counts from the status stream.
+/// Counts from the status stream, per (call, attempt): a duplicate cannot hide a loss.
 struct Tally {
     hist: Histogram<u64>,
     started: u64,
     outcomes: u64,
     /// Status events of any kind read while counting.
     events: u64,
-    duplicates: u64,
-    seen: HashSet<Uuid>,
+    /// Attempts dialled twice (a second `started`) and attempts finished twice.
+    dup_started: u64,
+    dup_outcomes: u64,
+    started_seen: HashSet<(Uuid, u32)>,
+    outcome_seen: HashSet<(Uuid, u32)>,
 }
 
 impl Tally {
@@ -147,8 +153,10 @@ impl Tally {
             started: 0,
             outcomes: 0,
             events: 0,
-            duplicates: 0,
-            seen: HashSet::new(),
+            dup_started: 0,
+            dup_outcomes: 0,
+            started_seen: HashSet::new(),
+            outcome_seen: HashSet::new(),
         }
     }
 
@@ -156,10 +164,11 @@ impl Tally {
         if counting {
             self.events += 1;
         }
+        let key = (e.call_id, e.attempt);
         match e.kind {
             EventKind::Started => {
-                if !self.seen.insert(e.call_id) {
-                    self.duplicates += 1;
+                if !self.started_seen.insert(key) {
+                    self.dup_started += 1;
                 }
                 if counting {
                     self.started += 1;
@@ -168,24 +177,46 @@ impl Tally {
                     }
                 }
             }
-            _ => self.outcomes += 1,
+            _ => {
+                self.outcomes += 1;
+                if !self.outcome_seen.insert(key) {
+                    self.dup_outcomes += 1;
+                }
+            }
         }
     }
 
-    /// Adds another reader's tally (a call seen by both is a duplicate).
+    /// Adds another reader's tally (an attempt seen by both is a duplicate).
     fn merge(&mut self, other: Tally) -> Result<()> {
         self.hist.add(&other.hist)?;
         self.started += other.started;
         self.outcomes += other.outcomes;
         self.events += other.events;
-        self.duplicates += other.duplicates;
-        for id in other.seen {
-            if !self.seen.insert(id) {
-                self.duplicates += 1;
+        self.dup_started += other.dup_started;
+        self.dup_outcomes += other.dup_outcomes;
+        for k in other.started_seen {
+            if !self.started_seen.insert(k) {
+                self.dup_started += 1;
+            }
+        }
+        for k in other.outcome_seen {
+            if !self.outcome_seen.insert(k) {
+                self.dup_outcomes += 1;
             }
         }
         Ok(())
     }
+
+    /// Attempts published (the first `total` of the run, attempt 1 each) with no outcome.
+    fn lost(&self, total: u64) -> u64 {
+        (0..total).filter(|i| !self.outcome_seen.contains(&(call_id(*i), 1))).count() as u64
+    }
+}
+
+/// The call id of the `i`-th message: mixed (a bijection of i), as the product's random UUIDv7
+/// ids are, so partitions and shards get each campaign's calls evenly.
+fn call_id(i: u64) -> Uuid {
+    Uuid::from_u128((u128::from(std::process::id()) << 64) | u128::from(splitmix64(i)))
 }
 
 /// Reads the status topic with one thread per core (partitions split statically, plain
@@ -266,6 +297,20 @@ pub async fn run(a: Args) -> Result<()> {
     tuning.buffers.max_queued_per_shard = 200_000;
     tuning.buffers.pause_partition_at = 100_000;
     tuning.buffers.resume_partition_at = 50_000;
+    // The attempt journal is on, as in production (`--no-journal` measures without it).
+    let _journal_dir = match (a.no_journal, tuning.journal.dir.is_empty()) {
+        (true, _) => {
+            tuning.journal.dir.clear();
+            None
+        }
+        (false, true) => {
+            let d = tempfile::Builder::new().prefix("dialer-bench-journal-").tempdir()?;
+            tuning.journal.dir = d.path().display().to_string();
+            Some(d)
+        }
+        (false, false) => None,
+    };
+    let journal_on = !tuning.journal.dir.is_empty();
     tuning.validate(Duration::from_secs(600)).context("bench tuning")?;
 
     // Servers.
@@ -405,10 +450,7 @@ pub async fn run(a: Args) -> Result<()> {
                     continue;
                 };
                 let mut m = sample_message(campaigns[k], cap);
-                // Mixed (a bijection of i), as the product's random UUIDv7 ids are: partitions and
-                // shards get each campaign's calls evenly, not by the round robin's parity.
-                let mixed = splitmix64(i);
-                m.call_id = Uuid::from_u128((u128::from(std::process::id()) << 64) | u128::from(mixed));
+                m.call_id = call_id(i);
                 if let Some(due_ns) = i.saturating_mul(1_000_000_000).checked_div(rate) {
                     let due = Duration::from_nanos(due_ns);
                     let el = start.elapsed();
@@ -483,7 +525,7 @@ pub async fn run(a: Args) -> Result<()> {
     for r in readers {
         tally.merge(r.await.context("event reader")??)?;
     }
-    let lost = total.saturating_sub(tally.outcomes);
+    let lost = tally.lost(total);
     let occupancy = sampler.join().map_err(|_| anyhow::anyhow!("the occupancy sampler panicked"))?;
     let caps = CapsReport::new(&a, &demand, &occupancy, &tracker, &campaigns, dials_per_sec_of(&tally, secs));
     let dials_per_sec = dials_per_sec_of(&tally, secs);
@@ -513,7 +555,10 @@ pub async fn run(a: Args) -> Result<()> {
     println!("{:<34} {:>14}", "dispatch→dial max µs", h.max());
     println!("{:<34} {:>14.4}", "redis commands per dial", rpd);
     println!("{:<34} {:>14}", "cap violations (tracker)", tracker.violations());
-    println!("{:<34} {:>14}", "lost / duplicates", format!("{lost} / {}", tally.duplicates));
+    println!("{:<34} {:>14}", "journal", if journal_on { "on" } else { "off" });
+    println!("{:<34} {:>14}", "attempts lost (no outcome)", lost);
+    println!("{:<34} {:>14}", "attempts dialled twice", tally.dup_started);
+    println!("{:<34} {:>14}", "attempts finished twice", tally.dup_outcomes);
     println!("{:<34} {:>14}", "peak calls in flight", peak_inflight);
     caps.print();
     if let Some(m) = mem_per_call {
@@ -564,8 +609,10 @@ pub async fn run(a: Args) -> Result<()> {
             "max_us": h.max(),
             "redis_commands_per_dial": rpd,
             "cap_violations": tracker.violations(),
-            "lost": lost,
-            "duplicates": tally.duplicates,
+            "journal": journal_on,
+            "lost_attempts": lost,
+            "attempts_dialled_twice": tally.dup_started,
+            "attempts_finished_twice": tally.dup_outcomes,
             "published": total,
             "peak_in_flight": peak_inflight,
             "caps": caps.json(),

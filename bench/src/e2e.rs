@@ -107,7 +107,9 @@ pub async fn run(a: Args) -> Result<()> {
     tuning.shards.assignment = Assignment::Static;
     tuning.lease.batch = 256;
     tuning.lease.low_water = 64;
-    let tracker = Tracker::new(1_000_000);
+    let ledger_dir = tempfile::Builder::new().prefix("dialer-e2e-").tempdir()?;
+    let ledger = ledger_dir.path().join("ledger-0");
+    let tracker = Tracker::with_ledger(1_000_000, &ledger)?;
     for id in &ids {
         tracker.set_campaign_cap(*id, a.campaign_cap);
     }
@@ -176,17 +178,26 @@ pub async fn run(a: Args) -> Result<()> {
     );
     let mut ticks = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
     let deadline = t0 + Duration::from_secs(a.timeout_s);
+    // Events persisted, sampled from the rows once a second: (seconds since start, count).
+    let mut persisted: Vec<(f64, i64)> = vec![(0.0, crate::events_persisted(&store, &ids).await?)];
+    let mut timed_out = false;
     loop {
         let tick0 = Instant::now();
-        sched.tick().await?;
+        if let Err(e) = sched.tick().await {
+            eprintln!("scheduler tick failed: {e}");
+        }
         let _ = ticks.record((tick0.elapsed().as_millis() as u64).max(1));
         let crate::Progress { terminal, open, .. } = crate::progress(&store, &ids).await?;
         pb.set_position(terminal as u64);
+        if persisted.last().is_some_and(|(t, _)| t0.elapsed().as_secs_f64() - t >= 1.0) {
+            persisted.push((t0.elapsed().as_secs_f64(), crate::events_persisted(&store, &ids).await?));
+        }
         if open == 0 {
             break;
         }
         if Instant::now() > deadline {
-            bail!("not drained after {} s: {terminal} of {total} calls terminal", a.timeout_s);
+            timed_out = true;
+            break;
         }
         let el = tick0.elapsed();
         if el < Duration::from_millis(a.tick_ms) {
@@ -194,35 +205,52 @@ pub async fn run(a: Args) -> Result<()> {
         }
     }
     let drain = t0.elapsed().as_secs_f64();
+    persisted.push((drain, crate::events_persisted(&store, &ids).await?));
     pb.finish_and_clear();
     let _ = stop.send(true);
     let _ = recorder.await;
     dp.shutdown();
     tokio::task::spawn_blocking(move || dp.join()).await??;
 
-    let crate::Progress { terminal, attempts, .. } = crate::progress(&store, &ids).await?;
+    let crate::Progress { terminal, .. } = crate::progress(&store, &ids).await?;
     let mismatched = crate::stats_mismatches(&store, &ids).await?;
-    let dials = tracker.calls() as i64;
-    let lost = total as i64 - terminal;
-    let duplicates = (dials - attempts).max(0);
+    let placed: Vec<(uuid::Uuid, u32)> =
+        crate::chaos::read_ledgers(ledger_dir.path())?.into_iter().map(|p| (p.call, p.attempt)).collect();
+    let audit = crate::audit_attempts(&store, &ids, &placed).await?;
+    let dials = placed.len() as i64;
+    let events = persisted.last().map_or(0, |(_, n)| *n) - persisted[0].1;
+    let peak = persisted.windows(2).map(|w| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0).max(1e-3)).fold(0.0, f64::max);
     let out = json!({
         "scenario": "e2e",
         "settings": {"campaigns": a.campaigns, "targets": a.targets, "campaign_cap": a.campaign_cap, "call_ms": a.call_ms, "shards": a.shards, "tick_ms": a.tick_ms},
         "cores": crate::cores(),
         "duration_s": drain,
         "drain_seconds": drain,
+        "timed_out": timed_out,
         "dials": dials,
         "dials_per_sec": dials as f64 / drain,
-        "events_persisted_per_sec": (2 * attempts) as f64 / drain,
+        "events_persisted": events,
+        "events_persisted_per_sec": events as f64 / drain,
+        "events_persisted_per_sec_peak_1s": peak,
         "scheduler_tick_p50_ms": ticks.value_at_quantile(0.5),
         "scheduler_tick_max_ms": ticks.max(),
-        "lost": lost,
-        "duplicates": duplicates,
+        "calls_not_terminal": total as i64 - terminal,
+        "calls_attempts_mismatched": audit.calls_mismatched,
+        "attempts_placed_twice": audit.placed_twice,
         "cap_violations": tracker.violations(),
         "stats_mismatches": mismatched,
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
-        println!("{k:<28} {v}");
+        println!("{k:<32} {v}");
     }
-    crate::write_json(a.json.as_deref(), &out)
+    crate::write_json(a.json.as_deref(), &out)?;
+    if timed_out || terminal != total as i64 || audit.calls_mismatched + audit.placed_twice + mismatched > 0 {
+        bail!(
+            "e2e failed: timed out {timed_out}, {} calls not terminal, {} calls' attempts mismatched, {} placed twice, {mismatched} stats mismatches",
+            total as i64 - terminal,
+            audit.calls_mismatched,
+            audit.placed_twice
+        );
+    }
+    Ok(())
 }

@@ -1,12 +1,13 @@
 //! `bench limiter`: the seed platform's design (one Redis script call to acquire and one DECR
 //! to release, per call) against ours (tokens leased in batches per core, handed out locally),
 //! side by side against the same redis-server, with the same campaigns, caps and call mix.
-//! Redis commands are counted by Redis itself (`INFO commandstats`).
+//! Redis commands are counted by Redis itself (`INFO commandstats`); cap violations by one
+//! tracker every caller and core shares ([`Holding`]), for both designs.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -90,7 +91,56 @@ struct Phase {
     secs: f64,
     client_cmds: u64,
     all_cmds: u64,
-    cap_violations: u64,
+    /// Grants that took a campaign over its cap / everything over the global cap.
+    campaign_violations: u64,
+    global_violations: u64,
+}
+
+/// Calls in progress per campaign and in all, counted by every caller and core together (one
+/// tracker, so two cores over a cap together are seen): a token counts once it is granted and
+/// stops counting before it is given back, so a count over a cap is a real violation.
+struct Holding {
+    campaigns: Vec<AtomicI64>,
+    global: AtomicI64,
+    cap: i64,
+    global_cap: i64,
+    campaign_violations: AtomicU64,
+    global_violations: AtomicU64,
+}
+
+impl Holding {
+    fn new(a: &Args) -> Arc<Holding> {
+        Arc::new(Holding {
+            campaigns: (0..a.campaigns).map(|_| AtomicI64::new(0)).collect(),
+            global: AtomicI64::new(0),
+            cap: i64::from(a.campaign_cap),
+            global_cap: i64::from(a.global_cap),
+            campaign_violations: AtomicU64::new(0),
+            global_violations: AtomicU64::new(0),
+        })
+    }
+
+    fn take(&self, campaign: usize) {
+        if self.campaigns[campaign].fetch_add(1, Ordering::AcqRel) + 1 > self.cap {
+            self.campaign_violations.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.global.fetch_add(1, Ordering::AcqRel) + 1 > self.global_cap {
+            self.global_violations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn give(&self, campaign: usize) {
+        self.campaigns[campaign].fetch_sub(1, Ordering::AcqRel);
+        self.global.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn counted(&self, p: Phase) -> Phase {
+        Phase {
+            campaign_violations: self.campaign_violations.load(Ordering::SeqCst),
+            global_violations: self.global_violations.load(Ordering::SeqCst),
+            ..p
+        }
+    }
 }
 
 const SEED_ACQUIRE: &str = "local v = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -107,20 +157,30 @@ async fn per_call(a: &Args, url: &str) -> Result<Phase> {
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(AtomicU64::new(0));
+    let holding = Holding::new(a);
     let mut tasks = Vec::new();
     for i in 0..a.callers {
-        let (client, sha, prefix, counting, stop, tokens) =
-            (client.clone(), sha.clone(), prefix.clone(), counting.clone(), stop.clone(), tokens.clone());
+        let (client, sha, prefix, counting, stop, tokens, holding) = (
+            client.clone(),
+            sha.clone(),
+            prefix.clone(),
+            counting.clone(),
+            stop.clone(),
+            tokens.clone(),
+            holding.clone(),
+        );
         let (campaigns, cap, hold) = (a.campaigns, a.campaign_cap, a.hold_us);
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(i as u64);
             while !stop.load(Ordering::Relaxed) {
-                let key = format!("{prefix}sem:campaign:{}:concurrency", rng.random_range(0..campaigns));
+                let c = rng.random_range(0..campaigns) as usize;
+                let key = format!("{prefix}sem:campaign:{c}:concurrency");
                 let got: i64 = client.evalsha(&sha, vec![key.clone()], vec![cap.to_string(), "600000".into()]).await?;
                 if got == 0 {
                     tokio::task::yield_now().await;
                     continue;
                 }
+                holding.take(c);
                 if counting.load(Ordering::Relaxed) {
                     tokens.fetch_add(1, Ordering::Relaxed);
                 }
@@ -128,6 +188,7 @@ async fn per_call(a: &Args, url: &str) -> Result<Phase> {
                 if h >= 1000 {
                     tokio::time::sleep(Duration::from_micros(h)).await;
                 }
+                holding.give(c);
                 let _: i64 = client.decr(key).await?;
             }
             anyhow::Ok(())
@@ -137,7 +198,7 @@ async fn per_call(a: &Args, url: &str) -> Result<Phase> {
     for t in tasks {
         t.await??;
     }
-    Ok(Phase { cap_violations: 0, ..r })
+    Ok(holding.counted(r))
 }
 
 async fn measure(
@@ -168,7 +229,8 @@ async fn measure(
         secs,
         client_cmds: c1 - c0,
         all_cmds: a1 - a0,
-        cap_violations: 0,
+        campaign_violations: 0,
+        global_violations: 0,
     })
 }
 
@@ -179,17 +241,17 @@ async fn leased(a: &Args, url: &str) -> Result<Phase> {
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(AtomicU64::new(0));
-    let violations = Arc::new(AtomicU64::new(0));
+    let holding = Holding::new(a);
     let campaigns: Vec<Uuid> = (0..a.campaigns).map(|i| Uuid::from_u128(u128::from(i) + 1)).collect();
     let settings = LeaseSettings { batch: a.batch, low_water: a.batch / 4, ..LeaseSettings::default() };
     let mut cores = Vec::new();
     for core in 0..a.cores {
-        let (backend, counting, stop, tokens, violations, campaigns, settings) = (
+        let (backend, counting, stop, tokens, holding, campaigns, settings) = (
             Backend::Redis(backend.clone()),
             counting.clone(),
             stop.clone(),
             tokens.clone(),
-            violations.clone(),
+            holding.clone(),
             campaigns.clone(),
             settings.clone(),
         );
@@ -208,24 +270,19 @@ async fn leased(a: &Args, url: &str) -> Result<Phase> {
                 }));
                 let mut rng = StdRng::seed_from_u64(core as u64);
                 let mut ends: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
-                let mut live: HashMap<usize, u32> = HashMap::new();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let now = Instant::now();
                     while ends.peek().is_some_and(|Reverse((t, _))| *t <= now) {
                         let Some(Reverse((_, i))) = ends.pop() else { break };
+                        holding.give(i);
                         h.release(campaigns[i]);
-                        *live.entry(i).or_default() -= 1;
                     }
                     let mut refused = 0;
                     for _ in 0..64 {
                         let i = rng.random_range(0..campaigns.len());
                         if h.try_acquire(campaigns[i], dialer_limiter::Ask { cap, weight: 1, queued: 1 }) {
-                            let l = live.entry(i).or_default();
-                            *l += 1;
-                            if *l > cap {
-                                violations.fetch_add(1, Ordering::Relaxed);
-                            }
+                            holding.take(i);
                             n += 1;
                             ends.push(Reverse((now + Duration::from_micros(rng.random_range(0..=hold)), i)));
                         } else {
@@ -244,6 +301,7 @@ async fn leased(a: &Args, url: &str) -> Result<Phase> {
                     }
                 }
                 for Reverse((_, i)) in ends.drain() {
+                    holding.give(i);
                     h.release(campaigns[i]);
                 }
                 drv.await?;
@@ -251,12 +309,11 @@ async fn leased(a: &Args, url: &str) -> Result<Phase> {
             })
         }));
     }
-    let mut r = measure("leased", a.duration, &client, &counting, &stop, &tokens).await?;
+    let r = measure("leased", a.duration, &client, &counting, &stop, &tokens).await?;
     for c in cores {
         c.join().map_err(|_| anyhow::anyhow!("core thread panicked"))??;
     }
-    r.cap_violations = violations.load(Ordering::SeqCst);
-    Ok(r)
+    Ok(holding.counted(r))
 }
 
 pub async fn run(a: Args) -> Result<()> {
@@ -274,16 +331,17 @@ pub async fn run(a: Args) -> Result<()> {
     let row = |name: &str, p: &Phase| {
         let per = |x: u64| if p.tokens == 0 { f64::NAN } else { x as f64 / p.tokens as f64 };
         println!(
-            "{name:<28} {:>14.0} {:>16.4} {:>22.4} {:>10}",
+            "{name:<28} {:>14.0} {:>16.4} {:>22.4} {:>14} {:>12}",
             p.tokens as f64 / p.secs,
             per(p.client_cmds),
             per(p.all_cmds),
-            p.cap_violations
+            p.campaign_violations,
+            p.global_violations
         );
     };
     println!(
-        "{:<28} {:>14} {:>16} {:>22} {:>10}",
-        "design", "tokens/s", "redis cmds/token", "incl. script-inner/tok", "cap viol."
+        "{:<28} {:>14} {:>16} {:>22} {:>14} {:>12}",
+        "design", "tokens/s", "redis cmds/token", "incl. script-inner/tok", "campaign viol.", "global viol."
     );
     row("per-call (seed)", &seed);
     row("leased (ours)", &ours);
@@ -303,7 +361,10 @@ pub async fn run(a: Args) -> Result<()> {
             "per_call_tokens_per_sec": seed.tokens as f64 / seed.secs,
             "per_call_redis_commands_per_token": per(seed.client_cmds, seed.tokens),
             "per_call_redis_commands_incl_script_inner_per_token": per(seed.all_cmds, seed.tokens),
-            "cap_violations": ours.cap_violations,
+            "leased_campaign_cap_violations": ours.campaign_violations,
+            "leased_global_cap_violations": ours.global_violations,
+            "per_call_campaign_cap_violations": seed.campaign_violations,
+            "per_call_global_cap_violations": seed.global_violations,
         }),
     )
 }

@@ -12,6 +12,7 @@ mod journal;
 mod limiter;
 mod occupancy;
 mod plot;
+mod restart;
 mod targets;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ enum Command {
     /// The product under binding caps (real `dialer up` or control plane + data planes, seed call
     /// lengths): time-averaged calls in progress and dials/s per campaign vs caps and fair shares.
     Caps(caps::Args),
+    /// The real `dialer up` killed mid-campaign and started again: time to full concurrency.
+    Restart(restart::Args),
     /// Faults during a distributed run (SIGKILLed data planes, Redis, broker and PostgreSQL
     /// restarts), then checks: no cap violation, no double dial, nothing lost.
     Chaos(chaos::Args),
@@ -126,6 +129,63 @@ pub async fn stats_mismatches(store: &dialer_control_plane::Store, ids: &[uuid::
     Ok(n)
 }
 
+/// Status events persisted in the SQL timeline for `ids`, counted from its rows: a `started`
+/// event sets an attempt's `started_at`, an outcome its `ended_at`.
+pub async fn events_persisted(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<i64> {
+    let dialer_control_plane::Store::Postgres(pool) = store else {
+        anyhow::bail!("events_persisted reads PostgreSQL");
+    };
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM((started_at IS NOT NULL)::int + (ended_at IS NOT NULL)::int), 0)::bigint \
+         FROM call_attempts WHERE campaign_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_one(pool)
+    .await?;
+    Ok(n)
+}
+
+/// Calls whose attempts placed (from the provider's ledger) differ from the attempts the rows
+/// count (`1..=attempt_count`), and attempts placed twice: per (call, attempt), not by totals.
+#[derive(Debug, Default)]
+pub struct AttemptAudit {
+    pub calls_mismatched: u64,
+    pub placed_twice: u64,
+}
+
+pub async fn audit_attempts(
+    store: &dialer_control_plane::Store,
+    ids: &[uuid::Uuid],
+    placed: &[(uuid::Uuid, u32)],
+) -> Result<AttemptAudit> {
+    let mut by_call: std::collections::HashMap<uuid::Uuid, Vec<u32>> = std::collections::HashMap::new();
+    for (call, attempt) in placed {
+        by_call.entry(*call).or_default().push(*attempt);
+    }
+    let mut out = AttemptAudit::default();
+    for id in ids {
+        let mut after = None;
+        loop {
+            let q = dialer_control_plane::store::CallQuery { after, limit: 10_000, ..Default::default() };
+            let page = store.list_calls(*id, &q).await?;
+            for c in &page {
+                let mut got = by_call.remove(&c.id).unwrap_or_default();
+                got.sort_unstable();
+                let n = got.len();
+                got.dedup();
+                out.placed_twice += (n - got.len()) as u64;
+                out.calls_mismatched += u64::from(got != (1..=c.attempt_count).collect::<Vec<u32>>());
+            }
+            match page.last() {
+                Some(c) if page.len() == 10_000 => after = Some(c.id),
+                _ => break,
+            }
+        }
+    }
+    out.calls_mismatched += by_call.len() as u64;
+    Ok(out)
+}
+
 /// Number of CPUs, as `nproc` reports it.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map(usize::from).unwrap_or(1)
@@ -180,6 +240,9 @@ fn main() -> Result<()> {
         }
         Command::Broker(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(broker::run(args))
+        }
+        Command::Restart(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(restart::run(args))
         }
         Command::Caps(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(caps::run(args))

@@ -11,7 +11,7 @@ use dialer_control_plane::recorder::{EventSource, Recorder};
 use dialer_control_plane::scheduler::{DispatchSink, Scheduler, SchedulerConfig, SystemClock};
 use dialer_control_plane::{Config, open_store};
 use dialer_dataplane::{
-    Assignment, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker, Tuning,
+    Assignment, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tuning,
 };
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
@@ -19,6 +19,8 @@ use dialer_testkit::{redis, redis_prefix, tansu, unique_name};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use serde_json::json;
+
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigns_complete_over_kafka_redis_and_postgres() {
@@ -73,7 +75,8 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     tuning.lease.low_water = 2;
     tuning.lease.idle_give_back_ms = 300;
     tuning.kafka.commit_every_ms = 100;
-    let tracker = Tracker::new(12);
+    let ledger = tempfile::tempdir().expect("ledger dir");
+    let tracker = common::ledger_tracker(12, ledger.path());
     for (id, _) in &ids {
         tracker.set_campaign_cap(*id, 8);
     }
@@ -152,14 +155,13 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     dp.shutdown();
     tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("shards");
 
-    let mut attempts = 0;
     for (id, targets) in &ids {
         let st = store.stats(*id).await.expect("stats");
         assert_eq!(st, store.recount_stats(*id).await.expect("recount"), "stats equal the rows");
         assert_eq!(st.completed_calls + st.failed_calls, *targets);
-        attempts += st.attempts_total;
     }
-    assert_eq!(tracker.calls() as i64, attempts, "each attempt dialed exactly once");
+    let campaigns: Vec<uuid::Uuid> = ids.iter().map(|(id, _)| *id).collect();
+    common::assert_each_attempt_dialled_once(&store, &campaigns, ledger.path()).await;
 
     // The junk status event is in the dead-letter topic with its reason.
     let dlq: rdkafka::consumer::StreamConsumer = ClientConfig::new()

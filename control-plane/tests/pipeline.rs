@@ -27,6 +27,8 @@ use common::{Backend, campaign, event, store};
 struct Pipeline {
     store: Store,
     tracker: Arc<Tracker>,
+    /// Holds the provider's ledger (every call placed).
+    ledger: tempfile::TempDir,
     dp: Option<Dataplane>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -46,7 +48,8 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
     t.shards.count = 2;
     t.lease.idle_give_back_ms = 300;
     let (bus, ends) = MemoryBus::new(2, t.shards.partitions, 10_000, 10_000);
-    let tracker = Tracker::new(10_000);
+    let ledger = tempfile::tempdir().expect("ledger dir");
+    let tracker = common::ledger_tracker(10_000, ledger.path());
     let dp = Dataplane::start(DataplaneOptions {
         tuning: t,
         bus: BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
@@ -80,7 +83,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
         timeline: None,
     };
     let tasks = vec![tokio::spawn(sched.run(wait(rx.clone()))), tokio::spawn(rec.run(wait(rx)))];
-    Pipeline { store: store.clone(), tracker, dp: Some(dp), stop, tasks }
+    Pipeline { store: store.clone(), tracker, ledger, dp: Some(dp), stop, tasks }
 }
 
 impl Pipeline {
@@ -132,14 +135,8 @@ async fn campaigns_run_to_completion(b: Backend) {
         assert!(st.failed_calls > 0 && st.retries_attempted > 0, "the mock's failures were retried: {st:?}");
         assert!(st.attempts_total >= *n);
     }
-    let total_attempts: i64 = {
-        let mut t = 0;
-        for (id, _) in &ids {
-            t += s.stats(*id).await.expect("stats").attempts_total;
-        }
-        t
-    };
-    assert_eq!(p.tracker.calls() as i64, total_attempts, "each attempt was dialed exactly once");
+    let campaigns: Vec<Uuid> = ids.iter().map(|(id, _)| *id).collect();
+    common::assert_each_attempt_dialled_once(&s, &campaigns, p.ledger.path()).await;
     assert_eq!(p.tracker.violations(), 0);
     // The timeline shows the attempts.
     let calls = s

@@ -365,7 +365,7 @@ impl Redo {
         self.at = None;
         self.rounds += 1;
         into.append(&mut self.events);
-        self.rounds % 4 == 0
+        self.rounds.is_multiple_of(4)
     }
 
     fn full(&self) -> bool {

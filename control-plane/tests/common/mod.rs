@@ -53,3 +53,32 @@ pub fn event(campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, ki
         dispatch_latency_us: None,
     }
 }
+
+/// A provider tracker that also writes its ledger (every call placed, one line each) to a file
+/// in `dir`, so that tests check dials per (call, attempt) rather than by totals.
+pub fn ledger_tracker(global_cap: u32, dir: &std::path::Path) -> std::sync::Arc<dialer_dataplane::Tracker> {
+    dialer_dataplane::Tracker::with_ledger(global_cap, &dir.join("ledger")).expect("ledger")
+}
+
+/// Each call's dialled attempts, from the ledger in `dir`: exactly `1..=attempt_count` (each
+/// counted attempt placed, none placed twice, none placed beyond the count).
+pub async fn assert_each_attempt_dialled_once(s: &Store, campaigns: &[Uuid], dir: &std::path::Path) {
+    let mut placed: std::collections::HashMap<Uuid, Vec<u32>> = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(dir.join("ledger")).expect("ledger").lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        placed.entry(f[0].parse().expect("call id")).or_default().push(f[1].parse().expect("attempt"));
+    }
+    let mut calls = 0;
+    for c in campaigns {
+        let q = dialer_control_plane::store::CallQuery { limit: 100_000, ..Default::default() };
+        for k in s.list_calls(*c, &q).await.expect("calls") {
+            let mut got = placed.remove(&k.id).unwrap_or_default();
+            got.sort_unstable();
+            let want: Vec<u32> = (1..=k.attempt_count).collect();
+            assert_eq!(got, want, "call {}: attempts placed vs counted", k.id);
+            calls += 1;
+        }
+    }
+    assert!(placed.is_empty(), "{} calls placed that no campaign has", placed.len());
+    assert!(calls > 0);
+}
