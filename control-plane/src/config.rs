@@ -464,6 +464,11 @@ impl Config {
             "bus.kind" => self.bus.kind = v.to_string(),
             "bus.brokers" => self.bus.brokers = v.to_string(),
             "bus.group_id" => self.bus.group_id = v.to_string(),
+            "bus.dispatch_partitions" => self.bus.dispatch_partitions = num(v)?,
+            "bus.status_partitions" => self.bus.status_partitions = num(v)?,
+            "bus.replication_factor" => self.bus.replication_factor = num(v)?,
+            "scheduler.reap_every_ms" => self.scheduler.reap_every_ms = num(v)?,
+            "scheduler.reap_grace_ms" => self.scheduler.reap_grace_ms = num(v)?,
             "provider.seed" => self.provider.seed = num(v)?,
             "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
@@ -680,8 +685,8 @@ mod tests {
         let t = c.topics();
         assert_eq!((t[0].name.as_str(), t[0].partitions, t[0].replication), ("dialer.dispatch", 48, 3));
         assert!(t[1..].iter().all(|t| t.partitions == 8 && t.replication == 3), "{t:?}");
-        let e = Config::from_toml("[bus]\ndispatch_partitions = 0\n").expect_err("refused");
-        assert!(e.contains("bus.dispatch_partitions"), "{e}");
+        let e = Config::from_toml("[bus]\ndispatch_partitions = 0\n").expect("parses").validate().expect_err("refused");
+        assert!(e.to_string().contains("bus.dispatch_partitions"), "{e}");
     }
 
     #[test]

@@ -648,10 +648,6 @@ mod tests {
             (json!({"targets": null}), "targets"),
             (json!({"targets": [{"phone_number": "555-0001"}]}), "targets[0].phone_number"),
             (json!({"targets": [{"phone_number": "+15555550001", "metadata": [1]}]}), "targets[0].metadata"),
-            (
-                json!({"targets": [{"phone_number": "+15555550001"}, {"phone_number": "+15555550001"}]}),
-                "targets[1].phone_number",
-            ),
         ];
         for (patch, field) in cases {
             let mut body = seed_body();
@@ -661,6 +657,21 @@ mod tests {
             let err = create(body).expect_err(field);
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn a_number_listed_twice_is_merged_into_its_first_listing() {
+        let mut body = seed_body();
+        body["targets"] = json!([
+            {"phone_number": "+15555550001", "metadata": {"n": 1}},
+            {"phone_number": "+15555550002"},
+            {"phone_number": "+15555550001", "metadata": {"n": 2}},
+            {"phone_number": "+15555550001"},
+        ]);
+        let c = create(body).expect("merged, not refused");
+        assert_eq!(c.duplicates_merged, 2);
+        let numbers: Vec<_> = c.targets.iter().map(|t| (t.phone_number.as_str(), t.metadata.clone())).collect();
+        assert_eq!(numbers, [("+15555550001", json!({"n": 1})), ("+15555550002", json!({}))]);
     }
 
     #[test]
