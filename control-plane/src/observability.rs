@@ -69,6 +69,12 @@ fn describe_all() {
     );
     describe_gauge!("dialer_limiter_tokens_held", "Tokens a core holds under its leases.");
     describe_gauge!("dialer_limiter_tokens_in_use", "Tokens a core has handed to calls in progress.");
+    describe_data_plane();
+}
+
+/// The data plane's part of the catalogue.
+fn describe_data_plane() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("dialer_dials_total", "Calls placed by the data plane.");
     describe_counter!(
         "dialer_status_events_reproduced_total",
@@ -92,6 +98,12 @@ fn describe_all() {
         "Redelivered attempts the journal showed as started before a restart: reported unknown_outcome, not redialed."
     );
     describe_counter!("dialer_dispatch_malformed_total", "Dispatch messages that could not be read and were skipped.");
+    describe_pipeline();
+}
+
+/// The scheduler's, reaper's and recorder's part of the catalogue (and what follows them).
+fn describe_pipeline() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("dialer_scheduler_dispatched_total", "Calls claimed and published by the scheduler.");
     describe_counter!(
         "dialer_scheduler_errors_total",
