@@ -2,8 +2,9 @@
 //! campaign (the seed's call lengths, a binding cap) runs; the process is stopped with SIGKILL
 //! (or SIGTERM) mid-campaign and started again on the same data directory. From the provider's
 //! ledgers (every call placed, start and planned end, both runs): the time from the restart to
-//! the first dial, to the campaign's full concurrency again (its cap), and to its completion;
-//! and, per (call, attempt), that nothing was placed twice nor rung while its previous call was up.
+//! the first dial, to the new run's full concurrency (its cap), and to completion; per (call,
+//! attempt), that nothing was placed twice nor rung while its previous call was up; and, both
+//! runs together as the carrier sees them, that the cap held.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -103,6 +104,8 @@ pub async fn run(a: Args) -> Result<()> {
         "dials": placed.len(),
         "attempts_placed_twice": r.placed_twice,
         "rung_while_previous_call_up": r.overlaps,
+        "carrier_peak_both_runs": r.peak,
+        "cap_violations_both_runs": r.violations,
         "stats": stats,
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
@@ -110,7 +113,7 @@ pub async fn run(a: Args) -> Result<()> {
     }
     crate::write_json(a.json.as_deref(), &out)?;
     let open = ["pending_calls", "queued_calls", "in_progress_calls"].iter().map(|k| stats[k].as_i64().unwrap_or(-1));
-    if !completed || r.placed_twice + r.overlaps > 0 || open.into_iter().any(|n| n != 0) {
+    if !completed || r.placed_twice + r.overlaps + r.violations > 0 || open.into_iter().any(|n| n != 0) {
         bail!("a guarantee failed (logs and ledgers kept in {})", work.keep().display());
     }
     Ok(())
@@ -155,10 +158,13 @@ async fn wait_completed(port: u16, id: Uuid, timeout: Duration) -> Result<bool> 
 /// The second run, from the ledgers of both.
 struct Recovery {
     first_dial_s: f64,
-    /// Until the campaign's calls up (both runs' calls, by their planned ends) reach its cap.
+    /// Until the new run's own calls up reach the campaign's cap.
     full_s: f64,
     placed_twice: u64,
     overlaps: u64,
+    /// Starts over the cap and the highest concurrency, both runs together.
+    violations: u64,
+    peak: i64,
 }
 
 impl Recovery {
@@ -166,16 +172,21 @@ impl Recovery {
         let secs = |us: u64| us.saturating_sub(restart_us) as f64 / 1e6;
         let after: Vec<&Placed> = placed.iter().filter(|p| p.start_us >= restart_us).collect();
         let first_dial_s = after.iter().map(|p| p.start_us).min().map_or(f64::NAN, secs);
-        let mut edges: Vec<(u64, i8)> = placed.iter().flat_map(|p| [(p.start_us, 1), (p.end_us, -1)]).collect();
+        // The new run's own calls reaching the cap: its full dial rate again.
+        let mut edges: Vec<(u64, i8)> = after.iter().flat_map(|p| [(p.start_us, 1), (p.end_us, -1)]).collect();
         edges.sort_unstable();
         let (mut up, mut full_s) = (0i64, f64::NAN);
         for (t, d) in edges {
             up += i64::from(d);
-            if t >= restart_us && d > 0 && up >= i64::from(cap) {
+            if d > 0 && up >= i64::from(cap) {
                 full_s = secs(t);
                 break;
             }
         }
+        // The carrier's view, both runs: the killed run's calls stay up to their planned end.
+        let campaign = placed.first().map(|p| p.campaign).unwrap_or_default();
+        let caps = HashMap::from([(campaign, cap)]);
+        let sweep = crate::chaos::sweep(placed, u32::MAX, &caps);
         let mut by_call: HashMap<Uuid, Vec<(u32, u64, u64)>> = HashMap::new();
         for p in placed {
             by_call.entry(p.call).or_default().push((p.attempt, p.start_us, p.end_us));
@@ -190,6 +201,6 @@ impl Recovery {
             placed_twice += (n - attempts.len()) as u64;
             overlaps += spans.windows(2).filter(|w| w[1].1 < w[0].2).count() as u64;
         }
-        Recovery { first_dial_s, full_s, placed_twice, overlaps }
+        Recovery { first_dial_s, full_s, placed_twice, overlaps, violations: sweep.violations, peak: sweep.max_global }
     }
 }

@@ -169,6 +169,9 @@ pub struct Recovery {
     pub given_back: u64,
     /// Attempts that were (or may have been) dialled: `unknown_outcome`, the retry policy decides.
     pub unknown_outcome: u64,
+    /// Of those, per campaign: calls that may still be up at the carrier for up to the longest
+    /// call (a killed process hangs up nothing), to be counted against the caps meanwhile.
+    pub may_be_up: std::collections::HashMap<Uuid, u32>,
 }
 
 /// The embedded mode's recovery at start, before anything dispatches: its bus and its calls
@@ -202,6 +205,9 @@ pub async fn recover_embedded(
         let applied = resolve(store, timeline, &live, &never, now, &mut rng, not_before).await?;
         out.given_back += never.len() as u64;
         out.unknown_outcome += live.len() as u64 - never.len() as u64;
+        for c in live.iter().filter(|c| !never.contains(&(c.id, c.attempt))) {
+            *out.may_be_up.entry(c.campaign_id).or_default() += 1;
+        }
         metrics::counter!("dialer_reaped_calls_total", "by" => "recovery").increment(applied);
         if applied == 0 {
             // Nothing moved (should not happen: every live call's own attempt applies).

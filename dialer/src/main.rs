@@ -174,9 +174,10 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     if tuning.journal.dir.is_empty() {
         tuning.journal.dir = data_dir.join("journal").display().to_string();
     }
-    recover(cfg, &store, timeline.as_ref(), Path::new(&tuning.journal.dir)).await?;
+    let may_be_up = recover(cfg, &store, timeline.as_ref(), Path::new(&tuning.journal.dir)).await?;
     let (bus, ends) = dialer_dataplane::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
     let limiter = std::sync::Arc::new(dialer_limiter::LocalBackend::default());
+    hold_for_previous_run(&limiter, cfg, &may_be_up);
     let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
         tuning: tuning.clone(),
         bus: dialer_dataplane::BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
@@ -250,15 +251,43 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     Ok(())
 }
 
+/// Counts the previous run's calls that may still be up (a killed process hangs up nothing)
+/// against the caps, under a lease of their own that expires when none of them can be up any
+/// more (the longest call from now): the new run never takes a campaign or the whole over its cap
+/// at the carrier.
+fn hold_for_previous_run(
+    limiter: &dialer_limiter::LocalBackend,
+    cfg: &Config,
+    may_be_up: &std::collections::HashMap<uuid::Uuid, u32>,
+) {
+    if may_be_up.is_empty() {
+        return;
+    }
+    let reqs: Vec<dialer_limiter::SyncRequest> = may_be_up
+        .iter()
+        .map(|(campaign, n)| dialer_limiter::SyncRequest {
+            campaign: *campaign,
+            want: *n,
+            generation: 1,
+            campaign_cap: cfg.limits.per_campaign_max_concurrency,
+            in_use: *n,
+            demand: *n,
+            weight: 1,
+        })
+        .collect();
+    let ttl = cfg.provider.longest_call();
+    limiter.sync("previous-run", ttl, cfg.limits.global_max_concurrency, 0, &reqs);
+}
+
 /// The embedded mode's recovery at start: the previous run's calls still queued or in progress
 /// are resolved at once (its bus and calls died with it), the journal saying which were dialled;
-/// then its journal is retired.
+/// then its journal is retired. Returns, per campaign, the calls that may still be up.
 async fn recover(
     cfg: &Config,
     store: &dialer_control_plane::Store,
     timeline: Option<&dialer_control_plane::timeline::CqlTimeline>,
     journal: &Path,
-) -> Result<()> {
+) -> Result<std::collections::HashMap<uuid::Uuid, u32>> {
     let t = std::time::Instant::now();
     let dialled = dialer_dataplane::journal::dialled_attempts(journal).context("reading the attempt journal")?;
     let longest = cfg.provider.longest_call();
@@ -271,10 +300,10 @@ async fn recover(
             given_back = r.given_back,
             unknown_outcome = r.unknown_outcome,
             ms = t.elapsed().as_millis() as u64,
-            "recovered the previous run's calls: never dialled ones given back; dialled ones recorded as unknown_outcome (retried by policy once they cannot be up)"
+            "recovered the previous run's calls: never dialled ones given back; dialled ones recorded as unknown_outcome (retried by policy once they cannot be up, and counted against the caps until then)"
         );
     }
-    Ok(())
+    Ok(r.may_be_up)
 }
 
 async fn serve_api(cfg: &Config, url: &str) -> Result<()> {

@@ -1,7 +1,8 @@
 //! The real `dialer up` killed mid-campaign (SIGKILL, and SIGTERM) and started again on the same
 //! data directory finishes the campaign: every call terminal, the stats equal the rows, no
-//! attempt placed twice and no number rung while its previous call may still be up (from the
-//! provider's ledger, per call and attempt). A SIGTERM loses no outcome: the calls in progress
+//! attempt placed twice, no number rung while its previous call may still be up, and the cap
+//! never exceeded at the carrier across both runs (from the provider's ledger, per call and
+//! attempt). A SIGTERM loses no outcome: the calls in progress
 //! when it came are recorded before the process exits.
 
 use std::collections::{HashMap, HashSet};
@@ -129,6 +130,16 @@ fn check_finished(port: u16, id: &str, dir: &Path) {
         (Some(0), Some(0), Some(0))
     );
     let placed = ledger(dir);
+    // The carrier's view, both runs together: the killed run's calls stay up to their planned
+    // end, so the new run must count them against the campaign's cap of 60.
+    let mut edges: Vec<(u64, i64)> = placed.iter().flat_map(|(_, _, s, e)| [(*s, 1), (*e, -1)]).collect();
+    edges.sort_unstable_by_key(|(t, d)| (*t, *d));
+    let (mut up, mut peak) = (0i64, 0i64);
+    for (_, d) in edges {
+        up += d;
+        peak = peak.max(up);
+    }
+    assert!(peak <= 60, "{peak} calls up at once at the carrier, over the campaign's cap of 60");
     let mut seen = HashSet::new();
     let mut per_call: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();
     for (call, attempt, start, end) in &placed {
