@@ -624,7 +624,13 @@ pub async fn run(a: Args) -> Result<()> {
             "broker_msgs_per_sec": broker_ceiling.as_ref().map(|_| run_msgs_per_sec),
             "broker_ceiling_share": broker_ceiling.as_ref().map(|c| run_msgs_per_sec / c.pipeline),
         }),
-    )
+    )?;
+    // A run that lost or duplicated an attempt, or broke a cap, printed what it saw and fails.
+    let (twice, violations) = (tally.dup_started + tally.dup_outcomes, tracker.violations());
+    if lost + twice + violations > 0 {
+        bail!("{lost} attempts lost, {twice} dialled or finished twice, {violations} cap violations");
+    }
+    Ok(())
 }
 
 /// A bijection of u64 that scatters consecutive numbers (the SplitMix64 finalizer).

@@ -174,7 +174,14 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     if tuning.journal.dir.is_empty() {
         tuning.journal.dir = data_dir.join("journal").display().to_string();
     }
-    let may_be_up = recover(cfg, &store, timeline.as_ref(), Path::new(&tuning.journal.dir)).await?;
+    // Only its own SQLite file tells it that nothing else is dialling these calls; on a shared
+    // PostgreSQL another process may be, and the reaper resolves what was abandoned instead.
+    let may_be_up = if store.kind() == dialer_control_plane::store::StoreKind::Sqlite {
+        recover(cfg, &store, timeline.as_ref(), Path::new(&tuning.journal.dir)).await?
+    } else {
+        tracing::info!("store is not the embedded SQLite: no recovery at start, the reaper resolves abandoned calls");
+        Default::default()
+    };
     let (bus, ends) = dialer_dataplane::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
     let limiter = std::sync::Arc::new(dialer_limiter::LocalBackend::default());
     hold_for_previous_run(&limiter, cfg, &may_be_up);
