@@ -77,6 +77,17 @@ pub struct Reaper {
 }
 
 impl Reaper {
+    /// The reaper every `dialer` process runs: the configured timings, the system clock.
+    pub fn from_config(cfg: &crate::Config, store: Store, timeline: Option<crate::timeline::CqlTimeline>) -> Reaper {
+        Reaper {
+            store,
+            clock: Arc::new(crate::scheduler::SystemClock),
+            cfg: cfg.reaper_config(),
+            timeline,
+            seed: cfg.provider.seed,
+        }
+    }
+
     /// One sweep: resolves every abandoned call, a batch at a time.
     #[tracing::instrument(name = "reaper_sweep", skip_all, fields(reaped))]
     pub async fn sweep(&self, rng: &mut StdRng) -> Result<ReapReport, StoreError> {

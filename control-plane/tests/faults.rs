@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use serde_json::json;
 use uuid::Uuid;
 
+#[macro_use]
 mod common;
 use common::{Backend, campaign, event, store};
 
@@ -249,17 +250,6 @@ async fn an_event_the_store_refuses_is_isolated_and_the_rest_recorded() {
         assert_eq!(k.status, want, "{k:?}");
     }
     assert_consistent(&s, c.id).await;
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )*
-        }
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
-        }
-    };
 }
 
 both_stores!(

@@ -21,6 +21,7 @@ use dialer_limiter::LocalBackend;
 use serde_json::json;
 use uuid::Uuid;
 
+#[macro_use]
 mod common;
 use common::{Backend, campaign, event, store};
 
@@ -355,17 +356,6 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
             "nothing claimed once completed"
         );
     }
-}
-
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )*
-        }
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
-        }
-    };
 }
 
 both_stores!(

@@ -202,13 +202,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let reaper = dialer_control_plane::reaper::Reaper {
-        store: store.clone(),
-        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
-        cfg: cfg.reaper_config(),
-        timeline: timeline.clone(),
-        seed: cfg.provider.seed,
-    };
+    let reaper = dialer_control_plane::reaper::Reaper::from_config(cfg, store.clone(), timeline.clone());
     let reaper = tokio::spawn(reaper.run(wait(stopped.clone())));
     let scheduler = dialer_control_plane::scheduler::Scheduler {
         store: store.clone(),
@@ -387,13 +381,7 @@ async fn spawn_kafka_pipeline(
         cfg: cfg.scheduler_config(),
     };
     tokio::spawn(scheduler.run(shutdown_signal()));
-    let reaper = dialer_control_plane::reaper::Reaper {
-        store: store.clone(),
-        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
-        cfg: cfg.reaper_config(),
-        timeline: timeline.clone(),
-        seed: cfg.provider.seed,
-    };
+    let reaper = dialer_control_plane::reaper::Reaper::from_config(cfg, store.clone(), timeline.clone());
     tokio::spawn(reaper.run(shutdown_signal()));
     let ready = dialer_control_plane::observability::ReadyCheck::kafka(producer.clone(), b.dispatch_topic.clone());
     let recorder = dialer_control_plane::recorder::Recorder {

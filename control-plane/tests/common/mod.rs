@@ -1,11 +1,24 @@
 //! Helpers shared by the control plane's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use dialer_control_plane::{Config, Store, open_store};
 use dialer_domain::messages::{EventKind, StatusEvent};
 use dialer_domain::validate::{Campaign, CreateCampaignRequest};
 use serde_json::json;
 use uuid::Uuid;
+
+/// Runs each named `async fn(Backend)` as a test on PostgreSQL and on SQLite (the test file
+/// imports `Backend`).
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Postgres).await } )*
+        }
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Sqlite).await } )*
+        }
+    };
+}
 
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
