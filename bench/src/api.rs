@@ -133,32 +133,57 @@ pub async fn run(a: Args) -> Result<()> {
             bail!("--phases: {p:?} is not a phase (get, post)");
         }
     }
-    // The server: ours on a loopback port, or the given one.
-    let mut _tmp = None;
-    let mut own_store = None;
-    let addr = match &a.target {
-        Some(t) => t.trim_start_matches("http://").trim_end_matches('/').to_string(),
-        None => {
-            let (url, tmp) = crate::store_url(&a.store, a.url.as_ref())?;
-            _tmp = tmp;
-            let mut cfg = Config::default();
-            cfg.api.max_body_bytes = 1 << 30;
-            cfg.api.max_targets_per_request = a.targets;
-            cfg.limits.max_concurrent_calls = cfg.limits.max_concurrent_calls.max(a.connections as u32 * 2);
-            cfg.store.max_connections = cfg.store.max_connections.max(32);
-            let store = open_store(&cfg, &url).await.context("opening the store")?;
-            own_store = Some(store.clone());
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?.to_string();
-            let router = app(&cfg, store);
-            tokio::spawn(async move { axum::serve(listener, router).await });
-            addr
-        }
-    };
+    let (addr, own_store, _tmp) = server(&a).await?;
     let auth = a.api_key.as_ref().map(|k| format!("Bearer {k}"));
+    let (campaigns, per) = create_campaigns(&a, &addr, &auth).await?;
+    // Creating a campaign opens a call per target; end them (as the recorder would) so each
+    // POST /calls creates a new call. Only possible on our own store.
+    if let Some(store) = &own_store {
+        crate::targets::finish_all(store).await?;
+    }
+    let mut phases = Vec::new();
+    for p in &a.phases {
+        let phase = match p.as_str() {
+            "get" => run_phase(&a, &addr, &auth, "get_campaign", &campaigns, per).await?,
+            _ => run_phase(&a, &addr, &auth, "post_calls", &campaigns, per).await?,
+        };
+        phases.push(phase);
+    }
+    print_phases(&a, &phases);
+    crate::write_json(a.json.as_deref(), &phases_json(&a, &phases))?;
+    if let Some(p) = crate::plot::path_for(a.plot.as_deref(), a.json.as_deref()) {
+        let series: Vec<(&str, &Histogram<u64>)> = phases.iter().map(|p| (p.name, &p.hist)).collect();
+        crate::plot::percentiles(&p, &format!("bench api, {} connections, {}", a.connections, mode(a.rate)), &series)?;
+    }
+    if phases.iter().any(|p| p.errors > 0) {
+        bail!("some requests failed (see the errors column)");
+    }
+    Ok(())
+}
 
-    // Campaigns with their registered targets.
-    let mut setup = Conn::open(&addr, auth.clone()).await?;
+/// The server: ours on a loopback port (with its store), or the given one.
+async fn server(a: &Args) -> Result<(String, Option<dialer_control_plane::Store>, Option<tempfile::TempDir>)> {
+    if let Some(t) = &a.target {
+        return Ok((t.trim_start_matches("http://").trim_end_matches('/').to_string(), None, None));
+    }
+    let (url, tmp) = crate::store_url(&a.store, a.url.as_ref())?;
+    let mut cfg = Config::default();
+    cfg.api.max_body_bytes = 1 << 30;
+    cfg.api.max_targets_per_request = a.targets;
+    cfg.limits.max_concurrent_calls = cfg.limits.max_concurrent_calls.max(a.connections as u32 * 2);
+    cfg.store.max_connections = cfg.store.max_connections.max(32);
+    let store = open_store(&cfg, &url).await.context("opening the store")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let router = app(&cfg, store.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((addr, Some(store), tmp))
+}
+
+/// Campaigns with their registered targets (`--targets` split evenly); their ids and the
+/// targets of each.
+async fn create_campaigns(a: &Args, addr: &str, auth: &Option<String>) -> Result<(Vec<String>, usize)> {
+    let mut setup = Conn::open(addr, auth.clone()).await?;
     let per = a.targets / a.campaigns;
     let mut campaigns = Vec::new();
     let pb = ProgressBar::new(a.campaigns as u64).with_style(
@@ -177,26 +202,15 @@ pub async fn run(a: Args) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    // Creating a campaign opens a call per target; end them (as the recorder would) so each
-    // POST /calls creates a new call. Only possible on our own store.
-    if let Some(store) = &own_store {
-        crate::targets::finish_all(store).await?;
-    }
+    Ok((campaigns, per))
+}
 
-    let mut phases = Vec::new();
-    for p in &a.phases {
-        let phase = match p.as_str() {
-            "get" => run_phase(&a, &addr, &auth, "get_campaign", &campaigns, per).await?,
-            _ => run_phase(&a, &addr, &auth, "post_calls", &campaigns, per).await?,
-        };
-        phases.push(phase);
-    }
-
+fn print_phases(a: &Args, phases: &[Phase]) {
     println!(
         "{:<14} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
         "phase", "req/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "429s", "errors"
     );
-    for ph in &phases {
+    for ph in phases {
         let h = &ph.hist;
         println!(
             "{:<14} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
@@ -212,6 +226,9 @@ pub async fn run(a: Args) -> Result<()> {
         );
     }
     println!("cores (nproc) {}, connections {}, {}", crate::cores(), a.connections, mode(a.rate));
+}
+
+fn phases_json(a: &Args, phases: &[Phase]) -> Value {
     let mut out = json!({
         "scenario": "api",
         "settings": {"connections": a.connections, "rate": a.rate, "campaigns": a.campaigns, "targets": a.targets,
@@ -220,7 +237,7 @@ pub async fn run(a: Args) -> Result<()> {
         "duration_s": phases.iter().map(|p| p.seconds).sum::<f64>(),
         "cores": crate::cores(),
     });
-    for ph in &phases {
+    for ph in phases {
         let h = &ph.hist;
         let o = out.as_object_mut().expect("object");
         o.insert(format!("{}_rps", ph.name), json!(ph.rps()));
@@ -243,19 +260,89 @@ pub async fn run(a: Args) -> Result<()> {
         }
         o.insert("max_us".into(), json!(ph.hist.max()));
     }
-    crate::write_json(a.json.as_deref(), &out)?;
-    if let Some(p) = crate::plot::path_for(a.plot.as_deref(), a.json.as_deref()) {
-        let series: Vec<(&str, &Histogram<u64>)> = phases.iter().map(|p| (p.name, &p.hist)).collect();
-        crate::plot::percentiles(&p, &format!("bench api, {} connections, {}", a.connections, mode(a.rate)), &series)?;
-    }
-    if phases.iter().any(|p| p.errors > 0) {
-        bail!("some requests failed (see the errors column)");
-    }
-    Ok(())
+    out
 }
 
 fn mode(rate: u64) -> String {
     if rate == 0 { "closed loop".into() } else { format!("open loop at {rate} req/s") }
+}
+
+/// When one connection sends: from `start` (counted from `count_from`) until `end`, every
+/// `interval` after its `offset` (open loop) or back to back (closed loop).
+struct Plan {
+    start: Instant,
+    count_from: Instant,
+    end: Instant,
+    interval: Option<Duration>,
+    offset: Duration,
+    name: &'static str,
+    per: usize,
+}
+
+/// One connection's requests; its latency histogram (from the intended send time), successes,
+/// calls created, 429s and errors.
+async fn connection(
+    mut conn: Conn,
+    plan: Plan,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    campaigns: std::sync::Arc<Vec<String>>,
+) -> (Histogram<u64>, u64, u64, u64, u64) {
+    let Plan { start, count_from, end, interval, offset, name, per } = plan;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let (mut ok, mut created, mut r429, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let mut k: u32 = 0;
+    loop {
+        let intended = match interval {
+            Some(iv) => start + offset + iv * k,
+            None => Instant::now().max(start),
+        };
+        if intended >= end {
+            break;
+        }
+        let now = Instant::now();
+        if intended > now {
+            tokio::time::sleep_until(intended.into()).await;
+        }
+        k += 1;
+        let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = if name == "get_campaign" {
+            let id = &campaigns[j % campaigns.len()];
+            conn.send(Method::GET, &format!("/api/v1/campaigns/{id}"), None).await
+        } else {
+            // Consecutive requests go to different campaigns, as independent clients'
+            // would (one campaign's calls share its stats row).
+            let c = j % campaigns.len();
+            let t = c * per + (j / campaigns.len()) % per;
+            let body = json!({"campaign_id": campaigns[c], "phone_number": number(t)}).to_string();
+            conn.send(Method::POST, "/api/v1/calls", Some(body)).await
+        };
+        let done = Instant::now();
+        let counted = intended >= count_from;
+        match r {
+            Ok((s, _)) if s.is_success() => {
+                if counted {
+                    ok += 1;
+                    created += u64::from(s == StatusCode::CREATED);
+                    let _ = hist.record((done - intended).as_micros().max(1) as u64);
+                }
+            }
+            Ok((s, _)) if s == StatusCode::TOO_MANY_REQUESTS => r429 += u64::from(counted),
+            Ok((s, b)) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("{name}: {s}: {}", String::from_utf8_lossy(&b));
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("{name}: {e:#}");
+                }
+                break;
+            }
+        }
+    }
+    (hist, ok, created, r429, errors)
 }
 
 async fn run_phase(
@@ -275,68 +362,13 @@ async fn run_phase(
     let campaigns = std::sync::Arc::new(campaigns.to_vec());
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
-        let mut conn = Conn::open(addr, auth.clone()).await?;
+        let conn = Conn::open(addr, auth.clone()).await?;
         let (next, campaigns) = (next.clone(), campaigns.clone());
         // Open loop: connection i sends at start + i/rate + k·n/rate.
         let interval = (a.rate > 0).then(|| Duration::from_secs_f64(n as f64 / a.rate as f64));
         let offset = interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            let (mut ok, mut created, mut r429, mut errors) = (0u64, 0u64, 0u64, 0u64);
-            let mut k: u32 = 0;
-            loop {
-                let intended = match interval {
-                    Some(iv) => start + offset + iv * k,
-                    None => Instant::now().max(start),
-                };
-                if intended >= end {
-                    break;
-                }
-                let now = Instant::now();
-                if intended > now {
-                    tokio::time::sleep_until(intended.into()).await;
-                }
-                k += 1;
-                let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let r = if name == "get_campaign" {
-                    let id = &campaigns[j % campaigns.len()];
-                    conn.send(Method::GET, &format!("/api/v1/campaigns/{id}"), None).await
-                } else {
-                    // Consecutive requests go to different campaigns, as independent clients'
-                    // would (one campaign's calls share its stats row).
-                    let c = j % campaigns.len();
-                    let t = c * per + (j / campaigns.len()) % per;
-                    let body = json!({"campaign_id": campaigns[c], "phone_number": number(t)}).to_string();
-                    conn.send(Method::POST, "/api/v1/calls", Some(body)).await
-                };
-                let done = Instant::now();
-                let counted = intended >= count_from;
-                match r {
-                    Ok((s, _)) if s.is_success() => {
-                        if counted {
-                            ok += 1;
-                            created += u64::from(s == StatusCode::CREATED);
-                            let _ = hist.record((done - intended).as_micros().max(1) as u64);
-                        }
-                    }
-                    Ok((s, _)) if s == StatusCode::TOO_MANY_REQUESTS => r429 += u64::from(counted),
-                    Ok((s, b)) => {
-                        errors += 1;
-                        if errors == 1 {
-                            eprintln!("{name}: {s}: {}", String::from_utf8_lossy(&b));
-                        }
-                    }
-                    Err(e) => {
-                        errors += 1;
-                        if errors == 1 {
-                            eprintln!("{name}: {e:#}");
-                        }
-                        break;
-                    }
-                }
-            }
-            (hist, ok, created, r429, errors)
-        }));
+        let plan = Plan { start, count_from, end, interval, offset, name, per };
+        tasks.push(tokio::spawn(connection(conn, plan, next, campaigns)));
     }
     let pb = ProgressBar::new((a.warmup + a.duration).as_secs().max(1)).with_style(
         ProgressStyle::with_template(&format!(

@@ -143,7 +143,7 @@ fn consume_all(brokers: &str, topic: &str, n: u64) -> Result<(Instant, Instant)>
 pub async fn ceiling(brokers: &str, size: usize, n: u64) -> Result<Ceiling> {
     let run = format!("{}.{}", std::process::id(), std::time::SystemTime::UNIX_EPOCH.elapsed()?.as_nanos());
     let (alone, both) = (format!("bench.ceiling.{run}"), format!("bench.pipeline.{run}"));
-    dialer_dataplane::kafka::ensure_topics(brokers, &[(&alone, PARTITIONS), (&both, PARTITIONS)]).await?;
+    dialer_bus::kafka::ensure_topics(brokers, &[(&alone, PARTITIONS), (&both, PARTITIONS)]).await?;
     let produce = produce_all(brokers, &alone, size, n).await?;
     let (b, t) = (brokers.to_string(), alone.clone());
     let (first, last) = tokio::task::spawn_blocking(move || consume_all(&b, &t, n)).await??;

@@ -251,7 +251,42 @@ async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
     Ok(Audit { started_duplicates, events, outcomes })
 }
 
+/// The servers and processes of a chaos run, and where their logs and ledgers go.
+struct Cluster {
+    bin: PathBuf,
+    pg: dialer_testkit::Postgres,
+    db: String,
+    redis: dialer_testkit::RedisServer,
+    tansu: dialer_testkit::Tansu,
+    work: tempfile::TempDir,
+    cp: Proc,
+    dps: Vec<Proc>,
+}
+
 pub async fn run(a: Args) -> Result<()> {
+    if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
+        bail!("--min-campaign-cap must be between 1 and --campaign-cap ({})", a.campaign_cap);
+    }
+    for f in &a.faults {
+        if !["kill", "redis", "broker", "postgres"].contains(&f.as_str()) {
+            bail!("--faults: unknown fault {f:?}; pick from kill, redis, broker, postgres");
+        }
+    }
+    let mut cluster = start_cluster(&a).await?;
+    let (ids, caps) = create_campaigns(&a, &cluster.db).await?;
+    let t0 = Instant::now();
+    let faults = inject_faults(&a, &mut cluster, t0).await?;
+    let completed = settle(&a, &cluster.db, &ids).await?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    for d in &mut cluster.dps {
+        d.stop();
+    }
+    cluster.cp.stop();
+    check_guarantees(&a, cluster, &ids, &caps, &faults, completed, elapsed).await
+}
+
+/// Starts the servers (of the run's own), the control plane and the data planes.
+async fn start_cluster(a: &Args) -> Result<Cluster> {
     let bin = dialer_bin(a.dialer.as_ref())?;
     let (min_ms, max_ms) = a.call_ms.split_once('-').context("--call-ms is MIN-MAX")?;
     let (min_ms, max_ms): (u64, u64) = (min_ms.parse()?, max_ms.parse()?);
@@ -328,14 +363,15 @@ pub async fn run(a: Args) -> Result<()> {
     for d in &mut dps {
         d.spawn(&bin)?;
     }
+    Ok(Cluster { bin, pg, db, redis, tansu, work, cp, dps })
+}
 
-    // The campaigns, created and started through the store (the API is not under test here).
-    let store = open_store(&Config::default(), &db).await?;
+/// The campaigns, created and started through the store (the API is not under test here), with
+/// caps spread between `--min-campaign-cap` and `--campaign-cap`.
+async fn create_campaigns(a: &Args, db: &str) -> Result<(Vec<Uuid>, HashMap<Uuid, u32>)> {
+    let store = open_store(&Config::default(), db).await?;
     let mut caps: HashMap<Uuid, u32> = HashMap::new();
     let mut ids = Vec::new();
-    if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
-        bail!("--min-campaign-cap must be between 1 and --campaign-cap ({})", a.campaign_cap);
-    }
     for i in 0..a.campaigns {
         let cap = a.min_campaign_cap + (i as u32 * 7) % (a.campaign_cap - a.min_campaign_cap + 1);
         let targets: Vec<_> =
@@ -351,26 +387,24 @@ pub async fn run(a: Args) -> Result<()> {
         ids.push(c.id);
     }
     store.close().await;
-    let total = (a.campaigns * a.targets) as i64;
+    Ok((ids, caps))
+}
 
-    // Faults.
-    let pb = ProgressBar::new(a.fault_seconds);
-    pb.set_style(
-        ProgressStyle::with_template("chaos {bar:40} {pos}/{len} s of faults  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let t0 = Instant::now();
+/// Faults injected during the run.
+#[derive(Debug, Default)]
+struct Faults {
+    kills: u64,
+    redis_restarts: u64,
+    broker_restarts: u64,
+    pg_restarts: u64,
+}
+
+/// When each server restart comes: a quarter, half and three quarters in, or every
+/// `--restart-every-s` (the three kinds staggered).
+fn restart_schedule(a: &Args, t0: Instant) -> Vec<(Instant, &'static str)> {
     let fault_end = t0 + Duration::from_secs(a.fault_seconds);
-    let (mut kills, mut redis_restarts, mut broker_restarts, mut pg_restarts) = (0u64, 0u64, 0u64, 0u64);
-    for f in &a.faults {
-        if !["kill", "redis", "broker", "postgres"].contains(&f.as_str()) {
-            bail!("--faults: unknown fault {f:?}; pick from kill, redis, broker, postgres");
-        }
-    }
-    let on = |f: &str| a.faults.iter().any(|x| x == f);
-    let mut next_kill = t0 + Duration::from_secs(a.kill_every_s);
     let at = |f: f64| t0 + Duration::from_secs_f64(a.fault_seconds as f64 * f);
-    let mut scheduled: Vec<(Instant, &str)> = if a.restart_every_s == 0 {
+    let mut scheduled: Vec<(Instant, &'static str)> = if a.restart_every_s == 0 {
         vec![(at(0.25), "redis"), (at(0.5), "broker"), (at(0.75), "postgres")]
     } else {
         let every = Duration::from_secs(a.restart_every_s);
@@ -385,17 +419,34 @@ pub async fn run(a: Args) -> Result<()> {
         v.sort_by_key(|(t, _)| *t);
         v
     };
-    scheduled.retain(|(_, f)| on(f));
+    scheduled.retain(|(_, f)| a.faults.iter().any(|x| x == f));
+    scheduled
+}
+
+/// SIGKILLs a data plane every `--kill-every-s` and restarts the servers on schedule, for
+/// `--fault-seconds`.
+async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults> {
+    let err = |e: dialer_testkit::HarnessError| anyhow::anyhow!("{e}");
+    let pb = ProgressBar::new(a.fault_seconds);
+    pb.set_style(
+        ProgressStyle::with_template("chaos {bar:40} {pos}/{len} s of faults  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let fault_end = t0 + Duration::from_secs(a.fault_seconds);
+    let mut f = Faults::default();
+    let on = |f: &str| a.faults.iter().any(|x| x == f);
+    let mut next_kill = t0 + Duration::from_secs(a.kill_every_s);
+    let mut scheduled = restart_schedule(a, t0);
     while Instant::now() < fault_end {
         tokio::time::sleep(Duration::from_millis(200)).await;
         pb.set_position(t0.elapsed().as_secs());
         if on("kill") && Instant::now() >= next_kill {
-            let k = (kills as usize) % dps.len();
-            dps[k].kill9();
-            kills += 1;
-            pb.set_message(format!("SIGKILL dataplane-{k} (kills {kills})"));
+            let k = (f.kills as usize) % c.dps.len();
+            c.dps[k].kill9();
+            f.kills += 1;
+            pb.set_message(format!("SIGKILL dataplane-{k} (kills {})", f.kills));
             tokio::time::sleep(Duration::from_secs(1)).await;
-            dps[k].spawn(&bin)?;
+            c.dps[k].spawn(&c.bin)?;
             next_kill += Duration::from_secs(a.kill_every_s);
         }
         if let Some(pos) = scheduled.iter().position(|(t, _)| Instant::now() >= *t) {
@@ -403,31 +454,39 @@ pub async fn run(a: Args) -> Result<()> {
             pb.set_message(format!("restarting {what}"));
             match what {
                 "redis" => {
-                    redis.restart().map_err(err)?;
-                    redis_restarts += 1;
+                    c.redis.restart().map_err(err)?;
+                    f.redis_restarts += 1;
                 }
                 "broker" => {
-                    tansu.kill();
+                    c.tansu.kill();
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    tansu.restart().map_err(err)?;
-                    broker_restarts += 1;
+                    c.tansu.restart().map_err(err)?;
+                    f.broker_restarts += 1;
                 }
                 _ => {
-                    pg.restart().map_err(err)?;
-                    pg_restarts += 1;
+                    c.pg.restart().map_err(err)?;
+                    f.pg_restarts += 1;
                 }
             }
         }
     }
     pb.finish_and_clear();
     println!(
-        "faults over after {:.0} s: {kills} data-plane kills, {redis_restarts} Redis, {broker_restarts} broker, \
-         {pg_restarts} PostgreSQL restarts; waiting for the campaigns to finish",
-        t0.elapsed().as_secs_f64()
+        "faults over after {:.0} s: {} data-plane kills, {} Redis, {} broker, {} PostgreSQL restarts; \
+         waiting for the campaigns to finish",
+        t0.elapsed().as_secs_f64(),
+        f.kills,
+        f.redis_restarts,
+        f.broker_restarts,
+        f.pg_restarts
     );
+    Ok(f)
+}
 
-    // Settle: every campaign completes by itself.
-    let store = open_store(&Config::default(), &db).await?;
+/// Waits until every campaign completes by itself (or `--settle-timeout-s`); whether they did.
+async fn settle(a: &Args, db: &str, ids: &[Uuid]) -> Result<bool> {
+    let total = (a.campaigns * a.targets) as i64;
+    let store = open_store(&Config::default(), db).await?;
     let settle = Instant::now() + Duration::from_secs(a.settle_timeout_s);
     let spin = ProgressBar::new(total as u64);
     spin.set_style(
@@ -436,7 +495,7 @@ pub async fn run(a: Args) -> Result<()> {
     );
     let mut completed = false;
     while Instant::now() < settle {
-        let crate::Progress { terminal, open, .. } = crate::progress(&store, &ids).await?;
+        let crate::Progress { terminal, open, .. } = crate::progress(&store, ids).await?;
         spin.set_position(terminal as u64);
         if open == 0 {
             completed = true;
@@ -445,23 +504,34 @@ pub async fn run(a: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     spin.finish_and_clear();
-    let elapsed = t0.elapsed().as_secs_f64();
-    for d in &mut dps {
-        d.stop();
-    }
-    cp.stop();
+    store.close().await;
+    Ok(completed)
+}
 
-    // The guarantees.
-    let crate::Progress { terminal, attempts, .. } = crate::progress(&store, &ids).await?;
-    let mismatched = crate::stats_mismatches(&store, &ids).await?;
+/// The guarantees, from the store, the providers' ledgers and the status topic: every call
+/// terminal, no attempt placed twice, no cap exceeded at any instant, every attempt resolved.
+async fn check_guarantees(
+    a: &Args,
+    cluster: Cluster,
+    ids: &[Uuid],
+    caps: &HashMap<Uuid, u32>,
+    f: &Faults,
+    completed: bool,
+    elapsed: f64,
+) -> Result<()> {
+    let total = (a.campaigns * a.targets) as i64;
+    let store = open_store(&Config::default(), &cluster.db).await?;
+    let w = cluster.work.path();
+    let crate::Progress { terminal, attempts, .. } = crate::progress(&store, ids).await?;
+    let mismatched = crate::stats_mismatches(&store, ids).await?;
     let placed = read_ledgers(w)?;
     let mut seen: HashMap<(Uuid, u32), u32> = HashMap::new();
     for p in &placed {
         *seen.entry((p.call, p.attempt)).or_default() += 1;
     }
     let ledger_duplicates: u64 = seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
-    let Sweep { violations, max_global, peaks } = sweep(&placed, a.global_cap, &caps);
-    let audit = audit_status_topic(&tansu.bootstrap(), "dialer.status").await?;
+    let Sweep { violations, max_global, peaks } = sweep(&placed, a.global_cap, caps);
+    let audit = audit_status_topic(&cluster.tansu.bootstrap(), "dialer.status").await?;
     let (topic_duplicates, status_events) = (audit.started_duplicates, audit.events);
     // Every attempt placed ends with an outcome on the topic (its own, or unknown_outcome after a
     // kill): one the reader did not see means the audit itself missed events.
@@ -494,17 +564,17 @@ pub async fn run(a: Args) -> Result<()> {
         "duplicates": ledger_duplicates + topic_duplicates,
         "ledger_duplicates": ledger_duplicates,
         "status_topic_duplicates": topic_duplicates,
-        "dataplane_kills": kills,
-        "redis_restarts": redis_restarts,
-        "broker_restarts": broker_restarts,
-        "postgres_restarts": pg_restarts,
+        "dataplane_kills": f.kills,
+        "redis_restarts": f.redis_restarts,
+        "broker_restarts": f.broker_restarts,
+        "postgres_restarts": f.pg_restarts,
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
         println!("{k:<28} {v}");
     }
     crate::write_json(a.json.as_deref(), &out)?;
     if !completed || lost != 0 || violations != 0 || ledger_duplicates + topic_duplicates != 0 || unread != 0 {
-        let keep = work.keep();
+        let keep = cluster.work.keep();
         bail!("a guarantee failed (logs and ledgers kept in {})", keep.display());
     }
     Ok(())

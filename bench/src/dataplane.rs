@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use dialer_bus::MemoryBus;
 use dialer_dataplane::{
-    BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MemoryBus, MockSettings, Tracker, Tuning,
+    BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker, Tuning,
 };
 use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, StatusEvent};
 use dialer_limiter::LocalBackend;
@@ -282,48 +283,9 @@ impl Publisher {
 pub async fn run(a: Args) -> Result<()> {
     let shards = a.shards.unwrap_or_else(crate::cores);
     let (min_ms, max_ms) = call_range(&a.call_ms)?;
-    let mut tuning = match &a.tuning {
-        Some(p) => Tuning::load(p, Duration::from_secs(600))?,
-        None => Tuning::default(),
-    };
-    tuning.shards.count = shards;
-    if tuning.shards.cpus.len() != tuning.shards.count {
-        tuning.shards.cpus.clear(); // the file pins another shard count
-    }
-    tuning.shards.partitions = (shards as i32).max(8);
-    let partitions = tuning.shards.partitions;
-    tuning.lease.batch = a.lease_batch;
-    tuning.lease.low_water = a.lease_batch / 4;
-    tuning.buffers.max_queued_per_shard = 200_000;
-    tuning.buffers.pause_partition_at = 100_000;
-    tuning.buffers.resume_partition_at = 50_000;
-    // The attempt journal is on, as in production (`--no-journal` measures without it).
-    let _journal_dir = match (a.no_journal, tuning.journal.dir.is_empty()) {
-        (true, _) => {
-            tuning.journal.dir.clear();
-            None
-        }
-        (false, true) => {
-            let d = tempfile::Builder::new().prefix("dialer-bench-journal-").tempdir()?;
-            tuning.journal.dir = d.path().display().to_string();
-            Some(d)
-        }
-        (false, false) => None,
-    };
-    let journal_on = !tuning.journal.dir.is_empty();
-    tuning.validate(Duration::from_secs(600)).context("bench tuning")?;
-
-    // Servers.
-    let mut _redis_server = None;
-    let limiter = match a.limiter.as_str() {
-        "local" => LimiterChoice::Local(Arc::new(LocalBackend::default())),
-        "redis" => {
-            let (url, guard) = crate::redis_or(a.redis.as_ref())?;
-            _redis_server = guard;
-            LimiterChoice::Redis { url, prefix: format!("{{bench{}}}:", std::process::id()) }
-        }
-        other => bail!("--limiter must be local or redis, not {other:?}"),
-    };
+    let (tuning, _journal_dir) = bench_tuning(&a, shards)?;
+    let (journal_on, partitions) = (!tuning.journal.dir.is_empty(), tuning.shards.partitions);
+    let (limiter, _redis_server) = limiter_choice(&a)?;
     let redis_url = match &limiter {
         LimiterChoice::Redis { url, .. } => Some(url.clone()),
         LimiterChoice::Local(_) => None,
@@ -340,142 +302,290 @@ pub async fn run(a: Args) -> Result<()> {
         max_ring: Duration::ZERO,
         ..MockSettings::default()
     };
-
-    let mut _tansu = None;
-    let (bus, publisher, events_rx, kafka_status, broker_ceiling) = match a.bus.as_str() {
-        "memory" => {
-            let (bus, ends) = MemoryBus::new(shards, tuning.shards.partitions, 65_536, 1 << 20);
-            (
-                BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
-                Publisher::Memory(bus),
-                Some(ends.events),
-                None,
-                None,
-            )
-        }
-        "kafka" => {
-            let (brokers, guard) = crate::tansu_or(a.brokers.as_ref(), &a.tansu_storage)?;
-            _tansu = guard;
-            let run = std::process::id();
-            let topics = KafkaTopics {
-                brokers: brokers.clone(),
-                dispatch_topic: format!("bench.dispatch.{run}"),
-                status_topic: format!("bench.status.{run}"),
-                group_id: format!("bench-dp-{run}"),
-                dead_letter_topic: format!("bench.dead_letter.{run}"),
-            };
-            dialer_dataplane::kafka::ensure_topics(
-                &brokers,
-                &[(&topics.dispatch_topic, tuning.shards.partitions), (&topics.status_topic, tuning.shards.partitions)],
-            )
-            .await?;
-            let sample = sample_message(campaigns[0], a.campaign_cap).encode().len();
-            println!("measuring the broker's own produce+consume ceiling with {sample}-byte messages…");
-            let ceiling = crate::broker::ceiling(&brokers, sample, 200_000).await?;
-            let producer: FutureProducer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("socket.nagle.disable", "true")
-                .set("linger.ms", "5")
-                .set("batch.num.messages", "10000")
-                .set("queue.buffering.max.messages", "1000000")
-                .create()?;
-            let status = (brokers.clone(), topics.status_topic.clone());
-            let dispatch_topic = topics.dispatch_topic.clone();
-            (BusChoice::Kafka(topics), Publisher::Kafka(producer, dispatch_topic), None, Some(status), Some(ceiling))
-        }
-        other => bail!("--bus must be memory or kafka, not {other:?}"),
-    };
-
+    let buses = bus_choice(&a, shards, partitions, campaigns[0]).await?;
     let rss0 = rss_bytes();
-    let dps = start_dataplanes(&a, tuning, bus, limiter, mock, &tracker)?;
-    let redis_before = match &redis_url {
-        Some(u) => Some(redis_calls(u).await?),
-        None => None,
+    let dps = start_dataplanes(&a, tuning, buses.bus, limiter, mock, &tracker)?;
+    let redis_before = redis_count(redis_url.as_deref()).await?;
+    let counters = Counters::new(campaigns.len());
+    let readers = spawn_readers(buses.events_rx, buses.kafka_status, partitions, &counters)?;
+    let publisher = spawn_publisher(&a, buses.publisher, &demand, &campaigns, &counters);
+    let window = measure(&a, &tracker, &campaigns, &counters, rss0).await?;
+    let redis_after = redis_count(redis_url.as_deref()).await?;
+    counters.stop_pub.store(true, Ordering::SeqCst);
+    let _publisher = publisher.await??;
+    let total = counters.published.load(Ordering::SeqCst);
+    drain(&counters, total, max_ms).await;
+    stop_dataplanes(dps).await?;
+    let mut tally = Tally::new();
+    for r in readers {
+        tally.merge(r.await.context("event reader")??)?;
+    }
+    let redis_cmds = redis_before.zip(redis_after).map(|(b, a)| a.saturating_sub(b));
+    let caps =
+        CapsReport::new(&a, &demand, &window.occupancy, &tracker, &campaigns, dials_per_sec_of(&tally, window.secs));
+    let r = Report {
+        a: &a,
+        shards,
+        journal_on,
+        tally: &tally,
+        window: &window,
+        caps: &caps,
+        tracker: &tracker,
+        total,
+        redis_cmds,
+        broker_ceiling: buses.broker_ceiling.as_ref(),
+        rss0,
     };
+    r.print();
+    r.plot_and_json()?;
+    // A run that lost or duplicated an attempt, or broke a cap, printed what it saw and fails.
+    let (lost, twice, violations) = (tally.lost(total), tally.dup_started + tally.dup_outcomes, tracker.violations());
+    if lost + twice + violations > 0 {
+        bail!("{lost} attempts lost, {twice} dialled or finished twice, {violations} cap violations");
+    }
+    Ok(())
+}
 
-    // Event reader: counts, latencies, duplicates.
-    let counting = Arc::new(AtomicBool::new(false));
-    let stop_reader = Arc::new(AtomicBool::new(false));
-    let outcomes_seen = Arc::new(AtomicU64::new(0));
-    let by_campaign: Arc<Vec<AtomicU64>> = Arc::new(campaigns.iter().map(|_| AtomicU64::new(0)).collect());
-    let readers: Vec<tokio::task::JoinHandle<Result<Tally>>> = match (events_rx, &kafka_status) {
+/// The tuning the bench runs with (its file, or the defaults, sized for the bench), and the
+/// journal's directory: on, as in production, unless `--no-journal`.
+fn bench_tuning(a: &Args, shards: usize) -> Result<(Tuning, Option<tempfile::TempDir>)> {
+    let mut tuning = match &a.tuning {
+        Some(p) => Tuning::load(p, Duration::from_secs(600))?,
+        None => Tuning::default(),
+    };
+    tuning.shards.count = shards;
+    if tuning.shards.cpus.len() != tuning.shards.count {
+        tuning.shards.cpus.clear(); // the file pins another shard count
+    }
+    tuning.shards.partitions = (shards as i32).max(8);
+    tuning.lease.batch = a.lease_batch;
+    tuning.lease.low_water = a.lease_batch / 4;
+    tuning.buffers.max_queued_per_shard = 200_000;
+    tuning.buffers.pause_partition_at = 100_000;
+    tuning.buffers.resume_partition_at = 50_000;
+    let journal_dir = match (a.no_journal, tuning.journal.dir.is_empty()) {
+        (true, _) => {
+            tuning.journal.dir.clear();
+            None
+        }
+        (false, true) => {
+            let d = tempfile::Builder::new().prefix("dialer-bench-journal-").tempdir()?;
+            tuning.journal.dir = d.path().display().to_string();
+            Some(d)
+        }
+        (false, false) => None,
+    };
+    tuning.validate(Duration::from_secs(600)).context("bench tuning")?;
+    Ok((tuning, journal_dir))
+}
+
+/// The limiter the shards lease from; a Redis server of the bench's own when none is given.
+fn limiter_choice(a: &Args) -> Result<(LimiterChoice, Option<dialer_testkit::RedisServer>)> {
+    match a.limiter.as_str() {
+        "local" => Ok((LimiterChoice::Local(Arc::new(LocalBackend::default())), None)),
+        "redis" => {
+            let (url, guard) = crate::redis_or(a.redis.as_ref())?;
+            Ok((LimiterChoice::Redis { url, prefix: format!("{{bench{}}}:", std::process::id()) }, guard))
+        }
+        other => bail!("--limiter must be local or redis, not {other:?}"),
+    }
+}
+
+/// The bus between the bench and the data planes, and what reads and feeds it.
+struct Buses {
+    bus: BusChoice,
+    publisher: Publisher,
+    events_rx: Option<tokio::sync::mpsc::Receiver<StatusEvent>>,
+    kafka_status: Option<(String, String)>,
+    broker_ceiling: Option<crate::broker::Ceiling>,
+    _tansu: Option<dialer_testkit::Tansu>,
+}
+
+async fn bus_choice(a: &Args, shards: usize, partitions: i32, sample_campaign: Uuid) -> Result<Buses> {
+    match a.bus.as_str() {
+        "memory" => {
+            let (bus, ends) = MemoryBus::new(shards, partitions, 65_536, 1 << 20);
+            Ok(Buses {
+                bus: BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+                publisher: Publisher::Memory(bus),
+                events_rx: Some(ends.events),
+                kafka_status: None,
+                broker_ceiling: None,
+                _tansu: None,
+            })
+        }
+        "kafka" => kafka_buses(a, partitions, sample_campaign).await,
+        other => bail!("--bus must be memory or kafka, not {other:?}"),
+    }
+}
+
+/// Topics of the bench's own on the broker (tansu of its own when none is given), and the
+/// broker's own produce+consume ceiling measured first.
+async fn kafka_buses(a: &Args, partitions: i32, sample_campaign: Uuid) -> Result<Buses> {
+    let (brokers, tansu) = crate::tansu_or(a.brokers.as_ref(), &a.tansu_storage)?;
+    let run = std::process::id();
+    let topics = KafkaTopics {
+        brokers: brokers.clone(),
+        dispatch_topic: format!("bench.dispatch.{run}"),
+        status_topic: format!("bench.status.{run}"),
+        group_id: format!("bench-dp-{run}"),
+        dead_letter_topic: format!("bench.dead_letter.{run}"),
+    };
+    dialer_bus::kafka::ensure_topics(
+        &brokers,
+        &[(&topics.dispatch_topic, partitions), (&topics.status_topic, partitions)],
+    )
+    .await?;
+    let sample = sample_message(sample_campaign, a.campaign_cap).encode().len();
+    println!("measuring the broker's own produce+consume ceiling with {sample}-byte messages…");
+    let ceiling = crate::broker::ceiling(&brokers, sample, 200_000).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("socket.nagle.disable", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let status = (brokers.clone(), topics.status_topic.clone());
+    let dispatch_topic = topics.dispatch_topic.clone();
+    Ok(Buses {
+        bus: BusChoice::Kafka(topics),
+        publisher: Publisher::Kafka(producer, dispatch_topic),
+        events_rx: None,
+        kafka_status: Some(status),
+        broker_ceiling: Some(ceiling),
+        _tansu: tansu,
+    })
+}
+
+/// What the bench's tasks share: the measuring window, stop flags, what was published and
+/// what came back.
+#[derive(Clone)]
+struct Counters {
+    counting: Arc<AtomicBool>,
+    stop_reader: Arc<AtomicBool>,
+    outcomes_seen: Arc<AtomicU64>,
+    by_campaign: Arc<Vec<AtomicU64>>,
+    published: Arc<AtomicU64>,
+    stop_pub: Arc<AtomicBool>,
+}
+
+impl Counters {
+    fn new(campaigns: usize) -> Counters {
+        Counters {
+            counting: Arc::default(),
+            stop_reader: Arc::default(),
+            outcomes_seen: Arc::default(),
+            by_campaign: Arc::new((0..campaigns).map(|_| AtomicU64::new(0)).collect()),
+            published: Arc::default(),
+            stop_pub: Arc::default(),
+        }
+    }
+}
+
+/// Event readers: counts, latencies, duplicates.
+fn spawn_readers(
+    events_rx: Option<tokio::sync::mpsc::Receiver<StatusEvent>>,
+    kafka_status: Option<(String, String)>,
+    partitions: i32,
+    c: &Counters,
+) -> Result<Vec<tokio::task::JoinHandle<Result<Tally>>>> {
+    match (events_rx, kafka_status) {
         (Some(mut rx), _) => {
-            let (counting, stop, outcomes_seen) = (counting.clone(), stop_reader.clone(), outcomes_seen.clone());
-            let by_campaign = by_campaign.clone();
-            vec![tokio::spawn(async move {
+            let c = c.clone();
+            Ok(vec![tokio::spawn(async move {
                 let mut t = Tally::new();
-                while !stop.load(Ordering::Relaxed) {
+                while !c.stop_reader.load(Ordering::Relaxed) {
                     let e = match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
                         Ok(Some(e)) => e,
                         Ok(None) => break,
                         Err(_) => continue,
                     };
-                    t.add(&e, counting.load(Ordering::Relaxed));
+                    t.add(&e, c.counting.load(Ordering::Relaxed));
                     if e.kind.is_outcome() {
-                        outcomes_seen.fetch_add(1, Ordering::Relaxed);
-                        count_campaign(&by_campaign, e.campaign_id);
+                        c.outcomes_seen.fetch_add(1, Ordering::Relaxed);
+                        count_campaign(&c.by_campaign, e.campaign_id);
                     }
                 }
                 Ok(t)
-            })]
+            })])
         }
-        (None, Some((brokers, topic))) => {
-            kafka_readers(brokers, topic, partitions, &counting, &stop_reader, &outcomes_seen, &by_campaign)?
-                .into_iter()
-                .map(|h| {
-                    tokio::task::spawn_blocking(move || {
-                        h.join().map_err(|_| anyhow::anyhow!("an event reader panicked"))
-                    })
-                })
-                .collect()
-        }
+        (None, Some((brokers, topic))) => Ok(kafka_readers(
+            &brokers,
+            &topic,
+            partitions,
+            &c.counting,
+            &c.stop_reader,
+            &c.outcomes_seen,
+            &c.by_campaign,
+        )?
+        .into_iter()
+        .map(|h| tokio::task::spawn_blocking(move || h.join().map_err(|_| anyhow::anyhow!("an event reader panicked"))))
+        .collect()),
         (None, None) => bail!("no event source"),
-    };
+    }
+}
 
-    // Publisher: open or closed loop.
-    let published = Arc::new(AtomicU64::new(0));
-    let stop_pub = Arc::new(AtomicBool::new(false));
-    let pub_task = {
-        let (published, stop) = (published.clone(), stop_pub.clone());
-        let campaigns = campaigns.clone();
-        let (rate, cap) = (a.rate, a.campaign_cap);
-        let mut pick = CampaignPicker::new(demand.clone(), rate == 0, by_campaign.clone());
-        tokio::spawn(async move {
-            let start = Instant::now();
-            let epoch_us = dialer_dataplane::shard::now_us();
-            let mut i: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let Some(k) = pick.next() else {
-                    tokio::time::sleep(Duration::from_micros(200)).await;
-                    continue;
-                };
-                let mut m = sample_message(campaigns[k], cap);
-                m.call_id = call_id(i);
-                if let Some(due_ns) = i.saturating_mul(1_000_000_000).checked_div(rate) {
+/// The publisher: closed loop (as fast as the campaigns' windows allow) or open loop at `--rate`.
+fn spawn_publisher(
+    a: &Args,
+    publisher: Publisher,
+    demand: &[u64],
+    campaigns: &[Uuid],
+    c: &Counters,
+) -> tokio::task::JoinHandle<Result<Publisher>> {
+    let c = c.clone();
+    let campaigns = campaigns.to_vec();
+    let (rate, cap) = (a.rate, a.campaign_cap);
+    let mut pick = CampaignPicker::new(demand.to_vec(), rate == 0, c.by_campaign.clone());
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let epoch_us = dialer_bus::time::now_us();
+        let mut i: u64 = 0;
+        while !c.stop_pub.load(Ordering::Relaxed) {
+            let Some(k) = pick.next() else {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                continue;
+            };
+            let mut m = sample_message(campaigns[k], cap);
+            m.call_id = call_id(i);
+            m.enqueued_at_us = match i.saturating_mul(1_000_000_000).checked_div(rate) {
+                Some(due_ns) => {
                     let due = Duration::from_nanos(due_ns);
-                    let el = start.elapsed();
-                    if due > el {
-                        tokio::time::sleep(due - el).await;
+                    if let Some(ahead) = due.checked_sub(start.elapsed()) {
+                        tokio::time::sleep(ahead).await;
                     }
-                    m.enqueued_at_us = epoch_us + due.as_micros() as u64;
-                } else {
-                    m.enqueued_at_us = dialer_dataplane::shard::now_us();
+                    epoch_us + due.as_micros() as u64
                 }
-                publisher.send(m).await?;
-                published.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-                if i.is_multiple_of(256) {
-                    tokio::task::yield_now().await;
-                }
+                None => dialer_bus::time::now_us(),
+            };
+            publisher.send(m).await?;
+            c.published.fetch_add(1, Ordering::Relaxed);
+            i += 1;
+            if i.is_multiple_of(256) {
+                tokio::task::yield_now().await;
             }
-            anyhow::Ok(publisher)
-        })
-    };
+        }
+        anyhow::Ok(publisher)
+    })
+}
 
+/// The measured window: its length, the shards' CPU time in it, peaks, the cap occupancy.
+struct Window {
+    secs: f64,
+    shard_cpu: f64,
+    peak_inflight: i64,
+    peak_rss: u64,
+    occupancy: crate::occupancy::Occupancy,
+}
+
+/// Waits a second of warm-up, then measures `--duration`, with a progress bar.
+async fn measure(a: &Args, tracker: &Arc<Tracker>, campaigns: &[Uuid], c: &Counters, rss0: u64) -> Result<Window> {
     tokio::time::sleep(Duration::from_secs(1)).await; // warm-up
-    counting.store(true, Ordering::SeqCst);
+    c.counting.store(true, Ordering::SeqCst);
     let stop_sampler = Arc::new(AtomicBool::new(false));
-    let sampler = crate::occupancy::sample(tracker.clone(), campaigns.clone(), a.fairness_window, stop_sampler.clone());
+    let sampler =
+        crate::occupancy::sample(tracker.clone(), campaigns.to_vec(), a.fairness_window, stop_sampler.clone());
     let cpu0 = shard_cpu_seconds();
     let t0 = Instant::now();
     let pb = ProgressBar::new(a.duration.as_secs().max(1));
@@ -483,154 +593,182 @@ pub async fn run(a: Args) -> Result<()> {
         ProgressStyle::with_template("dataplane {bar:40} {pos}/{len} s {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut peak_inflight = 0i64;
-    let mut peak_rss = rss0;
+    let (mut peak_inflight, mut peak_rss) = (0i64, rss0);
     while t0.elapsed() < a.duration {
         tokio::time::sleep(Duration::from_millis(200)).await;
         peak_inflight = peak_inflight.max(tracker.global().current());
         peak_rss = peak_rss.max(rss_bytes());
         pb.set_position(t0.elapsed().as_secs());
-        pb.set_message(format!(
-            "{} published, {} in flight",
-            published.load(Ordering::Relaxed),
-            tracker.global().current()
-        ));
+        let published = c.published.load(Ordering::Relaxed);
+        pb.set_message(format!("{published} published, {} in flight", tracker.global().current()));
     }
-    counting.store(false, Ordering::SeqCst);
+    c.counting.store(false, Ordering::SeqCst);
     stop_sampler.store(true, Ordering::SeqCst);
-    let secs = t0.elapsed().as_secs_f64();
-    let shard_cpu = shard_cpu_seconds() - cpu0;
+    let (secs, shard_cpu) = (t0.elapsed().as_secs_f64(), shard_cpu_seconds() - cpu0);
     pb.finish_and_clear();
-    let redis_after = match &redis_url {
-        Some(u) => Some(redis_calls(u).await?),
-        None => None,
-    };
-    stop_pub.store(true, Ordering::SeqCst);
-    let _publisher = pub_task.await??;
-    let total = published.load(Ordering::SeqCst);
-    // Drain: every published message must get its outcome.
-    let drain_deadline = Instant::now() + Duration::from_millis(max_ms * 2 + 30_000);
-    while outcomes_seen.load(Ordering::Relaxed) < total && Instant::now() < drain_deadline {
+    let occupancy = sampler.join().map_err(|_| anyhow::anyhow!("the occupancy sampler panicked"))?;
+    Ok(Window { secs, shard_cpu, peak_inflight, peak_rss, occupancy })
+}
+
+async fn redis_count(url: Option<&str>) -> Result<Option<u64>> {
+    match url {
+        Some(u) => Ok(Some(redis_calls(u).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Waits until every published message has its outcome (or the calls' longest could not
+/// explain the wait any more), then stops the readers.
+async fn drain(c: &Counters, total: u64, max_ms: u64) {
+    let deadline = Instant::now() + Duration::from_millis(max_ms * 2 + 30_000);
+    while c.outcomes_seen.load(Ordering::Relaxed) < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop_reader.store(true, Ordering::SeqCst);
+    c.stop_reader.store(true, Ordering::SeqCst);
+}
+
+async fn stop_dataplanes(dps: Vec<Dataplane>) -> Result<()> {
     for dp in &dps {
         dp.shutdown();
     }
-    let reports = tokio::task::spawn_blocking(move || dps.into_iter().map(Dataplane::join).collect::<Vec<_>>())
+    tokio::task::spawn_blocking(move || dps.into_iter().map(Dataplane::join).collect::<Vec<_>>())
         .await?
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    let mut tally = Tally::new();
-    for r in readers {
-        tally.merge(r.await.context("event reader")??)?;
-    }
-    let lost = tally.lost(total);
-    let occupancy = sampler.join().map_err(|_| anyhow::anyhow!("the occupancy sampler panicked"))?;
-    let caps = CapsReport::new(&a, &demand, &occupancy, &tracker, &campaigns, dials_per_sec_of(&tally, secs));
-    let dials_per_sec = dials_per_sec_of(&tally, secs);
-    // Each dial moves its dispatch message and its status events through the broker (each
-    // produced once and consumed once), like one message of the broker's pipeline ceiling.
-    let msgs_per_dial = 1.0 + tally.events as f64 / tally.started.max(1) as f64;
-    let run_msgs_per_sec = dials_per_sec * msgs_per_dial;
-    let redis_cmds = match (redis_before, redis_after) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-        _ => None,
-    };
-    let rpd = redis_cmds.map_or(0.0, |c| c as f64 / (tally.started.max(1)) as f64);
-    let h = &tally.hist;
-    let mem_per_call =
-        if peak_inflight > 1000 { Some((peak_rss.saturating_sub(rss0)) as f64 / peak_inflight as f64) } else { None };
+    Ok(())
+}
 
-    println!("{:<34} {:>14}", "figure", "value");
-    println!("{:<34} {:>14}", "bus / limiter", format!("{} / {}", a.bus, a.limiter));
-    println!("{:<34} {:>14}", "shards", shards);
-    println!("{:<34} {:>14.0}", "dials/s", dials_per_sec);
-    println!("{:<34} {:>14.0}", "dials/s per shard", dials_per_sec / shards as f64);
-    println!("{:<34} {:>14.2}", "shard CPU seconds per second", shard_cpu / secs);
-    println!("{:<34} {:>14.0}", "dials per shard CPU second", tally.started as f64 / shard_cpu.max(0.01));
-    for (name, q) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)] {
-        println!("{:<34} {:>14}", format!("dispatch→dial {name} µs"), h.value_at_quantile(q / 100.0));
+/// What a run measured, printed and written.
+struct Report<'a> {
+    a: &'a Args,
+    shards: usize,
+    journal_on: bool,
+    tally: &'a Tally,
+    window: &'a Window,
+    caps: &'a CapsReport,
+    tracker: &'a Tracker,
+    total: u64,
+    redis_cmds: Option<u64>,
+    broker_ceiling: Option<&'a crate::broker::Ceiling>,
+    rss0: u64,
+}
+
+impl Report<'_> {
+    fn dials_per_sec(&self) -> f64 {
+        dials_per_sec_of(self.tally, self.window.secs)
     }
-    println!("{:<34} {:>14}", "dispatch→dial max µs", h.max());
-    println!("{:<34} {:>14.4}", "redis commands per dial", rpd);
-    println!("{:<34} {:>14}", "cap violations (tracker)", tracker.violations());
-    println!("{:<34} {:>14}", "journal", if journal_on { "on" } else { "off" });
-    println!("{:<34} {:>14}", "attempts lost (no outcome)", lost);
-    println!("{:<34} {:>14}", "attempts dialled twice", tally.dup_started);
-    println!("{:<34} {:>14}", "attempts finished twice", tally.dup_outcomes);
-    println!("{:<34} {:>14}", "peak calls in flight", peak_inflight);
-    caps.print();
-    if let Some(m) = mem_per_call {
-        println!("{:<34} {:>14.0}", "memory per in-flight call, bytes", m);
+
+    /// Each dial moves its dispatch message and its status events through the broker (each
+    /// produced once and consumed once), like one message of the broker's pipeline ceiling.
+    fn msgs_per_dial(&self) -> f64 {
+        1.0 + self.tally.events as f64 / self.tally.started.max(1) as f64
     }
-    if let Some(c) = &broker_ceiling {
-        println!("{:<34} {:>14.0}", "broker produce msgs/s (alone)", c.produce);
-        println!("{:<34} {:>14.0}", "broker consume msgs/s (alone)", c.consume);
-        println!("{:<34} {:>14.0}", "broker pipeline msgs/s (ceiling)", c.pipeline);
-        println!("{:<34} {:>14.2}", "broker messages per dial", msgs_per_dial);
-        println!("{:<34} {:>14.0}", "broker msgs/s in this run", run_msgs_per_sec);
-        println!("{:<34} {:>13.0}%", "share of the broker's ceiling", 100.0 * run_msgs_per_sec / c.pipeline);
+
+    fn redis_per_dial(&self) -> f64 {
+        self.redis_cmds.map_or(0.0, |c| c as f64 / (self.tally.started.max(1)) as f64)
     }
-    println!("{:<34} {:>14}", "cores (nproc)", crate::cores());
-    let _ = reports;
-    if let Some(p) = crate::plot::path_for(a.plot.as_deref(), a.json.as_deref()) {
-        let title = format!(
-            "bench dataplane, {} bus, {} limiter, {shards} shards, {}",
-            a.bus,
-            a.limiter,
-            match a.rate {
-                0 => "closed loop".to_string(),
-                r => format!("open loop at {r}/s"),
-            }
-        );
-        crate::plot::percentiles(&p, &title, &[("dispatch→dial", h)])?;
+
+    fn mem_per_call(&self) -> Option<f64> {
+        let w = self.window;
+        (w.peak_inflight > 1000).then(|| (w.peak_rss.saturating_sub(self.rss0)) as f64 / w.peak_inflight as f64)
     }
-    crate::write_json(
-        a.json.as_deref(),
-        &json!({
+
+    fn print(&self) {
+        let (a, t, h) = (self.a, self.tally, &self.tally.hist);
+        let (dials, shard_cpu) = (self.dials_per_sec(), self.window.shard_cpu);
+        println!("{:<34} {:>14}", "figure", "value");
+        println!("{:<34} {:>14}", "bus / limiter", format!("{} / {}", a.bus, a.limiter));
+        println!("{:<34} {:>14}", "shards", self.shards);
+        println!("{:<34} {:>14.0}", "dials/s", dials);
+        println!("{:<34} {:>14.0}", "dials/s per shard", dials / self.shards as f64);
+        println!("{:<34} {:>14.2}", "shard CPU seconds per second", shard_cpu / self.window.secs);
+        println!("{:<34} {:>14.0}", "dials per shard CPU second", t.started as f64 / shard_cpu.max(0.01));
+        for (name, q) in [("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)] {
+            println!("{:<34} {:>14}", format!("dispatch→dial {name} µs"), h.value_at_quantile(q / 100.0));
+        }
+        println!("{:<34} {:>14}", "dispatch→dial max µs", h.max());
+        println!("{:<34} {:>14.4}", "redis commands per dial", self.redis_per_dial());
+        println!("{:<34} {:>14}", "cap violations (tracker)", self.tracker.violations());
+        println!("{:<34} {:>14}", "journal", if self.journal_on { "on" } else { "off" });
+        println!("{:<34} {:>14}", "attempts lost (no outcome)", t.lost(self.total));
+        println!("{:<34} {:>14}", "attempts dialled twice", t.dup_started);
+        println!("{:<34} {:>14}", "attempts finished twice", t.dup_outcomes);
+        println!("{:<34} {:>14}", "peak calls in flight", self.window.peak_inflight);
+        self.caps.print();
+        if let Some(m) = self.mem_per_call() {
+            println!("{:<34} {:>14.0}", "memory per in-flight call, bytes", m);
+        }
+        if let Some(c) = self.broker_ceiling {
+            let run_msgs_per_sec = dials * self.msgs_per_dial();
+            println!("{:<34} {:>14.0}", "broker produce msgs/s (alone)", c.produce);
+            println!("{:<34} {:>14.0}", "broker consume msgs/s (alone)", c.consume);
+            println!("{:<34} {:>14.0}", "broker pipeline msgs/s (ceiling)", c.pipeline);
+            println!("{:<34} {:>14.2}", "broker messages per dial", self.msgs_per_dial());
+            println!("{:<34} {:>14.0}", "broker msgs/s in this run", run_msgs_per_sec);
+            println!("{:<34} {:>13.0}%", "share of the broker's ceiling", 100.0 * run_msgs_per_sec / c.pipeline);
+        }
+        println!("{:<34} {:>14}", "cores (nproc)", crate::cores());
+    }
+
+    fn plot_and_json(&self) -> Result<()> {
+        let (a, h) = (self.a, &self.tally.hist);
+        if let Some(p) = crate::plot::path_for(a.plot.as_deref(), a.json.as_deref()) {
+            let title = format!(
+                "bench dataplane, {} bus, {} limiter, {} shards, {}",
+                a.bus,
+                a.limiter,
+                self.shards,
+                match a.rate {
+                    0 => "closed loop".to_string(),
+                    r => format!("open loop at {r}/s"),
+                }
+            );
+            crate::plot::percentiles(&p, &title, &[("dispatch→dial", h)])?;
+        }
+        crate::write_json(a.json.as_deref(), &self.json())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let (a, t, h, w) = (self.a, self.tally, &self.tally.hist, self.window);
+        let (dials, ceiling) = (self.dials_per_sec(), self.broker_ceiling);
+        let run_msgs_per_sec = dials * self.msgs_per_dial();
+        json!({
             "scenario": "dataplane",
             "settings": {"bus": a.bus, "limiter": a.limiter, "rate": a.rate, "call_ms": a.call_ms,
                          "campaigns": a.campaigns, "campaign_cap": a.campaign_cap, "global_cap": a.global_cap,
                          "lease_batch": a.lease_batch, "dataplanes": a.dataplanes,
                          "campaign_window": a.campaign_window, "hot_campaigns": a.hot_campaigns,
                          "hot_factor": a.hot_factor},
-            "duration_s": secs,
-            "shards": shards,
+            "duration_s": w.secs,
+            "shards": self.shards,
             "cores": crate::cores(),
-            "dials_per_sec": dials_per_sec,
-            "dials_per_sec_per_shard": dials_per_sec / shards as f64,
-            "shard_cpu_s": shard_cpu,
-            "dials_per_shard_cpu_s": tally.started as f64 / shard_cpu.max(0.01),
+            "dials_per_sec": dials,
+            "dials_per_sec_per_shard": dials / self.shards as f64,
+            "shard_cpu_s": w.shard_cpu,
+            "dials_per_shard_cpu_s": t.started as f64 / w.shard_cpu.max(0.01),
             "p50_us": h.value_at_quantile(0.5),
             "p90_us": h.value_at_quantile(0.9),
             "p99_us": h.value_at_quantile(0.99),
             "p999_us": h.value_at_quantile(0.999),
             "max_us": h.max(),
-            "redis_commands_per_dial": rpd,
-            "cap_violations": tracker.violations(),
-            "journal": journal_on,
-            "lost_attempts": lost,
-            "attempts_dialled_twice": tally.dup_started,
-            "attempts_finished_twice": tally.dup_outcomes,
-            "published": total,
-            "peak_in_flight": peak_inflight,
-            "caps": caps.json(),
-            "memory_per_inflight_call_bytes": mem_per_call,
-            "broker_produce_msgs_per_sec": broker_ceiling.as_ref().map(|c| c.produce),
-            "broker_consume_msgs_per_sec": broker_ceiling.as_ref().map(|c| c.consume),
-            "broker_pipeline_msgs_per_sec": broker_ceiling.as_ref().map(|c| c.pipeline),
-            "broker_msgs_per_dial": broker_ceiling.as_ref().map(|_| msgs_per_dial),
-            "broker_msgs_per_sec": broker_ceiling.as_ref().map(|_| run_msgs_per_sec),
-            "broker_ceiling_share": broker_ceiling.as_ref().map(|c| run_msgs_per_sec / c.pipeline),
-        }),
-    )?;
-    // A run that lost or duplicated an attempt, or broke a cap, printed what it saw and fails.
-    let (twice, violations) = (tally.dup_started + tally.dup_outcomes, tracker.violations());
-    if lost + twice + violations > 0 {
-        bail!("{lost} attempts lost, {twice} dialled or finished twice, {violations} cap violations");
+            "redis_commands_per_dial": self.redis_per_dial(),
+            "cap_violations": self.tracker.violations(),
+            "journal": self.journal_on,
+            "lost_attempts": t.lost(self.total),
+            "attempts_dialled_twice": t.dup_started,
+            "attempts_finished_twice": t.dup_outcomes,
+            "published": self.total,
+            "peak_in_flight": w.peak_inflight,
+            "caps": self.caps.json(),
+            "memory_per_inflight_call_bytes": self.mem_per_call(),
+            "broker_produce_msgs_per_sec": ceiling.map(|c| c.produce),
+            "broker_consume_msgs_per_sec": ceiling.map(|c| c.consume),
+            "broker_pipeline_msgs_per_sec": ceiling.map(|c| c.pipeline),
+            "broker_msgs_per_dial": ceiling.map(|_| self.msgs_per_dial()),
+            "broker_msgs_per_sec": ceiling.map(|_| run_msgs_per_sec),
+            "broker_ceiling_share": ceiling.map(|c| run_msgs_per_sec / c.pipeline),
+        })
     }
-    Ok(())
 }
 
 /// A bijection of u64 that scatters consecutive numbers (the SplitMix64 finalizer).

@@ -16,7 +16,6 @@ use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use serde_json::json;
 
@@ -76,15 +75,40 @@ pub async fn run(a: Args) -> Result<()> {
         group_id: format!("e2e-{run}-dp"),
         dead_letter_topic: format!("e2e.{run}.dead_letter"),
     };
-    let dlq = format!("e2e.{run}.dead_letter");
     let partitions = (a.shards as i32).max(4);
-    dialer_dataplane::kafka::ensure_topics(
+    dialer_bus::kafka::ensure_topics(
         &brokers,
-        &[(&topics.dispatch_topic, partitions), (&topics.status_topic, partitions), (&dlq, 1)],
+        &[(&topics.dispatch_topic, partitions), (&topics.status_topic, partitions), (&topics.dead_letter_topic, 1)],
     )
     .await?;
+    let ids = create_campaigns(&a, &store).await?;
+    let ledger_dir = tempfile::Builder::new().prefix("dialer-e2e-").tempdir()?;
+    let tracker = Tracker::with_ledger(1_000_000, &ledger_dir.path().join("ledger-0"))?;
+    for id in &ids {
+        tracker.set_campaign_cap(*id, a.campaign_cap);
+    }
+    let calls = MockSettings {
+        min_call: Duration::from_millis(min_ms),
+        max_call: Duration::from_millis(max_ms),
+        max_ring: Duration::ZERO,
+        ..MockSettings::default()
+    };
+    let dp = start_dataplane(&a, &topics, partitions, redis, calls, &tracker)?;
+    let (sched, stop, recorder) = start_pipeline(&a, &store, &topics)?;
+    for id in &ids {
+        store.transition(*id, CampaignAction::Start).await?;
+    }
+    let drive = drive(&a, &store, &ids, &sched).await?;
+    let _ = stop.send(true);
+    let _ = recorder.await;
+    dp.shutdown();
+    tokio::task::spawn_blocking(move || dp.join()).await??;
+    report(&a, &store, &ids, &drive, ledger_dir.path(), &tracker).await
+}
 
+async fn create_campaigns(a: &Args, store: &dialer_control_plane::Store) -> Result<Vec<uuid::Uuid>> {
     println!("creating {} campaigns × {} targets…", a.campaigns, a.targets);
+    let run = std::process::id();
     let mut ids = Vec::new();
     for c in 0..a.campaigns {
         let t: Vec<_> = (0..a.targets).map(|k| json!({"phone_number": format!("+1{:03}{k:07}", 200 + c)})).collect();
@@ -94,7 +118,17 @@ pub async fn run(a: Args) -> Result<()> {
         }))?;
         ids.push(store.create_campaign(&req.validate(10_000_000).map_err(|e| anyhow::anyhow!("{e}"))?).await?.id);
     }
+    Ok(ids)
+}
 
+fn start_dataplane(
+    a: &Args,
+    topics: &KafkaTopics,
+    partitions: i32,
+    redis: String,
+    mock: MockSettings,
+    tracker: &std::sync::Arc<Tracker>,
+) -> Result<Dataplane> {
     let mut tuning = match &a.tuning {
         Some(p) => Tuning::load(p, Duration::from_secs(600))?,
         None => Tuning::default(),
@@ -107,53 +141,44 @@ pub async fn run(a: Args) -> Result<()> {
     tuning.shards.assignment = Assignment::Static;
     tuning.lease.batch = 256;
     tuning.lease.low_water = 64;
-    let ledger_dir = tempfile::Builder::new().prefix("dialer-e2e-").tempdir()?;
-    let ledger = ledger_dir.path().join("ledger-0");
-    let tracker = Tracker::with_ledger(1_000_000, &ledger)?;
-    for id in &ids {
-        tracker.set_campaign_cap(*id, a.campaign_cap);
-    }
-    let dp = Dataplane::start(DataplaneOptions {
+    let run = std::process::id();
+    Ok(Dataplane::start(DataplaneOptions {
         tuning,
         bus: BusChoice::Kafka(topics.clone()),
         limiter: LimiterChoice::Redis { url: redis, prefix: format!("{{e2e{run}}}:") },
         global_cap: 1_000_000,
         per_campaign_ceiling: a.campaign_cap,
-        mock: MockSettings {
-            min_call: Duration::from_millis(min_ms),
-            max_call: Duration::from_millis(max_ms),
-            max_ring: Duration::ZERO,
-            ..MockSettings::default()
-        },
+        mock,
         tracker: tracker.clone(),
         instance: format!("e2e-{run}"),
-    })?;
-    let producer = dialer_dataplane::kafka::metered_producer(
-        ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "2"),
-    )?;
-    let consumer = dialer_dataplane::kafka::metered_consumer(
-        ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", format!("e2e-{run}-recorder"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest"),
-    )?;
+    })?)
+}
+
+/// The recorder (running until told to stop) and the scheduler (ticked by [`drive`]).
+fn start_pipeline(
+    a: &Args,
+    store: &dialer_control_plane::Store,
+    topics: &KafkaTopics,
+) -> Result<(Scheduler, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
+    let clients =
+        dialer_bus::kafka::ClientSettings { linger_ms: 2, ..dialer_bus::kafka::ClientSettings::new(&topics.brokers) };
+    let producer = clients.producer("e2e")?;
+    let consumer = clients.consumer("e2e-recorder", &format!("e2e-{}-recorder", std::process::id()))?;
     consumer.subscribe(&[&topics.status_topic])?;
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
     let rec = Recorder {
         store: store.clone(),
         source: EventSource::Kafka {
             consumer,
             topic: topics.status_topic.clone(),
-            dead_letter: (producer.clone(), dlq),
+            dead_letter: (producer.clone(), topics.dead_letter_topic.clone()),
         },
         batch_max: 2000,
         seed: 1,
         timeline: None,
     };
-    let mut rx2 = rx.clone();
     let recorder = tokio::spawn(rec.run(async move {
-        let _ = rx2.wait_for(|v| *v).await;
+        let _ = rx.wait_for(|v| *v).await;
     }));
     let sched = Scheduler {
         store: store.clone(),
@@ -165,21 +190,29 @@ pub async fn run(a: Args) -> Result<()> {
             ..SchedulerConfig::default()
         },
     };
+    Ok((sched, stop, recorder))
+}
 
-    for id in &ids {
-        store.transition(*id, CampaignAction::Start).await?;
-    }
+/// What driving the campaigns to their end measured.
+struct Drive {
+    drain: f64,
+    timed_out: bool,
+    ticks: Histogram<u64>,
+    /// Events persisted, sampled from the rows once a second: (seconds since start, count).
+    persisted: Vec<(f64, i64)>,
+}
+
+/// Ticks the scheduler until every call is terminal (or `--timeout-s`), with a progress bar.
+async fn drive(a: &Args, store: &dialer_control_plane::Store, ids: &[uuid::Uuid], sched: &Scheduler) -> Result<Drive> {
     let t0 = Instant::now();
-    let total = (a.campaigns * a.targets) as u64;
-    let pb = ProgressBar::new(total);
+    let pb = ProgressBar::new((a.campaigns * a.targets) as u64);
     pb.set_style(
         ProgressStyle::with_template("e2e {bar:40} {pos}/{len} terminal calls {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut ticks = Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
     let deadline = t0 + Duration::from_secs(a.timeout_s);
-    // Events persisted, sampled from the rows once a second: (seconds since start, count).
-    let mut persisted: Vec<(f64, i64)> = vec![(0.0, crate::events_persisted(&store, &ids).await?)];
+    let mut persisted: Vec<(f64, i64)> = vec![(0.0, crate::events_persisted(store, ids).await?)];
     let mut timed_out = false;
     loop {
         let tick0 = Instant::now();
@@ -187,10 +220,10 @@ pub async fn run(a: Args) -> Result<()> {
             eprintln!("scheduler tick failed: {e}");
         }
         let _ = ticks.record((tick0.elapsed().as_millis() as u64).max(1));
-        let crate::Progress { terminal, open, .. } = crate::progress(&store, &ids).await?;
+        let crate::Progress { terminal, open, .. } = crate::progress(store, ids).await?;
         pb.set_position(terminal as u64);
         if persisted.last().is_some_and(|(t, _)| t0.elapsed().as_secs_f64() - t >= 1.0) {
-            persisted.push((t0.elapsed().as_secs_f64(), crate::events_persisted(&store, &ids).await?));
+            persisted.push((t0.elapsed().as_secs_f64(), crate::events_persisted(store, ids).await?));
         }
         if open == 0 {
             break;
@@ -199,42 +232,51 @@ pub async fn run(a: Args) -> Result<()> {
             timed_out = true;
             break;
         }
-        let el = tick0.elapsed();
-        if el < Duration::from_millis(a.tick_ms) {
-            tokio::time::sleep(Duration::from_millis(a.tick_ms) - el).await;
+        if let Some(rest) = Duration::from_millis(a.tick_ms).checked_sub(tick0.elapsed()) {
+            tokio::time::sleep(rest).await;
         }
     }
     let drain = t0.elapsed().as_secs_f64();
-    persisted.push((drain, crate::events_persisted(&store, &ids).await?));
+    persisted.push((drain, crate::events_persisted(store, ids).await?));
     pb.finish_and_clear();
-    let _ = stop.send(true);
-    let _ = recorder.await;
-    dp.shutdown();
-    tokio::task::spawn_blocking(move || dp.join()).await??;
+    Ok(Drive { drain, timed_out, ticks, persisted })
+}
 
-    let crate::Progress { terminal, .. } = crate::progress(&store, &ids).await?;
-    let mismatched = crate::stats_mismatches(&store, &ids).await?;
+/// Audits every call and attempt against the provider's ledger, prints and writes the figures;
+/// fails on anything lost, placed twice or inconsistent.
+async fn report(
+    a: &Args,
+    store: &dialer_control_plane::Store,
+    ids: &[uuid::Uuid],
+    d: &Drive,
+    ledgers: &std::path::Path,
+    tracker: &Tracker,
+) -> Result<()> {
+    let total = (a.campaigns * a.targets) as i64;
+    let crate::Progress { terminal, .. } = crate::progress(store, ids).await?;
+    let mismatched = crate::stats_mismatches(store, ids).await?;
     let placed: Vec<(uuid::Uuid, u32)> =
-        crate::chaos::read_ledgers(ledger_dir.path())?.into_iter().map(|p| (p.call, p.attempt)).collect();
-    let audit = crate::audit_attempts(&store, &ids, &placed).await?;
+        crate::chaos::read_ledgers(ledgers)?.into_iter().map(|p| (p.call, p.attempt)).collect();
+    let audit = crate::audit_attempts(store, ids, &placed).await?;
     let dials = placed.len() as i64;
-    let events = persisted.last().map_or(0, |(_, n)| *n) - persisted[0].1;
-    let peak = persisted.windows(2).map(|w| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0).max(1e-3)).fold(0.0, f64::max);
+    let (drain, p) = (d.drain, &d.persisted);
+    let events = p.last().map_or(0, |(_, n)| *n) - p[0].1;
+    let peak = p.windows(2).map(|w| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0).max(1e-3)).fold(0.0, f64::max);
     let out = json!({
         "scenario": "e2e",
         "settings": {"campaigns": a.campaigns, "targets": a.targets, "campaign_cap": a.campaign_cap, "call_ms": a.call_ms, "shards": a.shards, "tick_ms": a.tick_ms},
         "cores": crate::cores(),
         "duration_s": drain,
         "drain_seconds": drain,
-        "timed_out": timed_out,
+        "timed_out": d.timed_out,
         "dials": dials,
         "dials_per_sec": dials as f64 / drain,
         "events_persisted": events,
         "events_persisted_per_sec": events as f64 / drain,
         "events_persisted_per_sec_peak_1s": peak,
-        "scheduler_tick_p50_ms": ticks.value_at_quantile(0.5),
-        "scheduler_tick_max_ms": ticks.max(),
-        "calls_not_terminal": total as i64 - terminal,
+        "scheduler_tick_p50_ms": d.ticks.value_at_quantile(0.5),
+        "scheduler_tick_max_ms": d.ticks.max(),
+        "calls_not_terminal": total - terminal,
         "calls_attempts_mismatched": audit.calls_mismatched,
         "attempts_placed_twice": audit.placed_twice,
         "cap_violations": tracker.violations(),
@@ -244,10 +286,11 @@ pub async fn run(a: Args) -> Result<()> {
         println!("{k:<32} {v}");
     }
     crate::write_json(a.json.as_deref(), &out)?;
-    if timed_out || terminal != total as i64 || audit.calls_mismatched + audit.placed_twice + mismatched > 0 {
+    if d.timed_out || terminal != total || audit.calls_mismatched + audit.placed_twice + mismatched > 0 {
         bail!(
-            "e2e failed: timed out {timed_out}, {} calls not terminal, {} calls' attempts mismatched, {} placed twice, {mismatched} stats mismatches",
-            total as i64 - terminal,
+            "e2e failed: timed out {}, {} calls not terminal, {} calls' attempts mismatched, {} placed twice, {mismatched} stats mismatches",
+            d.timed_out,
+            total - terminal,
             audit.calls_mismatched,
             audit.placed_twice
         );

@@ -14,12 +14,60 @@ use serde::{Deserialize, Serialize};
 /// A refused configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}; check the path given with --config")]
     Read { path: String, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Parse { path: String, message: String },
+    #[error("config file {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
     #[error("config key {key}: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("config key {key} from ${var}: {source}")]
+    Env { key: &'static str, var: &'static str, source: ValueError },
+}
+
+/// A value from the environment (or a directive list) that cannot be used, and what to give.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{0:?} is not a number: give digits, e.g. 100")]
+    NotANumber(String),
+    #[error("{0:?} is not HOST:PORT, e.g. 127.0.0.1:8081")]
+    NotAnAddress(String),
+    #[error("{value:?} is not one of {known}")]
+    NotKnown { value: String, known: &'static str },
+    #[error("{0:?}: the level must be one of trace, debug, info, warn, error, off")]
+    NotALevel(String),
+    #[error("no such key: see config/dialer.toml for the keys")]
+    UnknownKey,
+}
+
+/// Which bus carries the messages between the planes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    /// In-process (`dialer up` always uses it; a control plane with it serves the API only).
+    #[default]
+    Memory,
+    /// Apache Kafka or a compatible broker (`bus.brokers`).
+    Kafka,
+}
+
+impl std::str::FromStr for BusKind {
+    type Err = ValueError;
+    fn from_str(v: &str) -> Result<BusKind, ValueError> {
+        match v.trim() {
+            "memory" => Ok(BusKind::Memory),
+            "kafka" => Ok(BusKind::Kafka),
+            _ => Err(ValueError::NotKnown { value: v.to_string(), known: "\"memory\", \"kafka\"" }),
+        }
+    }
+}
+
+/// Which telephony provider places the calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The seed's mock provider (answer rate, call lengths, outcomes drawn from a seed).
+    #[default]
+    Mock,
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -121,7 +169,7 @@ impl Default for SchedulerSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     /// `kafka` (distributed) or `memory` (in-process; `dialer up` always uses it).
-    pub kind: String,
+    pub kind: BusKind,
     /// `KAFKA_BROKERS`: bootstrap servers, e.g. `127.0.0.1:9092`.
     pub brokers: String,
     pub dispatch_topic: String,
@@ -142,7 +190,8 @@ pub struct BusConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderConfig {
-    pub kind: String,
+    /// `mock`, the only provider so far; an unknown kind is refused with the known ones.
+    pub kind: ProviderKind,
     pub answer_rate: f64,
     pub retryable_share: f64,
     pub min_call_ms: u64,
@@ -157,7 +206,7 @@ pub struct ProviderConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
-            kind: "memory".into(),
+            kind: BusKind::Memory,
             brokers: "127.0.0.1:9092".into(),
             dispatch_topic: "dialer.dispatch".into(),
             status_topic: "dialer.status".into(),
@@ -173,7 +222,7 @@ impl Default for BusConfig {
 impl Default for ProviderConfig {
     fn default() -> Self {
         ProviderConfig {
-            kind: "mock".into(),
+            kind: ProviderKind::Mock,
             answer_rate: 0.8,
             retryable_share: 0.7,
             min_call_ms: 1000,
@@ -329,9 +378,9 @@ impl Config {
     /// Every topic the product uses, as it creates them: the one place their partition counts
     /// and replication factor come from (the control plane and the data plane both create them,
     /// whichever starts first).
-    pub fn topics(&self) -> Vec<dialer_dataplane::kafka::TopicSpec> {
+    pub fn topics(&self) -> Vec<dialer_bus::kafka::TopicSpec> {
         let b = &self.bus;
-        let spec = |name: &str, partitions: i32| dialer_dataplane::kafka::TopicSpec {
+        let spec = |name: &str, partitions: i32| dialer_bus::kafka::TopicSpec {
             name: name.to_string(),
             partitions,
             replication: b.replication_factor,
@@ -406,7 +455,7 @@ impl Config {
                 let text = std::fs::read_to_string(p)
                     .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
                 Config::from_toml(&text)
-                    .map_err(|message| ConfigError::Parse { path: p.display().to_string(), message })?
+                    .map_err(|source| ConfigError::Parse { path: p.display().to_string(), source })?
             }
             None => Config::default(),
         };
@@ -420,7 +469,7 @@ impl Config {
         }
         for (var, key) in ENV_KEYS {
             if let Some((_, value)) = env.iter().find(|(k, _)| k == var) {
-                cfg.set(key, value).map_err(|reason| invalid(key, format!("from ${var}: {reason}")))?;
+                cfg.set(key, value).map_err(|source| ConfigError::Env { key, var, source })?;
             }
         }
         cfg.validate()?;
@@ -428,18 +477,16 @@ impl Config {
     }
 
     /// Parses TOML text, refusing unknown keys.
-    pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
     }
 
-    fn set(&mut self, key: &str, v: &str) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-            v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))
+    fn set(&mut self, key: &str, v: &str) -> Result<(), ValueError> {
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, ValueError> {
+            v.trim().parse().map_err(|_| ValueError::NotANumber(v.to_string()))
         }
         match key {
-            "api.listen" => {
-                self.api.listen = v.parse().map_err(|_| format!("{v:?} is not HOST:PORT, e.g. 127.0.0.1:8081"))?
-            }
+            "api.listen" => self.api.listen = v.parse().map_err(|_| ValueError::NotAnAddress(v.to_string()))?,
             "api.max_body_bytes" => self.api.max_body_bytes = num(v)?,
             "api.max_targets_per_request" => self.api.max_targets_per_request = num(v)?,
             "api.default_page_size" => self.api.default_page_size = num(v)?,
@@ -461,7 +508,7 @@ impl Config {
             "limits.redis_url" => self.limits.redis_url = v.to_string(),
             "limits.redis_key_prefix" => self.limits.redis_key_prefix = v.to_string(),
             "limits.reconcile_every_sec" => self.limits.reconcile_every_sec = num(v)?,
-            "bus.kind" => self.bus.kind = v.to_string(),
+            "bus.kind" => self.bus.kind = v.parse()?,
             "bus.brokers" => self.bus.brokers = v.to_string(),
             "bus.group_id" => self.bus.group_id = v.to_string(),
             "bus.dispatch_partitions" => self.bus.dispatch_partitions = num(v)?,
@@ -473,13 +520,21 @@ impl Config {
             "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
             "telemetry.service_name" => self.telemetry.service_name = v.to_string(),
-            _ => return Err("unknown key".into()),
+            _ => return Err(ValueError::UnknownKey),
         }
         Ok(())
     }
 
     /// Refuses impossible values, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_api_and_store()?;
+        self.validate_limits()?;
+        self.validate_bus_and_provider()?;
+        self.validate_timeline_and_telemetry()?;
+        self.validate_scheduler()
+    }
+
+    fn validate_api_and_store(&self) -> Result<(), ConfigError> {
         let a = &self.api;
         if a.max_body_bytes < 1024 {
             return Err(invalid("api.max_body_bytes", "must be at least 1024"));
@@ -507,6 +562,10 @@ impl Config {
         if self.store.acquire_timeout_sec == 0 {
             return Err(invalid("store.acquire_timeout_sec", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         if l.global_max_concurrency == 0 {
             return Err(invalid(
@@ -541,10 +600,11 @@ impl Config {
         if l.reconcile_every_sec == 0 {
             return Err(invalid("limits.reconcile_every_sec", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    fn validate_bus_and_provider(&self) -> Result<(), ConfigError> {
         let b = &self.bus;
-        if b.kind != "kafka" && b.kind != "memory" {
-            return Err(invalid("bus.kind", "must be \"kafka\" or \"memory\""));
-        }
         for (k, v) in [
             ("bus.dispatch_topic", &b.dispatch_topic),
             ("bus.status_topic", &b.status_topic),
@@ -555,7 +615,7 @@ impl Config {
                 return Err(invalid(k, "must be 1–249 characters of letters, digits, '.', '_' and '-'"));
             }
         }
-        if b.kind == "kafka" && b.brokers.is_empty() {
+        if b.kind == BusKind::Kafka && b.brokers.is_empty() {
             return Err(invalid("bus.brokers", "must list the bootstrap servers, e.g. 127.0.0.1:9092"));
         }
         if b.dispatch_partitions < 1 {
@@ -568,9 +628,6 @@ impl Config {
             return Err(invalid("bus.status_partitions", "must be at least 1"));
         }
         let p = &self.provider;
-        if p.kind != "mock" {
-            return Err(invalid("provider.kind", "only \"mock\" exists so far"));
-        }
         for (k, v) in [("provider.answer_rate", p.answer_rate), ("provider.retryable_share", p.retryable_share)] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(invalid(k, "must be between 0 and 1"));
@@ -579,6 +636,10 @@ impl Config {
         if p.max_call_ms < p.min_call_ms {
             return Err(invalid("provider.max_call_ms", "must be at least provider.min_call_ms"));
         }
+        Ok(())
+    }
+
+    fn validate_timeline_and_telemetry(&self) -> Result<(), ConfigError> {
         let t = &self.timeline;
         if t.keyspace.is_empty() || !t.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(invalid("timeline.keyspace", "must be letters, digits and '_' (SCYLLA_KEYSPACE)"));
@@ -613,8 +674,12 @@ impl Config {
             return Err(invalid("telemetry.service_name", "must not be empty"));
         }
         if let Err(e) = check_filter_directives(&te.span_filter) {
-            return Err(invalid("telemetry.span_filter", e));
+            return Err(invalid("telemetry.span_filter", e.to_string()));
         }
+        Ok(())
+    }
+
+    fn validate_scheduler(&self) -> Result<(), ConfigError> {
         let sc = &self.scheduler;
         if sc.interval_ms < 10 {
             return Err(invalid("scheduler.interval_ms", "must be at least 10"));
@@ -646,12 +711,12 @@ impl Config {
 
 /// A light check of an `EnvFilter` directive list (`target=level,…`), so that a typo is refused
 /// at start rather than silently exporting nothing.
-fn check_filter_directives(directives: &str) -> Result<(), String> {
+fn check_filter_directives(directives: &str) -> Result<(), ValueError> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     for d in directives.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
         if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
-            return Err(format!("{d:?}: the level must be one of {}", LEVELS.join(", ")));
+            return Err(ValueError::NotALevel(d.to_string()));
         }
     }
     Ok(())
@@ -705,10 +770,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_the_key() {
-        let e = Config::from_toml("[api]\nlisten_port = 1\n").expect_err("unknown key");
+        let e = Config::from_toml("[api]\nlisten_port = 1\n").expect_err("unknown key").to_string();
         assert!(e.contains("listen_port"), "{e}");
-        let e = Config::from_toml("[limits]\nglobal_max_concurrency = \"many\"\n").expect_err("bad type");
+        let e = Config::from_toml("[limits]\nglobal_max_concurrency = \"many\"\n").expect_err("bad type").to_string();
         assert!(e.contains("global_max_concurrency"), "{e}");
+        let e = Config::from_toml("[bus]\nkind = \"kafak\"\n").expect_err("unknown bus").to_string();
+        assert!(e.contains("kafak") && e.contains("memory") && e.contains("kafka"), "the known kinds: {e}");
+        let e = Config::from_toml("[provider]\nkind = \"sip\"\n").expect_err("unknown provider").to_string();
+        assert!(e.contains("sip") && e.contains("mock"), "the known kinds: {e}");
+        let e = Config::load(None, env(&[("DIALER_BUS_KIND", "rabbit")])).expect_err("bad env kind").to_string();
+        assert!(e.contains("bus.kind") && e.contains("rabbit") && e.contains("\"kafka\""), "{e}");
         let e = Config::load(None, env(&[("TELEPHONY_SEMAPHORE_TTL_SEC", "soon")])).expect_err("bad env");
         assert!(
             e.to_string().contains("limits.semaphore_ttl_sec") && e.to_string().contains("TELEPHONY_SEMAPHORE_TTL_SEC"),

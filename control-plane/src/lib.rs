@@ -65,6 +65,9 @@ pub fn app_checked(
     timeline: Option<timeline::CqlTimeline>,
     checks: Vec<observability::ReadyCheck>,
 ) -> axum::Router {
+    // `/metrics` answers in any process serving the API (the binary installs first, with the
+    // catalogues of everything it runs; this adds nothing then).
+    observability::install();
     api::router(api::AppState {
         calls: store::CallBatcher::new(store.clone()),
         store,

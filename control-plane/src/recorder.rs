@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dialer_dataplane::kafka::{MeteredConsumer, MeteredProducer};
+use dialer_bus::kafka::{MeteredConsumer, MeteredProducer};
 use dialer_domain::messages::StatusEvent;
 use futures::FutureExt;
 use rand::rngs::StdRng;
@@ -49,7 +49,7 @@ impl Recorder {
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut batch: Vec<StatusEvent> = Vec::with_capacity(self.batch_max);
         let mut offsets: Vec<(i32, i64)> = Vec::new();
-        let mut malformed: Vec<(i32, i64, dialer_dataplane::Malformed)> = Vec::new();
+        let mut malformed: Vec<(i32, i64, dialer_bus::Malformed)> = Vec::new();
         let mut stopping = false;
         loop {
             batch.clear();
@@ -77,7 +77,7 @@ impl Recorder {
                                 malformed.push((
                                     m.partition(),
                                     m.offset(),
-                                    dialer_dataplane::Malformed {
+                                    dialer_bus::Malformed {
                                         reason: e.to_string(),
                                         key: m.key().map(<[u8]>::to_vec),
                                         payload: m.payload().unwrap_or_default().to_vec(),
@@ -190,7 +190,7 @@ impl Recorder {
         let mut wait = Duration::from_millis(100);
         while let Err((err, _)) = p.send(FutureRecord::to(topic).key(&key).payload(&body), Duration::from_secs(5)).await
         {
-            dialer_dataplane::kafka::produce_error(topic);
+            dialer_bus::kafka::produce_error(topic);
             tracing::warn!(error = %err, "dead-letter record not produced; retrying");
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(5));
@@ -224,16 +224,16 @@ async fn dead_letter_malformed(
     p: &MeteredProducer,
     dlq: &str,
     source: &str,
-    (partition, offset, m): &(i32, i64, dialer_dataplane::Malformed),
+    (partition, offset, m): &(i32, i64, dialer_bus::Malformed),
 ) {
     let origin = format!("{source}/{partition}/{offset}");
     let mut wait = Duration::from_millis(100);
     loop {
-        let rec = dialer_dataplane::kafka::dead_letter_record(dlq, m, &origin, "malformed_status");
+        let rec = dialer_bus::kafka::dead_letter_record(dlq, m, &origin, "malformed_status");
         match p.send(rec, Duration::from_secs(5)).await {
             Ok(_) => return,
             Err((e, _)) => {
-                dialer_dataplane::kafka::produce_error(dlq);
+                dialer_bus::kafka::produce_error(dlq);
                 tracing::warn!(error = %e, "dead-letter record not produced; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));

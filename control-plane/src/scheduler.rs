@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dialer_dataplane::MemoryBus;
-use dialer_dataplane::kafka::MeteredProducer;
+use dialer_bus::MemoryBus;
+use dialer_bus::kafka::{MeteredProducer, possibly_delivered, produce_error};
 use dialer_domain::hours::{BusinessHours, parse_tz};
 use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
 use dialer_limiter::effective_campaign_cap;
@@ -81,25 +81,16 @@ pub struct NotPublished {
     /// Failed in a way that may still have delivered them (a timeout): they stay queued, and
     /// the reaper resolves them once they cannot be up any more.
     pub in_doubt: usize,
-    pub reason: String,
+    pub reason: PublishError,
 }
 
-/// Whether a failed produce may still have reached the log (the broker may have written it and
-/// the acknowledgement was lost): a timeout or a broken connection, as opposed to a refusal.
-fn possibly_delivered(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
-    match e {
-        KafkaError::MessageProduction(code) => matches!(
-            code,
-            C::MessageTimedOut
-                | C::RequestTimedOut
-                | C::OperationTimedOut
-                | C::NetworkException
-                | C::BrokerTransportFailure
-                | C::AllBrokersDown
-        ),
-        _ => true,
-    }
+/// Why the bus did not take a dispatch message.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    BusClosed(#[from] dialer_bus::BusClosed),
+    #[error("the broker did not take it: {0}; check bus.brokers and the broker's health")]
+    Kafka(#[from] rdkafka::error::KafkaError),
 }
 
 impl DispatchSink {
@@ -117,7 +108,7 @@ impl DispatchSink {
                 if unacked.is_empty() {
                     return Ok(());
                 }
-                Err(NotPublished { unacked, in_doubt: 0, reason: "in-process bus closed".into() })
+                Err(NotPublished { unacked, in_doubt: 0, reason: dialer_bus::BusClosed.into() })
             }
             DispatchSink::Kafka { producer, topic } => {
                 let encoded: Vec<(Vec<u8>, [u8; 16])> =
@@ -128,19 +119,22 @@ impl DispatchSink {
                         producer.send(FutureRecord::to(topic).key(&key[..]).payload(payload), Duration::from_secs(5)),
                     );
                 }
-                let mut failed = NotPublished { unacked: Vec::new(), in_doubt: 0, reason: String::new() };
+                let (mut unacked, mut in_doubt, mut last) = (Vec::new(), 0, None);
                 for (i, r) in futures::future::join_all(acks).await.into_iter().enumerate() {
                     if let Err((e, _)) = r {
-                        dialer_dataplane::kafka::produce_error(topic);
+                        produce_error(topic);
                         if possibly_delivered(&e) {
-                            failed.in_doubt += 1;
+                            in_doubt += 1;
                         } else {
-                            failed.unacked.push(i);
+                            unacked.push(i);
                         }
-                        failed.reason = e.to_string();
+                        last = Some(e);
                     }
                 }
-                if failed.reason.is_empty() { Ok(()) } else { Err(failed) }
+                match last {
+                    None => Ok(()),
+                    Some(e) => Err(NotPublished { unacked, in_doubt, reason: e.into() }),
+                }
             }
         }
     }

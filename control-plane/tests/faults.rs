@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::reaper::{Reaper, ReaperConfig};
 use dialer_control_plane::recorder::{EventSource, Recorder};
 use dialer_control_plane::scheduler::{DispatchSink, ManualClock, Scheduler, SchedulerConfig};
 use dialer_control_plane::store::{CallQuery, ClaimedCall};
-use dialer_dataplane::MemoryBus;
 use dialer_domain::campaign::{CallStatus, CampaignAction};
 use dialer_domain::lifecycle::UNKNOWN_OUTCOME;
 use dialer_domain::messages::EventKind;

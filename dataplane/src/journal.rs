@@ -167,7 +167,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
     move |source| JournalError::Io { path: path.display().to_string(), source }
 }
 
-/// Rewrites the file when this many records were appended since the last compaction.
+/// Rewrites the file when this many records were appended since the last compaction, unless
+/// [`Journal::compact_after`] says otherwise (tuning `journal.compact_after`).
 const COMPACT_AFTER: usize = 200_000;
 
 /// One io_uring instance and the unsafe part of using it, kept small.
@@ -366,6 +367,7 @@ fn finish_plain(p: &mut PartitionJournal, sync: bool) -> Result<(), JournalError
 pub struct Journal {
     dir: PathBuf,
     sync: bool,
+    compact_after: usize,
     parts: HashMap<i32, PartitionJournal>,
     io: Io,
     suspended: std::collections::HashSet<i32>,
@@ -411,11 +413,18 @@ impl Journal {
         Ok(Journal {
             dir: dir.to_path_buf(),
             sync,
+            compact_after: COMPACT_AFTER,
             parts: HashMap::new(),
             io,
             suspended: Default::default(),
             released: Default::default(),
         })
+    }
+
+    /// Rewrites a partition's file after `records` appends since its last rewrite.
+    pub fn compact_after(mut self, records: usize) -> Journal {
+        self.compact_after = records.max(1);
+        self
     }
 
     /// `io_uring` or `std`: what the group commits use.
@@ -561,7 +570,7 @@ impl Journal {
                 finish_plain(p, self.sync)?;
             }
             p.dirty = false;
-            if p.appended > COMPACT_AFTER {
+            if p.appended > self.compact_after {
                 p.file = compact(&p.path, &p.open, &p.done)?;
                 p.appended = 0;
             }

@@ -6,17 +6,22 @@
 //! producer. Shards share nothing mutable on the hot path; they meet only in the limiter (by
 //! batched lease updates) and in the provider's independent tracker (a test instrument).
 //!
-//! Modules: [`tuning`] (per-machine settings, partition→shard mapping), [`provider`] (the
-//! telephony boundary, mock provider, tracker), [`shard`] (the dial loop), [`bus`] (in-process
-//! bus), [`kafka`] (rdkafka consumer/producer), [`offsets`] (commit points).
+//! Modules: [`tuning`] (per-machine settings), [`provider`] (the telephony boundary, mock
+//! provider, tracker), [`shard`] (the dial loop), [`source`] (where a shard's messages come
+//! from), [`kafka`] (a shard's consumer and producer), [`offsets`] (commit points),
+//! [`journal`] (no double dial across crashes), [`health`] and [`admin`] (`/readyz`,
+//! `/metrics`), [`metrics`] (this crate's metric catalogue). Message transport itself (Kafka
+//! clients, the in-process bus) is `dialer_bus`, shared with the control plane.
 
-pub mod bus;
+pub mod admin;
 pub mod health;
 pub mod journal;
 pub mod kafka;
+pub mod metrics;
 pub mod offsets;
 pub mod provider;
 pub mod shard;
+pub mod source;
 pub mod tuning;
 
 use std::sync::Arc;
@@ -26,11 +31,12 @@ use dialer_domain::messages::StatusEvent;
 use dialer_limiter::{Backend, LeaseDriver, LocalBackend, RedisBackend};
 use tokio::sync::{mpsc, watch};
 
-pub use bus::{Delivery, Malformed, MemoryBus, MemoryBusEnds};
+use dialer_bus::Delivery;
 pub use health::{Health, ShardStatus};
 pub use kafka::KafkaTopics;
 pub use provider::{MockProvider, MockSettings, Provider, Tracker};
-pub use shard::{ShardConfig, ShardReport};
+pub use shard::{Shard, ShardConfig, ShardReport, Sink};
+pub use source::{DispatchSource, MemorySource};
 pub use tuning::{Assignment, Tuning};
 
 /// Why the data plane could not start.
@@ -38,10 +44,27 @@ pub use tuning::{Assignment, Tuning};
 pub enum DataplaneError {
     #[error(transparent)]
     Tuning(#[from] tuning::TuningError),
-    #[error("shard {shard}: {reason}")]
-    Shard { shard: usize, reason: String },
+    #[error("shard {shard}: {source}")]
+    Shard { shard: usize, source: ShardError },
     #[error("the in-process bus has {have} shard receivers for {want} shards")]
     Receivers { have: usize, want: usize },
+}
+
+/// Why a shard stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("cannot start its thread or runtime: {0}")]
+    Thread(std::io::Error),
+    #[error("panicked; see the log above for where")]
+    Panicked,
+    #[error("cannot connect to the limiter's Redis: {0}; check limits.redis_url and that Redis runs")]
+    Limiter(#[from] dialer_limiter::LimiterError),
+    #[error("cannot create its Kafka {what}: {source}; check bus.brokers")]
+    Kafka { what: &'static str, source: rdkafka::error::KafkaError },
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error("its in-process receiver was taken twice (a bug)")]
+    ReceiverTaken,
 }
 
 /// Which limiter the shards lease from.
@@ -83,7 +106,7 @@ pub struct DataplaneOptions {
 /// A running data plane.
 #[derive(Debug)]
 pub struct Dataplane {
-    shards: Vec<JoinHandle<Result<ShardReport, String>>>,
+    shards: Vec<JoinHandle<Result<ShardReport, ShardError>>>,
     shutdown: watch::Sender<bool>,
     health: Arc<Health>,
 }
@@ -99,11 +122,11 @@ impl Dataplane {
                 !opts.tuning.journal.no_sync,
                 opts.tuning.journal.io,
             )
-            .map_err(|e| DataplaneError::Shard { shard: 0, reason: e.to_string() })?;
+            .map_err(|e| DataplaneError::Shard { shard: 0, source: e.into() })?;
             tracing::info!(dir = %opts.tuning.journal.dir, io = j.io_name(), "attempt journal");
         }
         let health = Arc::new(Health::new(n));
-        metrics::gauge!("dialer_limiter_global_cap").set(f64::from(opts.global_cap));
+        ::metrics::gauge!("dialer_limiter_global_cap").set(f64::from(opts.global_cap));
         let mut memory: Option<MemoryEnds> = None;
         let mut kafka: Option<KafkaTopics> = None;
         match opts.bus {
@@ -155,7 +178,7 @@ impl Dataplane {
                     }
                     r
                 })
-                .map_err(|e| DataplaneError::Shard { shard: i, reason: e.to_string() })?;
+                .map_err(|e| DataplaneError::Shard { shard: i, source: ShardError::Thread(e) })?;
             shards.push(handle);
         }
         Ok(Dataplane { shards, shutdown, health })
@@ -178,8 +201,8 @@ impl Dataplane {
             .enumerate()
             .map(|(i, h)| {
                 h.join()
-                    .map_err(|_| DataplaneError::Shard { shard: i, reason: "panicked".into() })?
-                    .map_err(|reason| DataplaneError::Shard { shard: i, reason })
+                    .map_err(|_| DataplaneError::Shard { shard: i, source: ShardError::Panicked })?
+                    .map_err(|source| DataplaneError::Shard { shard: i, source })
             })
             .collect()
     }
@@ -208,66 +231,65 @@ struct ShardStart {
     health: Arc<Health>,
 }
 
-/// The body of one shard's thread: pin, build the runtime, connect, run the shard loop.
-fn run_shard_thread(start: ShardStart) -> Result<ShardReport, String> {
-    let ShardStart { i, cpu, tuning, limiter, io, mock, tracker, holder, global_cap, ceiling, shutdown_rx, health } =
-        start;
-    if let Some(cpu) = cpu
+/// The body of one shard's thread: pin, build the runtime, run the shard.
+fn run_shard_thread(start: ShardStart) -> Result<ShardReport, ShardError> {
+    if let Some(cpu) = start.cpu
         && !core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
     {
-        tracing::warn!(shard = i, cpu, "could not pin shard to CPU");
+        tracing::warn!(shard = start.i, cpu, "could not pin shard to CPU");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ShardError::Thread)?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let backend = match limiter {
-            LimiterChoice::Local(l) => Backend::Local(l),
-            LimiterChoice::Redis { url, prefix } => Backend::Redis(
-                RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1))
-                    .await
-                    .map_err(|e| e.to_string())?,
-            ),
-        };
-        let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease_settings(), global_cap);
-        let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let driver = tokio::task::spawn_local(driver.run(async move {
-            let _ = stop_rx.await;
-        }));
-        let (source, sink) = match io {
-            ShardIo::Memory(rx, tx) => {
-                (shard::Source::Memory(rx.ok_or("receiver taken twice")?), shard::Sink::Memory(tx))
-            }
-            ShardIo::Kafka(t) => (
-                shard::Source::Kafka(Box::new(
-                    kafka::KafkaSource::new(
-                        &t,
-                        &tuning.kafka,
-                        tuning.shards.assignment,
-                        tuning.shards.partitions,
-                        tuning.global_shard(i).0,
-                        tuning.global_shard(i).1,
-                    )
-                    .map_err(|e| format!("consumer: {e}"))?,
-                )),
-                shard::Sink::Kafka(kafka::KafkaSink::new(&t, &tuning.kafka, i).map_err(|e| format!("producer: {e}"))?),
-            ),
-        };
-        let provider = MockProvider::new(mock, tracker, i);
-        let journal = if tuning.journal.dir.is_empty() {
-            None
-        } else {
-            // One directory per host, shared by its shards: each partition has its own file, so
-            // whichever shard owns a partition after a restart finds its history.
-            let dir = std::path::Path::new(&tuning.journal.dir);
-            Some(
-                journal::Journal::open_with(dir, !tuning.journal.no_sync, tuning.journal.io)
-                    .map_err(|e| e.to_string())?,
-            )
-        };
-        let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling, health };
-        let report = shard::run_shard(cfg, source, sink, lease, provider, journal, shutdown_rx).await;
-        let _ = stop_driver.send(());
-        let _ = driver.await;
-        Ok(report)
-    })
+    local.block_on(&rt, run_shard(start))
+}
+
+/// Connects the shard's limiter, bus and journal, runs the shard with its lease driver beside
+/// it, and stops the driver once the shard is done.
+async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
+    let ShardStart { i, tuning, limiter, io, mock, tracker, holder, global_cap, ceiling, shutdown_rx, health, .. } =
+        start;
+    let backend = match limiter {
+        LimiterChoice::Local(l) => Backend::Local(l),
+        LimiterChoice::Redis { url, prefix } => {
+            Backend::Redis(RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1)).await?)
+        }
+    };
+    let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease_settings(), global_cap);
+    let driver = driver.with_tick(std::time::Duration::from_millis(tuning.timings.lease_tick_ms));
+    let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::task::spawn_local(driver.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let provider = MockProvider::new(mock, tracker, i);
+    let journal = open_journal(&tuning)?;
+    let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling, health };
+    let report = match io {
+        ShardIo::Memory(rx, tx) => {
+            let source = MemorySource(rx.ok_or(ShardError::ReceiverTaken)?);
+            Shard::new(cfg, source, Sink::Memory(tx), lease, provider, journal).run(shutdown_rx).await
+        }
+        ShardIo::Kafka(t) => {
+            let kafka = |what| move |source| ShardError::Kafka { what, source };
+            let (a, k) = (cfg.tuning.shards.assignment, &cfg.tuning.kafka);
+            let source = kafka::KafkaSource::new(&t, k, a, cfg.tuning.shards.partitions, cfg.tuning.global_shard(i))
+                .map_err(kafka("consumer"))?;
+            let sink = Sink::Kafka(kafka::KafkaSink::new(&t, k, i).map_err(kafka("producer"))?);
+            Shard::new(cfg, source, sink, lease, provider, journal).run(shutdown_rx).await
+        }
+    };
+    let _ = stop_driver.send(());
+    let _ = driver.await;
+    Ok(report)
+}
+
+/// The attempt journal, when `journal.dir` is set. One directory per host, shared by its
+/// shards: each partition has its own file, so whichever shard owns a partition after a
+/// restart finds its history.
+fn open_journal(tuning: &Tuning) -> Result<Option<journal::Journal>, ShardError> {
+    if tuning.journal.dir.is_empty() {
+        return Ok(None);
+    }
+    let dir = std::path::Path::new(&tuning.journal.dir);
+    let j = journal::Journal::open_with(dir, !tuning.journal.no_sync, tuning.journal.io)?;
+    Ok(Some(j.compact_after(tuning.journal.compact_after)))
 }

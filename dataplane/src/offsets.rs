@@ -1,7 +1,7 @@
 //! Which offsets of a partition may be committed: at-least-once means committing only up to the
 //! first message whose outcome event the broker has not acknowledged yet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartitionOffsets {
@@ -44,6 +44,57 @@ impl PartitionOffsets {
     }
 }
 
+/// The commit points of every partition a consumer reads: what it received, what is finished,
+/// what was committed. A revoked partition is forgotten (its next owner reads its unfinished
+/// messages again from the committed offset).
+#[derive(Clone, Debug, Default)]
+pub struct CommitPoints {
+    parts: HashMap<i32, PartitionOffsets>,
+}
+
+impl CommitPoints {
+    pub fn received(&mut self, partition: i32, offset: i64) {
+        self.parts.entry(partition).or_default().received(offset);
+    }
+
+    /// The message is finished; a partition revoked since it was received is not tracked again.
+    pub fn done(&mut self, partition: i32, offset: i64) {
+        if let Some(p) = self.parts.get_mut(&partition) {
+            p.done(offset);
+        }
+    }
+
+    pub fn revoked(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.parts.remove(p);
+        }
+    }
+
+    /// The points that moved since the last commit, to commit now.
+    pub fn due(&self) -> Vec<(i32, i64)> {
+        self.parts.iter().filter_map(|(p, o)| o.commit_point().map(|point| (*p, point))).collect()
+    }
+
+    /// The broker took these points.
+    pub fn committed(&mut self, points: &[(i32, i64)]) {
+        for (p, point) in points {
+            if let Some(o) = self.parts.get_mut(p) {
+                o.committed(*point);
+            }
+        }
+    }
+
+    /// Each partition's last committed offset (the next message to read after a restart).
+    pub fn committed_points(&self) -> Vec<(i32, i64)> {
+        self.parts.iter().filter_map(|(p, o)| o.committed_offset().map(|c| (*p, c))).collect()
+    }
+
+    /// Messages received and not finished.
+    pub fn pending(&self) -> usize {
+        self.parts.values().map(PartitionOffsets::pending).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +118,30 @@ mod tests {
         p.done(14);
         assert_eq!(p.commit_point(), Some(15), "all done: commit past the last");
         assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn each_partition_commits_on_its_own_and_a_revoked_one_is_forgotten() {
+        let mut c = CommitPoints::default();
+        for o in 0..4 {
+            c.received(0, o);
+            c.received(1, 100 + o);
+        }
+        c.done(0, 0);
+        c.done(0, 1);
+        c.done(1, 101);
+        let mut due = c.due();
+        due.sort_unstable();
+        assert_eq!(due, vec![(0, 2), (1, 100)], "each below its first unfinished message");
+        c.committed(&due);
+        assert!(c.due().is_empty(), "nothing moved since");
+        assert_eq!(c.pending(), 5);
+        c.revoked(&[1]);
+        assert_eq!(c.pending(), 2, "the revoked partition's messages are its next owner's");
+        c.done(1, 100);
+        assert!(c.due().is_empty(), "a late finish of a revoked partition commits nothing");
+        assert_eq!(c.committed_points(), vec![(0, 2)]);
+        c.received(1, 102);
+        assert_eq!(c.due(), vec![(1, 102)], "a partition that comes back starts where it is read again");
     }
 }

@@ -310,6 +310,20 @@ impl Provider for MockProvider {
     }
 }
 
+/// A provider whose calls each wait on a future, as a provider on the network does (a SIP
+/// dialog, an HTTP request): it wraps another provider and hands the shard that provider's
+/// calls as [`Placed::Pending`] futures. The tests run shards through it, so the path a real
+/// provider takes (the shard's `FuturesUnordered` of calls) is exercised as well as the mock's
+/// timer heap.
+#[derive(Debug)]
+pub struct OverNetwork<P>(pub P);
+
+impl<P: Provider> Provider for OverNetwork<P> {
+    fn place_call(&self, msg: &DispatchMessage) -> CallFuture {
+        self.0.place_call(msg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,17 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TuningError {
-    #[error("cannot read tuning file {path}: {source}")]
+    #[error("cannot read tuning file {path}: {source}; check the path given with --tuning")]
     Read { path: String, source: std::io::Error },
-    #[error("tuning file {path}: {message}")]
-    Parse { path: String, message: String },
+    #[error("tuning file {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
     #[error("tuning key {key}: {reason}")]
     Invalid { key: String, reason: String },
+    #[error(
+        "the dispatch topic has {topic} partitions but tuning shards.partitions is {tuning}: \
+         set shards.partitions = {topic} (bus.dispatch_partitions creates the topic)"
+    )]
+    PartitionsDiffer { topic: i32, tuning: i32 },
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> TuningError {
@@ -29,10 +34,44 @@ pub struct Tuning {
     pub buffers: BufferTuning,
     pub shutdown: ShutdownTuning,
     pub journal: JournalTuning,
+    pub timings: TimingTuning,
+}
+
+/// The shard's and lease driver's waits, each with the reason for its default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimingTuning {
+    /// After a failed dispatch fetch, wait this long before fetching again: the broker is away,
+    /// and fetching at once would spin (100 ms: a broker back within that loses nothing).
+    pub fetch_retry_ms: u64,
+    /// Status events the broker refused are produced again after this back-off, doubling while
+    /// produces keep failing… (100 ms: a leader change takes about that long)
+    pub reproduce_first_ms: u64,
+    /// …up to this (5 s: a broker down for minutes gets a try every few seconds, not a flood).
+    pub reproduce_max_ms: u64,
+    /// How often a shard beats its health heartbeat and updates its gauges (1 s: `/readyz`
+    /// calls a shard stuck after 5 s without one).
+    pub heartbeat_ms: u64,
+    /// The lease driver's tick: a core's due lease updates go out at most this late, and fair
+    /// shares refresh at most this often (20 ms: a fraction of the shortest calls operators run,
+    /// one backend call per core per tick at most).
+    pub lease_tick_ms: u64,
+}
+
+impl Default for TimingTuning {
+    fn default() -> Self {
+        TimingTuning {
+            fetch_retry_ms: 100,
+            reproduce_first_ms: 100,
+            reproduce_max_ms: 5_000,
+            heartbeat_ms: 1_000,
+            lease_tick_ms: dialer_limiter::MIN_REFRESH.as_millis() as u64,
+        }
+    }
 }
 
 /// The attempt journal (no double dial across crashes): see [`crate::journal`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JournalTuning {
     /// Directory of the per-partition journal files; empty = no journal (a crash may then
@@ -43,6 +82,16 @@ pub struct JournalTuning {
     /// How a group commit reaches the disk: `auto` (io_uring where the kernel allows it, else
     /// plain system calls), `io_uring`, or `std` (a write and an fdatasync per touched file).
     pub io: JournalIo,
+    /// A partition's journal file is rewritten (only its live records kept) after this many
+    /// appends since the last rewrite (200,000: a few MB of file, a rewrite every few seconds at
+    /// full speed, so replay after a crash reads little).
+    pub compact_after: usize,
+}
+
+impl Default for JournalTuning {
+    fn default() -> Self {
+        JournalTuning { dir: String::new(), no_sync: false, io: JournalIo::default(), compact_after: 200_000 }
+    }
 }
 
 /// See [`JournalTuning::io`].
@@ -123,6 +172,11 @@ pub struct BufferTuning {
     pub resume_partition_at: usize,
     /// Calls a campaign may start in one turn before the next campaign's turn (fairness).
     pub quantum: usize,
+    /// Most dispatch messages taken in one fetch (the shard then dials before fetching again).
+    pub fetch_batch: usize,
+    /// Status events waiting to be produced again (the broker refused them) before the shard
+    /// stops taking messages: memory stays bounded while the broker is away.
+    pub max_reproduce: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -173,6 +227,8 @@ impl Default for BufferTuning {
             pause_partition_at: 20_000,
             resume_partition_at: 10_000,
             quantum: 64,
+            fetch_batch: 1024,
+            max_reproduce: 10_000,
         }
     }
 }
@@ -190,8 +246,8 @@ impl Tuning {
         (self.shards.instance * self.shards.count + i, self.shards.instances * self.shards.count)
     }
 
-    pub fn from_toml(text: &str) -> Result<Tuning, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<Tuning, toml::de::Error> {
+        toml::from_str(text)
     }
 
     /// Reads and validates a tuning file.
@@ -199,7 +255,7 @@ impl Tuning {
         let text = std::fs::read_to_string(path)
             .map_err(|source| TuningError::Read { path: path.display().to_string(), source })?;
         let t = Tuning::from_toml(&text)
-            .map_err(|message| TuningError::Parse { path: path.display().to_string(), message })?;
+            .map_err(|source| TuningError::Parse { path: path.display().to_string(), source })?;
         t.validate(semaphore_ttl)?;
         Ok(t)
     }
@@ -216,18 +272,15 @@ impl Tuning {
         }
     }
 
-    /// Refuses impossible values, naming the key.
     /// Checks the dispatch topic's partition count against this tuning: with static assignment
     /// the shards split exactly `shards.partitions`, so the topic must have that many; with a
     /// consumer group, fewer partitions than shards leaves shards idle (the warning returned).
-    pub fn check_dispatch_partitions(&self, topic_partitions: i32) -> Result<Option<String>, String> {
+    pub fn check_dispatch_partitions(&self, topic_partitions: i32) -> Result<Option<String>, TuningError> {
         let s = &self.shards;
         match s.assignment {
-            Assignment::Static if topic_partitions != s.partitions => Err(format!(
-                "the dispatch topic has {topic_partitions} partitions but tuning shards.partitions is {}: \
-                 set shards.partitions = {topic_partitions} (bus.dispatch_partitions creates the topic)",
-                s.partitions
-            )),
+            Assignment::Static if topic_partitions != s.partitions => {
+                Err(TuningError::PartitionsDiffer { topic: topic_partitions, tuning: s.partitions })
+            }
             Assignment::Group if (topic_partitions as usize) < s.count => Ok(Some(format!(
                 "the dispatch topic has {topic_partitions} partitions for {} shards: some shards will idle; \
                  raise bus.dispatch_partitions (for a new topic) or add partitions to it",
@@ -237,7 +290,46 @@ impl Tuning {
         }
     }
 
+    /// Refuses impossible values, naming the key.
     pub fn validate(&self, semaphore_ttl: Duration) -> Result<(), TuningError> {
+        self.validate_shards()?;
+        self.validate_kafka_and_buffers()?;
+        self.validate_timings()?;
+        if self.journal.compact_after < 1_000 {
+            return Err(invalid(
+                "journal.compact_after",
+                "must be at least 1000 (a rewrite per few records is all I/O)",
+            ));
+        }
+        self.lease_settings().check(semaphore_ttl).map_err(|e| match e {
+            dialer_limiter::LimiterError::Config { key, reason } => {
+                invalid(&format!("lease.{}", key.trim_start_matches("lease_")), reason)
+            }
+            other => invalid("lease", other.to_string()),
+        })
+    }
+
+    fn validate_timings(&self) -> Result<(), TuningError> {
+        let t = &self.timings;
+        if t.fetch_retry_ms == 0 {
+            return Err(invalid("timings.fetch_retry_ms", "must be at least 1 (0 spins while the broker is away)"));
+        }
+        if t.reproduce_first_ms == 0 || t.reproduce_first_ms > t.reproduce_max_ms {
+            return Err(invalid("timings.reproduce_first_ms", "must be between 1 and timings.reproduce_max_ms"));
+        }
+        if t.heartbeat_ms == 0 || t.heartbeat_ms > 2_500 {
+            return Err(invalid(
+                "timings.heartbeat_ms",
+                "must be between 1 and 2500 (/readyz calls a shard stuck after 5 s without a heartbeat)",
+            ));
+        }
+        if t.lease_tick_ms == 0 || t.lease_tick_ms > self.lease.refresh_every_ms {
+            return Err(invalid("timings.lease_tick_ms", "must be between 1 and lease.refresh_every_ms"));
+        }
+        Ok(())
+    }
+
+    fn validate_shards(&self) -> Result<(), TuningError> {
         let s = &self.shards;
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
         if s.count == 0 || s.count > 1024 {
@@ -273,6 +365,10 @@ impl Tuning {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_kafka_and_buffers(&self) -> Result<(), TuningError> {
         let k = &self.kafka;
         if k.batch_num_messages == 0 {
             return Err(invalid("kafka.batch_num_messages", "must be at least 1"));
@@ -296,23 +392,14 @@ impl Tuning {
         if b.quantum == 0 {
             return Err(invalid("buffers.quantum", "must be at least 1"));
         }
-        self.lease_settings().check(semaphore_ttl).map_err(|e| match e {
-            dialer_limiter::LimiterError::Config { key, reason } => {
-                invalid(&format!("lease.{}", key.trim_start_matches("lease_")), reason)
-            }
-            other => invalid("lease", other.to_string()),
-        })
+        if b.fetch_batch == 0 {
+            return Err(invalid("buffers.fetch_batch", "must be at least 1"));
+        }
+        if b.max_reproduce == 0 {
+            return Err(invalid("buffers.max_reproduce", "must be at least 1"));
+        }
+        Ok(())
     }
-}
-
-/// The shard that owns `partition` under static assignment (`partition % shards`).
-pub fn shard_of_partition(partition: i32, shards: usize) -> usize {
-    (partition.rem_euclid(shards as i32)) as usize
-}
-
-/// The partitions shard `shard` of `shards` owns under static assignment.
-pub fn partitions_of_shard(shard: usize, shards: usize, partitions: i32) -> Vec<i32> {
-    (0..partitions).filter(|p| shard_of_partition(*p, shards) == shard).collect()
 }
 
 #[cfg(test)]
@@ -327,29 +414,12 @@ mod tests {
         t.shards.count = 16;
         t.shards.partitions = 48;
         t.shards.assignment = Assignment::Static;
-        assert_eq!(t.check_dispatch_partitions(48), Ok(None));
-        let e = t.check_dispatch_partitions(8).expect_err("8 partitions split as 48");
+        assert!(t.check_dispatch_partitions(48).expect("fits").is_none());
+        let e = t.check_dispatch_partitions(8).expect_err("8 partitions split as 48").to_string();
         assert!(e.contains("shards.partitions") && e.contains("48"), "{e}");
         t.shards.assignment = Assignment::Group;
         assert!(t.check_dispatch_partitions(8).expect("runs").is_some_and(|w| w.contains("idle")));
-        assert_eq!(t.check_dispatch_partitions(48), Ok(None));
-    }
-
-    #[test]
-    fn partitions_split_disjointly_and_completely() {
-        for shards in 1..9 {
-            for partitions in [shards as i32, 8, 48, 97] {
-                let mut seen = vec![0; partitions as usize];
-                for s in 0..shards {
-                    for p in partitions_of_shard(s, shards, partitions) {
-                        assert_eq!(shard_of_partition(p, shards), s);
-                        seen[p as usize] += 1;
-                    }
-                }
-                assert!(seen.iter().all(|n| *n == 1), "{shards} shards, {partitions} partitions");
-            }
-        }
-        assert_eq!(partitions_of_shard(1, 2, 8), vec![1, 3, 5, 7]);
+        assert!(t.check_dispatch_partitions(48).expect("fits").is_none());
     }
 
     #[test]
@@ -377,8 +447,8 @@ mod tests {
 
     #[test]
     fn refuses_unknown_keys_and_impossible_values() {
-        assert!(Tuning::from_toml("[shards]\ncuont = 2\n").unwrap_err().contains("cuont"));
-        assert!(Tuning::from_toml("[shard]\ncount = 2\n").unwrap_err().contains("shard"));
+        assert!(Tuning::from_toml("[shards]\ncuont = 2\n").unwrap_err().to_string().contains("cuont"));
+        assert!(Tuning::from_toml("[shard]\ncount = 2\n").unwrap_err().to_string().contains("shard"));
         let cases: Vec<(&str, &str)> = vec![
             ("[shards]\ncount = 0\n", "shards.count"),
             ("[shards]\ncount = 2\ncpus = [0]\n", "shards.cpus"),
@@ -388,6 +458,12 @@ mod tests {
             ("[lease]\nbatch = 4\nlow_water = 8\n", "lease.low_water"),
             ("[lease]\nttl_ms = 700000\n", "lease.ttl"),
             ("[kafka]\ncommit_every_ms = 0\n", "kafka.commit_every_ms"),
+            ("[timings]\nfetch_retry_ms = 0\n", "timings.fetch_retry_ms"),
+            ("[timings]\nreproduce_first_ms = 9000\n", "timings.reproduce_first_ms"),
+            ("[timings]\nheartbeat_ms = 6000\n", "timings.heartbeat_ms"),
+            ("[timings]\nlease_tick_ms = 1000\n", "timings.lease_tick_ms"),
+            ("[buffers]\nmax_reproduce = 0\n", "buffers.max_reproduce"),
+            ("[journal]\ncompact_after = 10\n", "journal.compact_after"),
         ];
         for (text, key) in cases {
             let t = Tuning::from_toml(text).expect("parses");

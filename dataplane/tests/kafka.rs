@@ -127,12 +127,9 @@ fn committed_total(t: &KafkaTopics) -> i64 {
 }
 
 async fn ensure(t: &KafkaTopics) {
-    dialer_dataplane::kafka::ensure_topics(
-        &t.brokers,
-        &[(&t.dispatch_topic, PARTITIONS), (&t.status_topic, PARTITIONS)],
-    )
-    .await
-    .expect("topics");
+    dialer_bus::kafka::ensure_topics(&t.brokers, &[(&t.dispatch_topic, PARTITIONS), (&t.status_topic, PARTITIONS)])
+        .await
+        .expect("topics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +204,7 @@ async fn caps_hold_through_kafka_and_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() {
     let t = topics();
-    dialer_dataplane::kafka::ensure_topics(
+    dialer_bus::kafka::ensure_topics(
         &t.brokers,
         &[(&t.dispatch_topic, PARTITIONS), (&t.status_topic, PARTITIONS), (&t.dead_letter_topic, 1)],
     )
@@ -238,7 +235,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
     let reader = status_reader(&t);
     let mut events = Vec::new();
     read_outcomes(&reader, 3, Duration::from_secs(60), &mut events).await;
-    assert!(health.ready(dialer_dataplane::shard::now_ms()), "shards ready: {:?}", health.status(0));
+    assert!(health.ready(dialer_bus::time::now_ms()), "shards ready: {:?}", health.status(0));
 
     // The dead-letter topic holds both bad messages, bytes unchanged, with reason and origin.
     let dlq: StreamConsumer = ClientConfig::new()
@@ -281,7 +278,7 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
     assert_eq!(reports.iter().map(|r| r.malformed).sum::<u64>(), 2);
     assert_eq!(reports.iter().map(|r| r.dialed).sum::<u64>(), 3, "the good messages around them were dialed");
     assert_eq!(committed_total(&t), 5, "offsets pass the dead-lettered messages");
-    assert!(!health.ready(dialer_dataplane::shard::now_ms()), "stopped shards are not ready");
+    assert!(!health.ready(dialer_bus::time::now_ms()), "stopped shards are not ready");
 }
 
 /// Consumer-group assignment: a second data plane joins while the first has hundreds of

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialer_dataplane::{
-    BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MemoryBus, MockSettings, Tracker, Tuning,
-};
+use dialer_bus::MemoryBus;
+use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning};
 use dialer_domain::messages::{DispatchMessage, EventKind, StatusEvent};
 use dialer_limiter::LocalBackend;
 use tokio::sync::mpsc;
@@ -188,7 +187,7 @@ async fn caps_hold_and_a_capped_campaign_does_not_hold_up_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_before_and_deadline_are_honoured() {
     let mut r = start(1, 100, fast_calls(1));
-    let now = dialer_dataplane::shard::now_ms();
+    let now = dialer_bus::time::now_ms();
     let mut later = msg(1, Uuid::from_u128(1), 10);
     later.not_before_ms = now + 400;
     let mut stale = msg(2, Uuid::from_u128(1), 10);

@@ -182,7 +182,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         tracing::info!("store is not the embedded SQLite: no recovery at start, the reaper resolves abandoned calls");
         Default::default()
     };
-    let (bus, ends) = dialer_dataplane::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
+    let (bus, ends) = dialer_bus::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
     let limiter = std::sync::Arc::new(dialer_limiter::LocalBackend::default());
     hold_for_previous_run(&limiter, cfg, &may_be_up);
     let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
@@ -228,7 +228,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, shards = tuning.shards.count, "dialer up: API, scheduler, data plane and recorder running");
-    let checks = vec![dialer_control_plane::observability::ReadyCheck::shards(dp.health())];
+    let checks = vec![dialer_dataplane::admin::shards_check(dp.health())];
     let app =
         dialer_control_plane::app_checked(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline, checks);
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
@@ -320,12 +320,12 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         )
         .await
         .context("connecting to the limiter's Redis (limits.redis_url)")?;
-        checks.push(dialer_control_plane::observability::ReadyCheck::redis(r.clone()));
+        checks.push(dialer_control_plane::observability::redis_check(r.clone()));
         let every = std::time::Duration::from_secs(cfg.limits.reconcile_every_sec);
         tokio::spawn(dialer_control_plane::run_reconciler(dialer_limiter::Backend::Redis(r), every, shutdown_signal()));
     }
     let timeline = dialer_control_plane::open_timeline(cfg).await.context("connecting the CQL timeline store")?;
-    if cfg.bus.kind == "kafka" {
+    if cfg.bus.kind == dialer_control_plane::config::BusKind::Kafka {
         checks.push(spawn_kafka_pipeline(cfg, &store, timeline.clone()).await?);
     } else {
         tracing::warn!(
@@ -352,24 +352,16 @@ async fn spawn_kafka_pipeline(
 ) -> Result<dialer_control_plane::observability::ReadyCheck> {
     use rdkafka::consumer::Consumer;
     let b = &cfg.bus;
-    dialer_dataplane::kafka::create_topics(&b.brokers, &cfg.topics())
+    dialer_bus::kafka::create_topics(&b.brokers, &cfg.topics())
         .await
         .with_context(|| format!("creating topics on {}", b.brokers))?;
-    let producer = dialer_dataplane::kafka::metered_producer(
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &b.brokers)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5"),
-    )
-    .context("Kafka producer")?;
-    let consumer = dialer_dataplane::kafka::metered_consumer(
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &b.brokers)
-            .set("group.id", format!("{}-recorder", b.group_id))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest"),
-    )
-    .context("Kafka consumer")?;
+    let clients = dialer_bus::kafka::ClientSettings::new(&b.brokers);
+    let producer = clients.producer("dialer-control-plane").context("Kafka producer")?;
+    let consumer =
+        clients.consumer("dialer-recorder", &format!("{}-recorder", b.group_id)).context("Kafka consumer")?;
+    for topic in [&b.dispatch_topic, &b.dead_letter_topic] {
+        dialer_bus::kafka::produces_to(topic);
+    }
     consumer.subscribe(&[&b.status_topic]).context("subscribing to the status topic")?;
     let scheduler = dialer_control_plane::scheduler::Scheduler {
         store: store.clone(),
@@ -383,7 +375,7 @@ async fn spawn_kafka_pipeline(
     tokio::spawn(scheduler.run(shutdown_signal()));
     let reaper = dialer_control_plane::reaper::Reaper::from_config(cfg, store.clone(), timeline.clone());
     tokio::spawn(reaper.run(shutdown_signal()));
-    let ready = dialer_control_plane::observability::ReadyCheck::kafka(producer.clone(), b.dispatch_topic.clone());
+    let ready = dialer_bus::kafka::ready_check(producer.clone(), b.dispatch_topic.clone());
     let recorder = dialer_control_plane::recorder::Recorder {
         store: store.clone(),
         source: dialer_control_plane::recorder::EventSource::Kafka {
@@ -453,14 +445,14 @@ async fn run_dataplane(
         return Ok(());
     }
     anyhow::ensure!(
-        cfg.bus.kind == "kafka",
+        cfg.bus.kind == dialer_control_plane::config::BusKind::Kafka,
         "the data plane reads the dispatch topic: set bus.kind = \"kafka\" and bus.brokers (KAFKA_BROKERS); \
          the in-process bus exists only inside `dialer up`"
     );
-    dialer_dataplane::kafka::create_topics(&cfg.bus.brokers, &cfg.topics())
+    dialer_bus::kafka::create_topics(&cfg.bus.brokers, &cfg.topics())
         .await
         .with_context(|| format!("creating topics on {}", cfg.bus.brokers))?;
-    let partitions = dialer_dataplane::kafka::partition_count(&cfg.bus.brokers, &cfg.bus.dispatch_topic)
+    let partitions = dialer_bus::kafka::partition_count(&cfg.bus.brokers, &cfg.bus.dispatch_topic)
         .await
         .with_context(|| format!("reading the dispatch topic's metadata on {}", cfg.bus.brokers))?;
     match tuning.check_dispatch_partitions(partitions) {
@@ -499,7 +491,7 @@ async fn run_dataplane(
         tracker: tracker(cfg)?,
         instance,
     })?;
-    let admin_app = dialer_control_plane::observability::dataplane_admin(dp.health());
+    let admin_app = dialer_dataplane::admin::router(dp.health());
     let listener = tokio::net::TcpListener::bind(admin)
         .await
         .with_context(|| format!("cannot listen on the admin address {admin}; pick another with --admin"))?;
@@ -528,7 +520,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(cli.config.as_deref(), std::env::vars()).context("refusing to start")?;
     let spans = init_logging(cli.log_json, &cfg.telemetry)?;
-    dialer_control_plane::observability::install();
+    dialer_telemetry::install(catalogues(&cli.command));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     let r = rt.block_on(run(cli.command, cfg));
     drop(rt);
@@ -538,6 +530,20 @@ fn main() -> Result<()> {
         eprintln!("spans not flushed to the OTLP endpoint: {e}");
     }
     r
+}
+
+/// The metric catalogues of the crates a command runs (each process exports what it runs).
+fn catalogues(command: &Command) -> &'static [dialer_telemetry::Catalogue] {
+    use dialer_telemetry::Catalogue;
+    const BUS: Catalogue = dialer_bus::metrics::describe;
+    const LIMITER: Catalogue = dialer_limiter::metrics::describe;
+    const DATA: Catalogue = dialer_dataplane::metrics::describe;
+    const CONTROL: Catalogue = dialer_control_plane::observability::describe;
+    match command {
+        Command::Up { .. } => &[BUS, LIMITER, DATA, CONTROL],
+        Command::Dataplane { .. } => &[BUS, LIMITER, DATA],
+        _ => &[BUS, LIMITER, CONTROL],
+    }
 }
 
 async fn run(command: Command, mut cfg: Config) -> Result<()> {

@@ -22,6 +22,7 @@ pub mod fair;
 pub mod guard;
 pub mod lease;
 pub mod local;
+pub mod metrics;
 pub mod model;
 pub mod redis;
 
@@ -32,7 +33,7 @@ use uuid::Uuid;
 
 pub use driver::{LeaseDriver, LeaseHandle};
 pub use guard::{ApiGuard, GuardRejection};
-pub use lease::{Ask, LeaseCache, LeaseSettings};
+pub use lease::{Ask, LeaseCache, LeaseSettings, MIN_REFRESH};
 pub use local::LocalBackend;
 pub use model::{SyncItem, SyncReply, SyncRequest};
 pub use redis::RedisBackend;
@@ -91,15 +92,15 @@ impl Backend {
         epoch: u64,
         reqs: &[SyncRequest],
     ) -> Result<SyncReply, LimiterError> {
-        metrics::counter!("dialer_limiter_backend_calls_total").increment(1);
+        ::metrics::counter!("dialer_limiter_backend_calls_total").increment(1);
         let t = std::time::Instant::now();
         let r = match self {
             Backend::Local(l) => Ok(l.sync(holder, ttl, global_cap, epoch, reqs)),
             Backend::Redis(r) => r.sync(holder, ttl, global_cap, epoch, reqs).await,
         };
-        metrics::histogram!("dialer_limiter_sync_seconds").record(t.elapsed().as_secs_f64());
+        ::metrics::histogram!("dialer_limiter_sync_seconds").record(t.elapsed().as_secs_f64());
         if r.is_err() {
-            metrics::counter!("dialer_limiter_backend_errors_total").increment(1);
+            ::metrics::counter!("dialer_limiter_backend_errors_total").increment(1);
         }
         r
     }
@@ -113,7 +114,7 @@ impl Backend {
         if r.global_drift != 0 || r.campaign_drift != 0 {
             tracing::warn!(global_drift = r.global_drift, campaign_drift = r.campaign_drift, "limiter drift corrected");
         }
-        metrics::counter!("dialer_limiter_drift_corrected_total")
+        ::metrics::counter!("dialer_limiter_drift_corrected_total")
             .increment((r.global_drift.unsigned_abs()) + r.campaign_drift.unsigned_abs());
         Ok(r)
     }

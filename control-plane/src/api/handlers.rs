@@ -79,7 +79,7 @@ async fn health(st: &AppState, check_migrations: bool) -> Response {
             up &= r.is_ok();
             deps[c.name] = match r {
                 Ok(()) => serde_json::json!({"status": "up"}),
-                Err(e) => serde_json::json!({"status": "down", "error": e}),
+                Err(e) => serde_json::json!({"status": "down", "error": e.to_string()}),
             };
         }
     }

@@ -7,6 +7,7 @@
 //! transaction, so the aggregates always equal the rows ([`Store::recount_stats`] proves it).
 
 mod batch;
+mod record;
 mod sql;
 
 pub use batch::CallBatcher;

@@ -11,7 +11,36 @@ const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent
      started_at, completed_at";
 const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at";
 /// `last_error` of calls cancelled because their campaign was completed.
-const CANCELLED: &str = "cancelled: the campaign was completed before this call was placed";
+use crate::store::record::CANCELLED;
+
+/// The distinct ids, sorted (rows are locked in id order: no deadlock between writers).
+fn sorted_unique(ids: impl Iterator<Item = uuid::Uuid>) -> Vec<uuid::Uuid> {
+    let mut v: Vec<uuid::Uuid> = ids.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// An attempt's timeline row from the event that says most about it.
+fn timeline_row(
+    campaign_id: uuid::Uuid,
+    e: &dialer_domain::messages::StatusEvent,
+    outcome: &str,
+) -> crate::timeline::TimelineRow {
+    use dialer_domain::messages::EventKind;
+    crate::timeline::TimelineRow {
+        campaign_id,
+        call_id: e.call_id,
+        attempt: e.attempt,
+        outcome: outcome.to_string(),
+        started_at_ms: e.started_at_ms.or((e.kind == EventKind::Started).then_some(e.at_ms)),
+        answered_at_ms: e.answered_at_ms,
+        ended_at_ms: (e.kind != EventKind::Started).then_some(e.at_ms),
+        duration_ms: e.duration_ms,
+        reason: e.reason.clone(),
+        retryable: e.retryable,
+    }
+}
 const LIVE_CALL_CONFLICT: &str =
     "ON CONFLICT (campaign_id, phone_number) WHERE status IN ('pending', 'queued', 'in_progress') DO NOTHING";
 
@@ -54,12 +83,13 @@ macro_rules! sql_store {
             use uuid::Uuid;
 
             use super::{
-                is_unique_violation, now, CALL_COLUMNS, CAMPAIGN_COLUMNS, CANCELLED, CHUNK_ROWS, LIVE_CALL_CONFLICT,
+                is_unique_violation, now, sorted_unique, timeline_row, CALL_COLUMNS, CAMPAIGN_COLUMNS, CANCELLED, CHUNK_ROWS, LIVE_CALL_CONFLICT,
                 LOOKUP_CHUNK,
             };
             use crate::store::{ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, LiveCall, NewCall, RecordReport, StoreError};
             use dialer_domain::lifecycle::{self, CallState};
-            use dialer_domain::messages::{EventKind, StatusEvent};
+            use crate::store::record::{Delta, Known, TimelineEntry};
+            use dialer_domain::messages::StatusEvent;
 
             type Db = $db;
             type Pool = sqlx::Pool<Db>;
@@ -1052,6 +1082,10 @@ macro_rules! sql_store {
                     .collect()
             }
 
+            /// Records a batch of status events in one transaction: the campaigns read `FOR
+            /// SHARE` first (a campaign being completed is either completed before this batch
+            /// reads it or after it commits), the calls locked in id order, the changes decided
+            /// ([`crate::store::record::decide`]), then calls, timeline and stats written.
             pub async fn record_events(
                 pool: &Pool,
                 events: &[StatusEvent],
@@ -1059,26 +1093,33 @@ macro_rules! sql_store {
                 cql: Option<&crate::timeline::CqlTimeline>,
                 retry_not_before_ms: u64,
             ) -> Result<RecordReport, StoreError> {
-                let mut report = RecordReport::default();
                 if events.is_empty() {
-                    return Ok(report);
+                    return Ok(RecordReport::default());
                 }
                 let now_ms = chrono::Utc::now().timestamp_millis() as u64;
-                let at = now();
                 let mut tx = begin(pool).await?;
-                // The campaigns of the batch first, read FOR SHARE (in id order): a campaign being
-                // completed is either completed before this batch reads it or after it commits.
-                let mut policies: HashMap<Uuid, RetryPolicy> = HashMap::new();
-                let mut completed: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
-                let mut campaign_ids: Vec<Uuid> = events.iter().map(|e| e.campaign_id).collect();
-                campaign_ids.sort_unstable();
-                campaign_ids.dedup();
-                load_campaigns(&mut tx, &campaign_ids, &mut policies, &mut completed).await?;
-                // The calls of the batch.
-                let mut call_ids: Vec<Uuid> = events.iter().map(|e| e.call_id).collect();
-                call_ids.sort_unstable();
-                call_ids.dedup();
-                let mut states: HashMap<Uuid, (Uuid, CallState)> = HashMap::new();
+                let mut known = Known::default();
+                let campaigns = sorted_unique(events.iter().map(|e| e.campaign_id));
+                load_campaigns(&mut tx, &campaigns, &mut known.policies, &mut known.completed).await?;
+                known.calls = lock_calls(&mut tx, &sorted_unique(events.iter().map(|e| e.call_id))).await?;
+                // An event naming another campaign than its call's: the call's campaign rules.
+                let others = sorted_unique(known.calls.values().map(|(c, _)| *c).filter(|c| !known.policies.contains_key(c)));
+                load_campaigns(&mut tx, &others, &mut known.policies, &mut known.completed).await?;
+                let d = crate::store::record::decide(events, &mut known, now_ms, retry_not_before_ms, samples);
+                write_calls(&mut tx, &d.changed).await?;
+                write_timeline(&mut tx, cql, &d.timeline).await?;
+                write_stats(&mut tx, &d.deltas).await?;
+                tx.commit().await?;
+                Ok(d.report)
+            }
+
+            /// The batch's calls, locked in id order: the reaper and a recorder resolving the
+            /// same call serialize (the second sees the first's answer), and never deadlock.
+            async fn lock_calls(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                call_ids: &[Uuid],
+            ) -> Result<HashMap<Uuid, (Uuid, CallState)>, StoreError> {
+                let mut states = HashMap::new();
                 for chunk in call_ids.chunks(LOOKUP_CHUNK) {
                     let mut q = QueryBuilder::<Db>::new(
                         "SELECT campaign_id, id, status, attempt_count, retry_delay_ms FROM calls WHERE id IN (",
@@ -1087,108 +1128,31 @@ macro_rules! sql_store {
                     for id in chunk {
                         sep.push_bind(*id);
                     }
-                    // Locked in id order: the reaper and a recorder resolving the same call
-                    // serialize (the second sees the first's answer), and never deadlock.
                     q.push(") ORDER BY id");
                     q.push($for_update);
-                    for r in q.build().fetch_all(&mut *tx).await? {
+                    for r in q.build().fetch_all(&mut **tx).await? {
                         let s: String = r.try_get("status")?;
-                        states.insert(
-                            r.try_get("id")?,
-                            (
-                                r.try_get("campaign_id")?,
-                                CallState {
-                                    status: CallStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("call status {s:?}")))?,
-                                    attempt_count: r.try_get::<i32, _>("attempt_count")? as u32,
-                                    retry_delay_ms: r.try_get::<Option<i64>, _>("retry_delay_ms")?.map(|v| v.max(0) as u64),
-                                },
-                            ),
-                        );
+                        let state = CallState {
+                            status: CallStatus::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("call status {s:?}")))?,
+                            attempt_count: r.try_get::<i32, _>("attempt_count")? as u32,
+                            retry_delay_ms: r.try_get::<Option<i64>, _>("retry_delay_ms")?.map(|v| v.max(0) as u64),
+                        };
+                        states.insert(r.try_get("id")?, (r.try_get("campaign_id")?, state));
                     }
                 }
-                // An event naming another campaign than its call's: the call's campaign rules.
-                let mut others: Vec<Uuid> =
-                    states.values().map(|(c, _)| *c).filter(|c| !policies.contains_key(c)).collect();
-                others.sort_unstable();
-                others.dedup();
-                load_campaigns(&mut tx, &others, &mut policies, &mut completed).await?;
-                // Decide, in arrival order.
-                #[derive(Default)]
-                struct Delta { pending: i64, queued: i64, in_progress: i64, completed: i64, failed: i64, attempts: i64, retries: i64 }
-                // Ordered by campaign id: two recorders touching the same campaigns lock their
-                // stats rows in one order (no deadlock).
-                let mut deltas: std::collections::BTreeMap<Uuid, Delta> = std::collections::BTreeMap::new();
-                let mut changed: HashMap<Uuid, lifecycle::Change> = HashMap::new();
-                let mut timeline: HashMap<(Uuid, u32), (Uuid, &StatusEvent, String)> = HashMap::new();
-                for e in events {
-                    let Some((campaign, state)) = states.get_mut(&e.call_id) else {
-                        report.unknown += 1;
-                        continue;
-                    };
-                    let policy = policies.get(campaign).copied().unwrap_or_default();
-                    let Some(mut change) = lifecycle::apply(state, e, &policy, now_ms, samples()) else {
-                        report.ignored += 1;
-                        continue;
-                    };
-                    if change.status == CallStatus::Pending
-                        && e.kind == EventKind::Failed
-                        && let Some(at) = change.next_attempt_at_ms.as_mut()
-                    {
-                        // A retry never starts before the abandoned attempt may still be up.
-                        *at = (*at).max(retry_not_before_ms);
-                    }
-                    if change.status == CallStatus::Pending && completed.contains(campaign) {
-                        // A completed campaign places no further attempt.
-                        change.status = CallStatus::Failed;
-                        change.next_attempt_at_ms = None;
-                        change.last_error = Some(CANCELLED.into());
-                    }
-                    report.applied += 1;
-                    let d = deltas.entry(*campaign).or_default();
-                    for (status, sign) in [(state.status, -1), (change.status, 1)] {
-                        match status {
-                            CallStatus::Pending => d.pending += sign,
-                            CallStatus::Queued => d.queued += sign,
-                            CallStatus::InProgress => d.in_progress += sign,
-                            CallStatus::Completed => d.completed += sign,
-                            CallStatus::Failed => d.failed += sign,
-                        }
-                    }
-                    if change.attempt_count < state.attempt_count {
-                        d.attempts -= 1;
-                        d.retries -= i64::from(state.attempt_count > 1);
-                    }
-                    if change.status == CallStatus::Pending && change.next_attempt_at_ms.is_some() && e.kind == EventKind::Failed {
-                        report.retries_scheduled += 1;
-                    }
-                    if let Some(why) = &change.dead_letter {
-                        report.dead_letters.push((e.clone(), why.clone()));
-                    }
-                    let outcome = match e.kind {
-                        EventKind::Started => "started",
-                        EventKind::Completed => "completed",
-                        EventKind::Failed => "failed",
-                        EventKind::Expired => "expired",
-                    };
-                    if e.kind != EventKind::Expired {
-                        let slot = timeline.entry((e.call_id, e.attempt)).or_insert((*campaign, e, outcome.to_string()));
-                        if e.kind != EventKind::Started {
-                            *slot = (*campaign, e, outcome.to_string());
-                        }
-                    }
-                    state.status = change.status;
-                    state.attempt_count = change.attempt_count;
-                    state.retry_delay_ms = change.retry_delay_ms;
-                    changed.insert(e.call_id, change);
-                }
-                // Write the calls.
-                let rows: Vec<(Uuid, Uuid, &lifecycle::Change)> =
-                    changed.iter().map(|(id, c)| (states[id].0, *id, c)).collect();
+                Ok(states)
+            }
+
+            async fn write_calls(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                changed: &HashMap<Uuid, (Uuid, lifecycle::Change)>,
+            ) -> Result<(), StoreError> {
+                let rows: Vec<(&Uuid, &(Uuid, lifecycle::Change))> = changed.iter().collect();
                 for chunk in rows.chunks(CHUNK_ROWS / 4) {
                     let mut q = QueryBuilder::<Db>::new("WITH v(cid, id, status, attempts, next_at, delay, err) AS (");
-                    q.push_values(chunk, |mut b, (cid, id, c)| {
+                    q.push_values(chunk, |mut b, (id, (cid, c))| {
                         b.push_bind(*cid)
-                            .push_bind(*id)
+                            .push_bind(**id)
                             .push_bind(c.status.as_str())
                             .push_bind(c.attempt_count as i32)
                             .push_bind(c.next_attempt_at_ms.map(ms_to_time))
@@ -1199,49 +1163,42 @@ macro_rules! sql_store {
                         ") UPDATE calls SET status = v.status, attempt_count = v.attempts, next_attempt_at = v.next_at, \
                          retry_delay_ms = v.delay, last_error = v.err, updated_at = ",
                     );
-                    q.push_bind(at);
+                    q.push_bind(now());
                     q.push(" FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id");
-                    q.build().execute(&mut *tx).await?;
+                    q.build().execute(&mut **tx).await?;
                 }
-                // Write the timeline: on the CQL store (before the commit, so a failure retries the
-                // whole batch), or in the SQL table.
-                let tl: Vec<&(Uuid, &StatusEvent, String)> = timeline.values().collect();
+                Ok(())
+            }
+
+            /// The timeline: on the CQL store (before the commit, so a failure retries the whole
+            /// batch), or in the SQL table.
+            async fn write_timeline(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                cql: Option<&crate::timeline::CqlTimeline>,
+                timeline: &HashMap<(Uuid, u32), TimelineEntry<'_>>,
+            ) -> Result<(), StoreError> {
+                let tl: Vec<&TimelineEntry<'_>> = timeline.values().collect();
                 if let Some(cql) = cql {
-                    let rows: Vec<crate::timeline::TimelineRow> = tl
-                        .iter()
-                        .map(|(cid, e, outcome)| crate::timeline::TimelineRow {
-                            campaign_id: *cid,
-                            call_id: e.call_id,
-                            attempt: e.attempt,
-                            outcome: outcome.clone(),
-                            started_at_ms: e.started_at_ms.or((e.kind == EventKind::Started).then_some(e.at_ms)),
-                            answered_at_ms: e.answered_at_ms,
-                            ended_at_ms: (e.kind != EventKind::Started).then_some(e.at_ms),
-                            duration_ms: e.duration_ms,
-                            reason: e.reason.clone(),
-                            retryable: e.retryable,
-                        })
-                        .collect();
-                    cql.write(&rows).await.map_err(|e| StoreError::Timeline(e.to_string()))?;
+                    let rows: Vec<crate::timeline::TimelineRow> = tl.iter().map(|(cid, e, outcome)| timeline_row(*cid, e, outcome)).collect();
+                    return cql.write(&rows).await.map_err(|e| StoreError::Timeline(e.to_string()));
                 }
-                for chunk in tl.chunks(CHUNK_ROWS / 5).filter(|_| cql.is_none()) {
+                for chunk in tl.chunks(CHUNK_ROWS / 5) {
                     let mut q = QueryBuilder::<Db>::new(
                         "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, started_at, answered_at, ended_at, \
                          duration_ms, reason, retryable) ",
                     );
                     q.push_values(chunk, |mut b, (cid, e, outcome)| {
-                        let started = e.started_at_ms.or((e.kind == EventKind::Started).then_some(e.at_ms));
-                        let ended = (e.kind != EventKind::Started).then_some(e.at_ms);
-                        b.push_bind(*cid)
-                            .push_bind(e.call_id)
-                            .push_bind(e.attempt as i32)
-                            .push_bind(outcome.as_str())
-                            .push_bind(started.map(ms_to_time))
-                            .push_bind(e.answered_at_ms.map(ms_to_time))
-                            .push_bind(ended.map(ms_to_time))
-                            .push_bind(e.duration_ms.map(|v| v as i64))
-                            .push_bind(e.reason.clone())
-                            .push_bind(e.retryable);
+                        let r = timeline_row(*cid, e, outcome);
+                        b.push_bind(r.campaign_id)
+                            .push_bind(r.call_id)
+                            .push_bind(r.attempt as i32)
+                            .push_bind(*outcome)
+                            .push_bind(r.started_at_ms.map(ms_to_time))
+                            .push_bind(r.answered_at_ms.map(ms_to_time))
+                            .push_bind(r.ended_at_ms.map(ms_to_time))
+                            .push_bind(r.duration_ms.map(|v| v as i64))
+                            .push_bind(r.reason)
+                            .push_bind(r.retryable);
                     });
                     q.push(
                         " ON CONFLICT (campaign_id, call_id, attempt) DO UPDATE SET \
@@ -1253,10 +1210,17 @@ macro_rules! sql_store {
                          reason = COALESCE(excluded.reason, call_attempts.reason), \
                          retryable = COALESCE(excluded.retryable, call_attempts.retryable)",
                     );
-                    q.build().execute(&mut *tx).await?;
+                    q.build().execute(&mut **tx).await?;
                 }
-                // The aggregates, one statement per campaign, in campaign-id order.
-                for (cid, d) in &deltas {
+                Ok(())
+            }
+
+            /// The aggregates, one statement per campaign, in campaign-id order.
+            async fn write_stats(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                deltas: &std::collections::BTreeMap<Uuid, Delta>,
+            ) -> Result<(), StoreError> {
+                for (cid, d) in deltas {
                     sqlx::query(
                         "UPDATE campaign_stats SET pending_calls = pending_calls + $1, queued_calls = queued_calls + $2, \
                          in_progress_calls = in_progress_calls + $3, completed_calls = completed_calls + $4, \
@@ -1271,11 +1235,10 @@ macro_rules! sql_store {
                     .bind(d.attempts)
                     .bind(d.retries)
                     .bind(*cid)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 }
-                tx.commit().await?;
-                Ok(report)
+                Ok(())
             }
         }
     };

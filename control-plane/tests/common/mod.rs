@@ -1,4 +1,5 @@
-//! Helpers shared by the control plane's integration tests.
+//! Helpers shared by the control plane's integration tests (and the whole product's, in
+//! `dialer/tests`, which include this file).
 #![allow(dead_code, unused_macros)]
 
 use dialer_control_plane::{Config, Store, open_store};
@@ -65,12 +66,6 @@ pub fn event(campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, ki
         shard: 0,
         dispatch_latency_us: None,
     }
-}
-
-/// A provider tracker that also writes its ledger (every call placed, one line each) to a file
-/// in `dir`, so that tests check dials per (call, attempt) rather than by totals.
-pub fn ledger_tracker(global_cap: u32, dir: &std::path::Path) -> std::sync::Arc<dialer_dataplane::Tracker> {
-    dialer_dataplane::Tracker::with_ledger(global_cap, &dir.join("ledger")).expect("ledger")
 }
 
 /// Each call's dialled attempts, from the ledger in `dir`: exactly `1..=attempt_count` (each

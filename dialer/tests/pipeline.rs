@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::recorder::{EventSource, Recorder};
 use dialer_control_plane::scheduler::{Clock, DispatchSink, ManualClock, Scheduler, SchedulerConfig, SystemClock};
-use dialer_dataplane::{
-    BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MemoryBus, MockSettings, Tracker, Tuning,
-};
+use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::EventKind;
 use dialer_domain::validate::Campaign;
@@ -22,6 +21,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 #[macro_use]
+#[path = "../../control-plane/tests/common/mod.rs"]
 mod common;
 use common::{Backend, campaign, event, store};
 
@@ -50,7 +50,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
     t.lease.idle_give_back_ms = 300;
     let (bus, ends) = MemoryBus::new(2, t.shards.partitions, 10_000, 10_000);
     let ledger = tempfile::tempdir().expect("ledger dir");
-    let tracker = common::ledger_tracker(10_000, ledger.path());
+    let tracker = ledger_tracker(10_000, ledger.path());
     let dp = Dataplane::start(DataplaneOptions {
         tuning: t,
         bus: BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
@@ -366,3 +366,9 @@ both_stores!(
     redelivered_events_change_nothing,
     completing_races_leave_nothing_waiting,
 );
+
+/// A provider tracker that also writes its ledger (every call placed, one line each) to a file
+/// in `dir`, so that the test checks dials per (call, attempt) rather than by totals.
+fn ledger_tracker(global_cap: u32, dir: &std::path::Path) -> Arc<dialer_dataplane::Tracker> {
+    dialer_dataplane::Tracker::with_ledger(global_cap, &dir.join("ledger")).expect("ledger")
+}

@@ -20,6 +20,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use serde_json::json;
 
+#[path = "../../control-plane/tests/common/mod.rs"]
 mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +35,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         dead_letter_topic: format!("{n}.dead_letter"),
     };
     let dead_letter = format!("{n}.dead_letter");
-    dialer_dataplane::kafka::ensure_topics(
+    dialer_bus::kafka::ensure_topics(
         &topics.brokers,
         &[(&topics.dispatch_topic, 4), (&topics.status_topic, 4), (&dead_letter, 1)],
     )
@@ -76,7 +77,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     tuning.lease.idle_give_back_ms = 300;
     tuning.kafka.commit_every_ms = 100;
     let ledger = tempfile::tempdir().expect("ledger dir");
-    let tracker = common::ledger_tracker(12, ledger.path());
+    let tracker = ledger_tracker(12, ledger.path());
     for (id, _) in &ids {
         tracker.set_campaign_cap(*id, 8);
     }
@@ -97,11 +98,11 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     })
     .expect("data plane");
 
-    let producer = dialer_dataplane::kafka::metered_producer(
+    let producer = dialer_bus::kafka::metered_producer(
         ClientConfig::new().set("bootstrap.servers", &topics.brokers).set("linger.ms", "2"),
     )
     .expect("producer");
-    let consumer = dialer_dataplane::kafka::metered_consumer(
+    let consumer = dialer_bus::kafka::metered_consumer(
         ClientConfig::new()
             .set("bootstrap.servers", &topics.brokers)
             .set("group.id", format!("{n}-recorder"))
@@ -190,4 +191,10 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     assert!(reason.is_some_and(|r| !r.is_empty()));
     assert_eq!(tracker.violations(), 0, "caps held");
     assert!(tracker.global().max() <= 12);
+}
+
+/// A provider tracker that also writes its ledger (every call placed, one line each) to a file
+/// in `dir`, so that the test checks dials per (call, attempt) rather than by totals.
+fn ledger_tracker(global_cap: u32, dir: &std::path::Path) -> Arc<dialer_dataplane::Tracker> {
+    dialer_dataplane::Tracker::with_ledger(global_cap, &dir.join("ledger")).expect("ledger")
 }

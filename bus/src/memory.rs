@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use dialer_domain::messages::{DispatchMessage, StatusEvent};
 use tokio::sync::mpsc;
 
-use crate::tuning::shard_of_partition;
+use crate::partitions::shard_of_partition;
 
 /// One dispatch message as a shard receives it.
 #[derive(Debug)]
