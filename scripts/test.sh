@@ -18,6 +18,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -26,12 +28,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "test.sh: cargo is missing; install Rust from https://rustup.rs" >&2; exit 1; }
 
-# tansu, the Kafka-protocol broker the tests start: built once into a cache outside the clone.
-TANSU_ROOT=$HOME/.cache/dialer/tansu
-if [ -z "${TANSU_BIN:-}" ] && [ ! -x "$TANSU_ROOT/bin/tansu" ] && ! command -v tansu >/dev/null; then
-  echo "test.sh: building tansu 0.6.0 into $TANSU_ROOT (once; about 25 minutes on 2 cores)"
-  cargo install tansu --version 0.6.0 --locked --features dynostore,postgres,libsql --root "$TANSU_ROOT"
-fi
+# Apache Kafka and Apache Cassandra, the servers the tests start: their jars fetched from Maven
+# Central once into a cache outside the clone (~/.cache/dialer/servers).
+./scripts/servers.sh
 
 # --- static checks ---------------------------------------------------------------------------
 echo "== cargo fmt --check"
@@ -84,6 +83,16 @@ echo "== chaos: bench chaos (short)"
 cargo build --quiet -p dialer -p dialer-bench
 if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 30 --campaigns 3 --targets 200 --global-cap 24 \
   --faults kill,redis,broker,postgres --settle-timeout-s 300 --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
+# The same faults with the data planes as members of one consumer group (cooperative-sticky):
+# a SIGKILLed member's partitions move to the others.
+echo "== chaos: bench chaos (short, consumer group)"
+if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 30 --campaigns 3 --targets 200 --global-cap 24 \
+  --assignment group --assignor cooperative_sticky --faults kill,redis,broker,postgres --settle-timeout-s 300 \
+  --json "${TMPDIR:-/tmp}/dialer-chaos-group.json"; then
   passed=$((passed + 1))
 else
   failed=$((failed + 1))

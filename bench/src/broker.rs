@@ -14,12 +14,9 @@ use serde_json::json;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Broker to measure instead of a harness-started tansu.
+    /// Broker to measure instead of an Apache Kafka the harness starts.
     #[arg(long)]
     brokers: Option<String>,
-    /// tansu storage when the harness starts it: memory or sqlite.
-    #[arg(long, default_value = "memory")]
-    tansu_storage: String,
     #[arg(long, default_value_t = 200)]
     message_bytes: usize,
     #[arg(long, default_value_t = 500_000)]
@@ -159,7 +156,7 @@ pub async fn ceiling(brokers: &str, size: usize, n: u64) -> Result<Ceiling> {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let (brokers, _tansu) = crate::tansu_or(a.brokers.as_ref(), &a.tansu_storage)?;
+    let (brokers, _tansu) = crate::kafka_or(a.brokers.as_ref())?;
     let c = ceiling(&brokers, a.message_bytes, a.messages).await?;
     println!("{:<30} {:>12.0}", "produce_msgs_per_sec", c.produce);
     println!("{:<30} {:>12.0}", "consume_msgs_per_sec", c.consume);
@@ -168,7 +165,7 @@ pub async fn run(a: Args) -> Result<()> {
     println!("{:<30} {:>12}", "cores (nproc)", crate::cores());
     crate::write_json(
         a.json.as_deref(),
-        &json!({"scenario": "broker", "settings": {"message_bytes": a.message_bytes, "messages": a.messages, "tansu_storage": a.tansu_storage},
+        &json!({"scenario": "broker", "settings": {"message_bytes": a.message_bytes, "messages": a.messages},
                 "cores": crate::cores(), "produce_msgs_per_sec": c.produce, "consume_msgs_per_sec": c.consume,
                 "pipeline_msgs_per_sec": c.pipeline, "consumers": consumers()}),
     )

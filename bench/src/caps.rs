@@ -1,7 +1,7 @@
 //! `bench caps`: the product itself under its caps, measured from the carrier's side. It runs the
 //! real `dialer` binary — `dialer up` (embedded: SQLite, in-process bus and limiter) or, with
 //! `--mode distributed`, `dialer control-plane` and `--dataplanes` × `dialer dataplane` over
-//! harness-owned PostgreSQL, tansu and Redis, with the product's default lease and scheduler
+//! harness-owned PostgreSQL, Apache Kafka and Redis, with the product's default lease and scheduler
 //! settings and the attempt journal on — creates and starts campaigns through the REST API with
 //! the seed's call lengths, and reads the provider's ledger (every call placed, start and end).
 //! From it, exactly: each campaign's time-averaged calls in progress over the measured window
@@ -63,7 +63,7 @@ pub struct Args {
 #[derive(Default)]
 struct Servers {
     _redis: Option<dialer_testkit::RedisServer>,
-    _tansu: Option<dialer_testkit::Tansu>,
+    _kafka: Option<dialer_testkit::Kafka>,
 }
 
 pub async fn run(a: Args) -> Result<()> {
@@ -128,15 +128,15 @@ fn start(a: &Args, bin: &Path, w: &Path, port: u16, call: (u64, u64), servers: &
             .and_then(dialer_testkit::Postgres::create_database)
             .map_err(anyhow::Error::msg)?;
         let redis = dialer_testkit::RedisServer::start().map_err(err)?;
-        let tansu = dialer_testkit::Tansu::start(dialer_testkit::TansuStorage::Sqlite).map_err(err)?;
+        let kafka = dialer_testkit::Kafka::start().map_err(err)?;
         limits = format!("redis_url = \"{}\"\n", redis.url());
         let partitions = (a.dataplanes * 4).max(8);
         extra = format!(
             "[store]\nurl = \"{db}\"\n[bus]\nkind = \"kafka\"\nbrokers = \"{}\"\ndispatch_partitions = {partitions}\n",
-            tansu.bootstrap()
+            kafka.bootstrap()
         );
         servers._redis = Some(redis);
-        servers._tansu = Some(tansu);
+        servers._kafka = Some(kafka);
     }
     let config = w.join("dialer.toml");
     std::fs::write(

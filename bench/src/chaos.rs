@@ -1,6 +1,6 @@
 //! `bench chaos`: the distributed mode as real processes on loopback — `dialer control-plane`
 //! (API, scheduler, recorder) and `--dataplanes` × `dialer dataplane` (static assignment, one
-//! shard each, attempt journal on) over harness-owned PostgreSQL, Redis and tansu — with faults
+//! shard each, attempt journal on) over harness-owned PostgreSQL, Redis and Apache Kafka — with faults
 //! injected while campaigns run: a data plane SIGKILLed and restarted every `--kill-every-s`,
 //! redis-server restarted (its data lost), the broker restarted, PostgreSQL restarted (immediate
 //! shutdown). After the faults stop and every campaign completes, it checks the guarantees:
@@ -67,6 +67,14 @@ pub struct Args {
     /// How long the campaigns may take to finish after the faults stop.
     #[arg(long, default_value_t = 600)]
     settle_timeout_s: u64,
+    /// How the data planes share the dispatch partitions: `static` (instance K of N reads its
+    /// own; a killed one's partitions wait for its restart) or `group` (one consumer group: a
+    /// killed member's partitions go to the others once its session times out, 6 s).
+    #[arg(long, default_value = "static")]
+    assignment: String,
+    /// With `--assignment group`: `eager` or `cooperative_sticky`.
+    #[arg(long, default_value = "eager")]
+    assignor: String,
     /// The `dialer` binary (default: next to this one; build it with `cargo build --release -p dialer`).
     #[arg(long)]
     dialer: Option<PathBuf>,
@@ -257,7 +265,7 @@ struct Cluster {
     pg: dialer_testkit::Postgres,
     db: String,
     redis: dialer_testkit::RedisServer,
-    tansu: dialer_testkit::Tansu,
+    kafka: dialer_testkit::Kafka,
     work: tempfile::TempDir,
     cp: Proc,
     dps: Vec<Proc>,
@@ -294,7 +302,7 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     let pg = dialer_testkit::Postgres::own().map_err(err)?;
     let db = pg.create_database().map_err(anyhow::Error::msg)?;
     let redis = dialer_testkit::RedisServer::start().map_err(err)?;
-    let tansu = dialer_testkit::Tansu::start(dialer_testkit::TansuStorage::Sqlite).map_err(err)?;
+    let kafka = dialer_testkit::Kafka::start().map_err(err)?;
     let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
     let w = work.path();
     let api_port = dialer_testkit::free_port();
@@ -312,19 +320,11 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
             g = a.global_cap,
             cc = a.campaign_cap,
             r = redis.url(),
-            b = tansu.bootstrap(),
+            b = kafka.bootstrap(),
             ring = a.ring_ms
         ),
     )?;
-    std::fs::write(
-        w.join("tuning.toml"),
-        format!(
-            "[shards]\ncount = 1\nassignment = \"static\"\npartitions = {partitions}\n\
-             [kafka]\ncommit_every_ms = 100\n\
-             [lease]\nbatch = 8\nlow_water = 2\nttl_ms = 5000\nrenew_every_ms = 1000\nidle_give_back_ms = 1000\n\
-             [shutdown]\ngrace_ms = 5000\n"
-        ),
-    )?;
+    write_tuning(a, w, partitions)?;
     let config = w.join("dialer.toml").display().to_string();
     let mut cp = Proc {
         name: "control-plane".into(),
@@ -337,12 +337,42 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     if !dialer_testkit::wait_for_port(api_port, Duration::from_secs(60)) {
         bail!("the control plane did not start; its log:\n{}", std::fs::read_to_string(&cp.log).unwrap_or_default());
     }
-    let mut dps: Vec<Proc> = (0..a.dataplanes)
-        .map(|k| Proc {
-            name: format!("dataplane-{k}"),
-            cmd: vec![
+    let mut dps = dataplane_procs(a, w, &config);
+    for d in &mut dps {
+        d.spawn(&bin)?;
+    }
+    Ok(Cluster { bin, pg, db, redis, kafka, work, cp, dps })
+}
+
+/// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
+/// reclaim them fast).
+fn write_tuning(a: &Args, w: &Path, partitions: usize) -> Result<()> {
+    let assignment = match (a.assignment.as_str(), a.assignor.as_str()) {
+        ("static", _) => "assignment = \"static\"\n[kafka]\ncommit_every_ms = 100\n".to_string(),
+        ("group", assignor @ ("eager" | "cooperative_sticky")) => format!(
+            "assignment = \"group\"\n[kafka]\ncommit_every_ms = 100\nassignor = \"{assignor}\"\nsession_timeout_ms = 6000\n"
+        ),
+        (x, y) => bail!("--assignment static|group and --assignor eager|cooperative_sticky, not {x:?} / {y:?}"),
+    };
+    std::fs::write(
+        w.join("tuning.toml"),
+        format!(
+            "[shards]\ncount = 1\npartitions = {partitions}\n{assignment}\
+             [lease]\nbatch = 8\nlow_water = 2\nttl_ms = 5000\nrenew_every_ms = 1000\nidle_give_back_ms = 1000\n\
+             [shutdown]\ngrace_ms = 5000\n"
+        ),
+    )?;
+    Ok(())
+}
+
+/// The data-plane processes (not started): static instances K of N, or members of one group;
+/// one journal directory (one host), a ledger each.
+fn dataplane_procs(a: &Args, w: &Path, config: &str) -> Vec<Proc> {
+    (0..a.dataplanes)
+        .map(|k| {
+            let mut cmd = vec![
                 "--config".into(),
-                config.clone(),
+                config.to_string(),
                 "dataplane".into(),
                 "--tuning".into(),
                 w.join("tuning.toml").display().to_string(),
@@ -350,20 +380,19 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
                 format!("127.0.0.1:{}", dialer_testkit::free_port()),
                 "--journal-dir".into(),
                 w.join("journal").display().to_string(),
-                "--instance".into(),
-                k.to_string(),
-                "--instances".into(),
-                a.dataplanes.to_string(),
-            ],
-            env: vec![("DIALER_PROVIDER_LEDGER".into(), w.join(format!("ledger-{k}")).display().to_string())],
-            log: w.join(format!("dataplane-{k}.log")),
-            child: None,
+            ];
+            if a.assignment == "static" {
+                cmd.extend(["--instance".into(), k.to_string(), "--instances".into(), a.dataplanes.to_string()]);
+            }
+            Proc {
+                name: format!("dataplane-{k}"),
+                cmd,
+                env: vec![("DIALER_PROVIDER_LEDGER".into(), w.join(format!("ledger-{k}")).display().to_string())],
+                log: w.join(format!("dataplane-{k}.log")),
+                child: None,
+            }
         })
-        .collect();
-    for d in &mut dps {
-        d.spawn(&bin)?;
-    }
-    Ok(Cluster { bin, pg, db, redis, tansu, work, cp, dps })
+        .collect()
 }
 
 /// The campaigns, created and started through the store (the API is not under test here), with
@@ -405,7 +434,7 @@ fn restart_schedule(a: &Args, t0: Instant) -> Vec<(Instant, &'static str)> {
     let fault_end = t0 + Duration::from_secs(a.fault_seconds);
     let at = |f: f64| t0 + Duration::from_secs_f64(a.fault_seconds as f64 * f);
     let mut scheduled: Vec<(Instant, &'static str)> = if a.restart_every_s == 0 {
-        vec![(at(0.25), "redis"), (at(0.5), "broker"), (at(0.75), "postgres")]
+        vec![(at(0.25), "redis"), (at(0.5), "postgres"), (at(0.75), "broker")]
     } else {
         let every = Duration::from_secs(a.restart_every_s);
         let mut v = vec![];
@@ -458,9 +487,9 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
                     f.redis_restarts += 1;
                 }
                 "broker" => {
-                    c.tansu.kill();
+                    c.kafka.kill();
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    c.tansu.restart().map_err(err)?;
+                    c.kafka.restart().map_err(err)?;
                     f.broker_restarts += 1;
                 }
                 _ => {
@@ -531,7 +560,7 @@ async fn check_guarantees(
     }
     let ledger_duplicates: u64 = seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
     let Sweep { violations, max_global, peaks } = sweep(&placed, a.global_cap, caps);
-    let audit = audit_status_topic(&cluster.tansu.bootstrap(), "dialer.status").await?;
+    let audit = audit_status_topic(&cluster.kafka.bootstrap(), "dialer.status").await?;
     let (topic_duplicates, status_events) = (audit.started_duplicates, audit.events);
     // Every attempt placed ends with an outcome on the topic (its own, or unknown_outcome after a
     // kill): one the reader did not see means the audit itself missed events.
@@ -546,7 +575,8 @@ async fn check_guarantees(
         "settings": {"fault_seconds": a.fault_seconds, "campaigns": a.campaigns, "targets": a.targets,
             "campaign_cap": a.campaign_cap, "global_cap": a.global_cap, "dataplanes": a.dataplanes,
             "kill_every_s": a.kill_every_s, "call_ms": a.call_ms, "ring_ms": a.ring_ms, "faults": a.faults,
-            "min_campaign_cap": a.min_campaign_cap, "restart_every_s": a.restart_every_s},
+            "min_campaign_cap": a.min_campaign_cap, "restart_every_s": a.restart_every_s,
+            "assignment": a.assignment, "assignor": a.assignor},
         "cores": crate::cores(),
         "duration_s": elapsed,
         "completed": completed,

@@ -1,5 +1,5 @@
 //! `bench dataplane`: dispatch → dial → status through the data plane, on the in-process bus or
-//! through a Kafka broker (tansu from the harness unless `--brokers`), with the in-process or the
+//! through Apache Kafka (the harness starts one unless `--brokers`), with the in-process or the
 //! Redis limiter. Open loop at `--rate` (latency measured from each message's *intended* send
 //! time, so a stalled system is not flattered: no coordinated omission) or closed loop (`--rate
 //! 0`: as fast as the bus accepts). The first second is warm-up and not counted.
@@ -77,9 +77,6 @@ pub struct Args {
     pub brokers: Option<String>,
     #[arg(long)]
     pub redis: Option<String>,
-    /// tansu storage when the harness starts it: memory (fast, no restarts) or sqlite.
-    #[arg(long, default_value = "memory")]
-    pub tansu_storage: String,
     /// Runs without the attempt journal (a labelled variant: production runs with it).
     #[arg(long)]
     pub no_journal: bool,
@@ -398,7 +395,7 @@ struct Buses {
     events_rx: Option<tokio::sync::mpsc::Receiver<StatusEvent>>,
     kafka_status: Option<(String, String)>,
     broker_ceiling: Option<crate::broker::Ceiling>,
-    _tansu: Option<dialer_testkit::Tansu>,
+    _kafka: Option<dialer_testkit::Kafka>,
 }
 
 async fn bus_choice(a: &Args, shards: usize, partitions: i32, sample_campaign: Uuid) -> Result<Buses> {
@@ -411,7 +408,7 @@ async fn bus_choice(a: &Args, shards: usize, partitions: i32, sample_campaign: U
                 events_rx: Some(ends.events),
                 kafka_status: None,
                 broker_ceiling: None,
-                _tansu: None,
+                _kafka: None,
             })
         }
         "kafka" => kafka_buses(a, partitions, sample_campaign).await,
@@ -419,10 +416,10 @@ async fn bus_choice(a: &Args, shards: usize, partitions: i32, sample_campaign: U
     }
 }
 
-/// Topics of the bench's own on the broker (tansu of its own when none is given), and the
+/// Topics of the bench's own on the broker (a Kafka of its own when none is given), and the
 /// broker's own produce+consume ceiling measured first.
 async fn kafka_buses(a: &Args, partitions: i32, sample_campaign: Uuid) -> Result<Buses> {
-    let (brokers, tansu) = crate::tansu_or(a.brokers.as_ref(), &a.tansu_storage)?;
+    let (brokers, kafka) = crate::kafka_or(a.brokers.as_ref())?;
     let run = std::process::id();
     let topics = KafkaTopics {
         brokers: brokers.clone(),
@@ -454,7 +451,7 @@ async fn kafka_buses(a: &Args, partitions: i32, sample_campaign: Uuid) -> Result
         events_rx: None,
         kafka_status: Some(status),
         broker_ceiling: Some(ceiling),
-        _tansu: tansu,
+        _kafka: kafka,
     })
 }
 

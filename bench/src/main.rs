@@ -57,17 +57,13 @@ enum Command {
     Compare { a: PathBuf, b: PathBuf },
 }
 
-/// A Kafka broker: `given`, or a tansu started by the harness (kept alive by the returned guard).
-pub fn tansu_or(given: Option<&String>, storage: &str) -> Result<(String, Option<dialer_testkit::Tansu>)> {
+/// A Kafka broker: `given`, or an Apache Kafka started by the harness (kept alive by the
+/// returned guard).
+pub fn kafka_or(given: Option<&String>) -> Result<(String, Option<dialer_testkit::Kafka>)> {
     if let Some(b) = given {
         return Ok((b.clone(), None));
     }
-    let storage = match storage {
-        "sqlite" => dialer_testkit::TansuStorage::Sqlite,
-        "memory" => dialer_testkit::TansuStorage::Memory,
-        other => anyhow::bail!("tansu storage must be memory or sqlite, not {other:?}"),
-    };
-    let t = dialer_testkit::Tansu::start(storage).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let t = dialer_testkit::Kafka::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((t.bootstrap(), Some(t)))
 }
 

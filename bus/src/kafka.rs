@@ -32,6 +32,13 @@ pub struct ClientSettings {
     pub fetch_wait_max_ms: u32,
     /// librdkafka's per-consumer prefetch bound.
     pub queued_max_messages_kbytes: u32,
+    /// How a consumer group spreads partitions (`partition.assignment.strategy`): eager
+    /// (`range,roundrobin`: every member gives up everything at each rebalance) or
+    /// `cooperative-sticky` (only the partitions that move are revoked).
+    pub assignment_strategy: &'static str,
+    /// How long the group waits for a silent member before giving its partitions away (a
+    /// SIGKILLed member is noticed after this).
+    pub session_timeout_ms: u32,
 }
 
 impl ClientSettings {
@@ -45,6 +52,8 @@ impl ClientSettings {
             fetch_min_bytes: 1,
             fetch_wait_max_ms: 500,
             queued_max_messages_kbytes: 65_536,
+            assignment_strategy: "range,roundrobin",
+            session_timeout_ms: 45_000,
         }
     }
 
@@ -82,7 +91,9 @@ impl ClientSettings {
             .set("enable.partition.eof", "false")
             .set("fetch.min.bytes", self.fetch_min_bytes.to_string())
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
-            .set("queued.max.messages.kbytes", self.queued_max_messages_kbytes.to_string());
+            .set("queued.max.messages.kbytes", self.queued_max_messages_kbytes.to_string())
+            .set("partition.assignment.strategy", self.assignment_strategy)
+            .set("session.timeout.ms", self.session_timeout_ms.to_string());
         c
     }
 

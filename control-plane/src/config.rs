@@ -120,11 +120,15 @@ pub struct TimelineSettings {
     /// `SCYLLA_KEYSPACE`.
     pub keyspace: String,
     pub replication_factor: u32,
+    /// Days an attempt's row is kept on the CQL store (its TTL; the store drops it itself);
+    /// 0 = for ever. Operators keep call records as long as their regulator asks (often 2–5
+    /// years) and no longer.
+    pub ttl_days: u32,
 }
 
 impl Default for TimelineSettings {
     fn default() -> Self {
-        TimelineSettings { cql_nodes: vec![], keyspace: "dialer".into(), replication_factor: 1 }
+        TimelineSettings { cql_nodes: vec![], keyspace: "dialer".into(), replication_factor: 1, ttl_days: 0 }
     }
 }
 
@@ -646,6 +650,12 @@ impl Config {
         }
         if t.replication_factor == 0 {
             return Err(invalid("timeline.replication_factor", "must be at least 1"));
+        }
+        if t.ttl_days > 24_855 {
+            return Err(invalid(
+                "timeline.ttl_days",
+                "must be at most 24855 (CQL's TTL is under 68 years), or 0 to keep rows",
+            ));
         }
         if let Some(n) = t.cql_nodes.iter().find(|n| !n.contains(':')) {
             return Err(invalid("timeline.cql_nodes", format!("{n:?} is not host:port")));

@@ -84,9 +84,9 @@ pub async fn open_timeline(cfg: &Config) -> Result<Option<timeline::CqlTimeline>
     if cfg.timeline.cql_nodes.is_empty() {
         return Ok(None);
     }
-    timeline::CqlTimeline::connect(&cfg.timeline.cql_nodes, &cfg.timeline.keyspace, cfg.timeline.replication_factor)
-        .await
-        .map(Some)
+    let t = &cfg.timeline;
+    let ttl = Duration::from_secs(u64::from(t.ttl_days) * 86_400);
+    timeline::CqlTimeline::connect(&t.cql_nodes, &t.keyspace, t.replication_factor).await.map(|c| Some(c.with_ttl(ttl)))
 }
 
 /// Reconciles the limiter's counters with its leases every `every`, logging and counting drift,

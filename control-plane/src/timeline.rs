@@ -49,6 +49,27 @@ pub struct CqlTimeline {
     session: Arc<Session>,
     insert: PreparedStatement,
     select: PreparedStatement,
+    select_from: PreparedStatement,
+    /// Seconds a row lives (`timeline.ttl_days`); 0 = for ever.
+    ttl_secs: i32,
+}
+
+/// Rows per page when a call's attempts are read (a call retried for years reads in pages).
+const PAGE_ROWS: i32 = 1000;
+
+type AttemptRow = (i32, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<bool>);
+
+fn attempt_of((attempt, outcome, started, answered, ended, duration_ms, reason, retryable): AttemptRow) -> CallAttempt {
+    CallAttempt {
+        attempt: attempt.max(0) as u32,
+        outcome,
+        started_at: time(started),
+        answered_at: time(answered),
+        ended_at: time(ended),
+        duration_ms,
+        reason,
+        retryable,
+    }
 }
 
 impl std::fmt::Debug for CqlTimeline {
@@ -98,18 +119,30 @@ impl CqlTimeline {
         let insert = session
             .prepare(format!(
                 "INSERT INTO {keyspace}.call_attempts (call_id, attempt, campaign_id, outcome, started_at, answered_at, \
-                 ended_at, duration_ms, reason, retryable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                 ended_at, duration_ms, reason, retryable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
             ))
             .await
             .map_err(q)?;
-        let select = session
+        let columns = "attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable";
+        let mut select = session
+            .prepare(format!("SELECT {columns} FROM {keyspace}.call_attempts WHERE call_id = ?"))
+            .await
+            .map_err(q)?;
+        select.set_page_size(PAGE_ROWS);
+        let select_from = session
             .prepare(format!(
-                "SELECT attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable \
-                 FROM {keyspace}.call_attempts WHERE call_id = ?"
+                "SELECT {columns} FROM {keyspace}.call_attempts WHERE call_id = ? AND attempt >= ? LIMIT ?"
             ))
             .await
             .map_err(q)?;
-        Ok(CqlTimeline { session: Arc::new(session), insert, select })
+        Ok(CqlTimeline { session: Arc::new(session), insert, select, select_from, ttl_secs: 0 })
+    }
+
+    /// Rows written from now on expire after `ttl` (whole seconds; zero: never). Cassandra and
+    /// ScyllaDB drop expired rows themselves: the retention of the timeline.
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> CqlTimeline {
+        self.ttl_secs = i32::try_from(ttl.as_secs()).unwrap_or(i32::MAX);
+        self
     }
 
     /// Writes rows (upserts by call and attempt), concurrently in chunks.
@@ -129,6 +162,7 @@ impl CqlTimeline {
                         ms(r.duration_ms),
                         r.reason.as_deref(),
                         r.retryable,
+                        self.ttl_secs,
                     ),
                 )
             });
@@ -139,29 +173,27 @@ impl CqlTimeline {
         Ok(())
     }
 
-    /// The attempts of a call, in attempt order.
+    /// The attempts of a call, in attempt order (the partition's clustering order), read a
+    /// page at a time however many there are.
     pub async fn attempts(&self, call_id: Uuid) -> Result<Vec<CallAttempt>, TimelineError> {
-        type Row = (i32, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<bool>);
-        let res = self.session.execute_unpaged(&self.select, (call_id,)).await.map_err(q)?;
+        use futures::TryStreamExt;
+        let pages = self.session.execute_iter(self.select.clone(), (call_id,)).await.map_err(q)?;
+        let rows = pages.rows_stream::<AttemptRow>().map_err(q)?;
+        rows.map_ok(attempt_of).try_collect().await.map_err(q)
+    }
+
+    /// At most `limit` attempts of a call from attempt `first` on, in attempt order: a range read
+    /// on the clustering key (a page of a long history).
+    pub async fn attempts_from(
+        &self,
+        call_id: Uuid,
+        first: u32,
+        limit: u32,
+    ) -> Result<Vec<CallAttempt>, TimelineError> {
+        let first = i32::try_from(first).unwrap_or(i32::MAX);
+        let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+        let res = self.session.execute_unpaged(&self.select_from, (call_id, first, limit)).await.map_err(q)?;
         let rows = res.into_rows_result().map_err(q)?;
-        let mut out: Vec<CallAttempt> = rows
-            .rows::<Row>()
-            .map_err(q)?
-            .map(|r| {
-                r.map(|(attempt, outcome, started, answered, ended, duration_ms, reason, retryable)| CallAttempt {
-                    attempt: attempt.max(0) as u32,
-                    outcome,
-                    started_at: time(started),
-                    answered_at: time(answered),
-                    ended_at: time(ended),
-                    duration_ms,
-                    reason,
-                    retryable,
-                })
-            })
-            .collect::<Result<_, _>>()
-            .map_err(q)?;
-        out.sort_by_key(|a| a.attempt);
-        Ok(out)
+        rows.rows::<AttemptRow>().map_err(q)?.map(|r| r.map(attempt_of)).collect::<Result<_, _>>().map_err(q)
     }
 }

@@ -1,9 +1,7 @@
-//! The call timeline on a CQL server: the in-memory kassandra server (kassandra-tester) by
-//! default, or a real ScyllaDB/Cassandra when `SCYLLA_URI=host:port` is set. Kassandra checks the
-//! statements and the round trip of rows; ordering by clustering key and TTLs are only checked
-//! against a real server (see ../shared/INFRA.md).
-
-use std::net::SocketAddr;
+//! The call timeline on Apache Cassandra 5.0 from the harness (or the ScyllaDB/Cassandra node
+//! `SCYLLA_URI=host:port` names): the round trip of rows, the recorder's path, the clustering
+//! order (attempts come back in order however they were written), range reads on the clustering
+//! key, paging over thousands of attempts, and TTLs (rows expire).
 
 use chrono::Utc;
 use dialer_control_plane::timeline::{CqlTimeline, TimelineRow};
@@ -14,12 +12,17 @@ use dialer_domain::validate::CreateCampaignRequest;
 use serde_json::json;
 use uuid::Uuid;
 
-async fn exercise(node: String) {
+fn node() -> String {
+    std::env::var("SCYLLA_URI").unwrap_or_else(|_| dialer_testkit::cassandra().node())
+}
+
+async fn timeline() -> CqlTimeline {
     let ks = format!("t_{}", Uuid::now_v7().simple());
-    let t = CqlTimeline::connect(&[node], &ks, 1).await.expect("timeline connects and migrates");
-    let call = Uuid::now_v7();
-    let campaign = Uuid::now_v7();
-    let row = |attempt, outcome: &str| TimelineRow {
+    CqlTimeline::connect(&[node()], &ks, 1).await.expect("timeline connects and migrates")
+}
+
+fn row(campaign: Uuid, call: Uuid, attempt: u32, outcome: &str) -> TimelineRow {
+    TimelineRow {
         campaign_id: campaign,
         call_id: call,
         attempt,
@@ -30,7 +33,52 @@ async fn exercise(node: String) {
         duration_ms: (outcome != "started").then_some(3000),
         reason: (outcome == "failed").then(|| "busy".to_string()),
         retryable: (outcome == "failed").then_some(true),
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_come_back_in_clustering_order_in_ranges_and_pages() {
+    let t = timeline().await;
+    let (campaign, call) = (Uuid::now_v7(), Uuid::now_v7());
+    // 2,500 attempts written in a shuffled order (a bijection of 1..=2500), in several batches.
+    let n = 2_500u32;
+    let order: Vec<u32> = (0..n).map(|i| (i * 977) % n + 1).collect();
+    for chunk in order.chunks(700) {
+        let rows: Vec<TimelineRow> = chunk.iter().map(|a| row(campaign, call, *a, "failed")).collect();
+        t.write(&rows).await.expect("write");
+    }
+    let all = t.attempts(call).await.expect("read all");
+    assert_eq!(all.len(), n as usize, "every attempt, over several pages of 1,000");
+    assert!(all.iter().enumerate().all(|(i, a)| a.attempt == i as u32 + 1), "in clustering order, as stored");
+    let page = t.attempts_from(call, 1_200, 50).await.expect("range");
+    assert_eq!(page.iter().map(|a| a.attempt).collect::<Vec<_>>(), (1_200..1_250).collect::<Vec<_>>());
+    let tail = t.attempts_from(call, 2_490, 50).await.expect("range");
+    assert_eq!(tail.len(), 11, "a range past the end stops at the last attempt");
+    assert!(t.attempts_from(Uuid::now_v7(), 1, 10).await.expect("range").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_expire_after_the_timeline_ttl() {
+    let t = timeline().await.with_ttl(std::time::Duration::from_secs(2));
+    let (campaign, call) = (Uuid::now_v7(), Uuid::now_v7());
+    t.write(&[row(campaign, call, 1, "completed")]).await.expect("write");
+    assert_eq!(t.attempts(call).await.expect("read").len(), 1, "there before it expires");
+    let kept = timeline().await;
+    let forever = Uuid::now_v7();
+    kept.write(&[row(campaign, forever, 1, "completed")]).await.expect("write");
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    assert!(t.attempts(call).await.expect("read").is_empty(), "expired after its TTL");
+    assert_eq!(kept.attempts(forever).await.expect("read").len(), 1, "no TTL: kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_on_cql() {
+    let ks = format!("t_{}", Uuid::now_v7().simple());
+    let node = node();
+    let t = CqlTimeline::connect(&[node], &ks, 1).await.expect("timeline connects and migrates");
+    let call = Uuid::now_v7();
+    let campaign = Uuid::now_v7();
+    let row = |attempt, outcome: &str| row(campaign, call, attempt, outcome);
     t.write(&[row(1, "started")]).await.expect("write");
     t.write(&[row(1, "failed"), row(2, "started")]).await.expect("write");
     t.write(&[row(2, "completed")]).await.expect("write");
@@ -81,21 +129,4 @@ async fn exercise(node: String) {
         store.get_call(k.id).await.expect("call").attempts.is_empty(),
         "not written to SQL when CQL is the timeline"
     );
-}
-
-#[tokio::test]
-async fn timeline_on_cql() {
-    if let Ok(node) = std::env::var("SCYLLA_URI") {
-        exercise(node).await;
-        return;
-    }
-    let tester = kassandra_tester::KassandraTester::new(kassandra_tester::kassandra::session::KassandraSession::new());
-    // Errors returned by the closure are dropped by kassandra-tester: `exercise` asserts inside.
-    tester
-        .in_scope(|addr: SocketAddr| async move {
-            exercise(addr.to_string()).await;
-            Ok::<(), ()>(())
-        })
-        .await
-        .expect("kassandra ran");
 }

@@ -119,7 +119,7 @@ async fn consumer_lag_per_partition_is_exported() {
     use rdkafka::consumer::Consumer;
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
     let handle = dialer_control_plane::observability::install().expect("recorder installed");
-    let brokers = dialer_testkit::tansu().bootstrap();
+    let brokers = dialer_testkit::kafka().bootstrap();
     let topic = dialer_testkit::unique_name("lag");
     dialer_bus::kafka::ensure_topics(&brokers, &[(&topic, 1)]).await.expect("topic");
     let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");

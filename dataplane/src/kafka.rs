@@ -46,6 +46,11 @@ impl KafkaTuning {
             fetch_min_bytes: self.fetch_min_bytes,
             fetch_wait_max_ms: self.fetch_wait_max_ms,
             queued_max_messages_kbytes: self.queued_max_messages_kbytes,
+            assignment_strategy: match self.assignor {
+                crate::tuning::Assignor::Eager => "range,roundrobin",
+                crate::tuning::Assignor::CooperativeSticky => "cooperative-sticky",
+            },
+            session_timeout_ms: self.session_timeout_ms,
         }
     }
 }

@@ -37,7 +37,7 @@ pub use kafka::KafkaTopics;
 pub use provider::{MockProvider, MockSettings, Provider, Tracker};
 pub use shard::{Shard, ShardConfig, ShardReport, Sink};
 pub use source::{DispatchSource, MemorySource};
-pub use tuning::{Assignment, Tuning};
+pub use tuning::{Assignment, Assignor, Tuning};
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]

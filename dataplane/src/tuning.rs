@@ -146,6 +146,23 @@ pub struct KafkaTuning {
     /// How long the producer tries to deliver a status event before reporting it failed
     /// (librdkafka `message.timeout.ms`); the shard then produces it again, with back-off.
     pub message_timeout_ms: u32,
+    /// With `shards.assignment = "group"`: how the group spreads partitions over shards.
+    pub assignor: Assignor,
+    /// With group assignment: how long the group waits for a silent shard (a killed process)
+    /// before its partitions go to the others (librdkafka `session.timeout.ms`; the broker
+    /// allows 6000–300000 by default).
+    pub session_timeout_ms: u32,
+}
+
+/// How a consumer group spreads the dispatch partitions (see [`KafkaTuning::assignor`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignor {
+    /// Every rebalance revokes every partition of every member, then assigns them all.
+    #[default]
+    Eager,
+    /// Only the partitions that move are revoked; the others keep being read.
+    CooperativeSticky,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -202,6 +219,8 @@ impl Default for KafkaTuning {
             queued_max_messages_kbytes: 65_536,
             commit_every_ms: 200,
             message_timeout_ms: 30_000,
+            assignor: Assignor::Eager,
+            session_timeout_ms: 45_000,
         }
     }
 }
@@ -375,6 +394,12 @@ impl Tuning {
         }
         if k.message_timeout_ms < 1000 {
             return Err(invalid("kafka.message_timeout_ms", "must be at least 1000"));
+        }
+        if k.session_timeout_ms < 1_000 {
+            return Err(invalid(
+                "kafka.session_timeout_ms",
+                "must be at least 1000 (the broker refuses less than its group.min.session.timeout.ms, 6000 by default)",
+            ));
         }
         if k.commit_every_ms == 0 {
             return Err(invalid("kafka.commit_every_ms", "must be at least 1"));

@@ -1,4 +1,4 @@
-//! The data plane through a real Kafka-protocol broker (tansu, sqlite storage) with the Redis
+//! The data plane through a real Apache Kafka broker with the Redis
 //! limiter, from the shared harness: every dispatch message gets exactly one outcome event,
 //! offsets are committed up to the end, a stop/restart resumes without loss, caps hold.
 
@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dialer_dataplane::{
-    Assignment, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker, Tuning,
+    Assignment, Assignor, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker,
+    Tuning,
 };
 use dialer_domain::messages::{DispatchMessage, EventKind, StatusEvent};
-use dialer_testkit::{redis, redis_prefix, tansu, unique_name};
+use dialer_testkit::{kafka, redis, redis_prefix, unique_name};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Message, TopicPartitionList};
@@ -21,7 +22,7 @@ const PARTITIONS: i32 = 4;
 fn topics() -> KafkaTopics {
     let n = unique_name("dp");
     KafkaTopics {
-        brokers: tansu().bootstrap(),
+        brokers: kafka().bootstrap(),
         dispatch_topic: format!("{n}.dispatch"),
         status_topic: format!("{n}.status"),
         group_id: format!("{n}-group"),
@@ -289,7 +290,16 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
 /// for the processes of one host) shows the new owner what was started: no attempt is dialed
 /// twice, every call gets an outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebalance_dials_no_attempt_twice() {
+async fn an_eager_rebalance_dials_no_attempt_twice() {
+    a_rebalance_dials_no_attempt_twice(Assignor::Eager).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cooperative_sticky_rebalance_dials_no_attempt_twice() {
+    a_rebalance_dials_no_attempt_twice(Assignor::CooperativeSticky).await;
+}
+
+async fn a_rebalance_dials_no_attempt_twice(assignor: Assignor) {
     let t = topics();
     ensure(&t).await;
     let campaign = Uuid::from_u128(6060);
@@ -299,6 +309,7 @@ async fn a_rebalance_dials_no_attempt_twice() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut tu = tuning(Assignment::Group);
     tu.shards.count = 1;
+    tu.kafka.assignor = assignor;
     tu.journal.dir = dir.path().display().to_string();
     let tracker = Tracker::new(1000);
     tracker.set_campaign_cap(campaign, 20);

@@ -1,5 +1,5 @@
 //! The distributed mode end to end with real servers from the harness: PostgreSQL (store),
-//! tansu (dispatch, status and dead-letter topics), Redis (limiter). The scheduler publishes to
+//! Apache Kafka (dispatch, status and dead-letter topics), Redis (limiter). The scheduler publishes to
 //! Kafka, the data plane (2 shards) dials under Redis leases, the recorder consumes the status
 //! topic; every target reaches a terminal state, stats equal the rows, each attempt is dialed
 //! once, caps hold.
@@ -15,7 +15,7 @@ use dialer_dataplane::{
 };
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
-use dialer_testkit::{redis, redis_prefix, tansu, unique_name};
+use dialer_testkit::{kafka, redis, redis_prefix, unique_name};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use serde_json::json;
@@ -28,7 +28,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     let store = open_store(&Config::default(), &dialer_testkit::postgres_database()).await.expect("store");
     let n = unique_name("e2e");
     let topics = KafkaTopics {
-        brokers: tansu().bootstrap(),
+        brokers: kafka().bootstrap(),
         dispatch_topic: format!("{n}.dispatch"),
         status_topic: format!("{n}.status"),
         group_id: format!("{n}-dp"),

@@ -1,57 +1,18 @@
 //! The Grafana dashboard and the alert rules use only metrics the running processes export: a
 //! real control plane and a real data plane (`dialer control-plane`, `dialer dataplane`) over
-//! Kafka (tansu), Redis and PostgreSQL dial a campaign, and their `/metrics` are scraped while
+//! Apache Kafka, Redis and PostgreSQL dial a campaign, and their `/metrics` are scraped while
 //! it runs. Every metric name in `dashboards/dialer.json` and `dashboards/alerts.yml` must be in
 //! what they served; a metric renamed in code, or a panel about a metric nothing records, fails
 //! here.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// A process of the product, killed when the test ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_dialer"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("dialer starts");
-    Proc(child)
-}
-
-/// One HTTP/1.1 request; the status and the body.
-fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let body = body.map(Value::to_string).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-}
+mod procs;
+use procs::{http, spawn};
 
 /// Metric family names in a Prometheus exposition (histogram series folded into their family).
 fn exported(text: &str) -> BTreeSet<String> {
@@ -95,7 +56,7 @@ fn dashboards() -> PathBuf {
 fn write_config(dir: &Path, api: u16) -> (String, String) {
     let db = dialer_testkit::postgres_database();
     let redis = dialer_testkit::redis();
-    let brokers = dialer_testkit::tansu().bootstrap();
+    let brokers = dialer_testkit::kafka().bootstrap();
     let name = dialer_testkit::unique_name("telemetry");
     let config = dir.join("dialer.toml");
     std::fs::write(

@@ -1,13 +1,17 @@
-//! The shared test harness: starts the real servers the dialer talks to (PostgreSQL today;
-//! Redis, the Kafka-protocol broker and the CQL server as the data plane arrives) on free
-//! ports of 127.0.0.1, in temporary directories, once per test process, and hands each test
-//! its own database. Tests and benches use the same code. A server whose binaries are missing
+//! The shared test harness: starts the real servers the dialer talks to (PostgreSQL, Redis,
+//! Apache Kafka, Apache Cassandra) on free ports of 127.0.0.1, in temporary directories, once per
+//! test process where start-up is slow, and hands each test its own database, key prefix, topics
+//! or keyspace. Tests and benches use the same code. A server whose binaries are missing
 //! is an error whose message names the command that installs it; tests turn it into a failure,
 //! never a skip. Each server is watched by a tiny shell process that stops it and deletes its
 //! directory when the test process exits, however it exits.
 //!
 //! Environment: `DIALER_TEST_POSTGRES_URL` (a server URL without a database name, e.g.
 //! `postgres://postgres@127.0.0.1:5432`) uses an existing server instead of starting one.
+
+mod jvm;
+
+pub use jvm::{Cassandra, JAVA_INSTALL, Kafka, SERVERS_INSTALL, cassandra, kafka};
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -96,6 +100,7 @@ impl Managed {
         port: u16,
         dir: &Path,
         log: Option<&Path>,
+        timeout: Duration,
     ) -> Result<(), HarnessError> {
         let child = cmd.stdin(Stdio::null()).process_group(0).spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => {
@@ -105,7 +110,7 @@ impl Managed {
         })?;
         watch(child.id(), dir);
         *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-        if !wait_for_port(port, Duration::from_secs(20)) {
+        if !wait_for_port(port, timeout) {
             let detail = log
                 .and_then(|l| std::fs::read_to_string(l).ok())
                 .unwrap_or_else(|| format!("port {port} never opened"));
@@ -131,7 +136,7 @@ impl Drop for Managed {
 fn install_hint(what: &str) -> &'static str {
     match what {
         "redis-server" => REDIS_INSTALL,
-        "tansu" => TANSU_INSTALL,
+        "kafka" | "cassandra" => jvm::JAVA_INSTALL,
         _ => PG_INSTALL,
     }
 }
@@ -423,7 +428,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        self.process.start(&mut cmd, "redis-server", self.port, self.dir.path(), None)
+        self.process.start(&mut cmd, "redis-server", self.port, self.dir.path(), None, Duration::from_secs(20))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -451,117 +456,6 @@ pub fn redis_prefix() -> String {
 /// The shared Redis, or a panic naming what to install.
 pub fn redis() -> &'static RedisServer {
     RedisServer::shared().unwrap_or_else(|e| panic!("test Redis unavailable: {e}"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Kafka protocol: tansu
-// ---------------------------------------------------------------------------------------------
-
-/// How tansu is installed (`scripts/test.sh` does it when missing).
-pub const TANSU_INSTALL: &str = "install it with: cargo install tansu --version 0.6.0 --locked \
-     --features dynostore,postgres,libsql --root ~/.cache/dialer/tansu (about 25 minutes on 2 cores; \
-     ./scripts/test.sh does it), or point TANSU_BIN at a tansu binary";
-
-/// The tansu binary: `TANSU_BIN`, `~/.cache/dialer/tansu/bin/tansu`, `~/.cargo/bin/tansu`, PATH.
-pub fn tansu_bin() -> Result<PathBuf, HarnessError> {
-    let missing = || HarnessError::Missing { what: "the tansu broker".into(), hint: TANSU_INSTALL.into() };
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        let p = PathBuf::from(p);
-        return if p.exists() { Ok(p) } else { Err(missing()) };
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    for p in [format!("{home}/.cache/dialer/tansu/bin/tansu"), format!("{home}/.cargo/bin/tansu")] {
-        if Path::new(&p).exists() {
-            return Ok(PathBuf::from(p));
-        }
-    }
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .map(|d| Path::new(d).join("tansu"))
-        .find(|p| p.exists())
-        .ok_or_else(missing)
-}
-
-/// Storage of a tansu broker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TansuStorage {
-    /// Correct offsets; for correctness tests.
-    Sqlite,
-    /// Fastest; loses messages when a consumer resumes inside a producer batch: throughput only.
-    Memory,
-}
-
-/// A tansu broker on a free port (stopped on drop).
-#[derive(Debug)]
-pub struct Tansu {
-    pub port: u16,
-    storage: TansuStorage,
-    bin: PathBuf,
-    process: Managed,
-    dir: tempfile::TempDir,
-}
-
-impl Tansu {
-    pub fn start(storage: TansuStorage) -> Result<Tansu, HarnessError> {
-        let bin = tansu_bin()?;
-        let dir = tempfile::Builder::new()
-            .prefix("dialer-tansu-")
-            .tempdir()
-            .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
-        let t = Tansu { port: free_port(), storage, bin, dir, process: Managed::default() };
-        t.launch()?;
-        Ok(t)
-    }
-
-    /// The process-wide sqlite-backed broker (tests keep apart by topic and group names).
-    pub fn shared() -> Result<&'static Tansu, String> {
-        static T: OnceLock<Result<Tansu, String>> = OnceLock::new();
-        T.get_or_init(|| Tansu::start(TansuStorage::Sqlite).map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
-    }
-
-    fn launch(&self) -> Result<(), HarnessError> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let engine = match self.storage {
-            // Relative to the broker's working directory (its temp dir): tansu reads
-            // `sqlite:///abs` as a relative path.
-            TansuStorage::Sqlite => "sqlite://tansu.db".to_string(),
-            TansuStorage::Memory => "memory://tansu/".to_string(),
-        };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .map_err(|e| HarnessError::Start { what: "tansu".into(), detail: e.to_string() })?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
-            .env("RUST_LOG", "warn")
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        let log_path = self.dir.path().join("tansu.log");
-        self.process.start(&mut cmd, "tansu", self.port, self.dir.path(), Some(&log_path))
-    }
-
-    /// `127.0.0.1:PORT` for `bootstrap.servers`.
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn kill(&self) {
-        self.process.kill();
-    }
-
-    /// Restarts on the same port and storage (sqlite keeps its data).
-    pub fn restart(&self) -> Result<(), HarnessError> {
-        self.kill();
-        self.launch()
-    }
-}
-
-/// The shared broker, or a panic naming what to install.
-pub fn tansu() -> &'static Tansu {
-    Tansu::shared().unwrap_or_else(|e| panic!("test Kafka broker unavailable: {e}"))
 }
 
 impl Drop for PgServer {

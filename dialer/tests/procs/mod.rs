@@ -1,0 +1,64 @@
+//! Real `dialer` processes for the tests that run the product as operators do: spawned with
+//! their log in the test's directory, killed when the test ends; one HTTP/1.1 request helper.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// A process of the product, killed when the test ends.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `dialer ARGS`, its log in `dir/NAME.log`.
+pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Proc {
+    spawn_with_env(dir, name, args, &[])
+}
+
+/// `dialer ARGS` with more environment.
+pub fn spawn_with_env(dir: &Path, name: &str, args: &[String], env: &[(&str, String)]) -> Proc {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_dialer"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("dialer starts");
+    Proc(child)
+}
+
+/// One HTTP/1.1 request; the status and the body.
+pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+impl Proc {
+    /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
