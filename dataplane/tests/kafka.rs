@@ -418,3 +418,70 @@ async fn an_attempt_started_before_a_crash_is_not_dialed_again() {
     }
     assert_eq!(committed_total(&t), 40);
 }
+
+/// The broker is SIGKILLed while calls are in progress and comes back seconds later: outcome
+/// events the broker did not acknowledge are produced again (with back-off, a new producer when
+/// the old one is stuck), so every call gets its outcome, none is dialled twice, and the
+/// offsets end committed. A broker of the test's own (it is killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_survive_a_broker_killed_and_restarted() {
+    let broker = dialer_testkit::Kafka::start().expect("a Kafka of its own");
+    let mut t = topics();
+    t.brokers = broker.bootstrap();
+    ensure(&t).await;
+    let campaign = Uuid::from_u128(7070);
+    let n = 400usize;
+    let msgs: Vec<DispatchMessage> = (0..n as u128).map(|i| msg(70_000 + i, campaign, 40)).collect();
+    produce(&t, &msgs).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut tu = tuning(Assignment::Static);
+    tu.journal.dir = dir.path().display().to_string();
+    tu.kafka.message_timeout_ms = 2_000;
+    let tracker = Tracker::new(1000);
+    let dp = Dataplane::start(DataplaneOptions {
+        tuning: tu,
+        bus: BusChoice::Kafka(t.clone()),
+        limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
+        global_cap: 1000,
+        per_campaign_ceiling: 1000,
+        mock: MockSettings {
+            min_call: Duration::from_millis(100),
+            max_call: Duration::from_millis(400),
+            max_ring: Duration::ZERO,
+            ..MockSettings::default()
+        },
+        tracker: tracker.clone(),
+        instance: unique_name("dp"),
+    })
+    .expect("data plane starts");
+    // Let calls get going, then take the broker away while some are in progress.
+    let t0 = Instant::now();
+    while tracker.calls() < 100 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no dials");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    broker.restart().expect("the broker comes back");
+    let reader = status_reader(&t);
+    let mut events: Vec<StatusEvent> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut ended: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    while ended.len() < n && Instant::now() < deadline {
+        let seen = events.iter().filter(|e| e.kind.is_outcome()).count();
+        read_outcomes(&reader, seen + 1, Duration::from_secs(2), &mut events).await;
+        ended.extend(events.iter().filter(|e| e.kind.is_outcome()).map(|e| e.call_id));
+    }
+    dp.shutdown();
+    let reports = tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("reports");
+    assert_eq!(ended.len(), n, "every call got its outcome through the broker's absence");
+    let reproduced: u64 = reports.iter().map(|r| r.reproduced).sum();
+    assert!(reproduced > 0, "the broker's absence made the shards produce events again: {reports:?}");
+    let mut started: HashMap<Uuid, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e.kind == EventKind::Started) {
+        *started.entry(e.call_id).or_default() += 1;
+    }
+    assert_eq!(tracker.calls() as usize, n, "each message dialled once: {reports:?}");
+    assert!(started.values().all(|k| *k == 1), "a `started` event per attempt");
+    assert_eq!(tracker.violations(), 0);
+}

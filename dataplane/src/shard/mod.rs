@@ -75,6 +75,8 @@ pub struct ShardReport {
     pub redelivered_in_flight: u64,
     /// Messages received but not finished when the shard stopped (redelivered after restart).
     pub unfinished: u64,
+    /// Status events the broker did not take, produced again.
+    pub reproduced: u64,
 }
 
 /// Settings a shard runs with.
@@ -397,6 +399,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
                     Ok(delivery) => self.await_ack(delivery, ev, track, attempt),
                     Err(e) => {
                         tracing::warn!(shard = self.index, error = %e, "status event not produced; producing it again after a back-off");
+                        self.report.reproduced += 1;
                         self.redo.push(ev, track);
                     }
                 },
@@ -550,6 +553,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
                 offset,
                 "outcome not acknowledged; producing it again after a back-off"
             );
+            self.report.reproduced += 1;
             self.redo.push(ev, Some((partition, offset)));
         }
     }
