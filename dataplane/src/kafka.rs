@@ -6,6 +6,8 @@
 //! and group membership maps partitions to shards with no extra routing. The cost is one
 //! broker connection set per shard, which is small next to the fetch traffic.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dialer_bus::kafka::{ClientSettings, MeteredConsumer, MeteredProducer, Moved, dead_letter_record, produce_error};
@@ -57,9 +59,14 @@ impl KafkaTuning {
 
 /// A shard's consumer of the dispatch topic, with the commit points of its partitions.
 pub struct KafkaSource {
-    consumer: MeteredConsumer,
+    consumer: Arc<MeteredConsumer>,
     topic: String,
     offsets: CommitPoints,
+    /// Commits the broker confirmed (a synchronous commit on a blocking thread, so the shard's
+    /// loop never waits for the broker), taken in at the next commit tick.
+    confirmed: Arc<Mutex<Vec<(i32, i64)>>>,
+    /// A commit is on its way: the next waits for its answer.
+    committing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -89,7 +96,13 @@ impl KafkaSource {
                 consumer.assign(&tpl)?;
             }
         }
-        Ok(KafkaSource { consumer, topic: t.dispatch_topic.clone(), offsets: CommitPoints::default() })
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            topic: t.dispatch_topic.clone(),
+            offsets: CommitPoints::default(),
+            confirmed: Arc::default(),
+            committing: Arc::default(),
+        })
     }
 
     fn delivery(offsets: &mut CommitPoints, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
@@ -166,14 +179,26 @@ impl DispatchSource for KafkaSource {
         }
     }
 
-    /// Commits every partition whose commit point moved.
+    /// Takes in the commits the broker confirmed, and commits every partition whose commit
+    /// point moved, on a blocking thread. Only confirmed points count as committed (they let
+    /// the journal forget resolved attempts): a commit that fails (a rebalance, a broker
+    /// restart) leaves the messages to come again from the older offset, and the journal still
+    /// knows their attempts. (An asynchronous commit taken for done let a broker restart in
+    /// `bench chaos --assignment group` dial three attempts twice.)
     fn commit(&mut self) -> Committed {
+        let confirmed = std::mem::take(&mut *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()));
+        self.offsets.committed(&confirmed);
         let due = self.offsets.due();
-        if !due.is_empty() {
-            match self.consumer.commit(&self.commit_tpl(&due), rdkafka::consumer::CommitMode::Async) {
-                Ok(()) => self.offsets.committed(&due),
-                Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
-            }
+        if !due.is_empty() && !self.committing.swap(true, Ordering::AcqRel) {
+            let tpl = self.commit_tpl(&due);
+            let (consumer, sink, flag) = (self.consumer.clone(), self.confirmed.clone(), self.committing.clone());
+            tokio::task::spawn_blocking(move || {
+                match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+                    Ok(()) => sink.lock().unwrap_or_else(|p| p.into_inner()).extend(due),
+                    Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+                }
+                flag.store(false, Ordering::Release);
+            });
         }
         Committed::Points(self.offsets.committed_points())
     }
@@ -181,10 +206,12 @@ impl DispatchSource for KafkaSource {
     /// Commits synchronously (graceful shutdown).
     fn commit_sync(&mut self) {
         let due = self.offsets.due();
-        if !due.is_empty()
-            && let Err(e) = self.consumer.commit(&self.commit_tpl(&due), rdkafka::consumer::CommitMode::Sync)
-        {
-            tracing::warn!(error = %e, "final offset commit failed");
+        if due.is_empty() {
+            return;
+        }
+        match self.consumer.commit(&self.commit_tpl(&due), rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => self.offsets.committed(&due),
+            Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
         }
     }
 

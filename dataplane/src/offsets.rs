@@ -30,8 +30,10 @@ impl PartitionOffsets {
         (Some(point) != self.committed).then_some(point)
     }
 
+    /// The broker confirmed a commit at `point` (confirmations may come out of order: the
+    /// highest counts).
     pub fn committed(&mut self, point: i64) {
-        self.committed = Some(point);
+        self.committed = Some(self.committed.map_or(point, |c| c.max(point)));
     }
 
     /// The last offset committed (`None` before the first commit).

@@ -485,3 +485,47 @@ async fn outcomes_survive_a_broker_killed_and_restarted() {
     assert!(started.values().all(|k| *k == 1), "a `started` event per attempt");
     assert_eq!(tracker.violations(), 0);
 }
+
+/// A shard's commit counts only once the broker confirms it (only then may the journal forget
+/// the attempts below it): a commit that fails (a rebalance, a broker restart) is never taken
+/// for done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_commits_the_broker_confirmed_count() {
+    use dialer_dataplane::DispatchSource;
+    use dialer_dataplane::source::Committed;
+    let t = topics();
+    ensure(&t).await;
+    let campaign = Uuid::from_u128(8080);
+    produce(&t, &(0..8u128).map(|i| msg(80_000 + i, campaign, 5)).collect::<Vec<_>>()).await;
+    let tu = tuning(Assignment::Static);
+    let mut source = dialer_dataplane::kafka::KafkaSource::new(&t, &tu.kafka, Assignment::Static, PARTITIONS, (0, 1))
+        .expect("source");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 8 {
+        assert!(Instant::now() < deadline, "only {} of 8 messages read", got.len());
+        // A new broker answers NotCoordinator at first; the shard retries the same way.
+        let _ = tokio::time::timeout(Duration::from_secs(1), source.recv(&mut got, 100)).await;
+    }
+    let committed = |c: Committed| match c {
+        Committed::Points(mut p) => {
+            p.sort_unstable();
+            p
+        }
+        Committed::Untracked => panic!("a Kafka source tracks offsets"),
+    };
+    // Nothing finished: the points to commit are the first offsets; none counts before the
+    // broker confirmed it.
+    assert!(committed(source.commit()).is_empty(), "asked, not yet confirmed");
+    for d in got.iter().filter(|d| d.partition == 0) {
+        source.done(0, d.offset);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut points = committed(source.commit());
+    while points.first() != Some(&(0, 2)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        points = committed(source.commit());
+    }
+    assert_eq!(points.first(), Some(&(0, 2)), "partition 0 confirmed past its two finished messages: {points:?}");
+    assert!(points[1..].iter().all(|(_, o)| *o == 0), "the others at their first unfinished message: {points:?}");
+}
