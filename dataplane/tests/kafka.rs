@@ -457,7 +457,7 @@ async fn outcomes_survive_a_broker_killed_and_restarted() {
     // Let calls get going, then take the broker away while some are in progress.
     let t0 = Instant::now();
     while tracker.calls() < 100 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no dials");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no dials");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     broker.kill();

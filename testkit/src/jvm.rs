@@ -176,11 +176,13 @@ impl Kafka {
         self.wait_metadata(Duration::from_secs(60))
     }
 
-    /// Ready when a metadata request (API key 3, v1) gets an answer naming this broker.
+    /// Ready when a metadata request (API key 3, v1) gets an answer naming this broker, and a
+    /// group coordinator is found (the first such request creates the offsets topic, seconds on
+    /// a new broker: consumers of the tests would otherwise wait for it under load).
     fn wait_metadata(&self, timeout: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if metadata_answers(self.port) {
+            if metadata_answers(self.port) && coordinator_found(self.port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -247,6 +249,31 @@ fn metadata_answers(port: u16) -> bool {
     let mut answer = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
     // The answer starts with our correlation id and lists at least one broker.
     s.read_exact(&mut answer).is_ok() && answer.len() > 8 && answer[..4] == [0, 0, 0, 7] && answer[4..8] != [0, 0, 0, 0]
+}
+
+/// Sends a FindCoordinator request (API key 10, v0) for a group and reads whether the broker
+/// named one (error code 0).
+fn coordinator_found(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let (client, group) = (b"dialer-testkit".as_slice(), b"dialer-testkit-warmup".as_slice());
+    let mut body = vec![0, 10, 0, 0, 0, 0, 0, 9];
+    for field in [client, group] {
+        body.extend_from_slice(&(field.len() as i16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut req = (body.len() as i32).to_be_bytes().to_vec();
+    req.extend_from_slice(&body);
+    if s.write_all(&req).is_err() {
+        return false;
+    }
+    let mut len = [0u8; 4];
+    if s.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let mut answer = vec![0u8; i32::from_be_bytes(len).max(0) as usize];
+    // correlation id 9, then the error code.
+    s.read_exact(&mut answer).is_ok() && answer.len() >= 6 && answer[..4] == [0, 0, 0, 9] && answer[4..6] == [0, 0]
 }
 
 /// The shared Kafka, or a panic naming what to install.
