@@ -433,7 +433,6 @@ async fn kafka_buses(a: &Args, partitions: i32, sample_campaign: Uuid) -> Result
         &[(&topics.dispatch_topic, partitions), (&topics.status_topic, partitions)],
     )
     .await?;
-    warm_group_coordinator(&topics, partitions).await?;
     let sample = sample_message(sample_campaign, a.campaign_cap).encode().len();
     println!("measuring the broker's own produce+consume ceiling with {sample}-byte messages…");
     let ceiling = crate::broker::ceiling(&brokers, sample, 200_000).await?;
@@ -454,30 +453,6 @@ async fn kafka_buses(a: &Args, partitions: i32, sample_campaign: Uuid) -> Result
         broker_ceiling: Some(ceiling),
         _kafka: kafka,
     })
-}
-
-/// Asks the broker for the group's committed offsets until it answers: on a new broker the first
-/// such request creates the offsets topic (seconds), which would otherwise land in the measured
-/// window as a backlog of the open loop.
-async fn warm_group_coordinator(topics: &KafkaTopics, partitions: i32) -> Result<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let (brokers, group, topic) = (topics.brokers.clone(), topics.group_id.clone(), topics.dispatch_topic.clone());
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let c: BaseConsumer =
-            ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", &group).create()?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition(&topic, p);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Err(e) = c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
-            if Instant::now() > deadline {
-                bail!("the broker's group coordinator does not answer: {e}");
-            }
-        }
-        Ok(())
-    })
-    .await?
 }
 
 /// What the bench's tasks share: the measuring window, stop flags, what was published and

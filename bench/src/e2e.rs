@@ -62,7 +62,7 @@ pub async fn run(a: Args) -> Result<()> {
             .and_then(dialer_testkit::Postgres::create_database)
             .map_err(anyhow::Error::msg)?,
     };
-    let (brokers, _tansu) = crate::kafka_or(a.brokers.as_ref())?;
+    let (brokers, _kafka) = crate::kafka_or(a.brokers.as_ref())?;
     let (redis, _redis) = crate::redis_or(a.redis.as_ref())?;
     let mut cfg = Config::default();
     cfg.store.max_connections = 32;

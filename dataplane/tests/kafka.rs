@@ -113,6 +113,24 @@ async fn read_outcomes(c: &StreamConsumer, outcomes: usize, timeout: Duration, a
     }
 }
 
+/// Reads status events until `n` distinct calls have an outcome (a call may have two across a
+/// rebalance: its own and the new owner's `unknown_outcome`), or `timeout`; the calls that ended.
+async fn read_until_every_call_ended(
+    c: &StreamConsumer,
+    n: usize,
+    timeout: Duration,
+    events: &mut Vec<StatusEvent>,
+) -> std::collections::HashSet<Uuid> {
+    let deadline = Instant::now() + timeout;
+    let mut ended = std::collections::HashSet::new();
+    while ended.len() < n && Instant::now() < deadline {
+        let seen = events.iter().filter(|e| e.kind.is_outcome()).count();
+        read_outcomes(c, seen + 1, Duration::from_secs(2), events).await;
+        ended.extend(events.iter().filter(|e| e.kind.is_outcome()).map(|e| e.call_id));
+    }
+    ended
+}
+
 fn committed_total(t: &KafkaTopics) -> i64 {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &t.brokers)
@@ -339,13 +357,7 @@ async fn a_rebalance_dials_no_attempt_twice(assignor: Assignor) {
     let b = slow(tracker.clone());
     // Until every call has an outcome (a call that was in progress on a moved partition may
     // get two: its own and the new owner's `unknown_outcome`).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut ended: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
-    while ended.len() < n && Instant::now() < deadline {
-        let seen = events.iter().filter(|e| e.kind.is_outcome()).count();
-        read_outcomes(&reader, seen + 1, Duration::from_secs(2), &mut events).await;
-        ended.extend(events.iter().filter(|e| e.kind.is_outcome()).map(|e| e.call_id));
-    }
+    let ended = read_until_every_call_ended(&reader, n, Duration::from_secs(120), &mut events).await;
     a.shutdown();
     b.shutdown();
     let ra = tokio::task::spawn_blocking(move || a.join()).await.expect("join").expect("reports");
@@ -465,13 +477,7 @@ async fn outcomes_survive_a_broker_killed_and_restarted() {
     broker.restart().expect("the broker comes back");
     let reader = status_reader(&t);
     let mut events: Vec<StatusEvent> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut ended: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
-    while ended.len() < n && Instant::now() < deadline {
-        let seen = events.iter().filter(|e| e.kind.is_outcome()).count();
-        read_outcomes(&reader, seen + 1, Duration::from_secs(2), &mut events).await;
-        ended.extend(events.iter().filter(|e| e.kind.is_outcome()).map(|e| e.call_id));
-    }
+    let ended = read_until_every_call_ended(&reader, n, Duration::from_secs(120), &mut events).await;
     dp.shutdown();
     let reports = tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("reports");
     assert_eq!(ended.len(), n, "every call got its outcome through the broker's absence");

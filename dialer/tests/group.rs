@@ -52,21 +52,9 @@ fn write_config(dir: &Path, api: u16, assignor: &str) -> (String, String) {
     (config.display().to_string(), tuning.display().to_string())
 }
 
-/// A call placed, from a member's ledger: (call, attempt, start µs, planned end µs).
+/// A call placed, from both members' ledgers: (call, attempt, start µs, planned end µs).
 fn ledgers(dir: &Path) -> Vec<(String, u32, u64, u64)> {
-    let mut out = Vec::new();
-    for m in ["a", "b"] {
-        for line in std::fs::read_to_string(dir.join(format!("ledger-{m}"))).unwrap_or_default().lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            out.push((
-                f[0].to_string(),
-                f[1].parse().expect("attempt"),
-                f[3].parse().expect("start"),
-                f[4].parse().expect("end"),
-            ));
-        }
-    }
-    out
+    ["a", "b"].iter().flat_map(|m| procs::ledger(&dir.join(format!("ledger-{m}")))).collect()
 }
 
 /// The most calls up at once at the carrier, from the ledgers' start and planned end.

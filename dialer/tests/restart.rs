@@ -6,32 +6,16 @@
 //! when it came are recorded before the process exits.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const TARGETS: usize = 600;
+mod procs;
+use procs::http_json as http;
 
-fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
-    let body = body.map(Value::to_string).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let json = out.split_once("\r\n\r\n").and_then(|(_, b)| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
-    (status, json)
-}
+const TARGETS: usize = 600;
 
 struct Up {
     child: Child,
@@ -79,22 +63,9 @@ fn create_campaign(port: u16) -> String {
     id
 }
 
-/// A call placed, from the provider's ledger: (call, attempt, start µs, end µs).
+/// A call placed, from both runs' ledgers: (call, attempt, start µs, end µs).
 fn ledger(dir: &Path) -> Vec<(String, u32, u64, u64)> {
-    let mut out = Vec::new();
-    for run in 1..=2 {
-        let Ok(text) = std::fs::read_to_string(dir.join(format!("ledger-{run}"))) else { continue };
-        for line in text.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            out.push((
-                f[0].to_string(),
-                f[1].parse().expect("attempt"),
-                f[3].parse().expect("start"),
-                f[4].parse().expect("end"),
-            ));
-        }
-    }
-    out
+    (1..=2).flat_map(|run| procs::ledger(&dir.join(format!("ledger-{run}")))).collect()
 }
 
 fn wait_completed(port: u16, id: &str, timeout: Duration) -> Duration {

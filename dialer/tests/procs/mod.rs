@@ -55,6 +55,24 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
     (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
+/// One HTTP/1.1 request; the status and the body as JSON (`null` when it is not JSON).
+pub fn http_json(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let (status, text) = http(port, method, path, body);
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// The calls a mock provider placed, from its ledger file (`DIALER_PROVIDER_LEDGER`): (call,
+/// attempt, start µs, planned end µs); none when the file does not exist.
+pub fn ledger(path: &Path) -> Vec<(String, u32, u64, u64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            (f[0].to_string(), f[1].parse().expect("attempt"), f[3].parse().expect("start"), f[4].parse().expect("end"))
+        })
+        .collect()
+}
+
 impl Proc {
     /// SIGKILL: no shutdown, no flush, as a crash or an OOM kill.
     pub fn kill9(&mut self) {
