@@ -14,10 +14,18 @@
 //!   them, after which no redelivery can bring them back.
 //! - **Layout**: one file per dispatch partition (`p{N}.journal` under the journal directory), so
 //!   that whichever shard of the host owns a partition after a restart or rebalance reads its
-//!   history. At a rebalance a partition that moves is *released* by its old owner (pending
-//!   records written, the file never touched again) and loaded by its new one; one that comes
-//!   straight back keeps the shard's view, in which its own calls in progress are `InFlight`. A file is compacted (rewritten with only unresolved attempts) when loaded and when
-//!   it has grown past a threshold.
+//!   history. At a rebalance a revoked partition is *released* by its old owner (pending
+//!   records written, the file not touched again) and loaded by its new one; if it comes
+//!   straight back, the shard's own calls still in progress stay `InFlight`. A file is
+//!   compacted (rewritten with only unresolved attempts) when loaded and when it has
+//!   grown past a threshold.
+//! - **One owner per file**: a shard uses a partition's file only while it holds the
+//!   partition's lock file (`p{N}.lock`, an exclusive `flock`), from first use until it
+//!   releases the partition (or its process dies: the kernel lets go). A consumer group can give
+//!   a partition to a new member while the old one has not yet seen the rebalance (it lost the
+//!   broker for longer than the session timeout, say) and still dials what it fetched; the new
+//!   owner then finds the lock held ([`Seen::Elsewhere`]) and dials nothing of the partition
+//!   until the old owner lets go, after which it reads every attempt the old owner started.
 //!
 //! - **I/O**: with io_uring (tuning `journal.io`, default `auto`), a group commit is one system
 //!   call for every touched file: each file's write is linked to its `fdatasync`, and the files'
@@ -85,6 +93,9 @@ pub enum Seen {
     InFlight,
     /// Started and its outcome delivered: skip the redelivered message.
     Resolved,
+    /// Another shard holds the partition's file (its previous owner has not let go yet): the
+    /// message waits, undialled, until it does.
+    Elsewhere,
 }
 
 /// Attempt → offset of its message.
@@ -159,8 +170,8 @@ pub enum JournalError {
     Io { path: String, source: io::Error },
     #[error("journal: io_uring cannot be set up ({0}); set tuning journal.io = \"auto\" or \"std\"")]
     Uring(String),
-    #[error("journal: partition {0} was given to another consumer; its file is not this shard's any more")]
-    Released(i32),
+    #[error("journal: partition {0} is held by another shard; nothing of it may be dialled here until it lets go")]
+    Held(i32),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -370,8 +381,11 @@ pub struct Journal {
     compact_after: usize,
     parts: HashMap<i32, PartitionJournal>,
     io: Io,
-    suspended: std::collections::HashSet<i32>,
-    released: std::collections::HashSet<i32>,
+    /// Attempts this shard is dialing on partitions it released (their outcomes are not
+    /// journaled here; the partition's new owner reports them `unknown_outcome`).
+    dialing: HashMap<i32, std::collections::HashSet<Attempt>>,
+    /// The lock files of the partitions this shard owns (see "One owner per file").
+    locks: HashMap<i32, File>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -416,8 +430,8 @@ impl Journal {
             compact_after: COMPACT_AFTER,
             parts: HashMap::new(),
             io,
-            suspended: Default::default(),
-            released: Default::default(),
+            dialing: HashMap::new(),
+            locks: HashMap::new(),
         })
     }
 
@@ -435,12 +449,31 @@ impl Journal {
         }
     }
 
+    /// Takes the partition's lock file unless this shard holds it already; `Ok(false)` while
+    /// another shard (of this process or another) holds it.
+    pub fn own(&mut self, partition: i32) -> Result<bool, JournalError> {
+        if self.locks.contains_key(&partition) {
+            return Ok(true);
+        }
+        let path = self.dir.join(format!("p{partition}.lock"));
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+        match f.try_lock() {
+            Ok(()) => {
+                self.locks.insert(partition, f);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
+    }
+
     fn part(&mut self, partition: i32) -> Result<&mut PartitionJournal, JournalError> {
-        if self.released.contains(&partition) {
-            return Err(JournalError::Released(partition));
+        if !self.own(partition)? {
+            return Err(JournalError::Held(partition));
         }
         if !self.parts.contains_key(&partition) {
-            let p = PartitionJournal::load(self.dir.join(format!("p{partition}.journal")))?;
+            let mut p = PartitionJournal::load(self.dir.join(format!("p{partition}.journal")))?;
+            p.mine = self.dialing.remove(&partition).unwrap_or_default();
             if !p.open.is_empty() {
                 tracing::warn!(
                     partition,
@@ -455,6 +488,9 @@ impl Journal {
 
     /// What the journal knows of attempt `a` of `partition`.
     pub fn seen(&mut self, partition: i32, a: Attempt) -> Result<Seen, JournalError> {
+        if !self.own(partition)? {
+            return Ok(Seen::Elsewhere);
+        }
         let p = self.part(partition)?;
         Ok(if p.mine.contains(&a) {
             Seen::InFlight
@@ -480,9 +516,12 @@ impl Journal {
 
     /// Queues the `D` record of an attempt whose outcome is acknowledged.
     pub fn done(&mut self, partition: i32, a: Attempt) -> Result<(), JournalError> {
-        if self.released.contains(&partition) {
-            // The new owner has the file; it reports the attempt `unknown_outcome` if the
-            // message reaches it (the outcome delivered here is then the one that counts).
+        if !self.locks.contains_key(&partition) {
+            // Released: the new owner has the file; it reports the attempt `unknown_outcome` if
+            // the message reaches it (the outcome delivered here is then the one that counts).
+            if let Some(d) = self.dialing.get_mut(&partition) {
+                d.remove(&a);
+            }
             return Ok(());
         }
         let p = self.part(partition)?;
@@ -504,28 +543,24 @@ impl Journal {
         }
     }
 
-    /// A rebalance took these partitions away (they may come back with the next assignment).
-    pub fn revoked(&mut self, partitions: &[i32]) {
-        self.suspended.extend(partitions);
-    }
-
-    /// The partitions a rebalance gave this shard: revoked ones not among them are released.
-    pub fn assigned(&mut self, partitions: &[i32]) -> Result<(), JournalError> {
-        for p in std::mem::take(&mut self.suspended) {
-            if partitions.contains(&p) {
-                continue;
-            }
-            if let Some(mut part) = self.parts.remove(&p)
-                && !part.buf.is_empty()
-            {
-                finish_plain(&mut part, self.sync)?;
-            }
-            self.released.insert(p);
-        }
+    /// A rebalance took these partitions away: they are released (their pending records
+    /// written, then their lock let go), so that their next owner reads every attempt this
+    /// shard started. The attempts this shard is still dialing are remembered: if a partition
+    /// comes back, their redelivered messages are `InFlight`, not `Unresolved`.
+    pub fn revoked(&mut self, partitions: &[i32]) -> Result<(), JournalError> {
+        let mut written = Ok(());
         for p in partitions {
-            self.released.remove(p);
+            if let Some(mut part) = self.parts.remove(p) {
+                if !part.buf.is_empty() {
+                    written = written.and(finish_plain(&mut part, self.sync));
+                }
+                self.dialing.entry(*p).or_default().extend(part.mine);
+            }
+            // Let go even when the write failed: the records not written were never synced,
+            // so no call of them was dialled.
+            self.locks.remove(p);
         }
-        Ok(())
+        written
     }
 
     /// Forgets every resolved attempt (an in-process bus: nothing is ever redelivered).
@@ -628,9 +663,9 @@ mod tests {
         reopened_journal(crate::tuning::JournalIo::IoUring);
     }
 
-    /// A rebalance: a partition that comes straight back keeps this shard's view (its calls in
-    /// progress are `InFlight`, not `Unresolved`); one that goes elsewhere is written out and
-    /// never touched again (its next owner sees the started attempts), until assigned back.
+    /// A rebalance: a partition that comes straight back keeps this shard's calls in progress
+    /// `InFlight`, not `Unresolved`; one that goes elsewhere is written out and not touched
+    /// again (its next owner sees the started attempts) until its owner lets go.
     #[test]
     fn rebalances_keep_or_release_partitions() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -639,24 +674,45 @@ mod tests {
         j.started(1, a(2, 1), 20).expect("started");
         j.commit().expect("commit");
         assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::InFlight, "this shard is dialing it");
-        // Eager rebalance: everything revoked, partition 0 comes back, 1 goes elsewhere.
-        j.revoked(&[0, 1]);
-        j.done(1, a(2, 1)).expect("an outcome acknowledged meanwhile");
-        j.assigned(&[0]).expect("assigned");
-        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::InFlight, "kept across the rebalance");
-        assert!(matches!(j.seen(1, a(2, 1)), Err(JournalError::Released(1))), "partition 1 is not ours any more");
+        // Eager rebalance: everything revoked (and released), partition 0 comes back, 1 goes
+        // elsewhere.
+        j.done(1, a(2, 1)).expect("an outcome acknowledged before the rebalance");
+        j.revoked(&[0, 1]).expect("revoked");
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::InFlight, "still dialing it, across the rebalance");
         j.done(1, a(9, 1)).expect("outcomes of a released partition are dropped, not an error");
         // The new owner of partition 1 sees what was written before the release.
         let mut other = Journal::open(dir.path(), true).expect("open");
         assert_eq!(other.seen(1, a(2, 1)).expect("seen"), Seen::Resolved, "the outcome was written at release");
+        assert_eq!(j.seen(1, a(2, 1)).expect("seen"), Seen::Elsewhere, "partition 1 is the other shard's now");
+        assert!(matches!(j.started(1, a(4, 1), 22), Err(JournalError::Held(1))), "nothing of it may start here");
         other.started(1, a(3, 1), 21).expect("started");
         other.commit().expect("commit");
-        // Partition 1 comes back: loaded afresh, with the other owner's records.
-        j.revoked(&[0]);
-        j.assigned(&[0, 1]).expect("assigned");
+        // Partition 1 comes back once the other shard let go: loaded afresh, with its records.
+        drop(other);
         assert_eq!(j.seen(1, a(3, 1)).expect("seen"), Seen::Unresolved, "started by the other owner");
         j.done(0, a(1, 1)).expect("done");
         assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::Resolved);
+    }
+
+    /// Two shards (of one process or two) never use one partition's file at once: the second
+    /// waits for the first to release the partition, or to die, then reads what it started.
+    #[test]
+    fn a_partition_s_file_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut first = Journal::open(dir.path(), true).expect("open");
+        let mut second = Journal::open(dir.path(), true).expect("open");
+        first.started(3, a(1, 1), 5).expect("started");
+        first.commit().expect("commit");
+        assert_eq!(second.seen(3, a(1, 1)).expect("seen"), Seen::Elsewhere, "held by the first");
+        assert!(!second.own(3).expect("own"));
+        assert!(second.own(4).expect("own"), "other partitions are free");
+        assert_eq!(first.seen(4, a(2, 1)).expect("seen"), Seen::Elsewhere, "and then the second's");
+        // A revocation lets go.
+        first.revoked(&[3]).expect("revoked");
+        assert_eq!(second.seen(3, a(1, 1)).expect("seen"), Seen::Unresolved, "started by the first");
+        // A shard that dies lets go too (the kernel drops its locks).
+        drop(second);
+        assert_eq!(first.seen(4, a(2, 1)).expect("seen"), Seen::No);
     }
 
     /// Many partitions and large batches through one io_uring submission per commit, files read

@@ -5,6 +5,11 @@
 //! journal (the same host's directory) shows the attempts the dead one started, and the campaign
 //! completes with every call terminal, no attempt placed twice and the cap held at the carrier
 //! at every instant (from both members' ledgers).
+//!
+//! Another member is frozen (SIGSTOP) past its session timeout, then thawed: the group gives its
+//! partitions to the other while it still holds them and still has their messages waiting (a
+//! member cut off from the broker, say, but not from Redis). The journal's partition locks keep
+//! the new owner from dialling them until the frozen one lets go.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,7 +23,8 @@ use procs::{http, spawn, spawn_with_env};
 const TARGETS: usize = 400;
 const CAP: u32 = 30;
 
-fn write_config(dir: &Path, api: u16, assignor: &str) -> (String, String) {
+/// `lease_ttl_ms`: how long a member's tokens stay its own without renewal.
+fn write_config(dir: &Path, api: u16, assignor: &str, lease_ttl_ms: u64) -> (String, String) {
     let name = dialer_testkit::unique_name("group");
     let config = dir.join("dialer.toml");
     std::fs::write(
@@ -45,7 +51,7 @@ fn write_config(dir: &Path, api: u16, assignor: &str) -> (String, String) {
         format!(
             "[shards]\ncount = 1\nassignment = \"group\"\npartitions = 4\n\
              [kafka]\ncommit_every_ms = 100\nassignor = \"{assignor}\"\nsession_timeout_ms = 6000\n\
-             [lease]\nbatch = 8\nlow_water = 2\nttl_ms = 5000\nrenew_every_ms = 1000\nidle_give_back_ms = 1000\n"
+             [lease]\nbatch = 8\nlow_water = 2\nttl_ms = {lease_ttl_ms}\nrenew_every_ms = 1000\nidle_give_back_ms = 1000\n"
         ),
     )
     .expect("tuning");
@@ -110,11 +116,22 @@ fn wait_completed(api: u16, id: &str, timeout: Duration) {
     }
 }
 
-fn a_killed_member_loses_nothing_and_dials_nothing_twice(assignor: &str) {
+/// What happens to member b mid-campaign.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    Kill,
+    /// Frozen for longer than the session timeout, then thawed.
+    Freeze,
+}
+
+fn a_member_fault_loses_nothing_and_dials_nothing_twice(assignor: &str, fault: Fault) {
     let dir = tempfile::tempdir().expect("tmp");
     let d = dir.path();
     let api = dialer_testkit::free_port();
-    let (config, tuning) = write_config(d, api, assignor);
+    // Frozen, b keeps its tokens (the production lease lasts 30 s): thawed, it dials what it
+    // had waiting at once, before it hears from the group that its partitions moved.
+    let lease_ttl_ms = if fault == Fault::Freeze { 30_000 } else { 5_000 };
+    let (config, tuning) = write_config(d, api, assignor, lease_ttl_ms);
     let _cp = spawn(d, "control-plane", &["--config".into(), config.clone(), "control-plane".into()]);
     assert!(dialer_testkit::wait_for_port(api, Duration::from_secs(60)), "the control plane did not listen");
     let _a = member(d, &config, &tuning, "a");
@@ -132,7 +149,14 @@ fn a_killed_member_loses_nothing_and_dials_nothing_twice(assignor: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    b.kill9();
+    match fault {
+        Fault::Kill => b.kill9(),
+        Fault::Freeze => {
+            b.signal("STOP");
+            std::thread::sleep(Duration::from_secs(14));
+            b.signal("CONT");
+        }
+    }
     // The dispatch TTL (600 s) outlasts this wait: only the group giving the dead member's
     // partitions to the survivor can finish their messages in time (not the reaper).
     wait_completed(api, &id, Duration::from_secs(240));
@@ -143,7 +167,14 @@ fn a_killed_member_loses_nothing_and_dials_nothing_twice(assignor: &str) {
         *per_attempt.entry((call.clone(), *attempt)).or_default() += 1;
     }
     let twice: Vec<_> = per_attempt.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "attempts placed twice across the kill: {twice:?}");
+    assert!(twice.is_empty(), "attempts placed twice across the fault: {twice:?}");
+    if fault == Fault::Freeze {
+        let a_log = std::fs::read_to_string(d.join("dataplane-a.log")).expect("log");
+        assert!(
+            a_log.contains("held by another shard"),
+            "the group gave the frozen member's partitions to a while it held them: a waited for it"
+        );
+    }
     assert!(dialled("a") > 0 && dialled("b") > 0, "both members dialled");
     assert!(peak(&placed) <= i64::from(CAP), "the cap at the carrier: peak {}", peak(&placed));
     let (_, page) = http(api, "GET", &format!("/api/v1/campaigns/{id}/calls?limit=1000"), None);
@@ -166,10 +197,15 @@ fn a_killed_member_loses_nothing_and_dials_nothing_twice(assignor: &str) {
 
 #[test]
 fn a_sigkilled_member_of_an_eager_group_loses_nothing_and_dials_nothing_twice() {
-    a_killed_member_loses_nothing_and_dials_nothing_twice("eager");
+    a_member_fault_loses_nothing_and_dials_nothing_twice("eager", Fault::Kill);
 }
 
 #[test]
 fn a_sigkilled_member_of_a_cooperative_sticky_group_loses_nothing_and_dials_nothing_twice() {
-    a_killed_member_loses_nothing_and_dials_nothing_twice("cooperative_sticky");
+    a_member_fault_loses_nothing_and_dials_nothing_twice("cooperative_sticky", Fault::Kill);
+}
+
+#[test]
+fn a_member_frozen_past_its_session_keeps_its_partitions_from_the_new_owner_until_it_lets_go() {
+    a_member_fault_loses_nothing_and_dials_nothing_twice("cooperative_sticky", Fault::Freeze);
 }

@@ -77,6 +77,8 @@ pub struct ShardReport {
     pub unfinished: u64,
     /// Status events the broker did not take, produced again.
     pub reproduced: u64,
+    /// Times a partition's messages had to wait for another shard to let go of its journal.
+    pub held_back: u64,
 }
 
 /// Settings a shard runs with.
@@ -182,6 +184,9 @@ pub struct Shard<P: Provider, S: DispatchSource> {
     redo: Redo,
     /// Partitions paused because too many of their messages wait here.
     paused: HashSet<i32>,
+    /// Messages of partitions whose journal another shard still holds (their previous owner
+    /// has not let go yet): kept here undialled, their partition paused, until it does.
+    held: std::collections::BTreeMap<i32, Vec<Waiting>>,
     /// Events to emit at the end of this round.
     events: Vec<Outgoing>,
     scratch: Scratch,
@@ -228,6 +233,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             acks: FuturesUnordered::new(),
             redo,
             paused: HashSet::new(),
+            held: Default::default(),
             events: Vec::with_capacity(1024),
             scratch: Scratch::default(),
             meters: Meters::new(cfg.index),
@@ -264,8 +270,8 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
     }
 
     /// A consumer-group rebalance (noted during the last fetch, on this thread): nothing of a
-    /// revoked partition is dialled from here on; its journal file is released unless the
-    /// partition came straight back.
+    /// revoked partition is dialled from here on, and its journal file is released at once
+    /// (its next owner waits for that; see [`crate::journal`]).
     fn take_rebalances(&mut self) {
         for moved in self.source.take_moved() {
             self.rebalanced(moved);
@@ -276,7 +282,8 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
         match moved {
             Moved::Revoked(ps) => {
                 for p in &ps {
-                    let dropped = self.queues.purge_partition(*p, &self.lease);
+                    let held = self.held.remove(p).map_or(0, |h| h.len());
+                    let dropped = self.queues.purge_partition(*p, &self.lease) + held;
                     self.paused.remove(p);
                     tracing::info!(
                         shard = self.index,
@@ -285,17 +292,13 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
                         "partition revoked: its waiting messages are left to its next owner"
                     );
                 }
-                if let Some(j) = &mut self.journal {
-                    j.revoked(&ps);
-                }
-            }
-            Moved::Assigned(ps) => {
                 if let Some(j) = &mut self.journal
-                    && let Err(e) = j.assigned(&ps)
+                    && let Err(e) = j.revoked(&ps)
                 {
                     tracing::error!(shard = self.index, error = %e, "journal: released partition not written");
                 }
             }
+            Moved::Assigned(_) => {}
         }
     }
 
@@ -493,7 +496,10 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             Wake::Received(r) => self.received(r).await,
             Wake::LeaseUpdated => self.queues.wake_all(),
             Wake::MessagesDue => {}
-            Wake::CommitTick => self.commit(),
+            Wake::CommitTick => {
+                self.take_back();
+                self.commit();
+            }
             Wake::Heartbeat => self.heartbeat(),
             Wake::Drained => return false,
         }
@@ -589,8 +595,13 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
         self.scratch.batch = batch;
     }
 
-    /// A readable message: queued to dial, unless the journal knows its attempt.
+    /// A readable message: queued to dial, unless the journal knows its attempt or another
+    /// shard holds its partition's journal.
     fn admit(&mut self, msg: DispatchMessage, partition: i32, offset: i64, now: u64, received: Instant) {
+        if let Some(held) = self.held.get_mut(&partition) {
+            held.push(Waiting { msg, partition, offset, received });
+            return;
+        }
         match self.seen(partition, &msg) {
             // This shard is dialing it: the call in progress finishes it.
             Seen::InFlight => self.report.redelivered_in_flight += 1,
@@ -602,6 +613,46 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             }
             Seen::Unresolved => self.unknown_outcome(&msg, partition, offset, now),
             Seen::No => self.enqueue(Waiting { msg, partition, offset, received }, now),
+            Seen::Elsewhere => self.hold(Waiting { msg, partition, offset, received }),
+        }
+    }
+
+    /// The first message of a partition whose journal another shard holds: the partition is
+    /// paused and its messages wait, undialled, until that shard lets go ([`Shard::take_back`]).
+    fn hold(&mut self, w: Waiting) {
+        let p = w.partition;
+        tracing::warn!(
+            shard = self.index,
+            partition = p,
+            "partition's journal is held by another shard (its previous owner has not seen the rebalance yet): nothing of it is dialled until it lets go"
+        );
+        self.report.held_back += 1;
+        if !self.paused.contains(&p) {
+            self.source.pause(p);
+        }
+        self.held.insert(p, vec![w]);
+    }
+
+    /// Partitions whose previous owner let go of their journal: their messages are admitted
+    /// (the journal now shows every attempt it started) and the partition fetched again.
+    fn take_back(&mut self) {
+        let Some(j) = &mut self.journal else { return };
+        let free: Vec<i32> = self.held.keys().copied().filter(|p| j.own(*p).unwrap_or(false)).collect();
+        let now = now_ms();
+        for p in free {
+            let waiting = self.held.remove(&p).unwrap_or_default();
+            tracing::info!(
+                shard = self.index,
+                partition = p,
+                messages = waiting.len(),
+                "partition's journal let go by its previous owner: its messages are admitted"
+            );
+            if !self.paused.contains(&p) {
+                self.source.resume(p);
+            }
+            for w in waiting {
+                self.admit(w.msg, w.partition, w.offset, now, w.received);
+            }
         }
     }
 
@@ -685,7 +736,8 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
     /// After the loop: flush the producer, wait for the acknowledgements in flight so their
     /// offsets are committed, write the journal, commit.
     async fn finish(mut self) -> ShardReport {
-        self.report.unfinished = (self.queues.len() + self.calls.len()) as u64;
+        let held: usize = self.held.values().map(Vec::len).sum();
+        self.report.unfinished = (self.queues.len() + self.calls.len() + held) as u64;
         if let Sink::Kafka(k) = &self.sink {
             k.flush(Duration::from_secs(5));
         }

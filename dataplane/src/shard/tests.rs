@@ -25,6 +25,8 @@ enum Step {
     Paused(i32),
     Resumed(i32),
     Commit(Vec<(i32, i64)>),
+    /// Another shard let go of a partition's journal (see the test that uses it).
+    LetGo(i32),
 }
 
 type Log = Rc<RefCell<Vec<Step>>>;
@@ -152,6 +154,11 @@ struct Run {
 /// Runs a shard over `script` until `expect_outcomes` outcome events are out (0: until none
 /// comes for half a second).
 async fn run(script: Script, tuning: Tuning, cap: u32, expect_outcomes: usize) -> Run {
+    run_with(script, tuning, cap, expect_outcomes, None).await
+}
+
+/// [`run`] with an attempt journal.
+async fn run_with(script: Script, tuning: Tuning, cap: u32, expect_outcomes: usize, journal: Option<Journal>) -> Run {
     let log = script.log.clone();
     let tracker = Tracker::new(1000);
     tracker.set_campaign_cap(Uuid::from_u128(CAMPAIGN), cap);
@@ -173,7 +180,7 @@ async fn run(script: Script, tuning: Tuning, cap: u32, expect_outcomes: usize) -
     let cfg = ShardConfig { index: 0, tuning, per_campaign_ceiling: 1000, health };
     let (stop, stop_shard) = watch::channel(false);
     let shard =
-        tokio::task::spawn_local(Shard::new(cfg, script, Sink::Memory(tx), lease, provider, None).run(stop_shard));
+        tokio::task::spawn_local(Shard::new(cfg, script, Sink::Memory(tx), lease, provider, journal).run(stop_shard));
     let mut events = Vec::new();
     let mut outcomes = 0;
     loop {
@@ -318,5 +325,50 @@ fn a_partition_with_too_many_waiting_messages_is_paused_then_resumed() {
         assert!(paused < resumed);
         let placed_before_resume = r.log[..resumed].iter().filter(|s| matches!(s, Step::Placed(_))).count();
         assert!((250..260).contains(&placed_before_resume), "resumed once 50 waited: {placed_before_resume}");
+    });
+}
+
+/// A consumer group gave this shard partition 0 while its previous owner (another shard's
+/// journal, holding the partition's lock) had not let go yet: nothing of partition 0 is dialled
+/// until it does, partition 1 dials meanwhile; then every message of partition 0 is dialled
+/// except the attempt the previous owner started, which is reported `unknown_outcome`.
+#[test]
+fn a_partition_whose_journal_another_shard_holds_is_not_dialled_until_it_lets_go() {
+    local(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut previous = Journal::open(dir.path(), true).expect("open");
+        let started_there = (Uuid::from_u128(0), 1);
+        previous.started(0, started_there, 0).expect("started");
+        previous.commit().expect("commit");
+        let journal = Journal::open(dir.path(), true).expect("open");
+        let (n, cap) = (40u128, 5);
+        let s = script(vec![(0..n).map(|i| delivery(i, 2, cap)).collect()], None);
+        let log = s.log.clone();
+        let let_go = tokio::task::spawn_local(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            previous.revoked(&[0]).expect("released");
+            log.borrow_mut().push(Step::LetGo(0));
+        });
+        let r = run_with(s, tuning(), cap, n as usize, Some(journal)).await;
+        let_go.await.expect("let go");
+        let at = r.log.iter().position(|s| *s == Step::LetGo(0)).expect("let go");
+        let on = |p: u128| move |s: &&Step| matches!(s, Step::Placed(c) if c.as_u128() % 2 == p);
+        assert_eq!(r.log[..at].iter().filter(on(0)).count(), 0, "nothing of partition 0 before the let-go");
+        assert_eq!(r.log[..at].iter().filter(on(1)).count(), n as usize / 2, "partition 1 did not wait");
+        assert!(r.log[..at].contains(&Step::Paused(0)), "the held partition is not fetched meanwhile");
+        assert!(r.log[at..].contains(&Step::Resumed(0)), "and fetched again after");
+        let placed_0: HashSet<Uuid> =
+            r.log[at..].iter().filter_map(|s| if let Step::Placed(c) = s { Some(*c) } else { None }).collect();
+        let expect: HashSet<Uuid> = (2..n).step_by(2).map(Uuid::from_u128).collect();
+        assert_eq!(placed_0, expect, "each other message of partition 0 dialled once, after the let-go");
+        let unknown: Vec<&StatusEvent> =
+            r.events.iter().filter(|e| e.reason.as_deref() == Some("unknown_outcome")).collect();
+        assert_eq!(unknown.len(), 1, "one unknown outcome: {unknown:?}");
+        assert_eq!(
+            (unknown[0].call_id, unknown[0].attempt),
+            started_there,
+            "the attempt started by the previous owner"
+        );
+        assert_eq!(r.report.held_back, 1);
     });
 }

@@ -79,4 +79,13 @@ impl Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {}", self.0.id());
+    }
 }
