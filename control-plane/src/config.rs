@@ -152,6 +152,11 @@ pub struct SchedulerSettings {
     /// Milliseconds the reaper waits beyond a call's latest possible end before resolving it
     /// (clock skew between machines, a recorder's lag).
     pub reap_grace_ms: u64,
+    /// Most status events the recorder writes in one transaction. Larger batches cost fewer
+    /// pages per call (4,000 rather than 1,000 took `dialer up` on SQLite from 9.3k to 13.5k
+    /// dials/s on a 300k-target campaign: `bench/up_scale.sh`), and hold the store's write
+    /// lock longer.
+    pub recorder_batch_max: usize,
 }
 
 impl Default for SchedulerSettings {
@@ -164,6 +169,7 @@ impl Default for SchedulerSettings {
             metrics_top_campaigns: 10,
             reap_every_ms: 10_000,
             reap_grace_ms: 30_000,
+            recorder_batch_max: 4000,
         }
     }
 }
@@ -446,6 +452,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_PROVIDER_SEED", "provider.seed"),
     ("DIALER_SCHEDULER_REAP_EVERY_MS", "scheduler.reap_every_ms"),
     ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
+    ("DIALER_RECORDER_BATCH_MAX", "scheduler.recorder_batch_max"),
     ("DIALER_PROVIDER_LEDGER", "provider.ledger"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("OTEL_SERVICE_NAME", "telemetry.service_name"),
@@ -520,6 +527,7 @@ impl Config {
             "bus.replication_factor" => self.bus.replication_factor = num(v)?,
             "scheduler.reap_every_ms" => self.scheduler.reap_every_ms = num(v)?,
             "scheduler.reap_grace_ms" => self.scheduler.reap_grace_ms = num(v)?,
+            "scheduler.recorder_batch_max" => self.scheduler.recorder_batch_max = num(v)?,
             "provider.seed" => self.provider.seed = num(v)?,
             "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
@@ -699,6 +707,9 @@ impl Config {
         }
         if sc.max_batch == 0 {
             return Err(invalid("scheduler.max_batch", "must be at least 1"));
+        }
+        if !(1..=50_000).contains(&sc.recorder_batch_max) {
+            return Err(invalid("scheduler.recorder_batch_max", "must be between 1 and 50000"));
         }
         if sc.dispatch_ttl_sec == 0 {
             return Err(invalid("scheduler.dispatch_ttl_sec", "must be at least 1"));

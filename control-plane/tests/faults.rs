@@ -252,7 +252,46 @@ async fn an_event_the_store_refuses_is_isolated_and_the_rest_recorded() {
     assert_consistent(&s, c.id).await;
 }
 
+/// `max_batch` bounds one claim, not the dial rate: a campaign that could take more than a
+/// batch is claimed again at once, not an `interval` later (an hour here), each call once.
+async fn a_campaign_bound_by_max_batch_is_claimed_again_at_once(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "batches", 100, 100, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let (bus, mut ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let sched = Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock: ManualClock::new(Utc::now()),
+        cfg: SchedulerConfig {
+            per_campaign_ceiling: 100,
+            max_batch: 10,
+            interval: Duration::from_secs(3600),
+            ..SchedulerConfig::default()
+        },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(sched.run(async move {
+        let _ = stopped.await;
+    }));
+    let mut seen = HashSet::new();
+    let rx = &mut ends.shard_receivers[0];
+    while seen.len() < 100 {
+        let d = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 100 dispatched: the next batch waited for the interval", seen.len()))
+            .expect("bus open");
+        assert!(seen.insert(d.msg.expect("readable").call_id), "a call dispatched twice");
+    }
+    let _ = stop.send(());
+    running.await.expect("scheduler stops");
+    assert!(rx.try_recv().is_err(), "nothing more than the 100 calls");
+    assert_eq!(s.stats(c.id).await.expect("stats").queued_calls, 100);
+    assert_consistent(&s, c.id).await;
+}
+
 both_stores!(
+    a_campaign_bound_by_max_batch_is_claimed_again_at_once,
     abandoned_calls_are_reaped_only_after_their_latest_end,
     a_reaper_racing_late_outcomes_resolves_each_call_once,
     a_partly_failed_publish_gives_back_only_what_was_not_taken,

@@ -214,7 +214,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     let recorder = dialer_control_plane::recorder::Recorder {
         store: store.clone(),
         source: dialer_control_plane::recorder::EventSource::Memory(ends.events),
-        batch_max: 1000,
+        batch_max: cfg.scheduler.recorder_batch_max,
         seed: cfg.provider.seed,
         timeline: timeline.clone(),
     };
@@ -383,7 +383,7 @@ async fn spawn_kafka_pipeline(
             topic: b.status_topic.clone(),
             dead_letter: (producer, b.dead_letter_topic.clone()),
         },
-        batch_max: 1000,
+        batch_max: cfg.scheduler.recorder_batch_max,
         seed: cfg.provider.seed,
         timeline: timeline.clone(),
     };

@@ -226,7 +226,14 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(30))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // The recorder's batched `UPDATE calls … FROM (VALUES …)`: with automatic
+                // indexes SQLite 3.46 scans every call of the table and probes an index it builds
+                // on the batch, so each batch cost grew with the table (107 ms per batch at 200k
+                // calls, 85 % of `dialer up`'s drain time); without, it reads the batch and finds
+                // each call by its key (`bench/up_scale.sh`, ARCHITECTURE "SQLite at scale").
+                .pragma("automatic_index", "off")
+                .pragma("temp_store", "memory");
             let pool = SqlitePoolOptions::new()
                 .max_connections(opts.max_connections)
                 .acquire_timeout(opts.acquire_timeout)

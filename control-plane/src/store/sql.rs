@@ -54,11 +54,32 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// PostgreSQL locks rows: its writers need no gate.
+async fn no_gate(_: &sqlx::PgPool) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    None
+}
+
+/// SQLite has one writer at a time, and a writer that finds the database locked polls it with
+/// sleeps of up to 100 ms (its busy handler). Under load the scheduler's claims, polling while
+/// the recorder's batches held the lock, took a second per tick. So this process's writers of
+/// one database file queue on an async mutex instead (FIFO, woken at once); the file's lock
+/// still guards against other processes.
+async fn write_gate(pool: &sqlx::SqlitePool) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    static GATES: LazyLock<Mutex<HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let file = pool.connect_options().get_filename().to_path_buf();
+    let gate = GATES.lock().unwrap_or_else(|p| p.into_inner()).entry(file).or_default().clone();
+    Some(gate.lock_owned().await)
+}
+
 macro_rules! sql_store {
     (
         $module:ident,
         $db:ty,
         begin = $begin:literal,
+        gate = $gate:path,
         skip_locked = $skip_locked:literal,
         claim_in = $claim_in:expr,
         for_share = $for_share:literal,
@@ -96,8 +117,35 @@ macro_rules! sql_store {
             type Conn = <Db as sqlx::Database>::Connection;
             type DbRow = <Db as sqlx::Database>::Row;
 
-            async fn begin(pool: &Pool) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
-                Ok(pool.begin_with($begin).await?)
+            /// A write transaction, begun once this process's other writers of the database are
+            /// done ([`super::write_gate`]).
+            struct Tx {
+                inner: sqlx::Transaction<'static, Db>,
+                _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+            }
+
+            impl std::ops::Deref for Tx {
+                type Target = sqlx::Transaction<'static, Db>;
+                fn deref(&self) -> &Self::Target {
+                    &self.inner
+                }
+            }
+
+            impl std::ops::DerefMut for Tx {
+                fn deref_mut(&mut self) -> &mut Self::Target {
+                    &mut self.inner
+                }
+            }
+
+            impl Tx {
+                async fn commit(self) -> Result<(), sqlx::Error> {
+                    self.inner.commit().await
+                }
+            }
+
+            async fn begin(pool: &Pool) -> Result<Tx, StoreError> {
+                let gate = $gate(pool).await;
+                Ok(Tx { inner: pool.begin_with($begin).await?, _gate: gate })
             }
 
             fn ms(d: Duration) -> i64 {
@@ -320,7 +368,7 @@ macro_rules! sql_store {
                 .bind(c.targets.len() as i64)
                 .bind(at)
                 .bind(s.weight as i32)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await;
                 match inserted {
                     Err(e) if is_unique_violation(&e) => {
@@ -339,9 +387,9 @@ macro_rules! sql_store {
                     q.push_values(chunk, |mut b, t| {
                         b.push_bind(id).push_bind(&t.phone_number).push_bind(Json(&t.metadata)).push_bind(at);
                     });
-                    q.build().execute(&mut *tx).await?;
+                    q.build().execute(&mut **tx).await?;
                 }
-                sqlx::query("INSERT INTO campaign_stats (campaign_id) VALUES ($1)").bind(id).execute(&mut *tx).await?;
+                sqlx::query("INSERT INTO campaign_stats (campaign_id) VALUES ($1)").bind(id).execute(&mut **tx).await?;
                 let rows: Vec<(&str, &Value)> = c.targets.iter().map(|t| (t.phone_number.as_str(), &t.metadata)).collect();
                 let created = insert_pending_calls(&mut tx, id, &rows, at).await?;
                 add_pending(&mut tx, id, created).await?;
@@ -376,7 +424,7 @@ macro_rules! sql_store {
                 let mut tx = begin(pool).await?;
                 let row = sqlx::query(&format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1"))
                     .bind(id)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await?
                     .ok_or(StoreError::NotFound("campaign"))?;
                 let hours = load_hours(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
@@ -400,7 +448,7 @@ macro_rules! sql_store {
                 .bind(at)
                 .bind(id)
                 .bind(next.weight as i32)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await;
                 match updated {
                     Err(e) if is_unique_violation(&e) => {
@@ -412,7 +460,7 @@ macro_rules! sql_store {
                     r => r?,
                 };
                 if next.business_hours != settings.business_hours {
-                    sqlx::query("DELETE FROM campaign_business_hours WHERE campaign_id = $1").bind(id).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM campaign_business_hours WHERE campaign_id = $1").bind(id).execute(&mut **tx).await?;
                     insert_hours(&mut tx, id, &next.business_hours).await?;
                 }
                 let changed: Vec<&str> = [
@@ -455,7 +503,7 @@ macro_rules! sql_store {
                     sep.push_bind(s.as_str());
                 }
                 q.push(")");
-                if q.build().execute(&mut *tx).await?.rows_affected() == 0 {
+                if q.build().execute(&mut **tx).await?.rows_affected() == 0 {
                     let current = fetch_campaign(&mut tx, id).await?;
                     return Err(match current.status.apply(action) {
                         Err(e) => e.into(),
@@ -536,7 +584,7 @@ macro_rules! sql_store {
                     }
                     q.push(")");
                     let mut registered: HashMap<String, Value> = HashMap::with_capacity(chunk.len());
-                    for row in q.build().fetch_all(&mut *tx).await? {
+                    for row in q.build().fetch_all(&mut **tx).await? {
                         registered.insert(row.try_get("phone_number")?, row.try_get::<Json<Value>, _>("metadata")?.0);
                     }
                     let mut rows = Vec::with_capacity(chunk.len());
@@ -591,7 +639,7 @@ macro_rules! sql_store {
                 )
                 .bind(campaign_id)
                 .bind(phone_number)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?
                 .ok_or(StoreError::NotFound("campaign"))?;
                 if campaign_status(&row)? == CampaignStatus::Completed {
@@ -616,7 +664,7 @@ macro_rules! sql_store {
                 .bind(Json(metadata.unwrap_or(&registered)))
                 .bind(CallStatus::Pending.as_str())
                 .bind(at)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
                 let (call, created) = match inserted {
                     Some(row) => {
@@ -913,7 +961,7 @@ macro_rules! sql_store {
                     .bind(k)
                     .bind(retries)
                     .bind(campaign_id)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 }
                 tx.commit().await?;
@@ -942,7 +990,7 @@ macro_rules! sql_store {
                     .bind(c.attempt as i32)
                     .bind(to)
                     .bind(error)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                     if r.rows_affected() == 1 {
                         n += 1;
@@ -960,7 +1008,7 @@ macro_rules! sql_store {
                 .bind(n)
                 .bind(retries)
                 .bind(campaign_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 tx.commit().await?;
                 Ok(())
@@ -1004,7 +1052,7 @@ macro_rules! sql_store {
                      WHERE pending_calls = 0 AND queued_calls = 0 AND in_progress_calls = 0) RETURNING id",
                 )
                 .bind(at)
-                .fetch_all(&mut *tx)
+                .fetch_all(&mut **tx)
                 .await?;
                 for id in &ids {
                     let cancelled = cancel_pending(&mut tx, *id, at).await?;
@@ -1252,6 +1300,7 @@ sql_store!(
     pg,
     sqlx::Postgres,
     begin = "BEGIN",
+    gate = super::no_gate,
     skip_locked = " FOR UPDATE SKIP LOCKED",
     claim_in = ("= ANY (ARRAY(", "))"),
     for_share = " FOR SHARE",
@@ -1263,6 +1312,7 @@ sql_store!(
     lite,
     sqlx::Sqlite,
     begin = "BEGIN IMMEDIATE",
+    gate = super::write_gate,
     skip_locked = "",
     claim_in = ("IN (", ")"),
     for_share = "",

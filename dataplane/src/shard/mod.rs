@@ -112,6 +112,11 @@ enum Wake {
     LeaseUpdated,
     /// A delayed message became due (taken at the top of the loop).
     MessagesDue,
+    /// Nothing else happened and a campaign that used its whole turn has more to start: the
+    /// next turns come at once (after the runtime's other tasks had theirs), not at the next
+    /// event. (Without this, a shard started one quantum per event: a 1M-target campaign
+    /// waited in the shards with tokens to spare, at 0.19 of their cores.)
+    MoreToStart,
     CommitTick,
     Heartbeat,
     /// The source is closed and everything is finished.
@@ -464,7 +469,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             .queues
             .next_due()
             .map(|t| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now_ms())));
-        let parked = self.queues.any_parked();
+        let (parked, ready) = (self.queues.any_parked(), self.queues.any_ready());
         let drained = !self.source_open && self.calls.is_empty() && self.acks.is_empty() && self.queues.len() == 0;
         let fetch_max = self.tuning.buffers.fetch_batch;
         tokio::select! {
@@ -479,6 +484,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             // more (a grant, a higher fair share): no polling.
             _ = self.lease.updated(), if parked => Wake::LeaseUpdated,
             _ = sleep_until_opt(due), if due.is_some() => Wake::MessagesDue,
+            _ = tokio::task::yield_now(), if ready && !self.stopping => Wake::MoreToStart,
             _ = ticks.commit.tick() => Wake::CommitTick,
             _ = ticks.heartbeat.tick() => Wake::Heartbeat,
             _ = std::future::ready(()), if drained => Wake::Drained,
@@ -495,7 +501,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             Wake::RedoDue => self.produce_again(),
             Wake::Received(r) => self.received(r).await,
             Wake::LeaseUpdated => self.queues.wake_all(),
-            Wake::MessagesDue => {}
+            Wake::MessagesDue | Wake::MoreToStart => {}
             Wake::CommitTick => {
                 self.take_back();
                 self.commit();

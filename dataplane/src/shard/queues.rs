@@ -82,6 +82,11 @@ impl Queues {
         !self.parked.is_empty()
     }
 
+    /// Some campaign used its whole turn and has more to start (it was not refused a token).
+    pub fn any_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     pub fn push(&mut self, w: Waiting, now_ms: u64) {
         self.len += 1;
         *self.per_partition.entry(w.partition).or_default() += 1;

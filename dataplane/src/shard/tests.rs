@@ -154,17 +154,24 @@ struct Run {
 /// Runs a shard over `script` until `expect_outcomes` outcome events are out (0: until none
 /// comes for half a second).
 async fn run(script: Script, tuning: Tuning, cap: u32, expect_outcomes: usize) -> Run {
-    run_with(script, tuning, cap, expect_outcomes, None).await
+    run_with(script, tuning, cap, expect_outcomes, None, (1, 15)).await
 }
 
-/// [`run`] with an attempt journal.
-async fn run_with(script: Script, tuning: Tuning, cap: u32, expect_outcomes: usize, journal: Option<Journal>) -> Run {
+/// [`run`] with an attempt journal, and calls of `call_ms` (shortest, longest).
+async fn run_with(
+    script: Script,
+    tuning: Tuning,
+    cap: u32,
+    expect_outcomes: usize,
+    journal: Option<Journal>,
+    call_ms: (u64, u64),
+) -> Run {
     let log = script.log.clone();
     let tracker = Tracker::new(1000);
     tracker.set_campaign_cap(Uuid::from_u128(CAMPAIGN), cap);
     let mock = MockSettings {
-        min_call: Duration::from_millis(1),
-        max_call: Duration::from_millis(15),
+        min_call: Duration::from_millis(call_ms.0),
+        max_call: Duration::from_millis(call_ms.1),
         max_ring: Duration::ZERO,
         ..MockSettings::default()
     };
@@ -349,7 +356,7 @@ fn a_partition_whose_journal_another_shard_holds_is_not_dialled_until_it_lets_go
             previous.revoked(&[0]).expect("released");
             log.borrow_mut().push(Step::LetGo(0));
         });
-        let r = run_with(s, tuning(), cap, n as usize, Some(journal)).await;
+        let r = run_with(s, tuning(), cap, n as usize, Some(journal), (1, 15)).await;
         let_go.await.expect("let go");
         let at = r.log.iter().position(|s| *s == Step::LetGo(0)).expect("let go");
         let on = |p: u128| move |s: &&Step| matches!(s, Step::Placed(c) if c.as_u128() % 2 == p);
@@ -370,5 +377,24 @@ fn a_partition_whose_journal_another_shard_holds_is_not_dialled_until_it_lets_go
             "the attempt started by the previous owner"
         );
         assert_eq!(r.report.held_back, 1);
+    });
+}
+
+/// A campaign that used its whole turn and has more to start gets its next turn at once, not
+/// at the shard's next event: with calls that outlast the test and no tick due, every message
+/// starts (in turns of `quantum`), not only the first turn's.
+#[test]
+fn a_campaign_with_more_to_start_gets_its_next_turn_without_waiting_for_an_event() {
+    local(async {
+        let (n, cap) = (200u128, 1000);
+        let mut t = tuning();
+        t.buffers.quantum = 16;
+        t.kafka.commit_every_ms = 60_000;
+        t.timings.heartbeat_ms = 60_000;
+        t.shutdown.grace_ms = 100;
+        let batches = vec![(0..n).map(|i| delivery(i, 1, cap)).collect()];
+        let r = run_with(script(batches, None), t, cap, 0, None, (3_000, 3_000)).await;
+        let placed = r.log.iter().filter(|s| matches!(s, Step::Placed(_))).count();
+        assert_eq!(placed, n as usize, "every message started within the quiet half second, 16 per turn");
     });
 }
