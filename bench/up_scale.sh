@@ -4,13 +4,15 @@
 # 100,000) and dials it to completion. Prints how long creating the campaign took and the drain
 # rate (attempts ÷ seconds from start to completed).
 #   bench/up_scale.sh [N]          uses $DIALER or the release build in $CARGO_TARGET_DIR
+#   UP_LOG=FILE RUST_LOG=info,sqlx::query=debug bench/up_scale.sh N; bench/sql_time.py FILE
+#                                  keeps dialer's log, here with each statement's time
 set -euo pipefail
 n=${1:-100000}
 target=${CARGO_TARGET_DIR:-$HOME/.cache/dialer/target}
 bin=${DIALER:-$target/release/dialer}
 [ -x "$bin" ] || { echo "up_scale.sh: $bin missing: cargo build --release -p dialer" >&2; exit 1; }
 dir=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill $pid 2>/dev/null || true; [ -z "${UP_LOG:-}" ] || cp "$dir/up.log" "$UP_LOG"; rm -rf "$dir"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$dir/dialer.toml" <<TOML
 [api]
