@@ -173,7 +173,9 @@ fn start_pipeline(
             topic: topics.status_topic.clone(),
             dead_letter: (producer.clone(), topics.dead_letter_topic.clone()),
         },
-        batch_max: 2000,
+        // The product's defaults (`[scheduler]` recorder_batch_max, recorder_linger_ms).
+        batch_max: dialer_control_plane::Config::default().scheduler.recorder_batch_max,
+        linger: std::time::Duration::from_millis(dialer_control_plane::Config::default().scheduler.recorder_linger_ms),
         seed: 1,
         timeline: None,
     };

@@ -157,6 +157,9 @@ pub struct SchedulerSettings {
     /// dials/s on a 300k-target campaign: `bench/up_scale.sh`), and hold the store's write
     /// lock longer.
     pub recorder_batch_max: usize,
+    /// Milliseconds a recorder batch read from the broker waits to fill up (see
+    /// `Recorder::linger`); 0 = take only what was fetched already.
+    pub recorder_linger_ms: u64,
 }
 
 impl Default for SchedulerSettings {
@@ -170,6 +173,7 @@ impl Default for SchedulerSettings {
             reap_every_ms: 10_000,
             reap_grace_ms: 30_000,
             recorder_batch_max: 4000,
+            recorder_linger_ms: 20,
         }
     }
 }
@@ -453,6 +457,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_SCHEDULER_REAP_EVERY_MS", "scheduler.reap_every_ms"),
     ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
     ("DIALER_RECORDER_BATCH_MAX", "scheduler.recorder_batch_max"),
+    ("DIALER_RECORDER_LINGER_MS", "scheduler.recorder_linger_ms"),
     ("DIALER_PROVIDER_LEDGER", "provider.ledger"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("OTEL_SERVICE_NAME", "telemetry.service_name"),
@@ -528,6 +533,7 @@ impl Config {
             "scheduler.reap_every_ms" => self.scheduler.reap_every_ms = num(v)?,
             "scheduler.reap_grace_ms" => self.scheduler.reap_grace_ms = num(v)?,
             "scheduler.recorder_batch_max" => self.scheduler.recorder_batch_max = num(v)?,
+            "scheduler.recorder_linger_ms" => self.scheduler.recorder_linger_ms = num(v)?,
             "provider.seed" => self.provider.seed = num(v)?,
             "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
@@ -710,6 +716,12 @@ impl Config {
         }
         if !(1..=50_000).contains(&sc.recorder_batch_max) {
             return Err(invalid("scheduler.recorder_batch_max", "must be between 1 and 50000"));
+        }
+        if sc.recorder_linger_ms > 1000 {
+            return Err(invalid(
+                "scheduler.recorder_linger_ms",
+                "must be at most 1000 (outcomes would wait that long)",
+            ));
         }
         if sc.dispatch_ttl_sec == 0 {
             return Err(invalid("scheduler.dispatch_ttl_sec", "must be at least 1"));

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use dialer_bus::kafka::{MeteredConsumer, MeteredProducer};
 use dialer_domain::messages::StatusEvent;
-use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -37,6 +36,11 @@ pub struct Recorder {
     pub store: Store,
     pub source: EventSource,
     pub batch_max: usize,
+    /// From the broker: how long a batch waits for more events once it has its first, while
+    /// it holds fewer than `batch_max` (`scheduler.recorder_linger_ms`). Each batch is a
+    /// transaction with its round trips and its commit's WAL flush: batches of what happened to
+    /// be fetched kept the recorder at small batches, the bound of `bench e2e`.
+    pub linger: Duration,
     pub seed: u64,
     /// The CQL timeline, when configured (else the SQL table).
     pub timeline: Option<crate::timeline::CqlTimeline>,
@@ -94,11 +98,10 @@ impl Recorder {
                             continue;
                         }
                     }
-                    let mut taken = 1;
-                    while taken < self.batch_max {
-                        taken += 1;
-                        match consumer.recv().now_or_never() {
-                            Some(Ok(m)) => push(&m),
+                    let until = tokio::time::Instant::now() + self.linger;
+                    for _ in 1..self.batch_max {
+                        match tokio::time::timeout_at(until, consumer.recv()).await {
+                            Ok(Ok(m)) => push(&m),
                             _ => break,
                         }
                     }

@@ -241,7 +241,14 @@ async fn an_event_the_store_refuses_is_isolated_and_the_rest_recorded() {
         tx.send(e).await.expect("send");
     }
     drop(tx);
-    let rec = Recorder { store: s.clone(), source: EventSource::Memory(rx), batch_max: 100, seed: 1, timeline: None };
+    let rec = Recorder {
+        store: s.clone(),
+        source: EventSource::Memory(rx),
+        batch_max: 100,
+        linger: Duration::ZERO,
+        seed: 1,
+        timeline: None,
+    };
     tokio::time::timeout(Duration::from_secs(60), rec.run(std::future::pending::<()>()))
         .await
         .expect("the recorder got past the event it cannot write");

@@ -215,6 +215,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         store: store.clone(),
         source: dialer_control_plane::recorder::EventSource::Memory(ends.events),
         batch_max: cfg.scheduler.recorder_batch_max,
+        linger: std::time::Duration::from_millis(cfg.scheduler.recorder_linger_ms),
         seed: cfg.provider.seed,
         timeline: timeline.clone(),
     };
@@ -384,6 +385,7 @@ async fn spawn_kafka_pipeline(
             dead_letter: (producer, b.dead_letter_topic.clone()),
         },
         batch_max: cfg.scheduler.recorder_batch_max,
+        linger: std::time::Duration::from_millis(cfg.scheduler.recorder_linger_ms),
         seed: cfg.provider.seed,
         timeline: timeline.clone(),
     };

@@ -133,6 +133,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
             dead_letter: (producer, dead_letter.clone()),
         },
         batch_max: 500,
+        linger: std::time::Duration::from_millis(20),
         seed: 3,
         timeline: None,
     };

@@ -80,6 +80,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
         store: store.clone(),
         source: EventSource::Memory(ends.events),
         batch_max: 500,
+        linger: std::time::Duration::from_millis(20),
         seed: 7,
         timeline: None,
     };
