@@ -488,10 +488,10 @@ impl Journal {
 
     /// What the journal knows of attempt `a` of `partition`.
     pub fn seen(&mut self, partition: i32, a: Attempt) -> Result<Seen, JournalError> {
-        if !self.own(partition)? {
-            return Ok(Seen::Elsewhere);
-        }
-        let p = self.part(partition)?;
+        let p = match self.part(partition) {
+            Err(JournalError::Held(_)) => return Ok(Seen::Elsewhere),
+            p => p?,
+        };
         Ok(if p.mine.contains(&a) {
             Seen::InFlight
         } else if p.open.contains_key(&a) {

@@ -4,6 +4,6 @@
 -- construction instead: a campaign's targets are inserted with it or after it, campaigns are
 -- never deleted, and calls are created only from targets read or written in the same
 -- transaction (the tests recount every campaign's rows). SQLite keeps its keys (checked by an
--- index probe per row, not a query).
+-- index probe per row, not a query); its migrations are numbered on their own.
 ALTER TABLE calls DROP CONSTRAINT calls_campaign_id_phone_number_fkey;
 ALTER TABLE campaign_targets DROP CONSTRAINT campaign_targets_campaign_id_fkey;

@@ -643,7 +643,16 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
     /// (the journal now shows every attempt it started) and the partition fetched again.
     fn take_back(&mut self) {
         let Some(j) = &mut self.journal else { return };
-        let free: Vec<i32> = self.held.keys().copied().filter(|p| j.own(*p).unwrap_or(false)).collect();
+        let mut free = Vec::new();
+        for &p in self.held.keys() {
+            match j.own(p) {
+                Ok(true) => free.push(p),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(shard = self.index, partition = p, error = %e, "journal lock unreadable; trying again next tick")
+                }
+            }
+        }
         let now = now_ms();
         for p in free {
             let waiting = self.held.remove(&p).unwrap_or_default();
