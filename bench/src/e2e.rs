@@ -16,7 +16,6 @@ use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::Consumer;
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -49,11 +48,15 @@ pub struct Args {
     /// of this bench still apply on top.
     #[arg(long)]
     tuning: Option<std::path::PathBuf>,
+    /// Recorders on the status topic (the product's `scheduler.recorder_workers` by default).
+    #[arg(long, default_value_t = dialer_control_plane::Config::default().scheduler.recorder_workers)]
+    recorders: usize,
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
 
 pub async fn run(a: Args) -> Result<()> {
+    dialer_telemetry::install(&[]);
     let (min_ms, max_ms) = a.call_ms.split_once('-').context("--call-ms is MIN-MAX")?;
     let (min_ms, max_ms): (u64, u64) = (min_ms.parse()?, max_ms.parse()?);
     let db = match &a.database_url {
@@ -163,25 +166,40 @@ fn start_pipeline(
     let clients =
         dialer_bus::kafka::ClientSettings { linger_ms: 2, ..dialer_bus::kafka::ClientSettings::new(&topics.brokers) };
     let producer = clients.producer("e2e")?;
-    let consumer = clients.consumer("e2e-recorder", &format!("e2e-{}-recorder", std::process::id()))?;
-    consumer.subscribe(&[&topics.status_topic])?;
-    let (stop, mut rx) = tokio::sync::watch::channel(false);
-    let rec = Recorder {
-        store: store.clone(),
-        source: EventSource::Kafka {
-            consumer,
-            topic: topics.status_topic.clone(),
-            dead_letter: (producer.clone(), topics.dead_letter_topic.clone()),
-        },
-        // The product's defaults (`[scheduler]` recorder_batch_max, recorder_linger_ms).
-        batch_max: dialer_control_plane::Config::default().scheduler.recorder_batch_max,
-        linger: std::time::Duration::from_millis(dialer_control_plane::Config::default().scheduler.recorder_linger_ms),
-        seed: 1,
-        timeline: None,
-    };
-    let recorder = tokio::spawn(rec.run(async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }));
+    let sources = EventSource::kafka(
+        &clients,
+        "e2e-recorder",
+        &format!("e2e-{}-recorder", std::process::id()),
+        &topics.status_topic,
+        &(producer.clone(), topics.dead_letter_topic.clone()),
+        a.recorders,
+    )?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let defaults = dialer_control_plane::Config::default().scheduler;
+    let recorders: Vec<_> = sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let rec = Recorder {
+                store: store.clone(),
+                source,
+                // The product's defaults (`[scheduler]` recorder_batch_max, recorder_linger_ms).
+                batch_max: defaults.recorder_batch_max,
+                linger: Duration::from_millis(defaults.recorder_linger_ms),
+                seed: 1 + i as u64,
+                timeline: None,
+            };
+            let mut rx = rx.clone();
+            tokio::spawn(rec.run(async move {
+                let _ = rx.wait_for(|v| *v).await;
+            }))
+        })
+        .collect();
+    let recorder = tokio::spawn(async move {
+        for r in recorders {
+            let _ = r.await;
+        }
+    });
     let sched = Scheduler {
         store: store.clone(),
         sink: DispatchSink::Kafka { producer, topic: topics.dispatch_topic.clone() },
@@ -202,6 +220,9 @@ struct Drive {
     ticks: Histogram<u64>,
     /// Events persisted, sampled from the rows once a second: (seconds since start, count).
     persisted: Vec<(f64, i64)>,
+    /// Calls queued and in progress in the store, at each tick: where the calls in flight sit.
+    queued: Histogram<u64>,
+    in_progress: Histogram<u64>,
 }
 
 /// Ticks the scheduler until every call is terminal (or `--timeout-s`), with a progress bar.
@@ -216,14 +237,17 @@ async fn drive(a: &Args, store: &dialer_control_plane::Store, ids: &[uuid::Uuid]
     let deadline = t0 + Duration::from_secs(a.timeout_s);
     let mut persisted: Vec<(f64, i64)> = vec![(0.0, crate::events_persisted(store, ids).await?)];
     let mut timed_out = false;
+    let mut queued = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3)?;
+    let mut in_progress = queued.clone();
     loop {
         let tick0 = Instant::now();
         if let Err(e) = sched.tick().await {
             eprintln!("scheduler tick failed: {e}");
         }
         let _ = ticks.record((tick0.elapsed().as_millis() as u64).max(1));
-        let crate::Progress { terminal, open, .. } = crate::progress(store, ids).await?;
+        let crate::Progress { terminal, open, queued: q, in_progress: p, .. } = crate::progress(store, ids).await?;
         pb.set_position(terminal as u64);
+        let _ = (queued.record(q.max(1) as u64), in_progress.record(p.max(1) as u64));
         if persisted.last().is_some_and(|(t, _)| t0.elapsed().as_secs_f64() - t >= 1.0) {
             persisted.push((t0.elapsed().as_secs_f64(), crate::events_persisted(store, ids).await?));
         }
@@ -241,7 +265,7 @@ async fn drive(a: &Args, store: &dialer_control_plane::Store, ids: &[uuid::Uuid]
     let drain = t0.elapsed().as_secs_f64();
     persisted.push((drain, crate::events_persisted(store, ids).await?));
     pb.finish_and_clear();
-    Ok(Drive { drain, timed_out, ticks, persisted })
+    Ok(Drive { drain, timed_out, ticks, persisted, queued, in_progress })
 }
 
 /// Audits every call and attempt against the provider's ledger, prints and writes the figures;
@@ -278,11 +302,16 @@ async fn report(
         "events_persisted_per_sec_peak_1s": peak,
         "scheduler_tick_p50_ms": d.ticks.value_at_quantile(0.5),
         "scheduler_tick_max_ms": d.ticks.max(),
+        "queued_calls_p50_max": [d.queued.value_at_quantile(0.5), d.queued.max()],
+        "in_progress_calls_p50_max": [d.in_progress.value_at_quantile(0.5), d.in_progress.max()],
         "calls_not_terminal": total - terminal,
         "calls_attempts_mismatched": audit.calls_mismatched,
         "attempts_placed_twice": audit.placed_twice,
         "cap_violations": tracker.violations(),
         "stats_mismatches": mismatched,
+        "recorders": a.recorders,
+        "recorder": recorder_load(drain, a.recorders),
+        "stage_ms_p50_p99": stage_latencies(store, ids).await?,
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
         println!("{k:<32} {v}");
@@ -298,4 +327,52 @@ async fn report(
         );
     }
     Ok(())
+}
+
+/// What the recorders did, from their own metrics (this process's): batches, events per batch,
+/// time per batch, and the share of the drain they spent in transactions (1.0 per recorder busy
+/// all the time: the recorders bound the drain).
+fn recorder_load(drain: f64, recorders: usize) -> serde_json::Value {
+    let text = dialer_telemetry::render().unwrap_or_default();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let (busy, batches) = (value("dialer_recorder_batch_seconds_sum"), value("dialer_recorder_batch_seconds_count"));
+    let events = value("dialer_recorder_events_total");
+    json!({
+        "batches": batches,
+        "events_per_batch": events / batches.max(1.0),
+        "ms_per_batch": 1000.0 * busy / batches.max(1.0),
+        "busy_share_per_recorder": busy / (drain * recorders.max(1) as f64),
+    })
+}
+
+/// Where a call's time goes, per call's last attempt, p50 and p99 in ms, from the rows: claimed
+/// (`queued_at`, the scheduler's tick) → dialled (`started_at`, the data plane) → ended
+/// (`ended_at`) → recorded (`updated_at`, the recorder's transaction).
+async fn stage_latencies(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<serde_json::Value> {
+    let dialer_control_plane::Store::Postgres(pool) = store else {
+        bail!("stage latencies read PostgreSQL");
+    };
+    let q = |from: &str, to: &str| {
+        format!(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM {to} - {from}) * 1000) \
+             FROM calls c JOIN call_attempts a ON a.campaign_id = c.campaign_id AND a.call_id = c.id AND a.attempt = c.attempt_count \
+             WHERE c.campaign_id = ANY($1) AND a.started_at IS NOT NULL AND a.ended_at IS NOT NULL"
+        )
+    };
+    let mut out = serde_json::Map::new();
+    for (name, from, to) in [
+        ("claimed_to_dialled", "c.queued_at", "a.started_at"),
+        ("dialled_to_ended", "a.started_at", "a.ended_at"),
+        ("ended_to_recorded", "a.ended_at", "c.updated_at"),
+    ] {
+        let v: Option<Vec<f64>> = sqlx::query_scalar(&q(from, to)).bind(ids).fetch_one(pool).await?;
+        out.insert(name.into(), json!(v.unwrap_or_default().iter().map(|x| x.round()).collect::<Vec<_>>()));
+    }
+    Ok(serde_json::Value::Object(out))
 }

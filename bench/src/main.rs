@@ -103,14 +103,34 @@ pub struct Progress {
     pub open: usize,
     /// Attempts recorded.
     pub attempts: i64,
+    /// Calls dispatched and not reported started yet, and calls reported started and not ended
+    /// (the store's view: what the recorder has written).
+    pub queued: i64,
+    pub in_progress: i64,
 }
 
 pub async fn progress(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<Progress> {
+    if let dialer_control_plane::Store::Postgres(pool) = store {
+        // One statement, whatever the number of campaigns: the bench's own reads must not
+        // weigh on the scheduler's ticks it measures (1,000 campaigns were 2,000 reads a tick).
+        let (terminal, attempts, queued, in_progress, open): (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(s.completed_calls + s.failed_calls), 0)::bigint, COALESCE(SUM(s.attempts_total), 0)::bigint, \
+             COALESCE(SUM(s.queued_calls), 0)::bigint, COALESCE(SUM(s.in_progress_calls), 0)::bigint, \
+             COUNT(*) FILTER (WHERE c.status <> 'completed') \
+             FROM campaigns c JOIN campaign_stats s ON s.campaign_id = c.id WHERE c.id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_one(pool)
+        .await?;
+        return Ok(Progress { terminal, open: open as usize, attempts, queued, in_progress });
+    }
     let mut p = Progress::default();
     for id in ids {
         let s = store.stats(*id).await?;
         p.terminal += s.completed_calls + s.failed_calls;
         p.attempts += s.attempts_total;
+        p.queued += s.queued_calls;
+        p.in_progress += s.in_progress_calls;
         p.open += usize::from(store.get_campaign(*id).await?.status.as_str() != "completed");
     }
     Ok(p)

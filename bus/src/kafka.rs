@@ -39,6 +39,9 @@ pub struct ClientSettings {
     /// How long the group waits for a silent member before giving its partitions away (a
     /// SIGKILLed member is noticed after this).
     pub session_timeout_ms: u32,
+    /// How a producer compresses its batches (`compression.type`: `none`, `lz4`, `snappy`,
+    /// `gzip`; librdkafka as built here has no zstd).
+    pub compression: &'static str,
 }
 
 impl ClientSettings {
@@ -54,6 +57,7 @@ impl ClientSettings {
             queued_max_messages_kbytes: 65_536,
             assignment_strategy: "range,roundrobin",
             session_timeout_ms: 45_000,
+            compression: "none",
         }
     }
 
@@ -76,7 +80,8 @@ impl ClientSettings {
             .set("linger.ms", self.linger_ms.to_string())
             .set("batch.num.messages", self.batch_num_messages.to_string())
             .set("queue.buffering.max.messages", "1000000")
-            .set("message.timeout.ms", self.message_timeout_ms.to_string());
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set("compression.type", self.compression);
         c
     }
 

@@ -142,6 +142,8 @@ pub struct SchedulerSettings {
     pub inflight_factor: u32,
     /// Most calls claimed for one campaign per tick.
     pub max_batch: usize,
+    /// Campaigns claimed and published at once in a tick (see `SchedulerConfig`).
+    pub claim_concurrency: usize,
     /// Seconds a dispatched call may wait for a token before it expires (and is claimed again).
     pub dispatch_ttl_sec: u64,
     /// How many campaigns (those with the most active calls) get a
@@ -160,6 +162,11 @@ pub struct SchedulerSettings {
     /// Milliseconds a recorder batch read from the broker waits to fill up (see
     /// `Recorder::linger`); 0 = take only what was fetched already.
     pub recorder_linger_ms: u64,
+    /// Recorders of this process on the status topic (distributed mode), each its own consumer
+    /// in the recorders' group: the broker splits the partitions between them and their
+    /// transactions overlap (one recorder waits on its round trips and its commit's WAL flush
+    /// most of the time). The in-process bus has one recorder.
+    pub recorder_workers: usize,
 }
 
 impl Default for SchedulerSettings {
@@ -168,12 +175,14 @@ impl Default for SchedulerSettings {
             interval_ms: 1000,
             inflight_factor: 2,
             max_batch: 5000,
+            claim_concurrency: 8,
             dispatch_ttl_sec: 300,
             metrics_top_campaigns: 10,
             reap_every_ms: 10_000,
             reap_grace_ms: 30_000,
             recorder_batch_max: 4000,
             recorder_linger_ms: 20,
+            recorder_workers: 2,
         }
     }
 }
@@ -382,6 +391,7 @@ impl Config {
             interval: std::time::Duration::from_millis(self.scheduler.interval_ms),
             inflight_factor: self.scheduler.inflight_factor,
             max_batch: self.scheduler.max_batch,
+            claim_concurrency: self.scheduler.claim_concurrency,
             dispatch_ttl: std::time::Duration::from_secs(self.scheduler.dispatch_ttl_sec),
             per_campaign_ceiling: self.limits.per_campaign_max_concurrency,
             global_cap: self.limits.global_max_concurrency,
@@ -458,6 +468,8 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
     ("DIALER_RECORDER_BATCH_MAX", "scheduler.recorder_batch_max"),
     ("DIALER_RECORDER_LINGER_MS", "scheduler.recorder_linger_ms"),
+    ("DIALER_RECORDER_WORKERS", "scheduler.recorder_workers"),
+    ("DIALER_SCHEDULER_CLAIM_CONCURRENCY", "scheduler.claim_concurrency"),
     ("DIALER_PROVIDER_LEDGER", "provider.ledger"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
     ("OTEL_SERVICE_NAME", "telemetry.service_name"),
@@ -534,6 +546,8 @@ impl Config {
             "scheduler.reap_grace_ms" => self.scheduler.reap_grace_ms = num(v)?,
             "scheduler.recorder_batch_max" => self.scheduler.recorder_batch_max = num(v)?,
             "scheduler.recorder_linger_ms" => self.scheduler.recorder_linger_ms = num(v)?,
+            "scheduler.recorder_workers" => self.scheduler.recorder_workers = num(v)?,
+            "scheduler.claim_concurrency" => self.scheduler.claim_concurrency = num(v)?,
             "provider.seed" => self.provider.seed = num(v)?,
             "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
@@ -723,6 +737,18 @@ impl Config {
                 "must be at most 1000 (outcomes would wait that long)",
             ));
         }
+        if !(1..=256).contains(&sc.claim_concurrency) {
+            return Err(invalid(
+                "scheduler.claim_concurrency",
+                "must be between 1 and 256 (each claim in flight holds a store connection)",
+            ));
+        }
+        if !(1..=64).contains(&sc.recorder_workers) {
+            return Err(invalid(
+                "scheduler.recorder_workers",
+                "must be between 1 and 64 (more than the status topic's partitions stay idle)",
+            ));
+        }
         if sc.dispatch_ttl_sec == 0 {
             return Err(invalid("scheduler.dispatch_ttl_sec", "must be at least 1"));
         }
@@ -824,6 +850,19 @@ mod tests {
         assert!(e.to_string().contains("store.url"), "{e}");
         let e = Config::load(None, env(&[("DIALER_API_CAMPAIGN_CACHE_MS", "600000")])).expect_err("a long cache");
         assert!(e.to_string().contains("api.campaign_cache_ms"), "{e}");
+        for (var, key) in [
+            ("DIALER_RECORDER_WORKERS", "scheduler.recorder_workers"),
+            ("DIALER_SCHEDULER_CLAIM_CONCURRENCY", "scheduler.claim_concurrency"),
+        ] {
+            let e = Config::load(None, env(&[(var, "0")])).expect_err("none at all").to_string();
+            assert!(e.contains(key), "{e}");
+            let c = Config::load(None, env(&[(var, "3")])).expect("three");
+            assert_eq!(
+                (c.scheduler.recorder_workers == 3) as u8 + (c.scheduler.claim_concurrency == 3) as u8,
+                1,
+                "{var}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Failure paths of the control plane, each with the fault injected: calls abandoned by a lost
 //! dispatch or outcome are reaped only once they cannot be up, and exactly once even when a late
 //! real event races the reaper; a partly failed publish gives back only what the bus did not
-//! take; one campaign's store error does not stop the others; claims follow the injected clock;
+//! take; one campaign's store error does not stop the others, nor does one whose claim waits on
+//! a lock hold up the others of its tick; claims follow the injected clock;
 //! an event the store refuses is isolated and the rest of its batch recorded.
 
 use std::collections::HashSet;
@@ -295,6 +296,64 @@ async fn a_campaign_bound_by_max_batch_is_claimed_again_at_once(b: Backend) {
     assert!(rx.try_recv().is_err(), "nothing more than the 100 calls");
     assert_eq!(s.stats(c.id).await.expect("stats").queued_calls, 100);
     assert_consistent(&s, c.id).await;
+}
+
+/// The campaigns of a tick are claimed side by side (`claim_concurrency`): a campaign whose
+/// claim waits (its row locked by a transition in progress) does not hold up the others, which
+/// are dispatched while it waits; it is dispatched once it is let go, in the same tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() {
+    let (s, _d) = store(Backend::Postgres).await;
+    let mut ids = Vec::new();
+    for k in 0..6 {
+        let c = campaign(&s, &format!("side-by-side-{k}"), 4, 10, json!([])).await;
+        s.transition(c.id, CampaignAction::Start).await.expect("start");
+        ids.push(c.id);
+    }
+    ids.sort();
+    let Store::Postgres(pool) = &s else { unreachable!() };
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("SELECT id FROM campaigns WHERE id = $1 FOR UPDATE")
+        .bind(ids[0])
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let (bus, mut ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let sched = Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock: ManualClock::new(Utc::now()),
+        cfg: SchedulerConfig { per_campaign_ceiling: 100, claim_concurrency: 8, ..SchedulerConfig::default() },
+    };
+    let tick = tokio::spawn(async move { sched.tick().await });
+    let rx = &mut ends.shard_receivers[0];
+    let mut others = HashSet::new();
+    while others.len() < 5 * 4 {
+        let d = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{} of 20 calls of the other campaigns dispatched while the first waited", others.len())
+            })
+            .expect("bus open")
+            .msg
+            .expect("readable");
+        assert_ne!(d.campaign_id, ids[0], "the locked campaign was claimed through its lock");
+        assert!(others.insert(d.call_id), "a call dispatched twice");
+    }
+    assert!(!tick.is_finished(), "the tick waits for the locked campaign");
+    lock.rollback().await.expect("let go");
+    let rep =
+        tokio::time::timeout(Duration::from_secs(20), tick).await.expect("tick ends").expect("joins").expect("tick");
+    assert_eq!(rep.dispatched, 6 * 4, "{rep:?}");
+    let mut first = 0;
+    while let Ok(d) = rx.try_recv() {
+        assert_eq!(d.msg.expect("readable").campaign_id, ids[0]);
+        first += 1;
+    }
+    assert_eq!(first, 4, "the first campaign dispatched once let go");
+    for id in ids {
+        assert_consistent(&s, id).await;
+    }
 }
 
 both_stores!(

@@ -53,6 +53,7 @@ impl KafkaTuning {
                 crate::tuning::Assignor::CooperativeSticky => "cooperative-sticky",
             },
             session_timeout_ms: self.session_timeout_ms,
+            compression: self.compression.as_str(),
         }
     }
 }

@@ -152,6 +152,33 @@ pub struct KafkaTuning {
     /// before its partitions go to the others (librdkafka `session.timeout.ms`; the broker
     /// allows 6000–300000 by default).
     pub session_timeout_ms: u32,
+    /// How the status producer compresses its batches. Off by default: on one 2-core machine
+    /// the CPU costs more than the bytes save (`bench dataplane --tuning`, README); over a
+    /// network that is the bound, `lz4`.
+    pub compression: Compression,
+}
+
+/// A producer's batch compression (librdkafka `compression.type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Snappy,
+    Gzip,
+}
+
+impl Compression {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+        }
+    }
 }
 
 /// How a consumer group spreads the dispatch partitions (see [`KafkaTuning::assignor`]).
@@ -221,6 +248,7 @@ impl Default for KafkaTuning {
             message_timeout_ms: 30_000,
             assignor: Assignor::Eager,
             session_timeout_ms: 45_000,
+            compression: Compression::None,
         }
     }
 }
@@ -474,6 +502,10 @@ mod tests {
     fn refuses_unknown_keys_and_impossible_values() {
         assert!(Tuning::from_toml("[shards]\ncuont = 2\n").unwrap_err().to_string().contains("cuont"));
         assert!(Tuning::from_toml("[shard]\ncount = 2\n").unwrap_err().to_string().contains("shard"));
+        let zstd = Tuning::from_toml("[kafka]\ncompression = \"zstd\"\n").unwrap_err().to_string();
+        assert!(zstd.contains("compression") && zstd.contains("lz4"), "names the key and what it takes: {zstd}");
+        let lz4 = Tuning::from_toml("[kafka]\ncompression = \"lz4\"\n").expect("lz4");
+        assert_eq!(lz4.kafka.client_settings("b:9092").compression, "lz4");
         let cases: Vec<(&str, &str)> = vec![
             ("[shards]\ncount = 0\n", "shards.count"),
             ("[shards]\ncount = 2\ncpus = [0]\n", "shards.cpus"),

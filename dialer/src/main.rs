@@ -351,19 +351,12 @@ async fn spawn_kafka_pipeline(
     store: &dialer_control_plane::Store,
     timeline: Option<dialer_control_plane::timeline::CqlTimeline>,
 ) -> Result<dialer_control_plane::observability::ReadyCheck> {
-    use rdkafka::consumer::Consumer;
     let b = &cfg.bus;
     dialer_bus::kafka::create_topics(&b.brokers, &cfg.topics())
         .await
         .with_context(|| format!("creating topics on {}", b.brokers))?;
     let clients = dialer_bus::kafka::ClientSettings::new(&b.brokers);
     let producer = clients.producer("dialer-control-plane").context("Kafka producer")?;
-    let consumer =
-        clients.consumer("dialer-recorder", &format!("{}-recorder", b.group_id)).context("Kafka consumer")?;
-    for topic in [&b.dispatch_topic, &b.dead_letter_topic] {
-        dialer_bus::kafka::produces_to(topic);
-    }
-    consumer.subscribe(&[&b.status_topic]).context("subscribing to the status topic")?;
     let scheduler = dialer_control_plane::scheduler::Scheduler {
         store: store.clone(),
         sink: dialer_control_plane::scheduler::DispatchSink::Kafka {
@@ -377,19 +370,26 @@ async fn spawn_kafka_pipeline(
     let reaper = dialer_control_plane::reaper::Reaper::from_config(cfg, store.clone(), timeline.clone());
     tokio::spawn(reaper.run(shutdown_signal()));
     let ready = dialer_bus::kafka::ready_check(producer.clone(), b.dispatch_topic.clone());
-    let recorder = dialer_control_plane::recorder::Recorder {
-        store: store.clone(),
-        source: dialer_control_plane::recorder::EventSource::Kafka {
-            consumer,
-            topic: b.status_topic.clone(),
-            dead_letter: (producer, b.dead_letter_topic.clone()),
-        },
-        batch_max: cfg.scheduler.recorder_batch_max,
-        linger: std::time::Duration::from_millis(cfg.scheduler.recorder_linger_ms),
-        seed: cfg.provider.seed,
-        timeline: timeline.clone(),
-    };
-    tokio::spawn(recorder.run(shutdown_signal()));
+    let sources = dialer_control_plane::recorder::EventSource::kafka(
+        &clients,
+        "dialer-recorder",
+        &format!("{}-recorder", b.group_id),
+        &b.status_topic,
+        &(producer, b.dead_letter_topic.clone()),
+        cfg.scheduler.recorder_workers,
+    )
+    .context("Kafka consumers of the status topic")?;
+    for (i, source) in sources.into_iter().enumerate() {
+        let recorder = dialer_control_plane::recorder::Recorder {
+            store: store.clone(),
+            source,
+            batch_max: cfg.scheduler.recorder_batch_max,
+            linger: std::time::Duration::from_millis(cfg.scheduler.recorder_linger_ms),
+            seed: cfg.provider.seed.wrapping_add(i as u64),
+            timeline: timeline.clone(),
+        };
+        tokio::spawn(recorder.run(shutdown_signal()));
+    }
     Ok(ready)
 }
 

@@ -4,6 +4,7 @@
 //! topic; every target reaches a terminal state, stats equal the rows, each attempt is dialed
 //! once, caps hold.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -173,20 +174,39 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         .create()
         .expect("consumer");
     dlq.subscribe(&[&dead_letter]).expect("subscribe");
+    // Read the whole dead-letter topic: the junk event, and each call that failed for good.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut junk = None;
-    while junk.is_none() && Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), dlq.recv()).await {
-            use rdkafka::Message;
-            use rdkafka::message::Headers;
-            let kind = m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-kind").and_then(|h| h.value));
-            if kind == Some(&b"malformed_status"[..]) {
-                let reason =
-                    m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-reason").and_then(|h| h.value));
-                junk = Some((m.payload().map(<[u8]>::to_vec), reason.map(<[u8]>::to_vec)));
+    let (mut junk, mut finals) = (None, Vec::new());
+    while Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), dlq.recv()).await else {
+            if junk.is_some() {
+                break;
             }
+            continue;
+        };
+        use rdkafka::Message;
+        use rdkafka::message::Headers;
+        let kind = m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-kind").and_then(|h| h.value));
+        if kind == Some(&b"malformed_status"[..]) {
+            let reason = m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-reason").and_then(|h| h.value));
+            junk = Some((m.payload().map(<[u8]>::to_vec), reason.map(<[u8]>::to_vec)));
+        } else {
+            let body: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
+            finals.push(body["event"]["call_id"].as_str().expect("call id").parse::<uuid::Uuid>().expect("uuid"));
         }
     }
+    // Each call that failed for good has its dead letter (a batch's are produced together).
+    let mut failed = HashSet::new();
+    for id in &campaigns {
+        let q = dialer_control_plane::store::CallQuery {
+            status: Some(dialer_domain::CallStatus::Failed),
+            limit: 10_000,
+            ..Default::default()
+        };
+        failed.extend(store.list_calls(*id, &q).await.expect("failed calls").into_iter().map(|c| c.id));
+    }
+    assert!(!failed.is_empty(), "the mock fails some calls for good, so this proves something");
+    assert_eq!(finals.iter().copied().collect::<HashSet<_>>(), failed, "one dead letter per call failed for good");
     let (payload, reason) = junk.expect("the malformed status event reached the dead-letter topic");
     assert_eq!(payload.as_deref(), Some(&b"{\"v\":1,\"kind\":"[..]));
     assert!(reason.is_some_and(|r| !r.is_empty()));

@@ -1263,28 +1263,42 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// The aggregates, one statement per campaign, in campaign-id order.
+            /// The aggregates: the batch's stats rows locked in campaign-id order (two recorders
+            /// never deadlock), then moved in one statement per chunk, not one per campaign: a
+            /// batch of events of 1,000 campaigns was 1,000 round trips, with the first rows
+            /// locked all the while (`bench e2e --campaigns 1000`).
             async fn write_stats(
                 tx: &mut sqlx::Transaction<'static, Db>,
                 deltas: &std::collections::BTreeMap<Uuid, Delta>,
             ) -> Result<(), StoreError> {
-                for (cid, d) in deltas {
-                    sqlx::query(
-                        "UPDATE campaign_stats SET pending_calls = pending_calls + $1, queued_calls = queued_calls + $2, \
-                         in_progress_calls = in_progress_calls + $3, completed_calls = completed_calls + $4, \
-                         failed_calls = failed_calls + $5, attempts_total = attempts_total + $6, \
-                         retries_attempted = retries_attempted + $7 WHERE campaign_id = $8",
-                    )
-                    .bind(d.pending)
-                    .bind(d.queued)
-                    .bind(d.in_progress)
-                    .bind(d.completed)
-                    .bind(d.failed)
-                    .bind(d.attempts)
-                    .bind(d.retries)
-                    .bind(*cid)
-                    .execute(&mut **tx)
-                    .await?;
+                let rows: Vec<(&Uuid, &Delta)> = deltas.iter().collect();
+                for chunk in rows.chunks(CHUNK_ROWS / 8) {
+                    let mut q = QueryBuilder::<Db>::new("SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (");
+                    let mut sep = q.separated(", ");
+                    for (id, _) in chunk {
+                        sep.push_bind(**id);
+                    }
+                    q.push(") ORDER BY campaign_id");
+                    q.push($for_update);
+                    q.build().execute(&mut **tx).await?;
+                    let mut q = QueryBuilder::<Db>::new("WITH v(cid, p, q, ip, c, f, a, r) AS (");
+                    q.push_values(chunk, |mut b, (id, d)| {
+                        b.push_bind(**id)
+                            .push_bind(d.pending)
+                            .push_bind(d.queued)
+                            .push_bind(d.in_progress)
+                            .push_bind(d.completed)
+                            .push_bind(d.failed)
+                            .push_bind(d.attempts)
+                            .push_bind(d.retries);
+                    });
+                    q.push(
+                        ") UPDATE campaign_stats SET pending_calls = pending_calls + v.p, queued_calls = queued_calls + v.q, \
+                         in_progress_calls = in_progress_calls + v.ip, completed_calls = completed_calls + v.c, \
+                         failed_calls = failed_calls + v.f, attempts_total = attempts_total + v.a, \
+                         retries_attempted = retries_attempted + v.r FROM v WHERE campaign_stats.campaign_id = v.cid",
+                    );
+                    q.build().execute(&mut **tx).await?;
                 }
                 Ok(())
             }
