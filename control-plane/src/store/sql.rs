@@ -84,7 +84,8 @@ macro_rules! sql_store {
         claim_in = $claim_in:expr,
         for_share = $for_share:literal,
         for_update = $for_update:literal,
-        writing_ctes = $writing_ctes:literal
+        writing_ctes = $writing_ctes:literal,
+        row_locks = $row_locks:literal
     ) => {
         pub(crate) mod $module {
             use std::collections::HashMap;
@@ -1273,14 +1274,17 @@ macro_rules! sql_store {
             ) -> Result<(), StoreError> {
                 let rows: Vec<(&Uuid, &Delta)> = deltas.iter().collect();
                 for chunk in rows.chunks(CHUNK_ROWS / 8) {
-                    let mut q = QueryBuilder::<Db>::new("SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (");
-                    let mut sep = q.separated(", ");
-                    for (id, _) in chunk {
-                        sep.push_bind(**id);
+                    // SQLite has one writer at a time and no row locks: nothing to order.
+                    if $row_locks {
+                        let mut q = QueryBuilder::<Db>::new("SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (");
+                        let mut sep = q.separated(", ");
+                        for (id, _) in chunk {
+                            sep.push_bind(**id);
+                        }
+                        q.push(") ORDER BY campaign_id");
+                        q.push($for_update);
+                        q.build().execute(&mut **tx).await?;
                     }
-                    q.push(") ORDER BY campaign_id");
-                    q.push($for_update);
-                    q.build().execute(&mut **tx).await?;
                     let mut q = QueryBuilder::<Db>::new("WITH v(cid, p, q, ip, c, f, a, r) AS (");
                     q.push_values(chunk, |mut b, (id, d)| {
                         b.push_bind(**id)
@@ -1319,7 +1323,8 @@ sql_store!(
     claim_in = ("= ANY (ARRAY(", "))"),
     for_share = " FOR SHARE",
     for_update = " FOR UPDATE",
-    writing_ctes = true
+    writing_ctes = true,
+    row_locks = true
 );
 // SQLite has one writer at a time (BEGIN IMMEDIATE): claims cannot overlap without row locks.
 sql_store!(
@@ -1331,5 +1336,6 @@ sql_store!(
     claim_in = ("IN (", ")"),
     for_share = "",
     for_update = "",
-    writing_ctes = false
+    writing_ctes = false,
+    row_locks = false
 );
