@@ -944,6 +944,7 @@ fn start_dataplanes(
             global_cap: a.global_cap,
             per_campaign_ceiling: a.campaign_cap,
             mock: mock.clone(),
+            sip: None,
             tracker: tracker.clone(),
             instance: format!("bench-{}-dp{k}", std::process::id()),
         })?);

@@ -152,6 +152,7 @@ fn start_dataplane(
         global_cap: 1_000_000,
         per_campaign_ceiling: a.campaign_cap,
         mock,
+        sip: None,
         tracker: tracker.clone(),
         instance: format!("e2e-{run}"),
     })?)

@@ -115,6 +115,7 @@ async fn timeline_on_cql() {
         retryable: None,
         shard: 0,
         dispatch_latency_us: None,
+        sip: None,
     };
     let mut u = || 0.5;
     let r = store

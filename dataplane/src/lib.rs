@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod offsets;
 pub mod provider;
 pub mod shard;
+pub mod sip;
 pub mod source;
 pub mod tuning;
 
@@ -65,6 +66,8 @@ pub enum ShardError {
     Journal(#[from] journal::JournalError),
     #[error("its in-process receiver was taken twice (a bug)")]
     ReceiverTaken,
+    #[error(transparent)]
+    Sip(#[from] sip::SipError),
 }
 
 /// Which limiter the shards lease from.
@@ -98,6 +101,8 @@ pub struct DataplaneOptions {
     /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`.
     pub per_campaign_ceiling: u32,
     pub mock: MockSettings,
+    /// Place calls over SIP trunks instead of the mock (`provider.kind = "sip"`).
+    pub sip: Option<sip::SipSettings>,
     pub tracker: Arc<Tracker>,
     /// Distinguishes this process's lease holders from others' (e.g. host + pid + start time).
     pub instance: String,
@@ -143,6 +148,7 @@ impl Dataplane {
             let tuning = opts.tuning.clone();
             let limiter = opts.limiter.clone();
             let mock = opts.mock.clone();
+            let sip = opts.sip.clone();
             let tracker = opts.tracker.clone();
             let holder = format!("{}-shard{i}", opts.instance);
             let (global_cap, ceiling) = (opts.global_cap, opts.per_campaign_ceiling);
@@ -165,6 +171,7 @@ impl Dataplane {
                         limiter,
                         io,
                         mock,
+                        sip,
                         tracker,
                         holder,
                         global_cap,
@@ -223,6 +230,7 @@ struct ShardStart {
     limiter: LimiterChoice,
     io: ShardIo,
     mock: MockSettings,
+    sip: Option<sip::SipSettings>,
     tracker: Arc<Tracker>,
     holder: String,
     global_cap: u32,
@@ -246,8 +254,9 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, ShardError> {
 /// Connects the shard's limiter, bus and journal, runs the shard with its lease driver beside
 /// it, and stops the driver once the shard is done.
 async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
-    let ShardStart { i, tuning, limiter, io, mock, tracker, holder, global_cap, ceiling, shutdown_rx, health, .. } =
-        start;
+    let ShardStart {
+        i, tuning, limiter, io, mock, sip, tracker, holder, global_cap, ceiling, shutdown_rx, health, ..
+    } = start;
     let backend = match limiter {
         LimiterChoice::Local(l) => Backend::Local(l),
         LimiterChoice::Redis { url, prefix } => {
@@ -260,7 +269,13 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     let driver = tokio::task::spawn_local(driver.run(async move {
         let _ = stop_rx.await;
     }));
-    let provider = MockProvider::new(mock, tracker, i);
+    let provider = match sip {
+        None => AnyProvider::Mock(MockProvider::new(mock, tracker, i)),
+        Some(settings) => {
+            let (shard, shards) = tuning.global_shard(i);
+            AnyProvider::Sip(sip::SipProvider::start(settings, shard, shards).await?)
+        }
+    };
     let journal = open_journal(&tuning)?;
     let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling, health };
     let report = match io {
@@ -280,6 +295,29 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     let _ = stop_driver.send(());
     let _ = driver.await;
     Ok(report)
+}
+
+/// The provider a shard places its calls with (one `match` per call, no trait object).
+#[derive(Debug)]
+enum AnyProvider {
+    Mock(MockProvider),
+    Sip(sip::SipProvider),
+}
+
+impl Provider for AnyProvider {
+    fn place_call(&self, msg: &dialer_domain::messages::DispatchMessage) -> provider::CallFuture {
+        match self {
+            AnyProvider::Mock(p) => p.place_call(msg),
+            AnyProvider::Sip(p) => p.place_call(msg),
+        }
+    }
+
+    fn place(&self, msg: &dialer_domain::messages::DispatchMessage) -> provider::Placed {
+        match self {
+            AnyProvider::Mock(p) => p.place(msg),
+            AnyProvider::Sip(p) => p.place(msg),
+        }
+    }
 }
 
 /// The attempt journal, when `journal.dir` is set. One directory per host, shared by its

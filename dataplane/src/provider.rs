@@ -19,8 +19,14 @@ use uuid::Uuid;
 pub enum CallOutcome {
     /// Answered after `answered_after`, then talked until hang-up `duration` after dialing.
     Completed { answered_after: Duration, duration: Duration },
-    /// Not connected.
-    Failed { reason: &'static str, retryable: bool, after: Duration },
+    /// Not connected: `reason` is the outcome's name ([`dialer_domain::outcome::Outcome`]).
+    Failed {
+        reason: &'static str,
+        retryable: bool,
+        after: Duration,
+        /// The SIP final response behind it (SIP provider only).
+        sip: Option<Box<dialer_domain::messages::SipDetail>>,
+    },
 }
 
 /// A future for one call, owned by the shard that placed it.
@@ -79,7 +85,7 @@ impl Default for MockSettings {
     }
 }
 
-const RETRYABLE: [&str; 3] = ["busy", "no_answer", "network_error"];
+const RETRYABLE: [&str; 3] = ["busy", "no_answer", "failed"];
 const FINAL: [&str; 2] = ["invalid_number", "rejected"];
 
 /// Calls in progress as the far end sees them, per campaign and in all, independent of the
@@ -263,9 +269,19 @@ impl MockProvider {
         } else {
             let after = dur(&mut rng);
             if rng.random_bool(s.retryable_share.clamp(0.0, 1.0)) {
-                CallOutcome::Failed { reason: RETRYABLE[rng.random_range(0..RETRYABLE.len())], retryable: true, after }
+                CallOutcome::Failed {
+                    reason: RETRYABLE[rng.random_range(0..RETRYABLE.len())],
+                    retryable: true,
+                    after,
+                    sip: None,
+                }
             } else {
-                CallOutcome::Failed { reason: FINAL[rng.random_range(0..FINAL.len())], retryable: false, after }
+                CallOutcome::Failed {
+                    reason: FINAL[rng.random_range(0..FINAL.len())],
+                    retryable: false,
+                    after,
+                    sip: None,
+                }
             }
         }
     }

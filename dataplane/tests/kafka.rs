@@ -56,6 +56,7 @@ fn start(t: &KafkaTopics, tuning: Tuning, tracker: Arc<Tracker>, prefix: &str, g
             max_ring: Duration::ZERO,
             ..MockSettings::default()
         },
+        sip: None,
         tracker,
         instance: unique_name("dp"),
     })
@@ -345,6 +346,7 @@ async fn a_rebalance_dials_no_attempt_twice(assignor: Assignor) {
                 max_ring: Duration::ZERO,
                 ..MockSettings::default()
             },
+            sip: None,
             tracker,
             instance: unique_name("dp"),
         })
@@ -462,6 +464,7 @@ async fn outcomes_survive_a_broker_killed_and_restarted() {
             max_ring: Duration::ZERO,
             ..MockSettings::default()
         },
+        sip: None,
         tracker: tracker.clone(),
         instance: unique_name("dp"),
     })

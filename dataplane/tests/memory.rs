@@ -59,6 +59,7 @@ fn start(shards: usize, global_cap: u32, mock: MockSettings) -> Running {
         global_cap,
         per_campaign_ceiling: 1_000,
         mock,
+        sip: None,
         tracker: tracker.clone(),
         instance: "test".into(),
     })

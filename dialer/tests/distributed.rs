@@ -94,6 +94,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
             max_ring: Duration::ZERO,
             ..MockSettings::default()
         },
+        sip: None,
         tracker: tracker.clone(),
         instance: unique_name("dp"),
     })

@@ -58,6 +58,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
         global_cap: 10_000,
         per_campaign_ceiling: 100,
         mock: mock(call_ms),
+        sip: None,
         tracker: tracker.clone(),
         instance: "pipeline-test".into(),
     })

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod hours;
 pub mod lifecycle;
 pub mod messages;
+pub mod outcome;
 pub mod phone;
 pub mod retry;
 pub mod validate;

@@ -126,6 +126,7 @@ pub fn abandoned_event(a: &Abandoned, now_ms: u64) -> StatusEvent {
         retryable: Some(true),
         shard: u16::MAX,
         dispatch_latency_us: None,
+        sip: None,
     }
 }
 
@@ -149,6 +150,7 @@ mod tests {
             retryable: Some(true),
             shard: 0,
             dispatch_latency_us: None,
+            sip: None,
         }
     }
 

@@ -85,6 +85,21 @@ pub struct StatusEvent {
     /// On `started`: microseconds from `enqueued_at_us` of the dispatch message to dialing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch_latency_us: Option<u64>,
+    /// On an outcome placed over SIP: the far end's final response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<Box<SipDetail>>,
+}
+
+/// The SIP final response behind an outcome, kept on the attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SipDetail {
+    /// The status code; `None` when no final response came (Timer B, no trunk in service).
+    pub code: Option<u16>,
+    /// The reason phrase (or what the dialer saw instead).
+    pub phrase: String,
+    /// The far end's `Retry-After`: the next attempt waits at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Why a message could not be read.
@@ -176,6 +191,7 @@ mod tests {
             retryable: Some(true),
             shard: 0,
             dispatch_latency_us: None,
+            sip: None,
         };
         assert_eq!(StatusEvent::decode(&e.encode()).expect("decode"), e);
         assert!(EventKind::Failed.is_outcome() && EventKind::Completed.is_outcome() && EventKind::Expired.is_outcome());

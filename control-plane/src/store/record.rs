@@ -161,6 +161,7 @@ mod tests {
             retryable: Some(retryable),
             shard: 0,
             dispatch_latency_us: None,
+            sip: None,
         }
     }
 

@@ -65,6 +65,7 @@ pub fn event(campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, ki
         retryable: (kind == EventKind::Failed).then_some(true),
         shard: 0,
         dispatch_latency_us: None,
+        sip: None,
     }
 }
 

@@ -148,6 +148,7 @@ pub(crate) fn event(msg: &DispatchMessage, kind: EventKind, shard: u16, at_ms: u
         retryable: None,
         shard,
         dispatch_latency_us: None,
+        sip: None,
     }
 }
 
@@ -171,11 +172,12 @@ pub(crate) fn outcome_event(f: &Finished, shard: u16, now: u64) -> StatusEvent {
             duration_ms: Some(duration.as_millis() as u64),
             ..event(&f.w.msg, EventKind::Completed, shard, now)
         },
-        CallOutcome::Failed { reason, retryable, after } => StatusEvent {
+        CallOutcome::Failed { reason, retryable, after, sip } => StatusEvent {
             started_at_ms: Some(f.started_ms),
             duration_ms: Some(after.as_millis() as u64),
             reason: Some((*reason).to_string()),
             retryable: Some(*retryable),
+            sip: sip.clone(),
             ..event(&f.w.msg, EventKind::Failed, shard, now)
         },
     }

@@ -1,0 +1,319 @@
+//! Trunks as one shard sees them: its share of each trunk's channels and calls per second, the
+//! trunk's health (out of rotation for a back-off after it fails), and the choice of a trunk for
+//! a call (best priority among healthy trunks, weighted round robin inside it). Shard-local: no
+//! atomics, no locks.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// One SIP trunk (`[[provider.trunks]]`).
+#[derive(Clone, PartialEq)]
+pub struct TrunkSettings {
+    pub name: String,
+    /// The carrier's SIP proxy (`host:port`, UDP); every request of a call goes there.
+    pub proxy: SocketAddr,
+    /// The domain of the Request-URI and To (`sip:<number>@<domain>`); the proxy's host if empty.
+    pub domain: String,
+    /// Digest credentials (401 and 407); an empty username = the trunk does not authenticate.
+    pub username: String,
+    pub password: String,
+    /// From: `sip:<from_user>@<from_domain>` unless the call has a caller ID.
+    pub from_user: String,
+    pub from_domain: String,
+    /// Caller ID (E.164) presented when the campaign sets none.
+    pub caller_id: String,
+    /// Calls up at once on this trunk, across every shard and process.
+    pub max_channels: u32,
+    /// New calls (INVITEs) per second on this trunk, across every shard and process; 0 = no
+    /// limit. Split over the shards in whole calls, so at least one per shard.
+    pub max_cps: u32,
+    /// Lower = preferred; trunks of the next priority take calls only when these are all down.
+    pub priority: u32,
+    /// Share of calls among trunks of one priority.
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for TrunkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkSettings")
+            .field("name", &self.name)
+            .field("proxy", &self.proxy)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("max_channels", &self.max_channels)
+            .field("max_cps", &self.max_cps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This shard's part of `total` when split over `shards` (the remainder to the first ones).
+pub fn share(total: u32, shard: usize, shards: usize) -> u32 {
+    let n = shards.max(1) as u32;
+    total / n + u32::from((shard as u32) < total % n)
+}
+
+/// A trunk on one shard.
+#[derive(Debug)]
+pub struct Trunk {
+    pub s: TrunkSettings,
+    channels: u32,
+    in_use: Cell<u32>,
+    freed: Notify,
+    /// Time between two INVITEs of this shard on this trunk (1 / its CPS share).
+    interval: Duration,
+    next_slot: Cell<Instant>,
+    /// When this shard's last `cps share` INVITEs on the trunk went out (a ring): a new one waits
+    /// until the oldest is a second old, so no second holds more than the share.
+    sent: std::cell::RefCell<std::collections::VecDeque<Instant>>,
+    cps_share: usize,
+    failures: Cell<u32>,
+    down_until: Cell<Option<Instant>>,
+    backoff: Cell<Duration>,
+    current: Cell<i64>,
+    pub metrics: TrunkMetrics,
+}
+
+/// Per-trunk metrics (labels: trunk name and shard; the code family is bounded by SIP codes).
+#[derive(Debug)]
+pub struct TrunkMetrics {
+    pub attempts: metrics::Counter,
+    pub answers: metrics::Counter,
+    channels: metrics::Gauge,
+    healthy: metrics::Gauge,
+    name: String,
+    shard: String,
+}
+
+impl TrunkMetrics {
+    fn new(name: &str, shard: usize) -> TrunkMetrics {
+        let (t, s) = (name.to_string(), shard.to_string());
+        let m = TrunkMetrics {
+            attempts: metrics::counter!("dialer_sip_attempts_total", "trunk" => t.clone()),
+            answers: metrics::counter!("dialer_sip_answers_total", "trunk" => t.clone()),
+            channels: metrics::gauge!("dialer_sip_channels_in_use", "trunk" => t.clone(), "shard" => s.clone()),
+            healthy: metrics::gauge!("dialer_sip_trunk_healthy", "trunk" => t.clone(), "shard" => s.clone()),
+            name: t,
+            shard: s,
+        };
+        m.healthy.set(1.0);
+        m
+    }
+
+    /// Counts a final response (or `timeout` when none came).
+    pub fn response(&self, code: Option<u16>) {
+        let code = code.map_or_else(|| "timeout".to_string(), |c| c.to_string());
+        metrics::counter!("dialer_sip_responses_total", "trunk" => self.name.clone(), "code" => code).increment(1);
+    }
+}
+
+/// A channel of a trunk, held for the call's whole life (given back when dropped).
+#[derive(Debug)]
+pub struct Channel(Rc<Trunk>);
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        let t = &self.0;
+        t.in_use.set(t.in_use.get() - 1);
+        t.metrics.channels.set(f64::from(t.in_use.get()));
+        t.freed.notify_one();
+    }
+}
+
+impl Trunk {
+    pub fn new(s: TrunkSettings, shard: usize, shards: usize) -> Trunk {
+        let cps = share(s.max_cps, shard, shards);
+        let interval = if cps > 0 { Duration::from_secs(1) / cps } else { Duration::ZERO };
+        let metrics = TrunkMetrics::new(&s.name, shard);
+        let _ = &metrics.shard;
+        Trunk {
+            channels: share(s.max_channels, shard, shards),
+            in_use: Cell::new(0),
+            freed: Notify::new(),
+            interval,
+            next_slot: Cell::new(Instant::now()),
+            sent: Default::default(),
+            cps_share: cps as usize,
+            failures: Cell::new(0),
+            down_until: Cell::new(None),
+            backoff: Cell::new(Duration::ZERO),
+            current: Cell::new(0),
+            metrics,
+            s,
+        }
+    }
+
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.down_until.get().is_none_or(|t| t <= now)
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_use.get() < self.channels
+    }
+
+    /// Waits for one of this shard's channels on the trunk.
+    pub async fn channel(self: &Rc<Self>) -> Channel {
+        while !self.has_room() {
+            self.freed.notified().await;
+        }
+        self.in_use.set(self.in_use.get() + 1);
+        self.metrics.channels.set(f64::from(self.in_use.get()));
+        Channel(self.clone())
+    }
+
+    /// Waits for this shard's next INVITE slot on the trunk: evenly spaced at its CPS share, and
+    /// never more than the share within any second (0 = no limit).
+    pub async fn pace(&self) {
+        if self.cps_share == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut sent = self.sent.borrow_mut();
+        let window =
+            if sent.len() >= self.cps_share { sent.pop_front().map(|t| t + Duration::from_secs(1)) } else { None };
+        let slot = self.next_slot.get().max(now).max(window.unwrap_or(now));
+        self.next_slot.set(slot + self.interval);
+        sent.push_back(slot);
+        drop(sent);
+        if slot > now {
+            tokio::time::sleep_until(slot).await;
+        }
+    }
+
+    /// A call got through (any final response from the far end but a trunk fault).
+    pub fn worked(&self) {
+        self.failures.set(0);
+        self.backoff.set(Duration::ZERO);
+    }
+
+    /// A failure: a trunk fault takes it out at once, other failures after `threshold` in a row.
+    pub fn failed(&self, trunk_fault: bool, threshold: u32, first_backoff: Duration, now: Instant) {
+        let n = self.failures.get() + 1;
+        self.failures.set(n);
+        if !trunk_fault && n < threshold {
+            return;
+        }
+        let b = match self.backoff.get() {
+            d if d.is_zero() => first_backoff,
+            d => (d * 2).min(first_backoff * 16),
+        };
+        self.backoff.set(b);
+        self.failures.set(0);
+        self.down_until.set(Some(now + b));
+        self.metrics.healthy.set(0.0);
+        tracing::warn!(trunk = %self.s.name, backoff_s = b.as_secs_f64(), "SIP trunk taken out of rotation");
+    }
+
+    fn back_in(&self, now: Instant) {
+        if self.down_until.get().is_some_and(|t| t <= now) {
+            self.down_until.set(None);
+            self.metrics.healthy.set(1.0);
+        }
+    }
+}
+
+/// Picks the trunk for the next call among `trunks` (skipping `exclude`): the best priority
+/// with a healthy trunk, a trunk with a free channel first, smooth weighted round robin
+/// (nginx's) among equals. `None` when every trunk is out of rotation.
+pub fn pick(trunks: &[Rc<Trunk>], exclude: &[usize], now: Instant) -> Option<usize> {
+    let live: Vec<usize> = (0..trunks.len())
+        .filter(|i| !exclude.contains(i))
+        .filter(|&i| {
+            trunks[i].back_in(now);
+            trunks[i].healthy(now)
+        })
+        .collect();
+    let best = live.iter().map(|&i| trunks[i].s.priority).min()?;
+    let tier: Vec<usize> = live.into_iter().filter(|&i| trunks[i].s.priority == best).collect();
+    let with_room: Vec<usize> = tier.iter().copied().filter(|&i| trunks[i].has_room()).collect();
+    let among = if with_room.is_empty() { tier } else { with_room };
+    let total: i64 = among.iter().map(|&i| i64::from(trunks[i].s.weight.max(1))).sum();
+    for &i in &among {
+        let t = &trunks[i];
+        t.current.set(t.current.get() + i64::from(t.s.weight.max(1)));
+    }
+    let chosen = *among.iter().max_by_key(|&&i| (trunks[i].current.get(), std::cmp::Reverse(i)))?;
+    trunks[chosen].current.set(trunks[chosen].current.get() - total);
+    Some(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trunk(name: &str, priority: u32, weight: u32, channels: u32) -> Rc<Trunk> {
+        Rc::new(Trunk::new(
+            TrunkSettings {
+                name: name.into(),
+                proxy: "127.0.0.1:5060".parse().unwrap(),
+                domain: String::new(),
+                username: String::new(),
+                password: String::new(),
+                from_user: "dialer".into(),
+                from_domain: "example.com".into(),
+                caller_id: String::new(),
+                max_channels: channels,
+                max_cps: 0,
+                priority,
+                weight,
+            },
+            0,
+            1,
+        ))
+    }
+
+    #[test]
+    fn shares_split_the_remainder_to_the_first_shards() {
+        assert_eq!((0..3).map(|i| share(10, i, 3)).collect::<Vec<_>>(), [4, 3, 3]);
+        assert_eq!((0..4).map(|i| share(4, i, 4)).sum::<u32>(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn weighted_round_robin_by_priority_and_health() {
+        let ts = vec![trunk("a", 1, 3, 10), trunk("b", 1, 1, 10), trunk("backup", 2, 1, 10)];
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..8).map(|_| pick(&ts, &[], now).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 2, "{picks:?}");
+        ts[0].failed(true, 3, Duration::from_secs(30), now);
+        assert_eq!(pick(&ts, &[], now), Some(1), "a trunk fault takes a trunk out at once");
+        assert_eq!(pick(&ts, &[1], now), Some(2), "the next priority when the first is out");
+        for _ in 0..2 {
+            ts[1].failed(false, 3, Duration::from_secs(30), now);
+        }
+        assert_eq!(pick(&ts, &[], now), Some(1), "two 5xx of three allowed: still in");
+        ts[1].failed(false, 3, Duration::from_secs(30), now);
+        assert_eq!(pick(&ts, &[], now), Some(2));
+        ts[2].failed(true, 3, Duration::from_secs(30), now);
+        assert_eq!(pick(&ts, &[], now), None, "every trunk out");
+        assert_eq!(pick(&ts, &[], now + Duration::from_secs(31)), Some(0), "back after the back-off");
+        ts[0].failed(true, 3, Duration::from_secs(30), now);
+        assert_eq!(ts[0].backoff.get(), Duration::from_secs(60), "the back-off doubles");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn channels_wait_and_pacing_spaces_invites() {
+        let t = trunk("a", 1, 1, 1);
+        let c = t.channel().await;
+        let second = tokio::time::timeout(Duration::from_secs(1), t.channel()).await;
+        assert!(second.is_err(), "the only channel is taken: a second call waits");
+        drop(c);
+        assert!(t.has_room(), "a dropped channel is given back");
+        let _c = tokio::time::timeout(Duration::from_secs(1), t.channel()).await.expect("a free channel at once");
+        let mut settings = t.s.clone();
+        settings.max_cps = 20;
+        let paced = Trunk::new(settings, 1, 2);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..12 {
+            paced.pace().await;
+            at.push((Instant::now() - start).as_millis());
+        }
+        assert_eq!(at[..4], [0, 100, 200, 300], "shard 1 of 2 on a 20-CPS trunk: 10 INVITEs a second, evenly");
+        assert_eq!(at[10..], [1000, 1100], "and never 11 within a second");
+    }
+}

@@ -1,0 +1,183 @@
+//! The SIP provider against real SIP software: sipp as the far end (its behaviour chosen by the
+//! dialled number, `testkit/sip/uas.xml`) and kamailio as a carrier's proxy challenging with 407.
+//! Each test runs the provider's shards the way the data plane does: a current-thread runtime
+//! and a `LocalSet`.
+
+use std::time::Duration;
+
+use dialer_dataplane::Provider;
+use dialer_dataplane::provider::CallOutcome;
+use dialer_dataplane::sip::{SipProvider, SipSettings, TrunkSettings};
+use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
+use dialer_testkit::sip::{Kamailio, Sipp};
+use uuid::Uuid;
+
+fn trunk(name: &str, proxy: std::net::SocketAddr, user: &str, password: &str) -> TrunkSettings {
+    TrunkSettings {
+        name: name.into(),
+        proxy,
+        domain: "carrier.test".into(),
+        username: user.into(),
+        password: password.into(),
+        from_user: "dialer".into(),
+        from_domain: "dialer.test".into(),
+        caller_id: "+15005550006".into(),
+        max_channels: 1000,
+        max_cps: 0,
+        priority: 1,
+        weight: 1,
+    }
+}
+
+fn settings(trunks: Vec<TrunkSettings>) -> SipSettings {
+    SipSettings {
+        trunks,
+        ring_timeout: Duration::from_millis(1000),
+        max_call: Duration::from_millis(800),
+        t1: Duration::from_millis(100),
+        ..SipSettings::default()
+    }
+}
+
+fn msg(number: &str) -> DispatchMessage {
+    DispatchMessage {
+        v: SCHEMA_VERSION,
+        call_id: Uuid::now_v7(),
+        attempt: 1,
+        campaign_id: Uuid::from_u128(7),
+        phone_number: number.into(),
+        campaign_cap: 10,
+        campaign_weight: 1,
+        not_before_ms: 0,
+        deadline_ms: 0,
+        enqueued_at_us: 0,
+    }
+}
+
+/// Runs `f` on a current-thread runtime inside a `LocalSet`, as a shard does.
+fn on_shard<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+fn sipp(calls: u64, hold_ms: u64) -> Sipp {
+    Sipp::uas(calls, hold_ms).unwrap_or_else(|e| panic!("sipp is needed for this test: {e}"))
+}
+
+/// `(reason, retryable, SIP code, Retry-After ms)` of a failed call; panics on an answered one.
+fn failure(o: &CallOutcome) -> (&'static str, bool, Option<u16>, Option<u64>) {
+    match o {
+        CallOutcome::Failed { reason, retryable, sip, .. } => {
+            let sip = sip.as_ref().expect("a SIP outcome carries the final response");
+            (reason, *retryable, sip.code, sip.retry_after_ms)
+        }
+        CallOutcome::Completed { .. } => panic!("expected a failure, got {o:?}"),
+    }
+}
+
+/// Talk time of an answered call.
+fn talked(o: &CallOutcome) -> Duration {
+    match o {
+        CallOutcome::Completed { answered_after, duration } => *duration - *answered_after,
+        CallOutcome::Failed { .. } => panic!("expected an answered call, got {o:?}"),
+    }
+}
+
+#[test]
+fn each_far_end_answer_maps_to_its_outcome_and_retry_decision() {
+    let far = sipp(9, 300);
+    let outcomes = on_shard(async {
+        let s = settings(vec![trunk("sipp", far.addr(), "dialer", "secret-401")]);
+        let p = SipProvider::start(s.clone(), 0, 1).await.expect("provider starts");
+        let refer = SipSettings { refer_to: Some("sip:queue@ivr.test".into()), ..s };
+        let r = SipProvider::start(refer, 0, 1).await.expect("provider starts");
+        let numbers = ["200", "201", "486", "480", "487", "503", "404", "401"];
+        let mut calls: Vec<_> = numbers.iter().map(|n| p.place_call(&msg(&format!("+1555000{n}")))).collect();
+        calls.push(r.place_call(&msg("+1555000202")));
+        futures::future::join_all(calls).await
+    });
+    let [far_bye, our_bye, busy, unavailable, cancelled, overloaded, not_found, challenged, referred] =
+        <[CallOutcome; 9]>::try_from(outcomes).expect("nine outcomes");
+    let t = talked(&far_bye);
+    assert!(t >= Duration::from_millis(250) && t < Duration::from_millis(800), "far end hung up after ~300 ms: {t:?}");
+    assert!(talked(&our_bye) >= Duration::from_millis(800), "our BYE at the maximum call length");
+    assert_eq!(failure(&busy), ("busy", true, Some(486), None));
+    assert_eq!(failure(&unavailable), ("no_answer", true, Some(480), None));
+    assert_eq!(failure(&cancelled), ("no_answer", true, Some(487), None), "ring timeout → CANCEL → 487");
+    match &cancelled {
+        CallOutcome::Failed { after, .. } => {
+            assert!(*after >= Duration::from_millis(1000), "rang for the ring timeout")
+        }
+        CallOutcome::Completed { .. } => unreachable!(),
+    }
+    assert_eq!(failure(&overloaded), ("failed", true, Some(503), Some(120_000)), "503 keeps Retry-After");
+    assert_eq!(failure(&not_found), ("invalid_number", false, Some(404), None));
+    assert!(talked(&challenged) >= Duration::from_millis(800), "401 answered with digest credentials, then talked");
+    let t = talked(&referred);
+    assert!(
+        t < Duration::from_millis(800),
+        "REFER accepted (202, NOTIFY 200): we leave at once, not after {t:?}; {}",
+        far.errors()
+    );
+    let report = far.finish(Duration::from_secs(20)).expect("sipp's report");
+    assert_eq!((report.successful, report.failed), (9, 0), "every call ran its scenario to the end: {}", far.errors());
+}
+
+#[test]
+fn a_wrong_password_fails_the_trunk_not_the_lead() {
+    let far = sipp(0, 300);
+    on_shard(async {
+        let bad = trunk("bad", far.addr(), "dialer", "wrong");
+        let p = SipProvider::start(settings(vec![bad.clone()]), 0, 1).await.expect("provider starts");
+        let o = p.place_call(&msg("+1555000401")).await;
+        assert_eq!(failure(&o), ("failed", true, Some(403), None), "refused credentials: retryable for the lead");
+        let o = p.place_call(&msg("+1555000201")).await;
+        let (reason, retryable, code, _) = failure(&o);
+        assert_eq!((reason, retryable, code), ("failed", true, None), "the trunk is out of rotation");
+        // With a good trunk behind it, calls go there instead.
+        let good = TrunkSettings { priority: 2, ..trunk("good", far.addr(), "dialer", "secret-401") };
+        let p = SipProvider::start(settings(vec![bad, good]), 0, 1).await.expect("provider starts");
+        let o = p.place_call(&msg("+1555000401")).await;
+        assert!(talked(&o) >= Duration::from_millis(800), "failed over to the good trunk within the attempt");
+    });
+}
+
+#[test]
+fn kamailio_challenges_with_407_and_right_credentials_get_through() {
+    let far = sipp(0, 300);
+    let proxy = Kamailio::start(far.addr(), "carrier-pw").unwrap_or_else(|e| panic!("kamailio is needed: {e}"));
+    on_shard(async {
+        let good = trunk("carrier", proxy.addr(), "acme", "carrier-pw");
+        let p = SipProvider::start(settings(vec![good]), 0, 1).await.expect("provider starts");
+        let (answered, busy) = tokio::join!(p.place_call(&msg("+1555000201")), p.place_call(&msg("+1555000486")));
+        assert!(talked(&answered) >= Duration::from_millis(800), "answered through the proxy, BYE record-routed");
+        assert_eq!(failure(&busy), ("busy", true, Some(486), None));
+        let bad = trunk("carrier", proxy.addr(), "acme", "nope");
+        let p = SipProvider::start(settings(vec![bad]), 0, 1).await.expect("provider starts");
+        let o = p.place_call(&msg("+1555000201")).await;
+        assert_eq!(failure(&o), ("failed", true, Some(407), None), "a second 407: the trunk's fault");
+    });
+}
+
+#[test]
+fn channels_and_calls_per_second_hold_at_the_far_end() {
+    const CALLS: u64 = 300;
+    let far = sipp(CALLS, 300);
+    let mut s = settings(vec![TrunkSettings { max_channels: 12, max_cps: 40, ..trunk("t", far.addr(), "", "") }]);
+    s.max_call = Duration::from_secs(10);
+    on_shard(async {
+        // Two shards of one data plane, each with its share of the trunk.
+        let a = SipProvider::start(s.clone(), 0, 2).await.expect("shard 0");
+        let b = SipProvider::start(s.clone(), 1, 2).await.expect("shard 1");
+        let calls = (0..CALLS).map(|i| if i % 2 == 0 { &a } else { &b }).map(|p| p.place_call(&msg("+1555000200")));
+        let outcomes = futures::future::join_all(calls).await;
+        let answered = outcomes.iter().filter(|o| matches!(o, CallOutcome::Completed { .. })).count();
+        assert_eq!(answered as u64, CALLS, "every call answered");
+    });
+    let r = far.finish(Duration::from_secs(30)).expect("sipp's report");
+    assert!(r.peak <= 12, "sipp saw {} calls up at once on a trunk of 12 channels", r.peak);
+    assert!(r.peak >= 8, "the channels were in use: peak {}", r.peak);
+    assert_eq!(r.invites_ms.len() as u64, CALLS);
+    let cps = r.max_invites_per_second();
+    assert!(cps <= 40, "{cps} INVITEs within one second on a 40-CPS trunk");
+}

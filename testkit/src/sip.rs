@@ -1,0 +1,239 @@
+//! Real SIP peers for the SIP provider's tests and `bench sip`: sipp as the far end (the UAS
+//! scenario `testkit/sip/uas.xml`, its behaviour chosen by the dialled number) and kamailio as a
+//! carrier's proxy in front of it (`testkit/sip/kamailio.cfg`: 407 challenges, record-route).
+//! Both on free UDP ports of 127.0.0.1, in temporary directories, watched like the other servers.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{HarnessError, Managed};
+
+pub const SIPP_INSTALL: &str = "install it with: apt-get install -y sip-tester";
+pub const KAMAILIO_INSTALL: &str = "install it with: apt-get install -y kamailio";
+
+/// The UAS scenario (see its header for the numbers it understands).
+pub const UAS_SCENARIO: &str = include_str!("../sip/uas.xml");
+const KAMAILIO_CFG: &str = include_str!("../sip/kamailio.cfg");
+
+/// A free UDP port on 127.0.0.1 (bound and released).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("no free UDP port")
+}
+
+/// Whether something has `port` bound for UDP on 127.0.0.1 (from `/proc/net/udp`).
+fn udp_bound(port: u16) -> bool {
+    let needle = format!("0100007F:{port:04X} ");
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| t.lines().any(|l| l.contains(&needle)))
+}
+
+fn wait_udp(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if udp_bound(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn spawn(cmd: &mut Command, what: &str, hint: &str, dir: &Path, process: &Managed) -> Result<(), HarnessError> {
+    let child = cmd.stdin(Stdio::null()).spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => HarnessError::Missing { what: what.into(), hint: hint.into() },
+        _ => HarnessError::Start { what: what.into(), detail: e.to_string() },
+    })?;
+    crate::watch(child.id(), dir);
+    *process.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+    Ok(())
+}
+
+/// sipp running the UAS scenario.
+#[derive(Debug)]
+pub struct Sipp {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Managed,
+}
+
+impl Sipp {
+    /// Starts sipp as the far end. `calls`: sipp exits after this many calls and writes its
+    /// final screen (for [`Sipp::finish`]; 0 = runs until dropped). `hold_ms`: how long a
+    /// "200" number talks before the far end hangs up.
+    pub fn uas(calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("dialer-sipp-")
+            .tempdir()
+            .map_err(|e| HarnessError::Start { what: "sipp".into(), detail: e.to_string() })?;
+        let scenario = dir.path().join("uas.xml");
+        std::fs::write(&scenario, UAS_SCENARIO)
+            .map_err(|e| HarnessError::Start { what: "sipp".into(), detail: e.to_string() })?;
+        let s = Sipp { port: free_udp_port(), dir, process: Managed::default() };
+        let p = |n: u16| n.to_string();
+        let mut cmd = Command::new("sipp");
+        cmd.current_dir(s.dir.path())
+            .arg("-sf")
+            .arg(&scenario)
+            .args(["-i", "127.0.0.1", "-p", &p(s.port), "-mp", &p(free_udp_port()), "-ci", "127.0.0.1"])
+            .args(["-cp", &p(free_udp_port()), "-nostdin", "-d", &hold_ms.to_string()])
+            .args(["-max_socket", "60000", "-trace_screen", "-screen_file", "screen.log"])
+            .args(["-trace_logs", "-log_file", "invites.log", "-trace_err", "-error_file", "errors.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if calls > 0 {
+            cmd.args(["-m", &calls.to_string()]);
+        }
+        spawn(&mut cmd, "sipp", SIPP_INSTALL, s.dir.path(), &s.process)?;
+        if !wait_udp(s.port, Duration::from_secs(10)) {
+            return Err(HarnessError::Start { what: "sipp".into(), detail: s.errors() });
+        }
+        Ok(s)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// sipp's error log (unexpected messages, scenario failures).
+    pub fn errors(&self) -> String {
+        self.read("errors.log")
+    }
+
+    /// Waits for sipp to exit after its `calls` and returns its final report.
+    pub fn finish(&self, timeout: Duration) -> Result<SippReport, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exited = {
+                let mut child = self.process.child.lock().unwrap_or_else(|p| p.into_inner());
+                child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+            };
+            if exited {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("sipp still running after {timeout:?}; errors: {}", self.errors()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        SippReport::parse(&self.read("screen.log"), &self.read("invites.log"))
+    }
+
+    /// The directory holding sipp's logs.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+/// What sipp saw, from its own screen and its INVITE log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SippReport {
+    /// "Peak was N calls": the most calls up at once.
+    pub peak: u64,
+    /// Calls sipp counted as successful and failed (its scenario's view).
+    pub successful: u64,
+    pub failed: u64,
+    /// sipp's clock (ms) at each INVITE received.
+    pub invites_ms: Vec<u64>,
+}
+
+impl SippReport {
+    fn parse(screen: &str, invites: &str) -> Result<SippReport, String> {
+        let number_after = |key: &str| -> Option<u64> {
+            let at = screen.rfind(key)? + key.len();
+            screen[at..].split_whitespace().find_map(|w| w.trim_matches('|').parse().ok())
+        };
+        let peak = number_after("Peak was").ok_or_else(|| format!("no \"Peak was\" in sipp's screen:\n{screen}"))?;
+        let invites_ms = invites
+            .lines()
+            .filter_map(|l| l.strip_prefix("invite ")?.split_whitespace().next()?.parse().ok())
+            .collect();
+        // The cumulative column: the last number on the counter's (last) line.
+        let cumulative = |key: &str| -> u64 {
+            let line = screen.lines().filter(|l| l.trim_start().starts_with(key)).last().unwrap_or("");
+            line.split_whitespace().filter_map(|w| w.parse().ok()).last().unwrap_or(0)
+        };
+        Ok(SippReport {
+            peak,
+            successful: cumulative("Successful call"),
+            failed: cumulative("Failed call"),
+            invites_ms,
+        })
+    }
+
+    /// The most INVITEs within any one second (a sliding window over sipp's own clock).
+    pub fn max_invites_per_second(&self) -> usize {
+        let mut t = self.invites_ms.clone();
+        t.sort_unstable();
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..t.len() {
+            while t[hi] - t[lo] >= 1000 {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+}
+
+/// kamailio as a carrier's proxy in front of `upstream`, challenging INVITEs with 407.
+#[derive(Debug)]
+pub struct Kamailio {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Managed,
+}
+
+impl Kamailio {
+    pub fn start(upstream: SocketAddr, password: &str) -> Result<Kamailio, HarnessError> {
+        let err = |e: std::io::Error| HarnessError::Start { what: "kamailio".into(), detail: e.to_string() };
+        let dir = tempfile::Builder::new().prefix("dialer-kamailio-").tempdir().map_err(err)?;
+        let k = Kamailio { port: free_udp_port(), dir, process: Managed::default() };
+        let cfg = KAMAILIO_CFG
+            .replace("@LISTEN@", &format!("127.0.0.1:{}", k.port))
+            .replace("@UPSTREAM@", &upstream.to_string())
+            .replace("@PASSWORD@", password);
+        let path = k.dir.path().join("kamailio.cfg");
+        std::fs::write(&path, cfg).map_err(err)?;
+        let log = std::fs::File::create(k.dir.path().join("kamailio.log")).map_err(err)?;
+        let mut cmd = Command::new("kamailio");
+        cmd.arg("-f")
+            .arg(&path)
+            .args(["-DD", "-E", "-m", "32", "-M", "4", "-Y"])
+            .arg(k.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log);
+        spawn(&mut cmd, "kamailio", KAMAILIO_INSTALL, k.dir.path(), &k.process)?;
+        if !wait_udp(k.port, Duration::from_secs(10)) {
+            let detail = std::fs::read_to_string(k.dir.path().join("kamailio.log")).unwrap_or_default();
+            return Err(HarnessError::Start { what: "kamailio".into(), detail });
+        }
+        Ok(k)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sipps_screen_and_invite_log() {
+        let screen = "  0 calls                                 Peak was 17 calls, after 1 s\n\
+                      Successful call        |        0                  |       40\n\
+                      Failed call            |        0                  |        2\n";
+        let invites = "invite 1000 200\ninvite 1500 486\ninvite 1999 200\ninvite 2000 auth\ninvite 2600 200\n";
+        let r = SippReport::parse(screen, invites).expect("parses");
+        assert_eq!((r.peak, r.successful, r.failed), (17, 40, 2));
+        assert_eq!(r.max_invites_per_second(), 3, "1000, 1500, 1999 are within one second; 2000 is not with 1000");
+        assert!(SippReport::parse("nothing", "").is_err());
+    }
+}
