@@ -68,6 +68,83 @@ pub enum ProviderKind {
     /// The seed's mock provider (answer rate, call lengths, outcomes drawn from a seed).
     #[default]
     Mock,
+    /// Real calls over SIP trunks (`[[provider.trunks]]`), signalling only.
+    Sip,
+}
+
+impl std::str::FromStr for ProviderKind {
+    type Err = ValueError;
+    fn from_str(v: &str) -> Result<ProviderKind, ValueError> {
+        match v.trim() {
+            "mock" => Ok(ProviderKind::Mock),
+            "sip" => Ok(ProviderKind::Sip),
+            _ => Err(ValueError::NotKnown { value: v.to_string(), known: "\"mock\", \"sip\"" }),
+        }
+    }
+}
+
+/// One SIP trunk (`[[provider.trunks]]`).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Unique name (metrics label, logs).
+    pub name: String,
+    /// The carrier's SIP proxy, `host:port` (UDP).
+    pub proxy: String,
+    /// Domain of the Request-URI and To; the proxy's host when empty.
+    pub domain: String,
+    /// Digest username (401/407); empty = the trunk does not authenticate.
+    pub username: String,
+    /// The environment variable holding the password (never the password itself).
+    pub password_env: String,
+    /// The password read from `password_env` at start.
+    #[serde(skip)]
+    pub password: String,
+    pub from_user: String,
+    pub from_domain: String,
+    /// Caller ID (E.164) presented when the campaign sets none; empty = `from_user`.
+    pub caller_id: String,
+    /// Calls up at once on this trunk across all data planes.
+    pub max_channels: u32,
+    /// INVITEs per second on this trunk across all data planes (0 = no limit).
+    pub max_cps: u32,
+    /// Lower is preferred; the next priority takes calls while these are all out of rotation.
+    pub priority: u32,
+    /// Share of calls among trunks of one priority.
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("proxy", &self.proxy)
+            .field("username", &self.username)
+            .field("password_env", &self.password_env)
+            .field("max_channels", &self.max_channels)
+            .field("max_cps", &self.max_cps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        TrunkConfig {
+            name: String::new(),
+            proxy: String::new(),
+            domain: String::new(),
+            username: String::new(),
+            password_env: String::new(),
+            password: String::new(),
+            from_user: "dialer".into(),
+            from_domain: "localhost".into(),
+            caller_id: String::new(),
+            max_channels: 100,
+            max_cps: 10,
+            priority: 1,
+            weight: 1,
+        }
+    }
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -209,11 +286,11 @@ pub struct BusConfig {
     pub replication_factor: i32,
 }
 
-/// The mock telephony provider (the only provider so far).
+/// The telephony provider: the seed's mock, or SIP trunks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// `mock`, the only provider so far; an unknown kind is refused with the known ones.
+    /// `mock` or `sip` (`DIALER_PROVIDER_KIND`); an unknown kind is refused with the known ones.
     pub kind: ProviderKind,
     pub answer_rate: f64,
     pub retryable_share: f64,
@@ -224,6 +301,28 @@ pub struct ProviderConfig {
     /// Mock only: append every call placed to this file (`DIALER_PROVIDER_LEDGER`), the
     /// carrier's view that fault runs (`bench chaos`) check across processes; empty = off.
     pub ledger: String,
+    /// SIP: the trunks calls go out on.
+    pub trunks: Vec<TrunkConfig>,
+    /// SIP: CANCEL an unanswered call after this long ringing (`no_answer`).
+    pub ring_timeout_ms: u64,
+    /// SIP: the address of this host the shards' UDP sockets bind to and advertise in Via and
+    /// Contact (`DIALER_SIP_BIND`): an address the trunks can reach.
+    pub sip_bind: String,
+    /// SIP: RFC 3261 T1 in ms (Timers A, B, E, F derive from it).
+    pub sip_t1_ms: u64,
+    /// SIP: where answered calls' audio goes, the RTP `ip:port` of a media server named in the
+    /// SDP offer; empty = this host, port 9 (discard).
+    pub media_endpoint: String,
+    /// SIP: hand answered calls on with REFER to this URI (an IVR, queue or agent); empty = keep
+    /// them until either side hangs up or `max_call_ms` passes.
+    pub refer_to: String,
+    /// SIP: consecutive failures (5xx, timeouts) that take a trunk out of rotation.
+    pub trunk_failures: u32,
+    /// SIP: first back-off of a trunk out of rotation (doubled at each failure, up to 16 ×).
+    pub trunk_backoff_ms: u64,
+    /// SIP: a trunk's `max_cps` INVITEs go out over 1 s + this, so jitter up to this much between
+    /// our send and the carrier's count never shows it more than `max_cps` in a second.
+    pub sip_cps_margin_ms: u64,
 }
 
 impl Default for BusConfig {
@@ -253,6 +352,15 @@ impl Default for ProviderConfig {
             max_ring_ms: 500,
             seed: 1,
             ledger: String::new(),
+            trunks: Vec::new(),
+            ring_timeout_ms: 30_000,
+            sip_bind: "127.0.0.1".into(),
+            sip_t1_ms: 500,
+            media_endpoint: String::new(),
+            refer_to: String::new(),
+            trunk_failures: 3,
+            trunk_backoff_ms: 30_000,
+            sip_cps_margin_ms: 100,
         }
     }
 }
@@ -429,9 +537,101 @@ impl Config {
 }
 
 impl ProviderConfig {
-    /// The longest a call may last: the ring timeout plus the maximum call length.
+    /// The longest a call may last: the ring timeout plus the maximum call length (SIP: plus
+    /// the wait for a channel and CPS slot, bounded by the dispatch deadline's reaper grace, and
+    /// Timer B or F of the INVITE and the BYE).
     pub fn longest_call(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.max_ring_ms.saturating_add(self.max_call_ms))
+        let ms = match self.kind {
+            ProviderKind::Mock => self.max_ring_ms.saturating_add(self.max_call_ms),
+            ProviderKind::Sip => {
+                self.ring_timeout_ms.saturating_add(self.max_call_ms).saturating_add(self.sip_t1_ms.saturating_mul(128))
+            }
+        };
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// Reads each trunk's password from its `password_env` variable in `env`.
+    fn read_passwords(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        for (i, t) in self.trunks.iter_mut().enumerate() {
+            if t.password_env.is_empty() {
+                continue;
+            }
+            match env.iter().find(|(k, _)| *k == t.password_env) {
+                Some((_, v)) if !v.is_empty() => t.password = v.clone(),
+                _ => {
+                    return Err(invalid(
+                        &format!("provider.trunks[{i}].password_env"),
+                        format!("the variable {} is not set: export the trunk's password in it", t.password_env),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_sip(&self) -> Result<(), ConfigError> {
+        if self.kind != ProviderKind::Sip {
+            return Ok(());
+        }
+        if self.trunks.is_empty() {
+            return Err(invalid("provider.trunks", "provider.kind = \"sip\" needs at least one [[provider.trunks]]"));
+        }
+        if self.sip_bind.parse::<std::net::IpAddr>().map_or(true, |ip| ip.is_unspecified()) {
+            return Err(invalid("provider.sip_bind", "must be an IP address of this host the trunks can reach"));
+        }
+        if self.ring_timeout_ms == 0 || self.sip_t1_ms == 0 || self.max_call_ms == 0 {
+            return Err(invalid(
+                "provider.ring_timeout_ms",
+                "ring_timeout_ms, sip_t1_ms and max_call_ms must be above 0",
+            ));
+        }
+        if !self.media_endpoint.is_empty() && self.media_endpoint.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("provider.media_endpoint", "must be IP:PORT of the media server's RTP port"));
+        }
+        if !self.refer_to.is_empty() && !self.refer_to.starts_with("sip:") && !self.refer_to.starts_with("sips:") {
+            return Err(invalid("provider.refer_to", "must be a SIP URI, e.g. sip:queue@ivr.example.com"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            t.validate().map_err(|(k, reason)| invalid(&format!("provider.trunks[{i}].{k}"), reason))?;
+            if !names.insert(t.name.as_str()) {
+                return Err(invalid(&format!("provider.trunks[{i}].name"), format!("{:?} names two trunks", t.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrunkConfig {
+    /// The proxy's address (resolved once at start).
+    pub fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        self.proxy.to_socket_addrs().ok()?.next()
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(("name", "must be letters, digits, '.', '_' and '-'".into()));
+        }
+        if self.proxy_addr().is_none() {
+            return Err((
+                "proxy",
+                format!("{:?} is not a reachable host:port, e.g. sip.carrier.example:5060", self.proxy),
+            ));
+        }
+        if !self.username.is_empty() && self.password_env.is_empty() {
+            return Err(("password_env", "a trunk with a username needs the variable holding its password".into()));
+        }
+        if !self.caller_id.is_empty() && dialer_domain::phone::check_e164(&self.caller_id).is_err() {
+            return Err(("caller_id", format!("{:?} is not an E.164 number, e.g. +15551234567", self.caller_id)));
+        }
+        if self.max_channels == 0 {
+            return Err(("max_channels", "must be at least 1".into()));
+        }
+        if self.from_user.is_empty() || self.from_domain.is_empty() {
+            return Err(("from_user", "from_user and from_domain must be set".into()));
+        }
+        Ok(())
     }
 }
 
@@ -464,6 +664,9 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_BUS_STATUS_PARTITIONS", "bus.status_partitions"),
     ("DIALER_BUS_REPLICATION_FACTOR", "bus.replication_factor"),
     ("DIALER_PROVIDER_SEED", "provider.seed"),
+    ("DIALER_PROVIDER_KIND", "provider.kind"),
+    ("DIALER_SIP_BIND", "provider.sip_bind"),
+    ("DIALER_PROVIDER_RING_TIMEOUT_MS", "provider.ring_timeout_ms"),
     ("DIALER_SCHEDULER_REAP_EVERY_MS", "scheduler.reap_every_ms"),
     ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
     ("DIALER_RECORDER_BATCH_MAX", "scheduler.recorder_batch_max"),
@@ -500,6 +703,7 @@ impl Config {
                 cfg.set(key, value).map_err(|source| ConfigError::Env { key, var, source })?;
             }
         }
+        cfg.provider.read_passwords(&env)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -549,6 +753,9 @@ impl Config {
             "scheduler.recorder_workers" => self.scheduler.recorder_workers = num(v)?,
             "scheduler.claim_concurrency" => self.scheduler.claim_concurrency = num(v)?,
             "provider.seed" => self.provider.seed = num(v)?,
+            "provider.kind" => self.provider.kind = v.parse()?,
+            "provider.sip_bind" => self.provider.sip_bind = v.to_string(),
+            "provider.ring_timeout_ms" => self.provider.ring_timeout_ms = num(v)?,
             "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
             "telemetry.service_name" => self.telemetry.service_name = v.to_string(),
@@ -668,7 +875,7 @@ impl Config {
         if p.max_call_ms < p.min_call_ms {
             return Err(invalid("provider.max_call_ms", "must be at least provider.min_call_ms"));
         }
-        Ok(())
+        p.validate_sip()
     }
 
     fn validate_timeline_and_telemetry(&self) -> Result<(), ConfigError> {
@@ -828,6 +1035,39 @@ mod tests {
     }
 
     #[test]
+    fn sip_trunks_are_checked_at_start_with_the_key_and_passwords_come_from_the_environment() {
+        let trunk = |extra: &str| {
+            format!(
+                "[provider]\nkind = \"sip\"\n[[provider.trunks]]\nname = \"carrier\"\nproxy = \"127.0.0.1:5060\"\n\
+                 username = \"acme\"\npassword_env = \"TRUNK_PW\"\n{extra}"
+            )
+        };
+        let load = |text: &str, vars: &[(&str, &str)]| {
+            let f = tempfile::NamedTempFile::new().expect("temp file");
+            std::fs::write(f.path(), text).expect("written");
+            Config::load(Some(f.path()), env(vars))
+        };
+        let c = load(&trunk(""), &[("TRUNK_PW", "s3cret")]).expect("a good trunk");
+        assert_eq!((c.provider.kind, c.provider.trunks[0].password.as_str()), (ProviderKind::Sip, "s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "the password stays out of Debug");
+        let refused = |text: &str, vars: &[(&str, &str)], key: &str| {
+            let e = load(text, vars).expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        };
+        refused(&trunk(""), &[], "provider.trunks[0].password_env");
+        refused("[provider]\nkind = \"sip\"\n", &[], "provider.trunks");
+        refused(&trunk("max_channels = 0\n"), &[("TRUNK_PW", "x")], "provider.trunks[0].max_channels");
+        refused(&trunk("caller_id = \"555\"\n"), &[("TRUNK_PW", "x")], "provider.trunks[0].caller_id");
+        let bad_proxy = trunk("").replace("127.0.0.1:5060", "no port");
+        refused(&bad_proxy, &[("TRUNK_PW", "x")], "provider.trunks[0].proxy");
+        let twice = format!("{}[[provider.trunks]]\nname = \"carrier\"\nproxy = \"127.0.0.1:5061\"\n", trunk(""));
+        refused(&twice, &[("TRUNK_PW", "x")], "provider.trunks[1].name");
+        refused(&trunk(""), &[("TRUNK_PW", "x"), ("DIALER_SIP_BIND", "0.0.0.0")], "provider.sip_bind");
+        let c = load(&trunk(""), &[("TRUNK_PW", "x"), ("DIALER_PROVIDER_KIND", "mock")]).expect("mock");
+        assert_eq!(c.provider.kind, ProviderKind::Mock, "DIALER_PROVIDER_KIND overrides the file");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused_with_the_key() {
         let e = Config::from_toml("[api]\nlisten_port = 1\n").expect_err("unknown key").to_string();
         assert!(e.contains("listen_port"), "{e}");
@@ -835,8 +1075,8 @@ mod tests {
         assert!(e.contains("global_max_concurrency"), "{e}");
         let e = Config::from_toml("[bus]\nkind = \"kafak\"\n").expect_err("unknown bus").to_string();
         assert!(e.contains("kafak") && e.contains("memory") && e.contains("kafka"), "the known kinds: {e}");
-        let e = Config::from_toml("[provider]\nkind = \"sip\"\n").expect_err("unknown provider").to_string();
-        assert!(e.contains("sip") && e.contains("mock"), "the known kinds: {e}");
+        let e = Config::from_toml("[provider]\nkind = \"isdn\"\n").expect_err("unknown provider").to_string();
+        assert!(e.contains("isdn") && e.contains("mock") && e.contains("sip"), "the known kinds: {e}");
         let e = Config::load(None, env(&[("DIALER_BUS_KIND", "rabbit")])).expect_err("bad env kind").to_string();
         assert!(e.contains("bus.kind") && e.contains("rabbit") && e.contains("\"kafka\""), "{e}");
         let e = Config::load(None, env(&[("TELEPHONY_SEMAPHORE_TTL_SEC", "soon")])).expect_err("bad env");

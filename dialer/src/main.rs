@@ -192,6 +192,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
         mock: mock_settings(cfg),
+        sip: sip_settings(cfg)?,
         tracker: tracker(cfg)?,
         instance: format!("up-{}", std::process::id()),
     })?;
@@ -411,6 +412,51 @@ fn tracker(cfg: &Config) -> Result<std::sync::Arc<dialer_dataplane::Tracker>> {
         .with_context(|| format!("provider.ledger: cannot append to {}", cfg.provider.ledger))
 }
 
+/// The SIP provider's settings when `provider.kind = "sip"` (validated with the config).
+fn sip_settings(cfg: &Config) -> Result<Option<dialer_dataplane::sip::SipSettings>> {
+    use dialer_control_plane::config::ProviderKind;
+    use std::time::Duration;
+    let p = &cfg.provider;
+    if p.kind != ProviderKind::Sip {
+        return Ok(None);
+    }
+    let mut trunks = Vec::new();
+    for (i, t) in p.trunks.iter().enumerate() {
+        let proxy =
+            t.proxy_addr().with_context(|| format!("provider.trunks[{i}].proxy: cannot resolve {}", t.proxy))?;
+        trunks.push(dialer_dataplane::sip::TrunkSettings {
+            name: t.name.clone(),
+            proxy,
+            domain: t.domain.clone(),
+            username: t.username.clone(),
+            password: t.password.clone(),
+            from_user: t.from_user.clone(),
+            from_domain: t.from_domain.clone(),
+            caller_id: t.caller_id.clone(),
+            max_channels: t.max_channels,
+            max_cps: t.max_cps,
+            priority: t.priority,
+            weight: t.weight,
+        });
+    }
+    Ok(Some(dialer_dataplane::sip::SipSettings {
+        trunks,
+        bind_ip: p.sip_bind.parse().context("provider.sip_bind")?,
+        ring_timeout: Duration::from_millis(p.ring_timeout_ms),
+        max_call: Duration::from_millis(p.max_call_ms),
+        t1: Duration::from_millis(p.sip_t1_ms),
+        media: if p.media_endpoint.is_empty() {
+            None
+        } else {
+            Some(p.media_endpoint.parse().context("provider.media_endpoint")?)
+        },
+        refer_to: (!p.refer_to.is_empty()).then(|| p.refer_to.clone()),
+        trunk_failures: p.trunk_failures.max(1),
+        trunk_backoff: Duration::from_millis(p.trunk_backoff_ms),
+        cps_margin: Duration::from_millis(p.sip_cps_margin_ms),
+    }))
+}
+
 fn mock_settings(cfg: &Config) -> dialer_dataplane::MockSettings {
     let p = &cfg.provider;
     dialer_dataplane::MockSettings {
@@ -490,6 +536,7 @@ async fn run_dataplane(
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
         mock: mock_settings(cfg),
+        sip: sip_settings(cfg)?,
         tracker: tracker(cfg)?,
         instance,
     })?;

@@ -47,7 +47,11 @@ impl Uac {
         shards: usize,
     ) -> std::io::Result<Rc<Uac>> {
         let local = socket.local_addr()?;
-        let trunks = settings.trunks.iter().map(|t| Rc::new(Trunk::new(t.clone(), shard, shards))).collect();
+        let trunks = settings
+            .trunks
+            .iter()
+            .map(|t| Rc::new(Trunk::new(t.clone(), shard, shards, settings.cps_margin)))
+            .collect();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         Ok(Rc::new(Uac {
             local,

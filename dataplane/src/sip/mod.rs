@@ -43,6 +43,10 @@ pub struct SipSettings {
     pub trunk_failures: u32,
     /// First back-off of a failed trunk (doubled at each failure after it, up to 16 ×).
     pub trunk_backoff: Duration,
+    /// How much longer than a second the CPS window is: a trunk's `max_cps` INVITEs go out over
+    /// 1 s + this, so the jitter between our send and the carrier's count (scheduling, network)
+    /// up to this much never shows the carrier more than `max_cps` in a second.
+    pub cps_margin: Duration,
 }
 
 impl Default for SipSettings {
@@ -57,6 +61,7 @@ impl Default for SipSettings {
             refer_to: None,
             trunk_failures: 3,
             trunk_backoff: Duration::from_secs(30),
+            cps_margin: Duration::from_millis(100),
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct Trunk {
     /// When this shard's last `cps share` INVITEs on the trunk went out (a ring): a new one waits
     /// until the oldest is a second old, so no second holds more than the share.
     sent: std::cell::RefCell<std::collections::VecDeque<Instant>>,
+    /// A second plus the margin.
+    window: Duration,
     cps_share: usize,
     failures: Cell<u32>,
     down_until: Cell<Option<Instant>>,
@@ -125,9 +127,12 @@ impl Drop for Channel {
 }
 
 impl Trunk {
-    pub fn new(s: TrunkSettings, shard: usize, shards: usize) -> Trunk {
+    /// This shard's part of trunk `s`; `margin` widens the CPS window beyond a second, for the
+    /// jitter between our send and the carrier's count.
+    pub fn new(s: TrunkSettings, shard: usize, shards: usize, margin: Duration) -> Trunk {
         let cps = share(s.max_cps, shard, shards);
-        let interval = if cps > 0 { Duration::from_secs(1) / cps } else { Duration::ZERO };
+        let window = Duration::from_secs(1) + margin;
+        let interval = if cps > 0 { window / cps } else { Duration::ZERO };
         let metrics = TrunkMetrics::new(&s.name, shard);
         let _ = &metrics.shard;
         Trunk {
@@ -137,6 +142,7 @@ impl Trunk {
             interval,
             next_slot: Cell::new(Instant::now()),
             sent: Default::default(),
+            window,
             cps_share: cps as usize,
             failures: Cell::new(0),
             down_until: Cell::new(None),
@@ -165,16 +171,15 @@ impl Trunk {
         Channel(self.clone())
     }
 
-    /// Waits for this shard's next INVITE slot on the trunk: evenly spaced at its CPS share, and
-    /// never more than the share within any second (0 = no limit).
+    /// Waits for this shard's next INVITE slot on the trunk: evenly spaced at its CPS share over
+    /// the window (a second plus the margin), and never more than the share within a window.
     pub async fn pace(&self) {
         if self.cps_share == 0 {
             return;
         }
         let now = Instant::now();
         let mut sent = self.sent.borrow_mut();
-        let window =
-            if sent.len() >= self.cps_share { sent.pop_front().map(|t| t + Duration::from_secs(1)) } else { None };
+        let window = if sent.len() >= self.cps_share { sent.pop_front().map(|t| t + self.window) } else { None };
         let slot = self.next_slot.get().max(now).max(window.unwrap_or(now));
         self.next_slot.set(slot + self.interval);
         sent.push_back(slot);
@@ -263,6 +268,7 @@ mod tests {
             },
             0,
             1,
+            Duration::ZERO,
         ))
     }
 
@@ -306,7 +312,7 @@ mod tests {
         let _c = tokio::time::timeout(Duration::from_secs(1), t.channel()).await.expect("a free channel at once");
         let mut settings = t.s.clone();
         settings.max_cps = 20;
-        let paced = Trunk::new(settings, 1, 2);
+        let paced = Trunk::new(settings.clone(), 1, 2, Duration::ZERO);
         let start = Instant::now();
         let mut at = Vec::new();
         for _ in 0..12 {
@@ -315,5 +321,11 @@ mod tests {
         }
         assert_eq!(at[..4], [0, 100, 200, 300], "shard 1 of 2 on a 20-CPS trunk: 10 INVITEs a second, evenly");
         assert_eq!(at[10..], [1000, 1100], "and never 11 within a second");
+        let margin = Trunk::new(settings, 1, 2, Duration::from_millis(100));
+        let start = Instant::now();
+        for _ in 0..11 {
+            margin.pace().await;
+        }
+        assert_eq!(Instant::now() - start, Duration::from_millis(1100), "a 100 ms margin: 10 per 1.1 s");
     }
 }
