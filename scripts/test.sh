@@ -20,6 +20,8 @@ command -v cmake >/dev/null || need+=(cmake)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v sipp >/dev/null || need+=(sip-tester)
+[ -x /usr/sbin/kamailio ] || need+=(kamailio)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

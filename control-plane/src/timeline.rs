@@ -12,7 +12,8 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/scylla/0001_timeline.cql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../../migrations/scylla/0001_timeline.cql"), include_str!("../../migrations/scylla/0002_sip.cql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TimelineError {
@@ -41,6 +42,9 @@ pub struct TimelineRow {
     pub duration_ms: Option<u64>,
     pub reason: Option<String>,
     pub retryable: Option<bool>,
+    /// The SIP final response (SIP provider).
+    pub sip_code: Option<u16>,
+    pub sip_reason: Option<String>,
 }
 
 /// The timeline on a CQL store.
@@ -57,9 +61,22 @@ pub struct CqlTimeline {
 /// Rows per page when a call's attempts are read (a call retried for years reads in pages).
 const PAGE_ROWS: i32 = 1000;
 
-type AttemptRow = (i32, String, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<String>, Option<bool>);
+type AttemptRow = (
+    i32,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<bool>,
+    Option<i32>,
+    Option<String>,
+);
 
-fn attempt_of((attempt, outcome, started, answered, ended, duration_ms, reason, retryable): AttemptRow) -> CallAttempt {
+fn attempt_of(
+    (attempt, outcome, started, answered, ended, duration_ms, reason, retryable, sip_code, sip_reason): AttemptRow,
+) -> CallAttempt {
     CallAttempt {
         attempt: attempt.max(0) as u32,
         outcome,
@@ -69,6 +86,8 @@ fn attempt_of((attempt, outcome, started, answered, ended, duration_ms, reason, 
         duration_ms,
         reason,
         retryable,
+        sip_code: sip_code.map(|c| c.clamp(0, 999) as u16),
+        sip_reason,
     }
 }
 
@@ -113,17 +132,28 @@ impl CqlTimeline {
         for m in MIGRATIONS {
             let text: String = m.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
             for stmt in text.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                session.query_unpaged(stmt.replace("{keyspace}", keyspace), &[]).await.map_err(q)?;
+                if let Err(e) = session.query_unpaged(stmt.replace("{keyspace}", keyspace), &[]).await {
+                    // `ALTER TABLE … ADD` has no IF NOT EXISTS on every server: a column that is
+                    // already there means the migration ran before.
+                    let msg = e.to_string();
+                    let done = stmt.contains(" ADD ")
+                        && (msg.contains("conflicts with an existing column") || msg.contains("already exist"));
+                    if !done {
+                        return Err(q(e));
+                    }
+                }
             }
         }
         let insert = session
             .prepare(format!(
                 "INSERT INTO {keyspace}.call_attempts (call_id, attempt, campaign_id, outcome, started_at, answered_at, \
-                 ended_at, duration_ms, reason, retryable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+                 ended_at, duration_ms, reason, retryable, sip_code, sip_reason) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
             ))
             .await
             .map_err(q)?;
-        let columns = "attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable";
+        let columns =
+            "attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable, sip_code, sip_reason";
         let mut select = session
             .prepare(format!("SELECT {columns} FROM {keyspace}.call_attempts WHERE call_id = ?"))
             .await
@@ -162,6 +192,8 @@ impl CqlTimeline {
                         ms(r.duration_ms),
                         r.reason.as_deref(),
                         r.retryable,
+                        r.sip_code.map(i32::from),
+                        r.sip_reason.as_deref(),
                         self.ttl_secs,
                     ),
                 )

@@ -25,19 +25,20 @@ impl Drop for Up {
     }
 }
 
-fn start_up(dir: &Path, sipp: std::net::SocketAddr, port: u16) -> Up {
+/// `dialer up` on `dir/data` with one SIP trunk to `sipp`; `provider` adds `[provider]` keys.
+fn start_up(dir: &Path, sipp: std::net::SocketAddr, port: u16, provider: &str, run: u32) -> Up {
     let config = dir.join("dialer.toml");
     std::fs::write(
         &config,
         format!(
             "[limits]\nglobal_max_concurrency = 1000\nper_campaign_max_concurrency = 1000\n\
-             [scheduler]\ninterval_ms = 200\n\
-             [provider]\nkind = \"sip\"\nring_timeout_ms = 5000\nmax_call_ms = 10000\n\
+             [scheduler]\ninterval_ms = 200\nreap_every_ms = 1000\n\
+             [provider]\nkind = \"sip\"\n{provider}\n\
              [[provider.trunks]]\nname = \"sipp\"\nproxy = \"{sipp}\"\nmax_channels = {CHANNELS}\nmax_cps = {CPS}\n"
         ),
     )
     .expect("config");
-    let log = std::fs::File::create(dir.join("up.log")).expect("log");
+    let log = std::fs::File::create(dir.join(format!("up-{run}.log"))).expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_dialer"))
         .args(["--config", &config.display().to_string(), "up", "--data-dir"])
         .arg(dir.join("data"))
@@ -57,7 +58,7 @@ fn thousands_of_calls_through_the_full_path_stay_within_the_trunks_channels_and_
     let far = dialer_testkit::sip::Sipp::uas(TARGETS, 500).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
     let dir = tempfile::tempdir().expect("dir");
     let port = dialer_testkit::free_port();
-    let _up = start_up(dir.path(), far.addr(), port);
+    let _up = start_up(dir.path(), far.addr(), port, "ring_timeout_ms = 5000\nmax_call_ms = 10000", 1);
     // Every number ends in 200: sipp answers and hangs up after 500 ms.
     let targets: Vec<Value> = (0..TARGETS).map(|i| json!({"phone_number": format!("+1555{i:04}200")})).collect();
     let (s, c) = http(
@@ -93,4 +94,124 @@ fn thousands_of_calls_through_the_full_path_stay_within_the_trunks_channels_and_
         "the trunk's limits were the bound: {cps} CPS, peak {}",
         r.peak
     );
+}
+
+fn campaign(port: u16, numbers: &[String], retry: Value) -> String {
+    let targets: Vec<Value> = numbers.iter().map(|n| json!({"phone_number": n})).collect();
+    let body = json!({"name": "sip-outcomes", "max_concurrent_calls": 20, "targets": targets, "retry_policy": retry});
+    let (s, c) = http(port, "POST", "/api/v1/campaigns", Some(&body));
+    assert_eq!(s, 201, "{c}");
+    let id = c["id"].as_str().expect("id").to_string();
+    assert_eq!(http(port, "POST", &format!("/api/v1/campaigns/{id}/start"), None).0, 200);
+    id
+}
+
+/// The calls of a campaign by number.
+fn calls_by_number(port: u16, id: &str) -> std::collections::HashMap<String, Value> {
+    let (_, page) = http(port, "GET", &format!("/api/v1/campaigns/{id}/calls?limit=1000"), None);
+    let calls = page["calls"].as_array().expect("calls").clone();
+    calls.into_iter().map(|c| (c["phone_number"].as_str().expect("number").to_string(), c)).collect()
+}
+
+fn attempts(port: u16, call: &Value) -> Vec<Value> {
+    let (_, d) = http(port, "GET", &format!("/api/v1/calls/{}", call["id"].as_str().expect("id")), None);
+    d["attempts"].as_array().expect("attempts").clone()
+}
+
+#[test]
+fn each_attempt_keeps_its_sip_answer_and_retries_follow_the_outcome() {
+    let far = dialer_testkit::sip::Sipp::uas(0, 200).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let port = dialer_testkit::free_port();
+    let _up = start_up(dir.path(), far.addr(), port, "ring_timeout_ms = 1000\nmax_call_ms = 5000\nsip_t1_ms = 100", 1);
+    let numbers: Vec<String> = ["200", "486", "404", "503", "487"].iter().map(|c| format!("+1555000{c}")).collect();
+    let retry = json!({"max_attempts": 2, "base_delay": "100ms", "max_delay": "200ms", "jitter": 0.0});
+    let id = campaign(port, &numbers, retry);
+    let t0 = Instant::now();
+    let settled = |c: &std::collections::HashMap<String, Value>| {
+        let done = |n: &str, status: &str| c.get(&format!("+1555000{n}")).is_some_and(|v| v["status"] == status);
+        done("200", "completed") && done("486", "failed") && done("404", "failed") && done("487", "failed")
+    };
+    let calls = loop {
+        let calls = calls_by_number(port, &id);
+        if settled(&calls) {
+            break calls;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "calls not settled: {calls:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let sip = |a: &Value| {
+        (a["reason"].as_str().map(str::to_string), a["sip_code"].as_u64(), a["sip_reason"].as_str().map(str::to_string))
+    };
+    let of = |n: &str| attempts(port, &calls[&format!("+1555000{n}")]);
+    assert_eq!(of("200").len(), 1);
+    let busy = of("486");
+    assert_eq!(busy.len(), 2, "busy is retried: {busy:?}");
+    for a in &busy {
+        assert_eq!(sip(a), (Some("busy".into()), Some(486), Some("Busy Here".into())), "{a}");
+    }
+    let invalid = of("404");
+    assert_eq!(invalid.len(), 1, "invalid_number is final: {invalid:?}");
+    assert_eq!(sip(&invalid[0]), (Some("invalid_number".into()), Some(404), Some("Not Found".into())));
+    let cancelled = of("487");
+    assert_eq!(cancelled.len(), 2, "no_answer is retried: {cancelled:?}");
+    assert_eq!(sip(&cancelled[0]), (Some("no_answer".into()), Some(487), Some("Request Terminated".into())));
+    // 503 with Retry-After: 120 — the retry waits two minutes, not the 100 ms backoff.
+    let overloaded = &calls["+1555000503"];
+    let first = of("503");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(sip(&first[0]), (Some("failed".into()), Some(503), Some("Service Unavailable".into())));
+    assert_eq!(overloaded["status"], "pending", "{overloaded}");
+    let ended = chrono::DateTime::parse_from_rfc3339(first[0]["ended_at"].as_str().expect("ended")).expect("time");
+    let next =
+        chrono::DateTime::parse_from_rfc3339(overloaded["next_attempt_at"].as_str().expect("next")).expect("time");
+    assert!(next - ended >= chrono::TimeDelta::seconds(119), "retry at {next}, {ended} + Retry-After 120 s");
+}
+
+#[test]
+fn a_sigkilled_dialer_with_calls_up_never_dials_an_attempt_twice_and_resolves_them() {
+    const N: usize = 60;
+    let far = dialer_testkit::sip::Sipp::uas(0, 3000).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let port = dialer_testkit::free_port();
+    let provider = "ring_timeout_ms = 1000\nmax_call_ms = 4000\nsip_t1_ms = 100";
+    let mut up = start_up(dir.path(), far.addr(), port, provider, 1);
+    let numbers: Vec<String> = (0..N).map(|i| format!("+1555{i:04}200")).collect();
+    let retry = json!({"max_attempts": 3, "base_delay": "100ms", "max_delay": "200ms"});
+    let id = campaign(port, &numbers, retry);
+    let t0 = Instant::now();
+    while far.invite_call_ids().len() < 20 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no calls reached sipp");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Calls are up (each talks 3 s): the process dies with them.
+    let _ = up.0.kill();
+    let _ = up.0.wait();
+    let before = far.invite_call_ids().len();
+    let _up = start_up(dir.path(), far.addr(), port, provider, 2);
+    let t0 = Instant::now();
+    loop {
+        let (_, c) = http(port, "GET", &format!("/api/v1/campaigns/{id}"), None);
+        if c["status"] == "completed" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "campaign not completed after the restart: {c}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for call_id in far.invite_call_ids() {
+        // The dialer's Call-ID is <call>.<attempt>.<unique>@host.
+        let mut parts = call_id.split('.');
+        let attempt = (parts.next().expect("call").to_string(), parts.next().expect("attempt").to_string());
+        assert!(seen.insert(attempt.clone()), "attempt {attempt:?} was dialled twice");
+    }
+    let calls = calls_by_number(port, &id);
+    assert_eq!(calls.len(), N);
+    let mut resolved = 0;
+    for c in calls.values() {
+        assert_eq!(c["status"], "completed", "every call ends answered (a retry after an unknown outcome): {c}");
+        let a = attempts(port, c);
+        resolved += usize::from(a.iter().any(|a| a["reason"] == "unknown_outcome"));
+    }
+    assert!(before >= 20 && resolved >= 1, "{resolved} attempts were up when the dialer died and got resolved");
 }

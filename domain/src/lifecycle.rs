@@ -56,7 +56,9 @@ pub fn apply(state: &CallState, e: &StatusEvent, policy: &RetryPolicy, now_ms: u
             let retryable = e.retryable.unwrap_or(false);
             if policy.should_retry(e.attempt, retryable) {
                 let delay = policy.next_delay(state.retry_delay_ms.map(Duration::from_millis), u);
-                let ms = delay.as_millis() as u64;
+                // The far end's Retry-After (a 503's) is honoured: the retry waits at least that.
+                let retry_after = e.sip.as_ref().and_then(|s| s.retry_after_ms).unwrap_or(0);
+                let ms = (delay.as_millis() as u64).max(retry_after);
                 Some(Change {
                     status: CallStatus::Pending,
                     attempt_count: state.attempt_count,
@@ -187,6 +189,22 @@ mod tests {
         let c = apply(&st(CallStatus::InProgress, 3), &ev(EventKind::Failed, 3), &p, 0, 0.5).expect("final");
         assert_eq!(c.status, CallStatus::Failed);
         assert!(c.dead_letter.expect("dead letter").contains("no attempts left"));
+    }
+
+    #[test]
+    fn a_far_ends_retry_after_is_honoured() {
+        let mut e = ev(EventKind::Failed, 1);
+        e.reason = Some("failed".into());
+        e.sip = Some(Box::new(crate::messages::SipDetail {
+            code: Some(503),
+            phrase: "Service Unavailable".into(),
+            retry_after_ms: Some(120_000),
+        }));
+        let c = apply(&st(CallStatus::InProgress, 1), &e, &policy(), 10_000, 0.5).expect("retry");
+        assert_eq!(c.next_attempt_at_ms, Some(130_000), "Retry-After 120 s beats the 2 s backoff");
+        e.sip.as_mut().expect("sip").retry_after_ms = Some(1);
+        let c = apply(&st(CallStatus::InProgress, 1), &e, &policy(), 10_000, 0.5).expect("retry");
+        assert_eq!(c.next_attempt_at_ms, Some(12_000), "a shorter Retry-After does not hurry the backoff");
     }
 
     #[test]

@@ -552,6 +552,12 @@ pub struct CallAttempt {
     pub duration_ms: Option<i64>,
     pub reason: Option<String>,
     pub retryable: Option<bool>,
+    /// The SIP final response of the attempt (SIP provider): its status code (absent when none
+    /// came, e.g. Timer B) and reason phrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip_reason: Option<String>,
 }
 
 /// `GET /api/v1/calls/{id}`: the call and its attempts.

@@ -123,6 +123,15 @@ impl Sipp {
         SippReport::parse(&self.read("screen.log"), &self.read("invites.log"))
     }
 
+    /// The Call-IDs of the INVITEs sipp has received so far (its log, read now), one per
+    /// INVITE: a Call-ID twice is a retransmission or a challenge's second INVITE.
+    pub fn invite_call_ids(&self) -> Vec<String> {
+        self.read("invites.log")
+            .lines()
+            .filter_map(|l| l.strip_prefix("invite ")?.split_whitespace().nth(2).map(str::to_string))
+            .collect()
+    }
+
     /// The directory holding sipp's logs.
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
@@ -201,7 +210,8 @@ impl Kamailio {
         let path = k.dir.path().join("kamailio.cfg");
         std::fs::write(&path, cfg).map_err(err)?;
         let log = std::fs::File::create(k.dir.path().join("kamailio.log")).map_err(err)?;
-        let mut cmd = Command::new("kamailio");
+        let bin = if Path::new("/usr/sbin/kamailio").exists() { "/usr/sbin/kamailio" } else { "kamailio" };
+        let mut cmd = Command::new(bin);
         cmd.arg("-f")
             .arg(&path)
             .args(["-DD", "-E", "-m", "32", "-M", "4", "-Y"])

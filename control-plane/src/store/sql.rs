@@ -39,6 +39,8 @@ fn timeline_row(
         duration_ms: e.duration_ms,
         reason: e.reason.clone(),
         retryable: e.retryable,
+        sip_code: e.sip.as_ref().and_then(|s| s.code),
+        sip_reason: e.sip.as_ref().map(|s| s.phrase.clone()),
     }
 }
 const LIVE_CALL_CONFLICT: &str =
@@ -836,8 +838,8 @@ macro_rules! sql_store {
                     .ok_or(StoreError::NotFound("call"))?;
                 let call = call_from_row(&row)?;
                 let attempts = sqlx::query(
-                    "SELECT attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable \
-                     FROM call_attempts WHERE campaign_id = $1 AND call_id = $2 ORDER BY attempt",
+                    "SELECT attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable, \
+                     sip_code, sip_reason FROM call_attempts WHERE campaign_id = $1 AND call_id = $2 ORDER BY attempt",
                 )
                 .bind(call.campaign_id)
                 .bind(id)
@@ -854,6 +856,8 @@ macro_rules! sql_store {
                         duration_ms: r.try_get("duration_ms")?,
                         reason: r.try_get("reason")?,
                         retryable: r.try_get("retryable")?,
+                        sip_code: r.try_get::<Option<i32>, _>("sip_code")?.map(|c| c.clamp(0, 999) as u16),
+                        sip_reason: r.try_get("sip_reason")?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
@@ -1234,7 +1238,7 @@ macro_rules! sql_store {
                 for chunk in tl.chunks(CHUNK_ROWS / 5) {
                     let mut q = QueryBuilder::<Db>::new(
                         "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, started_at, answered_at, ended_at, \
-                         duration_ms, reason, retryable) ",
+                         duration_ms, reason, retryable, sip_code, sip_reason) ",
                     );
                     q.push_values(chunk, |mut b, (cid, e, outcome)| {
                         let r = timeline_row(*cid, e, outcome);
@@ -1247,7 +1251,9 @@ macro_rules! sql_store {
                             .push_bind(r.ended_at_ms.map(ms_to_time))
                             .push_bind(r.duration_ms.map(|v| v as i64))
                             .push_bind(r.reason)
-                            .push_bind(r.retryable);
+                            .push_bind(r.retryable)
+                            .push_bind(r.sip_code.map(i32::from))
+                            .push_bind(r.sip_reason);
                     });
                     q.push(
                         " ON CONFLICT (campaign_id, call_id, attempt) DO UPDATE SET \
@@ -1257,7 +1263,9 @@ macro_rules! sql_store {
                          ended_at = COALESCE(excluded.ended_at, call_attempts.ended_at), \
                          duration_ms = COALESCE(excluded.duration_ms, call_attempts.duration_ms), \
                          reason = COALESCE(excluded.reason, call_attempts.reason), \
-                         retryable = COALESCE(excluded.retryable, call_attempts.retryable)",
+                         retryable = COALESCE(excluded.retryable, call_attempts.retryable), \
+                         sip_code = COALESCE(excluded.sip_code, call_attempts.sip_code), \
+                         sip_reason = COALESCE(excluded.sip_reason, call_attempts.sip_reason)",
                     );
                     q.build().execute(&mut **tx).await?;
                 }
