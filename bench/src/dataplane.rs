@@ -964,6 +964,7 @@ fn sample_message(campaign: Uuid, cap: u32) -> DispatchMessage {
         not_before_ms: 0,
         deadline_ms: 0,
         enqueued_at_us: 0,
+        telephony: None,
     }
 }
 

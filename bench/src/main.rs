@@ -13,6 +13,7 @@ mod limiter;
 mod occupancy;
 mod plot;
 mod restart;
+mod sip;
 mod targets;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ enum Command {
     Broker(broker::Args),
     /// The attempt journal's group commit: plain write + fdatasync against io_uring.
     Journal(journal::Args),
+    /// The SIP provider of one shard against sipp on loopback, beside sipp's own UAC → UAS rate.
+    Sip(sip::Args),
     /// Ratio B/A of every numeric figure of two result files.
     Compare { a: PathBuf, b: PathBuf },
 }
@@ -267,6 +270,7 @@ fn main() -> Result<()> {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(chaos::run(args))
         }
         Command::Journal(args) => journal::run(args),
+        Command::Sip(args) => sip::run(args),
         Command::Compare { a, b } => compare(&a, &b),
     }
 }

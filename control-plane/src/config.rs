@@ -104,6 +104,8 @@ pub struct TrunkConfig {
     pub from_domain: String,
     /// Caller ID (E.164) presented when the campaign sets none; empty = `from_user`.
     pub caller_id: String,
+    /// Prefixes of the caller IDs campaigns may present on this trunk; empty = any.
+    pub allowed_caller_ids: Vec<String>,
     /// Calls up at once on this trunk across all data planes.
     pub max_channels: u32,
     /// INVITEs per second on this trunk across all data planes (0 = no limit).
@@ -139,6 +141,7 @@ impl Default for TrunkConfig {
             from_user: "dialer".into(),
             from_domain: "localhost".into(),
             caller_id: String::new(),
+            allowed_caller_ids: Vec::new(),
             max_channels: 100,
             max_cps: 10,
             priority: 1,

@@ -368,6 +368,7 @@ fn messages(
 ) -> Vec<DispatchMessage> {
     let now_ms = now.timestamp_millis() as u64;
     let now_us = now.timestamp_micros() as u64;
+    let telephony = (!c.telephony.is_empty()).then(|| Box::new(c.telephony.clone()));
     claimed
         .iter()
         .map(|k| DispatchMessage {
@@ -381,6 +382,7 @@ fn messages(
             not_before_ms: 0,
             deadline_ms: now_ms + ttl.as_millis() as u64,
             enqueued_at_us: now_us,
+            telephony: telephony.clone(),
         })
         .collect()
 }
@@ -396,6 +398,7 @@ mod tests {
             business_hours: vec![],
             max_concurrent_calls: cap,
             weight,
+            telephony: Default::default(),
             pending,
             queued,
             in_progress,

@@ -33,6 +33,8 @@ fn row(campaign: Uuid, call: Uuid, attempt: u32, outcome: &str) -> TimelineRow {
         duration_ms: (outcome != "started").then_some(3000),
         reason: (outcome == "failed").then(|| "busy".to_string()),
         retryable: (outcome == "failed").then_some(true),
+        sip_code: (outcome == "failed").then_some(486),
+        sip_reason: (outcome == "failed").then(|| "Busy Here".to_string()),
     }
 }
 
@@ -86,6 +88,11 @@ async fn timeline_on_cql() {
     let got = t.attempts(call).await.expect("read");
     assert_eq!(got.len(), 2);
     assert_eq!((got[0].attempt, got[0].outcome.as_str(), got[0].reason.as_deref()), (1, "failed", Some("busy")));
+    assert_eq!(
+        (got[0].sip_code, got[0].sip_reason.as_deref()),
+        (Some(486), Some("Busy Here")),
+        "the SIP answer is kept"
+    );
     assert_eq!((got[1].attempt, got[1].outcome.as_str(), got[1].duration_ms), (2, "completed", Some(3000)));
     assert!(got[1].answered_at.is_some() && got[1].started_at.is_some());
     assert!(t.attempts(Uuid::now_v7()).await.expect("read").is_empty());

@@ -356,6 +356,7 @@ mod tests {
             not_before_ms: 0,
             deadline_ms: 0,
             enqueued_at_us: 0,
+            telephony: None,
         }
     }
 

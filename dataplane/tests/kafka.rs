@@ -75,6 +75,7 @@ fn msg(call: u128, campaign: Uuid, cap: u32) -> DispatchMessage {
         not_before_ms: 0,
         deadline_ms: 0,
         enqueued_at_us: 0,
+        telephony: None,
     }
 }
 

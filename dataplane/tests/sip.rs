@@ -22,6 +22,7 @@ fn trunk(name: &str, proxy: std::net::SocketAddr, user: &str, password: &str) ->
         from_user: "dialer".into(),
         from_domain: "dialer.test".into(),
         caller_id: "+15005550006".into(),
+        allowed_caller_ids: vec![],
         max_channels: 1000,
         max_cps: 0,
         priority: 1,
@@ -51,6 +52,7 @@ fn msg(number: &str) -> DispatchMessage {
         not_before_ms: 0,
         deadline_ms: 0,
         enqueued_at_us: 0,
+        telephony: None,
     }
 }
 

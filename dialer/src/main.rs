@@ -433,6 +433,7 @@ fn sip_settings(cfg: &Config) -> Result<Option<dialer_dataplane::sip::SipSetting
             from_user: t.from_user.clone(),
             from_domain: t.from_domain.clone(),
             caller_id: t.caller_id.clone(),
+            allowed_caller_ids: t.allowed_caller_ids.clone(),
             max_channels: t.max_channels,
             max_cps: t.max_cps,
             priority: t.priority,

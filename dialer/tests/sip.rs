@@ -97,8 +97,13 @@ fn thousands_of_calls_through_the_full_path_stay_within_the_trunks_channels_and_
 }
 
 fn campaign(port: u16, numbers: &[String], retry: Value) -> String {
+    campaign_with(port, "sip-outcomes", numbers, retry, json!({}))
+}
+
+fn campaign_with(port: u16, name: &str, numbers: &[String], retry: Value, telephony: Value) -> String {
     let targets: Vec<Value> = numbers.iter().map(|n| json!({"phone_number": n})).collect();
-    let body = json!({"name": "sip-outcomes", "max_concurrent_calls": 20, "targets": targets, "retry_policy": retry});
+    let body = json!({"name": name, "max_concurrent_calls": 20, "targets": targets, "retry_policy": retry,
+                      "telephony": telephony});
     let (s, c) = http(port, "POST", "/api/v1/campaigns", Some(&body));
     assert_eq!(s, 201, "{c}");
     let id = c["id"].as_str().expect("id").to_string();
@@ -214,4 +219,47 @@ fn a_sigkilled_dialer_with_calls_up_never_dials_an_attempt_twice_and_resolves_th
         resolved += usize::from(a.iter().any(|a| a["reason"] == "unknown_outcome"));
     }
     assert!(before >= 20 && resolved >= 1, "{resolved} attempts were up when the dialer died and got resolved");
+}
+
+#[test]
+fn a_campaign_sets_its_caller_id_ring_timeout_referral_and_what_it_retries() {
+    let far = dialer_testkit::sip::Sipp::uas(0, 200).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let port = dialer_testkit::free_port();
+    let _up = start_up(dir.path(), far.addr(), port, "ring_timeout_ms = 20000\nmax_call_ms = 5000\nsip_t1_ms = 100", 1);
+    let numbers: Vec<String> = ["202", "487", "486"].iter().map(|c| format!("+1555000{c}")).collect();
+    let retry = json!({"max_attempts": 3, "base_delay": "100ms", "max_delay": "200ms", "retry_on": ["no_answer"]});
+    let telephony = json!({"caller_id": "+15005550099", "ring_timeout_ms": 1000, "refer_to": "sip:queue@ivr.test"});
+    let id = campaign_with(port, "sip-campaign", &numbers, retry, telephony);
+    let (_, c) = http(port, "GET", &format!("/api/v1/campaigns/{id}"), None);
+    assert_eq!(c["telephony"]["refer_to"], "sip:queue@ivr.test", "{c}");
+    assert_eq!(c["retry_policy"]["retry_on"], json!(["no_answer"]), "{c}");
+    let t0 = Instant::now();
+    let calls = loop {
+        let calls = calls_by_number(port, &id);
+        let terminal = calls.values().filter(|c| c["status"] == "completed" || c["status"] == "failed").count();
+        if terminal == numbers.len() {
+            break calls;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "calls not settled: {calls:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let referred = &calls["+1555000202"];
+    assert_eq!(referred["status"], "completed", "{referred}");
+    let talked = attempts(port, referred)[0]["duration_ms"].as_i64().expect("duration");
+    assert!(talked < 5000, "REFER from the campaign's telephony, not the maximum call length: {talked} ms");
+    let rang = attempts(port, &calls["+1555000487"]);
+    assert_eq!(rang.len(), 3, "no_answer is in retry_on: {rang:?}");
+    for a in &rang {
+        let d = a["duration_ms"].as_i64().expect("duration");
+        assert!((1000..20_000).contains(&d), "the campaign's 1 s ring timeout, not the provider's 20 s: {d} ms");
+    }
+    let busy = attempts(port, &calls["+1555000486"]);
+    assert_eq!(busy.len(), 1, "busy is not in retry_on: {busy:?}");
+    let log = far.invite_log();
+    assert!(
+        log.contains("sip:+15005550099@") && !log.contains("sip:dialer@"),
+        "the campaign's caller ID in From: {log}"
+    );
+    assert!(far.errors().is_empty(), "sipp saw every call as its scenario expects: {}", far.errors());
 }

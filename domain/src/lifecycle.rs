@@ -53,7 +53,7 @@ pub fn apply(state: &CallState, e: &StatusEvent, policy: &RetryPolicy, now_ms: u
         EventKind::Completed if live => Some(keep(CallStatus::Completed)),
         EventKind::Failed if live => {
             let reason = e.reason.clone().unwrap_or_else(|| "failed".into());
-            let retryable = e.retryable.unwrap_or(false);
+            let retryable = e.retryable.unwrap_or(false) && policy.retries(&reason);
             if policy.should_retry(e.attempt, retryable) {
                 let delay = policy.next_delay(state.retry_delay_ms.map(Duration::from_millis), u);
                 // The far end's Retry-After (a 503's) is honoured: the retry waits at least that.
@@ -166,6 +166,7 @@ mod tests {
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(30),
             jitter: 0.0,
+            retry_on: crate::outcome::OutcomeSet::DEFAULT_RETRY_ON,
         }
     }
 
@@ -189,6 +190,22 @@ mod tests {
         let c = apply(&st(CallStatus::InProgress, 3), &ev(EventKind::Failed, 3), &p, 0, 0.5).expect("final");
         assert_eq!(c.status, CallStatus::Failed);
         assert!(c.dead_letter.expect("dead letter").contains("no attempts left"));
+    }
+
+    #[test]
+    fn the_campaign_says_which_outcomes_are_retried() {
+        let mut p = policy();
+        p.retry_on = crate::outcome::OutcomeSet::parse(&["no_answer"]).expect("names");
+        let busy = ev(EventKind::Failed, 1);
+        let c = apply(&st(CallStatus::InProgress, 1), &busy, &p, 0, 0.5).expect("final");
+        assert_eq!(c.status, CallStatus::Failed, "busy is not in retry_on");
+        let mut no_answer = ev(EventKind::Failed, 1);
+        no_answer.reason = Some("no_answer".into());
+        let c = apply(&st(CallStatus::InProgress, 1), &no_answer, &p, 0, 0.5).expect("retry");
+        assert_eq!(c.status, CallStatus::Pending);
+        no_answer.retryable = Some(false);
+        let c = apply(&st(CallStatus::InProgress, 1), &no_answer, &p, 0, 0.5).expect("final");
+        assert_eq!(c.status, CallStatus::Failed, "a failure the provider calls final stays final");
     }
 
     #[test]

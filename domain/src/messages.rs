@@ -33,6 +33,10 @@ pub struct DispatchMessage {
     /// wait until dialing on the `started` event (0 = unknown).
     #[serde(default)]
     pub enqueued_at_us: u64,
+    /// The campaign's SIP settings (caller ID, ring timeout, media, REFER); absent = the
+    /// provider's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telephony: Option<Box<crate::validate::Telephony>>,
 }
 
 fn one() -> u32 {
@@ -157,6 +161,7 @@ mod tests {
             not_before_ms: 1_790_000_000_000,
             deadline_ms: 0,
             enqueued_at_us: 0,
+            telephony: None,
         }
     }
 

@@ -60,6 +60,58 @@ impl Outcome {
     }
 }
 
+/// A set of outcomes (a campaign's `retry_on`), as bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OutcomeSet(u8);
+
+impl OutcomeSet {
+    /// What a campaign retries unless told otherwise: busy, no_answer, failed, unknown_outcome.
+    pub const DEFAULT_RETRY_ON: OutcomeSet = OutcomeSet(
+        1 << Outcome::Busy as u8
+            | 1 << Outcome::NoAnswer as u8
+            | 1 << Outcome::Failed as u8
+            | 1 << Outcome::UnknownOutcome as u8,
+    );
+    pub const EMPTY: OutcomeSet = OutcomeSet(0);
+
+    pub fn contains(self, o: Outcome) -> bool {
+        self.0 & (1 << o as u8) != 0
+    }
+
+    pub fn with(self, o: Outcome) -> OutcomeSet {
+        OutcomeSet(self.0 | 1 << o as u8)
+    }
+
+    /// The outcomes' names, in taxonomy order.
+    pub fn names(self) -> Vec<&'static str> {
+        Outcome::ALL.into_iter().filter(|o| self.contains(*o)).map(Outcome::as_str).collect()
+    }
+
+    /// Parses names; `Err(i)` names the first one that is not an outcome a retry can follow.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<OutcomeSet, usize> {
+        names.iter().enumerate().try_fold(OutcomeSet::EMPTY, |set, (i, n)| match Outcome::parse(n.as_ref().trim()) {
+            Some(o) if o != Outcome::Answered => Ok(set.with(o)),
+            _ => Err(i),
+        })
+    }
+
+    /// Comma-separated names (how the store keeps it).
+    pub fn to_csv(self) -> String {
+        self.names().join(",")
+    }
+
+    /// Reads [`OutcomeSet::to_csv`]; unknown names are skipped (a newer build's outcomes).
+    pub fn from_csv(s: &str) -> OutcomeSet {
+        s.split(',').filter_map(|n| Outcome::parse(n.trim())).fold(OutcomeSet::EMPTY, OutcomeSet::with)
+    }
+}
+
+impl Default for OutcomeSet {
+    fn default() -> Self {
+        OutcomeSet::DEFAULT_RETRY_ON
+    }
+}
+
 /// What the UAC knew when the final response came.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SipContext {
@@ -172,6 +224,17 @@ mod tests {
         assert!(matches!(v, SipVerdict::Ended { retry_after: Some(d), .. } if d == Duration::from_secs(120)));
         assert_eq!(parse_retry_after("18000 (in a meeting)"), Some(Duration::from_secs(18000)));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn outcome_sets_parse_and_store() {
+        let set = OutcomeSet::parse(&["busy", " no_answer"]).expect("names");
+        assert!(set.contains(Outcome::Busy) && set.contains(Outcome::NoAnswer) && !set.contains(Outcome::Failed));
+        assert_eq!(OutcomeSet::from_csv(&set.to_csv()), set);
+        assert_eq!(OutcomeSet::parse(&["busy", "answered"]), Err(1), "an answered call is never retried");
+        assert_eq!(OutcomeSet::parse(&["busy", "network_error"]), Err(1));
+        assert_eq!(OutcomeSet::default().names(), ["busy", "no_answer", "failed", "unknown_outcome"]);
+        assert_eq!(OutcomeSet::from_csv(""), OutcomeSet::EMPTY);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Fraction 0‥1 of the backoff range that is randomised.
     pub jitter: f64,
+    /// Which outcomes are retried (default busy, no_answer, failed, unknown_outcome); an
+    /// outcome the provider calls final (invalid_number, say) is never retried.
+    pub retry_on: crate::outcome::OutcomeSet,
 }
 
 impl Default for RetryPolicy {
@@ -36,6 +39,7 @@ impl Default for RetryPolicy {
             base_delay: DEFAULT_BASE_DELAY,
             max_delay: DEFAULT_MAX_DELAY,
             jitter: DEFAULT_JITTER,
+            retry_on: crate::outcome::OutcomeSet::DEFAULT_RETRY_ON,
         }
     }
 }
@@ -66,6 +70,12 @@ impl RetryPolicy {
         retryable && attempt < self.max_attempts
     }
 
+    /// Whether the campaign retries a failure named `reason` (an outcome's name; a reason that
+    /// names no outcome, from an older producer, is left to the event's own `retryable`).
+    pub fn retries(&self, reason: &str) -> bool {
+        crate::outcome::Outcome::parse(reason).is_none_or(|o| self.retry_on.contains(o))
+    }
+
     /// The delay before the next attempt, given the previous delay (`None` before the first
     /// retry) and a uniform sample `u` in `[0, 1)`.
     pub fn next_delay(&self, previous: Option<Duration>, u: f64) -> Duration {
@@ -86,7 +96,13 @@ mod tests {
     use super::*;
 
     fn policy(jitter: f64) -> RetryPolicy {
-        RetryPolicy { max_attempts: 5, base_delay: Duration::from_secs(2), max_delay: Duration::from_secs(30), jitter }
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(30),
+            jitter,
+            retry_on: crate::outcome::OutcomeSet::DEFAULT_RETRY_ON,
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct CreateCampaignRequest {
     #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     pub retry_policy: Option<RetryPolicyInput>,
+    /// How calls are placed over SIP (caller ID, ring timeout, media, REFER); the provider's
+    /// settings where omitted.
+    pub telephony: Option<Telephony>,
     /// Weekly windows in local time; omitted or empty = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
     /// The complete list of numbers this campaign may call (at least one). A number listed
@@ -92,6 +95,8 @@ pub struct UpdateCampaignRequest {
     pub weight: Option<i64>,
     /// Fields given replace the current ones; omitted ones are kept.
     pub retry_policy: Option<RetryPolicyInput>,
+    /// Replaces the campaign's telephony settings as a whole; `{}` = the provider's.
+    pub telephony: Option<Telephony>,
     /// Replaces the whole schedule; `[]` = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
 }
@@ -111,6 +116,68 @@ pub struct RetryPolicyInput {
     /// Fraction 0–1 of the backoff range that is randomised; default 1 (full decorrelated jitter).
     #[schema(minimum = 0, maximum = 1)]
     pub jitter: Option<f64>,
+    /// Outcomes that are retried: any of busy, no_answer, rejected, invalid_number, failed,
+    /// unknown_outcome; default busy, no_answer, failed, unknown_outcome. A failure the provider
+    /// calls final (invalid_number from a 404, say) is not retried whatever this says.
+    #[schema(example = json!(["busy", "no_answer", "failed"]))]
+    pub retry_on: Option<Vec<String>>,
+}
+
+/// How a campaign's calls are placed over SIP (the mock provider ignores it). Every field is
+/// optional; the provider's setting applies where one is absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Telephony {
+    /// Caller ID presented in From (E.164); used when the trunk allows it
+    /// (`allowed_caller_ids`), else the trunk's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "+15005550006")]
+    pub caller_id: Option<String>,
+    /// Ring timeout in ms (1000–300000): CANCEL after this long unanswered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1000, maximum = 300000)]
+    pub ring_timeout_ms: Option<u64>,
+    /// Where answered calls' audio goes: the RTP `IP:PORT` of a media server, named in the SDP offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "203.0.113.20:40000")]
+    pub media_endpoint: Option<String>,
+    /// Hand answered calls on with REFER to this SIP URI (IVR, queue, agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "sip:queue@ivr.example.com")]
+    pub refer_to: Option<String>,
+}
+
+impl Telephony {
+    pub fn is_empty(&self) -> bool {
+        *self == Telephony::default()
+    }
+
+    /// Checks each field; the error names `telephony.<field>`.
+    pub fn check(&self) -> Result<(), FieldError> {
+        let f = |k: &str| format!("telephony.{k}");
+        if let Some(c) = &self.caller_id {
+            crate::phone::check_e164(c).map_err(|m| FieldError::new(f("caller_id"), m))?;
+        }
+        if let Some(ms) = self.ring_timeout_ms
+            && !(1000..=300_000).contains(&ms)
+        {
+            return Err(FieldError::new(f("ring_timeout_ms"), "must be between 1000 and 300000"));
+        }
+        if let Some(m) = &self.media_endpoint
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(FieldError::new(f("media_endpoint"), "must be IP:PORT, e.g. 203.0.113.20:40000"));
+        }
+        if let Some(r) = &self.refer_to {
+            let ok = (r.starts_with("sip:") || r.starts_with("sips:"))
+                && r.len() <= 512
+                && !r.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+            if !ok {
+                return Err(FieldError::new(f("refer_to"), "must be a SIP URI, e.g. sip:queue@ivr.example.com"));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -174,6 +241,7 @@ pub struct CampaignSettings {
     pub weight: u32,
     pub retry_policy: RetryPolicy,
     pub business_hours: Vec<Window>,
+    pub telephony: Telephony,
 }
 
 /// A target, validated.
@@ -256,6 +324,14 @@ fn check_retry(input: &RetryPolicyInput, base: RetryPolicy) -> Result<RetryPolic
     if let Some(j) = input.jitter {
         p.jitter = j;
     }
+    if let Some(names) = &input.retry_on {
+        p.retry_on = crate::outcome::OutcomeSet::parse(names).map_err(|i| {
+            FieldError::new(
+                f(&format!("retry_on[{i}]")),
+                "must be one of busy, no_answer, rejected, invalid_number, failed, unknown_outcome",
+            )
+        })?;
+    }
     p.check().map_err(|(k, m)| FieldError::new(f(k), m))?;
     Ok(p)
 }
@@ -331,6 +407,8 @@ impl CreateCampaignRequest {
         let retry_policy =
             check_retry(self.retry_policy.as_ref().unwrap_or(&RetryPolicyInput::default()), RetryPolicy::default())?;
         let business_hours = check_hours(self.business_hours.as_deref().unwrap_or(&[]))?;
+        let telephony = self.telephony.clone().unwrap_or_default();
+        telephony.check()?;
         let (targets, duplicates_merged) = check_targets(
             self.targets
                 .as_deref()
@@ -346,6 +424,7 @@ impl CreateCampaignRequest {
                 weight,
                 retry_policy,
                 business_hours,
+                telephony,
             },
             targets,
             duplicates_merged,
@@ -378,6 +457,10 @@ impl UpdateCampaignRequest {
         if let Some(h) = &self.business_hours {
             s.business_hours = check_hours(h)?;
         }
+        if let Some(t) = &self.telephony {
+            t.check()?;
+            s.telephony = t.clone();
+        }
         Ok(s)
     }
 
@@ -390,6 +473,7 @@ impl UpdateCampaignRequest {
             && self.weight.is_none()
             && self.retry_policy.is_none()
             && self.business_hours.is_none()
+            && self.telephony.is_none()
     }
 }
 
@@ -412,6 +496,8 @@ pub struct RetryPolicyView {
     #[schema(example = "2m")]
     pub max_delay: String,
     pub jitter: f64,
+    /// Outcomes that are retried.
+    pub retry_on: Vec<String>,
 }
 
 impl From<RetryPolicy> for RetryPolicyView {
@@ -421,6 +507,7 @@ impl From<RetryPolicy> for RetryPolicyView {
             base_delay: duration::format(p.base_delay),
             max_delay: duration::format(p.max_delay),
             jitter: p.jitter,
+            retry_on: p.retry_on.names().into_iter().map(str::to_string).collect(),
         }
     }
 }
@@ -451,6 +538,8 @@ pub struct Campaign {
     pub retry_policy: RetryPolicyView,
     /// Empty = 24×7.
     pub business_hours: Vec<BusinessHourView>,
+    /// SIP settings of the campaign (`{}` = the provider's).
+    pub telephony: Telephony,
     pub status: CampaignStatus,
     /// Registered numbers.
     pub target_count: i64,
@@ -475,6 +564,7 @@ impl Campaign {
             weight: s.weight,
             retry_policy: s.retry_policy.into(),
             business_hours: s.business_hours.iter().map(BusinessHourView::from).collect(),
+            telephony: s.telephony.clone(),
             status,
             target_count,
             duplicates_merged: None,
@@ -642,6 +732,13 @@ mod tests {
             (json!({"retry_policy": {"max_attempts": 0}}), "retry_policy.max_attempts"),
             (json!({"retry_policy": {"base_delay": "soon"}}), "retry_policy.base_delay"),
             (json!({"retry_policy": {"base_delay": "1m", "max_delay": "30s"}}), "retry_policy.max_delay"),
+            (json!({"retry_policy": {"retry_on": ["busy", "answered"]}}), "retry_policy.retry_on[1]"),
+            (json!({"retry_policy": {"retry_on": ["network_error"]}}), "retry_policy.retry_on[0]"),
+            (json!({"telephony": {"caller_id": "555"}}), "telephony.caller_id"),
+            (json!({"telephony": {"ring_timeout_ms": 10}}), "telephony.ring_timeout_ms"),
+            (json!({"telephony": {"media_endpoint": "media:1"}}), "telephony.media_endpoint"),
+            (json!({"telephony": {"refer_to": "tel:+15551234567"}}), "telephony.refer_to"),
+            (json!({"telephony": {"refer_to": "sip:a@b>\r\nX: y"}}), "telephony.refer_to"),
             (
                 json!({"business_hours": [{"day_of_week": 9, "start": "09:00", "end": "18:00"}]}),
                 "business_hours[0].day_of_week",

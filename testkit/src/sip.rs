@@ -132,6 +132,11 @@ impl Sipp {
             .collect()
     }
 
+    /// sipp's INVITE log as it stands: `invite <ms> <code> <Call-ID> <From>` per INVITE.
+    pub fn invite_log(&self) -> String {
+        self.read("invites.log")
+    }
+
     /// The directory holding sipp's logs.
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()

@@ -124,6 +124,8 @@ pub struct ActiveCampaign {
     pub max_concurrent_calls: u32,
     /// Weight in the fair division of a binding global cap.
     pub weight: u32,
+    /// The campaign's SIP settings, carried on every dispatch message.
+    pub telephony: dialer_domain::validate::Telephony,
     pub pending: i64,
     pub queued: i64,
     pub in_progress: i64,

@@ -8,7 +8,7 @@ const LOOKUP_CHUNK: usize = 1000;
 
 const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent_calls, weight, retry_max_attempts, \
      retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, created_at, updated_at, \
-     started_at, completed_at";
+     started_at, completed_at, retry_on, telephony";
 const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at";
 /// `last_error` of calls cancelled because their campaign was completed.
 use crate::store::record::CANCELLED;
@@ -167,8 +167,21 @@ macro_rules! sql_store {
                         base_delay: Duration::from_millis(row.try_get::<i64, _>("retry_base_delay_ms")? as u64),
                         max_delay: Duration::from_millis(row.try_get::<i64, _>("retry_max_delay_ms")? as u64),
                         jitter: row.try_get("retry_jitter")?,
+                        retry_on: dialer_domain::outcome::OutcomeSet::from_csv(&row.try_get::<String, _>("retry_on")?),
                     },
                     business_hours: hours,
+                    telephony: telephony_from(row.try_get("telephony")?)?,
+                })
+            }
+
+            /// NULL for the provider's settings, else the JSON of the campaign's own.
+            fn telephony_json(t: &dialer_domain::validate::Telephony) -> Option<String> {
+                (!t.is_empty()).then(|| serde_json::to_string(t).unwrap_or_default())
+            }
+
+            fn telephony_from(json: Option<String>) -> Result<dialer_domain::validate::Telephony, StoreError> {
+                json.map_or(Ok(Default::default()), |j| {
+                    serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(format!("campaign telephony {j:?}: {e}")))
                 })
             }
 
@@ -355,7 +368,8 @@ macro_rules! sql_store {
                 let inserted = sqlx::query(
                     "INSERT INTO campaigns (id, name, name_key, description, time_zone, max_concurrent_calls, \
                      retry_max_attempts, retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, \
-                     created_at, updated_at, weight) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
+                     created_at, updated_at, weight, retry_on, telephony) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
                 )
                 .bind(id)
                 .bind(&s.name)
@@ -371,6 +385,8 @@ macro_rules! sql_store {
                 .bind(c.targets.len() as i64)
                 .bind(at)
                 .bind(s.weight as i32)
+                .bind(s.retry_policy.retry_on.to_csv())
+                .bind(telephony_json(&s.telephony))
                 .execute(&mut **tx)
                 .await;
                 match inserted {
@@ -437,7 +453,8 @@ macro_rules! sql_store {
                 let updated = sqlx::query(
                     "UPDATE campaigns SET name = $1, name_key = $2, description = $3, time_zone = $4, \
                      max_concurrent_calls = $5, retry_max_attempts = $6, retry_base_delay_ms = $7, \
-                     retry_max_delay_ms = $8, retry_jitter = $9, updated_at = $10, weight = $12 WHERE id = $11",
+                     retry_max_delay_ms = $8, retry_jitter = $9, updated_at = $10, weight = $12, retry_on = $13, \
+                     telephony = $14 WHERE id = $11",
                 )
                 .bind(&next.name)
                 .bind(next.name.to_lowercase())
@@ -451,6 +468,8 @@ macro_rules! sql_store {
                 .bind(at)
                 .bind(id)
                 .bind(next.weight as i32)
+                .bind(next.retry_policy.retry_on.to_csv())
+                .bind(telephony_json(&next.telephony))
                 .execute(&mut **tx)
                 .await;
                 match updated {
@@ -474,6 +493,7 @@ macro_rules! sql_store {
                     ("weight", patch.weight.is_some()),
                     ("retry_policy", patch.retry_policy.is_some()),
                     ("business_hours", patch.business_hours.is_some()),
+                    ("telephony", patch.telephony.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(k, set)| set.then_some(k))
@@ -872,7 +892,8 @@ macro_rules! sql_store {
             pub async fn active_campaigns(pool: &Pool) -> Result<Vec<ActiveCampaign>, StoreError> {
                 let mut conn = pool.acquire().await?;
                 let rows = sqlx::query(
-                    "SELECT c.id, c.time_zone, c.max_concurrent_calls, c.weight, s.pending_calls, s.queued_calls, s.in_progress_calls \
+                    "SELECT c.id, c.time_zone, c.max_concurrent_calls, c.weight, c.telephony, s.pending_calls, s.queued_calls, \
+                     s.in_progress_calls \
                      FROM campaigns c JOIN campaign_stats s ON s.campaign_id = c.id WHERE c.status = 'in_progress' ORDER BY c.id",
                 )
                 .fetch_all(&mut *conn)
@@ -888,6 +909,7 @@ macro_rules! sql_store {
                             business_hours: hours.remove(id).unwrap_or_default(),
                             max_concurrent_calls: r.try_get::<i32, _>("max_concurrent_calls")? as u32,
                             weight: r.try_get::<i32, _>("weight")? as u32,
+                            telephony: telephony_from(r.try_get("telephony")?)?,
                             pending: r.try_get("pending_calls")?,
                             queued: r.try_get("queued_calls")?,
                             in_progress: r.try_get("in_progress_calls")?,

@@ -274,6 +274,7 @@ mod tests {
                 not_before_ms,
                 deadline_ms,
                 enqueued_at_us: 0,
+                telephony: None,
             },
             partition,
             offset: call as i64,

@@ -79,8 +79,9 @@ impl Uac {
         }
     }
 
-    fn sdp(&self, session: &str) -> String {
-        let media = self.settings.media.unwrap_or_else(|| SocketAddr::new(self.local.ip(), 9));
+    /// The SDP offer: audio to `media` (the campaign's), else the provider's, else discard.
+    fn sdp(&self, session: &str, media: Option<SocketAddr>) -> String {
+        let media = media.or(self.settings.media).unwrap_or_else(|| SocketAddr::new(self.local.ip(), 9));
         let family = if media.is_ipv4() { "IP4" } else { "IP6" };
         let ip = media.ip();
         format!(
@@ -189,6 +190,10 @@ struct Dialog<'a> {
     route: Vec<String>,
     /// The last ACK sent, re-sent for retransmitted final responses (also after the call).
     ack: Option<Vec<u8>>,
+    /// The campaign's settings where it has them, else the provider's.
+    ring_timeout: Duration,
+    media: Option<SocketAddr>,
+    refer_to: Option<String>,
     /// A NOTIFY reported the REFER's final answer.
     transferred: Cell<bool>,
 }
@@ -212,9 +217,10 @@ enum Invited {
 impl<'a> Dialog<'a> {
     fn new(uac: &'a Uac, trunk: &'a Trunk, msg: &DispatchMessage) -> Dialog<'a> {
         let s = &trunk.s;
+        let t = msg.telephony.as_deref();
         let domain = if s.domain.is_empty() { s.proxy.to_string() } else { s.domain.clone() };
         let call_id = format!("{}.{}.{}@{}", msg.call_id.simple(), msg.attempt, uac.tag(), uac.local.ip());
-        let user = if s.caller_id.is_empty() { s.from_user.as_str() } else { s.caller_id.as_str() };
+        let user = trunk.caller_id(t.and_then(|t| t.caller_id.as_deref()));
         let from = format!("<sip:{user}@{}>;tag={}", s.from_domain, uac.tag());
         let ruri = format!("sip:{}@{domain}", msg.phone_number);
         let (tx, rx) = mpsc::channel(16);
@@ -236,6 +242,9 @@ impl<'a> Dialog<'a> {
             route: Vec::new(),
             ack: None,
             transferred: Cell::new(false),
+            ring_timeout: t.and_then(|t| t.ring_timeout_ms).map_or(uac.settings.ring_timeout, Duration::from_millis),
+            media: t.and_then(|t| t.media_endpoint.as_deref()).and_then(|m| m.parse().ok()),
+            refer_to: t.and_then(|t| t.refer_to.clone()).or_else(|| uac.settings.refer_to.clone()),
         }
     }
 
@@ -246,7 +255,7 @@ impl<'a> Dialog<'a> {
         };
         let answered = Instant::now();
         self.confirm(&ok).await;
-        if let Some(uri) = self.uac.settings.refer_to.clone() {
+        if let Some(uri) = self.refer_to.clone() {
             self.refer(&uri, answered).await;
         } else {
             self.talk(answered).await;
@@ -278,7 +287,7 @@ impl<'a> Dialog<'a> {
         if let Some((name, value)) = &self.auth {
             h.push((name, value.as_str()));
         }
-        message::write(&format!("INVITE {} SIP/2.0", self.ruri), &h, &self.uac.sdp(&self.cseq.to_string()))
+        message::write(&format!("INVITE {} SIP/2.0", self.ruri), &h, &self.uac.sdp(&self.cseq.to_string(), self.media))
     }
 
     /// CANCEL or the ACK of a non-2xx: same branch and CSeq number as the INVITE.
@@ -309,7 +318,7 @@ impl<'a> Dialog<'a> {
     /// The INVITE client transaction, through any digest challenge, until a 2xx or an end.
     async fn invite(&mut self) -> Invited {
         let t1 = self.uac.settings.t1;
-        let ring_deadline = Instant::now() + self.uac.settings.ring_timeout;
+        let ring_deadline = Instant::now() + self.ring_timeout;
         let mut ctx = SipContext::default();
         let mut tx = Retransmit::invite(t1);
         let mut cancel: Option<Retransmit> = None;
@@ -433,7 +442,7 @@ impl<'a> Dialog<'a> {
         if method == "NOTIFY" && sipfrag_final(&m.body) {
             self.transferred.set(true);
         }
-        let sdp = self.uac.sdp("1");
+        let sdp = self.uac.sdp("1", self.media);
         let contact = [("Contact", self.contact.as_str()), ("Content-Type", "application/sdp")];
         let bytes = match method {
             "ACK" => return false,

@@ -25,8 +25,11 @@ pub struct TrunkSettings {
     /// From: `sip:<from_user>@<from_domain>` unless the call has a caller ID.
     pub from_user: String,
     pub from_domain: String,
-    /// Caller ID (E.164) presented when the campaign sets none.
+    /// Caller ID (E.164) presented when the campaign sets none (or one this trunk does not allow).
     pub caller_id: String,
+    /// Prefixes of the caller IDs a campaign may present on this trunk (e.g. `+1500555`, or the
+    /// full numbers the carrier verified); empty = any.
+    pub allowed_caller_ids: Vec<String>,
     /// Calls up at once on this trunk, across every shard and process.
     pub max_channels: u32,
     /// New calls (INVITEs) per second on this trunk, across every shard and process; 0 = no
@@ -153,6 +156,26 @@ impl Trunk {
         }
     }
 
+    /// The From user of a call: the campaign's caller ID where this trunk allows it, else the
+    /// trunk's own, else its `from_user`.
+    pub fn caller_id<'a>(&'a self, campaign: Option<&'a str>) -> &'a str {
+        let allowed = |c: &str| {
+            self.s.allowed_caller_ids.is_empty() || self.s.allowed_caller_ids.iter().any(|p| c.starts_with(p.as_str()))
+        };
+        match campaign {
+            Some(c) if allowed(c) => c,
+            Some(_) => {
+                metrics::counter!("dialer_sip_caller_id_refused_total", "trunk" => self.s.name.clone()).increment(1);
+                self.own_caller_id()
+            }
+            None => self.own_caller_id(),
+        }
+    }
+
+    fn own_caller_id(&self) -> &str {
+        if self.s.caller_id.is_empty() { &self.s.from_user } else { &self.s.caller_id }
+    }
+
     pub fn healthy(&self, now: Instant) -> bool {
         self.down_until.get().is_none_or(|t| t <= now)
     }
@@ -261,6 +284,7 @@ mod tests {
                 from_user: "dialer".into(),
                 from_domain: "example.com".into(),
                 caller_id: String::new(),
+                allowed_caller_ids: vec!["+1500".into()],
                 max_channels: channels,
                 max_cps: 0,
                 priority,
@@ -270,6 +294,14 @@ mod tests {
             1,
             Duration::ZERO,
         ))
+    }
+
+    #[test]
+    fn a_campaigns_caller_id_only_where_the_trunk_allows_it() {
+        let t = trunk("a", 1, 1, 1);
+        assert_eq!(t.caller_id(Some("+15005550006")), "+15005550006");
+        assert_eq!(t.caller_id(Some("+4930123456")), "dialer", "not allowed: the trunk's own (from_user)");
+        assert_eq!(t.caller_id(None), "dialer");
     }
 
     #[test]
