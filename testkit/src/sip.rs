@@ -104,6 +104,24 @@ impl Sipp {
         self.read("errors.log")
     }
 
+    /// Waits up to `wait` for sipp to exit after its `calls` (it never does when some were
+    /// lost: overload), kills it if it has not, and reports what it logged: the INVITEs always,
+    /// the final screen's counters only when it exited by itself (else zero).
+    pub fn stop(&self, wait: Duration) -> SippReport {
+        match self.finish(wait) {
+            Ok(r) => r,
+            Err(_) => {
+                self.process.kill();
+                SippReport::parse(&self.read("screen.log"), &self.read("invites.log")).unwrap_or(SippReport {
+                    peak: 0,
+                    successful: 0,
+                    failed: 0,
+                    invites_ms: SippReport::invites(&self.read("invites.log")),
+                })
+            }
+        }
+    }
+
     /// Waits for sipp to exit after its `calls` and returns its final report.
     pub fn finish(&self, timeout: Duration) -> Result<SippReport, String> {
         let deadline = Instant::now() + timeout;
@@ -162,10 +180,7 @@ impl SippReport {
             screen[at..].split_whitespace().find_map(|w| w.trim_matches('|').parse().ok())
         };
         let peak = number_after("Peak was").ok_or_else(|| format!("no \"Peak was\" in sipp's screen:\n{screen}"))?;
-        let invites_ms = invites
-            .lines()
-            .filter_map(|l| l.strip_prefix("invite ")?.split_whitespace().next()?.parse().ok())
-            .collect();
+        let invites_ms = SippReport::invites(invites);
         // The cumulative column: the last number on the counter's (last) line.
         let cumulative = |key: &str| -> u64 {
             let line = screen.lines().filter(|l| l.trim_start().starts_with(key)).last().unwrap_or("");
@@ -177,6 +192,16 @@ impl SippReport {
             failed: cumulative("Failed call"),
             invites_ms,
         })
+    }
+
+    fn invites(log: &str) -> Vec<u64> {
+        log.lines().filter_map(|l| l.strip_prefix("invite ")?.split_whitespace().next()?.parse().ok()).collect()
+    }
+
+    /// Parses a screen file sipp wrote at exit (a UAC's too) and an INVITE log.
+    pub fn from_files(screen: &Path, invites: Option<&Path>) -> Result<SippReport, String> {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        SippReport::parse(&read(screen), &invites.map(read).unwrap_or_default())
     }
 
     /// The most INVITEs within any one second (a sliding window over sipp's own clock).
