@@ -41,6 +41,28 @@ pub fn describe() {
         "dialer_shard_fail_closed",
         "1 while a shard's leases have expired and the limiter does not answer (no new dials), by shard."
     );
+    describe_counter!(
+        "dialer_sip_attempts_total",
+        "INVITE transactions started on a SIP trunk, by trunk (its rate is the trunk's calls per second)."
+    );
+    describe_counter!("dialer_sip_answers_total", "Calls answered (2xx) on a SIP trunk, by trunk.");
+    describe_counter!(
+        "dialer_sip_responses_total",
+        "Final outcomes of INVITEs on a SIP trunk by trunk and status code (\"timeout\" when none came)."
+    );
+    describe_gauge!(
+        "dialer_sip_channels_in_use",
+        "Channels of a SIP trunk a shard holds (calls up), by trunk and shard."
+    );
+    describe_gauge!(
+        "dialer_sip_trunk_healthy",
+        "1 while a SIP trunk is in rotation on a shard, 0 while it is out for a back-off, by trunk and shard."
+    );
+    describe_counter!(
+        "dialer_sip_caller_id_refused_total",
+        "Calls whose campaign caller ID the trunk does not allow (the trunk's own was presented), by trunk."
+    );
+    describe_counter!("dialer_sip_unreadable_total", "SIP datagrams that could not be parsed and were dropped.");
     for counter in [
         "dialer_dials_total",
         "dialer_status_events_reproduced_total",

@@ -610,6 +610,20 @@ pub struct CampaignStats {
     pub retries_attempted: i64,
     /// Attempts made in all.
     pub attempts_total: i64,
+    /// Failed calls by the outcome of their last attempt (the rest of `failed_calls` were
+    /// cancelled when the campaign completed).
+    pub failed_by_outcome: FailedByOutcome,
+}
+
+/// Failed calls by their last attempt's outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FailedByOutcome {
+    pub busy: i64,
+    pub no_answer: i64,
+    pub rejected: i64,
+    pub invalid_number: i64,
+    pub failed: i64,
+    pub unknown_outcome: i64,
 }
 
 /// One call as the API returns it.

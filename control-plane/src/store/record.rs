@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use dialer_domain::campaign::CallStatus;
 use dialer_domain::lifecycle::{self, CallState, Change};
 use dialer_domain::messages::{EventKind, StatusEvent};
+use dialer_domain::outcome::Outcome;
 use dialer_domain::retry::RetryPolicy;
 use uuid::Uuid;
 
@@ -26,9 +27,31 @@ pub(crate) struct Delta {
     pub failed: i64,
     pub attempts: i64,
     pub retries: i64,
+    /// Calls that ended failed, by their last outcome ([`FAILED_BY`] order).
+    pub failed_by: [i64; 6],
 }
 
+/// The outcomes failed calls are counted by (`campaign_stats.failed_<name>`); a failed call
+/// whose last error is none of them (cancelled by a completion, an old producer's reason) is
+/// counted in `failed_calls` only.
+pub(crate) const FAILED_BY: [Outcome; 6] = [
+    Outcome::Busy,
+    Outcome::NoAnswer,
+    Outcome::Rejected,
+    Outcome::InvalidNumber,
+    Outcome::Failed,
+    Outcome::UnknownOutcome,
+];
+
 impl Delta {
+    /// A call ended failed with `last_error`.
+    fn failed_with(&mut self, last_error: Option<&str>) {
+        let outcome = last_error.and_then(Outcome::parse);
+        if let Some(i) = FAILED_BY.iter().position(|o| Some(*o) == outcome) {
+            self.failed_by[i] += 1;
+        }
+    }
+
     /// A call moved from `from` to `to`.
     fn moved(&mut self, from: CallStatus, to: CallStatus) {
         for (status, sign) in [(from, -1), (to, 1)] {
@@ -91,6 +114,9 @@ pub(crate) fn decide<'a>(
         d.report.applied += 1;
         let delta = d.deltas.entry(*campaign).or_default();
         delta.moved(state.status, change.status);
+        if change.status == CallStatus::Failed {
+            delta.failed_with(change.last_error.as_deref());
+        }
         if change.attempt_count < state.attempt_count {
             delta.attempts -= 1;
             delta.retries -= i64::from(state.attempt_count > 1);

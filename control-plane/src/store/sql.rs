@@ -554,13 +554,22 @@ macro_rules! sql_store {
                     failed_calls: row.try_get("failed_calls")?,
                     retries_attempted: row.try_get("retries_attempted")?,
                     attempts_total: row.try_get("attempts_total")?,
+                    failed_by_outcome: dialer_domain::validate::FailedByOutcome {
+                        busy: row.try_get("failed_busy")?,
+                        no_answer: row.try_get("failed_no_answer")?,
+                        rejected: row.try_get("failed_rejected")?,
+                        invalid_number: row.try_get("failed_invalid_number")?,
+                        failed: row.try_get("failed_failed")?,
+                        unknown_outcome: row.try_get("failed_unknown_outcome")?,
+                    },
                 })
             }
 
             pub async fn stats(pool: &Pool, id: Uuid) -> Result<CampaignStats, StoreError> {
                 let row = sqlx::query(
                     "SELECT total_calls, pending_calls, queued_calls, in_progress_calls, completed_calls, failed_calls, \
-                     retries_attempted, attempts_total FROM campaign_stats WHERE campaign_id = $1",
+                     retries_attempted, attempts_total, failed_busy, failed_no_answer, failed_rejected, \
+                     failed_invalid_number, failed_failed, failed_unknown_outcome FROM campaign_stats WHERE campaign_id = $1",
                 )
                 .bind(id)
                 .fetch_optional(pool)
@@ -578,7 +587,13 @@ macro_rules! sql_store {
                      COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS completed_calls, \
                      COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed_calls, \
                      COALESCE(SUM(CASE WHEN attempt_count > 1 THEN attempt_count - 1 ELSE 0 END), 0) AS retries_attempted, \
-                     COALESCE(SUM(attempt_count), 0) AS attempts_total \
+                     COALESCE(SUM(attempt_count), 0) AS attempts_total, \
+                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'busy' THEN 1 ELSE 0 END), 0) AS failed_busy, \
+                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'no_answer' THEN 1 ELSE 0 END), 0) AS failed_no_answer, \
+                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'rejected' THEN 1 ELSE 0 END), 0) AS failed_rejected, \
+                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'invalid_number' THEN 1 ELSE 0 END), 0) AS failed_invalid_number, \
+                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'failed' THEN 1 ELSE 0 END), 0) AS failed_failed, \
+                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'unknown_outcome' THEN 1 ELSE 0 END), 0) AS failed_unknown_outcome \
                      FROM calls WHERE campaign_id = $1",
                 )
                 .bind(id)
@@ -1315,7 +1330,9 @@ macro_rules! sql_store {
                         q.push($for_update);
                         q.build().execute(&mut **tx).await?;
                     }
-                    let mut q = QueryBuilder::<Db>::new("WITH v(cid, p, q, ip, c, f, a, r) AS (");
+                    let mut q = QueryBuilder::<Db>::new(
+                        "WITH v(cid, p, q, ip, c, f, a, r, f_busy, f_no_answer, f_rejected, f_invalid, f_failed, f_unknown) AS (",
+                    );
                     q.push_values(chunk, |mut b, (id, d)| {
                         b.push_bind(**id)
                             .push_bind(d.pending)
@@ -1325,12 +1342,19 @@ macro_rules! sql_store {
                             .push_bind(d.failed)
                             .push_bind(d.attempts)
                             .push_bind(d.retries);
+                        for n in d.failed_by {
+                            b.push_bind(n);
+                        }
                     });
                     q.push(
                         ") UPDATE campaign_stats SET pending_calls = pending_calls + v.p, queued_calls = queued_calls + v.q, \
                          in_progress_calls = in_progress_calls + v.ip, completed_calls = completed_calls + v.c, \
                          failed_calls = failed_calls + v.f, attempts_total = attempts_total + v.a, \
-                         retries_attempted = retries_attempted + v.r FROM v WHERE campaign_stats.campaign_id = v.cid",
+                         retries_attempted = retries_attempted + v.r, failed_busy = failed_busy + v.f_busy, \
+                         failed_no_answer = failed_no_answer + v.f_no_answer, failed_rejected = failed_rejected + v.f_rejected, \
+                         failed_invalid_number = failed_invalid_number + v.f_invalid, failed_failed = failed_failed + v.f_failed, \
+                         failed_unknown_outcome = failed_unknown_outcome + v.f_unknown \
+                         FROM v WHERE campaign_stats.campaign_id = v.cid",
                     );
                     q.build().execute(&mut **tx).await?;
                 }
