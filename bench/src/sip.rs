@@ -166,7 +166,7 @@ fn dialer_run(a: &Args, calls: u64, far: std::net::SocketAddr) -> Result<Shard> 
                 _ = tokio::time::sleep_until(next), if issued < calls => {
                     // Open loop: every call that is due now goes out, late or not.
                     while issued < calls && t0 + interval * issued as u32 <= Instant::now() {
-                        let busy = a.busy_share > 0.0 && issued % every == 0;
+                        let busy = a.busy_share > 0.0 && issued.is_multiple_of(every);
                         live.push(p.place_call(&msg(issued, busy)));
                         issued += 1;
                     }

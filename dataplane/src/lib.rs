@@ -297,8 +297,10 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     Ok(report)
 }
 
-/// The provider a shard places its calls with (one `match` per call, no trait object).
+/// The provider a shard places its calls with (one `match` per call, no trait object). Built
+/// once per shard and never moved on the dial path, so the mock's size is no cost.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum AnyProvider {
     Mock(MockProvider),
     Sip(sip::SipProvider),

@@ -183,8 +183,8 @@ impl SippReport {
         let invites_ms = SippReport::invites(invites);
         // The cumulative column: the last number on the counter's (last) line.
         let cumulative = |key: &str| -> u64 {
-            let line = screen.lines().filter(|l| l.trim_start().starts_with(key)).last().unwrap_or("");
-            line.split_whitespace().filter_map(|w| w.parse().ok()).last().unwrap_or(0)
+            let line = screen.lines().rfind(|l| l.trim_start().starts_with(key)).unwrap_or("");
+            line.split_whitespace().filter_map(|w| w.parse().ok()).next_back().unwrap_or(0)
         };
         Ok(SippReport {
             peak,

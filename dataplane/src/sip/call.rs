@@ -210,7 +210,7 @@ impl Drop for Dialog<'_> {
 
 /// Where the INVITE transaction left the call.
 enum Invited {
-    Answered(Message),
+    Answered(Box<Message>),
     NotAnswered(End),
 }
 
@@ -388,7 +388,7 @@ impl<'a> Dialog<'a> {
             return None;
         }
         if code < 300 {
-            return Some(Invited::Answered(m));
+            return Some(Invited::Answered(Box::new(m)));
         }
         let ack = self.same_transaction("ACK", &m.to);
         self.send(&ack).await;

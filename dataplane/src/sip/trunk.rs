@@ -201,12 +201,14 @@ impl Trunk {
             return;
         }
         let now = Instant::now();
-        let mut sent = self.sent.borrow_mut();
-        let window = if sent.len() >= self.cps_share { sent.pop_front().map(|t| t + self.window) } else { None };
-        let slot = self.next_slot.get().max(now).max(window.unwrap_or(now));
+        let slot = {
+            let mut sent = self.sent.borrow_mut();
+            let window = if sent.len() >= self.cps_share { sent.pop_front().map(|t| t + self.window) } else { None };
+            let slot = self.next_slot.get().max(now).max(window.unwrap_or(now));
+            sent.push_back(slot);
+            slot
+        };
         self.next_slot.set(slot + self.interval);
-        sent.push_back(slot);
-        drop(sent);
         if slot > now {
             tokio::time::sleep_until(slot).await;
         }
