@@ -116,7 +116,12 @@ async fn smoke_sequence(t: TestApp) {
     assert_eq!(c["max_concurrent_calls"], 10);
     assert_eq!(c["weight"], 1, "default weight");
     assert_eq!(c["time_zone"], "America/New_York");
-    assert_eq!(c["retry_policy"], json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2}));
+    let retry_on = json!(["busy", "no_answer", "failed", "unknown_outcome"]);
+    assert_eq!(
+        c["retry_policy"],
+        json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.2, "retry_on": retry_on})
+    );
+    assert_eq!(c["telephony"], json!({}), "no SIP settings of its own: the provider's");
     assert_eq!(c["business_hours"], json!([{"day_of_week": 1, "start": "09:00", "end": "18:00"}]));
     assert_eq!(c["target_count"], 2);
     assert!(c["created_at"].is_string() && c["started_at"].is_null());
@@ -143,7 +148,10 @@ async fn smoke_sequence(t: TestApp) {
     assert_eq!(u["max_concurrent_calls"], 25);
     assert_eq!(u["weight"], 3);
     assert_eq!(u["business_hours"].as_array().map(Vec::len), Some(2));
-    assert_eq!(u["retry_policy"], json!({"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3}));
+    assert_eq!(
+        u["retry_policy"],
+        json!({"max_attempts": 4, "base_delay": "3s", "max_delay": "45s", "jitter": 0.3, "retry_on": retry_on})
+    );
     assert_eq!(u["name"], "test-campaign", "untouched fields are kept");
 
     // 3. start, 4. pause
@@ -366,13 +374,24 @@ async fn update_rules(t: TestApp) {
     let path = format!("/api/v1/campaigns/{}", c["id"].as_str().expect("id"));
     let (s, v) = t.req(Method::PUT, &path, Some(json!({"retry_policy": {"jitter": 0.9}}))).await;
     assert_eq!(s, StatusCode::OK);
+    let retry_on = json!(["busy", "no_answer", "failed", "unknown_outcome"]);
     assert_eq!(
         v["retry_policy"],
-        json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.9}),
+        json!({"max_attempts": 3, "base_delay": "2s", "max_delay": "30s", "jitter": 0.9, "retry_on": retry_on}),
         "partial retry policy merges"
     );
     let (s, v) = t.req(Method::PUT, &path, Some(json!({"business_hours": []}))).await;
     assert_eq!((s, v["business_hours"].clone()), (StatusCode::OK, json!([])), "[] means 24x7");
+    let (s, v) = t.req(Method::PUT, &path, Some(json!({"retry_policy": {"retry_on": ["busy"]}}))).await;
+    assert_eq!(
+        (s, v["retry_policy"]["retry_on"].clone(), v["retry_policy"]["jitter"].clone()),
+        (StatusCode::OK, json!(["busy"]), json!(0.9))
+    );
+    let telephony = json!({"caller_id": "+15005550006", "ring_timeout_ms": 25000, "refer_to": "sip:q@ivr.example.com"});
+    let (s, v) = t.req(Method::PUT, &path, Some(json!({"telephony": telephony}))).await;
+    assert_eq!((s, v["telephony"].clone()), (StatusCode::OK, telephony), "the campaign's SIP settings kept");
+    let (s, v) = t.req(Method::PUT, &path, Some(json!({"telephony": {"caller_id": "12"}}))).await;
+    assert_eq!((s, v["error"]["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("telephony.caller_id")));
     let (s, v) = t
         .req(
             Method::PUT,

@@ -263,3 +263,73 @@ fn a_campaign_sets_its_caller_id_ring_timeout_referral_and_what_it_retries() {
     );
     assert!(far.errors().is_empty(), "sipp saw every call as its scenario expects: {}", far.errors());
 }
+
+#[test]
+fn dialer_dataplane_places_sip_calls_over_kafka_with_the_trunks_metrics() {
+    const N: u64 = 100;
+    let far = dialer_testkit::sip::Sipp::uas(N, 100).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let (api, admin) = (dialer_testkit::free_port(), dialer_testkit::free_port());
+    let name = dialer_testkit::unique_name("sip");
+    let config = dir.path().join("dialer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nlisten = \"127.0.0.1:{api}\"\n[store]\nurl = \"{db}\"\n\
+             [limits]\nglobal_max_concurrency = 100\nper_campaign_max_concurrency = 100\n\
+             redis_url = \"{redis}\"\nredis_key_prefix = \"{prefix}\"\n\
+             [bus]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ndispatch_topic = \"{name}.dispatch\"\n\
+             status_topic = \"{name}.status\"\ndead_letter_topic = \"{name}.dlq\"\ngroup_id = \"{name}\"\n\
+             dispatch_partitions = 2\nstatus_partitions = 2\n[scheduler]\ninterval_ms = 200\n\
+             [provider]\nkind = \"sip\"\nmax_call_ms = 5000\n\
+             [[provider.trunks]]\nname = \"sipp\"\nproxy = \"{sipp}\"\nmax_channels = 10\nmax_cps = 20\n",
+            db = dialer_testkit::postgres_database(),
+            redis = dialer_testkit::redis().url(),
+            prefix = dialer_testkit::redis_prefix(),
+            brokers = dialer_testkit::kafka().bootstrap(),
+            sipp = far.addr(),
+        ),
+    )
+    .expect("config");
+    let tuning = dir.path().join("tuning.toml");
+    std::fs::write(&tuning, "[shards]\ncount = 2\nassignment = \"static\"\npartitions = 2\n").expect("tuning");
+    let config = config.display().to_string();
+    let _cp = procs::spawn(dir.path(), "control-plane", &["--config".into(), config.clone(), "control-plane".into()]);
+    assert!(dialer_testkit::wait_for_port(api, Duration::from_secs(60)), "the control plane did not listen");
+    let dp_args = [
+        "--config".to_string(),
+        config,
+        "dataplane".into(),
+        "--tuning".into(),
+        tuning.display().to_string(),
+        "--admin".into(),
+        format!("127.0.0.1:{admin}"),
+        "--journal-dir".into(),
+        dir.path().join("journal").display().to_string(),
+    ];
+    let _dp = procs::spawn(dir.path(), "dataplane", &dp_args);
+    assert!(dialer_testkit::wait_for_port(admin, Duration::from_secs(60)), "the data plane did not listen");
+    let numbers: Vec<String> = (0..N).map(|i| format!("+1555{i:04}200")).collect();
+    let id = campaign(api, &numbers, json!({"max_attempts": 1}));
+    let t0 = Instant::now();
+    loop {
+        let (_, c) = http(api, "GET", &format!("/api/v1/campaigns/{id}"), None);
+        if c["status"] == "completed" {
+            break;
+        }
+        let logs = dir.path().display();
+        assert!(t0.elapsed() < Duration::from_secs(120), "campaign not completed: {c}; logs in {logs}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, st) = http(api, "GET", &format!("/api/v1/campaigns/{id}/stats"), None);
+    assert_eq!(st["completed_calls"], N, "every call answered through the data plane's SIP trunk: {st}");
+    let (_, metrics) = procs::http(admin, "GET", "/metrics", None);
+    let attempts: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("dialer_sip_attempts_total{") && l.contains("trunk=\"sipp\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(attempts as u64, N, "the trunk's attempts on the data plane's /metrics");
+    let r = far.finish(Duration::from_secs(30)).expect("sipp's report");
+    assert!(r.peak <= 10 && r.max_invites_per_second() <= 20, "trunk limits across the data plane's 2 shards: {r:?}");
+}
