@@ -122,39 +122,58 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Places `calls` calls open loop on one shard (a current-thread runtime and `LocalSet`).
-fn dialer_run(a: &Args, calls: u64, far: std::net::SocketAddr) -> Result<Shard> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    tokio::task::LocalSet::new().block_on(&rt, async {
-        let trunk = TrunkSettings {
-            name: "sipp".into(),
-            proxy: far,
-            domain: "bench.test".into(),
-            username: String::new(),
-            password: String::new(),
-            from_user: "dialer".into(),
-            from_domain: "bench.test".into(),
-            caller_id: String::new(),
-            allowed_caller_ids: vec![],
-            max_channels: u32::MAX,
-            max_cps: 0,
-            priority: 1,
-            weight: 1,
-        };
-        let settings = SipSettings { trunks: vec![trunk], max_call: a.hold, ..SipSettings::default() };
-        let p = SipProvider::start(settings, 0, 1).await?;
-        let pb = ProgressBar::new(calls).with_style(
-            ProgressStyle::with_template("dialer    {bar:40} {pos}/{len} calls ended")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let mut s = Shard {
+/// The bench's trunk: sipp, no channel or CPS limit (the far end's own rate is measured).
+fn bench_settings(a: &Args, far: std::net::SocketAddr) -> SipSettings {
+    let trunk = TrunkSettings {
+        name: "sipp".into(),
+        proxy: far,
+        domain: "bench.test".into(),
+        username: String::new(),
+        password: String::new(),
+        from_user: "dialer".into(),
+        from_domain: "bench.test".into(),
+        caller_id: String::new(),
+        allowed_caller_ids: vec![],
+        max_channels: u32::MAX,
+        max_cps: 0,
+        priority: 1,
+        weight: 1,
+    };
+    SipSettings { trunks: vec![trunk], max_call: a.hold, ..SipSettings::default() }
+}
+
+impl Shard {
+    fn new() -> Result<Shard> {
+        Ok(Shard {
             answered: Histogram::new_with_bounds(1, 120_000_000, 3)?,
             refused: Histogram::new_with_bounds(1, 120_000_000, 3)?,
             failed_other: 0,
             cpu_s: 0.0,
             wall_s: 0.0,
             peak_up: 0,
-        };
+        })
+    }
+
+    fn ended(&mut self, o: CallOutcome) -> Result<()> {
+        match o {
+            CallOutcome::Completed { answered_after, .. } => self.answered.record(answered_after.as_micros() as u64)?,
+            CallOutcome::Failed { reason: "busy", after, .. } => self.refused.record(after.as_micros() as u64)?,
+            CallOutcome::Failed { .. } => self.failed_other += 1,
+        }
+        Ok(())
+    }
+}
+
+/// Places `calls` calls open loop on one shard (a current-thread runtime and `LocalSet`).
+fn dialer_run(a: &Args, calls: u64, far: std::net::SocketAddr) -> Result<Shard> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let p = SipProvider::start(bench_settings(a, far), 0, 1).await?;
+        let pb = ProgressBar::new(calls).with_style(
+            ProgressStyle::with_template("dialer    {bar:40} {pos}/{len} calls ended")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut s = Shard::new()?;
         let interval = Duration::from_secs(1) / a.rate.max(1);
         let every = (1.0 / a.busy_share.clamp(0.0, 1.0)).round().max(1.0) as u64;
         let mut live = futures::stream::FuturesUnordered::new();
@@ -174,11 +193,7 @@ fn dialer_run(a: &Args, calls: u64, far: std::net::SocketAddr) -> Result<Shard> 
                 }
                 Some(o) = live.next() => {
                     pb.inc(1);
-                    match o {
-                        CallOutcome::Completed { answered_after, .. } => s.answered.record(answered_after.as_micros() as u64)?,
-                        CallOutcome::Failed { reason: "busy", after, .. } => s.refused.record(after.as_micros() as u64)?,
-                        CallOutcome::Failed { .. } => s.failed_other += 1,
-                    }
+                    s.ended(o)?;
                 }
             }
         }
