@@ -87,19 +87,19 @@ fn talked(o: &CallOutcome) -> Duration {
 
 #[test]
 fn each_far_end_answer_maps_to_its_outcome_and_retry_decision() {
-    let far = sipp(10, 300);
+    let far = sipp(11, 300);
     let outcomes = on_shard(async {
         let s = settings(vec![trunk("sipp", far.addr(), "dialer", "secret-401")]);
         let p = SipProvider::start(s.clone(), 0, 1).await.expect("provider starts");
         let refer = SipSettings { refer_to: Some("sip:queue@ivr.test".into()), ..s };
         let r = SipProvider::start(refer, 0, 1).await.expect("provider starts");
-        let numbers = ["200", "201", "486", "480", "487", "503", "404", "401", "203"];
+        let numbers = ["200", "201", "486", "480", "487", "503", "404", "401", "203", "204"];
         let mut calls: Vec<_> = numbers.iter().map(|n| p.place_call(&msg(&format!("+1555000{n}")))).collect();
         calls.push(r.place_call(&msg("+1555000202")));
         futures::future::join_all(calls).await
     });
-    let [far_bye, our_bye, busy, unavailable, cancelled, overloaded, not_found, challenged, asked, referred] =
-        <[CallOutcome; 10]>::try_from(outcomes).expect("ten outcomes");
+    let [far_bye, our_bye, busy, unavailable, cancelled, overloaded, not_found, challenged, asked, crossed, referred] =
+        <[CallOutcome; 11]>::try_from(outcomes).expect("eleven outcomes");
     let t = talked(&far_bye);
     assert!(t >= Duration::from_millis(250) && t < Duration::from_millis(800), "far end hung up after ~300 ms: {t:?}");
     assert!(talked(&our_bye) >= Duration::from_millis(800), "our BYE at the maximum call length");
@@ -123,8 +123,10 @@ fn each_far_end_answer_maps_to_its_outcome_and_retry_decision() {
     );
     let t = talked(&asked);
     assert!(t < Duration::from_millis(800), "OPTIONS and re-INVITE answered 200 (with our SDP), then their BYE: {t:?}");
+    let t = talked(&crossed);
+    assert!(t < Duration::from_millis(300), "a 200 that crossed our CANCEL: ACK, then BYE at once, not after {t:?}");
     let report = far.finish(Duration::from_secs(20)).expect("sipp's report");
-    assert_eq!((report.successful, report.failed), (10, 0), "every call ran its scenario to the end: {}", far.errors());
+    assert_eq!((report.successful, report.failed), (11, 0), "every call ran its scenario to the end: {}", far.errors());
 }
 
 #[test]

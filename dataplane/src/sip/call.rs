@@ -210,7 +210,8 @@ impl Drop for Dialog<'_> {
 
 /// Where the INVITE transaction left the call.
 enum Invited {
-    Answered(Box<Message>),
+    /// A 2xx; `true` when it crossed our CANCEL (answered as the ring timeout fired).
+    Answered(Box<Message>, bool),
     NotAnswered(End),
 }
 
@@ -249,13 +250,16 @@ impl<'a> Dialog<'a> {
     }
 
     async fn run(mut self) -> End {
-        let ok = match self.invite().await {
+        let (ok, cancelled) = match self.invite().await {
             Invited::NotAnswered(end) => return end,
-            Invited::Answered(ok) => ok,
+            Invited::Answered(ok, cancelled) => (ok, cancelled),
         };
         let answered = Instant::now();
         self.confirm(&ok).await;
-        if let Some(uri) = self.refer_to.clone() {
+        if cancelled {
+            // The answer crossed our CANCEL (RFC 3261 §9.1): ACK it and hang up at once.
+            self.bye().await;
+        } else if let Some(uri) = self.refer_to.clone() {
             self.refer(&uri, answered).await;
         } else {
             self.talk(answered).await;
@@ -388,7 +392,7 @@ impl<'a> Dialog<'a> {
             return None;
         }
         if code < 300 {
-            return Some(Invited::Answered(Box::new(m)));
+            return Some(Invited::Answered(Box::new(m), ctx.cancelled));
         }
         let ack = self.same_transaction("ACK", &m.to);
         self.send(&ack).await;
