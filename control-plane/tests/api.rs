@@ -246,6 +246,20 @@ async fn create_validation(t: TestApp) {
         ),
         (json!({"name": "a", "targets": [{"phone_number": "+15555550001", "metadata": "x"}]}), "targets[0].metadata"),
         (json!({"name": "a", "colour": "blue", "targets": [{"phone_number": "+15555550001"}]}), "colour"),
+        (json!({"name": "a", "telephony": [null, null], "targets": [{"phone_number": "+15555550001"}]}), "telephony"),
+        (json!({"name": "a", "retry_policy": [3], "targets": [{"phone_number": "+15555550001"}]}), "retry_policy"),
+        (
+            json!({"name": "a", "retry_policy": {"jitter": "x"}, "targets": [{"phone_number": "+15555550001"}]}),
+            "retry_policy.jitter",
+        ),
+        (
+            json!({"name": "a", "telephony": {"ring": 5}, "targets": [{"phone_number": "+15555550001"}]}),
+            "telephony.ring",
+        ),
+        (
+            json!({"name": "a", "telephony": {"media_endpoint": "x"}, "targets": [{"phone_number": "+15555550001"}]}),
+            "telephony.media_endpoint",
+        ),
     ];
     for (body, field) in cases {
         let (s, v) = t.post("/api/v1/campaigns", body.clone()).await;

@@ -67,9 +67,11 @@ pub struct CreateCampaignRequest {
     /// weighted by this; default 1.
     #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
+    #[serde(default, deserialize_with = "object_only")]
     pub retry_policy: Option<RetryPolicyInput>,
     /// How calls are placed over SIP (caller ID, ring timeout, media, REFER); the provider's
     /// settings where omitted.
+    #[serde(default, deserialize_with = "object_only")]
     pub telephony: Option<Telephony>,
     /// Weekly windows in local time; omitted or empty = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
@@ -94,8 +96,10 @@ pub struct UpdateCampaignRequest {
     #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     /// Fields given replace the current ones; omitted ones are kept.
+    #[serde(default, deserialize_with = "object_only")]
     pub retry_policy: Option<RetryPolicyInput>,
     /// Replaces the campaign's telephony settings as a whole; `{}` = the provider's.
+    #[serde(default, deserialize_with = "object_only")]
     pub telephony: Option<Telephony>,
     /// Replaces the whole schedule; `[]` = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
@@ -121,6 +125,36 @@ pub struct RetryPolicyInput {
     /// calls final (invalid_number from a 404, say) is not retried whatever this says.
     #[schema(example = json!(["busy", "no_answer", "failed"]))]
     pub retry_on: Option<Vec<String>>,
+}
+
+/// An optional nested settings object: serde would also read a struct from a JSON array
+/// (`[null, null]`), which the API must refuse like any other wrong type. Reads through the
+/// same map access, so an error inside still names its field (`retry_policy.jitter`).
+fn object_only<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct ObjectOrNull<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectOrNull<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_option(ObjectOrNull(std::marker::PhantomData))
 }
 
 /// How a campaign's calls are placed over SIP (the mock provider ignores it). Every field is
