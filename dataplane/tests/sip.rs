@@ -150,7 +150,8 @@ fn a_wrong_password_fails_the_trunk_not_the_lead() {
 
 #[test]
 fn kamailio_challenges_with_407_and_right_credentials_get_through() {
-    let far = sipp(0, 300);
+    // sipp sees two calls: the answered one and the busy one (the wrong password never passes).
+    let far = sipp(2, 300);
     let proxy = Kamailio::start(far.addr(), "carrier-pw").unwrap_or_else(|e| panic!("kamailio is needed: {e}"));
     on_shard(async {
         let good = trunk("carrier", proxy.addr(), "acme", "carrier-pw");
@@ -163,6 +164,8 @@ fn kamailio_challenges_with_407_and_right_credentials_get_through() {
         let o = p.place_call(&msg("+1555000201")).await;
         assert_eq!(failure(&o), ("failed", true, Some(407), None), "a second 407: the trunk's fault");
     });
+    let r = far.finish(Duration::from_secs(20)).expect("sipp's report");
+    assert_eq!((r.successful, r.failed), (2, 0), "our BYE answered kamailio's 407 and reached sipp: {}", far.errors());
 }
 
 #[test]

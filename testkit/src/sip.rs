@@ -259,6 +259,11 @@ impl Kamailio {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+
+    /// The directory holding its configuration and log.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
 }
 
 #[cfg(test)]

@@ -416,17 +416,24 @@ impl<'a> Dialog<'a> {
 
     /// Answers a 401/407 challenge: new CSeq and branch, same Call-ID and From tag.
     fn authorize(&mut self, m: &Message) -> bool {
-        let s = &self.trunk.s;
-        let Some((proxy, value)) = &m.challenge else { return false };
-        let Some(c) = Challenge::parse(value) else { return false };
-        if s.username.is_empty() {
-            return false;
-        }
-        let header = if *proxy { "Proxy-Authorization" } else { "Authorization" };
-        self.auth = Some((header, c.answer(&s.username, &s.password, "INVITE", &self.ruri, &self.uac.tag())));
+        let Some(auth) = self.credentials(m, "INVITE", &self.ruri) else { return false };
+        self.auth = Some(auth);
         self.cseq += 1;
         self.branch = format!("z9hG4bK{}", self.uac.tag());
         true
+    }
+
+    /// The `(Proxy-)Authorization` header answering `m`'s challenge for `method uri`, when the
+    /// trunk has credentials and the challenge is one we can answer.
+    fn credentials(&self, m: &Message, method: &str, uri: &str) -> Option<(&'static str, String)> {
+        let s = &self.trunk.s;
+        let (proxy, value) = m.challenge.as_ref()?;
+        let c = Challenge::parse(value)?;
+        if s.username.is_empty() {
+            return None;
+        }
+        let header = if *proxy { "Proxy-Authorization" } else { "Authorization" };
+        Some((header, c.answer(&s.username, &s.password, method, uri, &self.uac.tag())))
     }
 
     /// ACKs the 2xx and learns the dialog: the far end's tag, target and route set.
@@ -488,11 +495,34 @@ impl<'a> Dialog<'a> {
         }
     }
 
-    /// Sends a request in the dialog and waits for its final response (Timer E retransmits,
-    /// Timer F gives up); a far-end BYE meanwhile is answered. `Some(code)`, or None on Timer F.
+    /// Sends a request in the dialog and waits for its final response, answering one digest
+    /// challenge (carriers challenge BYE and REFER too); a far-end BYE meanwhile is answered.
+    /// The final code (None on Timer F) and whether the far end hung up.
     async fn request(&mut self, method: &str, extra: &[(&str, &str)]) -> (Option<u16>, bool) {
+        let (mut hung_up, mut answered_challenge) = (false, false);
+        let mut headers: Vec<(&str, String)> = extra.iter().map(|(n, v)| (*n, v.to_string())).collect();
+        loop {
+            let (last, h) = self.transaction(method, &headers).await;
+            hung_up |= h;
+            let code = last.as_ref().and_then(Message::code);
+            let challenged = matches!(code, Some(401 | 407)) && !answered_challenge && !hung_up;
+            let target = self.target.clone();
+            match last.filter(|_| challenged).and_then(|m| self.credentials(&m, method, &target)) {
+                Some((name, value)) => {
+                    answered_challenge = true;
+                    headers.push((name, value));
+                }
+                None => return (code, hung_up),
+            }
+        }
+    }
+
+    /// One non-INVITE client transaction in the dialog (new CSeq): Timer E retransmits, Timer F
+    /// gives up. Its final response (None on Timer F) and whether the far end hung up meanwhile.
+    async fn transaction(&mut self, method: &str, headers: &[(&str, String)]) -> (Option<Message>, bool) {
         self.cseq += 1;
-        let bytes = self.in_dialog(method, self.cseq, extra);
+        let extra: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let bytes = self.in_dialog(method, self.cseq, &extra);
         let mut tx = Retransmit::non_invite(self.uac.settings.t1);
         let mut hung_up = false;
         self.send(&bytes).await;
@@ -502,7 +532,7 @@ impl<'a> Dialog<'a> {
                 _ = tokio::time::sleep_until(tx.wake(false)) => None,
             };
             match m {
-                Some(m) if m.code().is_some_and(|c| c >= 200) && m.cseq == self.cseq => return (m.code(), hung_up),
+                Some(m) if m.code().is_some_and(|c| c >= 200) && m.cseq == self.cseq => return (Some(m), hung_up),
                 Some(m) => hung_up |= self.on_dialog_message(&m).await,
                 None if tx.gave_up(Instant::now()) => return (None, hung_up),
                 None => {
