@@ -48,7 +48,9 @@ struct FarEnd {
     calls: u64,
     /// Calls that ended well per second, over the span of INVITEs sipp received.
     cps: f64,
-    peak: u64,
+    /// sipp's "Peak was", known only when sipp ended by itself (not when it lost calls and was
+    /// stopped).
+    peak: Option<u64>,
     failed: u64,
 }
 
@@ -58,7 +60,7 @@ fn far_end(r: &SippReport, good: u64, failed: u64) -> FarEnd {
         (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
         _ => 1.0,
     };
-    FarEnd { calls: r.invites_ms.len() as u64, cps: good as f64 / span, peak: r.peak, failed }
+    FarEnd { calls: r.invites_ms.len() as u64, cps: good as f64 / span, peak: (r.peak > 0).then_some(r.peak), failed }
 }
 
 /// sipp's own UAC placing the same answered calls (INVITE, ACK, BYE after `hold`) at `rate`.
@@ -80,9 +82,9 @@ fn reference(a: &Args, calls: u64) -> Result<FarEnd> {
         note(&format!("sipp's UAC exited with {status}: some of its calls failed (sipp overloaded)"));
     }
     let r = uas.stop(Duration::from_secs(10));
-    let uac = SippReport::from_files(&uas.dir().join("uac.log"), None).map_err(|e| anyhow::anyhow!(e))?;
+    let uac = SippReport::from_screen(&uas.dir().join("uac.log")).map_err(|e| anyhow::anyhow!(e))?;
     // The UAC's own screen counts its calls (the UAS never learns of calls it lost).
-    Ok(FarEnd { peak: r.peak.max(uac.peak), ..far_end(&r, uac.successful, uac.failed) })
+    Ok(FarEnd { peak: Some(r.peak.max(uac.peak)), ..far_end(&r, uac.successful, uac.failed) })
 }
 
 fn note(s: &str) {
@@ -204,6 +206,10 @@ fn dialer_run(a: &Args, calls: u64, far: std::net::SocketAddr) -> Result<Shard> 
     })
 }
 
+fn shown(peak: Option<u64>) -> String {
+    peak.map_or_else(|| "n/a (sipp stopped)".into(), |p| p.to_string())
+}
+
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -230,9 +236,9 @@ pub fn run(a: Args) -> Result<()> {
     println!("| | INVITEs at the far end | calls ended well per second | peak calls up (sipp) | failed calls |");
     println!("|---|---|---|---|---|");
     if let Some(x) = &reference {
-        println!("| sipp UAC → sipp UAS (reference) | {} | {:.0} | {} | {} |", x.calls, x.cps, x.peak, x.failed);
+        println!("| sipp UAC → sipp UAS (reference) | {} | {:.0} | {} | {} |", x.calls, x.cps, shown(x.peak), x.failed);
     }
-    println!("| dialer shard → sipp UAS | {} | {:.0} | {} | {} |", d.calls, d.cps, d.peak, d.failed);
+    println!("| dialer shard → sipp UAS | {} | {:.0} | {} | {} |", d.calls, d.cps, shown(d.peak), d.failed);
     if let Some(x) = &reference {
         println!("dialer / sipp: {:.0} %", 100.0 * d.cps / x.cps.max(1e-9));
     }

@@ -85,6 +85,9 @@ fn thousands_of_calls_through_the_full_path_stay_within_the_trunks_channels_and_
     assert_eq!(st["attempts_total"], TARGETS, "one attempt each, none dialled twice: {st}");
     let r = far.finish(Duration::from_secs(30)).expect("sipp's report");
     assert_eq!(r.invites_ms.len() as u64, TARGETS, "sipp received one INVITE per call");
+    let attempts: std::collections::HashSet<String> =
+        far.invite_call_ids().iter().map(|id| id.split('.').take(2).collect::<Vec<_>>().join(".")).collect();
+    assert_eq!(attempts.len() as u64, TARGETS, "each call's one attempt INVITEd once (Call-ID = call.attempt.…)");
     assert_eq!((r.successful, r.failed), (TARGETS, 0), "{}", far.errors());
     assert!(r.peak <= CHANNELS, "sipp saw {} calls up at once on a trunk of {CHANNELS} channels", r.peak);
     let cps = r.max_invites_per_second();

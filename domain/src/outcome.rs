@@ -53,10 +53,9 @@ impl Outcome {
         Outcome::ALL.into_iter().find(|o| o.as_str() == s)
     }
 
-    /// Whether the default retry policy (`retry_on` = busy, no_answer, failed, unknown_outcome)
-    /// retries it.
-    pub fn retried_by_default(self) -> bool {
-        matches!(self, Outcome::Busy | Outcome::NoAnswer | Outcome::Failed | Outcome::UnknownOutcome)
+    /// The outcomes of a failed attempt: every one but `answered`, in taxonomy order.
+    pub fn failures() -> &'static [Outcome] {
+        &Outcome::ALL[1..]
     }
 }
 
@@ -243,7 +242,6 @@ mod tests {
             assert_eq!(Outcome::parse(o.as_str()), Some(o));
         }
         assert_eq!(Outcome::parse("network_error"), None);
-        let retried: Vec<_> = Outcome::ALL.into_iter().filter(|o| o.retried_by_default()).collect();
-        assert_eq!(retried, [Outcome::Busy, Outcome::NoAnswer, Outcome::Failed, Outcome::UnknownOutcome]);
+        assert!(!Outcome::failures().contains(&Outcome::Answered) && Outcome::failures().len() == 6);
     }
 }

@@ -198,10 +198,9 @@ impl SippReport {
         log.lines().filter_map(|l| l.strip_prefix("invite ")?.split_whitespace().next()?.parse().ok()).collect()
     }
 
-    /// Parses a screen file sipp wrote at exit (a UAC's too) and an INVITE log.
-    pub fn from_files(screen: &Path, invites: Option<&Path>) -> Result<SippReport, String> {
-        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        SippReport::parse(&read(screen), &invites.map(read).unwrap_or_default())
+    /// Parses a screen file sipp wrote at exit (a UAC's too).
+    pub fn from_screen(screen: &Path) -> Result<SippReport, String> {
+        SippReport::parse(&std::fs::read_to_string(screen).unwrap_or_default(), "")
     }
 
     /// The most INVITEs within any one second (a sliding window over sipp's own clock).
@@ -258,11 +257,6 @@ impl Kamailio {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// The directory holding its configuration and log.
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 }
 

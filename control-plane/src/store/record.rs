@@ -27,27 +27,17 @@ pub(crate) struct Delta {
     pub failed: i64,
     pub attempts: i64,
     pub retries: i64,
-    /// Calls that ended failed, by their last outcome ([`FAILED_BY`] order).
+    /// Calls that ended failed, by their last outcome ([`Outcome::failures`] order); a failed
+    /// call whose last error is none of them (cancelled by a completion, an old producer's
+    /// reason) is counted in `failed` only.
     pub failed_by: [i64; 6],
 }
-
-/// The outcomes failed calls are counted by (`campaign_stats.failed_<name>`); a failed call
-/// whose last error is none of them (cancelled by a completion, an old producer's reason) is
-/// counted in `failed_calls` only.
-pub(crate) const FAILED_BY: [Outcome; 6] = [
-    Outcome::Busy,
-    Outcome::NoAnswer,
-    Outcome::Rejected,
-    Outcome::InvalidNumber,
-    Outcome::Failed,
-    Outcome::UnknownOutcome,
-];
 
 impl Delta {
     /// A call ended failed with `last_error`.
     fn failed_with(&mut self, last_error: Option<&str>) {
         let outcome = last_error.and_then(Outcome::parse);
-        if let Some(i) = FAILED_BY.iter().position(|o| Some(*o) == outcome) {
+        if let Some(i) = Outcome::failures().iter().position(|o| Some(*o) == outcome) {
             self.failed_by[i] += 1;
         }
     }

@@ -91,7 +91,8 @@ pub struct TrunkMetrics {
     channels: metrics::Gauge,
     healthy: metrics::Gauge,
     name: String,
-    shard: String,
+    /// `dialer_sip_responses_total` by code, looked up once per code rather than once per call.
+    responses: std::cell::RefCell<std::collections::HashMap<Option<u16>, metrics::Counter>>,
 }
 
 impl TrunkMetrics {
@@ -103,7 +104,7 @@ impl TrunkMetrics {
             channels: metrics::gauge!("dialer_sip_channels_in_use", "trunk" => t.clone(), "shard" => s.clone()),
             healthy: metrics::gauge!("dialer_sip_trunk_healthy", "trunk" => t.clone(), "shard" => s.clone()),
             name: t,
-            shard: s,
+            responses: Default::default(),
         };
         m.healthy.set(1.0);
         m
@@ -111,8 +112,14 @@ impl TrunkMetrics {
 
     /// Counts a final response (or `timeout` when none came).
     pub fn response(&self, code: Option<u16>) {
-        let code = code.map_or_else(|| "timeout".to_string(), |c| c.to_string());
-        metrics::counter!("dialer_sip_responses_total", "trunk" => self.name.clone(), "code" => code).increment(1);
+        self.responses
+            .borrow_mut()
+            .entry(code)
+            .or_insert_with(|| {
+                let label = code.map_or_else(|| "timeout".to_string(), |c| c.to_string());
+                metrics::counter!("dialer_sip_responses_total", "trunk" => self.name.clone(), "code" => label)
+            })
+            .increment(1);
     }
 }
 
@@ -137,7 +144,6 @@ impl Trunk {
         let window = Duration::from_secs(1) + margin;
         let interval = if cps > 0 { window / cps } else { Duration::ZERO };
         let metrics = TrunkMetrics::new(&s.name, shard);
-        let _ = &metrics.shard;
         Trunk {
             channels: share(s.max_channels, shard, shards),
             in_use: Cell::new(0),
