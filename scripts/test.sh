@@ -58,7 +58,7 @@ rm -f /tmp/dialer-test.$$.log
 echo "== smoke: dialer up + scripts/smoke.sh"
 cargo build --quiet -p dialer
 data=$(mktemp -d)
-printf '[provider]\nmin_call_ms = 50\nmax_call_ms = 250\nmax_ring_ms = 20\n[scheduler]\ninterval_ms = 200\n' >"$data/smoke.toml"
+printf '[provider]\nmin_call_ms = 50\nmax_call_ms = 250\nmax_ring_ms = 20\n[scheduler]\ninterval_ms = 200\n[calling_rules]\nenabled = false\n' >"$data/smoke.toml"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port); otlp=$(free_port)
 key="smoke-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"

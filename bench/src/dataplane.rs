@@ -965,6 +965,7 @@ fn sample_message(campaign: Uuid, cap: u32) -> DispatchMessage {
         deadline_ms: 0,
         enqueued_at_us: 0,
         telephony: None,
+        kind: Default::default(),
     }
 }
 

@@ -208,6 +208,7 @@ fn start_pipeline(
         cfg: SchedulerConfig {
             interval: Duration::from_millis(a.tick_ms),
             per_campaign_ceiling: a.campaign_cap,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
             ..SchedulerConfig::default()
         },
     };

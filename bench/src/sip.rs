@@ -104,6 +104,7 @@ fn msg(i: u64, busy: bool) -> DispatchMessage {
         deadline_ms: 0,
         enqueued_at_us: 0,
         telephony: None,
+        kind: Default::default(),
     }
 }
 

@@ -81,6 +81,18 @@ impl MemoryBus {
     }
 }
 
+impl MemoryBus {
+    /// Publishes a copy of `msg` on every partition (an opt-out every shard must know of).
+    pub async fn publish_everywhere(&self, msg: &DispatchMessage) -> Result<(), BusClosed> {
+        for partition in 0..self.partitions {
+            let offset = self.offsets[partition as usize].fetch_add(1, Ordering::Relaxed);
+            let d = Delivery { partition, offset, msg: Ok(msg.clone()) };
+            self.shards[shard_of_partition(partition, self.shards.len())].send(d).await.map_err(|_| BusClosed)?;
+        }
+        Ok(())
+    }
+}
+
 /// The in-process bus's readers are gone: the data plane has stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the in-process bus is closed: the data plane has stopped")]

@@ -165,6 +165,9 @@ pub struct Config {
     pub scheduler: SchedulerSettings,
     pub timeline: TimelineSettings,
     pub telemetry: TelemetrySettings,
+    /// The recipient's calling rules of campaigns without their own (lawful US defaults:
+    /// 08:00–21:00 recipient local time, Florida and Oklahoma 08:00–20:00, no attempt limits).
+    pub calling_rules: dialer_domain::rules::CallingRules,
 }
 
 /// Span export (logs always go to stderr).
@@ -391,6 +394,9 @@ pub struct ApiConfig {
     /// (writes through this process drop the entry at once; changes made by other processes
     /// show within this delay); 0 = always read the store.
     pub campaign_cache_ms: u64,
+    /// A copy of `[calling_rules]` (for the preview of campaigns without their own).
+    #[serde(skip)]
+    pub calling_rules: dialer_domain::rules::CallingRules,
 }
 
 /// An API key. Its `Debug` and serialized forms are redacted, so it never reaches a log.
@@ -470,6 +476,7 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             rate_limit_per_key: 1000,
             campaign_cache_ms: 250,
+            calling_rules: Default::default(),
         }
     }
 }
@@ -507,6 +514,7 @@ impl Config {
             per_campaign_ceiling: self.limits.per_campaign_max_concurrency,
             global_cap: self.limits.global_max_concurrency,
             top_campaigns: self.scheduler.metrics_top_campaigns,
+            calling_rules: self.calling_rules.clone(),
         }
     }
 
@@ -640,6 +648,9 @@ impl TrunkConfig {
 
 /// Environment variable → config key.
 const ENV_KEYS: &[(&str, &str)] = &[
+    ("DIALER_CALLING_RULES_ENABLED", "calling_rules.enabled"),
+    ("DIALER_CALLING_RULES_MAX_ATTEMPTS_PER_24H", "calling_rules.max_attempts_per_24h"),
+    ("DIALER_CALLING_RULES_MAX_ATTEMPTS_PER_DAY", "calling_rules.max_attempts_per_day"),
     ("DIALER_API_LISTEN", "api.listen"),
     ("DIALER_API_MAX_BODY_BYTES", "api.max_body_bytes"),
     ("DIALER_API_MAX_TARGETS_PER_REQUEST", "api.max_targets_per_request"),
@@ -708,6 +719,7 @@ impl Config {
         }
         cfg.provider.read_passwords(&env)?;
         cfg.validate()?;
+        cfg.api.calling_rules = cfg.calling_rules.clone();
         Ok(cfg)
     }
 
@@ -719,6 +731,9 @@ impl Config {
     fn set(&mut self, key: &str, v: &str) -> Result<(), ValueError> {
         fn num<T: std::str::FromStr>(v: &str) -> Result<T, ValueError> {
             v.trim().parse().map_err(|_| ValueError::NotANumber(v.to_string()))
+        }
+        fn limit(v: &str) -> Result<Option<u32>, ValueError> {
+            if v.trim().is_empty() { Ok(None) } else { num(v).map(Some) }
         }
         match key {
             "api.listen" => self.api.listen = v.parse().map_err(|_| ValueError::NotAnAddress(v.to_string()))?,
@@ -733,6 +748,12 @@ impl Config {
             "api.rate_limit_per_key" => self.api.rate_limit_per_key = num(v)?,
             "api.campaign_cache_ms" => self.api.campaign_cache_ms = num(v)?,
             "store.url" => self.store.url = v.to_string(),
+            "calling_rules.enabled" => {
+                self.calling_rules.enabled =
+                    v.trim().parse().map_err(|_| ValueError::NotKnown { value: v.to_string(), known: "true, false" })?
+            }
+            "calling_rules.max_attempts_per_24h" => self.calling_rules.max_attempts_per_24h = limit(v)?,
+            "calling_rules.max_attempts_per_day" => self.calling_rules.max_attempts_per_day = limit(v)?,
             "store.max_connections" => self.store.max_connections = num(v)?,
             "store.acquire_timeout_sec" => self.store.acquire_timeout_sec = num(v)?,
             "limits.global_max_concurrency" => self.limits.global_max_concurrency = num(v)?,
@@ -769,6 +790,7 @@ impl Config {
 
     /// Refuses impossible values, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.calling_rules.compile("calling_rules").map_err(|e| invalid(&e.field, e.message))?;
         self.validate_api_and_store()?;
         self.validate_limits()?;
         self.validate_bus_and_provider()?;

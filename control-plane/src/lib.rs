@@ -4,6 +4,7 @@
 //! scheduler and recorder live here too. It never places calls itself: the data plane does.
 
 pub mod api;
+pub mod calling_rules;
 pub mod config;
 pub mod observability;
 pub mod reaper;

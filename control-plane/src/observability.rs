@@ -43,6 +43,20 @@ fn describe_pipeline() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("dialer_scheduler_dispatched_total", "Calls claimed and published by the scheduler.");
     describe_counter!(
+        "dialer_calls_skipped_total",
+        "Calls ended without a dial by the recipient's calling rules, by reason (dnc, no_zone)."
+    );
+    describe_counter!(
+        "dialer_calls_held_total",
+        "Claimed calls sent back to wait by the recipient's calling rules, by rule (attempt_limit, window, blackout)."
+    );
+    describe_counter!(
+        "dialer_scheduler_zones_held_total",
+        "Zones of a campaign's pending calls held back in a tick, by rule (window: outside the recipient's local window; blackout)."
+    );
+    describe_counter!("dialer_dnc_entries_added_total", "Do-not-call entries written through the API.");
+    describe_counter!("dialer_dnc_announced_total", "Opt-outs announced to every data-plane shard.");
+    describe_counter!(
         "dialer_scheduler_errors_total",
         "Campaigns whose dispatch failed in a tick (a store error); the others went on."
     );

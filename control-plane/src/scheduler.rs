@@ -95,6 +95,42 @@ pub enum PublishError {
 }
 
 impl DispatchSink {
+    /// Publishes each message to every partition (opt-outs every shard must know of).
+    pub async fn broadcast(&self, msgs: &[DispatchMessage]) -> Result<(), PublishError> {
+        match self {
+            DispatchSink::Memory(bus) => {
+                for m in msgs {
+                    bus.publish_everywhere(m).await?;
+                }
+                Ok(())
+            }
+            DispatchSink::Kafka { producer, topic } => {
+                let (p, t) = (producer.clone(), topic.clone());
+                use rdkafka::producer::Producer;
+                let partitions = tokio::task::spawn_blocking(move || {
+                    let md = p.client().fetch_metadata(Some(&t), Duration::from_secs(5))?;
+                    Ok::<i32, rdkafka::error::KafkaError>(
+                        md.topics().first().map_or(0, |t| t.partitions().len() as i32),
+                    )
+                })
+                .await
+                .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))?;
+                let encoded: Vec<Vec<u8>> = msgs.iter().map(DispatchMessage::encode).collect();
+                let mut acks = Vec::new();
+                for payload in &encoded {
+                    for part in 0..partitions {
+                        let r = FutureRecord::<(), _>::to(topic).partition(part).payload(payload);
+                        acks.push(producer.send(r, Duration::from_secs(5)));
+                    }
+                }
+                for r in futures::future::join_all(acks).await {
+                    r.map_err(|(e, _)| e)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Publishes all messages; returns once the broker has acknowledged each of them (Kafka),
     /// or with the indices of those it did not.
     pub async fn publish_all(&self, msgs: Vec<DispatchMessage>) -> Result<(), NotPublished> {
@@ -160,6 +196,8 @@ pub struct SchedulerConfig {
     /// publish waits for the broker's acknowledgement: one campaign after the other, a tick of
     /// 1,000 small campaigns took longer than their calls (`bench e2e --campaigns 1000`).
     pub claim_concurrency: usize,
+    /// `[calling_rules]`: the recipient's rules of campaigns without their own.
+    pub calling_rules: dialer_domain::rules::CallingRules,
 }
 
 impl Default for SchedulerConfig {
@@ -173,6 +211,7 @@ impl Default for SchedulerConfig {
             global_cap: 10_000,
             top_campaigns: 10,
             claim_concurrency: 8,
+            calling_rules: Default::default(),
         }
     }
 }
@@ -236,6 +275,7 @@ impl Scheduler {
         let started = std::time::Instant::now();
         let now = self.clock.now();
         let mut report = TickReport::default();
+        self.rules_upkeep(now).await;
         let active = self.store.active_campaigns().await?;
         crate::observability::publish_campaign_load(
             active
@@ -307,12 +347,38 @@ impl Scheduler {
     /// acknowledge (a delivered one will be dialled: giving it back would dial it twice).
     /// Returns how many were dispatched.
     async fn dispatch(&self, c: &ActiveCampaign, n: usize, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let claimed = self.store.claim_calls(c.id, n, now).await?;
+        let rules = c
+            .calling_rules
+            .as_ref()
+            .unwrap_or(&self.cfg.calling_rules)
+            .compile("calling_rules")
+            .map_err(|e| StoreError::Corrupt(format!("campaign {}: {e}", c.id)))?;
+        let zones = self.store.pending_zones(c.id).await?;
+        let plan = crate::calling_rules::plan(&rules, &zones, now);
+        for (_, rule) in &plan.closed {
+            metrics::counter!("dialer_scheduler_zones_held_total", "rule" => rule.as_str()).increment(1);
+        }
+        if plan.claim.is_empty() {
+            return Ok(0);
+        }
+        let screened = self.store.claim_calls(c.id, n, now, &plan.keys(), &rules).await?;
+        for (_, reason) in &screened.skipped {
+            metrics::counter!("dialer_calls_skipped_total", "reason" => reason.as_str()).increment(1);
+        }
+        for (_, _, rule) in &screened.held {
+            metrics::counter!("dialer_calls_held_total", "rule" => rule.as_str()).increment(1);
+        }
+        let claimed = screened.dial;
         if claimed.is_empty() {
             return Ok(0);
         }
         let cap = effective_campaign_cap(c.max_concurrent_calls, self.cfg.per_campaign_ceiling);
-        let msgs = messages(c, cap, &claimed, self.cfg.dispatch_ttl, now);
+        let hours = parse_tz(&c.time_zone).ok().map(|tz| BusinessHours { tz, windows: c.business_hours.clone() });
+        let deadlines: Vec<DateTime<Utc>> = claimed
+            .iter()
+            .map(|k| crate::calling_rules::deadline(now, self.cfg.dispatch_ttl, plan.until(&k.zone), hours.as_ref()))
+            .collect();
+        let msgs = messages(c, cap, &claimed, &deadlines, now);
         let k = msgs.len();
         let delivered = match self.sink.publish_all(msgs).await {
             Ok(()) => k,
@@ -325,6 +391,37 @@ impl Scheduler {
         };
         metrics::histogram!("dialer_scheduler_batch_size").record(delivered as f64);
         Ok(delivered)
+    }
+
+    /// The calling rules' chores of a tick: opt-outs announced to every shard (so calls already
+    /// queued to those numbers are not dialled), calls not yet located given their zone, and
+    /// old per-number attempts forgotten (about once a minute). A failure is logged and tried
+    /// again next tick; claims screen by the lists anyway.
+    async fn rules_upkeep(&self, now: DateTime<Utc>) {
+        if let Err(e) = self.announce(now).await {
+            tracing::warn!(error = %e, "announcing opt-outs to the data plane failed; retrying next tick");
+        }
+        if let Err(e) = self.store.locate_unzoned(LOCATE_BATCH).await {
+            tracing::warn!(error = %e, "locating calls failed; retrying next tick");
+        }
+        if now.timestamp() % 60 == 0
+            && let Err(e) = self.store.prune_attempts(now).await
+        {
+            tracing::warn!(error = %e, "pruning old contact attempts failed; retrying later");
+        }
+    }
+
+    async fn announce(&self, now: DateTime<Utc>) -> Result<(), String> {
+        let pending = self.store.unannounced(ANNOUNCE_BATCH).await.map_err(|e| e.to_string())?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let msgs: Vec<DispatchMessage> =
+            pending.iter().map(|s| crate::calling_rules::suppress_message(s, now, self.cfg.dispatch_ttl)).collect();
+        self.sink.broadcast(&msgs).await.map_err(|e| e.to_string())?;
+        self.store.mark_announced(&pending).await.map_err(|e| e.to_string())?;
+        metrics::counter!("dialer_dnc_announced_total").increment(pending.len() as u64);
+        Ok(())
     }
 
     /// Ticks every `interval` until `shutdown` resolves; while a tick is bound by `max_batch`
@@ -359,19 +456,24 @@ fn is_open(c: &ActiveCampaign, now: DateTime<Utc>) -> bool {
     parse_tz(&c.time_zone).is_ok_and(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.is_open(now))
 }
 
+/// Opt-outs announced per tick.
+const ANNOUNCE_BATCH: usize = 1000;
+/// Calls located per tick.
+const LOCATE_BATCH: usize = 20_000;
+
 fn messages(
     c: &ActiveCampaign,
     cap: u32,
     claimed: &[ClaimedCall],
-    ttl: Duration,
+    deadlines: &[DateTime<Utc>],
     now: DateTime<Utc>,
 ) -> Vec<DispatchMessage> {
-    let now_ms = now.timestamp_millis() as u64;
     let now_us = now.timestamp_micros() as u64;
     let telephony = (!c.telephony.is_empty()).then(|| Box::new(c.telephony.clone()));
     claimed
         .iter()
-        .map(|k| DispatchMessage {
+        .zip(deadlines)
+        .map(|(k, deadline)| DispatchMessage {
             v: SCHEMA_VERSION,
             call_id: k.id,
             attempt: k.attempt,
@@ -380,9 +482,10 @@ fn messages(
             campaign_cap: cap,
             campaign_weight: c.weight,
             not_before_ms: 0,
-            deadline_ms: now_ms + ttl.as_millis() as u64,
+            deadline_ms: deadline.timestamp_millis().max(0) as u64,
             enqueued_at_us: now_us,
             telephony: telephony.clone(),
+            kind: Default::default(),
         })
         .collect()
 }
@@ -399,6 +502,7 @@ mod tests {
             max_concurrent_calls: cap,
             weight,
             telephony: Default::default(),
+            calling_rules: None,
             pending,
             queued,
             in_progress,

@@ -106,7 +106,7 @@ async fn timeline_on_cql() {
         serde_json::from_value(json!({"name": "cql", "targets": [{"phone_number": "+15550001111"}]})).expect("req");
     let c = store.create_campaign(&req.validate(10).expect("valid")).await.expect("campaign");
     store.transition(c.id, CampaignAction::Start).await.expect("start");
-    let claimed = store.claim_calls(c.id, 1, Utc::now()).await.expect("claim");
+    let claimed = store.claim_due(c.id, 1, Utc::now()).await.expect("claim");
     let k = &claimed[0];
     let ev = |kind| StatusEvent {
         v: 1,

@@ -69,7 +69,7 @@ async fn abandoned_calls_are_reaped_only_after_their_latest_end(b: Backend) {
     let c = campaign(&s, "reap", 6, 10, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
     let t0 = Utc::now();
-    let claimed = s.claim_calls(c.id, 6, t0).await.expect("claim");
+    let claimed = s.claim_due(c.id, 6, t0).await.expect("claim");
     started(&s, c.id, &claimed[..3]).await;
     let clock = ManualClock::new(t0);
     let r = reaper(&s, clock.clone(), 2);
@@ -106,7 +106,7 @@ async fn a_reaper_racing_late_outcomes_resolves_each_call_once(b: Backend) {
     let (s, _d) = store(b).await;
     let c = campaign(&s, "reap-race", 400, 100, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let claimed = s.claim_calls(c.id, 400, Utc::now()).await.expect("claim");
+    let claimed = s.claim_due(c.id, 400, Utc::now()).await.expect("claim");
     started(&s, c.id, &claimed).await;
     let done: Vec<_> = claimed.iter().map(|k| event(c.id, k, EventKind::Completed)).collect();
     let rs = s.clone();
@@ -140,7 +140,11 @@ async fn a_partly_failed_publish_gives_back_only_what_was_not_taken(b: Backend) 
         store: s.clone(),
         sink: DispatchSink::Memory(bus),
         clock: ManualClock::new(Utc::now()),
-        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+        cfg: SchedulerConfig {
+            per_campaign_ceiling: 100,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
+            ..SchedulerConfig::default()
+        },
     };
     let rep = sched.tick().await.expect("tick");
     let mut delivered = HashSet::new();
@@ -184,7 +188,11 @@ async fn one_campaigns_store_error_does_not_stop_the_others() {
         store: s.clone(),
         sink: DispatchSink::Memory(bus),
         clock: ManualClock::new(Utc::now()),
-        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+        cfg: SchedulerConfig {
+            per_campaign_ceiling: 100,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
+            ..SchedulerConfig::default()
+        },
     };
     let rep = sched.tick().await.expect("the tick goes on");
     assert_eq!(rep.dispatched, 5, "the good campaign was dispatched: {rep:?}");
@@ -204,7 +212,7 @@ async fn claims_follow_the_injected_clock(b: Backend) {
     .expect("request");
     let c = s.create_campaign(&req.validate(10).expect("valid")).await.expect("created");
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let claimed = s.claim_calls(c.id, 1, Utc::now()).await.expect("claim");
+    let claimed = s.claim_due(c.id, 1, Utc::now()).await.expect("claim");
     let failed = [event(c.id, &claimed[0], EventKind::Started), event(c.id, &claimed[0], EventKind::Failed)];
     s.record_events(&failed, &mut || 0.5, None).await.expect("failed");
     let (bus, mut ends) = MemoryBus::new(1, 8, 1000, 1000);
@@ -213,7 +221,11 @@ async fn claims_follow_the_injected_clock(b: Backend) {
         store: s.clone(),
         sink: DispatchSink::Memory(bus),
         clock: ManualClock::new(at),
-        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+        cfg: SchedulerConfig {
+            per_campaign_ceiling: 100,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
+            ..SchedulerConfig::default()
+        },
     };
     assert_eq!(sched.tick().await.expect("tick").dispatched, 1, "the retry is due by the scheduler's clock");
     let m = ends.shard_receivers[0].try_recv().expect("dispatched").msg.expect("readable");
@@ -229,7 +241,7 @@ async fn an_event_the_store_refuses_is_isolated_and_the_rest_recorded() {
     let (s, _d) = store(Backend::Postgres).await;
     let c = campaign(&s, "poison", 20, 100, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let claimed = s.claim_calls(c.id, 20, Utc::now()).await.expect("claim");
+    let claimed = s.claim_due(c.id, 20, Utc::now()).await.expect("claim");
     let (tx, rx) = tokio::sync::mpsc::channel(100);
     for k in &claimed {
         tx.send(event(c.id, k, EventKind::Started)).await.expect("send");
@@ -275,6 +287,7 @@ async fn a_campaign_bound_by_max_batch_is_claimed_again_at_once(b: Backend) {
             per_campaign_ceiling: 100,
             max_batch: 10,
             interval: Duration::from_secs(3600),
+            calling_rules: dialer_domain::rules::CallingRules::off(),
             ..SchedulerConfig::default()
         },
     };
@@ -323,7 +336,12 @@ async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() 
         store: s.clone(),
         sink: DispatchSink::Memory(bus),
         clock: ManualClock::new(Utc::now()),
-        cfg: SchedulerConfig { per_campaign_ceiling: 100, claim_concurrency: 8, ..SchedulerConfig::default() },
+        cfg: SchedulerConfig {
+            per_campaign_ceiling: 100,
+            claim_concurrency: 8,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
+            ..SchedulerConfig::default()
+        },
     };
     let tick = tokio::spawn(async move { sched.tick().await });
     let rx = &mut ends.shard_receivers[0];

@@ -7,6 +7,10 @@ pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("dialer_dials_total", "Calls placed by the data plane.");
     describe_counter!(
+        "dialer_dataplane_suppressed_total",
+        "Queued calls not dialled because their number was opted out after dispatch (reported expired, skipped at the next claim)."
+    );
+    describe_counter!(
         "dialer_status_events_reproduced_total",
         "Status events the broker did not take, queued to be produced again after a back-off."
     );

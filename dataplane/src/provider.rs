@@ -357,6 +357,7 @@ mod tests {
             deadline_ms: 0,
             enqueued_at_us: 0,
             telephony: None,
+            kind: Default::default(),
         }
     }
 

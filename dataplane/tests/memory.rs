@@ -26,6 +26,7 @@ fn msg(call: u128, campaign: Uuid, cap: u32) -> DispatchMessage {
         deadline_ms: 0,
         enqueued_at_us: 0,
         telephony: None,
+        kind: Default::default(),
     }
 }
 

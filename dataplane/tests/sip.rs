@@ -53,6 +53,7 @@ fn msg(number: &str) -> DispatchMessage {
         deadline_ms: 0,
         enqueued_at_us: 0,
         telephony: None,
+        kind: Default::default(),
     }
 }
 

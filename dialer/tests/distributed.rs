@@ -124,6 +124,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         cfg: SchedulerConfig {
             interval: Duration::from_millis(100),
             per_campaign_ceiling: 100,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
             ..SchedulerConfig::default()
         },
     };

@@ -74,6 +74,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
         cfg: SchedulerConfig {
             interval: Duration::from_millis(50),
             per_campaign_ceiling: 100,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
             ..SchedulerConfig::default()
         },
     };
@@ -168,7 +169,11 @@ async fn business_hours_gate_dispatch(b: Backend) {
         store: s.clone(),
         sink: DispatchSink::Memory(bus),
         clock: clock.clone(),
-        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+        cfg: SchedulerConfig {
+            per_campaign_ceiling: 100,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
+            ..SchedulerConfig::default()
+        },
     };
     let r = sched.tick().await.expect("tick");
     assert_eq!((r.campaigns_closed, r.dispatched), (1, 0), "closed window dials nothing");
@@ -228,6 +233,7 @@ async fn two_scheduler_replicas_never_queue_a_call_twice(b: Backend) {
             inflight_factor: 1000,
             max_batch: 97,
             per_campaign_ceiling: 100,
+            calling_rules: dialer_domain::rules::CallingRules::off(),
             ..SchedulerConfig::default()
         },
     };
@@ -258,7 +264,7 @@ async fn redelivered_events_change_nothing(b: Backend) {
     let (s, _d) = store(b).await;
     let c = campaign(&s, "idem", 5, 5, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let claimed = s.claim_calls(c.id, 5, Utc::now()).await.expect("claim");
+    let claimed = s.claim_due(c.id, 5, Utc::now()).await.expect("claim");
     let ev = |k: &dialer_control_plane::store::ClaimedCall, kind: EventKind| event(c.id, k, kind);
     let mut events = vec![];
     for (i, k) in claimed.iter().enumerate() {
@@ -289,7 +295,7 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
     for round in 0..24u64 {
         let c = campaign(&s, &format!("race{round:02}"), 60, 100, json!([])).await;
         s.transition(c.id, CampaignAction::Start).await.expect("start");
-        let claimed = s.claim_calls(c.id, 40, Utc::now()).await.expect("claim");
+        let claimed = s.claim_due(c.id, 40, Utc::now()).await.expect("claim");
         assert_eq!(claimed.len(), 40);
         let mut u = || 0.5;
         let started: Vec<_> = claimed.iter().map(|k| ev(c.id, k, EventKind::Started)).collect();
@@ -343,7 +349,7 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
         });
         let claimer = tokio::spawn(async move {
             for _ in 0..5 {
-                ks.claim_calls(c.id, 3, Utc::now()).await.expect("claim");
+                ks.claim_due(c.id, 3, Utc::now()).await.expect("claim");
             }
         });
         tokio::time::sleep(lag).await;
@@ -353,14 +359,50 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
         }
         let st = assert_consistent(&s, c.id).await;
         assert_eq!(st.pending_calls, 0, "round {round}: a call waits in a completed campaign: {st:?}");
-        assert!(
-            s.claim_calls(c.id, 100, Utc::now()).await.expect("claim").is_empty(),
-            "nothing claimed once completed"
-        );
+        assert!(s.claim_due(c.id, 100, Utc::now()).await.expect("claim").is_empty(), "nothing claimed once completed");
     }
 }
 
+/// A number opted out while its call waits in a shard for a token (the campaign's one token is
+/// held by a long call) is never dialled: the scheduler announces the opt-out to every shard
+/// within a tick, the shard reports the waiting call expired, and its next claim skips it (`dnc`).
+async fn a_number_opted_out_while_its_call_is_queued_is_never_dialled(b: Backend) {
+    let (s, _d) = store(b).await;
+    let p = start(&s, Arc::new(SystemClock), 1500);
+    let c = campaign(&s, "opt-out", 2, 1, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let q = dialer_control_plane::store::CallQuery { limit: 10, ..Default::default() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let waiting = loop {
+        let calls = s.list_calls(c.id, &q).await.expect("calls");
+        let live = calls.iter().filter(|k| k.status.as_str() == "in_progress").count();
+        if live == 1
+            && let Some(w) = calls.iter().find(|k| k.status.as_str() == "queued")
+        {
+            break w.clone();
+        }
+        assert!(Instant::now() < deadline, "never one call up and one queued: {calls:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let entry = dialer_domain::dnc::DncEntry {
+        phone_number: waiting.phone_number.clone(),
+        reason: Some("opt_out".into()),
+        source: None,
+        expires_at: None,
+    };
+    s.dnc_add(dialer_domain::dnc::GLOBAL_LIST, &[entry], true).await.expect("opt-out");
+    p.wait_status(c.id, "completed", Duration::from_secs(60)).await;
+    let call = s.get_call(waiting.id).await.expect("call").call;
+    assert_eq!((call.status.as_str(), call.last_error.as_deref()), ("skipped", Some("dnc")));
+    let ledger = std::fs::read_to_string(p.ledger.path().join("ledger")).expect("ledger");
+    assert!(!ledger.contains(&waiting.id.to_string()), "the opted-out call was dialled:\n{ledger}");
+    let st = assert_consistent(&s, c.id).await;
+    assert_eq!((st.skipped_by_reason.dnc, st.completed_calls + st.failed_calls), (1, 1), "{st:?}");
+    p.stop().await;
+}
+
 both_stores!(
+    a_number_opted_out_while_its_call_is_queued_is_never_dialled,
     campaigns_run_to_completion,
     business_hours_gate_dispatch,
     pause_resume_complete,

@@ -93,11 +93,20 @@ pub enum CallStatus {
     InProgress,
     Completed,
     Failed,
+    /// Ended without a dial by the recipient's calling rules (`last_error` says why: `dnc`,
+    /// `no_zone`).
+    Skipped,
 }
 
 impl CallStatus {
-    pub const ALL: [CallStatus; 5] =
-        [CallStatus::Pending, CallStatus::Queued, CallStatus::InProgress, CallStatus::Completed, CallStatus::Failed];
+    pub const ALL: [CallStatus; 6] = [
+        CallStatus::Pending,
+        CallStatus::Queued,
+        CallStatus::InProgress,
+        CallStatus::Completed,
+        CallStatus::Failed,
+        CallStatus::Skipped,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -106,6 +115,7 @@ impl CallStatus {
             CallStatus::InProgress => "in_progress",
             CallStatus::Completed => "completed",
             CallStatus::Failed => "failed",
+            CallStatus::Skipped => "skipped",
         }
     }
 
@@ -114,7 +124,7 @@ impl CallStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, CallStatus::Completed | CallStatus::Failed)
+        matches!(self, CallStatus::Completed | CallStatus::Failed | CallStatus::Skipped)
     }
 }
 

@@ -128,6 +128,27 @@ impl BusinessHours {
         best
     }
 
+    /// When the schedule, open at `at`, next closes (`None`: 24×7, or not open at `at`).
+    pub fn closes_after(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.windows.is_empty() || !self.is_open(at) {
+            return None;
+        }
+        let today = at.with_timezone(&self.tz).date_naive();
+        let mut ends: Vec<DateTime<Utc>> = Vec::new();
+        for offset in -1..=8 {
+            let date = today + ChronoDuration::days(offset);
+            let dow = date.weekday().num_days_from_sunday() as u8;
+            for w in self.windows.iter().filter(|w| w.day_of_week == dow) {
+                let end_date = if w.crosses_midnight() { date + ChronoDuration::days(1) } else { date };
+                let (d, m) =
+                    if w.end == DAY_MINUTES { (end_date + ChronoDuration::days(1), 0) } else { (end_date, w.end) };
+                ends.extend(self.resolve_start(d, m).into_iter().flatten().filter(|t| *t > at));
+            }
+        }
+        ends.sort();
+        ends.into_iter().find(|t| !self.is_open(*t))
+    }
+
     /// The UTC instants of local `date` + `minute`: one normally, both occurrences in a fall-back
     /// overlap, and the first instant after the gap for a time inside a spring-forward gap.
     fn resolve_start(&self, date: NaiveDate, minute: u16) -> [Option<DateTime<Utc>>; 2] {
@@ -252,6 +273,17 @@ mod tests {
             Some(utc("2026-11-01T06:00:00Z")),
             "opens again after fall-back"
         );
+    }
+
+    #[test]
+    fn closes_after_finds_the_end_of_chained_windows() {
+        // Monday 09:00–18:00 and 18:00–20:00 in New York (UTC-5): open at 15:00Z, closes at 01:00Z.
+        let h = hours("America/New_York", &[(1, "09:00", "18:00"), (1, "18:00", "20:00")]);
+        assert_eq!(h.closes_after(utc("2026-11-23T15:00:00Z")), Some(utc("2026-11-24T01:00:00Z")));
+        assert_eq!(h.closes_after(utc("2026-11-23T02:00:00Z")), None, "closed");
+        assert_eq!(hours("UTC", &[]).closes_after(utc("2026-11-23T02:00:00Z")), None, "24x7");
+        let late = hours("UTC", &[(5, "22:00", "02:00")]);
+        assert_eq!(late.closes_after(utc("2026-11-20T23:00:00Z")), Some(utc("2026-11-21T02:00:00Z")));
     }
 
     #[test]

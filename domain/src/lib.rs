@@ -6,13 +6,16 @@
 //! with fixed inputs.
 
 pub mod campaign;
+pub mod dnc;
 pub mod duration;
 pub mod hours;
 pub mod lifecycle;
 pub mod messages;
 pub mod outcome;
 pub mod phone;
+pub mod recipient;
 pub mod retry;
+pub mod rules;
 pub mod validate;
 
 pub use campaign::{CallStatus, CampaignAction, CampaignStatus, TransitionError};

@@ -37,6 +37,26 @@ pub struct DispatchMessage {
     /// provider's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telephony: Option<Box<crate::validate::Telephony>>,
+    /// `suppress`: not a call but an opt-out announced to every shard: calls to `phone_number`
+    /// (of `campaign_id`, or of every campaign when it is nil) must not be dialled before
+    /// `deadline_ms`.
+    #[serde(default, skip_serializing_if = "DispatchKind::is_dial")]
+    pub kind: DispatchKind,
+}
+
+/// What a dispatch message asks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchKind {
+    #[default]
+    Dial,
+    Suppress,
+}
+
+impl DispatchKind {
+    pub fn is_dial(&self) -> bool {
+        *self == DispatchKind::Dial
+    }
 }
 
 fn one() -> u32 {
@@ -162,6 +182,7 @@ mod tests {
             deadline_ms: 0,
             enqueued_at_us: 0,
             telephony: None,
+            kind: Default::default(),
         }
     }
 

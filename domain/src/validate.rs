@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::campaign::{CallStatus, CampaignStatus};
 use crate::hours::{self, Window};
+use crate::rules::CallingRules;
 use crate::{duration, phone, retry::RetryPolicy};
 
 pub const NAME_MAX_CHARS: usize = 200;
@@ -73,6 +74,10 @@ pub struct CreateCampaignRequest {
     /// settings where omitted.
     #[serde(default, deserialize_with = "object_only")]
     pub telephony: Option<Telephony>,
+    /// The recipient's calling rules (local-time window, state rules, blackout dates, attempt
+    /// limits); omitted = the process's `[calling_rules]` (lawful US defaults).
+    #[serde(default, deserialize_with = "object_only")]
+    pub calling_rules: Option<CallingRules>,
     /// Weekly windows in local time; omitted or empty = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
     /// The complete list of numbers this campaign may call (at least one). A number listed
@@ -101,6 +106,9 @@ pub struct UpdateCampaignRequest {
     /// Replaces the campaign's telephony settings as a whole; `{}` = the provider's.
     #[serde(default, deserialize_with = "object_only")]
     pub telephony: Option<Telephony>,
+    /// Replaces the campaign's calling rules as a whole (`{}` = the lawful defaults).
+    #[serde(default, deserialize_with = "object_only")]
+    pub calling_rules: Option<CallingRules>,
     /// Replaces the whole schedule; `[]` = 24×7.
     pub business_hours: Option<Vec<BusinessHourInput>>,
 }
@@ -276,6 +284,8 @@ pub struct CampaignSettings {
     pub retry_policy: RetryPolicy,
     pub business_hours: Vec<Window>,
     pub telephony: Telephony,
+    /// `None` = the process's `[calling_rules]`.
+    pub calling_rules: Option<CallingRules>,
 }
 
 /// A target, validated.
@@ -443,6 +453,9 @@ impl CreateCampaignRequest {
         let business_hours = check_hours(self.business_hours.as_deref().unwrap_or(&[]))?;
         let telephony = self.telephony.clone().unwrap_or_default();
         telephony.check()?;
+        if let Some(r) = &self.calling_rules {
+            r.compile("calling_rules")?;
+        }
         let (targets, duplicates_merged) = check_targets(
             self.targets
                 .as_deref()
@@ -459,6 +472,7 @@ impl CreateCampaignRequest {
                 retry_policy,
                 business_hours,
                 telephony,
+                calling_rules: self.calling_rules.clone(),
             },
             targets,
             duplicates_merged,
@@ -495,6 +509,10 @@ impl UpdateCampaignRequest {
             t.check()?;
             s.telephony = t.clone();
         }
+        if let Some(r) = &self.calling_rules {
+            r.compile("calling_rules")?;
+            s.calling_rules = Some(r.clone());
+        }
         Ok(s)
     }
 
@@ -508,6 +526,7 @@ impl UpdateCampaignRequest {
             && self.retry_policy.is_none()
             && self.business_hours.is_none()
             && self.telephony.is_none()
+            && self.calling_rules.is_none()
     }
 }
 
@@ -574,6 +593,8 @@ pub struct Campaign {
     pub business_hours: Vec<BusinessHourView>,
     /// SIP settings of the campaign (`{}` = the provider's).
     pub telephony: Telephony,
+    /// The campaign's own calling rules; `null` = the process's `[calling_rules]`.
+    pub calling_rules: Option<CallingRules>,
     pub status: CampaignStatus,
     /// Registered numbers.
     pub target_count: i64,
@@ -599,6 +620,7 @@ impl Campaign {
             retry_policy: s.retry_policy.into(),
             business_hours: s.business_hours.iter().map(BusinessHourView::from).collect(),
             telephony: s.telephony.clone(),
+            calling_rules: s.calling_rules.clone(),
             status,
             target_count,
             duplicates_merged: None,
@@ -647,6 +669,18 @@ pub struct CampaignStats {
     /// Failed calls by the outcome of their last attempt (the rest of `failed_calls` were
     /// cancelled when the campaign completed).
     pub failed_by_outcome: FailedByOutcome,
+    /// Calls ended without a dial by the recipient's calling rules.
+    pub skipped_calls: i64,
+    pub skipped_by_reason: SkippedByReason,
+}
+
+/// Skipped calls by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SkippedByReason {
+    /// On the global or the campaign's do-not-call list.
+    pub dnc: i64,
+    /// The number maps to no time zone and the rules have no fallback.
+    pub no_zone: i64,
 }
 
 /// Failed calls by their last attempt's outcome.

@@ -312,7 +312,7 @@ pub async fn list_calls(
         Some(s) => Some(CallStatus::parse(s).ok_or_else(|| {
             ApiError::bad_param(&FieldError::new(
                 "status",
-                "must be one of pending, queued, in_progress, completed, failed",
+                "must be one of pending, queued, in_progress, completed, failed, skipped",
             ))
         })?),
     };
@@ -330,7 +330,7 @@ pub async fn list_calls(
         (status = 400, body = ErrorBody),
         (status = 404, description = "Unknown campaign", body = ErrorBody),
         (status = 409, description = "The campaign is completed", body = ErrorBody),
-        (status = 422, description = "Invalid or unregistered number, or malformed campaign_id", body = ErrorBody),
+        (status = 422, description = "Invalid, unregistered or do-not-call number (the message names the list), or malformed campaign_id", body = ErrorBody),
         (status = 429, description = "`rate_limit_exceeded` (MAX_CONCURRENT_CALLS in flight) or `usage_cap_exceeded` (daily cap); see Retry-After", body = ErrorBody),
     ))]
 pub async fn create_call(
@@ -358,6 +358,17 @@ pub async fn create_call(
         None => None,
         Some(m) => Some(validate::check_metadata("metadata", Some(m))?),
     };
+    if let Some(list) = st.store.dnc_check(campaign_id, &req.phone_number).await? {
+        return Err(FieldError::new(
+            "phone_number",
+            format!(
+                "{} is on the {} do-not-call list; remove it there (DELETE …/dnc/{{phone_number}}) before calling",
+                req.phone_number,
+                if list == dialer_domain::dnc::GLOBAL_LIST { "global".to_string() } else { format!("campaign {list}") }
+            ),
+        )
+        .into());
+    }
     let (call, created) =
         st.calls.create_call(NewCall { campaign_id, phone_number: req.phone_number, metadata }).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

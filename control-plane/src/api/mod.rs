@@ -3,6 +3,7 @@
 pub mod auth;
 mod error;
 mod handlers;
+mod rules;
 
 use std::sync::Arc;
 
@@ -116,6 +117,13 @@ impl CampaignCache {
         handlers::list_calls,
         handlers::create_call,
         handlers::get_call,
+        rules::add_global,
+        rules::get_global,
+        rules::remove_global,
+        rules::add_campaign,
+        rules::get_campaign,
+        rules::remove_campaign,
+        rules::preview,
     ),
     components(schemas(ErrorBody, ErrorDetail, handlers::Health)),
     modifiers(&Security)
@@ -183,6 +191,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/campaigns/{id}/calls", get(handlers::list_calls))
         .route("/api/v1/calls", post(handlers::create_call))
         .route("/api/v1/calls/{id}", get(handlers::get_call))
+        .route("/api/v1/dnc", post(rules::add_global))
+        .route("/api/v1/dnc/{phone_number}", get(rules::get_global).delete(rules::remove_global))
+        .route("/api/v1/campaigns/{id}/dnc", post(rules::add_campaign))
+        .route("/api/v1/campaigns/{id}/dnc/{phone_number}", get(rules::get_campaign).delete(rules::remove_campaign))
+        .route("/api/v1/campaigns/{id}/preview", get(rules::preview))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/v1/openapi.json")
         })

@@ -8,6 +8,7 @@
 
 mod batch;
 mod record;
+mod rules;
 mod sql;
 
 pub use batch::CallBatcher;
@@ -126,6 +127,8 @@ pub struct ActiveCampaign {
     pub weight: u32,
     /// The campaign's SIP settings, carried on every dispatch message.
     pub telephony: dialer_domain::validate::Telephony,
+    /// The campaign's own calling rules (`None`: the process's).
+    pub calling_rules: Option<dialer_domain::rules::CallingRules>,
     pub pending: i64,
     pub queued: i64,
     pub in_progress: i64,
@@ -138,6 +141,67 @@ pub struct ClaimedCall {
     pub phone_number: String,
     /// The attempt number this dispatch is.
     pub attempt: u32,
+    /// The number's zone key ([`dialer_domain::recipient`]).
+    pub zone: String,
+}
+
+/// A claim screened by the recipient's rules.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Screened {
+    /// Queued: publish these.
+    pub dial: Vec<ClaimedCall>,
+    /// Ended without a dial.
+    pub skipped: Vec<(ClaimedCall, dialer_domain::rules::SkipReason)>,
+    /// Back to pending until then.
+    pub held: Vec<(ClaimedCall, chrono::DateTime<chrono::Utc>, dialer_domain::rules::HoldRule)>,
+}
+
+/// A do-not-call entry to announce to the data plane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suppression {
+    /// Nil: the global list.
+    pub list: Uuid,
+    pub phone_number: String,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What the recipient's calling rules would do now to a campaign's pending calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Preview {
+    pub campaign_id: Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub pending_calls: u64,
+    /// Would be dialled now (capacity permitting).
+    pub dial_now: u64,
+    /// Would end without a dial: on a do-not-call list.
+    pub skipped_dnc: u64,
+    /// Would end without a dial: no zone, and no fallback.
+    pub skipped_no_zone: u64,
+    /// Wait: outside the recipient's window now.
+    pub held_outside_window: u64,
+    /// Wait: a blackout date in the recipient's zone.
+    pub held_blackout: u64,
+    /// Wait: the number reached an attempt limit.
+    pub held_attempt_limit: u64,
+    /// Distinct zone keys among the pending calls.
+    pub zones: u64,
+}
+
+impl Preview {
+    /// Counts one call by what the rules decide.
+    pub fn count(&mut self, v: dialer_domain::rules::Verdict) {
+        use dialer_domain::rules::{HoldRule, SkipReason, Verdict};
+        self.pending_calls += 1;
+        let slot = match v {
+            Verdict::Dial => &mut self.dial_now,
+            Verdict::Skip(SkipReason::Dnc) => &mut self.skipped_dnc,
+            Verdict::Skip(SkipReason::NoZone) => &mut self.skipped_no_zone,
+            Verdict::Hold { rule: HoldRule::Window, .. } => &mut self.held_outside_window,
+            Verdict::Hold { rule: HoldRule::Blackout, .. } => &mut self.held_blackout,
+            Verdict::Hold { rule: HoldRule::AttemptLimit, .. } => &mut self.held_attempt_limit,
+        };
+        *slot += 1;
+    }
 }
 
 /// A call whose current attempt is queued or in progress, as the reaper sees it.
@@ -189,6 +253,16 @@ macro_rules! dispatch {
         match $self {
             Store::Postgres(p) => sql::pg::$f(p, $($arg),*).await,
             Store::Sqlite(p) => sql::lite::$f(p, $($arg),*).await,
+        }
+    };
+}
+
+/// Calls the same function of the backend's calling-rules module.
+macro_rules! rules_dispatch {
+    ($self:ident . $f:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Postgres(p) => rules::pg::$f(p, $($arg),*).await,
+            Store::Sqlite(p) => rules::lite::$f(p, $($arg),*).await,
         }
     };
 }
@@ -391,8 +465,90 @@ impl Store {
         campaign_id: Uuid,
         n: usize,
         at: chrono::DateTime<chrono::Utc>,
+        zones: &[String],
+        rules: &dialer_domain::rules::Rules,
+    ) -> Result<Screened, StoreError> {
+        dispatch!(self.claim_calls(campaign_id, n, at, zones, rules))
+    }
+
+    /// [`Store::claim_calls`] from every zone with recipient windows off (do-not-call lists
+    /// still apply): for tools and tests that claim by hand.
+    pub async fn claim_due(
+        &self,
+        campaign_id: Uuid,
+        n: usize,
+        at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<ClaimedCall>, StoreError> {
-        dispatch!(self.claim_calls(campaign_id, n, at))
+        let rules = dialer_domain::rules::CallingRules::off().compile("calling_rules")?;
+        let zones = self.pending_zones(campaign_id).await?;
+        Ok(self.claim_calls(campaign_id, n, at, &zones, &rules).await?.dial)
+    }
+
+    /// The distinct zone keys of a campaign's pending calls (a skip scan of the index).
+    #[tracing::instrument(name = "store.pending_zones", level = "debug", skip_all)]
+    pub async fn pending_zones(&self, campaign_id: Uuid) -> Result<Vec<String>, StoreError> {
+        rules_dispatch!(self.pending_zones(campaign_id))
+    }
+
+    /// Gives up to `limit` pending calls without a zone key theirs.
+    #[tracing::instrument(name = "store.locate_unzoned", level = "debug", skip_all)]
+    pub async fn locate_unzoned(&self, limit: usize) -> Result<u64, StoreError> {
+        rules_dispatch!(self.locate_unzoned(limit))
+    }
+
+    /// Adds or replaces do-not-call entries of a list (`dnc::GLOBAL_LIST` or a campaign id).
+    #[tracing::instrument(name = "store.dnc_add", level = "debug", skip_all, fields(n = entries.len()))]
+    pub async fn dnc_add(
+        &self,
+        list: Uuid,
+        entries: &[dialer_domain::dnc::DncEntry],
+        announce: bool,
+    ) -> Result<u64, StoreError> {
+        rules_dispatch!(self.dnc_add(list, entries, announce))
+    }
+
+    #[tracing::instrument(name = "store.dnc_remove", level = "debug", skip_all)]
+    pub async fn dnc_remove(&self, list: Uuid, number: &str) -> Result<bool, StoreError> {
+        rules_dispatch!(self.dnc_remove(list, number))
+    }
+
+    #[tracing::instrument(name = "store.dnc_get", level = "debug", skip_all)]
+    pub async fn dnc_get(&self, list: Uuid, number: &str) -> Result<Option<dialer_domain::dnc::DncView>, StoreError> {
+        rules_dispatch!(self.dnc_get(list, number))
+    }
+
+    /// The list (global first) that suppresses `number` for `campaign_id` now, if any.
+    #[tracing::instrument(name = "store.dnc_check", level = "debug", skip_all)]
+    pub async fn dnc_check(&self, campaign_id: Uuid, number: &str) -> Result<Option<Uuid>, StoreError> {
+        rules_dispatch!(self.dnc_check(campaign_id, number))
+    }
+
+    /// Do-not-call entries the data plane has not been told of, oldest first.
+    #[tracing::instrument(name = "store.unannounced", level = "debug", skip_all)]
+    pub async fn unannounced(&self, limit: usize) -> Result<Vec<Suppression>, StoreError> {
+        rules_dispatch!(self.unannounced(limit))
+    }
+
+    #[tracing::instrument(name = "store.mark_announced", level = "debug", skip_all)]
+    pub async fn mark_announced(&self, done: &[Suppression]) -> Result<(), StoreError> {
+        rules_dispatch!(self.mark_announced(done))
+    }
+
+    /// Forgets per-number attempts older than any limit looks back.
+    #[tracing::instrument(name = "store.prune_attempts", level = "debug", skip_all)]
+    pub async fn prune_attempts(&self, at: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        rules_dispatch!(self.prune_attempts(at))
+    }
+
+    /// What the rules would do now to the campaign's pending calls.
+    #[tracing::instrument(name = "store.preview", level = "debug", skip_all)]
+    pub async fn preview(
+        &self,
+        campaign_id: Uuid,
+        rules: &dialer_domain::rules::Rules,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Preview, StoreError> {
+        rules_dispatch!(self.preview(campaign_id, rules, at))
     }
 
     /// Undoes a claim whose dispatch failed.

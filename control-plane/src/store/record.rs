@@ -51,6 +51,8 @@ impl Delta {
                 CallStatus::InProgress => self.in_progress += sign,
                 CallStatus::Completed => self.completed += sign,
                 CallStatus::Failed => self.failed += sign,
+                // Only a claim skips a call (`store/rules.rs`); no event moves one.
+                CallStatus::Skipped => {}
             }
         }
     }

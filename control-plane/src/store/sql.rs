@@ -8,7 +8,7 @@ const LOOKUP_CHUNK: usize = 1000;
 
 const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent_calls, weight, retry_max_attempts, \
      retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, created_at, updated_at, \
-     started_at, completed_at, retry_on, telephony";
+     started_at, completed_at, retry_on, telephony, calling_rules";
 const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at";
 /// `last_error` of calls cancelled because their campaign was completed.
 use crate::store::record::CANCELLED;
@@ -46,7 +46,7 @@ fn timeline_row(
 const LIVE_CALL_CONFLICT: &str =
     "ON CONFLICT (campaign_id, phone_number) WHERE status IN ('pending', 'queued', 'in_progress') DO NOTHING";
 
-fn now() -> chrono::DateTime<chrono::Utc> {
+pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     // Both backends keep microseconds; answer with what a later read returns.
     chrono::Utc::now().trunc_subsecs(6)
@@ -110,7 +110,7 @@ macro_rules! sql_store {
                 is_unique_violation, now, sorted_unique, timeline_row, CALL_COLUMNS, CAMPAIGN_COLUMNS, CANCELLED, CHUNK_ROWS, LIVE_CALL_CONFLICT,
                 LOOKUP_CHUNK,
             };
-            use crate::store::{ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, LiveCall, NewCall, RecordReport, StoreError};
+            use crate::store::{ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, LiveCall, NewCall, RecordReport, Screened, StoreError};
             use dialer_domain::lifecycle::{self, CallState};
             use crate::store::record::{Delta, Known, TimelineEntry};
             use dialer_domain::messages::StatusEvent;
@@ -122,7 +122,7 @@ macro_rules! sql_store {
 
             /// A write transaction, begun once this process's other writers of the database are
             /// done ([`super::write_gate`]).
-            struct Tx {
+            pub(crate) struct Tx {
                 inner: sqlx::Transaction<'static, Db>,
                 _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
             }
@@ -141,12 +141,12 @@ macro_rules! sql_store {
             }
 
             impl Tx {
-                async fn commit(self) -> Result<(), sqlx::Error> {
+                pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
                     self.inner.commit().await
                 }
             }
 
-            async fn begin(pool: &Pool) -> Result<Tx, StoreError> {
+            pub(crate) async fn begin(pool: &Pool) -> Result<Tx, StoreError> {
                 let gate = $gate(pool).await;
                 Ok(Tx { inner: pool.begin_with($begin).await?, _gate: gate })
             }
@@ -171,7 +171,17 @@ macro_rules! sql_store {
                     },
                     business_hours: hours,
                     telephony: telephony_from(row.try_get("telephony")?)?,
+                    calling_rules: rules_from(row.try_get("calling_rules")?)?,
                 })
+            }
+
+            fn rules_json(r: &Option<dialer_domain::rules::CallingRules>) -> Option<String> {
+                r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default())
+            }
+
+            fn rules_from(json: Option<String>) -> Result<Option<dialer_domain::rules::CallingRules>, StoreError> {
+                json.map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(format!("campaign calling_rules {j:?}: {e}"))))
+                    .transpose()
             }
 
             /// NULL for the provider's settings, else the JSON of the campaign's own.
@@ -285,7 +295,7 @@ macro_rules! sql_store {
                 let mut created = 0;
                 for chunk in rows.chunks(CHUNK_ROWS) {
                     let mut q = QueryBuilder::<Db>::new(
-                        "INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at) ",
+                        "INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at, zone) ",
                     );
                     q.push_values(chunk, |mut b, (phone, meta)| {
                         b.push_bind(campaign_id)
@@ -295,7 +305,8 @@ macro_rules! sql_store {
                             .push_bind(CallStatus::Pending.as_str())
                             .push_bind(0i32)
                             .push_bind(at)
-                            .push_bind(at);
+                            .push_bind(at)
+                            .push_bind(dialer_domain::recipient::zone_key(phone, meta));
                     });
                     q.push(" ").push(LIVE_CALL_CONFLICT);
                     created += q.build().execute(&mut *conn).await?.rows_affected();
@@ -368,8 +379,8 @@ macro_rules! sql_store {
                 let inserted = sqlx::query(
                     "INSERT INTO campaigns (id, name, name_key, description, time_zone, max_concurrent_calls, \
                      retry_max_attempts, retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, \
-                     created_at, updated_at, weight, retry_on, telephony) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16)",
+                     created_at, updated_at, weight, retry_on, telephony, calling_rules) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16, $17)",
                 )
                 .bind(id)
                 .bind(&s.name)
@@ -387,6 +398,7 @@ macro_rules! sql_store {
                 .bind(s.weight as i32)
                 .bind(s.retry_policy.retry_on.to_csv())
                 .bind(telephony_json(&s.telephony))
+                .bind(rules_json(&s.calling_rules))
                 .execute(&mut **tx)
                 .await;
                 match inserted {
@@ -454,7 +466,7 @@ macro_rules! sql_store {
                     "UPDATE campaigns SET name = $1, name_key = $2, description = $3, time_zone = $4, \
                      max_concurrent_calls = $5, retry_max_attempts = $6, retry_base_delay_ms = $7, \
                      retry_max_delay_ms = $8, retry_jitter = $9, updated_at = $10, weight = $12, retry_on = $13, \
-                     telephony = $14 WHERE id = $11",
+                     telephony = $14, calling_rules = $15 WHERE id = $11",
                 )
                 .bind(&next.name)
                 .bind(next.name.to_lowercase())
@@ -470,6 +482,7 @@ macro_rules! sql_store {
                 .bind(next.weight as i32)
                 .bind(next.retry_policy.retry_on.to_csv())
                 .bind(telephony_json(&next.telephony))
+                .bind(rules_json(&next.calling_rules))
                 .execute(&mut **tx)
                 .await;
                 match updated {
@@ -494,6 +507,7 @@ macro_rules! sql_store {
                     ("retry_policy", patch.retry_policy.is_some()),
                     ("business_hours", patch.business_hours.is_some()),
                     ("telephony", patch.telephony.is_some()),
+                    ("calling_rules", patch.calling_rules.is_some()),
                 ]
                 .into_iter()
                 .filter_map(|(k, set)| set.then_some(k))
@@ -562,6 +576,11 @@ macro_rules! sql_store {
                         failed: row.try_get("failed_failed")?,
                         unknown_outcome: row.try_get("failed_unknown_outcome")?,
                     },
+                    skipped_calls: row.try_get("skipped_calls")?,
+                    skipped_by_reason: dialer_domain::validate::SkippedByReason {
+                        dnc: row.try_get("skipped_dnc")?,
+                        no_zone: row.try_get("skipped_no_zone")?,
+                    },
                 })
             }
 
@@ -569,7 +588,8 @@ macro_rules! sql_store {
                 let row = sqlx::query(
                     "SELECT total_calls, pending_calls, queued_calls, in_progress_calls, completed_calls, failed_calls, \
                      retries_attempted, attempts_total, failed_busy, failed_no_answer, failed_rejected, \
-                     failed_invalid_number, failed_failed, failed_unknown_outcome FROM campaign_stats WHERE campaign_id = $1",
+                     failed_invalid_number, failed_failed, failed_unknown_outcome, skipped_calls, skipped_dnc, skipped_no_zone \
+                     FROM campaign_stats WHERE campaign_id = $1",
                 )
                 .bind(id)
                 .fetch_optional(pool)
@@ -593,7 +613,10 @@ macro_rules! sql_store {
                      COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'rejected' THEN 1 ELSE 0 END), 0) AS failed_rejected, \
                      COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'invalid_number' THEN 1 ELSE 0 END), 0) AS failed_invalid_number, \
                      COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'failed' THEN 1 ELSE 0 END), 0) AS failed_failed, \
-                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'unknown_outcome' THEN 1 ELSE 0 END), 0) AS failed_unknown_outcome \
+                     COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'unknown_outcome' THEN 1 ELSE 0 END), 0) AS failed_unknown_outcome, \
+                     COALESCE(SUM(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END), 0) AS skipped_calls, \
+                     COALESCE(SUM(CASE WHEN status = 'skipped' AND last_error = 'dnc' THEN 1 ELSE 0 END), 0) AS skipped_dnc, \
+                     COALESCE(SUM(CASE WHEN status = 'skipped' AND last_error = 'no_zone' THEN 1 ELSE 0 END), 0) AS skipped_no_zone \
                      FROM calls WHERE campaign_id = $1",
                 )
                 .bind(id)
@@ -693,8 +716,8 @@ macro_rules! sql_store {
                     })?
                     .0;
                 let inserted = sqlx::query(&format!(
-                    "INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 0, $6, $6) {LIVE_CALL_CONFLICT} RETURNING {CALL_COLUMNS}"
+                    "INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at, zone) \
+                     VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $7) {LIVE_CALL_CONFLICT} RETURNING {CALL_COLUMNS}"
                 ))
                 .bind(campaign_id)
                 .bind(Uuid::now_v7())
@@ -702,6 +725,7 @@ macro_rules! sql_store {
                 .bind(Json(metadata.unwrap_or(&registered)))
                 .bind(CallStatus::Pending.as_str())
                 .bind(at)
+                .bind(dialer_domain::recipient::zone_key(phone_number, metadata.unwrap_or(&registered)))
                 .fetch_optional(&mut **tx)
                 .await?;
                 let (call, created) = match inserted {
@@ -907,7 +931,7 @@ macro_rules! sql_store {
             pub async fn active_campaigns(pool: &Pool) -> Result<Vec<ActiveCampaign>, StoreError> {
                 let mut conn = pool.acquire().await?;
                 let rows = sqlx::query(
-                    "SELECT c.id, c.time_zone, c.max_concurrent_calls, c.weight, c.telephony, s.pending_calls, s.queued_calls, \
+                    "SELECT c.id, c.time_zone, c.max_concurrent_calls, c.weight, c.telephony, c.calling_rules, s.pending_calls, s.queued_calls, \
                      s.in_progress_calls \
                      FROM campaigns c JOIN campaign_stats s ON s.campaign_id = c.id WHERE c.status = 'in_progress' ORDER BY c.id",
                 )
@@ -925,6 +949,7 @@ macro_rules! sql_store {
                             max_concurrent_calls: r.try_get::<i32, _>("max_concurrent_calls")? as u32,
                             weight: r.try_get::<i32, _>("weight")? as u32,
                             telephony: telephony_from(r.try_get("telephony")?)?,
+                            calling_rules: rules_from(r.try_get("calling_rules")?)?,
                             pending: r.try_get("pending_calls")?,
                             queued: r.try_get("queued_calls")?,
                             in_progress: r.try_get("in_progress_calls")?,
@@ -936,6 +961,7 @@ macro_rules! sql_store {
             async fn claim_some(
                 conn: &mut Conn,
                 campaign_id: Uuid,
+                zone: &str,
                 retries: bool,
                 limit: usize,
                 at: DateTime<Utc>,
@@ -948,8 +974,9 @@ macro_rules! sql_store {
                 } else {
                     "next_attempt_at IS NULL"
                 };
-                // Both kinds read the index `calls_pending` in its order (next_attempt_at, id; new
-                // calls last), so a claim costs the rows it takes, whatever the statistics say.
+                // Both kinds read the index `calls_pending_zone` in its order (zone, then
+                // next_attempt_at, id; new calls last), so a claim costs the rows it takes, whatever
+                // the statistics say, and never reads a closed zone's calls.
                 // The ids are taken once (PostgreSQL: `= ANY (ARRAY(…))`, an init plan; a semi-join
                 // `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be rescanned and claim more
                 // than n), then updated through the index on `id` alone: with the campaign or the
@@ -959,55 +986,97 @@ macro_rules! sql_store {
                 let sql = format!(
                     "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, queued_at = $2, updated_at = $2 \
                      WHERE id {}SELECT id FROM calls \
-                     WHERE campaign_id = $1 AND status = 'pending' AND {cond} \
+                     WHERE campaign_id = $1 AND status = 'pending' AND zone = $4 AND {cond} \
                      ORDER BY next_attempt_at, id LIMIT $3{}{} \
-                     RETURNING id, phone_number, attempt_count",
+                     RETURNING id, phone_number, attempt_count, zone",
                     $claim_in.0,
                     $skip_locked,
                     $claim_in.1,
                 );
-                let rows = sqlx::query(&sql).bind(campaign_id).bind(at).bind(limit as i64).fetch_all(&mut *conn).await?;
+                let rows = sqlx::query(&sql).bind(campaign_id).bind(at).bind(limit as i64).bind(zone).fetch_all(&mut *conn).await?;
                 rows.iter()
                     .map(|r| {
                         Ok(ClaimedCall {
                             id: r.try_get("id")?,
                             phone_number: r.try_get("phone_number")?,
                             attempt: r.try_get::<i32, _>("attempt_count")? as u32,
+                            zone: r.try_get::<Option<String>, _>("zone")?.unwrap_or_default(),
                         })
                     })
                     .collect()
             }
 
-            /// Moves up to `n` due calls of a campaign from pending to queued, taking due retries
-            /// and new calls side by side (half each when both wait), and counts their attempts.
-            pub async fn claim_calls(pool: &Pool, campaign_id: Uuid, n: usize, at: DateTime<Utc>) -> Result<Vec<ClaimedCall>, StoreError> {
+            /// Up to `n` due calls of one zone, retries and new calls side by side (half each
+            /// when both wait).
+            async fn claim_zone(conn: &mut Conn, campaign_id: Uuid, zone: &str, n: usize, at: DateTime<Utc>) -> Result<Vec<ClaimedCall>, StoreError> {
+                let mut out = claim_some(conn, campaign_id, zone, true, n.div_ceil(2), at).await?;
+                let fresh = claim_some(conn, campaign_id, zone, false, n.saturating_sub(out.len()), at).await?;
+                out.extend(fresh);
+                if out.len() < n {
+                    let more = claim_some(conn, campaign_id, zone, true, n - out.len(), at).await?;
+                    out.extend(more);
+                }
+                Ok(out)
+            }
+
+            /// Moves up to `n` due calls of a campaign from pending to queued, zone by zone in
+            /// the order given (the scheduler passes the open ones, soonest to close first), and
+            /// screens them by the recipient's rules: the calls to dial are returned and counted
+            /// as attempts; skipped ones end, held ones wait.
+            pub async fn claim_calls(
+                pool: &Pool,
+                campaign_id: Uuid,
+                n: usize,
+                at: DateTime<Utc>,
+                zones: &[String],
+                rules: &dialer_domain::rules::Rules,
+            ) -> Result<Screened, StoreError> {
                 let mut tx = begin(pool).await?;
                 // Nothing is claimed for a campaign paused or completed since the scheduler listed it.
                 if locked_status(&mut tx, campaign_id).await? != Some(CampaignStatus::InProgress) {
-                    return Ok(vec![]);
+                    return Ok(Screened::default());
                 }
-                let mut out = claim_some(&mut tx, campaign_id, true, n.div_ceil(2), at).await?;
-                let fresh = claim_some(&mut tx, campaign_id, false, n.saturating_sub(out.len()), at).await?;
-                out.extend(fresh);
-                if out.len() < n {
-                    let more = claim_some(&mut tx, campaign_id, true, n - out.len(), at).await?;
+                let mut out = Vec::new();
+                for zone in zones {
+                    if out.len() >= n {
+                        break;
+                    }
+                    let more = claim_zone(&mut tx, campaign_id, zone, n - out.len(), at).await?;
                     out.extend(more);
                 }
-                if !out.is_empty() {
-                    let k = out.len() as i64;
-                    let retries = out.iter().filter(|c| c.attempt > 1).count() as i64;
-                    sqlx::query(
-                        "UPDATE campaign_stats SET pending_calls = pending_calls - $1, queued_calls = queued_calls + $1, \
-                         attempts_total = attempts_total + $1, retries_attempted = retries_attempted + $2 WHERE campaign_id = $3",
-                    )
-                    .bind(k)
-                    .bind(retries)
-                    .bind(campaign_id)
-                    .execute(&mut **tx)
-                    .await?;
+                if out.is_empty() {
+                    return Ok(Screened::default());
                 }
+                let screened = super::super::rules::$module::screen(&mut tx, campaign_id, out, rules, at).await?;
+                claim_stats(&mut tx, campaign_id, &screened).await?;
                 tx.commit().await?;
-                Ok(out)
+                Ok(screened)
+            }
+
+            /// A claim's effect on the aggregates: dialled calls pending → queued (attempts
+            /// counted), skipped ones pending → skipped by reason, held ones stay pending.
+            async fn claim_stats(conn: &mut Conn, campaign_id: Uuid, s: &Screened) -> Result<(), StoreError> {
+                let k = s.dial.len() as i64;
+                let retries = s.dial.iter().filter(|c| c.attempt > 1).count() as i64;
+                let skipped = |r| s.skipped.iter().filter(|(_, why)| *why == r).count() as i64;
+                let (dnc, no_zone) = (skipped(dialer_domain::rules::SkipReason::Dnc), skipped(dialer_domain::rules::SkipReason::NoZone));
+                if k + dnc + no_zone == 0 {
+                    return Ok(());
+                }
+                sqlx::query(
+                    "UPDATE campaign_stats SET pending_calls = pending_calls - $1 - $4 - $5, queued_calls = queued_calls + $1, \
+                     attempts_total = attempts_total + $1, retries_attempted = retries_attempted + $2, \
+                     skipped_calls = skipped_calls + $4 + $5, skipped_dnc = skipped_dnc + $4, skipped_no_zone = skipped_no_zone + $5 \
+                     WHERE campaign_id = $3",
+                )
+                .bind(k)
+                .bind(retries)
+                .bind(campaign_id)
+                .bind(dnc)
+                .bind(no_zone)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
             }
 
             /// Gives claimed calls back (their dispatch failed): queued → pending, attempt undone;

@@ -23,6 +23,7 @@
 mod calls;
 mod queues;
 mod redo;
+mod suppress;
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 use dialer_bus::kafka::Moved;
 use dialer_bus::time::{now_ms, now_us};
 use dialer_bus::{Delivery, Malformed};
-use dialer_domain::messages::{DispatchMessage, EventKind, StatusEvent};
+use dialer_domain::messages::{DispatchKind, DispatchMessage, EventKind, StatusEvent};
 use dialer_limiter::LeaseHandle;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -192,6 +193,8 @@ pub struct Shard<P: Provider, S: DispatchSource> {
     /// Messages of partitions whose journal another shard still holds (their previous owner
     /// has not let go yet): kept here undialled, their partition paused, until it does.
     held: std::collections::BTreeMap<i32, Vec<Waiting>>,
+    /// Opt-outs announced since the dispatch TTL: calls to these numbers are not dialled.
+    suppressed: suppress::Suppressions,
     /// Events to emit at the end of this round.
     events: Vec<Outgoing>,
     scratch: Scratch,
@@ -239,6 +242,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             redo,
             paused: HashSet::new(),
             held: Default::default(),
+            suppressed: suppress::Suppressions::new(SUPPRESSIONS_MAX),
             events: Vec::with_capacity(1024),
             scratch: Scratch::default(),
             meters: Meters::new(cfg.index),
@@ -314,6 +318,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
         self.queues.release_due(now);
         self.queues.take_turns(now, self.tuning.buffers.quantum, self.ceiling, &self.lease, &mut taken);
         self.expire(&mut taken.expired, now);
+        self.drop_suppressed(&mut taken.started, now);
         if !taken.started.is_empty() {
             self.journal_starts(&mut taken.started, now);
             self.dial(&mut taken.started, now);
@@ -329,6 +334,26 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
             let ev = retryable_failure(&w.msg, EventKind::Expired, "deadline passed before dialing", self.index, now);
             self.events.push((ev, Some((w.partition, w.offset))));
         }
+    }
+
+    /// Calls to numbers opted out since they were dispatched are not dialled: their tokens go
+    /// back and they are reported expired (`dnc`), so their next claim skips them.
+    fn drop_suppressed(&mut self, starts: &mut Vec<Waiting>, now: u64) {
+        if self.suppressed.is_empty() {
+            return;
+        }
+        let mut kept = Vec::with_capacity(starts.len());
+        for w in starts.drain(..) {
+            if !self.suppressed.blocks(&w.msg.phone_number, w.msg.campaign_id, now) {
+                kept.push(w);
+                continue;
+            }
+            self.lease.release(w.msg.campaign_id);
+            metrics::counter!("dialer_dataplane_suppressed_total").increment(1);
+            let ev = retryable_failure(&w.msg, EventKind::Expired, "dnc: opted out while queued", self.index, now);
+            self.events.push((ev, Some((w.partition, w.offset))));
+        }
+        *starts = kept;
     }
 
     /// Makes the starts durable in one group commit. Calls the journal cannot record are not
@@ -604,6 +629,11 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
     /// A readable message: queued to dial, unless the journal knows its attempt or another
     /// shard holds its partition's journal.
     fn admit(&mut self, msg: DispatchMessage, partition: i32, offset: i64, now: u64, received: Instant) {
+        if msg.kind == DispatchKind::Suppress {
+            self.suppressed.add(&msg.phone_number, msg.campaign_id, msg.deadline_ms, now);
+            self.source.done(partition, offset);
+            return;
+        }
         if let Some(held) = self.held.get_mut(&partition) {
             held.push(Waiting { msg, partition, offset, received });
             return;
@@ -791,6 +821,10 @@ impl Ticks {
         Ticks { commit: every(t.kafka.commit_every_ms), heartbeat: every(t.timings.heartbeat_ms) }
     }
 }
+
+/// Opt-outs a shard remembers: the scheduler announces at most 1,000 per tick, each kept for the
+/// dispatch TTL (5 minutes by default), so 300,000 at 1 tick/s; beyond, the soonest to lapse goes.
+const SUPPRESSIONS_MAX: usize = 500_000;
 
 fn started_event(msg: &DispatchMessage, shard: u16, now: u64, dial_us: u64) -> StatusEvent {
     let mut ev = event(msg, EventKind::Started, shard, now);

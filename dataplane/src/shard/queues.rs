@@ -275,6 +275,7 @@ mod tests {
                 deadline_ms,
                 enqueued_at_us: 0,
                 telephony: None,
+                kind: Default::default(),
             },
             partition,
             offset: call as i64,

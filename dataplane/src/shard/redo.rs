@@ -97,6 +97,7 @@ mod tests {
             deadline_ms: 0,
             enqueued_at_us: 0,
             telephony: None,
+            kind: Default::default(),
         };
         event(&msg, EventKind::Completed, 0, 1)
     }

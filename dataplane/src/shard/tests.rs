@@ -140,6 +140,7 @@ fn delivery(n: u128, partitions: i32, cap: u32) -> Delivery {
         deadline_ms: 0,
         enqueued_at_us: 0,
         telephony: None,
+        kind: Default::default(),
     };
     let partition = (n % partitions as u128) as i32;
     Delivery { partition, offset: (n / partitions as u128) as i64, msg: Ok(msg) }

@@ -31,6 +31,8 @@ pub fn spawn_with_env(dir: &Path, name: &str, args: &[String], env: &[(&str, Str
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "info")
+        // Test numbers (+1555…) map to no zone: recipient windows would hold them by time of day.
+        .env("DIALER_CALLING_RULES_ENABLED", "false")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -1,0 +1,225 @@
+//! The recipient's calling rules against both stores: with a fixed clock, numbers in New York,
+//! Chicago, Phoenix, Los Angeles and Honolulu are dispatched only inside their own 08:00–21:00,
+//! the day before and the day of the spring DST change (each city's first dispatch moves by the
+//! hour its clocks moved, and only theirs); do-not-call entries (global, per campaign, expired)
+//! skip exactly their numbers; a contact-attempt limit holds a number across two campaigns.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use dialer_bus::MemoryBus;
+use dialer_control_plane::Store;
+use dialer_control_plane::scheduler::{DispatchSink, ManualClock, Scheduler, SchedulerConfig};
+use dialer_control_plane::store::ClaimedCall;
+use dialer_domain::campaign::CampaignAction;
+use dialer_domain::dnc::{DncEntry, GLOBAL_LIST};
+use dialer_domain::messages::{DispatchKind, EventKind};
+use dialer_domain::rules::CallingRules;
+use dialer_domain::validate::{Campaign, CreateCampaignRequest};
+use serde_json::json;
+
+#[macro_use]
+mod common;
+use common::{Backend, event, store};
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).expect("instant").with_timezone(&Utc)
+}
+
+const CITIES: [(&str, &str, Tz); 5] = [
+    ("212", "New York", chrono_tz::America::New_York),
+    ("312", "Chicago", chrono_tz::America::Chicago),
+    ("602", "Phoenix", chrono_tz::America::Phoenix),
+    ("213", "Los Angeles", chrono_tz::America::Los_Angeles),
+    ("808", "Honolulu", chrono_tz::Pacific::Honolulu),
+];
+
+async fn create(s: &Store, name: &str, numbers: &[String], rules: Option<serde_json::Value>) -> Campaign {
+    let targets: Vec<_> = numbers.iter().map(|n| json!({"phone_number": n})).collect();
+    let mut body = json!({"name": name, "max_concurrent_calls": 8, "targets": targets});
+    if let Some(r) = rules {
+        body["calling_rules"] = r;
+    }
+    let req: CreateCampaignRequest = serde_json::from_value(body).expect("request");
+    let c = s.create_campaign(&req.validate(1000).expect("valid")).await.expect("created");
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    c
+}
+
+fn city_numbers(tag: u32) -> Vec<String> {
+    CITIES.iter().flat_map(|(area, _, _)| (0..8).map(move |i| format!("+1{area}555{tag}{i:03}"))).collect()
+}
+
+fn tz_of(number: &str) -> (&'static str, Tz) {
+    let (_, city, tz) = CITIES.iter().find(|(area, _, _)| number[2..5] == **area).expect("a city's number");
+    (city, *tz)
+}
+
+/// Steps a scheduler (default calling rules) every 15 minutes over `hours` from `from`,
+/// completing each dispatched call at once; returns each city's first dispatch instant and
+/// checks every dispatch against its number's window and its deadline against the close.
+async fn sweep(s: &Store, from: DateTime<Utc>, hours: i64) -> HashMap<&'static str, DateTime<Utc>> {
+    let clock = ManualClock::new(from);
+    let (bus, mut ends) = MemoryBus::new(1, 4, 100_000, 1000);
+    let sched = Scheduler {
+        store: s.clone(),
+        sink: DispatchSink::Memory(bus),
+        clock: clock.clone(),
+        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+    };
+    let mut first: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
+    for step in 0..(hours * 4) {
+        let now = from + ChronoDuration::minutes(15 * step);
+        clock.set(now);
+        sched.tick().await.expect("tick");
+        let mut events = Vec::new();
+        while let Ok(d) = ends.shard_receivers[0].try_recv() {
+            let m = d.msg.expect("readable");
+            if m.kind == DispatchKind::Suppress {
+                continue;
+            }
+            let (city, tz) = tz_of(&m.phone_number);
+            let local = now.with_timezone(&tz);
+            assert!((8..21).contains(&local.hour()), "{city} dialled at {local} ({now})");
+            let close = tz
+                .from_local_datetime(&local.date_naive().and_hms_opt(21, 0, 0).expect("21:00"))
+                .earliest()
+                .expect("close");
+            assert!(m.deadline_ms as i64 <= close.timestamp_millis(), "{city}: deadline past 21:00 local");
+            first.entry(city).or_insert(now);
+            let k = ClaimedCall {
+                id: m.call_id,
+                phone_number: m.phone_number.clone(),
+                attempt: m.attempt,
+                zone: String::new(),
+            };
+            events.push(event(m.campaign_id, &k, EventKind::Started));
+            events.push(event(m.campaign_id, &k, EventKind::Completed));
+        }
+        s.record_events(&events, &mut || 0.5, None).await.expect("recorded");
+    }
+    first
+}
+
+async fn each_city_is_dialled_only_in_its_own_window_across_the_dst_change(b: Backend) {
+    let (s, _dir) = store(b).await;
+    // Saturday 2026-03-07, standard time everywhere.
+    let before = create(&s, "before-dst", &city_numbers(1), None).await;
+    // From 07:00Z, when every one of them is closed (Honolulu closes at 07:00Z).
+    let first = sweep(&s, utc("2026-03-07T07:00:00Z"), 24).await;
+    let want_before = [
+        ("New York", "13:00"),
+        ("Chicago", "14:00"),
+        ("Phoenix", "15:00"),
+        ("Los Angeles", "16:00"),
+        ("Honolulu", "18:00"),
+    ];
+    for (city, hhmm) in want_before {
+        assert_eq!(first[city], utc(&format!("2026-03-07T{hhmm}:00Z")), "{city}, the day before");
+    }
+    let st = s.stats(before.id).await.expect("stats");
+    assert_eq!((st.completed_calls, st.pending_calls), (40, 0), "every call dialled: {st:?}");
+    // Sunday 2026-03-08: New York, Chicago and Los Angeles spring forward; Phoenix and Honolulu do not.
+    let on = create(&s, "dst-day", &city_numbers(2), None).await;
+    // New York changes at 07:00Z, Chicago at 08:00Z, Los Angeles at 10:00Z.
+    let first = sweep(&s, utc("2026-03-08T07:00:00Z"), 24).await;
+    let want_on = [
+        ("New York", "12:00"),
+        ("Chicago", "13:00"),
+        ("Phoenix", "15:00"),
+        ("Los Angeles", "15:00"),
+        ("Honolulu", "18:00"),
+    ];
+    for (city, hhmm) in want_on {
+        assert_eq!(first[city], utc(&format!("2026-03-08T{hhmm}:00Z")), "{city}, the day of the change");
+    }
+    let st = s.stats(on.id).await.expect("stats");
+    assert_eq!((st.completed_calls, st.pending_calls), (40, 0), "every call dialled: {st:?}");
+    assert_eq!(st, s.recount_stats(on.id).await.expect("recount"));
+}
+
+async fn do_not_call_entries_skip_exactly_their_numbers(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let numbers: Vec<String> = (0..5).map(|i| format!("+1212555{i:04}")).collect();
+    let c = create(&s, "dnc", &numbers, Some(json!({"enabled": false}))).await;
+    let entry = |n: &str, expires: Option<DateTime<Utc>>| DncEntry {
+        phone_number: n.into(),
+        reason: Some("opt_out".into()),
+        source: Some("test".into()),
+        expires_at: expires,
+    };
+    s.dnc_add(GLOBAL_LIST, &[entry(&numbers[0], None)], true).await.expect("global");
+    let later = Utc::now() + ChronoDuration::days(1);
+    let gone = Utc::now() - ChronoDuration::days(1);
+    s.dnc_add(c.id, &[entry(&numbers[1], Some(later)), entry(&numbers[2], Some(gone))], false)
+        .await
+        .expect("campaign list");
+    assert_eq!(s.dnc_check(c.id, &numbers[0]).await.expect("check"), Some(GLOBAL_LIST));
+    assert_eq!(s.dnc_check(c.id, &numbers[1]).await.expect("check"), Some(c.id));
+    assert_eq!(s.dnc_check(c.id, &numbers[2]).await.expect("check"), None, "expired");
+    let dialled: Vec<String> =
+        s.claim_due(c.id, 10, Utc::now()).await.expect("claim").into_iter().map(|k| k.phone_number).collect();
+    assert_eq!(dialled.len(), 3);
+    assert!(!dialled.contains(&numbers[0]) && !dialled.contains(&numbers[1]), "{dialled:?}");
+    let q = dialer_control_plane::store::CallQuery { limit: 100, ..Default::default() };
+    for call in s.list_calls(c.id, &q).await.expect("calls") {
+        let skipped = call.phone_number == numbers[0] || call.phone_number == numbers[1];
+        assert_eq!(call.status.as_str(), if skipped { "skipped" } else { "queued" }, "{}", call.phone_number);
+        if skipped {
+            assert_eq!(call.last_error.as_deref(), Some("dnc"));
+            let detail = s.get_call(call.id).await.expect("call");
+            assert_eq!(detail.attempts.len(), 1);
+            assert_eq!(
+                (detail.attempts[0].outcome.as_str(), detail.attempts[0].reason.as_deref()),
+                ("skipped", Some("dnc"))
+            );
+        }
+    }
+    let st = s.stats(c.id).await.expect("stats");
+    assert_eq!((st.skipped_calls, st.skipped_by_reason.dnc, st.queued_calls, st.attempts_total), (2, 2, 3, 3));
+    assert_eq!(st, s.recount_stats(c.id).await.expect("recount"));
+    // Announced entries are handed out once.
+    let pending = s.unannounced(10).await.expect("unannounced");
+    assert_eq!(pending.iter().map(|p| p.phone_number.as_str()).collect::<Vec<_>>(), vec![numbers[0].as_str()]);
+    s.mark_announced(&pending).await.expect("marked");
+    assert!(s.unannounced(10).await.expect("unannounced").is_empty());
+    assert!(s.dnc_remove(GLOBAL_LIST, &numbers[0]).await.expect("removed"));
+    assert_eq!(s.dnc_check(c.id, &numbers[0]).await.expect("check"), None);
+}
+
+async fn an_attempt_limit_holds_a_number_across_two_campaigns(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let numbers: Vec<String> = (0..3).map(|i| format!("+1212555{i:04}")).collect();
+    let a = create(&s, "limit-a", &numbers, None).await;
+    let bb = create(&s, "limit-b", &numbers, None).await;
+    let rules = CallingRules { enabled: false, max_attempts_per_24h: Some(1), ..CallingRules::default() }
+        .compile("r")
+        .expect("rules");
+    let claim = |id, at| {
+        let s = s.clone();
+        let rules = rules.clone();
+        async move {
+            let zones = s.pending_zones(id).await.expect("zones");
+            s.claim_calls(id, 10, at, &zones, &rules).await.expect("claim")
+        }
+    };
+    let t0 = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    assert_eq!(claim(a.id, t0).await.dial.len(), 3, "campaign A dials each number once");
+    let b1 = claim(bb.id, t0 + ChronoDuration::hours(1)).await;
+    assert_eq!((b1.dial.len(), b1.held.len()), (0, 3), "campaign B is held: each number had its one attempt");
+    for (_, until, _) in &b1.held {
+        assert_eq!(*until, t0 + ChronoDuration::hours(24));
+    }
+    let st = s.stats(bb.id).await.expect("stats");
+    assert_eq!((st.pending_calls, st.attempts_total, st.failed_calls), (3, 0, 0), "held, not failed: {st:?}");
+    assert_eq!(st, s.recount_stats(bb.id).await.expect("recount"));
+    assert!(claim(bb.id, t0 + ChronoDuration::hours(23)).await.dial.is_empty(), "not due before 24 hours");
+    assert_eq!(claim(bb.id, t0 + ChronoDuration::hours(24) + ChronoDuration::seconds(1)).await.dial.len(), 3);
+}
+
+both_stores!(
+    each_city_is_dialled_only_in_its_own_window_across_the_dst_change,
+    do_not_call_entries_skip_exactly_their_numbers,
+    an_attempt_limit_holds_a_number_across_two_campaigns,
+);
