@@ -27,6 +27,10 @@ min_call_ms = 1
 max_call_ms = 5
 max_ring_ms = 0
 answer_rate = 1.0
+# The numbers (+1200…) map to no zone: recipient windows would hold them by the time of day.
+# Lists and attempt records still apply; `bench rules` measures the windows.
+[calling_rules]
+enabled = false
 TOML
 "$bin" --config "$dir/dialer.toml" up --data-dir "$dir/data" --listen "127.0.0.1:$port" 2>"$dir/up.log" &
 pid=$!

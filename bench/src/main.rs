@@ -13,6 +13,7 @@ mod limiter;
 mod occupancy;
 mod plot;
 mod restart;
+mod rules;
 mod sip;
 mod targets;
 
@@ -54,6 +55,9 @@ enum Command {
     Broker(broker::Args),
     /// The attempt journal's group commit: plain write + fdatasync against io_uring.
     Journal(journal::Args),
+    /// The recipient's calling rules at scale: a 1M-number DNC import as CSV, and claims of a
+    /// 1M-target campaign across every NANP zone beside a campaign 20 times smaller.
+    Rules(rules::Args),
     /// The SIP provider of one shard against sipp on loopback, beside sipp's own UAC → UAS rate.
     Sip(sip::Args),
     /// Ratio B/A of every numeric figure of two result files.
@@ -77,6 +81,17 @@ pub fn redis_or(given: Option<&String>) -> Result<(String, Option<dialer_testkit
     }
     let r = dialer_testkit::RedisServer::start().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((r.url(), Some(r)))
+}
+
+/// Which store a bench measures (flattened into its arguments).
+#[derive(Debug, clap::Args)]
+pub struct StoreChoice {
+    /// postgres or sqlite (a temp file).
+    #[arg(long, default_value = "postgres")]
+    pub store: String,
+    /// Database URL to use instead of a harness-started server.
+    #[arg(long)]
+    pub url: Option<String>,
 }
 
 /// A database for a bench: `url`, or a fresh PostgreSQL database from the harness, or a SQLite
@@ -268,6 +283,9 @@ fn main() -> Result<()> {
         }
         Command::Chaos(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(chaos::run(args))
+        }
+        Command::Rules(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(rules::run(args))
         }
         Command::Journal(args) => journal::run(args),
         Command::Sip(args) => sip::run(args),

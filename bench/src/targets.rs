@@ -21,12 +21,8 @@ pub struct Args {
     /// Targets per POST /targets request when re-queueing.
     #[arg(long, default_value_t = 10_000)]
     chunk: usize,
-    /// postgres or sqlite (a temp file).
-    #[arg(long, default_value = "postgres")]
-    store: String,
-    /// Database URL to use instead of a harness-started server.
-    #[arg(long)]
-    url: Option<String>,
+    #[command(flatten)]
+    db: crate::StoreChoice,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -51,7 +47,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.count == 0 || a.chunk == 0 {
         bail!("--count and --chunk must be at least 1");
     }
-    let (url, _tmp) = crate::store_url(&a.store, a.url.as_ref())?;
+    let (url, _tmp) = crate::store_url(&a.db.store, a.db.url.as_ref())?;
     let mut cfg = Config::default();
     cfg.api.max_body_bytes = 1 << 30;
     cfg.api.max_targets_per_request = a.count.max(a.chunk);

@@ -816,6 +816,71 @@ async fn post_calls_concurrently_and_in_batches(t: TestApp) {
     t.assert_stats_match_rows(&done).await;
 }
 
+/// Do-not-call lists over the API: JSON (one, many) and CSV, get and delete, the campaign's own
+/// list, errors naming the field or line, POST /calls refused naming the list, and the preview
+/// counting what the rules would do now.
+async fn dnc_lists_and_preview(t: TestApp) {
+    let c = t.create(seed_campaign("dnc")).await;
+    let id = c["id"].as_str().expect("id").to_string();
+    let (s, v) =
+        t.post("/api/v1/dnc", json!({"phone_number": "+15555550001", "reason": "opt_out", "source": "ivr"})).await;
+    assert_eq!((s, v["received"].as_u64(), v["announced"].as_bool()), (StatusCode::OK, Some(1), Some(true)), "{v}");
+    let (s, v) = t.get("/api/v1/dnc/+15555550001").await;
+    assert_eq!((s, v["list"].as_str(), v["reason"].as_str()), (StatusCode::OK, Some("global"), Some("opt_out")), "{v}");
+    // POST /calls refuses the number, naming the list.
+    let (s, v) = t.post("/api/v1/calls", json!({"campaign_id": id, "phone_number": "+15555550001"})).await;
+    assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(v["error"]["field"], "phone_number");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("global do-not-call list")), "{v}");
+    // The campaign's own list, as CSV.
+    let csv = "phone_number,reason,source,expires_at\n+15555550002,asked,agent,2099-01-01T00:00:00Z\n";
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/v1/campaigns/{id}/dnc"))
+        .header(header::CONTENT_TYPE, "text/csv")
+        .body(Body::from(csv))
+        .expect("request");
+    let (s, v) = t.raw(req).await;
+    assert_eq!((s, v["list"].as_str()), (StatusCode::OK, Some(id.as_str())), "{v}");
+    let (s, v) = t.get(&format!("/api/v1/campaigns/{id}/dnc/+15555550002")).await;
+    assert_eq!((s, v["expires_at"].as_str()), (StatusCode::OK, Some("2099-01-01T00:00:00Z")), "{v}");
+    // The preview: both numbers skipped (dnc), nothing to dial.
+    let (s, v) = t.get(&format!("/api/v1/campaigns/{id}/preview")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["pending_calls"].as_u64(), v["skipped_dnc"].as_u64(), v["dial_now"].as_u64()),
+        (Some(2), Some(2), Some(0)),
+        "{v}"
+    );
+    // Errors name the field or the line; never a 5xx.
+    let (s, v) =
+        t.post("/api/v1/dnc", json!({"entries": [{"phone_number": "+15555550003"}, {"phone_number": "555"}]})).await;
+    assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(v["error"]["field"], "entries[1].phone_number");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/dnc")
+        .header(header::CONTENT_TYPE, "text/csv")
+        .body(Body::from("+15555550003\n5555,x,y,soon\n"))
+        .expect("request");
+    let (s, v) = t.raw(req).await;
+    assert_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(v["error"]["field"], "line 2.phone_number");
+    let (s, v) = t.get("/api/v1/dnc/12345").await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_parameter");
+    let (s, v) = t
+        .post("/api/v1/campaigns/00000000-0000-7000-8000-000000000000/dnc", json!({"phone_number": "+15555550003"}))
+        .await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
+    // Removed: the number may be called again.
+    let (s, _) = t.req(Method::DELETE, "/api/v1/dnc/+15555550001", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = t.req(Method::DELETE, "/api/v1/dnc/+15555550001", None).await;
+    assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
+    let (s, v) = t.post("/api/v1/calls", json!({"campaign_id": id, "phone_number": "+15555550001"})).await;
+    assert!(s == StatusCode::OK || s == StatusCode::CREATED, "{s}: {v}");
+}
+
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -846,6 +911,7 @@ both_stores!(
     post_call_creates_after_the_last_ended,
     post_calls_concurrently_and_in_batches,
     duplicate_numbers_are_merged,
+    dnc_lists_and_preview,
 );
 
 /// `MAX_CONCURRENT_CALLS` requests in flight: the next one is 429 `rate_limit_exceeded`,

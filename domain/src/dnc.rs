@@ -150,22 +150,23 @@ pub fn parse_csv(body: &[u8], max: usize) -> Result<Vec<DncEntry>, FieldError> {
                 "has more than 4 columns (phone_number,reason,source,expires_at)",
             ));
         }
-        let expires_at = match r.get(3).filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => Some(DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|_| {
-                FieldError::new(
-                    format!("line {line}.expires_at"),
-                    "must be an RFC 3339 instant, e.g. 2027-01-01T00:00:00Z",
-                )
-            })?),
-        };
         let input = DncEntryInput {
             phone_number: first.to_string(),
             reason: r.get(1).map(str::to_string),
             source: r.get(2).map(str::to_string),
-            expires_at,
+            expires_at: None,
         };
-        out.push(check_entry(&format!("line {line}."), &input)?);
+        let mut entry = check_entry(&format!("line {line}."), &input)?;
+        if let Some(s) = r.get(3).filter(|s| !s.is_empty()) {
+            let t = DateTime::parse_from_rfc3339(s).map_err(|_| {
+                FieldError::new(
+                    format!("line {line}.expires_at"),
+                    "must be an RFC 3339 instant, e.g. 2027-01-01T00:00:00Z",
+                )
+            })?;
+            entry.expires_at = Some(t.with_timezone(&Utc));
+        }
+        out.push(entry);
         if out.len() > max {
             return Err(FieldError::new("body", format!("at most {max} entries per request")));
         }

@@ -383,8 +383,11 @@ pub async fn create_call(
 pub async fn get_call(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<CallDetail>, ApiError> {
     let mut detail = st.store.get_call(path_id(&id)?).await?;
     if let Some(t) = &st.timeline {
+        // Skips are decided by the claim, in the SQL transaction: their rows stay in SQL.
+        let skipped: Vec<_> = detail.attempts.drain(..).filter(|a| a.outcome == "skipped").collect();
         detail.attempts =
             t.attempts(detail.call.id).await.map_err(|e| crate::store::StoreError::Timeline(e.to_string()))?;
+        detail.attempts.extend(skipped);
     }
     Ok(Json(detail))
 }

@@ -8,11 +8,13 @@
 const LOOKUP_CHUNK: usize = 1000;
 /// Rows per multi-row INSERT of DNC entries (7 columns, under SQLite's 32,766 parameters).
 const DNC_CHUNK: usize = 4000;
+/// An import of at least this many entries refreshes the table's statistics (PostgreSQL).
+const ANALYZE_AFTER: usize = 10_000;
 /// Attempt history read for the limits: a calendar day in any zone lies within 25 hours.
 const HISTORY: chrono::TimeDelta = chrono::TimeDelta::hours(25);
 
 macro_rules! rules_store {
-    ($module:ident, $db:ty, $sql:ident) => {
+    ($module:ident, $db:ty, $sql:ident, pg = $pg:literal) => {
         pub(crate) mod $module {
             use std::collections::{HashMap, HashSet};
 
@@ -23,7 +25,7 @@ macro_rules! rules_store {
             use sqlx::{QueryBuilder, Row};
             use uuid::Uuid;
 
-            use super::{DNC_CHUNK, HISTORY, LOOKUP_CHUNK};
+            use super::{ANALYZE_AFTER, DNC_CHUNK, HISTORY, LOOKUP_CHUNK};
             use crate::store::sql::$sql::begin;
             use crate::store::sql::now;
             use crate::store::{ClaimedCall, Preview, Screened, StoreError, Suppression};
@@ -65,6 +67,11 @@ macro_rules! rules_store {
                     written += q.build().execute(&mut **tx).await?.rows_affected();
                 }
                 tx.commit().await?;
+                if $pg && entries.len() >= ANALYZE_AFTER {
+                    // Fresh statistics for the planners of other statements (the preview, the API's
+                    // look-ups); claims do not depend on them.
+                    sqlx::query("ANALYZE dnc_entries").execute(pool).await?;
+                }
                 Ok(written)
             }
 
@@ -164,19 +171,29 @@ macro_rules! rules_store {
             }
 
             /// The distinct zone keys of a campaign's pending calls, one index probe each (a
-            /// skip scan: cost in the zones, not the calls). Calls not located yet are left out.
+            /// skip scan of `calls_pending_zone`: cost in the zones, not the calls). Calls not
+            /// located yet are left out.
             pub async fn pending_zones(pool: &Pool, campaign_id: Uuid) -> Result<Vec<String>, StoreError> {
+                let mut tx = pool.begin().await?;
+                if $pg {
+                    // Stale statistics (a campaign just loaded) made PostgreSQL read all of the
+                    // campaign's calls through another index and sort them, for each probe.
+                    sqlx::query("SET LOCAL enable_sort = off").execute(&mut *tx).await?;
+                }
                 let zones: Vec<Option<String>> = sqlx::query_scalar(
                     "WITH RECURSIVE z(zone) AS ( \
-                       SELECT min(zone) FROM calls WHERE campaign_id = $1 AND status = 'pending' \
+                       SELECT (SELECT zone FROM calls WHERE campaign_id = $1 AND status = 'pending' AND zone IS NOT NULL \
+                               ORDER BY zone LIMIT 1) \
                        UNION ALL \
-                       SELECT (SELECT min(c.zone) FROM calls c WHERE c.campaign_id = $1 AND c.status = 'pending' AND c.zone > z.zone) \
+                       SELECT (SELECT c.zone FROM calls c WHERE c.campaign_id = $1 AND c.status = 'pending' AND c.zone > z.zone \
+                               ORDER BY c.zone LIMIT 1) \
                        FROM z WHERE z.zone IS NOT NULL) \
                      SELECT zone FROM z WHERE zone IS NOT NULL",
                 )
                 .bind(campaign_id)
-                .fetch_all(pool)
+                .fetch_all(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(zones.into_iter().flatten().collect())
             }
 
@@ -370,5 +387,5 @@ macro_rules! rules_store {
     };
 }
 
-rules_store!(pg, sqlx::Postgres, pg);
-rules_store!(lite, sqlx::Sqlite, lite);
+rules_store!(pg, sqlx::Postgres, pg, pg = true);
+rules_store!(lite, sqlx::Sqlite, lite, pg = false);

@@ -1032,6 +1032,16 @@ macro_rules! sql_store {
                 rules: &dialer_domain::rules::Rules,
             ) -> Result<Screened, StoreError> {
                 let mut tx = begin(pool).await?;
+                if $row_locks {
+                    // PostgreSQL: stale statistics (a campaign just loaded looks empty) made the
+                    // planner read every pending call of the campaign through another index and
+                    // sort them, per zone; without sorts it reads `calls_pending_zone` in its order.
+                    // Likewise a do-not-call list just imported looked empty: a sequential scan of
+                    // a million entries per claim (`bench rules`). Every statement of a claim is a
+                    // look-up by key: no sort and no table scan is ever the right plan here.
+                    sqlx::query("SET LOCAL enable_sort = off").execute(&mut **tx).await?;
+                    sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut **tx).await?;
+                }
                 // Nothing is claimed for a campaign paused or completed since the scheduler listed it.
                 if locked_status(&mut tx, campaign_id).await? != Some(CampaignStatus::InProgress) {
                     return Ok(Screened::default());
