@@ -28,7 +28,7 @@ max_call_ms = 5
 max_ring_ms = 0
 answer_rate = 1.0
 # The numbers (+1200…) map to no zone: recipient windows would hold them by the time of day.
-# Lists and attempt records still apply; `bench rules` measures the windows.
+# Lists and attempt records still apply; bench rules measures the windows.
 [calling_rules]
 enabled = false
 TOML

@@ -221,3 +221,43 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
 fn ledger_tracker(global_cap: u32, dir: &std::path::Path) -> Arc<dialer_dataplane::Tracker> {
     dialer_dataplane::Tracker::with_ledger(global_cap, &dir.join("ledger")).expect("ledger")
 }
+
+/// An opt-out reaches every shard over Kafka: the scheduler's broadcast writes the `suppress`
+/// message to every partition of the dispatch topic (each shard reads only its own partitions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
+    use rdkafka::Message;
+    let n = unique_name("optout");
+    let brokers = kafka().bootstrap();
+    let topic = format!("{n}.dispatch");
+    dialer_bus::kafka::ensure_topics(&brokers, &[(&topic, 5)]).await.expect("topic");
+    let producer =
+        dialer_bus::kafka::metered_producer(ClientConfig::new().set("bootstrap.servers", &brokers)).expect("producer");
+    let sink = DispatchSink::Kafka { producer, topic: topic.clone() };
+    let s = dialer_control_plane::store::Suppression {
+        list: dialer_domain::dnc::GLOBAL_LIST,
+        phone_number: "+12125550100".into(),
+        expires_at: None,
+    };
+    let now = chrono::Utc::now();
+    let msg = dialer_control_plane::calling_rules::suppress_message(&s, now, Duration::from_secs(300));
+    sink.broadcast(std::slice::from_ref(&msg)).await.expect("broadcast");
+    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", unique_name("optout-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let mut partitions = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partitions.len() < 5 && Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else { continue };
+        let got = dialer_domain::messages::DispatchMessage::decode(m.payload().unwrap_or_default()).expect("readable");
+        assert_eq!(got.kind, dialer_domain::messages::DispatchKind::Suppress);
+        assert_eq!((got.phone_number.as_str(), got.campaign_id), ("+12125550100", uuid::Uuid::nil()));
+        assert_eq!(got.deadline_ms, (now + chrono::Duration::seconds(300)).timestamp_millis() as u64);
+        assert!(partitions.insert(m.partition()), "partition {} got it twice", m.partition());
+    }
+    assert_eq!(partitions, (0..5).collect::<HashSet<i32>>(), "every partition has the opt-out");
+}
