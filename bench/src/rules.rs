@@ -50,7 +50,9 @@ pub struct Args {
 
 /// The `i`-th number: area codes in turn, so every zone gets its share.
 fn number(i: usize) -> String {
-    let codes: Vec<&str> = AREA_CODES.lines().filter_map(|l| l.split('|').next()).collect();
+    static CODES: std::sync::LazyLock<Vec<&str>> =
+        std::sync::LazyLock::new(|| AREA_CODES.lines().filter_map(|l| l.split('|').next()).collect());
+    let codes = &*CODES;
     let area = codes[i % codes.len()];
     let rest = i / codes.len();
     format!("+1{area}{:03}{:04}", 200 + rest / 10_000 % 800, rest % 10_000)

@@ -3,7 +3,6 @@
 //! and the opt-outs announced to every shard (`suppress` messages).
 
 use chrono::{DateTime, Utc};
-use dialer_domain::hours::BusinessHours;
 use dialer_domain::messages::{DispatchKind, DispatchMessage, SCHEMA_VERSION};
 use dialer_domain::rules::{Gate, HoldRule, Rules};
 use uuid::Uuid;
@@ -25,9 +24,14 @@ impl ZonePlan {
         self.claim.iter().map(|(k, _)| k.clone()).collect()
     }
 
-    /// When the window of calls of `zone` closes, if it does.
-    pub fn until(&self, zone: &str) -> Option<DateTime<Utc>> {
-        self.claim.iter().find(|(k, _)| k == zone).and_then(|(_, u)| *u)
+    /// Each claimable zone's message deadline ([`deadline`]), computed once per zone.
+    pub fn deadlines(
+        &self,
+        now: DateTime<Utc>,
+        ttl: std::time::Duration,
+        hours_close: Option<DateTime<Utc>>,
+    ) -> std::collections::HashMap<&str, DateTime<Utc>> {
+        self.claim.iter().map(|(k, until)| (k.as_str(), deadline(now, ttl, *until, hours_close))).collect()
     }
 }
 
@@ -48,21 +52,15 @@ pub fn plan(rules: &Rules, zones: &[String], now: DateTime<Utc>) -> ZonePlan {
 }
 
 /// The deadline of a message: the dispatch TTL, but never past the recipient's window or the
-/// campaign's business hours (a message dialled late would fall outside them).
+/// campaign's business hours' close (a message dialled late would fall outside them).
 pub fn deadline(
     now: DateTime<Utc>,
     ttl: std::time::Duration,
     window_until: Option<DateTime<Utc>>,
-    hours: Option<&BusinessHours>,
+    hours_close: Option<DateTime<Utc>>,
 ) -> DateTime<Utc> {
-    let mut d = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    if let Some(u) = window_until {
-        d = d.min(u);
-    }
-    if let Some(c) = hours.and_then(|h| h.closes_after(now)) {
-        d = d.min(c);
-    }
-    d
+    let ttl_end = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    [Some(ttl_end), window_until, hours_close].into_iter().flatten().min().unwrap_or(ttl_end)
 }
 
 /// The `suppress` message of an opt-out: shards do not dial the number's calls (of the list's
@@ -91,6 +89,7 @@ pub fn suppress_message(s: &Suppression, now: DateTime<Utc>, ttl: std::time::Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dialer_domain::hours::BusinessHours;
     use dialer_domain::recipient::zone_key;
     use dialer_domain::rules::CallingRules;
 
@@ -107,7 +106,8 @@ mod tests {
         let p = plan(&rules, &[la.clone(), hnl.clone(), ny.clone()], utc("2026-11-23T17:00:00Z"));
         assert_eq!(p.keys(), vec![ny.clone(), la.clone()]);
         assert_eq!(p.closed, vec![(hnl, HoldRule::Window)]);
-        assert_eq!(p.until(&ny), Some(utc("2026-11-24T02:00:00Z")));
+        let d = p.deadlines(utc("2026-11-23T17:00:00Z"), std::time::Duration::from_secs(86_400), None);
+        assert_eq!(d[ny.as_str()], utc("2026-11-24T02:00:00Z"), "New York's 21:00, before the TTL");
     }
 
     #[test]
@@ -120,6 +120,6 @@ mod tests {
             tz: chrono_tz::UTC,
             windows: vec![dialer_domain::Window::parse(1, "09:00", "17:02").expect("window")],
         };
-        assert_eq!(deadline(now, ttl, None, Some(&h)), utc("2026-11-23T17:02:00Z"));
+        assert_eq!(deadline(now, ttl, None, h.closes_after(now)), utc("2026-11-23T17:02:00Z"));
     }
 }

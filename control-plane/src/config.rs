@@ -394,9 +394,6 @@ pub struct ApiConfig {
     /// (writes through this process drop the entry at once; changes made by other processes
     /// show within this delay); 0 = always read the store.
     pub campaign_cache_ms: u64,
-    /// A copy of `[calling_rules]` (for the preview of campaigns without their own).
-    #[serde(skip)]
-    pub calling_rules: dialer_domain::rules::CallingRules,
 }
 
 /// An API key. Its `Debug` and serialized forms are redacted, so it never reaches a log.
@@ -476,7 +473,6 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             rate_limit_per_key: 1000,
             campaign_cache_ms: 250,
-            calling_rules: Default::default(),
         }
     }
 }
@@ -719,7 +715,6 @@ impl Config {
         }
         cfg.provider.read_passwords(&env)?;
         cfg.validate()?;
-        cfg.api.calling_rules = cfg.calling_rules.clone();
         Ok(cfg)
     }
 

@@ -73,6 +73,7 @@ pub fn app_checked(
         calls: store::CallBatcher::new(store.clone()),
         store,
         api: Arc::new(cfg.api.clone()),
+        calling_rules: Arc::new(cfg.calling_rules.clone()),
         guard,
         timeline,
         checks: checks.into(),

@@ -216,6 +216,12 @@ async fn an_attempt_limit_holds_a_number_across_two_campaigns(b: Backend) {
     assert_eq!(st, s.recount_stats(bb.id).await.expect("recount"));
     assert!(claim(bb.id, t0 + ChronoDuration::hours(23)).await.dial.is_empty(), "not due before 24 hours");
     assert_eq!(claim(bb.id, t0 + ChronoDuration::hours(24) + ChronoDuration::seconds(1)).await.dial.len(), 3);
+    // 26 hours on, A's three attempts are older than any limit looks back (25 h), B's are not;
+    // each prune takes at most its bound.
+    let later = t0 + ChronoDuration::hours(26);
+    assert_eq!(s.prune_attempts(later, 2).await.expect("prune"), 2);
+    assert_eq!(s.prune_attempts(later, 2).await.expect("prune"), 1);
+    assert_eq!(s.prune_attempts(later, 2).await.expect("prune"), 0, "B's attempts are kept");
 }
 
 both_stores!(

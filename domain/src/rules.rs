@@ -111,6 +111,11 @@ impl Default for CallingRules {
     }
 }
 
+/// A claimed call whose zone closed between the scheduler's plan and its claim (a claim that
+/// straddles a window's close) waits this long before it is looked at again; the scheduler
+/// claims only open zones, so its next claim after that is inside a window.
+const RECHECK_CLOSED: ChronoDuration = ChronoDuration::minutes(15);
+
 /// Why a call ends without being dialled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SkipReason {
@@ -359,7 +364,7 @@ impl Rules {
         }
         match self.gate(key, now) {
             Gate::Skip(r) => return Verdict::Skip(r),
-            Gate::Closed(rule) => return Verdict::Hold { until: now + ChronoDuration::minutes(15), rule },
+            Gate::Closed(rule) => return Verdict::Hold { until: now + RECHECK_CLOSED, rule },
             Gate::Open { .. } => {}
         }
         match self.attempt_hold(key, attempts, now) {

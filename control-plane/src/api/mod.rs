@@ -25,6 +25,8 @@ pub struct AppState {
     /// `POST /api/v1/calls` goes through it (group commit on PostgreSQL).
     pub calls: crate::store::CallBatcher,
     pub api: Arc<ApiConfig>,
+    /// `[calling_rules]`: the rules of campaigns without their own (the preview).
+    pub calling_rules: Arc<dialer_domain::rules::CallingRules>,
     /// `MAX_CONCURRENT_CALLS` and the daily usage cap on `POST /api/v1/calls`.
     pub guard: Arc<dialer_limiter::ApiGuard>,
     /// The CQL timeline, when configured: `GET /api/v1/calls/{id}` reads attempts from it.

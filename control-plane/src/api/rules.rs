@@ -159,7 +159,7 @@ pub async fn remove_campaign(
 pub async fn preview(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<Preview>, ApiError> {
     let id = path_campaign(&id)?;
     let campaign = st.store.get_campaign(id).await?;
-    let rules = campaign.calling_rules.as_ref().unwrap_or(&st.api.calling_rules);
+    let rules = campaign.calling_rules.as_ref().unwrap_or(&st.calling_rules);
     let compiled = rules.compile("calling_rules").map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
     Ok(Json(st.store.preview(id, &compiled, chrono::Utc::now()).await?))
 }

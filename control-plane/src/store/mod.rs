@@ -534,10 +534,10 @@ impl Store {
         rules_dispatch!(self.mark_announced(done))
     }
 
-    /// Forgets per-number attempts older than any limit looks back.
+    /// Forgets up to `limit` per-number attempts older than any limit looks back.
     #[tracing::instrument(name = "store.prune_attempts", level = "debug", skip_all)]
-    pub async fn prune_attempts(&self, at: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
-        rules_dispatch!(self.prune_attempts(at))
+    pub async fn prune_attempts(&self, at: chrono::DateTime<chrono::Utc>, limit: usize) -> Result<u64, StoreError> {
+        rules_dispatch!(self.prune_attempts(at, limit))
     }
 
     /// What the rules would do now to the campaign's pending calls.

@@ -112,14 +112,9 @@ macro_rules! rules_store {
             }
 
             /// The list a number is on for a campaign now (the global list first), if any.
-            pub async fn dnc_list_of(conn: &mut Conn, campaign_id: Uuid, number: &str, at: DateTime<Utc>) -> Result<Option<Uuid>, StoreError> {
-                let hits = dnc_hits(conn, campaign_id, &[number], at).await?;
-                Ok(hits.get(number).copied())
-            }
-
-            /// [`dnc_list_of`] on a pooled connection.
             pub async fn dnc_check(pool: &Pool, campaign_id: Uuid, number: &str) -> Result<Option<Uuid>, StoreError> {
-                dnc_list_of(&mut *pool.acquire().await?, campaign_id, number, now()).await
+                let hits = dnc_hits(&mut *pool.acquire().await?, campaign_id, &[number], now()).await?;
+                Ok(hits.get(number).copied())
             }
 
             /// Which of `numbers` are on the global or the campaign's list at `at`, and which list.
@@ -308,10 +303,20 @@ macro_rules! rules_store {
                 Ok(())
             }
 
-            /// Forgets attempts older than any limit can look back.
-            pub async fn prune_attempts(pool: &Pool, at: DateTime<Utc>) -> Result<u64, StoreError> {
+            /// Forgets up to `limit` attempts older than any limit can look back (bounded: one
+            /// statement never holds the store for a whole backlog). The oldest rows are found in
+            /// the index on `at` and deleted by their physical id, so neither a join nor stale
+            /// statistics can turn it into a scan of the table.
+            pub async fn prune_attempts(pool: &Pool, at: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
                 let mut tx = begin(pool).await?;
-                let n = sqlx::query("DELETE FROM contact_attempts WHERE at < $1").bind(at - HISTORY).execute(&mut **tx).await?.rows_affected();
+                let sql = if $pg {
+                    sqlx::query("SET LOCAL enable_sort = off").execute(&mut **tx).await?;
+                    sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut **tx).await?;
+                    "DELETE FROM contact_attempts WHERE ctid = ANY (ARRAY(SELECT ctid FROM contact_attempts WHERE at < $1 ORDER BY at LIMIT $2))"
+                } else {
+                    "DELETE FROM contact_attempts WHERE rowid IN (SELECT rowid FROM contact_attempts WHERE at < $1 ORDER BY at LIMIT $2)"
+                };
+                let n = sqlx::query(sql).bind(at - HISTORY).bind(limit as i64).execute(&mut **tx).await?.rows_affected();
                 tx.commit().await?;
                 Ok(n)
             }

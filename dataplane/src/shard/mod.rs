@@ -342,18 +342,16 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
         if self.suppressed.is_empty() {
             return;
         }
-        let mut kept = Vec::with_capacity(starts.len());
-        for w in starts.drain(..) {
+        starts.retain(|w| {
             if !self.suppressed.blocks(&w.msg.phone_number, w.msg.campaign_id, now) {
-                kept.push(w);
-                continue;
+                return true;
             }
             self.lease.release(w.msg.campaign_id);
             metrics::counter!("dialer_dataplane_suppressed_total").increment(1);
             let ev = retryable_failure(&w.msg, EventKind::Expired, "dnc: opted out while queued", self.index, now);
             self.events.push((ev, Some((w.partition, w.offset))));
-        }
-        *starts = kept;
+            false
+        });
     }
 
     /// Makes the starts durable in one group commit. Calls the journal cannot record are not
