@@ -11,6 +11,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod events;
+pub use events::{EventsSettings, WebhookSettings};
+
 /// A refused configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -168,6 +171,10 @@ pub struct Config {
     /// The recipient's calling rules of campaigns without their own (lawful US defaults:
     /// 08:00–21:00 recipient local time, Florida and Oklahoma 08:00–20:00, no attempt limits).
     pub calling_rules: dialer_domain::rules::CallingRules,
+    /// The event log and the live stream (issue 20).
+    pub events: EventsSettings,
+    /// Webhook delivery (issue 20).
+    pub webhooks: WebhookSettings,
 }
 
 /// Span export (logs always go to stderr).
@@ -708,7 +715,7 @@ impl Config {
         if let Some(ks) = get("SCYLLA_KEYSPACE") {
             cfg.timeline.keyspace = ks;
         }
-        for (var, key) in ENV_KEYS {
+        for (var, key) in ENV_KEYS.iter().chain(events::ENV_KEYS) {
             if let Some((_, value)) = env.iter().find(|(k, _)| k == var) {
                 cfg.set(key, value).map_err(|source| ConfigError::Env { key, var, source })?;
             }
@@ -778,7 +785,7 @@ impl Config {
             "provider.ledger" => self.provider.ledger = v.to_string(),
             "telemetry.otlp_endpoint" => self.telemetry.otlp_endpoint = v.to_string(),
             "telemetry.service_name" => self.telemetry.service_name = v.to_string(),
-            _ => return Err(ValueError::UnknownKey),
+            k => events::set(&mut self.events, &mut self.webhooks, k, v)?,
         }
         Ok(())
     }
@@ -790,6 +797,7 @@ impl Config {
         self.validate_limits()?;
         self.validate_bus_and_provider()?;
         self.validate_timeline_and_telemetry()?;
+        events::validate(&self.events, &self.webhooks)?;
         self.validate_scheduler()
     }
 

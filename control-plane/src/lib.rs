@@ -6,12 +6,14 @@
 pub mod api;
 pub mod calling_rules;
 pub mod config;
+pub mod live;
 pub mod observability;
 pub mod reaper;
 pub mod recorder;
 pub mod scheduler;
 pub mod store;
 pub mod timeline;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +68,57 @@ pub fn app_checked(
     timeline: Option<timeline::CqlTimeline>,
     checks: Vec<observability::ReadyCheck>,
 ) -> axum::Router {
+    app_serving(cfg, store, guard, timeline, checks, EventPipeline::default())
+}
+
+/// What a process's event pipeline gives the API: the live stream's hub (when the log is on and
+/// the pipeline runs) and the webhooks' figures.
+#[derive(Clone, Debug, Default)]
+pub struct EventPipeline {
+    pub live: Option<Arc<live::LiveHub>>,
+    pub summary: Arc<webhooks::Summary>,
+}
+
+/// Starts the event pipeline (issue 20) on `store`: the sequencer, the live stream's tail, the
+/// upkeep and, with `webhooks.enabled`, the deliverer; each stops when its `shutdown()` resolves.
+/// Nothing starts with `events.enabled` off.
+pub fn spawn_events<F>(cfg: &Config, store: &Store, shutdown: impl Fn() -> F) -> Result<EventPipeline, reqwest::Error>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    store::set_events_enabled(cfg.events.enabled);
+    let summary = Arc::new(webhooks::Summary::default());
+    if !cfg.events.enabled {
+        return Ok(EventPipeline { live: None, summary });
+    }
+    let e = &cfg.events;
+    let poll = Duration::from_millis(e.poll_ms);
+    let hub = live::LiveHub::new(store.clone(), e.live_buffer, Duration::from_millis(e.live_stats_every_ms));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(hub.clone().run(poll.max(Duration::from_millis(250)), shutdown()));
+    let seq =
+        webhooks::run_sequencer(store.clone(), poll, wake.clone(), Some(hub.clone()), summary.clone(), shutdown());
+    tokio::spawn(seq);
+    let keep = Duration::from_secs(e.keep_hours * 3600);
+    tokio::spawn(webhooks::run_upkeep(store.clone(), keep, summary.clone(), shutdown()));
+    if cfg.webhooks.enabled {
+        let settings = cfg.webhooks.delivery();
+        let client = webhooks::Deliverer::client(&settings)?;
+        let d = webhooks::Deliverer { store: store.clone(), settings, client, summary: summary.clone() };
+        tokio::spawn(d.run(wake, shutdown()));
+    }
+    Ok(EventPipeline { live: Some(hub), summary })
+}
+
+/// The API router with every part, the event pipeline's included.
+pub fn app_serving(
+    cfg: &Config,
+    store: Store,
+    guard: Arc<dialer_limiter::ApiGuard>,
+    timeline: Option<timeline::CqlTimeline>,
+    checks: Vec<observability::ReadyCheck>,
+    events: EventPipeline,
+) -> axum::Router {
     // `/metrics` answers in any process serving the API (the binary installs first, with the
     // catalogues of everything it runs; this adds nothing then).
     observability::install();
@@ -78,6 +131,8 @@ pub fn app_checked(
         timeline,
         checks: checks.into(),
         campaigns: Arc::new(api::CampaignCache::new(Duration::from_millis(cfg.api.campaign_cache_ms))),
+        live: events.live,
+        summary: events.summary,
     })
 }
 

@@ -30,11 +30,38 @@ pub fn describe() {
     );
     describe_counter!("dialer_http_rejections_total", "429 answers by code (rate_limit_exceeded, usage_cap_exceeded).");
     describe_pipeline();
+    describe_events();
     for counter in ["dialer_dead_letters_total", "dialer_recorder_malformed_total", "dialer_scheduler_errors_total"] {
         metrics::counter!(counter).increment(0);
     }
     for code in ["rate_limit_exceeded", "usage_cap_exceeded"] {
         metrics::counter!("dialer_http_rejections_total", "code" => code).increment(0);
+    }
+}
+
+/// The event log's, webhooks' and live stream's part of the catalogue (issue 20).
+fn describe_events() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("dialer_events_logged_total", "Events numbered into the log by this process's sequencer.");
+    describe_gauge!("dialer_webhook_queue_depth", "Webhook deliveries waiting or being sent, across endpoints.");
+    describe_gauge!("dialer_webhook_dead_letters", "Events in the webhook dead-letter store, across endpoints.");
+    describe_counter!(
+        "dialer_webhook_deliveries_total",
+        "Webhook delivery attempts by result (delivered, retry, dead, gone) and code (the HTTP status, timeout, connection)."
+    );
+    describe_histogram!(
+        "dialer_webhook_delivery_latency_seconds",
+        Unit::Seconds,
+        "From an event's logging to the receiver's 2xx, retries included."
+    );
+    describe_histogram!("dialer_webhook_request_duration_seconds", Unit::Seconds, "One webhook request's duration.");
+    describe_gauge!("dialer_live_clients", "Live-stream (SSE) clients connected to this process.");
+    describe_counter!(
+        "dialer_live_dropped_total",
+        "Live-stream clients dropped for falling behind (they reconnect and resume)."
+    );
+    for counter in ["dialer_events_logged_total", "dialer_live_dropped_total"] {
+        metrics::counter!(counter).increment(0);
     }
 }
 

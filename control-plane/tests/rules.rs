@@ -93,6 +93,7 @@ async fn sweep(s: &Store, from: DateTime<Utc>, hours: i64) -> HashMap<&'static s
                 phone_number: m.phone_number.clone(),
                 attempt: m.attempt,
                 zone: String::new(),
+                event_seq: 0,
             };
             events.push(event(m.campaign_id, &k, EventKind::Started));
             events.push(event(m.campaign_id, &k, EventKind::Completed));

@@ -231,8 +231,10 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     })?;
     tracing::info!(listen = %cfg.api.listen, shards = tuning.shards.count, "dialer up: API, scheduler, data plane and recorder running");
     let checks = vec![dialer_dataplane::admin::shards_check(dp.health())];
-    let app =
-        dialer_control_plane::app_checked(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline, checks);
+    let events = dialer_control_plane::spawn_events(cfg, &store, || wait(stopped.clone()))
+        .context("starting webhook delivery (its HTTP client)")?;
+    let guard = dialer_control_plane::api_guard(cfg);
+    let app = dialer_control_plane::app_serving(cfg, store.clone(), guard, timeline, checks, events);
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     // Stop dispatching, let the data plane finish its calls, record their outcomes.
     let _ = stop.send(true);
@@ -338,8 +340,10 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
-    let app =
-        dialer_control_plane::app_checked(cfg, store.clone(), dialer_control_plane::api_guard(cfg), timeline, checks);
+    let events = dialer_control_plane::spawn_events(cfg, &store, shutdown_signal)
+        .context("starting webhook delivery (its HTTP client)")?;
+    let guard = dialer_control_plane::api_guard(cfg);
+    let app = dialer_control_plane::app_serving(cfg, store.clone(), guard, timeline, checks, events);
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     store.close().await;
     Ok(())

@@ -8,6 +8,7 @@
 pub mod campaign;
 pub mod dnc;
 pub mod duration;
+pub mod events;
 pub mod hours;
 pub mod lifecycle;
 pub mod messages;
@@ -17,6 +18,7 @@ pub mod recipient;
 pub mod retry;
 pub mod rules;
 pub mod validate;
+pub mod webhooks;
 
 pub use campaign::{CallStatus, CampaignAction, CampaignStatus, TransitionError};
 pub use hours::{BusinessHours, Window};

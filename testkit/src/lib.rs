@@ -10,6 +10,7 @@
 //! `postgres://postgres@127.0.0.1:5432`) uses an existing server instead of starting one.
 
 mod jvm;
+pub mod receiver;
 pub mod sip;
 
 pub use jvm::{Cassandra, JAVA_INSTALL, Kafka, SERVERS_INSTALL, cassandra, kafka};

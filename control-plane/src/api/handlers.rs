@@ -29,7 +29,7 @@ fn param_id(params: &Params, name: &str) -> Result<Option<Uuid>, ApiError> {
     params.get(name).map(|s| validate::parse_id(name, s)).transpose().map_err(|e| ApiError::bad_param(&e))
 }
 
-fn page_limit(params: &Params, st: &AppState) -> Result<u32, ApiError> {
+pub(super) fn page_limit(params: &Params, st: &AppState) -> Result<u32, ApiError> {
     match params.get("limit") {
         None => Ok(st.api.default_page_size),
         Some(s) => match s.parse::<u32>() {

@@ -4,6 +4,7 @@ pub mod auth;
 mod error;
 mod handlers;
 mod rules;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -35,6 +36,10 @@ pub struct AppState {
     pub checks: Arc<[crate::observability::ReadyCheck]>,
     /// Campaigns recently read, for `GET /api/v1/campaigns/{id}` (`api.campaign_cache_ms`).
     pub campaigns: Arc<CampaignCache>,
+    /// The live stream's hub (`None`: the event log is off, or this process runs no pipeline).
+    pub live: Option<Arc<crate::live::LiveHub>>,
+    /// The webhooks' figures for `/metrics/summary`.
+    pub summary: Arc<crate::webhooks::Summary>,
 }
 
 /// Campaigns read within the last `ttl`. Bounded: when full, it starts over empty.
@@ -126,6 +131,16 @@ impl CampaignCache {
         rules::get_campaign,
         rules::remove_campaign,
         rules::preview,
+        webhooks::create_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::update_webhook,
+        webhooks::delete_webhook,
+        webhooks::rotate_secret,
+        webhooks::dead_letters,
+        webhooks::replay,
+        webhooks::all_events,
+        webhooks::campaign_events,
     ),
     components(schemas(ErrorBody, ErrorDetail, handlers::Health)),
     modifiers(&Security)
@@ -163,7 +178,9 @@ impl utoipa::Modify for Security {
             if !path.starts_with("/api/v1/") {
                 continue;
             }
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
+            for op in
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+            {
                 op.security = Some(vec![SecurityRequirement::new("api_key", Vec::<String>::new())]);
                 op.responses.responses.entry("401".into()).or_insert_with(|| error("No API key, or an unknown one"));
                 op.responses
@@ -198,6 +215,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/campaigns/{id}/dnc", post(rules::add_campaign))
         .route("/api/v1/campaigns/{id}/dnc/{phone_number}", get(rules::get_campaign).delete(rules::remove_campaign))
         .route("/api/v1/campaigns/{id}/preview", get(rules::preview))
+        .route("/api/v1/campaigns/{id}/events", get(webhooks::campaign_events))
+        .route("/api/v1/events", get(webhooks::all_events))
+        .route("/api/v1/webhooks", post(webhooks::create_webhook).get(webhooks::list_webhooks))
+        .route(
+            "/api/v1/webhooks/{id}",
+            get(webhooks::get_webhook).patch(webhooks::update_webhook).delete(webhooks::delete_webhook),
+        )
+        .route("/api/v1/webhooks/{id}/rotate-secret", post(webhooks::rotate_secret))
+        .route("/api/v1/webhooks/{id}/dead-letters", get(webhooks::dead_letters))
+        .route("/api/v1/webhooks/{id}/dead-letters/replay", post(webhooks::replay))
+        .route("/metrics/summary", get(webhooks::summary))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/v1/openapi.json")
         })

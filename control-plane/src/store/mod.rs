@@ -7,11 +7,17 @@
 //! transaction, so the aggregates always equal the rows ([`Store::recount_stats`] proves it).
 
 mod batch;
+mod events;
+mod outbox;
 mod record;
 mod rules;
 mod sql;
 
 pub use batch::CallBatcher;
+pub use events::{
+    ActiveEndpoint, Claim, ClaimedDelivery, DeadLetter, Finished, LoggedEvent, QueueCounts, Sequenced,
+    set_enabled as set_events_enabled,
+};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -143,6 +149,8 @@ pub struct ClaimedCall {
     pub attempt: u32,
     /// The number's zone key ([`dialer_domain::recipient`]).
     pub zone: String,
+    /// The call's last event number, this claim's included (issue 20).
+    pub event_seq: u32,
 }
 
 /// A claim screened by the recipient's rules.
@@ -258,6 +266,15 @@ macro_rules! dispatch {
 }
 
 /// Calls the same function of the backend's calling-rules module.
+macro_rules! events_dispatch {
+    ($self:ident . $f:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Postgres(p) => events::pg::$f(p, $($arg),*).await,
+            Store::Sqlite(p) => events::lite::$f(p, $($arg),*).await,
+        }
+    };
+}
+
 macro_rules! rules_dispatch {
     ($self:ident . $f:ident ( $($arg:expr),* )) => {
         match $self {
@@ -605,6 +622,111 @@ impl Store {
     #[tracing::instrument(name = "store.get_call", level = "debug", skip_all, fields(id = %id))]
     pub async fn get_call(&self, id: Uuid) -> Result<CallDetail, StoreError> {
         dispatch!(self.get_call(id))
+    }
+}
+
+/// The event log and webhooks (issue 20; `store/events.rs`).
+impl Store {
+    /// Numbers up to `limit` committed events and fans them out to the endpoints that want them.
+    #[tracing::instrument(name = "store.sequence_events", level = "debug", skip_all)]
+    pub async fn sequence_events(&self, limit: usize) -> Result<Sequenced, StoreError> {
+        events_dispatch!(self.sequence(limit))
+    }
+
+    /// Numbered events after position `after`, of one campaign or all, in log order.
+    pub async fn read_events(
+        &self,
+        after: i64,
+        campaign: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StoreError> {
+        events_dispatch!(self.read_events(after, campaign, limit))
+    }
+
+    /// The first and last positions the log holds.
+    pub async fn log_bounds(&self) -> Result<(i64, i64), StoreError> {
+        events_dispatch!(self.log_bounds())
+    }
+
+    /// Forgets up to `limit` numbered events older than `before` that no delivery needs.
+    pub async fn prune_events(&self, before: chrono::DateTime<chrono::Utc>, limit: usize) -> Result<u64, StoreError> {
+        events_dispatch!(self.prune_events(before, limit))
+    }
+
+    pub async fn create_webhook(
+        &self,
+        s: &dialer_domain::webhooks::EndpointSettings,
+        secret: &str,
+    ) -> Result<dialer_domain::webhooks::Webhook, StoreError> {
+        events_dispatch!(self.create_endpoint(s, secret))
+    }
+
+    pub async fn get_webhook(&self, id: Uuid) -> Result<dialer_domain::webhooks::Webhook, StoreError> {
+        events_dispatch!(self.get_endpoint(id))
+    }
+
+    pub async fn list_webhooks(&self) -> Result<Vec<dialer_domain::webhooks::Webhook>, StoreError> {
+        events_dispatch!(self.list_endpoints())
+    }
+
+    pub async fn update_webhook(
+        &self,
+        id: Uuid,
+        patch: &dialer_domain::webhooks::UpdateWebhookRequest,
+    ) -> Result<dialer_domain::webhooks::Webhook, StoreError> {
+        events_dispatch!(self.update_endpoint(id, patch))
+    }
+
+    /// `false`: no such endpoint.
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        events_dispatch!(self.delete_endpoint(id))
+    }
+
+    pub async fn rotate_webhook_secret(
+        &self,
+        id: Uuid,
+        secret: &str,
+        keep_old_until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<dialer_domain::webhooks::Webhook, StoreError> {
+        events_dispatch!(self.rotate_secret(id, secret, keep_old_until))
+    }
+
+    pub async fn active_endpoints(&self) -> Result<Vec<ActiveEndpoint>, StoreError> {
+        events_dispatch!(self.active_endpoints())
+    }
+
+    /// Claims up to `max` due deliveries of an endpoint within its concurrency and rate.
+    #[tracing::instrument(name = "store.claim_deliveries", level = "debug", skip_all)]
+    pub async fn claim_deliveries(
+        &self,
+        endpoint: Uuid,
+        max: usize,
+        lease_until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Claim, StoreError> {
+        events_dispatch!(self.claim_deliveries(endpoint, max, lease_until))
+    }
+
+    /// Records finished attempts.
+    #[tracing::instrument(name = "store.finish_deliveries", level = "debug", skip_all, fields(n = done.len()))]
+    pub async fn finish_deliveries(&self, done: &[Finished]) -> Result<(), StoreError> {
+        events_dispatch!(self.finish_deliveries(done))
+    }
+
+    pub async fn reclaim_expired_deliveries(&self) -> Result<u64, StoreError> {
+        events_dispatch!(self.reclaim_expired())
+    }
+
+    pub async fn dead_letters(&self, endpoint: Uuid, after: i64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        events_dispatch!(self.dead_letters(endpoint, after, limit))
+    }
+
+    /// Replays an endpoint's dead letters (all, or the streams of `seqs`).
+    pub async fn replay_dead_letters(&self, endpoint: Uuid, seqs: Option<&[i64]>) -> Result<u64, StoreError> {
+        events_dispatch!(self.replay(endpoint, seqs))
+    }
+
+    pub async fn delivery_counts(&self) -> Result<QueueCounts, StoreError> {
+        events_dispatch!(self.queue_counts())
     }
 }
 

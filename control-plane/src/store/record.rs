@@ -13,6 +13,8 @@ use dialer_domain::retry::RetryPolicy;
 use uuid::Uuid;
 
 use crate::store::RecordReport;
+use crate::store::outbox::{self, CallStream};
+use dialer_domain::events::NewEvent;
 
 /// Why a call of a completed campaign ends without its retry.
 pub(crate) const CANCELLED: &str = "cancelled: the campaign was completed before this call was placed";
@@ -71,6 +73,9 @@ pub(crate) struct Decided<'a> {
     pub changed: HashMap<Uuid, (Uuid, Change)>,
     /// One row per attempt: its outcome event wins over its `started` event.
     pub timeline: HashMap<(Uuid, u32), TimelineEntry<'a>>,
+    /// The events customers see (issue 20), and each changed call's last event number.
+    pub events: Vec<NewEvent>,
+    pub event_seqs: HashMap<Uuid, u32>,
 }
 
 /// What the store knows before the batch: each call's campaign and state, each campaign's
@@ -80,6 +85,8 @@ pub(crate) struct Known {
     pub calls: HashMap<Uuid, (Uuid, CallState)>,
     pub policies: HashMap<Uuid, RetryPolicy>,
     pub completed: HashSet<Uuid>,
+    /// Each call's number and last event number.
+    pub streams: HashMap<Uuid, (String, u32)>,
 }
 
 /// Applies `events` in arrival order to `known.calls` (updated as they go); `samples` gives a
@@ -120,12 +127,23 @@ pub(crate) fn decide<'a>(
             d.report.dead_letters.push((e.clone(), why.clone()));
         }
         note_timeline(&mut d.timeline, *campaign, e);
+        if let Some((phone_number, seq)) = known.streams.get_mut(&e.call_id) {
+            let mut s =
+                CallStream { campaign: *campaign, call: e.call_id, phone_number: phone_number.clone(), seq: *seq };
+            outbox::status_events(&mut s, e, &change, event_time(now_ms), &mut d.events);
+            *seq = s.seq;
+            d.event_seqs.insert(e.call_id, s.seq);
+        }
         state.status = change.status;
         state.attempt_count = change.attempt_count;
         state.retry_delay_ms = change.retry_delay_ms;
         d.changed.insert(e.call_id, (*campaign, change));
     }
     d
+}
+
+fn event_time(ms: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
 }
 
 /// A retry never starts before the abandoned attempt may still be up; a completed campaign
@@ -190,6 +208,7 @@ mod tests {
             calls: calls.iter().map(|c| (Uuid::from_u128(*c), (campaign, state.clone()))).collect(),
             policies: HashMap::from([(campaign, RetryPolicy { max_attempts: 3, ..RetryPolicy::default() })]),
             completed: if completed { HashSet::from([campaign]) } else { HashSet::new() },
+            streams: calls.iter().map(|c| (Uuid::from_u128(*c), ("+15550000000".to_string(), 1))).collect(),
         }
     }
 
@@ -209,6 +228,14 @@ mod tests {
         let (_, retry) = &d.changed[&Uuid::from_u128(2)];
         assert!(retry.next_attempt_at_ms.expect("a retry") >= 50_000, "not before the old attempt may be up");
         assert_eq!(d.timeline[&(Uuid::from_u128(1), 1)].2, "completed", "the outcome wins over the start");
+        let logged: Vec<(u128, u32, &str)> =
+            d.events.iter().map(|e| (e.stream_id.as_u128(), e.stream_seq, e.kind.as_str())).collect();
+        assert_eq!(
+            logged,
+            vec![(1, 2, "call.started"), (1, 3, "call.completed"), (2, 2, "call.failed")],
+            "applied events only, numbered after the call's last"
+        );
+        assert_eq!((d.event_seqs[&Uuid::from_u128(1)], d.event_seqs[&Uuid::from_u128(2)]), (3, 2));
     }
 
     #[test]

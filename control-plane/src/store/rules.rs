@@ -283,7 +283,8 @@ macro_rules! rules_store {
                     q.push_values(chunk, |mut b, (c, until, _)| {
                         b.push_bind(campaign_id).push_bind(c.id).push_bind(*until);
                     });
-                    q.push(") UPDATE calls SET status = 'pending', attempt_count = attempt_count - 1, queued_at = NULL, \
+                    // The claim's event number is given back too: a held call logged nothing.
+                    q.push(") UPDATE calls SET status = 'pending', attempt_count = attempt_count - 1, event_seq = event_seq - 1, queued_at = NULL, \
                         next_attempt_at = v.next_at, updated_at = ");
                     q.push_bind(at).push(" FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id");
                     q.build().execute(&mut *conn).await?;

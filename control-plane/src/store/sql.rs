@@ -525,6 +525,8 @@ macro_rules! sql_store {
                 let mut tx = begin(pool).await?;
                 let mut q = QueryBuilder::<Db>::new("UPDATE campaigns SET status = ");
                 q.push_bind(next.as_str()).push(", updated_at = ").push_bind(at);
+                // Two events for a completion (the change, then the final stats), one otherwise.
+                q.push(", event_seq = event_seq + ").push_bind(if next == CampaignStatus::Completed { 2i32 } else { 1 });
                 match next {
                     CampaignStatus::InProgress => {
                         q.push(", started_at = COALESCE(started_at, ").push_bind(at).push(")");
@@ -551,7 +553,9 @@ macro_rules! sql_store {
                 if next == CampaignStatus::Completed {
                     cancelled = cancel_pending(&mut tx, id, at).await?;
                 }
-                insert_event(&mut tx, id, action.as_str(), json!({"status": next.as_str(), "cancelled_calls": cancelled}), at).await?;
+                let detail = json!({"status": next.as_str(), "cancelled_calls": cancelled});
+                insert_event(&mut tx, id, action.as_str(), detail.clone(), at).await?;
+                log_campaign(&mut tx, id, action.as_str(), next, detail, at).await?;
                 let campaign = fetch_campaign(&mut tx, id).await?;
                 tx.commit().await?;
                 Ok(campaign)
@@ -585,6 +589,11 @@ macro_rules! sql_store {
             }
 
             pub async fn stats(pool: &Pool, id: Uuid) -> Result<CampaignStats, StoreError> {
+                let mut conn = pool.acquire().await?;
+                read_stats(&mut conn, id).await
+            }
+
+            async fn read_stats(conn: &mut Conn, id: Uuid) -> Result<CampaignStats, StoreError> {
                 let row = sqlx::query(
                     "SELECT total_calls, pending_calls, queued_calls, in_progress_calls, completed_calls, failed_calls, \
                      retries_attempted, attempts_total, failed_busy, failed_no_answer, failed_rejected, \
@@ -592,7 +601,7 @@ macro_rules! sql_store {
                      FROM campaign_stats WHERE campaign_id = $1",
                 )
                 .bind(id)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?
                 .ok_or(StoreError::NotFound("campaign"))?;
                 stats_from_row(id, &row)
@@ -984,11 +993,11 @@ macro_rules! sql_store {
                 // PostgreSQL scan every pending call of the campaign for each of the n ids.
                 // The rows are locked and pending: nothing else can have changed them.
                 let sql = format!(
-                    "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, queued_at = $2, updated_at = $2 \
+                    "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, event_seq = event_seq + 1, queued_at = $2, updated_at = $2 \
                      WHERE id {}SELECT id FROM calls \
                      WHERE campaign_id = $1 AND status = 'pending' AND zone = $4 AND {cond} \
                      ORDER BY next_attempt_at, id LIMIT $3{}{} \
-                     RETURNING id, phone_number, attempt_count, zone",
+                     RETURNING id, phone_number, attempt_count, zone, event_seq",
                     $claim_in.0,
                     $skip_locked,
                     $claim_in.1,
@@ -1001,6 +1010,7 @@ macro_rules! sql_store {
                             phone_number: r.try_get("phone_number")?,
                             attempt: r.try_get::<i32, _>("attempt_count")? as u32,
                             zone: r.try_get::<Option<String>, _>("zone")?.unwrap_or_default(),
+                            event_seq: r.try_get::<i32, _>("event_seq")? as u32,
                         })
                     })
                     .collect()
@@ -1059,6 +1069,9 @@ macro_rules! sql_store {
                 }
                 let screened = super::super::rules::$module::screen(&mut tx, campaign_id, out, rules, at).await?;
                 claim_stats(&mut tx, campaign_id, &screened).await?;
+                let skipped: Vec<(ClaimedCall, &str)> = screened.skipped.iter().map(|(c, r)| (c.clone(), r.as_str())).collect();
+                let events = super::super::outbox::claimed(campaign_id, &screened.dial, &skipped, at);
+                super::super::events::$module::append(&mut tx, &events).await?;
                 tx.commit().await?;
                 Ok(screened)
             }
@@ -1100,24 +1113,33 @@ macro_rules! sql_store {
                 let (to, error) = if completed { ("failed", Some(CANCELLED)) } else { ("pending", None) };
                 let mut n = 0i64;
                 let mut retries = 0i64;
+                let mut events = Vec::new();
                 for c in calls {
+                    // A cancelled call logs its end (its `queued` stands: the claim committed it).
                     let r = sqlx::query(
                         "UPDATE calls SET status = $4, last_error = COALESCE($5, last_error), \
-                         attempt_count = attempt_count - 1, queued_at = NULL \
-                         WHERE campaign_id = $1 AND id = $2 AND status = 'queued' AND attempt_count = $3",
+                         attempt_count = attempt_count - 1, queued_at = NULL, event_seq = event_seq + $6 \
+                         WHERE campaign_id = $1 AND id = $2 AND status = 'queued' AND attempt_count = $3 RETURNING event_seq",
                     )
                     .bind(campaign_id)
                     .bind(c.id)
                     .bind(c.attempt as i32)
                     .bind(to)
                     .bind(error)
-                    .execute(&mut **tx)
+                    .bind(i32::from(completed))
+                    .fetch_optional(&mut **tx)
                     .await?;
-                    if r.rows_affected() == 1 {
+                    if let Some(r) = r {
                         n += 1;
                         retries += i64::from(c.attempt > 1);
+                        if completed {
+                            let seq = r.try_get::<i32, _>("event_seq")? as u32;
+                            let stream = super::super::outbox::CallStream { campaign: campaign_id, call: c.id, phone_number: c.phone_number.clone(), seq };
+                            super::super::outbox::cancelled(stream, c.attempt - 1, now(), &mut events);
+                        }
                     }
                 }
+                super::super::events::$module::append(&mut tx, &events).await?;
                 let (pending, failed) = if completed { (0, n) } else { (n, 0) };
                 sqlx::query(
                     "UPDATE campaign_stats SET pending_calls = pending_calls + $1, failed_calls = failed_calls + $2, \
@@ -1139,16 +1161,17 @@ macro_rules! sql_store {
             /// cancelled. Runs after the campaign row's update, in its transaction: writers that
             /// read the campaign `FOR SHARE` have committed by then and their calls are seen.
             async fn cancel_pending(conn: &mut Conn, id: Uuid, at: DateTime<Utc>) -> Result<u64, StoreError> {
-                let cancelled = sqlx::query(
-                    "UPDATE calls SET status = 'failed', last_error = $1, next_attempt_at = NULL, updated_at = $2 \
-                     WHERE campaign_id = $3 AND status = 'pending'",
+                let rows = sqlx::query(
+                    "UPDATE calls SET status = 'failed', last_error = $1, next_attempt_at = NULL, updated_at = $2, \
+                     event_seq = event_seq + 1 WHERE campaign_id = $3 AND status = 'pending' \
+                     RETURNING id, phone_number, attempt_count, event_seq",
                 )
                 .bind(CANCELLED)
                 .bind(at)
                 .bind(id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+                .fetch_all(&mut *conn)
+                .await?;
+                let cancelled = rows.len() as u64;
                 if cancelled > 0 {
                     sqlx::query(
                         "UPDATE campaign_stats SET pending_calls = pending_calls - $1, failed_calls = failed_calls + $1 \
@@ -1159,7 +1182,30 @@ macro_rules! sql_store {
                     .execute(&mut *conn)
                     .await?;
                 }
+                let mut events = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let stream = super::super::outbox::CallStream {
+                        campaign: id,
+                        call: r.try_get("id")?,
+                        phone_number: r.try_get("phone_number")?,
+                        seq: r.try_get::<i32, _>("event_seq")? as u32,
+                    };
+                    super::super::outbox::cancelled(stream, r.try_get::<i32, _>("attempt_count")? as u32, at, &mut events);
+                }
+                super::super::events::$module::append(conn, &events).await?;
                 Ok(cancelled)
+            }
+
+            /// Logs a campaign's status change (and, completed, its final stats) in its transaction.
+            async fn log_campaign(conn: &mut Conn, id: Uuid, action: &str, status: CampaignStatus, detail: Value, at: DateTime<Utc>) -> Result<(), StoreError> {
+                let seq: i32 = sqlx::query_scalar("SELECT event_seq FROM campaigns WHERE id = $1").bind(id).fetch_one(&mut *conn).await?;
+                let stats = if status == CampaignStatus::Completed {
+                    Some(serde_json::to_value(read_stats(conn, id).await?).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+                } else {
+                    None
+                };
+                let events = super::super::outbox::campaign_changed(id, seq as u32, action, status.as_str(), detail, stats, at);
+                super::super::events::$module::append(conn, &events).await
             }
 
             /// Completes in-progress campaigns whose every call is terminal; returns their ids. A
@@ -1168,7 +1214,7 @@ macro_rules! sql_store {
                 let at = now();
                 let mut tx = begin(pool).await?;
                 let ids: Vec<Uuid> = sqlx::query_scalar(
-                    "UPDATE campaigns SET status = 'completed', completed_at = $1, updated_at = $1 \
+                    "UPDATE campaigns SET status = 'completed', completed_at = $1, updated_at = $1, event_seq = event_seq + 2 \
                      WHERE status = 'in_progress' AND id IN (SELECT campaign_id FROM campaign_stats \
                      WHERE pending_calls = 0 AND queued_calls = 0 AND in_progress_calls = 0) RETURNING id",
                 )
@@ -1177,14 +1223,9 @@ macro_rules! sql_store {
                 .await?;
                 for id in &ids {
                     let cancelled = cancel_pending(&mut tx, *id, at).await?;
-                    insert_event(
-                        &mut tx,
-                        *id,
-                        "complete",
-                        json!({"status": "completed", "by": "scheduler: every call is terminal", "cancelled_calls": cancelled}),
-                        at,
-                    )
-                    .await?;
+                    let detail = json!({"status": "completed", "by": "scheduler: every call is terminal", "cancelled_calls": cancelled});
+                    insert_event(&mut tx, *id, "complete", detail.clone(), at).await?;
+                    log_campaign(&mut tx, *id, "complete", CampaignStatus::Completed, detail, at).await?;
                 }
                 tx.commit().await?;
                 Ok(ids)
@@ -1270,14 +1311,15 @@ macro_rules! sql_store {
                 let mut known = Known::default();
                 let campaigns = sorted_unique(events.iter().map(|e| e.campaign_id));
                 load_campaigns(&mut tx, &campaigns, &mut known.policies, &mut known.completed).await?;
-                known.calls = lock_calls(&mut tx, &sorted_unique(events.iter().map(|e| e.call_id))).await?;
+                (known.calls, known.streams) = lock_calls(&mut tx, &sorted_unique(events.iter().map(|e| e.call_id))).await?;
                 // An event naming another campaign than its call's: the call's campaign rules.
                 let others = sorted_unique(known.calls.values().map(|(c, _)| *c).filter(|c| !known.policies.contains_key(c)));
                 load_campaigns(&mut tx, &others, &mut known.policies, &mut known.completed).await?;
                 let d = crate::store::record::decide(events, &mut known, now_ms, retry_not_before_ms, samples);
-                write_calls(&mut tx, &d.changed).await?;
+                write_calls(&mut tx, &d.changed, &d.event_seqs).await?;
                 write_timeline(&mut tx, cql, &d.timeline).await?;
                 write_stats(&mut tx, &d.deltas).await?;
+                super::super::events::$module::append(&mut tx, &d.events).await?;
                 tx.commit().await?;
                 Ok(d.report)
             }
@@ -1287,11 +1329,12 @@ macro_rules! sql_store {
             async fn lock_calls(
                 tx: &mut sqlx::Transaction<'static, Db>,
                 call_ids: &[Uuid],
-            ) -> Result<HashMap<Uuid, (Uuid, CallState)>, StoreError> {
+            ) -> Result<(HashMap<Uuid, (Uuid, CallState)>, HashMap<Uuid, (String, u32)>), StoreError> {
                 let mut states = HashMap::new();
+                let mut streams = HashMap::new();
                 for chunk in call_ids.chunks(LOOKUP_CHUNK) {
                     let mut q = QueryBuilder::<Db>::new(
-                        "SELECT campaign_id, id, status, attempt_count, retry_delay_ms FROM calls WHERE id IN (",
+                        "SELECT campaign_id, id, status, attempt_count, retry_delay_ms, phone_number, event_seq FROM calls WHERE id IN (",
                     );
                     let mut sep = q.separated(", ");
                     for id in chunk {
@@ -1307,18 +1350,20 @@ macro_rules! sql_store {
                             retry_delay_ms: r.try_get::<Option<i64>, _>("retry_delay_ms")?.map(|v| v.max(0) as u64),
                         };
                         states.insert(r.try_get("id")?, (r.try_get("campaign_id")?, state));
+                        streams.insert(r.try_get("id")?, (r.try_get("phone_number")?, r.try_get::<i32, _>("event_seq")? as u32));
                     }
                 }
-                Ok(states)
+                Ok((states, streams))
             }
 
             async fn write_calls(
                 tx: &mut sqlx::Transaction<'static, Db>,
                 changed: &HashMap<Uuid, (Uuid, lifecycle::Change)>,
+                event_seqs: &HashMap<Uuid, u32>,
             ) -> Result<(), StoreError> {
                 let rows: Vec<(&Uuid, &(Uuid, lifecycle::Change))> = changed.iter().collect();
                 for chunk in rows.chunks(CHUNK_ROWS / 4) {
-                    let mut q = QueryBuilder::<Db>::new("WITH v(cid, id, status, attempts, next_at, delay, err) AS (");
+                    let mut q = QueryBuilder::<Db>::new("WITH v(cid, id, status, attempts, next_at, delay, err, eseq) AS (");
                     q.push_values(chunk, |mut b, (id, (cid, c))| {
                         b.push_bind(*cid)
                             .push_bind(**id)
@@ -1326,11 +1371,12 @@ macro_rules! sql_store {
                             .push_bind(c.attempt_count as i32)
                             .push_bind(c.next_attempt_at_ms.map(ms_to_time))
                             .push_bind(c.retry_delay_ms.map(|v| v as i64))
-                            .push_bind(c.last_error.clone());
+                            .push_bind(c.last_error.clone())
+                            .push_bind(event_seqs.get(*id).map(|s| *s as i32));
                     });
                     q.push(
                         ") UPDATE calls SET status = v.status, attempt_count = v.attempts, next_attempt_at = v.next_at, \
-                         retry_delay_ms = v.delay, last_error = v.err, updated_at = ",
+                         retry_delay_ms = v.delay, last_error = v.err, event_seq = COALESCE(v.eseq, calls.event_seq), updated_at = ",
                     );
                     q.push_bind(now());
                     q.push(" FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id");

@@ -1,0 +1,798 @@
+//! The SQL of the event log, the webhook endpoints and their deliveries (issue 20), written once
+//! and expanded for each backend by `events_store!`.
+//!
+//! - [`append`](pg::append) runs inside the transactions that change calls and campaigns: an
+//!   event exists exactly when its change committed (an outbox).
+//! - [`sequence`](pg::sequence) numbers committed events (one sequencer at a time: the
+//!   `event_sequencer` row lock) and fans them out to the endpoints that want them.
+//! - Deliveries are claimed per endpoint under the endpoint's row lock (its concurrency and token
+//!   bucket hold across replicas), only at the head of their stream on that endpoint (an event is
+//!   never sent before its stream's earlier events are delivered), with a lease.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use dialer_domain::events::{Answer, Next};
+use uuid::Uuid;
+
+/// Rows per multi-row INSERT into `events` (7 columns, under SQLite's 32,766 parameters).
+const EVENT_CHUNK: usize = 2000;
+/// Ids per `IN (…)` or VALUES list.
+const CHUNK: usize = 1000;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Whether writers append events (`events.enabled`; on by default). Off, nothing is logged, so
+/// neither webhooks nor the live stream see anything: for operators who want neither, and for
+/// `bench webhooks` to measure what the log costs the recorder.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A numbered event of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub seq: i64,
+    pub campaign_id: Uuid,
+    pub kind: String,
+    pub body: String,
+}
+
+/// What one run of the sequencer did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sequenced {
+    pub events: u64,
+    pub deliveries: u64,
+    /// The last number given (0: none).
+    pub last_seq: i64,
+    /// Endpoints that got deliveries.
+    pub endpoints: Vec<Uuid>,
+}
+
+/// An enabled endpoint as the delivery worker needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveEndpoint {
+    pub id: Uuid,
+    pub url: String,
+    /// The secrets that sign: the current one, and the previous one during a rotation.
+    pub secrets: Vec<String>,
+    pub max_concurrency: u32,
+}
+
+/// A delivery claimed for one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedDelivery {
+    pub endpoint_id: Uuid,
+    pub seq: i64,
+    pub stream_id: Uuid,
+    pub stream_seq: i32,
+    /// This attempt's number (1 = first); the result is written only if it still matches.
+    pub attempts: u32,
+    pub window_start: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub body: String,
+}
+
+/// Deliveries claimed for an endpoint, with its URL and signing secrets as of the claim (a
+/// rotation or a new URL applies from the next claim on).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claim {
+    pub url: String,
+    pub secrets: Vec<String>,
+    pub deliveries: Vec<ClaimedDelivery>,
+}
+
+/// A finished attempt and what follows from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub delivery: ClaimedDelivery,
+    pub answer: Answer,
+    pub next: Next,
+}
+
+/// A dead letter: an event an endpoint never took.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    /// The event's log position (replay names it).
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub attempts: u32,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    pub dead_at: Option<DateTime<Utc>>,
+    /// The event as it would be delivered.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+/// Deliveries by state, for the queue-depth and dead-letter gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    pub pending: i64,
+    pub sending: i64,
+    pub dead: i64,
+}
+
+/// The stored form of [`dialer_domain::events::Next`] for a write.
+fn state_of(next: &Next) -> &'static str {
+    match next {
+        Next::Delivered => "delivered",
+        Next::Retry(_) => "pending",
+        Next::Dead | Next::Gone => "dead",
+    }
+}
+
+macro_rules! events_store {
+    ($module:ident, $db:ty, $sql:ident, pg = $pg:literal) => {
+        pub(crate) mod $module {
+            use chrono::{DateTime, Utc};
+            use dialer_domain::events::{log_order, EventType, NewEvent, Next, Subscription, Unsequenced};
+            use dialer_domain::webhooks::{types_column, types_from_column, EndpointSettings, Webhook};
+            use sqlx::{QueryBuilder, Row};
+            use uuid::Uuid;
+
+            use super::{
+                enabled, state_of, ActiveEndpoint, Claim, ClaimedDelivery, DeadLetter, Finished, LoggedEvent, QueueCounts, Sequenced,
+                CHUNK, EVENT_CHUNK,
+            };
+            use crate::store::sql::$sql::begin;
+            use crate::store::sql::now;
+            use crate::store::StoreError;
+
+            type Db = $db;
+            type Pool = sqlx::Pool<Db>;
+            type Conn = <Db as sqlx::Database>::Connection;
+            type DbRow = <Db as sqlx::Database>::Row;
+
+            const FOR_UPDATE: &str = if $pg { " FOR UPDATE" } else { "" };
+
+            /// Appends events in the caller's transaction (nothing when `events.enabled` is off).
+            pub async fn append(conn: &mut Conn, events: &[NewEvent]) -> Result<(), StoreError> {
+                if !enabled() || events.is_empty() {
+                    return Ok(());
+                }
+                for chunk in events.chunks(EVENT_CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new(
+                        "INSERT INTO events (id, campaign_id, stream_id, stream_seq, kind, body, created_at) ",
+                    );
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.id)
+                            .push_bind(e.campaign_id)
+                            .push_bind(e.stream_id)
+                            .push_bind(e.stream_seq as i32)
+                            .push_bind(e.kind.as_str())
+                            .push_bind(e.body.as_str())
+                            .push_bind(e.created_at);
+                    });
+                    q.build().execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
+            /// Numbers up to `limit` committed events after the last numbered one and fans them
+            /// out to the enabled endpoints that want them, in one transaction.
+            pub async fn sequence(pool: &Pool, limit: usize) -> Result<Sequenced, StoreError> {
+                let mut tx = begin(pool).await?;
+                let next: i64 = sqlx::query_scalar(&format!("SELECT next_seq FROM event_sequencer WHERE id = 1{FOR_UPDATE}"))
+                    .fetch_one(&mut **tx)
+                    .await?;
+                let rows = sqlx::query(
+                    "SELECT id, campaign_id, stream_id, stream_seq, kind FROM events WHERE seq IS NULL ORDER BY created_at, id LIMIT $1",
+                )
+                .bind(limit as i64)
+                .fetch_all(&mut **tx)
+                .await?;
+                if rows.is_empty() {
+                    return Ok(Sequenced::default());
+                }
+                let batch: Vec<(Uuid, Uuid, Unsequenced, Option<EventType>)> = rows.iter().map(batch_row).collect::<Result<_, _>>()?;
+                let order = log_order(&batch.iter().map(|b| b.2).collect::<Vec<_>>());
+                let numbered: Vec<(i64, &(Uuid, Uuid, Unsequenced, Option<EventType>))> =
+                    order.iter().enumerate().map(|(k, &i)| (next + k as i64, &batch[i])).collect();
+                for chunk in numbered.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new("WITH v(id, seq) AS (");
+                    q.push_values(chunk, |mut b, (seq, e)| {
+                        b.push_bind(e.0).push_bind(*seq);
+                    });
+                    q.push(") UPDATE events SET seq = v.seq FROM v WHERE events.id = v.id");
+                    q.build().execute(&mut **tx).await?;
+                }
+                let last_seq = next + numbered.len() as i64 - 1;
+                let (deliveries, endpoints) = fan_out(&mut tx, &numbered, next, last_seq).await?;
+                sqlx::query("UPDATE event_sequencer SET next_seq = $1 WHERE id = 1").bind(last_seq + 1).execute(&mut **tx).await?;
+                tx.commit().await?;
+                Ok(Sequenced { events: numbered.len() as u64, deliveries, last_seq, endpoints })
+            }
+
+            fn batch_row(r: &DbRow) -> Result<(Uuid, Uuid, Unsequenced, Option<EventType>), StoreError> {
+                let kind: String = r.try_get("kind")?;
+                let u = Unsequenced { stream: r.try_get("stream_id")?, stream_seq: r.try_get::<i32, _>("stream_seq")? as u32 };
+                Ok((r.try_get("id")?, r.try_get("campaign_id")?, u, EventType::parse(&kind)))
+            }
+
+            /// One delivery per (enabled endpoint, numbered event it wants); one that lands behind
+            /// a dead letter of its stream joins it in the dead-letter store (it would otherwise
+            /// wait for ever: nothing is sent before its stream's earlier events).
+            async fn fan_out(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                numbered: &[(i64, &(Uuid, Uuid, Unsequenced, Option<EventType>))],
+                first: i64,
+                last: i64,
+            ) -> Result<(u64, Vec<Uuid>), StoreError> {
+                let subs: Vec<(Uuid, Subscription)> = sqlx::query("SELECT id, event_types, campaign_id FROM webhook_endpoints WHERE enabled")
+                    .fetch_all(&mut **tx)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        let types: String = r.try_get("event_types")?;
+                        Ok((r.try_get("id")?, Subscription { types: types_from_column(&types), campaign: r.try_get("campaign_id")? }))
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                let mut rows = Vec::new();
+                for (seq, (_, campaign, u, kind)) in numbered {
+                    for (endpoint, sub) in &subs {
+                        if kind.is_some_and(|k| sub.wants(k, *campaign)) {
+                            rows.push((*endpoint, *seq, u.stream, u.stream_seq as i32));
+                        }
+                    }
+                }
+                let at = now();
+                for chunk in rows.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new(
+                        "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at) ",
+                    );
+                    q.push_values(chunk, |mut b, (e, seq, s, ss)| {
+                        b.push_bind(*e).push_bind(*seq).push_bind(*s).push_bind(*ss).push_bind("pending").push_bind(0i32).push_bind(at);
+                    });
+                    q.push(" ON CONFLICT (endpoint_id, seq) DO NOTHING");
+                    q.build().execute(&mut **tx).await?;
+                }
+                if !rows.is_empty() {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET state = 'dead', dead_at = $3, \
+                         last_error = 'an earlier event of its call or campaign is in the dead-letter store' \
+                         WHERE seq BETWEEN $1 AND $2 AND state = 'pending' AND EXISTS (SELECT 1 FROM webhook_deliveries p \
+                         WHERE p.endpoint_id = webhook_deliveries.endpoint_id AND p.stream_id = webhook_deliveries.stream_id \
+                         AND p.stream_seq < webhook_deliveries.stream_seq AND p.state = 'dead')",
+                    )
+                    .bind(first)
+                    .bind(last)
+                    .bind(at)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                let mut endpoints: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+                endpoints.sort();
+                endpoints.dedup();
+                Ok((rows.len() as u64, endpoints))
+            }
+
+            /// Numbered events after `after`, of one campaign or all, in log order.
+            pub async fn read_events(pool: &Pool, after: i64, campaign: Option<Uuid>, limit: usize) -> Result<Vec<LoggedEvent>, StoreError> {
+                let mut q = QueryBuilder::<Db>::new("SELECT seq, campaign_id, kind, body FROM events WHERE seq > ");
+                q.push_bind(after);
+                if let Some(c) = campaign {
+                    q.push(" AND campaign_id = ").push_bind(c);
+                }
+                q.push(" ORDER BY seq LIMIT ").push_bind(limit as i64);
+                q.build()
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(LoggedEvent {
+                            seq: r.try_get("seq")?,
+                            campaign_id: r.try_get("campaign_id")?,
+                            kind: r.try_get("kind")?,
+                            body: r.try_get("body")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// The first and last numbers the log still holds (`(0, 0)`: none yet).
+            pub async fn log_bounds(pool: &Pool) -> Result<(i64, i64), StoreError> {
+                let first: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM events WHERE seq IS NOT NULL").fetch_one(pool).await?;
+                let next: i64 = sqlx::query_scalar("SELECT next_seq FROM event_sequencer WHERE id = 1").fetch_one(pool).await?;
+                Ok((first.unwrap_or(next), next - 1))
+            }
+
+            /// Forgets up to `limit` numbered events older than `before` that no delivery needs.
+            pub async fn prune_events(pool: &Pool, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+                let mut tx = begin(pool).await?;
+                let n = sqlx::query(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE seq IS NOT NULL AND created_at < $1 \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.seq = e.seq) ORDER BY created_at LIMIT $2)",
+                )
+                .bind(before)
+                .bind(limit as i64)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            const ENDPOINT_COLUMNS: &str = "id, url, description, secret, previous_secret, previous_expires_at, event_types, \
+                campaign_id, enabled, disabled_reason, max_concurrency, rate_per_sec, created_at, updated_at";
+
+            fn webhook_from_row(r: &DbRow, with_secret: bool) -> Result<Webhook, StoreError> {
+                let types: String = r.try_get("event_types")?;
+                let expires: Option<DateTime<Utc>> = r.try_get("previous_expires_at")?;
+                Ok(Webhook {
+                    id: r.try_get("id")?,
+                    url: r.try_get("url")?,
+                    description: r.try_get("description")?,
+                    event_types: types_from_column(&types).iter().map(|t| t.as_str().to_string()).collect(),
+                    campaign_id: r.try_get("campaign_id")?,
+                    max_concurrency: r.try_get::<i32, _>("max_concurrency")? as u32,
+                    rate_per_sec: r.try_get::<i32, _>("rate_per_sec")? as u32,
+                    enabled: r.try_get("enabled")?,
+                    disabled_reason: r.try_get("disabled_reason")?,
+                    secret: if with_secret { Some(r.try_get("secret")?) } else { None },
+                    previous_secret_expires_at: expires.filter(|t| *t > now()),
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            }
+
+            async fn campaign_exists(conn: &mut Conn, id: Option<Uuid>) -> Result<(), StoreError> {
+                let Some(id) = id else { return Ok(()) };
+                match sqlx::query("SELECT id FROM campaigns WHERE id = $1").bind(id).fetch_optional(&mut *conn).await? {
+                    Some(_) => Ok(()),
+                    None => Err(dialer_domain::FieldError::new("campaign_id", "no such campaign").into()),
+                }
+            }
+
+            pub async fn create_endpoint(pool: &Pool, s: &EndpointSettings, secret: &str) -> Result<Webhook, StoreError> {
+                let (id, at) = (Uuid::now_v7(), now());
+                let mut tx = begin(pool).await?;
+                campaign_exists(&mut tx, s.subscription.campaign).await?;
+                sqlx::query(
+                    "INSERT INTO webhook_endpoints (id, url, description, secret, event_types, campaign_id, enabled, \
+                     max_concurrency, rate_per_sec, rate_tokens, rate_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10, $10, $10)",
+                )
+                .bind(id)
+                .bind(&s.url)
+                .bind(&s.description)
+                .bind(secret)
+                .bind(types_column(&s.subscription.types))
+                .bind(s.subscription.campaign)
+                .bind(s.max_concurrency as i32)
+                .bind(s.rate_per_sec as i32)
+                .bind(f64::from(s.rate_per_sec))
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+                let w = fetch_endpoint(&mut tx, id, true).await?;
+                tx.commit().await?;
+                Ok(w)
+            }
+
+            async fn fetch_endpoint(conn: &mut Conn, id: Uuid, with_secret: bool) -> Result<Webhook, StoreError> {
+                let r = sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .ok_or(StoreError::NotFound("webhook"))?;
+                webhook_from_row(&r, with_secret)
+            }
+
+            pub async fn get_endpoint(pool: &Pool, id: Uuid) -> Result<Webhook, StoreError> {
+                let mut conn = pool.acquire().await?;
+                fetch_endpoint(&mut conn, id, false).await
+            }
+
+            pub async fn list_endpoints(pool: &Pool) -> Result<Vec<Webhook>, StoreError> {
+                sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY id"))
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| webhook_from_row(r, false))
+                    .collect()
+            }
+
+            /// Applies `patch` to the endpoint's settings (read and written under its row lock).
+            pub async fn update_endpoint(
+                pool: &Pool,
+                id: Uuid,
+                patch: &dialer_domain::webhooks::UpdateWebhookRequest,
+            ) -> Result<Webhook, StoreError> {
+                let mut tx = begin(pool).await?;
+                let r = sqlx::query(&format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1{FOR_UPDATE}"))
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .ok_or(StoreError::NotFound("webhook"))?;
+                let w = webhook_from_row(&r, false)?;
+                let current = EndpointSettings {
+                    url: w.url,
+                    description: w.description,
+                    subscription: Subscription { types: types_from_column(&r.try_get::<String, _>("event_types")?), campaign: w.campaign_id },
+                    max_concurrency: w.max_concurrency,
+                    rate_per_sec: w.rate_per_sec,
+                };
+                let s = patch.apply(&current)?;
+                campaign_exists(&mut tx, patch.campaign_id).await?;
+                let enabled = patch.enabled.unwrap_or(w.enabled);
+                sqlx::query(
+                    "UPDATE webhook_endpoints SET url = $2, description = $3, event_types = $4, campaign_id = $5, \
+                     max_concurrency = $6, rate_per_sec = $7, enabled = $8, \
+                     disabled_reason = CASE WHEN $8 THEN NULL ELSE disabled_reason END, updated_at = $9 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&s.url)
+                .bind(&s.description)
+                .bind(types_column(&s.subscription.types))
+                .bind(s.subscription.campaign)
+                .bind(s.max_concurrency as i32)
+                .bind(s.rate_per_sec as i32)
+                .bind(enabled)
+                .bind(now())
+                .execute(&mut **tx)
+                .await?;
+                let w = fetch_endpoint(&mut tx, id, false).await?;
+                tx.commit().await?;
+                Ok(w)
+            }
+
+            /// Deletes an endpoint and its deliveries (dead letters too); `false`: no such endpoint.
+            pub async fn delete_endpoint(pool: &Pool, id: Uuid) -> Result<bool, StoreError> {
+                let mut tx = begin(pool).await?;
+                let n = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1").bind(id).execute(&mut **tx).await?.rows_affected();
+                sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1").bind(id).execute(&mut **tx).await?;
+                tx.commit().await?;
+                Ok(n == 1)
+            }
+
+            /// A new signing secret; the current one keeps signing until `keep_old_until`.
+            pub async fn rotate_secret(pool: &Pool, id: Uuid, secret: &str, keep_old_until: DateTime<Utc>) -> Result<Webhook, StoreError> {
+                let mut tx = begin(pool).await?;
+                let n = sqlx::query(
+                    "UPDATE webhook_endpoints SET previous_secret = secret, previous_expires_at = $3, secret = $2, updated_at = $4 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(secret)
+                .bind(keep_old_until)
+                .bind(now())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if n == 0 {
+                    return Err(StoreError::NotFound("webhook"));
+                }
+                let w = fetch_endpoint(&mut tx, id, true).await?;
+                tx.commit().await?;
+                Ok(w)
+            }
+
+            /// The enabled endpoints with the secrets that sign now.
+            pub async fn active_endpoints(pool: &Pool) -> Result<Vec<ActiveEndpoint>, StoreError> {
+                let at = now();
+                sqlx::query("SELECT id, url, secret, previous_secret, previous_expires_at, max_concurrency FROM webhook_endpoints WHERE enabled")
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(ActiveEndpoint {
+                            id: r.try_get("id")?,
+                            url: r.try_get("url")?,
+                            secrets: signing_secrets(r, at),
+                            max_concurrency: r.try_get::<i32, _>("max_concurrency")? as u32,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Claims up to `max` due deliveries of an endpoint for one attempt each, within its
+            /// concurrency (deliveries being sent, by any replica) and its token bucket (a second
+            /// of its rate at most), each at the head of its stream, leased until `lease_until`.
+            pub async fn claim_deliveries(
+                pool: &Pool,
+                endpoint: Uuid,
+                max: usize,
+                lease_until: DateTime<Utc>,
+            ) -> Result<Claim, StoreError> {
+                let at = now();
+                let mut tx = begin(pool).await?;
+                let Some((n, url, secrets)) = claimable(&mut tx, endpoint, max, at).await? else {
+                    return Ok(Claim::default());
+                };
+                let sql = format!(
+                    "UPDATE webhook_deliveries SET state = 'sending', attempts = attempts + 1, lease_until = $3, \
+                     window_start = COALESCE(window_start, $2) WHERE endpoint_id = $1 AND state = 'pending' AND seq IN (\
+                     SELECT d.seq FROM webhook_deliveries d WHERE d.endpoint_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.endpoint_id = d.endpoint_id \
+                     AND p.stream_id = d.stream_id AND p.stream_seq < d.stream_seq) \
+                     ORDER BY d.next_attempt_at, d.seq LIMIT $4) \
+                     RETURNING seq, stream_id, stream_seq, attempts, window_start"
+                );
+                let rows = sqlx::query(&sql).bind(endpoint).bind(at).bind(lease_until).bind(n as i64).fetch_all(&mut **tx).await?;
+                sqlx::query("UPDATE webhook_endpoints SET rate_tokens = rate_tokens - $2 WHERE id = $1")
+                    .bind(endpoint)
+                    .bind(rows.len() as f64)
+                    .execute(&mut **tx)
+                    .await?;
+                let deliveries = with_bodies(&mut tx, endpoint, &rows).await?;
+                tx.commit().await?;
+                Ok(Claim { url, secrets, deliveries })
+            }
+
+            /// How many deliveries the endpoint may start now (`None`: none, or disabled), its URL
+            /// and the secrets that sign now; its bucket refilled to now.
+            async fn claimable(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                endpoint: Uuid,
+                max: usize,
+                at: DateTime<Utc>,
+            ) -> Result<Option<(usize, String, Vec<String>)>, StoreError> {
+                let Some(r) = sqlx::query(&format!(
+                    "SELECT enabled, max_concurrency, rate_per_sec, rate_tokens, rate_at, url, secret, previous_secret, \
+                     previous_expires_at FROM webhook_endpoints WHERE id = $1{FOR_UPDATE}"
+                ))
+                .bind(endpoint)
+                .fetch_optional(&mut **tx)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                if !r.try_get::<bool, _>("enabled")? {
+                    return Ok(None);
+                }
+                let rate = f64::from(r.try_get::<i32, _>("rate_per_sec")?);
+                let since: DateTime<Utc> = r.try_get("rate_at")?;
+                let elapsed = (at - since).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6;
+                let tokens = (r.try_get::<f64, _>("rate_tokens")? + elapsed * rate).min(rate);
+                sqlx::query("UPDATE webhook_endpoints SET rate_tokens = $2, rate_at = $3 WHERE id = $1")
+                    .bind(endpoint)
+                    .bind(tokens)
+                    .bind(at)
+                    .execute(&mut **tx)
+                    .await?;
+                let sending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'sending'")
+                    .bind(endpoint)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                let free = (i64::from(r.try_get::<i32, _>("max_concurrency")?) - sending).max(0) as usize;
+                let n = max.min(free).min(tokens.max(0.0).floor() as usize);
+                Ok((n > 0).then(|| (n, r.try_get("url").unwrap_or_default(), signing_secrets(&r, at))))
+            }
+
+            /// The current secret, and the previous one while its rotation lasts.
+            fn signing_secrets(r: &DbRow, at: DateTime<Utc>) -> Vec<String> {
+                let mut secrets: Vec<String> = r.try_get("secret").into_iter().collect();
+                let previous: Option<String> = r.try_get("previous_secret").ok().flatten();
+                let expires: Option<DateTime<Utc>> = r.try_get("previous_expires_at").ok().flatten();
+                if let (Some(p), Some(e)) = (previous, expires) {
+                    if e > at {
+                        secrets.push(p);
+                    }
+                }
+                secrets
+            }
+
+            async fn with_bodies(tx: &mut sqlx::Transaction<'static, Db>, endpoint: Uuid, rows: &[DbRow]) -> Result<Vec<ClaimedDelivery>, StoreError> {
+                let mut bodies = std::collections::HashMap::new();
+                for chunk in rows.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new("SELECT seq, body, created_at FROM events WHERE seq IN (");
+                    let mut sep = q.separated(", ");
+                    for r in chunk {
+                        sep.push_bind(r.try_get::<i64, _>("seq")?);
+                    }
+                    q.push(")");
+                    for r in q.build().fetch_all(&mut **tx).await? {
+                        bodies.insert(r.try_get::<i64, _>("seq")?, (r.try_get::<String, _>("body")?, r.try_get::<DateTime<Utc>, _>("created_at")?));
+                    }
+                }
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let seq: i64 = r.try_get("seq")?;
+                    let (body, created_at) = bodies.remove(&seq).ok_or_else(|| StoreError::Corrupt(format!("delivery of event {seq} without its event")))?;
+                    out.push(ClaimedDelivery {
+                        endpoint_id: endpoint,
+                        seq,
+                        stream_id: r.try_get("stream_id")?,
+                        stream_seq: r.try_get("stream_seq")?,
+                        attempts: r.try_get::<i32, _>("attempts")? as u32,
+                        window_start: r.try_get::<Option<DateTime<Utc>>, _>("window_start")?.unwrap_or(created_at),
+                        created_at,
+                        body,
+                    });
+                }
+                out.sort_by_key(|d| d.seq);
+                Ok(out)
+            }
+
+            /// Writes finished attempts in one transaction. A result is dropped when the delivery
+            /// is no longer this attempt's (its lease expired and another replica took it).
+            pub async fn finish_deliveries(pool: &Pool, done: &[Finished]) -> Result<(), StoreError> {
+                if done.is_empty() {
+                    return Ok(());
+                }
+                let at = now();
+                let mut tx = begin(pool).await?;
+                let (delivered, others): (Vec<&Finished>, Vec<&Finished>) = done.iter().partition(|f| f.next == Next::Delivered);
+                for chunk in delivered.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new("WITH v(e, s, a) AS (");
+                    q.push_values(chunk, |mut b, f| {
+                        b.push_bind(f.delivery.endpoint_id).push_bind(f.delivery.seq).push_bind(f.delivery.attempts as i32);
+                    });
+                    q.push(") DELETE FROM webhook_deliveries WHERE state = 'sending' AND (endpoint_id, seq, attempts) IN (SELECT e, s, a FROM v)");
+                    q.build().execute(&mut **tx).await?;
+                }
+                for chunk in others.chunks(CHUNK / 2) {
+                    let mut q = QueryBuilder::<Db>::new("WITH v(e, s, a, st, next_at, code, err) AS (");
+                    q.push_values(chunk, |mut b, f| {
+                        let next_at = if let Next::Retry(t) = f.next { t } else { at };
+                        b.push_bind(f.delivery.endpoint_id)
+                            .push_bind(f.delivery.seq)
+                            .push_bind(f.delivery.attempts as i32)
+                            .push_bind(state_of(&f.next))
+                            .push_bind(next_at)
+                            .push_bind(f.answer.code().map(i32::from))
+                            .push_bind(f.answer.error());
+                    });
+                    q.push(
+                        ") UPDATE webhook_deliveries SET state = v.st, next_attempt_at = v.next_at, lease_until = NULL, \
+                         last_code = v.code, last_error = v.err, dead_at = CASE WHEN v.st = 'dead' THEN v.next_at END \
+                         FROM v WHERE webhook_deliveries.endpoint_id = v.e AND webhook_deliveries.seq = v.s \
+                         AND webhook_deliveries.attempts = v.a AND webhook_deliveries.state = 'sending'",
+                    );
+                    q.build().execute(&mut **tx).await?;
+                }
+                for f in others {
+                    match f.next {
+                        Next::Dead => bury_stream(&mut tx, &f.delivery, at).await?,
+                        Next::Gone => disable(&mut tx, f.delivery.endpoint_id, at).await?,
+                        _ => {}
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// The stream's later deliveries on that endpoint follow a dead one into the store.
+            async fn bury_stream(conn: &mut Conn, d: &ClaimedDelivery, at: DateTime<Utc>) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET state = 'dead', dead_at = $4, \
+                     last_error = 'an earlier event of its call or campaign is in the dead-letter store' \
+                     WHERE endpoint_id = $1 AND stream_id = $2 AND stream_seq > $3 AND state = 'pending'",
+                )
+                .bind(d.endpoint_id)
+                .bind(d.stream_id)
+                .bind(d.stream_seq)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            /// A 410 Gone: the endpoint is disabled and its undelivered events dead-lettered.
+            async fn disable(conn: &mut Conn, endpoint: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE webhook_endpoints SET enabled = false, updated_at = $2, \
+                     disabled_reason = 'the endpoint answered 410 Gone; PATCH enabled=true to resume' WHERE id = $1 AND enabled",
+                )
+                .bind(endpoint)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET state = 'dead', dead_at = $2, lease_until = NULL, \
+                     last_error = COALESCE(last_error, 'the endpoint answered 410 Gone') \
+                     WHERE endpoint_id = $1 AND state IN ('pending', 'sending')",
+                )
+                .bind(endpoint)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Deliveries whose lease ran out (a replica stopped mid-send) are due again.
+            pub async fn reclaim_expired(pool: &Pool) -> Result<u64, StoreError> {
+                let at = now();
+                let mut tx = begin(pool).await?;
+                let n = sqlx::query(
+                    "UPDATE webhook_deliveries SET state = 'pending', lease_until = NULL, next_attempt_at = $1, \
+                     last_error = 'lease expired: the sender stopped before it recorded an answer' \
+                     WHERE state = 'sending' AND lease_until < $1",
+                )
+                .bind(at)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            /// An endpoint's dead letters after log position `after`, in log order.
+            pub async fn dead_letters(pool: &Pool, endpoint: Uuid, after: i64, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT d.seq, d.attempts, d.last_code, d.last_error, d.window_start, d.dead_at, e.kind, e.body \
+                     FROM webhook_deliveries d JOIN events e ON e.seq = d.seq \
+                     WHERE d.endpoint_id = $1 AND d.state = 'dead' AND d.seq > $2 ORDER BY d.seq LIMIT $3",
+                )
+                .bind(endpoint)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let body: String = r.try_get("body")?;
+                        Ok(DeadLetter {
+                            seq: r.try_get("seq")?,
+                            kind: r.try_get("kind")?,
+                            attempts: r.try_get::<i32, _>("attempts")? as u32,
+                            last_status_code: r.try_get("last_code")?,
+                            last_error: r.try_get("last_error")?,
+                            first_attempt_at: r.try_get("window_start")?,
+                            dead_at: r.try_get("dead_at")?,
+                            event: serde_json::from_str(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Dead letters due again with a fresh retry window: all of the endpoint's, or the
+            /// streams of the given positions (a stream's dead letters go back together, so its
+            /// order holds). Refused while the endpoint is disabled.
+            pub async fn replay(pool: &Pool, endpoint: Uuid, seqs: Option<&[i64]>) -> Result<u64, StoreError> {
+                let mut tx = begin(pool).await?;
+                let enabled: Option<bool> =
+                    sqlx::query_scalar("SELECT enabled FROM webhook_endpoints WHERE id = $1").bind(endpoint).fetch_optional(&mut **tx).await?;
+                match enabled {
+                    None => return Err(StoreError::NotFound("webhook")),
+                    Some(false) => return Err(StoreError::Conflict("the endpoint is disabled; PATCH it with enabled=true, then replay".into())),
+                    Some(true) => {}
+                }
+                let mut q = QueryBuilder::<Db>::new(
+                    "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, window_start = NULL, dead_at = NULL, next_attempt_at = ",
+                );
+                q.push_bind(now()).push(" WHERE endpoint_id = ").push_bind(endpoint).push(" AND state = 'dead'");
+                if let Some(seqs) = seqs {
+                    if seqs.is_empty() {
+                        return Ok(0);
+                    }
+                    q.push(" AND stream_id IN (SELECT stream_id FROM webhook_deliveries WHERE endpoint_id = ").push_bind(endpoint);
+                    q.push(" AND state = 'dead' AND seq IN (");
+                    let mut sep = q.separated(", ");
+                    for s in seqs.iter().take(CHUNK) {
+                        sep.push_bind(*s);
+                    }
+                    q.push("))");
+                }
+                let n = q.build().execute(&mut **tx).await?.rows_affected();
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            /// Deliveries by state: the queue depth and the dead-letter store's size.
+            pub async fn queue_counts(pool: &Pool) -> Result<QueueCounts, StoreError> {
+                let mut c = QueueCounts::default();
+                for r in sqlx::query("SELECT state, count(*) AS n FROM webhook_deliveries GROUP BY state").fetch_all(pool).await? {
+                    let n: i64 = r.try_get("n")?;
+                    match r.try_get::<String, _>("state")?.as_str() {
+                        "pending" => c.pending = n,
+                        "sending" => c.sending = n,
+                        "dead" => c.dead = n,
+                        _ => {}
+                    }
+                }
+                Ok(c)
+            }
+        }
+    };
+}
+
+events_store!(pg, sqlx::Postgres, pg, pg = true);
+events_store!(lite, sqlx::Sqlite, lite, pg = false);

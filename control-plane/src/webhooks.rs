@@ -1,0 +1,368 @@
+//! Webhook delivery and the event log's upkeep (issue 20). Every control-plane replica runs:
+//!
+//! - the **sequencer** ([`run_sequencer`]): numbers committed events and fans them out to
+//!   endpoints (one sequencer at a time across replicas, by a row lock), then wakes this
+//!   process's deliveries and live stream;
+//! - the **deliverer** ([`Deliverer::run`]): per enabled endpoint, claims due deliveries within
+//!   the endpoint's concurrency and rate (held in the store, so they bound every replica
+//!   together), POSTs each signed event from its own task (one slow receiver holds only its own
+//!   slots), and hands the answers to one writer that records them in batches;
+//! - the **upkeep** ([`run_upkeep`]): expired leases back to due, the queue gauges, pruning.
+//!
+//! Delivery is at least once: a replica that stops mid-send leaves a lease that expires, and the
+//! event goes again. Receivers de-duplicate by the event's `id`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dialer_domain::events::{Answer, Next, RetrySchedule, SIGNATURE_HEADER, signature_header};
+use tokio::sync::{Notify, mpsc};
+use uuid::Uuid;
+
+use crate::live::LiveHub;
+use crate::store::{ActiveEndpoint, ClaimedDelivery, Finished, Store};
+
+/// How deliveries run (`[webhooks]`).
+#[derive(Clone, Debug)]
+pub struct DeliverySettings {
+    /// How long one request may take.
+    pub timeout: Duration,
+    pub retry: RetrySchedule,
+    /// Most deliveries claimed for one endpoint at once.
+    pub claim_batch: usize,
+    /// How often idle endpoints are asked for due deliveries (new events wake them at once).
+    pub poll: Duration,
+}
+
+impl DeliverySettings {
+    /// A claim's lease: the request's timeout and a margin for recording its answer.
+    pub fn lease(&self) -> Duration {
+        self.timeout + Duration::from_secs(10)
+    }
+}
+
+/// What the deliveries did, for `/metrics/summary` (the same figures as the metrics).
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub dead: AtomicU64,
+    pub gone: AtomicU64,
+    pub queue_depth: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub events_logged: AtomicU64,
+    /// Event creation → delivery, milliseconds, since the process started.
+    latency_ms: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl Summary {
+    fn record_latency(&self, ms: u64) {
+        let mut h = self.latency_ms.lock().unwrap_or_else(|p| p.into_inner());
+        let h = h.get_or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1, 86_400_000 * 7, 2).expect("valid bounds")
+        });
+        let _ = h.record(ms.clamp(1, 86_400_000 * 7));
+    }
+
+    /// The JSON of `/metrics/summary`.
+    pub fn json(&self) -> serde_json::Value {
+        let q = |v: f64| {
+            let h = self.latency_ms.lock().unwrap_or_else(|p| p.into_inner());
+            h.as_ref().map(|h| h.value_at_quantile(v))
+        };
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "queue_depth": n(&self.queue_depth),
+            "dead_letters": n(&self.dead_letters),
+            "events_logged": n(&self.events_logged),
+            "deliveries": {
+                "delivered": n(&self.delivered),
+                "retried": n(&self.retried),
+                "dead_lettered": n(&self.dead),
+                "gone": n(&self.gone),
+            },
+            "delivery_latency_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
+        })
+    }
+}
+
+/// Numbers committed events and fans them out, back to back while there is a backlog, every
+/// `poll` when idle, until `shutdown`; wakes `deliveries` and `live` after each batch.
+pub async fn run_sequencer(
+    store: Store,
+    poll: Duration,
+    deliveries: Arc<Notify>,
+    live: Option<Arc<LiveHub>>,
+    summary: Arc<Summary>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    const BATCH: usize = 2000;
+    tokio::pin!(shutdown);
+    loop {
+        let full = match store.sequence_events(BATCH).await {
+            Ok(s) => {
+                if s.events > 0 {
+                    metrics::counter!("dialer_events_logged_total").increment(s.events);
+                    summary.events_logged.fetch_add(s.events, Ordering::Relaxed);
+                    deliveries.notify_one();
+                    if let Some(l) = &live {
+                        l.wake();
+                    }
+                }
+                s.events as usize == BATCH
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "numbering events failed; will retry");
+                false
+            }
+        };
+        if full {
+            continue;
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// Expired leases back to due (every second), the queue gauges (every 5 s), events older than
+/// `keep` that no delivery needs pruned (every minute), until `shutdown`.
+pub async fn run_upkeep(
+    store: Store,
+    keep: Duration,
+    summary: Arc<Summary>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = store.reclaim_expired_deliveries().await {
+            tracing::warn!(error = %e, "reclaiming expired webhook leases failed; will retry");
+        }
+        if tick % 5 == 0 {
+            gauges(&store, &summary).await;
+        }
+        if tick % 60 == 0 {
+            let before = Utc::now() - keep;
+            match store.prune_events(before, 20_000).await {
+                Ok(n) if n > 0 => tracing::debug!(n, "pruned events past events.keep_hours"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning the event log failed; will retry"),
+            }
+        }
+        tick += 1;
+    }
+}
+
+async fn gauges(store: &Store, summary: &Summary) {
+    match store.delivery_counts().await {
+        Ok(c) => {
+            let depth = (c.pending + c.sending) as f64;
+            metrics::gauge!("dialer_webhook_queue_depth").set(depth);
+            metrics::gauge!("dialer_webhook_dead_letters").set(c.dead as f64);
+            summary.queue_depth.store((c.pending + c.sending) as u64, Ordering::Relaxed);
+            summary.dead_letters.store(c.dead as u64, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(error = %e, "counting webhook deliveries failed; will retry"),
+    }
+}
+
+/// Sends claimed deliveries and records their answers.
+#[derive(Debug)]
+pub struct Deliverer {
+    pub store: Store,
+    pub settings: DeliverySettings,
+    pub client: reqwest::Client,
+    pub summary: Arc<Summary>,
+}
+
+/// One endpoint as the deliverer holds it: its settings and its requests in flight here.
+#[derive(Debug)]
+struct Slot {
+    endpoint: Arc<ActiveEndpoint>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// How many answers wait for the writer at most (bounded: senders wait when it is full).
+const ANSWERS: usize = 4096;
+
+impl Deliverer {
+    /// The HTTP client: pooled keep-alive connections, the request timeout.
+    pub fn client(settings: &DeliverySettings) -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("dialer-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+    }
+
+    /// Delivers until `shutdown`; woken by `wake` when new deliveries were fanned out.
+    pub async fn run(self, wake: Arc<Notify>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let this = Arc::new(self);
+        let (answers, rx) = mpsc::channel(ANSWERS);
+        let writer = tokio::spawn(write_answers(this.clone(), rx));
+        let done = Arc::new(Notify::new());
+        let mut slots: HashMap<Uuid, Slot> = HashMap::new();
+        let mut refreshed: Option<Instant> = None;
+        loop {
+            if refreshed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                this.refresh(&mut slots).await;
+                refreshed = Some(Instant::now());
+            }
+            for slot in slots.values() {
+                this.claim_and_send(slot, &answers, &done).await;
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wake.notified() => {}
+                _ = done.notified() => {}
+                _ = tokio::time::sleep(this.settings.poll) => {}
+            }
+        }
+        drop(answers);
+        let _ = writer.await;
+    }
+
+    /// The enabled endpoints, keeping the in-flight counts of those that stay.
+    async fn refresh(&self, slots: &mut HashMap<Uuid, Slot>) {
+        let Ok(endpoints) = self.store.active_endpoints().await.inspect_err(|e| {
+            tracing::warn!(error = %e, "reading webhook endpoints failed; will retry");
+        }) else {
+            return;
+        };
+        let mut next = HashMap::new();
+        for e in endpoints {
+            let in_flight = slots.remove(&e.id).map(|s| s.in_flight).unwrap_or_default();
+            next.insert(e.id, Slot { endpoint: Arc::new(e), in_flight });
+        }
+        *slots = next;
+    }
+
+    /// Claims what the endpoint may send now and starts one task per delivery.
+    async fn claim_and_send(&self, slot: &Slot, answers: &mpsc::Sender<(ClaimedDelivery, Answer)>, done: &Arc<Notify>) {
+        let free = (slot.endpoint.max_concurrency as usize).saturating_sub(slot.in_flight.load(Ordering::Relaxed));
+        if free == 0 {
+            return;
+        }
+        let lease = Utc::now() + self.settings.lease();
+        let claim =
+            match self.store.claim_deliveries(slot.endpoint.id, free.min(self.settings.claim_batch), lease).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming webhook deliveries failed; will retry");
+                    return;
+                }
+            };
+        // The URL and secrets as the claim read them: a rotation applies from the next claim.
+        let endpoint = Arc::new(ActiveEndpoint { url: claim.url, secrets: claim.secrets, ..(*slot.endpoint).clone() });
+        for d in claim.deliveries {
+            slot.in_flight.fetch_add(1, Ordering::Relaxed);
+            let (client, endpoint, answers, done, in_flight) =
+                (self.client.clone(), endpoint.clone(), answers.clone(), done.clone(), slot.in_flight.clone());
+            tokio::spawn(async move {
+                let answer = send(&client, &endpoint, &d).await;
+                let _ = answers.send((d, answer)).await;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                done.notify_one();
+            });
+        }
+    }
+}
+
+/// POSTs one event, signed; what came back.
+pub async fn send(client: &reqwest::Client, endpoint: &ActiveEndpoint, d: &ClaimedDelivery) -> Answer {
+    let t = Utc::now().timestamp();
+    let secrets: Vec<&str> = endpoint.secrets.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let sent = client
+        .post(&endpoint.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature_header(t, d.body.as_bytes(), &secrets))
+        .header("Dialer-Delivery-Attempt", d.attempts.to_string())
+        .header("Dialer-Event-Seq", d.seq.to_string())
+        .body(d.body.clone())
+        .send()
+        .await;
+    let answer = match sent {
+        // The body is read (and dropped) so the connection goes back to the pool.
+        Ok(r) => {
+            let code = r.status().as_u16();
+            let _ = r.bytes().await;
+            Answer::Status(code)
+        }
+        Err(e) if e.is_timeout() => Answer::Timeout,
+        Err(e) => Answer::Connection(short(&e)),
+    };
+    metrics::histogram!("dialer_webhook_request_duration_seconds").record(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// An error's message chain, bounded (it is stored with the delivery).
+fn short(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s.chars().take(300).collect()
+}
+
+/// Records answers in batches (up to 500, or what arrived within 10 ms), retrying while the store
+/// is down; the leases of answers not yet written expire and those events go again.
+async fn write_answers(d: Arc<Deliverer>, mut rx: mpsc::Receiver<(ClaimedDelivery, Answer)>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 500).await > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
+        while batch.len() < 500 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(a)) => batch.push(a),
+                _ => break,
+            }
+        }
+        let finished: Vec<Finished> = batch.drain(..).map(|(delivery, answer)| d.decide(delivery, answer)).collect();
+        let mut wait = Duration::from_millis(100);
+        while let Err(e) = d.store.finish_deliveries(&finished).await {
+            tracing::warn!(error = %e, n = finished.len(), "recording webhook answers failed; will retry");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Deliverer {
+    /// What follows from an answer, counted.
+    fn decide(&self, delivery: ClaimedDelivery, answer: Answer) -> Finished {
+        let now = Utc::now();
+        let next =
+            self.settings.retry.next(&answer, delivery.attempts, delivery.window_start, now, rand::random::<f64>());
+        let (result, counter) = match next {
+            Next::Delivered => ("delivered", &self.summary.delivered),
+            Next::Retry(_) => ("retry", &self.summary.retried),
+            Next::Dead => ("dead", &self.summary.dead),
+            Next::Gone => ("gone", &self.summary.gone),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("dialer_webhook_deliveries_total", "result" => result, "code" => answer.label()).increment(1);
+        if next == Next::Delivered {
+            let ms = (now - delivery.created_at).num_milliseconds().max(0) as u64;
+            metrics::histogram!("dialer_webhook_delivery_latency_seconds").record(ms as f64 / 1000.0);
+            self.summary.record_latency(ms);
+        }
+        if matches!(next, Next::Dead | Next::Gone) {
+            tracing::warn!(endpoint = %delivery.endpoint_id, seq = delivery.seq, result, error = ?answer.error(), "webhook event to the dead-letter store");
+        }
+        Finished { delivery, answer, next }
+    }
+}

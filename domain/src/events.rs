@@ -1,0 +1,341 @@
+//! Customer-facing events (issue 20), pure: what happened to a call or a campaign, as the JSON
+//! body every webhook delivery and live-stream message carries; which endpoint wants which event;
+//! how the log orders a batch; the signature; what a delivery's answer means and when it is tried
+//! again.
+//!
+//! Each event belongs to a **stream**: a call's events (its id) or a campaign's own events (the
+//! campaign's id). `sequence` counts a stream's events from 1 with no gap, in the order the rows
+//! changed, so a receiver can order and detect a missing event; `id` is unique per event and
+//! stable across redeliveries, for de-duplication.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use uuid::Uuid;
+
+/// Every event type, as receivers see it (`type` of the body).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// The scheduler dispatched an attempt.
+    CallQueued,
+    /// The data plane began dialling it.
+    CallStarted,
+    /// The far end answered.
+    CallAnswered,
+    /// An answered call ended normally.
+    CallCompleted,
+    /// An attempt failed; `final` says whether the call is over.
+    CallFailed,
+    /// An attempt was never dialled (its deadline passed or its number was opted out while it
+    /// waited); the call waits for its next attempt.
+    CallExpired,
+    /// The call ended without a dial (the recipient's rules: `dnc`, `no_zone`).
+    CallSkipped,
+    /// A campaign was started, paused, resumed or completed.
+    CampaignStatusChanged,
+    /// A campaign ended, with its final stats.
+    CampaignCompleted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 9] = [
+        EventType::CallQueued,
+        EventType::CallStarted,
+        EventType::CallAnswered,
+        EventType::CallCompleted,
+        EventType::CallFailed,
+        EventType::CallExpired,
+        EventType::CallSkipped,
+        EventType::CampaignStatusChanged,
+        EventType::CampaignCompleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::CallQueued => "call.queued",
+            EventType::CallStarted => "call.started",
+            EventType::CallAnswered => "call.answered",
+            EventType::CallCompleted => "call.completed",
+            EventType::CallFailed => "call.failed",
+            EventType::CallExpired => "call.expired",
+            EventType::CallSkipped => "call.skipped",
+            EventType::CampaignStatusChanged => "campaign.status_changed",
+            EventType::CampaignCompleted => "campaign.completed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// An event to append to the log: written in the transaction that changed its rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub id: Uuid,
+    pub kind: EventType,
+    pub campaign_id: Uuid,
+    /// The call's id, or the campaign's for a campaign's own event.
+    pub stream_id: Uuid,
+    /// 1, 2, … within the stream.
+    pub stream_seq: u32,
+    pub created_at: DateTime<Utc>,
+    /// The whole body sent to receivers ([`NewEvent::new`] builds it).
+    pub body: String,
+}
+
+impl NewEvent {
+    /// An event of `stream` (a call, or `campaign` itself) with its `data`.
+    pub fn new(
+        kind: EventType,
+        campaign: Uuid,
+        stream: Uuid,
+        stream_seq: u32,
+        at: DateTime<Utc>,
+        data: Value,
+    ) -> NewEvent {
+        let id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            at.timestamp().max(0) as u64,
+            at.timestamp_subsec_nanos(),
+        ));
+        let mut body = json!({
+            "id": id,
+            "type": kind.as_str(),
+            "sequence": stream_seq,
+            "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "campaign_id": campaign,
+            "data": data,
+        });
+        if stream != campaign {
+            body["call_id"] = json!(stream);
+        }
+        NewEvent {
+            id,
+            kind,
+            campaign_id: campaign,
+            stream_id: stream,
+            stream_seq,
+            created_at: at,
+            body: body.to_string(),
+        }
+    }
+}
+
+/// Unix milliseconds as RFC 3339 (the bodies' time format).
+pub fn time(ms: u64) -> String {
+    Utc.timestamp_millis_opt(ms as i64)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Which events an endpoint takes: types (empty = all) and one campaign (`None` = all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub types: Vec<EventType>,
+    pub campaign: Option<Uuid>,
+}
+
+impl Subscription {
+    pub fn wants(&self, kind: EventType, campaign: Uuid) -> bool {
+        (self.types.is_empty() || self.types.contains(&kind)) && self.campaign.is_none_or(|c| c == campaign)
+    }
+}
+
+/// An event of a batch being sequenced: where it is in the batch's arrival order and its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsequenced {
+    pub stream: Uuid,
+    pub stream_seq: u32,
+}
+
+/// The order in which to number a batch given in arrival order (`created_at`, then id): the
+/// arrival order, except that each stream's events take the places its events hold in stream
+/// order. Returns indexes into `batch`. Events of a stream are committed in stream order (each
+/// write locks the stream's row), so across batches the order holds already; within one batch
+/// two events of a stream may arrive with equal or skewed clocks.
+pub fn log_order(batch: &[Unsequenced]) -> Vec<usize> {
+    let mut by_stream: std::collections::HashMap<Uuid, Vec<usize>> = std::collections::HashMap::new();
+    for (i, e) in batch.iter().enumerate() {
+        by_stream.entry(e.stream).or_default().push(i);
+    }
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    for places in by_stream.values() {
+        let mut members = places.clone();
+        members.sort_by_key(|&i| batch[i].stream_seq);
+        for (place, member) in places.iter().zip(members) {
+            order[*place] = member;
+        }
+    }
+    order
+}
+
+/// The signature header's name.
+pub const SIGNATURE_HEADER: &str = "Dialer-Signature";
+
+/// `Dialer-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>]`: HMAC-SHA256 of `"{t}.{body}"` under
+/// each active secret (two while a rotation's previous secret is still valid).
+pub fn signature_header(t: i64, body: &[u8], secrets: &[&str]) -> String {
+    let mut h = format!("t={t}");
+    for s in secrets {
+        h.push_str(",v1=");
+        h.push_str(&sign(s, t, body));
+    }
+    h
+}
+
+/// The hex HMAC-SHA256 of `"{t}.{body}"` under `secret`.
+pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a signature does not verify.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the header has no t= or no v1=")]
+    Malformed,
+    #[error("the timestamp is {0} s from now: outside the tolerance (a replay?)")]
+    Stale(i64),
+    #[error("no v1 signature matches this secret")]
+    Mismatch,
+}
+
+/// What a receiver does: checks `header` against `body` under `secret` at `now` (unix seconds),
+/// refusing timestamps more than `tolerance_s` away. Constant-time in the signature bytes.
+pub fn verify(header: &str, body: &[u8], secret: &str, now: i64, tolerance_s: i64) -> Result<(), SignatureError> {
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => sigs.push(v),
+            _ => {}
+        }
+    }
+    let t = t.ok_or(SignatureError::Malformed)?;
+    if sigs.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    if (now - t).abs() > tolerance_s {
+        return Err(SignatureError::Stale(now - t));
+    }
+    let expected = sign(secret, t, body);
+    let same =
+        |s: &str| s.len() == expected.len() && s.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    if sigs.into_iter().any(same) { Ok(()) } else { Err(SignatureError::Mismatch) }
+}
+
+/// What one delivery attempt got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// An HTTP status code.
+    Status(u16),
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection failed or was reset.
+    Connection(String),
+}
+
+impl Answer {
+    /// The label of `dialer_webhook_deliveries_total{code}`: the status code, `timeout` or
+    /// `connection` (bounded).
+    pub fn label(&self) -> String {
+        match self {
+            Answer::Status(c) => c.to_string(),
+            Answer::Timeout => "timeout".into(),
+            Answer::Connection(_) => "connection".into(),
+        }
+    }
+
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Answer::Status(c) => Some(*c),
+            _ => None,
+        }
+    }
+
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Answer::Status(c) if (200..300).contains(c) => None,
+            Answer::Status(c) => Some(format!("HTTP {c}")),
+            Answer::Timeout => Some("timeout".into()),
+            Answer::Connection(e) => Some(format!("connection: {e}")),
+        }
+    }
+}
+
+/// How deliveries are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// The first retry's delay before jitter.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// How long after its first attempt an event is still tried; then it is dead-lettered.
+    pub window: Duration,
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        RetrySchedule {
+            base: Duration::from_secs(5),
+            max: Duration::from_secs(3600),
+            window: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// What to do with a delivery after an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// 2xx: done.
+    Delivered,
+    /// Try again at this instant.
+    Retry(DateTime<Utc>),
+    /// The retry window is over: to the dead-letter store.
+    Dead,
+    /// 410 Gone: the endpoint is disabled, its undelivered events dead-lettered.
+    Gone,
+}
+
+impl RetrySchedule {
+    /// The delay before retry `n` (1 = after the first attempt): exponential, capped, with
+    /// "equal jitter" (half fixed, half uniform from `u` in [0, 1)) so receivers that failed
+    /// together are not retried together.
+    pub fn delay(&self, n: u32) -> Duration {
+        self.delay_with(n, 0.5)
+    }
+
+    fn delay_with(&self, n: u32, u: f64) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << n.saturating_sub(1).min(30)).min(self.max);
+        exp / 2 + exp.mul_f64(u.clamp(0.0, 1.0) / 2.0)
+    }
+
+    /// After attempt `attempts` got `answer` at `now`, for an event first tried at `first`.
+    pub fn next(&self, answer: &Answer, attempts: u32, first: DateTime<Utc>, now: DateTime<Utc>, u: f64) -> Next {
+        match answer {
+            Answer::Status(c) if (200..300).contains(c) => return Next::Delivered,
+            Answer::Status(410) => return Next::Gone,
+            _ => {}
+        }
+        let at = now + self.delay_with(attempts, u);
+        let window_end = first + self.window;
+        if now >= window_end {
+            Next::Dead
+        } else {
+            // The last try lands at the window's end, not beyond it.
+            Next::Retry(at.min(window_end))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

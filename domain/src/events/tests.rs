@@ -1,0 +1,110 @@
+use chrono::{TimeZone, Utc};
+use uuid::Uuid;
+
+use super::*;
+
+fn at(s: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_700_000_000 + s, 0).single().expect("a time")
+}
+
+#[test]
+fn a_body_carries_id_type_sequence_and_the_call_only_for_call_events() {
+    let (campaign, call) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let e = NewEvent::new(EventType::CallFailed, campaign, call, 3, at(0), json!({"outcome": "busy"}));
+    let v: Value = serde_json::from_str(&e.body).expect("JSON");
+    assert_eq!(v["id"], json!(e.id));
+    assert_eq!((v["type"].as_str(), v["sequence"].as_u64()), (Some("call.failed"), Some(3)));
+    assert_eq!(v["call_id"], json!(call));
+    assert_eq!(v["data"]["outcome"], "busy");
+    let c = NewEvent::new(EventType::CampaignCompleted, campaign, campaign, 1, at(0), json!({}));
+    let v: Value = serde_json::from_str(&c.body).expect("JSON");
+    assert!(v.get("call_id").is_none(), "a campaign's event names no call");
+    assert_ne!(e.id, NewEvent::new(EventType::CallFailed, campaign, call, 3, at(0), json!({})).id, "ids are unique");
+}
+
+#[test]
+fn every_type_parses_back() {
+    for t in EventType::ALL {
+        assert_eq!(EventType::parse(t.as_str()), Some(t));
+    }
+    assert_eq!(EventType::parse("call.exploded"), None);
+}
+
+#[test]
+fn a_subscription_filters_by_type_and_campaign() {
+    let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let all = Subscription { types: vec![], campaign: None };
+    assert!(all.wants(EventType::CallQueued, a));
+    let some = Subscription { types: vec![EventType::CallCompleted], campaign: Some(a) };
+    assert!(some.wants(EventType::CallCompleted, a));
+    assert!(!some.wants(EventType::CallCompleted, b), "another campaign");
+    assert!(!some.wants(EventType::CallFailed, a), "another type");
+}
+
+#[test]
+fn a_batch_is_numbered_in_arrival_order_but_each_stream_in_its_own_order() {
+    let (x, y) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let u = |stream, stream_seq| Unsequenced { stream, stream_seq };
+    // x's 2 arrived before its 1 (equal clocks); y is in between.
+    let batch = [u(x, 2), u(y, 5), u(x, 1), u(x, 3)];
+    let order = log_order(&batch);
+    assert_eq!(order, vec![2, 1, 0, 3]);
+    let xs: Vec<u32> = order.iter().filter(|&&i| batch[i].stream == x).map(|&i| batch[i].stream_seq).collect();
+    assert_eq!(xs, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_signature_verifies_under_either_active_secret_and_nothing_else() {
+    let body = br#"{"id":"e1"}"#;
+    let h = signature_header(1_700_000_000, body, &["new-secret", "old-secret"]);
+    assert!(h.starts_with("t=1700000000,v1="), "{h}");
+    assert_eq!(verify(&h, body, "new-secret", 1_700_000_010, 300), Ok(()));
+    assert_eq!(verify(&h, body, "old-secret", 1_700_000_010, 300), Ok(()), "the previous secret during a rotation");
+    assert_eq!(verify(&h, body, "other", 1_700_000_010, 300), Err(SignatureError::Mismatch));
+    assert_eq!(verify(&h, b"{\"id\":\"e2\"}", "new-secret", 1_700_000_010, 300), Err(SignatureError::Mismatch));
+    assert_eq!(verify(&h, body, "new-secret", 1_700_001_000, 300), Err(SignatureError::Stale(1000)));
+    assert_eq!(verify("v1=ab", body, "new-secret", 0, 300), Err(SignatureError::Malformed));
+}
+
+#[test]
+fn a_known_hmac_vector_matches() {
+    // echo -n '1.{}' | openssl dgst -sha256 -hmac key
+    assert_eq!(sign("key", 1, b"{}"), "1ba6b8171186efc613e8bcc0cbdab2748f24984d7c5a84faa2637afa0e40d224");
+}
+
+#[test]
+fn delays_grow_exponentially_with_jitter_up_to_the_cap() {
+    let s =
+        RetrySchedule { base: Duration::from_secs(1), max: Duration::from_secs(60), window: Duration::from_secs(3600) };
+    assert_eq!(s.delay_with(1, 0.0), Duration::from_millis(500));
+    assert_eq!(s.delay_with(1, 1.0), Duration::from_secs(1));
+    assert_eq!(s.delay_with(4, 1.0), Duration::from_secs(8));
+    assert_eq!(s.delay_with(30, 1.0), Duration::from_secs(60), "capped");
+    assert_eq!(s.delay_with(200, 0.0), Duration::from_secs(30), "no overflow");
+}
+
+#[test]
+fn answers_decide_delivered_retry_dead_or_gone() {
+    let s =
+        RetrySchedule { base: Duration::from_secs(1), max: Duration::from_secs(60), window: Duration::from_secs(100) };
+    assert_eq!(s.next(&Answer::Status(204), 1, at(0), at(0), 0.5), Next::Delivered);
+    assert_eq!(s.next(&Answer::Status(410), 1, at(0), at(0), 0.5), Next::Gone);
+    for a in [
+        Answer::Status(500),
+        Answer::Status(429),
+        Answer::Status(404),
+        Answer::Timeout,
+        Answer::Connection("reset".into()),
+    ] {
+        assert_eq!(s.next(&a, 1, at(0), at(0), 1.0), Next::Retry(at(1)), "{a:?} is retried");
+    }
+    assert_eq!(
+        s.next(&Answer::Status(500), 9, at(0), at(90), 1.0),
+        Next::Retry(at(100)),
+        "the last try at the window's end"
+    );
+    assert_eq!(s.next(&Answer::Status(500), 10, at(0), at(100), 1.0), Next::Dead);
+    assert_eq!(Answer::Status(503).label(), "503");
+    assert_eq!(Answer::Timeout.error().as_deref(), Some("timeout"));
+    assert_eq!(Answer::Status(200).error(), None);
+}

@@ -1,0 +1,75 @@
+-- Issue 20: the event log (an outbox), webhooks and the live stream.
+-- Each call and campaign counts its events: the next event of a stream takes event_seq + 1, in
+-- the statement that changes the row, so a stream's events are numbered in the order its row
+-- changed, with no gap.
+ALTER TABLE calls ADD COLUMN event_seq integer NOT NULL DEFAULT 0;
+ALTER TABLE campaigns ADD COLUMN event_seq integer NOT NULL DEFAULT 0;
+-- The log. Rows are written by the transactions that change calls and campaigns (seq NULL), and
+-- numbered after they commit by the one sequencer (seq: 1, 2, … in commit order, no gap), which
+-- also fans them out to the webhook endpoints that want them. Readers (the live stream, the
+-- delivery of webhooks) read numbered rows only. Pruned after events.keep_hours, once no delivery
+-- needs them.
+CREATE TABLE events (
+    id           uuid PRIMARY KEY,
+    seq          bigint,
+    campaign_id  uuid NOT NULL,
+    stream_id    uuid NOT NULL,
+    stream_seq   integer NOT NULL,
+    kind         text NOT NULL,
+    body         text NOT NULL,
+    created_at   timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX events_seq ON events (seq) WHERE seq IS NOT NULL;
+CREATE INDEX events_unsequenced ON events (created_at, id) WHERE seq IS NULL;
+CREATE INDEX events_campaign ON events (campaign_id, seq) WHERE seq IS NOT NULL;
+CREATE INDEX events_created ON events (created_at) WHERE seq IS NOT NULL;
+-- The sequencer's next number; its row lock makes one sequencer run at a time across replicas.
+CREATE TABLE event_sequencer (
+    id        integer PRIMARY KEY,
+    next_seq  bigint NOT NULL
+);
+INSERT INTO event_sequencer (id, next_seq) VALUES (1, 1);
+-- Webhook endpoints. Two secrets are active during a rotation (previous_secret until
+-- previous_expires_at). event_types: comma-separated, '' = all. rate_tokens/rate_at: the
+-- endpoint's token bucket, updated by the claim that locks the row.
+CREATE TABLE webhook_endpoints (
+    id                   uuid PRIMARY KEY,
+    url                  text NOT NULL,
+    description          text NOT NULL DEFAULT '',
+    secret               text NOT NULL,
+    previous_secret      text,
+    previous_expires_at  timestamptz,
+    event_types          text NOT NULL,
+    campaign_id          uuid,
+    enabled              boolean NOT NULL,
+    disabled_reason      text,
+    max_concurrency      integer NOT NULL,
+    rate_per_sec         integer NOT NULL,
+    rate_tokens          double precision NOT NULL,
+    rate_at              timestamptz NOT NULL,
+    created_at           timestamptz NOT NULL,
+    updated_at           timestamptz NOT NULL
+);
+-- One row per (endpoint, event): pending → sending (claimed with a lease) → deleted once
+-- delivered, or dead (the dead-letter store) after the retry window, a 410, or when an earlier
+-- event of its stream died. window_start: the first attempt's time (a replay restarts it).
+CREATE TABLE webhook_deliveries (
+    endpoint_id      uuid NOT NULL,
+    seq              bigint NOT NULL,
+    stream_id        uuid NOT NULL,
+    stream_seq       integer NOT NULL,
+    state            text NOT NULL,
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL,
+    window_start     timestamptz,
+    lease_until      timestamptz,
+    last_code        integer,
+    last_error       text,
+    dead_at          timestamptz,
+    PRIMARY KEY (endpoint_id, seq)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at, seq) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_stream ON webhook_deliveries (endpoint_id, stream_id, stream_seq);
+CREATE INDEX webhook_deliveries_sending ON webhook_deliveries (endpoint_id, lease_until) WHERE state = 'sending';
+CREATE INDEX webhook_deliveries_dead ON webhook_deliveries (endpoint_id, seq) WHERE state = 'dead';
+CREATE INDEX webhook_deliveries_seq ON webhook_deliveries (seq);
