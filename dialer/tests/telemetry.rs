@@ -99,7 +99,9 @@ fn the_dashboard_and_alerts_use_only_metrics_the_running_processes_export() {
     let dash: Value = serde_json::from_str(&dash_text).expect("the dashboard is JSON");
     let panels = dash["panels"].as_array().expect("panels");
     let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
-    for wanted in ["requests/s", "5xx", "heatmap", "429", "Dials/s", "vs caps", "Redis", "lag", "Dead letters"] {
+    for wanted in
+        ["requests/s", "5xx", "heatmap", "429", "Dials/s", "vs caps", "Redis", "lag", "Dead letters", "Webhook"]
+    {
         assert!(titles.iter().any(|t| t.contains(wanted)), "no panel about {wanted}: {titles:?}");
     }
     assert!(panels.iter().all(|p| !p["targets"].as_array().expect("targets").is_empty()));
@@ -118,6 +120,10 @@ fn the_dashboard_and_alerts_use_only_metrics_the_running_processes_export() {
     dp_args.extend(["--journal-dir".into(), journal]);
     let _dp = spawn(dir.path(), "dataplane", &dp_args);
     assert!(dialer_testkit::wait_for_port(admin, Duration::from_secs(60)), "the data plane did not listen");
+    // A webhook receiver: the delivery families are exported once events are delivered.
+    let receiver = dialer_testkit::receiver::Receiver::start(dialer_testkit::receiver::Mode::Ok, 1);
+    let (s, w) = http(api, "POST", "/api/v1/webhooks", Some(&json!({"url": receiver.url("/hook")})));
+    assert_eq!(s, 201, "{w}");
     start_campaign(api);
 
     // Scrape both while the campaign runs (the top-N campaign families exist only then; lag

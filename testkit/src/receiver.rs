@@ -19,6 +19,8 @@ pub enum Mode {
     Ok,
     /// This status to everything.
     Always(u16),
+    /// 200 to everything, each after this long (a slow receiver).
+    Slow(Duration),
     /// A share of requests fails, split evenly between a 500, a hang of `hang` (then the
     /// connection is closed unanswered) and a connection closed before the answer.
     Flaky { share: f64, hang: Duration },
@@ -153,6 +155,10 @@ fn decide(s: &Shared) -> Answered {
     match mode {
         Mode::Ok => Answered::Status(200),
         Mode::Always(code) => Answered::Status(code),
+        Mode::Slow(d) => {
+            std::thread::sleep(d);
+            Answered::Status(200)
+        }
         Mode::Flaky { share, .. } => {
             let u = sample(&s.rng);
             if u >= share {

@@ -1,0 +1,296 @@
+//! The event log and webhook delivery at the store (issue 20), on both stores: events are written
+//! by the transactions that change calls and campaigns (none for a change that did not commit,
+//! none twice for a redelivered outcome), numbered without a gap, each stream in its order; two
+//! replicas on one PostgreSQL share an endpoint's concurrency and never send one event twice; the
+//! webhook API refuses bad input naming the field.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use dialer_control_plane::store::LoggedEvent;
+use dialer_control_plane::webhooks::{Deliverer, DeliverySettings, Summary, run_sequencer};
+use dialer_domain::CampaignAction;
+use dialer_domain::events::RetrySchedule;
+use dialer_domain::messages::EventKind;
+use dialer_domain::webhooks::CreateWebhookRequest;
+use dialer_testkit::receiver::{Mode, Receiver};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+#[macro_use]
+mod common;
+use common::{Backend, campaign, event, store};
+
+fn body(e: &LoggedEvent) -> Value {
+    serde_json::from_str(&e.body).expect("JSON")
+}
+
+/// Each stream's event types in log order.
+fn streams(log: &[LoggedEvent]) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut out: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for e in log {
+        let b = body(e);
+        let stream = b.get("call_id").unwrap_or(&b["campaign_id"]).as_str().expect("stream").to_string();
+        out.entry(stream).or_default().push((b["sequence"].as_u64().expect("sequence"), e.kind.clone()));
+    }
+    out
+}
+
+async fn events_follow_the_changes_that_commit(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let c = campaign(&s, "log", 3, 10, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let claimed = s.claim_due(c.id, 3, chrono::Utc::now()).await.expect("claimed");
+    assert_eq!(claimed.len(), 3);
+    let (a, f, q) = (&claimed[0], &claimed[1], &claimed[2]);
+    let batch = vec![
+        event(c.id, a, EventKind::Started),
+        event(c.id, a, EventKind::Completed),
+        event(c.id, f, EventKind::Started),
+        event(c.id, f, EventKind::Failed),
+    ];
+    s.record_events(&batch, &mut || 0.5, None).await.expect("recorded");
+    // The same batch again (a redelivery) changes nothing and logs nothing.
+    s.record_events(&batch, &mut || 0.5, None).await.expect("recorded again");
+    // A refused change logs nothing: starting a running campaign.
+    assert!(s.transition(c.id, CampaignAction::Start).await.is_err());
+    s.transition(c.id, CampaignAction::Complete).await.expect("completed");
+    let n = s.sequence_events(1000).await.expect("sequenced");
+    let log = s.read_events(0, None, 1000).await.expect("log");
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=log.len() as i64).collect::<Vec<_>>(),
+        "positions 1..n"
+    );
+    assert_eq!(n.events, log.len() as u64);
+    let by = streams(&log);
+    let kinds = |id: uuid::Uuid| by[&id.to_string()].iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>();
+    assert_eq!(kinds(a.id), ["call.queued", "call.started", "call.answered", "call.completed"]);
+    // f failed with a retry due; the completion cancelled it: its end is a final `failed`.
+    assert_eq!(kinds(f.id), ["call.queued", "call.started", "call.failed", "call.failed"]);
+    // q was queued and never reported: the completion leaves it to the reaper, nothing more yet.
+    assert_eq!(kinds(q.id), ["call.queued"]);
+    assert_eq!(kinds(c.id), ["campaign.status_changed", "campaign.status_changed", "campaign.completed"]);
+    for (stream, evs) in &by {
+        let seqs: Vec<u64> = evs.iter().map(|(n, _)| *n).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{stream}: numbered 1..n in log order");
+    }
+    let last_f = log.iter().rev().find(|e| body(e)["call_id"] == json!(f.id)).map(body).expect("f's end");
+    assert_eq!(
+        (last_f["data"]["final"].as_bool(), last_f["data"]["outcome"].as_str()),
+        (Some(true), Some("cancelled"))
+    );
+    let retry =
+        log.iter().map(body).find(|e| e["call_id"] == json!(f.id) && e["type"] == "call.failed").expect("the retry");
+    assert_eq!((retry["data"]["final"].as_bool(), retry["data"]["outcome"].as_str()), (Some(false), Some("busy")));
+    assert!(retry["data"]["next_attempt_at"].is_string(), "{retry}");
+    // Nothing new: the sequencer numbers nothing twice.
+    assert_eq!(s.sequence_events(1000).await.expect("sequenced").events, 0);
+}
+
+async fn a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let c = campaign(&s, "skips", 3, 10, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let q = dialer_control_plane::store::CallQuery { limit: 10, ..Default::default() };
+    let numbers: Vec<String> =
+        s.list_calls(c.id, &q).await.expect("calls").iter().map(|c| c.phone_number.clone()).collect();
+    let entry =
+        dialer_domain::dnc::DncEntry { phone_number: numbers[0].clone(), reason: None, source: None, expires_at: None };
+    s.dnc_add(c.id, &[entry], true).await.expect("dnc");
+    // The numbers map to no zone; the fallback zone is in a blackout today: held, but for the
+    // opted-out number (skipped first).
+    let now = chrono::Utc::now();
+    let rules = dialer_domain::rules::CallingRules {
+        fallback_zones: vec!["UTC".into()],
+        blackout_dates: vec![now.date_naive()],
+        ..Default::default()
+    };
+    let rules = rules.compile("calling_rules").expect("rules");
+    let zones = s.pending_zones(c.id).await.expect("zones");
+    let screened = s.claim_calls(c.id, 10, now, &zones, &rules).await.expect("claimed");
+    assert_eq!((screened.skipped.len(), screened.held.len(), screened.dial.len()), (1, 2, 0));
+    // The held calls, claimed later with the rules off: their first event is number 1.
+    let later = s.claim_due(c.id, 10, now + chrono::TimeDelta::days(3)).await.expect("claimed");
+    assert_eq!(later.len(), 2);
+    s.sequence_events(100).await.expect("sequenced");
+    let log: Vec<Value> = s.read_events(0, Some(c.id), 100).await.expect("log").iter().map(body).collect();
+    let calls: Vec<(&str, u64)> = log
+        .iter()
+        .filter(|e| e.get("call_id").is_some())
+        .map(|e| (e["type"].as_str().expect("type"), e["sequence"].as_u64().expect("sequence")))
+        .collect();
+    assert_eq!(calls, [("call.skipped", 1), ("call.queued", 1), ("call.queued", 1)], "{log:?}");
+    let skipped = log.iter().find(|e| e["type"] == "call.skipped").expect("skipped");
+    assert_eq!(
+        (skipped["data"]["reason"].as_str(), skipped["data"]["phone_number"].as_str()),
+        (Some("dnc"), Some(numbers[0].as_str()))
+    );
+}
+
+both_stores!(events_follow_the_changes_that_commit, a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing);
+
+fn settings() -> DeliverySettings {
+    DeliverySettings {
+        timeout: Duration::from_secs(5),
+        retry: RetrySchedule {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(200),
+            window: Duration::from_secs(60),
+        },
+        claim_batch: 16,
+        poll: Duration::from_millis(20),
+    }
+}
+
+/// A replica's deliverer and sequencer on its own connection pool, until `stop`.
+async fn replica(url: &str, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), url).await.expect("store");
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let summary = Arc::new(Summary::default());
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let d = Deliverer {
+        store: s.clone(),
+        settings: settings(),
+        client: Deliverer::client(&settings()).expect("client"),
+        summary: summary.clone(),
+    };
+    vec![
+        tokio::spawn(run_sequencer(s, Duration::from_millis(20), wake.clone(), None, summary, until(stop.clone()))),
+        tokio::spawn(d.run(wake, until(stop))),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_an_endpoints_concurrency_and_send_each_event_once() {
+    let url = dialer_testkit::postgres_database();
+    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("store");
+    let rx = Receiver::start(Mode::Slow(Duration::from_millis(20)), 1);
+    let req = CreateWebhookRequest {
+        url: rx.url("/r"),
+        max_concurrency: Some(4),
+        rate_per_sec: Some(10_000),
+        ..Default::default()
+    };
+    s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
+    let c = campaign(&s, "replicas", 100, 100, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let claimed = s.claim_due(c.id, 100, chrono::Utc::now()).await.expect("claimed");
+    let outcomes: Vec<_> = claimed
+        .iter()
+        .flat_map(|k| [event(c.id, k, EventKind::Started), event(c.id, k, EventKind::Completed)])
+        .collect();
+    s.record_events(&outcomes, &mut || 0.5, None).await.expect("recorded");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = replica(&url, stopped.clone()).await;
+    tasks.extend(replica(&url, stopped).await);
+    // 100 calls × 4 events + the start.
+    let want = 401;
+    let t0 = std::time::Instant::now();
+    while rx.count() < want && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let ids: Vec<String> = rx
+        .received()
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).expect("json")["id"].to_string())
+        .collect();
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (want, want), "each event sent once by the two replicas together");
+    assert!(rx.peak_concurrency() <= 4, "the endpoint's concurrency held across replicas: {}", rx.peak_concurrency());
+    assert!(rx.peak_concurrency() >= 2, "both replicas' sends overlapped: {}", rx.peak_concurrency());
+    assert_eq!(s.delivery_counts().await.expect("counts").pending, 0);
+}
+
+async fn call(
+    router: &axum::Router,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut b = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = match body {
+        Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
+        None => b.body(Body::empty()),
+    };
+    let resp = router.clone().oneshot(req.expect("request")).await.expect("answer");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn the_webhook_api_refuses_bad_input_naming_the_field(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let router = dialer_control_plane::app(&dialer_control_plane::Config::default(), s.clone());
+    let post = |body: Value| call(&router, Method::POST, "/api/v1/webhooks", Some(body), &[]);
+    for (body, field) in [
+        (json!({"url": "ftp://x"}), "url"),
+        (json!({"url": "http://h", "event_types": ["call.done"]}), "event_types[0]"),
+        (json!({"url": "http://h", "secret": "short"}), "secret"),
+        (json!({"url": "http://h", "max_concurrency": 0}), "max_concurrency"),
+        (json!({"url": "http://h", "campaign_id": uuid::Uuid::now_v7()}), "campaign_id"),
+        (json!({"url": "http://h", "colour": "red"}), "colour"),
+    ] {
+        let (st, v) = post(body.clone()).await;
+        assert!(st.is_client_error(), "{body}: {st} {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (st, w) = post(json!({"url": "https://example.com/hook", "event_types": ["call.completed"]})).await;
+    assert_eq!(st, StatusCode::CREATED, "{w}");
+    assert!(w["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "a generated secret, shown once: {w}");
+    let id = w["id"].as_str().expect("id");
+    let (st, got) = call(&router, Method::GET, &format!("/api/v1/webhooks/{id}"), None, &[]).await;
+    assert_eq!((st, got.get("secret")), (StatusCode::OK, None), "no secret on a read: {got}");
+    let (st, v) =
+        call(&router, Method::PATCH, &format!("/api/v1/webhooks/{id}"), Some(json!({"rate_per_sec": 0})), &[]).await;
+    assert_eq!((st, v["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("rate_per_sec")), "{v}");
+    let (st, v) =
+        call(&router, Method::PATCH, &format!("/api/v1/webhooks/{id}"), Some(json!({"url": "http://other/h"})), &[])
+            .await;
+    assert_eq!(
+        (st, v["url"].as_str(), v["event_types"].clone()),
+        (StatusCode::OK, Some("http://other/h"), json!(["call.completed"]))
+    );
+    let (st, v) =
+        call(&router, Method::GET, &format!("/api/v1/webhooks/{id}/dead-letters?after_seq=-1"), None, &[]).await;
+    assert_eq!((st, v["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("after_seq")), "{v}");
+    let (st, v) = call(
+        &router,
+        Method::POST,
+        &format!("/api/v1/webhooks/{id}/dead-letters/replay"),
+        Some(json!({"seqs": "all"})),
+        &[],
+    )
+    .await;
+    assert!(st.is_client_error() && v["error"]["field"] == "seqs", "{st} {v}");
+    let (st, v) = call(&router, Method::GET, "/api/v1/events", None, &[("last-event-id", "abc")]).await;
+    assert_eq!((st, v["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("Last-Event-ID")), "{v}");
+    let (st, v) =
+        call(&router, Method::GET, &format!("/api/v1/campaigns/{}/events", uuid::Uuid::now_v7()), None, &[]).await;
+    assert!(st.is_client_error(), "{st} {v}");
+    assert_eq!(
+        call(&router, Method::DELETE, &format!("/api/v1/webhooks/{id}"), None, &[]).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(call(&router, Method::GET, &format!("/api/v1/webhooks/{id}"), None, &[]).await.0, StatusCode::NOT_FOUND);
+}
+
+mod api {
+    use super::*;
+    both_stores!(the_webhook_api_refuses_bad_input_naming_the_field);
+}
