@@ -16,6 +16,7 @@ mod restart;
 mod rules;
 mod sip;
 mod targets;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,9 @@ enum Command {
     Rules(rules::Args),
     /// The SIP provider of one shard against sipp on loopback, beside sipp's own UAC → UAS rate.
     Sip(sip::Args),
+    /// The event log's cost to the recorder (off, on, on while delivering) and webhook deliveries
+    /// per second to a local receiver.
+    Webhooks(webhooks::Args),
     /// Ratio B/A of every numeric figure of two result files.
     Compare { a: PathBuf, b: PathBuf },
 }
@@ -286,6 +290,9 @@ fn main() -> Result<()> {
         }
         Command::Rules(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(rules::run(args))
+        }
+        Command::Webhooks(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(webhooks::run(args))
         }
         Command::Journal(args) => journal::run(args),
         Command::Sip(args) => sip::run(args),

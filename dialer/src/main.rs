@@ -231,10 +231,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     })?;
     tracing::info!(listen = %cfg.api.listen, shards = tuning.shards.count, "dialer up: API, scheduler, data plane and recorder running");
     let checks = vec![dialer_dataplane::admin::shards_check(dp.health())];
-    let events = dialer_control_plane::spawn_events(cfg, &store, || wait(stopped.clone()))
-        .context("starting webhook delivery (its HTTP client)")?;
-    let guard = dialer_control_plane::api_guard(cfg);
-    let app = dialer_control_plane::app_serving(cfg, store.clone(), guard, timeline, checks, events);
+    let app = api_app(cfg, &store, timeline, checks, || wait(stopped.clone()))?;
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     // Stop dispatching, let the data plane finish its calls, record their outcomes.
     let _ = stop.send(true);
@@ -254,6 +251,23 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     let _ = reconciler.await;
     store.close().await;
     Ok(())
+}
+
+/// The API with the event pipeline (webhooks, the live stream) running until `shutdown()`.
+fn api_app<F>(
+    cfg: &Config,
+    store: &dialer_control_plane::Store,
+    timeline: Option<dialer_control_plane::timeline::CqlTimeline>,
+    checks: Vec<dialer_control_plane::observability::ReadyCheck>,
+    shutdown: impl Fn() -> F,
+) -> Result<axum::Router>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let events = dialer_control_plane::spawn_events(cfg, store, shutdown)
+        .context("starting webhook delivery (its HTTP client)")?;
+    let guard = dialer_control_plane::api_guard(cfg);
+    Ok(dialer_control_plane::app_serving(cfg, store.clone(), guard, timeline, checks, events))
 }
 
 /// Counts the previous run's calls that may still be up (a killed process hangs up nothing)
@@ -340,10 +354,7 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
-    let events = dialer_control_plane::spawn_events(cfg, &store, shutdown_signal)
-        .context("starting webhook delivery (its HTTP client)")?;
-    let guard = dialer_control_plane::api_guard(cfg);
-    let app = dialer_control_plane::app_serving(cfg, store.clone(), guard, timeline, checks, events);
+    let app = api_app(cfg, &store, timeline, checks, shutdown_signal)?;
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     store.close().await;
     Ok(())

@@ -95,8 +95,12 @@ impl NewEvent {
         stream: Uuid,
         stream_seq: u32,
         at: DateTime<Utc>,
-        data: Value,
+        mut data: Value,
     ) -> NewEvent {
+        // Absent fields are left out, not sent as null: every event is stored and sent.
+        if let Value::Object(m) = &mut data {
+            m.retain(|_, v| !v.is_null());
+        }
         let id = Uuid::new_v7(uuid::Timestamp::from_unix(
             uuid::NoContext,
             at.timestamp().max(0) as u64,

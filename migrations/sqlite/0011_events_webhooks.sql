@@ -7,8 +7,9 @@ ALTER TABLE campaigns ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0;
 -- The log. Rows are written by the transactions that change calls and campaigns (seq NULL), and
 -- numbered after they commit by the one sequencer (seq: 1, 2, … in commit order, no gap), which
 -- also fans them out to the webhook endpoints that want them. Readers (the live stream, the
--- delivery of webhooks) read numbered rows only. Pruned after events.keep_hours, once no delivery
--- needs them.
+-- delivery of webhooks) read numbered rows only, in seq order (a campaign's stream too: a client
+-- resuming reads what was logged since its last id, no index per campaign to keep on every event).
+-- Pruned after events.keep_hours, once no delivery needs them.
 CREATE TABLE events (
     id           BLOB PRIMARY KEY,
     seq          INTEGER,
@@ -21,7 +22,6 @@ CREATE TABLE events (
 );
 CREATE UNIQUE INDEX events_seq ON events (seq) WHERE seq IS NOT NULL;
 CREATE INDEX events_unsequenced ON events (created_at, id) WHERE seq IS NULL;
-CREATE INDEX events_campaign ON events (campaign_id, seq) WHERE seq IS NOT NULL;
 CREATE INDEX events_created ON events (created_at) WHERE seq IS NOT NULL;
 -- The sequencer's next number; its row lock makes one sequencer run at a time across replicas.
 CREATE TABLE event_sequencer (

@@ -1,0 +1,229 @@
+//! `bench webhooks` (issue 20): what the event log costs the recorder, and how fast webhooks go
+//! out. Three recorder runs of the same work, each on a fresh campaign of N claimed calls whose
+//! outcomes (`started`, then `completed`, 2 events a call) are recorded in the recorder's batches
+//! through `Store::record_events`, the production path:
+//!
+//! - `off`: `events.enabled = false`, no log;
+//! - `log`: the default, each batch also appends its events (4 a call: started, answered,
+//!   completed; the claim's `queued` was logged by the claim);
+//! - `log+deliver`: the same while the sequencer numbers and fans out and a deliverer sends every
+//!   event of that campaign to a local receiver (the conditions of a production control plane).
+//!
+//! Deliveries per second come between the second and third runs: the `log` run's events (still
+//! unnumbered) are numbered, fanned out to a new endpoint and delivered to the local receiver,
+//! timed from the start until the receiver has them all.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use dialer_control_plane::webhooks::{Deliverer, DeliverySettings, Summary, run_sequencer};
+use dialer_control_plane::{Config, Store, open_store};
+use dialer_domain::campaign::CampaignAction;
+use dialer_domain::events::RetrySchedule;
+use dialer_domain::messages::{EventKind, SCHEMA_VERSION, StatusEvent};
+use dialer_domain::validate::CreateCampaignRequest;
+use dialer_domain::webhooks::CreateWebhookRequest;
+use dialer_testkit::receiver::{Mode, Receiver};
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Calls per recorder run.
+    #[arg(long, default_value_t = 40_000)]
+    calls: usize,
+    /// Status events per recorder transaction (`scheduler.recorder_batch_max`'s default).
+    #[arg(long, default_value_t = 4000)]
+    batch: usize,
+    /// The endpoint's concurrency (requests in flight).
+    #[arg(long, default_value_t = 64)]
+    concurrency: i64,
+    #[command(flatten)]
+    db: crate::StoreChoice,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn settings() -> DeliverySettings {
+    DeliverySettings {
+        timeout: Duration::from_secs(10),
+        retry: RetrySchedule::default(),
+        claim_batch: 64,
+        poll: Duration::from_millis(250),
+    }
+}
+
+/// A started campaign of `n` claimed calls; the outcome events of its calls.
+async fn claimed_campaign(s: &Store, name: &str, n: usize) -> Result<(Uuid, Vec<StatusEvent>)> {
+    let targets: Vec<_> =
+        (0..n).map(|i| json!({"phone_number": format!("+1202{:03}{:04}", 200 + i / 10_000, i % 10_000)})).collect();
+    let req: CreateCampaignRequest = serde_json::from_value(json!({
+        "name": name, "max_concurrent_calls": 1000, "targets": targets, "calling_rules": {"enabled": false}
+    }))?;
+    let c = s.create_campaign(&req.validate(10_000_000).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+    s.transition(c.id, CampaignAction::Start).await?;
+    let mut events = Vec::with_capacity(2 * n);
+    let now = chrono::Utc::now();
+    let ms = now.timestamp_millis() as u64;
+    while events.len() < 2 * n {
+        let claimed = s.claim_due(c.id, 5000, now).await?;
+        if claimed.is_empty() {
+            bail!("claimed {} of {n} calls", events.len() / 2);
+        }
+        for k in claimed {
+            let e = |kind, at_ms| StatusEvent {
+                v: SCHEMA_VERSION,
+                call_id: k.id,
+                attempt: k.attempt,
+                campaign_id: c.id,
+                kind,
+                at_ms,
+                started_at_ms: Some(ms),
+                answered_at_ms: (kind == EventKind::Completed).then_some(ms + 500),
+                duration_ms: (kind == EventKind::Completed).then_some(30_000),
+                reason: None,
+                retryable: None,
+                shard: 0,
+                dispatch_latency_us: None,
+                sip: None,
+            };
+            events.push(e(EventKind::Started, ms));
+            events.push(e(EventKind::Completed, ms + 30_500));
+        }
+    }
+    // Starts first, then outcomes, as a recorder sees them.
+    events.sort_by_key(|e| e.kind != EventKind::Started);
+    Ok((c.id, events))
+}
+
+/// Records `events` in batches of `batch`; events per second.
+async fn record(s: &Store, events: &[StatusEvent], batch: usize, label: &str) -> Result<f64> {
+    let bar = indicatif::ProgressBar::new(events.len() as u64).with_message(label.to_string());
+    let t0 = Instant::now();
+    for chunk in events.chunks(batch) {
+        let r = s.record_events(chunk, &mut || 0.5, None).await?;
+        if r.applied != chunk.len() as u64 {
+            bail!("{label}: {} of {} events applied", r.applied, chunk.len());
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(events.len() as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// An endpoint for one campaign's events at `rx`.
+async fn endpoint(s: &Store, rx: &Receiver, campaign: Uuid, concurrency: i64) -> Result<()> {
+    let req = CreateWebhookRequest {
+        url: rx.url("/bench"),
+        campaign_id: Some(campaign),
+        max_concurrency: Some(concurrency),
+        rate_per_sec: Some(10_000),
+        ..Default::default()
+    };
+    s.create_webhook(&req.validate().map_err(|e| anyhow::anyhow!("{e}"))?, "bench-secret-0123456789").await?;
+    Ok(())
+}
+
+/// The sequencer and a deliverer on `s` until the returned sender is dropped or set.
+fn pipeline(s: &Store, summary: Arc<Summary>) -> Result<tokio::sync::watch::Sender<bool>> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let d = Deliverer {
+        store: s.clone(),
+        settings: settings(),
+        client: Deliverer::client(&settings())?,
+        summary: summary.clone(),
+    };
+    tokio::spawn(run_sequencer(
+        s.clone(),
+        Duration::from_millis(50),
+        wake.clone(),
+        None,
+        summary,
+        until(stopped.clone()),
+    ));
+    tokio::spawn(d.run(wake, until(stopped)));
+    Ok(stop)
+}
+
+/// Waits until `rx` has `n` requests; seconds taken.
+async fn drained(rx: &Receiver, n: usize, t0: Instant) -> Result<f64> {
+    let bar = indicatif::ProgressBar::new(n as u64).with_message("delivering");
+    while rx.count() < n {
+        bar.set_position(rx.count() as u64);
+        if t0.elapsed() > Duration::from_secs(1800) {
+            bail!("{} of {n} events delivered after 30 minutes", rx.count());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let (url, _guard) = crate::store_url(&args.db.store, args.db.url.as_ref())?;
+    let s = open_store(&Config::default(), &url).await.context("opening the store")?;
+    let per_call = 4 + 1; // queued, started, answered, completed; + the campaign's start
+    let rx = Receiver::start(Mode::Ok, 1);
+
+    dialer_control_plane::store::set_events_enabled(false);
+    let (_, ev) = claimed_campaign(&s, "off", args.calls).await?;
+    let off = record(&s, &ev, args.batch, "off").await?;
+
+    dialer_control_plane::store::set_events_enabled(true);
+    let (logged, ev) = claimed_campaign(&s, "log", args.calls).await?;
+    let log = record(&s, &ev, args.batch, "log").await?;
+
+    // Deliveries: the `log` campaign's events, numbered and fanned out now (an endpoint gets the
+    // events numbered after it exists), sent to `rx`.
+    endpoint(&s, &rx, logged, args.concurrency).await?;
+    let summary = Arc::new(Summary::default());
+    let t0 = Instant::now();
+    let stop = pipeline(&s, summary.clone())?;
+    let want = args.calls * per_call - args.calls + 1;
+    let secs = drained(&rx, want, t0).await?;
+    let _ = stop.send(true);
+    let deliveries = want as f64 / secs;
+    let figures = summary.json();
+
+    let deliver_rx = Receiver::start(Mode::Ok, 2);
+    let (busy, ev) = claimed_campaign(&s, "deliver", args.calls).await?;
+    endpoint(&s, &deliver_rx, busy, args.concurrency).await?;
+    let stop = pipeline(&s, Arc::new(Summary::default()))?;
+    let busy_rate = record(&s, &ev, args.batch, "log+deliver").await?;
+    let _ = stop.send(true);
+
+    println!(
+        "bench webhooks: {} calls a run, recorder batches of {}, store {}",
+        args.calls,
+        args.batch,
+        s.kind().as_str()
+    );
+    println!("{:<34} {:>12} {:>8}", "recorder (status events/s)", "events/s", "vs off");
+    for (name, v) in
+        [("off (events.enabled = false)", off), ("log (the default)", log), ("log + delivering", busy_rate)]
+    {
+        println!("{name:<34} {v:>12.0} {:>8.2}", v / off);
+    }
+    println!(
+        "deliveries: {want} events to one endpoint (concurrency {}) in {secs:.1} s = {deliveries:.0}/s; peak in flight at the receiver {}",
+        args.concurrency,
+        rx.peak_concurrency()
+    );
+    let out = json!({
+        "calls": args.calls, "batch": args.batch, "store": s.kind().as_str(),
+        "recorder_events_per_s": {"off": off, "log": log, "log_and_delivering": busy_rate},
+        "log_vs_off": log / off, "delivering_vs_off": busy_rate / off,
+        "deliveries": want, "deliveries_per_s": deliveries, "concurrency": args.concurrency,
+        "receiver_peak_in_flight": rx.peak_concurrency(), "summary": figures,
+    });
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&out)?)?;
+    }
+    Ok(())
+}
