@@ -42,7 +42,7 @@ pub(super) fn page_limit(params: &Params, st: &AppState) -> Result<u32, ApiError
     }
 }
 
-fn query(params: Result<Params, axum::extract::rejection::QueryRejection>) -> Result<Params, ApiError> {
+pub(super) fn query(params: Result<Params, axum::extract::rejection::QueryRejection>) -> Result<Params, ApiError> {
     params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
 }
 

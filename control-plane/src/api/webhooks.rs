@@ -150,7 +150,7 @@ pub async fn dead_letters(
     params: Result<Params, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let id = path_id(&id)?;
-    let params = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))?;
+    let params = super::handlers::query(params)?;
     let limit = super::handlers::page_limit(&params, &st)?;
     st.store.get_webhook(id).await?;
     let dead_letters = st.store.dead_letters(id, after_seq(&params)?, limit).await?;
@@ -211,7 +211,7 @@ async fn stream(
     headers: HeaderMap,
     params: Result<Params, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let params = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))?;
+    let params = super::handlers::query(params)?;
     let after = resume_after(&headers, &params)?;
     let Some(hub) = st.live.clone() else {
         return Err(ApiError::new(
