@@ -90,7 +90,11 @@ impl Summary {
 }
 
 /// Numbers committed events and fans them out, back to back while there is a backlog, every
-/// `poll` when idle, until `shutdown`; wakes `deliveries` and `live` after each batch.
+/// `poll` when idle, until `shutdown`; wakes `deliveries` and `live` after each batch. Only while
+/// someone reads the log: an enabled endpoint (any replica's deliverer), or a live client of this
+/// process (each replica numbers for its own clients). Numbering later is as right as numbering
+/// at once (positions follow the order of commits seen by the run that numbers them), and
+/// `dialer up` with no reader pays the log's appends only (`bench/up_scale.sh`).
 pub async fn run_sequencer(
     store: Store,
     poll: Duration,
@@ -101,30 +105,55 @@ pub async fn run_sequencer(
 ) {
     const BATCH: usize = 2000;
     tokio::pin!(shutdown);
+    let mut readers = Readers::default();
     loop {
-        let full = match store.sequence_events(BATCH).await {
-            Ok(s) => {
-                if s.events > 0 {
-                    metrics::counter!("dialer_events_logged_total").increment(s.events);
-                    summary.events_logged.fetch_add(s.events, Ordering::Relaxed);
-                    deliveries.notify_one();
-                    if let Some(l) = &live {
-                        l.wake();
-                    }
-                }
-                s.events as usize == BATCH
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "numbering events failed; will retry");
-                false
-            }
-        };
+        let full = readers.any(&store, live.as_deref()).await
+            && sequence(&store, BATCH, &deliveries, live.as_deref(), &summary).await;
         if full {
             continue;
         }
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+/// Whether anyone reads the log, the endpoints' part looked up at most once a second.
+#[derive(Debug, Default)]
+struct Readers {
+    endpoints: bool,
+    checked: Option<Instant>,
+}
+
+impl Readers {
+    async fn any(&mut self, store: &Store, live: Option<&LiveHub>) -> bool {
+        if self.checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            // On an error, number anyway: a reader may exist.
+            self.endpoints = store.any_webhook_enabled().await.unwrap_or(true);
+            self.checked = Some(Instant::now());
+        }
+        self.endpoints || live.is_some_and(|l| l.clients() > 0)
+    }
+}
+
+/// One batch numbered and fanned out; `true` when it was full (more wait).
+async fn sequence(store: &Store, batch: usize, deliveries: &Notify, live: Option<&LiveHub>, summary: &Summary) -> bool {
+    match store.sequence_events(batch).await {
+        Ok(s) => {
+            if s.events > 0 {
+                metrics::counter!("dialer_events_logged_total").increment(s.events);
+                summary.events_logged.fetch_add(s.events, Ordering::Relaxed);
+                deliveries.notify_one();
+                if let Some(l) = live {
+                    l.wake();
+                }
+            }
+            s.events as usize == batch
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "numbering events failed; will retry");
+            false
         }
     }
 }

@@ -9,9 +9,10 @@ ALTER TABLE campaigns ADD COLUMN event_seq integer NOT NULL DEFAULT 0;
 -- also fans them out to the webhook endpoints that want them. Readers (the live stream, the
 -- delivery of webhooks) read numbered rows only, in seq order (a campaign's stream too: a client
 -- resuming reads what was logged since its last id, no index per campaign to keep on every event).
--- Pruned after events.keep_hours, once no delivery needs them.
+-- Pruned after events.keep_hours, once no delivery needs them. `n`: the row's insertion number (the
+-- sequencer's handle; the event's own id is in its body, and nothing looks it up).
 CREATE TABLE events (
-    id           uuid PRIMARY KEY,
+    n            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     seq          bigint,
     campaign_id  uuid NOT NULL,
     stream_id    uuid NOT NULL,
@@ -21,7 +22,7 @@ CREATE TABLE events (
     created_at   timestamptz NOT NULL
 );
 CREATE UNIQUE INDEX events_seq ON events (seq) WHERE seq IS NOT NULL;
-CREATE INDEX events_unsequenced ON events (created_at, id) WHERE seq IS NULL;
+CREATE INDEX events_unsequenced ON events (n) WHERE seq IS NULL;
 CREATE INDEX events_created ON events (created_at) WHERE seq IS NOT NULL;
 -- The sequencer's next number; its row lock makes one sequencer run at a time across replicas.
 CREATE TABLE event_sequencer (

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use dialer_domain::events::{Answer, Next};
 use uuid::Uuid;
 
-/// Rows per multi-row INSERT into `events` (7 columns, under SQLite's 32,766 parameters).
+/// Rows per multi-row INSERT into `events` (6 columns, under SQLite's 32,766 parameters).
 const EVENT_CHUNK: usize = 2000;
 /// Ids per `IN (…)` or VALUES list.
 const CHUNK: usize = 1000;
@@ -142,7 +142,6 @@ mod bulk {
     use crate::store::StoreError;
 
     pub(super) async fn pg_append(conn: &mut sqlx::PgConnection, events: &[NewEvent]) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
         let campaigns: Vec<Uuid> = events.iter().map(|e| e.campaign_id).collect();
         let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
         let seqs: Vec<i32> = events.iter().map(|e| e.stream_seq as i32).collect();
@@ -150,10 +149,9 @@ mod bulk {
         let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
         let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
         sqlx::query(
-            "INSERT INTO events (id, campaign_id, stream_id, stream_seq, kind, body, created_at) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], $6::text[], $7::timestamptz[])",
+            "INSERT INTO events (campaign_id, stream_id, stream_seq, kind, body, created_at) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[])",
         )
-        .bind(ids)
         .bind(campaigns)
         .bind(streams)
         .bind(seqs)
@@ -168,11 +166,10 @@ mod bulk {
     pub(super) async fn lite_append(conn: &mut sqlx::SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
         for chunk in events.chunks(EVENT_CHUNK) {
             let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (id, campaign_id, stream_id, stream_seq, kind, body, created_at) ",
+                "INSERT INTO events (campaign_id, stream_id, stream_seq, kind, body, created_at) ",
             );
             q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.id)
-                    .push_bind(e.campaign_id)
+                b.push_bind(e.campaign_id)
                     .push_bind(e.stream_id)
                     .push_bind(e.stream_seq as i32)
                     .push_bind(e.kind.as_str())
@@ -184,14 +181,14 @@ mod bulk {
         Ok(())
     }
 
-    /// Numbers events: (id, seq) pairs.
-    pub(super) async fn pg_number(conn: &mut sqlx::PgConnection, numbered: &[(Uuid, i64)]) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = numbered.iter().map(|n| n.0).collect();
+    /// Numbers events: (row number `n`, seq) pairs.
+    pub(super) async fn pg_number(conn: &mut sqlx::PgConnection, numbered: &[(i64, i64)]) -> Result<(), StoreError> {
+        let ns: Vec<i64> = numbered.iter().map(|n| n.0).collect();
         let seqs: Vec<i64> = numbered.iter().map(|n| n.1).collect();
         sqlx::query(
-            "UPDATE events SET seq = v.seq FROM UNNEST($1::uuid[], $2::int8[]) AS v(id, seq) WHERE events.id = v.id",
+            "UPDATE events SET seq = v.seq FROM UNNEST($1::int8[], $2::int8[]) AS v(n, seq) WHERE events.n = v.n",
         )
-        .bind(ids)
+        .bind(ns)
         .bind(seqs)
         .execute(conn)
         .await?;
@@ -200,14 +197,14 @@ mod bulk {
 
     pub(super) async fn lite_number(
         conn: &mut sqlx::SqliteConnection,
-        numbered: &[(Uuid, i64)],
+        numbered: &[(i64, i64)],
     ) -> Result<(), StoreError> {
         for chunk in numbered.chunks(CHUNK) {
-            let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(id, seq) AS (");
-            q.push_values(chunk, |mut b, (id, seq)| {
-                b.push_bind(*id).push_bind(*seq);
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(n, seq) AS (");
+            q.push_values(chunk, |mut b, (n, seq)| {
+                b.push_bind(*n).push_bind(*seq);
             });
-            q.push(") UPDATE events SET seq = v.seq FROM v WHERE events.id = v.id");
+            q.push(") UPDATE events SET seq = v.seq FROM v WHERE events.n = v.n");
             q.build().execute(&mut *conn).await?;
         }
         Ok(())
@@ -305,7 +302,7 @@ macro_rules! events_store {
                     .fetch_one(&mut **tx)
                     .await?;
                 let rows = sqlx::query(
-                    "SELECT id, campaign_id, stream_id, stream_seq, kind FROM events WHERE seq IS NULL ORDER BY created_at, id LIMIT $1",
+                    "SELECT n, campaign_id, stream_id, stream_seq, kind FROM events WHERE seq IS NULL ORDER BY n LIMIT $1",
                 )
                 .bind(limit as i64)
                 .fetch_all(&mut **tx)
@@ -313,11 +310,11 @@ macro_rules! events_store {
                 if rows.is_empty() {
                     return Ok(Sequenced::default());
                 }
-                let batch: Vec<(Uuid, Uuid, Unsequenced, Option<EventType>)> = rows.iter().map(batch_row).collect::<Result<_, _>>()?;
+                let batch: Vec<(i64, Uuid, Unsequenced, Option<EventType>)> = rows.iter().map(batch_row).collect::<Result<_, _>>()?;
                 let order = log_order(&batch.iter().map(|b| b.2).collect::<Vec<_>>());
-                let numbered: Vec<(i64, &(Uuid, Uuid, Unsequenced, Option<EventType>))> =
+                let numbered: Vec<(i64, &(i64, Uuid, Unsequenced, Option<EventType>))> =
                     order.iter().enumerate().map(|(k, &i)| (next + k as i64, &batch[i])).collect();
-                let pairs: Vec<(Uuid, i64)> = numbered.iter().map(|(seq, e)| (e.0, *seq)).collect();
+                let pairs: Vec<(i64, i64)> = numbered.iter().map(|(seq, e)| (e.0, *seq)).collect();
                 $number(&mut **tx, &pairs).await?;
                 let last_seq = next + numbered.len() as i64 - 1;
                 let (deliveries, endpoints) = fan_out(&mut tx, &numbered, next, last_seq).await?;
@@ -326,10 +323,10 @@ macro_rules! events_store {
                 Ok(Sequenced { events: numbered.len() as u64, deliveries, last_seq, endpoints })
             }
 
-            fn batch_row(r: &DbRow) -> Result<(Uuid, Uuid, Unsequenced, Option<EventType>), StoreError> {
+            fn batch_row(r: &DbRow) -> Result<(i64, Uuid, Unsequenced, Option<EventType>), StoreError> {
                 let kind: String = r.try_get("kind")?;
                 let u = Unsequenced { stream: r.try_get("stream_id")?, stream_seq: r.try_get::<i32, _>("stream_seq")? as u32 };
-                Ok((r.try_get("id")?, r.try_get("campaign_id")?, u, EventType::parse(&kind)))
+                Ok((r.try_get("n")?, r.try_get("campaign_id")?, u, EventType::parse(&kind)))
             }
 
             /// One delivery per (enabled endpoint, numbered event it wants); one that lands behind
@@ -337,7 +334,7 @@ macro_rules! events_store {
             /// wait for ever: nothing is sent before its stream's earlier events).
             async fn fan_out(
                 tx: &mut sqlx::Transaction<'static, Db>,
-                numbered: &[(i64, &(Uuid, Uuid, Unsequenced, Option<EventType>))],
+                numbered: &[(i64, &(i64, Uuid, Unsequenced, Option<EventType>))],
                 first: i64,
                 last: i64,
             ) -> Result<(u64, Vec<Uuid>), StoreError> {
@@ -410,11 +407,29 @@ macro_rules! events_store {
                 Ok((first.unwrap_or(next), next - 1))
             }
 
-            /// Forgets up to `limit` numbered events older than `before` that no delivery needs.
+            /// Whether an enabled endpoint exists (then events must be numbered and fanned out).
+            pub async fn any_endpoint(pool: &Pool) -> Result<bool, StoreError> {
+                Ok(sqlx::query("SELECT id FROM webhook_endpoints WHERE enabled LIMIT 1").fetch_optional(pool).await?.is_some())
+            }
+
+            /// Forgets up to `limit` events older than `before` that no delivery needs: numbered
+            /// ones, and unnumbered ones (nobody read the log meanwhile: no endpoint, no live
+            /// client), those within the `limit` oldest rows so the statement stays bounded.
             pub async fn prune_events(pool: &Pool, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
                 let mut tx = begin(pool).await?;
+                let first: Option<i64> = sqlx::query_scalar("SELECT n FROM events WHERE seq IS NULL ORDER BY n LIMIT 1").fetch_optional(&mut **tx).await?;
+                let unnumbered = match first {
+                    Some(first) => sqlx::query("DELETE FROM events WHERE seq IS NULL AND n >= $1 AND n < $2 AND created_at < $3")
+                        .bind(first)
+                        .bind(first + limit as i64)
+                        .bind(before)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected(),
+                    None => 0,
+                };
                 let n = sqlx::query(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events e WHERE seq IS NOT NULL AND created_at < $1 \
+                    "DELETE FROM events WHERE n IN (SELECT n FROM events e WHERE seq IS NOT NULL AND created_at < $1 \
                      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.seq = e.seq) ORDER BY created_at LIMIT $2)",
                 )
                 .bind(before)
@@ -423,7 +438,7 @@ macro_rules! events_store {
                 .await?
                 .rows_affected();
                 tx.commit().await?;
-                Ok(n)
+                Ok(n + unnumbered)
             }
 
             const ENDPOINT_COLUMNS: &str = "id, url, description, secret, previous_secret, previous_expires_at, event_types, \

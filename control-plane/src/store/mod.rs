@@ -648,7 +648,12 @@ impl Store {
         events_dispatch!(self.log_bounds())
     }
 
-    /// Forgets up to `limit` numbered events older than `before` that no delivery needs.
+    /// Whether an enabled webhook endpoint exists.
+    pub async fn any_webhook_enabled(&self) -> Result<bool, StoreError> {
+        events_dispatch!(self.any_endpoint())
+    }
+
+    /// Forgets up to `limit` events older than `before` that no delivery needs.
     pub async fn prune_events(&self, before: chrono::DateTime<chrono::Utc>, limit: usize) -> Result<u64, StoreError> {
         events_dispatch!(self.prune_events(before, limit))
     }
