@@ -9,8 +9,8 @@
 //! - `log+deliver`: the same while the sequencer numbers and fans out and a deliverer sends every
 //!   event of that campaign to a local receiver (the conditions of a production control plane).
 //!
-//! Deliveries per second come between the second and third runs: the `log` run's events (still
-//! unnumbered) are numbered, fanned out to a new endpoint and delivered to the local receiver,
+//! Deliveries per second come between the second and third runs: a campaign of M calls is recorded,
+//! then its events are numbered, fanned out to a new endpoint and delivered to the local receiver,
 //! timed from the start until the receiver has them all.
 
 use std::path::PathBuf;
@@ -32,8 +32,11 @@ use uuid::Uuid;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Calls per recorder run.
-    #[arg(long, default_value_t = 40_000)]
+    #[arg(long, default_value_t = 100_000)]
     calls: usize,
+    /// Calls whose events the delivery run sends (4 events a call).
+    #[arg(long, default_value_t = 20_000)]
+    deliver_calls: usize,
     /// Status events per recorder transaction (`scheduler.recorder_batch_max`'s default).
     #[arg(long, default_value_t = 4000)]
     batch: usize,
@@ -176,16 +179,20 @@ pub async fn run(args: Args) -> Result<()> {
     let off = record(&s, &ev, args.batch, "off").await?;
 
     dialer_control_plane::store::set_events_enabled(true);
-    let (logged, ev) = claimed_campaign(&s, "log", args.calls).await?;
+    let (_, ev) = claimed_campaign(&s, "log", args.calls).await?;
     let log = record(&s, &ev, args.batch, "log").await?;
 
-    // Deliveries: the `log` campaign's events, numbered and fanned out now (an endpoint gets the
-    // events numbered after it exists), sent to `rx`.
+    // Deliveries: a campaign's events, numbered and fanned out once its endpoint exists (an
+    // endpoint gets the events numbered after it was created; the run before is numbered first,
+    // untimed), sent to `rx`.
+    while s.sequence_events(10_000).await?.events > 0 {}
+    let (logged, ev) = claimed_campaign(&s, "deliveries", args.deliver_calls).await?;
+    record(&s, &ev, args.batch, "deliveries").await?;
     endpoint(&s, &rx, logged, args.concurrency).await?;
     let summary = Arc::new(Summary::default());
     let t0 = Instant::now();
     let stop = pipeline(&s, summary.clone())?;
-    let want = args.calls * per_call - args.calls + 1;
+    let want = args.deliver_calls * per_call - args.deliver_calls + 1;
     let secs = drained(&rx, want, t0).await?;
     let _ = stop.send(true);
     let deliveries = want as f64 / secs;
@@ -199,8 +206,9 @@ pub async fn run(args: Args) -> Result<()> {
     let _ = stop.send(true);
 
     println!(
-        "bench webhooks: {} calls a run, recorder batches of {}, store {}",
+        "bench webhooks: {} calls a recorder run, {} calls' events delivered, recorder batches of {}, store {}",
         args.calls,
+        args.deliver_calls,
         args.batch,
         s.kind().as_str()
     );
@@ -216,7 +224,7 @@ pub async fn run(args: Args) -> Result<()> {
         rx.peak_concurrency()
     );
     let out = json!({
-        "calls": args.calls, "batch": args.batch, "store": s.kind().as_str(),
+        "calls": args.calls, "deliver_calls": args.deliver_calls, "batch": args.batch, "store": s.kind().as_str(),
         "recorder_events_per_s": {"off": off, "log": log, "log_and_delivering": busy_rate},
         "log_vs_off": log / off, "delivering_vs_off": busy_rate / off,
         "deliveries": want, "deliveries_per_s": deliveries, "concurrency": args.concurrency,
