@@ -169,7 +169,17 @@ async fn drained(rx: &Receiver, n: usize, t0: Instant) -> Result<f64> {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let (url, _guard) = crate::store_url(&args.db.store, args.db.url.as_ref())?;
+    // A durable PostgreSQL (fsync and synchronous commit on, as operators run it), not the
+    // tests' shared server, which runs without them for speed: on that one the recorder is bound
+    // by CPU rather than by its commits, and the figures would not be an operator's.
+    let durable = match (args.db.store.as_str(), &args.db.url) {
+        ("postgres", None) => Some(dialer_testkit::Postgres::own().map_err(|e| anyhow::anyhow!("{e}"))?),
+        _ => None,
+    };
+    let (url, _guard) = match &durable {
+        Some(pg) => (pg.create_database().map_err(anyhow::Error::msg)?, None),
+        None => crate::store_url(&args.db.store, args.db.url.as_ref())?,
+    };
     let s = open_store(&Config::default(), &url).await.context("opening the store")?;
     let per_call = 4 + 1; // queued, started, answered, completed; + the campaign's start
     let rx = Receiver::start(Mode::Ok, 1);
