@@ -216,7 +216,7 @@ pub struct Deliverer {
 /// One endpoint as the deliverer holds it: its settings and its requests in flight here.
 #[derive(Debug)]
 struct Slot {
-    endpoint: Arc<ActiveEndpoint>,
+    endpoint: ActiveEndpoint,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -272,7 +272,7 @@ impl Deliverer {
         let mut next = HashMap::new();
         for e in endpoints {
             let in_flight = slots.remove(&e.id).map(|s| s.in_flight).unwrap_or_default();
-            next.insert(e.id, Slot { endpoint: Arc::new(e), in_flight });
+            next.insert(e.id, Slot { endpoint: e, in_flight });
         }
         *slots = next;
     }
@@ -298,13 +298,13 @@ impl Deliverer {
                 }
             };
         // The URL and secrets as the claim read them: a rotation applies from the next claim.
-        let endpoint = Arc::new(ActiveEndpoint { url: claim.url, secrets: claim.secrets, ..(*slot.endpoint).clone() });
+        let target = Arc::new(Target { url: claim.url, secrets: claim.secrets });
         for d in claim.deliveries {
             slot.in_flight.fetch_add(1, Ordering::Relaxed);
-            let (client, endpoint, answers, done, in_flight) =
-                (self.client.clone(), endpoint.clone(), answers.clone(), done.clone(), slot.in_flight.clone());
+            let (client, target, answers, done, in_flight) =
+                (self.client.clone(), target.clone(), answers.clone(), done.clone(), slot.in_flight.clone());
             tokio::spawn(async move {
-                let answer = send(&client, &endpoint, &d).await;
+                let answer = send(&client, &target, &d).await;
                 let _ = answers.send((d, answer)).await;
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 done.notify_one();
@@ -313,13 +313,20 @@ impl Deliverer {
     }
 }
 
+/// Where a claim's deliveries go and the secrets that sign them, as the claim read them.
+#[derive(Debug)]
+pub struct Target {
+    pub url: String,
+    pub secrets: Vec<String>,
+}
+
 /// POSTs one event, signed; what came back.
-pub async fn send(client: &reqwest::Client, endpoint: &ActiveEndpoint, d: &ClaimedDelivery) -> Answer {
+pub async fn send(client: &reqwest::Client, target: &Target, d: &ClaimedDelivery) -> Answer {
     let t = Utc::now().timestamp();
-    let secrets: Vec<&str> = endpoint.secrets.iter().map(String::as_str).collect();
+    let secrets: Vec<&str> = target.secrets.iter().map(String::as_str).collect();
     let started = Instant::now();
     let sent = client
-        .post(&endpoint.url)
+        .post(&target.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(SIGNATURE_HEADER, signature_header(t, d.body.as_bytes(), &secrets))
         .header("Dialer-Delivery-Attempt", d.attempts.to_string())

@@ -49,17 +49,13 @@ pub struct Sequenced {
     pub deliveries: u64,
     /// The last number given (0: none).
     pub last_seq: i64,
-    /// Endpoints that got deliveries.
-    pub endpoints: Vec<Uuid>,
 }
 
-/// An enabled endpoint as the delivery worker needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An enabled endpoint as the delivery worker schedules it (its URL and secrets come with each
+/// claim, [`Claim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActiveEndpoint {
     pub id: Uuid,
-    pub url: String,
-    /// The secrets that sign: the current one, and the previous one during a rotation.
-    pub secrets: Vec<String>,
     pub max_concurrency: u32,
 }
 
@@ -317,10 +313,10 @@ macro_rules! events_store {
                 let pairs: Vec<(i64, i64)> = numbered.iter().map(|(seq, e)| (e.0, *seq)).collect();
                 $number(&mut **tx, &pairs).await?;
                 let last_seq = next + numbered.len() as i64 - 1;
-                let (deliveries, endpoints) = fan_out(&mut tx, &numbered, next, last_seq).await?;
+                let deliveries = fan_out(&mut tx, &numbered, next, last_seq).await?;
                 sqlx::query("UPDATE event_sequencer SET next_seq = $1 WHERE id = 1").bind(last_seq + 1).execute(&mut **tx).await?;
                 tx.commit().await?;
-                Ok(Sequenced { events: numbered.len() as u64, deliveries, last_seq, endpoints })
+                Ok(Sequenced { events: numbered.len() as u64, deliveries, last_seq })
             }
 
             fn batch_row(r: &DbRow) -> Result<(i64, Uuid, Unsequenced, Option<EventType>), StoreError> {
@@ -337,7 +333,7 @@ macro_rules! events_store {
                 numbered: &[(i64, &(i64, Uuid, Unsequenced, Option<EventType>))],
                 first: i64,
                 last: i64,
-            ) -> Result<(u64, Vec<Uuid>), StoreError> {
+            ) -> Result<u64, StoreError> {
                 let subs: Vec<(Uuid, Subscription)> = sqlx::query("SELECT id, event_types, campaign_id FROM webhook_endpoints WHERE enabled")
                     .fetch_all(&mut **tx)
                     .await?
@@ -371,10 +367,7 @@ macro_rules! events_store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                let mut endpoints: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-                endpoints.sort();
-                endpoints.dedup();
-                Ok((rows.len() as u64, endpoints))
+                Ok(rows.len() as u64)
             }
 
             /// Numbered events after `after`, of one campaign or all, in log order.
@@ -596,18 +589,15 @@ macro_rules! events_store {
                 Ok(w)
             }
 
-            /// The enabled endpoints with the secrets that sign now.
+            /// The enabled endpoints and their concurrency.
             pub async fn active_endpoints(pool: &Pool) -> Result<Vec<ActiveEndpoint>, StoreError> {
-                let at = now();
-                sqlx::query("SELECT id, url, secret, previous_secret, previous_expires_at, max_concurrency FROM webhook_endpoints WHERE enabled")
+                sqlx::query("SELECT id, max_concurrency FROM webhook_endpoints WHERE enabled")
                     .fetch_all(pool)
                     .await?
                     .iter()
                     .map(|r| {
                         Ok(ActiveEndpoint {
                             id: r.try_get("id")?,
-                            url: r.try_get("url")?,
-                            secrets: signing_secrets(r, at),
                             max_concurrency: r.try_get::<i32, _>("max_concurrency")? as u32,
                         })
                     })
