@@ -132,7 +132,64 @@ async fn a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing(b: Backend) 
     );
 }
 
-both_stores!(events_follow_the_changes_that_commit, a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing);
+/// The leases: a claim holds an endpoint's slot until its answer or its lease's end; an expired
+/// lease is claimed again as the next attempt, and the first attempt's late answer is dropped.
+async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Backend) {
+    use dialer_control_plane::store::Finished;
+    use dialer_domain::events::{Answer, Next};
+    let (s, _dir) = store(b).await;
+    let req = CreateWebhookRequest {
+        url: "http://127.0.0.1:9/hook".into(),
+        max_concurrency: Some(2),
+        rate_per_sec: Some(10_000),
+        ..Default::default()
+    };
+    let w = s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
+    let c = campaign(&s, "leases", 1, 10, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let claimed = s.claim_due(c.id, 10, chrono::Utc::now()).await.expect("claimed");
+    s.record_events(&[event(c.id, &claimed[0], EventKind::Started)], &mut || 0.5, None).await.expect("recorded");
+    s.sequence_events(100).await.expect("sequenced");
+    let past = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    let first = s.claim_deliveries(w.id, 10, past).await.expect("claim").deliveries;
+    // Two streams' heads (the campaign's start, the call's queued); the call's started waits.
+    let heads =
+        |c: &[dialer_control_plane::store::ClaimedDelivery]| c.iter().map(|d| (d.seq, d.attempts)).collect::<Vec<_>>();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first.iter().all(|d| d.attempts == 1 && d.stream_seq == 1), "{first:?}");
+    assert_eq!(s.delivery_counts().await.expect("counts").sending, 2);
+    assert!(
+        s.claim_deliveries(w.id, 10, past).await.expect("claim").deliveries.is_empty(),
+        "the concurrency of 2 is taken"
+    );
+    assert_eq!(s.reclaim_expired_deliveries().await.expect("reclaimed"), 2);
+    let later = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    let second = s.claim_deliveries(w.id, 10, later).await.expect("claim").deliveries;
+    assert_eq!(heads(&second), first.iter().map(|d| (d.seq, 2)).collect::<Vec<_>>(), "the same heads, as attempt 2");
+    let ok = |d: &dialer_control_plane::store::ClaimedDelivery| Finished {
+        delivery: d.clone(),
+        answer: Answer::Status(200),
+        next: Next::Delivered,
+    };
+    s.finish_deliveries(&first.iter().map(ok).collect::<Vec<_>>()).await.expect("late answers");
+    let counts = s.delivery_counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.sending), (1, 2), "the first attempt's late answers are dropped");
+    s.finish_deliveries(&second.iter().map(ok).collect::<Vec<_>>()).await.expect("answers");
+    let counts = s.delivery_counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.sending), (1, 0));
+    let third = s.claim_deliveries(w.id, 10, later).await.expect("claim").deliveries;
+    assert_eq!(
+        third.iter().map(|d| (d.stream_seq, d.attempts)).collect::<Vec<_>>(),
+        [(2, 1)],
+        "the call's started, now its head"
+    );
+}
+
+both_stores!(
+    events_follow_the_changes_that_commit,
+    a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing,
+    an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped
+);
 
 fn settings() -> DeliverySettings {
     DeliverySettings {

@@ -7,7 +7,9 @@
 //!   `event_sequencer` row lock) and fans them out to the endpoints that want them.
 //! - Deliveries are claimed per endpoint under the endpoint's row lock (its concurrency and token
 //!   bucket hold across replicas), only at the head of their stream on that endpoint (an event is
-//!   never sent before its stream's earlier events are delivered), with a lease.
+//!   never sent before its stream's earlier events are delivered), with a lease: a row of
+//!   `webhook_leases` (attempt number, expiry). A delivered event's delivery row is inserted by
+//!   the fan-out and deleted by the answer, never updated; only failed attempts update it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -124,6 +126,49 @@ fn state_of(next: &Next) -> &'static str {
     }
 }
 
+/// An attempt that did not deliver, as its delivery row records it (`record_attempts`).
+struct Attempt {
+    endpoint: Uuid,
+    seq: i64,
+    attempt: i32,
+    /// The retry window's start, kept if the row has one already.
+    window_start: DateTime<Utc>,
+    state: &'static str,
+    /// When it is due again (pending), or when it died (dead).
+    next_at: DateTime<Utc>,
+    code: Option<i32>,
+    error: Option<String>,
+}
+
+impl Attempt {
+    fn answered(f: &Finished, at: DateTime<Utc>) -> Attempt {
+        Attempt {
+            endpoint: f.delivery.endpoint_id,
+            seq: f.delivery.seq,
+            attempt: f.delivery.attempts as i32,
+            window_start: f.delivery.window_start,
+            state: state_of(&f.next),
+            next_at: if let Next::Retry(t) = f.next { t } else { at },
+            code: f.answer.code().map(i32::from),
+            error: f.answer.error(),
+        }
+    }
+
+    /// A lease that ran out: due again now.
+    fn expired(endpoint: Uuid, seq: i64, attempt: i32, claimed_at: DateTime<Utc>, at: DateTime<Utc>) -> Attempt {
+        Attempt {
+            endpoint,
+            seq,
+            attempt,
+            window_start: claimed_at,
+            state: "pending",
+            next_at: at,
+            code: None,
+            error: Some("lease expired: the sender stopped before it recorded an answer".into()),
+        }
+    }
+}
+
 /// Bulk writes of the log, per backend: PostgreSQL binds one array per column (`UNNEST`), a
 /// statement of 7 parameters whatever the batch; SQLite, which has no arrays, multi-row VALUES.
 /// Measured with `bench webhooks` (PostgreSQL, 10,000 calls): multi-row VALUES of 2,000 rows × 7
@@ -206,6 +251,119 @@ mod bulk {
         Ok(())
     }
 
+    /// A claimed delivery and its event: seq, stream, stream_seq, attempts before this one,
+    /// window_start, body, created_at.
+    pub(super) type ClaimedRow = (i64, Uuid, i32, i32, Option<DateTime<Utc>>, String, DateTime<Utc>);
+
+    /// The claimed deliveries of an endpoint with their events. PostgreSQL is driven by the array
+    /// of positions (a nested loop of key look-ups): with `IN (…)`, statistics older than the
+    /// backlog made it scan the endpoint's deliveries per claim (`bench webhooks`).
+    pub(super) async fn pg_claimed(
+        conn: &mut sqlx::PgConnection,
+        endpoint: Uuid,
+        seqs: &[i64],
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT d.seq, d.stream_id, d.stream_seq, d.attempts, d.window_start, e.body, e.created_at \
+             FROM UNNEST($2::int8[]) AS c(seq) JOIN webhook_deliveries d ON d.endpoint_id = $1 AND d.seq = c.seq \
+             JOIN events e ON e.seq = c.seq",
+        )
+        .bind(endpoint)
+        .bind(seqs)
+        .fetch_all(conn)
+        .await?)
+    }
+
+    pub(super) async fn lite_claimed(
+        conn: &mut sqlx::SqliteConnection,
+        endpoint: Uuid,
+        seqs: &[i64],
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(CHUNK) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT d.seq, d.stream_id, d.stream_seq, d.attempts, d.window_start, e.body, e.created_at \
+                 FROM webhook_deliveries d JOIN events e ON e.seq = d.seq WHERE d.endpoint_id = ",
+            );
+            q.push_bind(endpoint).push(" AND d.seq IN (");
+            let mut sep = q.separated(", ");
+            for s in chunk {
+                sep.push_bind(*s);
+            }
+            q.push(")");
+            out.extend(q.build_query_as::<ClaimedRow>().fetch_all(&mut *conn).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the leases of these attempts (endpoint, seq, attempt); the (endpoint, seq) of those
+    /// that were still held. PostgreSQL joins the arrays by key: a `VALUES` list of a batch of
+    /// answers planned as a scan of the endpoint's rows once statistics lagged (`bench webhooks`).
+    pub(super) async fn pg_release(
+        conn: &mut sqlx::PgConnection,
+        attempts: &[(Uuid, i64, i32)],
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let (e, s, a) = unzip3(attempts);
+        Ok(sqlx::query_as(
+            "DELETE FROM webhook_leases l USING UNNEST($1::uuid[], $2::int8[], $3::int4[]) AS v(e, s, a) \
+             WHERE l.endpoint_id = v.e AND l.seq = v.s AND l.attempt = v.a RETURNING l.endpoint_id, l.seq",
+        )
+        .bind(e)
+        .bind(s)
+        .bind(a)
+        .fetch_all(conn)
+        .await?)
+    }
+
+    fn unzip3(rows: &[(Uuid, i64, i32)]) -> (Vec<Uuid>, Vec<i64>, Vec<i32>) {
+        (rows.iter().map(|r| r.0).collect(), rows.iter().map(|r| r.1).collect(), rows.iter().map(|r| r.2).collect())
+    }
+
+    pub(super) async fn lite_release(
+        conn: &mut sqlx::SqliteConnection,
+        attempts: &[(Uuid, i64, i32)],
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let mut held = Vec::with_capacity(attempts.len());
+        for chunk in attempts.chunks(CHUNK) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(e, s, a) AS (");
+            q.push_values(chunk, |mut b, (e, s, a)| {
+                b.push_bind(*e).push_bind(*s).push_bind(*a);
+            });
+            q.push(") DELETE FROM webhook_leases WHERE (endpoint_id, seq, attempt) IN (SELECT e, s, a FROM v) RETURNING endpoint_id, seq");
+            held.extend(q.build_query_as::<(Uuid, i64)>().fetch_all(&mut *conn).await?);
+        }
+        Ok(held)
+    }
+
+    /// Deletes delivered deliveries (endpoint, seq), by key.
+    pub(super) async fn pg_delivered(conn: &mut sqlx::PgConnection, rows: &[(Uuid, i64)]) -> Result<(), StoreError> {
+        let endpoints: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        sqlx::query(
+            "DELETE FROM webhook_deliveries d USING UNNEST($1::uuid[], $2::int8[]) AS v(e, s) WHERE d.endpoint_id = v.e AND d.seq = v.s",
+        )
+        .bind(endpoints)
+        .bind(seqs)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn lite_delivered(
+        conn: &mut sqlx::SqliteConnection,
+        rows: &[(Uuid, i64)],
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(CHUNK) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(e, s) AS (");
+            q.push_values(chunk, |mut b, (e, s)| {
+                b.push_bind(*e).push_bind(*s);
+            });
+            q.push(") DELETE FROM webhook_deliveries WHERE (endpoint_id, seq) IN (SELECT e, s FROM v)");
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
     /// New pending deliveries: (endpoint, seq, stream, stream_seq).
     pub(super) async fn pg_deliveries(
         conn: &mut sqlx::PgConnection,
@@ -257,7 +415,7 @@ mod bulk {
 }
 
 macro_rules! events_store {
-    ($module:ident, $db:ty, $sql:ident, pg = $pg:literal, append = $append:path, number = $number:path, deliveries = $deliveries:path) => {
+    ($module:ident, $db:ty, $sql:ident, pg = $pg:literal, append = $append:path, number = $number:path, deliveries = $deliveries:path, claimed = $claimed:path, release = $release:path, delivered = $delivered:path) => {
         pub(crate) mod $module {
             use chrono::{DateTime, Utc};
             use dialer_domain::events::{log_order, EventType, NewEvent, Next, Subscription, Unsequenced};
@@ -266,7 +424,7 @@ macro_rules! events_store {
             use uuid::Uuid;
 
             use super::{
-                enabled, state_of, ActiveEndpoint, Claim, ClaimedDelivery, DeadLetter, Finished, LoggedEvent, QueueCounts, Sequenced,
+                enabled, ActiveEndpoint, Attempt, Claim, ClaimedDelivery, DeadLetter, Finished, LoggedEvent, QueueCounts, Sequenced,
                 CHUNK,
             };
             use crate::store::sql::$sql::begin;
@@ -279,8 +437,6 @@ macro_rules! events_store {
             type DbRow = <Db as sqlx::Database>::Row;
 
             const FOR_UPDATE: &str = if $pg { " FOR UPDATE" } else { "" };
-            const IN_OPEN: &str = if $pg { "= ANY (ARRAY(" } else { "IN (" };
-            const IN_CLOSE: &str = if $pg { "))" } else { ")" };
 
             /// Appends events in the caller's transaction (nothing when `events.enabled` is off).
             pub async fn append(conn: &mut Conn, events: &[NewEvent]) -> Result<(), StoreError> {
@@ -352,18 +508,23 @@ macro_rules! events_store {
                     }
                 }
                 let at = now();
-                if !rows.is_empty() {
-                    $deliveries(&mut **tx, &rows, at).await?;
+                if rows.is_empty() {
+                    return Ok(0);
+                }
+                $deliveries(&mut **tx, &rows, at).await?;
+                // By the primary key, an endpoint at a time (no index on `seq` alone to write).
+                for (endpoint, _) in &subs {
                     sqlx::query(
                         "UPDATE webhook_deliveries SET state = 'dead', dead_at = $3, \
                          last_error = 'an earlier event of its call or campaign is in the dead-letter store' \
-                         WHERE seq BETWEEN $1 AND $2 AND state = 'pending' AND (SELECT min(p.stream_seq) FROM webhook_deliveries p \
-                         WHERE p.endpoint_id = webhook_deliveries.endpoint_id AND p.stream_id = webhook_deliveries.stream_id \
-                         AND p.state = 'dead') < webhook_deliveries.stream_seq",
+                         WHERE endpoint_id = $4 AND seq BETWEEN $1 AND $2 AND state = 'pending' \
+                         AND (SELECT min(p.stream_seq) FROM webhook_deliveries p WHERE p.endpoint_id = webhook_deliveries.endpoint_id \
+                         AND p.stream_id = webhook_deliveries.stream_id AND p.state = 'dead') < webhook_deliveries.stream_seq",
                     )
                     .bind(first)
                     .bind(last)
                     .bind(at)
+                    .bind(endpoint)
                     .execute(&mut **tx)
                     .await?;
                 }
@@ -423,7 +584,8 @@ macro_rules! events_store {
                 };
                 let n = sqlx::query(
                     "DELETE FROM events WHERE n IN (SELECT n FROM events e WHERE seq IS NOT NULL AND created_at < $1 \
-                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.seq = e.seq) ORDER BY created_at LIMIT $2)",
+                     AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w JOIN webhook_deliveries d ON d.endpoint_id = w.id AND d.seq = e.seq) \
+                     ORDER BY created_at LIMIT $2)",
                 )
                 .bind(before)
                 .bind(limit as i64)
@@ -563,6 +725,7 @@ macro_rules! events_store {
                 let mut tx = begin(pool).await?;
                 let n = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1").bind(id).execute(&mut **tx).await?.rows_affected();
                 sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1").bind(id).execute(&mut **tx).await?;
+                sqlx::query("DELETE FROM webhook_leases WHERE endpoint_id = $1").bind(id).execute(&mut **tx).await?;
                 tx.commit().await?;
                 Ok(n == 1)
             }
@@ -605,8 +768,8 @@ macro_rules! events_store {
             }
 
             /// Claims up to `max` due deliveries of an endpoint for one attempt each, within its
-            /// concurrency (deliveries being sent, by any replica) and its token bucket (a second
-            /// of its rate at most), each at the head of its stream, leased until `lease_until`.
+            /// concurrency (its leases, held by any replica) and its token bucket (a second of its
+            /// rate at most), each at the head of its stream, leased until `lease_until`.
             pub async fn claim_deliveries(
                 pool: &Pool,
                 endpoint: Uuid,
@@ -615,43 +778,59 @@ macro_rules! events_store {
             ) -> Result<Claim, StoreError> {
                 let at = now();
                 let mut tx = begin(pool).await?;
-                if $pg {
-                    // Every statement here is a look-up by key: stale statistics (a backlog fanned
-                    // out a moment ago) must not turn one into a scan. And see `at_least_once`.
-                    sqlx::query(
-                        "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true), \
-                         set_config('synchronous_commit', 'off', true)",
-                    )
-                    .execute(&mut **tx)
-                    .await?;
-                }
                 let Some(Claimable { n, tokens, url, secrets }) = claimable(&mut tx, endpoint, max, at).await? else {
                     return Ok(Claim::default());
                 };
                 // A delivery is due at the head of its stream: no earlier one of its stream is left
-                // (delivered rows are deleted). The head is found by a correlated look-up of the
-                // stream's first row in `webhook_deliveries_stream`, one probe per candidate: as an
-                // anti-join, PostgreSQL hashed every pending delivery per claim (2.6 s a claim at
-                // 80,000 pending in `bench webhooks`). The ids are taken once (`= ANY (ARRAY(…))`
-                // on PostgreSQL, as the calls' claim) and updated through the primary key: claims of an
-                // endpoint are serialized by its row lock, so the rows are still pending.
-                let sql = format!(
-                    "UPDATE webhook_deliveries SET state = 'sending', attempts = attempts + 1, lease_until = $3, \
-                     window_start = COALESCE(window_start, $2) WHERE endpoint_id = $1 AND seq {IN_OPEN}\
-                     SELECT d.seq FROM webhook_deliveries d WHERE d.endpoint_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
+                // (delivered rows are deleted), found by a correlated look-up of the stream's first
+                // row in `webhook_deliveries_stream`, one probe per candidate (as an anti-join,
+                // PostgreSQL hashed every pending delivery per claim: 2.6 s a claim at 80,000
+                // pending). A claim writes leases only, never the delivery rows (migration 0012).
+                // Whether a candidate is leased is a probe of its own key too (a scalar subquery,
+                // which PostgreSQL cannot turn into a join): as an anti-join, a plan made while
+                // the leases looked few walked all of the endpoint's lease entries, dead ones
+                // included (the table churns at the delivery rate), per candidate: 18 ms a claim.
+                // Claims of an endpoint are serialized by its row lock.
+                let seqs: Vec<i64> = sqlx::query_scalar(
+                    "INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until) \
+                     SELECT d.endpoint_id, d.seq, d.attempts + 1, $2, $3 FROM webhook_deliveries d \
+                     WHERE d.endpoint_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
+                     AND (SELECT count(*) FROM webhook_leases l WHERE l.endpoint_id = d.endpoint_id AND l.seq = d.seq) = 0 \
                      AND d.stream_seq = (SELECT min(p.stream_seq) FROM webhook_deliveries p WHERE p.endpoint_id = d.endpoint_id \
                      AND p.stream_id = d.stream_id) \
-                     ORDER BY d.next_attempt_at, d.seq LIMIT $4{IN_CLOSE} \
-                     RETURNING seq, stream_id, stream_seq, attempts, window_start"
-                );
-                let rows = sqlx::query(&sql).bind(endpoint).bind(at).bind(lease_until).bind(n as i64).fetch_all(&mut **tx).await?;
-                sqlx::query("UPDATE webhook_endpoints SET rate_tokens = $2, rate_at = $3 WHERE id = $1")
+                     ORDER BY d.next_attempt_at, d.seq LIMIT $4 RETURNING seq",
+                )
+                .bind(endpoint)
+                .bind(at)
+                .bind(lease_until)
+                .bind(n as i64)
+                .fetch_all(&mut **tx)
+                .await?;
+                sqlx::query("UPDATE webhook_endpoints SET rate_tokens = $2, rate_at = $3, in_flight = in_flight + $4 WHERE id = $1")
                     .bind(endpoint)
-                    .bind(tokens - rows.len() as f64)
+                    .bind(tokens - seqs.len() as f64)
                     .bind(at)
+                    .bind(seqs.len() as i32)
                     .execute(&mut **tx)
                     .await?;
-                let deliveries = with_bodies(&mut tx, endpoint, &rows).await?;
+                let mut deliveries = $claimed(&mut **tx, endpoint, &seqs)
+                    .await?
+                    .into_iter()
+                    .map(|r| ClaimedDelivery {
+                        endpoint_id: endpoint,
+                        seq: r.0,
+                        stream_id: r.1,
+                        stream_seq: r.2,
+                        attempts: r.3 as u32 + 1,
+                        window_start: r.4.unwrap_or(at),
+                        created_at: r.6,
+                        body: r.5,
+                    })
+                    .collect::<Vec<_>>();
+                deliveries.sort_by_key(|d| d.seq);
+                if deliveries.len() != seqs.len() {
+                    return Err(StoreError::Corrupt(format!("{} of {} claimed deliveries have their event", deliveries.len(), seqs.len())));
+                }
                 tx.commit().await?;
                 Ok(Claim { url, secrets, deliveries })
             }
@@ -666,8 +845,18 @@ macro_rules! events_store {
                 secrets: Vec<String>,
             }
 
-            /// How many deliveries the endpoint may start now (`None`: none, or disabled), its URL
-            /// and the secrets that sign now.
+            /// A claim's settings (PostgreSQL), set by its first statement. Every statement of a
+            /// claim is a look-up by key: stale statistics (a backlog fanned out a moment ago) must
+            /// not turn one into a scan. And see `at_least_once`.
+            const CLAIM_SETTINGS: &str = if $pg {
+                "set_config('enable_seqscan', 'off', true) AS s1, set_config('enable_sort', 'off', true) AS s2, \
+                 set_config('synchronous_commit', 'off', true) AS s3, "
+            } else {
+                ""
+            };
+
+            /// Locks the endpoint's row: how many deliveries it may start now (`None`: none, or
+            /// disabled), its URL and the secrets that sign now.
             async fn claimable(
                 tx: &mut sqlx::Transaction<'static, Db>,
                 endpoint: Uuid,
@@ -675,8 +864,8 @@ macro_rules! events_store {
                 at: DateTime<Utc>,
             ) -> Result<Option<Claimable>, StoreError> {
                 let Some(r) = sqlx::query(&format!(
-                    "SELECT enabled, max_concurrency, rate_per_sec, rate_tokens, rate_at, url, secret, previous_secret, \
-                     previous_expires_at FROM webhook_endpoints WHERE id = $1{FOR_UPDATE}"
+                    "SELECT {CLAIM_SETTINGS}enabled, max_concurrency, rate_per_sec, rate_tokens, rate_at, url, secret, \
+                     previous_secret, previous_expires_at, in_flight FROM webhook_endpoints WHERE id = $1{FOR_UPDATE}"
                 ))
                 .bind(endpoint)
                 .fetch_optional(&mut **tx)
@@ -691,11 +880,7 @@ macro_rules! events_store {
                 let since: DateTime<Utc> = r.try_get("rate_at")?;
                 let elapsed = (at - since).num_microseconds().unwrap_or(i64::MAX).max(0) as f64 / 1e6;
                 let tokens = (r.try_get::<f64, _>("rate_tokens")? + elapsed * rate).min(rate);
-                let sending: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE endpoint_id = $1 AND state = 'sending'")
-                    .bind(endpoint)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                let free = (i64::from(r.try_get::<i32, _>("max_concurrency")?) - sending).max(0) as usize;
+                let free = (r.try_get::<i32, _>("max_concurrency")? - r.try_get::<i32, _>("in_flight")?).max(0) as usize;
                 let n = max.min(free).min(tokens.max(0.0).floor() as usize);
                 Ok((n > 0).then(|| Claimable { n, tokens, url: r.try_get("url").unwrap_or_default(), secrets: signing_secrets(&r, at) }))
             }
@@ -713,38 +898,6 @@ macro_rules! events_store {
                 secrets
             }
 
-            async fn with_bodies(tx: &mut sqlx::Transaction<'static, Db>, endpoint: Uuid, rows: &[DbRow]) -> Result<Vec<ClaimedDelivery>, StoreError> {
-                let mut bodies = std::collections::HashMap::new();
-                for chunk in rows.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<Db>::new("SELECT seq, body, created_at FROM events WHERE seq IN (");
-                    let mut sep = q.separated(", ");
-                    for r in chunk {
-                        sep.push_bind(r.try_get::<i64, _>("seq")?);
-                    }
-                    q.push(")");
-                    for r in q.build().fetch_all(&mut **tx).await? {
-                        bodies.insert(r.try_get::<i64, _>("seq")?, (r.try_get::<String, _>("body")?, r.try_get::<DateTime<Utc>, _>("created_at")?));
-                    }
-                }
-                let mut out = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let seq: i64 = r.try_get("seq")?;
-                    let (body, created_at) = bodies.remove(&seq).ok_or_else(|| StoreError::Corrupt(format!("delivery of event {seq} without its event")))?;
-                    out.push(ClaimedDelivery {
-                        endpoint_id: endpoint,
-                        seq,
-                        stream_id: r.try_get("stream_id")?,
-                        stream_seq: r.try_get("stream_seq")?,
-                        attempts: r.try_get::<i32, _>("attempts")? as u32,
-                        window_start: r.try_get::<Option<DateTime<Utc>>, _>("window_start")?.unwrap_or(created_at),
-                        created_at,
-                        body,
-                    });
-                }
-                out.sort_by_key(|d| d.seq);
-                Ok(out)
-            }
-
             /// A claim's or an answer's transaction does not wait for its WAL flush (PostgreSQL):
             /// one lost in a crash only sends its events again, which at-least-once delivery
             /// allows, and the recorder's commits no longer queue behind a flush per claim and per
@@ -757,8 +910,10 @@ macro_rules! events_store {
                 Ok(())
             }
 
-            /// Writes finished attempts in one transaction. A result is dropped when the delivery
-            /// is no longer this attempt's (its lease expired and another replica took it).
+            /// Writes finished attempts in one transaction. An answer counts only while its
+            /// attempt still holds the lease (one that expired was given back, and may be another
+            /// replica's attempt now): the lease is deleted, then the delivery row deleted
+            /// (delivered) or updated (retry, dead).
             pub async fn finish_deliveries(pool: &Pool, done: &[Finished]) -> Result<(), StoreError> {
                 if done.is_empty() {
                     return Ok(());
@@ -766,35 +921,16 @@ macro_rules! events_store {
                 let at = now();
                 let mut tx = begin(pool).await?;
                 at_least_once(&mut tx).await?;
-                let (delivered, others): (Vec<&Finished>, Vec<&Finished>) = done.iter().partition(|f| f.next == Next::Delivered);
-                for chunk in delivered.chunks(CHUNK) {
-                    let mut q = QueryBuilder::<Db>::new("WITH v(e, s, a) AS (");
-                    q.push_values(chunk, |mut b, f| {
-                        b.push_bind(f.delivery.endpoint_id).push_bind(f.delivery.seq).push_bind(f.delivery.attempts as i32);
-                    });
-                    q.push(") DELETE FROM webhook_deliveries WHERE state = 'sending' AND (endpoint_id, seq, attempts) IN (SELECT e, s, a FROM v)");
-                    q.build().execute(&mut **tx).await?;
+                let held = release_leases(&mut tx, done).await?;
+                settle(&mut tx, held.iter().map(|h| h.0)).await?;
+                let held: Vec<&Finished> = done.iter().filter(|f| held.contains(&(f.delivery.endpoint_id, f.delivery.seq))).collect();
+                let (delivered, others): (Vec<&Finished>, Vec<&Finished>) = held.into_iter().partition(|f| f.next == Next::Delivered);
+                if !delivered.is_empty() {
+                    let keys: Vec<(Uuid, i64)> = delivered.iter().map(|f| (f.delivery.endpoint_id, f.delivery.seq)).collect();
+                    $delivered(&mut **tx, &keys).await?;
                 }
-                for chunk in others.chunks(CHUNK / 2) {
-                    let mut q = QueryBuilder::<Db>::new("WITH v(e, s, a, st, next_at, code, err) AS (");
-                    q.push_values(chunk, |mut b, f| {
-                        let next_at = if let Next::Retry(t) = f.next { t } else { at };
-                        b.push_bind(f.delivery.endpoint_id)
-                            .push_bind(f.delivery.seq)
-                            .push_bind(f.delivery.attempts as i32)
-                            .push_bind(state_of(&f.next))
-                            .push_bind(next_at)
-                            .push_bind(f.answer.code().map(i32::from))
-                            .push_bind(f.answer.error());
-                    });
-                    q.push(
-                        ") UPDATE webhook_deliveries SET state = v.st, next_attempt_at = v.next_at, lease_until = NULL, \
-                         last_code = v.code, last_error = v.err, dead_at = CASE WHEN v.st = 'dead' THEN v.next_at END \
-                         FROM v WHERE webhook_deliveries.endpoint_id = v.e AND webhook_deliveries.seq = v.s \
-                         AND webhook_deliveries.attempts = v.a AND webhook_deliveries.state = 'sending'",
-                    );
-                    q.build().execute(&mut **tx).await?;
-                }
+                let attempts: Vec<Attempt> = others.iter().map(|f| Attempt::answered(f, at)).collect();
+                record_attempts(&mut tx, &attempts).await?;
                 for f in others {
                     match f.next {
                         Next::Dead => bury_stream(&mut tx, &f.delivery, at).await?,
@@ -803,6 +939,59 @@ macro_rules! events_store {
                     }
                 }
                 tx.commit().await?;
+                Ok(())
+            }
+
+            /// Deletes the leases of these answers' attempts; the (endpoint, seq) of those that
+            /// still held theirs.
+            async fn release_leases(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                done: &[Finished],
+            ) -> Result<std::collections::HashSet<(Uuid, i64)>, StoreError> {
+                let attempts: Vec<(Uuid, i64, i32)> =
+                    done.iter().map(|f| (f.delivery.endpoint_id, f.delivery.seq, f.delivery.attempts as i32)).collect();
+                Ok($release(&mut **tx, &attempts).await?.into_iter().collect())
+            }
+
+            /// Lowers the endpoints' in-flight counts by their leases given back (one id per lease).
+            async fn settle(tx: &mut sqlx::Transaction<'static, Db>, released: impl Iterator<Item = Uuid>) -> Result<(), StoreError> {
+                let mut per_endpoint: std::collections::BTreeMap<Uuid, i32> = std::collections::BTreeMap::new();
+                for e in released {
+                    *per_endpoint.entry(e).or_default() += 1;
+                }
+                for (endpoint, n) in per_endpoint {
+                    sqlx::query("UPDATE webhook_endpoints SET in_flight = CASE WHEN in_flight > $2 THEN in_flight - $2 ELSE 0 END WHERE id = $1")
+                        .bind(endpoint)
+                        .bind(n)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            /// Writes attempts that did not deliver to their delivery rows (still pending, or dead).
+            async fn record_attempts(tx: &mut sqlx::Transaction<'static, Db>, attempts: &[Attempt]) -> Result<(), StoreError> {
+                for chunk in attempts.chunks(CHUNK / 2) {
+                    let mut q = QueryBuilder::<Db>::new("WITH v(e, s, a, ws, st, next_at, code, err) AS (");
+                    q.push_values(chunk, |mut b, a| {
+                        b.push_bind(a.endpoint)
+                            .push_bind(a.seq)
+                            .push_bind(a.attempt)
+                            .push_bind(a.window_start)
+                            .push_bind(a.state)
+                            .push_bind(a.next_at)
+                            .push_bind(a.code)
+                            .push_bind(a.error.as_deref());
+                    });
+                    q.push(
+                        ") UPDATE webhook_deliveries SET state = v.st, attempts = v.a, window_start = COALESCE(webhook_deliveries.window_start, v.ws), \
+                         next_attempt_at = v.next_at, last_code = v.code, last_error = v.err, \
+                         dead_at = CASE WHEN v.st = 'dead' THEN v.next_at END \
+                         FROM v WHERE webhook_deliveries.endpoint_id = v.e AND webhook_deliveries.seq = v.s \
+                         AND webhook_deliveries.state = 'pending'",
+                    );
+                    q.build().execute(&mut **tx).await?;
+                }
                 Ok(())
             }
 
@@ -822,10 +1011,11 @@ macro_rules! events_store {
                 Ok(())
             }
 
-            /// A 410 Gone: the endpoint is disabled and its undelivered events dead-lettered.
+            /// A 410 Gone: the endpoint is disabled and its undelivered events dead-lettered (the
+            /// answers of its other attempts in flight are dropped with their leases).
             async fn disable(conn: &mut Conn, endpoint: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
                 sqlx::query(
-                    "UPDATE webhook_endpoints SET enabled = false, updated_at = $2, \
+                    "UPDATE webhook_endpoints SET enabled = false, updated_at = $2, in_flight = 0, \
                      disabled_reason = 'the endpoint answered 410 Gone; PATCH enabled=true to resume' WHERE id = $1 AND enabled",
                 )
                 .bind(endpoint)
@@ -833,32 +1023,38 @@ macro_rules! events_store {
                 .execute(&mut *conn)
                 .await?;
                 sqlx::query(
-                    "UPDATE webhook_deliveries SET state = 'dead', dead_at = $2, lease_until = NULL, \
+                    "UPDATE webhook_deliveries SET state = 'dead', dead_at = $2, \
                      last_error = COALESCE(last_error, 'the endpoint answered 410 Gone') \
-                     WHERE endpoint_id = $1 AND state IN ('pending', 'sending')",
+                     WHERE endpoint_id = $1 AND state = 'pending'",
                 )
                 .bind(endpoint)
                 .bind(at)
                 .execute(&mut *conn)
                 .await?;
+                sqlx::query("DELETE FROM webhook_leases WHERE endpoint_id = $1").bind(endpoint).execute(&mut *conn).await?;
                 Ok(())
             }
 
-            /// Deliveries whose lease ran out (a replica stopped mid-send) are due again.
+            /// Deliveries whose lease ran out (a replica stopped mid-send) are due again; the lost
+            /// attempt counts.
             pub async fn reclaim_expired(pool: &Pool) -> Result<u64, StoreError> {
                 let at = now();
                 let mut tx = begin(pool).await?;
-                let n = sqlx::query(
-                    "UPDATE webhook_deliveries SET state = 'pending', lease_until = NULL, next_attempt_at = $1, \
-                     last_error = 'lease expired: the sender stopped before it recorded an answer' \
-                     WHERE state = 'sending' AND lease_until < $1",
+                let expired: Vec<Attempt> = sqlx::query(
+                    "DELETE FROM webhook_leases WHERE lease_until < $1 RETURNING endpoint_id, seq, attempt, claimed_at",
                 )
                 .bind(at)
-                .execute(&mut **tx)
+                .fetch_all(&mut **tx)
                 .await?
-                .rows_affected();
+                .iter()
+                .map(|r| -> Result<Attempt, StoreError> {
+                    Ok(Attempt::expired(r.try_get("endpoint_id")?, r.try_get("seq")?, r.try_get("attempt")?, r.try_get("claimed_at")?, at))
+                })
+                .collect::<Result<_, _>>()?;
+                record_attempts(&mut tx, &expired).await?;
+                settle(&mut tx, expired.iter().map(|a| a.endpoint)).await?;
                 tx.commit().await?;
-                Ok(n)
+                Ok(expired.len() as u64)
             }
 
             /// An endpoint's dead letters after log position `after`, in log order.
@@ -926,15 +1122,19 @@ macro_rules! events_store {
             /// Deliveries by state: the queue depth and the dead-letter store's size.
             pub async fn queue_counts(pool: &Pool) -> Result<QueueCounts, StoreError> {
                 let mut c = QueueCounts::default();
-                for r in sqlx::query("SELECT state, count(*) AS n FROM webhook_deliveries GROUP BY state").fetch_all(pool).await? {
+                let mut tx = begin(pool).await?;
+                for r in sqlx::query("SELECT state, count(*) AS n FROM webhook_deliveries GROUP BY state").fetch_all(&mut **tx).await? {
                     let n: i64 = r.try_get("n")?;
                     match r.try_get::<String, _>("state")?.as_str() {
                         "pending" => c.pending = n,
-                        "sending" => c.sending = n,
                         "dead" => c.dead = n,
                         _ => {}
                     }
                 }
+                // Being sent: the leased ones, pending in their rows.
+                c.sending = sqlx::query_scalar("SELECT count(*) FROM webhook_leases").fetch_one(&mut **tx).await?;
+                c.pending = (c.pending - c.sending).max(0);
+                tx.commit().await?;
                 Ok(c)
             }
         }
@@ -948,7 +1148,10 @@ events_store!(
     pg = true,
     append = super::bulk::pg_append,
     number = super::bulk::pg_number,
-    deliveries = super::bulk::pg_deliveries
+    deliveries = super::bulk::pg_deliveries,
+    claimed = super::bulk::pg_claimed,
+    release = super::bulk::pg_release,
+    delivered = super::bulk::pg_delivered
 );
 events_store!(
     lite,
@@ -957,5 +1160,8 @@ events_store!(
     pg = false,
     append = super::bulk::lite_append,
     number = super::bulk::lite_number,
-    deliveries = super::bulk::lite_deliveries
+    deliveries = super::bulk::lite_deliveries,
+    claimed = super::bulk::lite_claimed,
+    release = super::bulk::lite_release,
+    delivered = super::bulk::lite_delivered
 );
