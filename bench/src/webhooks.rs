@@ -7,7 +7,10 @@
 //! - `log`: the default, each batch also appends its events (4 a call: started, answered,
 //!   completed; the claim's `queued` was logged by the claim);
 //! - `log+deliver`: the same while the sequencer numbers and fans out and a deliverer sends every
-//!   event of that campaign to a local receiver (the conditions of a production control plane).
+//!   event of that campaign to a local receiver as fast as it takes them (`--concurrency`, a rate
+//!   of 10,000/s: the worst case, a backlog drained at full speed);
+//! - `log+deliver at defaults`: the same with the endpoint at its defaults (concurrency 16,
+//!   100 requests/s), as an operator who sets neither runs it.
 //!
 //! Deliveries per second come between the second and third runs: a campaign of M calls is recorded,
 //! then its events are numbered, fanned out to a new endpoint and delivered to the local receiver,
@@ -116,17 +119,17 @@ async fn record(s: &Store, events: &[StatusEvent], batch: usize, label: &str) ->
     Ok(events.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
-/// An endpoint for one campaign's events at `rx`.
-async fn endpoint(s: &Store, rx: &Receiver, campaign: Uuid, concurrency: i64) -> Result<()> {
+/// An endpoint for one campaign's events at `rx`: this concurrency and a rate of 10,000/s, or the
+/// defaults.
+async fn endpoint(s: &Store, rx: &Receiver, campaign: Uuid, concurrency: Option<i64>) -> Result<Uuid> {
     let req = CreateWebhookRequest {
         url: rx.url("/bench"),
         campaign_id: Some(campaign),
-        max_concurrency: Some(concurrency),
-        rate_per_sec: Some(10_000),
+        max_concurrency: concurrency,
+        rate_per_sec: concurrency.map(|_| 10_000),
         ..Default::default()
     };
-    s.create_webhook(&req.validate().map_err(|e| anyhow::anyhow!("{e}"))?, "bench-secret-0123456789").await?;
-    Ok(())
+    Ok(s.create_webhook(&req.validate().map_err(|e| anyhow::anyhow!("{e}"))?, "bench-secret-0123456789").await?.id)
 }
 
 /// The sequencer and a deliverer on `s` until the returned sender is dropped or set.
@@ -168,6 +171,20 @@ async fn drained(rx: &Receiver, n: usize, t0: Instant) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// A recorder run on a fresh campaign while the sequencer and a deliverer send its events to a
+/// local receiver through an endpoint of `concurrency` (`None`: the defaults); events per second.
+async fn beside_deliveries(s: &Store, args: &Args, concurrency: Option<i64>, label: &str) -> Result<f64> {
+    let rx = Receiver::start(Mode::Ok, 2);
+    let (campaign, ev) = claimed_campaign(s, label, args.calls).await?;
+    let id = endpoint(s, &rx, campaign, concurrency).await?;
+    let stop = pipeline(s, Arc::new(Summary::default()))?;
+    let rate = record(s, &ev, args.batch, label).await?;
+    let _ = stop.send(true);
+    // Its backlog must not be drained beside the next run.
+    s.delete_webhook(id).await?;
+    Ok(rate)
+}
+
 pub async fn run(args: Args) -> Result<()> {
     // A durable PostgreSQL (fsync and synchronous commit on, as operators run it), not the
     // tests' shared server, which runs without them for speed: on that one the recorder is bound
@@ -198,7 +215,7 @@ pub async fn run(args: Args) -> Result<()> {
     while s.sequence_events(10_000).await?.events > 0 {}
     let (logged, ev) = claimed_campaign(&s, "deliveries", args.deliver_calls).await?;
     record(&s, &ev, args.batch, "deliveries").await?;
-    endpoint(&s, &rx, logged, args.concurrency).await?;
+    endpoint(&s, &rx, logged, Some(args.concurrency)).await?;
     let summary = Arc::new(Summary::default());
     let t0 = Instant::now();
     let stop = pipeline(&s, summary.clone())?;
@@ -208,12 +225,8 @@ pub async fn run(args: Args) -> Result<()> {
     let deliveries = want as f64 / secs;
     let figures = summary.json();
 
-    let deliver_rx = Receiver::start(Mode::Ok, 2);
-    let (busy, ev) = claimed_campaign(&s, "deliver", args.calls).await?;
-    endpoint(&s, &deliver_rx, busy, args.concurrency).await?;
-    let stop = pipeline(&s, Arc::new(Summary::default()))?;
-    let busy_rate = record(&s, &ev, args.batch, "log+deliver").await?;
-    let _ = stop.send(true);
+    let busy_rate = beside_deliveries(&s, &args, Some(args.concurrency), "log+deliver").await?;
+    let default_rate = beside_deliveries(&s, &args, None, "log+deliver at defaults").await?;
 
     println!(
         "bench webhooks: {} calls a recorder run, {} calls' events delivered, recorder batches of {}, store {}",
@@ -222,11 +235,14 @@ pub async fn run(args: Args) -> Result<()> {
         args.batch,
         s.kind().as_str()
     );
-    println!("{:<34} {:>12} {:>8}", "recorder (status events/s)", "events/s", "vs off");
-    for (name, v) in
-        [("off (events.enabled = false)", off), ("log (the default)", log), ("log + delivering", busy_rate)]
-    {
-        println!("{name:<34} {v:>12.0} {:>8.2}", v / off);
+    println!("{:<38} {:>12} {:>8}", "recorder (status events/s)", "events/s", "vs off");
+    for (name, v) in [
+        ("off (events.enabled = false)", off),
+        ("log (the default)", log),
+        ("log + delivering at full speed", busy_rate),
+        ("log + delivering, endpoint defaults", default_rate),
+    ] {
+        println!("{name:<38} {v:>12.0} {:>8.2}", v / off);
     }
     println!(
         "deliveries: {want} events to one endpoint (concurrency {}) in {secs:.1} s = {deliveries:.0}/s; peak in flight at the receiver {}",
@@ -235,8 +251,8 @@ pub async fn run(args: Args) -> Result<()> {
     );
     let out = json!({
         "calls": args.calls, "deliver_calls": args.deliver_calls, "batch": args.batch, "store": s.kind().as_str(),
-        "recorder_events_per_s": {"off": off, "log": log, "log_and_delivering": busy_rate},
-        "log_vs_off": log / off, "delivering_vs_off": busy_rate / off,
+        "recorder_events_per_s": {"off": off, "log": log, "log_and_delivering": busy_rate, "log_and_delivering_at_defaults": default_rate},
+        "log_vs_off": log / off, "delivering_vs_off": busy_rate / off, "delivering_at_defaults_vs_off": default_rate / off,
         "deliveries": want, "deliveries_per_s": deliveries, "concurrency": args.concurrency,
         "receiver_peak_in_flight": rx.peak_concurrency(), "summary": figures,
     });
