@@ -723,9 +723,11 @@ macro_rules! events_store {
             /// Deletes an endpoint and its deliveries (dead letters too); `false`: no such endpoint.
             pub async fn delete_endpoint(pool: &Pool, id: Uuid) -> Result<bool, StoreError> {
                 let mut tx = begin(pool).await?;
-                let n = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1").bind(id).execute(&mut **tx).await?.rows_affected();
-                sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1").bind(id).execute(&mut **tx).await?;
+                // Leases, deliveries, then the endpoint: the order an answer's transaction locks them
+                // in, so deleting an endpoint with answers being written cannot deadlock.
                 sqlx::query("DELETE FROM webhook_leases WHERE endpoint_id = $1").bind(id).execute(&mut **tx).await?;
+                sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1").bind(id).execute(&mut **tx).await?;
+                let n = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1").bind(id).execute(&mut **tx).await?.rows_affected();
                 tx.commit().await?;
                 Ok(n == 1)
             }
@@ -921,9 +923,8 @@ macro_rules! events_store {
                 let at = now();
                 let mut tx = begin(pool).await?;
                 at_least_once(&mut tx).await?;
-                let held = release_leases(&mut tx, done).await?;
-                settle(&mut tx, held.iter().map(|h| h.0)).await?;
-                let held: Vec<&Finished> = done.iter().filter(|f| held.contains(&(f.delivery.endpoint_id, f.delivery.seq))).collect();
+                let released = release_leases(&mut tx, done).await?;
+                let held: Vec<&Finished> = done.iter().filter(|f| released.contains(&(f.delivery.endpoint_id, f.delivery.seq))).collect();
                 let (delivered, others): (Vec<&Finished>, Vec<&Finished>) = held.into_iter().partition(|f| f.next == Next::Delivered);
                 if !delivered.is_empty() {
                     let keys: Vec<(Uuid, i64)> = delivered.iter().map(|f| (f.delivery.endpoint_id, f.delivery.seq)).collect();
@@ -938,6 +939,9 @@ macro_rules! events_store {
                         _ => {}
                     }
                 }
+                // The endpoint's row last: leases, deliveries, endpoint is the order of every
+                // transaction that writes more than one of them (reclaim, deleting an endpoint).
+                settle(&mut tx, released.iter().map(|h| h.0)).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -1014,14 +1018,8 @@ macro_rules! events_store {
             /// A 410 Gone: the endpoint is disabled and its undelivered events dead-lettered (the
             /// answers of its other attempts in flight are dropped with their leases).
             async fn disable(conn: &mut Conn, endpoint: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
-                sqlx::query(
-                    "UPDATE webhook_endpoints SET enabled = false, updated_at = $2, in_flight = 0, \
-                     disabled_reason = 'the endpoint answered 410 Gone; PATCH enabled=true to resume' WHERE id = $1 AND enabled",
-                )
-                .bind(endpoint)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
+                // Leases, deliveries, then the endpoint (the order of every answer's transaction).
+                sqlx::query("DELETE FROM webhook_leases WHERE endpoint_id = $1").bind(endpoint).execute(&mut *conn).await?;
                 sqlx::query(
                     "UPDATE webhook_deliveries SET state = 'dead', dead_at = $2, \
                      last_error = COALESCE(last_error, 'the endpoint answered 410 Gone') \
@@ -1031,7 +1029,14 @@ macro_rules! events_store {
                 .bind(at)
                 .execute(&mut *conn)
                 .await?;
-                sqlx::query("DELETE FROM webhook_leases WHERE endpoint_id = $1").bind(endpoint).execute(&mut *conn).await?;
+                sqlx::query(
+                    "UPDATE webhook_endpoints SET enabled = false, updated_at = $2, in_flight = 0, \
+                     disabled_reason = 'the endpoint answered 410 Gone; PATCH enabled=true to resume' WHERE id = $1 AND enabled",
+                )
+                .bind(endpoint)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
                 Ok(())
             }
 
