@@ -1,5 +1,5 @@
 //! `bench webhooks` (issue 20): what the event log costs the recorder, and how fast webhooks go
-//! out. Three recorder runs of the same work, each on a fresh campaign of N claimed calls whose
+//! out. Four recorder runs of the same work, each on a fresh campaign of N claimed calls whose
 //! outcomes (`started`, then `completed`, 2 events a call) are recorded in the recorder's batches
 //! through `Store::record_events`, the production path:
 //!

@@ -255,6 +255,21 @@ mod bulk {
     /// window_start, body, created_at.
     pub(super) type ClaimedRow = (i64, Uuid, i32, i32, Option<DateTime<Utc>>, String, DateTime<Utc>);
 
+    /// A claimed row as the attempt it starts (its window starts now if this is the first).
+    pub(super) fn claimed_delivery(endpoint: Uuid, r: ClaimedRow, at: DateTime<Utc>) -> super::ClaimedDelivery {
+        let (seq, stream_id, stream_seq, attempts, window_start, body, created_at) = r;
+        super::ClaimedDelivery {
+            endpoint_id: endpoint,
+            seq,
+            stream_id,
+            stream_seq,
+            attempts: attempts as u32 + 1,
+            window_start: window_start.unwrap_or(at),
+            created_at,
+            body,
+        }
+    }
+
     /// The claimed deliveries of an endpoint with their events. PostgreSQL is driven by the array
     /// of positions (a nested loop of key look-ups): with `IN (…)`, statistics older than the
     /// backlog made it scan the endpoint's deliveries per claim (`bench webhooks`).
@@ -815,20 +830,8 @@ macro_rules! events_store {
                     .bind(seqs.len() as i32)
                     .execute(&mut **tx)
                     .await?;
-                let mut deliveries = $claimed(&mut **tx, endpoint, &seqs)
-                    .await?
-                    .into_iter()
-                    .map(|r| ClaimedDelivery {
-                        endpoint_id: endpoint,
-                        seq: r.0,
-                        stream_id: r.1,
-                        stream_seq: r.2,
-                        attempts: r.3 as u32 + 1,
-                        window_start: r.4.unwrap_or(at),
-                        created_at: r.6,
-                        body: r.5,
-                    })
-                    .collect::<Vec<_>>();
+                let mut deliveries: Vec<ClaimedDelivery> =
+                    $claimed(&mut **tx, endpoint, &seqs).await?.into_iter().map(|r| super::bulk::claimed_delivery(endpoint, r, at)).collect();
                 deliveries.sort_by_key(|d| d.seq);
                 if deliveries.len() != seqs.len() {
                     return Err(StoreError::Corrupt(format!("{} of {} claimed deliveries have their event", deliveries.len(), seqs.len())));
