@@ -12,9 +12,13 @@
 //! - `log+deliver at defaults`: the same with the endpoint at its defaults (concurrency 16,
 //!   100 requests/s), as an operator who sets neither runs it.
 //!
-//! Deliveries per second come between the second and third runs: a campaign of M calls is recorded,
-//! then its events are numbered, fanned out to a new endpoint and delivered to the local receiver,
-//! timed from the start until the receiver has them all.
+//! The four runs go in `--rounds` rounds, each in a rotated order (the tables grow from run to run
+//! and a shared machine's load drifts): each ratio compares runs of one round, and the table shows
+//! the median and every round's.
+//!
+//! Deliveries per second come first: a campaign of M calls is recorded, then its events are
+//! numbered, fanned out to a new endpoint and delivered to the local receiver, timed from the start
+//! until the receiver has them all.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,8 +39,11 @@ use uuid::Uuid;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Calls per recorder run.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 50_000)]
     calls: usize,
+    /// Rounds of the four recorder runs, each round in a rotated order; ratios are per round.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
     /// Calls whose events the delivery run sends (4 events a call).
     #[arg(long, default_value_t = 20_000)]
     deliver_calls: usize,
@@ -61,12 +68,13 @@ fn settings() -> DeliverySettings {
     }
 }
 
-/// A started campaign of `n` claimed calls; the outcome events of its calls.
+/// A started campaign of `n` claimed calls (named `name` and a fresh id: runs repeat); the outcome
+/// events of its calls.
 async fn claimed_campaign(s: &Store, name: &str, n: usize) -> Result<(Uuid, Vec<StatusEvent>)> {
     let targets: Vec<_> =
         (0..n).map(|i| json!({"phone_number": format!("+1202{:03}{:04}", 200 + i / 10_000, i % 10_000)})).collect();
     let req: CreateCampaignRequest = serde_json::from_value(json!({
-        "name": name, "max_concurrent_calls": 1000, "targets": targets, "calling_rules": {"enabled": false}
+        "name": format!("{name} {}", Uuid::now_v7()), "max_concurrent_calls": 1000, "targets": targets, "calling_rules": {"enabled": false}
     }))?;
     let c = s.create_campaign(&req.validate(10_000_000).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
     s.transition(c.id, CampaignAction::Start).await?;
@@ -185,6 +193,78 @@ async fn beside_deliveries(s: &Store, args: &Args, concurrency: Option<i64>, lab
     Ok(rate)
 }
 
+/// The recorder runs compared, in the order of the first round.
+#[derive(Clone, Copy, Debug)]
+enum Run {
+    Off,
+    Log,
+    Busy,
+    Defaults,
+}
+
+const RUNS: [(Run, &str); 4] = [
+    (Run::Off, "off (events.enabled = false)"),
+    (Run::Log, "log (the default)"),
+    (Run::Busy, "log + delivering at full speed"),
+    (Run::Defaults, "log + delivering, endpoint defaults"),
+];
+
+/// One recorder run; events per second. The log's backlog is numbered first, untimed: a run
+/// beside deliveries numbers only its own events, as a sequencer that keeps up does.
+async fn recorder_run(s: &Store, args: &Args, run: Run) -> Result<f64> {
+    while s.sequence_events(10_000).await?.events > 0 {}
+    match run {
+        Run::Off => {
+            dialer_control_plane::store::set_events_enabled(false);
+            let (_, ev) = claimed_campaign(s, "off", args.calls).await?;
+            let rate = record(s, &ev, args.batch, "off").await;
+            dialer_control_plane::store::set_events_enabled(true);
+            rate
+        }
+        Run::Log => {
+            let (_, ev) = claimed_campaign(s, "log", args.calls).await?;
+            record(s, &ev, args.batch, "log").await
+        }
+        Run::Busy => beside_deliveries(s, args, Some(args.concurrency), "log+deliver").await,
+        Run::Defaults => beside_deliveries(s, args, None, "log+deliver at defaults").await,
+    }
+}
+
+/// Deliveries per second: a campaign's events, numbered and fanned out once its endpoint exists
+/// (an endpoint gets the events numbered after it was created; the backlog before is numbered
+/// first, untimed), sent to a local receiver.
+async fn delivery_run(s: &Store, args: &Args) -> Result<Delivered> {
+    let rx = Receiver::start(Mode::Ok, 1);
+    while s.sequence_events(10_000).await?.events > 0 {}
+    let (logged, ev) = claimed_campaign(s, "deliveries", args.deliver_calls).await?;
+    record(s, &ev, args.batch, "deliveries").await?;
+    let id = endpoint(s, &rx, logged, Some(args.concurrency)).await?;
+    let summary = Arc::new(Summary::default());
+    let t0 = Instant::now();
+    let stop = pipeline(s, summary.clone())?;
+    let per_call = 4 + 1; // queued, started, answered, completed; + the campaign's start
+    let want = args.deliver_calls * per_call - args.deliver_calls + 1;
+    let secs = drained(&rx, want, t0).await?;
+    let _ = stop.send(true);
+    s.delete_webhook(id).await?;
+    Ok(Delivered { events: want, secs, peak: rx.peak_concurrency(), summary: summary.json() })
+}
+
+/// What the delivery run measured: events delivered, seconds, peak in flight at the receiver,
+/// the deliverer's `/metrics/summary` figures.
+struct Delivered {
+    events: usize,
+    secs: f64,
+    peak: u64,
+    summary: serde_json::Value,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
 pub async fn run(args: Args) -> Result<()> {
     // A durable PostgreSQL (fsync and synchronous commit on, as operators run it), not the
     // tests' shared server, which runs without them for speed: on that one the recorder is bound
@@ -198,63 +278,48 @@ pub async fn run(args: Args) -> Result<()> {
         None => crate::store_url(&args.db.store, args.db.url.as_ref())?,
     };
     let s = open_store(&Config::default(), &url).await.context("opening the store")?;
-    let per_call = 4 + 1; // queued, started, answered, completed; + the campaign's start
-    let rx = Receiver::start(Mode::Ok, 1);
+    let delivered = delivery_run(&s, &args).await?;
+    // Rounds of the four runs, each round in another order (the tables grow from run to run, and
+    // the machine's load drifts): a ratio compares the runs of one round.
+    let mut rates = vec![[0.0; 4]; args.rounds];
+    for (r, round) in rates.iter_mut().enumerate() {
+        for k in 0..RUNS.len() {
+            let i = (k + r) % RUNS.len();
+            round[i] = recorder_run(&s, &args, RUNS[i].0).await?;
+        }
+    }
+    report(&args, &s, &rates, delivered)
+}
 
-    dialer_control_plane::store::set_events_enabled(false);
-    let (_, ev) = claimed_campaign(&s, "off", args.calls).await?;
-    let off = record(&s, &ev, args.batch, "off").await?;
-
-    dialer_control_plane::store::set_events_enabled(true);
-    let (_, ev) = claimed_campaign(&s, "log", args.calls).await?;
-    let log = record(&s, &ev, args.batch, "log").await?;
-
-    // Deliveries: a campaign's events, numbered and fanned out once its endpoint exists (an
-    // endpoint gets the events numbered after it was created; the run before is numbered first,
-    // untimed), sent to `rx`.
-    while s.sequence_events(10_000).await?.events > 0 {}
-    let (logged, ev) = claimed_campaign(&s, "deliveries", args.deliver_calls).await?;
-    record(&s, &ev, args.batch, "deliveries").await?;
-    endpoint(&s, &rx, logged, Some(args.concurrency)).await?;
-    let summary = Arc::new(Summary::default());
-    let t0 = Instant::now();
-    let stop = pipeline(&s, summary.clone())?;
-    let want = args.deliver_calls * per_call - args.deliver_calls + 1;
-    let secs = drained(&rx, want, t0).await?;
-    let _ = stop.send(true);
-    let deliveries = want as f64 / secs;
-    let figures = summary.json();
-
-    let busy_rate = beside_deliveries(&s, &args, Some(args.concurrency), "log+deliver").await?;
-    let default_rate = beside_deliveries(&s, &args, None, "log+deliver at defaults").await?;
-
+/// Prints the table and writes the JSON.
+fn report(args: &Args, s: &Store, rates: &[[f64; 4]], d: Delivered) -> Result<()> {
+    let (want, secs, peak, figures) = (d.events, d.secs, d.peak, d.summary);
     println!(
-        "bench webhooks: {} calls a recorder run, {} calls' events delivered, recorder batches of {}, store {}",
+        "bench webhooks: {} calls a recorder run, {} rounds of the four runs (rotated), {} calls' events delivered, recorder batches of {}, store {}",
         args.calls,
+        args.rounds,
         args.deliver_calls,
         args.batch,
         s.kind().as_str()
     );
-    println!("{:<38} {:>12} {:>8}", "recorder (status events/s)", "events/s", "vs off");
-    for (name, v) in [
-        ("off (events.enabled = false)", off),
-        ("log (the default)", log),
-        ("log + delivering at full speed", busy_rate),
-        ("log + delivering, endpoint defaults", default_rate),
-    ] {
-        println!("{name:<38} {v:>12.0} {:>8.2}", v / off);
+    println!("{:<38} {:>10} {:>10} {:>20}", "recorder (status events/s)", "median/s", "vs off", "vs off, each round");
+    let mut ratios = serde_json::Map::new();
+    for (i, (_, name)) in RUNS.iter().enumerate() {
+        let each: Vec<f64> = rates.iter().map(|r| r[i] / r[0]).collect();
+        let shown: Vec<String> = each.iter().map(|v| format!("{v:.2}")).collect();
+        let rate = median(rates.iter().map(|r| r[i]).collect());
+        println!("{name:<38} {rate:>10.0} {:>10.2} {:>20}", median(each.clone()), shown.join(" "));
+        ratios.insert(name.to_string(), json!({"median_events_per_s": rate, "vs_off_median": median(each.clone()), "vs_off_each_round": each, "events_per_s_each_round": rates.iter().map(|r| r[i]).collect::<Vec<_>>()}));
     }
+    let deliveries = want as f64 / secs;
     println!(
-        "deliveries: {want} events to one endpoint (concurrency {}) in {secs:.1} s = {deliveries:.0}/s; peak in flight at the receiver {}",
-        args.concurrency,
-        rx.peak_concurrency()
+        "deliveries: {want} events to one endpoint (concurrency {}) in {secs:.1} s = {deliveries:.0}/s; peak in flight at the receiver {peak}",
+        args.concurrency
     );
     let out = json!({
-        "calls": args.calls, "deliver_calls": args.deliver_calls, "batch": args.batch, "store": s.kind().as_str(),
-        "recorder_events_per_s": {"off": off, "log": log, "log_and_delivering": busy_rate, "log_and_delivering_at_defaults": default_rate},
-        "log_vs_off": log / off, "delivering_vs_off": busy_rate / off, "delivering_at_defaults_vs_off": default_rate / off,
-        "deliveries": want, "deliveries_per_s": deliveries, "concurrency": args.concurrency,
-        "receiver_peak_in_flight": rx.peak_concurrency(), "summary": figures,
+        "calls": args.calls, "rounds": args.rounds, "deliver_calls": args.deliver_calls, "batch": args.batch, "store": s.kind().as_str(),
+        "recorder": ratios, "deliveries": want, "deliveries_per_s": deliveries, "concurrency": args.concurrency,
+        "receiver_peak_in_flight": peak, "summary": figures,
     });
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&out)?)?;

@@ -2,7 +2,7 @@
 //! by the transactions that change calls and campaigns (none for a change that did not commit,
 //! none twice for a redelivered outcome), numbered without a gap, each stream in its order; two
 //! replicas on one PostgreSQL share an endpoint's concurrency and never send one event twice; the
-//! webhook API refuses bad input naming the field.
+//! webhook API refuses bad input naming the field; pruning keeps what a delivery needs.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -185,10 +185,123 @@ async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Bac
     );
 }
 
+/// Pruning: an event older than the cut goes once no delivery needs it (delivered, or its
+/// endpoint deleted); a dead letter's events stay, and so do newer events, numbered or not; each
+/// call removes at most its bound of each.
+async fn pruning_forgets_old_events_only_once_no_delivery_needs_them(b: Backend) {
+    use dialer_control_plane::store::Finished;
+    use dialer_domain::events::{Answer, Next};
+    let (s, _dir) = store(b).await;
+    let req = CreateWebhookRequest {
+        url: "http://127.0.0.1:9/hook".into(),
+        max_concurrency: Some(100),
+        rate_per_sec: Some(10_000),
+        ..Default::default()
+    };
+    let w = s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
+    let c = campaign(&s, "prune", 2, 10, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let calls = s.claim_due(c.id, 10, chrono::Utc::now()).await.expect("claimed");
+    let started: Vec<_> = calls.iter().map(|k| event(c.id, k, EventKind::Started)).collect();
+    s.record_events(&started, &mut || 0.5, None).await.expect("recorded");
+    s.sequence_events(100).await.expect("sequenced");
+    let old = s.read_events(0, None, 100).await.expect("log");
+    assert_eq!(old.len(), 5, "the campaign's start, two calls queued and started");
+    // Every head answered until none is left: the first call's stream goes to the dead-letter
+    // store (its later event with it), everything else is delivered.
+    let dead = calls[0].id;
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    loop {
+        let claimed = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
+        if claimed.is_empty() {
+            break;
+        }
+        let answers = claimed.into_iter().map(|d| {
+            let next = if d.stream_id == dead { Next::Dead } else { Next::Delivered };
+            Finished { answer: Answer::Status(if next == Next::Dead { 500 } else { 200 }), next, delivery: d }
+        });
+        s.finish_deliveries(&answers.collect::<Vec<_>>()).await.expect("answers");
+    }
+    assert_eq!(s.dead_letters(w.id, 0, 100).await.expect("dead letters").len(), 2);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.record_events(&[event(c.id, &calls[1], EventKind::Completed)], &mut || 0.5, None).await.expect("recorded");
+    let newer = s.sequence_events(100).await.expect("sequenced").events;
+    assert!(newer > 0);
+    // Two more (answered, completed), left unnumbered (as while nobody reads the log).
+    s.record_events(&[event(c.id, &calls[0], EventKind::Completed)], &mut || 0.5, None).await.expect("recorded");
+
+    assert_eq!(s.prune_events(cut, 1).await.expect("pruned"), 1, "at most its bound");
+    assert_eq!(s.prune_events(cut, 100).await.expect("pruned"), 2, "the rest of the delivered old events");
+    assert_eq!(s.prune_events(cut, 100).await.expect("pruned"), 0);
+    let kept: Vec<i64> = s.read_events(0, None, 100).await.expect("log").iter().map(|e| e.seq).collect();
+    let dead_seqs: Vec<i64> = old.iter().filter(|e| body(e)["call_id"] == json!(dead)).map(|e| e.seq).collect();
+    let newer_seqs: Vec<i64> = (old.len() as i64 + 1..=old.len() as i64 + newer as i64).collect();
+    assert_eq!(kept, [dead_seqs.clone(), newer_seqs].concat(), "the dead letters' events and the newer ones");
+    assert_eq!(s.log_bounds().await.expect("bounds").0, dead_seqs[0]);
+    assert_eq!(s.dead_letters(w.id, 0, 100).await.expect("dead letters").len(), 2, "still replayable");
+
+    // Once its endpoint is gone nothing needs them; the unnumbered events go too.
+    assert!(s.delete_webhook(w.id).await.expect("deleted"));
+    let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    assert_eq!(s.prune_events(later, 100).await.expect("pruned"), kept.len() as u64 + 2);
+    assert!(s.read_events(0, None, 100).await.expect("log").is_empty());
+    assert_eq!(s.sequence_events(100).await.expect("sequenced").events, 0, "the unnumbered ones are gone");
+}
+
+/// Migration 0013 (the inbox) on a log holding numbered and unnumbered events: the numbered keep
+/// their numbers and bodies, the unnumbered are numbered after them, in their order.
+async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backend) {
+    let (url, _dir) = match b {
+        Backend::Postgres => (dialer_testkit::postgres_database(), None),
+        Backend::Sqlite => {
+            let d = tempfile::tempdir().expect("tmp");
+            (format!("sqlite://{}", d.path().join("t.db").display()), Some(d))
+        }
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(match b {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    });
+    let mut before = sqlx::migrate::Migrator::new(dir).await.expect("migrations");
+    before.migrations = before.migrations.iter().filter(|m| m.version < 13).cloned().collect::<Vec<_>>().into();
+    let (c, call) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    // Two numbered events, two waiting (NULL): the later of its stream was inserted first.
+    let rows = "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) VALUES \
+                (1, $1, $2, 1, 'call.queued', 'one', $3), (2, $1, $2, 2, 'call.started', 'two', $3), \
+                (NULL, $1, $2, 4, 'call.completed', 'four', $3), (NULL, $1, $2, 3, 'call.answered', 'three', $3)";
+    let at = chrono::Utc::now();
+    let next = "UPDATE event_sequencer SET next_seq = 3";
+    match b {
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+            before.run(&pool).await.expect("0001-0012");
+            sqlx::query(rows).bind(c).bind(call).bind(at).execute(&pool).await.expect("events");
+            sqlx::query(next).execute(&pool).await.expect("sequencer");
+        }
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc")).await.expect("pool");
+            before.run(&pool).await.expect("0001-0012");
+            sqlx::query(rows).bind(c).bind(call).bind(at).execute(&pool).await.expect("events");
+            sqlx::query(next).execute(&pool).await.expect("sequencer");
+        }
+    }
+    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("0013");
+    assert_eq!(s.log_bounds().await.expect("bounds"), (1, 2));
+    assert_eq!(s.sequence_events(100).await.expect("sequenced").events, 2);
+    let log: Vec<(i64, String)> =
+        s.read_events(0, None, 100).await.expect("log").into_iter().map(|e| (e.seq, e.body)).collect();
+    let want = [(1, "one"), (2, "two"), (3, "three"), (4, "four")].map(|(n, b)| (n, b.to_string()));
+    assert_eq!(log, want, "kept, then the waiting ones in their stream's order");
+}
+
 both_stores!(
     events_follow_the_changes_that_commit,
     a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing,
-    an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped
+    an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped,
+    pruning_forgets_old_events_only_once_no_delivery_needs_them,
+    the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting
 );
 
 fn settings() -> DeliverySettings {

@@ -175,7 +175,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
-    dlq.subscribe(&[&dead_letter]).expect("subscribe");
+    read_from_start(&dlq, &dead_letter, 1);
     // Read the whole dead-letter topic: the junk event, and each call that failed for good.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut junk, mut finals) = (None, Vec::new());
@@ -216,6 +216,17 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     assert!(tracker.global().max() <= 12);
 }
 
+/// Reads each of the topic's `partitions` from its start by assignment: no group to join, so a
+/// slow group coordinator on a loaded machine (CI once saw 60 s pass with no message) cannot hide
+/// the messages.
+fn read_from_start(consumer: &rdkafka::consumer::StreamConsumer, topic: &str, partitions: i32) {
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("offset");
+    }
+    consumer.assign(&assignment).expect("assign");
+}
+
 /// A provider tracker that also writes its ledger (every call placed, one line each) to a file
 /// in `dir`, so that the test checks dials per (call, attempt) rather than by totals.
 fn ledger_tracker(global_cap: u32, dir: &std::path::Path) -> Arc<dialer_dataplane::Tracker> {
@@ -248,7 +259,7 @@ async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    read_from_start(&consumer, &topic, 5);
     let mut partitions = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while partitions.len() < 5 && Instant::now() < deadline {

@@ -190,7 +190,7 @@ mod bulk {
         let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
         let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
         sqlx::query(
-            "INSERT INTO events (campaign_id, stream_id, stream_seq, kind, body, created_at) \
+            "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[])",
         )
         .bind(campaigns)
@@ -207,7 +207,7 @@ mod bulk {
     pub(super) async fn lite_append(conn: &mut sqlx::SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
         for chunk in events.chunks(EVENT_CHUNK) {
             let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (campaign_id, stream_id, stream_seq, kind, body, created_at) ",
+                "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at) ",
             );
             q.push_values(chunk, |mut b, e| {
                 b.push_bind(e.campaign_id)
@@ -222,12 +222,14 @@ mod bulk {
         Ok(())
     }
 
-    /// Numbers events: (row number `n`, seq) pairs.
+    /// Numbers events, (inbox row `n`, seq) pairs: moves them from the inbox into the log.
     pub(super) async fn pg_number(conn: &mut sqlx::PgConnection, numbered: &[(i64, i64)]) -> Result<(), StoreError> {
         let ns: Vec<i64> = numbered.iter().map(|n| n.0).collect();
         let seqs: Vec<i64> = numbered.iter().map(|n| n.1).collect();
         sqlx::query(
-            "UPDATE events SET seq = v.seq FROM UNNEST($1::int8[], $2::int8[]) AS v(n, seq) WHERE events.n = v.n",
+            "WITH moved AS (DELETE FROM event_inbox i USING UNNEST($1::int8[], $2::int8[]) AS v(n, seq) WHERE i.n = v.n \
+             RETURNING v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at) \
+             INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) SELECT * FROM moved",
         )
         .bind(ns)
         .bind(seqs)
@@ -245,7 +247,18 @@ mod bulk {
             q.push_values(chunk, |mut b, (n, seq)| {
                 b.push_bind(*n).push_bind(*seq);
             });
-            q.push(") UPDATE events SET seq = v.seq FROM v WHERE events.n = v.n");
+            q.push(
+                ") INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) \
+                 SELECT v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at \
+                 FROM v JOIN event_inbox i ON i.n = v.n",
+            );
+            q.build().execute(&mut *conn).await?;
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM event_inbox WHERE n IN (");
+            let mut ns = q.separated(", ");
+            for (n, _) in chunk {
+                ns.push_bind(*n);
+            }
+            q.push(")");
             q.build().execute(&mut *conn).await?;
         }
         Ok(())
@@ -469,7 +482,7 @@ macro_rules! events_store {
                     .fetch_one(&mut **tx)
                     .await?;
                 let rows = sqlx::query(
-                    "SELECT n, campaign_id, stream_id, stream_seq, kind FROM events WHERE seq IS NULL ORDER BY n LIMIT $1",
+                    "SELECT n, campaign_id, stream_id, stream_seq, kind FROM event_inbox ORDER BY n LIMIT $1",
                 )
                 .bind(limit as i64)
                 .fetch_all(&mut **tx)
@@ -571,7 +584,7 @@ macro_rules! events_store {
 
             /// The first and last numbers the log still holds (`(0, 0)`: none yet).
             pub async fn log_bounds(pool: &Pool) -> Result<(i64, i64), StoreError> {
-                let first: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM events WHERE seq IS NOT NULL").fetch_one(pool).await?;
+                let first: Option<i64> = sqlx::query_scalar("SELECT min(seq) FROM events").fetch_one(pool).await?;
                 let next: i64 = sqlx::query_scalar("SELECT next_seq FROM event_sequencer WHERE id = 1").fetch_one(pool).await?;
                 Ok((first.unwrap_or(next), next - 1))
             }
@@ -582,13 +595,13 @@ macro_rules! events_store {
             }
 
             /// Forgets up to `limit` events older than `before` that no delivery needs: numbered
-            /// ones, and unnumbered ones (nobody read the log meanwhile: no endpoint, no live
-            /// client), those within the `limit` oldest rows so the statement stays bounded.
+            /// ones, oldest first, and unnumbered ones (nobody read the log meanwhile: no endpoint,
+            /// no live client) within the `limit` oldest, so each statement stays bounded.
             pub async fn prune_events(pool: &Pool, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
                 let mut tx = begin(pool).await?;
-                let first: Option<i64> = sqlx::query_scalar("SELECT n FROM events WHERE seq IS NULL ORDER BY n LIMIT 1").fetch_optional(&mut **tx).await?;
+                let first: Option<i64> = sqlx::query_scalar("SELECT n FROM event_inbox ORDER BY n LIMIT 1").fetch_optional(&mut **tx).await?;
                 let unnumbered = match first {
-                    Some(first) => sqlx::query("DELETE FROM events WHERE seq IS NULL AND n >= $1 AND n < $2 AND created_at < $3")
+                    Some(first) => sqlx::query("DELETE FROM event_inbox WHERE n >= $1 AND n < $2 AND created_at < $3")
                         .bind(first)
                         .bind(first + limit as i64)
                         .bind(before)
@@ -597,11 +610,18 @@ macro_rules! events_store {
                         .rows_affected(),
                     None => 0,
                 };
+                // The log is in commit order, so what is older than `before` comes before its first
+                // event that is not: found by walking the old ones, as an index on the time would.
+                let end: Option<i64> = sqlx::query_scalar("SELECT seq FROM events WHERE created_at >= $1 ORDER BY seq LIMIT 1")
+                    .bind(before)
+                    .fetch_optional(&mut **tx)
+                    .await?;
                 let n = sqlx::query(
-                    "DELETE FROM events WHERE n IN (SELECT n FROM events e WHERE seq IS NOT NULL AND created_at < $1 \
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE seq < $1 AND created_at < $2 \
                      AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w JOIN webhook_deliveries d ON d.endpoint_id = w.id AND d.seq = e.seq) \
-                     ORDER BY created_at LIMIT $2)",
+                     ORDER BY seq LIMIT $3)",
                 )
+                .bind(end.unwrap_or(i64::MAX))
                 .bind(before)
                 .bind(limit as i64)
                 .execute(&mut **tx)
