@@ -296,12 +296,50 @@ async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backe
     assert_eq!(log, want, "kept, then the waiting ones in their stream's order");
 }
 
+/// A stream with a dead letter: its events logged later join it in the dead-letter store at
+/// the fan-out (they would otherwise wait for ever behind it); other streams' do not.
+async fn an_event_behind_a_dead_letter_joins_it_at_the_fan_out(b: Backend) {
+    use dialer_control_plane::store::Finished;
+    use dialer_domain::events::{Answer, Next};
+    let (s, _dir) = store(b).await;
+    let req = CreateWebhookRequest { url: "http://127.0.0.1:9/hook".into(), ..Default::default() };
+    let w = s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
+    let c = campaign(&s, "behind", 2, 10, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let calls = s.claim_due(c.id, 10, chrono::Utc::now()).await.expect("claimed");
+    s.sequence_events(100).await.expect("sequenced");
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    let heads = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
+    let dead = heads.iter().find(|d| d.stream_id == calls[0].id).expect("call 0's queued").clone();
+    let gave_up = Finished { delivery: dead, answer: Answer::Status(503), next: Next::Dead };
+    s.finish_deliveries(&[gave_up]).await.expect("answer");
+    assert_eq!(s.dead_letters(w.id, 0, 100).await.expect("dead letters").len(), 1);
+    let both: Vec<_> = calls.iter().map(|k| event(c.id, k, EventKind::Started)).collect();
+    s.record_events(&both, &mut || 0.5, None).await.expect("recorded");
+    s.sequence_events(100).await.expect("sequenced");
+    let dead: Vec<(uuid::Uuid, i32)> = s
+        .dead_letters(w.id, 0, 100)
+        .await
+        .expect("dead letters")
+        .iter()
+        .map(|d| {
+            let call = d.event["call_id"].as_str().expect("call").parse().expect("id");
+            (call, d.event["sequence"].as_i64().expect("sequence") as i32)
+        })
+        .collect();
+    assert_eq!(dead, [(calls[0].id, 1), (calls[0].id, 2)], "call 0's started joined its queued");
+    let counts = s.delivery_counts().await.expect("counts");
+    // Still being sent: the campaign's start and call 1's queued; call 1's started waits behind it.
+    assert_eq!((counts.dead, counts.pending, counts.sending), (2, 1, 2));
+}
+
 both_stores!(
     events_follow_the_changes_that_commit,
     a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing,
     an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped,
     pruning_forgets_old_events_only_once_no_delivery_needs_them,
-    the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting
+    the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting,
+    an_event_behind_a_dead_letter_joins_it_at_the_fan_out
 );
 
 fn settings() -> DeliverySettings {

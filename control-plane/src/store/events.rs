@@ -540,12 +540,14 @@ macro_rules! events_store {
                     return Ok(0);
                 }
                 $deliveries(&mut **tx, &rows, at).await?;
-                // By the primary key, an endpoint at a time (no index on `seq` alone to write).
+                // By the primary key, an endpoint at a time (no index on `seq` alone to write), and
+                // only for an endpoint with dead letters (one probe of their index, evaluated once).
                 for (endpoint, _) in &subs {
                     sqlx::query(
                         "UPDATE webhook_deliveries SET state = 'dead', dead_at = $3, \
                          last_error = 'an earlier event of its call or campaign is in the dead-letter store' \
                          WHERE endpoint_id = $4 AND seq BETWEEN $1 AND $2 AND state = 'pending' \
+                         AND EXISTS (SELECT 1 FROM webhook_deliveries x WHERE x.endpoint_id = $4 AND x.state = 'dead') \
                          AND (SELECT min(p.stream_seq) FROM webhook_deliveries p WHERE p.endpoint_id = webhook_deliveries.endpoint_id \
                          AND p.stream_id = webhook_deliveries.stream_id AND p.state = 'dead') < webhook_deliveries.stream_seq",
                     )
