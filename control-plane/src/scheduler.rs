@@ -109,9 +109,15 @@ impl DispatchSink {
                 use rdkafka::producer::Producer;
                 let partitions = tokio::task::spawn_blocking(move || {
                     let md = p.client().fetch_metadata(Some(&t), Duration::from_secs(5))?;
-                    Ok::<i32, rdkafka::error::KafkaError>(
-                        md.topics().first().map_or(0, |t| t.partitions().len() as i32),
-                    )
+                    // A topic the metadata does not show yet (just created, or an error) has no
+                    // partition to send to: an error, so that the caller tries again rather
+                    // than counting an opt-out as announced that no shard received.
+                    match md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len()) {
+                        0 => Err(rdkafka::error::KafkaError::MetadataFetch(
+                            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                        )),
+                        n => Ok(n as i32),
+                    }
                 })
                 .await
                 .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))?;

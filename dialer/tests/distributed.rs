@@ -252,7 +252,14 @@ async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
     };
     let now = chrono::Utc::now();
     let msg = dialer_control_plane::calling_rules::suppress_message(&s, now, Duration::from_secs(300));
-    sink.broadcast(std::slice::from_ref(&msg)).await.expect("broadcast");
+    // As the scheduler does, again until the broker takes it: a topic just created may not be in
+    // the metadata yet, and then the broadcast refuses rather than sending to no partition.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = sink.broadcast(std::slice::from_ref(&msg)).await {
+        assert!(Instant::now() < deadline, "broadcast: {e}");
+        eprintln!("broadcast refused ({e}); again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("group.id", unique_name("optout-reader"))
@@ -262,13 +269,25 @@ async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
     read_from_start(&consumer, &topic, 5);
     let mut partitions = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_error = None;
     while partitions.len() < 5 && Instant::now() < deadline {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else { continue };
+        let m = match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                last_error = Some(e);
+                continue;
+            }
+            Err(_) => continue,
+        };
         let got = dialer_domain::messages::DispatchMessage::decode(m.payload().unwrap_or_default()).expect("readable");
         assert_eq!(got.kind, dialer_domain::messages::DispatchKind::Suppress);
         assert_eq!((got.phone_number.as_str(), got.campaign_id), ("+12125550100", uuid::Uuid::nil()));
         assert_eq!(got.deadline_ms, (now + chrono::Duration::seconds(300)).timestamp_millis() as u64);
         assert!(partitions.insert(m.partition()), "partition {} got it twice", m.partition());
     }
-    assert_eq!(partitions, (0..5).collect::<HashSet<i32>>(), "every partition has the opt-out");
+    assert_eq!(
+        partitions,
+        (0..5).collect::<HashSet<i32>>(),
+        "every partition has the opt-out; last read error: {last_error:?}"
+    );
 }
