@@ -42,9 +42,7 @@ fn streams(log: &[LoggedEvent]) -> BTreeMap<String, Vec<(u64, String)>> {
 
 async fn events_follow_the_changes_that_commit(b: Backend) {
     let (s, _dir) = store(b).await;
-    let c = campaign(&s, "log", 3, 10, json!([])).await;
-    s.transition(c.id, CampaignAction::Start).await.expect("started");
-    let claimed = s.claim_due(c.id, 3, chrono::Utc::now()).await.expect("claimed");
+    let (c, claimed) = started_campaign(&s, "log", 3).await;
     assert_eq!(claimed.len(), 3);
     let (a, f, q) = (&claimed[0], &claimed[1], &claimed[2]);
     let batch = vec![
@@ -132,22 +130,42 @@ async fn a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing(b: Backend) 
     );
 }
 
+/// A started campaign of `targets` calls, all claimed (each logged its `queued`).
+async fn started_campaign(
+    s: &dialer_control_plane::Store,
+    name: &str,
+    targets: usize,
+) -> (dialer_domain::validate::Campaign, Vec<dialer_control_plane::store::ClaimedCall>) {
+    let c = campaign(s, name, targets, 10, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let claimed = s.claim_due(c.id, targets, chrono::Utc::now()).await.expect("claimed");
+    assert_eq!(claimed.len(), targets);
+    (c, claimed)
+}
+
+/// An endpoint at a port nothing listens on (these tests answer for it), of this concurrency and
+/// a rate of 10,000/s, or the defaults.
+async fn unreachable_endpoint(
+    s: &dialer_control_plane::Store,
+    concurrency: Option<i64>,
+) -> dialer_domain::webhooks::Webhook {
+    let req = CreateWebhookRequest {
+        url: "http://127.0.0.1:9/hook".into(),
+        max_concurrency: concurrency,
+        rate_per_sec: concurrency.map(|_| 10_000),
+        ..Default::default()
+    };
+    s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint")
+}
+
 /// The leases: a claim holds an endpoint's slot until its answer or its lease's end; an expired
 /// lease is claimed again as the next attempt, and the first attempt's late answer is dropped.
 async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Backend) {
     use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
     let (s, _dir) = store(b).await;
-    let req = CreateWebhookRequest {
-        url: "http://127.0.0.1:9/hook".into(),
-        max_concurrency: Some(2),
-        rate_per_sec: Some(10_000),
-        ..Default::default()
-    };
-    let w = s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
-    let c = campaign(&s, "leases", 1, 10, json!([])).await;
-    s.transition(c.id, CampaignAction::Start).await.expect("started");
-    let claimed = s.claim_due(c.id, 10, chrono::Utc::now()).await.expect("claimed");
+    let w = unreachable_endpoint(&s, Some(2)).await;
+    let (c, claimed) = started_campaign(&s, "leases", 1).await;
     s.record_events(&[event(c.id, &claimed[0], EventKind::Started)], &mut || 0.5, None).await.expect("recorded");
     s.sequence_events(100).await.expect("sequenced");
     let past = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
@@ -192,16 +210,8 @@ async fn pruning_forgets_old_events_only_once_no_delivery_needs_them(b: Backend)
     use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
     let (s, _dir) = store(b).await;
-    let req = CreateWebhookRequest {
-        url: "http://127.0.0.1:9/hook".into(),
-        max_concurrency: Some(100),
-        rate_per_sec: Some(10_000),
-        ..Default::default()
-    };
-    let w = s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
-    let c = campaign(&s, "prune", 2, 10, json!([])).await;
-    s.transition(c.id, CampaignAction::Start).await.expect("started");
-    let calls = s.claim_due(c.id, 10, chrono::Utc::now()).await.expect("claimed");
+    let w = unreachable_endpoint(&s, Some(100)).await;
+    let (c, calls) = started_campaign(&s, "prune", 2).await;
     let started: Vec<_> = calls.iter().map(|k| event(c.id, k, EventKind::Started)).collect();
     s.record_events(&started, &mut || 0.5, None).await.expect("recorded");
     s.sequence_events(100).await.expect("sequenced");
@@ -302,11 +312,8 @@ async fn an_event_behind_a_dead_letter_joins_it_at_the_fan_out(b: Backend) {
     use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
     let (s, _dir) = store(b).await;
-    let req = CreateWebhookRequest { url: "http://127.0.0.1:9/hook".into(), ..Default::default() };
-    let w = s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
-    let c = campaign(&s, "behind", 2, 10, json!([])).await;
-    s.transition(c.id, CampaignAction::Start).await.expect("started");
-    let calls = s.claim_due(c.id, 10, chrono::Utc::now()).await.expect("claimed");
+    let w = unreachable_endpoint(&s, None).await;
+    let (c, calls) = started_campaign(&s, "behind", 2).await;
     s.sequence_events(100).await.expect("sequenced");
     let at = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
     let heads = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
