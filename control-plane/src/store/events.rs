@@ -242,23 +242,35 @@ mod bulk {
         conn: &mut sqlx::SqliteConnection,
         numbered: &[(i64, i64)],
     ) -> Result<(), StoreError> {
-        for chunk in numbered.chunks(CHUNK) {
-            let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(n, seq) AS (");
-            q.push_values(chunk, |mut b, (n, seq)| {
-                b.push_bind(*n).push_bind(*seq);
+        lite_pairs(
+            conn,
+            numbered,
+            "n, seq",
+            "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) \
+             SELECT v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at \
+             FROM v JOIN event_inbox i ON i.n = v.n",
+        )
+        .await?;
+        lite_pairs(conn, numbered, "n, seq", "DELETE FROM event_inbox WHERE n IN (SELECT n FROM v)").await
+    }
+
+    /// Runs `WITH v(<cols>) AS (VALUES …) <stmt>` on SQLite for each chunk of `rows`.
+    async fn lite_pairs<A, B>(
+        conn: &mut sqlx::SqliteConnection,
+        rows: &[(A, B)],
+        cols: &str,
+        stmt: &str,
+    ) -> Result<(), StoreError>
+    where
+        A: Copy + Send + for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'static,
+        B: Copy + Send + for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'static,
+    {
+        for chunk in rows.chunks(CHUNK) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(format!("WITH v({cols}) AS ("));
+            q.push_values(chunk, |mut b, (x, y)| {
+                b.push_bind(*x).push_bind(*y);
             });
-            q.push(
-                ") INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) \
-                 SELECT v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at \
-                 FROM v JOIN event_inbox i ON i.n = v.n",
-            );
-            q.build().execute(&mut *conn).await?;
-            let mut q = QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM event_inbox WHERE n IN (");
-            let mut ns = q.separated(", ");
-            for (n, _) in chunk {
-                ns.push_bind(*n);
-            }
-            q.push(")");
+            q.push(") ").push(stmt);
             q.build().execute(&mut *conn).await?;
         }
         Ok(())
@@ -381,15 +393,13 @@ mod bulk {
         conn: &mut sqlx::SqliteConnection,
         rows: &[(Uuid, i64)],
     ) -> Result<(), StoreError> {
-        for chunk in rows.chunks(CHUNK) {
-            let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(e, s) AS (");
-            q.push_values(chunk, |mut b, (e, s)| {
-                b.push_bind(*e).push_bind(*s);
-            });
-            q.push(") DELETE FROM webhook_deliveries WHERE (endpoint_id, seq) IN (SELECT e, s FROM v)");
-            q.build().execute(&mut *conn).await?;
-        }
-        Ok(())
+        lite_pairs(
+            conn,
+            rows,
+            "e, s",
+            "DELETE FROM webhook_deliveries WHERE (endpoint_id, seq) IN (SELECT e, s FROM v)",
+        )
+        .await
     }
 
     /// New pending deliveries: (endpoint, seq, stream, stream_seq).
