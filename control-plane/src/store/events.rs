@@ -224,17 +224,27 @@ mod bulk {
 
     /// Numbers events, (inbox row `n`, seq) pairs: moves them from the inbox into the log.
     pub(super) async fn pg_number(conn: &mut sqlx::PgConnection, numbered: &[(i64, i64)]) -> Result<(), StoreError> {
-        let ns: Vec<i64> = numbered.iter().map(|n| n.0).collect();
-        let seqs: Vec<i64> = numbered.iter().map(|n| n.1).collect();
-        sqlx::query(
+        pg_pairs(
+            conn,
+            numbered,
             "WITH moved AS (DELETE FROM event_inbox i USING UNNEST($1::int8[], $2::int8[]) AS v(n, seq) WHERE i.n = v.n \
              RETURNING v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at) \
              INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) SELECT * FROM moved",
         )
-        .bind(ns)
-        .bind(seqs)
-        .execute(conn)
-        .await?;
+        .await
+    }
+
+    /// Runs `stmt` on PostgreSQL with `rows` bound as two arrays ($1: the firsts, $2: the seconds).
+    async fn pg_pairs<A, B>(conn: &mut sqlx::PgConnection, rows: &[(A, B)], stmt: &str) -> Result<(), StoreError>
+    where
+        A: Copy,
+        B: Copy,
+        Vec<A>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+        Vec<B>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    {
+        let firsts: Vec<A> = rows.iter().map(|r| r.0).collect();
+        let seconds: Vec<B> = rows.iter().map(|r| r.1).collect();
+        sqlx::query(stmt).bind(firsts).bind(seconds).execute(conn).await?;
         Ok(())
     }
 
@@ -377,16 +387,12 @@ mod bulk {
 
     /// Deletes delivered deliveries (endpoint, seq), by key.
     pub(super) async fn pg_delivered(conn: &mut sqlx::PgConnection, rows: &[(Uuid, i64)]) -> Result<(), StoreError> {
-        let endpoints: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
-        sqlx::query(
+        pg_pairs(
+            conn,
+            rows,
             "DELETE FROM webhook_deliveries d USING UNNEST($1::uuid[], $2::int8[]) AS v(e, s) WHERE d.endpoint_id = v.e AND d.seq = v.s",
         )
-        .bind(endpoints)
-        .bind(seqs)
-        .execute(conn)
-        .await?;
-        Ok(())
+        .await
     }
 
     pub(super) async fn lite_delivered(
