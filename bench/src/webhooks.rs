@@ -6,7 +6,7 @@
 //! - `off`: `events.enabled = false`, no log;
 //! - `log`: the default, each batch also appends its events (4 a call: started, answered,
 //!   completed; the claim's `queued` was logged by the claim);
-//! - `log+deliver`: the same while the sequencer numbers and fans out and a deliverer sends every
+//! - `log+deliver`: the same while the sequencer numbers and a deliverer sends every
 //!   event of that campaign to a local receiver as fast as it takes them (`--concurrency`, a rate
 //!   of 10,000/s: the worst case, a backlog drained at full speed);
 //! - `log+deliver at defaults`: the same with the endpoint at its defaults (concurrency 16,
@@ -17,7 +17,7 @@
 //! the median and every round's.
 //!
 //! Deliveries per second come first: a campaign of M calls is recorded, then its events are
-//! numbered, fanned out to a new endpoint and delivered to the local receiver, timed from the start
+//! numbered, read from the log by a new endpoint's claims and delivered to the local receiver, timed from the start
 //! until the receiver has them all.
 
 use std::path::PathBuf;
@@ -230,9 +230,9 @@ async fn recorder_run(s: &Store, args: &Args, run: Run) -> Result<f64> {
     }
 }
 
-/// Deliveries per second: a campaign's events, numbered and fanned out once its endpoint exists
-/// (an endpoint gets the events numbered after it was created; the backlog before is numbered
-/// first, untimed), sent to a local receiver.
+/// Deliveries per second: a campaign's events, numbered once its endpoint exists (an endpoint
+/// reads the log from its head when it was created; the backlog before is numbered first,
+/// untimed), sent to a local receiver.
 async fn delivery_run(s: &Store, args: &Args) -> Result<Delivered> {
     let rx = Receiver::start(Mode::Ok, 1);
     while s.sequence_events(10_000).await?.events > 0 {}

@@ -1,9 +1,9 @@
 //! Webhook delivery and the event log's upkeep (issue 20). Every control-plane replica runs:
 //!
-//! - the **sequencer** ([`run_sequencer`]): numbers committed events and fans them out to
-//!   endpoints (one sequencer at a time across replicas, by a row lock), then wakes this
-//!   process's deliveries and live stream;
-//! - the **deliverer** ([`Deliverer::run`]): per enabled endpoint, claims due deliveries within
+//! - the **sequencer** ([`run_sequencer`]): numbers committed events (one sequencer at a time
+//!   across replicas, by a row lock), then wakes this process's deliveries and live stream;
+//! - the **deliverer** ([`Deliverer::run`]): per enabled endpoint, claims due deliveries (its
+//!   retries and waiting events, then events from the log after its cursor) within
 //!   the endpoint's concurrency and rate (held in the store, so they bound every replica
 //!   together), POSTs each signed event from its own task (one slow receiver holds only its own
 //!   slots), and hands the answers to one writer that records them in batches;
@@ -89,7 +89,7 @@ impl Summary {
     }
 }
 
-/// Numbers committed events and fans them out, back to back while there is a backlog, every
+/// Numbers committed events, back to back while there is a backlog, every
 /// `poll` when idle, until `shutdown`; wakes `deliveries` and `live` after each batch. Only while
 /// someone reads the log: an enabled endpoint (any replica's deliverer), or a live client of this
 /// process (each replica numbers for its own clients). Numbering later is as right as numbering
@@ -137,7 +137,7 @@ impl Readers {
     }
 }
 
-/// One batch numbered and fanned out; `true` when it was full (more wait).
+/// One batch numbered; `true` when it was full (more wait).
 async fn sequence(store: &Store, batch: usize, deliveries: &Notify, live: Option<&LiveHub>, summary: &Summary) -> bool {
     match store.sequence_events(batch).await {
         Ok(s) => {
@@ -234,7 +234,7 @@ impl Deliverer {
             .build()
     }
 
-    /// Delivers until `shutdown`; woken by `wake` when new deliveries were fanned out.
+    /// Delivers until `shutdown`; woken by `wake` when new events were numbered.
     pub async fn run(self, wake: Arc<Notify>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let this = Arc::new(self);

@@ -217,6 +217,8 @@ async fn pruning_forgets_old_events_only_once_no_delivery_needs_them(b: Backend)
     s.sequence_events(100).await.expect("sequenced");
     let old = s.read_events(0, None, 100).await.expect("log");
     assert_eq!(old.len(), 5, "the campaign's start, two calls queued and started");
+    let future = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    assert_eq!(s.prune_events(future, 100).await.expect("pruned"), 0, "the endpoint has read none of them yet");
     // Every head answered until none is left: the first call's stream goes to the dead-letter
     // store (its later event with it), everything else is delivered.
     let dead = calls[0].id;
@@ -306,9 +308,9 @@ async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backe
     assert_eq!(log, want, "kept, then the waiting ones in their stream's order");
 }
 
-/// A stream with a dead letter: its events logged later join it in the dead-letter store at
-/// the fan-out (they would otherwise wait for ever behind it); other streams' do not.
-async fn an_event_behind_a_dead_letter_joins_it_at_the_fan_out(b: Backend) {
+/// A stream with a dead letter: its events logged later join it in the dead-letter store when
+/// the endpoint reads them (they would otherwise wait for ever behind it); other streams' do not.
+async fn an_event_behind_a_dead_letter_joins_it_when_read(b: Backend) {
     use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
     let (s, _dir) = store(b).await;
@@ -324,6 +326,8 @@ async fn an_event_behind_a_dead_letter_joins_it_at_the_fan_out(b: Backend) {
     let both: Vec<_> = calls.iter().map(|k| event(c.id, k, EventKind::Started)).collect();
     s.record_events(&both, &mut || 0.5, None).await.expect("recorded");
     s.sequence_events(100).await.expect("sequenced");
+    let claimed = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
+    assert!(claimed.is_empty(), "one started is buried, the other waits behind its queued: {claimed:?}");
     let dead: Vec<(uuid::Uuid, i32)> = s
         .dead_letters(w.id, 0, 100)
         .await
@@ -340,13 +344,101 @@ async fn an_event_behind_a_dead_letter_joins_it_at_the_fan_out(b: Backend) {
     assert_eq!((counts.dead, counts.pending, counts.sending), (2, 1, 2));
 }
 
+/// The (call or campaign, stream position) of claimed deliveries, in log order.
+fn positions(claimed: &[dialer_control_plane::store::ClaimedDelivery]) -> Vec<(uuid::Uuid, i32)> {
+    claimed.iter().map(|d| (d.stream_id, d.stream_seq)).collect()
+}
+
+/// Answers every claimed delivery 200.
+async fn deliver_all(s: &dialer_control_plane::Store, claimed: &[dialer_control_plane::store::ClaimedDelivery]) {
+    use dialer_control_plane::store::Finished;
+    use dialer_domain::events::{Answer, Next};
+    let ok = |d: &dialer_control_plane::store::ClaimedDelivery| Finished {
+        delivery: d.clone(),
+        answer: Answer::Status(200),
+        next: Next::Delivered,
+    };
+    s.finish_deliveries(&claimed.iter().map(ok).collect::<Vec<_>>()).await.expect("answers");
+}
+
+/// Lazy fan-out and pausing: what a paused endpoint had not read of the log yet waits for it in
+/// delivery rows and goes once it is resumed; what was logged while it was paused is not its;
+/// what is logged after it resumes is.
+async fn a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head(b: Backend) {
+    use dialer_domain::webhooks::UpdateWebhookRequest;
+    let (s, _dir) = store(b).await;
+    let w = unreachable_endpoint(&s, Some(10)).await;
+    let (c, calls) = started_campaign(&s, "paused", 1).await;
+    s.sequence_events(100).await.expect("sequenced");
+    let pause = UpdateWebhookRequest { enabled: Some(false), ..Default::default() };
+    s.update_webhook(w.id, &pause).await.expect("paused");
+    assert_eq!(s.delivery_counts().await.expect("counts").pending, 2, "the campaign's start and the call's queued");
+    s.record_events(&[event(c.id, &calls[0], EventKind::Started)], &mut || 0.5, None).await.expect("recorded");
+    s.sequence_events(100).await.expect("sequenced");
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    assert!(s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries.is_empty(), "paused");
+    let resume = UpdateWebhookRequest { enabled: Some(true), ..Default::default() };
+    s.update_webhook(w.id, &resume).await.expect("resumed");
+    let first = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
+    assert_eq!(positions(&first), [(c.id, 1), (calls[0].id, 1)], "what it had not read when paused");
+    deliver_all(&s, &first).await;
+    assert!(s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries.is_empty(), "the started logged while paused");
+    s.record_events(&[event(c.id, &calls[0], EventKind::Completed)], &mut || 0.5, None).await.expect("recorded");
+    s.sequence_events(100).await.expect("sequenced");
+    let after = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
+    // Logged after it resumed: the call's answered and completed, one at a time.
+    assert_eq!(positions(&after), [(calls[0].id, 3)], "the answered goes first");
+    let counts = s.delivery_counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.sending, counts.dead), (1, 1, 0), "its completed waits in a row");
+}
+
+/// A 410 from the first event the endpoint was sent: the endpoint is disabled, and the events it
+/// had not read of the log yet join the dead-letter store with it; what is logged afterwards is
+/// not its. Re-enabled and replayed, every dead letter goes, each call's in order.
+async fn a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it(b: Backend) {
+    use dialer_control_plane::store::Finished;
+    use dialer_domain::events::{Answer, Next};
+    use dialer_domain::webhooks::UpdateWebhookRequest;
+    let (s, _dir) = store(b).await;
+    let w = unreachable_endpoint(&s, Some(1)).await;
+    let (c, calls) = started_campaign(&s, "gone", 2).await;
+    s.sequence_events(100).await.expect("sequenced");
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    let first = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
+    assert_eq!(positions(&first), [(c.id, 1)], "a concurrency of one");
+    let gone = Finished { delivery: first[0].clone(), answer: Answer::Status(410), next: Next::Gone };
+    s.finish_deliveries(&[gone]).await.expect("answer");
+    assert!(!s.get_webhook(w.id).await.expect("endpoint").enabled);
+    s.record_events(&[event(c.id, &calls[0], EventKind::Started)], &mut || 0.5, None).await.expect("recorded");
+    s.sequence_events(100).await.expect("sequenced");
+    let dead: Vec<(i64, Option<i32>)> =
+        s.dead_letters(w.id, 0, 100).await.expect("dead letters").iter().map(|d| (d.seq, d.last_status_code)).collect();
+    assert_eq!(dead.len(), 3, "the 410 and both calls' queued, not what came later: {dead:?}");
+    assert_eq!(dead[0], (first[0].seq, Some(410)));
+    assert_eq!(s.delivery_counts().await.expect("counts").pending, 0);
+    s.update_webhook(w.id, &UpdateWebhookRequest { enabled: Some(true), ..Default::default() }).await.expect("enabled");
+    assert_eq!(s.replay_dead_letters(w.id, None).await.expect("replayed"), 3);
+    let mut sent = Vec::new();
+    loop {
+        let claimed = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
+        if claimed.is_empty() {
+            break;
+        }
+        deliver_all(&s, &claimed).await;
+        sent.extend(claimed.iter().map(|d| d.seq));
+    }
+    assert_eq!(sent, dead.iter().map(|d| d.0).collect::<Vec<_>>(), "every dead letter once, in log order");
+}
+
 both_stores!(
     events_follow_the_changes_that_commit,
     a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing,
     an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped,
     pruning_forgets_old_events_only_once_no_delivery_needs_them,
     the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting,
-    an_event_behind_a_dead_letter_joins_it_at_the_fan_out
+    an_event_behind_a_dead_letter_joins_it_when_read,
+    a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head,
+    a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it
 );
 
 fn settings() -> DeliverySettings {

@@ -178,6 +178,60 @@ pub fn log_order(batch: &[Unsequenced]) -> Vec<usize> {
     order
 }
 
+/// An event of the log after an endpoint's cursor, as a claim reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unread {
+    pub seq: i64,
+    pub stream: Uuid,
+    /// Whether the endpoint's subscription takes it.
+    pub wanted: bool,
+}
+
+/// What a claim does with the log after an endpoint's cursor ([`take_from_log`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FromLog {
+    /// Sent now: leased straight from the log, with no delivery row.
+    pub leased: Vec<i64>,
+    /// Waiting behind an earlier event of their stream: written as pending delivery rows.
+    pub queued: Vec<i64>,
+    /// Behind a dead letter of their stream: written to the dead-letter store.
+    pub buried: Vec<i64>,
+    /// The endpoint's new cursor: the last event handled (`None`: none was).
+    pub cursor: Option<i64>,
+}
+
+/// Lazy fan-out: takes the events after an endpoint's cursor, in log order, until `capacity`
+/// are leased. An event its subscription does not take is passed over. One whose stream has a
+/// dead letter on the endpoint is buried with it. One whose stream is `busy` (a pending delivery
+/// row, a lease, or an earlier event of this batch) waits in a delivery row, so a call's events
+/// still go one at a time in order. Any other is leased. The cursor stops before the first event
+/// that would need a lease beyond `capacity`.
+pub fn take_from_log(
+    unread: &[Unread],
+    busy: &std::collections::HashSet<Uuid>,
+    dead: &std::collections::HashSet<Uuid>,
+    capacity: usize,
+) -> FromLog {
+    let mut out = FromLog::default();
+    let mut taken: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    for e in unread {
+        if e.wanted {
+            if dead.contains(&e.stream) {
+                out.buried.push(e.seq);
+            } else if busy.contains(&e.stream) || taken.contains(&e.stream) {
+                out.queued.push(e.seq);
+            } else if out.leased.len() < capacity {
+                out.leased.push(e.seq);
+                taken.insert(e.stream);
+            } else {
+                break;
+            }
+        }
+        out.cursor = Some(e.seq);
+    }
+    out
+}
+
 /// The signature header's name.
 pub const SIGNATURE_HEADER: &str = "Dialer-Signature";
 

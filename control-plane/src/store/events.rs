@@ -4,12 +4,15 @@
 //! - [`append`](pg::append) runs inside the transactions that change calls and campaigns: an
 //!   event exists exactly when its change committed (an outbox).
 //! - [`sequence`](pg::sequence) numbers committed events (one sequencer at a time: the
-//!   `event_sequencer` row lock) and fans them out to the endpoints that want them.
+//!   `event_sequencer` row lock), moving them from the inbox into the log.
 //! - Deliveries are claimed per endpoint under the endpoint's row lock (its concurrency and token
 //!   bucket hold across replicas), only at the head of their stream on that endpoint (an event is
 //!   never sent before its stream's earlier events are delivered), with a lease: a row of
-//!   `webhook_leases` (attempt number, expiry). A delivered event's delivery row is inserted by
-//!   the fan-out and deleted by the answer, never updated; only failed attempts update it.
+//!   `webhook_leases` (attempt number, stream, expiry).
+//! - Fan-out is lazy: each endpoint keeps a cursor in the log, and a claim leases events straight
+//!   from the log after it. A delivery row (`webhook_deliveries`) is written only for an event
+//!   that must wait behind its stream's event in flight or retried, that failed, or that is dead;
+//!   a delivered event with none leaves nothing but its lease, inserted and deleted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -48,7 +51,6 @@ pub struct LoggedEvent {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sequenced {
     pub events: u64,
-    pub deliveries: u64,
     /// The last number given (0: none).
     pub last_seq: i64,
 }
@@ -130,6 +132,9 @@ fn state_of(next: &Next) -> &'static str {
 struct Attempt {
     endpoint: Uuid,
     seq: i64,
+    /// The event's stream: a lease taken from the log has no delivery row yet, and this writes it.
+    stream: Uuid,
+    stream_seq: i32,
     attempt: i32,
     /// The retry window's start, kept if the row has one already.
     window_start: DateTime<Utc>,
@@ -145,6 +150,8 @@ impl Attempt {
         Attempt {
             endpoint: f.delivery.endpoint_id,
             seq: f.delivery.seq,
+            stream: f.delivery.stream_id,
+            stream_seq: f.delivery.stream_seq,
             attempt: f.delivery.attempts as i32,
             window_start: f.delivery.window_start,
             state: state_of(&f.next),
@@ -155,10 +162,13 @@ impl Attempt {
     }
 
     /// A lease that ran out: due again now.
-    fn expired(endpoint: Uuid, seq: i64, attempt: i32, claimed_at: DateTime<Utc>, at: DateTime<Utc>) -> Attempt {
+    fn expired(lease: ExpiredLease, at: DateTime<Utc>) -> Attempt {
+        let (endpoint, seq, stream, stream_seq, attempt, claimed_at) = lease;
         Attempt {
             endpoint,
             seq,
+            stream,
+            stream_seq,
             attempt,
             window_start: claimed_at,
             state: "pending",
@@ -168,6 +178,14 @@ impl Attempt {
         }
     }
 }
+
+/// A lease that ran out, as deleted: endpoint, seq, stream, stream_seq, attempt, claimed_at.
+type ExpiredLease = (Uuid, i64, Uuid, i32, i32, DateTime<Utc>);
+
+/// Why an event was buried behind its stream's dead letter (`last_error`).
+const BEHIND_DEAD: &str = "an earlier event of its call or campaign is in the dead-letter store";
+/// Why an endpoint's undelivered events were buried when it answered 410.
+const GONE: &str = "the endpoint answered 410 Gone";
 
 /// Bulk writes of the log, per backend: PostgreSQL binds one array per column (`UNNEST`), a
 /// statement of 7 parameters whatever the batch; SQLite, which has no arrays, multi-row VALUES.
@@ -408,26 +426,30 @@ mod bulk {
         .await
     }
 
-    /// New pending deliveries: (endpoint, seq, stream, stream_seq).
+    /// New delivery rows of one endpoint, (seq, stream, stream_seq): pending and due at `at`, or
+    /// dead for `buried` (the reason).
     pub(super) async fn pg_deliveries(
         conn: &mut sqlx::PgConnection,
-        rows: &[(Uuid, i64, Uuid, i32)],
+        endpoint: Uuid,
+        rows: &[(i64, Uuid, i32)],
         at: DateTime<Utc>,
+        buried: Option<&str>,
     ) -> Result<(), StoreError> {
-        let endpoints: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
-        let streams: Vec<Uuid> = rows.iter().map(|r| r.2).collect();
-        let stream_seqs: Vec<i32> = rows.iter().map(|r| r.3).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let streams: Vec<Uuid> = rows.iter().map(|r| r.1).collect();
+        let stream_seqs: Vec<i32> = rows.iter().map(|r| r.2).collect();
         sqlx::query(
-            "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at) \
-             SELECT e, s, st, ss, 'pending', 0, $5 FROM UNNEST($1::uuid[], $2::int8[], $3::uuid[], $4::int4[]) AS v(e, s, st, ss) \
-             ON CONFLICT (endpoint_id, seq) DO NOTHING",
+            "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at, dead_at, last_error) \
+             SELECT $1, s, st, ss, CASE WHEN $6::text IS NULL THEN 'pending' ELSE 'dead' END, 0, $5, \
+             CASE WHEN $6::text IS NULL THEN NULL ELSE $5 END, $6 \
+             FROM UNNEST($2::int8[], $3::uuid[], $4::int4[]) AS v(s, st, ss) ON CONFLICT (endpoint_id, seq) DO NOTHING",
         )
-        .bind(endpoints)
+        .bind(endpoint)
         .bind(seqs)
         .bind(streams)
         .bind(stream_seqs)
         .bind(at)
+        .bind(buried)
         .execute(conn)
         .await?;
         Ok(())
@@ -435,21 +457,26 @@ mod bulk {
 
     pub(super) async fn lite_deliveries(
         conn: &mut sqlx::SqliteConnection,
-        rows: &[(Uuid, i64, Uuid, i32)],
+        endpoint: Uuid,
+        rows: &[(i64, Uuid, i32)],
         at: DateTime<Utc>,
+        buried: Option<&str>,
     ) -> Result<(), StoreError> {
-        for chunk in rows.chunks(CHUNK) {
+        let state = if buried.is_some() { "dead" } else { "pending" };
+        for chunk in rows.chunks(CHUNK / 2) {
             let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at) ",
+                "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at, dead_at, last_error) ",
             );
-            q.push_values(chunk, |mut b, (e, seq, s, ss)| {
-                b.push_bind(*e)
+            q.push_values(chunk, |mut b, (seq, s, ss)| {
+                b.push_bind(endpoint)
                     .push_bind(*seq)
                     .push_bind(*s)
                     .push_bind(*ss)
-                    .push_bind("pending")
+                    .push_bind(state)
                     .push_bind(0i32)
-                    .push_bind(at);
+                    .push_bind(at)
+                    .push_bind(buried.map(|_| at))
+                    .push_bind(buried);
             });
             q.push(" ON CONFLICT (endpoint_id, seq) DO NOTHING");
             q.build().execute(&mut *conn).await?;
@@ -462,7 +489,9 @@ macro_rules! events_store {
     ($module:ident, $db:ty, $sql:ident, pg = $pg:literal, append = $append:path, number = $number:path, deliveries = $deliveries:path, claimed = $claimed:path, release = $release:path, delivered = $delivered:path) => {
         pub(crate) mod $module {
             use chrono::{DateTime, Utc};
-            use dialer_domain::events::{log_order, EventType, NewEvent, Next, Subscription, Unsequenced};
+            use std::collections::HashSet;
+
+            use dialer_domain::events::{log_order, take_from_log, EventType, NewEvent, Next, Subscription, Unread, Unsequenced};
             use dialer_domain::webhooks::{types_column, types_from_column, EndpointSettings, Webhook};
             use sqlx::{QueryBuilder, Row};
             use uuid::Uuid;
@@ -490,8 +519,8 @@ macro_rules! events_store {
                 $append(conn, events).await
             }
 
-            /// Numbers up to `limit` committed events after the last numbered one and fans them
-            /// out to the enabled endpoints that want them, in one transaction.
+            /// Numbers up to `limit` committed events after the last numbered one, in one
+            /// transaction: moves them from the inbox into the log.
             pub async fn sequence(pool: &Pool, limit: usize) -> Result<Sequenced, StoreError> {
                 let mut tx = begin(pool).await?;
                 let next: i64 = sqlx::query_scalar(&format!("SELECT next_seq FROM event_sequencer WHERE id = 1{FOR_UPDATE}"))
@@ -513,10 +542,9 @@ macro_rules! events_store {
                 let pairs: Vec<(i64, i64)> = numbered.iter().map(|(seq, e)| (e.0, *seq)).collect();
                 $number(&mut **tx, &pairs).await?;
                 let last_seq = next + numbered.len() as i64 - 1;
-                let deliveries = fan_out(&mut tx, &numbered, next, last_seq).await?;
                 sqlx::query("UPDATE event_sequencer SET next_seq = $1 WHERE id = 1").bind(last_seq + 1).execute(&mut **tx).await?;
                 tx.commit().await?;
-                Ok(Sequenced { events: numbered.len() as u64, deliveries, last_seq })
+                Ok(Sequenced { events: numbered.len() as u64, last_seq })
             }
 
             fn batch_row(r: &DbRow) -> Result<(i64, Uuid, Unsequenced, Option<EventType>), StoreError> {
@@ -525,56 +553,79 @@ macro_rules! events_store {
                 Ok((r.try_get("n")?, r.try_get("campaign_id")?, u, EventType::parse(&kind)))
             }
 
-            /// One delivery per (enabled endpoint, numbered event it wants); one that lands behind
-            /// a dead letter of its stream joins it in the dead-letter store (it would otherwise
-            /// wait for ever: nothing is sent before its stream's earlier events).
-            async fn fan_out(
-                tx: &mut sqlx::Transaction<'static, Db>,
-                numbered: &[(i64, &(i64, Uuid, Unsequenced, Option<EventType>))],
-                first: i64,
-                last: i64,
-            ) -> Result<u64, StoreError> {
-                let subs: Vec<(Uuid, Subscription)> = sqlx::query("SELECT id, event_types, campaign_id FROM webhook_endpoints WHERE enabled")
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .iter()
-                    .map(|r| {
-                        let types: String = r.try_get("event_types")?;
-                        Ok((r.try_get("id")?, Subscription { types: types_from_column(&types), campaign: r.try_get("campaign_id")? }))
-                    })
-                    .collect::<Result<_, StoreError>>()?;
-                let mut rows = Vec::new();
-                for (seq, (_, campaign, u, kind)) in numbered {
-                    for (endpoint, sub) in &subs {
-                        if kind.is_some_and(|k| sub.wants(k, *campaign)) {
-                            rows.push((*endpoint, *seq, u.stream, u.stream_seq as i32));
-                        }
+            /// The pending deliveries of an endpoint between log positions `first` and `last` that
+            /// are behind a dead letter of their stream join it in the dead-letter store (they would
+            /// otherwise wait for ever: nothing is sent before its stream's earlier events). One
+            /// probe of the dead letters' index decides first whether the endpoint has any.
+            async fn bury_behind_dead(conn: &mut Conn, endpoint: Uuid, first: i64, last: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE webhook_deliveries SET state = 'dead', dead_at = $3, last_error = $5 \
+                     WHERE endpoint_id = $4 AND seq BETWEEN $1 AND $2 AND state = 'pending' \
+                     AND EXISTS (SELECT 1 FROM webhook_deliveries x WHERE x.endpoint_id = $4 AND x.state = 'dead') \
+                     AND (SELECT min(p.stream_seq) FROM webhook_deliveries p WHERE p.endpoint_id = webhook_deliveries.endpoint_id \
+                     AND p.stream_id = webhook_deliveries.stream_id AND p.state = 'dead') < webhook_deliveries.stream_seq",
+                )
+                .bind(first)
+                .bind(last)
+                .bind(at)
+                .bind(endpoint)
+                .bind(super::BEHIND_DEAD)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            /// An endpoint's cursor in the log and what it subscribes to.
+            fn reader(r: &DbRow) -> Result<(i64, Subscription), StoreError> {
+                let types: String = r.try_get("event_types")?;
+                Ok((r.try_get("log_cursor")?, Subscription { types: types_from_column(&types), campaign: r.try_get("campaign_id")? }))
+            }
+
+            /// Narrows a query on `events` to what `sub` takes.
+            fn push_subscription(q: &mut QueryBuilder<'_, Db>, sub: &Subscription) {
+                if let Some(c) = sub.campaign {
+                    q.push(" AND campaign_id = ").push_bind(c);
+                }
+                if !sub.types.is_empty() {
+                    q.push(" AND kind IN (");
+                    let mut sep = q.separated(", ");
+                    for t in &sub.types {
+                        sep.push_bind(t.as_str());
                     }
+                    q.push(")");
                 }
-                let at = now();
-                if rows.is_empty() {
-                    return Ok(0);
-                }
-                $deliveries(&mut **tx, &rows, at).await?;
-                // By the primary key, an endpoint at a time (no index on `seq` alone to write), and
-                // only for an endpoint with dead letters (one probe of their index, evaluated once).
-                for (endpoint, _) in &subs {
-                    sqlx::query(
-                        "UPDATE webhook_deliveries SET state = 'dead', dead_at = $3, \
-                         last_error = 'an earlier event of its call or campaign is in the dead-letter store' \
-                         WHERE endpoint_id = $4 AND seq BETWEEN $1 AND $2 AND state = 'pending' \
-                         AND EXISTS (SELECT 1 FROM webhook_deliveries x WHERE x.endpoint_id = $4 AND x.state = 'dead') \
-                         AND (SELECT min(p.stream_seq) FROM webhook_deliveries p WHERE p.endpoint_id = webhook_deliveries.endpoint_id \
-                         AND p.stream_id = webhook_deliveries.stream_id AND p.state = 'dead') < webhook_deliveries.stream_seq",
-                    )
-                    .bind(first)
-                    .bind(last)
-                    .bind(at)
+            }
+
+            /// The last position numbered (what a reader starting now has seen).
+            async fn log_head(conn: &mut Conn) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar::<_, i64>("SELECT next_seq FROM event_sequencer WHERE id = 1").fetch_one(&mut *conn).await? - 1)
+            }
+
+            /// Called with the endpoint's row locked when it stops reading the log (paused, or a
+            /// 410): the events after its cursor up to the log's head that it takes get delivery
+            /// rows, pending or dead (`buried`: the reason), as the sequencer's fan-out gave them
+            /// before, and its cursor moves to the head.
+            async fn unread_to_rows(conn: &mut Conn, endpoint: Uuid, buried: Option<&str>, at: DateTime<Utc>) -> Result<(), StoreError> {
+                let r = sqlx::query("SELECT log_cursor, event_types, campaign_id FROM webhook_endpoints WHERE id = $1")
                     .bind(endpoint)
-                    .execute(&mut **tx)
+                    .fetch_one(&mut *conn)
                     .await?;
+                let (cursor, sub) = reader(&r)?;
+                let head = log_head(conn).await?;
+                let mut q = QueryBuilder::<Db>::new(
+                    "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at, dead_at, last_error) SELECT ",
+                );
+                q.push_bind(endpoint).push(", seq, stream_id, stream_seq, ").push_bind(if buried.is_some() { "dead" } else { "pending" });
+                q.push(", 0, ").push_bind(at).push(", ").push_bind(buried.map(|_| at)).push(", ").push_bind(buried);
+                q.push(" FROM events WHERE seq > ").push_bind(cursor).push(" AND seq <= ").push_bind(head);
+                push_subscription(&mut q, &sub);
+                q.push(" ON CONFLICT (endpoint_id, seq) DO NOTHING");
+                q.build().execute(&mut *conn).await?;
+                sqlx::query("UPDATE webhook_endpoints SET log_cursor = $2 WHERE id = $1").bind(endpoint).bind(head).execute(&mut *conn).await?;
+                if buried.is_none() {
+                    bury_behind_dead(conn, endpoint, cursor + 1, head, at).await?;
                 }
-                Ok(rows.len() as u64)
+                Ok(())
             }
 
             /// Numbered events after `after`, of one campaign or all, in log order.
@@ -607,14 +658,15 @@ macro_rules! events_store {
                 Ok((first.unwrap_or(next), next - 1))
             }
 
-            /// Whether an enabled endpoint exists (then events must be numbered and fanned out).
+            /// Whether an enabled endpoint exists (then events must be numbered for it to read).
             pub async fn any_endpoint(pool: &Pool) -> Result<bool, StoreError> {
                 Ok(sqlx::query("SELECT id FROM webhook_endpoints WHERE enabled LIMIT 1").fetch_optional(pool).await?.is_some())
             }
 
             /// Forgets up to `limit` events older than `before` that no delivery needs: numbered
-            /// ones, oldest first, and unnumbered ones (nobody read the log meanwhile: no endpoint,
-            /// no live client) within the `limit` oldest, so each statement stays bounded.
+            /// ones, oldest first, up to the lowest cursor of the enabled endpoints, with no
+            /// delivery row or lease; and unnumbered ones (nobody read the log meanwhile: no
+            /// endpoint, no live client) within the `limit` oldest, so each statement stays bounded.
             pub async fn prune_events(pool: &Pool, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
                 let mut tx = begin(pool).await?;
                 let first: Option<i64> = sqlx::query_scalar("SELECT n FROM event_inbox ORDER BY n LIMIT 1").fetch_optional(&mut **tx).await?;
@@ -634,12 +686,16 @@ macro_rules! events_store {
                     .bind(before)
                     .fetch_optional(&mut **tx)
                     .await?;
+                // What an enabled endpoint has not read yet stays.
+                let unread: Option<i64> =
+                    sqlx::query_scalar("SELECT min(log_cursor) + 1 FROM webhook_endpoints WHERE enabled").fetch_one(&mut **tx).await?;
                 let n = sqlx::query(
                     "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE seq < $1 AND created_at < $2 \
                      AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w JOIN webhook_deliveries d ON d.endpoint_id = w.id AND d.seq = e.seq) \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_endpoints w JOIN webhook_leases l ON l.endpoint_id = w.id AND l.seq = e.seq) \
                      ORDER BY seq LIMIT $3)",
                 )
-                .bind(end.unwrap_or(i64::MAX))
+                .bind(end.unwrap_or(i64::MAX).min(unread.unwrap_or(i64::MAX)))
                 .bind(before)
                 .bind(limit as i64)
                 .execute(&mut **tx)
@@ -686,8 +742,9 @@ macro_rules! events_store {
                 campaign_exists(&mut tx, s.subscription.campaign).await?;
                 sqlx::query(
                     "INSERT INTO webhook_endpoints (id, url, description, secret, event_types, campaign_id, enabled, \
-                     max_concurrency, rate_per_sec, rate_tokens, rate_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10, $10, $10)",
+                     max_concurrency, rate_per_sec, rate_tokens, rate_at, created_at, updated_at, log_cursor) \
+                     VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10, $10, $10, \
+                     (SELECT next_seq - 1 FROM event_sequencer WHERE id = 1))",
                 )
                 .bind(id)
                 .bind(&s.url)
@@ -752,10 +809,17 @@ macro_rules! events_store {
                 let s = patch.apply(&current)?;
                 campaign_exists(&mut tx, patch.campaign_id).await?;
                 let enabled = patch.enabled.unwrap_or(w.enabled);
+                // Paused: what it had not read yet waits in delivery rows (as the fan-out left it);
+                // resumed: it reads from the log's head (what was logged meanwhile is not its).
+                if w.enabled && !enabled {
+                    unread_to_rows(&mut tx, id, None, now()).await?;
+                }
                 sqlx::query(
                     "UPDATE webhook_endpoints SET url = $2, description = $3, event_types = $4, campaign_id = $5, \
                      max_concurrency = $6, rate_per_sec = $7, enabled = $8, \
-                     disabled_reason = CASE WHEN $8 THEN NULL ELSE disabled_reason END, updated_at = $9 WHERE id = $1",
+                     disabled_reason = CASE WHEN $8 THEN NULL ELSE disabled_reason END, updated_at = $9, \
+                     log_cursor = CASE WHEN $10 THEN (SELECT next_seq - 1 FROM event_sequencer WHERE id = 1) ELSE log_cursor END \
+                     WHERE id = $1",
                 )
                 .bind(id)
                 .bind(&s.url)
@@ -766,6 +830,7 @@ macro_rules! events_store {
                 .bind(s.rate_per_sec as i32)
                 .bind(enabled)
                 .bind(now())
+                .bind(enabled && !w.enabled)
                 .execute(&mut **tx)
                 .await?;
                 let w = fetch_endpoint(&mut tx, id, false).await?;
@@ -824,7 +889,9 @@ macro_rules! events_store {
 
             /// Claims up to `max` due deliveries of an endpoint for one attempt each, within its
             /// concurrency (its leases, held by any replica) and its token bucket (a second of its
-            /// rate at most), each at the head of its stream, leased until `lease_until`.
+            /// rate at most), each at the head of its stream, leased until `lease_until`: first its
+            /// delivery rows that are due (retries, and events that waited behind their stream's),
+            /// then events from the log after its cursor (lazy fan-out, [`take_from_log`]).
             pub async fn claim_deliveries(
                 pool: &Pool,
                 endpoint: Uuid,
@@ -833,24 +900,53 @@ macro_rules! events_store {
             ) -> Result<Claim, StoreError> {
                 let at = now();
                 let mut tx = begin(pool).await?;
-                let Some(Claimable { n, tokens, url, secrets }) = claimable(&mut tx, endpoint, max, at).await? else {
+                let Some(c) = claimable(&mut tx, endpoint, max, at).await? else {
                     return Ok(Claim::default());
                 };
-                // A delivery is due at the head of its stream: no earlier one of its stream is left
+                let mut deliveries = claim_rows(&mut tx, endpoint, c.n, at, lease_until).await?;
+                let mut cursor = c.cursor;
+                if deliveries.len() < c.n {
+                    let (from_log, read) = claim_from_log(&mut tx, endpoint, &c, c.n - deliveries.len(), at, lease_until).await?;
+                    deliveries.extend(from_log);
+                    cursor = read.unwrap_or(cursor);
+                }
+                sqlx::query(
+                    "UPDATE webhook_endpoints SET rate_tokens = $2, rate_at = $3, in_flight = in_flight + $4, log_cursor = $5 WHERE id = $1",
+                )
+                .bind(endpoint)
+                .bind(c.tokens - deliveries.len() as f64)
+                .bind(at)
+                .bind(deliveries.len() as i32)
+                .bind(cursor)
+                .execute(&mut **tx)
+                .await?;
+                deliveries.sort_by_key(|d| d.seq);
+                tx.commit().await?;
+                Ok(Claim { url: c.url, secrets: c.secrets, deliveries })
+            }
+
+            /// Leases up to `n` of the endpoint's due delivery rows, each the first row of its
+            /// stream, of a stream with nothing in flight.
+            async fn claim_rows(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                endpoint: Uuid,
+                n: usize,
+                at: DateTime<Utc>,
+                lease_until: DateTime<Utc>,
+            ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+                // A row is due at the head of its stream: no earlier one of its stream is left
                 // (delivered rows are deleted), found by a correlated look-up of the stream's first
                 // row in `webhook_deliveries_stream`, one probe per candidate (as an anti-join,
                 // PostgreSQL hashed every pending delivery per claim: 2.6 s a claim at 80,000
-                // pending). A claim writes leases only, never the delivery rows (migration 0012).
-                // Whether a candidate is leased is a probe of its own key too (a scalar subquery,
-                // which PostgreSQL cannot turn into a join): as an anti-join, a plan made while
-                // the leases looked few walked all of the endpoint's lease entries, dead ones
-                // included (the table churns at the delivery rate), per candidate: 18 ms a claim.
-                // Claims of an endpoint are serialized by its row lock.
+                // pending). Nothing of a stream with a lease goes: the endpoint's leases are read
+                // once (a hashed subplan; at most its concurrency, plus dead index entries of a
+                // table that churns at the delivery rate), which also excludes a leased row.
+                // A claim writes leases only, never the delivery rows (migration 0012).
                 let seqs: Vec<i64> = sqlx::query_scalar(
-                    "INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until) \
-                     SELECT d.endpoint_id, d.seq, d.attempts + 1, $2, $3 FROM webhook_deliveries d \
+                    "INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until, stream_id, stream_seq) \
+                     SELECT d.endpoint_id, d.seq, d.attempts + 1, $2, $3, d.stream_id, d.stream_seq FROM webhook_deliveries d \
                      WHERE d.endpoint_id = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
-                     AND (SELECT count(*) FROM webhook_leases l WHERE l.endpoint_id = d.endpoint_id AND l.seq = d.seq) = 0 \
+                     AND d.stream_id NOT IN (SELECT l.stream_id FROM webhook_leases l WHERE l.endpoint_id = $1) \
                      AND d.stream_seq = (SELECT min(p.stream_seq) FROM webhook_deliveries p WHERE p.endpoint_id = d.endpoint_id \
                      AND p.stream_id = d.stream_id) \
                      ORDER BY d.next_attempt_at, d.seq LIMIT $4 RETURNING seq",
@@ -861,22 +957,126 @@ macro_rules! events_store {
                 .bind(n as i64)
                 .fetch_all(&mut **tx)
                 .await?;
-                sqlx::query("UPDATE webhook_endpoints SET rate_tokens = $2, rate_at = $3, in_flight = in_flight + $4 WHERE id = $1")
-                    .bind(endpoint)
-                    .bind(tokens - seqs.len() as f64)
-                    .bind(at)
-                    .bind(seqs.len() as i32)
-                    .execute(&mut **tx)
-                    .await?;
-                let mut deliveries: Vec<ClaimedDelivery> =
+                if seqs.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let deliveries: Vec<ClaimedDelivery> =
                     $claimed(&mut **tx, endpoint, &seqs).await?.into_iter().map(|r| super::bulk::claimed_delivery(endpoint, r, at)).collect();
-                deliveries.sort_by_key(|d| d.seq);
                 if deliveries.len() != seqs.len() {
                     return Err(StoreError::Corrupt(format!("{} of {} claimed deliveries have their event", deliveries.len(), seqs.len())));
                 }
-                tx.commit().await?;
-                Ok(Claim { url, secrets, deliveries })
+                Ok(deliveries)
             }
+
+            /// Reads the log after the endpoint's cursor and leases up to `room` events straight
+            /// from it; events that must wait or are buried get delivery rows
+            /// ([`take_from_log`]). Returns the leased deliveries and the last position handled.
+            async fn claim_from_log(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                endpoint: Uuid,
+                c: &Claimable,
+                room: usize,
+                at: DateTime<Utc>,
+                lease_until: DateTime<Utc>,
+            ) -> Result<(Vec<ClaimedDelivery>, Option<i64>), StoreError> {
+                // A few times the room: events that only queue or are passed over cost a row or
+                // nothing, and a cursor stuck behind them would cost a claim each.
+                let scan = (room * 4).clamp(64, 2000);
+                let log: Vec<LogRow> = sqlx::query_as(
+                    "SELECT seq, campaign_id, stream_id, stream_seq, kind, body, created_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(c.cursor)
+                .bind(scan as i64)
+                .fetch_all(&mut **tx)
+                .await?;
+                if log.is_empty() {
+                    return Ok((Vec::new(), None));
+                }
+                let unread: Vec<Unread> = log
+                    .iter()
+                    .map(|e| Unread { seq: e.0, stream: e.2, wanted: EventType::parse(&e.4).is_some_and(|k| c.sub.wants(k, e.1)) })
+                    .collect();
+                let (busy, dead) = stream_states(tx, endpoint, &unread).await?;
+                let take = take_from_log(&unread, &busy, &dead, room);
+                let by_seq: std::collections::HashMap<i64, &LogRow> = log.iter().map(|e| (e.0, e)).collect();
+                let rows = |seqs: &[i64]| -> Vec<(i64, Uuid, i32)> { seqs.iter().map(|s| (*s, by_seq[s].2, by_seq[s].3)).collect() };
+                $deliveries(&mut **tx, endpoint, &rows(&take.queued), at, None).await?;
+                $deliveries(&mut **tx, endpoint, &rows(&take.buried), at, Some(super::BEHIND_DEAD)).await?;
+                let leased: Vec<ClaimedDelivery> = take
+                    .leased
+                    .iter()
+                    .map(|s| {
+                        let e = by_seq[s];
+                        ClaimedDelivery {
+                            endpoint_id: endpoint,
+                            seq: e.0,
+                            stream_id: e.2,
+                            stream_seq: e.3,
+                            attempts: 1,
+                            window_start: at,
+                            created_at: e.6,
+                            body: e.5.clone(),
+                        }
+                    })
+                    .collect();
+                insert_leases(tx, &leased, at, lease_until).await?;
+                Ok((leased, take.cursor))
+            }
+
+            /// The streams of these events that are busy on the endpoint (a pending delivery row, or
+            /// a lease) and those with a dead letter there.
+            async fn stream_states(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                endpoint: Uuid,
+                unread: &[Unread],
+            ) -> Result<(HashSet<Uuid>, HashSet<Uuid>), StoreError> {
+                let streams: Vec<Uuid> = unread.iter().filter(|e| e.wanted).map(|e| e.stream).collect::<HashSet<_>>().into_iter().collect();
+                let (mut busy, mut dead) = (HashSet::new(), HashSet::new());
+                for chunk in streams.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new("SELECT DISTINCT stream_id, state FROM webhook_deliveries WHERE endpoint_id = ");
+                    q.push_bind(endpoint).push(" AND stream_id IN (");
+                    let mut sep = q.separated(", ");
+                    for s in chunk {
+                        sep.push_bind(*s);
+                    }
+                    q.push(")");
+                    for (stream, state) in q.build_query_as::<(Uuid, String)>().fetch_all(&mut **tx).await? {
+                        if state == "dead" { dead.insert(stream) } else { busy.insert(stream) };
+                    }
+                }
+                let leased: Vec<Uuid> =
+                    sqlx::query_scalar("SELECT stream_id FROM webhook_leases WHERE endpoint_id = $1").bind(endpoint).fetch_all(&mut **tx).await?;
+                busy.extend(leased);
+                Ok((busy, dead))
+            }
+
+            /// The leases of deliveries taken from the log (their first attempt).
+            async fn insert_leases(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                leased: &[ClaimedDelivery],
+                at: DateTime<Utc>,
+                lease_until: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                for chunk in leased.chunks(CHUNK / 2) {
+                    let mut q =
+                        QueryBuilder::<Db>::new("INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until, stream_id, stream_seq) ");
+                    q.push_values(chunk, |mut b, d| {
+                        b.push_bind(d.endpoint_id)
+                            .push_bind(d.seq)
+                            .push_bind(d.attempts as i32)
+                            .push_bind(at)
+                            .push_bind(lease_until)
+                            .push_bind(d.stream_id)
+                            .push_bind(d.stream_seq);
+                    });
+                    q.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// An event of the log as a claim reads it: seq, campaign, stream, stream_seq, kind, body,
+            /// created_at.
+            type LogRow = (i64, Uuid, Uuid, i32, String, String, DateTime<Utc>);
 
             /// What an endpoint may send now.
             struct Claimable {
@@ -886,10 +1086,13 @@ macro_rules! events_store {
                 tokens: f64,
                 url: String,
                 secrets: Vec<String>,
+                /// Its position in the log and what it takes from it.
+                cursor: i64,
+                sub: Subscription,
             }
 
             /// A claim's settings (PostgreSQL), set by its first statement. Every statement of a
-            /// claim is a look-up by key: stale statistics (a backlog fanned out a moment ago) must
+            /// claim is a look-up by key: stale statistics (a backlog queued a moment ago) must
             /// not turn one into a scan. And see `at_least_once`.
             const CLAIM_SETTINGS: &str = if $pg {
                 "set_config('enable_seqscan', 'off', true) AS s1, set_config('enable_sort', 'off', true) AS s2, \
@@ -908,7 +1111,8 @@ macro_rules! events_store {
             ) -> Result<Option<Claimable>, StoreError> {
                 let Some(r) = sqlx::query(&format!(
                     "SELECT {CLAIM_SETTINGS}enabled, max_concurrency, rate_per_sec, rate_tokens, rate_at, url, secret, \
-                     previous_secret, previous_expires_at, in_flight FROM webhook_endpoints WHERE id = $1{FOR_UPDATE}"
+                     previous_secret, previous_expires_at, in_flight, log_cursor, event_types, campaign_id \
+                     FROM webhook_endpoints WHERE id = $1{FOR_UPDATE}"
                 ))
                 .bind(endpoint)
                 .fetch_optional(&mut **tx)
@@ -925,7 +1129,11 @@ macro_rules! events_store {
                 let tokens = (r.try_get::<f64, _>("rate_tokens")? + elapsed * rate).min(rate);
                 let free = (r.try_get::<i32, _>("max_concurrency")? - r.try_get::<i32, _>("in_flight")?).max(0) as usize;
                 let n = max.min(free).min(tokens.max(0.0).floor() as usize);
-                Ok((n > 0).then(|| Claimable { n, tokens, url: r.try_get("url").unwrap_or_default(), secrets: signing_secrets(&r, at) }))
+                if n == 0 {
+                    return Ok(None);
+                }
+                let (cursor, sub) = reader(&r)?;
+                Ok(Some(Claimable { n, tokens, url: r.try_get("url")?, secrets: signing_secrets(&r, at), cursor, sub }))
             }
 
             /// The current secret, and the previous one while its rotation lasts.
@@ -1014,26 +1222,33 @@ macro_rules! events_store {
                 Ok(())
             }
 
-            /// Writes attempts that did not deliver to their delivery rows (still pending, or dead).
+            /// Writes attempts that did not deliver to their delivery rows (still pending, or dead),
+            /// inserting the row of one leased straight from the log. A row no longer pending (dead
+            /// meanwhile) is left as it is.
             async fn record_attempts(tx: &mut sqlx::Transaction<'static, Db>, attempts: &[Attempt]) -> Result<(), StoreError> {
                 for chunk in attempts.chunks(CHUNK / 2) {
-                    let mut q = QueryBuilder::<Db>::new("WITH v(e, s, a, ws, st, next_at, code, err) AS (");
+                    let mut q = QueryBuilder::<Db>::new(
+                        "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, window_start, \
+                         next_attempt_at, last_code, last_error, dead_at) ",
+                    );
                     q.push_values(chunk, |mut b, a| {
                         b.push_bind(a.endpoint)
                             .push_bind(a.seq)
+                            .push_bind(a.stream)
+                            .push_bind(a.stream_seq)
+                            .push_bind(a.state)
                             .push_bind(a.attempt)
                             .push_bind(a.window_start)
-                            .push_bind(a.state)
                             .push_bind(a.next_at)
                             .push_bind(a.code)
-                            .push_bind(a.error.as_deref());
+                            .push_bind(a.error.as_deref())
+                            .push_bind((a.state == "dead").then_some(a.next_at));
                     });
                     q.push(
-                        ") UPDATE webhook_deliveries SET state = v.st, attempts = v.a, window_start = COALESCE(webhook_deliveries.window_start, v.ws), \
-                         next_attempt_at = v.next_at, last_code = v.code, last_error = v.err, \
-                         dead_at = CASE WHEN v.st = 'dead' THEN v.next_at END \
-                         FROM v WHERE webhook_deliveries.endpoint_id = v.e AND webhook_deliveries.seq = v.s \
-                         AND webhook_deliveries.state = 'pending'",
+                        " ON CONFLICT (endpoint_id, seq) DO UPDATE SET state = excluded.state, attempts = excluded.attempts, \
+                         window_start = COALESCE(webhook_deliveries.window_start, excluded.window_start), \
+                         next_attempt_at = excluded.next_attempt_at, last_code = excluded.last_code, last_error = excluded.last_error, \
+                         dead_at = excluded.dead_at WHERE webhook_deliveries.state = 'pending'",
                     );
                     q.build().execute(&mut **tx).await?;
                 }
@@ -1056,28 +1271,38 @@ macro_rules! events_store {
                 Ok(())
             }
 
-            /// A 410 Gone: the endpoint is disabled and its undelivered events dead-lettered (the
-            /// answers of its other attempts in flight are dropped with their leases).
+            /// A 410 Gone: the endpoint is disabled and its undelivered events dead-lettered: its
+            /// pending rows, its other attempts in flight (their answers are dropped with their
+            /// leases) and what it had not read of the log yet.
             async fn disable(conn: &mut Conn, endpoint: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
                 // Leases, deliveries, then the endpoint (the order of every answer's transaction).
-                sqlx::query("DELETE FROM webhook_leases WHERE endpoint_id = $1").bind(endpoint).execute(&mut *conn).await?;
+                let in_flight: Vec<(i64, Uuid, i32)> =
+                    sqlx::query_as("DELETE FROM webhook_leases WHERE endpoint_id = $1 RETURNING seq, stream_id, stream_seq")
+                        .bind(endpoint)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                $deliveries(&mut *conn, endpoint, &in_flight, at, Some(super::GONE)).await?;
                 sqlx::query(
-                    "UPDATE webhook_deliveries SET state = 'dead', dead_at = $2, \
-                     last_error = COALESCE(last_error, 'the endpoint answered 410 Gone') \
+                    "UPDATE webhook_deliveries SET state = 'dead', dead_at = $2, last_error = COALESCE(last_error, $3) \
                      WHERE endpoint_id = $1 AND state = 'pending'",
                 )
                 .bind(endpoint)
                 .bind(at)
+                .bind(super::GONE)
                 .execute(&mut *conn)
                 .await?;
-                sqlx::query(
+                let n = sqlx::query(
                     "UPDATE webhook_endpoints SET enabled = false, updated_at = $2, in_flight = 0, \
                      disabled_reason = 'the endpoint answered 410 Gone; PATCH enabled=true to resume' WHERE id = $1 AND enabled",
                 )
                 .bind(endpoint)
                 .bind(at)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected();
+                if n == 1 {
+                    unread_to_rows(conn, endpoint, Some(super::GONE), at).await?;
+                }
                 Ok(())
             }
 
@@ -1086,17 +1311,15 @@ macro_rules! events_store {
             pub async fn reclaim_expired(pool: &Pool) -> Result<u64, StoreError> {
                 let at = now();
                 let mut tx = begin(pool).await?;
-                let expired: Vec<Attempt> = sqlx::query(
-                    "DELETE FROM webhook_leases WHERE lease_until < $1 RETURNING endpoint_id, seq, attempt, claimed_at",
+                let expired: Vec<Attempt> = sqlx::query_as(
+                    "DELETE FROM webhook_leases WHERE lease_until < $1 RETURNING endpoint_id, seq, stream_id, stream_seq, attempt, claimed_at",
                 )
                 .bind(at)
                 .fetch_all(&mut **tx)
                 .await?
-                .iter()
-                .map(|r| -> Result<Attempt, StoreError> {
-                    Ok(Attempt::expired(r.try_get("endpoint_id")?, r.try_get("seq")?, r.try_get("attempt")?, r.try_get("claimed_at")?, at))
-                })
-                .collect::<Result<_, _>>()?;
+                .into_iter()
+                .map(|l| Attempt::expired(l, at))
+                .collect();
                 record_attempts(&mut tx, &expired).await?;
                 settle(&mut tx, expired.iter().map(|a| a.endpoint)).await?;
                 tx.commit().await?;
@@ -1165,6 +1388,22 @@ macro_rules! events_store {
                 Ok(n)
             }
 
+            /// The events of the log the enabled endpoints take and have not read yet.
+            async fn unread(tx: &mut sqlx::Transaction<'static, Db>) -> Result<i64, StoreError> {
+                let readers = sqlx::query("SELECT log_cursor, event_types, campaign_id FROM webhook_endpoints WHERE enabled")
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let mut n = 0;
+                for r in &readers {
+                    let (cursor, sub) = reader(r)?;
+                    let mut q = QueryBuilder::<Db>::new("SELECT count(*) FROM events WHERE seq > ");
+                    q.push_bind(cursor);
+                    push_subscription(&mut q, &sub);
+                    n += q.build_query_scalar::<i64>().fetch_one(&mut **tx).await?;
+                }
+                Ok(n)
+            }
+
             /// Deliveries by state: the queue depth and the dead-letter store's size.
             pub async fn queue_counts(pool: &Pool) -> Result<QueueCounts, StoreError> {
                 let mut c = QueueCounts::default();
@@ -1177,9 +1416,14 @@ macro_rules! events_store {
                         _ => {}
                     }
                 }
-                // Being sent: the leased ones, pending in their rows.
+                // Being sent: the leased ones, pending in their rows or taken from the log.
                 c.sending = sqlx::query_scalar("SELECT count(*) FROM webhook_leases").fetch_one(&mut **tx).await?;
-                c.pending = (c.pending - c.sending).max(0);
+                let leased_rows: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM webhook_leases l JOIN webhook_deliveries d ON d.endpoint_id = l.endpoint_id AND d.seq = l.seq",
+                )
+                .fetch_one(&mut **tx)
+                .await?;
+                c.pending = (c.pending - leased_rows).max(0) + unread(&mut tx).await?;
                 tx.commit().await?;
                 Ok(c)
             }

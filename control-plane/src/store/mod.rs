@@ -627,7 +627,7 @@ impl Store {
 
 /// The event log and webhooks (issue 20; `store/events.rs`).
 impl Store {
-    /// Numbers up to `limit` committed events and fans them out to the endpoints that want them.
+    /// Numbers up to `limit` committed events (the endpoints' claims read them from the log).
     #[tracing::instrument(name = "store.sequence_events", level = "debug", skip_all)]
     pub async fn sequence_events(&self, limit: usize) -> Result<Sequenced, StoreError> {
         events_dispatch!(self.sequence(limit))

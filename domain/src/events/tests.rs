@@ -108,3 +108,50 @@ fn answers_decide_delivered_retry_dead_or_gone() {
     assert_eq!(Answer::Timeout.error().as_deref(), Some("timeout"));
     assert_eq!(Answer::Status(200).error(), None);
 }
+
+mod take_from_log {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn ids() -> [Uuid; 4] {
+        [Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3), Uuid::from_u128(4)]
+    }
+
+    fn unread(events: &[(i64, Uuid, bool)]) -> Vec<Unread> {
+        events.iter().map(|&(seq, stream, wanted)| Unread { seq, stream, wanted }).collect()
+    }
+
+    #[test]
+    fn a_streams_later_events_wait_behind_the_one_leased() {
+        let [a, b, ..] = ids();
+        let got = take_from_log(&unread(&[(1, a, true), (2, b, true), (3, a, true)]), &HashSet::new(), &HashSet::new(), 10);
+        assert_eq!(got, FromLog { leased: vec![1, 2], queued: vec![3], buried: vec![], cursor: Some(3) });
+    }
+
+    #[test]
+    fn a_busy_stream_queues_a_dead_one_buries_and_unwanted_events_are_passed_over() {
+        let [a, b, c, d] = ids();
+        let events = unread(&[(5, a, true), (6, b, true), (7, c, false), (8, d, true)]);
+        let got = take_from_log(&events, &HashSet::from([a]), &HashSet::from([b]), 10);
+        assert_eq!(got, FromLog { leased: vec![8], queued: vec![5], buried: vec![6], cursor: Some(8) });
+    }
+
+    #[test]
+    fn the_cursor_stops_before_the_first_event_beyond_capacity() {
+        let [a, b, c, _] = ids();
+        // The third stream's event needs a lease and none is left: it and what follows stay unread.
+        let events = unread(&[(1, a, true), (2, a, true), (3, b, true), (4, c, true), (5, a, true)]);
+        let got = take_from_log(&events, &HashSet::new(), &HashSet::new(), 2);
+        assert_eq!(got, FromLog { leased: vec![1, 3], queued: vec![2], buried: vec![], cursor: Some(3) });
+        let none = take_from_log(&events, &HashSet::new(), &HashSet::new(), 0);
+        assert_eq!(none, FromLog::default(), "nothing handled, the cursor stays");
+    }
+
+    #[test]
+    fn unwanted_events_alone_still_move_the_cursor() {
+        let [a, ..] = ids();
+        let got = take_from_log(&unread(&[(1, a, false), (2, a, false)]), &HashSet::new(), &HashSet::new(), 0);
+        assert_eq!(got, FromLog { cursor: Some(2), ..Default::default() });
+    }
+}
