@@ -262,43 +262,64 @@ async fn pruning_forgets_old_events_only_once_no_delivery_needs_them(b: Backend)
     assert_eq!(s.sequence_events(100).await.expect("sequenced").events, 0, "the unnumbered ones are gone");
 }
 
-/// Migration 0013 (the inbox) on a log holding numbered and unnumbered events: the numbered keep
-/// their numbers and bodies, the unnumbered are numbered after them, in their order.
-async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backend) {
-    let (url, _dir) = match b {
+/// A database of this backend with the migrations before `version` applied.
+enum OldDb {
+    Pg(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
+}
+
+/// Runs one statement with these binds on an [`OldDb`].
+macro_rules! exec {
+    ($db:expr, $sql:expr $(, $bind:expr)*) => {
+        match &$db {
+            OldDb::Pg(p) => sqlx::query($sql)$(.bind($bind))*.execute(p).await.map(drop).expect($sql),
+            OldDb::Lite(p) => sqlx::query($sql)$(.bind($bind))*.execute(p).await.map(drop).expect($sql),
+        }
+    };
+}
+
+/// A fresh database with the migrations before `version` applied: its URL (opening the store
+/// there applies the rest), its directory (SQLite) and a pool.
+async fn migrated_before(b: Backend, version: i64) -> (String, Option<tempfile::TempDir>, OldDb) {
+    let (url, dir) = match b {
         Backend::Postgres => (dialer_testkit::postgres_database(), None),
         Backend::Sqlite => {
             let d = tempfile::tempdir().expect("tmp");
             (format!("sqlite://{}", d.path().join("t.db").display()), Some(d))
         }
     };
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(match b {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations").join(match b {
         Backend::Postgres => "postgres",
         Backend::Sqlite => "sqlite",
     });
-    let mut before = sqlx::migrate::Migrator::new(dir).await.expect("migrations");
-    before.migrations = before.migrations.iter().filter(|m| m.version < 13).cloned().collect::<Vec<_>>().into();
+    let mut before = sqlx::migrate::Migrator::new(path).await.expect("migrations");
+    before.migrations = before.migrations.iter().filter(|m| m.version < version).cloned().collect::<Vec<_>>().into();
+    let db = match b {
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.expect("pool");
+            before.run(&pool).await.expect("the earlier migrations");
+            OldDb::Pg(pool)
+        }
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc")).await.expect("pool");
+            before.run(&pool).await.expect("the earlier migrations");
+            OldDb::Lite(pool)
+        }
+    };
+    (url, dir, db)
+}
+
+/// Migration 0013 (the inbox) on a log holding numbered and unnumbered events: the numbered keep
+/// their numbers and bodies, the unnumbered are numbered after them, in their order.
+async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backend) {
+    let (url, _dir, db) = migrated_before(b, 13).await;
     let (c, call) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     // Two numbered events, two waiting (NULL): the later of its stream was inserted first.
     let rows = "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) VALUES \
                 (1, $1, $2, 1, 'call.queued', 'one', $3), (2, $1, $2, 2, 'call.started', 'two', $3), \
                 (NULL, $1, $2, 4, 'call.completed', 'four', $3), (NULL, $1, $2, 3, 'call.answered', 'three', $3)";
-    let at = chrono::Utc::now();
-    let next = "UPDATE event_sequencer SET next_seq = 3";
-    match b {
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&url).await.expect("pool");
-            before.run(&pool).await.expect("0001-0012");
-            sqlx::query(rows).bind(c).bind(call).bind(at).execute(&pool).await.expect("events");
-            sqlx::query(next).execute(&pool).await.expect("sequencer");
-        }
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc")).await.expect("pool");
-            before.run(&pool).await.expect("0001-0012");
-            sqlx::query(rows).bind(c).bind(call).bind(at).execute(&pool).await.expect("events");
-            sqlx::query(next).execute(&pool).await.expect("sequencer");
-        }
-    }
+    exec!(db, rows, c, call, chrono::Utc::now());
+    exec!(db, "UPDATE event_sequencer SET next_seq = 3");
     let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("0013");
     assert_eq!(s.log_bounds().await.expect("bounds"), (1, 2));
     assert_eq!(s.sequence_events(100).await.expect("sequenced").events, 2);
@@ -306,6 +327,51 @@ async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backe
         s.read_events(0, None, 100).await.expect("log").into_iter().map(|e| (e.seq, e.body)).collect();
     let want = [(1, "one"), (2, "two"), (3, "three"), (4, "four")].map(|(n, b)| (n, b.to_string()));
     assert_eq!(log, want, "kept, then the waiting ones in their stream's order");
+}
+
+/// Migration 0014 (lazy fan-out) with deliveries under way: an endpoint's cursor starts at the
+/// log's head, so nothing the eager fan-out had handled goes again, and the lease being sent is
+/// kept: its answer counts, and its call's later event goes after it.
+async fn the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_under_way(b: Backend) {
+    use dialer_control_plane::store::{ClaimedDelivery, Finished};
+    use dialer_domain::events::{Answer, Next};
+    let (url, _dir, db) = migrated_before(b, 14).await;
+    let (c, x, y, w) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let at = chrono::Utc::now();
+    let events = "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) VALUES \
+                  (1, $1, $2, 1, 'call.queued', '{}', $4), (2, $1, $2, 2, 'call.started', '{}', $4), \
+                  (3, $1, $3, 1, 'call.queued', '{}', $4)";
+    exec!(db, events, c, x, y, at);
+    exec!(db, "UPDATE event_sequencer SET next_seq = 4");
+    let endpoint = "INSERT INTO webhook_endpoints (id, url, secret, event_types, enabled, max_concurrency, rate_per_sec, \
+                    rate_tokens, rate_at, created_at, updated_at, in_flight) \
+                    VALUES ($1, 'http://127.0.0.1:9/hook', 'secret-0123456789abcdef', '', true, 10, 1000, 1000, $2, $2, $2, 1)";
+    exec!(db, endpoint, w, at);
+    // Call x's queued is being sent and its started waits; call y's queued was delivered.
+    let rows = "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at) \
+                VALUES ($1, 1, $2, 1, 'pending', 0, $3), ($1, 2, $2, 2, 'pending', 0, $3)";
+    exec!(db, rows, w, x, at);
+    let lease = "INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until) VALUES ($1, 1, 1, $2, $3)";
+    exec!(db, lease, w, at, at + chrono::TimeDelta::hours(1));
+    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("0014");
+    let until = at + chrono::TimeDelta::hours(2);
+    let none = s.claim_deliveries(w, 10, until).await.expect("claim").deliveries;
+    assert!(none.is_empty(), "x's started waits for its queued; y's queued went before: {none:?}");
+    let sent = ClaimedDelivery {
+        endpoint_id: w,
+        seq: 1,
+        stream_id: x,
+        stream_seq: 1,
+        attempts: 1,
+        window_start: at,
+        created_at: at,
+        body: "{}".into(),
+    };
+    s.finish_deliveries(&[Finished { delivery: sent, answer: Answer::Status(200), next: Next::Delivered }])
+        .await
+        .expect("answer");
+    let next = s.claim_deliveries(w, 10, until).await.expect("claim").deliveries;
+    assert_eq!(positions(&next), [(x, 2)], "the answer of the lease kept counted");
 }
 
 /// A stream with a dead letter: its events logged later join it in the dead-letter store when
@@ -430,15 +496,41 @@ async fn a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it(b: Back
     assert_eq!(sent, dead.iter().map(|d| d.0).collect::<Vec<_>>(), "every dead letter once, in log order");
 }
 
+/// Lazy fan-out beside other traffic: an endpoint of one campaign reads past thousands of other
+/// campaigns' events in one claim, and its queue depth counts only its own.
+async fn an_endpoint_of_one_campaign_reads_past_others_traffic_in_one_claim(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let mine = campaign(&s, "mine", 1, 10, json!([])).await;
+    let req = CreateWebhookRequest {
+        url: "http://127.0.0.1:9/hook".into(),
+        campaign_id: Some(mine.id),
+        max_concurrency: Some(10),
+        rate_per_sec: Some(10_000),
+        ..Default::default()
+    };
+    let w = s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
+    started_campaign(&s, "others", 3000).await;
+    s.transition(mine.id, CampaignAction::Start).await.expect("started");
+    let call = s.claim_due(mine.id, 1, chrono::Utc::now()).await.expect("claimed")[0].id;
+    while s.sequence_events(1000).await.expect("sequenced").events > 0 {}
+    assert_eq!(s.delivery_counts().await.expect("counts").pending, 2, "its own two events");
+    let at = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    let claimed = s.claim_deliveries(w.id, 10, at).await.expect("claim").deliveries;
+    assert_eq!(positions(&claimed), [(mine.id, 1), (call, 1)], "behind 3,001 events of the other campaign");
+    assert_eq!(s.delivery_counts().await.expect("counts").pending, 0);
+}
+
 both_stores!(
     events_follow_the_changes_that_commit,
     a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing,
     an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped,
     pruning_forgets_old_events_only_once_no_delivery_needs_them,
     the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting,
+    the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_under_way,
     an_event_behind_a_dead_letter_joins_it_when_read,
     a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head,
-    a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it
+    a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it,
+    an_endpoint_of_one_campaign_reads_past_others_traffic_in_one_claim
 );
 
 fn settings() -> DeliverySettings {

@@ -491,7 +491,7 @@ macro_rules! events_store {
             use chrono::{DateTime, Utc};
             use std::collections::HashSet;
 
-            use dialer_domain::events::{log_order, take_from_log, EventType, NewEvent, Next, Subscription, Unread, Unsequenced};
+            use dialer_domain::events::{log_order, take_from_log, EventType, FromLog, NewEvent, Next, Subscription, Unread, Unsequenced};
             use dialer_domain::webhooks::{types_column, types_from_column, EndpointSettings, Webhook};
             use sqlx::{QueryBuilder, Row};
             use uuid::Uuid;
@@ -980,47 +980,98 @@ macro_rules! events_store {
                 lease_until: DateTime<Utc>,
             ) -> Result<(Vec<ClaimedDelivery>, Option<i64>), StoreError> {
                 // A few times the room: events that only queue or are passed over cost a row or
-                // nothing, and a cursor stuck behind them would cost a claim each.
-                let scan = (room * 4).clamp(64, 2000);
-                let log: Vec<LogRow> = sqlx::query_as(
-                    "SELECT seq, campaign_id, stream_id, stream_seq, kind, body, created_at FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                )
-                .bind(c.cursor)
-                .bind(scan as i64)
-                .fetch_all(&mut **tx)
-                .await?;
+                // nothing. A scan that passed over all it read (an endpoint of some types or one
+                // campaign, beside others' traffic) reads on, four times as far each time.
+                let mut scan = (room * 4).clamp(64, MAX_SCAN);
+                let (mut leased, mut cursor): (Vec<LogRow>, Option<i64>) = (Vec::new(), None);
+                for _ in 0..8 {
+                    let log: Vec<LogRow> = sqlx::query_as(
+                        "SELECT seq, campaign_id, stream_id, stream_seq, kind FROM events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    )
+                    .bind(cursor.unwrap_or(c.cursor))
+                    .bind(scan as i64)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    let take = take_step(tx, endpoint, c, &log, &leased, room - leased.len(), at).await?;
+                    let read_all = take.cursor.is_some() && take.cursor == log.last().map(|e| e.0);
+                    cursor = take.cursor.or(cursor);
+                    leased.extend(log.iter().filter(|e| take.leased.contains(&e.0)).cloned());
+                    if log.len() < scan || !read_all || leased.len() == room {
+                        break;
+                    }
+                    scan = (scan * 4).min(MAX_SCAN);
+                }
+                let deliveries = with_bodies(tx, endpoint, &leased, at).await?;
+                insert_leases(tx, &deliveries, at, lease_until).await?;
+                Ok((deliveries, cursor))
+            }
+
+            /// Rows a claim reads of the log at most in one statement.
+            const MAX_SCAN: usize = 2000;
+
+            /// [`take_from_log`] on one scan of the log (`already`: the events leased by this
+            /// claim's earlier scans), its waiting and buried events written as delivery rows.
+            async fn take_step(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                endpoint: Uuid,
+                c: &Claimable,
+                log: &[LogRow],
+                already: &[LogRow],
+                room: usize,
+                at: DateTime<Utc>,
+            ) -> Result<FromLog, StoreError> {
                 if log.is_empty() {
-                    return Ok((Vec::new(), None));
+                    return Ok(FromLog::default());
                 }
                 let unread: Vec<Unread> = log
                     .iter()
                     .map(|e| Unread { seq: e.0, stream: e.2, wanted: EventType::parse(&e.4).is_some_and(|k| c.sub.wants(k, e.1)) })
                     .collect();
-                let (busy, dead) = stream_states(tx, endpoint, &unread).await?;
+                let (mut busy, dead) = stream_states(tx, endpoint, &unread).await?;
+                busy.extend(already.iter().map(|e| e.2));
                 let take = take_from_log(&unread, &busy, &dead, room);
                 let by_seq: std::collections::HashMap<i64, &LogRow> = log.iter().map(|e| (e.0, e)).collect();
                 let rows = |seqs: &[i64]| -> Vec<(i64, Uuid, i32)> { seqs.iter().map(|s| (*s, by_seq[s].2, by_seq[s].3)).collect() };
-                $deliveries(&mut **tx, endpoint, &rows(&take.queued), at, None).await?;
-                $deliveries(&mut **tx, endpoint, &rows(&take.buried), at, Some(super::BEHIND_DEAD)).await?;
-                let leased: Vec<ClaimedDelivery> = take
-                    .leased
+                for (seqs, buried) in [(&take.queued, None), (&take.buried, Some(super::BEHIND_DEAD))] {
+                    if !seqs.is_empty() {
+                        $deliveries(&mut **tx, endpoint, &rows(seqs), at, buried).await?;
+                    }
+                }
+                Ok(take)
+            }
+
+            /// The deliveries of events leased from the log (their first attempt), with their bodies.
+            async fn with_bodies(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                endpoint: Uuid,
+                leased: &[LogRow],
+                at: DateTime<Utc>,
+            ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+                let seqs: Vec<i64> = leased.iter().map(|e| e.0).collect();
+                let mut bodies: std::collections::HashMap<i64, (String, DateTime<Utc>)> =
+                    bodies(tx, &seqs).await?.into_iter().map(|(seq, body, t)| (seq, (body, t))).collect();
+                leased
                     .iter()
-                    .map(|s| {
-                        let e = by_seq[s];
-                        ClaimedDelivery {
-                            endpoint_id: endpoint,
-                            seq: e.0,
-                            stream_id: e.2,
-                            stream_seq: e.3,
-                            attempts: 1,
-                            window_start: at,
-                            created_at: e.6,
-                            body: e.5.clone(),
-                        }
+                    .map(|e| {
+                        let (body, created_at) = bodies.remove(&e.0).ok_or_else(|| StoreError::Corrupt(format!("event {} has no body", e.0)))?;
+                        Ok(ClaimedDelivery { endpoint_id: endpoint, seq: e.0, stream_id: e.2, stream_seq: e.3, attempts: 1, window_start: at, created_at, body })
                     })
-                    .collect();
-                insert_leases(tx, &leased, at, lease_until).await?;
-                Ok((leased, take.cursor))
+                    .collect()
+            }
+
+            /// The bodies and times of these events of the log.
+            async fn bodies(tx: &mut sqlx::Transaction<'static, Db>, seqs: &[i64]) -> Result<Vec<(i64, String, DateTime<Utc>)>, StoreError> {
+                let mut out = Vec::with_capacity(seqs.len());
+                for chunk in seqs.chunks(CHUNK) {
+                    let mut q = QueryBuilder::<Db>::new("SELECT seq, body, created_at FROM events WHERE seq IN (");
+                    let mut sep = q.separated(", ");
+                    for s in chunk {
+                        sep.push_bind(*s);
+                    }
+                    q.push(")");
+                    out.extend(q.build_query_as::<(i64, String, DateTime<Utc>)>().fetch_all(&mut **tx).await?);
+                }
+                Ok(out)
             }
 
             /// The streams of these events that are busy on the endpoint (a pending delivery row, or
@@ -1074,9 +1125,8 @@ macro_rules! events_store {
                 Ok(())
             }
 
-            /// An event of the log as a claim reads it: seq, campaign, stream, stream_seq, kind, body,
-            /// created_at.
-            type LogRow = (i64, Uuid, Uuid, i32, String, String, DateTime<Utc>);
+            /// An event of the log as a claim reads it: seq, campaign, stream, stream_seq, kind.
+            type LogRow = (i64, Uuid, Uuid, i32, String);
 
             /// What an endpoint may send now.
             struct Claimable {
@@ -1281,7 +1331,9 @@ macro_rules! events_store {
                         .bind(endpoint)
                         .fetch_all(&mut *conn)
                         .await?;
-                $deliveries(&mut *conn, endpoint, &in_flight, at, Some(super::GONE)).await?;
+                if !in_flight.is_empty() {
+                    $deliveries(&mut *conn, endpoint, &in_flight, at, Some(super::GONE)).await?;
+                }
                 sqlx::query(
                     "UPDATE webhook_deliveries SET state = 'dead', dead_at = $2, last_error = COALESCE(last_error, $3) \
                      WHERE endpoint_id = $1 AND state = 'pending'",
