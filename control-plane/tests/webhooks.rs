@@ -351,7 +351,8 @@ async fn the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_un
     let rows = "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at) \
                 VALUES ($1, 1, $2, 1, 'pending', 0, $3), ($1, 2, $2, 2, 'pending', 0, $3)";
     exec!(db, rows, w, x, at);
-    let lease = "INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until) VALUES ($1, 1, 1, $2, $3)";
+    let lease =
+        "INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until) VALUES ($1, 1, 1, $2, $3)";
     exec!(db, lease, w, at, at + chrono::TimeDelta::hours(1));
     let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("0014");
     let until = at + chrono::TimeDelta::hours(2);
@@ -448,7 +449,10 @@ async fn a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head(b:
     let first = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;
     assert_eq!(positions(&first), [(c.id, 1), (calls[0].id, 1)], "what it had not read when paused");
     deliver_all(&s, &first).await;
-    assert!(s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries.is_empty(), "the started logged while paused");
+    assert!(
+        s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries.is_empty(),
+        "the started logged while paused"
+    );
     s.record_events(&[event(c.id, &calls[0], EventKind::Completed)], &mut || 0.5, None).await.expect("recorded");
     s.sequence_events(100).await.expect("sequenced");
     let after = s.claim_deliveries(w.id, 100, at).await.expect("claim").deliveries;

@@ -125,7 +125,8 @@ mod take_from_log {
     #[test]
     fn a_streams_later_events_wait_behind_the_one_leased() {
         let [a, b, ..] = ids();
-        let got = take_from_log(&unread(&[(1, a, true), (2, b, true), (3, a, true)]), &HashSet::new(), &HashSet::new(), 10);
+        let got =
+            take_from_log(&unread(&[(1, a, true), (2, b, true), (3, a, true)]), &HashSet::new(), &HashSet::new(), 10);
         assert_eq!(got, FromLog { leased: vec![1, 2], queued: vec![3], buried: vec![], cursor: Some(3) });
     }
 
