@@ -203,6 +203,32 @@ async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Bac
     );
 }
 
+/// A late answer of an attempt whose lease expired, written in the same batch as the answer of
+/// the attempt that replaced it, is dropped: the delivered event stays delivered.
+async fn a_late_answer_beside_the_next_attempts_answer_is_dropped(b: Backend) {
+    use dialer_control_plane::store::Finished;
+    use dialer_domain::events::{Answer, Next};
+    let (s, _dir) = store(b).await;
+    let w = unreachable_endpoint(&s, Some(1)).await;
+    let (_, calls) = started_campaign(&s, "late", 1).await;
+    s.sequence_events(100).await.expect("sequenced");
+    let past = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    let first = s.claim_deliveries(w.id, 10, past).await.expect("claim").deliveries;
+    assert_eq!(s.reclaim_expired_deliveries().await.expect("reclaimed"), 1);
+    let later = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    let second = s.claim_deliveries(w.id, 10, later).await.expect("claim").deliveries;
+    assert_eq!(positions(&second), positions(&first), "the campaign's start again");
+    let retry = Next::Retry(chrono::Utc::now() + chrono::TimeDelta::hours(1));
+    let late = Finished { delivery: first[0].clone(), answer: Answer::Status(500), next: retry };
+    let ok = Finished { delivery: second[0].clone(), answer: Answer::Status(200), next: Next::Delivered };
+    s.finish_deliveries(&[ok, late]).await.expect("answers");
+    let counts = s.delivery_counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.sending), (1, 0), "only the call's queued, not read yet");
+    let next = s.claim_deliveries(w.id, 10, later).await.expect("claim").deliveries;
+    assert_eq!(positions(&next), [(calls[0].id, 1)]);
+    assert!(s.dead_letters(w.id, 0, 10).await.expect("dead letters").is_empty());
+}
+
 /// Pruning: an event older than the cut goes once no delivery needs it (delivered, or its
 /// endpoint deleted); a dead letter's events stay, and so do newer events, numbered or not; each
 /// call removes at most its bound of each.
@@ -528,6 +554,7 @@ both_stores!(
     events_follow_the_changes_that_commit,
     a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing,
     an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped,
+    a_late_answer_beside_the_next_attempts_answer_is_dropped,
     pruning_forgets_old_events_only_once_no_delivery_needs_them,
     the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting,
     the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_under_way,

@@ -367,17 +367,16 @@ mod bulk {
         Ok(out)
     }
 
-    /// Deletes the leases of these attempts (endpoint, seq, attempt); the (endpoint, seq) of those
-    /// that were still held. PostgreSQL joins the arrays by key: a `VALUES` list of a batch of
+    /// Deletes the leases of these attempts (endpoint, seq, attempt); those that were still held. PostgreSQL joins the arrays by key: a `VALUES` list of a batch of
     /// answers planned as a scan of the endpoint's rows once statistics lagged (`bench webhooks`).
     pub(super) async fn pg_release(
         conn: &mut sqlx::PgConnection,
         attempts: &[(Uuid, i64, i32)],
-    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+    ) -> Result<Vec<(Uuid, i64, i32)>, StoreError> {
         let (e, s, a) = unzip3(attempts);
         Ok(sqlx::query_as(
             "DELETE FROM webhook_leases l USING UNNEST($1::uuid[], $2::int8[], $3::int4[]) AS v(e, s, a) \
-             WHERE l.endpoint_id = v.e AND l.seq = v.s AND l.attempt = v.a RETURNING l.endpoint_id, l.seq",
+             WHERE l.endpoint_id = v.e AND l.seq = v.s AND l.attempt = v.a RETURNING l.endpoint_id, l.seq, l.attempt",
         )
         .bind(e)
         .bind(s)
@@ -393,15 +392,15 @@ mod bulk {
     pub(super) async fn lite_release(
         conn: &mut sqlx::SqliteConnection,
         attempts: &[(Uuid, i64, i32)],
-    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+    ) -> Result<Vec<(Uuid, i64, i32)>, StoreError> {
         let mut held = Vec::with_capacity(attempts.len());
         for chunk in attempts.chunks(CHUNK) {
             let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(e, s, a) AS (");
             q.push_values(chunk, |mut b, (e, s, a)| {
                 b.push_bind(*e).push_bind(*s).push_bind(*a);
             });
-            q.push(") DELETE FROM webhook_leases WHERE (endpoint_id, seq, attempt) IN (SELECT e, s, a FROM v) RETURNING endpoint_id, seq");
-            held.extend(q.build_query_as::<(Uuid, i64)>().fetch_all(&mut *conn).await?);
+            q.push(") DELETE FROM webhook_leases WHERE (endpoint_id, seq, attempt) IN (SELECT e, s, a FROM v) RETURNING endpoint_id, seq, attempt");
+            held.extend(q.build_query_as::<(Uuid, i64, i32)>().fetch_all(&mut *conn).await?);
         }
         Ok(held)
     }
@@ -1240,7 +1239,10 @@ macro_rules! events_store {
                 let mut tx = begin(pool).await?;
                 at_least_once(&mut tx).await?;
                 let released = release_leases(&mut tx, done).await?;
-                let held: Vec<&Finished> = done.iter().filter(|f| released.contains(&(f.delivery.endpoint_id, f.delivery.seq))).collect();
+                // By attempt: a late answer of an attempt whose lease expired, in the same batch as
+                // the next attempt's, is dropped (one row is written once per batch).
+                let held: Vec<&Finished> =
+                    done.iter().filter(|f| released.contains(&(f.delivery.endpoint_id, f.delivery.seq, f.delivery.attempts as i32))).collect();
                 let (delivered, others): (Vec<&Finished>, Vec<&Finished>) = held.into_iter().partition(|f| f.next == Next::Delivered);
                 if !delivered.is_empty() {
                     let keys: Vec<(Uuid, i64)> = delivered.iter().map(|f| (f.delivery.endpoint_id, f.delivery.seq)).collect();
@@ -1262,12 +1264,12 @@ macro_rules! events_store {
                 Ok(())
             }
 
-            /// Deletes the leases of these answers' attempts; the (endpoint, seq) of those that
-            /// still held theirs.
+            /// Deletes the leases of these answers' attempts; the (endpoint, seq, attempt) of those
+            /// that still held theirs.
             async fn release_leases(
                 tx: &mut sqlx::Transaction<'static, Db>,
                 done: &[Finished],
-            ) -> Result<std::collections::HashSet<(Uuid, i64)>, StoreError> {
+            ) -> Result<HashSet<(Uuid, i64, i32)>, StoreError> {
                 let attempts: Vec<(Uuid, i64, i32)> =
                     done.iter().map(|f| (f.delivery.endpoint_id, f.delivery.seq, f.delivery.attempts as i32)).collect();
                 Ok($release(&mut **tx, &attempts).await?.into_iter().collect())
