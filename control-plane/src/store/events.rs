@@ -619,7 +619,7 @@ macro_rules! events_store {
 
             /// Called with the endpoint's row locked when it stops reading the log (paused, or a
             /// 410): the events after its cursor up to the log's head that it takes get delivery
-            /// rows, pending or dead (`buried`: the reason), as the sequencer's fan-out gave them
+            /// rows, pending or dead (`buried`: the reason), as the former eager fan-out gave them
             /// before, and its cursor moves to the head.
             async fn unread_to_rows(conn: &mut Conn, endpoint: Uuid, buried: Option<&str>, at: DateTime<Utc>) -> Result<(), StoreError> {
                 let r = sqlx::query("SELECT log_cursor, event_types, campaign_id FROM webhook_endpoints WHERE id = $1")
@@ -825,7 +825,7 @@ macro_rules! events_store {
                 let s = patch.apply(&current)?;
                 campaign_exists(&mut tx, patch.campaign_id).await?;
                 let enabled = patch.enabled.unwrap_or(w.enabled);
-                // Paused: what it had not read yet waits in delivery rows (as the fan-out left it);
+                // Paused: what it had not read yet waits in delivery rows (as the eager fan-out left it);
                 // resumed: it reads from the log's head (what was logged meanwhile is not its).
                 if w.enabled && !enabled {
                     unread_to_rows(&mut tx, id, None, now()).await?;
