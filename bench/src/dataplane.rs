@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dialer_bus::MemoryBus;
-use dialer_dataplane::{
-    BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker, Tuning,
-};
+use dialer_bus::{BusSettings, MemoryBus};
+use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning};
 use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, StatusEvent};
 use dialer_limiter::LocalBackend;
 use hdrhistogram::Histogram;
@@ -401,11 +399,12 @@ struct Buses {
 async fn bus_choice(a: &Args, shards: usize, partitions: i32, sample_campaign: Uuid) -> Result<Buses> {
     match a.bus.as_str() {
         "memory" => {
-            let (bus, ends) = MemoryBus::new(shards, partitions, 65_536, 1 << 20);
+            let ends = MemoryBus::open(shards, partitions, 65_536, 1 << 20);
+            let bus = ends.dispatch.0.clone();
             Ok(Buses {
-                bus: BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+                bus: BusChoice::Memory { sources: ends.shard_sources, status: ends.status_sink },
                 publisher: Publisher::Memory(bus),
-                events_rx: Some(ends.events),
+                events_rx: Some(ends.status_source.0),
                 kafka_status: None,
                 broker_ceiling: None,
                 _kafka: None,
@@ -421,12 +420,13 @@ async fn bus_choice(a: &Args, shards: usize, partitions: i32, sample_campaign: U
 async fn kafka_buses(a: &Args, partitions: i32, sample_campaign: Uuid) -> Result<Buses> {
     let (brokers, kafka) = crate::kafka_or(a.brokers.as_ref())?;
     let run = std::process::id();
-    let topics = KafkaTopics {
+    let topics = BusSettings {
         brokers: brokers.clone(),
         dispatch_topic: format!("bench.dispatch.{run}"),
         status_topic: format!("bench.status.{run}"),
         group_id: format!("bench-dp-{run}"),
         dead_letter_topic: format!("bench.dead_letter.{run}"),
+        ..BusSettings::default()
     };
     dialer_bus::kafka::ensure_topics(
         &brokers,
@@ -919,8 +919,8 @@ fn start_dataplanes(
         bail!("--shards ({shards}) must be a multiple of --dataplanes ({n})");
     }
     let per = shards / n;
-    let (mut receivers, events, kafka) = match bus {
-        BusChoice::Memory { receivers, events } => (receivers, Some(events), None),
+    let (mut sources, status, kafka) = match bus {
+        BusChoice::Memory { sources, status } => (sources, Some(status), None),
         BusChoice::Kafka(t) => (Vec::new(), None, Some(t)),
     };
     let mut out = Vec::with_capacity(n);
@@ -930,10 +930,8 @@ fn start_dataplanes(
         t.shards.cpus.clear();
         t.shards.instance = k;
         t.shards.instances = n;
-        let bus = match (&events, &kafka) {
-            (Some(events), _) => {
-                BusChoice::Memory { receivers: receivers.drain(..per).collect(), events: events.clone() }
-            }
+        let bus = match (&status, &kafka) {
+            (Some(status), _) => BusChoice::Memory { sources: sources.drain(..per).collect(), status: status.clone() },
             (None, Some(topics)) => BusChoice::Kafka(topics.clone()),
             (None, None) => bail!("no bus"),
         };

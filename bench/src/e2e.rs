@@ -6,11 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dialer_control_plane::recorder::{EventSource, Recorder};
-use dialer_control_plane::scheduler::{DispatchSink, Scheduler, SchedulerConfig, SystemClock};
+use dialer_bus::BusSettings;
+use dialer_bus::dispatch::KafkaDispatchSink;
+use dialer_bus::kafka::{ClientSettings, KafkaTuning};
+use dialer_bus::status::KafkaStatusSource;
+use dialer_control_plane::recorder::Recorder;
+use dialer_control_plane::scheduler::{Scheduler, SchedulerConfig, SystemClock};
 use dialer_control_plane::{Config, open_store};
 use dialer_dataplane::{
-    Assignment, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker, Tuning,
+    Assignment, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning,
 };
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
@@ -71,12 +75,13 @@ pub async fn run(a: Args) -> Result<()> {
     cfg.store.max_connections = 32;
     let store = open_store(&cfg, &db).await?;
     let run = std::process::id();
-    let topics = KafkaTopics {
+    let topics = BusSettings {
         brokers: brokers.clone(),
         dispatch_topic: format!("e2e.{run}.dispatch"),
         status_topic: format!("e2e.{run}.status"),
         group_id: format!("e2e-{run}-dp"),
         dead_letter_topic: format!("e2e.{run}.dead_letter"),
+        ..BusSettings::default()
     };
     let partitions = (a.shards as i32).max(4);
     dialer_bus::kafka::ensure_topics(
@@ -126,7 +131,7 @@ async fn create_campaigns(a: &Args, store: &dialer_control_plane::Store) -> Resu
 
 fn start_dataplane(
     a: &Args,
-    topics: &KafkaTopics,
+    topics: &BusSettings,
     partitions: i32,
     redis: String,
     mock: MockSettings,
@@ -162,17 +167,15 @@ fn start_dataplane(
 fn start_pipeline(
     a: &Args,
     store: &dialer_control_plane::Store,
-    topics: &KafkaTopics,
-) -> Result<(Scheduler, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
-    let clients =
-        dialer_bus::kafka::ClientSettings { linger_ms: 2, ..dialer_bus::kafka::ClientSettings::new(&topics.brokers) };
+    topics: &BusSettings,
+) -> Result<(Scheduler<KafkaDispatchSink>, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
+    let tuning = KafkaTuning { linger_ms: 2, ..KafkaTuning::control_plane() };
+    let clients = ClientSettings { brokers: topics.brokers.clone(), tuning };
     let producer = clients.producer("e2e")?;
-    let sources = EventSource::kafka(
+    let sources = KafkaStatusSource::group(
         &clients,
-        "e2e-recorder",
-        &format!("e2e-{}-recorder", std::process::id()),
-        &topics.status_topic,
-        &(producer.clone(), topics.dead_letter_topic.clone()),
+        ("e2e-recorder", &topics.recorder_group(), &topics.status_topic),
+        (&producer, &topics.dead_letter_topic),
         a.recorders,
     )?;
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -203,7 +206,7 @@ fn start_pipeline(
     });
     let sched = Scheduler {
         store: store.clone(),
-        sink: DispatchSink::Kafka { producer, topic: topics.dispatch_topic.clone() },
+        sink: KafkaDispatchSink::new(producer, &topics.dispatch_topic),
         clock: Arc::new(SystemClock),
         cfg: SchedulerConfig {
             interval: Duration::from_millis(a.tick_ms),
@@ -228,7 +231,12 @@ struct Drive {
 }
 
 /// Ticks the scheduler until every call is terminal (or `--timeout-s`), with a progress bar.
-async fn drive(a: &Args, store: &dialer_control_plane::Store, ids: &[uuid::Uuid], sched: &Scheduler) -> Result<Drive> {
+async fn drive(
+    a: &Args,
+    store: &dialer_control_plane::Store,
+    ids: &[uuid::Uuid],
+    sched: &Scheduler<KafkaDispatchSink>,
+) -> Result<Drive> {
     let t0 = Instant::now();
     let pb = ProgressBar::new((a.campaigns * a.targets) as u64);
     pb.set_style(

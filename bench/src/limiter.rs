@@ -53,7 +53,7 @@ pub struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-fn humantime_secs(s: &str) -> Result<Duration, String> {
+fn humantime_secs(s: &str) -> Result<Duration, dialer_domain::duration::DurationError> {
     dialer_domain::duration::parse(s)
 }
 

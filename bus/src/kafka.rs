@@ -1,6 +1,8 @@
-//! Every Kafka client of the product (rdkafka): one [`ClientSettings`] builds their
-//! configuration from the product's settings, one [`MetricsContext`] meters them, and the helpers
-//! both planes share (dead letters, topic creation, produce errors) live here.
+//! Every Kafka client of the product (rdkafka, a dependency of this crate only): one
+//! [`ClientSettings`] builds their configuration from the product's settings, one
+//! [`MetricsContext`] meters them, and the helpers both topics share (dead letters, topic
+//! creation, produce errors, readiness) live here. The topics' ends are in [`crate::dispatch`]
+//! and [`crate::status`].
 
 use std::time::Duration;
 
@@ -10,61 +12,167 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 
-use crate::memory::Malformed;
+use crate::dispatch::Malformed;
 
-/// The settings every Kafka client of one process is built with: the brokers, and the
-/// producer's and consumer's batching from configuration (the data plane's tuning file, the
-/// control plane's defaults).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientSettings {
-    /// `bus.brokers` (`KAFKA_BROKERS`).
-    pub brokers: String,
-    /// How long a producer waits to fill a batch (`linger.ms`).
-    pub linger_ms: u32,
-    /// Most messages in one produce request (`batch.num.messages`).
-    pub batch_num_messages: u32,
-    /// How long a producer tries to deliver a message before reporting it failed.
-    pub message_timeout_ms: u32,
+/// A Kafka client's failure (the broker refused, timed out or is unreachable), with
+/// librdkafka's error as its source.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct BrokerError(#[from] KafkaError);
+
+/// The Kafka clients' settings a process is tuned with (the data plane's `[kafka]` tuning
+/// section; the control plane runs [`KafkaTuning::control_plane`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaTuning {
     /// A fetch returns once this many bytes are ready…
     pub fetch_min_bytes: u32,
     /// …or after this long.
     pub fetch_wait_max_ms: u32,
+    /// How long a producer waits to fill a batch (`linger.ms`).
+    pub linger_ms: u32,
+    /// Most messages in one produce request (`batch.num.messages`).
+    pub batch_num_messages: u32,
     /// librdkafka's per-consumer prefetch bound.
     pub queued_max_messages_kbytes: u32,
-    /// How a consumer group spreads partitions (`partition.assignment.strategy`): eager
-    /// (`range,roundrobin`: every member gives up everything at each rebalance) or
-    /// `cooperative-sticky` (only the partitions that move are revoked).
-    pub assignment_strategy: &'static str,
-    /// How long the group waits for a silent member before giving its partitions away (a
-    /// SIGKILLed member is noticed after this).
+    /// Offsets are committed at most this often.
+    pub commit_every_ms: u64,
+    /// How long the producer tries to deliver a message before reporting it failed
+    /// (librdkafka `message.timeout.ms`); a shard then produces its status event again, with
+    /// back-off.
+    pub message_timeout_ms: u32,
+    /// With group assignment: how the group spreads partitions over its members.
+    pub assignor: Assignor,
+    /// With group assignment: how long the group waits for a silent member (a killed process)
+    /// before its partitions go to the others (librdkafka `session.timeout.ms`; the broker
+    /// allows 6000–300000 by default).
     pub session_timeout_ms: u32,
-    /// How a producer compresses its batches (`compression.type`: `none`, `lz4`, `snappy`,
-    /// `gzip`; librdkafka as built here has no zstd).
-    pub compression: &'static str,
+    /// How producers compress their batches. Off by default: on one 2-core machine the CPU
+    /// costs more than the bytes save (`tuning/README.md`); over a network that is the bound,
+    /// `lz4`.
+    pub compression: Compression,
+}
+
+impl Default for KafkaTuning {
+    fn default() -> Self {
+        KafkaTuning {
+            fetch_min_bytes: 1,
+            fetch_wait_max_ms: 5,
+            linger_ms: 5,
+            batch_num_messages: 10_000,
+            queued_max_messages_kbytes: 65_536,
+            commit_every_ms: 200,
+            message_timeout_ms: 30_000,
+            assignor: Assignor::Eager,
+            session_timeout_ms: 45_000,
+            compression: Compression::None,
+        }
+    }
+}
+
+impl KafkaTuning {
+    /// The control plane's clients: librdkafka's fetch wait and delivery timeout (its
+    /// scheduler waits for each publish's acknowledgement and gives back what timed out).
+    pub fn control_plane() -> KafkaTuning {
+        KafkaTuning { fetch_wait_max_ms: 500, message_timeout_ms: 300_000, ..KafkaTuning::default() }
+    }
+
+    /// Refuses impossible values: `(key under the section, reason)`.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.batch_num_messages == 0 {
+            return Err(("batch_num_messages", "must be at least 1"));
+        }
+        if self.message_timeout_ms < 1000 {
+            return Err(("message_timeout_ms", "must be at least 1000"));
+        }
+        if self.session_timeout_ms < 1_000 {
+            return Err((
+                "session_timeout_ms",
+                "must be at least 1000 (the broker refuses less than its group.min.session.timeout.ms, 6000 by default)",
+            ));
+        }
+        if self.commit_every_ms == 0 {
+            return Err(("commit_every_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// How a consumer group spreads the dispatch partitions (see [`KafkaTuning::assignor`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignor {
+    /// Every rebalance revokes every partition of every member, then assigns them all.
+    #[default]
+    Eager,
+    /// Only the partitions that move are revoked; the others keep being read.
+    CooperativeSticky,
+}
+
+impl Assignor {
+    /// librdkafka's `partition.assignment.strategy`.
+    fn strategy(self) -> &'static str {
+        match self {
+            Assignor::Eager => "range,roundrobin",
+            Assignor::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+/// A producer's batch compression (librdkafka `compression.type`; no zstd as built here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Snappy,
+    Gzip,
+}
+
+impl Compression {
+    /// librdkafka's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Snappy => "snappy",
+            Compression::Gzip => "gzip",
+        }
+    }
+}
+
+/// How the dispatch topic's partitions reach the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assignment {
+    /// Each shard is a member of the consumer group; the broker spreads partitions.
+    Group,
+    /// Shard `i` of `n` reads the partitions `p` with `p % n == i` (of `shards.partitions`),
+    /// committing to the group's offsets without joining it.
+    Static,
+}
+
+/// The settings every Kafka client of one process is built with: the brokers (`bus.brokers`,
+/// `KAFKA_BROKERS`) and the process's [`KafkaTuning`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientSettings {
+    pub brokers: String,
+    pub tuning: KafkaTuning,
 }
 
 impl ClientSettings {
-    /// librdkafka's defaults but a 5 ms linger, for `brokers`.
+    /// The control plane's clients of `brokers` ([`KafkaTuning::control_plane`]).
     pub fn new(brokers: &str) -> ClientSettings {
-        ClientSettings {
-            brokers: brokers.to_string(),
-            linger_ms: 5,
-            batch_num_messages: 10_000,
-            message_timeout_ms: 300_000,
-            fetch_min_bytes: 1,
-            fetch_wait_max_ms: 500,
-            queued_max_messages_kbytes: 65_536,
-            assignment_strategy: "range,roundrobin",
-            session_timeout_ms: 45_000,
-            compression: "none",
-        }
+        ClientSettings { brokers: brokers.to_string(), tuning: KafkaTuning::control_plane() }
     }
 
     /// What every client sets: the brokers, its name, statistics for the lag gauges, and no
     /// Nagle (it holds small requests until the previous one is acknowledged: with delayed
     /// ACKs, tens of milliseconds on a quiet link).
-    pub fn base(&self, client_id: &str) -> ClientConfig {
+    fn base(&self, client_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", client_id)
@@ -74,42 +182,54 @@ impl ClientSettings {
     }
 
     /// An idempotent producer's configuration (no duplicates or reordering from its retries).
-    pub fn producer_config(&self, client_id: &str) -> ClientConfig {
+    fn producer_config(&self, client_id: &str) -> ClientConfig {
+        let t = &self.tuning;
         let mut c = self.base(client_id);
         c.set("enable.idempotence", "true")
-            .set("linger.ms", self.linger_ms.to_string())
-            .set("batch.num.messages", self.batch_num_messages.to_string())
+            .set("linger.ms", t.linger_ms.to_string())
+            .set("batch.num.messages", t.batch_num_messages.to_string())
             .set("queue.buffering.max.messages", "1000000")
-            .set("message.timeout.ms", self.message_timeout_ms.to_string())
-            .set("compression.type", self.compression);
+            .set("message.timeout.ms", t.message_timeout_ms.to_string())
+            .set("compression.type", t.compression.as_str());
         c
     }
 
     /// A consumer of `group` that commits by hand (at-least-once: only what is finished) and
     /// starts a new group at the earliest message.
-    pub fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
+    fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let t = &self.tuning;
         let mut c = self.base(client_id);
         c.set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("fetch.min.bytes", self.fetch_min_bytes.to_string())
-            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
-            .set("queued.max.messages.kbytes", self.queued_max_messages_kbytes.to_string())
-            .set("partition.assignment.strategy", self.assignment_strategy)
-            .set("session.timeout.ms", self.session_timeout_ms.to_string());
+            .set("fetch.min.bytes", t.fetch_min_bytes.to_string())
+            .set("fetch.wait.max.ms", t.fetch_wait_max_ms.to_string())
+            .set("queued.max.messages.kbytes", t.queued_max_messages_kbytes.to_string())
+            .set("partition.assignment.strategy", t.assignor.strategy())
+            .set("session.timeout.ms", t.session_timeout_ms.to_string());
         c
     }
 
-    /// A metered producer from [`ClientSettings::producer_config`].
-    pub fn producer(&self, client_id: &str) -> Result<MeteredProducer, KafkaError> {
-        metered_producer(&self.producer_config(client_id))
+    /// A metered producer, shared by what one process produces (clone it).
+    pub fn producer(&self, client_id: &str) -> Result<Producer, BrokerError> {
+        Ok(Producer(self.producer_config(client_id).create_with_context(MetricsContext::default())?))
     }
 
     /// A metered consumer from [`ClientSettings::consumer_config`].
-    pub fn consumer(&self, client_id: &str, group: &str) -> Result<MeteredConsumer, KafkaError> {
-        metered_consumer(&mut self.consumer_config(client_id, group))
+    pub(crate) fn consumer(&self, client_id: &str, group: &str) -> Result<MeteredConsumer, BrokerError> {
+        Ok(self.consumer_config(client_id, group).create_with_context(MetricsContext::default())?)
+    }
+}
+
+/// A metered idempotent producer; clones share one client.
+#[derive(Clone)]
+pub struct Producer(pub(crate) MeteredProducer);
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Producer")
     }
 }
 
@@ -179,37 +299,27 @@ impl ConsumerContext for MetricsContext {
 }
 
 /// The consumer type used everywhere (lag metrics through [`MetricsContext`]).
-pub type MeteredConsumer = StreamConsumer<MetricsContext>;
+pub(crate) type MeteredConsumer = StreamConsumer<MetricsContext>;
 /// The producer type used everywhere.
-pub type MeteredProducer = FutureProducer<MetricsContext>;
+pub(crate) type MeteredProducer = FutureProducer<MetricsContext>;
 
 /// How often librdkafka reports statistics (consumer lag), in milliseconds.
 pub const STATS_INTERVAL_MS: &str = "5000";
 
 /// Counts one failed produce (queueing refused or delivery not acknowledged) for `topic`.
-pub fn produce_error(topic: &str) {
+pub(crate) fn produce_error(topic: &str) {
     metrics::counter!("dialer_kafka_produce_errors_total", "topic" => topic.to_string()).increment(1);
 }
 
 /// Starts `dialer_kafka_produce_errors_total{topic}` at zero for a topic a process produces to,
 /// so that its rate is defined (and alerting works) before the first error.
-pub fn produces_to(topic: &str) {
+pub(crate) fn produces_to(topic: &str) {
     metrics::counter!("dialer_kafka_produce_errors_total", "topic" => topic.to_string()).increment(0);
-}
-
-/// A consumer with the product's context, from `config` (statistics enabled).
-pub fn metered_consumer(config: &mut ClientConfig) -> Result<MeteredConsumer, KafkaError> {
-    config.set("statistics.interval.ms", STATS_INTERVAL_MS).create_with_context(MetricsContext::default())
-}
-
-/// A producer with the product's context, from `config`.
-pub fn metered_producer(config: &ClientConfig) -> Result<MeteredProducer, KafkaError> {
-    config.create_with_context(MetricsContext::default())
 }
 
 /// Whether a failed produce may still have reached the log (the broker may have written it and
 /// the acknowledgement was lost): a timeout or a broken connection, as opposed to a refusal.
-pub fn possibly_delivered(e: &KafkaError) -> bool {
+pub(crate) fn possibly_delivered(e: &KafkaError) -> bool {
     use rdkafka::error::RDKafkaErrorCode as C;
     match e {
         KafkaError::MessageProduction(code) => matches!(
@@ -228,7 +338,7 @@ pub fn possibly_delivered(e: &KafkaError) -> bool {
 /// The dead-letter record of an unreadable message: its key and bytes unchanged, the reason,
 /// origin (`topic/partition/offset`) and kind (`malformed_dispatch`, `malformed_status`) in the
 /// headers `dialer-reason`, `dialer-source`, `dialer-kind`.
-pub fn dead_letter_record<'a>(
+pub(crate) fn dead_letter_record<'a>(
     topic: &'a str,
     m: &'a Malformed,
     origin: &str,
@@ -255,25 +365,25 @@ pub struct TopicSpec {
 }
 
 /// Creates the topics if they do not exist, with one replica (tests and benches).
-pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), KafkaError> {
+pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), BrokerError> {
     let specs: Vec<TopicSpec> =
         topics.iter().map(|(n, p)| TopicSpec { name: n.to_string(), partitions: *p, replication: 1 }).collect();
     create_topics(brokers, &specs).await
 }
 
 /// How many partitions `topic` has (metadata request).
-pub async fn partition_count(brokers: &str, topic: &str) -> Result<i32, KafkaError> {
+pub async fn partition_count(brokers: &str, topic: &str) -> Result<i32, BrokerError> {
     let (brokers, topic) = (brokers.to_string(), topic.to_string());
     let probe = move || -> Result<i32, KafkaError> {
         let c: rdkafka::consumer::BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
         let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
         Ok(md.topics().first().map_or(0, |t| t.partitions().len() as i32))
     };
-    tokio::task::spawn_blocking(probe).await.unwrap_or(Err(KafkaError::Canceled))
+    Ok(tokio::task::spawn_blocking(probe).await.unwrap_or(Err(KafkaError::Canceled))?)
 }
 
 /// Creates the topics that do not exist yet (an existing topic is left as it is).
-pub async fn create_topics(brokers: &str, topics: &[TopicSpec]) -> Result<(), KafkaError> {
+pub async fn create_topics(brokers: &str, topics: &[TopicSpec]) -> Result<(), BrokerError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create()?;
@@ -283,30 +393,35 @@ pub async fn create_topics(brokers: &str, topics: &[TopicSpec]) -> Result<(), Ka
         match r {
             Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, e)) => {
-                return Err(KafkaError::AdminOp(e))
-                    .inspect_err(|_| tracing::error!(topic = t, "topic creation failed"));
+                tracing::error!(topic = t, "topic creation failed");
+                return Err(KafkaError::AdminOp(e).into());
             }
         }
     }
     Ok(())
 }
 
+/// What to check when the broker does not answer.
+const BROKER_HINT: &str = "check bus.brokers and that the broker runs";
+
 /// `/readyz`'s broker check: the broker answers a metadata request for `topic`.
-pub fn ready_check(producer: MeteredProducer, topic: String) -> dialer_telemetry::ReadyCheck {
+pub fn ready_check(producer: &Producer, topic: &str) -> dialer_telemetry::ReadyCheck {
+    let (producer, topic) = (producer.0.clone(), topic.to_string());
     dialer_telemetry::ReadyCheck::new("kafka", move || {
         let (p, t) = (producer.clone(), topic.clone());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 use rdkafka::producer::Producer;
                 p.client().fetch_metadata(Some(&t), dialer_telemetry::CHECK_TIMEOUT).map(|_| ()).map_err(|e| {
-                    dialer_telemetry::CheckError::Unreachable {
-                        what: "broker",
-                        reason: format!("metadata request failed: {e}; check bus.brokers and the broker"),
-                    }
+                    dialer_telemetry::CheckError::Unreachable { what: "broker", hint: BROKER_HINT, source: Box::new(e) }
                 })
             })
             .await
-            .map_err(|e| dialer_telemetry::CheckError::Unreachable { what: "broker", reason: e.to_string() })?
+            .map_err(|e| dialer_telemetry::CheckError::Unreachable {
+                what: "broker",
+                hint: BROKER_HINT,
+                source: Box::new(e),
+            })?
         })
     })
 }
@@ -317,7 +432,8 @@ mod tests {
 
     #[test]
     fn every_client_is_metered_and_consumers_commit_by_hand() {
-        let s = ClientSettings { linger_ms: 2, fetch_wait_max_ms: 7, ..ClientSettings::new("b:9092") };
+        let tuning = KafkaTuning { linger_ms: 2, fetch_wait_max_ms: 7, ..KafkaTuning::default() };
+        let s = ClientSettings { brokers: "b:9092".into(), tuning };
         let p = s.producer_config("p");
         assert_eq!(p.get("bootstrap.servers"), Some("b:9092"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));

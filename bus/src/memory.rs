@@ -4,26 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use dialer_domain::messages::{DispatchMessage, StatusEvent};
+use dialer_domain::messages::DispatchMessage;
 use tokio::sync::mpsc;
 
+use crate::dispatch::{Delivery, MemoryDispatchSink, MemoryDispatchSource};
 use crate::partitions::shard_of_partition;
-
-/// One dispatch message as a shard receives it.
-#[derive(Debug)]
-pub struct Delivery {
-    pub partition: i32,
-    pub offset: i64,
-    pub msg: Result<DispatchMessage, Malformed>,
-}
-
-/// A message that could not be read: why, and its bytes (kept for the dead-letter topic).
-#[derive(Debug)]
-pub struct Malformed {
-    pub reason: String,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-}
+use crate::status::{MemoryStatusSink, MemoryStatusSource};
 
 /// The dispatch side of the in-process bus.
 #[derive(Debug)]
@@ -33,33 +19,35 @@ pub struct MemoryBus {
     offsets: Vec<AtomicI64>,
 }
 
-/// The readers a [`MemoryBus`] hands out: one dispatch receiver per shard, and the status events.
+/// The ends of both topics on one in-process bus: the scheduler's, one dispatch source per
+/// shard, the shards' status sink (cloned per shard) and the recorder's source.
 #[derive(Debug)]
 pub struct MemoryBusEnds {
-    pub shard_receivers: Vec<mpsc::Receiver<Delivery>>,
-    pub events: mpsc::Receiver<StatusEvent>,
-    pub events_tx: mpsc::Sender<StatusEvent>,
+    pub dispatch: MemoryDispatchSink,
+    pub shard_sources: Vec<MemoryDispatchSource>,
+    pub status_sink: MemoryStatusSink,
+    pub status_source: MemoryStatusSource,
 }
 
 impl MemoryBus {
     /// A bus of `partitions` partitions over `shards` shards; each shard's channel holds at most
     /// `capacity` messages and the status channel `event_capacity` events (bounded: a slow
     /// reader slows the writer, memory stays flat).
-    pub fn new(
-        shards: usize,
-        partitions: i32,
-        capacity: usize,
-        event_capacity: usize,
-    ) -> (Arc<MemoryBus>, MemoryBusEnds) {
-        let (mut txs, mut rxs) = (Vec::new(), Vec::new());
+    pub fn open(shards: usize, partitions: i32, capacity: usize, event_capacity: usize) -> MemoryBusEnds {
+        let (mut txs, mut sources) = (Vec::new(), Vec::new());
         for _ in 0..shards {
             let (tx, rx) = mpsc::channel(capacity.max(1));
             txs.push(tx);
-            rxs.push(rx);
+            sources.push(MemoryDispatchSource(rx));
         }
         let (events_tx, events) = mpsc::channel(event_capacity.max(1));
         let bus = MemoryBus { shards: txs, partitions, offsets: (0..partitions).map(|_| AtomicI64::new(0)).collect() };
-        (Arc::new(bus), MemoryBusEnds { shard_receivers: rxs, events, events_tx })
+        MemoryBusEnds {
+            dispatch: MemoryDispatchSink(Arc::new(bus)),
+            shard_sources: sources,
+            status_sink: MemoryStatusSink(events_tx),
+            status_source: MemoryStatusSource(events),
+        }
     }
 
     /// The partition of a call: spread by call id, as the Kafka producer keys it.

@@ -36,33 +36,15 @@ pub enum ValueError {
     NotAnAddress(String),
     #[error("{value:?} is not one of {known}")]
     NotKnown { value: String, known: &'static str },
+    #[error(transparent)]
+    Unknown(#[from] dialer_bus::settings::UnknownValue),
     #[error("{0:?}: the level must be one of trace, debug, info, warn, error, off")]
     NotALevel(String),
     #[error("no such key: see config/dialer.toml for the keys")]
     UnknownKey,
 }
 
-/// Which bus carries the messages between the planes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BusKind {
-    /// In-process (`dialer up` always uses it; a control plane with it serves the API only).
-    #[default]
-    Memory,
-    /// Apache Kafka or a compatible broker (`bus.brokers`).
-    Kafka,
-}
-
-impl std::str::FromStr for BusKind {
-    type Err = ValueError;
-    fn from_str(v: &str) -> Result<BusKind, ValueError> {
-        match v.trim() {
-            "memory" => Ok(BusKind::Memory),
-            "kafka" => Ok(BusKind::Kafka),
-            _ => Err(ValueError::NotKnown { value: v.to_string(), known: "\"memory\", \"kafka\"" }),
-        }
-    }
-}
+pub use dialer_bus::{BusKind, BusSettings};
 
 /// Which telephony provider places the calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +145,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub store: StoreConfig,
     pub limits: LimitsConfig,
-    pub bus: BusConfig,
+    pub bus: BusSettings,
     pub provider: ProviderConfig,
     pub scheduler: SchedulerSettings,
     pub timeline: TimelineSettings,
@@ -277,28 +259,6 @@ impl Default for SchedulerSettings {
     }
 }
 
-/// The message bus between the planes.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BusConfig {
-    /// `kafka` (distributed) or `memory` (in-process; `dialer up` always uses it).
-    pub kind: BusKind,
-    /// `KAFKA_BROKERS`: bootstrap servers, e.g. `127.0.0.1:9092`.
-    pub brokers: String,
-    pub dispatch_topic: String,
-    pub status_topic: String,
-    pub dead_letter_topic: String,
-    /// Consumer group of the data plane (offsets are kept under it in both assignment modes).
-    pub group_id: String,
-    /// Partitions of the status and dead-letter topics when they are created.
-    pub status_partitions: i32,
-    /// Partitions of the dispatch topic when it is created: at least the data plane's shards in
-    /// all (with static assignment, exactly its tuning's `shards.partitions`).
-    pub dispatch_partitions: i32,
-    /// Replication factor of every topic the product creates (3 on a production cluster).
-    pub replication_factor: i32,
-}
-
 /// The telephony provider: the seed's mock, or SIP trunks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -336,22 +296,6 @@ pub struct ProviderConfig {
     /// SIP: a trunk's `max_cps` INVITEs go out over 1 s + this, so jitter up to this much between
     /// our send and the carrier's count never shows it more than `max_cps` in a second.
     pub sip_cps_margin_ms: u64,
-}
-
-impl Default for BusConfig {
-    fn default() -> Self {
-        BusConfig {
-            kind: BusKind::Memory,
-            brokers: "127.0.0.1:9092".into(),
-            dispatch_topic: "dialer.dispatch".into(),
-            status_topic: "dialer.status".into(),
-            dead_letter_topic: "dialer.dead_letter".into(),
-            group_id: "dialer-dataplane".into(),
-            status_partitions: 8,
-            dispatch_partitions: 8,
-            replication_factor: 1,
-        }
-    }
 }
 
 impl Default for ProviderConfig {
@@ -519,23 +463,6 @@ impl Config {
             top_campaigns: self.scheduler.metrics_top_campaigns,
             calling_rules: self.calling_rules.clone(),
         }
-    }
-
-    /// Every topic the product uses, as it creates them: the one place their partition counts
-    /// and replication factor come from (the control plane and the data plane both create them,
-    /// whichever starts first).
-    pub fn topics(&self) -> Vec<dialer_bus::kafka::TopicSpec> {
-        let b = &self.bus;
-        let spec = |name: &str, partitions: i32| dialer_bus::kafka::TopicSpec {
-            name: name.to_string(),
-            partitions,
-            replication: b.replication_factor,
-        };
-        vec![
-            spec(&b.dispatch_topic, b.dispatch_partitions),
-            spec(&b.status_topic, b.status_partitions),
-            spec(&b.dead_letter_topic, b.status_partitions),
-        ]
     }
 
     /// The reaper's settings: the scheduler's dispatch deadline, the provider's longest call.
@@ -871,29 +798,7 @@ impl Config {
     }
 
     fn validate_bus_and_provider(&self) -> Result<(), ConfigError> {
-        let b = &self.bus;
-        for (k, v) in [
-            ("bus.dispatch_topic", &b.dispatch_topic),
-            ("bus.status_topic", &b.status_topic),
-            ("bus.dead_letter_topic", &b.dead_letter_topic),
-            ("bus.group_id", &b.group_id),
-        ] {
-            if v.is_empty() || v.len() > 249 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                return Err(invalid(k, "must be 1–249 characters of letters, digits, '.', '_' and '-'"));
-            }
-        }
-        if b.kind == BusKind::Kafka && b.brokers.is_empty() {
-            return Err(invalid("bus.brokers", "must list the bootstrap servers, e.g. 127.0.0.1:9092"));
-        }
-        if b.dispatch_partitions < 1 {
-            return Err(invalid("bus.dispatch_partitions", "must be at least 1"));
-        }
-        if b.replication_factor < 1 {
-            return Err(invalid("bus.replication_factor", "must be at least 1"));
-        }
-        if b.status_partitions < 1 {
-            return Err(invalid("bus.status_partitions", "must be at least 1"));
-        }
+        self.bus.check().map_err(|(key, reason)| invalid(&format!("bus.{key}"), reason))?;
         let p = &self.provider;
         for (k, v) in [("provider.answer_rate", p.answer_rate), ("provider.retryable_share", p.retryable_share)] {
             if !(0.0..=1.0).contains(&v) {
@@ -1041,7 +946,7 @@ mod tests {
             env(&[("DIALER_BUS_DISPATCH_PARTITIONS", "48"), ("DIALER_BUS_REPLICATION_FACTOR", "3")]),
         )
         .expect("config");
-        let t = c.topics();
+        let t = c.bus.topics();
         assert_eq!((t[0].name.as_str(), t[0].partitions, t[0].replication), ("dialer.dispatch", 48, 3));
         assert!(t[1..].iter().all(|t| t.partitions == 8 && t.replication == 3), "{t:?}");
         let e = Config::from_toml("[bus]\ndispatch_partitions = 0\n").expect("parses").validate().expect_err("refused");

@@ -149,7 +149,8 @@ pub fn redis_check(backend: dialer_limiter::RedisBackend) -> ReadyCheck {
         Box::pin(async move {
             b.ping().await.map_err(|e| CheckError::Unreachable {
                 what: "the limiter's Redis",
-                reason: format!("{e}; check limits.redis_url and that Redis runs"),
+                hint: "check limits.redis_url and that Redis runs",
+                source: Box::new(e),
             })
         })
     })

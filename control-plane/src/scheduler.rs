@@ -12,14 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dialer_bus::MemoryBus;
-use dialer_bus::kafka::{MeteredProducer, possibly_delivered, produce_error};
+use dialer_bus::dispatch::{DispatchSink, PublishError};
 use dialer_domain::hours::{BusinessHours, parse_tz};
 use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
 use dialer_limiter::effective_campaign_cap;
 use dialer_limiter::fair::{CampaignDemand, campaign_shares, round_up};
 use futures::StreamExt;
-use rdkafka::producer::FutureRecord;
 
 use crate::store::{ActiveCampaign, ClaimedCall, Store, StoreError};
 
@@ -53,133 +51,6 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Where dispatch messages go.
-#[derive(Clone)]
-pub enum DispatchSink {
-    Memory(Arc<MemoryBus>),
-    Kafka { producer: MeteredProducer, topic: String },
-}
-
-impl std::fmt::Debug for DispatchSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DispatchSink::Memory(_) => f.write_str("DispatchSink::Memory"),
-            DispatchSink::Kafka { topic, .. } => write!(f, "DispatchSink::Kafka({topic})"),
-        }
-    }
-}
-
-/// Messages of a batch that the bus did not take (by index in the batch), and why: only these
-/// may be given back; the others were delivered and will be dialled.
-#[derive(Debug, thiserror::Error)]
-#[error("{} dispatch messages not taken, {in_doubt} in doubt: {reason}", .unacked.len())]
-pub struct NotPublished {
-    /// Certainly not delivered: may be given back.
-    pub unacked: Vec<usize>,
-    /// Failed in a way that may still have delivered them (a timeout): they stay queued, and
-    /// the reaper resolves them once they cannot be up any more.
-    pub in_doubt: usize,
-    pub reason: PublishError,
-}
-
-/// Why the bus did not take a dispatch message.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error(transparent)]
-    BusClosed(#[from] dialer_bus::BusClosed),
-    #[error("the broker did not take it: {0}; check bus.brokers and the broker's health")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
-
-impl DispatchSink {
-    /// Publishes each message to every partition (opt-outs every shard must know of).
-    pub async fn broadcast(&self, msgs: &[DispatchMessage]) -> Result<(), PublishError> {
-        match self {
-            DispatchSink::Memory(bus) => {
-                for m in msgs {
-                    bus.publish_everywhere(m).await?;
-                }
-                Ok(())
-            }
-            DispatchSink::Kafka { producer, topic } => {
-                let (p, t) = (producer.clone(), topic.clone());
-                use rdkafka::producer::Producer;
-                let partitions = tokio::task::spawn_blocking(move || {
-                    let md = p.client().fetch_metadata(Some(&t), Duration::from_secs(5))?;
-                    // A topic the metadata does not show yet (just created, or an error) has no
-                    // partition to send to: an error, so that the caller tries again rather
-                    // than counting an opt-out as announced that no shard received.
-                    match md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len()) {
-                        0 => Err(rdkafka::error::KafkaError::MetadataFetch(
-                            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-                        )),
-                        n => Ok(n as i32),
-                    }
-                })
-                .await
-                .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))?;
-                let encoded: Vec<Vec<u8>> = msgs.iter().map(DispatchMessage::encode).collect();
-                let mut acks = Vec::new();
-                for payload in &encoded {
-                    for part in 0..partitions {
-                        let r = FutureRecord::<(), _>::to(topic).partition(part).payload(payload);
-                        acks.push(producer.send(r, Duration::from_secs(5)));
-                    }
-                }
-                for r in futures::future::join_all(acks).await {
-                    r.map_err(|(e, _)| e)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Publishes all messages; returns once the broker has acknowledged each of them (Kafka),
-    /// or with the indices of those it did not.
-    pub async fn publish_all(&self, msgs: Vec<DispatchMessage>) -> Result<(), NotPublished> {
-        match self {
-            DispatchSink::Memory(bus) => {
-                let mut unacked = Vec::new();
-                for (i, m) in msgs.into_iter().enumerate() {
-                    if bus.publish(m).await.is_err() {
-                        unacked.push(i);
-                    }
-                }
-                if unacked.is_empty() {
-                    return Ok(());
-                }
-                Err(NotPublished { unacked, in_doubt: 0, reason: dialer_bus::BusClosed.into() })
-            }
-            DispatchSink::Kafka { producer, topic } => {
-                let encoded: Vec<(Vec<u8>, [u8; 16])> =
-                    msgs.iter().map(|m| (m.encode(), *m.call_id.as_bytes())).collect();
-                let mut acks = Vec::with_capacity(msgs.len());
-                for (payload, key) in &encoded {
-                    acks.push(
-                        producer.send(FutureRecord::to(topic).key(&key[..]).payload(payload), Duration::from_secs(5)),
-                    );
-                }
-                let (mut unacked, mut in_doubt, mut last) = (Vec::new(), 0, None);
-                for (i, r) in futures::future::join_all(acks).await.into_iter().enumerate() {
-                    if let Err((e, _)) = r {
-                        produce_error(topic);
-                        if possibly_delivered(&e) {
-                            in_doubt += 1;
-                        } else {
-                            unacked.push(i);
-                        }
-                        last = Some(e);
-                    }
-                }
-                match last {
-                    None => Ok(()),
-                    Some(e) => Err(NotPublished { unacked, in_doubt, reason: e.into() }),
-                }
-            }
-        }
     }
 }
 
@@ -233,10 +104,11 @@ pub struct TickReport {
     pub batch_bound: bool,
 }
 
+/// The scheduler of one control-plane process, publishing through its dispatch sink `S`.
 #[derive(Debug)]
-pub struct Scheduler {
+pub struct Scheduler<S: DispatchSink> {
     pub store: Store,
-    pub sink: DispatchSink,
+    pub sink: S,
     pub clock: Arc<dyn Clock>,
     pub cfg: SchedulerConfig,
 }
@@ -275,7 +147,7 @@ pub fn budgets(cfg: &SchedulerConfig, campaigns: &[ActiveCampaign], open: &[bool
         .collect()
 }
 
-impl Scheduler {
+impl<S: DispatchSink> Scheduler<S> {
     #[tracing::instrument(name = "scheduler_tick", skip_all, fields(dispatched))]
     pub async fn tick(&self) -> Result<TickReport, StoreError> {
         let started = std::time::Instant::now();
@@ -415,15 +287,15 @@ impl Scheduler {
         }
     }
 
-    async fn announce(&self, now: DateTime<Utc>) -> Result<(), String> {
-        let pending = self.store.unannounced(ANNOUNCE_BATCH).await.map_err(|e| e.to_string())?;
+    async fn announce(&self, now: DateTime<Utc>) -> Result<(), AnnounceError> {
+        let pending = self.store.unannounced(ANNOUNCE_BATCH).await?;
         if pending.is_empty() {
             return Ok(());
         }
         let msgs: Vec<DispatchMessage> =
             pending.iter().map(|s| crate::calling_rules::suppress_message(s, now, self.cfg.dispatch_ttl)).collect();
-        self.sink.broadcast(&msgs).await.map_err(|e| e.to_string())?;
-        self.store.mark_announced(&pending).await.map_err(|e| e.to_string())?;
+        self.sink.broadcast(&msgs).await?;
+        self.store.mark_announced(&pending).await?;
         metrics::counter!("dialer_dnc_announced_total").increment(pending.len() as u64);
         Ok(())
     }
@@ -458,6 +330,15 @@ impl Scheduler {
 /// Whether `c`'s business hours are open at `now` (a time zone that no longer parses: closed).
 fn is_open(c: &ActiveCampaign, now: DateTime<Utc>) -> bool {
     parse_tz(&c.time_zone).is_ok_and(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.is_open(now))
+}
+
+/// Why opt-outs were not announced this tick (the next tick tries again).
+#[derive(Debug, thiserror::Error)]
+enum AnnounceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 /// Opt-outs announced per tick.

@@ -17,16 +17,16 @@ const MIGRATIONS: &[&str] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum TimelineError {
-    #[error("CQL store unreachable at {nodes}: {reason}; check timeline.cql_nodes (SCYLLA_HOST/SCYLLA_PORT)")]
-    Connect { nodes: String, reason: String },
-    #[error("CQL statement failed: {0}")]
-    Query(String),
+    #[error("CQL store unreachable at {nodes}: {source}; check timeline.cql_nodes (SCYLLA_HOST/SCYLLA_PORT)")]
+    Connect { nodes: String, source: Box<scylla::errors::NewSessionError> },
+    #[error("CQL statement failed: {0}; check the CQL store's health and timeline.cql_nodes")]
+    Query(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("bad timeline setting {key}: {reason}")]
     Config { key: &'static str, reason: String },
 }
 
-fn q(e: impl std::fmt::Display) -> TimelineError {
-    TimelineError::Query(e.to_string())
+fn q(e: impl std::error::Error + Send + Sync + 'static) -> TimelineError {
+    TimelineError::Query(Box::new(e))
 }
 
 /// One attempt's row as the recorder writes it.
@@ -119,7 +119,7 @@ impl CqlTimeline {
             .auto_await_schema_agreement(false)
             .build()
             .await
-            .map_err(|e| TimelineError::Connect { nodes: nodes.join(","), reason: e.to_string() })?;
+            .map_err(|e| TimelineError::Connect { nodes: nodes.join(","), source: Box::new(e) })?;
         session
             .query_unpaged(
                 format!(

@@ -13,8 +13,8 @@ use chrono::Utc;
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::reaper::{Reaper, ReaperConfig};
-use dialer_control_plane::recorder::{EventSource, Recorder};
-use dialer_control_plane::scheduler::{DispatchSink, ManualClock, Scheduler, SchedulerConfig};
+use dialer_control_plane::recorder::Recorder;
+use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerConfig};
 use dialer_control_plane::store::{CallQuery, ClaimedCall};
 use dialer_domain::campaign::{CallStatus, CampaignAction};
 use dialer_domain::lifecycle::UNKNOWN_OUTCOME;
@@ -134,11 +134,12 @@ async fn a_partly_failed_publish_gives_back_only_what_was_not_taken(b: Backend) 
     let (s, _d) = store(b).await;
     let c = campaign(&s, "partial", 40, 100, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let (bus, mut ends) = MemoryBus::new(2, 8, 1000, 1000);
-    drop(ends.shard_receivers.pop());
+    let mut ends = MemoryBus::open(2, 8, 1000, 1000);
+    let bus = ends.dispatch.0.clone();
+    drop(ends.shard_sources.pop());
     let sched = Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
         cfg: SchedulerConfig {
             per_campaign_ceiling: 100,
@@ -148,7 +149,7 @@ async fn a_partly_failed_publish_gives_back_only_what_was_not_taken(b: Backend) 
     };
     let rep = sched.tick().await.expect("tick");
     let mut delivered = HashSet::new();
-    while let Ok(d) = ends.shard_receivers[0].try_recv() {
+    while let Ok(d) = ends.shard_sources[0].0.try_recv() {
         delivered.insert(d.msg.expect("readable").call_id);
     }
     assert!(!delivered.is_empty() && delivered.len() < 40, "both shards had calls: {}", delivered.len());
@@ -183,10 +184,11 @@ async fn one_campaigns_store_error_does_not_stop_the_others() {
     .execute(pool)
     .await
     .expect("trigger");
-    let (bus, _ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let ends = MemoryBus::open(1, 8, 1000, 1000);
+    let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
         cfg: SchedulerConfig {
             per_campaign_ceiling: 100,
@@ -215,11 +217,12 @@ async fn claims_follow_the_injected_clock(b: Backend) {
     let claimed = s.claim_due(c.id, 1, Utc::now()).await.expect("claim");
     let failed = [event(c.id, &claimed[0], EventKind::Started), event(c.id, &claimed[0], EventKind::Failed)];
     s.record_events(&failed, &mut || 0.5, None).await.expect("failed");
-    let (bus, mut ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let mut ends = MemoryBus::open(1, 8, 1000, 1000);
+    let bus = ends.dispatch.0.clone();
     let at = Utc::now() + chrono::Duration::hours(2);
     let sched = Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(at),
         cfg: SchedulerConfig {
             per_campaign_ceiling: 100,
@@ -228,7 +231,7 @@ async fn claims_follow_the_injected_clock(b: Backend) {
         },
     };
     assert_eq!(sched.tick().await.expect("tick").dispatched, 1, "the retry is due by the scheduler's clock");
-    let m = ends.shard_receivers[0].try_recv().expect("dispatched").msg.expect("readable");
+    let m = ends.shard_sources[0].0.try_recv().expect("dispatched").msg.expect("readable");
     assert_eq!(m.attempt, 2);
     let ttl_ms = SchedulerConfig::default().dispatch_ttl.as_millis() as u64;
     assert_eq!(m.deadline_ms, at.timestamp_millis() as u64 + ttl_ms, "the deadline counts from the clock");
@@ -256,7 +259,7 @@ async fn an_event_the_store_refuses_is_isolated_and_the_rest_recorded() {
     drop(tx);
     let rec = Recorder {
         store: s.clone(),
-        source: EventSource::Memory(rx),
+        source: dialer_bus::status::MemoryStatusSource(rx),
         batch_max: 100,
         linger: Duration::ZERO,
         seed: 1,
@@ -278,10 +281,11 @@ async fn a_campaign_bound_by_max_batch_is_claimed_again_at_once(b: Backend) {
     let (s, _d) = store(b).await;
     let c = campaign(&s, "batches", 100, 100, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let (bus, mut ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let mut ends = MemoryBus::open(1, 8, 1000, 1000);
+    let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
         cfg: SchedulerConfig {
             per_campaign_ceiling: 100,
@@ -296,7 +300,7 @@ async fn a_campaign_bound_by_max_batch_is_claimed_again_at_once(b: Backend) {
         let _ = stopped.await;
     }));
     let mut seen = HashSet::new();
-    let rx = &mut ends.shard_receivers[0];
+    let rx = &mut ends.shard_sources[0].0;
     while seen.len() < 100 {
         let d = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
@@ -331,10 +335,11 @@ async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() 
         .execute(&mut *lock)
         .await
         .expect("lock");
-    let (bus, mut ends) = MemoryBus::new(1, 8, 1000, 1000);
+    let mut ends = MemoryBus::open(1, 8, 1000, 1000);
+    let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
         cfg: SchedulerConfig {
             per_campaign_ceiling: 100,
@@ -344,7 +349,7 @@ async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() 
         },
     };
     let tick = tokio::spawn(async move { sched.tick().await });
-    let rx = &mut ends.shard_receivers[0];
+    let rx = &mut ends.shard_sources[0].0;
     let mut others = HashSet::new();
     while others.len() < 5 * 4 {
         let d = tokio::time::timeout(Duration::from_secs(20), rx.recv())

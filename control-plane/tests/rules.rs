@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
-use dialer_control_plane::scheduler::{DispatchSink, ManualClock, Scheduler, SchedulerConfig};
+use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerConfig};
 use dialer_control_plane::store::ClaimedCall;
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::dnc::{DncEntry, GLOBAL_LIST};
@@ -61,10 +61,11 @@ fn tz_of(number: &str) -> (&'static str, Tz) {
 /// checks every dispatch against its number's window and its deadline against the close.
 async fn sweep(s: &Store, from: DateTime<Utc>, hours: i64) -> HashMap<&'static str, DateTime<Utc>> {
     let clock = ManualClock::new(from);
-    let (bus, mut ends) = MemoryBus::new(1, 4, 100_000, 1000);
+    let mut ends = MemoryBus::open(1, 4, 100_000, 1000);
+    let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: clock.clone(),
         cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
     };
@@ -74,7 +75,7 @@ async fn sweep(s: &Store, from: DateTime<Utc>, hours: i64) -> HashMap<&'static s
         clock.set(now);
         sched.tick().await.expect("tick");
         let mut events = Vec::new();
-        while let Ok(d) = ends.shard_receivers[0].try_recv() {
+        while let Ok(d) = ends.shard_sources[0].0.try_recv() {
             let m = d.msg.expect("readable");
             if m.kind == DispatchKind::Suppress {
                 continue;

@@ -169,7 +169,7 @@ pub enum JournalError {
     #[error("journal {path}: {source}; check the directory (tuning journal.dir) exists and is writable")]
     Io { path: String, source: io::Error },
     #[error("journal: io_uring cannot be set up ({0}); set tuning journal.io = \"auto\" or \"std\"")]
-    Uring(String),
+    Uring(#[source] io::Error),
     #[error("journal: partition {0} is held by another shard; nothing of it may be dialled here until it lets go")]
     Held(i32),
 }
@@ -413,7 +413,7 @@ impl Journal {
         let io = match io {
             JournalIo::Std => Io::Std,
             JournalIo::IoUring => {
-                let ring = uring::Ring::new().map_err(|e| JournalError::Uring(e.to_string()))?;
+                let ring = uring::Ring::new().map_err(JournalError::Uring)?;
                 Io::Uring { ring: Box::new(ring), min_files: 1 }
             }
             JournalIo::Auto => match uring::Ring::new() {

@@ -7,37 +7,33 @@
 //! batched lease updates) and in the provider's independent tracker (a test instrument).
 //!
 //! Modules: [`tuning`] (per-machine settings), [`provider`] (the telephony boundary, mock
-//! provider, tracker), [`shard`] (the dial loop), [`source`] (where a shard's messages come
-//! from), [`kafka`] (a shard's consumer and producer), [`offsets`] (commit points),
-//! [`journal`] (no double dial across crashes), [`health`] and [`admin`] (`/readyz`,
-//! `/metrics`), [`metrics`] (this crate's metric catalogue). Message transport itself (Kafka
-//! clients, the in-process bus) is `dialer_bus`, shared with the control plane.
+//! provider, tracker), [`shard`] (the dial loop), [`journal`] (no double dial across crashes),
+//! [`health`] and [`admin`] (`/readyz`, `/metrics`), [`metrics`] (this crate's metric
+//! catalogue). A shard's two topic ends (its dispatch source and status sink, over Kafka or the
+//! in-process bus) are `dialer_bus`'s, shared with the control plane.
 
 pub mod admin;
 pub mod health;
 pub mod journal;
-pub mod kafka;
 pub mod metrics;
-pub mod offsets;
 pub mod provider;
 pub mod shard;
 pub mod sip;
-pub mod source;
 pub mod tuning;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use dialer_domain::messages::StatusEvent;
+use dialer_bus::BusSettings;
+use dialer_bus::dispatch::{KafkaDispatchSource, MemoryDispatchSource};
+use dialer_bus::kafka::ClientSettings;
+use dialer_bus::status::{KafkaStatusSink, MemoryStatusSink};
 use dialer_limiter::{Backend, LeaseDriver, LocalBackend, RedisBackend};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use dialer_bus::Delivery;
 pub use health::{Health, ShardStatus};
-pub use kafka::KafkaTopics;
 pub use provider::{MockProvider, MockSettings, Provider, Tracker};
-pub use shard::{Shard, ShardConfig, ShardReport, Sink};
-pub use source::{DispatchSource, MemorySource};
+pub use shard::{Shard, ShardConfig, ShardReport};
 pub use tuning::{Assignment, Assignor, Tuning};
 
 /// Why the data plane could not start.
@@ -61,7 +57,7 @@ pub enum ShardError {
     #[error("cannot connect to the limiter's Redis: {0}; check limits.redis_url and that Redis runs")]
     Limiter(#[from] dialer_limiter::LimiterError),
     #[error("cannot create its Kafka {what}: {source}; check bus.brokers")]
-    Kafka { what: &'static str, source: rdkafka::error::KafkaError },
+    Kafka { what: &'static str, source: dialer_bus::kafka::BrokerError },
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
     #[error("its in-process receiver was taken twice (a bug)")]
@@ -82,12 +78,10 @@ pub enum LimiterChoice {
 /// Which bus the shards read and write.
 #[derive(Debug)]
 pub enum BusChoice {
-    /// In-process: one receiver per shard, and the status channel's sender.
-    Memory {
-        receivers: Vec<mpsc::Receiver<Delivery>>,
-        events: mpsc::Sender<StatusEvent>,
-    },
-    Kafka(KafkaTopics),
+    /// In-process: one dispatch source per shard, and the status sink (cloned per shard).
+    Memory { sources: Vec<MemoryDispatchSource>, status: MemoryStatusSink },
+    /// Kafka: each shard builds its own consumer and producer on its thread.
+    Kafka(BusSettings),
 }
 
 /// Everything the data plane runs with.
@@ -133,13 +127,13 @@ impl Dataplane {
         let health = Arc::new(Health::new(n));
         ::metrics::gauge!("dialer_limiter_global_cap").set(f64::from(opts.global_cap));
         let mut memory: Option<MemoryEnds> = None;
-        let mut kafka: Option<KafkaTopics> = None;
+        let mut kafka: Option<BusSettings> = None;
         match opts.bus {
-            BusChoice::Memory { receivers, events } => {
-                if receivers.len() != n {
-                    return Err(DataplaneError::Receivers { have: receivers.len(), want: n });
+            BusChoice::Memory { sources, status } => {
+                if sources.len() != n {
+                    return Err(DataplaneError::Receivers { have: sources.len(), want: n });
                 }
-                memory = Some((receivers.into_iter().map(Some).collect(), events));
+                memory = Some((sources.into_iter().map(Some).collect(), status));
             }
             BusChoice::Kafka(t) => kafka = Some(t),
         }
@@ -215,11 +209,12 @@ impl Dataplane {
     }
 }
 
-type MemoryEnds = (Vec<Option<mpsc::Receiver<Delivery>>>, mpsc::Sender<StatusEvent>);
+type MemoryEnds = (Vec<Option<MemoryDispatchSource>>, MemoryStatusSink);
 
+/// A shard's ends of the two topics, or what it builds them from on its own thread.
 enum ShardIo {
-    Memory(Option<mpsc::Receiver<Delivery>>, mpsc::Sender<StatusEvent>),
-    Kafka(KafkaTopics),
+    Memory(Option<MemoryDispatchSource>, MemoryStatusSink),
+    Kafka(BusSettings),
 }
 
 /// Everything one shard thread starts with.
@@ -279,22 +274,41 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     let journal = open_journal(&tuning)?;
     let cfg = ShardConfig { index: i as u16, tuning, per_campaign_ceiling: ceiling, health };
     let report = match io {
-        ShardIo::Memory(rx, tx) => {
-            let source = MemorySource(rx.ok_or(ShardError::ReceiverTaken)?);
-            Shard::new(cfg, source, Sink::Memory(tx), lease, provider, journal).run(shutdown_rx).await
+        ShardIo::Memory(source, sink) => {
+            let source = source.ok_or(ShardError::ReceiverTaken)?;
+            Shard::new(cfg, source, sink, lease, provider, journal).run(shutdown_rx).await
         }
-        ShardIo::Kafka(t) => {
-            let kafka = |what| move |source| ShardError::Kafka { what, source };
-            let (a, k) = (cfg.tuning.shards.assignment, &cfg.tuning.kafka);
-            let source = kafka::KafkaSource::new(&t, k, a, cfg.tuning.shards.partitions, cfg.tuning.global_shard(i))
-                .map_err(kafka("consumer"))?;
-            let sink = Sink::Kafka(kafka::KafkaSink::new(&t, k, i).map_err(kafka("producer"))?);
+        ShardIo::Kafka(bus) => {
+            let (source, sink) = kafka_ends(&bus, &cfg.tuning, i)?;
             Shard::new(cfg, source, sink, lease, provider, journal).run(shutdown_rx).await
         }
     };
     let _ = stop_driver.send(());
     let _ = driver.await;
     Ok(report)
+}
+
+/// Shard `i`'s consumer of the dispatch topic and producer of the status topic.
+fn kafka_ends(
+    bus: &BusSettings,
+    tuning: &Tuning,
+    i: usize,
+) -> Result<(KafkaDispatchSource, KafkaStatusSink), ShardError> {
+    let kafka = |what| move |source| ShardError::Kafka { what, source };
+    let clients = ClientSettings { brokers: bus.brokers.clone(), tuning: tuning.kafka.clone() };
+    let s = &tuning.shards;
+    let source = KafkaDispatchSource::new(
+        &clients,
+        &bus.dispatch_topic,
+        &bus.group_id,
+        s.assignment,
+        s.partitions,
+        tuning.global_shard(i),
+    )
+    .map_err(kafka("consumer"))?;
+    let sink =
+        KafkaStatusSink::new(&clients, &bus.status_topic, &bus.dead_letter_topic, i).map_err(kafka("producer"))?;
+    Ok((source, sink))
 }
 
 /// The provider a shard places its calls with (one `match` per call, no trait object). Built

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use dialer_bus::kafka::{Assignment, Assignor, Compression, KafkaTuning};
 use dialer_limiter::LeaseSettings;
 use serde::{Deserialize, Serialize};
 
@@ -104,17 +105,6 @@ pub enum JournalIo {
     Std,
 }
 
-/// How the dispatch topic's partitions reach the shards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Assignment {
-    /// Each shard is a member of the consumer group; the broker spreads partitions.
-    Group,
-    /// Shard `i` of `n` reads the partitions `p` with `p % n == i` (of `shards.partitions`),
-    /// committing to the group's offsets without joining it.
-    Static,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShardTuning {
@@ -130,66 +120,6 @@ pub struct ShardTuning {
     /// `instance × count + i` of `instances × count` (`dialer dataplane --instance K --instances N`).
     pub instance: usize,
     pub instances: usize,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaTuning {
-    pub fetch_min_bytes: u32,
-    pub fetch_wait_max_ms: u32,
-    pub linger_ms: u32,
-    pub batch_num_messages: u32,
-    /// librdkafka's per-consumer prefetch bound.
-    pub queued_max_messages_kbytes: u32,
-    /// Offsets are committed at most this often.
-    pub commit_every_ms: u64,
-    /// How long the producer tries to deliver a status event before reporting it failed
-    /// (librdkafka `message.timeout.ms`); the shard then produces it again, with back-off.
-    pub message_timeout_ms: u32,
-    /// With `shards.assignment = "group"`: how the group spreads partitions over shards.
-    pub assignor: Assignor,
-    /// With group assignment: how long the group waits for a silent shard (a killed process)
-    /// before its partitions go to the others (librdkafka `session.timeout.ms`; the broker
-    /// allows 6000–300000 by default).
-    pub session_timeout_ms: u32,
-    /// How the status producer compresses its batches. Off by default: on one 2-core machine
-    /// the CPU costs more than the bytes save (`bench dataplane --tuning`, README); over a
-    /// network that is the bound, `lz4`.
-    pub compression: Compression,
-}
-
-/// A producer's batch compression (librdkafka `compression.type`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Compression {
-    #[default]
-    None,
-    Lz4,
-    Snappy,
-    Gzip,
-}
-
-impl Compression {
-    /// librdkafka's name for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Lz4 => "lz4",
-            Compression::Snappy => "snappy",
-            Compression::Gzip => "gzip",
-        }
-    }
-}
-
-/// How a consumer group spreads the dispatch partitions (see [`KafkaTuning::assignor`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Assignor {
-    /// Every rebalance revokes every partition of every member, then assigns them all.
-    #[default]
-    Eager,
-    /// Only the partitions that move are revoked; the others keep being read.
-    CooperativeSticky,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -233,23 +163,6 @@ pub struct ShutdownTuning {
 impl Default for ShardTuning {
     fn default() -> Self {
         ShardTuning { count: 2, cpus: vec![], assignment: Assignment::Static, partitions: 8, instance: 0, instances: 1 }
-    }
-}
-
-impl Default for KafkaTuning {
-    fn default() -> Self {
-        KafkaTuning {
-            fetch_min_bytes: 1,
-            fetch_wait_max_ms: 5,
-            linger_ms: 5,
-            batch_num_messages: 10_000,
-            queued_max_messages_kbytes: 65_536,
-            commit_every_ms: 200,
-            message_timeout_ms: 30_000,
-            assignor: Assignor::Eager,
-            session_timeout_ms: 45_000,
-            compression: Compression::None,
-        }
     }
 }
 
@@ -416,22 +329,7 @@ impl Tuning {
     }
 
     fn validate_kafka_and_buffers(&self) -> Result<(), TuningError> {
-        let k = &self.kafka;
-        if k.batch_num_messages == 0 {
-            return Err(invalid("kafka.batch_num_messages", "must be at least 1"));
-        }
-        if k.message_timeout_ms < 1000 {
-            return Err(invalid("kafka.message_timeout_ms", "must be at least 1000"));
-        }
-        if k.session_timeout_ms < 1_000 {
-            return Err(invalid(
-                "kafka.session_timeout_ms",
-                "must be at least 1000 (the broker refuses less than its group.min.session.timeout.ms, 6000 by default)",
-            ));
-        }
-        if k.commit_every_ms == 0 {
-            return Err(invalid("kafka.commit_every_ms", "must be at least 1"));
-        }
+        self.kafka.check().map_err(|(key, reason)| invalid(&format!("kafka.{key}"), reason))?;
         let b = &self.buffers;
         if b.max_queued_per_shard == 0 {
             return Err(invalid("buffers.max_queued_per_shard", "must be at least 1"));
@@ -505,7 +403,7 @@ mod tests {
         let zstd = Tuning::from_toml("[kafka]\ncompression = \"zstd\"\n").unwrap_err().to_string();
         assert!(zstd.contains("compression") && zstd.contains("lz4"), "names the key and what it takes: {zstd}");
         let lz4 = Tuning::from_toml("[kafka]\ncompression = \"lz4\"\n").expect("lz4");
-        assert_eq!(lz4.kafka.client_settings("b:9092").compression, "lz4");
+        assert_eq!(lz4.kafka.compression.as_str(), "lz4");
         let cases: Vec<(&str, &str)> = vec![
             ("[shards]\ncount = 0\n", "shards.count"),
             ("[shards]\ncount = 2\ncpus = [0]\n", "shards.cpus"),

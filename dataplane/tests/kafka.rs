@@ -6,27 +6,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dialer_bus::BusSettings;
 use dialer_dataplane::{
-    Assignment, Assignor, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tracker,
-    Tuning,
+    Assignment, Assignor, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning,
 };
 use dialer_domain::messages::{DispatchMessage, EventKind, StatusEvent};
+use dialer_testkit::topics::{Outgoing, TopicReader, committed_offsets};
 use dialer_testkit::{kafka, redis, redis_prefix, unique_name};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Message, TopicPartitionList};
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 4;
 
-fn topics() -> KafkaTopics {
+fn topics() -> BusSettings {
     let n = unique_name("dp");
-    KafkaTopics {
+    BusSettings {
         brokers: kafka().bootstrap(),
         dispatch_topic: format!("{n}.dispatch"),
         status_topic: format!("{n}.status"),
         group_id: format!("{n}-group"),
         dead_letter_topic: format!("{n}.dead_letter"),
+        ..BusSettings::default()
     }
 }
 
@@ -43,7 +42,7 @@ fn tuning(assignment: Assignment) -> Tuning {
     t
 }
 
-fn start(t: &KafkaTopics, tuning: Tuning, tracker: Arc<Tracker>, prefix: &str, global_cap: u32) -> Dataplane {
+fn start(t: &BusSettings, tuning: Tuning, tracker: Arc<Tracker>, prefix: &str, global_cap: u32) -> Dataplane {
     Dataplane::start(DataplaneOptions {
         tuning,
         bus: BusChoice::Kafka(t.clone()),
@@ -80,36 +79,23 @@ fn msg(call: u128, campaign: Uuid, cap: u32) -> DispatchMessage {
     }
 }
 
-async fn produce(t: &KafkaTopics, msgs: &[DispatchMessage]) {
-    let p: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", &t.brokers).set("linger.ms", "5").create().expect("producer");
-    for (i, m) in msgs.iter().enumerate() {
-        let payload = m.encode();
-        let part = (i as i32) % PARTITIONS;
-        p.send_result(FutureRecord::<(), _>::to(&t.dispatch_topic).partition(part).payload(&payload)).expect("queued");
-    }
-    p.flush(Duration::from_secs(30)).expect("flushed");
+async fn produce(t: &BusSettings, msgs: &[DispatchMessage]) {
+    let records: Vec<Outgoing> =
+        msgs.iter().enumerate().map(|(i, m)| Outgoing::to_partition((i as i32) % PARTITIONS, m.encode())).collect();
+    dialer_testkit::topics::produce(&t.brokers, &t.dispatch_topic, &records);
 }
 
-fn status_reader(t: &KafkaTopics) -> StreamConsumer {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &t.brokers)
-        .set("group.id", unique_name("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    c.subscribe(&[&t.status_topic]).expect("subscribe");
-    c
+fn status_reader(t: &BusSettings) -> TopicReader {
+    TopicReader::subscribe(&t.brokers, &t.status_topic)
 }
 
 /// Reads status events until `outcomes` outcome events arrived, or `timeout`.
-async fn read_outcomes(c: &StreamConsumer, outcomes: usize, timeout: Duration, all: &mut Vec<StatusEvent>) {
+async fn read_outcomes(c: &TopicReader, outcomes: usize, timeout: Duration, all: &mut Vec<StatusEvent>) {
     let deadline = Instant::now() + timeout;
     let mut n = all.iter().filter(|e| e.kind.is_outcome()).count();
     while n < outcomes && Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
-            let e = StatusEvent::decode(m.payload().unwrap_or_default()).expect("status events decode");
+        if let Some(Ok(m)) = c.next(Duration::from_millis(500)).await {
+            let e = StatusEvent::decode(&m.payload).expect("status events decode");
             n += usize::from(e.kind.is_outcome());
             all.push(e);
         }
@@ -119,7 +105,7 @@ async fn read_outcomes(c: &StreamConsumer, outcomes: usize, timeout: Duration, a
 /// Reads status events until `n` distinct calls have an outcome (a call may have two across a
 /// rebalance: its own and the new owner's `unknown_outcome`), or `timeout`; the calls that ended.
 async fn read_until_every_call_ended(
-    c: &StreamConsumer,
+    c: &TopicReader,
     n: usize,
     timeout: Duration,
     events: &mut Vec<StatusEvent>,
@@ -134,21 +120,11 @@ async fn read_until_every_call_ended(
     ended
 }
 
-fn committed_total(t: &KafkaTopics) -> i64 {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &t.brokers)
-        .set("group.id", &t.group_id)
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(&t.dispatch_topic, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(0).max(0)).sum()
+fn committed_total(t: &BusSettings) -> i64 {
+    committed_offsets(&t.brokers, &t.group_id, &t.dispatch_topic, PARTITIONS).iter().sum()
 }
 
-async fn ensure(t: &KafkaTopics) {
+async fn ensure(t: &BusSettings) {
     dialer_bus::kafka::ensure_topics(&t.brokers, &[(&t.dispatch_topic, PARTITIONS), (&t.status_topic, PARTITIONS)])
         .await
         .expect("topics");
@@ -233,8 +209,6 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
     .await
     .expect("topics");
     // Good, garbage, good, a future schema version, good: all on partition 0, in that order.
-    let p: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", &t.brokers).set("linger.ms", "5").create().expect("producer");
     let campaign = Uuid::from_u128(900);
     let mut future = serde_json::to_value(msg(902, campaign, 5)).expect("json");
     future["v"] = 99.into();
@@ -245,11 +219,16 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
         future.to_string().into_bytes(),
         msg(905, campaign, 5).encode(),
     ];
-    for (i, payload) in payloads.iter().enumerate() {
-        let key = format!("k{i}");
-        p.send_result(FutureRecord::to(&t.dispatch_topic).partition(0).key(&key).payload(payload)).expect("queued");
-    }
-    p.flush(Duration::from_secs(30)).expect("flushed");
+    let records: Vec<Outgoing> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| Outgoing {
+            partition: Some(0),
+            key: Some(format!("k{i}").into_bytes()),
+            payload: payload.clone(),
+        })
+        .collect();
+    dialer_testkit::topics::produce(&t.brokers, &t.dispatch_topic, &records);
 
     let tracker = Tracker::new(100);
     let dp = start(&t, tuning(Assignment::Static), tracker.clone(), &redis_prefix(), 100);
@@ -260,33 +239,12 @@ async fn malformed_messages_go_to_the_dead_letter_topic_and_the_shard_goes_on() 
     assert!(health.ready(dialer_bus::time::now_ms()), "shards ready: {:?}", health.status(0));
 
     // The dead-letter topic holds both bad messages, bytes unchanged, with reason and origin.
-    let dlq: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &t.brokers)
-        .set("group.id", unique_name("dlq"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    dlq.subscribe(&[&t.dead_letter_topic]).expect("subscribe");
+    let dlq = TopicReader::subscribe(&t.brokers, &t.dead_letter_topic);
     let mut dead = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while dead.len() < 2 && Instant::now() < deadline {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), dlq.recv()).await {
-            use rdkafka::message::Headers;
-            let headers = m.headers().expect("headers");
-            let h = |name: &str| {
-                headers
-                    .iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).to_string())
-                    .unwrap_or_default()
-            };
-            dead.push((
-                m.key().map(<[u8]>::to_vec),
-                m.payload().map(<[u8]>::to_vec),
-                h("dialer-reason"),
-                h("dialer-source"),
-            ));
+        if let Some(Ok(m)) = dlq.next(Duration::from_millis(500)).await {
+            dead.push((m.key.clone(), Some(m.payload.clone()), m.header("dialer-reason"), m.header("dialer-source")));
         }
     }
     dp.shutdown();
@@ -495,48 +453,4 @@ async fn outcomes_survive_a_broker_killed_and_restarted() {
     assert_eq!(tracker.calls() as usize, n, "each message dialled once: {reports:?}");
     assert!(started.values().all(|k| *k == 1), "a `started` event per attempt");
     assert_eq!(tracker.violations(), 0);
-}
-
-/// A shard's commit counts only once the broker confirms it (only then may the journal forget
-/// the attempts below it): a commit that fails (a rebalance, a broker restart) is never taken
-/// for done.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_commits_the_broker_confirmed_count() {
-    use dialer_dataplane::DispatchSource;
-    use dialer_dataplane::source::Committed;
-    let t = topics();
-    ensure(&t).await;
-    let campaign = Uuid::from_u128(8080);
-    produce(&t, &(0..8u128).map(|i| msg(80_000 + i, campaign, 5)).collect::<Vec<_>>()).await;
-    let tu = tuning(Assignment::Static);
-    let mut source = dialer_dataplane::kafka::KafkaSource::new(&t, &tu.kafka, Assignment::Static, PARTITIONS, (0, 1))
-        .expect("source");
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < 8 {
-        assert!(Instant::now() < deadline, "only {} of 8 messages read", got.len());
-        // A new broker answers NotCoordinator at first; the shard retries the same way.
-        let _ = tokio::time::timeout(Duration::from_secs(1), source.recv(&mut got, 100)).await;
-    }
-    let committed = |c: Committed| match c {
-        Committed::Points(mut p) => {
-            p.sort_unstable();
-            p
-        }
-        Committed::Untracked => panic!("a Kafka source tracks offsets"),
-    };
-    // Nothing finished: the points to commit are the first offsets; none counts before the
-    // broker confirmed it.
-    assert!(committed(source.commit()).is_empty(), "asked, not yet confirmed");
-    for d in got.iter().filter(|d| d.partition == 0) {
-        source.done(0, d.offset);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut points = committed(source.commit());
-    while points.first() != Some(&(0, 2)) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        points = committed(source.commit());
-    }
-    assert_eq!(points.first(), Some(&(0, 2)), "partition 0 confirmed past its two finished messages: {points:?}");
-    assert!(points[1..].iter().all(|(_, o)| *o == 0), "the others at their first unfinished message: {points:?}");
 }

@@ -51,12 +51,13 @@ struct Running {
 
 fn start(shards: usize, global_cap: u32, mock: MockSettings) -> Running {
     let t = tuning(shards);
-    let (bus, ends) = MemoryBus::new(shards, t.shards.partitions, 10_000, 100_000);
+    let ends = MemoryBus::open(shards, t.shards.partitions, 10_000, 100_000);
+    let bus = ends.dispatch.0.clone();
     let tracker = Tracker::new(global_cap);
     let limiter = Arc::new(LocalBackend::default());
     let dp = Dataplane::start(DataplaneOptions {
         tuning: t,
-        bus: BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+        bus: BusChoice::Memory { sources: ends.shard_sources, status: ends.status_sink },
         limiter: LimiterChoice::Local(limiter.clone()),
         global_cap,
         per_campaign_ceiling: 1_000,
@@ -66,7 +67,7 @@ fn start(shards: usize, global_cap: u32, mock: MockSettings) -> Running {
         instance: "test".into(),
     })
     .expect("data plane starts");
-    Running { bus, events: ends.events, dp, tracker, limiter }
+    Running { bus, events: ends.status_source.0, dp, tracker, limiter }
 }
 
 fn fast_calls(ms: u64) -> MockSettings {

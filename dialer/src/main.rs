@@ -182,12 +182,12 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         tracing::info!("store is not the embedded SQLite: no recovery at start, the reaper resolves abandoned calls");
         Default::default()
     };
-    let (bus, ends) = dialer_bus::MemoryBus::new(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
+    let ends = dialer_bus::MemoryBus::open(tuning.shards.count, tuning.shards.partitions, 65_536, 65_536);
     let limiter = std::sync::Arc::new(dialer_limiter::LocalBackend::default());
     hold_for_previous_run(&limiter, cfg, &may_be_up);
     let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
         tuning: tuning.clone(),
-        bus: dialer_dataplane::BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+        bus: dialer_dataplane::BusChoice::Memory { sources: ends.shard_sources, status: ends.status_sink },
         limiter: dialer_dataplane::LimiterChoice::Local(limiter.clone()),
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
@@ -207,14 +207,14 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     let reaper = tokio::spawn(reaper.run(wait(stopped.clone())));
     let scheduler = dialer_control_plane::scheduler::Scheduler {
         store: store.clone(),
-        sink: dialer_control_plane::scheduler::DispatchSink::Memory(bus),
+        sink: ends.dispatch,
         clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
         cfg: cfg.scheduler_config(),
     };
     let scheduler = tokio::spawn(scheduler.run(wait(stopped.clone())));
     let recorder = dialer_control_plane::recorder::Recorder {
         store: store.clone(),
-        source: dialer_control_plane::recorder::EventSource::Memory(ends.events),
+        source: ends.status_source,
         batch_max: cfg.scheduler.recorder_batch_max,
         linger: std::time::Duration::from_millis(cfg.scheduler.recorder_linger_ms),
         seed: cfg.provider.seed,
@@ -368,30 +368,25 @@ async fn spawn_kafka_pipeline(
     timeline: Option<dialer_control_plane::timeline::CqlTimeline>,
 ) -> Result<dialer_control_plane::observability::ReadyCheck> {
     let b = &cfg.bus;
-    dialer_bus::kafka::create_topics(&b.brokers, &cfg.topics())
+    dialer_bus::kafka::create_topics(&b.brokers, &cfg.bus.topics())
         .await
         .with_context(|| format!("creating topics on {}", b.brokers))?;
     let clients = dialer_bus::kafka::ClientSettings::new(&b.brokers);
     let producer = clients.producer("dialer-control-plane").context("Kafka producer")?;
     let scheduler = dialer_control_plane::scheduler::Scheduler {
         store: store.clone(),
-        sink: dialer_control_plane::scheduler::DispatchSink::Kafka {
-            producer: producer.clone(),
-            topic: b.dispatch_topic.clone(),
-        },
+        sink: dialer_bus::dispatch::KafkaDispatchSink::new(producer.clone(), &b.dispatch_topic),
         clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
         cfg: cfg.scheduler_config(),
     };
     tokio::spawn(scheduler.run(shutdown_signal()));
     let reaper = dialer_control_plane::reaper::Reaper::from_config(cfg, store.clone(), timeline.clone());
     tokio::spawn(reaper.run(shutdown_signal()));
-    let ready = dialer_bus::kafka::ready_check(producer.clone(), b.dispatch_topic.clone());
-    let sources = dialer_control_plane::recorder::EventSource::kafka(
+    let ready = dialer_bus::kafka::ready_check(&producer, &b.dispatch_topic);
+    let sources = dialer_bus::status::KafkaStatusSource::group(
         &clients,
-        "dialer-recorder",
-        &format!("{}-recorder", b.group_id),
-        &b.status_topic,
-        &(producer, b.dead_letter_topic.clone()),
+        ("dialer-recorder", &b.recorder_group(), &b.status_topic),
+        (&producer, &b.dead_letter_topic),
         cfg.scheduler.recorder_workers,
     )
     .context("Kafka consumers of the status topic")?;
@@ -513,7 +508,7 @@ async fn run_dataplane(
         "the data plane reads the dispatch topic: set bus.kind = \"kafka\" and bus.brokers (KAFKA_BROKERS); \
          the in-process bus exists only inside `dialer up`"
     );
-    dialer_bus::kafka::create_topics(&cfg.bus.brokers, &cfg.topics())
+    dialer_bus::kafka::create_topics(&cfg.bus.brokers, &cfg.bus.topics())
         .await
         .with_context(|| format!("creating topics on {}", cfg.bus.brokers))?;
     let partitions = dialer_bus::kafka::partition_count(&cfg.bus.brokers, &cfg.bus.dispatch_topic)
@@ -541,13 +536,7 @@ async fn run_dataplane(
     );
     let dp = dialer_dataplane::Dataplane::start(dialer_dataplane::DataplaneOptions {
         tuning: tuning.clone(),
-        bus: dialer_dataplane::BusChoice::Kafka(dialer_dataplane::KafkaTopics {
-            brokers: cfg.bus.brokers.clone(),
-            dispatch_topic: cfg.bus.dispatch_topic.clone(),
-            status_topic: cfg.bus.status_topic.clone(),
-            group_id: cfg.bus.group_id.clone(),
-            dead_letter_topic: cfg.bus.dead_letter_topic.clone(),
-        }),
+        bus: dialer_dataplane::BusChoice::Kafka(cfg.bus.clone()),
         limiter,
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,

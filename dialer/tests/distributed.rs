@@ -8,17 +8,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialer_control_plane::recorder::{EventSource, Recorder};
-use dialer_control_plane::scheduler::{DispatchSink, Scheduler, SchedulerConfig, SystemClock};
+use dialer_bus::BusSettings;
+use dialer_bus::dispatch::{DispatchSink, KafkaDispatchSink};
+use dialer_bus::kafka::ClientSettings;
+use dialer_bus::status::KafkaStatusSource;
+use dialer_control_plane::recorder::Recorder;
+use dialer_control_plane::scheduler::{Scheduler, SchedulerConfig, SystemClock};
 use dialer_control_plane::{Config, open_store};
-use dialer_dataplane::{
-    Assignment, BusChoice, Dataplane, DataplaneOptions, KafkaTopics, LimiterChoice, MockSettings, Tuning,
-};
+use dialer_dataplane::{Assignment, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tuning};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
+use dialer_testkit::topics::{Outgoing, TopicReader};
 use dialer_testkit::{kafka, redis, redis_prefix, unique_name};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::Consumer;
 use serde_json::json;
 
 #[path = "../../control-plane/tests/common/mod.rs"]
@@ -28,12 +29,13 @@ mod common;
 async fn campaigns_complete_over_kafka_redis_and_postgres() {
     let store = open_store(&Config::default(), &dialer_testkit::postgres_database()).await.expect("store");
     let n = unique_name("e2e");
-    let topics = KafkaTopics {
+    let topics = BusSettings {
         brokers: kafka().bootstrap(),
         dispatch_topic: format!("{n}.dispatch"),
         status_topic: format!("{n}.status"),
         group_id: format!("{n}-dp"),
         dead_letter_topic: format!("{n}.dead_letter"),
+        ..BusSettings::default()
     };
     let dead_letter = format!("{n}.dead_letter");
     dialer_bus::kafka::ensure_topics(
@@ -43,17 +45,8 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     .await
     .expect("topics");
     // An unreadable status event: the recorder must dead-letter it and go on.
-    {
-        use rdkafka::producer::{FutureProducer, FutureRecord};
-        let p: FutureProducer =
-            ClientConfig::new().set("bootstrap.servers", &topics.brokers).create().expect("producer");
-        p.send(
-            FutureRecord::to(&topics.status_topic).key("junk").payload("{\"v\":1,\"kind\":"),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("junk produced");
-    }
+    let junk = Outgoing { partition: None, key: Some(b"junk".to_vec()), payload: b"{\"v\":1,\"kind\":".to_vec() };
+    dialer_testkit::topics::produce(&topics.brokers, &topics.status_topic, &[junk]);
 
     let mut ids = vec![];
     for (i, targets) in [120usize, 80].into_iter().enumerate() {
@@ -100,26 +93,22 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     })
     .expect("data plane");
 
-    let producer = dialer_bus::kafka::metered_producer(
-        ClientConfig::new().set("bootstrap.servers", &topics.brokers).set("linger.ms", "2"),
-    )
-    .expect("producer");
-    let consumer = dialer_bus::kafka::metered_consumer(
-        ClientConfig::new()
-            .set("bootstrap.servers", &topics.brokers)
-            .set("group.id", format!("{n}-recorder"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest"),
+    let clients = ClientSettings::new(&topics.brokers);
+    let producer = clients.producer("test-control-plane").expect("producer");
+    let mut recorders = KafkaStatusSource::group(
+        &clients,
+        ("test-recorder", &topics.recorder_group(), &topics.status_topic),
+        (&producer, &dead_letter),
+        1,
     )
     .expect("consumer");
-    consumer.subscribe(&[&topics.status_topic]).expect("subscribe");
     let (stop, rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let sched = Scheduler {
         store: store.clone(),
-        sink: DispatchSink::Kafka { producer: producer.clone(), topic: topics.dispatch_topic.clone() },
+        sink: KafkaDispatchSink::new(producer.clone(), &topics.dispatch_topic),
         clock: Arc::new(SystemClock),
         cfg: SchedulerConfig {
             interval: Duration::from_millis(100),
@@ -130,11 +119,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     };
     let rec = Recorder {
         store: store.clone(),
-        source: EventSource::Kafka {
-            consumer,
-            topic: topics.status_topic.clone(),
-            dead_letter: (producer, dead_letter.clone()),
-        },
+        source: recorders.remove(0),
         batch_max: 500,
         linger: std::time::Duration::from_millis(20),
         seed: 3,
@@ -169,31 +154,21 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     common::assert_each_attempt_dialled_once(&store, &campaigns, ledger.path()).await;
 
     // The junk status event is in the dead-letter topic with its reason.
-    let dlq: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &topics.brokers)
-        .set("group.id", unique_name("dlq"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    read_from_start(&dlq, &dead_letter, 1);
+    let dlq = TopicReader::from_start(&topics.brokers, &dead_letter, 1);
     // Read the whole dead-letter topic: the junk event, and each call that failed for good.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut junk, mut finals) = (None, Vec::new());
     while Instant::now() < deadline {
-        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), dlq.recv()).await else {
+        let Some(Ok(m)) = dlq.next(Duration::from_secs(3)).await else {
             if junk.is_some() {
                 break;
             }
             continue;
         };
-        use rdkafka::Message;
-        use rdkafka::message::Headers;
-        let kind = m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-kind").and_then(|h| h.value));
-        if kind == Some(&b"malformed_status"[..]) {
-            let reason = m.headers().and_then(|h| h.iter().find(|h| h.key == "dialer-reason").and_then(|h| h.value));
-            junk = Some((m.payload().map(<[u8]>::to_vec), reason.map(<[u8]>::to_vec)));
+        if m.header("dialer-kind") == "malformed_status" {
+            junk = Some((m.payload.clone(), m.header("dialer-reason")));
         } else {
-            let body: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON");
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
             finals.push(body["event"]["call_id"].as_str().expect("call id").parse::<uuid::Uuid>().expect("uuid"));
         }
     }
@@ -210,21 +185,10 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     assert!(!failed.is_empty(), "the mock fails some calls for good, so this proves something");
     assert_eq!(finals.iter().copied().collect::<HashSet<_>>(), failed, "one dead letter per call failed for good");
     let (payload, reason) = junk.expect("the malformed status event reached the dead-letter topic");
-    assert_eq!(payload.as_deref(), Some(&b"{\"v\":1,\"kind\":"[..]));
-    assert!(reason.is_some_and(|r| !r.is_empty()));
+    assert_eq!(payload, b"{\"v\":1,\"kind\":");
+    assert!(!reason.is_empty(), "a reason is given");
     assert_eq!(tracker.violations(), 0, "caps held");
     assert!(tracker.global().max() <= 12);
-}
-
-/// Reads each of the topic's `partitions` from its start by assignment: no group to join, so a
-/// slow group coordinator on a loaded machine (CI once saw 60 s pass with no message) cannot hide
-/// the messages.
-fn read_from_start(consumer: &rdkafka::consumer::StreamConsumer, topic: &str, partitions: i32) {
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("offset");
-    }
-    consumer.assign(&assignment).expect("assign");
 }
 
 /// A provider tracker that also writes its ledger (every call placed, one line each) to a file
@@ -237,14 +201,12 @@ fn ledger_tracker(global_cap: u32, dir: &std::path::Path) -> Arc<dialer_dataplan
 /// message to every partition of the dispatch topic (each shard reads only its own partitions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
-    use rdkafka::Message;
     let n = unique_name("optout");
     let brokers = kafka().bootstrap();
     let topic = format!("{n}.dispatch");
     dialer_bus::kafka::ensure_topics(&brokers, &[(&topic, 5)]).await.expect("topic");
-    let producer =
-        dialer_bus::kafka::metered_producer(ClientConfig::new().set("bootstrap.servers", &brokers)).expect("producer");
-    let sink = DispatchSink::Kafka { producer, topic: topic.clone() };
+    let producer = ClientSettings::new(&brokers).producer("test").expect("producer");
+    let sink = KafkaDispatchSink::new(producer, &topic);
     let s = dialer_control_plane::store::Suppression {
         list: dialer_domain::dnc::GLOBAL_LIST,
         phone_number: "+12125550100".into(),
@@ -260,30 +222,24 @@ async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
         eprintln!("broadcast refused ({e}); again");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", unique_name("optout-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    read_from_start(&consumer, &topic, 5);
+    let consumer = TopicReader::from_start(&brokers, &topic, 5);
     let mut partitions = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last_error = None;
     while partitions.len() < 5 && Instant::now() < deadline {
-        let m = match tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
+        let m = match consumer.next(Duration::from_secs(5)).await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
                 last_error = Some(e);
                 continue;
             }
-            Err(_) => continue,
+            None => continue,
         };
-        let got = dialer_domain::messages::DispatchMessage::decode(m.payload().unwrap_or_default()).expect("readable");
+        let got = dialer_domain::messages::DispatchMessage::decode(&m.payload).expect("readable");
         assert_eq!(got.kind, dialer_domain::messages::DispatchKind::Suppress);
         assert_eq!((got.phone_number.as_str(), got.campaign_id), ("+12125550100", uuid::Uuid::nil()));
         assert_eq!(got.deadline_ms, (now + chrono::Duration::seconds(300)).timestamp_millis() as u64);
-        assert!(partitions.insert(m.partition()), "partition {} got it twice", m.partition());
+        assert!(partitions.insert(m.partition), "partition {} got it twice", m.partition);
     }
     assert_eq!(
         partitions,

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
-use dialer_control_plane::recorder::{EventSource, Recorder};
-use dialer_control_plane::scheduler::{Clock, DispatchSink, ManualClock, Scheduler, SchedulerConfig, SystemClock};
+use dialer_control_plane::recorder::Recorder;
+use dialer_control_plane::scheduler::{Clock, ManualClock, Scheduler, SchedulerConfig, SystemClock};
 use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::EventKind;
@@ -48,12 +48,13 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
     let mut t = Tuning::default();
     t.shards.count = 2;
     t.lease.idle_give_back_ms = 300;
-    let (bus, ends) = MemoryBus::new(2, t.shards.partitions, 10_000, 10_000);
+    let ends = MemoryBus::open(2, t.shards.partitions, 10_000, 10_000);
+    let bus = ends.dispatch.0.clone();
     let ledger = tempfile::tempdir().expect("ledger dir");
     let tracker = ledger_tracker(10_000, ledger.path());
     let dp = Dataplane::start(DataplaneOptions {
         tuning: t,
-        bus: BusChoice::Memory { receivers: ends.shard_receivers, events: ends.events_tx },
+        bus: BusChoice::Memory { sources: ends.shard_sources, status: ends.status_sink },
         limiter: LimiterChoice::Local(Arc::new(LocalBackend::default())),
         global_cap: 10_000,
         per_campaign_ceiling: 100,
@@ -69,7 +70,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
     };
     let sched = Scheduler {
         store: store.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock,
         cfg: SchedulerConfig {
             interval: Duration::from_millis(50),
@@ -80,7 +81,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
     };
     let rec = Recorder {
         store: store.clone(),
-        source: EventSource::Memory(ends.events),
+        source: dialer_bus::status::MemoryStatusSource(ends.status_source.0),
         batch_max: 500,
         linger: std::time::Duration::from_millis(20),
         seed: 7,
@@ -163,11 +164,12 @@ async fn business_hours_gate_dispatch(b: Backend) {
     // Monday 09:00–18:00 New York. 2026-11-23 is a Monday; 13:00Z is 08:00 local.
     let c = campaign(&s, "hours", 20, 5, json!([{"day_of_week": 1, "start": "09:00", "end": "18:00"}])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let (bus, mut ends) = MemoryBus::new(1, 1, 1000, 10);
+    let mut ends = MemoryBus::open(1, 1, 1000, 10);
+    let bus = ends.dispatch.0.clone();
     let clock = ManualClock::new(at("2026-11-23T13:00:00Z"));
     let sched = Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: clock.clone(),
         cfg: SchedulerConfig {
             per_campaign_ceiling: 100,
@@ -182,7 +184,7 @@ async fn business_hours_gate_dispatch(b: Backend) {
     assert_eq!(r.campaigns_open, 1);
     assert_eq!(r.dispatched, 10, "opening the window starts dispatch, at most 2 × cap");
     let mut got = vec![];
-    ends.shard_receivers[0].recv_many(&mut got, 100).await;
+    ends.shard_sources[0].0.recv_many(&mut got, 100).await;
     assert_eq!(got.len(), 10);
     assert!(got.iter().all(|d| d.msg.as_ref().is_ok_and(|m| m.campaign_cap == 5 && m.attempt == 1)));
     let r = sched.tick().await.expect("tick");
@@ -224,10 +226,11 @@ async fn two_scheduler_replicas_never_queue_a_call_twice(b: Backend) {
     let (s, _d) = store(b).await;
     let c = campaign(&s, "replicas", 3000, 100, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let (bus, mut ends) = MemoryBus::new(1, 1, 100_000, 10);
+    let mut ends = MemoryBus::open(1, 1, 100_000, 10);
+    let bus = ends.dispatch.0.clone();
     let mk = || Scheduler {
         store: s.clone(),
-        sink: DispatchSink::Memory(bus.clone()),
+        sink: dialer_bus::dispatch::MemoryDispatchSink(bus.clone()),
         clock: Arc::new(SystemClock),
         cfg: SchedulerConfig {
             inflight_factor: 1000,
@@ -251,7 +254,7 @@ async fn two_scheduler_replicas_never_queue_a_call_twice(b: Backend) {
     ta.await.expect("a");
     tb.await.expect("b");
     let mut got = vec![];
-    while ends.shard_receivers[0].recv_many(&mut got, 10_000).await > 0 && got.len() < 3000 {}
+    while ends.shard_sources[0].0.recv_many(&mut got, 10_000).await > 0 && got.len() < 3000 {}
     let ids: HashSet<Uuid> = got.iter().map(|d| d.msg.as_ref().expect("ok").call_id).collect();
     assert_eq!(got.len(), 3000, "every call dispatched");
     assert_eq!(ids.len(), 3000, "no call queued twice");

@@ -94,7 +94,8 @@ fn text(field: &str, v: Option<&str>) -> Result<Option<String>, FieldError> {
 
 /// Checks one entry; `field` prefixes the field names.
 pub fn check_entry(field: &str, e: &DncEntryInput) -> Result<DncEntry, FieldError> {
-    crate::phone::check_e164(&e.phone_number).map_err(|m| FieldError::new(format!("{field}phone_number"), m))?;
+    crate::phone::check_e164(&e.phone_number)
+        .map_err(|m| FieldError::new(format!("{field}phone_number"), m.to_string()))?;
     Ok(DncEntry {
         phone_number: e.phone_number.clone(),
         reason: text(&format!("{field}reason"), e.reason.as_deref())?,

@@ -2,13 +2,22 @@
 
 use std::time::Duration;
 
+/// A duration that cannot be read.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    #[error("must be a duration such as \"2s\", \"500ms\" or \"2m\"")]
+    Empty,
+    #[error("{0}; use a duration such as \"2s\", \"500ms\" or \"2m\"")]
+    Unreadable(#[source] humantime::DurationError),
+}
+
 /// Parses a duration such as `"2s"`, `"1m30s"` or `"250ms"`.
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     if t.is_empty() {
-        return Err("must be a duration such as \"2s\", \"500ms\" or \"2m\"".into());
+        return Err(DurationError::Empty);
     }
-    humantime::parse_duration(t).map_err(|e| format!("{e}; use a duration such as \"2s\", \"500ms\" or \"2m\""))
+    humantime::parse_duration(t).map_err(DurationError::Unreadable)
 }
 
 /// Formats a duration the way [`parse`] reads it (`120s` → `"2m"`).

@@ -16,6 +16,35 @@ use chrono_tz::Tz;
 /// Minutes in a day; an `end` of 1440 is written `24:00`.
 pub const DAY_MINUTES: u16 = 24 * 60;
 
+/// Why a window cannot be built; [`WindowError::field`] names the value at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("must be 0 (Sunday) to 6 (Saturday)")]
+    DayOfWeek,
+    #[error("must be \"HH:MM\" between 00:00 and 23:59, got {0:?}")]
+    Start(String),
+    #[error("must be \"HH:MM\" between 00:00 and 24:00, got {0:?}")]
+    End(String),
+    #[error("must differ from start (use start \"00:00\", end \"24:00\" for a whole day)")]
+    Empty,
+}
+
+impl WindowError {
+    /// The field the error is about: `day_of_week`, `start` or `end`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            WindowError::DayOfWeek => "day_of_week",
+            WindowError::Start(_) => "start",
+            WindowError::End(_) | WindowError::Empty => "end",
+        }
+    }
+}
+
+/// An IANA time-zone name this build does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown IANA time zone {0:?}; use a name such as \"America/New_York\" or \"UTC\"")]
+pub struct UnknownTimeZone(pub String);
+
 /// One weekly window in local time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -29,14 +58,14 @@ pub struct Window {
 
 impl Window {
     /// Builds a window from API values, with the reason when they are impossible.
-    pub fn parse(day_of_week: i64, start: &str, end: &str) -> Result<Window, (&'static str, String)> {
+    pub fn parse(day_of_week: i64, start: &str, end: &str) -> Result<Window, WindowError> {
         if !(0..=6).contains(&day_of_week) {
-            return Err(("day_of_week", "must be 0 (Sunday) to 6 (Saturday)".into()));
+            return Err(WindowError::DayOfWeek);
         }
-        let start_m = parse_hhmm(start, false).map_err(|m| ("start", m))?;
-        let end_m = parse_hhmm(end, true).map_err(|m| ("end", m))?;
+        let start_m = parse_hhmm(start, false).ok_or_else(|| WindowError::Start(start.to_string()))?;
+        let end_m = parse_hhmm(end, true).ok_or_else(|| WindowError::End(end.to_string()))?;
         if start_m == end_m {
-            return Err(("end", "must differ from start (use start \"00:00\", end \"24:00\" for a whole day)".into()));
+            return Err(WindowError::Empty);
         }
         Ok(Window { day_of_week: day_of_week as u8, start: start_m, end: end_m })
     }
@@ -68,18 +97,18 @@ impl Window {
     }
 }
 
-fn parse_hhmm(s: &str, allow_24: bool) -> Result<u16, String> {
-    let bad = || format!("must be \"HH:MM\" between 00:00 and {}, got {s:?}", if allow_24 { "24:00" } else { "23:59" });
-    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+/// Minutes after midnight of `"HH:MM"` (`"24:00"` only where `allow_24`).
+fn parse_hhmm(s: &str, allow_24: bool) -> Option<u16> {
+    let (h, m) = s.split_once(':')?;
     if h.len() != 2 || m.len() != 2 {
-        return Err(bad());
+        return None;
     }
-    let h: u16 = h.parse().map_err(|_| bad())?;
-    let m: u16 = m.parse().map_err(|_| bad())?;
+    let h: u16 = h.parse().ok()?;
+    let m: u16 = m.parse().ok()?;
     if m > 59 || h > 24 || (h == 24 && (m != 0 || !allow_24)) {
-        return Err(bad());
+        return None;
     }
-    Ok(h * 60 + m)
+    Some(h * 60 + m)
 }
 
 fn format_hhmm(m: u16) -> String {
@@ -170,9 +199,8 @@ impl BusinessHours {
 }
 
 /// Parses an IANA time-zone name such as `America/New_York`.
-pub fn parse_tz(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("unknown IANA time zone {name:?}; use a name such as \"America/New_York\" or \"UTC\""))
+pub fn parse_tz(name: &str) -> Result<Tz, UnknownTimeZone> {
+    name.parse::<Tz>().map_err(|_| UnknownTimeZone(name.to_string()))
 }
 
 #[cfg(test)]
@@ -195,14 +223,14 @@ mod tests {
         assert!(Window::parse(1, "09:00", "18:00").is_ok());
         assert!(Window::parse(5, "22:00", "02:00").expect("crosses").crosses_midnight());
         assert_eq!(Window::parse(0, "00:00", "24:00").expect("whole day").end_hhmm(), "24:00");
-        assert_eq!(Window::parse(7, "09:00", "18:00").unwrap_err().0, "day_of_week");
-        assert_eq!(Window::parse(-1, "09:00", "18:00").unwrap_err().0, "day_of_week");
-        assert_eq!(Window::parse(1, "9:00", "18:00").unwrap_err().0, "start");
-        assert_eq!(Window::parse(1, "24:00", "18:00").unwrap_err().0, "start");
-        assert_eq!(Window::parse(1, "09:60", "18:00").unwrap_err().0, "start");
-        assert_eq!(Window::parse(1, "09:00", "24:01").unwrap_err().0, "end");
-        assert_eq!(Window::parse(1, "09:00", "09:00").unwrap_err().0, "end");
-        assert_eq!(Window::parse(1, "09:00", "xx").unwrap_err().0, "end");
+        assert_eq!(Window::parse(7, "09:00", "18:00").unwrap_err().field(), "day_of_week");
+        assert_eq!(Window::parse(-1, "09:00", "18:00").unwrap_err().field(), "day_of_week");
+        assert_eq!(Window::parse(1, "9:00", "18:00").unwrap_err().field(), "start");
+        assert_eq!(Window::parse(1, "24:00", "18:00").unwrap_err().field(), "start");
+        assert_eq!(Window::parse(1, "09:60", "18:00").unwrap_err().field(), "start");
+        assert_eq!(Window::parse(1, "09:00", "24:01").unwrap_err().field(), "end");
+        assert_eq!(Window::parse(1, "09:00", "09:00").unwrap_err().field(), "end");
+        assert_eq!(Window::parse(1, "09:00", "xx").unwrap_err().field(), "end");
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub struct SipDetail {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a message of this schema: {0}")]
-    Malformed(String),
+    Malformed(#[source] serde_json::Error),
     #[error(
         "schema version {0} is not supported by this build (it reads version {SCHEMA_VERSION}); upgrade the reader"
     )]
@@ -147,7 +147,7 @@ impl DispatchMessage {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<DispatchMessage, DecodeError> {
-        let m: DispatchMessage = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let m: DispatchMessage = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
         check_version(m.v)?;
         Ok(m)
     }
@@ -159,7 +159,7 @@ impl StatusEvent {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StatusEvent, DecodeError> {
-        let e: StatusEvent = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let e: StatusEvent = serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
         check_version(e.v)?;
         Ok(e)
     }

@@ -1,19 +1,32 @@
 //! E.164 phone numbers.
 
+/// Why a number is not E.164.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum E164Error {
+    #[error("must be in E.164 form: '+' then 2 to 15 digits, e.g. +15555550001")]
+    NoPlus,
+    #[error("E.164 numbers have 2 to 15 digits after '+'")]
+    Length,
+    #[error("E.164 numbers hold only digits after '+' (no spaces, dashes or brackets)")]
+    NotDigits,
+    #[error("E.164 country codes never start with 0")]
+    LeadingZero,
+}
+
 /// Checks that `s` is an E.164 number: `+`, a non-zero country-code digit, at most 15 digits in
 /// all. Returns the reason when it is not.
-pub fn check_e164(s: &str) -> Result<(), &'static str> {
+pub fn check_e164(s: &str) -> Result<(), E164Error> {
     let Some(digits) = s.strip_prefix('+') else {
-        return Err("must be in E.164 form: '+' then 2 to 15 digits, e.g. +15555550001");
+        return Err(E164Error::NoPlus);
     };
     if digits.len() < 2 || digits.len() > 15 {
-        return Err("E.164 numbers have 2 to 15 digits after '+'");
+        return Err(E164Error::Length);
     }
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("E.164 numbers hold only digits after '+' (no spaces, dashes or brackets)");
+        return Err(E164Error::NotDigits);
     }
     if digits.starts_with('0') {
-        return Err("E.164 country codes never start with 0");
+        return Err(E164Error::LeadingZero);
     }
     Ok(())
 }

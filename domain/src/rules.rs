@@ -203,7 +203,7 @@ pub struct Rules {
 
 fn range(field: &str, r: &HourRange) -> Result<Minutes, FieldError> {
     let w = crate::hours::Window::parse(0, &r.start, &r.end)
-        .map_err(|(k, m)| FieldError::new(format!("{field}.{k}"), m))?;
+        .map_err(|e| FieldError::new(format!("{field}.{}", e.field()), e.to_string()))?;
     if w.crosses_midnight() {
         return Err(FieldError::new(
             format!("{field}.end"),
@@ -245,7 +245,8 @@ impl CallingRules {
         let mut zones = Vec::new();
         for (i, z) in self.fallback_zones.iter().enumerate() {
             zones.push(
-                crate::hours::parse_tz(z).map_err(|m| FieldError::new(format!("{field}.fallback_zones[{i}]"), m))?,
+                crate::hours::parse_tz(z)
+                    .map_err(|e| FieldError::new(format!("{field}.fallback_zones[{i}]"), e.to_string()))?,
             );
         }
         zones.sort_by_key(|z| z.name());

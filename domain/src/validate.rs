@@ -198,7 +198,7 @@ impl Telephony {
     pub fn check(&self) -> Result<(), FieldError> {
         let f = |k: &str| format!("telephony.{k}");
         if let Some(c) = &self.caller_id {
-            crate::phone::check_e164(c).map_err(|m| FieldError::new(f("caller_id"), m))?;
+            crate::phone::check_e164(c).map_err(|e| FieldError::new(f("caller_id"), e.to_string()))?;
         }
         if let Some(ms) = self.ring_timeout_ms
             && !(1000..=300_000).contains(&ms)
@@ -326,7 +326,7 @@ fn check_description(d: &str) -> Result<String, FieldError> {
 }
 
 fn check_time_zone(tz: &str) -> Result<String, FieldError> {
-    hours::parse_tz(tz).map_err(|m| FieldError::new("time_zone", m))?;
+    hours::parse_tz(tz).map_err(|e| FieldError::new("time_zone", e.to_string()))?;
     Ok(tz.to_string())
 }
 
@@ -360,10 +360,10 @@ fn check_retry(input: &RetryPolicyInput, base: RetryPolicy) -> Result<RetryPolic
         p.max_attempts = n as u32;
     }
     if let Some(d) = &input.base_delay {
-        p.base_delay = duration::parse(d).map_err(|m| FieldError::new(f("base_delay"), m))?;
+        p.base_delay = duration::parse(d).map_err(|e| FieldError::new(f("base_delay"), e.to_string()))?;
     }
     if let Some(d) = &input.max_delay {
-        p.max_delay = duration::parse(d).map_err(|m| FieldError::new(f("max_delay"), m))?;
+        p.max_delay = duration::parse(d).map_err(|e| FieldError::new(f("max_delay"), e.to_string()))?;
     }
     if let Some(j) = input.jitter {
         p.jitter = j;
@@ -389,14 +389,14 @@ fn check_hours(input: &[BusinessHourInput]) -> Result<Vec<Window>, FieldError> {
         .enumerate()
         .map(|(i, w)| {
             Window::parse(w.day_of_week, &w.start, &w.end)
-                .map_err(|(k, m)| FieldError::new(format!("business_hours[{i}].{k}"), m))
+                .map_err(|e| FieldError::new(format!("business_hours[{i}].{}", e.field()), e.to_string()))
         })
         .collect()
 }
 
 /// Validates one target's number and metadata; `field` prefixes the field names.
 pub fn check_target(field: &str, t: &TargetInput) -> Result<NewTarget, FieldError> {
-    phone::check_e164(&t.phone_number).map_err(|m| FieldError::new(format!("{field}.phone_number"), m))?;
+    phone::check_e164(&t.phone_number).map_err(|e| FieldError::new(format!("{field}.phone_number"), e.to_string()))?;
     let metadata = check_metadata(&format!("{field}.metadata"), t.metadata.as_ref())?;
     Ok(NewTarget { phone_number: t.phone_number.clone(), metadata })
 }

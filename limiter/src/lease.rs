@@ -739,7 +739,7 @@ mod tests {
         cache.try_acquire(c(1), ask(100), t0);
         round(&mut cache, &mut pool, t0, t0);
         // Backend down: updates fail; tokens of the unexpired lease are still handed out.
-        let down = LimiterError::Unavailable("test".into());
+        let down = LimiterError::Unavailable(fred::error::Error::new(fred::error::ErrorKind::IO, "test"));
         assert!(cache.try_acquire(c(1), ask(100), t0 + Duration::from_secs(10)));
         cache.release(c(1));
         let mut t = t0 + Duration::from_secs(11);

@@ -42,9 +42,12 @@ pub use redis::RedisBackend;
 #[derive(Debug, thiserror::Error)]
 pub enum LimiterError {
     #[error("Redis is unavailable: {0}; new tokens are refused until it is back (fail-closed)")]
-    Unavailable(String),
-    #[error("Redis answered something the limiter does not understand: {0}")]
-    Protocol(String),
+    Unavailable(#[source] fred::error::Error),
+    #[error(
+        "Redis answered the {script} script with {values:?}, which this limiter does not understand; \
+         check that every process runs the same version"
+    )]
+    Protocol { script: &'static str, values: Vec<i64> },
     #[error("limiter setting {key}: {reason}")]
     Config { key: &'static str, reason: String },
 }

@@ -45,7 +45,7 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 fn unavailable(e: fred::error::Error) -> LimiterError {
-    LimiterError::Unavailable(e.to_string())
+    LimiterError::Unavailable(e)
 }
 
 impl RedisBackend {
@@ -132,11 +132,7 @@ impl RedisBackend {
         }
         let out: Vec<i64> = self.sync.evalsha_with_reload(&self.client, keys, args).await.map_err(unavailable)?;
         if out.len() != 3 * reqs.len() + 3 {
-            return Err(LimiterError::Protocol(format!(
-                "sync answered {} values for {} campaigns",
-                out.len(),
-                reqs.len()
-            )));
+            return Err(LimiterError::Protocol { script: "sync", values: out });
         }
         let (triples, tail) = out.split_at(3 * reqs.len());
         let items = triples
@@ -161,7 +157,7 @@ impl RedisBackend {
             .map_err(unavailable)?;
         match out.as_slice() {
             [g, c, r] => Ok(Reconciled { global_drift: *g, campaign_drift: *c, reaped_tokens: *r }),
-            _ => Err(LimiterError::Protocol(format!("reconcile answered {out:?}"))),
+            _ => Err(LimiterError::Protocol { script: "reconcile", values: out }),
         }
     }
 

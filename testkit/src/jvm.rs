@@ -111,9 +111,9 @@ impl Kafka {
     }
 
     /// The process-wide server, started on first use (tests keep apart by topic and group).
-    pub fn shared() -> Result<&'static Kafka, String> {
-        static K: OnceLock<Result<Kafka, String>> = OnceLock::new();
-        K.get_or_init(|| Kafka::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    pub fn shared() -> Result<&'static Kafka, HarnessError> {
+        static K: OnceLock<Result<Kafka, HarnessError>> = OnceLock::new();
+        K.get_or_init(Kafka::start).as_ref().map_err(Clone::clone)
     }
 
     /// Writes `server.properties` and the log configuration, and formats the log directory.
@@ -360,9 +360,9 @@ impl Cassandra {
     }
 
     /// The process-wide node, started on first use (tests keep apart by keyspace).
-    pub fn shared() -> Result<&'static Cassandra, String> {
-        static C: OnceLock<Result<Cassandra, String>> = OnceLock::new();
-        C.get_or_init(|| Cassandra::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    pub fn shared() -> Result<&'static Cassandra, HarnessError> {
+        static C: OnceLock<Result<Cassandra, HarnessError>> = OnceLock::new();
+        C.get_or_init(Cassandra::start).as_ref().map_err(Clone::clone)
     }
 
     fn configure(&self) -> Result<(), HarnessError> {

@@ -12,6 +12,7 @@
 mod jvm;
 pub mod receiver;
 pub mod sip;
+pub mod topics;
 
 pub use jvm::{Cassandra, JAVA_INSTALL, Kafka, SERVERS_INSTALL, cassandra, kafka};
 
@@ -22,8 +23,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Why a server could not be provided.
-#[derive(Debug, thiserror::Error)]
+/// Why a server could not be provided (or a peer did not answer as expected).
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error("{what} not found: {hint}")]
     Missing { what: String, hint: String },
@@ -31,6 +32,10 @@ pub enum HarnessError {
     Start { what: String, detail: String },
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
+    #[error("{what} did not finish within {timeout:?}; its errors: {detail}")]
+    Timeout { what: String, timeout: Duration, detail: String },
+    #[error("{what} wrote no {expected}: {detail}")]
+    Output { what: String, expected: &'static str, detail: String },
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
@@ -268,9 +273,9 @@ fn pg_bin_dir() -> Result<PathBuf, HarnessError> {
 
 impl Postgres {
     /// The process-wide server, started on first use.
-    pub fn shared() -> Result<&'static Postgres, String> {
-        static PG: OnceLock<Result<Postgres, String>> = OnceLock::new();
-        PG.get_or_init(|| Postgres::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    pub fn shared() -> Result<&'static Postgres, HarnessError> {
+        static PG: OnceLock<Result<Postgres, HarnessError>> = OnceLock::new();
+        PG.get_or_init(Postgres::start).as_ref().map_err(Clone::clone)
     }
 
     /// A server of the caller's own (fault runs restart it), never `DIALER_TEST_POSTGRES_URL`'s.
@@ -348,7 +353,7 @@ impl Postgres {
     }
 
     /// A new, empty database; returns its URL.
-    pub fn create_database(&self) -> Result<String, String> {
+    pub fn create_database(&self) -> Result<String, HarnessError> {
         let name = unique_name("t");
         let psql = self.bin.as_ref().map(|b| b.join("psql")).unwrap_or_else(|| PathBuf::from("psql"));
         run(
@@ -358,8 +363,7 @@ impl Postgres {
                 &format!("CREATE DATABASE {name}"),
             ]),
             "CREATE DATABASE",
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(format!("{}/{name}", self.base_url))
     }
 }
@@ -407,9 +411,9 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// The process-wide server, started on first use.
-    pub fn shared() -> Result<&'static RedisServer, String> {
-        static REDIS: OnceLock<Result<RedisServer, String>> = OnceLock::new();
-        REDIS.get_or_init(|| RedisServer::start().map_err(|e| e.to_string())).as_ref().map_err(Clone::clone)
+    pub fn shared() -> Result<&'static RedisServer, HarnessError> {
+        static REDIS: OnceLock<Result<RedisServer, HarnessError>> = OnceLock::new();
+        REDIS.get_or_init(RedisServer::start).as_ref().map_err(Clone::clone)
     }
 
     /// A server of its own (stopped on drop).

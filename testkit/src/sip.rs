@@ -123,7 +123,7 @@ impl Sipp {
     }
 
     /// Waits for sipp to exit after its `calls` and returns its final report.
-    pub fn finish(&self, timeout: Duration) -> Result<SippReport, String> {
+    pub fn finish(&self, timeout: Duration) -> Result<SippReport, HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
             let exited = {
@@ -134,7 +134,7 @@ impl Sipp {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(format!("sipp still running after {timeout:?}; errors: {}", self.errors()));
+                return Err(HarnessError::Timeout { what: "sipp".into(), timeout, detail: self.errors() });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -174,12 +174,16 @@ pub struct SippReport {
 }
 
 impl SippReport {
-    fn parse(screen: &str, invites: &str) -> Result<SippReport, String> {
+    fn parse(screen: &str, invites: &str) -> Result<SippReport, HarnessError> {
         let number_after = |key: &str| -> Option<u64> {
             let at = screen.rfind(key)? + key.len();
             screen[at..].split_whitespace().find_map(|w| w.trim_matches('|').parse().ok())
         };
-        let peak = number_after("Peak was").ok_or_else(|| format!("no \"Peak was\" in sipp's screen:\n{screen}"))?;
+        let peak = number_after("Peak was").ok_or_else(|| HarnessError::Output {
+            what: "sipp".into(),
+            expected: "\"Peak was\" in its screen",
+            detail: screen.to_string(),
+        })?;
         let invites_ms = SippReport::invites(invites);
         // The cumulative column: the last number on the counter's (last) line.
         let cumulative = |key: &str| -> u64 {
@@ -199,7 +203,7 @@ impl SippReport {
     }
 
     /// Parses a screen file sipp wrote at exit (a UAC's too).
-    pub fn from_screen(screen: &Path) -> Result<SippReport, String> {
+    pub fn from_screen(screen: &Path) -> Result<SippReport, HarnessError> {
         SippReport::parse(&std::fs::read_to_string(screen).unwrap_or_default(), "")
     }
 

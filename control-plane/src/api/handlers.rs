@@ -353,7 +353,7 @@ pub async fn create_call(
         .retry_after(retry_after_secs),
     })?;
     let campaign_id = validate::parse_id("campaign_id", &req.campaign_id)?;
-    dialer_domain::phone::check_e164(&req.phone_number).map_err(|m| FieldError::new("phone_number", m))?;
+    dialer_domain::phone::check_e164(&req.phone_number).map_err(|e| FieldError::new("phone_number", e.to_string()))?;
     let metadata = match &req.metadata {
         None => None,
         Some(m) => Some(validate::check_metadata("metadata", Some(m))?),
@@ -385,8 +385,7 @@ pub async fn get_call(State(st): State<AppState>, Path(id): Path<String>) -> Res
     if let Some(t) = &st.timeline {
         // Skips are decided by the claim, in the SQL transaction: their rows stay in SQL.
         let skipped: Vec<_> = detail.attempts.drain(..).filter(|a| a.outcome == "skipped").collect();
-        detail.attempts =
-            t.attempts(detail.call.id).await.map_err(|e| crate::store::StoreError::Timeline(e.to_string()))?;
+        detail.attempts = t.attempts(detail.call.id).await.map_err(crate::store::StoreError::Timeline)?;
         detail.attempts.extend(skipped);
     }
     Ok(Json(detail))

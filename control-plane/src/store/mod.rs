@@ -49,7 +49,7 @@ pub enum StoreError {
     #[error("applying migrations failed: {0}; never edit an applied migration, add a new one")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the CQL timeline store failed: {0}")]
-    Timeline(String),
+    Timeline(#[from] crate::timeline::TimelineError),
     #[error("bad database URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
 }

@@ -1395,7 +1395,7 @@ macro_rules! sql_store {
                 let tl: Vec<&TimelineEntry<'_>> = timeline.values().collect();
                 if let Some(cql) = cql {
                     let rows: Vec<crate::timeline::TimelineRow> = tl.iter().map(|(cid, e, outcome)| timeline_row(*cid, e, outcome)).collect();
-                    return cql.write(&rows).await.map_err(|e| StoreError::Timeline(e.to_string()));
+                    return cql.write(&rows).await.map_err(StoreError::Timeline);
                 }
                 for chunk in tl.chunks(CHUNK_ROWS / 5) {
                     let mut q = QueryBuilder::<Db>::new(

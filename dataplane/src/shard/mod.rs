@@ -31,31 +31,23 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dialer_bus::dispatch::{Committed, Delivery, DispatchSource, FetchError, Malformed};
 use dialer_bus::kafka::Moved;
+use dialer_bus::status::{Sent, StatusSink};
 use dialer_bus::time::{now_ms, now_us};
-use dialer_bus::{Delivery, Malformed};
 use dialer_domain::messages::{DispatchKind, DispatchMessage, EventKind, StatusEvent};
 use dialer_limiter::LeaseHandle;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::health::{Health, ShardHealth};
 use crate::journal::{Journal, Seen};
-use crate::kafka::KafkaSink;
 use crate::provider::{Placed, Provider};
-use crate::source::{Committed, DispatchSource, SourceError};
 use crate::tuning::Tuning;
 use calls::{Calls, Finished, OutcomeCounters, Placing, event, outcome_event, retryable_failure};
 use queues::{Queues, Taken, Waiting};
 use redo::{Ack, Outgoing, Redo};
-
-/// Where a shard's status events go.
-#[derive(Debug)]
-pub enum Sink {
-    Memory(mpsc::Sender<StatusEvent>),
-    Kafka(KafkaSink),
-}
 
 /// What a shard did, returned when it stops.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,7 +100,7 @@ enum Wake {
     /// Refused events are due to be produced again.
     RedoDue,
     /// A fetch returned (`Ok(false)`: the source closed).
-    Received(Result<bool, SourceError>),
+    Received(Result<bool, FetchError>),
     /// The lease changed: parked campaigns try again.
     LeaseUpdated,
     /// A delayed message became due (taken at the top of the loop).
@@ -174,13 +166,13 @@ struct Scratch {
 }
 
 /// One shard: its source and sink, lease, provider, journal, and the calls in between.
-pub struct Shard<P: Provider, S: DispatchSource> {
+pub struct Shard<P: Provider, S: DispatchSource, K: StatusSink> {
     index: u16,
     tuning: Tuning,
     ceiling: u32,
     health: Arc<Health>,
     source: S,
-    sink: Sink,
+    sink: K,
     lease: LeaseHandle,
     provider: P,
     journal: Option<Journal>,
@@ -205,22 +197,22 @@ pub struct Shard<P: Provider, S: DispatchSource> {
     source_open: bool,
 }
 
-impl<P: Provider, S: DispatchSource> std::fmt::Debug for Shard<P, S> {
+impl<P: Provider, S: DispatchSource, K: StatusSink> std::fmt::Debug for Shard<P, S, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shard").field("index", &self.index).field("report", &self.report).finish_non_exhaustive()
     }
 }
 
-impl<P: Provider, S: DispatchSource> Shard<P, S> {
+impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
     /// A shard; call from inside its own single-threaded runtime.
     pub fn new(
         cfg: ShardConfig,
         source: S,
-        sink: Sink,
+        sink: K,
         lease: LeaseHandle,
         provider: P,
         journal: Option<Journal>,
-    ) -> Shard<P, S> {
+    ) -> Shard<P, S, K> {
         let t = &cfg.tuning.timings;
         let redo = Redo::new(
             Duration::from_millis(t.reproduce_first_ms),
@@ -417,23 +409,15 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
         for (ev, track) in events.drain(..) {
             let attempt = (ev.call_id, ev.attempt);
             self.report.outcomes += u64::from(track.is_some());
-            match &self.sink {
-                Sink::Memory(tx) => {
-                    let sent = match tx.try_send(ev) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(ev)) => tx.send(ev).await.is_ok(),
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    };
-                    self.handed_over(sent, track, attempt);
+            match self.sink.send(ev).await {
+                Sent::Handed => self.handed_over(true, track, attempt),
+                Sent::Closed => self.handed_over(false, track, attempt),
+                Sent::Pending(ack, ev) => self.await_ack(ack, ev, track, attempt),
+                Sent::Refused(ev, e) => {
+                    tracing::warn!(shard = self.index, error = %e, "status event not produced; producing it again after a back-off");
+                    self.report.reproduced += 1;
+                    self.redo.push(ev, track);
                 }
-                Sink::Kafka(k) => match k.send(&ev).await {
-                    Ok(delivery) => self.await_ack(delivery, ev, track, attempt),
-                    Err(e) => {
-                        tracing::warn!(shard = self.index, error = %e, "status event not produced; producing it again after a back-off");
-                        self.report.reproduced += 1;
-                        self.redo.push(ev, track);
-                    }
-                },
             }
         }
         self.events = events;
@@ -454,16 +438,10 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
     }
 
     /// An outcome event the broker took: its acknowledgement finishes its message.
-    fn await_ack(
-        &mut self,
-        delivery: rdkafka::producer::DeliveryFuture,
-        ev: StatusEvent,
-        track: Option<(i32, i64)>,
-        attempt: crate::journal::Attempt,
-    ) {
+    fn await_ack(&mut self, ack: K::Ack, ev: StatusEvent, track: Option<(i32, i64)>, attempt: crate::journal::Attempt) {
         let Some((partition, offset)) = track else { return };
         self.acks.push(Box::pin(async move {
-            let ok = matches!(delivery.await, Ok(Ok(_)));
+            let ok = ack.await;
             Ack { partition, offset, ok, attempt: Some(attempt), refused: (!ok).then_some(ev) }
         }));
     }
@@ -596,13 +574,11 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
     /// Refused events go out again this round; a producer that looks stuck is replaced.
     fn produce_again(&mut self) {
         let stuck = self.redo.due(&mut self.events);
-        if let Sink::Kafka(k) = &mut self.sink {
-            k.heal(stuck);
-        }
+        self.sink.heal(stuck);
     }
 
     /// A fetch returned: its messages are admitted (or dead-lettered).
-    async fn received(&mut self, r: Result<bool, SourceError>) {
+    async fn received(&mut self, r: Result<bool, FetchError>) {
         match r {
             Ok(true) => self.my_health().set_source_failing(false),
             Ok(false) => self.source_open = false,
@@ -733,14 +709,15 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
         self.report.malformed += 1;
         metrics::counter!("dialer_dispatch_malformed_total").increment(1);
         tracing::warn!(shard = self.index, partition, offset, reason = %bad.reason, "malformed dispatch message: sent to the dead-letter topic");
-        let (Some(origin), Sink::Kafka(out)) = (self.source.dead_letter_origin(), &self.sink) else {
+        let Some(topic) = self.source.dead_letter_origin() else {
             self.source.done(partition, offset);
             return;
         };
-        match out.dead_letter(bad, origin, partition, offset).await {
-            Ok(delivery) => self.acks.push(Box::pin(async move {
-                Ack { partition, offset, ok: matches!(delivery.await, Ok(Ok(_))), attempt: None, refused: None }
-            })),
+        let origin = format!("{topic}/{partition}/{offset}");
+        match self.sink.dead_letter(bad, &origin).await {
+            Ok(ack) => self
+                .acks
+                .push(Box::pin(async move { Ack { partition, offset, ok: ack.await, attempt: None, refused: None } })),
             // Not finished: the message is read again after a restart.
             Err(e) => tracing::error!(shard = self.index, error = %e, "dead-letter record not produced"),
         }
@@ -781,9 +758,7 @@ impl<P: Provider, S: DispatchSource> Shard<P, S> {
     async fn finish(mut self) -> ShardReport {
         let held: usize = self.held.values().map(Vec::len).sum();
         self.report.unfinished = (self.queues.len() + self.calls.len() + held) as u64;
-        if let Sink::Kafka(k) = &self.sink {
-            k.flush(Duration::from_secs(5));
-        }
+        self.sink.flush(Duration::from_secs(5));
         while let Some(Ack { partition, offset, ok, attempt, .. }) = self.acks.next().await {
             if ok {
                 if let Some(a) = attempt {

@@ -11,8 +11,11 @@ use dialer_domain::messages::SCHEMA_VERSION;
 use dialer_limiter::{Backend, LeaseDriver, LocalBackend};
 use uuid::Uuid;
 
+use dialer_bus::offsets::CommitPoints;
+use dialer_bus::status::MemoryStatusSink;
+use tokio::sync::mpsc;
+
 use super::*;
-use crate::offsets::CommitPoints;
 use crate::provider::{CallFuture, MockProvider, MockSettings, OverNetwork, Tracker};
 
 /// What happened, in order, as the tests' source and provider saw it.
@@ -44,7 +47,7 @@ struct Script {
 }
 
 impl DispatchSource for Script {
-    async fn recv(&mut self, out: &mut Vec<Delivery>, _max: usize) -> Result<bool, SourceError> {
+    async fn recv(&mut self, out: &mut Vec<Delivery>, _max: usize) -> Result<bool, FetchError> {
         let Some(batch) = self.batches.pop_front() else {
             // Like a consumer with nothing to read: never returns.
             return std::future::pending().await;
@@ -188,8 +191,9 @@ async fn run_with(
     let health = Arc::new(Health::new(1));
     let cfg = ShardConfig { index: 0, tuning, per_campaign_ceiling: 1000, health };
     let (stop, stop_shard) = watch::channel(false);
-    let shard =
-        tokio::task::spawn_local(Shard::new(cfg, script, Sink::Memory(tx), lease, provider, journal).run(stop_shard));
+    let shard = tokio::task::spawn_local(
+        Shard::new(cfg, script, MemoryStatusSink(tx), lease, provider, journal).run(stop_shard),
+    );
     let mut events = Vec::new();
     let mut outcomes = 0;
     loop {

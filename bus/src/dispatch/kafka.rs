@@ -1,0 +1,270 @@
+//! The dispatch topic's ends on Apache Kafka: the scheduler's producer ([`KafkaDispatchSink`])
+//! and one consumer per shard ([`KafkaDispatchSource`]).
+//!
+//! One consumer per shard (rather than one consumer whose partition queues are split across
+//! shards) keeps every shard independent: its fetches, pauses and commits touch no other core,
+//! and group membership maps partitions to shards with no extra routing. The cost is one
+//! broker connection set per shard, which is small next to the fetch traffic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dialer_domain::messages::DispatchMessage;
+use futures::FutureExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureRecord;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::{Committed, Delivery, DispatchSink, DispatchSource, FetchError, Malformed, NotPublished, PublishError};
+use crate::kafka::{
+    Assignment, BrokerError, ClientSettings, MeteredConsumer, Moved, Producer, possibly_delivered, produce_error,
+};
+use crate::offsets::CommitPoints;
+
+/// How long a produce waits for room in the producer's queue before it counts as failed.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The scheduler's end on Kafka: messages keyed by call id (one call's messages in one
+/// partition, in order), each publish awaited until the broker acknowledges it.
+#[derive(Clone)]
+pub struct KafkaDispatchSink {
+    producer: Producer,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaDispatchSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KafkaDispatchSink({})", self.topic)
+    }
+}
+
+impl KafkaDispatchSink {
+    pub fn new(producer: Producer, topic: &str) -> KafkaDispatchSink {
+        crate::kafka::produces_to(topic);
+        KafkaDispatchSink { producer, topic: topic.to_string() }
+    }
+
+    /// How many partitions the topic has now. A topic the metadata does not show yet (just
+    /// created, or an error) has no partition to send to: an error, so that the caller tries
+    /// again rather than counting an opt-out as announced that no shard received.
+    async fn partitions(&self) -> Result<i32, BrokerError> {
+        let (p, t) = (self.producer.0.clone(), self.topic.clone());
+        let probe = move || {
+            use rdkafka::producer::Producer as _;
+            let md = p.client().fetch_metadata(Some(&t), Duration::from_secs(5))?;
+            match md.topics().first().filter(|t| t.error().is_none()).map_or(0, |t| t.partitions().len()) {
+                0 => Err(KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)),
+                n => Ok(n as i32),
+            }
+        };
+        Ok(tokio::task::spawn_blocking(probe).await.unwrap_or(Err(KafkaError::Canceled))?)
+    }
+}
+
+impl DispatchSink for KafkaDispatchSink {
+    async fn publish_all(&self, msgs: Vec<DispatchMessage>) -> Result<(), NotPublished> {
+        let encoded: Vec<(Vec<u8>, [u8; 16])> = msgs.iter().map(|m| (m.encode(), *m.call_id.as_bytes())).collect();
+        let topic = &self.topic;
+        let acks = encoded.iter().map(|(payload, key)| {
+            self.producer.0.send(FutureRecord::to(topic).key(&key[..]).payload(payload), QUEUE_TIMEOUT)
+        });
+        let (mut unacked, mut in_doubt, mut last) = (Vec::new(), 0, None);
+        for (i, r) in futures::future::join_all(acks).await.into_iter().enumerate() {
+            if let Err((e, _)) = r {
+                produce_error(topic);
+                if possibly_delivered(&e) {
+                    in_doubt += 1;
+                } else {
+                    unacked.push(i);
+                }
+                last = Some(e);
+            }
+        }
+        match last {
+            None => Ok(()),
+            Some(e) => Err(NotPublished { unacked, in_doubt, reason: BrokerError::from(e).into() }),
+        }
+    }
+
+    async fn broadcast(&self, msgs: &[DispatchMessage]) -> Result<(), PublishError> {
+        let partitions = self.partitions().await?;
+        let encoded: Vec<Vec<u8>> = msgs.iter().map(DispatchMessage::encode).collect();
+        let mut acks = Vec::new();
+        for payload in &encoded {
+            for part in 0..partitions {
+                let r = FutureRecord::<(), _>::to(&self.topic).partition(part).payload(payload);
+                acks.push(self.producer.0.send(r, QUEUE_TIMEOUT));
+            }
+        }
+        for r in futures::future::join_all(acks).await {
+            r.map_err(|(e, _)| BrokerError::from(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A shard's consumer of the dispatch topic, with the commit points of its partitions.
+pub struct KafkaDispatchSource {
+    consumer: Arc<MeteredConsumer>,
+    topic: String,
+    offsets: CommitPoints,
+    /// Commits the broker confirmed (a synchronous commit on a blocking thread, so the shard's
+    /// loop never waits for the broker), taken in at the next commit tick.
+    confirmed: Arc<Mutex<Vec<(i32, i64)>>>,
+    /// A commit is on its way: the next waits for its answer.
+    committing: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for KafkaDispatchSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDispatchSource").field("topic", &self.topic).finish_non_exhaustive()
+    }
+}
+
+impl KafkaDispatchSource {
+    /// A consumer of `topic` in `group` for global shard `shard` of `shards` (static assignment
+    /// reads its partitions of `partitions`; group assignment subscribes).
+    pub fn new(
+        clients: &ClientSettings,
+        topic: &str,
+        group: &str,
+        assignment: Assignment,
+        partitions: i32,
+        (shard, shards): (usize, usize),
+    ) -> Result<KafkaDispatchSource, BrokerError> {
+        let consumer = clients.consumer(&format!("dialer-shard-{shard}"), group)?;
+        match assignment {
+            Assignment::Group => consumer.subscribe(&[topic])?,
+            Assignment::Static => {
+                let mut tpl = TopicPartitionList::new();
+                for p in crate::partitions::partitions_of_shard(shard, shards, partitions) {
+                    tpl.add_partition_offset(topic, p, Offset::Stored)?;
+                }
+                consumer.assign(&tpl)?;
+            }
+        }
+        Ok(KafkaDispatchSource {
+            consumer: Arc::new(consumer),
+            topic: topic.to_string(),
+            offsets: CommitPoints::default(),
+            confirmed: Arc::default(),
+            committing: Arc::default(),
+        })
+    }
+
+    fn delivery(offsets: &mut CommitPoints, m: &rdkafka::message::BorrowedMessage<'_>) -> Delivery {
+        let (partition, offset) = (m.partition(), m.offset());
+        offsets.received(partition, offset);
+        let payload = m.payload().unwrap_or_default();
+        let msg = DispatchMessage::decode(payload).map_err(|e| Malformed {
+            reason: e.to_string(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+        });
+        Delivery { partition, offset, msg }
+    }
+
+    fn tpl(&self, p: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p);
+        tpl
+    }
+
+    fn commit_tpl(&self, points: &[(i32, i64)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (p, point) in points {
+            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*point));
+        }
+        tpl
+    }
+
+    /// Messages received and not finished.
+    pub fn pending(&self) -> usize {
+        self.offsets.pending()
+    }
+}
+
+impl DispatchSource for KafkaDispatchSource {
+    /// Waits for at least one message, then takes what else is ready, up to `max`.
+    async fn recv(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<bool, FetchError> {
+        let first = self.consumer.recv().await.map_err(BrokerError::from)?;
+        out.push(Self::delivery(&mut self.offsets, &first));
+        drop(first);
+        while out.len() < max {
+            let Some(next) = self.consumer.recv().now_or_never() else { break };
+            let m = next.map_err(BrokerError::from)?;
+            out.push(Self::delivery(&mut self.offsets, &m));
+        }
+        Ok(true)
+    }
+
+    /// A revoked partition's offsets are forgotten (it is never committed by this consumer
+    /// again; if it comes back, its messages come again from the committed offset).
+    fn take_moved(&mut self) -> Vec<Moved> {
+        let moved = self.consumer.context().take_moved();
+        for m in &moved {
+            if let Moved::Revoked(ps) = m {
+                self.offsets.revoked(ps);
+            }
+        }
+        moved
+    }
+
+    fn done(&mut self, partition: i32, offset: i64) {
+        self.offsets.done(partition, offset);
+    }
+
+    fn pause(&mut self, partition: i32) {
+        if let Err(e) = self.consumer.pause(&self.tpl(partition)) {
+            tracing::warn!(partition, error = %e, "could not pause partition");
+        }
+    }
+
+    fn resume(&mut self, partition: i32) {
+        if let Err(e) = self.consumer.resume(&self.tpl(partition)) {
+            tracing::warn!(partition, error = %e, "could not resume partition");
+        }
+    }
+
+    /// Takes in the commits the broker confirmed, and commits every partition whose commit
+    /// point moved, on a blocking thread. Only confirmed points count as committed (they let
+    /// the journal forget resolved attempts): a commit that fails (a rebalance, a broker
+    /// restart) leaves the messages to come again from the older offset, and the journal still
+    /// knows their attempts. (An asynchronous commit taken for done let a broker restart in
+    /// `bench chaos --assignment group` dial three attempts twice.)
+    fn commit(&mut self) -> Committed {
+        let confirmed = std::mem::take(&mut *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()));
+        self.offsets.committed(&confirmed);
+        let due = self.offsets.due();
+        if !due.is_empty() && !self.committing.swap(true, Ordering::AcqRel) {
+            let tpl = self.commit_tpl(&due);
+            let (consumer, sink, flag) = (self.consumer.clone(), self.confirmed.clone(), self.committing.clone());
+            tokio::task::spawn_blocking(move || {
+                match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
+                    Ok(()) => sink.lock().unwrap_or_else(|p| p.into_inner()).extend(due),
+                    Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
+                }
+                flag.store(false, Ordering::Release);
+            });
+        }
+        Committed::Points(self.offsets.committed_points())
+    }
+
+    /// Commits synchronously (graceful shutdown).
+    fn commit_sync(&mut self) {
+        let due = self.offsets.due();
+        if due.is_empty() {
+            return;
+        }
+        match self.consumer.commit(&self.commit_tpl(&due), rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) => self.offsets.committed(&due),
+            Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
+        }
+    }
+
+    fn dead_letter_origin(&self) -> Option<&str> {
+        Some(&self.topic)
+    }
+}
