@@ -365,7 +365,7 @@ fn recorder_load(drain: f64, recorders: usize) -> serde_json::Value {
 /// (`queued_at`, the scheduler's tick) → dialled (`started_at`, the data plane) → ended
 /// (`ended_at`) → recorded (`updated_at`, the recorder's transaction).
 async fn stage_latencies(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<serde_json::Value> {
-    let dialer_control_plane::Store::Postgres(pool) = store else {
+    let dialer_store::Pool::Postgres(pool) = store.pool() else {
         bail!("stage latencies read PostgreSQL");
     };
     let q = |from: &str, to: &str| {

@@ -132,7 +132,7 @@ pub struct Progress {
 }
 
 pub async fn progress(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<Progress> {
-    if let dialer_control_plane::Store::Postgres(pool) = store {
+    if let dialer_store::Pool::Postgres(pool) = store.pool() {
         // One statement, whatever the number of campaigns: the bench's own reads must not
         // weigh on the scheduler's ticks it measures (1,000 campaigns were 2,000 reads a tick).
         let (terminal, attempts, queued, in_progress, open): (i64, i64, i64, i64, i64) = sqlx::query_as(
@@ -170,7 +170,7 @@ pub async fn stats_mismatches(store: &dialer_control_plane::Store, ids: &[uuid::
 /// Status events persisted in the SQL timeline for `ids`, counted from its rows: a `started`
 /// event sets an attempt's `started_at`, an outcome its `ended_at`.
 pub async fn events_persisted(store: &dialer_control_plane::Store, ids: &[uuid::Uuid]) -> Result<i64> {
-    let dialer_control_plane::Store::Postgres(pool) = store else {
+    let dialer_store::Pool::Postgres(pool) = store.pool() else {
         anyhow::bail!("events_persisted reads PostgreSQL");
     };
     let n: i64 = sqlx::query_scalar(
@@ -204,7 +204,7 @@ pub async fn audit_attempts(
     for id in ids {
         let mut after = None;
         loop {
-            let q = dialer_control_plane::store::CallQuery { after, limit: 10_000, ..Default::default() };
+            let q = dialer_store::CallQuery { after, limit: 10_000, ..Default::default() };
             let page = store.list_calls(*id, &q).await?;
             for c in &page {
                 let mut got = by_call.remove(&c.id).unwrap_or_default();

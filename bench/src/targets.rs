@@ -133,12 +133,12 @@ pub async fn run(a: Args) -> Result<()> {
 pub async fn finish_all(store: &Store) -> Result<()> {
     let q1 = "UPDATE calls SET status = 'completed', attempt_count = 1";
     let q2 = "UPDATE campaign_stats SET completed_calls = total_calls, pending_calls = 0, attempts_total = total_calls";
-    match store {
-        Store::Postgres(p) => {
+    match store.pool() {
+        dialer_store::Pool::Postgres(p) => {
             sqlx::query(q1).execute(p).await?;
             sqlx::query(q2).execute(p).await?;
         }
-        Store::Sqlite(p) => {
+        dialer_store::Pool::Sqlite(p) => {
             sqlx::query(q1).execute(p).await?;
             sqlx::query(q2).execute(p).await?;
         }

@@ -215,10 +215,10 @@ async fn recorder_run(s: &Store, args: &Args, run: Run) -> Result<f64> {
     while s.sequence_events(10_000).await?.events > 0 {}
     match run {
         Run::Off => {
-            dialer_control_plane::store::set_events_enabled(false);
+            dialer_store::set_events_enabled(false);
             let (_, ev) = claimed_campaign(s, "off", args.calls).await?;
             let rate = record(s, &ev, args.batch, "off").await;
-            dialer_control_plane::store::set_events_enabled(true);
+            dialer_store::set_events_enabled(true);
             rate
         }
         Run::Log => {

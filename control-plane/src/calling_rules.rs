@@ -7,7 +7,7 @@ use dialer_domain::messages::{DispatchKind, DispatchMessage, SCHEMA_VERSION};
 use dialer_domain::rules::{Gate, HoldRule, Rules};
 use uuid::Uuid;
 
-use crate::store::Suppression;
+use dialer_store::Suppression;
 
 /// The zones of a campaign's pending calls as this tick sees them.
 #[derive(Clone, Debug, Default, PartialEq)]

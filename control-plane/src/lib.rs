@@ -11,15 +11,13 @@ pub mod observability;
 pub mod reaper;
 pub mod recorder;
 pub mod scheduler;
-pub mod store;
-pub mod timeline;
 pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::Config;
-pub use store::{Store, StoreError, StoreOptions};
+pub use dialer_store::{Store, StoreError, StoreOptions};
 
 /// Connects to the configured store and applies migrations.
 pub async fn open_store(cfg: &Config, url: &str) -> Result<Store, StoreError> {
@@ -55,7 +53,7 @@ pub fn app_with(
     cfg: &Config,
     store: Store,
     guard: Arc<dialer_limiter::ApiGuard>,
-    timeline: Option<timeline::CqlTimeline>,
+    timeline: Option<dialer_store::timeline::CqlTimeline>,
 ) -> axum::Router {
     app_checked(cfg, store, guard, timeline, Vec::new())
 }
@@ -65,7 +63,7 @@ pub fn app_checked(
     cfg: &Config,
     store: Store,
     guard: Arc<dialer_limiter::ApiGuard>,
-    timeline: Option<timeline::CqlTimeline>,
+    timeline: Option<dialer_store::timeline::CqlTimeline>,
     checks: Vec<observability::ReadyCheck>,
 ) -> axum::Router {
     app_serving(cfg, store, guard, timeline, checks, EventPipeline::default())
@@ -86,7 +84,7 @@ pub fn spawn_events<F>(cfg: &Config, store: &Store, shutdown: impl Fn() -> F) ->
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    store::set_events_enabled(cfg.events.enabled);
+    dialer_store::set_events_enabled(cfg.events.enabled);
     let summary = Arc::new(webhooks::Summary::default());
     if !cfg.events.enabled {
         return Ok(EventPipeline { live: None, summary });
@@ -115,7 +113,7 @@ pub fn app_serving(
     cfg: &Config,
     store: Store,
     guard: Arc<dialer_limiter::ApiGuard>,
-    timeline: Option<timeline::CqlTimeline>,
+    timeline: Option<dialer_store::timeline::CqlTimeline>,
     checks: Vec<observability::ReadyCheck>,
     events: EventPipeline,
 ) -> axum::Router {
@@ -123,7 +121,7 @@ pub fn app_serving(
     // catalogues of everything it runs; this adds nothing then).
     observability::install();
     api::router(api::AppState {
-        calls: store::CallBatcher::new(store.clone()),
+        calls: dialer_store::CallBatcher::new(store.clone()),
         store,
         api: Arc::new(cfg.api.clone()),
         calling_rules: Arc::new(cfg.calling_rules.clone()),
@@ -137,13 +135,17 @@ pub fn app_serving(
 }
 
 /// Connects the CQL timeline when `timeline.cql_nodes` is set.
-pub async fn open_timeline(cfg: &Config) -> Result<Option<timeline::CqlTimeline>, timeline::TimelineError> {
+pub async fn open_timeline(
+    cfg: &Config,
+) -> Result<Option<dialer_store::timeline::CqlTimeline>, dialer_store::timeline::TimelineError> {
     if cfg.timeline.cql_nodes.is_empty() {
         return Ok(None);
     }
     let t = &cfg.timeline;
     let ttl = Duration::from_secs(u64::from(t.ttl_days) * 86_400);
-    timeline::CqlTimeline::connect(&t.cql_nodes, &t.keyspace, t.replication_factor).await.map(|c| Some(c.with_ttl(ttl)))
+    dialer_store::timeline::CqlTimeline::connect(&t.cql_nodes, &t.keyspace, t.replication_factor)
+        .await
+        .map(|c| Some(c.with_ttl(ttl)))
 }
 
 /// Reconciles the limiter's counters with its leases every `every`, logging and counting drift,

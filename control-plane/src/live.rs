@@ -17,7 +17,7 @@ use axum::response::sse::Event;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
-use crate::store::{LoggedEvent, Store};
+use dialer_store::{LoggedEvent, Store};
 
 /// Events read from the log per query (history pages and the tail's batches).
 const PAGE: usize = 500;

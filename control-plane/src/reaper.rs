@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use crate::scheduler::Clock;
-use crate::store::{LiveCall, Store, StoreError};
+use dialer_store::{LiveCall, Store, StoreError};
 
 /// When calls count as abandoned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,13 +72,17 @@ pub struct Reaper {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub cfg: ReaperConfig,
-    pub timeline: Option<crate::timeline::CqlTimeline>,
+    pub timeline: Option<dialer_store::timeline::CqlTimeline>,
     pub seed: u64,
 }
 
 impl Reaper {
     /// The reaper every `dialer` process runs: the configured timings, the system clock.
-    pub fn from_config(cfg: &crate::Config, store: Store, timeline: Option<crate::timeline::CqlTimeline>) -> Reaper {
+    pub fn from_config(
+        cfg: &crate::Config,
+        store: Store,
+        timeline: Option<dialer_store::timeline::CqlTimeline>,
+    ) -> Reaper {
         Reaper {
             store,
             clock: Arc::new(crate::scheduler::SystemClock),
@@ -146,7 +150,7 @@ fn count(report: &mut ReapReport, stale: &[LiveCall], applied: u64, by: &'static
 /// if queued); a retry is due no earlier than `retry_not_before_ms`. Returns how many applied.
 async fn resolve(
     store: &Store,
-    timeline: Option<&crate::timeline::CqlTimeline>,
+    timeline: Option<&dialer_store::timeline::CqlTimeline>,
     calls: &[LiveCall],
     never_dialled: &HashSet<(Uuid, u32)>,
     now: chrono::DateTime<Utc>,
@@ -193,7 +197,7 @@ pub struct Recovery {
 /// retry waits `longest_call` from now, by when any call the previous process placed is over.
 pub async fn recover_embedded(
     store: &Store,
-    timeline: Option<&crate::timeline::CqlTimeline>,
+    timeline: Option<&dialer_store::timeline::CqlTimeline>,
     dialled: &HashSet<(Uuid, u32)>,
     longest_call: Duration,
     seed: u64,
@@ -222,10 +226,7 @@ pub async fn recover_embedded(
         metrics::counter!("dialer_reaped_calls_total", "by" => "recovery").increment(applied);
         if applied == 0 {
             // Nothing moved (should not happen: every live call's own attempt applies).
-            return Err(StoreError::Conflict(format!(
-                "recovery at start could not resolve {} calls still queued or in progress",
-                live.len()
-            )));
+            return Err(dialer_store::Conflict::Unresolved(live.len()).into());
         }
     }
 }

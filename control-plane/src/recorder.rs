@@ -10,7 +10,7 @@ use dialer_domain::messages::StatusEvent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::store::{Store, StoreError};
+use dialer_store::{Store, StoreError};
 
 /// One recorder, reading status events from its source `S`.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub struct Recorder<S: StatusSource> {
     pub linger: Duration,
     pub seed: u64,
     /// The CQL timeline, when configured (else the SQL table).
-    pub timeline: Option<crate::timeline::CqlTimeline>,
+    pub timeline: Option<dialer_store::timeline::CqlTimeline>,
 }
 
 impl<S: StatusSource> Recorder<S> {

@@ -19,7 +19,7 @@ use dialer_limiter::effective_campaign_cap;
 use dialer_limiter::fair::{CampaignDemand, campaign_shares, round_up};
 use futures::StreamExt;
 
-use crate::store::{ActiveCampaign, ClaimedCall, Store, StoreError};
+use dialer_store::{ActiveCampaign, ClaimedCall, Store, StoreError};
 
 /// Where "now" comes from (tests drive business hours with a [`ManualClock`]).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -230,7 +230,7 @@ impl<S: DispatchSink> Scheduler<S> {
             .as_ref()
             .unwrap_or(&self.cfg.calling_rules)
             .compile("calling_rules")
-            .map_err(|e| StoreError::Corrupt(format!("campaign {}: {e}", c.id)))?;
+            .map_err(|source| StoreError::from(dialer_store::Corrupt::Rules { campaign: c.id, source }))?;
         let zones = self.store.pending_zones(c.id).await?;
         let plan = crate::calling_rules::plan(&rules, &zones, now);
         for (_, rule) in &plan.closed {

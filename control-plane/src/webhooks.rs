@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 use crate::live::LiveHub;
-use crate::store::{ActiveEndpoint, ClaimedDelivery, Finished, Store};
+use dialer_store::{ActiveEndpoint, ClaimedDelivery, Finished, Store};
 
 /// How deliveries run (`[webhooks]`).
 #[derive(Clone, Debug)]

@@ -488,8 +488,8 @@ async fn targets_only_registered(t: TestApp) {
         assert_eq!(v["error"]["field"], field);
     }
     // Once its call ends, a number can be queued again. Mark one call terminal as the recorder will.
-    match &t.store {
-        Store::Postgres(p) => {
+    match t.store.pool() {
+        dialer_store::Pool::Postgres(p) => {
             sqlx::query("UPDATE calls SET status = 'failed' WHERE phone_number = '+15555550001'")
                 .execute(p)
                 .await
@@ -499,7 +499,7 @@ async fn targets_only_registered(t: TestApp) {
                 .await
                 .expect("update");
         }
-        Store::Sqlite(p) => {
+        dialer_store::Pool::Sqlite(p) => {
             sqlx::query("UPDATE calls SET status = 'failed' WHERE phone_number = '+15555550001'")
                 .execute(p)
                 .await
@@ -690,12 +690,12 @@ async fn end_all_calls(store: &Store) {
     let q1 = "UPDATE calls SET status = 'completed', attempt_count = 1 WHERE status = 'pending'";
     let q2 = "UPDATE campaign_stats SET completed_calls = completed_calls + pending_calls, \
               attempts_total = attempts_total + pending_calls, pending_calls = 0";
-    match store {
-        Store::Postgres(p) => {
+    match store.pool() {
+        dialer_store::Pool::Postgres(p) => {
             sqlx::query(q1).execute(p).await.expect("end calls");
             sqlx::query(q2).execute(p).await.expect("end stats");
         }
-        Store::Sqlite(p) => {
+        dialer_store::Pool::Sqlite(p) => {
             sqlx::query(q1).execute(p).await.expect("end calls");
             sqlx::query(q2).execute(p).await.expect("end stats");
         }
@@ -780,7 +780,7 @@ async fn post_calls_concurrently_and_in_batches(t: TestApp) {
     // an unknown campaign. Each gets its own answer; the batch writes only what it should.
     end_all_calls(&t.store).await;
     let (a_id, done_id) = (a.parse().expect("uuid"), done.parse().expect("uuid"));
-    let new = |cid: uuid::Uuid, n: &str, m: Option<Value>| dialer_control_plane::store::NewCall {
+    let new = |cid: uuid::Uuid, n: &str, m: Option<Value>| dialer_store::NewCall {
         campaign_id: cid,
         phone_number: n.into(),
         metadata: m,
@@ -807,7 +807,7 @@ async fn post_calls_concurrently_and_in_batches(t: TestApp) {
     let (again, created) = out.next().unwrap().expect("the live call");
     assert!(!created);
     assert_eq!(again.id, live.id);
-    use dialer_control_plane::store::StoreError;
+    use dialer_store::StoreError;
     assert!(matches!(out.next().unwrap(), Err(StoreError::Invalid(f)) if f.field == "phone_number"));
     assert!(matches!(out.next().unwrap(), Err(StoreError::Conflict(_))));
     assert!(matches!(out.next().unwrap(), Err(StoreError::NotFound("campaign"))));
@@ -1033,7 +1033,7 @@ async fn campaign_reads_are_cached_and_writes_through_the_api_are_seen_at_once()
     let (s, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!((s, v["description"].as_str()), (StatusCode::OK, Some("Sample outbound campaign")));
     // Another process changes the row: the cached read stands (within the delay).
-    let Store::Sqlite(p) = &t.store else { unreachable!() };
+    let dialer_store::Pool::Sqlite(p) = t.store.pool() else { unreachable!() };
     sqlx::query("UPDATE campaigns SET description = 'changed elsewhere'").execute(p).await.expect("update");
     let (_, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(v["description"], "Sample outbound campaign", "served from memory");

@@ -4,11 +4,11 @@
 //! key, paging over thousands of attempts, and TTLs (rows expire).
 
 use chrono::Utc;
-use dialer_control_plane::timeline::{CqlTimeline, TimelineRow};
 use dialer_control_plane::{Config, open_store};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::{EventKind, StatusEvent};
 use dialer_domain::validate::CreateCampaignRequest;
+use dialer_store::timeline::{CqlTimeline, TimelineRow};
 use serde_json::json;
 use uuid::Uuid;
 

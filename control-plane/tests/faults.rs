@@ -15,11 +15,11 @@ use dialer_control_plane::Store;
 use dialer_control_plane::reaper::{Reaper, ReaperConfig};
 use dialer_control_plane::recorder::Recorder;
 use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerConfig};
-use dialer_control_plane::store::{CallQuery, ClaimedCall};
 use dialer_domain::campaign::{CallStatus, CampaignAction};
 use dialer_domain::lifecycle::UNKNOWN_OUTCOME;
 use dialer_domain::messages::EventKind;
 use dialer_domain::validate::{Call, CreateCampaignRequest};
+use dialer_store::{CallQuery, ClaimedCall};
 use rand::SeedableRng;
 use serde_json::json;
 use uuid::Uuid;
@@ -175,7 +175,7 @@ async fn one_campaigns_store_error_does_not_stop_the_others() {
     for id in [bad.id, good.id] {
         s.transition(id, CampaignAction::Start).await.expect("start");
     }
-    let Store::Sqlite(pool) = &s else { unreachable!() };
+    let dialer_store::Pool::Sqlite(pool) = s.pool() else { unreachable!() };
     let hex: String = bad.id.as_bytes().iter().map(|b| format!("{b:02X}")).collect();
     sqlx::query(&format!(
         "CREATE TRIGGER refuse BEFORE UPDATE ON calls WHEN OLD.campaign_id = X'{hex}' \
@@ -328,7 +328,7 @@ async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() 
         ids.push(c.id);
     }
     ids.sort();
-    let Store::Postgres(pool) = &s else { unreachable!() };
+    let dialer_store::Pool::Postgres(pool) = s.pool() else { unreachable!() };
     let mut lock = pool.begin().await.expect("begin");
     sqlx::query("SELECT id FROM campaigns WHERE id = $1 FOR UPDATE")
         .bind(ids[0])

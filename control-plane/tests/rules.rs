@@ -11,12 +11,12 @@ use chrono_tz::Tz;
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerConfig};
-use dialer_control_plane::store::ClaimedCall;
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::dnc::{DncEntry, GLOBAL_LIST};
 use dialer_domain::messages::{DispatchKind, EventKind};
 use dialer_domain::rules::CallingRules;
 use dialer_domain::validate::{Campaign, CreateCampaignRequest};
+use dialer_store::ClaimedCall;
 use serde_json::json;
 
 #[macro_use]
@@ -164,7 +164,7 @@ async fn do_not_call_entries_skip_exactly_their_numbers(b: Backend) {
         s.claim_due(c.id, 10, Utc::now()).await.expect("claim").into_iter().map(|k| k.phone_number).collect();
     assert_eq!(dialled.len(), 3);
     assert!(!dialled.contains(&numbers[0]) && !dialled.contains(&numbers[1]), "{dialled:?}");
-    let q = dialer_control_plane::store::CallQuery { limit: 100, ..Default::default() };
+    let q = dialer_store::CallQuery { limit: 100, ..Default::default() };
     for call in s.list_calls(c.id, &q).await.expect("calls") {
         let skipped = call.phone_number == numbers[0] || call.phone_number == numbers[1];
         assert_eq!(call.status.as_str(), if skipped { "skipped" } else { "queued" }, "{}", call.phone_number);

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use dialer_control_plane::store::LoggedEvent;
 use dialer_control_plane::webhooks::{Deliverer, DeliverySettings, Summary, run_sequencer};
 use dialer_domain::CampaignAction;
 use dialer_domain::events::RetrySchedule;
 use dialer_domain::messages::EventKind;
 use dialer_domain::webhooks::CreateWebhookRequest;
+use dialer_store::LoggedEvent;
 use dialer_testkit::receiver::{Mode, Receiver};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -94,7 +94,7 @@ async fn a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing(b: Backend) 
     let (s, _dir) = store(b).await;
     let c = campaign(&s, "skips", 3, 10, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("started");
-    let q = dialer_control_plane::store::CallQuery { limit: 10, ..Default::default() };
+    let q = dialer_store::CallQuery { limit: 10, ..Default::default() };
     let numbers: Vec<String> =
         s.list_calls(c.id, &q).await.expect("calls").iter().map(|c| c.phone_number.clone()).collect();
     let entry =
@@ -135,7 +135,7 @@ async fn started_campaign(
     s: &dialer_control_plane::Store,
     name: &str,
     targets: usize,
-) -> (dialer_domain::validate::Campaign, Vec<dialer_control_plane::store::ClaimedCall>) {
+) -> (dialer_domain::validate::Campaign, Vec<dialer_store::ClaimedCall>) {
     let c = campaign(s, name, targets, 10, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("started");
     let claimed = s.claim_due(c.id, targets, chrono::Utc::now()).await.expect("claimed");
@@ -161,8 +161,8 @@ async fn unreachable_endpoint(
 /// The leases: a claim holds an endpoint's slot until its answer or its lease's end; an expired
 /// lease is claimed again as the next attempt, and the first attempt's late answer is dropped.
 async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Backend) {
-    use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
+    use dialer_store::Finished;
     let (s, _dir) = store(b).await;
     let w = unreachable_endpoint(&s, Some(2)).await;
     let (c, claimed) = started_campaign(&s, "leases", 1).await;
@@ -171,8 +171,7 @@ async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Bac
     let past = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
     let first = s.claim_deliveries(w.id, 10, past).await.expect("claim").deliveries;
     // Two streams' heads (the campaign's start, the call's queued); the call's started waits.
-    let heads =
-        |c: &[dialer_control_plane::store::ClaimedDelivery]| c.iter().map(|d| (d.seq, d.attempts)).collect::<Vec<_>>();
+    let heads = |c: &[dialer_store::ClaimedDelivery]| c.iter().map(|d| (d.seq, d.attempts)).collect::<Vec<_>>();
     assert_eq!(first.len(), 2, "{first:?}");
     assert!(first.iter().all(|d| d.attempts == 1 && d.stream_seq == 1), "{first:?}");
     assert_eq!(s.delivery_counts().await.expect("counts").sending, 2);
@@ -184,7 +183,7 @@ async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Bac
     let later = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
     let second = s.claim_deliveries(w.id, 10, later).await.expect("claim").deliveries;
     assert_eq!(heads(&second), first.iter().map(|d| (d.seq, 2)).collect::<Vec<_>>(), "the same heads, as attempt 2");
-    let ok = |d: &dialer_control_plane::store::ClaimedDelivery| Finished {
+    let ok = |d: &dialer_store::ClaimedDelivery| Finished {
         delivery: d.clone(),
         answer: Answer::Status(200),
         next: Next::Delivered,
@@ -206,8 +205,8 @@ async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Bac
 /// A late answer of an attempt whose lease expired, written in the same batch as the answer of
 /// the attempt that replaced it, is dropped: the delivered event stays delivered.
 async fn a_late_answer_beside_the_next_attempts_answer_is_dropped(b: Backend) {
-    use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
+    use dialer_store::Finished;
     let (s, _dir) = store(b).await;
     let w = unreachable_endpoint(&s, Some(1)).await;
     let (_, calls) = started_campaign(&s, "late", 1).await;
@@ -233,8 +232,8 @@ async fn a_late_answer_beside_the_next_attempts_answer_is_dropped(b: Backend) {
 /// endpoint deleted); a dead letter's events stay, and so do newer events, numbered or not; each
 /// call removes at most its bound of each.
 async fn pruning_forgets_old_events_only_once_no_delivery_needs_them(b: Backend) {
-    use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
+    use dialer_store::Finished;
     let (s, _dir) = store(b).await;
     let w = unreachable_endpoint(&s, Some(100)).await;
     let (c, calls) = started_campaign(&s, "prune", 2).await;
@@ -359,8 +358,8 @@ async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backe
 /// log's head, so nothing the eager fan-out had handled goes again, and the lease being sent is
 /// kept: its answer counts, and its call's later event goes after it.
 async fn the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_under_way(b: Backend) {
-    use dialer_control_plane::store::{ClaimedDelivery, Finished};
     use dialer_domain::events::{Answer, Next};
+    use dialer_store::{ClaimedDelivery, Finished};
     let (url, _dir, db) = migrated_before(b, 14).await;
     let (c, x, y, w) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let at = chrono::Utc::now();
@@ -404,8 +403,8 @@ async fn the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_un
 /// A stream with a dead letter: its events logged later join it in the dead-letter store when
 /// the endpoint reads them (they would otherwise wait for ever behind it); other streams' do not.
 async fn an_event_behind_a_dead_letter_joins_it_when_read(b: Backend) {
-    use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
+    use dialer_store::Finished;
     let (s, _dir) = store(b).await;
     let w = unreachable_endpoint(&s, None).await;
     let (c, calls) = started_campaign(&s, "behind", 2).await;
@@ -438,15 +437,15 @@ async fn an_event_behind_a_dead_letter_joins_it_when_read(b: Backend) {
 }
 
 /// The (call or campaign, stream position) of claimed deliveries, in log order.
-fn positions(claimed: &[dialer_control_plane::store::ClaimedDelivery]) -> Vec<(uuid::Uuid, i32)> {
+fn positions(claimed: &[dialer_store::ClaimedDelivery]) -> Vec<(uuid::Uuid, i32)> {
     claimed.iter().map(|d| (d.stream_id, d.stream_seq)).collect()
 }
 
 /// Answers every claimed delivery 200.
-async fn deliver_all(s: &dialer_control_plane::Store, claimed: &[dialer_control_plane::store::ClaimedDelivery]) {
-    use dialer_control_plane::store::Finished;
+async fn deliver_all(s: &dialer_control_plane::Store, claimed: &[dialer_store::ClaimedDelivery]) {
     use dialer_domain::events::{Answer, Next};
-    let ok = |d: &dialer_control_plane::store::ClaimedDelivery| Finished {
+    use dialer_store::Finished;
+    let ok = |d: &dialer_store::ClaimedDelivery| Finished {
         delivery: d.clone(),
         answer: Answer::Status(200),
         next: Next::Delivered,
@@ -492,9 +491,9 @@ async fn a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head(b:
 /// had not read of the log yet join the dead-letter store with it; what is logged afterwards is
 /// not its. Re-enabled and replayed, every dead letter goes, each call's in order.
 async fn a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it(b: Backend) {
-    use dialer_control_plane::store::Finished;
     use dialer_domain::events::{Answer, Next};
     use dialer_domain::webhooks::UpdateWebhookRequest;
+    use dialer_store::Finished;
     let (s, _dir) = store(b).await;
     let w = unreachable_endpoint(&s, Some(1)).await;
     let (c, calls) = started_campaign(&s, "gone", 2).await;

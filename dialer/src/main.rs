@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use dialer_control_plane::{Config, store::redact};
+use dialer_control_plane::Config;
+use dialer_store::redact;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 #[derive(Debug, Parser)]
@@ -176,7 +177,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     }
     // Only its own SQLite file tells it that nothing else is dialling these calls; on a shared
     // PostgreSQL another process may be, and the reaper resolves what was abandoned instead.
-    let may_be_up = if store.kind() == dialer_control_plane::store::StoreKind::Sqlite {
+    let may_be_up = if store.kind() == dialer_store::StoreKind::Sqlite {
         recover(cfg, &store, timeline.as_ref(), Path::new(&tuning.journal.dir)).await?
     } else {
         tracing::info!("store is not the embedded SQLite: no recovery at start, the reaper resolves abandoned calls");
@@ -257,7 +258,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
 fn api_app<F>(
     cfg: &Config,
     store: &dialer_control_plane::Store,
-    timeline: Option<dialer_control_plane::timeline::CqlTimeline>,
+    timeline: Option<dialer_store::timeline::CqlTimeline>,
     checks: Vec<dialer_control_plane::observability::ReadyCheck>,
     shutdown: impl Fn() -> F,
 ) -> Result<axum::Router>
@@ -304,7 +305,7 @@ fn hold_for_previous_run(
 async fn recover(
     cfg: &Config,
     store: &dialer_control_plane::Store,
-    timeline: Option<&dialer_control_plane::timeline::CqlTimeline>,
+    timeline: Option<&dialer_store::timeline::CqlTimeline>,
     journal: &Path,
 ) -> Result<std::collections::HashMap<uuid::Uuid, u32>> {
     let t = std::time::Instant::now();
@@ -365,7 +366,7 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
 async fn spawn_kafka_pipeline(
     cfg: &Config,
     store: &dialer_control_plane::Store,
-    timeline: Option<dialer_control_plane::timeline::CqlTimeline>,
+    timeline: Option<dialer_store::timeline::CqlTimeline>,
 ) -> Result<dialer_control_plane::observability::ReadyCheck> {
     let b = &cfg.bus;
     dialer_bus::kafka::create_topics(&b.brokers, &cfg.bus.topics())

@@ -175,7 +175,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     // Each call that failed for good has its dead letter (a batch's are produced together).
     let mut failed = HashSet::new();
     for id in &campaigns {
-        let q = dialer_control_plane::store::CallQuery {
+        let q = dialer_store::CallQuery {
             status: Some(dialer_domain::CallStatus::Failed),
             limit: 10_000,
             ..Default::default()
@@ -207,7 +207,7 @@ async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
     dialer_bus::kafka::ensure_topics(&brokers, &[(&topic, 5)]).await.expect("topic");
     let producer = ClientSettings::new(&brokers).producer("test").expect("producer");
     let sink = KafkaDispatchSink::new(producer, &topic);
-    let s = dialer_control_plane::store::Suppression {
+    let s = dialer_store::Suppression {
         list: dialer_domain::dnc::GLOBAL_LIST,
         phone_number: "+12125550100".into(),
         expires_at: None,

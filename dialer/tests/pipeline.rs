@@ -144,10 +144,8 @@ async fn campaigns_run_to_completion(b: Backend) {
     common::assert_each_attempt_dialled_once(&s, &campaigns, p.ledger.path()).await;
     assert_eq!(p.tracker.violations(), 0);
     // The timeline shows the attempts.
-    let calls = s
-        .list_calls(ids[0].0, &dialer_control_plane::store::CallQuery { limit: 1000, ..Default::default() })
-        .await
-        .expect("calls");
+    let calls =
+        s.list_calls(ids[0].0, &dialer_store::CallQuery { limit: 1000, ..Default::default() }).await.expect("calls");
     let retried = calls.iter().find(|c| c.attempt_count > 1).expect("a retried call");
     let detail = s.get_call(retried.id).await.expect("call");
     assert_eq!(detail.attempts.len() as u32, retried.attempt_count);
@@ -268,7 +266,7 @@ async fn redelivered_events_change_nothing(b: Backend) {
     let c = campaign(&s, "idem", 5, 5, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
     let claimed = s.claim_due(c.id, 5, Utc::now()).await.expect("claim");
-    let ev = |k: &dialer_control_plane::store::ClaimedCall, kind: EventKind| event(c.id, k, kind);
+    let ev = |k: &dialer_store::ClaimedCall, kind: EventKind| event(c.id, k, kind);
     let mut events = vec![];
     for (i, k) in claimed.iter().enumerate() {
         events.push(ev(k, EventKind::Started));
@@ -309,7 +307,7 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
         let numbers: Vec<String> = {
             let ids: HashSet<Uuid> = claimed[..10].iter().map(|k| k.id).collect();
             let calls = s
-                .list_calls(c.id, &dialer_control_plane::store::CallQuery { limit: 1000, ..Default::default() })
+                .list_calls(c.id, &dialer_store::CallQuery { limit: 1000, ..Default::default() })
                 .await
                 .expect("calls");
             calls.into_iter().filter(|k| ids.contains(&k.id)).map(|k| k.phone_number).collect()
@@ -326,7 +324,7 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
         });
         // Half the numbers one by one, half in one batch (the group commit of POST /calls).
         let creator = tokio::spawn(async move {
-            use dialer_control_plane::store::{NewCall, StoreError};
+            use dialer_store::{NewCall, StoreError};
             let (alone, batched) = numbers.split_at(numbers.len() / 2);
             let batch: Vec<NewCall> = batched
                 .iter()
@@ -346,7 +344,7 @@ async fn completing_races_leave_nothing_waiting(b: Backend) {
         });
         let requeuer = tokio::spawn(async move {
             match qs.queue_targets(c.id, &requeue).await {
-                Ok(_) | Err(dialer_control_plane::store::StoreError::Conflict(_)) => {}
+                Ok(_) | Err(dialer_store::StoreError::Conflict(_)) => {}
                 Err(e) => panic!("re-queue: {e}"),
             }
         });
@@ -374,7 +372,7 @@ async fn a_number_opted_out_while_its_call_is_queued_is_never_dialled(b: Backend
     let p = start(&s, Arc::new(SystemClock), 1500);
     let c = campaign(&s, "opt-out", 2, 1, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("start");
-    let q = dialer_control_plane::store::CallQuery { limit: 10, ..Default::default() };
+    let q = dialer_store::CallQuery { limit: 10, ..Default::default() };
     let deadline = Instant::now() + Duration::from_secs(20);
     let waiting = loop {
         let calls = s.list_calls(c.id, &q).await.expect("calls");

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use dialer_store::StoreError;
 
 /// Body of every error response.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -81,7 +81,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(what),
-            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m.to_string()),
             StoreError::Transition(t) => {
                 let mut e = ApiError::new(StatusCode::CONFLICT, "invalid_transition", format!("{t}"));
                 e.current_status = Some(t.current);

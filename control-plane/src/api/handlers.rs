@@ -16,8 +16,8 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::{ApiDoc, ApiError, ApiJson, AppState, ErrorBody};
-use crate::store::{CallQuery, NewCall};
 use dialer_limiter::GuardRejection;
+use dialer_store::{CallQuery, NewCall};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -385,7 +385,7 @@ pub async fn get_call(State(st): State<AppState>, Path(id): Path<String>) -> Res
     if let Some(t) = &st.timeline {
         // Skips are decided by the claim, in the SQL transaction: their rows stay in SQL.
         let skipped: Vec<_> = detail.attempts.drain(..).filter(|a| a.outcome == "skipped").collect();
-        detail.attempts = t.attempts(detail.call.id).await.map_err(crate::store::StoreError::Timeline)?;
+        detail.attempts = t.attempts(detail.call.id).await.map_err(dialer_store::StoreError::Timeline)?;
         detail.attempts.extend(skipped);
     }
     Ok(Json(detail))

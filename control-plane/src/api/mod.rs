@@ -17,21 +17,21 @@ use utoipa::OpenApi;
 pub use error::{ApiError, ApiJson, ErrorBody, ErrorDetail, parse_json};
 
 use crate::config::ApiConfig;
-use crate::store::Store;
+use dialer_store::Store;
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
     /// `POST /api/v1/calls` goes through it (group commit on PostgreSQL).
-    pub calls: crate::store::CallBatcher,
+    pub calls: dialer_store::CallBatcher,
     pub api: Arc<ApiConfig>,
     /// `[calling_rules]`: the rules of campaigns without their own (the preview).
     pub calling_rules: Arc<dialer_domain::rules::CallingRules>,
     /// `MAX_CONCURRENT_CALLS` and the daily usage cap on `POST /api/v1/calls`.
     pub guard: Arc<dialer_limiter::ApiGuard>,
     /// The CQL timeline, when configured: `GET /api/v1/calls/{id}` reads attempts from it.
-    pub timeline: Option<crate::timeline::CqlTimeline>,
+    pub timeline: Option<dialer_store::timeline::CqlTimeline>,
     /// What `/readyz` checks besides the store (Redis, the broker, the shards of `dialer up`).
     pub checks: Arc<[crate::observability::ReadyCheck]>,
     /// Campaigns recently read, for `GET /api/v1/campaigns/{id}` (`api.campaign_cache_ms`).

@@ -11,7 +11,7 @@ use dialer_domain::validate::FieldError;
 use uuid::Uuid;
 
 use super::{ApiError, AppState, ErrorBody, parse_json};
-use crate::store::Preview;
+use dialer_store::Preview;
 
 /// Requests adding at most this many numbers are announced to the data plane (queued calls to
 /// them are not dialled); larger imports apply at each call's next claim.
@@ -160,6 +160,8 @@ pub async fn preview(State(st): State<AppState>, Path(id): Path<String>) -> Resu
     let id = path_campaign(&id)?;
     let campaign = st.store.get_campaign(id).await?;
     let rules = campaign.calling_rules.as_ref().unwrap_or(&st.calling_rules);
-    let compiled = rules.compile("calling_rules").map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+    let compiled = rules
+        .compile("calling_rules")
+        .map_err(|source| dialer_store::StoreError::from(dialer_store::Corrupt::Rules { campaign: id, source }))?;
     Ok(Json(st.store.preview(id, &compiled, chrono::Utc::now()).await?))
 }

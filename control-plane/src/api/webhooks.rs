@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{ApiError, AppState, ErrorBody, parse_json};
-use crate::store::DeadLetter;
+use dialer_store::DeadLetter;
 
 type Params = Query<HashMap<String, String>>;
 

@@ -50,7 +50,7 @@ pub async fn campaign(s: &Store, name: &str, targets: usize, cap: u32, hours: se
     s.create_campaign(&req.validate(1_000_000).expect("valid")).await.expect("created")
 }
 
-pub fn event(campaign_id: Uuid, k: &dialer_control_plane::store::ClaimedCall, kind: EventKind) -> StatusEvent {
+pub fn event(campaign_id: Uuid, k: &dialer_store::ClaimedCall, kind: EventKind) -> StatusEvent {
     StatusEvent {
         v: 1,
         call_id: k.id,
@@ -79,7 +79,7 @@ pub async fn assert_each_attempt_dialled_once(s: &Store, campaigns: &[Uuid], dir
     }
     let mut calls = 0;
     for c in campaigns {
-        let q = dialer_control_plane::store::CallQuery { limit: 100_000, ..Default::default() };
+        let q = dialer_store::CallQuery { limit: 100_000, ..Default::default() };
         for k in s.list_calls(*c, &q).await.expect("calls") {
             let mut got = placed.remove(&k.id).unwrap_or_default();
             got.sort_unstable();

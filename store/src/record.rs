@@ -12,8 +12,8 @@ use dialer_domain::outcome::Outcome;
 use dialer_domain::retry::RetryPolicy;
 use uuid::Uuid;
 
-use crate::store::RecordReport;
-use crate::store::outbox::{self, CallStream};
+use crate::model::RecordReport;
+use crate::outbox::{self, CallStream};
 use dialer_domain::events::NewEvent;
 
 /// Why a call of a completed campaign ends without its retry.

@@ -13,8 +13,8 @@ use dialer_domain::outcome::Outcome;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::store::ClaimedCall;
-use crate::store::record::CANCELLED;
+use crate::model::ClaimedCall;
+use crate::record::CANCELLED;
 
 /// A call's stream as a writer holds it: its campaign, number and last sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]

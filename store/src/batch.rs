@@ -15,7 +15,8 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{CallAnswer, NewCall, Store, StoreError};
+use crate::model::{CallAnswer, NewCall};
+use crate::{Store, StoreError};
 
 /// Requests one batch takes at most.
 pub const MAX_BATCH: usize = 128;
@@ -41,7 +42,7 @@ impl CallBatcher {
 
     /// [`Store::create_call`], batched with concurrent requests on PostgreSQL.
     pub async fn create_call(&self, call: NewCall) -> CallAnswer {
-        if matches!(self.store, Store::Sqlite(_)) {
+        if self.store.kind() == crate::StoreKind::Sqlite {
             return self.store.create_call(call.campaign_id, &call.phone_number, call.metadata.as_ref()).await;
         }
         let queue = self.queue.get_or_init(|| start(self.store.clone()));

@@ -1,0 +1,537 @@
+//! Campaigns: their settings and business hours, the state machine's moves, the scheduler's
+//! view of the active ones, and completion (with what it cancels).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dialer_domain::campaign::{CampaignAction, CampaignStatus};
+use dialer_domain::hours::Window;
+use dialer_domain::retry::RetryPolicy;
+use dialer_domain::validate::{Campaign, CampaignSettings, NewCampaign, Timestamps, UpdateCampaignRequest};
+use serde_json::{Value, json};
+use sqlx::QueryBuilder;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::calls::insert_pending_calls;
+use crate::dialect::ms;
+use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
+use crate::model::ActiveCampaign;
+use crate::record::CANCELLED;
+use crate::stats::{add_pending, read_stats};
+use crate::{CHUNK_ROWS, LOOKUP_CHUNK, is_unique_violation};
+use crate::{Conflict, Corrupt, StoreError, now};
+
+pub(crate) const CAMPAIGN_COLUMNS: &str = "id, name, description, time_zone, max_concurrent_calls, weight, retry_max_attempts, \
+     retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, created_at, updated_at, \
+     started_at, completed_at, retry_on, telephony, calling_rules";
+
+fn settings_from_row<R: RowExt>(row: &R, hours: Vec<Window>) -> Result<CampaignSettings, StoreError> {
+    Ok(CampaignSettings {
+        name: row.col("name")?,
+        description: row.col("description")?,
+        time_zone: row.col("time_zone")?,
+        max_concurrent_calls: row.col::<i32>("max_concurrent_calls")? as u32,
+        weight: row.col::<i32>("weight")? as u32,
+        retry_policy: RetryPolicy {
+            max_attempts: row.col::<i32>("retry_max_attempts")? as u32,
+            base_delay: Duration::from_millis(row.col::<i64>("retry_base_delay_ms")? as u64),
+            max_delay: Duration::from_millis(row.col::<i64>("retry_max_delay_ms")? as u64),
+            jitter: row.col("retry_jitter")?,
+            retry_on: dialer_domain::outcome::OutcomeSet::from_csv(&row.col::<String>("retry_on")?),
+        },
+        business_hours: hours,
+        telephony: telephony_from(row.col("telephony")?)?,
+        calling_rules: rules_from(row.col("calling_rules")?)?,
+    })
+}
+
+fn rules_json(r: &Option<dialer_domain::rules::CallingRules>) -> Option<String> {
+    r.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default())
+}
+
+fn rules_from(json: Option<String>) -> Result<Option<dialer_domain::rules::CallingRules>, StoreError> {
+    json.map(|j| {
+        serde_json::from_str(&j)
+            .map_err(|source| StoreError::from(Corrupt::Json { what: "campaign calling_rules", source }))
+    })
+    .transpose()
+}
+
+/// NULL for the provider's settings, else the JSON of the campaign's own.
+fn telephony_json(t: &dialer_domain::validate::Telephony) -> Option<String> {
+    (!t.is_empty()).then(|| serde_json::to_string(t).unwrap_or_default())
+}
+
+fn telephony_from(json: Option<String>) -> Result<dialer_domain::validate::Telephony, StoreError> {
+    json.map_or(Ok(Default::default()), |j| {
+        serde_json::from_str(&j)
+            .map_err(|source| StoreError::from(Corrupt::Json { what: "campaign telephony", source }))
+    })
+}
+
+pub(crate) fn campaign_status<R: RowExt>(row: &R) -> Result<CampaignStatus, StoreError> {
+    let s: String = row.col("status")?;
+    CampaignStatus::parse(&s)
+        .ok_or_else(|| StoreError::from(Corrupt::Value { what: "campaign status", value: s.clone() }))
+}
+
+fn campaign_from_row<R: RowExt>(row: &R, hours: Vec<Window>) -> Result<Campaign, StoreError> {
+    let settings = settings_from_row(row, hours)?;
+    Ok(Campaign::new(
+        row.col("id")?,
+        &settings,
+        campaign_status(row)?,
+        row.col("target_count")?,
+        Timestamps {
+            created_at: row.col("created_at")?,
+            updated_at: row.col("updated_at")?,
+            started_at: row.col("started_at")?,
+            completed_at: row.col("completed_at")?,
+        },
+    ))
+}
+
+/// Business hours of several campaigns, in position order.
+async fn load_hours<D: Dialect>(
+    conn: &mut D::Connection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Window>>, StoreError> {
+    let mut out: HashMap<Uuid, Vec<Window>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let mut q = QueryBuilder::<D>::new(
+        "SELECT campaign_id, day_of_week, start_minute, end_minute FROM campaign_business_hours WHERE campaign_id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_arg(*id);
+    }
+    q.push(") ORDER BY campaign_id, position");
+    for row in q.build().rows(&mut *conn).await? {
+        out.entry(row.col("campaign_id")?).or_default().push(Window {
+            day_of_week: row.col::<i32>("day_of_week")? as u8,
+            start: row.col::<i32>("start_minute")? as u16,
+            end: row.col::<i32>("end_minute")? as u16,
+        });
+    }
+    Ok(out)
+}
+
+async fn insert_hours<D: Dialect>(conn: &mut D::Connection, id: Uuid, hours: &[Window]) -> Result<(), StoreError> {
+    if hours.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::<D>::new(
+        "INSERT INTO campaign_business_hours (campaign_id, position, day_of_week, start_minute, end_minute) ",
+    );
+    q.push_values(hours.iter().enumerate(), |mut b, (i, w)| {
+        b.push_arg(id)
+            .push_arg(i as i32)
+            .push_arg(i32::from(w.day_of_week))
+            .push_arg(i32::from(w.start))
+            .push_arg(i32::from(w.end));
+    });
+    q.build().run(&mut *conn).await?;
+    Ok(())
+}
+
+pub(crate) async fn insert_event<D: Dialect>(
+    conn: &mut D::Connection,
+    id: Uuid,
+    kind: &str,
+    detail: Value,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query::<D>("INSERT INTO campaign_events (campaign_id, kind, detail, at) VALUES ($1, $2, $3, $4)")
+        .arg(id)
+        .arg(kind)
+        .arg(Json(detail))
+        .arg(at)
+        .run(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The campaign's status, for writes that need it open.
+/// A campaign's status, read `FOR SHARE` where rows lock: a status change (pause,
+/// complete) waits for this transaction, and this one sees a change that committed.
+pub(crate) async fn locked_status<D: Dialect>(
+    conn: &mut D::Connection,
+    id: Uuid,
+) -> Result<Option<CampaignStatus>, StoreError> {
+    sqlx::query::<D>(&format!("SELECT status FROM campaigns WHERE id = $1{}", D::FOR_SHARE))
+        .arg(id)
+        .maybe_row(&mut *conn)
+        .await?
+        .map(|r| campaign_status(&r))
+        .transpose()
+}
+
+/// The status of a campaign that takes new calls (locked, see [`locked_status`]).
+pub(crate) async fn open_status<D: Dialect>(conn: &mut D::Connection, id: Uuid) -> Result<CampaignStatus, StoreError> {
+    let status = locked_status::<D>(conn, id).await?.ok_or(StoreError::NotFound("campaign"))?;
+    if status == CampaignStatus::Completed {
+        return Err(StoreError::from(Conflict::CampaignCompleted));
+    }
+    Ok(status)
+}
+
+/// One round trip: the campaign's row repeated once per business-hours window.
+async fn fetch_campaign<D: Dialect>(conn: &mut D::Connection, id: Uuid) -> Result<Campaign, StoreError> {
+    let rows = sqlx::query::<D>(&format!(
+        "SELECT {CAMPAIGN_COLUMNS}, day_of_week, start_minute, end_minute FROM campaigns \
+         LEFT JOIN campaign_business_hours ON campaign_id = id WHERE id = $1 ORDER BY position"
+    ))
+    .arg(id)
+    .rows(&mut *conn)
+    .await?;
+    let first = rows.first().ok_or(StoreError::NotFound("campaign"))?;
+    let mut hours = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(day) = row.col::<Option<i32>>("day_of_week")? {
+            hours.push(Window {
+                day_of_week: day as u8,
+                start: row.col::<i32>("start_minute")? as u16,
+                end: row.col::<i32>("end_minute")? as u16,
+            });
+        }
+    }
+    campaign_from_row(first, hours)
+}
+
+pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) -> Result<Campaign, StoreError> {
+    let s = &c.settings;
+    let at = now();
+    let id = Uuid::now_v7();
+    let mut tx = D::begin(pool).await?;
+    let inserted = sqlx::query::<D>(
+        "INSERT INTO campaigns (id, name, name_key, description, time_zone, max_concurrent_calls, \
+         retry_max_attempts, retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, \
+         created_at, updated_at, weight, retry_on, telephony, calling_rules) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15, $16, $17)",
+    )
+    .arg(id)
+    .arg(&s.name)
+    .arg(s.name.to_lowercase())
+    .arg(&s.description)
+    .arg(&s.time_zone)
+    .arg(s.max_concurrent_calls as i32)
+    .arg(s.retry_policy.max_attempts as i32)
+    .arg(ms(s.retry_policy.base_delay))
+    .arg(ms(s.retry_policy.max_delay))
+    .arg(s.retry_policy.jitter)
+    .arg(CampaignStatus::Pending.as_str())
+    .arg(c.targets.len() as i64)
+    .arg(at)
+    .arg(s.weight as i32)
+    .arg(s.retry_policy.retry_on.to_csv())
+    .arg(telephony_json(&s.telephony))
+    .arg(rules_json(&s.calling_rules))
+    .run(&mut **tx)
+    .await;
+    match inserted {
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::from(Conflict::NameTaken(s.name.clone())));
+        }
+        r => r?,
+    };
+    insert_hours::<D>(&mut tx, id, &s.business_hours).await?;
+    for chunk in c.targets.chunks(CHUNK_ROWS) {
+        let mut q =
+            QueryBuilder::<D>::new("INSERT INTO campaign_targets (campaign_id, phone_number, metadata, created_at) ");
+        q.push_values(chunk, |mut b, t| {
+            b.push_arg(id).push_arg(&t.phone_number).push_arg(Json(&t.metadata)).push_arg(at);
+        });
+        q.build().run(&mut **tx).await?;
+    }
+    sqlx::query::<D>("INSERT INTO campaign_stats (campaign_id) VALUES ($1)").arg(id).run(&mut **tx).await?;
+    let rows: Vec<(&str, &Value)> = c.targets.iter().map(|t| (t.phone_number.as_str(), &t.metadata)).collect();
+    let created = insert_pending_calls::<D>(&mut tx, id, &rows, at).await?;
+    add_pending::<D>(&mut tx, id, created).await?;
+    insert_event::<D>(&mut tx, id, "created", json!({"targets": c.targets.len()}), at).await?;
+    let campaign = fetch_campaign::<D>(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(campaign)
+}
+
+pub async fn get_campaign<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<Campaign, StoreError> {
+    let mut conn = pool.acquire().await?;
+    fetch_campaign::<D>(&mut conn, id).await
+}
+
+pub async fn list_campaigns<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<Vec<Campaign>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let mut q = QueryBuilder::<D>::new(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns"));
+    if let Some(a) = after {
+        q.push(" WHERE id > ").push_arg(a);
+    }
+    q.push(" ORDER BY id LIMIT ").push_arg(i64::from(limit));
+    let rows = q.build().rows(&mut *conn).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.col("id")).collect::<Result<_, _>>()?;
+    let mut hours = load_hours::<D>(&mut conn, &ids).await?;
+    rows.iter().zip(&ids).map(|(r, id)| campaign_from_row(r, hours.remove(id).unwrap_or_default())).collect()
+}
+
+pub async fn update_campaign<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    patch: &UpdateCampaignRequest,
+) -> Result<Campaign, StoreError> {
+    let mut tx = D::begin(pool).await?;
+    let row = sqlx::query::<D>(&format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1"))
+        .arg(id)
+        .maybe_row(&mut **tx)
+        .await?
+        .ok_or(StoreError::NotFound("campaign"))?;
+    let hours = load_hours::<D>(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
+    let settings = settings_from_row(&row, hours)?;
+    let next: CampaignSettings = patch.apply(&settings).map_err(StoreError::Invalid)?;
+    let at = now();
+    let updated = sqlx::query::<D>(
+        "UPDATE campaigns SET name = $1, name_key = $2, description = $3, time_zone = $4, \
+         max_concurrent_calls = $5, retry_max_attempts = $6, retry_base_delay_ms = $7, \
+         retry_max_delay_ms = $8, retry_jitter = $9, updated_at = $10, weight = $12, retry_on = $13, \
+         telephony = $14, calling_rules = $15 WHERE id = $11",
+    )
+    .arg(&next.name)
+    .arg(next.name.to_lowercase())
+    .arg(&next.description)
+    .arg(&next.time_zone)
+    .arg(next.max_concurrent_calls as i32)
+    .arg(next.retry_policy.max_attempts as i32)
+    .arg(ms(next.retry_policy.base_delay))
+    .arg(ms(next.retry_policy.max_delay))
+    .arg(next.retry_policy.jitter)
+    .arg(at)
+    .arg(id)
+    .arg(next.weight as i32)
+    .arg(next.retry_policy.retry_on.to_csv())
+    .arg(telephony_json(&next.telephony))
+    .arg(rules_json(&next.calling_rules))
+    .run(&mut **tx)
+    .await;
+    match updated {
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::from(Conflict::NameTaken(next.name.clone())));
+        }
+        r => r?,
+    };
+    if next.business_hours != settings.business_hours {
+        sqlx::query::<D>("DELETE FROM campaign_business_hours WHERE campaign_id = $1").arg(id).run(&mut **tx).await?;
+        insert_hours::<D>(&mut tx, id, &next.business_hours).await?;
+    }
+    let changed: Vec<&str> = [
+        ("name", patch.name.is_some()),
+        ("description", patch.description.is_some()),
+        ("time_zone", patch.time_zone.is_some()),
+        ("max_concurrent_calls", patch.max_concurrent_calls.is_some()),
+        ("weight", patch.weight.is_some()),
+        ("retry_policy", patch.retry_policy.is_some()),
+        ("business_hours", patch.business_hours.is_some()),
+        ("telephony", patch.telephony.is_some()),
+        ("calling_rules", patch.calling_rules.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    insert_event::<D>(&mut tx, id, "updated", json!({"fields": changed}), at).await?;
+    let campaign = fetch_campaign::<D>(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(campaign)
+}
+
+pub async fn transition<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    action: CampaignAction,
+) -> Result<Campaign, StoreError> {
+    let sources = CampaignStatus::sources(action);
+    let next = sources.first().map(|s| s.apply(action)).transpose()?.unwrap_or(CampaignStatus::Completed);
+    let at = now();
+    let mut tx = D::begin(pool).await?;
+    let mut q = QueryBuilder::<D>::new("UPDATE campaigns SET status = ");
+    q.push_arg(next.as_str()).push(", updated_at = ").push_arg(at);
+    // Two events for a completion (the change, then the final stats), one otherwise.
+    q.push(", event_seq = event_seq + ").push_arg(if next == CampaignStatus::Completed { 2i32 } else { 1 });
+    match next {
+        CampaignStatus::InProgress => {
+            q.push(", started_at = COALESCE(started_at, ").push_arg(at).push(")");
+        }
+        CampaignStatus::Completed => {
+            q.push(", completed_at = ").push_arg(at);
+        }
+        _ => {}
+    }
+    q.push(" WHERE id = ").push_arg(id).push(" AND status IN (");
+    let mut sep = q.separated(", ");
+    for s in &sources {
+        sep.push_arg(s.as_str());
+    }
+    q.push(")");
+    if q.build().run(&mut **tx).await? == 0 {
+        let current = fetch_campaign::<D>(&mut tx, id).await?;
+        return Err(match current.status.apply(action) {
+            Err(e) => e.into(),
+            Ok(_) => StoreError::from(Conflict::CampaignChanged),
+        });
+    }
+    let mut cancelled = 0u64;
+    if next == CampaignStatus::Completed {
+        cancelled = cancel_pending::<D>(&mut tx, id, at).await?;
+    }
+    let detail = json!({"status": next.as_str(), "cancelled_calls": cancelled});
+    insert_event::<D>(&mut tx, id, action.as_str(), detail.clone(), at).await?;
+    log_campaign::<D>(&mut tx, id, action.as_str(), next, detail, at).await?;
+    let campaign = fetch_campaign::<D>(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(campaign)
+}
+
+/// Complete stops everything: the calls of a just-completed campaign still waiting are
+/// cancelled. Runs after the campaign row's update, in its transaction: writers that
+/// read the campaign `FOR SHARE` have committed by then and their calls are seen.
+async fn cancel_pending<D: Dialect>(conn: &mut D::Connection, id: Uuid, at: DateTime<Utc>) -> Result<u64, StoreError> {
+    let rows = sqlx::query::<D>(
+        "UPDATE calls SET status = 'failed', last_error = $1, next_attempt_at = NULL, updated_at = $2, \
+         event_seq = event_seq + 1 WHERE campaign_id = $3 AND status = 'pending' \
+         RETURNING id, phone_number, attempt_count, event_seq",
+    )
+    .arg(CANCELLED)
+    .arg(at)
+    .arg(id)
+    .rows(&mut *conn)
+    .await?;
+    let cancelled = rows.len() as u64;
+    if cancelled > 0 {
+        sqlx::query::<D>(
+            "UPDATE campaign_stats SET pending_calls = pending_calls - $1, failed_calls = failed_calls + $1 \
+             WHERE campaign_id = $2",
+        )
+        .arg(cancelled as i64)
+        .arg(id)
+        .run(&mut *conn)
+        .await?;
+    }
+    let mut events = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let stream = crate::outbox::CallStream {
+            campaign: id,
+            call: r.col("id")?,
+            phone_number: r.col("phone_number")?,
+            seq: r.col::<i32>("event_seq")? as u32,
+        };
+        crate::outbox::cancelled(stream, r.col::<i32>("attempt_count")? as u32, at, &mut events);
+    }
+    crate::events::log::append::<D>(conn, &events).await?;
+    Ok(cancelled)
+}
+
+/// Logs a campaign's status change (and, completed, its final stats) in its transaction.
+async fn log_campaign<D: Dialect>(
+    conn: &mut D::Connection,
+    id: Uuid,
+    action: &str,
+    status: CampaignStatus,
+    detail: Value,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let seq: i32 = sqlx::query::<D>("SELECT event_seq FROM campaigns WHERE id = $1").arg(id).scalar(&mut *conn).await?;
+    let stats = if status == CampaignStatus::Completed {
+        Some(
+            serde_json::to_value(read_stats::<D>(conn, id).await?)
+                .map_err(|source| StoreError::from(Corrupt::Json { what: "campaign stats", source }))?,
+        )
+    } else {
+        None
+    };
+    let events = crate::outbox::campaign_changed(id, seq as u32, action, status.as_str(), detail, stats, at);
+    crate::events::log::append::<D>(conn, &events).await
+}
+
+/// Completes in-progress campaigns whose every call is terminal; returns their ids. A
+/// call created meanwhile (the totals were read before it) is cancelled with them.
+pub async fn complete_finished<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<Uuid>, StoreError> {
+    let at = now();
+    let mut tx = D::begin(pool).await?;
+    let ids: Vec<Uuid> = sqlx::query::<D>(
+        "UPDATE campaigns SET status = 'completed', completed_at = $1, updated_at = $1, event_seq = event_seq + 2 \
+         WHERE status = 'in_progress' AND id IN (SELECT campaign_id FROM campaign_stats \
+         WHERE pending_calls = 0 AND queued_calls = 0 AND in_progress_calls = 0) RETURNING id",
+    )
+    .arg(at)
+    .scalars(&mut **tx)
+    .await?;
+    for id in &ids {
+        let cancelled = cancel_pending::<D>(&mut tx, *id, at).await?;
+        let detail =
+            json!({"status": "completed", "by": "scheduler: every call is terminal", "cancelled_calls": cancelled});
+        insert_event::<D>(&mut tx, *id, "complete", detail.clone(), at).await?;
+        log_campaign::<D>(&mut tx, *id, "complete", CampaignStatus::Completed, detail, at).await?;
+    }
+    tx.commit().await?;
+    Ok(ids)
+}
+
+/// Reads the retry policy and completion of campaigns, `FOR SHARE` where rows lock.
+pub(crate) async fn load_campaigns<D: Dialect>(
+    conn: &mut D::Connection,
+    ids: &[Uuid],
+    policies: &mut HashMap<Uuid, RetryPolicy>,
+    completed: &mut std::collections::HashSet<Uuid>,
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(LOOKUP_CHUNK) {
+        let mut q = QueryBuilder::<D>::new(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id IN ("));
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_arg(*id);
+        }
+        q.push(") ORDER BY id");
+        q.push(D::FOR_SHARE);
+        for r in q.build().rows(&mut *conn).await? {
+            let id: Uuid = r.col("id")?;
+            if campaign_status(&r)? == CampaignStatus::Completed {
+                completed.insert(id);
+            }
+            policies.insert(id, settings_from_row(&r, vec![])?.retry_policy);
+        }
+    }
+    Ok(())
+}
+
+/// In-progress campaigns with their schedule, cap and live counts.
+pub async fn active_campaigns<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<ActiveCampaign>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query::<D>(
+        "SELECT c.id, c.time_zone, c.max_concurrent_calls, c.weight, c.telephony, c.calling_rules, s.pending_calls, s.queued_calls, \
+         s.in_progress_calls \
+         FROM campaigns c JOIN campaign_stats s ON s.campaign_id = c.id WHERE c.status = 'in_progress' ORDER BY c.id",
+    )
+    .rows(&mut *conn)
+    .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.col("id")).collect::<Result<_, _>>()?;
+    let mut hours = load_hours::<D>(&mut conn, &ids).await?;
+    rows.iter()
+        .zip(&ids)
+        .map(|(r, id)| {
+            Ok(ActiveCampaign {
+                id: *id,
+                time_zone: r.col("time_zone")?,
+                business_hours: hours.remove(id).unwrap_or_default(),
+                max_concurrent_calls: r.col::<i32>("max_concurrent_calls")? as u32,
+                weight: r.col::<i32>("weight")? as u32,
+                telephony: telephony_from(r.col("telephony")?)?,
+                calling_rules: rules_from(r.col("calling_rules")?)?,
+                pending: r.col("pending_calls")?,
+                queued: r.col("queued_calls")?,
+                in_progress: r.col("in_progress_calls")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,262 @@
+//! SQLite: one writer at a time (`BEGIN IMMEDIATE`, queued on this process's write gate), no
+//! row locks, and bulk writes as multi-row `VALUES` (it has no arrays).
+
+use chrono::{DateTime, Utc};
+use dialer_domain::events::NewEvent;
+use futures::stream::BoxStream;
+use sqlx::query_builder::Separated;
+use sqlx::{QueryBuilder, Row, Sqlite};
+use uuid::Uuid;
+
+use super::{Arg, ClaimedRow, Col, Dialect, Q, Tx};
+use crate::StoreError;
+use crate::events::{CHUNK, EVENT_CHUNK};
+
+impl Dialect for Sqlite {
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    const SKIP_LOCKED: &'static str = "";
+    const CLAIM_IN: (&'static str, &'static str) = ("IN (", ")");
+    const FOR_SHARE: &'static str = "";
+    const FOR_UPDATE: &'static str = "";
+    const WRITING_CTES: bool = false;
+    const ROW_LOCKS: bool = false;
+    const IS_POSTGRES: bool = false;
+
+    async fn begin(pool: &sqlx::SqlitePool) -> Result<Tx<Sqlite>, StoreError> {
+        let gate = write_gate(pool).await;
+        Ok(Tx::new(pool.begin_with(Self::BEGIN).await?, Some(gate)))
+    }
+
+    fn bind<'q, T: Arg<'q>>(q: Q<'q, 'q, Self>, v: T) -> Q<'q, 'q, Self> {
+        q.bind(v)
+    }
+
+    fn push_bind<'q, T: Arg<'q>>(qb: &mut QueryBuilder<'q, Self>, v: T) {
+        qb.push_bind(v);
+    }
+
+    fn push_bind_separated<'qb, 'q, S: std::fmt::Display, T: Arg<'q>>(sep: &mut Separated<'qb, 'q, Self, S>, v: T) {
+        sep.push_bind(v);
+    }
+
+    fn get<T: Col>(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<T, sqlx::Error> {
+        row.try_get(column)
+    }
+
+    fn get_at<T: Col>(row: &sqlx::sqlite::SqliteRow, index: usize) -> Result<T, sqlx::Error> {
+        row.try_get(index)
+    }
+
+    async fn execute<'c, 'q: 'c, 'a: 'q>(
+        q: Q<'q, 'a, Self>,
+        c: &'c mut sqlx::SqliteConnection,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(q.execute(c).await?.rows_affected())
+    }
+
+    async fn fetch_all<'c, 'q: 'c, 'a: 'q>(
+        q: Q<'q, 'a, Self>,
+        c: &'c mut sqlx::SqliteConnection,
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>, sqlx::Error> {
+        q.fetch_all(c).await
+    }
+
+    async fn fetch_optional<'c, 'q: 'c, 'a: 'q>(
+        q: Q<'q, 'a, Self>,
+        c: &'c mut sqlx::SqliteConnection,
+    ) -> Result<Option<sqlx::sqlite::SqliteRow>, sqlx::Error> {
+        q.fetch_optional(c).await
+    }
+
+    fn fetch<'c, 'q: 'c, 'a: 'q>(
+        q: Q<'q, 'a, Self>,
+        c: &'c mut sqlx::SqliteConnection,
+    ) -> BoxStream<'c, Result<sqlx::sqlite::SqliteRow, sqlx::Error>> {
+        q.fetch(c)
+    }
+
+    fn append_events<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        events: &'c [NewEvent],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        append(c, events)
+    }
+
+    fn number_events<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        numbered: &'c [(i64, i64)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        number(c, numbered)
+    }
+
+    fn insert_deliveries<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        endpoint: Uuid,
+        rows: &'c [(i64, Uuid, i32)],
+        at: DateTime<Utc>,
+        buried: Option<&'c str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        deliveries(c, endpoint, rows, at, buried)
+    }
+
+    fn claimed_rows<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        endpoint: Uuid,
+        seqs: &'c [i64],
+    ) -> impl Future<Output = Result<Vec<ClaimedRow>, StoreError>> + Send + 'c {
+        claimed(c, endpoint, seqs)
+    }
+
+    fn release_leases<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        attempts: &'c [(Uuid, i64, i32)],
+    ) -> impl Future<Output = Result<Vec<(Uuid, i64, i32)>, StoreError>> + Send + 'c {
+        release(c, attempts)
+    }
+
+    fn delete_delivered<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        rows: &'c [(Uuid, i64)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        delivered(c, rows)
+    }
+}
+
+/// SQLite has one writer at a time, and a writer that finds the database locked polls it with
+/// sleeps of up to 100 ms (its busy handler). Under load the scheduler's claims, polling while
+/// the recorder's batches held the lock, took a second per tick. So this process's writers of
+/// one database file queue on an async mutex instead (FIFO, woken at once); the file's lock
+/// still guards against other processes.
+async fn write_gate(pool: &sqlx::SqlitePool) -> tokio::sync::OwnedMutexGuard<()> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    static GATES: LazyLock<Mutex<HashMap<std::path::PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(Default::default);
+    let file = pool.connect_options().get_filename().to_path_buf();
+    let gate = GATES.lock().unwrap_or_else(|p| p.into_inner()).entry(file).or_default().clone();
+    gate.lock_owned().await
+}
+
+async fn append(conn: &mut sqlx::SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
+    for chunk in events.chunks(EVENT_CHUNK) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.campaign_id)
+                .push_bind(e.stream_id)
+                .push_bind(e.stream_seq as i32)
+                .push_bind(e.kind.as_str())
+                .push_bind(e.body.as_str())
+                .push_bind(e.created_at);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn number(conn: &mut sqlx::SqliteConnection, numbered: &[(i64, i64)]) -> Result<(), StoreError> {
+    pairs(
+        conn,
+        numbered,
+        "n, seq",
+        "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) \
+         SELECT v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at \
+         FROM v JOIN event_inbox i ON i.n = v.n",
+    )
+    .await?;
+    pairs(conn, numbered, "n, seq", "DELETE FROM event_inbox WHERE n IN (SELECT n FROM v)").await
+}
+
+/// Runs `WITH v(<cols>) AS (VALUES …) <stmt>` on SQLite for each chunk of `rows`.
+async fn pairs<A, B>(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[(A, B)],
+    cols: &str,
+    stmt: &str,
+) -> Result<(), StoreError>
+where
+    A: Copy + Send + for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'static,
+    B: Copy + Send + for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + 'static,
+{
+    for chunk in rows.chunks(CHUNK) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(format!("WITH v({cols}) AS ("));
+        q.push_values(chunk, |mut b, (x, y)| {
+            b.push_bind(*x).push_bind(*y);
+        });
+        q.push(") ").push(stmt);
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn claimed(
+    conn: &mut sqlx::SqliteConnection,
+    endpoint: Uuid,
+    seqs: &[i64],
+) -> Result<Vec<ClaimedRow>, StoreError> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(CHUNK) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT d.seq, d.stream_id, d.stream_seq, d.attempts, d.window_start, e.body, e.created_at \
+             FROM webhook_deliveries d JOIN events e ON e.seq = d.seq WHERE d.endpoint_id = ",
+        );
+        q.push_bind(endpoint).push(" AND d.seq IN (");
+        let mut sep = q.separated(", ");
+        for s in chunk {
+            sep.push_bind(*s);
+        }
+        q.push(")");
+        out.extend(q.build_query_as::<ClaimedRow>().fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
+async fn release(
+    conn: &mut sqlx::SqliteConnection,
+    attempts: &[(Uuid, i64, i32)],
+) -> Result<Vec<(Uuid, i64, i32)>, StoreError> {
+    let mut held = Vec::with_capacity(attempts.len());
+    for chunk in attempts.chunks(CHUNK) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new("WITH v(e, s, a) AS (");
+        q.push_values(chunk, |mut b, (e, s, a)| {
+            b.push_bind(*e).push_bind(*s).push_bind(*a);
+        });
+        q.push(") DELETE FROM webhook_leases WHERE (endpoint_id, seq, attempt) IN (SELECT e, s, a FROM v) RETURNING endpoint_id, seq, attempt");
+        held.extend(q.build_query_as::<(Uuid, i64, i32)>().fetch_all(&mut *conn).await?);
+    }
+    Ok(held)
+}
+
+async fn delivered(conn: &mut sqlx::SqliteConnection, rows: &[(Uuid, i64)]) -> Result<(), StoreError> {
+    pairs(conn, rows, "e, s", "DELETE FROM webhook_deliveries WHERE (endpoint_id, seq) IN (SELECT e, s FROM v)").await
+}
+
+async fn deliveries(
+    conn: &mut sqlx::SqliteConnection,
+    endpoint: Uuid,
+    rows: &[(i64, Uuid, i32)],
+    at: DateTime<Utc>,
+    buried: Option<&str>,
+) -> Result<(), StoreError> {
+    let state = if buried.is_some() { "dead" } else { "pending" };
+    for chunk in rows.chunks(CHUNK / 2) {
+        let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO webhook_deliveries (endpoint_id, seq, stream_id, stream_seq, state, attempts, next_attempt_at, dead_at, last_error) ",
+        );
+        q.push_values(chunk, |mut b, (seq, s, ss)| {
+            b.push_bind(endpoint)
+                .push_bind(*seq)
+                .push_bind(*s)
+                .push_bind(*ss)
+                .push_bind(state)
+                .push_bind(0i32)
+                .push_bind(at)
+                .push_bind(buried.map(|_| at))
+                .push_bind(buried);
+        });
+        q.push(" ON CONFLICT (endpoint_id, seq) DO NOTHING");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! A campaign's aggregates, kept by every statement that moves its calls, and the same figures
+//! counted afresh from the rows (which tests compare).
+
+use dialer_domain::validate::CampaignStats;
+use uuid::Uuid;
+
+use crate::StoreError;
+use crate::dialect::{Bind, Dialect, QueryExt, RowExt};
+
+fn stats_from_row<D: Dialect>(id: Uuid, row: &D::Row) -> Result<CampaignStats, StoreError> {
+    Ok(CampaignStats {
+        campaign_id: id,
+        total_calls: row.col("total_calls")?,
+        pending_calls: row.col("pending_calls")?,
+        queued_calls: row.col("queued_calls")?,
+        in_progress_calls: row.col("in_progress_calls")?,
+        completed_calls: row.col("completed_calls")?,
+        failed_calls: row.col("failed_calls")?,
+        retries_attempted: row.col("retries_attempted")?,
+        attempts_total: row.col("attempts_total")?,
+        failed_by_outcome: dialer_domain::validate::FailedByOutcome {
+            busy: row.col("failed_busy")?,
+            no_answer: row.col("failed_no_answer")?,
+            rejected: row.col("failed_rejected")?,
+            invalid_number: row.col("failed_invalid_number")?,
+            failed: row.col("failed_failed")?,
+            unknown_outcome: row.col("failed_unknown_outcome")?,
+        },
+        skipped_calls: row.col("skipped_calls")?,
+        skipped_by_reason: dialer_domain::validate::SkippedByReason {
+            dnc: row.col("skipped_dnc")?,
+            no_zone: row.col("skipped_no_zone")?,
+        },
+    })
+}
+
+pub async fn stats<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<CampaignStats, StoreError> {
+    let mut conn = pool.acquire().await?;
+    read_stats::<D>(&mut conn, id).await
+}
+
+pub(crate) async fn read_stats<D: Dialect>(conn: &mut D::Connection, id: Uuid) -> Result<CampaignStats, StoreError> {
+    let row = sqlx::query::<D>(
+        "SELECT total_calls, pending_calls, queued_calls, in_progress_calls, completed_calls, failed_calls, \
+         retries_attempted, attempts_total, failed_busy, failed_no_answer, failed_rejected, \
+         failed_invalid_number, failed_failed, failed_unknown_outcome, skipped_calls, skipped_dnc, skipped_no_zone \
+         FROM campaign_stats WHERE campaign_id = $1",
+    )
+    .arg(id)
+    .maybe_row(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound("campaign"))?;
+    stats_from_row::<D>(id, &row)
+}
+
+pub async fn recount_stats<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<CampaignStats, StoreError> {
+    let row = sqlx::query::<D>(
+        "SELECT count(*) AS total_calls, \
+         COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0) AS pending_calls, \
+         COALESCE(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END), 0) AS queued_calls, \
+         COALESCE(SUM(CASE WHEN status = 'in_progress' THEN 1 ELSE 0 END), 0) AS in_progress_calls, \
+         COALESCE(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), 0) AS completed_calls, \
+         COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed_calls, \
+         COALESCE(SUM(CASE WHEN attempt_count > 1 THEN attempt_count - 1 ELSE 0 END), 0) AS retries_attempted, \
+         COALESCE(SUM(attempt_count), 0) AS attempts_total, \
+         COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'busy' THEN 1 ELSE 0 END), 0) AS failed_busy, \
+         COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'no_answer' THEN 1 ELSE 0 END), 0) AS failed_no_answer, \
+         COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'rejected' THEN 1 ELSE 0 END), 0) AS failed_rejected, \
+         COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'invalid_number' THEN 1 ELSE 0 END), 0) AS failed_invalid_number, \
+         COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'failed' THEN 1 ELSE 0 END), 0) AS failed_failed, \
+         COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'unknown_outcome' THEN 1 ELSE 0 END), 0) AS failed_unknown_outcome, \
+         COALESCE(SUM(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END), 0) AS skipped_calls, \
+         COALESCE(SUM(CASE WHEN status = 'skipped' AND last_error = 'dnc' THEN 1 ELSE 0 END), 0) AS skipped_dnc, \
+         COALESCE(SUM(CASE WHEN status = 'skipped' AND last_error = 'no_zone' THEN 1 ELSE 0 END), 0) AS skipped_no_zone \
+         FROM calls WHERE campaign_id = $1",
+    )
+    .arg(id)
+    .row(&mut *pool.acquire().await?)
+    .await?;
+    stats_from_row::<D>(id, &row)
+}
+
+pub(crate) async fn add_pending<D: Dialect>(
+    conn: &mut D::Connection,
+    campaign_id: Uuid,
+    n: u64,
+) -> Result<(), StoreError> {
+    if n > 0 {
+        sqlx::query::<D>(
+            "UPDATE campaign_stats SET total_calls = total_calls + $1, pending_calls = pending_calls + $1 WHERE campaign_id = $2",
+        )
+        .arg(n as i64)
+        .arg(campaign_id)
+        .run(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
