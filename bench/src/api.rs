@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use dialer_control_plane::{Config, app, open_store};
+use dialer_control_plane::ApiSettings;
+use dialer_store::{Store, StoreSettings};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
@@ -167,15 +168,15 @@ async fn server(a: &Args) -> Result<(String, Option<dialer_control_plane::Store>
         return Ok((t.trim_start_matches("http://").trim_end_matches('/').to_string(), None, None));
     }
     let (url, tmp) = crate::store_url(&a.store, a.url.as_ref())?;
-    let mut cfg = Config::default();
-    cfg.api.max_body_bytes = 1 << 30;
-    cfg.api.max_targets_per_request = a.targets;
-    cfg.limits.max_concurrent_calls = cfg.limits.max_concurrent_calls.max(a.connections as u32 * 2);
-    cfg.store.max_connections = cfg.store.max_connections.max(32);
-    let store = open_store(&cfg, &url).await.context("opening the store")?;
+    let api = ApiSettings { max_body_bytes: 1 << 30, max_targets_per_request: a.targets, ..Default::default() };
+    let mut limits = dialer_limiter::LimitSettings::default();
+    limits.max_concurrent_calls = limits.max_concurrent_calls.max(a.connections as u32 * 2);
+    let mut db = StoreSettings::default();
+    db.max_connections = db.max_connections.max(32);
+    let store = Store::open(&url, &db).await.context("opening the store")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
-    let router = app(&cfg, store.clone());
+    let router = dialer_control_plane::app_with_guard(&api, store.clone(), limits.api_guard());
     tokio::spawn(async move { axum::serve(listener, router).await });
     Ok((addr, Some(store), tmp))
 }

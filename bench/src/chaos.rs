@@ -18,10 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use dialer_control_plane::{Config, open_store};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::{EventKind, StatusEvent};
 use dialer_domain::validate::CreateCampaignRequest;
+use dialer_testkit::fixtures::open as open_store;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Message};
@@ -401,7 +401,7 @@ fn dataplane_procs(a: &Args, w: &Path, config: &str) -> Vec<Proc> {
 /// The campaigns, created and started through the store (the API is not under test here), with
 /// caps spread between `--min-campaign-cap` and `--campaign-cap`.
 async fn create_campaigns(a: &Args, db: &str) -> Result<(Vec<Uuid>, HashMap<Uuid, u32>)> {
-    let store = open_store(&Config::default(), db).await?;
+    let store = open_store(db).await;
     let mut caps: HashMap<Uuid, u32> = HashMap::new();
     let mut ids = Vec::new();
     for i in 0..a.campaigns {
@@ -518,7 +518,7 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
 /// Waits until every campaign completes by itself (or `--settle-timeout-s`); whether they did.
 async fn settle(a: &Args, db: &str, ids: &[Uuid]) -> Result<bool> {
     let total = (a.campaigns * a.targets) as i64;
-    let store = open_store(&Config::default(), db).await?;
+    let store = open_store(db).await;
     let settle = Instant::now() + Duration::from_secs(a.settle_timeout_s);
     let spin = ProgressBar::new(total as u64);
     spin.set_style(
@@ -552,7 +552,7 @@ async fn check_guarantees(
     elapsed: f64,
 ) -> Result<()> {
     let total = (a.campaigns * a.targets) as i64;
-    let store = open_store(&Config::default(), &cluster.db).await?;
+    let store = open_store(&cluster.db).await;
     let w = cluster.work.path();
     let crate::Progress { terminal, attempts, .. } = crate::progress(&store, ids).await?;
     let mismatched = crate::stats_mismatches(&store, ids).await?;

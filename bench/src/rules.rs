@@ -13,10 +13,11 @@ use anyhow::{Context, Result, bail};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use chrono::{DateTime, Utc};
-use dialer_control_plane::{Config, Store, app, open_store};
+use dialer_control_plane::{ApiSettings, Store, app};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::rules::CallingRules;
 use dialer_domain::validate::CreateCampaignRequest;
+use dialer_store::StoreSettings;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -120,11 +121,10 @@ pub async fn run(a: Args) -> Result<()> {
     }
     let at: DateTime<Utc> = DateTime::parse_from_rfc3339(&a.at).context("--at is RFC 3339")?.with_timezone(&Utc);
     let (url, _tmp) = crate::store_url(&a.db.store, a.db.url.as_ref())?;
-    let mut cfg = Config::default();
-    cfg.api.max_body_bytes = 1 << 30;
-    cfg.api.max_targets_per_request = a.dnc.max(a.targets);
-    let store = open_store(&cfg, &url).await.context("opening the store")?;
-    let router = app(&cfg, store.clone());
+    let api =
+        ApiSettings { max_body_bytes: 1 << 30, max_targets_per_request: a.dnc.max(a.targets), ..Default::default() };
+    let store = Store::open(&url, &StoreSettings::default()).await.context("opening the store")?;
+    let router = app(&api, store.clone());
     println!("creating campaigns of {} and {} targets over every NANP area code…", a.targets, a.targets / 20);
     let (big, big_took) = campaign(&store, "rules-big", a.targets).await?;
     let (small, _) = campaign(&store, "rules-small", a.targets / 20).await?;

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use dialer_dataplane::Provider;
+use dialer_dataplane::ProviderSettings;
 use dialer_dataplane::provider::CallOutcome;
-use dialer_dataplane::sip::{SipProvider, SipSettings, TrunkSettings};
-use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
+use dialer_dataplane::sip::{SipProvider, TrunkSettings};
+use dialer_domain::messages::DispatchMessage;
+use dialer_testkit::fixtures::Dispatch;
 use dialer_testkit::sip::{Sipp, SippReport, free_udp_port};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -92,20 +94,8 @@ fn note(s: &str) {
 }
 
 fn msg(i: u64, busy: bool) -> DispatchMessage {
-    DispatchMessage {
-        v: SCHEMA_VERSION,
-        call_id: Uuid::now_v7(),
-        attempt: 1,
-        campaign_id: Uuid::from_u128(1),
-        phone_number: format!("+1555{:06}{}", i % 1_000_000, if busy { "486" } else { "201" }),
-        campaign_cap: u32::MAX,
-        campaign_weight: 1,
-        not_before_ms: 0,
-        deadline_ms: 0,
-        enqueued_at_us: 0,
-        telephony: None,
-        kind: Default::default(),
-    }
+    let number = format!("+1555{:06}{}", i % 1_000_000, if busy { "486" } else { "201" });
+    Dispatch::call(0).id(Uuid::now_v7()).campaign(Uuid::from_u128(1)).cap(u32::MAX).number(&number).build()
 }
 
 /// The shard's own figures.
@@ -126,23 +116,18 @@ fn cpu_seconds() -> f64 {
 }
 
 /// The bench's trunk: sipp, no channel or CPS limit (the far end's own rate is measured).
-fn bench_settings(a: &Args, far: std::net::SocketAddr) -> SipSettings {
+fn bench_settings(a: &Args, far: std::net::SocketAddr) -> ProviderSettings {
     let trunk = TrunkSettings {
         name: "sipp".into(),
-        proxy: far,
+        proxy: far.to_string(),
         domain: "bench.test".into(),
-        username: String::new(),
-        password: String::new(),
-        from_user: "dialer".into(),
         from_domain: "bench.test".into(),
-        caller_id: String::new(),
-        allowed_caller_ids: vec![],
         max_channels: u32::MAX,
         max_cps: 0,
-        priority: 1,
-        weight: 1,
+        ..TrunkSettings::default()
     };
-    SipSettings { trunks: vec![trunk], max_call: a.hold, ..SipSettings::default() }
+    let sip = dialer_dataplane::ProviderKind::Sip;
+    ProviderSettings { kind: sip, trunks: vec![trunk], max_call: a.hold, ..ProviderSettings::default() }
 }
 
 impl Shard {

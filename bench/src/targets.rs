@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use dialer_control_plane::{Config, Store, app, open_store};
+use dialer_control_plane::{ApiSettings, Store, app};
+use dialer_store::StoreSettings;
 use http_body_util::BodyExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -48,11 +49,10 @@ pub async fn run(a: Args) -> Result<()> {
         bail!("--count and --chunk must be at least 1");
     }
     let (url, _tmp) = crate::store_url(&a.db.store, a.db.url.as_ref())?;
-    let mut cfg = Config::default();
-    cfg.api.max_body_bytes = 1 << 30;
-    cfg.api.max_targets_per_request = a.count.max(a.chunk);
-    let store = open_store(&cfg, &url).await.context("opening the store")?;
-    let router = app(&cfg, store.clone());
+    let api =
+        ApiSettings { max_body_bytes: 1 << 30, max_targets_per_request: a.count.max(a.chunk), ..Default::default() };
+    let store = Store::open(&url, &StoreSettings::default()).await.context("opening the store")?;
+    let router = app(&api, store.clone());
 
     let targets: Vec<Value> =
         (0..a.count).map(|i| json!({"phone_number": number(i), "metadata": {"row": i}})).collect();

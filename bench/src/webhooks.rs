@@ -1,4 +1,4 @@
-//! `bench webhooks` (issue 20): what the event log costs the recorder, and how fast webhooks go
+//! `bench webhooks`: what the event log costs the recorder, and how fast webhooks go
 //! out. Four recorder runs of the same work, each on a fresh campaign of N claimed calls whose
 //! outcomes (`started`, then `completed`, 2 events a call) are recorded in the recorder's batches
 //! through `Store::record_events`, the production path:
@@ -24,11 +24,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use dialer_control_plane::webhooks::{Deliverer, DeliverySettings, Summary, run_sequencer};
-use dialer_control_plane::{Config, Store, open_store};
+use anyhow::{Result, bail};
+use dialer_control_plane::Store;
+use dialer_control_plane::webhooks::{Deliverer, Summary, WebhookSettings, run_sequencer};
 use dialer_domain::campaign::CampaignAction;
-use dialer_domain::events::RetrySchedule;
 use dialer_domain::messages::{EventKind, SCHEMA_VERSION, StatusEvent};
 use dialer_domain::validate::CreateCampaignRequest;
 use dialer_domain::webhooks::CreateWebhookRequest;
@@ -59,13 +58,9 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-fn settings() -> DeliverySettings {
-    DeliverySettings {
-        timeout: Duration::from_secs(10),
-        retry: RetrySchedule::default(),
-        claim_batch: 64,
-        poll: Duration::from_millis(250),
-    }
+/// The product's delivery settings.
+fn settings() -> WebhookSettings {
+    WebhookSettings::default()
 }
 
 /// A started campaign of `n` claimed calls (named `name` and a fresh id: runs repeat); the outcome
@@ -277,7 +272,7 @@ pub async fn run(args: Args) -> Result<()> {
         Some(pg) => (pg.create_database().map_err(anyhow::Error::msg)?, None),
         None => crate::store_url(&args.db.store, args.db.url.as_ref())?,
     };
-    let s = open_store(&Config::default(), &url).await.context("opening the store")?;
+    let s = dialer_testkit::fixtures::open(&url).await;
     let delivered = delivery_run(&s, &args).await?;
     // Rounds of the four runs, each round in another order (the tables grow from run to run, and
     // the machine's load drifts): a ratio compares the runs of one round.

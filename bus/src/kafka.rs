@@ -78,26 +78,6 @@ impl KafkaTuning {
     pub fn control_plane() -> KafkaTuning {
         KafkaTuning { fetch_wait_max_ms: 500, message_timeout_ms: 300_000, ..KafkaTuning::default() }
     }
-
-    /// Refuses impossible values: `(key under the section, reason)`.
-    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
-        if self.batch_num_messages == 0 {
-            return Err(("batch_num_messages", "must be at least 1"));
-        }
-        if self.message_timeout_ms < 1000 {
-            return Err(("message_timeout_ms", "must be at least 1000"));
-        }
-        if self.session_timeout_ms < 1_000 {
-            return Err((
-                "session_timeout_ms",
-                "must be at least 1000 (the broker refuses less than its group.min.session.timeout.ms, 6000 by default)",
-            ));
-        }
-        if self.commit_every_ms == 0 {
-            return Err(("commit_every_ms", "must be at least 1"));
-        }
-        Ok(())
-    }
 }
 
 /// How a consumer group spreads the dispatch partitions (see [`KafkaTuning::assignor`]).

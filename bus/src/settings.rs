@@ -97,31 +97,4 @@ impl BusSettings {
     pub fn recorder_group(&self) -> String {
         format!("{}-recorder", self.group_id)
     }
-
-    /// Refuses impossible values: `(key under [bus], reason)`.
-    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
-        for (k, v) in [
-            ("dispatch_topic", &self.dispatch_topic),
-            ("status_topic", &self.status_topic),
-            ("dead_letter_topic", &self.dead_letter_topic),
-            ("group_id", &self.group_id),
-        ] {
-            if v.is_empty() || v.len() > 249 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-                return Err((k, "must be 1–249 characters of letters, digits, '.', '_' and '-'"));
-            }
-        }
-        if self.kind == BusKind::Kafka && self.brokers.is_empty() {
-            return Err(("brokers", "must list the bootstrap servers, e.g. 127.0.0.1:9092"));
-        }
-        if self.dispatch_partitions < 1 {
-            return Err(("dispatch_partitions", "must be at least 1"));
-        }
-        if self.replication_factor < 1 {
-            return Err(("replication_factor", "must be at least 1"));
-        }
-        if self.status_partitions < 1 {
-            return Err(("status_partitions", "must be at least 1"));
-        }
-        Ok(())
-    }
 }

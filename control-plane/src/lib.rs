@@ -1,11 +1,13 @@
 //! The control plane of the dialer: the REST API for campaigns, targets, calls and stats
-//! (axum, OpenAPI from utoipa), its persistence on PostgreSQL or SQLite (sqlx) behind one
-//! [`store::Store`], and the configuration shared by every `dialer` command. Later the
-//! scheduler and recorder live here too. It never places calls itself: the data plane does.
+//! (axum, OpenAPI from utoipa), the scheduler (due calls to the dispatch topic within the caps
+//! and the recipient's windows), the recorders (status events to the store), the reaper (calls
+//! whose dispatch or outcome was lost) and the event pipeline (webhooks, the live stream). Its
+//! state is in [`dialer_store`]; it never places calls itself: the data plane does. It owns the
+//! settings of what it runs ([`ApiSettings`], [`SchedulerSettings`], [`EventsSettings`],
+//! [`WebhookSettings`]); the binary reads them and hands them over.
 
 pub mod api;
 pub mod calling_rules;
-pub mod config;
 pub mod live;
 pub mod observability;
 pub mod reaper;
@@ -16,57 +18,50 @@ pub mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::Config;
-pub use dialer_store::{Store, StoreError, StoreOptions};
+use dialer_domain::rules::CallingRules;
+use dialer_limiter::{ApiGuard, LimitSettings};
 
-/// Connects to the configured store and applies migrations.
-pub async fn open_store(cfg: &Config, url: &str) -> Result<Store, StoreError> {
-    let store = Store::connect(
-        url,
-        &StoreOptions {
-            max_connections: cfg.store.max_connections,
-            acquire_timeout: Duration::from_secs(cfg.store.acquire_timeout_sec),
+pub use api::{ApiKey, ApiSettings};
+pub use dialer_store::{Store, StoreError};
+pub use scheduler::SchedulerSettings;
+pub use webhooks::{EventsSettings, WebhookSettings};
+
+/// The API router over `store`: `api`'s settings, the lawful default calling rules and the
+/// default limits' guard (tools and tests; the binary serves [`app_serving`]).
+pub fn app(api: &ApiSettings, store: Store) -> axum::Router {
+    app_with_guard(api, store, LimitSettings::default().api_guard())
+}
+
+/// [`app`] with a given guard (tests hold on to it).
+pub fn app_with_guard(api: &ApiSettings, store: Store, guard: Arc<ApiGuard>) -> axum::Router {
+    app_serving(
+        store,
+        Serving {
+            api: api.clone(),
+            calling_rules: CallingRules::default(),
+            guard,
+            timeline: None,
+            checks: Vec::new(),
+            events: EventPipeline::default(),
         },
     )
-    .await?;
-    store.migrate().await?;
-    Ok(store)
 }
 
-/// The API-level guard configured by `limits.max_concurrent_calls` and `limits.daily_usage_cap`.
-pub fn api_guard(cfg: &Config) -> Arc<dialer_limiter::ApiGuard> {
-    Arc::new(dialer_limiter::ApiGuard::new(cfg.limits.max_concurrent_calls, cfg.limits.daily_usage_cap))
-}
-
-/// The API router over `store`.
-pub fn app(cfg: &Config, store: Store) -> axum::Router {
-    app_with_guard(cfg, store, api_guard(cfg))
-}
-
-/// The API router with a given guard (tests hold on to it).
-pub fn app_with_guard(cfg: &Config, store: Store, guard: Arc<dialer_limiter::ApiGuard>) -> axum::Router {
-    app_with(cfg, store, guard, None)
-}
-
-/// The API router with every part given.
-pub fn app_with(
-    cfg: &Config,
-    store: Store,
-    guard: Arc<dialer_limiter::ApiGuard>,
-    timeline: Option<dialer_store::timeline::CqlTimeline>,
-) -> axum::Router {
-    app_checked(cfg, store, guard, timeline, Vec::new())
-}
-
-/// The API router with readiness checks beyond the store.
-pub fn app_checked(
-    cfg: &Config,
-    store: Store,
-    guard: Arc<dialer_limiter::ApiGuard>,
-    timeline: Option<dialer_store::timeline::CqlTimeline>,
-    checks: Vec<observability::ReadyCheck>,
-) -> axum::Router {
-    app_serving(cfg, store, guard, timeline, checks, EventPipeline::default())
+/// What the API serves with besides its store.
+#[derive(Debug)]
+pub struct Serving {
+    /// `[api]`.
+    pub api: ApiSettings,
+    /// `[calling_rules]`: the rules of campaigns without their own (the preview).
+    pub calling_rules: CallingRules,
+    /// `[limits]`' guard of `POST /calls` (`MAX_CONCURRENT_CALLS`, `DAILY_USAGE_CAP`).
+    pub guard: Arc<ApiGuard>,
+    /// The CQL timeline, when `[timeline]` names nodes (else the SQL table).
+    pub timeline: Option<dialer_store::CqlTimeline>,
+    /// Readiness checks beyond the store.
+    pub checks: Vec<observability::ReadyCheck>,
+    /// The event pipeline's parts the API shows.
+    pub events: EventPipeline,
 }
 
 /// What a process's event pipeline gives the API: the live stream's hub (when the log is on and
@@ -77,75 +72,64 @@ pub struct EventPipeline {
     pub summary: Arc<webhooks::Summary>,
 }
 
-/// Starts the event pipeline (issue 20) on `store`: the sequencer, the live stream's tail, the
+/// Starts the event pipeline on `store`: the sequencer, the live stream's tail, the
 /// upkeep and, with `webhooks.enabled`, the deliverer; each stops when its `shutdown()` resolves.
 /// Nothing starts with `events.enabled` off.
-pub fn spawn_events<F>(cfg: &Config, store: &Store, shutdown: impl Fn() -> F) -> Result<EventPipeline, reqwest::Error>
+pub fn spawn_events<F>(
+    events: &EventsSettings,
+    webhooks: &WebhookSettings,
+    store: &Store,
+    shutdown: impl Fn() -> F,
+) -> Result<EventPipeline, reqwest::Error>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    dialer_store::set_events_enabled(cfg.events.enabled);
+    dialer_store::set_events_enabled(events.enabled);
     let summary = Arc::new(webhooks::Summary::default());
-    if !cfg.events.enabled {
+    if !events.enabled {
         return Ok(EventPipeline { live: None, summary });
     }
-    let e = &cfg.events;
-    let poll = Duration::from_millis(e.poll_ms);
-    let hub = live::LiveHub::new(store.clone(), e.live_buffer, Duration::from_millis(e.live_stats_every_ms));
+    let hub = live::LiveHub::new(store.clone(), events.live_buffer, events.live_stats_every);
     let wake = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(hub.clone().run(poll.max(Duration::from_millis(250)), shutdown()));
-    let seq =
-        webhooks::run_sequencer(store.clone(), poll, wake.clone(), Some(hub.clone()), summary.clone(), shutdown());
+    tokio::spawn(hub.clone().run(events.poll.max(Duration::from_millis(250)), shutdown()));
+    let seq = webhooks::run_sequencer(
+        store.clone(),
+        events.poll,
+        wake.clone(),
+        Some(hub.clone()),
+        summary.clone(),
+        shutdown(),
+    );
     tokio::spawn(seq);
-    let keep = Duration::from_secs(e.keep_hours * 3600);
+    let keep = Duration::from_secs(events.keep_hours * 3600);
     tokio::spawn(webhooks::run_upkeep(store.clone(), keep, summary.clone(), shutdown()));
-    if cfg.webhooks.enabled {
-        let settings = cfg.webhooks.delivery();
-        let client = webhooks::Deliverer::client(&settings)?;
-        let d = webhooks::Deliverer { store: store.clone(), settings, client, summary: summary.clone() };
+    if webhooks.enabled {
+        let client = webhooks::Deliverer::client(webhooks)?;
+        let d =
+            webhooks::Deliverer { store: store.clone(), settings: webhooks.clone(), client, summary: summary.clone() };
         tokio::spawn(d.run(wake, shutdown()));
     }
     Ok(EventPipeline { live: Some(hub), summary })
 }
 
-/// The API router with every part, the event pipeline's included.
-pub fn app_serving(
-    cfg: &Config,
-    store: Store,
-    guard: Arc<dialer_limiter::ApiGuard>,
-    timeline: Option<dialer_store::timeline::CqlTimeline>,
-    checks: Vec<observability::ReadyCheck>,
-    events: EventPipeline,
-) -> axum::Router {
+/// The API router over `store` with every part.
+pub fn app_serving(store: Store, s: Serving) -> axum::Router {
     // `/metrics` answers in any process serving the API (the binary installs first, with the
     // catalogues of everything it runs; this adds nothing then).
     observability::install();
+    let Serving { api, calling_rules, guard, timeline, checks, events } = s;
     api::router(api::AppState {
         calls: dialer_store::CallBatcher::new(store.clone()),
         store,
-        api: Arc::new(cfg.api.clone()),
-        calling_rules: Arc::new(cfg.calling_rules.clone()),
+        campaigns: Arc::new(api::CampaignCache::new(api.campaign_cache)),
+        api: Arc::new(api),
+        calling_rules: Arc::new(calling_rules),
         guard,
         timeline,
         checks: checks.into(),
-        campaigns: Arc::new(api::CampaignCache::new(Duration::from_millis(cfg.api.campaign_cache_ms))),
         live: events.live,
         summary: events.summary,
     })
-}
-
-/// Connects the CQL timeline when `timeline.cql_nodes` is set.
-pub async fn open_timeline(
-    cfg: &Config,
-) -> Result<Option<dialer_store::timeline::CqlTimeline>, dialer_store::timeline::TimelineError> {
-    if cfg.timeline.cql_nodes.is_empty() {
-        return Ok(None);
-    }
-    let t = &cfg.timeline;
-    let ttl = Duration::from_secs(u64::from(t.ttl_days) * 86_400);
-    dialer_store::timeline::CqlTimeline::connect(&t.cql_nodes, &t.keyspace, t.replication_factor)
-        .await
-        .map(|c| Some(c.with_ttl(ttl)))
 }
 
 /// Reconciles the limiter's counters with its leases every `every`, logging and counting drift,

@@ -1,4 +1,4 @@
-//! The live stream (issue 20): `GET /api/v1/events` and `GET /api/v1/campaigns/{id}/events` as
+//! The live stream: `GET /api/v1/events` and `GET /api/v1/campaigns/{id}/events` as
 //! Server-Sent Events.
 //!
 //! One tail per process ([`LiveHub::run`]) reads newly numbered events from the log and

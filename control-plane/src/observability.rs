@@ -39,7 +39,7 @@ pub fn describe() {
     }
 }
 
-/// The event log's, webhooks' and live stream's part of the catalogue (issue 20).
+/// The event log's, webhooks' and live stream's part of the catalogue.
 fn describe_events() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("dialer_events_logged_total", "Events numbered into the log by this process's sequencer.");

@@ -47,6 +47,18 @@ pub struct ReaperConfig {
 }
 
 impl ReaperConfig {
+    /// The reaper's timings: `[scheduler]`'s sweep, grace and dispatch deadline, and the
+    /// provider's longest call.
+    pub fn new(s: &crate::scheduler::SchedulerSettings, longest_call: Duration) -> ReaperConfig {
+        ReaperConfig {
+            every: s.reap_every,
+            dispatch_ttl: s.dispatch_ttl,
+            longest_call,
+            grace: s.reap_grace,
+            batch: 1000,
+        }
+    }
+
     /// A queued call claimed before this is abandoned.
     pub fn queued_before(&self, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
         now - self.dispatch_ttl - self.longest_call - self.grace
@@ -77,19 +89,15 @@ pub struct Reaper {
 }
 
 impl Reaper {
-    /// The reaper every `dialer` process runs: the configured timings, the system clock.
-    pub fn from_config(
-        cfg: &crate::Config,
+    /// The reaper every `dialer` process runs: these timings, the system clock, `seed` for the
+    /// retries' jitter.
+    pub fn new(
         store: Store,
         timeline: Option<dialer_store::timeline::CqlTimeline>,
+        cfg: ReaperConfig,
+        seed: u64,
     ) -> Reaper {
-        Reaper {
-            store,
-            clock: Arc::new(crate::scheduler::SystemClock),
-            cfg: cfg.reaper_config(),
-            timeline,
-            seed: cfg.provider.seed,
-        }
+        Reaper { store, clock: Arc::new(crate::scheduler::SystemClock), cfg, timeline, seed }
     }
 
     /// One sweep: resolves every abandoned call, a batch at a time.

@@ -20,8 +20,8 @@ pub struct Recorder<S: StatusSource> {
     pub batch_max: usize,
     /// From the broker: how long a batch waits for more events once it has its first, while
     /// it holds fewer than `batch_max` (`scheduler.recorder_linger_ms`). Each batch is a
-    /// transaction with its round trips and its commit's WAL flush: batches of what happened to
-    /// be fetched kept the recorder at small batches, the bound of `bench e2e`.
+    /// transaction with its round trips and its commit's WAL flush, so a batch of whatever
+    /// happened to be fetched would pay them for a handful of events.
     pub linger: Duration,
     pub seed: u64,
     /// The CQL timeline, when configured (else the SQL table).
@@ -29,6 +29,24 @@ pub struct Recorder<S: StatusSource> {
 }
 
 impl<S: StatusSource> Recorder<S> {
+    /// A recorder with `[scheduler]`'s batch size and linger; `seed` for the retries' jitter.
+    pub fn new(
+        store: Store,
+        source: S,
+        settings: &crate::scheduler::SchedulerSettings,
+        seed: u64,
+        timeline: Option<dialer_store::timeline::CqlTimeline>,
+    ) -> Recorder<S> {
+        Recorder {
+            store,
+            source,
+            batch_max: settings.recorder_batch_max,
+            linger: settings.recorder_linger,
+            seed,
+            timeline,
+        }
+    }
+
     /// Runs until `shutdown` resolves (and, in-process, until no more events wait).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);

@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dialer_bus::dispatch::{DispatchSink, PublishError};
+use dialer_domain::duration::{millis, secs};
 use dialer_domain::hours::{BusinessHours, parse_tz};
 use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
-use dialer_limiter::effective_campaign_cap;
+use dialer_domain::rules::CallingRules;
+use dialer_limiter::LimitSettings;
 use dialer_limiter::fair::{CampaignDemand, campaign_shares, round_up};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 
 use dialer_store::{ActiveCampaign, ClaimedCall, Store, StoreError};
 
@@ -54,41 +57,62 @@ impl Clock for ManualClock {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct SchedulerConfig {
+/// The scheduler's pacing, and the reaper's and recorders' timings (`[scheduler]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Time between ticks.
+    #[serde(rename = "interval_ms", with = "millis")]
     pub interval: Duration,
     /// Queued + dialing calls of a campaign stay under this many times its share.
     pub inflight_factor: u32,
     /// Most calls claimed for one campaign in one tick.
     pub max_batch: usize,
-    /// A dispatched call not dialed within this long expires and is claimed again later.
-    pub dispatch_ttl: Duration,
-    /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`.
-    pub per_campaign_ceiling: u32,
-    /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY`: campaigns are dispatched to their fair share of it.
-    pub global_cap: u32,
-    /// Campaigns with a per-campaign active-calls series (the busiest N).
-    pub top_campaigns: usize,
     /// Campaigns claimed and published at once in a tick. Each claim is a transaction and each
     /// publish waits for the broker's acknowledgement: one campaign after the other, a tick of
-    /// 1,000 small campaigns took longer than their calls (`bench e2e --campaigns 1000`).
+    /// many small campaigns would take longer than their calls.
     pub claim_concurrency: usize,
-    /// `[calling_rules]`: the recipient's rules of campaigns without their own.
-    pub calling_rules: dialer_domain::rules::CallingRules,
+    /// A dispatched call not dialled within this long expires and is claimed again later.
+    #[serde(rename = "dispatch_ttl_sec", with = "secs")]
+    pub dispatch_ttl: Duration,
+    /// How many campaigns (those with the most active calls) get a
+    /// `dialer_campaign_active_calls{campaign=…}` series; 0 turns the per-campaign series off.
+    pub metrics_top_campaigns: usize,
+    /// Time between sweeps of the reaper (calls whose dispatch or outcome was lost).
+    #[serde(rename = "reap_every_ms", with = "millis")]
+    pub reap_every: Duration,
+    /// How long the reaper waits beyond a call's latest possible end before resolving it (clock
+    /// skew between machines, a recorder's lag).
+    #[serde(rename = "reap_grace_ms", with = "millis")]
+    pub reap_grace: Duration,
+    /// Most status events the recorder writes in one transaction. Larger batches cost fewer
+    /// pages per call, and hold the store's write lock longer.
+    pub recorder_batch_max: usize,
+    /// How long a recorder batch read from the broker waits to fill up (see
+    /// `Recorder::linger`); 0 = take only what was fetched already.
+    #[serde(rename = "recorder_linger_ms", with = "millis")]
+    pub recorder_linger: Duration,
+    /// Recorders of this process on the status topic (distributed mode), each its own consumer
+    /// in the recorders' group: the broker splits the partitions between them and their
+    /// transactions overlap (one recorder waits on its round trips and its commit's WAL flush
+    /// most of the time). The in-process bus has one recorder.
+    pub recorder_workers: usize,
 }
 
-impl Default for SchedulerConfig {
+impl Default for SchedulerSettings {
     fn default() -> Self {
-        SchedulerConfig {
+        SchedulerSettings {
             interval: Duration::from_secs(1),
             inflight_factor: 2,
             max_batch: 5000,
-            dispatch_ttl: Duration::from_secs(300),
-            per_campaign_ceiling: 100,
-            global_cap: 10_000,
-            top_campaigns: 10,
             claim_concurrency: 8,
-            calling_rules: Default::default(),
+            dispatch_ttl: Duration::from_secs(300),
+            metrics_top_campaigns: 10,
+            reap_every: Duration::from_secs(10),
+            reap_grace: Duration::from_secs(30),
+            recorder_batch_max: 4000,
+            recorder_linger: Duration::from_millis(20),
+            recorder_workers: 2,
         }
     }
 }
@@ -110,14 +134,23 @@ pub struct Scheduler<S: DispatchSink> {
     pub store: Store,
     pub sink: S,
     pub clock: Arc<dyn Clock>,
-    pub cfg: SchedulerConfig,
+    pub settings: SchedulerSettings,
+    /// The caps campaigns are dispatched to (their fair shares of the global cap).
+    pub limits: LimitSettings,
+    /// `[calling_rules]`: the recipient's rules of campaigns without their own.
+    pub calling_rules: CallingRules,
 }
 
 /// How many calls of each campaign may be claimed now (`open`: whose business hours are open):
 /// `inflight_factor × share − live calls`, at most its pending calls and `max_batch`. A campaign's
 /// share is its max-min fair share of the global cap, by demand (live calls, plus pending ones
 /// where open) and weight, within its effective cap; rounded up, so a small share still dials.
-pub fn budgets(cfg: &SchedulerConfig, campaigns: &[ActiveCampaign], open: &[bool]) -> Vec<usize> {
+pub fn budgets(
+    s: &SchedulerSettings,
+    limits: &LimitSettings,
+    campaigns: &[ActiveCampaign],
+    open: &[bool],
+) -> Vec<usize> {
     let demands: Vec<CampaignDemand> = campaigns
         .iter()
         .zip(open)
@@ -127,12 +160,12 @@ pub fn budgets(cfg: &SchedulerConfig, campaigns: &[ActiveCampaign], open: &[bool
             CampaignDemand {
                 demand,
                 want: demand,
-                cap: f64::from(effective_campaign_cap(c.max_concurrent_calls, cfg.per_campaign_ceiling)),
+                cap: f64::from(limits.campaign_cap(c.max_concurrent_calls)),
                 weight: f64::from(c.weight.max(1)),
             }
         })
         .collect();
-    let shares = campaign_shares(f64::from(cfg.global_cap), &demands);
+    let shares = campaign_shares(f64::from(limits.global_max_concurrency), &demands);
     campaigns
         .iter()
         .zip(open)
@@ -141,8 +174,8 @@ pub fn budgets(cfg: &SchedulerConfig, campaigns: &[ActiveCampaign], open: &[bool
             if !open {
                 return 0;
             }
-            let room = i64::from(round_up(share)) * i64::from(cfg.inflight_factor) - c.queued - c.in_progress;
-            room.clamp(0, c.pending.min(cfg.max_batch as i64)) as usize
+            let room = i64::from(round_up(share)) * i64::from(s.inflight_factor) - c.queued - c.in_progress;
+            room.clamp(0, c.pending.min(s.max_batch as i64)) as usize
         })
         .collect()
 }
@@ -161,15 +194,15 @@ impl<S: DispatchSink> Scheduler<S> {
                 .map(|c| crate::observability::CampaignLoad {
                     campaign: c.id,
                     active: c.queued + c.in_progress,
-                    cap: effective_campaign_cap(c.max_concurrent_calls, self.cfg.per_campaign_ceiling),
+                    cap: self.limits.campaign_cap(c.max_concurrent_calls),
                 })
                 .collect(),
-            self.cfg.top_campaigns,
+            self.settings.metrics_top_campaigns,
         );
         let open: Vec<bool> = active.iter().map(|c| is_open(c, now)).collect();
         report.campaigns_open = open.iter().filter(|o| **o).count();
         report.campaigns_closed = open.len() - report.campaigns_open;
-        let budgets = budgets(&self.cfg, &active, &open);
+        let budgets = budgets(&self.settings, &self.limits, &active, &open);
         self.dispatch_all(&active, budgets, now, &mut report).await;
         report.completed_campaigns = self.store.complete_finished().await?.len();
         tracing::Span::current().record("dispatched", report.dispatched);
@@ -192,7 +225,7 @@ impl<S: DispatchSink> Scheduler<S> {
         let mut due = due.into_iter();
         let mut dispatches = futures::stream::FuturesUnordered::new();
         loop {
-            while dispatches.len() < self.cfg.claim_concurrency.max(1) {
+            while dispatches.len() < self.settings.claim_concurrency.max(1) {
                 let Some((c, n)) = due.next() else { break };
                 dispatches.push(self.dispatch_counted(c, n, now));
             }
@@ -201,7 +234,7 @@ impl<S: DispatchSink> Scheduler<S> {
             match result {
                 Ok(k) => {
                     report.dispatched += k;
-                    report.batch_bound |= n == self.cfg.max_batch && k == n;
+                    report.batch_bound |= n == self.settings.max_batch && k == n;
                 }
                 Err(e) => {
                     metrics::counter!("dialer_scheduler_errors_total").increment(1);
@@ -228,7 +261,7 @@ impl<S: DispatchSink> Scheduler<S> {
         let rules = c
             .calling_rules
             .as_ref()
-            .unwrap_or(&self.cfg.calling_rules)
+            .unwrap_or(&self.calling_rules)
             .compile("calling_rules")
             .map_err(|source| StoreError::from(dialer_store::Corrupt::Rules { campaign: c.id, source }))?;
         let zones = self.store.pending_zones(c.id).await?;
@@ -250,11 +283,11 @@ impl<S: DispatchSink> Scheduler<S> {
         if claimed.is_empty() {
             return Ok(0);
         }
-        let cap = effective_campaign_cap(c.max_concurrent_calls, self.cfg.per_campaign_ceiling);
+        let cap = self.limits.campaign_cap(c.max_concurrent_calls);
         let hours_close = parse_tz(&c.time_zone)
             .ok()
             .and_then(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.closes_after(now));
-        let by_zone = plan.deadlines(now, self.cfg.dispatch_ttl, hours_close);
+        let by_zone = plan.deadlines(now, self.settings.dispatch_ttl, hours_close);
         let deadlines: Vec<DateTime<Utc>> = claimed.iter().map(|k| by_zone[k.zone.as_str()]).collect();
         let msgs = messages(c, cap, &claimed, &deadlines, now);
         let k = msgs.len();
@@ -292,8 +325,10 @@ impl<S: DispatchSink> Scheduler<S> {
         if pending.is_empty() {
             return Ok(());
         }
-        let msgs: Vec<DispatchMessage> =
-            pending.iter().map(|s| crate::calling_rules::suppress_message(s, now, self.cfg.dispatch_ttl)).collect();
+        let msgs: Vec<DispatchMessage> = pending
+            .iter()
+            .map(|s| crate::calling_rules::suppress_message(s, now, self.settings.dispatch_ttl))
+            .collect();
         self.sink.broadcast(&msgs).await?;
         self.store.mark_announced(&pending).await?;
         metrics::counter!("dialer_dnc_announced_total").increment(pending.len() as u64);
@@ -302,11 +337,10 @@ impl<S: DispatchSink> Scheduler<S> {
 
     /// Ticks every `interval` until `shutdown` resolves; while a tick is bound by `max_batch`
     /// (a campaign could take more), the next one comes at once: `max_batch` bounds a claim's
-    /// transaction, not the dial rate (at the default 5,000 per 1 s tick it held a 1M-target
-    /// `dialer up` campaign to 4.8k dials/s).
+    /// transaction, not the dial rate.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut every = tokio::time::interval(self.cfg.interval);
+        let mut every = tokio::time::interval(self.settings.interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut catch_up = false;
         loop {
@@ -395,32 +429,36 @@ mod tests {
         }
     }
 
-    fn cfg(global_cap: u32) -> SchedulerConfig {
-        SchedulerConfig { global_cap, per_campaign_ceiling: 1000, ..SchedulerConfig::default() }
+    fn limits(global_cap: u32) -> LimitSettings {
+        LimitSettings { global_max_concurrency: global_cap, per_campaign_max_concurrency: 1000, ..Default::default() }
+    }
+
+    fn budgets(limits: LimitSettings, cs: &[ActiveCampaign], open: &[bool]) -> Vec<usize> {
+        super::budgets(&SchedulerSettings::default(), &limits, cs, open)
     }
 
     #[test]
     fn without_a_binding_global_cap_each_campaign_dispatches_to_its_cap() {
         let cs = [campaign(50, 1, 5000, 0, 0), campaign(50, 1, 5000, 60, 30)];
-        assert_eq!(budgets(&cfg(2000), &cs, &[true, true]), vec![100, 10], "2 × cap − live calls");
-        assert_eq!(budgets(&cfg(2000), &[campaign(50, 1, 7, 0, 0)], &[true]), vec![7], "at most its pending calls");
+        assert_eq!(budgets(limits(2000), &cs, &[true, true]), vec![100, 10], "2 × cap − live calls");
+        assert_eq!(budgets(limits(2000), &[campaign(50, 1, 7, 0, 0)], &[true]), vec![7], "at most its pending calls");
     }
 
     #[test]
     fn under_a_binding_global_cap_each_campaign_dispatches_to_its_fair_share() {
         // 20 campaigns of cap 50 under a global cap of 300: a share of 15 each, not 50.
         let cs: Vec<ActiveCampaign> = (0..20).map(|_| campaign(50, 1, 5000, 0, 0)).collect();
-        let b = budgets(&cfg(300), &cs, &[true; 20]);
+        let b = budgets(limits(300), &cs, &[true; 20]);
         assert!(b.iter().all(|n| *n == 30), "{b:?}");
         // Weights 3:1; a campaign with little demand keeps what it needs and the rest goes on.
         let cs = [campaign(500, 3, 5000, 0, 0), campaign(500, 1, 5000, 0, 0), campaign(500, 1, 4, 0, 0)];
-        assert_eq!(budgets(&cfg(100), &cs, &[true; 3]), vec![144, 48, 4]);
+        assert_eq!(budgets(limits(100), &cs, &[true; 3]), vec![144, 48, 4]);
     }
 
     #[test]
     fn a_closed_campaign_dispatches_nothing_and_its_live_calls_still_count() {
         let cs = [campaign(500, 1, 5000, 0, 60), campaign(500, 1, 5000, 0, 0)];
         // The closed one's 60 calls in progress are its demand: the open one's fair share is 50.
-        assert_eq!(budgets(&cfg(100), &cs, &[false, true]), vec![0, 100]);
+        assert_eq!(budgets(limits(100), &cs, &[false, true]), vec![0, 100]);
     }
 }

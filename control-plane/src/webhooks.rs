@@ -1,4 +1,4 @@
-//! Webhook delivery and the event log's upkeep (issue 20). Every control-plane replica runs:
+//! Webhook delivery and the event log's upkeep. Every control-plane replica runs:
 //!
 //! - the **sequencer** ([`run_sequencer`]): numbers committed events (one sequencer at a time
 //!   across replicas, by a row lock), then wakes this process's deliveries and live stream;
@@ -18,29 +18,98 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use dialer_domain::duration::{millis, secs};
 use dialer_domain::events::{Answer, Next, RetrySchedule, SIGNATURE_HEADER, signature_header};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
 use crate::live::LiveHub;
 use dialer_store::{ActiveEndpoint, ClaimedDelivery, Finished, Store};
 
-/// How deliveries run (`[webhooks]`).
-#[derive(Clone, Debug)]
-pub struct DeliverySettings {
-    /// How long one request may take.
-    pub timeout: Duration,
-    pub retry: RetrySchedule,
-    /// Most deliveries claimed for one endpoint at once.
-    pub claim_batch: usize,
-    /// How often idle endpoints are asked for due deliveries (new events wake them at once).
+/// The event log and the live stream (`[events]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSettings {
+    /// Log events at all (`DIALER_EVENTS_ENABLED`); off, neither webhooks nor the live stream
+    /// see anything.
+    pub enabled: bool,
+    /// Hours numbered events stay in the log once no delivery needs them: how far back a
+    /// live-stream client can resume (`DIALER_EVENTS_KEEP_HOURS`).
+    pub keep_hours: u64,
+    /// Events a live-stream client may fall behind before it is dropped (it reconnects with
+    /// `Last-Event-ID` and resumes from the log).
+    pub live_buffer: usize,
+    /// Time between stats snapshots on the live stream.
+    #[serde(rename = "live_stats_every_ms", with = "millis")]
+    pub live_stats_every: Duration,
+    /// Time between looks for new events when idle (the sequencer, and live streams of events
+    /// another replica numbered).
+    #[serde(rename = "poll_ms", with = "millis")]
     pub poll: Duration,
 }
 
-impl DeliverySettings {
+impl Default for EventsSettings {
+    fn default() -> Self {
+        EventsSettings {
+            enabled: true,
+            keep_hours: 72,
+            live_buffer: 4096,
+            live_stats_every: Duration::from_secs(5),
+            poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// How deliveries run (`[webhooks]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Deliver from this process (`DIALER_WEBHOOKS_ENABLED`); every replica may, and they share
+    /// the work.
+    pub enabled: bool,
+    /// How long one request may take (`DIALER_WEBHOOKS_TIMEOUT_MS`).
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+    /// The first retry's delay (jittered, doubling each time up to `retry_max_ms`).
+    #[serde(rename = "retry_base_ms", with = "millis")]
+    pub retry_base: Duration,
+    #[serde(rename = "retry_max_ms", with = "millis")]
+    pub retry_max: Duration,
+    /// How long an event is retried after its first attempt before it goes to the dead-letter
+    /// store (`DIALER_WEBHOOKS_RETRY_WINDOW_SEC`; a day by default).
+    #[serde(rename = "retry_window_sec", with = "secs")]
+    pub retry_window: Duration,
+    /// Most deliveries claimed for one endpoint at once.
+    pub claim_batch: usize,
+    /// How often idle endpoints are asked for due deliveries (new events wake them at once).
+    #[serde(rename = "poll_ms", with = "millis")]
+    pub poll: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            enabled: true,
+            timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            retry_window: Duration::from_secs(86_400),
+            claim_batch: 64,
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+impl WebhookSettings {
     /// A claim's lease: the request's timeout and a margin for recording its answer.
     pub fn lease(&self) -> Duration {
         self.timeout + Duration::from_secs(10)
+    }
+
+    /// When a failed delivery is tried again.
+    pub fn retry(&self) -> RetrySchedule {
+        RetrySchedule { base: self.retry_base, max: self.retry_max, window: self.retry_window }
     }
 }
 
@@ -208,7 +277,7 @@ async fn gauges(store: &Store, summary: &Summary) {
 #[derive(Debug)]
 pub struct Deliverer {
     pub store: Store,
-    pub settings: DeliverySettings,
+    pub settings: WebhookSettings,
     pub client: reqwest::Client,
     pub summary: Arc<Summary>,
 }
@@ -225,7 +294,7 @@ const ANSWERS: usize = 4096;
 
 impl Deliverer {
     /// The HTTP client: pooled keep-alive connections, the request timeout.
-    pub fn client(settings: &DeliverySettings) -> Result<reqwest::Client, reqwest::Error> {
+    pub fn client(settings: &WebhookSettings) -> Result<reqwest::Client, reqwest::Error> {
         reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
@@ -283,8 +352,7 @@ impl Deliverer {
         let in_flight = slot.in_flight.load(Ordering::Relaxed);
         let free = max.saturating_sub(in_flight);
         // A claim is a write transaction: wait for half the slots to free up rather than claim
-        // one delivery per answer (measured with `bench webhooks`: claims of one were the bound,
-        // at a few hundred deliveries a second).
+        // one delivery per answer, which would make the claims the bound of delivery.
         if free == 0 || (in_flight > 0 && free < (max / 2).max(1)) {
             return;
         }
@@ -390,7 +458,7 @@ impl Deliverer {
     fn decide(&self, delivery: ClaimedDelivery, answer: Answer) -> Finished {
         let now = Utc::now();
         let next =
-            self.settings.retry.next(&answer, delivery.attempts, delivery.window_start, now, rand::random::<f64>());
+            self.settings.retry().next(&answer, delivery.attempts, delivery.window_start, now, rand::random::<f64>());
         let (result, counter) = match next {
             Next::Delivered => ("delivered", &self.summary.delivered),
             Next::Retry(_) => ("retry", &self.summary.retried),

@@ -5,7 +5,8 @@
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use dialer_control_plane::{Config, Store, app, open_store};
+use dialer_control_plane::{ApiKey, ApiSettings, Store, app};
+use dialer_testkit::fixtures::Backend;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -16,26 +17,13 @@ struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-async fn test_app_with(backend: Backend, cfg: Config) -> TestApp {
-    let (url, dir) = match backend {
-        Backend::Postgres => (dialer_testkit::postgres_database(), None),
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("tempdir");
-            (format!("sqlite://{}", dir.path().join("t.db").display()), Some(dir))
-        }
-    };
-    let store = open_store(&cfg, &url).await.expect("store opens and migrates");
-    TestApp { router: app(&cfg, store.clone()), store, _dir: dir }
+async fn test_app_with(backend: Backend, api: ApiSettings) -> TestApp {
+    let (store, dir) = dialer_testkit::fixtures::store(backend).await;
+    TestApp { router: app(&api, store.clone()), store, _dir: dir }
 }
 
 async fn test_app(backend: Backend) -> TestApp {
-    test_app_with(backend, Config::default()).await
+    test_app_with(backend, ApiSettings::default()).await
 }
 
 impl TestApp {
@@ -644,9 +632,7 @@ async fn duplicate_numbers_are_merged(t: TestApp) {
 }
 
 async fn body_limit(backend: Backend) {
-    let mut cfg = Config::default();
-    cfg.api.max_body_bytes = 2048;
-    let t = test_app_with(backend, cfg).await;
+    let t = test_app_with(backend, ApiSettings { max_body_bytes: 2048, ..Default::default() }).await;
     let targets: Vec<Value> = (0..200).map(|i| json!({"phone_number": format!("+1444{i:07}")})).collect();
     let mut body = seed_campaign("big");
     body["targets"] = Value::Array(targets);
@@ -881,7 +867,9 @@ async fn dnc_lists_and_preview(t: TestApp) {
     assert!(s == StatusCode::OK || s == StatusCode::CREATED, "{s}: {v}");
 }
 
-macro_rules! both_stores {
+/// Runs each named `async fn(TestApp)` against the API on PostgreSQL and on SQLite (and the body
+/// limit on both).
+macro_rules! both_apps {
     ($($name:ident),* $(,)?) => {
         mod postgres {
             use super::*;
@@ -896,7 +884,7 @@ macro_rules! both_stores {
     };
 }
 
-both_stores!(
+both_apps!(
     smoke_sequence,
     create_validation,
     names_are_unique_ignoring_case,
@@ -918,12 +906,10 @@ both_stores!(
 /// with Retry-After; the daily usage cap answers 429 `usage_cap_exceeded`. Never a 5xx.
 #[tokio::test]
 async fn call_guard_answers_429() {
-    let mut cfg = Config::default();
-    cfg.limits.max_concurrent_calls = 1;
-    cfg.limits.daily_usage_cap = 2;
-    let t = test_app_with(Backend::Sqlite, cfg.clone()).await;
-    let guard = dialer_control_plane::api_guard(&cfg);
-    let router = dialer_control_plane::app_with_guard(&cfg, t.store.clone(), guard.clone());
+    let limits = dialer_limiter::LimitSettings { max_concurrent_calls: 1, daily_usage_cap: 2, ..Default::default() };
+    let t = test_app(Backend::Sqlite).await;
+    let guard = limits.api_guard();
+    let router = dialer_control_plane::app_with_guard(&ApiSettings::default(), t.store.clone(), guard.clone());
     let c = t.create(seed_campaign("guard")).await;
     let body = json!({"campaign_id": c["id"], "phone_number": "+15555550001"}).to_string();
     let send = || {
@@ -962,11 +948,12 @@ async fn call_guard_answers_429() {
 async fn api_keys_guard_the_api_and_each_key_has_a_rate() {
     let key = "test-key-0123456789abcdef";
     let other = "second-key-0123456789abcdef";
-    let mut cfg = Config::default();
-    cfg.api.keys =
-        vec![dialer_control_plane::config::ApiKey(key.into()), dialer_control_plane::config::ApiKey(other.into())];
-    cfg.api.rate_limit_per_key = 5; // burst 10
-    let t = test_app_with(Backend::Sqlite, cfg).await;
+    let api = ApiSettings {
+        keys: vec![ApiKey(key.into()), ApiKey(other.into())],
+        rate_limit_per_key: 5, // burst 10
+        ..Default::default()
+    };
+    let t = test_app_with(Backend::Sqlite, api).await;
     let with = |auth: Option<&str>, path: &str| {
         let mut b = Request::builder().method(Method::GET).uri(path);
         if let Some(a) = auth {
@@ -1025,9 +1012,8 @@ async fn api_keys_guard_the_api_and_each_key_has_a_rate() {
 /// made behind the API's back shows only after it), and a write through the API is seen at once.
 #[tokio::test]
 async fn campaign_reads_are_cached_and_writes_through_the_api_are_seen_at_once() {
-    let mut cfg = Config::default();
-    cfg.api.campaign_cache_ms = 60_000;
-    let t = test_app_with(Backend::Sqlite, cfg).await;
+    let api = ApiSettings { campaign_cache: std::time::Duration::from_secs(60), ..Default::default() };
+    let t = test_app_with(Backend::Sqlite, api).await;
     let c = t.create(seed_campaign("cached")).await;
     let id = c["id"].as_str().expect("id").to_string();
     let (s, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
@@ -1047,9 +1033,8 @@ async fn campaign_reads_are_cached_and_writes_through_the_api_are_seen_at_once()
     let (_, v) = t.get(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(v["status"], "in_progress");
     // Off: every read goes to the store.
-    let mut cfg = Config::default();
-    cfg.api.campaign_cache_ms = 0;
-    let t2 = TestApp { router: app(&cfg, t.store.clone()), store: t.store.clone(), _dir: None };
+    let api = ApiSettings { campaign_cache: std::time::Duration::ZERO, ..Default::default() };
+    let t2 = TestApp { router: app(&api, t.store.clone()), store: t.store.clone(), _dir: None };
     sqlx::query("UPDATE campaigns SET description = 'again'").execute(p).await.expect("update");
     let (_, v) = t2.get(&format!("/api/v1/campaigns/{id}")).await;
     assert_eq!(v["description"], "again");

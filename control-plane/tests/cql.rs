@@ -4,7 +4,6 @@
 //! key, paging over thousands of attempts, and TTLs (rows expire).
 
 use chrono::Utc;
-use dialer_control_plane::{Config, open_store};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::{EventKind, StatusEvent};
 use dialer_domain::validate::CreateCampaignRequest;
@@ -99,9 +98,7 @@ async fn timeline_on_cql() {
 
     // The recorder path: events applied to a store write their attempts to the CQL timeline.
     let dir = tempfile::tempdir().expect("tmp");
-    let store = open_store(&Config::default(), &format!("sqlite://{}", dir.path().join("t.db").display()))
-        .await
-        .expect("store");
+    let store = dialer_testkit::fixtures::open(&format!("sqlite://{}", dir.path().join("t.db").display())).await;
     let req: CreateCampaignRequest =
         serde_json::from_value(json!({"name": "cql", "targets": [{"phone_number": "+15550001111"}]})).expect("req");
     let c = store.create_campaign(&req.validate(10).expect("valid")).await.expect("campaign");

@@ -14,7 +14,7 @@ use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::reaper::{Reaper, ReaperConfig};
 use dialer_control_plane::recorder::Recorder;
-use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerConfig};
+use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerSettings};
 use dialer_domain::campaign::{CallStatus, CampaignAction};
 use dialer_domain::lifecycle::UNKNOWN_OUTCOME;
 use dialer_domain::messages::EventKind;
@@ -24,9 +24,8 @@ use rand::SeedableRng;
 use serde_json::json;
 use uuid::Uuid;
 
-#[macro_use]
-mod common;
-use common::{Backend, campaign, event, store};
+use dialer_testkit::both_stores;
+use dialer_testkit::fixtures::{Backend, campaign, event, store};
 
 async fn assert_consistent(s: &Store, id: Uuid) {
     assert_eq!(
@@ -138,14 +137,8 @@ async fn a_partly_failed_publish_gives_back_only_what_was_not_taken(b: Backend) 
     let bus = ends.dispatch.0.clone();
     drop(ends.shard_sources.pop());
     let sched = Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
-        cfg: SchedulerConfig {
-            per_campaign_ceiling: 100,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     let rep = sched.tick().await.expect("tick");
     let mut delivered = HashSet::new();
@@ -187,14 +180,8 @@ async fn one_campaigns_store_error_does_not_stop_the_others() {
     let ends = MemoryBus::open(1, 8, 1000, 1000);
     let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
-        cfg: SchedulerConfig {
-            per_campaign_ceiling: 100,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     let rep = sched.tick().await.expect("the tick goes on");
     assert_eq!(rep.dispatched, 5, "the good campaign was dispatched: {rep:?}");
@@ -221,19 +208,13 @@ async fn claims_follow_the_injected_clock(b: Backend) {
     let bus = ends.dispatch.0.clone();
     let at = Utc::now() + chrono::Duration::hours(2);
     let sched = Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(at),
-        cfg: SchedulerConfig {
-            per_campaign_ceiling: 100,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     assert_eq!(sched.tick().await.expect("tick").dispatched, 1, "the retry is due by the scheduler's clock");
     let m = ends.shard_sources[0].0.try_recv().expect("dispatched").msg.expect("readable");
     assert_eq!(m.attempt, 2);
-    let ttl_ms = SchedulerConfig::default().dispatch_ttl.as_millis() as u64;
+    let ttl_ms = SchedulerSettings::default().dispatch_ttl.as_millis() as u64;
     assert_eq!(m.deadline_ms, at.timestamp_millis() as u64 + ttl_ms, "the deadline counts from the clock");
 }
 
@@ -284,16 +265,9 @@ async fn a_campaign_bound_by_max_batch_is_claimed_again_at_once(b: Backend) {
     let mut ends = MemoryBus::open(1, 8, 1000, 1000);
     let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
-        cfg: SchedulerConfig {
-            per_campaign_ceiling: 100,
-            max_batch: 10,
-            interval: Duration::from_secs(3600),
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        settings: SchedulerSettings { max_batch: 10, interval: Duration::from_secs(3600), ..Default::default() },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(sched.run(async move {
@@ -338,15 +312,9 @@ async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() 
     let mut ends = MemoryBus::open(1, 8, 1000, 1000);
     let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: ManualClock::new(Utc::now()),
-        cfg: SchedulerConfig {
-            per_campaign_ceiling: 100,
-            claim_concurrency: 8,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        settings: SchedulerSettings { claim_concurrency: 8, ..Default::default() },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     let tick = tokio::spawn(async move { sched.tick().await });
     let rx = &mut ends.shard_sources[0].0;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use dialer_control_plane::{Config, app_with_guard, open_store};
+use dialer_control_plane::app_with_guard;
 use http_body_util::BodyExt;
 use serde_json::json;
 use tower::ServiceExt;
@@ -16,11 +16,10 @@ use tower::ServiceExt;
 async fn metrics_pass_promtool() {
     dialer_control_plane::observability::install().expect("recorder installed");
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = Config::default();
-    cfg.limits.max_concurrent_calls = 1;
-    let store = open_store(&cfg, &format!("sqlite://{}", dir.path().join("m.db").display())).await.expect("store");
-    let guard = dialer_control_plane::api_guard(&cfg);
-    let app = app_with_guard(&cfg, store, guard.clone());
+    let limits = dialer_limiter::LimitSettings { max_concurrent_calls: 1, ..Default::default() };
+    let store = dialer_testkit::fixtures::open(&format!("sqlite://{}", dir.path().join("m.db").display())).await;
+    let guard = limits.api_guard();
+    let app = app_with_guard(&Default::default(), store, guard.clone());
     let send = |method: Method, uri: &str, body: Option<serde_json::Value>| {
         let app = app.clone();
         let req = Request::builder()

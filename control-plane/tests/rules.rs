@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
-use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerConfig};
+use dialer_control_plane::scheduler::{ManualClock, Scheduler};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::dnc::{DncEntry, GLOBAL_LIST};
 use dialer_domain::messages::{DispatchKind, EventKind};
@@ -19,9 +19,8 @@ use dialer_domain::validate::{Campaign, CreateCampaignRequest};
 use dialer_store::ClaimedCall;
 use serde_json::json;
 
-#[macro_use]
-mod common;
-use common::{Backend, event, store};
+use dialer_testkit::both_stores;
+use dialer_testkit::fixtures::{Backend, event, store};
 
 fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).expect("instant").with_timezone(&Utc)
@@ -64,10 +63,9 @@ async fn sweep(s: &Store, from: DateTime<Utc>, hours: i64) -> HashMap<&'static s
     let mut ends = MemoryBus::open(1, 4, 100_000, 1000);
     let bus = ends.dispatch.0.clone();
     let sched = Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: clock.clone(),
-        cfg: SchedulerConfig { per_campaign_ceiling: 100, ..SchedulerConfig::default() },
+        calling_rules: CallingRules::default(),
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     let mut first: HashMap<&'static str, DateTime<Utc>> = HashMap::new();
     for step in 0..(hours * 4) {

@@ -1,4 +1,4 @@
-//! The event log and webhook delivery at the store (issue 20), on both stores: events are written
+//! The event log and webhook delivery at the store, on both stores: events are written
 //! by the transactions that change calls and campaigns (none for a change that did not commit,
 //! none twice for a redelivered outcome), numbered without a gap, each stream in its order; two
 //! replicas on one PostgreSQL share an endpoint's concurrency and never send one event twice; the
@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use dialer_control_plane::webhooks::{Deliverer, DeliverySettings, Summary, run_sequencer};
+use dialer_control_plane::webhooks::{Deliverer, Summary, WebhookSettings, run_sequencer};
 use dialer_domain::CampaignAction;
-use dialer_domain::events::RetrySchedule;
 use dialer_domain::messages::EventKind;
 use dialer_domain::webhooks::CreateWebhookRequest;
 use dialer_store::LoggedEvent;
@@ -21,9 +20,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-#[macro_use]
-mod common;
-use common::{Backend, campaign, event, store};
+use dialer_testkit::both_stores;
+use dialer_testkit::fixtures::{Backend, campaign, event, store};
 
 fn body(e: &LoggedEvent) -> Value {
     serde_json::from_str(&e.body).expect("JSON")
@@ -345,7 +343,7 @@ async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backe
                 (NULL, $1, $2, 4, 'call.completed', 'four', $3), (NULL, $1, $2, 3, 'call.answered', 'three', $3)";
     exec!(db, rows, c, call, chrono::Utc::now());
     exec!(db, "UPDATE event_sequencer SET next_seq = 3");
-    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("0013");
+    let s = dialer_testkit::fixtures::open(&url).await;
     assert_eq!(s.log_bounds().await.expect("bounds"), (1, 2));
     assert_eq!(s.sequence_events(100).await.expect("sequenced").events, 2);
     let log: Vec<(i64, String)> =
@@ -379,7 +377,7 @@ async fn the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_un
     let lease =
         "INSERT INTO webhook_leases (endpoint_id, seq, attempt, claimed_at, lease_until) VALUES ($1, 1, 1, $2, $3)";
     exec!(db, lease, w, at, at + chrono::TimeDelta::hours(1));
-    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("0014");
+    let s = dialer_testkit::fixtures::open(&url).await;
     let until = at + chrono::TimeDelta::hours(2);
     let none = s.claim_deliveries(w, 10, until).await.expect("claim").deliveries;
     assert!(none.is_empty(), "x's started waits for its queued; y's queued went before: {none:?}");
@@ -563,22 +561,21 @@ both_stores!(
     an_endpoint_of_one_campaign_reads_past_others_traffic_in_one_claim
 );
 
-fn settings() -> DeliverySettings {
-    DeliverySettings {
+fn settings() -> WebhookSettings {
+    WebhookSettings {
         timeout: Duration::from_secs(5),
-        retry: RetrySchedule {
-            base: Duration::from_millis(50),
-            max: Duration::from_millis(200),
-            window: Duration::from_secs(60),
-        },
+        retry_base: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        retry_window: Duration::from_secs(60),
         claim_batch: 16,
         poll: Duration::from_millis(20),
+        ..WebhookSettings::default()
     }
 }
 
 /// A replica's deliverer and sequencer on its own connection pool, until `stop`.
 async fn replica(url: &str, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), url).await.expect("store");
+    let s = dialer_testkit::fixtures::open(url).await;
     let wake = Arc::new(tokio::sync::Notify::new());
     let summary = Arc::new(Summary::default());
     let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -599,7 +596,7 @@ async fn replica(url: &str, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tok
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_an_endpoints_concurrency_and_send_each_event_once() {
     let url = dialer_testkit::postgres_database();
-    let s = dialer_control_plane::open_store(&dialer_control_plane::Config::default(), &url).await.expect("store");
+    let s = dialer_testkit::fixtures::open(&url).await;
     let rx = Receiver::start(Mode::Slow(Duration::from_millis(20)), 1);
     let req = CreateWebhookRequest {
         url: rx.url("/r"),
@@ -665,7 +662,7 @@ async fn call(
 
 async fn the_webhook_api_refuses_bad_input_naming_the_field(b: Backend) {
     let (s, _dir) = store(b).await;
-    let router = dialer_control_plane::app(&dialer_control_plane::Config::default(), s.clone());
+    let router = dialer_control_plane::app(&Default::default(), s.clone());
     let post = |body: Value| call(&router, Method::POST, "/api/v1/webhooks", Some(body), &[]);
     for (body, field) in [
         (json!({"url": "ftp://x"}), "url"),

@@ -6,8 +6,8 @@
 //! producer. Shards share nothing mutable on the hot path; they meet only in the limiter (by
 //! batched lease updates) and in the provider's independent tracker (a test instrument).
 //!
-//! Modules: [`tuning`] (per-machine settings), [`provider`] (the telephony boundary, mock
-//! provider, tracker), [`shard`] (the dial loop), [`journal`] (no double dial across crashes),
+//! Modules: [`tuning`] (per-machine settings), [`ProviderSettings`] (`[provider]`),
+//! [`provider`] (the telephony boundary, mock provider, tracker), [`shard`] (the dial loop), [`journal`] (no double dial across crashes),
 //! [`health`] and [`admin`] (`/readyz`, `/metrics`), [`metrics`] (this crate's metric
 //! catalogue). A shard's two topic ends (its dispatch source and status sink, over Kafka or the
 //! in-process bus) are `dialer_bus`'s, shared with the control plane.
@@ -17,6 +17,7 @@ pub mod health;
 pub mod journal;
 pub mod metrics;
 pub mod provider;
+mod settings;
 pub mod shard;
 pub mod sip;
 pub mod tuning;
@@ -32,15 +33,14 @@ use dialer_limiter::{Backend, LeaseDriver, LocalBackend, RedisBackend};
 use tokio::sync::watch;
 
 pub use health::{Health, ShardStatus};
-pub use provider::{MockProvider, MockSettings, Provider, Tracker};
+pub use provider::{MockProvider, Provider, Tracker};
+pub use settings::{ProviderKind, ProviderSettings, UnknownProvider};
 pub use shard::{Shard, ShardConfig, ShardReport};
 pub use tuning::{Assignment, Assignor, Tuning};
 
 /// Why the data plane could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error(transparent)]
-    Tuning(#[from] tuning::TuningError),
     #[error("shard {shard}: {source}")]
     Shard { shard: usize, source: ShardError },
     #[error("the in-process bus has {have} shard receivers for {want} shards")]
@@ -94,9 +94,8 @@ pub struct DataplaneOptions {
     pub global_cap: u32,
     /// `TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`.
     pub per_campaign_ceiling: u32,
-    pub mock: MockSettings,
-    /// Place calls over SIP trunks instead of the mock (`provider.kind = "sip"`).
-    pub sip: Option<sip::SipSettings>,
+    /// `[provider]`: the mock, or SIP trunks (`kind = "sip"`).
+    pub provider: ProviderSettings,
     pub tracker: Arc<Tracker>,
     /// Distinguishes this process's lease holders from others' (e.g. host + pid + start time).
     pub instance: String,
@@ -141,8 +140,7 @@ impl Dataplane {
         for i in 0..n {
             let tuning = opts.tuning.clone();
             let limiter = opts.limiter.clone();
-            let mock = opts.mock.clone();
-            let sip = opts.sip.clone();
+            let provider = opts.provider.clone();
             let tracker = opts.tracker.clone();
             let holder = format!("{}-shard{i}", opts.instance);
             let (global_cap, ceiling) = (opts.global_cap, opts.per_campaign_ceiling);
@@ -164,8 +162,7 @@ impl Dataplane {
                         tuning,
                         limiter,
                         io,
-                        mock,
-                        sip,
+                        provider,
                         tracker,
                         holder,
                         global_cap,
@@ -224,8 +221,7 @@ struct ShardStart {
     tuning: Tuning,
     limiter: LimiterChoice,
     io: ShardIo,
-    mock: MockSettings,
-    sip: Option<sip::SipSettings>,
+    provider: ProviderSettings,
     tracker: Arc<Tracker>,
     holder: String,
     global_cap: u32,
@@ -250,7 +246,7 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, ShardError> {
 /// it, and stops the driver once the shard is done.
 async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     let ShardStart {
-        i, tuning, limiter, io, mock, sip, tracker, holder, global_cap, ceiling, shutdown_rx, health, ..
+        i, tuning, limiter, io, provider, tracker, holder, global_cap, ceiling, shutdown_rx, health, ..
     } = start;
     let backend = match limiter {
         LimiterChoice::Local(l) => Backend::Local(l),
@@ -258,17 +254,17 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
             Backend::Redis(RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1)).await?)
         }
     };
-    let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease_settings(), global_cap);
+    let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease.clone(), global_cap);
     let driver = driver.with_tick(std::time::Duration::from_millis(tuning.timings.lease_tick_ms));
     let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let driver = tokio::task::spawn_local(driver.run(async move {
         let _ = stop_rx.await;
     }));
-    let provider = match sip {
-        None => AnyProvider::Mock(MockProvider::new(mock, tracker, i)),
-        Some(settings) => {
+    let provider = match provider.kind {
+        ProviderKind::Mock => AnyProvider::Mock(MockProvider::new(provider, tracker, i)),
+        ProviderKind::Sip => {
             let (shard, shards) = tuning.global_shard(i);
-            AnyProvider::Sip(sip::SipProvider::start(settings, shard, shards).await?)
+            AnyProvider::Sip(sip::SipProvider::start(provider, shard, shards).await?)
         }
     };
     let journal = open_journal(&tuning)?;

@@ -14,6 +14,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
+use crate::ProviderSettings;
+
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallOutcome {
@@ -54,34 +56,6 @@ pub trait Provider {
     /// Places a call the way the shard tracks it; by default through [`Provider::place_call`].
     fn place(&self, msg: &DispatchMessage) -> Placed {
         Placed::Pending(self.place_call(msg))
-    }
-}
-
-/// The seed's mock telephony provider's behaviour.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MockSettings {
-    /// Share of calls answered (seed: 0.8).
-    pub answer_rate: f64,
-    /// Share of failures that may be retried (seed: 0.7).
-    pub retryable_share: f64,
-    /// Call length, uniform in `[min_call, max_call]` (seed: 1–5 s); failures take as long.
-    pub min_call: Duration,
-    pub max_call: Duration,
-    /// Time to answer within an answered call, at most this (0 = at once).
-    pub max_ring: Duration,
-    pub seed: u64,
-}
-
-impl Default for MockSettings {
-    fn default() -> Self {
-        MockSettings {
-            answer_rate: 0.8,
-            retryable_share: 0.7,
-            min_call: Duration::from_secs(1),
-            max_call: Duration::from_secs(5),
-            max_ring: Duration::from_millis(500),
-            seed: 1,
-        }
     }
 }
 
@@ -240,7 +214,7 @@ type CampaignCounter = (Arc<Counter>, Option<u32>);
 /// The mock provider for one shard: its own random generator, the shared tracker.
 #[derive(Debug)]
 pub struct MockProvider {
-    settings: MockSettings,
+    settings: ProviderSettings,
     rng: RefCell<StdRng>,
     tracker: Arc<Tracker>,
     /// This shard's view of the tracker's counters and caps (filled on a campaign's first call).
@@ -249,7 +223,7 @@ pub struct MockProvider {
 
 impl MockProvider {
     /// The provider of shard `shard`; its random stream is fixed by the settings' seed.
-    pub fn new(settings: MockSettings, tracker: Arc<Tracker>, shard: usize) -> MockProvider {
+    pub fn new(settings: ProviderSettings, tracker: Arc<Tracker>, shard: usize) -> MockProvider {
         let rng = StdRng::seed_from_u64(settings.seed.wrapping_mul(1_000_003).wrapping_add(shard as u64));
         MockProvider { settings, rng: RefCell::new(rng), tracker, counters: RefCell::new(HashMap::new()) }
     }
@@ -342,28 +316,17 @@ impl<P: Provider> Provider for OverNetwork<P> {
 
 #[cfg(test)]
 mod tests {
+    use dialer_testkit::fixtures::Dispatch;
+
     use super::*;
 
     fn msg(c: u128) -> DispatchMessage {
-        DispatchMessage {
-            v: 1,
-            call_id: Uuid::from_u128(9),
-            attempt: 1,
-            campaign_id: Uuid::from_u128(c),
-            phone_number: "+15555550001".into(),
-            campaign_cap: 10,
-            campaign_weight: 1,
-            not_before_ms: 0,
-            deadline_ms: 0,
-            enqueued_at_us: 0,
-            telephony: None,
-            kind: Default::default(),
-        }
+        Dispatch::call(9).campaign(Uuid::from_u128(c)).number("+15555550001").build()
     }
 
     #[test]
     fn outcome_mix_follows_the_seed() {
-        let p = MockProvider::new(MockSettings::default(), Tracker::new(u32::MAX), 0);
+        let p = MockProvider::new(ProviderSettings::default(), Tracker::new(u32::MAX), 0);
         let n = 20_000;
         let (mut answered, mut retryable, mut failed) = (0, 0, 0);
         for _ in 0..n {
@@ -387,8 +350,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_outcomes() {
-        let a = MockProvider::new(MockSettings::default(), Tracker::new(10), 3);
-        let b = MockProvider::new(MockSettings::default(), Tracker::new(10), 3);
+        let a = MockProvider::new(ProviderSettings::default(), Tracker::new(10), 3);
+        let b = MockProvider::new(ProviderSettings::default(), Tracker::new(10), 3);
         for _ in 0..100 {
             assert_eq!(a.draw(), b.draw());
         }
@@ -399,7 +362,7 @@ mod tests {
         let t = Tracker::new(2);
         t.set_campaign_cap(Uuid::from_u128(1), 1);
         let p = MockProvider::new(
-            MockSettings {
+            ProviderSettings {
                 min_call: Duration::from_millis(10),
                 max_call: Duration::from_millis(10),
                 ..Default::default()

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use dialer_bus::BusSettings;
 use dialer_dataplane::{
-    Assignment, Assignor, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning,
+    Assignment, Assignor, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, ProviderSettings, Tracker, Tuning,
 };
 use dialer_domain::messages::{DispatchMessage, EventKind, StatusEvent};
+use dialer_testkit::fixtures::Dispatch;
 use dialer_testkit::topics::{Outgoing, TopicReader, committed_offsets};
 use dialer_testkit::{kafka, redis, redis_prefix, unique_name};
 use uuid::Uuid;
@@ -36,7 +37,7 @@ fn tuning(assignment: Assignment) -> Tuning {
     t.shards.assignment = assignment;
     t.lease.batch = 16;
     t.lease.low_water = 4;
-    t.lease.idle_give_back_ms = 500;
+    t.lease.idle_give_back = Duration::from_millis(500);
     t.kafka.commit_every_ms = 100;
     t.shutdown.grace_ms = 10_000;
     t
@@ -49,13 +50,12 @@ fn start(t: &BusSettings, tuning: Tuning, tracker: Arc<Tracker>, prefix: &str, g
         limiter: LimiterChoice::Redis { url: redis().url(), prefix: prefix.into() },
         global_cap,
         per_campaign_ceiling: 1000,
-        mock: MockSettings {
+        provider: ProviderSettings {
             min_call: Duration::from_millis(2),
             max_call: Duration::from_millis(10),
             max_ring: Duration::ZERO,
-            ..MockSettings::default()
+            ..ProviderSettings::default()
         },
-        sip: None,
         tracker,
         instance: unique_name("dp"),
     })
@@ -63,20 +63,7 @@ fn start(t: &BusSettings, tuning: Tuning, tracker: Arc<Tracker>, prefix: &str, g
 }
 
 fn msg(call: u128, campaign: Uuid, cap: u32) -> DispatchMessage {
-    DispatchMessage {
-        v: 1,
-        call_id: Uuid::from_u128(call),
-        attempt: 1,
-        campaign_id: campaign,
-        phone_number: "+15555550100".into(),
-        campaign_cap: cap,
-        campaign_weight: 1,
-        not_before_ms: 0,
-        deadline_ms: 0,
-        enqueued_at_us: 0,
-        telephony: None,
-        kind: Default::default(),
-    }
+    Dispatch::call(call).campaign(campaign).cap(cap).build()
 }
 
 async fn produce(t: &BusSettings, msgs: &[DispatchMessage]) {
@@ -300,13 +287,12 @@ async fn a_rebalance_dials_no_attempt_twice(assignor: Assignor) {
             limiter: LimiterChoice::Redis { url: redis().url(), prefix: prefix.clone() },
             global_cap: 1000,
             per_campaign_ceiling: 1000,
-            mock: MockSettings {
+            provider: ProviderSettings {
                 min_call: Duration::from_millis(60),
                 max_call: Duration::from_millis(140),
                 max_ring: Duration::ZERO,
-                ..MockSettings::default()
+                ..ProviderSettings::default()
             },
-            sip: None,
             tracker,
             instance: unique_name("dp"),
         })
@@ -418,13 +404,12 @@ async fn outcomes_survive_a_broker_killed_and_restarted() {
         limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
         global_cap: 1000,
         per_campaign_ceiling: 1000,
-        mock: MockSettings {
+        provider: ProviderSettings {
             min_call: Duration::from_millis(100),
             max_call: Duration::from_millis(400),
             max_ring: Duration::ZERO,
-            ..MockSettings::default()
+            ..ProviderSettings::default()
         },
-        sip: None,
         tracker: tracker.clone(),
         instance: unique_name("dp"),
     })

@@ -7,34 +7,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dialer_bus::MemoryBus;
-use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning};
+use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, ProviderSettings, Tracker, Tuning};
 use dialer_domain::messages::{DispatchMessage, EventKind, StatusEvent};
 use dialer_limiter::LocalBackend;
+use dialer_testkit::fixtures::Dispatch;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 fn msg(call: u128, campaign: Uuid, cap: u32) -> DispatchMessage {
-    DispatchMessage {
-        v: 1,
-        call_id: Uuid::from_u128(call),
-        attempt: 1,
-        campaign_id: campaign,
-        phone_number: format!("+1555{:07}", call % 10_000_000),
-        campaign_cap: cap,
-        campaign_weight: 1,
-        not_before_ms: 0,
-        deadline_ms: 0,
-        enqueued_at_us: 0,
-        telephony: None,
-        kind: Default::default(),
-    }
+    Dispatch::call(call).campaign(campaign).cap(cap).number(&format!("+1555{:07}", call % 10_000_000)).build()
 }
 
 fn tuning(shards: usize) -> Tuning {
     let mut t = Tuning::default();
     t.shards.count = shards;
     t.shards.partitions = 8;
-    t.lease.idle_give_back_ms = 500;
+    t.lease.idle_give_back = Duration::from_millis(500);
     t.lease.batch = 16;
     t.lease.low_water = 4;
     t.shutdown.grace_ms = 5_000;
@@ -49,7 +37,7 @@ struct Running {
     limiter: Arc<LocalBackend>,
 }
 
-fn start(shards: usize, global_cap: u32, mock: MockSettings) -> Running {
+fn start(shards: usize, global_cap: u32, mock: ProviderSettings) -> Running {
     let t = tuning(shards);
     let ends = MemoryBus::open(shards, t.shards.partitions, 10_000, 100_000);
     let bus = ends.dispatch.0.clone();
@@ -61,8 +49,7 @@ fn start(shards: usize, global_cap: u32, mock: MockSettings) -> Running {
         limiter: LimiterChoice::Local(limiter.clone()),
         global_cap,
         per_campaign_ceiling: 1_000,
-        mock,
-        sip: None,
+        provider: mock,
         tracker: tracker.clone(),
         instance: "test".into(),
     })
@@ -70,12 +57,12 @@ fn start(shards: usize, global_cap: u32, mock: MockSettings) -> Running {
     Running { bus, events: ends.status_source.0, dp, tracker, limiter }
 }
 
-fn fast_calls(ms: u64) -> MockSettings {
-    MockSettings {
+fn fast_calls(ms: u64) -> ProviderSettings {
+    ProviderSettings {
         min_call: Duration::from_millis(ms),
         max_call: Duration::from_millis(ms * 2),
         max_ring: Duration::ZERO,
-        ..MockSettings::default()
+        ..ProviderSettings::default()
     }
 }
 
@@ -206,11 +193,4 @@ async fn not_before_and_deadline_are_honoured() {
     assert!(started.at_ms >= now + 400, "dialed before its not-before time");
     r.dp.shutdown();
     tokio::task::spawn_blocking(move || r.dp.join()).await.expect("join").expect("reports");
-}
-
-#[test]
-fn tuning_is_checked_at_start() {
-    let mut t = Tuning::default();
-    t.buffers.quantum = 0;
-    assert!(t.validate(Duration::from_secs(600)).unwrap_err().to_string().contains("buffers.quantum"));
 }

@@ -7,54 +7,41 @@ use std::time::Duration;
 
 use dialer_dataplane::Provider;
 use dialer_dataplane::provider::CallOutcome;
-use dialer_dataplane::sip::{SipProvider, SipSettings, TrunkSettings};
-use dialer_domain::messages::{DispatchMessage, SCHEMA_VERSION};
+use dialer_dataplane::sip::{SipProvider, TrunkSettings};
+use dialer_dataplane::{ProviderKind, ProviderSettings};
+use dialer_domain::messages::DispatchMessage;
+use dialer_testkit::fixtures::Dispatch;
 use dialer_testkit::sip::{Kamailio, Sipp};
 use uuid::Uuid;
 
 fn trunk(name: &str, proxy: std::net::SocketAddr, user: &str, password: &str) -> TrunkSettings {
     TrunkSettings {
         name: name.into(),
-        proxy,
+        proxy: proxy.to_string(),
         domain: "carrier.test".into(),
         username: user.into(),
         password: password.into(),
-        from_user: "dialer".into(),
         from_domain: "dialer.test".into(),
         caller_id: "+15005550006".into(),
-        allowed_caller_ids: vec![],
         max_channels: 1000,
         max_cps: 0,
-        priority: 1,
-        weight: 1,
+        ..TrunkSettings::default()
     }
 }
 
-fn settings(trunks: Vec<TrunkSettings>) -> SipSettings {
-    SipSettings {
+fn settings(trunks: Vec<TrunkSettings>) -> ProviderSettings {
+    ProviderSettings {
+        kind: ProviderKind::Sip,
         trunks,
         ring_timeout: Duration::from_millis(1000),
         max_call: Duration::from_millis(800),
         t1: Duration::from_millis(100),
-        ..SipSettings::default()
+        ..ProviderSettings::default()
     }
 }
 
 fn msg(number: &str) -> DispatchMessage {
-    DispatchMessage {
-        v: SCHEMA_VERSION,
-        call_id: Uuid::now_v7(),
-        attempt: 1,
-        campaign_id: Uuid::from_u128(7),
-        phone_number: number.into(),
-        campaign_cap: 10,
-        campaign_weight: 1,
-        not_before_ms: 0,
-        deadline_ms: 0,
-        enqueued_at_us: 0,
-        telephony: None,
-        kind: Default::default(),
-    }
+    Dispatch::call(0).id(Uuid::now_v7()).number(number).build()
 }
 
 /// Runs `f` on a current-thread runtime inside a `LocalSet`, as a shard does.
@@ -92,7 +79,7 @@ fn each_far_end_answer_maps_to_its_outcome_and_retry_decision() {
     let outcomes = on_shard(async {
         let s = settings(vec![trunk("sipp", far.addr(), "dialer", "secret-401")]);
         let p = SipProvider::start(s.clone(), 0, 1).await.expect("provider starts");
-        let refer = SipSettings { refer_to: Some("sip:queue@ivr.test".into()), ..s };
+        let refer = ProviderSettings { refer_to: Some("sip:queue@ivr.test".into()), ..s };
         let r = SipProvider::start(refer, 0, 1).await.expect("provider starts");
         let numbers = ["200", "201", "486", "480", "487", "503", "404", "401", "203", "204"];
         let mut calls: Vec<_> = numbers.iter().map(|n| p.place_call(&msg(&format!("+1555000{n}")))).collect();

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use dialer_control_plane::Config;
-use dialer_store::redact;
+use dialer::config::{Config, TelemetrySettings, tuning};
+use dialer_store::{Store, redact};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 #[derive(Debug, Parser)]
@@ -99,7 +99,7 @@ enum Command {
 /// Logs (text or JSON lines, `RUST_LOG` filter) and, when `telemetry.otlp_endpoint` is set,
 /// spans exported over OTLP/HTTP; the returned provider flushes them at exit. Runs before the
 /// tokio runtime exists: the OTLP exporter's blocking HTTP client must not live inside it.
-fn init_logging(json: bool, t: &dialer_control_plane::config::TelemetrySettings) -> Result<Option<SdkTracerProvider>> {
+fn init_logging(json: bool, t: &TelemetrySettings) -> Result<Option<SdkTracerProvider>> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -157,13 +157,10 @@ async fn shutdown_signal() {
 /// `dialer up`: API, scheduler, data plane and recorder in one process over the in-process bus
 /// and limiter.
 async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_dir: &Path) -> Result<()> {
-    let store = dialer_control_plane::open_store(cfg, url)
-        .await
-        .with_context(|| format!("opening the store at {}", redact(url)))?;
-    let timeline = dialer_control_plane::open_timeline(cfg).await.context("connecting the CQL timeline store")?;
-    let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
+    let store = Store::open(url, &cfg.store).await.with_context(|| format!("opening the store at {}", redact(url)))?;
+    let timeline = dialer_store::CqlTimeline::open(&cfg.timeline).await.context("connecting the CQL timeline store")?;
     let tuning = match tuning_path {
-        Some(p) => dialer_dataplane::Tuning::load(p, ttl).context("refusing to start")?,
+        Some(p) => tuning::load(p, cfg.limits.semaphore_ttl).context("refusing to start")?,
         None => {
             let mut t = dialer_dataplane::Tuning::default();
             t.shards.count = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
@@ -192,8 +189,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         limiter: dialer_dataplane::LimiterChoice::Local(limiter.clone()),
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
-        mock: mock_settings(cfg),
-        sip: sip_settings(cfg)?,
+        provider: cfg.provider.clone(),
         tracker: tracker(cfg)?,
         instance: format!("up-{}", std::process::id()),
     })?;
@@ -204,27 +200,19 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let reaper = dialer_control_plane::reaper::Reaper::from_config(cfg, store.clone(), timeline.clone());
-    let reaper = tokio::spawn(reaper.run(wait(stopped.clone())));
-    let scheduler = dialer_control_plane::scheduler::Scheduler {
-        store: store.clone(),
-        sink: ends.dispatch,
-        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
-        cfg: cfg.scheduler_config(),
-    };
-    let scheduler = tokio::spawn(scheduler.run(wait(stopped.clone())));
-    let recorder = dialer_control_plane::recorder::Recorder {
-        store: store.clone(),
-        source: ends.status_source,
-        batch_max: cfg.scheduler.recorder_batch_max,
-        linger: std::time::Duration::from_millis(cfg.scheduler.recorder_linger_ms),
-        seed: cfg.provider.seed,
-        timeline: timeline.clone(),
-    };
+    let reaper = tokio::spawn(reaper(cfg, &store, &timeline).run(wait(stopped.clone())));
+    let scheduler = tokio::spawn(scheduler(cfg, &store, ends.dispatch).run(wait(stopped.clone())));
+    let recorder = dialer_control_plane::recorder::Recorder::new(
+        store.clone(),
+        ends.status_source,
+        &cfg.scheduler,
+        cfg.provider.seed,
+        timeline.clone(),
+    );
     let recorder = tokio::spawn(recorder.run(wait(recorder_stopped)));
     let reconciler = tokio::spawn(dialer_control_plane::run_reconciler(
         dialer_limiter::Backend::Local(limiter),
-        std::time::Duration::from_secs(cfg.limits.reconcile_every_sec),
+        cfg.limits.reconcile_every,
         wait(stopped.clone()),
     ));
     let listener = tokio::net::TcpListener::bind(cfg.api.listen).await.with_context(|| {
@@ -257,18 +245,51 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
 /// The API with the event pipeline (webhooks, the live stream) running until `shutdown()`.
 fn api_app<F>(
     cfg: &Config,
-    store: &dialer_control_plane::Store,
-    timeline: Option<dialer_store::timeline::CqlTimeline>,
+    store: &Store,
+    timeline: Option<dialer_store::CqlTimeline>,
     checks: Vec<dialer_control_plane::observability::ReadyCheck>,
     shutdown: impl Fn() -> F,
 ) -> Result<axum::Router>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let events = dialer_control_plane::spawn_events(cfg, store, shutdown)
+    let events = dialer_control_plane::spawn_events(&cfg.events, &cfg.webhooks, store, shutdown)
         .context("starting webhook delivery (its HTTP client)")?;
-    let guard = dialer_control_plane::api_guard(cfg);
-    Ok(dialer_control_plane::app_serving(cfg, store.clone(), guard, timeline, checks, events))
+    let serving = dialer_control_plane::Serving {
+        api: cfg.api.clone(),
+        calling_rules: cfg.calling_rules.clone(),
+        guard: cfg.limits.api_guard(),
+        timeline,
+        checks,
+        events,
+    };
+    Ok(dialer_control_plane::app_serving(store.clone(), serving))
+}
+
+/// The scheduler of `[scheduler]`, `[limits]` and `[calling_rules]`, publishing to `sink`.
+fn scheduler<S: dialer_bus::dispatch::DispatchSink>(
+    cfg: &Config,
+    store: &Store,
+    sink: S,
+) -> dialer_control_plane::scheduler::Scheduler<S> {
+    dialer_control_plane::scheduler::Scheduler {
+        store: store.clone(),
+        sink,
+        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
+        settings: cfg.scheduler.clone(),
+        limits: cfg.limits.clone(),
+        calling_rules: cfg.calling_rules.clone(),
+    }
+}
+
+/// The reaper of `[scheduler]`'s timings and the provider's longest call.
+fn reaper(
+    cfg: &Config,
+    store: &Store,
+    timeline: &Option<dialer_store::CqlTimeline>,
+) -> dialer_control_plane::reaper::Reaper {
+    let timings = dialer_control_plane::reaper::ReaperConfig::new(&cfg.scheduler, cfg.provider.longest_call());
+    dialer_control_plane::reaper::Reaper::new(store.clone(), timeline.clone(), timings, cfg.provider.seed)
 }
 
 /// Counts the previous run's calls that may still be up (a killed process hangs up nothing)
@@ -304,8 +325,8 @@ fn hold_for_previous_run(
 /// then its journal is retired. Returns, per campaign, the calls that may still be up.
 async fn recover(
     cfg: &Config,
-    store: &dialer_control_plane::Store,
-    timeline: Option<&dialer_store::timeline::CqlTimeline>,
+    store: &Store,
+    timeline: Option<&dialer_store::CqlTimeline>,
     journal: &Path,
 ) -> Result<std::collections::HashMap<uuid::Uuid, u32>> {
     let t = std::time::Instant::now();
@@ -327,9 +348,7 @@ async fn recover(
 }
 
 async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
-    let store = dialer_control_plane::open_store(cfg, url)
-        .await
-        .with_context(|| format!("opening the store at {}", redact(url)))?;
+    let store = Store::open(url, &cfg.store).await.with_context(|| format!("opening the store at {}", redact(url)))?;
     let mut checks = Vec::new();
     if !cfg.limits.redis_url.is_empty() {
         let r = dialer_limiter::RedisBackend::connect(
@@ -340,11 +359,11 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         .await
         .context("connecting to the limiter's Redis (limits.redis_url)")?;
         checks.push(dialer_control_plane::observability::redis_check(r.clone()));
-        let every = std::time::Duration::from_secs(cfg.limits.reconcile_every_sec);
+        let every = cfg.limits.reconcile_every;
         tokio::spawn(dialer_control_plane::run_reconciler(dialer_limiter::Backend::Redis(r), every, shutdown_signal()));
     }
-    let timeline = dialer_control_plane::open_timeline(cfg).await.context("connecting the CQL timeline store")?;
-    if cfg.bus.kind == dialer_control_plane::config::BusKind::Kafka {
+    let timeline = dialer_store::CqlTimeline::open(&cfg.timeline).await.context("connecting the CQL timeline store")?;
+    if cfg.bus.kind == dialer_bus::BusKind::Kafka {
         checks.push(spawn_kafka_pipeline(cfg, &store, timeline.clone()).await?);
     } else {
         tracing::warn!(
@@ -365,8 +384,8 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
 /// broker's readiness check.
 async fn spawn_kafka_pipeline(
     cfg: &Config,
-    store: &dialer_control_plane::Store,
-    timeline: Option<dialer_store::timeline::CqlTimeline>,
+    store: &Store,
+    timeline: Option<dialer_store::CqlTimeline>,
 ) -> Result<dialer_control_plane::observability::ReadyCheck> {
     let b = &cfg.bus;
     dialer_bus::kafka::create_topics(&b.brokers, &cfg.bus.topics())
@@ -374,15 +393,9 @@ async fn spawn_kafka_pipeline(
         .with_context(|| format!("creating topics on {}", b.brokers))?;
     let clients = dialer_bus::kafka::ClientSettings::new(&b.brokers);
     let producer = clients.producer("dialer-control-plane").context("Kafka producer")?;
-    let scheduler = dialer_control_plane::scheduler::Scheduler {
-        store: store.clone(),
-        sink: dialer_bus::dispatch::KafkaDispatchSink::new(producer.clone(), &b.dispatch_topic),
-        clock: std::sync::Arc::new(dialer_control_plane::scheduler::SystemClock),
-        cfg: cfg.scheduler_config(),
-    };
-    tokio::spawn(scheduler.run(shutdown_signal()));
-    let reaper = dialer_control_plane::reaper::Reaper::from_config(cfg, store.clone(), timeline.clone());
-    tokio::spawn(reaper.run(shutdown_signal()));
+    let sink = dialer_bus::dispatch::KafkaDispatchSink::new(producer.clone(), &b.dispatch_topic);
+    tokio::spawn(scheduler(cfg, store, sink).run(shutdown_signal()));
+    tokio::spawn(reaper(cfg, store, &timeline).run(shutdown_signal()));
     let ready = dialer_bus::kafka::ready_check(&producer, &b.dispatch_topic);
     let sources = dialer_bus::status::KafkaStatusSource::group(
         &clients,
@@ -392,14 +405,14 @@ async fn spawn_kafka_pipeline(
     )
     .context("Kafka consumers of the status topic")?;
     for (i, source) in sources.into_iter().enumerate() {
-        let recorder = dialer_control_plane::recorder::Recorder {
-            store: store.clone(),
+        let seed = cfg.provider.seed.wrapping_add(i as u64);
+        let recorder = dialer_control_plane::recorder::Recorder::new(
+            store.clone(),
             source,
-            batch_max: cfg.scheduler.recorder_batch_max,
-            linger: std::time::Duration::from_millis(cfg.scheduler.recorder_linger_ms),
-            seed: cfg.provider.seed.wrapping_add(i as u64),
-            timeline: timeline.clone(),
-        };
+            &cfg.scheduler,
+            seed,
+            timeline.clone(),
+        );
         tokio::spawn(recorder.run(shutdown_signal()));
     }
     Ok(ready)
@@ -423,64 +436,6 @@ fn tracker(cfg: &Config) -> Result<std::sync::Arc<dialer_dataplane::Tracker>> {
         .with_context(|| format!("provider.ledger: cannot append to {}", cfg.provider.ledger))
 }
 
-/// The SIP provider's settings when `provider.kind = "sip"` (validated with the config).
-fn sip_settings(cfg: &Config) -> Result<Option<dialer_dataplane::sip::SipSettings>> {
-    use dialer_control_plane::config::ProviderKind;
-    use std::time::Duration;
-    let p = &cfg.provider;
-    if p.kind != ProviderKind::Sip {
-        return Ok(None);
-    }
-    let mut trunks = Vec::new();
-    for (i, t) in p.trunks.iter().enumerate() {
-        let proxy =
-            t.proxy_addr().with_context(|| format!("provider.trunks[{i}].proxy: cannot resolve {}", t.proxy))?;
-        trunks.push(dialer_dataplane::sip::TrunkSettings {
-            name: t.name.clone(),
-            proxy,
-            domain: t.domain.clone(),
-            username: t.username.clone(),
-            password: t.password.clone(),
-            from_user: t.from_user.clone(),
-            from_domain: t.from_domain.clone(),
-            caller_id: t.caller_id.clone(),
-            allowed_caller_ids: t.allowed_caller_ids.clone(),
-            max_channels: t.max_channels,
-            max_cps: t.max_cps,
-            priority: t.priority,
-            weight: t.weight,
-        });
-    }
-    Ok(Some(dialer_dataplane::sip::SipSettings {
-        trunks,
-        bind_ip: p.sip_bind.parse().context("provider.sip_bind")?,
-        ring_timeout: Duration::from_millis(p.ring_timeout_ms),
-        max_call: Duration::from_millis(p.max_call_ms),
-        t1: Duration::from_millis(p.sip_t1_ms),
-        media: if p.media_endpoint.is_empty() {
-            None
-        } else {
-            Some(p.media_endpoint.parse().context("provider.media_endpoint")?)
-        },
-        refer_to: (!p.refer_to.is_empty()).then(|| p.refer_to.clone()),
-        trunk_failures: p.trunk_failures.max(1),
-        trunk_backoff: Duration::from_millis(p.trunk_backoff_ms),
-        cps_margin: Duration::from_millis(p.sip_cps_margin_ms),
-    }))
-}
-
-fn mock_settings(cfg: &Config) -> dialer_dataplane::MockSettings {
-    let p = &cfg.provider;
-    dialer_dataplane::MockSettings {
-        answer_rate: p.answer_rate,
-        retryable_share: p.retryable_share,
-        min_call: std::time::Duration::from_millis(p.min_call_ms),
-        max_call: std::time::Duration::from_millis(p.max_call_ms),
-        max_ring: std::time::Duration::from_millis(p.max_ring_ms),
-        seed: p.seed,
-    }
-}
-
 async fn run_dataplane(
     cfg: &Config,
     tuning_path: &Path,
@@ -488,8 +443,8 @@ async fn run_dataplane(
     admin: SocketAddr,
     placement: &Placement,
 ) -> Result<()> {
-    let ttl = std::time::Duration::from_secs(cfg.limits.semaphore_ttl_sec);
-    let mut tuning = dialer_dataplane::Tuning::load(tuning_path, ttl).context("refusing to start")?;
+    let ttl = cfg.limits.semaphore_ttl;
+    let mut tuning = tuning::load(tuning_path, ttl).context("refusing to start")?;
     if tuning.journal.dir.is_empty() {
         tuning.journal.dir = placement.journal_dir.display().to_string();
     }
@@ -499,13 +454,13 @@ async fn run_dataplane(
     if let Some(n) = placement.instances {
         tuning.shards.instances = n;
     }
-    tuning.validate(ttl).context("refusing to start")?;
+    tuning::validate(&tuning, ttl).context("refusing to start")?;
     if check {
         println!("# effective settings of {}\n{}", tuning_path.display(), toml::to_string_pretty(&tuning)?);
         return Ok(());
     }
     anyhow::ensure!(
-        cfg.bus.kind == dialer_control_plane::config::BusKind::Kafka,
+        cfg.bus.kind == dialer_bus::BusKind::Kafka,
         "the data plane reads the dispatch topic: set bus.kind = \"kafka\" and bus.brokers (KAFKA_BROKERS); \
          the in-process bus exists only inside `dialer up`"
     );
@@ -541,8 +496,7 @@ async fn run_dataplane(
         limiter,
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
-        mock: mock_settings(cfg),
-        sip: sip_settings(cfg)?,
+        provider: cfg.provider.clone(),
         tracker: tracker(cfg)?,
         instance,
     })?;
@@ -607,7 +561,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             if let Some(l) = listen {
                 cfg.api.listen = l;
             }
-            cfg.api.check_exposure().context("refusing to start")?;
+            cfg.check_exposure().context("refusing to start")?;
             let url = cfg.store_url(&data_dir);
             if url.starts_with("sqlite:") {
                 sqlite_dir(&data_dir)?;
@@ -618,7 +572,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             if let Some(l) = listen {
                 cfg.api.listen = l;
             }
-            cfg.api.check_exposure().context("refusing to start")?;
+            cfg.check_exposure().context("refusing to start")?;
             anyhow::ensure!(
                 !cfg.store.url.is_empty(),
                 "the control plane needs store.url (or DATABASE_URL), e.g. postgres://campaign@localhost:5432/campaign; \
@@ -668,9 +622,7 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
             if url.starts_with("sqlite:") {
                 sqlite_dir(&data_dir)?;
             }
-            let store = dialer_control_plane::open_store(&cfg, &url)
-                .await
-                .with_context(|| format!("migrating {}", redact(&url)))?;
+            let store = Store::open(&url, &cfg.store).await.with_context(|| format!("migrating {}", redact(&url)))?;
             println!("migrations applied to {} ({})", redact(&url), store.kind().as_str());
             store.close().await;
             Ok(())

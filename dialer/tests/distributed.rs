@@ -13,21 +13,18 @@ use dialer_bus::dispatch::{DispatchSink, KafkaDispatchSink};
 use dialer_bus::kafka::ClientSettings;
 use dialer_bus::status::KafkaStatusSource;
 use dialer_control_plane::recorder::Recorder;
-use dialer_control_plane::scheduler::{Scheduler, SchedulerConfig, SystemClock};
-use dialer_control_plane::{Config, open_store};
-use dialer_dataplane::{Assignment, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tuning};
+use dialer_control_plane::scheduler::{Scheduler, SchedulerSettings};
+
+use dialer_dataplane::{Assignment, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, ProviderSettings, Tuning};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::validate::CreateCampaignRequest;
 use dialer_testkit::topics::{Outgoing, TopicReader};
 use dialer_testkit::{kafka, redis, redis_prefix, unique_name};
 use serde_json::json;
 
-#[path = "../../control-plane/tests/common/mod.rs"]
-mod common;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigns_complete_over_kafka_redis_and_postgres() {
-    let store = open_store(&Config::default(), &dialer_testkit::postgres_database()).await.expect("store");
+    let store = dialer_testkit::fixtures::open(&dialer_testkit::postgres_database()).await;
     let n = unique_name("e2e");
     let topics = BusSettings {
         brokers: kafka().bootstrap(),
@@ -68,7 +65,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     tuning.shards.assignment = Assignment::Static;
     tuning.lease.batch = 8;
     tuning.lease.low_water = 2;
-    tuning.lease.idle_give_back_ms = 300;
+    tuning.lease.idle_give_back = Duration::from_millis(300);
     tuning.kafka.commit_every_ms = 100;
     let ledger = tempfile::tempdir().expect("ledger dir");
     let tracker = ledger_tracker(12, ledger.path());
@@ -81,13 +78,12 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
         global_cap: 12,
         per_campaign_ceiling: 100,
-        mock: MockSettings {
+        provider: ProviderSettings {
             min_call: Duration::from_millis(5),
             max_call: Duration::from_millis(20),
             max_ring: Duration::ZERO,
-            ..MockSettings::default()
+            ..ProviderSettings::default()
         },
-        sip: None,
         tracker: tracker.clone(),
         instance: unique_name("dp"),
     })
@@ -107,15 +103,11 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         let _ = rx.wait_for(|v| *v).await;
     };
     let sched = Scheduler {
-        store: store.clone(),
-        sink: KafkaDispatchSink::new(producer.clone(), &topics.dispatch_topic),
-        clock: Arc::new(SystemClock),
-        cfg: SchedulerConfig {
-            interval: Duration::from_millis(100),
-            per_campaign_ceiling: 100,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        settings: SchedulerSettings { interval: Duration::from_millis(100), ..Default::default() },
+        ..dialer_testkit::fixtures::scheduler(
+            store.clone(),
+            KafkaDispatchSink::new(producer.clone(), &topics.dispatch_topic),
+        )
     };
     let rec = Recorder {
         store: store.clone(),
@@ -151,7 +143,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         assert_eq!(st.completed_calls + st.failed_calls, *targets);
     }
     let campaigns: Vec<uuid::Uuid> = ids.iter().map(|(id, _)| *id).collect();
-    common::assert_each_attempt_dialled_once(&store, &campaigns, ledger.path()).await;
+    dialer_testkit::fixtures::assert_each_attempt_dialled_once(&store, &campaigns, ledger.path()).await;
 
     // The junk status event is in the dead-letter topic with its reason.
     let dlq = TopicReader::from_start(&topics.brokers, &dead_letter, 1);

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::recorder::Recorder;
-use dialer_control_plane::scheduler::{Clock, ManualClock, Scheduler, SchedulerConfig, SystemClock};
-use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, MockSettings, Tracker, Tuning};
+use dialer_control_plane::scheduler::{Clock, ManualClock, Scheduler, SchedulerSettings, SystemClock};
+use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, ProviderSettings, Tracker, Tuning};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::EventKind;
 use dialer_domain::validate::Campaign;
@@ -20,10 +20,8 @@ use dialer_limiter::LocalBackend;
 use serde_json::json;
 use uuid::Uuid;
 
-#[macro_use]
-#[path = "../../control-plane/tests/common/mod.rs"]
-mod common;
-use common::{Backend, campaign, event, store};
+use dialer_testkit::both_stores;
+use dialer_testkit::fixtures::{Backend, campaign, event, store};
 
 struct Pipeline {
     store: Store,
@@ -35,19 +33,19 @@ struct Pipeline {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn mock(ms: u64) -> MockSettings {
-    MockSettings {
+fn mock(ms: u64) -> ProviderSettings {
+    ProviderSettings {
         min_call: Duration::from_millis(ms),
         max_call: Duration::from_millis(ms * 3),
         max_ring: Duration::ZERO,
-        ..MockSettings::default()
+        ..ProviderSettings::default()
     }
 }
 
 fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
     let mut t = Tuning::default();
     t.shards.count = 2;
-    t.lease.idle_give_back_ms = 300;
+    t.lease.idle_give_back = Duration::from_millis(300);
     let ends = MemoryBus::open(2, t.shards.partitions, 10_000, 10_000);
     let bus = ends.dispatch.0.clone();
     let ledger = tempfile::tempdir().expect("ledger dir");
@@ -58,8 +56,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
         limiter: LimiterChoice::Local(Arc::new(LocalBackend::default())),
         global_cap: 10_000,
         per_campaign_ceiling: 100,
-        mock: mock(call_ms),
-        sip: None,
+        provider: mock(call_ms),
         tracker: tracker.clone(),
         instance: "pipeline-test".into(),
     })
@@ -69,15 +66,9 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
         let _ = rx.wait_for(|v| *v).await;
     };
     let sched = Scheduler {
-        store: store.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock,
-        cfg: SchedulerConfig {
-            interval: Duration::from_millis(50),
-            per_campaign_ceiling: 100,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        settings: SchedulerSettings { interval: Duration::from_millis(50), ..Default::default() },
+        ..dialer_testkit::fixtures::scheduler(store.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     let rec = Recorder {
         store: store.clone(),
@@ -141,7 +132,7 @@ async fn campaigns_run_to_completion(b: Backend) {
         assert!(st.attempts_total >= *n);
     }
     let campaigns: Vec<Uuid> = ids.iter().map(|(id, _)| *id).collect();
-    common::assert_each_attempt_dialled_once(&s, &campaigns, p.ledger.path()).await;
+    dialer_testkit::fixtures::assert_each_attempt_dialled_once(&s, &campaigns, p.ledger.path()).await;
     assert_eq!(p.tracker.violations(), 0);
     // The timeline shows the attempts.
     let calls =
@@ -166,14 +157,8 @@ async fn business_hours_gate_dispatch(b: Backend) {
     let bus = ends.dispatch.0.clone();
     let clock = ManualClock::new(at("2026-11-23T13:00:00Z"));
     let sched = Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus),
         clock: clock.clone(),
-        cfg: SchedulerConfig {
-            per_campaign_ceiling: 100,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
     };
     let r = sched.tick().await.expect("tick");
     assert_eq!((r.campaigns_closed, r.dispatched), (1, 0), "closed window dials nothing");
@@ -227,16 +212,8 @@ async fn two_scheduler_replicas_never_queue_a_call_twice(b: Backend) {
     let mut ends = MemoryBus::open(1, 1, 100_000, 10);
     let bus = ends.dispatch.0.clone();
     let mk = || Scheduler {
-        store: s.clone(),
-        sink: dialer_bus::dispatch::MemoryDispatchSink(bus.clone()),
-        clock: Arc::new(SystemClock),
-        cfg: SchedulerConfig {
-            inflight_factor: 1000,
-            max_batch: 97,
-            per_campaign_ceiling: 100,
-            calling_rules: dialer_domain::rules::CallingRules::off(),
-            ..SchedulerConfig::default()
-        },
+        settings: SchedulerSettings { inflight_factor: 1000, max_batch: 97, ..Default::default() },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus.clone()))
     };
     let (a, bb) = (mk(), mk());
     let ta = tokio::spawn(async move {

@@ -1,4 +1,4 @@
-//! Webhooks and the live stream (issue 20) with the real `dialer up` and real HTTP receivers
+//! Webhooks and the live stream with the real `dialer up` and real HTTP receivers
 //! (`dialer_testkit::receiver`): every event of a campaign reaches a receiver that fails a share of
 //! requests (500s, hangs past the timeout, dropped connections), through a SIGKILL of the process,
 //! de-duplicated by id, each call's events in sequence order and signed; a 410 disables its

@@ -20,6 +20,37 @@ pub fn parse(s: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(t).map_err(DurationError::Unreadable)
 }
 
+/// A [`Duration`] kept in settings as whole milliseconds (`#[serde(rename = "x_ms", with =
+/// "dialer_domain::duration::millis")]`): the key keeps its unit, the code its type.
+pub mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// A [`Duration`] kept in settings as whole seconds (see [`millis`]).
+pub mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
 /// Formats a duration the way [`parse`] reads it (`120s` → `"2m"`).
 pub fn format(d: Duration) -> String {
     if d.is_zero() {

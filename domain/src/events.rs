@@ -1,4 +1,4 @@
-//! Customer-facing events (issue 20), pure: what happened to a call or a campaign, as the JSON
+//! Customer-facing events, pure: what happened to a call or a campaign, as the JSON
 //! body every webhook delivery and live-stream message carries; which endpoint wants which event;
 //! how the log orders a batch; the signature; what a delivery's answer means and when it is tried
 //! again.
@@ -339,16 +339,6 @@ pub struct RetrySchedule {
     pub max: Duration,
     /// How long after its first attempt an event is still tried; then it is dead-lettered.
     pub window: Duration,
-}
-
-impl Default for RetrySchedule {
-    fn default() -> Self {
-        RetrySchedule {
-            base: Duration::from_secs(5),
-            max: Duration::from_secs(3600),
-            window: Duration::from_secs(86_400),
-        }
-    }
 }
 
 /// What to do with a delivery after an attempt.

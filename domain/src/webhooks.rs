@@ -1,4 +1,4 @@
-//! Webhook endpoints as the API sees them (issue 20): the requests, their validation (each
+//! Webhook endpoints as the API sees them: the requests, their validation (each
 //! refusal names its field) and the view. Pure.
 
 use chrono::{DateTime, Utc};

@@ -37,8 +37,9 @@ use uuid::Uuid;
 use crate::LimiterError;
 use crate::model::{SyncReply, SyncRequest};
 
-/// Tuning of the lease cache (see `tuning/`).
-#[derive(Clone, Debug, PartialEq)]
+/// Tuning of the lease cache (the tuning file's `[lease]`, see `tuning/`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LeaseSettings {
     /// Tokens asked for beyond those in use and waiting when refilling (headroom, granted only
     /// where the caps leave room after every campaign's demand).
@@ -47,17 +48,23 @@ pub struct LeaseSettings {
     pub low_water: u32,
     /// Lease lifetime without renewal: a crashed holder's tokens come back after this. At most
     /// `TELEPHONY_SEMAPHORE_TTL_SEC`.
+    #[serde(rename = "ttl_ms", with = "dialer_domain::duration::millis")]
     pub ttl: Duration,
     /// Renew this long after the last update at the latest (a third of `ttl` by default).
+    #[serde(rename = "renew_every_ms", with = "dialer_domain::duration::millis")]
     pub renew_every: Duration,
     /// Report demand and learn the fair share at least this often while a campaign is active.
     /// While the pool is the bound (caps binding), a core refreshes faster: every quarter of its
     /// calls' mean length, but not more often than [`MIN_REFRESH`]. Shares converge within a
-    /// refresh (plus the time calls above a share take to end).
+    /// refresh (plus the time calls above a share take to end). One backend call per core per
+    /// refresh.
+    #[serde(rename = "refresh_every_ms", with = "dialer_domain::duration::millis")]
     pub refresh_every: Duration,
     /// Give spare tokens back after this long without a dial of the campaign.
+    #[serde(rename = "idle_give_back_ms", with = "dialer_domain::duration::millis")]
     pub idle_give_back: Duration,
-    /// Wait this long before retrying after a failed update.
+    /// Wait this long before retrying after a failed update (not a tuning key).
+    #[serde(skip)]
     pub retry_after: Duration,
 }
 
@@ -75,38 +82,6 @@ impl Default for LeaseSettings {
             idle_give_back: Duration::from_secs(2),
             retry_after: Duration::from_millis(200),
         }
-    }
-}
-
-impl LeaseSettings {
-    /// Checks the settings against each other and the reclamation window.
-    pub fn check(&self, semaphore_ttl: Duration) -> Result<(), LimiterError> {
-        let bad = |key: &'static str, reason: &str| Err(LimiterError::Config { key, reason: reason.into() });
-        if self.batch == 0 {
-            return bad("lease_batch", "must be at least 1");
-        }
-        if self.low_water > self.batch {
-            return bad("lease_low_water", "must not exceed lease_batch");
-        }
-        if self.ttl < Duration::from_secs(1) {
-            return bad("lease_ttl", "must be at least 1s");
-        }
-        if self.ttl > semaphore_ttl {
-            return bad("lease_ttl", "must not exceed TELEPHONY_SEMAPHORE_TTL_SEC (the reclamation window)");
-        }
-        if self.renew_every.is_zero() || self.renew_every * 2 > self.ttl {
-            return bad(
-                "lease_renew_every",
-                "must be above 0 and at most half of lease_ttl, so a lease is renewed well before it expires",
-            );
-        }
-        if self.refresh_every < MIN_REFRESH || self.refresh_every > self.renew_every {
-            return bad(
-                "lease_refresh_every",
-                "must be at least 20ms (each refresh is a backend call per core) and at most lease_renew_every",
-            );
-        }
-        Ok(())
     }
 }
 
@@ -782,21 +757,5 @@ mod tests {
         let reqs = cache.plan(t0 + Duration::from_millis(250));
         assert_eq!(reqs[0].want, 4, "held above the new cap is given back");
         assert_eq!(reqs[0].campaign_cap, 4);
-    }
-
-    #[test]
-    fn settings_are_checked() {
-        let ttl = Duration::from_secs(600);
-        assert!(LeaseSettings::default().check(ttl).is_ok());
-        let mut s = LeaseSettings::default();
-        s.low_water = s.batch + 1;
-        assert!(s.check(ttl).is_err());
-        let s = LeaseSettings { ttl: Duration::from_secs(700), ..LeaseSettings::default() };
-        assert!(s.check(ttl).is_err());
-        let mut s = LeaseSettings::default();
-        s.renew_every = s.ttl;
-        assert!(s.check(ttl).is_err());
-        let s = LeaseSettings { refresh_every: Duration::from_millis(1), ..LeaseSettings::default() };
-        assert!(s.check(ttl).is_err());
     }
 }

@@ -16,6 +16,8 @@
 //! - [`driver`]: runs a core's cache against a backend, batching every campaign's update into one
 //!   backend call.
 //! - [`guard`]: the API-level guard (`MAX_CONCURRENT_CALLS` in-flight requests, daily usage cap).
+//! - [`LimitSettings`] (`[limits]`) and [`LeaseSettings`] (the tuning's `[lease]`): the settings
+//!   this crate owns.
 
 pub mod driver;
 pub mod fair;
@@ -25,6 +27,7 @@ pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod redis;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,7 @@ pub use lease::{Ask, LeaseCache, LeaseSettings, MIN_REFRESH};
 pub use local::LocalBackend;
 pub use model::{SyncItem, SyncReply, SyncRequest};
 pub use redis::RedisBackend;
+pub use settings::LimitSettings;
 
 /// What the limiter can fail with.
 #[derive(Debug, thiserror::Error)]

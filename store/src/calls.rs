@@ -68,6 +68,7 @@ pub(crate) async fn insert_pending_calls<'a, D: Dialect>(
     Ok(created)
 }
 
+#[tracing::instrument(name = "store.queue_targets", level = "debug", skip_all)]
 pub async fn queue_targets<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,
@@ -116,6 +117,7 @@ pub async fn queue_targets<D: Dialect>(
     Ok(QueueTargetsResponse { queued, already_queued, duplicates_merged: 0 })
 }
 
+#[tracing::instrument(name = "store.create_call", level = "debug", skip_all)]
 pub async fn create_call<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,
@@ -217,6 +219,7 @@ async fn live_call<D: Dialect>(
 /// distinct (campaign, number) pairs. An item whose live call the statement could
 /// not see (committed by another transaction meanwhile) is read again after it.
 /// `Err` means the batch failed as a whole (nothing written): do the items alone.
+#[tracing::instrument(name = "store.create_calls", level = "debug", skip_all)]
 pub async fn create_calls<D: Dialect>(pool: &sqlx::Pool<D>, reqs: &[NewCall]) -> Result<Vec<CallAnswer>, StoreError> {
     if !D::WRITING_CTES {
         let mut out = Vec::with_capacity(reqs.len());
@@ -319,6 +322,7 @@ async fn create_calls_statement<D: Dialect>(
     Ok(out)
 }
 
+#[tracing::instrument(name = "store.list_calls", level = "debug", skip_all)]
 pub async fn list_calls<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,
@@ -342,6 +346,7 @@ pub async fn list_calls<D: Dialect>(
     q.build().rows(&mut *conn).await?.iter().map(call_from_row).collect()
 }
 
+#[tracing::instrument(name = "store.get_call", level = "debug", skip_all)]
 pub async fn get_call<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<CallDetail, StoreError> {
     let mut conn = pool.acquire().await?;
     let row = sqlx::query::<D>(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = $1"))
@@ -386,6 +391,7 @@ pub(crate) fn ms_to_time(ms: u64) -> DateTime<Utc> {
 /// Calls still queued or in progress whose attempt may be abandoned: queued (not
 /// reported started) and dispatched before `queued_before`, or reported started
 /// before `started_before` (dispatched before it too); oldest dispatch first.
+#[tracing::instrument(name = "store.stale_calls", level = "debug", skip_all)]
 pub async fn stale_calls<D: Dialect>(
     pool: &sqlx::Pool<D>,
     queued_before: DateTime<Utc>,

@@ -202,6 +202,7 @@ async fn fetch_campaign<D: Dialect>(conn: &mut D::Connection, id: Uuid) -> Resul
     campaign_from_row(first, hours)
 }
 
+#[tracing::instrument(name = "store.create_campaign", level = "debug", skip_all)]
 pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) -> Result<Campaign, StoreError> {
     let s = &c.settings;
     let at = now();
@@ -257,11 +258,13 @@ pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) 
     Ok(campaign)
 }
 
+#[tracing::instrument(name = "store.get_campaign", level = "debug", skip_all)]
 pub async fn get_campaign<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<Campaign, StoreError> {
     let mut conn = pool.acquire().await?;
     fetch_campaign::<D>(&mut conn, id).await
 }
 
+#[tracing::instrument(name = "store.list_campaigns", level = "debug", skip_all)]
 pub async fn list_campaigns<D: Dialect>(
     pool: &sqlx::Pool<D>,
     after: Option<Uuid>,
@@ -279,6 +282,7 @@ pub async fn list_campaigns<D: Dialect>(
     rows.iter().zip(&ids).map(|(r, id)| campaign_from_row(r, hours.remove(id).unwrap_or_default())).collect()
 }
 
+#[tracing::instrument(name = "store.update_campaign", level = "debug", skip_all)]
 pub async fn update_campaign<D: Dialect>(
     pool: &sqlx::Pool<D>,
     id: Uuid,
@@ -347,6 +351,7 @@ pub async fn update_campaign<D: Dialect>(
     Ok(campaign)
 }
 
+#[tracing::instrument(name = "store.transition", level = "debug", skip_all)]
 pub async fn transition<D: Dialect>(
     pool: &sqlx::Pool<D>,
     id: Uuid,
@@ -457,6 +462,7 @@ async fn log_campaign<D: Dialect>(
 
 /// Completes in-progress campaigns whose every call is terminal; returns their ids. A
 /// call created meanwhile (the totals were read before it) is cancelled with them.
+#[tracing::instrument(name = "store.complete_finished", level = "debug", skip_all)]
 pub async fn complete_finished<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<Uuid>, StoreError> {
     let at = now();
     let mut tx = D::begin(pool).await?;
@@ -506,6 +512,7 @@ pub(crate) async fn load_campaigns<D: Dialect>(
 }
 
 /// In-progress campaigns with their schedule, cap and live counts.
+#[tracing::instrument(name = "store.active_campaigns", level = "debug", skip_all)]
 pub async fn active_campaigns<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<ActiveCampaign>, StoreError> {
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query::<D>(

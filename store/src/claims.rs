@@ -81,6 +81,7 @@ async fn claim_zone<D: Dialect>(
 /// the order given (the scheduler passes the open ones, soonest to close first), and
 /// screens them by the recipient's rules: the calls to dial are returned and counted
 /// as attempts; skipped ones end, held ones wait.
+#[tracing::instrument(name = "store.claim_calls", level = "debug", skip_all)]
 pub async fn claim_calls<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,
@@ -153,6 +154,7 @@ async fn claim_stats<D: Dialect>(conn: &mut D::Connection, campaign_id: Uuid, s:
 
 /// Gives claimed calls back (their dispatch failed): queued → pending, attempt undone;
 /// cancelled instead (failed, never placed) if the campaign was completed meanwhile.
+#[tracing::instrument(name = "store.unclaim_calls", level = "debug", skip_all)]
 pub async fn unclaim_calls<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,

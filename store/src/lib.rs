@@ -24,6 +24,7 @@ mod outbox;
 mod record;
 pub mod recording;
 pub mod rules;
+mod settings;
 pub mod stats;
 pub mod timeline;
 
@@ -55,6 +56,7 @@ pub use events::{
 pub use model::{
     ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, LiveCall, NewCall, Preview, RecordReport, Screened, Suppression,
 };
+pub use settings::{StoreSettings, TimelineSettings};
 pub use timeline::{CqlTimeline, TimelineError};
 
 /// Rows per multi-row INSERT: under both backends' bind-parameter limits (PostgreSQL 65535,
@@ -97,19 +99,6 @@ impl StoreKind {
     }
 }
 
-/// Options for [`Store::connect`].
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    pub max_connections: u32,
-    pub acquire_timeout: Duration,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
-    }
-}
-
 /// A store's connection pool, for tools and tests that run their own SQL.
 #[derive(Clone, Debug)]
 pub enum Pool {
@@ -126,14 +115,22 @@ pub struct Store(Pool);
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
 
 impl Store {
+    /// Connects to `url` and applies the migrations not applied yet.
+    pub async fn open(url: &str, settings: &StoreSettings) -> Result<Store, StoreError> {
+        let store = Store::connect(url, settings).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
     /// Connects to `url` (`postgres://…` or `sqlite://PATH`, created if missing).
-    pub async fn connect(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
+    pub async fn connect(url: &str, settings: &StoreSettings) -> Result<Store, StoreError> {
+        let acquire_timeout = Duration::from_secs(settings.acquire_timeout_sec);
         let bad = |source: sqlx::Error| StoreError::BadUrl { url: redact(url), source };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let o = PgConnectOptions::from_str(url).map_err(bad)?;
             let pool = PgPoolOptions::new()
-                .max_connections(opts.max_connections)
-                .acquire_timeout(opts.acquire_timeout)
+                .max_connections(settings.max_connections)
+                .acquire_timeout(acquire_timeout)
                 // A connection idle for a while is checked before use (the server may have
                 // restarted meanwhile); a busy one is not: a ping per acquire would add a round
                 // trip to every request (a failed query closes its connection anyway).
@@ -165,8 +162,8 @@ impl Store {
                 .pragma("automatic_index", "off")
                 .pragma("temp_store", "memory");
             let pool = SqlitePoolOptions::new()
-                .max_connections(opts.max_connections)
-                .acquire_timeout(opts.acquire_timeout)
+                .max_connections(settings.max_connections)
+                .acquire_timeout(acquire_timeout)
                 .connect_with(o)
                 .await
                 .map_err(StoreError::Unavailable)?;

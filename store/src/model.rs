@@ -43,7 +43,7 @@ pub struct ClaimedCall {
     pub attempt: u32,
     /// The number's zone key ([`dialer_domain::recipient`]).
     pub zone: String,
-    /// The call's last event number, this claim's included (issue 20).
+    /// The call's last event number, this claim's included.
     pub event_seq: u32,
 }
 

@@ -1,8 +1,7 @@
-//! The events each change of a call or campaign logs (issue 20), built without I/O: the writers
+//! The events each change of a call or campaign logs, built without I/O: the writers
 //! in `sql.rs` pass what they changed and append what this returns in the same transaction. Each
 //! builder takes the stream's last sequence number and advances it; the writer stores it back on
-//! the row it changed. The bodies' fields are documented in the README ("Webhooks and the live
-//! stream").
+//! the row it changed. The bodies' fields are documented in `docs/webhooks.md`.
 
 use chrono::{DateTime, Utc};
 use dialer_domain::campaign::CallStatus;

@@ -73,7 +73,7 @@ pub(crate) struct Decided<'a> {
     pub changed: HashMap<Uuid, (Uuid, Change)>,
     /// One row per attempt: its outcome event wins over its `started` event.
     pub timeline: HashMap<(Uuid, u32), TimelineEntry<'a>>,
-    /// The events customers see (issue 20), and each changed call's last event number.
+    /// The events customers see, and each changed call's last event number.
     pub events: Vec<NewEvent>,
     pub event_seqs: HashMap<Uuid, u32>,
 }

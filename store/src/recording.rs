@@ -20,6 +20,7 @@ use crate::{CHUNK_ROWS, Corrupt, LOOKUP_CHUNK, StoreError, now, sorted_unique};
 /// SHARE` first (a campaign being completed is either completed before this batch
 /// reads it or after it commits), the calls locked in id order, the changes decided
 /// ([`crate::record::decide`]), then calls, timeline and stats written.
+#[tracing::instrument(name = "store.record_events", level = "debug", skip_all)]
 pub async fn record_events<D: Dialect>(
     pool: &sqlx::Pool<D>,
     events: &[StatusEvent],
@@ -162,8 +163,8 @@ async fn write_timeline<D: Dialect>(
 
 /// The aggregates: the batch's stats rows locked in campaign-id order (two recorders
 /// never deadlock), then moved in one statement per chunk, not one per campaign: a
-/// batch of events of 1,000 campaigns was 1,000 round trips, with the first rows
-/// locked all the while (`bench e2e --campaigns 1000`).
+/// batch of events of many campaigns would be a round trip per campaign, with the first
+/// rows locked all the while.
 async fn write_stats<D: Dialect>(
     tx: &mut Tx<D>,
     deltas: &std::collections::BTreeMap<Uuid, Delta>,

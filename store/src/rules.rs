@@ -1,4 +1,4 @@
-//! The recipient's calling rules (issue 19): do-not-call lists, the zones of a campaign's pending
+//! The recipient's calling rules: do-not-call lists, the zones of a campaign's pending
 //! calls (a skip scan of the index `calls_pending_zone`, so a claim never reads the calls of closed
 //! zones), the screening of claimed calls (do-not-call, zone, attempt limits;
 //! [`dialer_domain::rules`] decides), the numbers' recent attempts across campaigns, and the
@@ -28,6 +28,7 @@ const HISTORY: chrono::TimeDelta = chrono::TimeDelta::hours(25);
 
 /// Adds or replaces entries of a list; `announce`: the scheduler tells the data plane
 /// of each at its next tick. Returns how many rows were written.
+#[tracing::instrument(name = "store.dnc_add", level = "debug", skip_all)]
 pub async fn dnc_add<D: Dialect>(
     pool: &sqlx::Pool<D>,
     list: Uuid,
@@ -73,6 +74,7 @@ pub async fn dnc_add<D: Dialect>(
 }
 
 /// Removes a number from a list; `false` when it was not on it.
+#[tracing::instrument(name = "store.dnc_remove", level = "debug", skip_all)]
 pub async fn dnc_remove<D: Dialect>(pool: &sqlx::Pool<D>, list: Uuid, number: &str) -> Result<bool, StoreError> {
     let mut tx = D::begin(pool).await?;
     let n = sqlx::query::<D>("DELETE FROM dnc_entries WHERE campaign_id = $1 AND phone_number = $2")
@@ -85,6 +87,7 @@ pub async fn dnc_remove<D: Dialect>(pool: &sqlx::Pool<D>, list: Uuid, number: &s
 }
 
 /// A number's entry on a list (expired ones included, with their expiry).
+#[tracing::instrument(name = "store.dnc_get", level = "debug", skip_all)]
 pub async fn dnc_get<D: Dialect>(
     pool: &sqlx::Pool<D>,
     list: Uuid,
@@ -112,6 +115,7 @@ pub async fn dnc_get<D: Dialect>(
 }
 
 /// The list a number is on for a campaign now (the global list first), if any.
+#[tracing::instrument(name = "store.dnc_check", level = "debug", skip_all)]
 pub async fn dnc_check<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,
@@ -172,6 +176,7 @@ async fn recent_attempts<D: Dialect>(
 /// The distinct zone keys of a campaign's pending calls, one index probe each (a
 /// skip scan of `calls_pending_zone`: cost in the zones, not the calls). Calls not
 /// located yet are left out.
+#[tracing::instrument(name = "store.pending_zones", level = "debug", skip_all)]
 pub async fn pending_zones<D: Dialect>(pool: &sqlx::Pool<D>, campaign_id: Uuid) -> Result<Vec<String>, StoreError> {
     let mut tx = pool.begin().await?;
     if D::IS_POSTGRES {
@@ -198,6 +203,7 @@ pub async fn pending_zones<D: Dialect>(pool: &sqlx::Pool<D>, campaign_id: Uuid) 
 
 /// Locates up to `limit` pending calls that have no zone key yet (created before the
 /// calling rules, or by a path that could not see the target's postal code).
+#[tracing::instrument(name = "store.locate_unzoned", level = "debug", skip_all)]
 pub async fn locate_unzoned<D: Dialect>(pool: &sqlx::Pool<D>, limit: usize) -> Result<u64, StoreError> {
     let rows = sqlx::query::<D>(
         "SELECT campaign_id, id, phone_number, metadata FROM calls WHERE status = 'pending' AND zone IS NULL LIMIT $1",
@@ -349,6 +355,7 @@ async fn write_attempts<D: Dialect>(
 /// statement never holds the store for a whole backlog). The oldest rows are found in
 /// the index on `at` and deleted by their physical id, so neither a join nor stale
 /// statistics can turn it into a scan of the table.
+#[tracing::instrument(name = "store.prune_attempts", level = "debug", skip_all)]
 pub async fn prune_attempts<D: Dialect>(
     pool: &sqlx::Pool<D>,
     at: DateTime<Utc>,
@@ -368,6 +375,7 @@ pub async fn prune_attempts<D: Dialect>(
 }
 
 /// Entries the data plane has not been told of yet, oldest first.
+#[tracing::instrument(name = "store.unannounced", level = "debug", skip_all)]
 pub async fn unannounced<D: Dialect>(pool: &sqlx::Pool<D>, limit: usize) -> Result<Vec<Suppression>, StoreError> {
     let rows = sqlx::query::<D>(
         "SELECT campaign_id, phone_number, expires_at FROM dnc_entries WHERE announced = false ORDER BY created_at LIMIT $1",
@@ -387,6 +395,7 @@ pub async fn unannounced<D: Dialect>(pool: &sqlx::Pool<D>, limit: usize) -> Resu
 }
 
 /// Marks entries told to the data plane.
+#[tracing::instrument(name = "store.mark_announced", level = "debug", skip_all)]
 pub async fn mark_announced<D: Dialect>(pool: &sqlx::Pool<D>, done: &[Suppression]) -> Result<(), StoreError> {
     let mut tx = D::begin(pool).await?;
     for chunk in done.chunks(LOOKUP_CHUNK) {
@@ -403,6 +412,7 @@ pub async fn mark_announced<D: Dialect>(pool: &sqlx::Pool<D>, done: &[Suppressio
 
 /// What the rules would do now to each of a campaign's pending calls (a scan of them:
 /// an operator's question before start, not a hot path).
+#[tracing::instrument(name = "store.preview", level = "debug", skip_all)]
 pub async fn preview<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,

@@ -34,6 +34,7 @@ fn stats_from_row<D: Dialect>(id: Uuid, row: &D::Row) -> Result<CampaignStats, S
     })
 }
 
+#[tracing::instrument(name = "store.stats", level = "debug", skip_all)]
 pub async fn stats<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<CampaignStats, StoreError> {
     let mut conn = pool.acquire().await?;
     read_stats::<D>(&mut conn, id).await
@@ -53,6 +54,7 @@ pub(crate) async fn read_stats<D: Dialect>(conn: &mut D::Connection, id: Uuid) -
     stats_from_row::<D>(id, &row)
 }
 
+#[tracing::instrument(name = "store.recount_stats", level = "debug", skip_all)]
 pub async fn recount_stats<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<CampaignStats, StoreError> {
     let row = sqlx::query::<D>(
         "SELECT count(*) AS total_calls, \

@@ -106,6 +106,16 @@ fn time(v: Option<i64>) -> Option<DateTime<Utc>> {
 }
 
 impl CqlTimeline {
+    /// The timeline of `[timeline]`: `None` without CQL nodes (the SQL table serves), else
+    /// connected, migrated and keeping rows `ttl_days`.
+    pub async fn open(s: &crate::TimelineSettings) -> Result<Option<CqlTimeline>, TimelineError> {
+        if s.cql_nodes.is_empty() {
+            return Ok(None);
+        }
+        let ttl = std::time::Duration::from_secs(u64::from(s.ttl_days) * 86_400);
+        Ok(Some(CqlTimeline::connect(&s.cql_nodes, &s.keyspace, s.replication_factor).await?.with_ttl(ttl)))
+    }
+
     /// Connects, creates the keyspace (replication factor `rf`) and applies `migrations/scylla`.
     pub async fn connect(nodes: &[String], keyspace: &str, rf: u32) -> Result<CqlTimeline, TimelineError> {
         if keyspace.is_empty() || !keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -1,4 +1,4 @@
-//! A real HTTP receiver for webhook tests and `bench webhooks` (issue 20): HTTP/1.1 with
+//! A real HTTP receiver for webhook tests and `bench webhooks`: HTTP/1.1 with
 //! keep-alive on a free port, a thread per connection, every request logged with its headers and
 //! body and what it was answered. Its [`Mode`] makes it fail a share of requests the ways real
 //! receivers fail: a 500, no answer until the sender's timeout, the connection dropped mid-request,

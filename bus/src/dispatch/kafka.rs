@@ -232,8 +232,8 @@ impl DispatchSource for KafkaDispatchSource {
     /// point moved, on a blocking thread. Only confirmed points count as committed (they let
     /// the journal forget resolved attempts): a commit that fails (a rebalance, a broker
     /// restart) leaves the messages to come again from the older offset, and the journal still
-    /// knows their attempts. (An asynchronous commit taken for done let a broker restart in
-    /// `bench chaos --assignment group` dial three attempts twice.)
+    /// knows their attempts. (An asynchronous commit taken for done would let the journal
+    /// forget attempts whose messages a broker restart then delivers again: dialled twice.)
     fn commit(&mut self) -> Committed {
         let confirmed = std::mem::take(&mut *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()));
         self.offsets.committed(&confirmed);

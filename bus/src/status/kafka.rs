@@ -286,8 +286,8 @@ impl StatusSource for KafkaStatusSource {
     }
 
     /// Produced all at once and awaited together: one at a time, each waiting for its
-    /// acknowledgement, they had held the recorder to a third of its pace (`bench e2e`: 6 % of
-    /// the mock's outcomes fail for good).
+    /// acknowledgement, a batch with many dead letters would hold the recorder for a broker
+    /// round trip per letter.
     async fn dead_letter(&self, letters: &[(Uuid, String)]) {
         let mut waiting: Vec<&(Uuid, String)> = letters.iter().collect();
         let mut wait = RETRY_FIRST;

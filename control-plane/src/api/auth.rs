@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
-use crate::config::ApiConfig;
+use super::settings::ApiSettings;
 
 /// The configured keys (as digests) and one rate limiter per key.
 pub struct Auth {
@@ -38,7 +38,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 impl Auth {
-    pub fn new(api: &ApiConfig) -> Arc<Auth> {
+    pub fn new(api: &ApiSettings) -> Arc<Auth> {
         let quota = NonZeroU32::new(api.rate_limit_per_key).map(|rate| {
             let burst = NonZeroU32::new(api.rate_limit_per_key.saturating_mul(2)).unwrap_or(rate);
             Quota::per_second(rate).allow_burst(burst)
@@ -108,14 +108,14 @@ pub async fn require_key(State(auth): State<Arc<Auth>>, req: Request, next: Next
 
 #[cfg(test)]
 mod tests {
+    use super::super::settings::ApiKey;
     use super::*;
-    use crate::config::ApiKey;
 
     #[test]
     fn keys_are_found_by_digest() {
-        let api = ApiConfig {
+        let api = ApiSettings {
             keys: vec![ApiKey("first-0123456789abcdef".into()), ApiKey("second-0123456789abcdef".into())],
-            ..ApiConfig::default()
+            ..ApiSettings::default()
         };
         let auth = Auth::new(&api);
         assert_eq!(auth.find(b"first-0123456789abcdef"), Some(0));

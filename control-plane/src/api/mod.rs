@@ -4,6 +4,7 @@ pub mod auth;
 mod error;
 mod handlers;
 mod rules;
+mod settings;
 mod webhooks;
 
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use utoipa::OpenApi;
 
 pub use error::{ApiError, ApiJson, ErrorBody, ErrorDetail, parse_json};
 
-use crate::config::ApiConfig;
 use dialer_store::Store;
+pub use settings::{ApiKey, ApiSettings};
 
 /// What every handler shares.
 #[derive(Clone, Debug)]
@@ -25,7 +26,7 @@ pub struct AppState {
     pub store: Store,
     /// `POST /api/v1/calls` goes through it (group commit on PostgreSQL).
     pub calls: dialer_store::CallBatcher,
-    pub api: Arc<ApiConfig>,
+    pub api: Arc<ApiSettings>,
     /// `[calling_rules]`: the rules of campaigns without their own (the preview).
     pub calling_rules: Arc<dialer_domain::rules::CallingRules>,
     /// `MAX_CONCURRENT_CALLS` and the daily usage cap on `POST /api/v1/calls`.

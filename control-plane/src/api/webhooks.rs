@@ -1,5 +1,5 @@
 //! Handlers of webhook endpoints, their dead letters, the live event stream (SSE) and the
-//! webhooks' `/metrics/summary` (issue 20).
+//! webhooks' `/metrics/summary`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -402,8 +402,8 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
 
     /// Emits the events of this round. An outcome finishes its message once the recorder's
     /// channel has it (in-process) or the broker acknowledges it (Kafka); a refused event is
-    /// produced again. (The in-process path waits only when the channel is full: `perf` and
-    /// callgrind showed a future per event costing ~5 % of a dial in copies.)
+    /// produced again. (The in-process path waits only when the channel is full: a future per
+    /// event would copy every event once more.)
     async fn flush_events(&mut self) {
         let mut events = std::mem::take(&mut self.events);
         for (ev, track) in events.drain(..) {

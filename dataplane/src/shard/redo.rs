@@ -72,7 +72,8 @@ impl Redo {
 
 #[cfg(test)]
 mod tests {
-    use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION};
+    use dialer_domain::messages::EventKind;
+    use dialer_testkit::fixtures::Dispatch;
 
     use super::*;
     use crate::shard::calls::event;
@@ -85,20 +86,7 @@ mod tests {
     }
 
     fn ev(n: u128) -> StatusEvent {
-        let msg = DispatchMessage {
-            v: SCHEMA_VERSION,
-            call_id: uuid::Uuid::from_u128(n),
-            attempt: 1,
-            campaign_id: uuid::Uuid::from_u128(7),
-            phone_number: "+15555550100".into(),
-            campaign_cap: 10,
-            campaign_weight: 1,
-            not_before_ms: 0,
-            deadline_ms: 0,
-            enqueued_at_us: 0,
-            telephony: None,
-            kind: Default::default(),
-        };
+        let msg = Dispatch::call(n).build();
         event(&msg, EventKind::Completed, 0, 1)
     }
 

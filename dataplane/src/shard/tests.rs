@@ -7,16 +7,17 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use dialer_domain::messages::SCHEMA_VERSION;
 use dialer_limiter::{Backend, LeaseDriver, LocalBackend};
 use uuid::Uuid;
 
 use dialer_bus::offsets::CommitPoints;
 use dialer_bus::status::MemoryStatusSink;
+use dialer_testkit::fixtures::Dispatch;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::provider::{CallFuture, MockProvider, MockSettings, OverNetwork, Tracker};
+use crate::ProviderSettings;
+use crate::provider::{CallFuture, MockProvider, OverNetwork, Tracker};
 
 /// What happened, in order, as the tests' source and provider saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,20 +132,8 @@ const CAMPAIGN: u128 = 7;
 
 /// Call `n` of partition `n % partitions`, at offset `n / partitions`.
 fn delivery(n: u128, partitions: i32, cap: u32) -> Delivery {
-    let msg = DispatchMessage {
-        v: SCHEMA_VERSION,
-        call_id: Uuid::from_u128(n),
-        attempt: 1,
-        campaign_id: Uuid::from_u128(CAMPAIGN),
-        phone_number: "+15555550100".into(),
-        campaign_cap: cap,
-        campaign_weight: 1,
-        not_before_ms: 0,
-        deadline_ms: 0,
-        enqueued_at_us: 0,
-        telephony: None,
-        kind: Default::default(),
-    };
+    let msg = Dispatch::call(n).campaign(Uuid::from_u128(CAMPAIGN)).cap(cap).build();
+
     let partition = (n % partitions as u128) as i32;
     Delivery { partition, offset: (n / partitions as u128) as i64, msg: Ok(msg) }
 }
@@ -174,15 +163,15 @@ async fn run_with(
     let log = script.log.clone();
     let tracker = Tracker::new(1000);
     tracker.set_campaign_cap(Uuid::from_u128(CAMPAIGN), cap);
-    let mock = MockSettings {
+    let mock = ProviderSettings {
         min_call: Duration::from_millis(call_ms.0),
         max_call: Duration::from_millis(call_ms.1),
         max_ring: Duration::ZERO,
-        ..MockSettings::default()
+        ..ProviderSettings::default()
     };
     let provider = Logged { inner: OverNetwork(MockProvider::new(mock, tracker.clone(), 0)), log: log.clone() };
     let backend = Backend::Local(Arc::new(LocalBackend::default()));
-    let (driver, lease) = LeaseDriver::new(backend, "test".into(), tuning.lease_settings(), 1000);
+    let (driver, lease) = LeaseDriver::new(backend, "test".into(), tuning.lease.clone(), 1000);
     let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let driver = tokio::task::spawn_local(driver.run(async move {
         let _ = stop_rx.await;
@@ -233,7 +222,7 @@ fn script(batches: Vec<Vec<Delivery>>, revoke_after: Option<(usize, Vec<i32>)>) 
 fn tuning() -> Tuning {
     let mut t = Tuning::default();
     t.kafka.commit_every_ms = 5;
-    t.lease.refresh_every_ms = 50;
+    t.lease.refresh_every = Duration::from_millis(50);
     t.buffers.pause_partition_at = 100;
     t.buffers.resume_partition_at = 50;
     t

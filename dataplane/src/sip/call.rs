@@ -16,11 +16,11 @@ use dialer_domain::outcome::{Outcome, SipContext, SipVerdict, classify_sip, pars
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::SipSettings;
 use super::digest::Challenge;
 use super::message::{self, Message, Start, uri_of};
 use super::transport::Lingering;
 use super::trunk::{self, Trunk};
+use crate::ProviderSettings;
 use crate::provider::CallOutcome;
 use dialer_domain::messages::SipDetail;
 
@@ -29,7 +29,7 @@ use dialer_domain::messages::SipDetail;
 pub struct Uac {
     pub local: SocketAddr,
     pub(super) socket: tokio::net::UdpSocket,
-    settings: SipSettings,
+    settings: ProviderSettings,
     trunks: Vec<Rc<Trunk>>,
     pub(super) dialogs: RefCell<HashMap<String, mpsc::Sender<Message>>>,
     pub(super) lingering: RefCell<Lingering>,
@@ -40,17 +40,19 @@ pub struct Uac {
 }
 
 impl Uac {
+    /// The shard's UAC: `proxies` are the trunks' resolved proxy addresses, in order.
     pub(super) fn new(
-        settings: SipSettings,
+        settings: ProviderSettings,
+        proxies: &[SocketAddr],
         socket: tokio::net::UdpSocket,
-        shard: usize,
-        shards: usize,
+        (shard, shards): (usize, usize),
     ) -> std::io::Result<Rc<Uac>> {
         let local = socket.local_addr()?;
         let trunks = settings
             .trunks
             .iter()
-            .map(|t| Rc::new(Trunk::new(t.clone(), shard, shards, settings.cps_margin)))
+            .zip(proxies)
+            .map(|(t, addr)| Rc::new(Trunk::new(t.clone(), *addr, shard, shards, settings.cps_margin)))
             .collect();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         Ok(Rc::new(Uac {
@@ -203,7 +205,7 @@ impl Drop for Dialog<'_> {
         self.uac.dialogs.borrow_mut().remove(&self.call_id);
         if let Some(ack) = self.ack.take() {
             let until = Instant::now() + self.uac.settings.t1 * 64;
-            self.uac.lingering.borrow_mut().insert(self.call_id.clone(), ack, self.trunk.s.proxy, until);
+            self.uac.lingering.borrow_mut().insert(self.call_id.clone(), ack, self.trunk.addr, until);
         }
     }
 }
@@ -219,7 +221,7 @@ impl<'a> Dialog<'a> {
     fn new(uac: &'a Uac, trunk: &'a Trunk, msg: &DispatchMessage) -> Dialog<'a> {
         let s = &trunk.s;
         let t = msg.telephony.as_deref();
-        let domain = if s.domain.is_empty() { s.proxy.to_string() } else { s.domain.clone() };
+        let domain = if s.domain.is_empty() { trunk.addr.to_string() } else { s.domain.clone() };
         let call_id = format!("{}.{}.{}@{}", msg.call_id.simple(), msg.attempt, uac.tag(), uac.local.ip());
         let user = trunk.caller_id(t.and_then(|t| t.caller_id.as_deref()));
         let from = format!("<sip:{user}@{}>;tag={}", s.from_domain, uac.tag());
@@ -268,7 +270,7 @@ impl<'a> Dialog<'a> {
     }
 
     async fn send(&self, bytes: &[u8]) {
-        self.uac.send(bytes, self.trunk.s.proxy).await;
+        self.uac.send(bytes, self.trunk.addr).await;
     }
 
     fn via(&self, branch: &str) -> String {

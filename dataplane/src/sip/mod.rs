@@ -13,58 +13,14 @@ pub mod message;
 pub mod transport;
 pub mod trunk;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
 
 use dialer_domain::messages::DispatchMessage;
 
+use crate::ProviderSettings;
 use crate::provider::{CallFuture, Provider};
 pub use trunk::TrunkSettings;
-
-/// The SIP provider's settings (from `[provider]` and `[[provider.trunks]]`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SipSettings {
-    pub trunks: Vec<TrunkSettings>,
-    /// Address the shards' UDP sockets bind to (each shard its own port).
-    pub bind_ip: IpAddr,
-    /// Ring timeout: CANCEL after this long without an answer (`no_answer`).
-    pub ring_timeout: Duration,
-    /// Longest talk time: BYE after this long answered.
-    pub max_call: Duration,
-    /// RFC 3261 T1 (round-trip estimate, 500 ms); Timer B and F are 64 × T1.
-    pub t1: Duration,
-    /// Where answered calls' audio goes: the RTP address named in the SDP offer (an IVR or
-    /// media server); `None` = this host, port 9 (discard).
-    pub media: Option<SocketAddr>,
-    /// Hand answered calls on with REFER to this SIP URI (IVR, queue, agent); `None` = keep them.
-    pub refer_to: Option<String>,
-    /// Consecutive failures (5xx, timeouts) that take a trunk out of rotation.
-    pub trunk_failures: u32,
-    /// First back-off of a failed trunk (doubled at each failure after it, up to 16 ×).
-    pub trunk_backoff: Duration,
-    /// How much longer than a second the CPS window is: a trunk's `max_cps` INVITEs go out over
-    /// 1 s + this, so the jitter between our send and the carrier's count (scheduling, network)
-    /// up to this much never shows the carrier more than `max_cps` in a second.
-    pub cps_margin: Duration,
-}
-
-impl Default for SipSettings {
-    fn default() -> Self {
-        SipSettings {
-            trunks: Vec::new(),
-            bind_ip: IpAddr::from([127, 0, 0, 1]),
-            ring_timeout: Duration::from_secs(30),
-            max_call: Duration::from_secs(3600),
-            t1: Duration::from_millis(500),
-            media: None,
-            refer_to: None,
-            trunk_failures: 3,
-            trunk_backoff: Duration::from_secs(30),
-            cps_margin: Duration::from_millis(100),
-        }
-    }
-}
 
 /// Why the SIP provider cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +39,10 @@ pub enum SipError {
     TooFewCps { trunk: String, cps: u32, shards: usize },
     #[error("cannot bind a SIP socket on {addr}: {source}; set provider.sip_bind to an address of this host")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "trunk {trunk}: cannot resolve its proxy {proxy:?}; give a reachable host:port, e.g. sip.carrier.example:5060"
+    )]
+    Unresolvable { trunk: String, proxy: String },
 }
 
 /// One shard's SIP user agent (client side).
@@ -100,7 +60,7 @@ impl SipProvider {
     /// Binds the shard's socket and starts its reader on the current `LocalSet`. `shard` is the
     /// shard's index among `shards` in all (every process of the data plane), which fixes its
     /// share of each trunk's channels and calls per second.
-    pub async fn start(settings: SipSettings, shard: usize, shards: usize) -> Result<SipProvider, SipError> {
+    pub async fn start(settings: ProviderSettings, shard: usize, shards: usize) -> Result<SipProvider, SipError> {
         if settings.trunks.is_empty() {
             return Err(SipError::NoTrunks);
         }
@@ -112,9 +72,17 @@ impl SipProvider {
                 return Err(SipError::TooFewCps { trunk: t.name.clone(), cps: t.max_cps, shards });
             }
         }
+        let proxies = settings
+            .trunks
+            .iter()
+            .map(|t| {
+                t.proxy_addr().ok_or_else(|| SipError::Unresolvable { trunk: t.name.clone(), proxy: t.proxy.clone() })
+            })
+            .collect::<Result<Vec<SocketAddr>, SipError>>()?;
         let addr = SocketAddr::new(settings.bind_ip, 0);
         let socket = tokio::net::UdpSocket::bind(addr).await.map_err(|source| SipError::Bind { addr, source })?;
-        let uac = call::Uac::new(settings, socket, shard, shards).map_err(|source| SipError::Bind { addr, source })?;
+        let uac = call::Uac::new(settings, &proxies, socket, (shard, shards))
+            .map_err(|source| SipError::Bind { addr, source })?;
         tokio::task::spawn_local(transport::read_loop(uac.clone()));
         Ok(SipProvider { uac })
     }

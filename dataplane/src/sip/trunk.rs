@@ -12,20 +12,29 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// One SIP trunk (`[[provider.trunks]]`).
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrunkSettings {
+    /// Unique name (metrics label, logs).
     pub name: String,
-    /// The carrier's SIP proxy (`host:port`, UDP); every request of a call goes there.
-    pub proxy: SocketAddr,
-    /// The domain of the Request-URI and To (`sip:<number>@<domain>`); the proxy's host if empty.
+    /// The carrier's SIP proxy, `host:port` (UDP), resolved once at start; every request of a
+    /// call goes there.
+    pub proxy: String,
+    /// The domain of the Request-URI and To (`sip:<number>@<domain>`); the proxy's address if
+    /// empty.
     pub domain: String,
-    /// Digest credentials (401 and 407); an empty username = the trunk does not authenticate.
+    /// Digest username (401 and 407); empty = the trunk does not authenticate.
     pub username: String,
+    /// The environment variable holding the password (never the password itself).
+    pub password_env: String,
+    /// The password, read from `password_env` at start (never in a file).
+    #[serde(skip)]
     pub password: String,
     /// From: `sip:<from_user>@<from_domain>` unless the call has a caller ID.
     pub from_user: String,
     pub from_domain: String,
-    /// Caller ID (E.164) presented when the campaign sets none (or one this trunk does not allow).
+    /// Caller ID (E.164) presented when the campaign sets none (or one this trunk does not allow);
+    /// empty = `from_user`.
     pub caller_id: String,
     /// Prefixes of the caller IDs a campaign may present on this trunk (e.g. `+1500555`, or the
     /// full numbers the carrier verified); empty = any.
@@ -41,12 +50,42 @@ pub struct TrunkSettings {
     pub weight: u32,
 }
 
+impl Default for TrunkSettings {
+    fn default() -> Self {
+        TrunkSettings {
+            name: String::new(),
+            proxy: String::new(),
+            domain: String::new(),
+            username: String::new(),
+            password_env: String::new(),
+            password: String::new(),
+            from_user: "dialer".into(),
+            from_domain: "localhost".into(),
+            caller_id: String::new(),
+            allowed_caller_ids: Vec::new(),
+            max_channels: 100,
+            max_cps: 10,
+            priority: 1,
+            weight: 1,
+        }
+    }
+}
+
+impl TrunkSettings {
+    /// The proxy's address (resolved now).
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        use std::net::ToSocketAddrs;
+        self.proxy.to_socket_addrs().ok()?.next()
+    }
+}
+
 impl std::fmt::Debug for TrunkSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrunkSettings")
             .field("name", &self.name)
             .field("proxy", &self.proxy)
             .field("username", &self.username)
+            .field("password_env", &self.password_env)
             .field("password", &"<redacted>")
             .field("max_channels", &self.max_channels)
             .field("max_cps", &self.max_cps)
@@ -64,6 +103,8 @@ pub fn share(total: u32, shard: usize, shards: usize) -> u32 {
 #[derive(Debug)]
 pub struct Trunk {
     pub s: TrunkSettings,
+    /// The proxy's address, resolved at start.
+    pub addr: SocketAddr,
     channels: u32,
     in_use: Cell<u32>,
     freed: Notify,
@@ -139,12 +180,13 @@ impl Drop for Channel {
 impl Trunk {
     /// This shard's part of trunk `s`; `margin` widens the CPS window beyond a second, for the
     /// jitter between our send and the carrier's count.
-    pub fn new(s: TrunkSettings, shard: usize, shards: usize, margin: Duration) -> Trunk {
+    pub fn new(s: TrunkSettings, addr: SocketAddr, shard: usize, shards: usize, margin: Duration) -> Trunk {
         let cps = share(s.max_cps, shard, shards);
         let window = Duration::from_secs(1) + margin;
         let interval = if cps > 0 { window / cps } else { Duration::ZERO };
         let metrics = TrunkMetrics::new(&s.name, shard);
         Trunk {
+            addr,
             channels: share(s.max_channels, shard, shards),
             in_use: Cell::new(0),
             freed: Notify::new(),
@@ -285,19 +327,16 @@ mod tests {
         Rc::new(Trunk::new(
             TrunkSettings {
                 name: name.into(),
-                proxy: "127.0.0.1:5060".parse().unwrap(),
-                domain: String::new(),
-                username: String::new(),
-                password: String::new(),
-                from_user: "dialer".into(),
+                proxy: "127.0.0.1:5060".into(),
                 from_domain: "example.com".into(),
-                caller_id: String::new(),
                 allowed_caller_ids: vec!["+1500".into()],
                 max_channels: channels,
                 max_cps: 0,
                 priority,
                 weight,
+                ..TrunkSettings::default()
             },
+            "127.0.0.1:5060".parse().unwrap(),
             0,
             1,
             Duration::ZERO,
@@ -352,7 +391,7 @@ mod tests {
         let _c = tokio::time::timeout(Duration::from_secs(1), t.channel()).await.expect("a free channel at once");
         let mut settings = t.s.clone();
         settings.max_cps = 20;
-        let paced = Trunk::new(settings.clone(), 1, 2, Duration::ZERO);
+        let paced = Trunk::new(settings.clone(), t.addr, 1, 2, Duration::ZERO);
         let start = Instant::now();
         let mut at = Vec::new();
         for _ in 0..12 {
@@ -361,7 +400,7 @@ mod tests {
         }
         assert_eq!(at[..4], [0, 100, 200, 300], "shard 1 of 2 on a 20-CPS trunk: 10 INVITEs a second, evenly");
         assert_eq!(at[10..], [1000, 1100], "and never 11 within a second");
-        let margin = Trunk::new(settings, 1, 2, Duration::from_millis(100));
+        let margin = Trunk::new(settings, t.addr, 1, 2, Duration::from_millis(100));
         let start = Instant::now();
         for _ in 0..11 {
             margin.pace().await;

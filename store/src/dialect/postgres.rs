@@ -1,7 +1,7 @@
 //! PostgreSQL: row locks, writing CTEs, and bulk writes with one array per column (`UNNEST`): a
-//! statement of a few parameters whatever the batch. Measured with `bench webhooks` (10,000
-//! calls): multi-row VALUES of 2,000 rows × 7 parameters cost the recorder a third of its
-//! throughput.
+//! statement of a few parameters whatever the batch, where a multi-row `VALUES` list is
+//! parsed and planned anew for every batch size (`bench webhooks` measures the recorder with
+//! them).
 
 use chrono::{DateTime, Utc};
 use dialer_domain::events::NewEvent;
@@ -188,8 +188,9 @@ async fn claimed(conn: &mut sqlx::PgConnection, endpoint: Uuid, seqs: &[i64]) ->
     .await?)
 }
 
-/// Deletes the leases of these attempts (endpoint, seq, attempt); those that were still held. PostgreSQL joins the arrays by key: a `VALUES` list of a batch of
-/// answers planned as a scan of the endpoint's rows once statistics lagged (`bench webhooks`).
+/// Deletes the leases of these attempts (endpoint, seq, attempt); those that were still held.
+/// PostgreSQL joins the arrays by key: a `VALUES` list of a batch of answers can be planned as
+/// a scan of the endpoint's rows once statistics lag.
 async fn release(
     conn: &mut sqlx::PgConnection,
     attempts: &[(Uuid, i64, i32)],

@@ -110,6 +110,7 @@ pub(crate) async fn unread_to_rows<D: Dialect>(
 /// rate at most), each at the head of its stream, leased until `lease_until`: first its
 /// delivery rows that are due (retries, and events that waited behind their stream's),
 /// then events from the log after its cursor (lazy fan-out, [`take_from_log`]).
+#[tracing::instrument(name = "store.claim_deliveries", level = "debug", skip_all)]
 pub async fn claim_deliveries<D: Dialect>(
     pool: &sqlx::Pool<D>,
     endpoint: Uuid,
@@ -459,6 +460,7 @@ async fn at_least_once<D: Dialect>(tx: &mut Tx<D>) -> Result<(), StoreError> {
 /// attempt still holds the lease (one that expired was given back, and may be another
 /// replica's attempt now): the lease is deleted, then the delivery row deleted
 /// (delivered) or updated (retry, dead).
+#[tracing::instrument(name = "store.finish_deliveries", level = "debug", skip_all)]
 pub async fn finish_deliveries<D: Dialect>(pool: &sqlx::Pool<D>, done: &[Finished]) -> Result<(), StoreError> {
     if done.is_empty() {
         return Ok(());

@@ -21,6 +21,7 @@ pub async fn append<D: Dialect>(conn: &mut D::Connection, events: &[NewEvent]) -
 
 /// Numbers up to `limit` committed events after the last numbered one, in one
 /// transaction: moves them from the inbox into the log.
+#[tracing::instrument(name = "store.sequence_events", level = "debug", skip_all)]
 pub async fn sequence<D: Dialect>(pool: &sqlx::Pool<D>, limit: usize) -> Result<Sequenced, StoreError> {
     let mut tx = D::begin(pool).await?;
     let next: i64 = sqlx::query::<D>(&format!(
@@ -52,9 +53,9 @@ pub async fn sequence<D: Dialect>(pool: &sqlx::Pool<D>, limit: usize) -> Result<
 }
 
 /// The sequencer's settings (PostgreSQL), set by its first statement. Its move must
-/// reach the inbox by key, whatever the statistics say: in `bench webhooks` a move
-/// joining the batch with an inbox that had filled with 200,000 events in seconds
-/// (nobody read the log) ran for over six minutes, its plan not captured. By key
+/// reach the inbox by key, whatever the statistics say: an inbox that filled with
+/// hundreds of thousands of events in seconds (nobody read the log) still looks empty
+/// to the planner, and a move planned as a scan then runs for minutes. By key
 /// (`n = ANY`, never a scan), then a hash join of the moved rows with their numbers
 /// (never a nested loop over the batch): `EXPLAIN` with the statistics of an empty
 /// inbox shows both.

@@ -1,4 +1,4 @@
-//! The event log, the webhook endpoints and their deliveries (issue 20).
+//! The event log, the webhook endpoints and their deliveries.
 //!
 //! - [`log::append`] runs inside the transactions that change calls and campaigns: an event
 //!   exists exactly when its change committed (an outbox).
