@@ -39,9 +39,28 @@ pub enum HarnessError {
     Output { what: String, expected: &'static str, detail: String },
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 (bound and released), never one this process handed out before.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port on 127.0.0.1")
+    unique_port(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1")
+    })
+}
+
+/// Draws ports from `draw` until one this process has not handed out yet. A released port can be
+/// drawn again, and tests start servers side by side: two of them must never be given one port.
+pub(crate) fn unique_port(draw: impl Fn() -> u16) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = draw();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts TCP connections on `port`.

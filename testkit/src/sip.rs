@@ -19,21 +19,47 @@ const KAMAILIO_CFG: &str = include_str!("../sip/kamailio.cfg");
 
 /// A free UDP port on 127.0.0.1 (bound and released).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("no free UDP port")
+    crate::unique_port(|| {
+        UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("no free UDP port")
+    })
 }
 
-/// Whether something has `port` bound for UDP on 127.0.0.1 (from `/proc/net/udp`).
-fn udp_bound(port: u16) -> bool {
-    let needle = format!("0100007F:{port:04X} ");
-    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| t.lines().any(|l| l.contains(&needle)))
+/// The inodes of the UDP sockets bound to `port` on 127.0.0.1 (from `/proc/net/udp`).
+fn udp_inodes(port: u16) -> Vec<String> {
+    let needle = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&needle.as_str()))
+        .filter_map(|f| f.get(9).map(|i| i.to_string()))
+        .collect()
 }
 
-fn wait_udp(port: u16, timeout: Duration) -> bool {
+/// Whether process `pid` itself holds a UDP socket on `port`: something else bound there (a
+/// port drawn free and taken before the peer bound it) must not pass for the peer.
+fn holds_udp(pid: u32, port: u16) -> bool {
+    let inodes = udp_inodes(port);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).any(|target| {
+        let target = target.to_string_lossy();
+        inodes.iter().any(|i| target == format!("socket:[{i}]"))
+    })
+}
+
+/// Waits until the managed process holds `port`; false when it exits or the time is up.
+fn wait_udp(process: &Managed, port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if udp_bound(port) {
+        let mut child = process.child.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(c) = child.as_mut() else { return false };
+        if matches!(c.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        if holds_udp(c.id(), port) {
             return true;
         }
+        drop(child);
         std::thread::sleep(Duration::from_millis(20));
     }
     false
@@ -62,6 +88,17 @@ impl Sipp {
     /// final screen (for [`Sipp::finish`]; 0 = runs until dropped). `hold_ms`: how long a
     /// "200" number talks before the far end hangs up.
     pub fn uas(calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
+        let mut tries = 0;
+        loop {
+            match Sipp::start_uas(calls, hold_ms) {
+                Err(HarnessError::Start { .. }) if tries < 2 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// One try on freshly drawn ports: fails when sipp exits or another process holds its port.
+    fn start_uas(calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("dialer-sipp-")
             .tempdir()
@@ -85,8 +122,9 @@ impl Sipp {
             cmd.args(["-m", &calls.to_string()]);
         }
         spawn(&mut cmd, "sipp", SIPP_INSTALL, s.dir.path(), &s.process)?;
-        if !wait_udp(s.port, Duration::from_secs(10)) {
-            return Err(HarnessError::Start { what: "sipp".into(), detail: s.errors() });
+        if !wait_udp(&s.process, s.port, Duration::from_secs(10)) {
+            let detail = format!("port {} not bound by sipp; its errors: {}", s.port, s.errors());
+            return Err(HarnessError::Start { what: "sipp".into(), detail });
         }
         Ok(s)
     }
@@ -252,7 +290,7 @@ impl Kamailio {
             .stdout(Stdio::null())
             .stderr(log);
         spawn(&mut cmd, "kamailio", KAMAILIO_INSTALL, k.dir.path(), &k.process)?;
-        if !wait_udp(k.port, Duration::from_secs(10)) {
+        if !wait_udp(&k.process, k.port, Duration::from_secs(10)) {
             let detail = std::fs::read_to_string(k.dir.path().join("kamailio.log")).unwrap_or_default();
             return Err(HarnessError::Start { what: "kamailio".into(), detail });
         }
