@@ -18,9 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use dialer_api::campaigns::CreateCampaignRequest;
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::{EventKind, StatusEvent};
-use dialer_domain::validate::CreateCampaignRequest;
 use dialer_testkit::fixtures::open as open_store;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{Consumer, StreamConsumer};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use dialer_api::campaigns::CreateCampaignRequest;
 use dialer_bus::BusSettings;
 use dialer_bus::dispatch::KafkaDispatchSink;
 use dialer_bus::kafka::{ClientSettings, KafkaTuning};
@@ -16,7 +17,6 @@ use dialer_dataplane::{
     Assignment, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, ProviderSettings, Tracker, Tuning,
 };
 use dialer_domain::campaign::CampaignAction;
-use dialer_domain::validate::CreateCampaignRequest;
 use dialer_store::{Store, StoreSettings};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};

@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use dialer_api::campaigns::CreateCampaignRequest;
+use dialer_api::webhooks::CreateWebhookRequest;
 use dialer_control_plane::Store;
 use dialer_control_plane::webhooks::{Deliverer, Summary, WebhookSettings, run_sequencer};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::{EventKind, SCHEMA_VERSION, StatusEvent};
-use dialer_domain::validate::CreateCampaignRequest;
-use dialer_domain::webhooks::CreateWebhookRequest;
 use dialer_testkit::receiver::{Mode, Receiver};
 use serde_json::json;
 use uuid::Uuid;

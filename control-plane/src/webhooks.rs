@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use dialer_api::signature::{SIGNATURE_HEADER, signature_header};
 use dialer_domain::duration::{millis, secs};
-use dialer_domain::events::{Answer, Next, RetrySchedule, SIGNATURE_HEADER, signature_header};
+use dialer_domain::events::{Answer, Next, RetrySchedule};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;

@@ -4,9 +4,9 @@
 //! key, paging over thousands of attempts, and TTLs (rows expire).
 
 use chrono::Utc;
+use dialer_api::campaigns::CreateCampaignRequest;
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::{EventKind, StatusEvent};
-use dialer_domain::validate::CreateCampaignRequest;
 use dialer_store::timeline::{CqlTimeline, TimelineRow};
 use serde_json::json;
 use uuid::Uuid;

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use dialer_api::campaigns::CreateCampaignRequest;
+use dialer_api::views::Call;
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::reaper::{Reaper, ReaperConfig};
@@ -18,7 +20,6 @@ use dialer_control_plane::scheduler::{ManualClock, Scheduler, SchedulerSettings}
 use dialer_domain::campaign::{CallStatus, CampaignAction};
 use dialer_domain::lifecycle::UNKNOWN_OUTCOME;
 use dialer_domain::messages::EventKind;
-use dialer_domain::validate::{Call, CreateCampaignRequest};
 use dialer_store::{CallQuery, ClaimedCall};
 use rand::SeedableRng;
 use serde_json::json;

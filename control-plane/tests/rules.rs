@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
+use dialer_api::campaigns::CreateCampaignRequest;
+use dialer_api::views::Campaign;
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::scheduler::{ManualClock, Scheduler};
@@ -15,7 +17,6 @@ use dialer_domain::campaign::CampaignAction;
 use dialer_domain::dnc::{DncEntry, GLOBAL_LIST};
 use dialer_domain::messages::{DispatchKind, EventKind};
 use dialer_domain::rules::CallingRules;
-use dialer_domain::validate::{Campaign, CreateCampaignRequest};
 use dialer_store::ClaimedCall;
 use serde_json::json;
 

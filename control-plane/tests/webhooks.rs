@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use dialer_api::webhooks::CreateWebhookRequest;
 use dialer_control_plane::webhooks::{Deliverer, Summary, WebhookSettings, run_sequencer};
 use dialer_domain::CampaignAction;
 use dialer_domain::messages::EventKind;
-use dialer_domain::webhooks::CreateWebhookRequest;
 use dialer_store::LoggedEvent;
 use dialer_testkit::receiver::{Mode, Receiver};
 use http_body_util::BodyExt;
@@ -133,7 +133,7 @@ async fn started_campaign(
     s: &dialer_control_plane::Store,
     name: &str,
     targets: usize,
-) -> (dialer_domain::validate::Campaign, Vec<dialer_store::ClaimedCall>) {
+) -> (dialer_api::views::Campaign, Vec<dialer_store::ClaimedCall>) {
     let c = campaign(s, name, targets, 10, json!([])).await;
     s.transition(c.id, CampaignAction::Start).await.expect("started");
     let claimed = s.claim_due(c.id, targets, chrono::Utc::now()).await.expect("claimed");
@@ -146,7 +146,7 @@ async fn started_campaign(
 async fn unreachable_endpoint(
     s: &dialer_control_plane::Store,
     concurrency: Option<i64>,
-) -> dialer_domain::webhooks::Webhook {
+) -> dialer_api::webhooks::Webhook {
     let req = CreateWebhookRequest {
         url: "http://127.0.0.1:9/hook".into(),
         max_concurrency: concurrency,
@@ -455,7 +455,7 @@ async fn deliver_all(s: &dialer_control_plane::Store, claimed: &[dialer_store::C
 /// delivery rows and goes once it is resumed; what was logged while it was paused is not its;
 /// what is logged after it resumes is.
 async fn a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head(b: Backend) {
-    use dialer_domain::webhooks::UpdateWebhookRequest;
+    use dialer_api::webhooks::UpdateWebhookRequest;
     let (s, _dir) = store(b).await;
     let w = unreachable_endpoint(&s, Some(10)).await;
     let (c, calls) = started_campaign(&s, "paused", 1).await;
@@ -489,8 +489,8 @@ async fn a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head(b:
 /// had not read of the log yet join the dead-letter store with it; what is logged afterwards is
 /// not its. Re-enabled and replayed, every dead letter goes, each call's in order.
 async fn a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it(b: Backend) {
+    use dialer_api::webhooks::UpdateWebhookRequest;
     use dialer_domain::events::{Answer, Next};
-    use dialer_domain::webhooks::UpdateWebhookRequest;
     use dialer_store::Finished;
     let (s, _dir) = store(b).await;
     let w = unreachable_endpoint(&s, Some(1)).await;

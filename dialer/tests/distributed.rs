@@ -15,9 +15,9 @@ use dialer_bus::status::KafkaStatusSource;
 use dialer_control_plane::recorder::Recorder;
 use dialer_control_plane::scheduler::{Scheduler, SchedulerSettings};
 
+use dialer_api::campaigns::CreateCampaignRequest;
 use dialer_dataplane::{Assignment, BusChoice, Dataplane, DataplaneOptions, LimiterChoice, ProviderSettings, Tuning};
 use dialer_domain::campaign::CampaignAction;
-use dialer_domain::validate::CreateCampaignRequest;
 use dialer_testkit::topics::{Outgoing, TopicReader};
 use dialer_testkit::{kafka, redis, redis_prefix, unique_name};
 use serde_json::json;

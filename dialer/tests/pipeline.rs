@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use dialer_api::views::Campaign;
 use dialer_bus::MemoryBus;
 use dialer_control_plane::Store;
 use dialer_control_plane::recorder::Recorder;
@@ -15,7 +16,6 @@ use dialer_control_plane::scheduler::{Clock, ManualClock, Scheduler, SchedulerSe
 use dialer_dataplane::{BusChoice, Dataplane, DataplaneOptions, LimiterChoice, ProviderSettings, Tracker, Tuning};
 use dialer_domain::campaign::CampaignAction;
 use dialer_domain::messages::EventKind;
-use dialer_domain::validate::Campaign;
 use dialer_limiter::LocalBackend;
 use serde_json::json;
 use uuid::Uuid;
@@ -108,7 +108,7 @@ impl Pipeline {
     }
 }
 
-async fn assert_consistent(s: &Store, id: Uuid) -> dialer_domain::validate::CampaignStats {
+async fn assert_consistent(s: &Store, id: Uuid) -> dialer_api::views::CampaignStats {
     let stats = s.stats(id).await.expect("stats");
     assert_eq!(stats, s.recount_stats(id).await.expect("recount"), "stats differ from the call rows");
     stats

@@ -107,7 +107,7 @@ fn wait_completed(port: u16, id: &str, timeout: Duration) {
 fn event(r: &Received) -> Value {
     let sig = r.headers.get("dialer-signature").expect("a signature header");
     let now = chrono::Utc::now().timestamp();
-    dialer_domain::events::verify(sig, &r.body, SECRET, now, 600).unwrap_or_else(|e| panic!("signature {sig}: {e}"));
+    dialer_api::signature::verify(sig, &r.body, SECRET, now, 600).unwrap_or_else(|e| panic!("signature {sig}: {e}"));
     serde_json::from_slice(&r.body).expect("a JSON body")
 }
 
@@ -299,7 +299,7 @@ fn an_endpoint_down_past_the_retry_window_ends_in_dead_letters_and_replays_in_or
     for r in replayed {
         let sig = &r.headers["dialer-signature"];
         let t = chrono::Utc::now().timestamp();
-        dialer_domain::events::verify(sig, &r.body, "rotated-secret-0123456789", t, 600).expect("the new secret signs");
+        dialer_api::signature::verify(sig, &r.body, "rotated-secret-0123456789", t, 600).expect("the new secret signs");
         assert_eq!(sig.matches("v1=").count(), 2, "both secrets sign during the rotation: {sig}");
     }
     let (_, d) = http(port, "GET", &format!("/api/v1/webhooks/{hook}/dead-letters"), None);

@@ -1,10 +1,10 @@
 //! Campaign and call life cycles.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 /// Where a campaign is in its life cycle: `pending → in_progress ⇄ paused → completed`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignStatus {
     Pending,
@@ -85,7 +85,8 @@ impl CampaignAction {
 
 /// Where one call is: waiting to be dispatched (`pending`, also while a retry waits), handed to
 /// the data plane (`queued`), being dialed (`in_progress`), or terminal (`completed`, `failed`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {
     Pending,

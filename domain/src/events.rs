@@ -1,7 +1,7 @@
 //! Customer-facing events, pure: what happened to a call or a campaign, as the JSON
 //! body every webhook delivery and live-stream message carries; which endpoint wants which event;
-//! how the log orders a batch; the signature; what a delivery's answer means and when it is tried
-//! again.
+//! how the log orders a batch; what a delivery's answer means and when it is tried again. (The
+//! signature a delivery carries is the API's contract with receivers: `dialer_api::signature`.)
 //!
 //! Each event belongs to a **stream**: a call's events (its id) or a campaign's own events (the
 //! campaign's id). `sequence` counts a stream's events from 1 with no gap, in the order the rows
@@ -11,9 +11,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use uuid::Uuid;
 
 /// Every event type, as receivers see it (`type` of the body).
@@ -150,6 +148,16 @@ impl Subscription {
     }
 }
 
+/// An endpoint's settings, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSettings {
+    pub url: String,
+    pub description: String,
+    pub subscription: Subscription,
+    pub max_concurrency: u32,
+    pub rate_per_sec: u32,
+}
+
 /// An event of a batch being sequenced: where it is in the batch's arrival order and its stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unsequenced {
@@ -230,65 +238,6 @@ pub fn take_from_log(
         out.cursor = Some(e.seq);
     }
     out
-}
-
-/// The signature header's name.
-pub const SIGNATURE_HEADER: &str = "Dialer-Signature";
-
-/// `Dialer-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>]`: HMAC-SHA256 of `"{t}.{body}"` under
-/// each active secret (two while a rotation's previous secret is still valid).
-pub fn signature_header(t: i64, body: &[u8], secrets: &[&str]) -> String {
-    let mut h = format!("t={t}");
-    for s in secrets {
-        h.push_str(",v1=");
-        h.push_str(&sign(s, t, body));
-    }
-    h
-}
-
-/// The hex HMAC-SHA256 of `"{t}.{body}"` under `secret`.
-pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Why a signature does not verify.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("the header has no t= or no v1=")]
-    Malformed,
-    #[error("the timestamp is {0} s from now: outside the tolerance (a replay?)")]
-    Stale(i64),
-    #[error("no v1 signature matches this secret")]
-    Mismatch,
-}
-
-/// What a receiver does: checks `header` against `body` under `secret` at `now` (unix seconds),
-/// refusing timestamps more than `tolerance_s` away. Constant-time in the signature bytes.
-pub fn verify(header: &str, body: &[u8], secret: &str, now: i64, tolerance_s: i64) -> Result<(), SignatureError> {
-    let mut t = None;
-    let mut sigs = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<i64>().ok(),
-            Some(("v1", v)) => sigs.push(v),
-            _ => {}
-        }
-    }
-    let t = t.ok_or(SignatureError::Malformed)?;
-    if sigs.is_empty() {
-        return Err(SignatureError::Malformed);
-    }
-    if (now - t).abs() > tolerance_s {
-        return Err(SignatureError::Stale(now - t));
-    }
-    let expected = sign(secret, t, body);
-    let same =
-        |s: &str| s.len() == expected.len() && s.bytes().zip(expected.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
-    if sigs.into_iter().any(same) { Ok(()) } else { Err(SignatureError::Mismatch) }
 }
 
 /// What one delivery attempt got.

@@ -36,7 +36,7 @@ pub struct DispatchMessage {
     /// The campaign's SIP settings (caller ID, ring timeout, media, REFER); absent = the
     /// provider's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub telephony: Option<Box<crate::validate::Telephony>>,
+    pub telephony: Option<Box<crate::settings::Telephony>>,
     /// `suppress`: not a call but an opt-out announced to every shard: calls to `phone_number`
     /// (of `campaign_id`, or of every campaign when it is nil) must not be dialled before
     /// `deadline_ms`.

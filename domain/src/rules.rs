@@ -11,23 +11,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
+use crate::FieldError;
 use crate::recipient::Location;
-use crate::validate::FieldError;
 
 /// A daily window, `"HH:MM"` to `"HH:MM"` (end exclusive, after start, `"24:00"` allowed).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HourRange {
-    #[schema(example = "08:00")]
+    #[cfg_attr(feature = "openapi", schema(example = "08:00"))]
     pub start: String,
-    #[schema(example = "21:00")]
+    #[cfg_attr(feature = "openapi", schema(example = "21:00"))]
     pub end: String,
 }
 
 /// A state's or province's own rules; each applies where stricter than the campaign's.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegionRule {
     #[serde(default)]
@@ -39,7 +40,8 @@ pub struct RegionRule {
 }
 
 /// The recipient's calling rules of a campaign (or the process's defaults, `[calling_rules]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CallingRules {
     /// `false` turns recipient windows and blackout dates off (do-not-call lists and attempt
@@ -54,7 +56,7 @@ pub struct CallingRules {
     pub regions: BTreeMap<String, RegionRule>,
     /// Dates (`YYYY-MM-DD`, the recipient's local date) with no calls at all.
     #[serde(default)]
-    #[schema(value_type = Vec<String>, example = json!(["2026-12-25"]))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["2026-12-25"])))]
     pub blackout_dates: Vec<NaiveDate>,
     /// Where a number that maps nowhere may be: its window must be open in all of these. Empty =
     /// such numbers are skipped (`no_zone`).

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use dialer_api::views::{Call, CallAttempt, CallDetail, QueueTargetsResponse};
+use dialer_domain::FieldError;
 use dialer_domain::campaign::{CallStatus, CampaignStatus};
-use dialer_domain::validate::{Call, CallAttempt, CallDetail, FieldError, QueueTargetsResponse};
 use serde_json::{Value, json};
 use sqlx::QueryBuilder;
 use sqlx::types::Json;

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dialer_api::campaigns::UpdateCampaignRequest;
+use dialer_api::views::{Campaign, Timestamps};
 use dialer_domain::campaign::{CampaignAction, CampaignStatus};
 use dialer_domain::hours::Window;
 use dialer_domain::retry::RetryPolicy;
-use dialer_domain::validate::{Campaign, CampaignSettings, NewCampaign, Timestamps, UpdateCampaignRequest};
+use dialer_domain::settings::{CampaignSettings, NewCampaign};
 use serde_json::{Value, json};
 use sqlx::QueryBuilder;
 use sqlx::types::Json;
@@ -60,11 +62,11 @@ fn rules_from(json: Option<String>) -> Result<Option<dialer_domain::rules::Calli
 }
 
 /// NULL for the provider's settings, else the JSON of the campaign's own.
-fn telephony_json(t: &dialer_domain::validate::Telephony) -> Option<String> {
+fn telephony_json(t: &dialer_domain::settings::Telephony) -> Option<String> {
     (!t.is_empty()).then(|| serde_json::to_string(t).unwrap_or_default())
 }
 
-fn telephony_from(json: Option<String>) -> Result<dialer_domain::validate::Telephony, StoreError> {
+fn telephony_from(json: Option<String>) -> Result<dialer_domain::settings::Telephony, StoreError> {
     json.map_or(Ok(Default::default()), |j| {
         serde_json::from_str(&j)
             .map_err(|source| StoreError::from(Corrupt::Json { what: "campaign telephony", source }))

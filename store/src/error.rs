@@ -1,7 +1,7 @@
 //! What can go wrong in the store, in terms the API maps to status codes and an operator can act on.
 
+use dialer_domain::FieldError;
 use dialer_domain::campaign::TransitionError;
-use dialer_domain::validate::FieldError;
 
 use crate::timeline::TimelineError;
 

@@ -32,14 +32,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use dialer_api::campaigns::UpdateCampaignRequest;
+use dialer_api::dnc::DncView;
+use dialer_api::views::{Call, CallDetail, Campaign, CampaignStats, QueueTargetsResponse};
+use dialer_api::webhooks::{UpdateWebhookRequest, Webhook};
 use dialer_domain::campaign::CampaignAction;
-use dialer_domain::dnc::{DncEntry, DncView};
+use dialer_domain::dnc::DncEntry;
+use dialer_domain::events::EndpointSettings;
 use dialer_domain::messages::StatusEvent;
 use dialer_domain::rules::Rules;
-use dialer_domain::validate::{
-    Call, CallDetail, Campaign, CampaignStats, NewCampaign, QueueTargetsResponse, UpdateCampaignRequest,
-};
-use dialer_domain::webhooks::{EndpointSettings, UpdateWebhookRequest, Webhook};
+use dialer_domain::settings::NewCampaign;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

@@ -6,7 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::StoreError;
-use dialer_domain::validate::Call;
+use dialer_api::views::Call;
 
 /// Call filters and paging for [`Store::list_calls`].
 #[derive(Clone, Debug, Default)]
@@ -26,7 +26,7 @@ pub struct ActiveCampaign {
     /// Weight in the fair division of a binding global cap.
     pub weight: u32,
     /// The campaign's SIP settings, carried on every dispatch message.
-    pub telephony: dialer_domain::validate::Telephony,
+    pub telephony: dialer_domain::settings::Telephony,
     /// The campaign's own calling rules (`None`: the process's).
     pub calling_rules: Option<dialer_domain::rules::CallingRules>,
     pub pending: i64,

@@ -7,7 +7,8 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use dialer_domain::dnc::{DncEntry, DncView, GLOBAL_LIST, list_name};
+use dialer_api::dnc::DncView;
+use dialer_domain::dnc::{DncEntry, GLOBAL_LIST, list_name};
 use dialer_domain::rules::{HoldRule, Rules, SkipReason, Verdict};
 use futures::TryStreamExt;
 use sqlx::QueryBuilder;

@@ -1,7 +1,7 @@
 //! A campaign's aggregates, kept by every statement that moves its calls, and the same figures
 //! counted afresh from the rows (which tests compare).
 
-use dialer_domain::validate::CampaignStats;
+use dialer_api::views::CampaignStats;
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -18,7 +18,7 @@ fn stats_from_row<D: Dialect>(id: Uuid, row: &D::Row) -> Result<CampaignStats, S
         failed_calls: row.col("failed_calls")?,
         retries_attempted: row.col("retries_attempted")?,
         attempts_total: row.col("attempts_total")?,
-        failed_by_outcome: dialer_domain::validate::FailedByOutcome {
+        failed_by_outcome: dialer_api::views::FailedByOutcome {
             busy: row.col("failed_busy")?,
             no_answer: row.col("failed_no_answer")?,
             rejected: row.col("failed_rejected")?,
@@ -27,7 +27,7 @@ fn stats_from_row<D: Dialect>(id: Uuid, row: &D::Row) -> Result<CampaignStats, S
             unknown_outcome: row.col("failed_unknown_outcome")?,
         },
         skipped_calls: row.col("skipped_calls")?,
-        skipped_by_reason: dialer_domain::validate::SkippedByReason {
+        skipped_by_reason: dialer_api::views::SkippedByReason {
             dnc: row.col("skipped_dnc")?,
             no_zone: row.col("skipped_no_zone")?,
         },

@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use dialer_api::campaigns::CreateCampaignRequest;
+use dialer_api::views::Campaign;
 use dialer_bus::dispatch::DispatchSink;
 use dialer_control_plane::scheduler::{Scheduler, SystemClock};
 use dialer_domain::messages::{DispatchMessage, EventKind, SCHEMA_VERSION, StatusEvent};
 use dialer_domain::rules::CallingRules;
-use dialer_domain::validate::{Campaign, CreateCampaignRequest, NewCampaign};
+use dialer_domain::settings::NewCampaign;
 use dialer_store::{CallQuery, ClaimedCall, Store, StoreSettings};
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -6,8 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use dialer_domain::CampaignStatus;
-use dialer_domain::validate::FieldError;
+use dialer_domain::{CampaignStatus, FieldError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -203,7 +202,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dialer_domain::validate::CreateCampaignRequest;
+    use dialer_api::campaigns::CreateCampaignRequest;
 
     #[test]
     fn shape_errors_name_the_field() {

@@ -6,11 +6,11 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use dialer_api::campaigns;
+use dialer_api::campaigns::{CreateCallRequest, CreateCampaignRequest, QueueTargetsRequest, UpdateCampaignRequest};
+use dialer_api::views::{CallDetail, CallList, Campaign, CampaignList, CampaignStats, QueueTargetsResponse};
+use dialer_domain::FieldError;
 use dialer_domain::campaign::{CallStatus, CampaignAction};
-use dialer_domain::validate::{
-    self, CallDetail, CallList, Campaign, CampaignList, CampaignStats, CreateCallRequest, CreateCampaignRequest,
-    FieldError, QueueTargetsRequest, QueueTargetsResponse, UpdateCampaignRequest,
-};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
@@ -22,11 +22,11 @@ use dialer_store::{CallQuery, NewCall};
 type Params = Query<HashMap<String, String>>;
 
 fn path_id(raw: &str) -> Result<Uuid, ApiError> {
-    validate::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
+    campaigns::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
 }
 
 fn param_id(params: &Params, name: &str) -> Result<Option<Uuid>, ApiError> {
-    params.get(name).map(|s| validate::parse_id(name, s)).transpose().map_err(|e| ApiError::bad_param(&e))
+    params.get(name).map(|s| campaigns::parse_id(name, s)).transpose().map_err(|e| ApiError::bad_param(&e))
 }
 
 pub(super) fn page_limit(params: &Params, st: &AppState) -> Result<u32, ApiError> {
@@ -279,7 +279,7 @@ pub async fn queue_targets(
     let mut seen = std::collections::HashSet::with_capacity(req.targets.len());
     let mut targets = Vec::with_capacity(req.targets.len());
     for (i, t) in req.targets.iter().enumerate() {
-        let checked = validate::check_target(&format!("targets[{i}]"), t)?;
+        let checked = campaigns::check_target(&format!("targets[{i}]"), t)?;
         if seen.insert(checked.phone_number.clone()) {
             targets.push((checked.phone_number, t.metadata.as_ref().map(|_| checked.metadata)));
         }
@@ -325,8 +325,8 @@ pub async fn list_calls(
 /// call waiting or in progress, that call is returned (200) instead of creating a second one.
 #[utoipa::path(post, path = "/api/v1/calls", tag = "calls", request_body = CreateCallRequest,
     responses(
-        (status = 201, description = "Call created", body = validate::Call),
-        (status = 200, description = "The number already had a live call; it is returned", body = validate::Call),
+        (status = 201, description = "Call created", body = dialer_api::views::Call),
+        (status = 200, description = "The number already had a live call; it is returned", body = dialer_api::views::Call),
         (status = 400, body = ErrorBody),
         (status = 404, description = "Unknown campaign", body = ErrorBody),
         (status = 409, description = "The campaign is completed", body = ErrorBody),
@@ -352,11 +352,11 @@ pub async fn create_call(
         )
         .retry_after(retry_after_secs),
     })?;
-    let campaign_id = validate::parse_id("campaign_id", &req.campaign_id)?;
+    let campaign_id = campaigns::parse_id("campaign_id", &req.campaign_id)?;
     dialer_domain::phone::check_e164(&req.phone_number).map_err(|e| FieldError::new("phone_number", e.to_string()))?;
     let metadata = match &req.metadata {
         None => None,
-        Some(m) => Some(validate::check_metadata("metadata", Some(m))?),
+        Some(m) => Some(campaigns::check_metadata("metadata", Some(m))?),
     };
     if let Some(list) = st.store.dnc_check(campaign_id, &req.phone_number).await? {
         return Err(FieldError::new(

@@ -47,9 +47,8 @@ pub struct AppState {
 #[derive(Debug)]
 pub struct CampaignCache {
     ttl: std::time::Duration,
-    entries: std::sync::RwLock<
-        std::collections::HashMap<uuid::Uuid, (std::time::Instant, dialer_domain::validate::Campaign)>,
-    >,
+    entries:
+        std::sync::RwLock<std::collections::HashMap<uuid::Uuid, (std::time::Instant, dialer_api::views::Campaign)>>,
     /// Bumped by every write: a read that overlapped a write is not kept.
     writes: std::sync::atomic::AtomicU64,
 }
@@ -67,7 +66,7 @@ impl CampaignCache {
         (std::time::Instant::now(), self.writes.load(std::sync::atomic::Ordering::Acquire))
     }
 
-    fn get(&self, id: uuid::Uuid) -> Option<dialer_domain::validate::Campaign> {
+    fn get(&self, id: uuid::Uuid) -> Option<dialer_api::views::Campaign> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -77,7 +76,7 @@ impl CampaignCache {
 
     /// Keeps a campaign read after [`CampaignCache::before_read`], unless a write through this
     /// process happened meanwhile (the read may predate it).
-    fn put(&self, (read_at, writes): (std::time::Instant, u64), c: &dialer_domain::validate::Campaign) {
+    fn put(&self, (read_at, writes): (std::time::Instant, u64), c: &dialer_api::views::Campaign) {
         if self.ttl.is_zero() {
             return;
         }

@@ -6,8 +6,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use dialer_domain::dnc::{self, DncAdded, DncEntry, DncRequest, DncView, GLOBAL_LIST};
-use dialer_domain::validate::FieldError;
+use dialer_api::dnc::{DncAdded, DncRequest, DncView};
+use dialer_domain::FieldError;
+use dialer_domain::dnc::{self, DncEntry, GLOBAL_LIST};
 use uuid::Uuid;
 
 use super::{ApiError, AppState, ErrorBody, parse_json};
@@ -25,7 +26,7 @@ fn path_number(raw: &str) -> Result<String, ApiError> {
 }
 
 fn path_campaign(raw: &str) -> Result<Uuid, ApiError> {
-    dialer_domain::validate::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
+    dialer_api::campaigns::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
 }
 
 /// Reads the body as CSV (`text/csv`) or JSON (anything else JSON-like).
@@ -33,7 +34,7 @@ fn entries(headers: &HeaderMap, body: &Bytes, max: usize) -> Result<Vec<DncEntry
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let list = match mime.as_str() {
-        "text/csv" => dnc::parse_csv(body, max)?,
+        "text/csv" => dialer_api::dnc::parse_csv(body, max)?,
         "application/json" => parse_json::<DncRequest>(body)?.check(max)?,
         _ => {
             return Err(ApiError::new(

@@ -10,10 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use dialer_domain::validate::FieldError;
-use dialer_domain::webhooks::{
-    CreateWebhookRequest, ReplayRequest, RotateSecretRequest, UpdateWebhookRequest, Webhook,
-};
+use dialer_api::webhooks::{CreateWebhookRequest, ReplayRequest, RotateSecretRequest, UpdateWebhookRequest, Webhook};
+use dialer_domain::FieldError;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -24,7 +22,7 @@ use dialer_store::DeadLetter;
 type Params = Query<HashMap<String, String>>;
 
 fn path_id(raw: &str) -> Result<Uuid, ApiError> {
-    dialer_domain::validate::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
+    dialer_api::campaigns::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
 }
 
 /// A fresh signing secret: 32 random bytes, hex.

@@ -5,9 +5,9 @@
 
 use std::collections::HashSet;
 
+use super::endpoints::types_from_column;
 use chrono::{DateTime, Utc};
 use dialer_domain::events::{EventType, FromLog, Next, Subscription, Unread, take_from_log};
-use dialer_domain::webhooks::types_from_column;
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 

@@ -2,8 +2,8 @@
 //! not read as pending rows; resuming starts at the log's head), deleted, secrets rotated.
 
 use chrono::{DateTime, Utc};
-use dialer_domain::events::Subscription;
-use dialer_domain::webhooks::{EndpointSettings, Webhook, types_column, types_from_column};
+use dialer_api::webhooks::Webhook;
+use dialer_domain::events::{EndpointSettings, EventType, Subscription};
 use uuid::Uuid;
 
 use super::ActiveEndpoint;
@@ -13,6 +13,16 @@ use crate::{StoreError, now};
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, secret, previous_secret, previous_expires_at, event_types, \
     campaign_id, enabled, disabled_reason, max_concurrency, rate_per_sec, created_at, updated_at";
+
+/// Types as stored: comma-separated names, `""` = all.
+pub(crate) fn types_column(types: &[EventType]) -> String {
+    types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// [`types_column`] read back; unknown names (a newer version's) are dropped.
+pub(crate) fn types_from_column(s: &str) -> Vec<EventType> {
+    s.split(',').filter_map(EventType::parse).collect()
+}
 
 fn webhook_from_row<R: RowExt>(r: &R, with_secret: bool) -> Result<Webhook, StoreError> {
     let types: String = r.col("event_types")?;
@@ -104,7 +114,7 @@ pub async fn list_endpoints<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<Webh
 pub async fn update_endpoint<D: Dialect>(
     pool: &sqlx::Pool<D>,
     id: Uuid,
-    patch: &dialer_domain::webhooks::UpdateWebhookRequest,
+    patch: &dialer_api::webhooks::UpdateWebhookRequest,
 ) -> Result<Webhook, StoreError> {
     let mut tx = D::begin(pool).await?;
     let r =
@@ -210,4 +220,17 @@ pub async fn any_endpoint<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<bool, Stor
         .maybe_row(&mut *pool.acquire().await?)
         .await?
         .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types_read_back_as_written() {
+        let types = vec![EventType::CallFailed, EventType::CallCompleted];
+        assert_eq!(types_from_column(&types_column(&types)), types);
+        assert!(types_from_column("").is_empty(), "empty = all");
+        assert_eq!(types_from_column("call.failed,call.newer_kind"), vec![EventType::CallFailed], "unknown dropped");
+    }
 }
