@@ -258,10 +258,16 @@ impl std::ops::Deref for Store {
 /// A boxed operation of the store (one allocation per call, beside a database round trip).
 pub type Op<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
-/// Every operation of the store, on either database ([`Store`] derefs to it). Each is one
-/// generic function of the module named in its documentation, run for the store's dialect.
-pub trait Ops: Send + Sync {
-    // --- campaigns ([`campaigns`], [`stats`]) ---------------------------------------------------
+/// Every operation of the store, on either database ([`Store`] derefs to it): one trait per
+/// aggregate, each method one generic function of the module named in its documentation, run
+/// for the store's dialect. Calling a method through a `Store` needs no import of these traits.
+pub trait Ops: CampaignOps + CallOps + RuleOps + EventOps {}
+
+impl<T: CampaignOps + CallOps + RuleOps + EventOps> Ops for T {}
+
+/// Campaigns and their aggregates.
+pub trait CampaignOps: Send + Sync {
+    // --- campaigns ([`campaigns`], [`stats`]) ------------------------------------------------------
 
     /// Creates a campaign with its targets, one pending call per target, its stats row and a
     /// `created` event, in one transaction.
@@ -281,8 +287,41 @@ pub trait Ops: Send + Sync {
     fn stats(&self, id: Uuid) -> Op<'_, CampaignStats>;
     /// The same figures as [`Ops::stats`], counted afresh from the call rows.
     fn recount_stats(&self, id: Uuid) -> Op<'_, CampaignStats>;
+}
 
-    // --- calls ([`calls`]) ------------------------------------------------------------------------
+impl<D: Dialect> CampaignOps for sqlx::Pool<D> {
+    fn create_campaign<'a>(&'a self, c: &'a NewCampaign) -> Op<'a, Campaign> {
+        Box::pin(campaigns::create_campaign(self, c))
+    }
+    fn get_campaign(&self, id: Uuid) -> Op<'_, Campaign> {
+        Box::pin(campaigns::get_campaign(self, id))
+    }
+    fn list_campaigns(&self, after: Option<Uuid>, limit: u32) -> Op<'_, Vec<Campaign>> {
+        Box::pin(campaigns::list_campaigns(self, after, limit))
+    }
+    fn update_campaign<'a>(&'a self, id: Uuid, patch: &'a UpdateCampaignRequest) -> Op<'a, Campaign> {
+        Box::pin(campaigns::update_campaign(self, id, patch))
+    }
+    fn transition(&self, id: Uuid, action: CampaignAction) -> Op<'_, Campaign> {
+        Box::pin(campaigns::transition(self, id, action))
+    }
+    fn active_campaigns(&self) -> Op<'_, Vec<ActiveCampaign>> {
+        Box::pin(campaigns::active_campaigns(self))
+    }
+    fn complete_finished(&self) -> Op<'_, Vec<Uuid>> {
+        Box::pin(campaigns::complete_finished(self))
+    }
+    fn stats(&self, id: Uuid) -> Op<'_, CampaignStats> {
+        Box::pin(stats::stats(self, id))
+    }
+    fn recount_stats(&self, id: Uuid) -> Op<'_, CampaignStats> {
+        Box::pin(stats::recount_stats(self, id))
+    }
+}
+
+/// Calls: queued by the API, claimed by the scheduler, recorded from status events.
+pub trait CallOps: Send + Sync {
+    // --- calls ([`calls`]) -------------------------------------------------------------------------
 
     /// Queues new calls for registered numbers (`(number, metadata)`; metadata `None` keeps the
     /// registered target's). A number that is not registered fails the whole request, naming
@@ -316,7 +355,7 @@ pub trait Ops: Send + Sync {
         limit: usize,
     ) -> Op<'_, Vec<LiveCall>>;
 
-    // --- claims ([`claims`]) ----------------------------------------------------------------------
+    // --- claims ([`claims`]) -----------------------------------------------------------------------
 
     /// Claims up to `n` due calls of a campaign's open `zones` for dispatch (pending → queued,
     /// attempt + 1), retries and new calls side by side, screened by `rules`. Concurrent
@@ -332,7 +371,7 @@ pub trait Ops: Send + Sync {
     /// Undoes a claim whose dispatch failed.
     fn unclaim_calls<'a>(&'a self, campaign_id: Uuid, calls: &'a [ClaimedCall]) -> Op<'a, ()>;
 
-    // --- recording ([`recording`]) ----------------------------------------------------------------
+    // --- recording ([`recording`]) -----------------------------------------------------------------
 
     /// Applies a batch of status events (idempotent by call id + attempt). `samples` gives
     /// uniform draws in [0, 1) for backoff jitter.
@@ -352,87 +391,9 @@ pub trait Ops: Send + Sync {
         timeline: Option<&'a CqlTimeline>,
         retry_not_before_ms: u64,
     ) -> Op<'a, RecordReport>;
-
-    // --- the recipient's calling rules ([`rules`]) --------------------------------------------------
-
-    /// The distinct zone keys of a campaign's pending calls (a skip scan of the index).
-    fn pending_zones(&self, campaign_id: Uuid) -> Op<'_, Vec<String>>;
-    /// Gives up to `limit` pending calls without a zone key theirs.
-    fn locate_unzoned(&self, limit: usize) -> Op<'_, u64>;
-    /// Adds or replaces do-not-call entries of a list (`dnc::GLOBAL_LIST` or a campaign id).
-    fn dnc_add<'a>(&'a self, list: Uuid, entries: &'a [DncEntry], announce: bool) -> Op<'a, u64>;
-    fn dnc_remove<'a>(&'a self, list: Uuid, number: &'a str) -> Op<'a, bool>;
-    fn dnc_get<'a>(&'a self, list: Uuid, number: &'a str) -> Op<'a, Option<DncView>>;
-    /// The list (global first) that suppresses `number` for `campaign_id` now, if any.
-    fn dnc_check<'a>(&'a self, campaign_id: Uuid, number: &'a str) -> Op<'a, Option<Uuid>>;
-    /// Do-not-call entries the data plane has not been told of, oldest first.
-    fn unannounced(&self, limit: usize) -> Op<'_, Vec<Suppression>>;
-    fn mark_announced<'a>(&'a self, done: &'a [Suppression]) -> Op<'a, ()>;
-    /// Forgets up to `limit` per-number attempts older than any limit looks back.
-    fn prune_attempts(&self, at: DateTime<Utc>, limit: usize) -> Op<'_, u64>;
-    /// What the rules would do now to the campaign's pending calls.
-    fn preview<'a>(&'a self, campaign_id: Uuid, rules: &'a Rules, at: DateTime<Utc>) -> Op<'a, Preview>;
-
-    // --- the event log and webhooks ([`events`]) -----------------------------------------------------
-
-    /// Numbers up to `limit` committed events (the endpoints' claims read them from the log).
-    fn sequence_events(&self, limit: usize) -> Op<'_, Sequenced>;
-    /// Numbered events after position `after`, of one campaign or all, in log order.
-    fn read_events(&self, after: i64, campaign: Option<Uuid>, limit: usize) -> Op<'_, Vec<LoggedEvent>>;
-    /// The first and last positions the log holds.
-    fn log_bounds(&self) -> Op<'_, (i64, i64)>;
-    /// Whether an enabled webhook endpoint exists.
-    fn any_webhook_enabled(&self) -> Op<'_, bool>;
-    /// Forgets up to `limit` events older than `before` that no delivery needs.
-    fn prune_events(&self, before: DateTime<Utc>, limit: usize) -> Op<'_, u64>;
-    fn create_webhook<'a>(&'a self, s: &'a EndpointSettings, secret: &'a str) -> Op<'a, Webhook>;
-    fn get_webhook(&self, id: Uuid) -> Op<'_, Webhook>;
-    fn list_webhooks(&self) -> Op<'_, Vec<Webhook>>;
-    fn update_webhook<'a>(&'a self, id: Uuid, patch: &'a UpdateWebhookRequest) -> Op<'a, Webhook>;
-    /// `false`: no such endpoint.
-    fn delete_webhook(&self, id: Uuid) -> Op<'_, bool>;
-    fn rotate_webhook_secret<'a>(&'a self, id: Uuid, secret: &'a str, keep_old_until: DateTime<Utc>)
-    -> Op<'a, Webhook>;
-    fn active_endpoints(&self) -> Op<'_, Vec<ActiveEndpoint>>;
-    /// Claims up to `max` due deliveries of an endpoint within its concurrency and rate.
-    fn claim_deliveries(&self, endpoint: Uuid, max: usize, lease_until: DateTime<Utc>) -> Op<'_, Claim>;
-    /// Records finished attempts.
-    fn finish_deliveries<'a>(&'a self, done: &'a [Finished]) -> Op<'a, ()>;
-    fn reclaim_expired_deliveries(&self) -> Op<'_, u64>;
-    fn dead_letters(&self, endpoint: Uuid, after: i64, limit: u32) -> Op<'_, Vec<DeadLetter>>;
-    /// Replays an endpoint's dead letters (all, or the streams of `seqs`).
-    fn replay_dead_letters<'a>(&'a self, endpoint: Uuid, seqs: Option<&'a [i64]>) -> Op<'a, u64>;
-    fn delivery_counts(&self) -> Op<'_, QueueCounts>;
 }
 
-impl<D: Dialect> Ops for sqlx::Pool<D> {
-    fn create_campaign<'a>(&'a self, c: &'a NewCampaign) -> Op<'a, Campaign> {
-        Box::pin(campaigns::create_campaign(self, c))
-    }
-    fn get_campaign(&self, id: Uuid) -> Op<'_, Campaign> {
-        Box::pin(campaigns::get_campaign(self, id))
-    }
-    fn list_campaigns(&self, after: Option<Uuid>, limit: u32) -> Op<'_, Vec<Campaign>> {
-        Box::pin(campaigns::list_campaigns(self, after, limit))
-    }
-    fn update_campaign<'a>(&'a self, id: Uuid, patch: &'a UpdateCampaignRequest) -> Op<'a, Campaign> {
-        Box::pin(campaigns::update_campaign(self, id, patch))
-    }
-    fn transition(&self, id: Uuid, action: CampaignAction) -> Op<'_, Campaign> {
-        Box::pin(campaigns::transition(self, id, action))
-    }
-    fn active_campaigns(&self) -> Op<'_, Vec<ActiveCampaign>> {
-        Box::pin(campaigns::active_campaigns(self))
-    }
-    fn complete_finished(&self) -> Op<'_, Vec<Uuid>> {
-        Box::pin(campaigns::complete_finished(self))
-    }
-    fn stats(&self, id: Uuid) -> Op<'_, CampaignStats> {
-        Box::pin(stats::stats(self, id))
-    }
-    fn recount_stats(&self, id: Uuid) -> Op<'_, CampaignStats> {
-        Box::pin(stats::recount_stats(self, id))
-    }
+impl<D: Dialect> CallOps for sqlx::Pool<D> {
     fn queue_targets<'a>(
         &'a self,
         campaign_id: Uuid,
@@ -495,6 +456,32 @@ impl<D: Dialect> Ops for sqlx::Pool<D> {
     ) -> Op<'a, RecordReport> {
         Box::pin(recording::record_events(self, events, samples, timeline, retry_not_before_ms))
     }
+}
+
+/// The recipient's calling rules: zones, do-not-call lists, per-number attempts, the preview.
+pub trait RuleOps: Send + Sync {
+    // --- the recipient's calling rules ([`rules`]) -------------------------------------------------
+
+    /// The distinct zone keys of a campaign's pending calls (a skip scan of the index).
+    fn pending_zones(&self, campaign_id: Uuid) -> Op<'_, Vec<String>>;
+    /// Gives up to `limit` pending calls without a zone key theirs.
+    fn locate_unzoned(&self, limit: usize) -> Op<'_, u64>;
+    /// Adds or replaces do-not-call entries of a list (`dnc::GLOBAL_LIST` or a campaign id).
+    fn dnc_add<'a>(&'a self, list: Uuid, entries: &'a [DncEntry], announce: bool) -> Op<'a, u64>;
+    fn dnc_remove<'a>(&'a self, list: Uuid, number: &'a str) -> Op<'a, bool>;
+    fn dnc_get<'a>(&'a self, list: Uuid, number: &'a str) -> Op<'a, Option<DncView>>;
+    /// The list (global first) that suppresses `number` for `campaign_id` now, if any.
+    fn dnc_check<'a>(&'a self, campaign_id: Uuid, number: &'a str) -> Op<'a, Option<Uuid>>;
+    /// Do-not-call entries the data plane has not been told of, oldest first.
+    fn unannounced(&self, limit: usize) -> Op<'_, Vec<Suppression>>;
+    fn mark_announced<'a>(&'a self, done: &'a [Suppression]) -> Op<'a, ()>;
+    /// Forgets up to `limit` per-number attempts older than any limit looks back.
+    fn prune_attempts(&self, at: DateTime<Utc>, limit: usize) -> Op<'_, u64>;
+    /// What the rules would do now to the campaign's pending calls.
+    fn preview<'a>(&'a self, campaign_id: Uuid, rules: &'a Rules, at: DateTime<Utc>) -> Op<'a, Preview>;
+}
+
+impl<D: Dialect> RuleOps for sqlx::Pool<D> {
     fn pending_zones(&self, campaign_id: Uuid) -> Op<'_, Vec<String>> {
         Box::pin(rules::pending_zones(self, campaign_id))
     }
@@ -525,6 +512,43 @@ impl<D: Dialect> Ops for sqlx::Pool<D> {
     fn preview<'a>(&'a self, campaign_id: Uuid, rules: &'a Rules, at: DateTime<Utc>) -> Op<'a, Preview> {
         Box::pin(rules::preview(self, campaign_id, rules, at))
     }
+}
+
+/// The event log and webhook delivery.
+pub trait EventOps: Send + Sync {
+    // --- the event log and webhooks ([`events`]) ---------------------------------------------------
+
+    /// Numbers up to `limit` committed events (the endpoints' claims read them from the log).
+    fn sequence_events(&self, limit: usize) -> Op<'_, Sequenced>;
+    /// Numbered events after position `after`, of one campaign or all, in log order.
+    fn read_events(&self, after: i64, campaign: Option<Uuid>, limit: usize) -> Op<'_, Vec<LoggedEvent>>;
+    /// The first and last positions the log holds.
+    fn log_bounds(&self) -> Op<'_, (i64, i64)>;
+    /// Whether an enabled webhook endpoint exists.
+    fn any_webhook_enabled(&self) -> Op<'_, bool>;
+    /// Forgets up to `limit` events older than `before` that no delivery needs.
+    fn prune_events(&self, before: DateTime<Utc>, limit: usize) -> Op<'_, u64>;
+    fn create_webhook<'a>(&'a self, s: &'a EndpointSettings, secret: &'a str) -> Op<'a, Webhook>;
+    fn get_webhook(&self, id: Uuid) -> Op<'_, Webhook>;
+    fn list_webhooks(&self) -> Op<'_, Vec<Webhook>>;
+    fn update_webhook<'a>(&'a self, id: Uuid, patch: &'a UpdateWebhookRequest) -> Op<'a, Webhook>;
+    /// `false`: no such endpoint.
+    fn delete_webhook(&self, id: Uuid) -> Op<'_, bool>;
+    fn rotate_webhook_secret<'a>(&'a self, id: Uuid, secret: &'a str, keep_old_until: DateTime<Utc>)
+    -> Op<'a, Webhook>;
+    fn active_endpoints(&self) -> Op<'_, Vec<ActiveEndpoint>>;
+    /// Claims up to `max` due deliveries of an endpoint within its concurrency and rate.
+    fn claim_deliveries(&self, endpoint: Uuid, max: usize, lease_until: DateTime<Utc>) -> Op<'_, Claim>;
+    /// Records finished attempts.
+    fn finish_deliveries<'a>(&'a self, done: &'a [Finished]) -> Op<'a, ()>;
+    fn reclaim_expired_deliveries(&self) -> Op<'_, u64>;
+    fn dead_letters(&self, endpoint: Uuid, after: i64, limit: u32) -> Op<'_, Vec<DeadLetter>>;
+    /// Replays an endpoint's dead letters (all, or the streams of `seqs`).
+    fn replay_dead_letters<'a>(&'a self, endpoint: Uuid, seqs: Option<&'a [i64]>) -> Op<'a, u64>;
+    fn delivery_counts(&self) -> Op<'_, QueueCounts>;
+}
+
+impl<D: Dialect> EventOps for sqlx::Pool<D> {
     fn sequence_events(&self, limit: usize) -> Op<'_, Sequenced> {
         Box::pin(events::log::sequence(self, limit))
     }
