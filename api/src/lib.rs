@@ -11,5 +11,3 @@ pub mod dnc;
 pub mod signature;
 pub mod views;
 pub mod webhooks;
-
-pub use dialer_domain::FieldError;

@@ -412,6 +412,15 @@ mod tests {
         let p = free_port();
         assert!(TcpListener::bind(("127.0.0.1", p)).is_ok());
     }
+
+    #[test]
+    fn a_port_is_handed_out_once_even_when_drawn_again() {
+        // A draw that repeats itself, as bind(0) may once a port is released.
+        let draws = std::sync::Mutex::new(vec![40_003u16, 40_002, 40_002, 40_001, 40_001, 40_001].into_iter());
+        let next = || draws.lock().expect("draws").next_back().expect("a draw left");
+        let handed: Vec<u16> = (0..3).map(|_| unique_port(next)).collect();
+        assert_eq!(handed, vec![40_001, 40_002, 40_003]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

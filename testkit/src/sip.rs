@@ -317,4 +317,17 @@ mod tests {
         assert_eq!(r.max_invites_per_second(), 3, "1000, 1500, 1999 are within one second; 2000 is not with 1000");
         assert!(SippReport::parse("nothing", "").is_err());
     }
+
+    #[test]
+    fn a_port_counts_as_a_peers_only_when_that_process_holds_it() {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        assert!(holds_udp(std::process::id(), port), "this process holds its own socket");
+        let mut other = Command::new("sleep").arg("5").spawn().expect("sleep");
+        assert!(!holds_udp(other.id(), port), "another process does not pass for the holder");
+        drop(socket);
+        assert!(!holds_udp(std::process::id(), port), "a released port is held by nobody");
+        let _ = other.kill();
+        let _ = other.wait();
+    }
 }
