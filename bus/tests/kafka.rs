@@ -1,9 +1,10 @@
 //! The Kafka clients against a real broker from the shared harness.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dialer_bus::dispatch::{Committed, DispatchSource, KafkaDispatchSource};
-use dialer_bus::kafka::{Assignment, ClientSettings};
+use dialer_bus::kafka::{Assignment, Assignor, ClientSettings, Moved};
 use dialer_testkit::topics::Outgoing;
 
 /// Every consumer is metered: `dialer_kafka_consumer_lag{topic,partition}` comes from
@@ -86,4 +87,106 @@ async fn only_commits_the_broker_confirmed_count() {
     }
     assert_eq!(points.first(), Some(&(0, 2)), "partition 0 confirmed past its two finished messages: {points:?}");
     assert!(points[1..].iter().all(|(_, o)| *o == 0), "the others at their first unfinished message: {points:?}");
+}
+
+/// A member of a consumer group driven the way a shard drives its source: first the
+/// rebalances (a revoked partition's waiting messages are dropped, left to its next owner),
+/// then what waits is finished, then a fetch waits.
+struct Member {
+    source: KafkaDispatchSource,
+    waiting: Vec<(i32, i64)>,
+    owned: BTreeSet<i32>,
+    rebalances: usize,
+    finished: BTreeSet<(i32, i64)>,
+}
+
+impl Member {
+    fn join(brokers: &str, topic: &str, group: &str, name: &str) -> Member {
+        let mut clients = ClientSettings::new(brokers);
+        clients.tuning.assignor = Assignor::Eager;
+        clients.tuning.session_timeout_ms = 6_000;
+        let source = KafkaDispatchSource::new(&clients, topic, group, Assignment::Group, 4, (0, 1)).expect(name);
+        Member { source, waiting: Vec::new(), owned: BTreeSet::new(), rebalances: 0, finished: BTreeSet::new() }
+    }
+
+    /// One round of the loop, its fetch waiting at most `wait`.
+    async fn step(&mut self, finish: bool, wait: Duration) {
+        for moved in self.source.take_moved() {
+            self.rebalances += 1;
+            match moved {
+                Moved::Revoked(ps) => {
+                    self.waiting.retain(|(p, _)| !ps.contains(p));
+                    ps.iter().for_each(|p| _ = self.owned.remove(p));
+                }
+                Moved::Assigned(ps) => self.owned.extend(ps),
+            }
+        }
+        if finish {
+            for (p, o) in self.waiting.drain(..) {
+                self.source.done(p, o);
+                self.finished.insert((p, o));
+            }
+            let _ = self.source.commit();
+        }
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(wait, self.source.recv(&mut got, 100)).await;
+        self.waiting.extend(got.iter().map(|d| (d.partition, d.offset)));
+    }
+}
+
+/// An eager rebalance revokes every partition and assigns them again, often to the member
+/// that had them. The messages a member fetches after it (from the committed offsets) come
+/// after the rebalance is taken, so none is dropped with the revoked partition's waiting
+/// ones (which would leave it unread for good: the later offsets commit past it); and a
+/// partition the member had paused is read again once it is assigned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_rebalance_loses_no_message_and_leaves_no_partition_paused() {
+    let brokers = dialer_testkit::kafka().bootstrap();
+    let topic = dialer_testkit::unique_name("eager");
+    let group = dialer_testkit::unique_name("eager");
+    dialer_bus::kafka::ensure_topics(&brokers, &[(&topic, 4)]).await.expect("topic");
+    let batch = |from: usize| -> Vec<Outgoing> {
+        (from..from + 40).map(|i| Outgoing::to_partition((i % 4) as i32, format!("m{i}").into_bytes())).collect()
+    };
+    dialer_testkit::topics::produce(&brokers, &topic, &batch(0));
+    let all = |offsets: std::ops::Range<i64>| -> BTreeSet<(i32, i64)> {
+        (0..4).flat_map(|p| offsets.clone().map(move |o| (p, o))).collect()
+    };
+
+    // a fetches every message and finishes none of them yet.
+    let mut a = Member::join(&brokers, &topic, &group, "a");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.waiting.len() < 40 {
+        assert!(Instant::now() < deadline, "a fetched {} of 40", a.waiting.len());
+        a.step(false, Duration::from_millis(200)).await;
+    }
+    // b joins: every partition is revoked and assigned again. Each message is finished by
+    // whichever member owns its partition after the rebalance.
+    let mut b = Member::join(&brokers, &topic, &group, "b");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while a.finished.union(&b.finished).count() < 40 || b.owned.is_empty() {
+        let done: BTreeSet<_> = a.finished.union(&b.finished).copied().collect();
+        let lost: Vec<_> = all(0..10).difference(&done).copied().collect();
+        assert!(Instant::now() < deadline, "never finished after the rebalance: {lost:?}");
+        // Both fetch at once, for long: a's rebalance (revoked, joined again, assigned) and
+        // its first messages after it come within one fetch, as in a busy shard's loop.
+        // a finishes nothing before its partitions are revoked: they all wait for their owner.
+        let revoked = a.rebalances >= 2;
+        tokio::join!(a.step(revoked, Duration::from_secs(2)), b.step(true, Duration::from_secs(2)));
+    }
+    assert!(a.rebalances >= 2, "a saw its partitions revoked and assigned again");
+
+    // a pauses what it owns; b leaves; a is assigned all four again and reads every one.
+    for p in a.owned.clone() {
+        a.source.pause(p);
+    }
+    drop(b);
+    dialer_testkit::topics::produce(&brokers, &topic, &batch(40));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !a.finished.is_superset(&all(10..20)) {
+        let unread: Vec<_> =
+            all(10..20).difference(&a.finished).map(|(p, _)| *p).collect::<BTreeSet<_>>().into_iter().collect();
+        assert!(Instant::now() < deadline, "a never read partitions {unread:?} again (owns {:?})", a.owned);
+        a.step(true, Duration::from_millis(200)).await;
+    }
 }

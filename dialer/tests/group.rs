@@ -104,14 +104,35 @@ fn member(dir: &Path, config: &str, tuning: &str, m: &str) -> procs::Proc {
     )
 }
 
-fn wait_completed(api: u16, id: &str, timeout: Duration) {
+/// How many calls member `m` placed so far.
+fn dialled(dir: &Path, m: &str) -> usize {
+    std::fs::read_to_string(dir.join(format!("ledger-{m}"))).unwrap_or_default().lines().count()
+}
+
+/// Waits for the campaign to complete; past `timeout`, keeps `dir` (the members' logs and
+/// ledgers) and names the calls still open.
+fn wait_completed(api: u16, id: &str, timeout: Duration, dir: tempfile::TempDir) -> tempfile::TempDir {
     let t0 = Instant::now();
     loop {
         let (_, c) = http(api, "GET", &format!("/api/v1/campaigns/{id}"), None);
         if serde_json::from_str::<Value>(&c).expect("json")["status"] == "completed" {
-            return;
+            return dir;
         }
-        assert!(t0.elapsed() < timeout, "campaign not completed after {timeout:?}: {c}");
+        if t0.elapsed() >= timeout {
+            let (_, page) = http(api, "GET", &format!("/api/v1/campaigns/{id}/calls?limit=1000"), None);
+            let page: Value = serde_json::from_str(&page).expect("json");
+            let open: Vec<String> = page["calls"]
+                .as_array()
+                .expect("calls")
+                .iter()
+                .filter(|c| c["status"] != "completed" && c["status"] != "failed")
+                .map(|c| format!("{} {} attempt {}", c["id"], c["status"], c["attempt_count"]))
+                .collect();
+            panic!(
+                "campaign not completed after {timeout:?}: {c}\nopen calls: {open:#?}\nlogs in {}",
+                dir.keep().display()
+            );
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -139,9 +160,8 @@ fn a_member_fault_loses_nothing_and_dials_nothing_twice(assignor: &str, fault: F
     let id = start_campaign(api);
     // Both members dial (the second joins the group a few seconds after the first took every
     // partition), then one dies mid-campaign.
-    let dialled = |m: &str| std::fs::read_to_string(d.join(format!("ledger-{m}"))).unwrap_or_default().lines().count();
     let t0 = Instant::now();
-    while dialled("a") == 0 || dialled("b") < 20 || ledgers(d).len() < 120 {
+    while dialled(d, "a") == 0 || dialled(d, "b") < 20 || ledgers(d).len() < 120 {
         assert!(
             t0.elapsed() < Duration::from_secs(90),
             "the members are not dialling; logs in {}",
@@ -159,7 +179,8 @@ fn a_member_fault_loses_nothing_and_dials_nothing_twice(assignor: &str, fault: F
     }
     // The dispatch TTL (600 s) outlasts this wait: only the group giving the dead member's
     // partitions to the survivor can finish their messages in time (not the reaper).
-    wait_completed(api, &id, Duration::from_secs(240));
+    let dir = wait_completed(api, &id, Duration::from_secs(240), dir);
+    let d = dir.path();
 
     let placed = ledgers(d);
     let mut per_attempt: HashMap<(String, u32), usize> = HashMap::new();
@@ -175,7 +196,7 @@ fn a_member_fault_loses_nothing_and_dials_nothing_twice(assignor: &str, fault: F
             "the group gave the frozen member's partitions to a while it held them: a waited for it"
         );
     }
-    assert!(dialled("a") > 0 && dialled("b") > 0, "both members dialled");
+    assert!(dialled(d, "a") > 0 && dialled(d, "b") > 0, "both members dialled");
     assert!(peak(&placed) <= i64::from(CAP), "the cap at the carrier: peak {}", peak(&placed));
     let (_, page) = http(api, "GET", &format!("/api/v1/campaigns/{id}/calls?limit=1000"), None);
     let page: Value = serde_json::from_str(&page).expect("json");

@@ -115,6 +115,10 @@ pub struct KafkaDispatchSource {
     confirmed: Arc<Mutex<Vec<(i32, i64)>>>,
     /// A commit is on its way: the next waits for its answer.
     committing: Arc<AtomicBool>,
+    /// Rebalances served since the owner last took them ([`DispatchSource::take_moved`]).
+    moved: Vec<Moved>,
+    /// A message fetched after a rebalance the owner has not taken yet: the next fetch's first.
+    after_rebalance: Option<Delivery>,
 }
 
 impl std::fmt::Debug for KafkaDispatchSource {
@@ -151,6 +155,8 @@ impl KafkaDispatchSource {
             offsets: CommitPoints::default(),
             confirmed: Arc::default(),
             committing: Arc::default(),
+            moved: Vec::new(),
+            after_rebalance: None,
         })
     }
 
@@ -186,30 +192,72 @@ impl KafkaDispatchSource {
     }
 }
 
+/// Takes the rebalances the consumer's last poll served into `moved`; true if there were any.
+/// A revoked partition's offsets are forgotten at once, before any message fetched after the
+/// rebalance counts as received. An assigned partition is fetched whatever its pause state:
+/// librdkafka keeps a partition paused across a rebalance that gives it back, and its owner
+/// forgot the pause when the partition was revoked.
+fn note_moved(consumer: &MeteredConsumer, topic: &str, offsets: &mut CommitPoints, moved: &mut Vec<Moved>) -> bool {
+    let taken = consumer.context().take_moved();
+    for m in &taken {
+        match m {
+            Moved::Revoked(ps) => offsets.revoked(ps),
+            Moved::Assigned(ps) => {
+                let mut tpl = TopicPartitionList::new();
+                ps.iter().for_each(|p| _ = tpl.add_partition(topic, *p));
+                if let Err(e) = consumer.resume(&tpl) {
+                    tracing::warn!(partitions = ?ps, error = %e, "could not resume assigned partitions");
+                }
+            }
+        }
+    }
+    let any = !taken.is_empty();
+    moved.extend(taken);
+    any
+}
+
 impl DispatchSource for KafkaDispatchSource {
-    /// Waits for at least one message, then takes what else is ready, up to `max`.
+    /// Waits for at least one message, then takes what else is ready, up to `max`. A batch
+    /// never spans a rebalance: the message fetched after one waits for the next call, so that
+    /// its owner takes the rebalance ([`DispatchSource::take_moved`]) first. (Otherwise, under
+    /// the eager assignor, a partition revoked and assigned straight back had the first
+    /// messages it fetched again dropped with the revoked ones, and the later offsets
+    /// committed past them: unread for good.)
     async fn recv(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<bool, FetchError> {
-        let first = self.consumer.recv().await.map_err(BrokerError::from)?;
-        out.push(Self::delivery(&mut self.offsets, &first));
-        drop(first);
+        let first = match self.after_rebalance.take() {
+            Some(d) => d,
+            None => {
+                let m = self.consumer.recv().await.map_err(BrokerError::from)?;
+                let rebalanced = note_moved(&self.consumer, &self.topic, &mut self.offsets, &mut self.moved);
+                let d = Self::delivery(&mut self.offsets, &m);
+                if rebalanced {
+                    self.after_rebalance = Some(d);
+                    return Ok(true);
+                }
+                d
+            }
+        };
+        out.push(first);
         while out.len() < max {
             let Some(next) = self.consumer.recv().now_or_never() else { break };
             let m = next.map_err(BrokerError::from)?;
-            out.push(Self::delivery(&mut self.offsets, &m));
+            let rebalanced = note_moved(&self.consumer, &self.topic, &mut self.offsets, &mut self.moved);
+            let d = Self::delivery(&mut self.offsets, &m);
+            if rebalanced {
+                self.after_rebalance = Some(d);
+                break;
+            }
+            out.push(d);
         }
         Ok(true)
     }
 
-    /// A revoked partition's offsets are forgotten (it is never committed by this consumer
-    /// again; if it comes back, its messages come again from the committed offset).
+    /// What rebalances did since the last call, in order. A revoked partition's offsets are
+    /// forgotten (it is never committed by this consumer again; if it comes back, its messages
+    /// come again from the committed offset).
     fn take_moved(&mut self) -> Vec<Moved> {
-        let moved = self.consumer.context().take_moved();
-        for m in &moved {
-            if let Moved::Revoked(ps) = m {
-                self.offsets.revoked(ps);
-            }
-        }
-        moved
+        note_moved(&self.consumer, &self.topic, &mut self.offsets, &mut self.moved);
+        std::mem::take(&mut self.moved)
     }
 
     fn done(&mut self, partition: i32, offset: i64) {

@@ -90,11 +90,14 @@ pub trait DispatchSource {
     /// Waits for at least one delivery, then takes what else is ready, up to `max`; `Ok(false)`
     /// once the source is closed for good.
     async fn recv(&mut self, out: &mut Vec<Delivery>, max: usize) -> Result<bool, FetchError>;
-    /// What consumer-group rebalances did since the last call, in order.
+    /// What consumer-group rebalances did since the last call, in order. Every delivery of a
+    /// [`DispatchSource::recv`] comes after the rebalances taken before it: take them first.
     fn take_moved(&mut self) -> Vec<Moved>;
     /// The message is finished: its offset may be committed.
     fn done(&mut self, partition: i32, offset: i64);
-    /// Stop fetching `partition` (too many of its messages wait in the shard).
+    /// Stop fetching `partition` (too many of its messages wait in the shard). A pause lasts
+    /// until [`DispatchSource::resume`] or until the partition is revoked: assigned again, it
+    /// is fetched.
     fn pause(&mut self, partition: i32);
     fn resume(&mut self, partition: i32);
     /// Commits what is finished (asynchronously).
