@@ -3,13 +3,18 @@
 
 Data, not code: libphonenumber (https://github.com/google/libphonenumber, Apache License 2.0,
 see domain/data/LICENSE-libphonenumber) maps number prefixes to IANA time zones
-(resources/timezones/map_data.txt) and NANP area codes to places (resources/geocoding/en/1.txt).
-This script copies the first as is and reduces the second to two-letter state/province codes.
+(resources/timezones/map_data.txt), NANP area codes to places (resources/geocoding/en/1.txt)
+and regions to their country calling code and national prefix (resources/PhoneNumberMetadata.xml).
+This script copies the first as is, reduces the second to two-letter state/province codes and
+the third to `region|calling code|national prefix|international prefix` (the prefixes only
+where they are plain digits).
 
     python3 scripts/phone_data.py /path/to/libphonenumber
 """
 import pathlib
+import re
 import sys
+import xml.etree.ElementTree as ET
 
 NAMES = {
     "Alabama": "AL", "Alaska": "AK", "Arizona": "AZ", "Arkansas": "AR", "California": "CA",
@@ -51,7 +56,16 @@ def main(repo):
             sys.exit(f"no state code for {line!r}: add it to NAMES")
         regions.append(f"{prefix[1:]}|{code}")
     (out / "nanp_regions.txt").write_text("\n".join(regions) + "\n")
-    print(f"{len(tz)} time-zone prefixes, {len(regions)} area codes")
+    codes = []
+    meta = ET.parse(repo / "resources/PhoneNumberMetadata.xml").getroot()
+    for t in meta.iter("territory"):
+        region = t.get("id")
+        if not re.fullmatch(r"[A-Z]{2}", region):
+            continue  # 001: non-geographic entities
+        plain = lambda v: v if v and re.fullmatch(r"[0-9]+", v) else ""
+        codes.append(f"{region}|{t.get('countryCode')}|{plain(t.get('nationalPrefix'))}|{plain(t.get('internationalPrefix'))}")
+    (out / "phone_regions.txt").write_text("\n".join(codes) + "\n")
+    print(f"{len(tz)} time-zone prefixes, {len(regions)} area codes, {len(codes)} regions")
 
 
 if __name__ == "__main__":

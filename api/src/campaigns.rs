@@ -331,6 +331,18 @@ pub fn check_targets(targets: &[TargetInput], max: usize) -> Result<(Vec<NewTarg
 impl CreateCampaignRequest {
     /// Validates the request and fills in the defaults.
     pub fn validate(&self, max_targets: usize) -> Result<NewCampaign, FieldError> {
+        let settings = self.validate_settings()?;
+        let (targets, duplicates_merged) = check_targets(
+            self.targets
+                .as_deref()
+                .ok_or_else(|| FieldError::new("targets", "is required: list the numbers this campaign may call"))?,
+            max_targets,
+        )?;
+        Ok(NewCampaign { settings, targets, duplicates_merged })
+    }
+
+    /// Validates everything but the targets (a campaign whose targets come as a CSV list).
+    pub fn validate_settings(&self) -> Result<CampaignSettings, FieldError> {
         let name = check_name(self.name.as_deref().ok_or_else(|| FieldError::new("name", "is required"))?)?;
         let description = check_description(self.description.as_deref().unwrap_or(""))?;
         let time_zone = check_time_zone(self.time_zone.as_deref().unwrap_or("UTC"))?;
@@ -345,26 +357,16 @@ impl CreateCampaignRequest {
         if let Some(r) = &self.calling_rules {
             r.compile("calling_rules")?;
         }
-        let (targets, duplicates_merged) = check_targets(
-            self.targets
-                .as_deref()
-                .ok_or_else(|| FieldError::new("targets", "is required: list the numbers this campaign may call"))?,
-            max_targets,
-        )?;
-        Ok(NewCampaign {
-            settings: CampaignSettings {
-                name,
-                description,
-                time_zone,
-                max_concurrent_calls,
-                weight,
-                retry_policy,
-                business_hours,
-                telephony,
-                calling_rules: self.calling_rules.clone(),
-            },
-            targets,
-            duplicates_merged,
+        Ok(CampaignSettings {
+            name,
+            description,
+            time_zone,
+            max_concurrent_calls,
+            weight,
+            retry_policy,
+            business_hours,
+            telephony,
+            calling_rules: self.calling_rules.clone(),
         })
     }
 }

@@ -7,6 +7,7 @@
 //! ([`campaigns::UpdateCampaignRequest`], [`webhooks::UpdateWebhookRequest`]).
 
 pub mod campaigns;
+pub mod csv_list;
 pub mod dnc;
 pub mod signature;
 pub mod views;

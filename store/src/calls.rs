@@ -118,6 +118,29 @@ pub async fn queue_targets<D: Dialect>(
     Ok(QueueTargetsResponse { queued, already_queued, duplicates_merged: 0 })
 }
 
+#[tracing::instrument(name = "store.registered_numbers", level = "debug", skip_all)]
+pub async fn registered_numbers<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    campaign_id: Uuid,
+    numbers: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let mut found = std::collections::HashSet::with_capacity(numbers.len());
+    for chunk in numbers.chunks(LOOKUP_CHUNK) {
+        let mut q = QueryBuilder::<D>::new("SELECT phone_number FROM campaign_targets WHERE campaign_id = ");
+        q.push_arg(campaign_id).push(" AND phone_number IN (");
+        let mut sep = q.separated(", ");
+        for n in chunk {
+            sep.push_arg(*n);
+        }
+        q.push(")");
+        for row in q.build().rows(&mut *conn).await? {
+            found.insert(row.col("phone_number")?);
+        }
+    }
+    Ok(found)
+}
+
 #[tracing::instrument(name = "store.create_call", level = "debug", skip_all)]
 pub async fn create_call<D: Dialect>(
     pool: &sqlx::Pool<D>,

@@ -7,10 +7,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use dialer_api::campaigns::UpdateCampaignRequest;
 use dialer_api::views::{Campaign, Timestamps};
+use dialer_domain::FieldError;
 use dialer_domain::campaign::{CampaignAction, CampaignStatus};
 use dialer_domain::hours::Window;
 use dialer_domain::retry::RetryPolicy;
-use dialer_domain::settings::{CampaignSettings, NewCampaign};
+use dialer_domain::settings::{CampaignSettings, NewCampaign, NewTarget};
 use serde_json::{Value, json};
 use sqlx::QueryBuilder;
 use sqlx::types::Json;
@@ -206,10 +207,67 @@ async fn fetch_campaign<D: Dialect>(conn: &mut D::Connection, id: Uuid) -> Resul
 
 #[tracing::instrument(name = "store.create_campaign", level = "debug", skip_all)]
 pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) -> Result<Campaign, StoreError> {
-    let s = &c.settings;
     let at = now();
-    let id = Uuid::now_v7();
     let mut tx = D::begin(pool).await?;
+    let id = insert_campaign::<D>(&mut tx, &c.settings, c.targets.len(), at).await?;
+    let created = insert_targets::<D>(&mut tx, id, &c.targets, at).await?;
+    let campaign = targets_registered::<D>(&mut tx, id, created, at).await?;
+    tx.commit().await?;
+    Ok(campaign)
+}
+
+/// What a list being read sends [`import_campaign`]: its targets as they are read, then
+/// whether to keep them.
+#[derive(Debug)]
+pub enum ImportBatch {
+    Targets(Vec<NewTarget>),
+    /// The list was read to its end: the campaign and its targets are committed.
+    Commit,
+}
+
+/// Creates a campaign whose targets arrive in batches (a CSV list as it is read), in one
+/// transaction: committed on [`ImportBatch::Commit`]; when `batches` closes without it (the
+/// list turned out unreadable, the client went away) nothing is written.
+#[tracing::instrument(name = "store.import_campaign", level = "debug", skip_all)]
+pub async fn import_campaign<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    settings: &CampaignSettings,
+    mut batches: tokio::sync::mpsc::Receiver<ImportBatch>,
+) -> Result<Campaign, StoreError> {
+    let at = now();
+    let mut tx = D::begin(pool).await?;
+    let id = insert_campaign::<D>(&mut tx, settings, 0, at).await?;
+    let (mut targets, mut created) = (0i64, 0);
+    loop {
+        match batches.recv().await {
+            Some(ImportBatch::Targets(batch)) => {
+                created += insert_targets::<D>(&mut tx, id, &batch, at).await?;
+                targets += batch.len() as i64;
+            }
+            Some(ImportBatch::Commit) => break,
+            None => {
+                return Err(FieldError::new("targets", "the list was not read to its end: nothing was written").into());
+            }
+        }
+    }
+    sqlx::query::<D>("UPDATE campaigns SET target_count = $1 WHERE id = $2")
+        .arg(targets)
+        .arg(id)
+        .run(&mut **tx)
+        .await?;
+    let campaign = targets_registered::<D>(&mut tx, id, created, at).await?;
+    tx.commit().await?;
+    Ok(campaign)
+}
+
+/// Inserts the campaign's row (status pending), its business hours and its stats row.
+async fn insert_campaign<D: Dialect>(
+    conn: &mut D::Connection,
+    s: &CampaignSettings,
+    target_count: usize,
+    at: DateTime<Utc>,
+) -> Result<Uuid, StoreError> {
+    let id = Uuid::now_v7();
     let inserted = sqlx::query::<D>(
         "INSERT INTO campaigns (id, name, name_key, description, time_zone, max_concurrent_calls, \
          retry_max_attempts, retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, \
@@ -227,13 +285,13 @@ pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) 
     .arg(ms(s.retry_policy.max_delay))
     .arg(s.retry_policy.jitter)
     .arg(CampaignStatus::Pending.as_str())
-    .arg(c.targets.len() as i64)
+    .arg(target_count as i64)
     .arg(at)
     .arg(s.weight as i32)
     .arg(s.retry_policy.retry_on.to_csv())
     .arg(telephony_json(&s.telephony))
     .arg(rules_json(&s.calling_rules))
-    .run(&mut **tx)
+    .run(&mut *conn)
     .await;
     match inserted {
         Err(e) if is_unique_violation(&e) => {
@@ -241,23 +299,40 @@ pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) 
         }
         r => r?,
     };
-    insert_hours::<D>(&mut tx, id, &s.business_hours).await?;
-    for chunk in c.targets.chunks(CHUNK_ROWS) {
+    insert_hours::<D>(conn, id, &s.business_hours).await?;
+    sqlx::query::<D>("INSERT INTO campaign_stats (campaign_id) VALUES ($1)").arg(id).run(&mut *conn).await?;
+    Ok(id)
+}
+
+/// Registers targets with the campaign, each with a pending call; returns the calls created.
+async fn insert_targets<D: Dialect>(
+    conn: &mut D::Connection,
+    id: Uuid,
+    targets: &[NewTarget],
+    at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    for chunk in targets.chunks(CHUNK_ROWS) {
         let mut q =
             QueryBuilder::<D>::new("INSERT INTO campaign_targets (campaign_id, phone_number, metadata, created_at) ");
         q.push_values(chunk, |mut b, t| {
             b.push_arg(id).push_arg(&t.phone_number).push_arg(Json(&t.metadata)).push_arg(at);
         });
-        q.build().run(&mut **tx).await?;
+        q.build().run(&mut *conn).await?;
     }
-    sqlx::query::<D>("INSERT INTO campaign_stats (campaign_id) VALUES ($1)").arg(id).run(&mut **tx).await?;
-    let rows: Vec<(&str, &Value)> = c.targets.iter().map(|t| (t.phone_number.as_str(), &t.metadata)).collect();
-    let created = insert_pending_calls::<D>(&mut tx, id, &rows, at).await?;
-    add_pending::<D>(&mut tx, id, created).await?;
-    insert_event::<D>(&mut tx, id, "created", json!({"targets": c.targets.len()}), at).await?;
-    let campaign = fetch_campaign::<D>(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok(campaign)
+    let rows: Vec<(&str, &Value)> = targets.iter().map(|t| (t.phone_number.as_str(), &t.metadata)).collect();
+    insert_pending_calls::<D>(conn, id, &rows, at).await
+}
+
+/// The targets are in: the pending count, the `created` event, and the campaign as it reads now.
+async fn targets_registered<D: Dialect>(
+    conn: &mut D::Connection,
+    id: Uuid,
+    created: u64,
+    at: DateTime<Utc>,
+) -> Result<Campaign, StoreError> {
+    add_pending::<D>(conn, id, created).await?;
+    insert_event::<D>(conn, id, "created", json!({"targets": created}), at).await?;
+    fetch_campaign::<D>(conn, id).await
 }
 
 #[tracing::instrument(name = "store.get_campaign", level = "debug", skip_all)]

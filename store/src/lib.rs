@@ -41,7 +41,7 @@ use dialer_domain::dnc::DncEntry;
 use dialer_domain::events::EndpointSettings;
 use dialer_domain::messages::StatusEvent;
 use dialer_domain::rules::Rules;
-use dialer_domain::settings::NewCampaign;
+use dialer_domain::settings::{CampaignSettings, NewCampaign};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -49,6 +49,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use uuid::Uuid;
 
 pub use batch::CallBatcher;
+pub use campaigns::ImportBatch;
 pub use dialect::Dialect;
 pub use error::{Conflict, Corrupt, StoreError};
 pub use events::{
@@ -272,6 +273,13 @@ pub trait CampaignOps: Send + Sync {
     /// Creates a campaign with its targets, one pending call per target, its stats row and a
     /// `created` event, in one transaction.
     fn create_campaign<'a>(&'a self, c: &'a NewCampaign) -> Op<'a, Campaign>;
+    /// Creates a campaign whose targets arrive in batches, all or nothing
+    /// ([`campaigns::import_campaign`]).
+    fn import_campaign<'a>(
+        &'a self,
+        settings: &'a CampaignSettings,
+        batches: tokio::sync::mpsc::Receiver<ImportBatch>,
+    ) -> Op<'a, Campaign>;
     fn get_campaign(&self, id: Uuid) -> Op<'_, Campaign>;
     /// Campaigns in creation order, after `after`.
     fn list_campaigns(&self, after: Option<Uuid>, limit: u32) -> Op<'_, Vec<Campaign>>;
@@ -292,6 +300,13 @@ pub trait CampaignOps: Send + Sync {
 impl<D: Dialect> CampaignOps for sqlx::Pool<D> {
     fn create_campaign<'a>(&'a self, c: &'a NewCampaign) -> Op<'a, Campaign> {
         Box::pin(campaigns::create_campaign(self, c))
+    }
+    fn import_campaign<'a>(
+        &'a self,
+        settings: &'a CampaignSettings,
+        batches: tokio::sync::mpsc::Receiver<ImportBatch>,
+    ) -> Op<'a, Campaign> {
+        Box::pin(campaigns::import_campaign(self, settings, batches))
     }
     fn get_campaign(&self, id: Uuid) -> Op<'_, Campaign> {
         Box::pin(campaigns::get_campaign(self, id))
@@ -331,6 +346,12 @@ pub trait CallOps: Send + Sync {
         campaign_id: Uuid,
         targets: &'a [(String, Option<Value>)],
     ) -> Op<'a, QueueTargetsResponse>;
+    /// Which of `numbers` are registered with the campaign.
+    fn registered_numbers<'a>(
+        &'a self,
+        campaign_id: Uuid,
+        numbers: &'a [&'a str],
+    ) -> Op<'a, std::collections::HashSet<String>>;
     /// Creates a call for one registered number, or returns the live call it already has
     /// (`false` = not created).
     fn create_call<'a>(
@@ -400,6 +421,13 @@ impl<D: Dialect> CallOps for sqlx::Pool<D> {
         targets: &'a [(String, Option<Value>)],
     ) -> Op<'a, QueueTargetsResponse> {
         Box::pin(calls::queue_targets(self, campaign_id, targets))
+    }
+    fn registered_numbers<'a>(
+        &'a self,
+        campaign_id: Uuid,
+        numbers: &'a [&'a str],
+    ) -> Op<'a, std::collections::HashSet<String>> {
+        Box::pin(calls::registered_numbers(self, campaign_id, numbers))
     }
     fn create_call<'a>(
         &'a self,

@@ -121,16 +121,27 @@ pub async fn openapi(State(st): State<AppState>) -> Json<serde_json::Value> {
     Json(doc)
 }
 
-/// Create a campaign with its registered targets.
-#[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns", request_body = CreateCampaignRequest,
+/// Create a campaign with its registered targets: listed in a JSON body, or as a CSV list
+/// (`multipart/form-data`: a `campaign` part with the JSON body's other fields, then a
+/// `targets` file part; numbers normalised to E.164 with `region`, the other columns each
+/// target's metadata; rejected rows reported by line, nothing written if none is usable).
+#[utoipa::path(post, path = "/api/v1/campaigns", tag = "campaigns",
+    request_body(content(
+        (CreateCampaignRequest = "application/json"),
+        (super::lists::CampaignUpload = "multipart/form-data"),
+    )),
+    params(
+        ("phone_column" = Option<String>, Query, description = "CSV list: the column holding the numbers (default: the first of phone_number, phone, number, msisdn, mobile, telephone, tel)"),
+        ("region" = Option<String>, Query, description = "CSV list: region of numbers without a country code (default api.default_region, US)"),
+    ),
     responses(
-        (status = 201, description = "Created; `status` is `pending`", body = Campaign),
+        (status = 201, description = "Created; `status` is `pending` (a CSV list answers `{campaign, import}`: CampaignImported)", body = Campaign),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "A campaign with that name (ignoring case) exists", body = ErrorBody),
         (status = 413, description = "Body over api.max_body_bytes", body = ErrorBody),
         (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
     ))]
-pub async fn create_campaign(
+pub(super) async fn create_campaign(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<CreateCampaignRequest>,
 ) -> Result<Response, ApiError> {
@@ -249,12 +260,23 @@ pub async fn campaign_stats(
     Ok(Json(st.store.stats(path_id(&id)?).await?))
 }
 
-/// Queue registered numbers for calling again. Any unregistered number refuses the whole
-/// request (nothing is written); numbers that already have a live call are not queued twice.
-#[utoipa::path(post, path = "/api/v1/campaigns/{id}/targets", tag = "campaigns", request_body = QueueTargetsRequest,
-    params(("id" = uuid::Uuid, Path, description = "Campaign id")),
+/// Queue registered numbers for calling again. As JSON, any unregistered number refuses the
+/// whole request (nothing is written). As a CSV list (`text/csv`), a row whose number is bad or
+/// not registered is rejected by its line and the others are queued (a row with no other
+/// columns keeps its registered metadata). Numbers that already have a live call are not
+/// queued twice.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/targets", tag = "campaigns",
+    request_body(content(
+        (QueueTargetsRequest = "application/json"),
+        (String = "text/csv", example = "phone_number\n+15555550001\n"),
+    )),
+    params(
+        ("id" = uuid::Uuid, Path, description = "Campaign id"),
+        ("phone_column" = Option<String>, Query, description = "CSV list: the column holding the numbers"),
+        ("region" = Option<String>, Query, description = "CSV list: region of numbers without a country code (default api.default_region)"),
+    ),
     responses(
-        (status = 200, body = QueueTargetsResponse),
+        (status = 200, description = "Queued (a CSV list answers TargetsImported)", body = QueueTargetsResponse),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "The campaign is completed", body = ErrorBody),
         (status = 422, description = "A number is invalid or not registered; `field` names it", body = ErrorBody),

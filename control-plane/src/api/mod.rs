@@ -3,6 +3,7 @@
 pub mod auth;
 mod error;
 mod handlers;
+mod lists;
 mod rules;
 mod settings;
 mod webhooks;
@@ -142,7 +143,7 @@ impl CampaignCache {
         webhooks::all_events,
         webhooks::campaign_events,
     ),
-    components(schemas(ErrorBody, ErrorDetail, handlers::Health)),
+    components(schemas(ErrorBody, ErrorDetail, handlers::Health, lists::CampaignUpload, lists::CampaignImported, lists::TargetsImported, lists::ImportRejected)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
@@ -200,13 +201,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/api/v1/openapi.json", get(handlers::openapi))
         .route("/metrics", get(crate::observability::metrics))
-        .route("/api/v1/campaigns", post(handlers::create_campaign).get(handlers::list_campaigns))
+        .route("/api/v1/campaigns", post(lists::create_campaign).get(handlers::list_campaigns))
         .route("/api/v1/campaigns/{id}", get(handlers::get_campaign).put(handlers::update_campaign))
         .route("/api/v1/campaigns/{id}/start", post(handlers::start_campaign))
         .route("/api/v1/campaigns/{id}/pause", post(handlers::pause_campaign))
         .route("/api/v1/campaigns/{id}/complete", post(handlers::complete_campaign))
         .route("/api/v1/campaigns/{id}/stats", get(handlers::campaign_stats))
-        .route("/api/v1/campaigns/{id}/targets", post(handlers::queue_targets))
+        .route("/api/v1/campaigns/{id}/targets", post(lists::queue_targets))
         .route("/api/v1/campaigns/{id}/calls", get(handlers::list_calls))
         .route("/api/v1/calls", post(handlers::create_call))
         .route("/api/v1/calls/{id}", get(handlers::get_call))

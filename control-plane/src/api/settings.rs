@@ -16,6 +16,9 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Most targets in one create or targets request.
     pub max_targets_per_request: usize,
+    /// Numbers in a CSV list written without `+` or an international prefix are national
+    /// numbers of this region (ISO 3166-1 alpha-2; a request's `region` overrides it).
+    pub default_region: String,
     /// Page size when `limit` is not given.
     pub default_page_size: u32,
     /// Largest `limit` accepted.
@@ -56,6 +59,7 @@ impl Default for ApiSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             max_body_bytes: 64 * 1024 * 1024,
             max_targets_per_request: 1_000_000,
+            default_region: "US".into(),
             default_page_size: 100,
             max_page_size: 1000,
             keys: Vec::new(),

@@ -18,6 +18,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_API_MAX_TARGETS_PER_REQUEST", "api.max_targets_per_request"),
     ("DIALER_API_DEFAULT_PAGE_SIZE", "api.default_page_size"),
     ("DIALER_API_MAX_PAGE_SIZE", "api.max_page_size"),
+    ("DIALER_DEFAULT_REGION", "api.default_region"),
     ("DIALER_API_KEYS", "api.keys"),
     ("DIALER_API_RATE_LIMIT_PER_KEY", "api.rate_limit_per_key"),
     ("DIALER_API_CAMPAIGN_CACHE_MS", "api.campaign_cache_ms"),
@@ -117,6 +118,7 @@ fn set_api(c: &mut Config, key: &str, v: &str) -> Result<(), ValueError> {
         "api.max_targets_per_request" => a.max_targets_per_request = num(v)?,
         "api.default_page_size" => a.default_page_size = num(v)?,
         "api.max_page_size" => a.max_page_size = num(v)?,
+        "api.default_region" => a.default_region = v.to_string(),
         "api.keys" => {
             a.keys = v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(|k| ApiKey(k.to_string())).collect()
         }

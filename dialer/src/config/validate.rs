@@ -52,6 +52,12 @@ fn api(a: &ApiSettings) -> Checked {
     if a.campaign_cache > Duration::from_secs(60) {
         return Err(invalid("api.campaign_cache_ms", "must be at most 60000 (a minute of staleness)"));
     }
+    if dialer_domain::phone::region(&a.default_region).is_none() {
+        return Err(invalid(
+            "api.default_region",
+            "must be an ISO 3166-1 alpha-2 region code with a calling code, e.g. US, GB, DE",
+        ));
+    }
     if a.max_page_size == 0 || a.max_page_size > 100_000 {
         return Err(invalid("api.max_page_size", "must be between 1 and 100000"));
     }
