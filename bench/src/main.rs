@@ -6,6 +6,7 @@ mod api;
 mod broker;
 mod caps;
 mod chaos;
+mod csv;
 mod dataplane;
 mod e2e;
 mod journal;
@@ -36,6 +37,9 @@ enum Command {
     /// Bulk registration: create a campaign with N targets in one request, then re-queue them all
     /// through POST /campaigns/{id}/targets in chunks.
     Targets(targets::Args),
+    /// A campaign created from a CSV list streamed to a real `dialer up` (SQLite or a durable
+    /// PostgreSQL): rows/s and the server's peak RSS during the upload.
+    Csv(csv::Args),
     /// Concurrency tokens: the seed's per-call Redis acquire/release against our batched leases.
     Limiter(limiter::Args),
     /// Dispatch → dial → status through the data plane (in-process bus or Kafka).
@@ -263,6 +267,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Targets(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(targets::run(args))
+        }
+        Command::Csv(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(csv::run(args))
         }
         Command::Limiter(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(limiter::run(args))

@@ -210,7 +210,7 @@ pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) 
     let at = now();
     let mut tx = D::begin(pool).await?;
     let id = insert_campaign::<D>(&mut tx, &c.settings, c.targets.len(), at).await?;
-    let created = insert_targets::<D>(&mut tx, id, &c.targets, at).await?;
+    let created = D::register_targets(&mut tx, id, &c.targets, at).await?;
     let campaign = targets_registered::<D>(&mut tx, id, created, at).await?;
     tx.commit().await?;
     Ok(campaign)
@@ -241,7 +241,7 @@ pub async fn import_campaign<D: Dialect>(
     loop {
         match batches.recv().await {
             Some(ImportBatch::Targets(batch)) => {
-                created += insert_targets::<D>(&mut tx, id, &batch, at).await?;
+                created += D::register_targets(&mut tx, id, &batch, at).await?;
                 targets += batch.len() as i64;
             }
             Some(ImportBatch::Commit) => break,
@@ -304,8 +304,9 @@ async fn insert_campaign<D: Dialect>(
     Ok(id)
 }
 
-/// Registers targets with the campaign, each with a pending call; returns the calls created.
-async fn insert_targets<D: Dialect>(
+/// Registers targets with the campaign, each with a pending call; returns the calls created
+/// (multi-row `INSERT`s: SQLite's [`Dialect::register_targets`]).
+pub(crate) async fn insert_targets<D: Dialect>(
     conn: &mut D::Connection,
     id: Uuid,
     targets: &[NewTarget],

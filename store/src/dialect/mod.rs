@@ -27,6 +27,7 @@ mod sqlite;
 
 use chrono::{DateTime, Utc};
 use dialer_domain::events::NewEvent;
+use dialer_domain::settings::NewTarget;
 use uuid::Uuid;
 
 use crate::StoreError;
@@ -138,6 +139,15 @@ pub trait Dialect: Database + Sized {
         c: &'c mut Self::Connection,
         rows: &'c [(Uuid, i64)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+    /// Registers the targets of a campaign created in this transaction, each with a pending
+    /// call (its id, its zone key); returns the calls created. Nothing of the campaign exists
+    /// before, and the targets are distinct: no conflict to resolve (PostgreSQL: `COPY`).
+    fn register_targets<'c>(
+        c: &'c mut Self::Connection,
+        campaign_id: Uuid,
+        targets: &'c [NewTarget],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c;
 }
 
 /// A write transaction, holding the write gate where the dialect has one.

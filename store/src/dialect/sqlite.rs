@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use dialer_domain::events::NewEvent;
+use dialer_domain::settings::NewTarget;
 use futures::stream::BoxStream;
 use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -119,6 +120,15 @@ impl Dialect for Sqlite {
         rows: &'c [(Uuid, i64)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
         delivered(c, rows)
+    }
+
+    fn register_targets<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        campaign_id: Uuid,
+        targets: &'c [NewTarget],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c {
+        crate::campaigns::insert_targets::<Sqlite>(c, campaign_id, targets, at)
     }
 }
 
