@@ -8,6 +8,7 @@ use dialer_domain::hours::Window;
 use dialer_domain::retry::RetryPolicy;
 use dialer_domain::rules::CallingRules;
 use dialer_domain::settings::{CampaignSettings, Telephony};
+use dialer_domain::wait::Hold;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -182,6 +183,47 @@ pub struct Call {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// A pending call's reason for not being dialled now, and until when (`until` absent: until
+    /// something else changes, e.g. a call ends or the campaign is resumed). Absent when the call
+    /// is due (the next tick claims it) or not pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    /// Its zone key and the rule its last hold was by (what `hold` is worked out from).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub zone: Option<String>,
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub held_for: Option<String>,
+}
+
+/// `GET /api/v1/campaigns/{id}/stats`: the counts, and why the pending calls wait now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CampaignStatsView {
+    #[serde(flatten)]
+    pub stats: CampaignStats,
+    pub waiting: Waiting,
+}
+
+/// How a campaign's pending calls wait now.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Waiting {
+    /// Pending calls nothing holds back: the next tick claims them.
+    pub due: u64,
+    /// Every reason ([`dialer_domain::wait::HoldReason`]): how many calls it holds, and the
+    /// soonest any of them may go.
+    pub held: std::collections::BTreeMap<String, HeldCalls>,
+    /// When the soonest closed window opens: business hours, or a recipient's window or
+    /// blackout day (`null`: none is closed).
+    pub next_window_at: Option<DateTime<Utc>>,
+}
+
+/// Calls held for one reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeldCalls {
+    pub calls: u64,
+    /// The soonest any of them may go (`null`: when something else changes).
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// One attempt of a call, from the timeline.

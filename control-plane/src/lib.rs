@@ -43,6 +43,7 @@ pub fn app_with_guard(api: &ApiSettings, store: Store, guard: Arc<ApiGuard>) -> 
             timeline: None,
             checks: Vec::new(),
             events: EventPipeline::default(),
+            global_cap: LimitSettings::default().global_max_concurrency,
         },
     )
 }
@@ -62,6 +63,8 @@ pub struct Serving {
     pub checks: Vec<observability::ReadyCheck>,
     /// The event pipeline's parts the API shows.
     pub events: EventPipeline,
+    /// `[limits]`' global cap (0: none), for the calls that wait on it.
+    pub global_cap: u32,
 }
 
 /// What a process's event pipeline gives the API: the live stream's hub (when the log is on and
@@ -117,7 +120,7 @@ pub fn app_serving(store: Store, s: Serving) -> axum::Router {
     // `/metrics` answers in any process serving the API (the binary installs first, with the
     // catalogues of everything it runs; this adds nothing then).
     observability::install();
-    let Serving { api, calling_rules, guard, timeline, checks, events } = s;
+    let Serving { api, calling_rules, guard, timeline, checks, events, global_cap } = s;
     api::router(api::AppState {
         calls: dialer_store::CallBatcher::new(store.clone()),
         store,
@@ -129,6 +132,7 @@ pub fn app_serving(store: Store, s: Serving) -> axum::Router {
         checks: checks.into(),
         live: events.live,
         summary: events.summary,
+        global_cap,
     })
 }
 

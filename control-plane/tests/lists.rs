@@ -112,7 +112,8 @@ async fn a_campaign_is_created_from_a_spreadsheet_export_and_each_bad_row_is_rep
         "the first listing's columns, not the duplicate's"
     );
     assert_eq!(calls["+442071838750"], json!({"Name": "Eve"}));
-    let stats = t.get(&format!("/api/v1/campaigns/{id}/stats")).await;
+    let mut stats = t.get(&format!("/api/v1/campaigns/{id}/stats")).await;
+    stats.as_object_mut().expect("object").remove("waiting");
     let recount = t.store.recount_stats(id.parse().expect("uuid")).await.expect("recount");
     assert_eq!(stats, serde_json::to_value(&recount).expect("json"));
     assert_eq!(stats["pending_calls"], 3, "{stats}");

@@ -212,6 +212,12 @@ async fn an_attempt_limit_holds_a_number_across_two_campaigns(b: Backend) {
     for (_, until, _) in &b1.held {
         assert_eq!(*until, t0 + ChronoDuration::hours(24));
     }
+    // Each held call keeps the rule it waits by, which the API shows as its hold.
+    let query = dialer_store::CallQuery { after: None, status: None, limit: 10 };
+    for call in s.list_calls(bb.id, &query).await.expect("calls") {
+        assert_eq!(call.held_for.as_deref(), Some("attempt_limit"), "{call:?}");
+        assert_eq!(call.next_attempt_at, Some(t0 + ChronoDuration::hours(24)));
+    }
     let st = s.stats(bb.id).await.expect("stats");
     assert_eq!((st.pending_calls, st.attempts_total, st.failed_calls), (3, 0, 0), "held, not failed: {st:?}");
     assert_eq!(st, s.recount_stats(bb.id).await.expect("recount"));

@@ -262,6 +262,7 @@ where
         timeline,
         checks,
         events,
+        global_cap: cfg.limits.global_max_concurrency,
     };
     Ok(dialer_control_plane::app_serving(store.clone(), serving))
 }

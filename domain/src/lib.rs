@@ -22,6 +22,7 @@ pub mod recipient;
 pub mod retry;
 pub mod rules;
 pub mod settings;
+pub mod wait;
 
 pub use campaign::{CallStatus, CampaignAction, CampaignStatus, TransitionError};
 pub use field::FieldError;

@@ -323,6 +323,31 @@ impl Rules {
         Gate::Open { until }
     }
 
+    /// When calls with zone key `key`, closed at `now`, may start again: the first window start
+    /// or blackout day's end (in any of the key's zones, within two weeks) at which the gate is
+    /// open. `None` when open now, skipped, or closed for longer than that.
+    pub fn opens_at(&self, key: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if !matches!(self.gate(key, now), Gate::Closed(_)) {
+            return None;
+        }
+        let loc = self.place(key)?;
+        let start = self.window_for(&loc).map_or(0, |w| w.start);
+        let mut candidates: Vec<DateTime<Utc>> = loc
+            .zones
+            .iter()
+            .flat_map(|tz| {
+                let today = now.with_timezone(tz).date_naive();
+                (0..=14).flat_map(move |d| {
+                    let day = today + ChronoDuration::days(d);
+                    [local_instant(*tz, day, start), local_instant(*tz, day, 0)]
+                })
+            })
+            .filter(|t| *t > now)
+            .collect();
+        candidates.sort_unstable();
+        candidates.into_iter().find(|t| matches!(self.gate(key, *t), Gate::Open { .. }))
+    }
+
     /// The attempt limits that apply to `loc` (the strictest of the campaign's and its regions').
     fn limits_for(&self, loc: Option<&Location>) -> (Option<u32>, Option<u32>) {
         let regions = loc.into_iter().flat_map(|l| &l.regions).filter_map(|r| self.regions.get(r));

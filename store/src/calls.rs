@@ -19,7 +19,7 @@ use crate::stats::add_pending;
 use crate::{CHUNK_ROWS, LOOKUP_CHUNK};
 use crate::{Conflict, Corrupt, StoreError, now};
 
-pub(crate) const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at";
+pub(crate) const CALL_COLUMNS: &str = "id, campaign_id, phone_number, metadata, status, attempt_count, next_attempt_at, last_error, created_at, updated_at, zone, hold";
 pub(crate) const LIVE_CALL_CONFLICT: &str =
     "ON CONFLICT (campaign_id, phone_number) WHERE status IN ('pending', 'queued', 'in_progress') DO NOTHING";
 
@@ -37,6 +37,9 @@ fn call_from_row<R: RowExt>(row: &R) -> Result<Call, StoreError> {
         last_error: row.col("last_error")?,
         created_at: row.col("created_at")?,
         updated_at: row.col("updated_at")?,
+        hold: None,
+        zone: row.col("zone")?,
+        held_for: row.col("hold")?,
     })
 }
 

@@ -295,6 +295,10 @@ pub trait CampaignOps: Send + Sync {
     fn stats(&self, id: Uuid) -> Op<'_, CampaignStats>;
     /// The same figures as [`Ops::stats`], counted afresh from the call rows.
     fn recount_stats(&self, id: Uuid) -> Op<'_, CampaignStats>;
+    /// The campaign's pending calls grouped by why they may wait ([`stats::PendingGroup`]).
+    fn pending_groups(&self, id: Uuid, at: DateTime<Utc>) -> Op<'_, Vec<stats::PendingGroup>>;
+    /// Calls queued or in progress in every campaign.
+    fn live_calls(&self) -> Op<'_, u64>;
 }
 
 impl<D: Dialect> CampaignOps for sqlx::Pool<D> {
@@ -331,6 +335,12 @@ impl<D: Dialect> CampaignOps for sqlx::Pool<D> {
     }
     fn recount_stats(&self, id: Uuid) -> Op<'_, CampaignStats> {
         Box::pin(stats::recount_stats(self, id))
+    }
+    fn pending_groups(&self, id: Uuid, at: DateTime<Utc>) -> Op<'_, Vec<stats::PendingGroup>> {
+        Box::pin(stats::pending_groups(self, id, at))
+    }
+    fn live_calls(&self) -> Op<'_, u64> {
+        Box::pin(stats::live_calls(self))
     }
 }
 

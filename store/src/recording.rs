@@ -101,7 +101,7 @@ async fn write_calls<D: Dialect>(
                 .push_arg(event_seqs.get(*id).map(|s| *s as i32));
         });
         q.push(
-            ") UPDATE calls SET status = v.status, attempt_count = v.attempts, next_attempt_at = v.next_at, \
+            ") UPDATE calls SET status = v.status, attempt_count = v.attempts, next_attempt_at = v.next_at, hold = NULL, \
              retry_delay_ms = v.delay, last_error = v.err, event_seq = COALESCE(v.eseq, calls.event_seq), updated_at = ",
         );
         q.push_arg(now());

@@ -317,13 +317,13 @@ async fn write_held<D: Dialect>(
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     for chunk in held.chunks(LOOKUP_CHUNK) {
-        let mut q = QueryBuilder::<D>::new("WITH v(cid, id, next_at) AS (");
-        q.push_values(chunk, |mut b, (c, until, _)| {
-            b.push_arg(campaign_id).push_arg(c.id).push_arg(*until);
+        let mut q = QueryBuilder::<D>::new("WITH v(cid, id, next_at, rule) AS (");
+        q.push_values(chunk, |mut b, (c, until, rule)| {
+            b.push_arg(campaign_id).push_arg(c.id).push_arg(*until).push_arg(rule.as_str());
         });
         // The claim's event number is given back too: a held call logged nothing.
         q.push(") UPDATE calls SET status = 'pending', attempt_count = attempt_count - 1, event_seq = event_seq - 1, queued_at = NULL, \
-            next_attempt_at = v.next_at, updated_at = ");
+            next_attempt_at = v.next_at, hold = v.rule, updated_at = ");
         q.push_arg(at).push(" FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id");
         q.build().run(&mut *conn).await?;
     }

@@ -1,6 +1,7 @@
 //! A campaign's aggregates, kept by every statement that moves its calls, and the same figures
 //! counted afresh from the rows (which tests compare).
 
+use chrono::{DateTime, Utc};
 use dialer_api::views::CampaignStats;
 use uuid::Uuid;
 
@@ -52,6 +53,55 @@ pub(crate) async fn read_stats<D: Dialect>(conn: &mut D::Connection, id: Uuid) -
     .await?
     .ok_or(StoreError::NotFound("campaign"))?;
     stats_from_row::<D>(id, &row)
+}
+
+/// A campaign's pending calls grouped by what says why they wait: zone key, the rule of their
+/// last hold, and whether their next attempt is after `at` (then the soonest of those).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingGroup {
+    pub zone: Option<String>,
+    pub held_for: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub calls: u64,
+}
+
+/// [`PendingGroup`]s of a campaign (an index scan of its pending calls: a read, not a tick).
+#[tracing::instrument(name = "store.pending_groups", level = "debug", skip_all)]
+pub async fn pending_groups<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Vec<PendingGroup>, StoreError> {
+    let rows = sqlx::query::<D>(
+        "SELECT zone, hold, CASE WHEN next_attempt_at > $2 THEN 1 ELSE 0 END AS later, \
+         MIN(next_attempt_at) AS next_at, COUNT(*) AS n FROM calls \
+         WHERE campaign_id = $1 AND status = 'pending' GROUP BY zone, hold, later",
+    )
+    .arg(id)
+    .arg(at)
+    .rows(&mut *pool.acquire().await?)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let later = r.col::<i32>("later")? == 1;
+            Ok(PendingGroup {
+                zone: r.col("zone")?,
+                held_for: r.col("hold")?,
+                next_attempt_at: if later { r.col("next_at")? } else { None },
+                calls: r.col::<i64>("n")? as u64,
+            })
+        })
+        .collect()
+}
+
+/// Calls queued or in progress in every campaign (what the global cap counts).
+pub async fn live_calls<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<u64, StoreError> {
+    let row = sqlx::query::<D>(
+        "SELECT CAST(COALESCE(SUM(queued_calls + in_progress_calls), 0) AS BIGINT) AS n FROM campaign_stats",
+    )
+    .maybe_row(&mut *pool.acquire().await?)
+    .await?;
+    Ok(row.map(|r| r.col::<i64>("n")).transpose()?.unwrap_or(0).max(0) as u64)
 }
 
 #[tracing::instrument(name = "store.recount_stats", level = "debug", skip_all)]

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dialer_api::campaigns;
 use dialer_api::campaigns::{CreateCallRequest, CreateCampaignRequest, QueueTargetsRequest, UpdateCampaignRequest};
-use dialer_api::views::{CallDetail, CallList, Campaign, CampaignList, CampaignStats, QueueTargetsResponse};
+use dialer_api::views::{CallDetail, CallList, Campaign, CampaignList, CampaignStatsView, QueueTargetsResponse};
 use dialer_domain::FieldError;
 use dialer_domain::campaign::{CallStatus, CampaignAction};
 use serde::{Deserialize, Serialize};
@@ -249,15 +249,21 @@ pub async fn complete_campaign(State(st): State<AppState>, Path(id): Path<String
     transition(&st, &id, CampaignAction::Complete).await
 }
 
-/// Counts of the campaign's calls by state.
+/// Counts of the campaign's calls by state, and why its pending calls wait (`waiting`: by
+/// reason, with the soonest each may go, and when the next closed window opens).
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/stats", tag = "campaigns",
     params(("id" = uuid::Uuid, Path, description = "Campaign id")),
-    responses((status = 200, body = CampaignStats), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CampaignStatsView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn campaign_stats(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<CampaignStats>, ApiError> {
-    Ok(Json(st.store.stats(path_id(&id)?).await?))
+) -> Result<Json<CampaignStatsView>, ApiError> {
+    let id = path_id(&id)?;
+    let now = chrono::Utc::now();
+    let ctx = super::waits::Context::of(&st, id).await?;
+    let stats = st.store.stats(id).await?;
+    let groups = st.store.pending_groups(id, now).await?;
+    Ok(Json(CampaignStatsView { stats, waiting: super::waits::waiting(&ctx, &groups, now) }))
 }
 
 /// Queue registered numbers for calling again. As JSON, any unregistered number refuses the
@@ -338,7 +344,11 @@ pub async fn list_calls(
             ))
         })?),
     };
-    let calls = st.store.list_calls(id, &CallQuery { after, status, limit }).await?;
+    let mut calls = st.store.list_calls(id, &CallQuery { after, status, limit }).await?;
+    if calls.iter().any(|c| c.status == CallStatus::Pending) {
+        let ctx = super::waits::Context::of(&st, id).await?;
+        super::waits::fill(&ctx, &mut calls, chrono::Utc::now());
+    }
     let next_page_token = if calls.len() == limit as usize { calls.last().map(|c| c.id.to_string()) } else { None };
     Ok(Json(CallList { calls, next_page_token }))
 }
@@ -404,6 +414,10 @@ pub async fn create_call(
     responses((status = 200, body = CallDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_call(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<CallDetail>, ApiError> {
     let mut detail = st.store.get_call(path_id(&id)?).await?;
+    if detail.call.status == CallStatus::Pending {
+        let ctx = super::waits::Context::of(&st, detail.call.campaign_id).await?;
+        super::waits::fill(&ctx, std::slice::from_mut(&mut detail.call), chrono::Utc::now());
+    }
     if let Some(t) = &st.timeline {
         // Skips are decided by the claim, in the SQL transaction: their rows stay in SQL.
         let skipped: Vec<_> = detail.attempts.drain(..).filter(|a| a.outcome == "skipped").collect();

@@ -6,6 +6,7 @@ mod handlers;
 mod lists;
 mod rules;
 mod settings;
+mod waits;
 mod webhooks;
 
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub live: Option<Arc<crate::live::LiveHub>>,
     /// The webhooks' figures for `/metrics/summary`.
     pub summary: Arc<crate::webhooks::Summary>,
+    /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY` (0: none): a call may wait for it (`global_cap`).
+    pub global_cap: u32,
 }
 
 /// Campaigns read within the last `ttl`. Bounded: when full, it starts over empty.

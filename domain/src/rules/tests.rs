@@ -197,3 +197,30 @@ fn bad_rules_are_refused_naming_the_field() {
         "calling_rules.regions.Florida"
     );
 }
+
+#[test]
+fn a_closed_zone_says_when_it_opens_next() {
+    let r = rules();
+    let opens = |n: &str, at: &str| r.opens_at(&key(n), utc(at));
+    // 12:35Z is 07:35 in New York (EST): opens at 08:00 local, 13:00Z; open at 13:00Z already.
+    assert_eq!(opens(NY, "2026-11-23T12:35:00Z"), Some(utc("2026-11-23T13:00:00Z")));
+    assert_eq!(opens(NY, "2026-11-23T13:00:00Z"), None, "open now");
+    // After 21:00 local: the next morning.
+    assert_eq!(opens(LA, "2026-11-24T05:30:00Z"), Some(utc("2026-11-24T16:00:00Z")));
+    // +1555 maps nowhere: the fallback needs Hawaii open too (08:00 HST = 18:00Z).
+    assert_eq!(opens("+15555550100", "2026-12-06T12:35:00Z"), Some(utc("2026-12-06T18:00:00Z")));
+    // A blackout day opens at the first window of the next day.
+    let xmas = CallingRules {
+        blackout_dates: vec![NaiveDate::from_ymd_opt(2026, 12, 25).expect("date")],
+        ..CallingRules::default()
+    }
+    .compile("r")
+    .expect("compiles");
+    assert_eq!(xmas.opens_at(&key(NY), utc("2026-12-25T18:00:00Z")), Some(utc("2026-12-26T13:00:00Z")));
+    for at in ["2026-12-25T18:00:00Z", "2026-11-24T05:30:00Z", "2026-03-08T06:59:00Z"] {
+        let t = xmas.opens_at(&key(CHICAGO), utc(at)).expect("opens");
+        assert!(matches!(xmas.gate(&key(CHICAGO), t), Gate::Open { .. }), "open at {t}");
+        let before = t - ChronoDuration::minutes(1);
+        assert!(before <= utc(at) || matches!(xmas.gate(&key(CHICAGO), before), Gate::Closed(_)), "the first: {t}");
+    }
+}
