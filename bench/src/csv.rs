@@ -227,7 +227,7 @@ pub async fn run(a: Args) -> Result<()> {
         bail!("the upload answered {status}: {answer}");
     }
     let accepted = answer["import"]["accepted"].as_u64().unwrap_or(0);
-    if accepted != expected || answer["campaign"]["target_count"].as_u64() != Some(expected) {
+    if accepted != expected || answer["target_count"].as_u64() != Some(expected) {
         bail!("{expected} usable rows, but: {}", answer["import"]);
     }
     report(&a, secs, accepted, &answer["import"], (rss_before, peak_rss, hwm))

@@ -101,9 +101,9 @@ async fn a_campaign_is_created_from_a_spreadsheet_export_and_each_bad_row_is_rep
         .map(|r| (r["line"].as_u64().expect("line"), r["column"].as_str().expect("column")))
         .collect();
     assert_eq!(rejected, [(5, "Mobile"), (8, "Mobile")], "line 2's record spans two lines: {import}");
-    let id = v["campaign"]["id"].as_str().expect("id");
-    assert_eq!(v["campaign"]["target_count"], 3);
-    assert_eq!(v["campaign"]["status"], "pending");
+    let id = v["id"].as_str().expect("id");
+    assert_eq!(v["target_count"], 3);
+    assert_eq!(v["status"], "pending");
     let calls = t.calls(id).await;
     assert_eq!(calls.keys().collect::<Vec<_>>(), ["+12125550102", "+14155550101", "+442071838750"]);
     assert_eq!(
@@ -132,8 +132,8 @@ async fn a_list_longer_than_a_batch_lands_whole_with_the_named_column_and_region
     let (s, v) = t.upload("?phone_column=CELL", &parts).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["import"]["accepted"], 25_001, "{}", v["import"]);
-    assert_eq!(v["campaign"]["target_count"], 25_001);
-    let id = v["campaign"]["id"].as_str().expect("id");
+    assert_eq!(v["target_count"], 25_001);
+    let id = v["id"].as_str().expect("id");
     let stats = t.get(&format!("/api/v1/campaigns/{id}/stats")).await;
     assert_eq!(stats["pending_calls"], 25_001, "{stats}");
     let (mut numbers, mut token) = (std::collections::HashMap::new(), String::new());
@@ -210,7 +210,7 @@ async fn registered_numbers_are_queued_again_from_a_list_and_others_rejected_by_
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let id = v["campaign"]["id"].as_str().expect("id").to_string();
+    let id = v["id"].as_str().expect("id").to_string();
     let path = format!("/api/v1/campaigns/{id}/targets");
     let list = b"phone,tier\n(415) 555-0101,\n415 555 0199,silver\nnope,\n415-555-0102,bronze\n";
     let (s, v) = t.send(&path, "text/csv", list.to_vec()).await;

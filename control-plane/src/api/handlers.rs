@@ -135,7 +135,7 @@ pub async fn openapi(State(st): State<AppState>) -> Json<serde_json::Value> {
         ("region" = Option<String>, Query, description = "CSV list: region of numbers without a country code (default api.default_region, US)"),
     ),
     responses(
-        (status = 201, description = "Created; `status` is `pending` (a CSV list answers `{campaign, import}`: CampaignImported)", body = Campaign),
+        (status = 201, description = "Created; `status` is `pending` (from a CSV list, the campaign has `import` too: CampaignImported)", body = Campaign),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "A campaign with that name (ignoring case) exists", body = ErrorBody),
         (status = 413, description = "Body over api.max_body_bytes", body = ErrorBody),

@@ -52,9 +52,11 @@ pub struct CampaignUpload {
     region: Option<String>,
 }
 
-/// Answer of a campaign created from a list.
+/// Answer of a campaign created from a list: the campaign, as a JSON create answers, and what
+/// became of the list's rows.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CampaignImported {
+    #[serde(flatten)]
     pub campaign: Campaign,
     pub import: ImportReport,
 }
