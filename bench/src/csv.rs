@@ -183,15 +183,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.rows == 0 {
         bail!("--rows must be at least 1");
     }
-    // A durable PostgreSQL of its own, as operators run it (the tests' shared one has no fsync).
-    let durable = match (a.db.store.as_str(), &a.db.url) {
-        ("postgres", None) => Some(dialer_testkit::Postgres::own().map_err(|e| anyhow::anyhow!("{e}"))?),
-        _ => None,
-    };
-    let (url, _guard) = match &durable {
-        Some(pg) => (pg.create_database().map_err(anyhow::Error::msg)?, None),
-        None => crate::store_url(&a.db.store, a.db.url.as_ref())?,
-    };
+    let (url, _pg, _dir) = crate::durable_store_url(&a.db)?;
     let (mut up, port, _work) = start_dialer(&a, &url).await?;
     let pid = up.child.as_ref().map(|c| c.id()).context("dialer up is not running")?;
     let (rss_before, _) = rss_mib(pid).context("reading the server's memory from /proc")?;

@@ -102,6 +102,21 @@ pub struct StoreChoice {
     pub url: Option<String>,
 }
 
+/// A database as operators run it: for `--store postgres` without `--url`, a PostgreSQL of the
+/// bench's own with fsync and synchronous commit on (the tests' shared one runs without them);
+/// otherwise as [`store_url`]. The guards keep the servers and files alive.
+pub fn durable_store_url(
+    db: &StoreChoice,
+) -> Result<(String, Option<dialer_testkit::Postgres>, Option<tempfile::TempDir>)> {
+    if db.store == "postgres" && db.url.is_none() {
+        let pg = dialer_testkit::Postgres::own().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let url = pg.create_database().map_err(anyhow::Error::msg)?;
+        return Ok((url, Some(pg), None));
+    }
+    let (url, dir) = store_url(&db.store, db.url.as_ref())?;
+    Ok((url, None, dir))
+}
+
 /// A database for a bench: `url`, or a fresh PostgreSQL database from the harness, or a SQLite
 /// file in a temp dir (kept alive by the returned guard), by `--store`.
 pub fn store_url(store: &str, url: Option<&String>) -> Result<(String, Option<tempfile::TempDir>)> {

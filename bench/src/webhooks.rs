@@ -261,17 +261,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    // A durable PostgreSQL (fsync and synchronous commit on, as operators run it), not the
-    // tests' shared server, which runs without them for speed: on that one the recorder is bound
-    // by CPU rather than by its commits, and the figures would not be an operator's.
-    let durable = match (args.db.store.as_str(), &args.db.url) {
-        ("postgres", None) => Some(dialer_testkit::Postgres::own().map_err(|e| anyhow::anyhow!("{e}"))?),
-        _ => None,
-    };
-    let (url, _guard) = match &durable {
-        Some(pg) => (pg.create_database().map_err(anyhow::Error::msg)?, None),
-        None => crate::store_url(&args.db.store, args.db.url.as_ref())?,
-    };
+    // A durable PostgreSQL, not the tests' shared server, which runs without fsync for speed:
+    // on that one the recorder is bound by CPU rather than by its commits, and the figures would
+    // not be an operator's.
+    let (url, _pg, _dir) = crate::durable_store_url(&args.db)?;
     let s = dialer_testkit::fixtures::open(&url).await;
     let delivered = delivery_run(&s, &args).await?;
     // Rounds of the four runs, each round in another order (the tables grow from run to run, and

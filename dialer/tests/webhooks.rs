@@ -237,7 +237,8 @@ fn every_event_of_a_1000_call_campaign_arrives_in_order_and_signed_through_failu
     // The campaign's own stream: started, completed, then the final stats, equal to the API's.
     let own: Vec<&str> = streams[&id].iter().map(|e| e["type"].as_str().expect("type")).collect();
     assert_eq!(own, ["campaign.status_changed", "campaign.status_changed", "campaign.completed"], "{:?}", streams[&id]);
-    let (_, stats) = http(port, "GET", &format!("/api/v1/campaigns/{id}/stats"), None);
+    let (_, mut stats) = http(port, "GET", &format!("/api/v1/campaigns/{id}/stats"), None);
+    stats.as_object_mut().expect("stats").remove("waiting"); // why pending calls wait: none are
     assert_eq!(streams[&id][2]["data"]["stats"], stats);
     // The 410: that endpoint is disabled after its first requests; what it did not take is dead.
     assert!(

@@ -201,14 +201,7 @@ async fn import(
     let mut batch = Vec::with_capacity(BATCH);
     let read = async {
         while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-            list.feed(&chunk, &mut batch).map_err(|e| e.field_error("targets"))?;
-            if list.accepted() > max {
-                return Err(FieldError::new(
-                    "targets",
-                    format!("at most {max} rows per list (api.max_targets_per_request)"),
-                )
-                .into());
-            }
+            feed(&mut list, &chunk, &mut batch, ("targets", max))?;
             if batch.len() >= BATCH && !hand_over(&tx, &mut batch).await {
                 return Ok(None); // the store gave up: its error is the answer
             }
@@ -232,6 +225,16 @@ async fn import(
     let location = format!("/api/v1/campaigns/{}", campaign.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(CampaignImported { campaign, import: report }))
         .into_response())
+}
+
+/// Reads the next bytes of a list held in request part or body `field`, at most `max` rows.
+fn feed(list: &mut CsvList, bytes: &[u8], out: &mut Vec<Listed>, (field, max): (&str, u64)) -> Result<(), ApiError> {
+    list.feed(bytes, out).map_err(|e| e.field_error(field))?;
+    if list.accepted() > max {
+        let message = format!("at most {max} rows per list (api.max_targets_per_request)");
+        return Err(FieldError::new(field, message).into());
+    }
+    Ok(())
 }
 
 /// Sends the batch to the store; false if it stopped taking them.
@@ -317,14 +320,7 @@ async fn read_body(st: &AppState, options: CsvOptions, req: Request) -> Result<(
                 "the list is over api.max_body_bytes; send it in parts",
             ));
         }
-        list.feed(&chunk, &mut listed).map_err(|e| e.field_error("body"))?;
-        if list.accepted() > max_rows {
-            return Err(FieldError::new(
-                "body",
-                format!("at most {max_rows} rows per list (api.max_targets_per_request)"),
-            )
-            .into());
-        }
+        feed(&mut list, &chunk, &mut listed, ("body", max_rows))?;
     }
     let report = list.finish(&mut listed).map_err(|e| e.field_error("body"))?;
     Ok((listed, report))
