@@ -22,6 +22,9 @@ command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v sipp >/dev/null || need+=(sip-tester)
 [ -x /usr/sbin/kamailio ] || need+=(kamailio)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -29,6 +32,15 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "test.sh: cargo is missing; install Rust from https://rustup.rs" >&2; exit 1; }
+
+# playwright-core (the console's browser test drives chromium with it), once, into a cache
+# outside the clone.
+node_cache="$HOME/.cache/dialer/node"
+if [ ! -d "$node_cache/node_modules/playwright-core" ]; then
+  echo "test.sh: installing playwright-core into $node_cache"
+  mkdir -p "$node_cache"
+  npm install --prefix "$node_cache" --silent --no-audit --no-fund playwright-core@1
+fi
 
 # Apache Kafka and Apache Cassandra, the servers the tests start: their jars fetched from Maven
 # Central once into a cache outside the clone (~/.cache/dialer/servers).

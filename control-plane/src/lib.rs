@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod calling_rules;
+pub mod console;
 pub mod live;
 pub mod observability;
 pub mod reaper;
@@ -122,6 +123,7 @@ pub fn app_serving(store: Store, s: Serving) -> axum::Router {
     observability::install();
     let Serving { api, calling_rules, guard, timeline, checks, events, global_cap } = s;
     api::router(api::AppState {
+        auth: api::auth::Auth::new(&api),
         calls: dialer_store::CallBatcher::new(store.clone()),
         store,
         campaigns: Arc::new(api::CampaignCache::new(api.campaign_cache)),

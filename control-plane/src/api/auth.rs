@@ -4,7 +4,8 @@
 //! keys are configured; `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers.
 //! Keys are compared as SHA-256 digests in constant time (every configured key is compared, so
 //! the time does not tell which key or how much of one matched). Each key has its own token
-//! bucket (GCRA, `governor`): over it, 429 `key_rate_limited` with `Retry-After`.
+//! bucket (GCRA, `governor`): over it, 429 `key_rate_limited` with `Retry-After`. The console's
+//! pages (their own access, [`crate::console`]) may read (`GET`) with their session cookie.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use super::settings::ApiSettings;
 pub struct Auth {
     keys: Vec<[u8; 32]>,
     limits: Vec<Option<DefaultDirectRateLimiter>>,
+    /// The console's logged-in sessions (their cookie also lets the console's pages read).
+    pub sessions: crate::console::Sessions,
 }
 
 impl std::fmt::Debug for Auth {
@@ -46,7 +49,13 @@ impl Auth {
         Arc::new(Auth {
             keys: api.keys.iter().map(|k| digest(k.0.as_bytes())).collect(),
             limits: api.keys.iter().map(|_| quota.map(RateLimiter::direct)).collect(),
+            sessions: Default::default(),
         })
+    }
+
+    /// Whether `presented` is one of the keys.
+    pub fn is_key(&self, presented: &[u8]) -> bool {
+        self.find(presented).is_some()
     }
 
     /// Which key `presented` is, comparing against every key in constant time.
@@ -74,7 +83,13 @@ fn unauthorized(message: &str) -> Response {
 
 /// The middleware: 401 without a valid key, 429 over the key's rate.
 pub async fn require_key(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    if auth.keys.is_empty() || open_path(req.uri().path()) {
+    let path = req.uri().path();
+    if auth.keys.is_empty() || open_path(path) || crate::console::is_console(path) {
+        return next.run(req).await;
+    }
+    // The console's pages read the API with their session cookie; they change nothing through it.
+    let reads = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if reads && req.headers().get(header::AUTHORIZATION).is_none() && auth.sessions.valid(req.headers()) {
         return next.run(req).await;
     }
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {

@@ -96,7 +96,7 @@ fn mime(req: &Request) -> String {
 }
 
 /// `phone_column` and `region` from the query, over the defaults.
-fn options(params: &HashMap<String, String>, st: &AppState) -> Result<CsvOptions, ApiError> {
+pub(crate) fn options(params: &HashMap<String, String>, st: &AppState) -> Result<CsvOptions, ApiError> {
     let mut o = CsvOptions { phone_column: None, region: phone::region(&st.api.default_region) };
     for (k, v) in params {
         set_option(&mut o, k, v).map_err(|e| ApiError::bad_param(&e))?;
@@ -104,7 +104,7 @@ fn options(params: &HashMap<String, String>, st: &AppState) -> Result<CsvOptions
     Ok(o)
 }
 
-fn set_option(o: &mut CsvOptions, key: &str, value: &str) -> Result<(), FieldError> {
+pub(crate) fn set_option(o: &mut CsvOptions, key: &str, value: &str) -> Result<(), FieldError> {
     match key {
         "phone_column" if !value.trim().is_empty() => o.phone_column = Some(value.trim().to_string()),
         "phone_column" => return Err(FieldError::new(key, "must name a column")),
@@ -135,7 +135,7 @@ pub async fn create_campaign(State(st): State<AppState>, Query(params): Params, 
     answer.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn multipart_error(e: MultipartError) -> ApiError {
+pub(crate) fn multipart_error(e: MultipartError) -> ApiError {
     let status = e.status();
     let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "malformed_body" };
     ApiError::new(status, code, format!("{}; an upload over api.max_body_bytes is refused", e.body_text()))
@@ -186,13 +186,41 @@ async fn campaign_part(field: Field<'_>) -> Result<CampaignSettings, ApiError> {
     req.validate_settings().map_err(|e| FieldError::new(format!("campaign.{}", e.field), e.message).into())
 }
 
-/// Reads the list into the store as it arrives; commits if a row was usable.
+/// What a list upload made: a campaign, or nothing because no row was usable.
+#[derive(Debug)]
+pub(crate) enum Imported {
+    Created(Box<CampaignImported>),
+    NoUsableRow(ImportReport),
+}
+
+impl IntoResponse for Imported {
+    fn into_response(self) -> Response {
+        match self {
+            Imported::Created(c) => {
+                let location = format!("/api/v1/campaigns/{}", c.campaign.id);
+                (StatusCode::CREATED, [(header::LOCATION, location)], Json(c)).into_response()
+            }
+            Imported::NoUsableRow(report) => all_rejected(report),
+        }
+    }
+}
+
 async fn import(
     st: &AppState,
     settings: CampaignSettings,
     options: CsvOptions,
-    mut field: Field<'_>,
+    field: Field<'_>,
 ) -> Result<Response, ApiError> {
+    import_list(st, settings, options, field).await.map(IntoResponse::into_response)
+}
+
+/// Reads the list into the store as it arrives; commits if a row was usable.
+pub(crate) async fn import_list(
+    st: &AppState,
+    settings: CampaignSettings,
+    options: CsvOptions,
+    mut field: Field<'_>,
+) -> Result<Imported, ApiError> {
     let (tx, rx) = mpsc::channel(2);
     let store = st.store.clone();
     let writer = tokio::spawn(async move { store.import_campaign(&settings, rx).await });
@@ -212,7 +240,7 @@ async fn import(
     .await;
     let report = match read {
         Ok(Some(report)) if report.accepted > 0 => report,
-        Ok(Some(report)) => return Ok(all_rejected(report)),
+        Ok(Some(report)) => return Ok(Imported::NoUsableRow(report)),
         Ok(None) => ImportReport::default(),
         Err(e) => return Err(e), // dropping `tx` rolls the import back
     };
@@ -222,9 +250,7 @@ async fn import(
     drop(tx);
     let campaign =
         writer.await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let location = format!("/api/v1/campaigns/{}", campaign.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(CampaignImported { campaign, import: report }))
-        .into_response())
+    Ok(Imported::Created(Box::new(CampaignImported { campaign, import: report })))
 }
 
 /// Reads the next bytes of a list held in request part or body `field`, at most `max` rows.

@@ -2,12 +2,12 @@
 
 pub mod auth;
 mod error;
-mod handlers;
-mod lists;
-mod rules;
+pub(crate) mod handlers;
+pub(crate) mod lists;
+pub(crate) mod rules;
 mod settings;
-mod waits;
-mod webhooks;
+pub(crate) mod waits;
+pub(crate) mod webhooks;
 
 use std::sync::Arc;
 
@@ -45,6 +45,8 @@ pub struct AppState {
     pub summary: Arc<crate::webhooks::Summary>,
     /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY` (0: none): a call may wait for it (`global_cap`).
     pub global_cap: u32,
+    /// The API keys and the console's sessions.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// Campaigns read within the last `ttl`. Bounded: when full, it starts over empty.
@@ -230,6 +232,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/webhooks/{id}/dead-letters", get(webhooks::dead_letters))
         .route("/api/v1/webhooks/{id}/dead-letters/replay", post(webhooks::replay))
         .route("/metrics/summary", get(webhooks::summary))
+        .merge(
+            crate::console::routes()
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::console::guard)),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /api/v1/openapi.json")
         })
@@ -241,7 +247,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(auth::Auth::new(&state.api), auth::require_key))
+        .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::require_key))
         .layer(axum::middleware::from_fn(crate::observability::track_http))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(

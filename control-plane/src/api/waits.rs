@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::{ApiError, AppState};
 
 /// What the holds of one campaign's calls are worked out from.
-pub(super) struct Context {
+pub(crate) struct Context {
     running: bool,
     hours: BusinessHours,
     rules: Rules,
@@ -25,7 +25,7 @@ pub(super) struct Context {
 }
 
 impl Context {
-    pub(super) async fn of(st: &AppState, campaign_id: Uuid) -> Result<Context, ApiError> {
+    pub(crate) async fn of(st: &AppState, campaign_id: Uuid) -> Result<Context, ApiError> {
         let campaign = st.store.get_campaign(campaign_id).await?;
         let stats = st.store.stats(campaign_id).await?;
         let global_live = if st.global_cap > 0 { st.store.live_calls().await? } else { 0 };
@@ -78,7 +78,7 @@ fn held_for(rule: Option<&str>) -> Option<HoldRule> {
 }
 
 /// Sets `hold` on each pending call of the campaign `ctx` describes.
-pub(super) fn fill(ctx: &Context, calls: &mut [Call], now: DateTime<Utc>) {
+pub(crate) fn fill(ctx: &Context, calls: &mut [Call], now: DateTime<Utc>) {
     let c = ctx.now(now);
     for call in calls.iter_mut().filter(|c| c.status == CallStatus::Pending) {
         let zone =
@@ -93,7 +93,7 @@ pub(super) fn fill(ctx: &Context, calls: &mut [Call], now: DateTime<Utc>) {
 }
 
 /// The campaign's pending calls counted by reason.
-pub(super) fn waiting(ctx: &Context, groups: &[PendingGroup], now: DateTime<Utc>) -> Waiting {
+pub(crate) fn waiting(ctx: &Context, groups: &[PendingGroup], now: DateTime<Utc>) -> Waiting {
     let c = ctx.now(now);
     let mut w = Waiting {
         held: HoldReason::ALL.iter().map(|r| (r.as_str().to_string(), HeldCalls::default())).collect(),
