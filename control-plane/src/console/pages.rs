@@ -458,37 +458,57 @@ fn business_hours(text: &str) -> Result<serde_json::Value, ApiError> {
 #[template(path = "dnc.html")]
 struct DncPage {
     frame: Frame,
+    /// The list shown: `global` or a campaign's id.
+    list: String,
+    /// Every list to choose from: (`global` or the id, its name).
+    lists: Vec<(String, String)>,
     searched: Option<String>,
     found: Option<dialer_api::dnc::DncView>,
     message: Option<String>,
 }
 
-/// The global do-not-call list: search a number, upload a CSV, remove a number.
-pub async fn dnc(State(st): State<AppState>, Extension(csrf): Extension<CsrfToken>, Query(q): Params) -> Response {
-    let searched = q.get("number").map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
-    let (mut found, mut message) = (None, None);
-    if let Some(n) = &searched {
-        match rules::get_global(State(st.clone()), Path(n.clone())).await {
-            Ok(Json(v)) => found = Some(v),
-            Err(e) if e.status == StatusCode::NOT_FOUND => message = Some(format!("{n} is not on the list.")),
-            Err(e) => message = Some(e.message),
-        }
+impl DncPage {
+    async fn new(st: &AppState, csrf: CsrfToken, list: &str, message: Option<String>) -> DncPage {
+        let mut lists = vec![("global".to_string(), "Global (every campaign)".to_string())];
+        let campaigns = st.store.list_campaigns(None, 500).await.unwrap_or_default();
+        lists.extend(campaigns.into_iter().map(|c| (c.id.to_string(), format!("Campaign {}", c.name))));
+        let list = if lists.iter().any(|(id, _)| id == list) { list.to_string() } else { "global".into() };
+        DncPage { frame: frame(st, csrf, "Do-not-call lists"), list, lists, searched: None, found: None, message }
     }
-    render(&DncPage { frame: frame(&st, csrf, "Do-not-call list"), searched, found, message })
 }
 
-/// A CSV of numbers (`phone_number[,reason,source,expires_at]`) added to the global list.
+/// The do-not-call lists (the global one, or a campaign's): search a number, upload a CSV,
+/// remove a number.
+pub async fn dnc(State(st): State<AppState>, Extension(csrf): Extension<CsrfToken>, Query(q): Params) -> Response {
+    let list = q.get("list").map_or("global", String::as_str);
+    let mut page = DncPage::new(&st, csrf, list, None).await;
+    page.searched = q.get("number").map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+    if let Some(n) = page.searched.clone() {
+        let found = match page.list.as_str() {
+            "global" => rules::get_global(State(st.clone()), Path(n.clone())).await,
+            id => rules::get_campaign(State(st.clone()), Path((id.to_string(), n.clone()))).await,
+        };
+        match found {
+            Ok(Json(v)) => page.found = Some(v),
+            Err(e) if e.status == StatusCode::NOT_FOUND => page.message = Some(format!("{n} is not on this list.")),
+            Err(e) => page.message = Some(e.message),
+        }
+    }
+    render(&page)
+}
+
+/// A CSV of numbers (`phone_number[,reason,source,expires_at]`) added to a list.
 pub async fn dnc_upload(
     State(st): State<AppState>,
     Extension(csrf): Extension<CsrfToken>,
     headers: HeaderMap,
     mut form: Multipart,
 ) -> Response {
-    let mut token = String::new();
-    let mut file = Bytes::new();
+    let (mut token, mut list, mut file) = (String::new(), "global".to_string(), Bytes::new());
     while let Ok(Some(field)) = form.next_field().await {
         match field.name() {
             Some("csrf") => token = field.text().await.unwrap_or_default(),
+            Some("list") => list = field.text().await.unwrap_or_default(),
             Some("file") => file = field.bytes().await.unwrap_or_default(),
             _ => {}
         }
@@ -498,16 +518,22 @@ pub async fn dnc_upload(
     }
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
-    let message = match rules::add_global(State(st.clone()), h, file).await {
-        Ok(Json(added)) => format!("{} numbers added to the global list.", added.received),
+    let added = match list.as_str() {
+        "global" => rules::add_global(State(st.clone()), h, file).await,
+        id => rules::add_campaign(State(st.clone()), Path(id.to_string()), h, file).await,
+    };
+    let message = match added {
+        Ok(Json(added)) => format!("{} numbers added to the list.", added.received),
         Err(e) => format!("Nothing was added: {}", e.message),
     };
-    render(&DncPage {
-        frame: frame(&st, csrf, "Do-not-call list"),
-        searched: None,
-        found: None,
-        message: Some(message),
-    })
+    render(&DncPage::new(&st, csrf, &list, Some(message)).await)
+}
+
+#[derive(Deserialize)]
+pub struct RemoveForm {
+    csrf: String,
+    list: String,
+    number: String,
 }
 
 impl CsrfField for RemoveForm {
@@ -516,27 +542,20 @@ impl CsrfField for RemoveForm {
     }
 }
 
-#[derive(Deserialize)]
-pub struct RemoveForm {
-    csrf: String,
-    number: String,
-}
-
 pub async fn dnc_remove(
     State(st): State<AppState>,
     Extension(csrf): Extension<CsrfToken>,
     Checked(f): Checked<RemoveForm>,
 ) -> Response {
-    let message = match rules::remove_global(State(st.clone()), Path(f.number.clone())).await {
-        Ok(_) => format!("{} removed from the global list.", f.number),
+    let removed = match f.list.as_str() {
+        "global" => rules::remove_global(State(st.clone()), Path(f.number.clone())).await,
+        id => rules::remove_campaign(State(st.clone()), Path((id.to_string(), f.number.clone()))).await,
+    };
+    let message = match removed {
+        Ok(_) => format!("{} removed from the list.", f.number),
         Err(e) => e.message,
     };
-    render(&DncPage {
-        frame: frame(&st, csrf, "Do-not-call list"),
-        searched: None,
-        found: None,
-        message: Some(message),
-    })
+    render(&DncPage::new(&st, csrf, &f.list, Some(message)).await)
 }
 
 /// A webhook endpoint's row: the endpoint and its dead letters.

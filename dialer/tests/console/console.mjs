@@ -129,17 +129,28 @@ try {
   await page.waitForSelector("text=console-campaign");
   await shot("campaigns");
 
-  // Do-not-call: upload, search, remove.
+  // Do-not-call: upload, search, remove, on the global list and on a campaign's own.
   await page.goto(base + "/console/dnc");
   await page.setInputFiles("#file", { name: "dnc.csv", mimeType: "text/csv", buffer: Buffer.from("phone_number,reason\n+12125550100,opt_out\n+12125550101,opt_out\n") });
   await page.click("form[enctype] button[type=submit]");
-  await page.getByText("2 numbers added to the global list.").waitFor();
+  await page.getByText("2 numbers added to the list.").waitFor();
   await page.fill("#number", "+12125550100");
   await page.click("button:has-text('Search')");
   await page.getByText("is on the global list").waitFor();
   await shot("dnc");
   await page.click("button:has-text('Remove from the list')");
-  await page.getByText("+12125550100 removed from the global list.").waitFor();
+  await page.getByText("+12125550100 removed from the list.").waitFor();
+  await page.fill("#number", "+12125550100");
+  await page.click("button:has-text('Search')");
+  await page.getByText("+12125550100 is not on this list.").waitFor();
+  await page.selectOption("#upload-list", { label: "Campaign console-campaign" });
+  await page.setInputFiles("#file", { name: "c.csv", mimeType: "text/csv", buffer: Buffer.from("phone_number\n+12125550199\n") });
+  await page.click("form[enctype] button[type=submit]");
+  await page.getByText("1 numbers added to the list.").waitFor();
+  await page.selectOption("#list", { label: "Campaign console-campaign" });
+  await page.fill("#number", "+12125550199");
+  await page.click("button:has-text('Search')");
+  await page.getByText(/\+12125550199 is on the [0-9a-f-]{36} list/).waitFor();
 
   // The campaign's events went dead at the failing receiver: replay them once it answers.
   await page.goto(base + "/console/webhooks");
