@@ -65,11 +65,17 @@ async fn without_keys_the_console_opens_and_its_forms_still_need_the_csrf_token(
     let token = csrf.trim_start_matches("dialer_csrf=");
     assert!(body.contains(token) || !body.contains("name=\"csrf\""), "the page's forms carry the token");
     let (s, _, _) =
-        send(&r, Method::POST, "/console/dnc/remove", &csrf, Some("csrf=wrong&number=%2B12125550100")).await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "a form without the cookie's token");
-    let (s, _, body) =
-        send(&r, Method::POST, "/console/dnc/remove", &csrf, Some(&format!("csrf={token}&number=%2B12125550100")))
+        send(&r, Method::POST, "/console/dnc/remove", &csrf, Some("csrf=wrong&list=global&number=%2B12125550100"))
             .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a form without the cookie's token");
+    let (s, _, body) = send(
+        &r,
+        Method::POST,
+        "/console/dnc/remove",
+        &csrf,
+        Some(&format!("csrf={token}&list=global&number=%2B12125550100")),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
 }
 

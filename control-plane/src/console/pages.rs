@@ -341,6 +341,12 @@ fn form_json(f: &HashMap<String, String>) -> Result<serde_json::Value, ApiError>
     if let Some(h) = text("business_hours") {
         req["business_hours"] = business_hours(h)?;
     }
+    if let Some(rules) = text("calling_rules") {
+        req["calling_rules"] = serde_json::from_str(rules).map_err(|e| {
+            let message = format!("must be the rules as JSON (see docs/calling-rules.md): {e}");
+            dialer_domain::FieldError::new("calling_rules", message)
+        })?;
+    }
     if f.contains_key("rules_off") {
         req["calling_rules"] = serde_json::json!({"enabled": false});
     }
@@ -350,6 +356,11 @@ fn form_json(f: &HashMap<String, String>) -> Result<serde_json::Value, ApiError>
     }
     if let Some(v) = text("ring_timeout_ms") {
         telephony.insert("ring_timeout_ms".into(), number("ring_timeout_ms", v)?.into());
+    }
+    for k in ["media_endpoint", "refer_to"] {
+        if let Some(v) = text(k) {
+            telephony.insert(k.into(), v.into());
+        }
     }
     if !telephony.is_empty() {
         req["telephony"] = telephony.into();
@@ -364,7 +375,14 @@ struct EditPage {
     c: Campaign,
     hours: String,
     rules_off: bool,
+    /// The campaign's own calling rules as JSON (empty: the server's).
+    rules: String,
     error: Option<String>,
+}
+
+fn rules_text(c: &Campaign) -> String {
+    let own = c.calling_rules.as_ref().filter(|r| r.enabled);
+    own.and_then(|r| serde_json::to_string_pretty(r).ok()).unwrap_or_default()
 }
 
 fn hours_text(c: &Campaign) -> String {
@@ -383,6 +401,7 @@ pub async fn edit_campaign(
             let page = EditPage {
                 frame: frame(&st, csrf, format!("Edit {}", c.name)),
                 hours: hours_text(&c),
+                rules: rules_text(&c),
                 rules_off,
                 c,
                 error: None,
@@ -403,7 +422,7 @@ pub async fn update_campaign(
     let saved = async {
         let mut req = form_json(&f)?;
         req["business_hours"] = req.get("business_hours").cloned().unwrap_or_else(|| serde_json::json!([]));
-        if !f.contains_key("rules_off") {
+        if req.get("calling_rules").is_none() {
             req["calling_rules"] =
                 serde_json::to_value(dialer_domain::rules::CallingRules::default()).unwrap_or_default();
         }
@@ -422,6 +441,7 @@ pub async fn update_campaign(
                 let page = EditPage {
                     frame: frame(&st, csrf, format!("Edit {}", c.name)),
                     hours: hours_text(&c),
+                    rules: f.get("calling_rules").cloned().unwrap_or_default(),
                     rules_off: f.contains_key("rules_off"),
                     c,
                     error: Some(message),
@@ -746,6 +766,40 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].trunk.as_str(), t[0].channels, t[0].healthy, t[0].attempts), ("a", 5.0, true, 10.0));
         assert!(!t[1].healthy);
+    }
+
+    #[test]
+    fn a_form_becomes_the_apis_request_with_empty_fields_left_out() {
+        let f: HashMap<String, String> = [
+            ("name", "n"),
+            ("max_concurrent_calls", "7"),
+            ("weight", ""),
+            ("max_attempts", "2"),
+            ("base_delay", "1s"),
+            ("business_hours", "1-2 09:00-10:00"),
+            ("calling_rules", "{\"blackout_dates\": [\"2026-12-25\"]}"),
+            ("caller_id", "+15555550100"),
+            ("refer_to", "sip:agent@example.com"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        let req = form_json(&f).expect("request");
+        assert_eq!(req["max_concurrent_calls"], 7);
+        assert!(req.get("weight").is_none(), "empty: the default");
+        assert_eq!(req["retry_policy"], serde_json::json!({"max_attempts": 2, "base_delay": "1s"}));
+        assert_eq!(req["business_hours"].as_array().map(Vec::len), Some(2));
+        assert_eq!(req["calling_rules"]["blackout_dates"][0], "2026-12-25");
+        assert_eq!(
+            req["telephony"],
+            serde_json::json!({"caller_id": "+15555550100", "refer_to": "sip:agent@example.com"})
+        );
+        assert!(settings_from_form(&f).and_then(|r| Ok(r.validate_settings()?)).is_ok());
+        let mut off = f.clone();
+        off.insert("rules_off".into(), "1".into());
+        assert_eq!(form_json(&off).expect("request")["calling_rules"], serde_json::json!({"enabled": false}));
+        let mut bad = f;
+        bad.insert("calling_rules".into(), "{not json".into());
+        assert_eq!(form_json(&bad).err().and_then(|e| e.field), Some("calling_rules".to_string()));
     }
 
     #[test]

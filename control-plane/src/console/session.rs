@@ -115,10 +115,17 @@ pub struct Checked<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned + CsrfField> axum::extract::FromRequest<S> for Checked<T> {
     type Rejection = Response;
 
+    /// The token is checked before the form's fields are: a forged form is refused whatever
+    /// else it holds.
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
         let headers = req.headers().clone();
-        let Form(f) = Form::<T>::from_request(req, state).await.map_err(IntoResponse::into_response)?;
-        check_csrf(&headers, f.csrf()).map_err(IntoResponse::into_response)?;
+        let Form(fields) =
+            Form::<HashMap<String, String>>::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        check_csrf(&headers, fields.csrf()).map_err(IntoResponse::into_response)?;
+        let value = serde_json::to_value(&fields).unwrap_or_default();
+        let f = serde_json::from_value(value).map_err(|e| {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("this form is missing a field: {e}")).into_response()
+        })?;
         Ok(Checked(f))
     }
 }

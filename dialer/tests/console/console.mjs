@@ -153,8 +153,12 @@ try {
   await page.getByText(/\+12125550199 is on the [0-9a-f-]{36} list/).waitFor();
 
   // The campaign's events went dead at the failing receiver: replay them once it answers.
-  await page.goto(base + "/console/webhooks");
-  await page.waitForFunction(() => Number((document.querySelector("td.dead") || {}).textContent) > 0, null, { timeout: 30000 });
+  const d0 = Date.now();
+  do {
+    await page.goto(base + "/console/webhooks");
+    if (Number(await page.textContent("td.dead")) > 0) break;
+    await new Promise((r) => setTimeout(r, 500));
+  } while (Date.now() - d0 < 30000);
   healed = true;
   await shot("webhooks");
   await page.click("button:has-text('Replay')");
