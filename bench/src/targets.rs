@@ -1,5 +1,5 @@
 //! `bench targets`: bulk target registration through the API handlers (in process, so the
-//! figure is JSON parsing + validation + store, without the HTTP socket).
+//! figure is JSON parsing + validation + store, without the HTTP socket), on a durable PostgreSQL.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -48,7 +48,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.count == 0 || a.chunk == 0 {
         bail!("--count and --chunk must be at least 1");
     }
-    let (url, _tmp) = crate::store_url(&a.db.store, a.db.url.as_ref())?;
+    let (url, _pg, _tmp) = crate::durable_store_url(&a.db)?;
     let api =
         ApiSettings { max_body_bytes: 1 << 30, max_targets_per_request: a.count.max(a.chunk), ..Default::default() };
     let store = Store::open(&url, &StoreSettings::default()).await.context("opening the store")?;

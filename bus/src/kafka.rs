@@ -222,11 +222,16 @@ pub struct MetricsContext {
     /// Filled by the rebalance callback, which librdkafka runs inside the consumer's poll (on
     /// the polling thread); drained by the consumer's owner with [`MetricsContext::take_moved`].
     moved: std::sync::Arc<std::sync::Mutex<Vec<Moved>>>,
+    /// Set with each rebalance noted: the owner checks it per message without taking the lock.
+    noted: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MetricsContext {
     /// What rebalances did since the last call, in order.
     pub fn take_moved(&self) -> Vec<Moved> {
+        if !self.noted.swap(false, std::sync::atomic::Ordering::Acquire) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.moved.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -275,6 +280,7 @@ impl ConsumerContext for MetricsContext {
         };
         tracing::info!(?moved, "consumer group rebalance");
         self.moved.lock().unwrap_or_else(|p| p.into_inner()).push(moved);
+        self.noted.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

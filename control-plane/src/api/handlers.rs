@@ -260,8 +260,9 @@ pub async fn campaign_stats(
 ) -> Result<Json<CampaignStatsView>, ApiError> {
     let id = path_id(&id)?;
     let now = chrono::Utc::now();
-    let ctx = super::waits::Context::of(&st, id).await?;
+    let campaign = st.store.get_campaign(id).await?;
     let stats = st.store.stats(id).await?;
+    let ctx = super::waits::Context::new(&st, &campaign, &stats).await?;
     let groups = st.store.pending_groups(id, now).await?;
     Ok(Json(CampaignStatsView { stats, waiting: super::waits::waiting(&ctx, &groups, now) }))
 }

@@ -4,7 +4,7 @@
 //! do nothing more for it.
 
 use chrono::{DateTime, Utc};
-use dialer_api::views::{Call, Campaign, HeldCalls, Waiting};
+use dialer_api::views::{Call, Campaign, CampaignStats, HeldCalls, Waiting};
 use dialer_domain::campaign::{CallStatus, CampaignStatus};
 use dialer_domain::hours::{BusinessHours, Window, parse_tz};
 use dialer_domain::rules::{HoldRule, Rules};
@@ -28,6 +28,12 @@ impl Context {
     pub(crate) async fn of(st: &AppState, campaign_id: Uuid) -> Result<Context, ApiError> {
         let campaign = st.store.get_campaign(campaign_id).await?;
         let stats = st.store.stats(campaign_id).await?;
+        Context::new(st, &campaign, &stats).await
+    }
+
+    /// From a campaign and its stats the caller has read already.
+    pub(crate) async fn new(st: &AppState, campaign: &Campaign, stats: &CampaignStats) -> Result<Context, ApiError> {
+        let campaign_id = campaign.id;
         let global_live = if st.global_cap > 0 { st.store.live_calls().await? } else { 0 };
         let corrupt = |c: Corrupt| ApiError::from(dialer_store::StoreError::from(c));
         let rules = campaign
@@ -36,7 +42,7 @@ impl Context {
             .unwrap_or(&st.calling_rules)
             .compile("calling_rules")
             .map_err(|source| corrupt(Corrupt::Rules { campaign: campaign_id, source }))?;
-        let hours = hours(&campaign).map_err(|value| corrupt(Corrupt::Value { what: "business hours", value }))?;
+        let hours = hours(campaign).map_err(|value| corrupt(Corrupt::Value { what: "business hours", value }))?;
         Ok(Context {
             running: campaign.status == CampaignStatus::InProgress,
             hours,

@@ -90,17 +90,20 @@ async fn campaign_rows(st: &AppState) -> Result<Vec<CampaignRow>, ApiError> {
     let mut rows = Vec::new();
     for c in st.store.list_campaigns(None, 500).await? {
         let s = st.store.stats(c.id).await?;
-        let waiting = if c.status == CampaignStatus::InProgress { Some(waiting_of(st, c.id).await?) } else { None };
+        let waiting = if c.status == CampaignStatus::InProgress { Some(waiting_of(st, &c, &s).await?.1) } else { None };
         rows.push(CampaignRow::of(c, s, waiting.as_ref()));
     }
     rows.reverse();
     Ok(rows)
 }
 
-async fn waiting_of(st: &AppState, id: Uuid) -> Result<Waiting, ApiError> {
+/// Why a campaign's pending calls wait, from the campaign and stats read already; with the
+/// context, for the holds of its calls.
+async fn waiting_of(st: &AppState, c: &Campaign, s: &CampaignStats) -> Result<(waits::Context, Waiting), ApiError> {
     let now = Utc::now();
-    let ctx = waits::Context::of(st, id).await?;
-    Ok(waits::waiting(&ctx, &st.store.pending_groups(id, now).await?, now))
+    let ctx = waits::Context::new(st, c, s).await?;
+    let waiting = waits::waiting(&ctx, &st.store.pending_groups(c.id, now).await?, now);
+    Ok((ctx, waiting))
 }
 
 #[derive(Template)]
@@ -137,15 +140,12 @@ async fn campaign_page(st: &AppState, id: &str, q: &HashMap<String, String>) -> 
     let id = dialer_api::campaigns::parse_id("id", id).map_err(|e| ApiError::bad_param(&e))?;
     let c = st.store.get_campaign(id).await?;
     let s = st.store.stats(id).await?;
-    let waiting = waiting_of(st, id).await?;
+    let (ctx, waiting) = waiting_of(st, &c, &s).await?;
     let status_filter = q.get("status").cloned().unwrap_or_default();
     let status = CallStatus::parse(&status_filter);
     let after = q.get("page_token").and_then(|t| t.parse::<Uuid>().ok());
     let mut calls = st.store.list_calls(id, &CallQuery { after, status, limit: 50 }).await?;
-    if calls.iter().any(|c| c.status == CallStatus::Pending) {
-        let ctx = waits::Context::of(st, id).await?;
-        waits::fill(&ctx, &mut calls, Utc::now());
-    }
+    waits::fill(&ctx, &mut calls, Utc::now());
     let next_page = (calls.len() == 50).then(|| calls.last().map(|c| c.id.to_string())).flatten();
     let held = waiting
         .held
