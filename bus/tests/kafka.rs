@@ -89,6 +89,55 @@ async fn only_commits_the_broker_confirmed_count() {
     assert!(points[1..].iter().all(|(_, o)| *o == 0), "the others at their first unfinished message: {points:?}");
 }
 
+/// A graceful stop's final commit is the last word: the periodic commit (on a blocking thread)
+/// that was still waiting to run when the shard stopped cannot take the group's offsets back
+/// behind it (they would bring finished messages again after the restart: dialled twice
+/// without a journal). The runtime has one blocking thread, kept busy, so the periodic commit
+/// runs after the final one, as it did on a loaded machine.
+#[test]
+fn a_late_periodic_commit_never_takes_the_final_commit_back() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let brokers = dialer_testkit::kafka().bootstrap();
+        let topic = dialer_testkit::unique_name("final-commit");
+        dialer_bus::kafka::ensure_topics(&brokers, &[(&topic, 1)]).await.expect("topic");
+        let records: Vec<Outgoing> = (0..10).map(|i| Outgoing::to_partition(0, format!("m{i}").into_bytes())).collect();
+        dialer_testkit::topics::produce(&brokers, &topic, &records);
+        let group = dialer_testkit::unique_name("final-commit");
+        let clients = ClientSettings::new(&brokers);
+        let mut source =
+            KafkaDispatchSource::new(&clients, &topic, &group, Assignment::Static, 1, (0, 1)).expect("source");
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < 10 {
+            assert!(Instant::now() < deadline, "only {} of 10 messages read", got.len());
+            let _ = tokio::time::timeout(Duration::from_secs(1), source.recv(&mut got, 100)).await;
+        }
+        // The group's coordinator answers: the first message's commit is confirmed.
+        source.done(0, 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(source.commit(), Committed::Points(p) if p == [(0, 1)]) {
+            assert!(Instant::now() < deadline, "the first commit was never confirmed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The blocking thread is busy: the periodic commit of offset 5 waits behind it.
+        let busy = tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1500)));
+        (1..5).for_each(|o| source.done(0, o));
+        let _ = source.commit();
+        (5..10).for_each(|o| source.done(0, o));
+        source.commit_sync();
+        busy.await.expect("busy");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let committed = dialer_testkit::topics::committed_offsets(&brokers, &group, &topic, 1);
+        assert_eq!(committed, [10], "the final commit stands; the late periodic one did not take it back to 5");
+    });
+}
+
 /// A member of a consumer group driven the way a shard drives its source: first the
 /// rebalances (a revoked partition's waiting messages are dropped, left to its next owner),
 /// then what waits is finished, then a fetch waits.

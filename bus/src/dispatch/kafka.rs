@@ -113,6 +113,9 @@ pub struct KafkaDispatchSource {
     /// Commits the broker confirmed (a synchronous commit on a blocking thread, so the shard's
     /// loop never waits for the broker), taken in at the next commit tick.
     confirmed: Arc<Mutex<Vec<(i32, i64)>>>,
+    /// The point each partition was last committed to by this source, held for the whole of a
+    /// commit: commits go out one at a time and never backwards (see [`Forward`]).
+    forward: Arc<Mutex<Forward>>,
     /// A commit is on its way: the next waits for its answer.
     committing: Arc<AtomicBool>,
     /// Rebalances served since the owner last took them ([`DispatchSource::take_moved`]).
@@ -154,6 +157,7 @@ impl KafkaDispatchSource {
             topic: topic.to_string(),
             offsets: CommitPoints::default(),
             confirmed: Arc::default(),
+            forward: Arc::default(),
             committing: Arc::default(),
             moved: Vec::new(),
             after_rebalance: None,
@@ -178,18 +182,48 @@ impl KafkaDispatchSource {
         tpl
     }
 
-    fn commit_tpl(&self, points: &[(i32, i64)]) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (p, point) in points {
-            let _ = tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*point));
-        }
-        tpl
-    }
-
     /// Messages received and not finished.
     pub fn pending(&self) -> usize {
         self.offsets.pending()
     }
+}
+
+/// The offsets a source committed last, per partition. A commit runs with this held, so a
+/// shard's commits reach the broker one at a time, and a point at or behind the last one is
+/// not sent again. Without it the periodic commit (on a blocking thread) could run after the
+/// final one of a graceful stop and take the group's offsets back: the messages in between
+/// would be delivered again after the restart, and without a journal dialled twice.
+#[derive(Debug, Default)]
+struct Forward {
+    last: std::collections::HashMap<i32, i64>,
+}
+
+impl Forward {
+    /// Commits the points of `due` ahead of the last ones (synchronously); the points the broker
+    /// confirmed.
+    fn commit(
+        &mut self,
+        consumer: &MeteredConsumer,
+        topic: &str,
+        due: &[(i32, i64)],
+    ) -> Result<Vec<(i32, i64)>, KafkaError> {
+        let ahead: Vec<(i32, i64)> =
+            due.iter().copied().filter(|(p, o)| self.last.get(p).is_none_or(|last| o > last)).collect();
+        if ahead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, point) in &ahead {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(*point))?;
+        }
+        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)?;
+        self.last.extend(ahead.iter().copied());
+        Ok(ahead)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Takes the rebalances the consumer's last poll served into `moved`; true if there were any.
@@ -283,15 +317,15 @@ impl DispatchSource for KafkaDispatchSource {
     /// knows their attempts. (An asynchronous commit taken for done would let the journal
     /// forget attempts whose messages a broker restart then delivers again: dialled twice.)
     fn commit(&mut self) -> Committed {
-        let confirmed = std::mem::take(&mut *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()));
+        let confirmed = std::mem::take(&mut *lock(&self.confirmed));
         self.offsets.committed(&confirmed);
         let due = self.offsets.due();
         if !due.is_empty() && !self.committing.swap(true, Ordering::AcqRel) {
-            let tpl = self.commit_tpl(&due);
-            let (consumer, sink, flag) = (self.consumer.clone(), self.confirmed.clone(), self.committing.clone());
+            let (consumer, topic, forward) = (self.consumer.clone(), self.topic.clone(), self.forward.clone());
+            let (sink, flag) = (self.confirmed.clone(), self.committing.clone());
             tokio::task::spawn_blocking(move || {
-                match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync) {
-                    Ok(()) => sink.lock().unwrap_or_else(|p| p.into_inner()).extend(due),
+                match lock(&forward).commit(&consumer, &topic, &due) {
+                    Ok(done) => lock(&sink).extend(done),
                     Err(e) => tracing::warn!(error = %e, "offset commit failed; will retry"),
                 }
                 flag.store(false, Ordering::Release);
@@ -300,14 +334,15 @@ impl DispatchSource for KafkaDispatchSource {
         Committed::Points(self.offsets.committed_points())
     }
 
-    /// Commits synchronously (graceful shutdown).
+    /// Commits synchronously (graceful shutdown), after any commit still on its way, which
+    /// then cannot take the offsets back behind this one.
     fn commit_sync(&mut self) {
         let due = self.offsets.due();
         if due.is_empty() {
             return;
         }
-        match self.consumer.commit(&self.commit_tpl(&due), rdkafka::consumer::CommitMode::Sync) {
-            Ok(()) => self.offsets.committed(&due),
+        match lock(&self.forward).commit(&self.consumer, &self.topic, &due) {
+            Ok(done) => self.offsets.committed(&done),
             Err(e) => tracing::warn!(error = %e, "final offset commit failed"),
         }
     }
