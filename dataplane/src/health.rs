@@ -25,6 +25,8 @@ pub struct ShardHealth {
     sink_failing: AtomicBool,
     /// The attempt journal could not be written.
     journal_failing: AtomicBool,
+    /// Why the shard stopped on its own (an error): set once, read by probes.
+    failure: std::sync::OnceLock<String>,
 }
 
 impl ShardHealth {
@@ -34,6 +36,11 @@ impl ShardHealth {
     }
     pub fn stopped(&self) {
         self.state.store(STOPPED, Ordering::Relaxed);
+    }
+    /// The shard stopped on an error (not asked to): the process is no longer alive.
+    pub fn failed(&self, why: String) {
+        let _ = self.failure.set(why);
+        self.stopped();
     }
     pub fn set_fail_closed(&self, v: bool) {
         self.fail_closed.store(v, Ordering::Relaxed);
@@ -84,7 +91,10 @@ impl Health {
                 let mut problems = Vec::new();
                 match h.state.load(Ordering::Relaxed) {
                     STARTING => problems.push("starting: connecting to the limiter and the bus".to_string()),
-                    STOPPED => problems.push("stopped; see the log for why".to_string()),
+                    STOPPED => problems.push(match h.failure.get() {
+                        Some(why) => format!("stopped: {why}"),
+                        None => "stopped".to_string(),
+                    }),
                     _ => {
                         let age = now_ms.saturating_sub(h.heartbeat_ms.load(Ordering::Relaxed));
                         if age > self.stale_after_ms {
@@ -107,6 +117,13 @@ impl Health {
                 ShardStatus { shard, ready: problems.is_empty(), problems }
             })
             .collect()
+    }
+
+    /// The shards that stopped on an error, with why: the process is not alive (`/healthz`)
+    /// while any did, since a stopped shard never dials again.
+    pub fn failed(&self) -> Vec<String> {
+        let failed = self.shards.iter().enumerate().filter_map(|(i, h)| Some((i, h.failure.get()?)));
+        failed.map(|(i, why)| format!("shard {i} stopped: {why}")).collect()
     }
 
     /// True when every shard is ready.
@@ -141,5 +158,9 @@ mod tests {
         assert!(h.ready(10_000));
         h.shard(0).stopped();
         assert!(!h.ready(10_000));
+        assert!(h.failed().is_empty(), "a shard asked to stop has not failed");
+        h.shard(1).failed("cannot connect to the limiter's Redis".into());
+        assert_eq!(h.failed(), ["shard 1 stopped: cannot connect to the limiter's Redis"]);
+        assert!(h.status(10_000)[1].problems[0].contains("limiter's Redis"), "and /readyz says why");
     }
 }

@@ -45,6 +45,8 @@ pub enum DataplaneError {
     Shard { shard: usize, source: ShardError },
     #[error("the in-process bus has {have} shard receivers for {want} shards")]
     Receivers { have: usize, want: usize },
+    #[error("provider: {0}")]
+    Sip(#[from] sip::SipError),
 }
 
 /// Why a shard stopped or could not start.
@@ -113,6 +115,10 @@ impl Dataplane {
     pub fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
         let n = opts.tuning.shards.count;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if opts.provider.kind == ProviderKind::Sip {
+            // Refused here, at start, rather than by every shard after the process is up.
+            sip::check(&opts.provider, opts.tuning.global_shard(0).1)?;
+        }
         if !opts.tuning.journal.dir.is_empty() {
             // Fail at start, not in a shard, when the journal directory is unusable.
             let j = journal::Journal::open_with(
@@ -171,8 +177,9 @@ impl Dataplane {
                         health,
                     };
                     let r = run_shard_thread(start);
-                    if r.is_err() {
-                        failed.shard(i).stopped();
+                    if let Err(e) = &r {
+                        tracing::error!(shard = i, error = %e, "shard stopped: it dials nothing more; /healthz fails until the process is restarted");
+                        failed.shard(i).failed(e.to_string());
                     }
                     r
                 })

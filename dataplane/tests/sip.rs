@@ -178,3 +178,45 @@ fn channels_and_calls_per_second_hold_at_the_far_end() {
     let cps = r.max_invites_per_second();
     assert!(cps <= 40, "{cps} INVITEs within one second on a 40-CPS trunk");
 }
+
+/// Carriers count INVITEs: a call whose first INVITE is challenged (401) sends a second, with
+/// credentials, and that one takes a slot of the trunk's calls per second too.
+#[test]
+fn challenged_invites_are_paced_like_the_first() {
+    const CALLS: u64 = 16;
+    let far = sipp(CALLS, 100);
+    let mut s = settings(vec![TrunkSettings { max_cps: 4, ..trunk("t", far.addr(), "dialer", "secret-401") }]);
+    s.max_call = Duration::from_secs(5);
+    on_shard(async {
+        let p = SipProvider::start(s, 0, 1).await.expect("provider starts");
+        let calls = (0..CALLS).map(|_| p.place_call(&msg("+1555000401")));
+        let outcomes = futures::future::join_all(calls).await;
+        assert!(outcomes.iter().all(|o| matches!(o, CallOutcome::Completed { .. })), "every call answered");
+    });
+    let r = far.finish(Duration::from_secs(30)).expect("sipp's report");
+    assert_eq!(r.invites_ms.len() as u64, 2 * CALLS, "two INVITEs a call: {}", far.invite_log());
+    let cps = r.max_invites_per_second();
+    assert!(cps <= 4, "{cps} INVITEs within one second on a 4-CPS trunk, retries with credentials counted");
+}
+
+/// A host with more shards than the trunk's calls per second (16 shards, `max_cps` 10, the
+/// default): every shard dials, in turns, and the trunk never sees more than 10 a second.
+#[test]
+fn more_shards_than_calls_per_second_take_turns() {
+    const SHARDS: usize = 16;
+    let far = sipp(SHARDS as u64 * 2, 50);
+    let s = settings(vec![TrunkSettings { max_cps: 10, ..trunk("t", far.addr(), "", "") }]);
+    on_shard(async {
+        let mut shards = Vec::new();
+        for i in 0..SHARDS {
+            shards.push(SipProvider::start(s.clone(), i, SHARDS).await.expect("a shard with a turn starts"));
+        }
+        let calls = shards.iter().flat_map(|p| [p.place_call(&msg("+1555000200")), p.place_call(&msg("+1555000200"))]);
+        let outcomes = futures::future::join_all(calls).await;
+        assert!(outcomes.iter().all(|o| matches!(o, CallOutcome::Completed { .. })), "every shard's calls answered");
+    });
+    let r = far.finish(Duration::from_secs(30)).expect("sipp's report");
+    assert_eq!(r.invites_ms.len(), SHARDS * 2);
+    let cps = r.max_invites_per_second();
+    assert!(cps <= 10, "{cps} INVITEs within one second from 16 shards on a 10-CPS trunk");
+}

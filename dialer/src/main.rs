@@ -219,7 +219,10 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, shards = tuning.shards.count, "dialer up: API, scheduler, data plane and recorder running");
-    let checks = vec![dialer_dataplane::admin::shards_check(dp.health())];
+    let checks = vec![
+        dialer_dataplane::admin::shards_alive_check(dp.health()),
+        dialer_dataplane::admin::shards_check(dp.health()),
+    ];
     let app = api_app(cfg, &store, timeline, checks, || wait(stopped.clone()))?;
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     // Stop dispatching, let the data plane finish its calls, record their outcomes.

@@ -338,3 +338,76 @@ fn dialer_dataplane_places_sip_calls_over_kafka_with_the_trunks_metrics() {
     let r = far.finish(Duration::from_secs(30)).expect("sipp's report");
     assert!(r.peak <= 10 && r.max_invites_per_second() <= 20, "trunk limits across the data plane's 2 shards: {r:?}");
 }
+
+/// `dialer up` with the given config text (no sipp needed: it must not get far).
+fn up_with(dir: &Path, config: &str, port: u16, tuning: Option<&Path>) -> Child {
+    let path = dir.join("dialer.toml");
+    std::fs::write(&path, config).expect("config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dialer"));
+    if let Some(t) = tuning {
+        cmd.env("DIALER_TUNING", t);
+    }
+    cmd.args(["--config", &path.display().to_string(), "up", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("dialer up starts")
+}
+
+/// A trunk with fewer channels than shards cannot give each shard one: `dialer up` refuses to
+/// start (non-zero exit, the trunk, the key and the reason), rather than running and never dialling.
+#[test]
+fn a_trunk_with_fewer_channels_than_shards_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tuning = dir.path().join("three.toml");
+    std::fs::write(&tuning, "[shards]\ncount = 3\npartitions = 8\n").expect("tuning");
+    let config = "[provider]\nkind = \"sip\"\n\
+                  [[provider.trunks]]\nname = \"tiny\"\nproxy = \"127.0.0.1:5060\"\nmax_channels = 1\n";
+    let child = up_with(dir.path(), config, dialer_testkit::free_port(), Some(&tuning));
+    let out = wait_exit(child, Duration::from_secs(30));
+    assert!(!out.status.success(), "dialer up must not run with a trunk it cannot use");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("trunk tiny: max_channels 1 is below the 3 shards"), "the key and the reason: {err}");
+}
+
+/// A shard that stops on its own (here: its SIP socket cannot be bound on an address of
+/// another host) says why at once in the log, and `/healthz` fails naming it.
+#[test]
+fn a_shard_that_stops_logs_why_at_once_and_fails_healthz() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = dialer_testkit::free_port();
+    let config = "[provider]\nkind = \"sip\"\nsip_bind = \"192.0.2.1\"\n\
+                  [[provider.trunks]]\nname = \"t\"\nproxy = \"127.0.0.1:5060\"\n";
+    let mut child = up_with(dir.path(), config, port, None);
+    assert!(dialer_testkit::wait_for_port(port, Duration::from_secs(30)), "dialer up did not listen");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, body) = loop {
+        let (code, body) = http(port, "GET", "/healthz", None);
+        if code != 200 || Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(code, 503, "a stopped shard fails liveness: {body}");
+    let why = body["dependencies"]["shards_alive"]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("cannot bind a SIP socket on 192.0.2.1"), "/healthz names the shard and why: {body}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("shard stopped") && log.contains("192.0.2.1"), "logged when it stopped: {log}");
+}
+
+fn wait_exit(mut child: Child, timeout: Duration) -> std::process::Output {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("output")
+}

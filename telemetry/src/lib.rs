@@ -94,6 +94,9 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct ReadyCheck {
     pub name: &'static str,
+    /// Also a liveness check: `/healthz` runs it too (a failure the process cannot recover
+    /// from, such as a stopped shard).
+    pub live: bool,
     check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
 }
 
@@ -105,7 +108,12 @@ impl std::fmt::Debug for ReadyCheck {
 
 impl ReadyCheck {
     pub fn new(name: &'static str, check: impl Fn() -> CheckFuture + Send + Sync + 'static) -> ReadyCheck {
-        ReadyCheck { name, check: Arc::new(check) }
+        ReadyCheck { name, live: false, check: Arc::new(check) }
+    }
+
+    /// A check `/healthz` runs as well as `/readyz`.
+    pub fn liveness(name: &'static str, check: impl Fn() -> CheckFuture + Send + Sync + 'static) -> ReadyCheck {
+        ReadyCheck { name, live: true, check: Arc::new(check) }
     }
 
     /// Runs the check, counting no answer within [`CHECK_TIMEOUT`] as down.

@@ -73,8 +73,8 @@ async fn health(st: &AppState, check_migrations: bool) -> Response {
         dep["error"] = e.into();
     }
     let mut deps = serde_json::json!({ "store": dep });
-    if check_migrations {
-        for c in st.checks.iter() {
+    for c in st.checks.iter().filter(|c| check_migrations || c.live) {
+        {
             let r = c.run().await;
             up &= r.is_ok();
             deps[c.name] = match r {
@@ -91,7 +91,8 @@ async fn health(st: &AppState, check_migrations: bool) -> Response {
     (if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
 }
 
-/// Liveness, with the store's state; 503 when the store is down.
+/// Liveness, with the store's state; 503 when the store is down or a part of the process
+/// stopped for good (a data plane shard of `dialer up`).
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn healthz(State(st): State<AppState>) -> Response {

@@ -194,6 +194,9 @@ struct Dialog<'a> {
     ack: Option<Vec<u8>>,
     /// The campaign's settings where it has them, else the provider's.
     ring_timeout: Duration,
+    /// When the ring timeout's CANCEL is due: counted from the INVITE that rings (the one with
+    /// credentials, after a challenge).
+    ring_deadline: Instant,
     media: Option<SocketAddr>,
     refer_to: Option<String>,
     /// A NOTIFY reported the REFER's final answer.
@@ -246,6 +249,7 @@ impl<'a> Dialog<'a> {
             ack: None,
             transferred: Cell::new(false),
             ring_timeout: t.and_then(|t| t.ring_timeout_ms).map_or(uac.settings.ring_timeout, Duration::from_millis),
+            ring_deadline: Instant::now(),
             media: t.and_then(|t| t.media_endpoint.as_deref()).and_then(|m| m.parse().ok()),
             refer_to: t.and_then(|t| t.refer_to.clone()).or_else(|| uac.settings.refer_to.clone()),
         }
@@ -324,7 +328,7 @@ impl<'a> Dialog<'a> {
     /// The INVITE client transaction, through any digest challenge, until a 2xx or an end.
     async fn invite(&mut self) -> Invited {
         let t1 = self.uac.settings.t1;
-        let ring_deadline = Instant::now() + self.ring_timeout;
+        self.ring_deadline = Instant::now() + self.ring_timeout;
         let mut ctx = SipContext::default();
         let mut tx = Retransmit::invite(t1);
         let mut cancel: Option<Retransmit> = None;
@@ -332,7 +336,7 @@ impl<'a> Dialog<'a> {
         loop {
             let wake = match &cancel {
                 Some(c) => c.wake(c.answered),
-                None if ctx.provisional => ring_deadline,
+                None if ctx.provisional => self.ring_deadline,
                 None => tx.wake(false),
             };
             let m = tokio::select! {
@@ -356,7 +360,7 @@ impl<'a> Dialog<'a> {
             } else if !ctx.provisional && tx.due(now) {
                 self.send(&self.invite_bytes()).await;
             }
-            if ctx.provisional && cancel.is_none() && Instant::now() >= ring_deadline {
+            if ctx.provisional && cancel.is_none() && Instant::now() >= self.ring_deadline {
                 ctx.cancelled = true;
                 cancel = Some(Retransmit::non_invite(t1));
                 self.send(&self.same_transaction("CANCEL", &self.to)).await;
@@ -404,6 +408,9 @@ impl<'a> Dialog<'a> {
             SipVerdict::Authenticate if self.authorize(&m) => {
                 ctx.authenticated = true;
                 ctx.provisional = false;
+                // Carriers count INVITEs, not calls: the one with credentials takes a slot too.
+                self.trunk.pace().await;
+                self.ring_deadline = Instant::now() + self.ring_timeout;
                 *tx = Retransmit::invite(self.uac.settings.t1);
                 self.send(&self.invite_bytes()).await;
                 None

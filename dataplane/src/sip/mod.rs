@@ -32,17 +32,32 @@ pub enum SipError {
          each shard needs one channel at least (raise max_channels or lower shards.count)"
     )]
     TooFewChannels { trunk: String, channels: u32, shards: usize },
-    #[error(
-        "trunk {trunk}: max_cps {cps} is below the {shards} shards of the data plane(s); each shard \
-         paces its own whole share of the trunk's calls per second (raise max_cps or lower shards.count)"
-    )]
-    TooFewCps { trunk: String, cps: u32, shards: usize },
     #[error("cannot bind a SIP socket on {addr}: {source}; set provider.sip_bind to an address of this host")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(
         "trunk {trunk}: cannot resolve its proxy {proxy:?}; give a reachable host:port, e.g. sip.carrier.example:5060"
     )]
     Unresolvable { trunk: String, proxy: String },
+}
+
+/// Checks the trunks against `shards` (every shard of every process of the data plane) before
+/// any starts: at least one trunk, a channel per shard on each, a proxy that resolves. The
+/// proxies' addresses, in the trunks' order. (A trunk with fewer calls per second than shards
+/// is fine: the shards take turns, see [`trunk::Turns`].)
+pub fn check(settings: &ProviderSettings, shards: usize) -> Result<Vec<SocketAddr>, SipError> {
+    if settings.trunks.is_empty() {
+        return Err(SipError::NoTrunks);
+    }
+    for t in &settings.trunks {
+        if (t.max_channels as usize) < shards {
+            return Err(SipError::TooFewChannels { trunk: t.name.clone(), channels: t.max_channels, shards });
+        }
+    }
+    settings
+        .trunks
+        .iter()
+        .map(|t| t.proxy_addr().ok_or_else(|| SipError::Unresolvable { trunk: t.name.clone(), proxy: t.proxy.clone() }))
+        .collect()
 }
 
 /// One shard's SIP user agent (client side).
@@ -61,24 +76,7 @@ impl SipProvider {
     /// shard's index among `shards` in all (every process of the data plane), which fixes its
     /// share of each trunk's channels and calls per second.
     pub async fn start(settings: ProviderSettings, shard: usize, shards: usize) -> Result<SipProvider, SipError> {
-        if settings.trunks.is_empty() {
-            return Err(SipError::NoTrunks);
-        }
-        for t in &settings.trunks {
-            if (t.max_channels as usize) < shards {
-                return Err(SipError::TooFewChannels { trunk: t.name.clone(), channels: t.max_channels, shards });
-            }
-            if t.max_cps != 0 && (t.max_cps as usize) < shards {
-                return Err(SipError::TooFewCps { trunk: t.name.clone(), cps: t.max_cps, shards });
-            }
-        }
-        let proxies = settings
-            .trunks
-            .iter()
-            .map(|t| {
-                t.proxy_addr().ok_or_else(|| SipError::Unresolvable { trunk: t.name.clone(), proxy: t.proxy.clone() })
-            })
-            .collect::<Result<Vec<SocketAddr>, SipError>>()?;
+        let proxies = check(&settings, shards)?;
         let addr = SocketAddr::new(settings.bind_ip, 0);
         let socket = tokio::net::UdpSocket::bind(addr).await.map_err(|source| SipError::Bind { addr, source })?;
         let uac = call::Uac::new(settings, &proxies, socket, (shard, shards))

@@ -42,7 +42,9 @@ pub struct TrunkSettings {
     /// Calls up at once on this trunk, across every shard and process.
     pub max_channels: u32,
     /// New calls (INVITEs) per second on this trunk, across every shard and process; 0 = no
-    /// limit. Split over the shards in whole calls, so at least one per shard.
+    /// limit. Every INVITE counts, the second one of a call whose first was challenged (401,
+    /// 407) included. Split over the shards in whole calls; below one per shard, the shards
+    /// take turns (see [`Pacing`]).
     pub max_cps: u32,
     /// Lower = preferred; trunks of the next priority take calls only when these are all down.
     pub priority: u32,
@@ -117,6 +119,8 @@ pub struct Trunk {
     /// A second plus the margin.
     window: Duration,
     cps_share: usize,
+    /// Fewer calls per second than shards: this shard's turns.
+    turns: Option<Turns>,
     failures: Cell<u32>,
     down_until: Cell<Option<Instant>>,
     backoff: Cell<Duration>,
@@ -181,8 +185,10 @@ impl Trunk {
     /// This shard's part of trunk `s`; `margin` widens the CPS window beyond a second, for the
     /// jitter between our send and the carrier's count.
     pub fn new(s: TrunkSettings, addr: SocketAddr, shard: usize, shards: usize, margin: Duration) -> Trunk {
-        let cps = share(s.max_cps, shard, shards);
         let window = Duration::from_secs(1) + margin;
+        let turns =
+            (s.max_cps > 0 && (s.max_cps as usize) < shards).then(|| Turns::new(window, s.max_cps, shard, shards));
+        let cps = if turns.is_some() { 1 } else { share(s.max_cps, shard, shards) };
         let interval = if cps > 0 { window / cps } else { Duration::ZERO };
         let metrics = TrunkMetrics::new(&s.name, shard);
         Trunk {
@@ -195,6 +201,7 @@ impl Trunk {
             sent: Default::default(),
             window,
             cps_share: cps as usize,
+            turns,
             failures: Cell::new(0),
             down_until: Cell::new(None),
             backoff: Cell::new(Duration::ZERO),
@@ -248,6 +255,11 @@ impl Trunk {
         if self.cps_share == 0 {
             return;
         }
+        if let Some(turns) = &self.turns {
+            let slot = turns.next(self.next_slot.get(), Instant::now(), unix_ns());
+            self.next_slot.set(slot + turns.period / 2);
+            return tokio::time::sleep_until(slot).await;
+        }
         let now = Instant::now();
         let slot = {
             let mut sent = self.sent.borrow_mut();
@@ -292,6 +304,43 @@ impl Trunk {
             self.metrics.healthy.set(1.0);
         }
     }
+}
+
+/// A trunk with fewer calls per second than shards (`max_cps` 10 on a 16-shard host): the
+/// trunk's INVITE slots are evenly spaced, `window / max_cps` apart on the wall clock, and
+/// taken by the shards in turn (slot `k` is shard `k mod shards`'s). No second then holds more
+/// than `max_cps` INVITEs whichever shards send them, and every shard gets its fair part
+/// without talking to the others (the hosts' clocks agree within the margin).
+#[derive(Clone, Copy, Debug)]
+pub struct Turns {
+    /// Between two slots of this shard: `shards × window / max_cps`.
+    period: Duration,
+    /// This shard's first slot after each period's start: `shard × window / max_cps`.
+    phase: Duration,
+}
+
+impl Turns {
+    pub fn new(window: Duration, max_cps: u32, shard: usize, shards: usize) -> Turns {
+        let slot = window / max_cps.max(1);
+        Turns { period: slot * shards as u32, phase: slot * shard as u32 }
+    }
+
+    /// This shard's first slot at or after `not_before` (and now), as an [`Instant`], given the
+    /// wall clock `unix_ns` read at `now`.
+    pub fn next(&self, not_before: Instant, now: Instant, unix_ns: u128) -> Instant {
+        let from = unix_ns + not_before.saturating_duration_since(now).as_nanos();
+        let (period, phase) = (self.period.as_nanos().max(1), self.phase.as_nanos());
+        let k = (from + period - 1).saturating_sub(phase) / period;
+        let mut slot = k * period + phase;
+        if slot < from {
+            slot += period;
+        }
+        now + Duration::from_nanos((slot - unix_ns) as u64)
+    }
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 /// Picks the trunk for the next call among `trunks` (skipping `exclude`): the best priority
@@ -355,6 +404,33 @@ mod tests {
     fn shares_split_the_remainder_to_the_first_shards() {
         assert_eq!((0..3).map(|i| share(10, i, 3)).collect::<Vec<_>>(), [4, 3, 3]);
         assert_eq!((0..4).map(|i| share(4, i, 4)).sum::<u32>(), 4);
+    }
+
+    #[test]
+    fn fewer_calls_per_second_than_shards_are_taken_in_turns() {
+        // 16 shards on a 10-CPS trunk: every shard dials, and no second holds more than 10.
+        let (shards, window) = (16, Duration::from_secs(1));
+        let now = Instant::now();
+        let start_ns = 1_700_000_000_123_456_789u128;
+        let mut sent: Vec<u128> = Vec::new();
+        for shard in 0..shards {
+            let turns = Turns::new(window, 10, shard, shards);
+            let mut next = now;
+            for _ in 0..20 {
+                let slot = turns.next(next, now, start_ns);
+                let at = start_ns + (slot - now).as_nanos();
+                assert_eq!((at % 1_600_000_000), (shard as u128) * 100_000_000, "shard {shard}'s turn");
+                sent.push(at);
+                next = slot + turns.period / 2;
+            }
+        }
+        sent.sort_unstable();
+        let busiest = (0..sent.len())
+            .map(|i| sent[i..].iter().take_while(|t| **t < sent[i] + 1_000_000_000).count())
+            .max()
+            .unwrap_or(0);
+        assert_eq!(busiest, 10, "at most max_cps INVITEs in any second, over all shards");
+        assert!(sent.windows(2).all(|w| w[1] - w[0] == 100_000_000), "slots evenly spaced, none shared");
     }
 
     #[tokio::test(start_paused = true)]
