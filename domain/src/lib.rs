@@ -15,6 +15,7 @@ pub mod events;
 mod field;
 pub mod hours;
 pub mod lifecycle;
+pub mod media;
 pub mod messages;
 pub mod outcome;
 pub mod phone;

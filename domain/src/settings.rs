@@ -65,6 +65,10 @@ pub struct Telephony {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(example = "sip:queue@ivr.example.com"))]
     pub refer_to: Option<String>,
+    /// What an answered call plays and listens for (prompts, detection, keys); absent = nothing
+    /// (signalling only, or `refer_to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::media::MediaPlan>,
 }
 
 impl Telephony {
@@ -94,6 +98,15 @@ impl Telephony {
                 && !r.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
             if !ok {
                 return Err(FieldError::new(f("refer_to"), "must be a SIP URI, e.g. sip:queue@ivr.example.com"));
+            }
+        }
+        if let Some(m) = &self.media {
+            m.check()?;
+            if self.refer_to.is_some() {
+                return Err(FieldError::new(
+                    f("media"),
+                    "an answered call either plays media or is referred: drop refer_to or media",
+                ));
             }
         }
         Ok(())
