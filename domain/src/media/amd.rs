@@ -52,7 +52,8 @@ pub struct AmdParams {
     pub initial_silence_ms: u32,
     /// Voice in all that makes a machine's greeting.
     pub greeting_ms: u32,
-    /// Silence after a greeting that makes a person (they wait for an answer).
+    /// Silence after a greeting that makes a person (they wait for an answer). At most 1.5 s:
+    /// their message must start within 2 s of their greeting's end (47 CFR 64.1200(a)(7)).
     pub after_greeting_silence_ms: u32,
     /// Detection gives up (`unknown`) after this long.
     pub total_analysis_ms: u32,
@@ -90,7 +91,7 @@ impl AmdParams {
         let ranges: [(&str, u32, u32, u32); 9] = [
             ("initial_silence_ms", self.initial_silence_ms, 500, 10_000),
             ("greeting_ms", self.greeting_ms, 500, 10_000),
-            ("after_greeting_silence_ms", self.after_greeting_silence_ms, 200, 5_000),
+            ("after_greeting_silence_ms", self.after_greeting_silence_ms, 200, 1_500),
             ("total_analysis_ms", self.total_analysis_ms, 1_000, 15_000),
             ("min_word_ms", self.min_word_ms, 20, 1_000),
             ("between_words_silence_ms", self.between_words_silence_ms, 20, 1_000),

@@ -7,8 +7,10 @@ pub mod amd;
 pub mod g711;
 pub mod plan;
 pub mod rtp;
+pub mod script;
 pub mod tone;
 pub mod wav;
 
 pub use amd::{AmdParams, AnsweredBy};
 pub use plan::{KeyAction, MediaPlan};
+pub use script::{MediaResult, Play, Script, Step};
