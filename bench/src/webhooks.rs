@@ -83,6 +83,7 @@ async fn claimed_campaign(s: &Store, name: &str, n: usize) -> Result<(Uuid, Vec<
         }
         for k in claimed {
             let e = |kind, at_ms| StatusEvent {
+                media: None,
                 v: SCHEMA_VERSION,
                 call_id: k.id,
                 attempt: k.attempt,

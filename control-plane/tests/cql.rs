@@ -106,6 +106,7 @@ async fn timeline_on_cql() {
     let claimed = store.claim_due(c.id, 1, Utc::now()).await.expect("claim");
     let k = &claimed[0];
     let ev = |kind| StatusEvent {
+        media: None,
         v: 1,
         call_id: k.id,
         attempt: k.attempt,

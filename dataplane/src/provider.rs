@@ -19,8 +19,9 @@ use crate::ProviderSettings;
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallOutcome {
-    /// Answered after `answered_after`, then talked until hang-up `duration` after dialing.
-    Completed { answered_after: Duration, duration: Duration },
+    /// Answered after `answered_after`, then talked until hang-up `duration` after dialing;
+    /// `media`: what the call's media plan came to (who answered, keys, voicemail).
+    Completed { answered_after: Duration, duration: Duration, media: Option<Box<dialer_domain::media::MediaResult>> },
     /// Not connected: `reason` is the outcome's name ([`dialer_domain::outcome::Outcome`]).
     Failed {
         reason: &'static str,
@@ -239,7 +240,7 @@ impl MockProvider {
             let duration = dur(&mut rng);
             let ring = s.max_ring.min(duration).as_micros() as u64;
             let answered_after = Duration::from_micros(if ring > 0 { rng.random_range(0..=ring) } else { 0 });
-            CallOutcome::Completed { answered_after, duration }
+            CallOutcome::Completed { answered_after, duration, media: None }
         } else {
             let after = dur(&mut rng);
             if rng.random_bool(s.retryable_share.clamp(0.0, 1.0)) {
@@ -331,7 +332,7 @@ mod tests {
         let (mut answered, mut retryable, mut failed) = (0, 0, 0);
         for _ in 0..n {
             match p.draw() {
-                CallOutcome::Completed { duration, answered_after } => {
+                CallOutcome::Completed { duration, answered_after, .. } => {
                     answered += 1;
                     assert!(duration >= Duration::from_secs(1) && duration <= Duration::from_secs(5));
                     assert!(answered_after <= duration);

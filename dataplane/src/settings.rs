@@ -93,6 +93,19 @@ pub struct ProviderSettings {
     /// `max_cps` in a second.
     #[serde(rename = "sip_cps_margin_ms", with = "millis")]
     pub cps_margin: Duration,
+    /// SIP: the UDP ports for the RTP of calls with a media plan (one even port a call, split
+    /// over every shard of the host).
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// SIP: the control plane's base URL the shards fetch prompts from
+    /// (`GET /api/v1/prompts/{id}/audio`, `DIALER_PROMPTS_URL`); `dialer up` uses its own API.
+    pub prompts_url: String,
+    /// SIP: the environment variable holding the API key for `prompts_url` (when the API needs
+    /// one); `dialer up` uses its first configured key.
+    pub prompts_api_key_env: String,
+    /// The API key, read from `prompts_api_key_env` at start (never in a file).
+    #[serde(skip)]
+    pub prompts_api_key: Option<String>,
 }
 
 impl Default for ProviderSettings {
@@ -115,6 +128,11 @@ impl Default for ProviderSettings {
             trunk_failures: 3,
             trunk_backoff: Duration::from_secs(30),
             cps_margin: Duration::from_millis(100),
+            rtp_port_min: 20_000,
+            rtp_port_max: 29_999,
+            prompts_url: String::new(),
+            prompts_api_key_env: String::new(),
+            prompts_api_key: None,
         }
     }
 }

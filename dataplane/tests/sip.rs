@@ -68,7 +68,7 @@ fn failure(o: &CallOutcome) -> (&'static str, bool, Option<u16>, Option<u64>) {
 /// Talk time of an answered call.
 fn talked(o: &CallOutcome) -> Duration {
     match o {
-        CallOutcome::Completed { answered_after, duration } => *duration - *answered_after,
+        CallOutcome::Completed { answered_after, duration, .. } => *duration - *answered_after,
         CallOutcome::Failed { .. } => panic!("expected an answered call, got {o:?}"),
     }
 }

@@ -154,6 +154,23 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// `dialer up`'s provider: its shards fetch prompts from this process's own API (its first
+/// key, when it has keys) unless `provider.prompts_url` says otherwise.
+fn embedded_provider(cfg: &Config) -> dialer_dataplane::ProviderSettings {
+    let mut p = cfg.provider.clone();
+    if p.prompts_url.is_empty() {
+        let mut at = cfg.api.listen;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+        p.prompts_url = format!("http://{at}");
+        if p.prompts_api_key.is_none() {
+            p.prompts_api_key = cfg.api.keys.first().map(|k| k.0.clone());
+        }
+    }
+    p
+}
+
 /// `dialer up`: API, scheduler, data plane and recorder in one process over the in-process bus
 /// and limiter.
 async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_dir: &Path) -> Result<()> {
@@ -189,7 +206,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         limiter: dialer_dataplane::LimiterChoice::Local(limiter.clone()),
         global_cap: cfg.limits.global_max_concurrency,
         per_campaign_ceiling: cfg.limits.per_campaign_max_concurrency,
-        provider: cfg.provider.clone(),
+        provider: embedded_provider(cfg),
         tracker: tracker(cfg)?,
         instance: format!("up-{}", std::process::id()),
     })?;

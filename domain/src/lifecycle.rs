@@ -115,6 +115,7 @@ pub fn abandoned_event(a: &Abandoned, now_ms: u64) -> StatusEvent {
         (EventKind::Expired, "never dialled before the dialer stopped")
     };
     StatusEvent {
+        media: None,
         v: crate::messages::SCHEMA_VERSION,
         call_id: a.call_id,
         attempt: a.attempt,
@@ -139,6 +140,7 @@ mod tests {
 
     fn ev(kind: EventKind, attempt: u32) -> StatusEvent {
         StatusEvent {
+            media: None,
             v: 1,
             call_id: Uuid::from_u128(1),
             attempt,

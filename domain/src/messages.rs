@@ -112,6 +112,9 @@ pub struct StatusEvent {
     /// On an outcome placed over SIP: the far end's final response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sip: Option<Box<SipDetail>>,
+    /// On an answered call with a media plan: who answered, keys, voicemail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<Box<crate::media::MediaResult>>,
 }
 
 /// The SIP final response behind an outcome, kept on the attempt.
@@ -204,6 +207,7 @@ mod tests {
     #[test]
     fn events_round_trip_and_know_outcomes() {
         let e = StatusEvent {
+            media: None,
             v: 1,
             call_id: Uuid::from_u128(1),
             attempt: 1,

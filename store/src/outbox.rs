@@ -173,6 +173,7 @@ mod tests {
 
     fn ev(kind: EventKind, reason: Option<&str>) -> StatusEvent {
         StatusEvent {
+            media: None,
             v: SCHEMA_VERSION,
             call_id: Uuid::from_u128(2),
             attempt: 1,

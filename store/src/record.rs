@@ -184,6 +184,7 @@ mod tests {
 
     fn ev(call: u128, attempt: u32, kind: EventKind, retryable: bool) -> StatusEvent {
         StatusEvent {
+            media: None,
             v: SCHEMA_VERSION,
             call_id: Uuid::from_u128(call),
             attempt,

@@ -76,6 +76,7 @@ pub async fn campaign(s: &Store, name: &str, targets: usize, cap: u32, hours: Va
 /// The status event of kind `kind` for claimed call `k` (a failure: `busy`, retryable).
 pub fn event(campaign_id: Uuid, k: &ClaimedCall, kind: EventKind) -> StatusEvent {
     StatusEvent {
+        media: None,
         v: 1,
         call_id: k.id,
         attempt: k.attempt,

@@ -9,6 +9,7 @@
 //! Environment: `DIALER_TEST_POSTGRES_URL` (a server URL without a database name, e.g.
 //! `postgres://postgres@127.0.0.1:5432`) uses an existing server instead of starting one.
 
+pub mod audio;
 pub mod fixtures;
 mod jvm;
 pub mod receiver;

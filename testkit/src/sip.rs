@@ -15,6 +15,9 @@ pub const KAMAILIO_INSTALL: &str = "install it with: apt-get install -y kamailio
 
 /// The UAS scenario (see its header for the numbers it understands).
 pub const UAS_SCENARIO: &str = include_str!("../sip/uas.xml");
+/// The media tests' far end (`testkit/sip/media.xml`): `{PERSON}` and `{MACHINE}` name the
+/// audio files it streams.
+pub const MEDIA_SCENARIO: &str = include_str!("../sip/media.xml");
 const KAMAILIO_CFG: &str = include_str!("../sip/kamailio.cfg");
 
 /// A free UDP port on 127.0.0.1 (bound and released).
@@ -88,9 +91,14 @@ impl Sipp {
     /// final screen (for [`Sipp::finish`]; 0 = runs until dropped). `hold_ms`: how long a
     /// "200" number talks before the far end hangs up.
     pub fn uas(calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
+        Sipp::uas_with(UAS_SCENARIO, calls, hold_ms)
+    }
+
+    /// sipp running `scenario` (a UAS) instead of the default one.
+    pub fn uas_with(scenario: &str, calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
         let mut tries = 0;
         loop {
-            match Sipp::start_uas(calls, hold_ms) {
+            match Sipp::start_uas(scenario, calls, hold_ms) {
                 Err(HarnessError::Start { .. }) if tries < 2 => tries += 1,
                 other => return other,
             }
@@ -98,13 +106,13 @@ impl Sipp {
     }
 
     /// One try on freshly drawn ports: fails when sipp exits or another process holds its port.
-    fn start_uas(calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
+    fn start_uas(text: &str, calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("dialer-sipp-")
             .tempdir()
             .map_err(|e| HarnessError::Start { what: "sipp".into(), detail: e.to_string() })?;
         let scenario = dir.path().join("uas.xml");
-        std::fs::write(&scenario, UAS_SCENARIO)
+        std::fs::write(&scenario, text)
             .map_err(|e| HarnessError::Start { what: "sipp".into(), detail: e.to_string() })?;
         let s = Sipp { port: free_udp_port(), dir, process: Managed::default() };
         let p = |n: u16| n.to_string();

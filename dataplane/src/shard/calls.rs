@@ -134,6 +134,7 @@ impl Calls {
 /// A status event of `msg`'s attempt, without the kind's details.
 pub(crate) fn event(msg: &DispatchMessage, kind: EventKind, shard: u16, at_ms: u64) -> StatusEvent {
     StatusEvent {
+        media: None,
         v: SCHEMA_VERSION,
         call_id: msg.call_id,
         attempt: msg.attempt,
@@ -165,7 +166,8 @@ pub(crate) fn retryable_failure(
 /// The outcome event of an ended call.
 pub(crate) fn outcome_event(f: &Finished, shard: u16, now: u64) -> StatusEvent {
     match &f.outcome {
-        CallOutcome::Completed { answered_after, duration } => StatusEvent {
+        CallOutcome::Completed { answered_after, duration, media } => StatusEvent {
+            media: media.clone(),
             started_at_ms: Some(f.started_ms),
             answered_at_ms: Some(f.started_ms + answered_after.as_millis() as u64),
             duration_ms: Some(duration.as_millis() as u64),

@@ -11,12 +11,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use dialer_domain::media::{MediaPlan, MediaResult, Play, Script, Step};
 use dialer_domain::messages::DispatchMessage;
 use dialer_domain::outcome::{Outcome, SipContext, SipVerdict, classify_sip, parse_retry_after};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::digest::Challenge;
+use super::media::{FRAME, Heard, PortPool, RtpStream};
+use super::prompts::{Prompts, Samples};
 use super::message::{self, Message, Start, uri_of};
 use super::transport::Lingering;
 use super::trunk::{self, Trunk};
@@ -37,6 +40,9 @@ pub struct Uac {
     /// Makes Call-IDs, tags and branches unique: this shard, this process, a counter.
     prefix: String,
     counter: Cell<u64>,
+    /// The shard's RTP ports and prompts (calls with a media plan).
+    ports: Rc<PortPool>,
+    prompts: Prompts,
 }
 
 impl Uac {
@@ -58,13 +64,15 @@ impl Uac {
         Ok(Rc::new(Uac {
             local,
             socket,
-            settings,
             trunks,
             dialogs: RefCell::default(),
             lingering: RefCell::default(),
             stop: Notify::new(),
             prefix: format!("{:x}{:x}s{shard}", std::process::id(), nanos & 0xffff_ffff),
             counter: Cell::new(0),
+            ports: PortPool::new(settings.rtp_port_min, settings.rtp_port_max, shard, shards),
+            prompts: Prompts::new(&settings.prompts_url, settings.prompts_api_key.clone()),
+            settings,
         }))
     }
 
@@ -81,25 +89,47 @@ impl Uac {
         }
     }
 
-    /// The SDP offer: audio to `media` (the campaign's), else the provider's, else discard.
+    /// The SDP offer: audio to `media` (the call's RTP stream, or the campaign's media
+    /// endpoint), else the provider's, else discard.
     fn sdp(&self, session: &str, media: Option<SocketAddr>) -> String {
         let media = media.or(self.settings.media).unwrap_or_else(|| SocketAddr::new(self.local.ip(), 9));
-        let family = if media.is_ipv4() { "IP4" } else { "IP6" };
-        let ip = media.ip();
-        format!(
-            "v=0\r\no=dialer {session} 1 IN {family} {ip}\r\ns=dialer\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
-             m=audio {} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
-             a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n",
-            media.port()
-        )
+        super::sdp::offer(session, media)
+    }
+}
+
+/// What a call with a media plan brings to its dialog: its RTP stream, bound before the INVITE
+/// (its port is in the offer), and its prompts, loaded before dialling (so a person's message
+/// never waits on a fetch).
+struct Media {
+    plan: MediaPlan,
+    stream: RtpStream,
+    person: Option<Samples>,
+    voicemail: Option<Samples>,
+}
+
+impl Media {
+    /// `None` for a call without a media plan; `Err` (why, as the attempt's reason) when its
+    /// prompts or an RTP port cannot be had: the call is not dialled.
+    async fn prepare(uac: &Uac, msg: &DispatchMessage) -> Result<Option<Media>, String> {
+        let Some(plan) = msg.telephony.as_deref().and_then(|t| t.media.clone()) else { return Ok(None) };
+        let load = |id: Option<uuid::Uuid>| async move {
+            match id {
+                Some(id) => uac.prompts.get(id).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let person = load(plan.prompt).await.map_err(|e| e.to_string())?;
+        let voicemail = load(plan.voicemail_prompt).await.map_err(|e| e.to_string())?;
+        let stream = RtpStream::bind(uac.local.ip(), &uac.ports).await.map_err(|e| e.to_string())?;
+        Ok(Some(Media { plan, stream, person, voicemail }))
     }
 }
 
 /// How a call ended, as the far end's signalling tells it.
 #[derive(Debug)]
 enum End {
-    /// Answered at `answered`, over at `over`.
-    Talked { answered: Instant, over: Instant },
+    /// Answered at `answered`, over at `over`; what its media plan came to.
+    Talked { answered: Instant, over: Instant, media: Option<Box<MediaResult>> },
     /// Not answered: the verdict on the final response (`code` None: none came).
     NotAnswered { code: Option<u16>, phrase: String, verdict: SipVerdict },
 }
@@ -108,6 +138,13 @@ enum End {
 /// A trunk at fault (credentials, refusal) is taken out and the attempt goes to the next one.
 pub async fn place(uac: Rc<Uac>, msg: DispatchMessage) -> CallOutcome {
     let t0 = Instant::now();
+    let mut media = match Media::prepare(&uac, &msg).await {
+        Ok(m) => m,
+        Err(why) => {
+            tracing::warn!(call = %msg.call_id, reason = %why, "call not dialled: its media cannot be played");
+            return failed(Outcome::Failed, true, t0, None, &why, None);
+        }
+    };
     let mut excluded = Vec::new();
     loop {
         let Some(i) = trunk::pick(&uac.trunks, &excluded, Instant::now()) else {
@@ -117,14 +154,14 @@ pub async fn place(uac: Rc<Uac>, msg: DispatchMessage) -> CallOutcome {
         let _channel = trunk.channel().await;
         trunk.pace().await;
         trunk.metrics.attempts.increment(1);
-        let end = Dialog::new(&uac, &trunk, &msg).run().await;
+        let end = Dialog::new(&uac, &trunk, &msg, media.as_mut()).run().await;
         let s = &uac.settings;
         match end {
-            End::Talked { answered, over } => {
+            End::Talked { answered, over, media } => {
                 trunk.metrics.response(Some(200));
                 trunk.metrics.answers.increment(1);
                 trunk.worked();
-                return CallOutcome::Completed { answered_after: answered - t0, duration: over - t0 };
+                return CallOutcome::Completed { answered_after: answered - t0, duration: over - t0, media };
             }
             End::NotAnswered { code, phrase, verdict } => {
                 trunk.metrics.response(code);
@@ -201,6 +238,8 @@ struct Dialog<'a> {
     refer_to: Option<String>,
     /// A NOTIFY reported the REFER's final answer.
     transferred: Cell<bool>,
+    /// The call's media plan, stream and prompts, if its campaign has a plan.
+    rtp: Option<&'a mut Media>,
 }
 
 impl Drop for Dialog<'_> {
@@ -221,7 +260,7 @@ enum Invited {
 }
 
 impl<'a> Dialog<'a> {
-    fn new(uac: &'a Uac, trunk: &'a Trunk, msg: &DispatchMessage) -> Dialog<'a> {
+    fn new(uac: &'a Uac, trunk: &'a Trunk, msg: &DispatchMessage, rtp: Option<&'a mut Media>) -> Dialog<'a> {
         let s = &trunk.s;
         let t = msg.telephony.as_deref();
         let domain = if s.domain.is_empty() { trunk.addr.to_string() } else { s.domain.clone() };
@@ -250,8 +289,12 @@ impl<'a> Dialog<'a> {
             transferred: Cell::new(false),
             ring_timeout: t.and_then(|t| t.ring_timeout_ms).map_or(uac.settings.ring_timeout, Duration::from_millis),
             ring_deadline: Instant::now(),
-            media: t.and_then(|t| t.media_endpoint.as_deref()).and_then(|m| m.parse().ok()),
+            media: match &rtp {
+                Some(m) => Some(m.stream.local()),
+                None => t.and_then(|t| t.media_endpoint.as_deref()).and_then(|m| m.parse().ok()),
+            },
             refer_to: t.and_then(|t| t.refer_to.clone()).or_else(|| uac.settings.refer_to.clone()),
+            rtp,
         }
     }
 
@@ -262,15 +305,18 @@ impl<'a> Dialog<'a> {
         };
         let answered = Instant::now();
         self.confirm(&ok).await;
+        let mut media = None;
         if cancelled {
             // The answer crossed our CANCEL (RFC 3261 §9.1): ACK it and hang up at once.
             self.bye().await;
+        } else if self.rtp.is_some() {
+            media = Some(Box::new(self.play(answered, &ok.body).await));
         } else if let Some(uri) = self.refer_to.clone() {
             self.refer(&uri, answered).await;
         } else {
             self.talk(answered).await;
         }
-        End::Talked { answered, over: Instant::now() }
+        End::Talked { answered, over: Instant::now(), media }
     }
 
     async fn send(&self, bytes: &[u8]) {
@@ -504,6 +550,72 @@ impl<'a> Dialog<'a> {
         }
     }
 
+    /// The answered call with a media plan: its script plays prompts and listens (audio every
+    /// 20 ms, keys, the far end's re-INVITEs) until it hangs up, the far end does, or the
+    /// maximum call length passes. What the media came to.
+    async fn play(&mut self, answered: Instant, answer_sdp: &str) -> MediaResult {
+        let Some(m) = self.rtp.as_deref_mut() else { return MediaResult::default() };
+        match super::sdp::remote(answer_sdp) {
+            Ok(r) => m.stream.set_remote(r),
+            Err(e) => tracing::warn!(error = %e, "the answer's SDP has no usable audio: nothing is heard or played"),
+        }
+        let (mut script, first) = Script::start(&m.plan);
+        let mut player = Player::default();
+        player.step(first, m);
+        let mut tick = tokio::time::interval_at(answered, FRAME_TIME);
+        let deadline = answered + self.uac.settings.max_call;
+        let mut heard_audio = false;
+        loop {
+            let m = self.rtp.as_deref_mut().expect("a media call");
+            let event = tokio::select! {
+                msg = self.rx.recv() => Event::Sip(msg),
+                r = m.stream.socket.recv_from(&mut m.stream.inbuf[..]) => Event::Rtp(r),
+                at = tick.tick() => Event::Tick(at),
+                _ = tokio::time::sleep_until(deadline) => Event::Sip(None),
+            };
+            let now_ms = answered.elapsed().as_millis() as u32;
+            let step = match event {
+                Event::Sip(Some(msg)) => {
+                    if self.media_request(&msg).await {
+                        return script.result();
+                    }
+                    Step::Continue
+                }
+                Event::Sip(None) => break,
+                Event::Rtp(Ok((n, from))) => match m.stream.received(n, from) {
+                    Heard::Audio => {
+                        heard_audio = true;
+                        script.audio(&m.stream.frame, now_ms)
+                    }
+                    Heard::Key(k) => script.key(k, now_ms),
+                    Heard::Nothing => Step::Continue,
+                },
+                Event::Rtp(Err(_)) => Step::Continue,
+                Event::Tick(at) => player.tick(m, at, &mut script, now_ms, std::mem::take(&mut heard_audio)).await,
+            };
+            let m = self.rtp.as_deref_mut().expect("a media call");
+            if player.step(step, m) {
+                break;
+            }
+        }
+        self.bye().await;
+        let sent = self.rtp.as_deref().map_or(0, |m| m.stream.sent);
+        metrics::counter!("dialer_rtp_packets_sent_total").increment(sent);
+        metrics::counter!("dialer_rtp_late_packets_total").increment(player.late);
+        script.result()
+    }
+
+    /// A request of the far end during a media call: a re-INVITE or UPDATE may move or hold
+    /// the stream (its SDP); true when the far end hung up.
+    async fn media_request(&mut self, msg: &Message) -> bool {
+        if matches!(msg.method(), Some("INVITE" | "UPDATE"))
+            && let (Some(m), Ok(r)) = (self.rtp.as_deref_mut(), super::sdp::remote(&msg.body))
+        {
+            m.stream.set_remote(r);
+        }
+        self.on_dialog_message(msg).await
+    }
+
     /// Sends a request in the dialog and waits for its final response, answering one digest
     /// challenge (carriers challenge BYE and REFER too); a far-end BYE meanwhile is answered.
     /// The final code (None on Timer F) and whether the far end hung up.
@@ -582,6 +694,71 @@ impl<'a> Dialog<'a> {
             return self.talk(answered).await;
         }
         self.bye().await;
+    }
+}
+
+/// One RTP packet's worth of time.
+const FRAME_TIME: Duration = Duration::from_millis(20);
+
+/// What woke a media call.
+enum Event {
+    Sip(Option<Message>),
+    Rtp(std::io::Result<(usize, SocketAddr)>),
+    Tick(Instant),
+}
+
+/// The prompt a media call is playing, and how far.
+#[derive(Default)]
+struct Player {
+    playing: Option<(Samples, usize)>,
+    /// Packets sent later than one packet time after their slot.
+    late: u64,
+}
+
+impl Player {
+    /// Does what the script said; true when it hung up.
+    fn step(&mut self, step: Step, m: &Media) -> bool {
+        match step {
+            Step::Continue => false,
+            Step::Play(which) => {
+                let samples = match which {
+                    Play::Person => m.person.clone(),
+                    Play::Voicemail => m.voicemail.clone(),
+                };
+                self.playing = samples.map(|s| (s, 0));
+                false
+            }
+            Step::Hangup => true,
+        }
+    }
+
+    /// Every 20 ms: the next packet of the prompt (or silence) goes out; the script hears the
+    /// clock, and silence when no audio came since the last tick (detection counts it).
+    async fn tick(&mut self, m: &mut Media, slot: Instant, script: &mut Script, now_ms: u32, heard: bool) -> Step {
+        if slot.elapsed() > FRAME_TIME {
+            self.late += 1;
+        }
+        let mut ended = false;
+        match &mut self.playing {
+            Some((samples, at)) => {
+                let end = (*at + FRAME).min(samples.len());
+                m.stream.send(&samples[*at..end], *at == 0).await;
+                *at = end;
+                ended = end >= samples.len();
+            }
+            None => m.stream.send(&[], false).await,
+        }
+        if ended {
+            self.playing = None;
+            return script.played_out(now_ms);
+        }
+        if !heard {
+            let step = script.audio(&[0; FRAME], now_ms);
+            if step != Step::Continue {
+                return step;
+            }
+        }
+        script.tick(now_ms)
     }
 }
 

@@ -1,5 +1,7 @@
-//! The SIP provider: a UAC per shard placing calls over SIP trunks (RFC 3261, UDP, signalling
-//! only: the SDP offer names a media endpoint, the dialer sends no RTP).
+//! The SIP provider: a UAC per shard placing calls over SIP trunks (RFC 3261, UDP). A call whose
+//! campaign has a media plan (`telephony.media`) gets its own RTP stream ([`media`]) playing
+//! prompts ([`prompts`]) and listening (detection, keys); other calls are signalling only, their
+//! SDP naming the campaign's media endpoint or a discard port.
 //!
 //! Each shard owns one UDP socket, its dialogs and its share of every trunk's channels and calls
 //! per second: no lock and no shared state across cores. [`SipProvider::start`] binds the socket
@@ -9,7 +11,10 @@
 
 pub mod call;
 pub mod digest;
+pub mod media;
 pub mod message;
+pub mod prompts;
+pub mod sdp;
 pub mod transport;
 pub mod trunk;
 

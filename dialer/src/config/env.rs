@@ -43,6 +43,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_PROVIDER_SEED", "provider.seed"),
     ("DIALER_PROVIDER_KIND", "provider.kind"),
     ("DIALER_SIP_BIND", "provider.sip_bind"),
+    ("DIALER_PROMPTS_URL", "provider.prompts_url"),
     ("DIALER_PROVIDER_RING_TIMEOUT_MS", "provider.ring_timeout_ms"),
     ("DIALER_SCHEDULER_REAP_EVERY_MS", "scheduler.reap_every_ms"),
     ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
@@ -163,6 +164,7 @@ fn set_bus_and_provider(c: &mut Config, key: &str, v: &str) -> Result<(), ValueE
         "provider.sip_bind" => p.bind_ip = v.trim().parse().map_err(|_| ValueError::NotAnIp(v.to_string()))?,
         "provider.ring_timeout_ms" => p.ring_timeout = ms(v)?,
         "provider.ledger" => p.ledger = v.to_string(),
+        "provider.prompts_url" => p.prompts_url = v.trim().to_string(),
         _ => return Err(ValueError::UnknownKey),
     }
     Ok(())
@@ -199,8 +201,20 @@ fn set_rest(c: &mut Config, key: &str, v: &str) -> Result<(), ValueError> {
     Ok(())
 }
 
-/// Reads each trunk's password from its `password_env` variable in `env`.
+/// Reads each trunk's password from its `password_env` variable in `env`, and the prompts' API
+/// key from `prompts_api_key_env`.
 pub(super) fn read_passwords(p: &mut ProviderSettings, env: &[(String, String)]) -> Result<(), ConfigError> {
+    if !p.prompts_api_key_env.is_empty() {
+        match env.iter().find(|(k, _)| *k == p.prompts_api_key_env) {
+            Some((_, v)) if !v.is_empty() => p.prompts_api_key = Some(v.clone()),
+            _ => {
+                return Err(invalid(
+                    "provider.prompts_api_key_env",
+                    format!("the variable {} is not set: export the API key in it", p.prompts_api_key_env),
+                ));
+            }
+        }
+    }
     for (i, t) in p.trunks.iter_mut().enumerate() {
         if t.password_env.is_empty() {
             continue;

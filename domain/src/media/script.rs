@@ -59,9 +59,12 @@ pub struct MediaResult {
     /// A voicemail message was played to its end.
     #[serde(default)]
     pub voicemail_left: bool,
-    /// What started the voicemail message: `beep`, `silence` or `timeout`.
+    /// What started the voicemail message (`beep`, `silence` or `timeout`), and when (ms after
+    /// the answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voicemail_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voicemail_started_ms: Option<u32>,
     /// The key that ended the call, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtmf: Option<String>,
@@ -128,8 +131,9 @@ impl Script {
                 let Some(d) = self.amd.as_mut().and_then(|a| a.frame(frame)) else { return Step::Continue };
                 self.result.answered_by = Some(d.answered_by);
                 self.result.amd_reason = Some(d.reason.to_string());
-                self.result.amd_ms = Some(d.at_ms);
-                self.result.greeting_end_ms = d.greeting_end_ms;
+                // Detection counts audio time; the result is on the call's clock.
+                self.result.amd_ms = Some(now_ms);
+                self.result.greeting_end_ms = d.greeting_end_ms.map(|g| now_ms.saturating_sub(d.at_ms - g));
                 match d.answered_by {
                     AnsweredBy::Machine => self.machine(now_ms),
                     _ => self.person(now_ms),
@@ -145,13 +149,13 @@ impl Script {
             self.last_voice_ms = now_ms;
         }
         if let Beep::Ended { .. } = self.beep.frame(frame) {
-            return self.voicemail("beep");
+            return self.voicemail("beep", now_ms);
         }
         if now_ms.saturating_sub(self.last_voice_ms) >= VOICEMAIL_SILENCE_MS {
-            return self.voicemail("silence");
+            return self.voicemail("silence", now_ms);
         }
         if now_ms.saturating_sub(since_ms) >= VOICEMAIL_WAIT_MS {
-            return self.voicemail("timeout");
+            return self.voicemail("timeout", now_ms);
         }
         Step::Continue
     }
@@ -219,8 +223,9 @@ impl Script {
         Step::Continue
     }
 
-    fn voicemail(&mut self, after: &str) -> Step {
+    fn voicemail(&mut self, after: &str, now_ms: u32) -> Step {
         self.result.voicemail_after = Some(after.into());
+        self.result.voicemail_started_ms = Some(now_ms);
         self.state = State::Voicemail;
         Step::Play(Play::Voicemail)
     }
@@ -338,6 +343,7 @@ mod tests {
         assert_eq!(s.played_out(t + 5000), Step::Hangup);
         let r = s.result();
         assert_eq!((r.voicemail_left, r.voicemail_after.as_deref(), r.abandoned), (true, Some("beep"), false));
+        assert_eq!(r.voicemail_started_ms, Some(t), "the frame after the beep's last");
     }
 
     #[test]

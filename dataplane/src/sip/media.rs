@@ -1,0 +1,208 @@
+//! A call's RTP stream (RFC 3550, G.711 at 20 ms): the shard's RTP ports, one per call with
+//! media; packets written into the stream's own buffers (no allocation per packet); symmetric
+//! RTP (the far end's first packet fixes where we send and the only source we hear); RTCP and
+//! other traffic on the port ignored; RFC 4733 keys read from `telephone-event` packets.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+use dialer_domain::media::g711::Law;
+use dialer_domain::media::rtp::{self, Keys};
+
+use super::sdp::{DTMF_PT, Remote};
+
+/// Samples in one 20 ms packet at 8 kHz.
+pub const FRAME: usize = 160;
+
+/// The RTP ports of one shard: the even ports of `[min, max]` whose half is `shard` modulo
+/// `shards` (so the shards of every process on a host never share one).
+#[derive(Debug)]
+pub struct PortPool {
+    free: RefCell<VecDeque<u16>>,
+}
+
+impl PortPool {
+    pub fn new(min: u16, max: u16, shard: usize, shards: usize) -> Rc<PortPool> {
+        let free = (min..=max)
+            .filter(|p| p % 2 == 0 && usize::from(p / 2) % shards.max(1) == shard % shards.max(1))
+            .collect();
+        Rc::new(PortPool { free: RefCell::new(free) })
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+/// A port taken from the pool, given back when dropped.
+#[derive(Debug)]
+struct Lease {
+    port: u16,
+    pool: Rc<PortPool>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.free.borrow_mut().push_back(self.port);
+    }
+}
+
+/// Why a call has no RTP stream: it is not dialled (failed, retryable).
+#[derive(Debug, thiserror::Error)]
+pub enum RtpError {
+    #[error("no free RTP port in provider.rtp_port_min..rtp_port_max for this shard; widen the range")]
+    NoPort,
+}
+
+/// What a datagram on the stream's port was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A packet of audio, decoded into [`RtpStream::frame`].
+    Audio,
+    Key(char),
+    /// Not ours to use (RTCP, another payload type, another source, a repeat of an event).
+    Nothing,
+}
+
+/// One call's RTP stream.
+#[derive(Debug)]
+pub struct RtpStream {
+    pub socket: tokio::net::UdpSocket,
+    _port: Lease,
+    remote: Option<Remote>,
+    /// The far end's source, fixed by its first packet (symmetric RTP).
+    latched: Option<SocketAddr>,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    out: [u8; rtp::HEADER + FRAME],
+    pub inbuf: Box<[u8; 1500]>,
+    /// The last audio packet, decoded.
+    pub frame: Vec<i16>,
+    keys: Keys,
+    pub sent: u64,
+}
+
+impl RtpStream {
+    /// Binds a port of the pool on `ip` (a port another program holds is skipped).
+    pub async fn bind(ip: IpAddr, pool: &Rc<PortPool>) -> Result<RtpStream, RtpError> {
+        for _ in 0..pool.available() {
+            let Some(port) = pool.free.borrow_mut().pop_front() else { break };
+            let lease = Lease { port, pool: pool.clone() };
+            if let Ok(socket) = tokio::net::UdpSocket::bind(SocketAddr::new(ip, port)).await {
+                let r: u64 = rand::random();
+                return Ok(RtpStream {
+                    socket,
+                    _port: lease,
+                    remote: None,
+                    latched: None,
+                    ssrc: r as u32,
+                    seq: (r >> 32) as u16,
+                    timestamp: (r >> 48) as u32 * 160,
+                    out: [0; rtp::HEADER + FRAME],
+                    inbuf: Box::new([0; 1500]),
+                    frame: Vec::with_capacity(1500),
+                    keys: Keys::default(),
+                    sent: 0,
+                });
+            }
+        }
+        Err(RtpError::NoPort)
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The far end's stream, from its SDP (the answer, or a re-INVITE's offer).
+    pub fn set_remote(&mut self, r: Remote) {
+        self.remote = Some(r);
+    }
+
+    /// Sends 20 ms of audio (`samples`, padded with silence), unless the far end holds the call.
+    /// `marker`: the first packet of a prompt.
+    pub async fn send(&mut self, samples: &[i16], marker: bool) {
+        let Some(r) = self.remote.filter(|r| r.direction.we_send() && r.addr.port() != 0) else { return };
+        let to = self.latched.unwrap_or(r.addr);
+        let law = r.law;
+        rtp::write_header(&mut self.out, law.payload_type(), marker, self.seq, self.timestamp, self.ssrc);
+        let silence = law.encode(0);
+        for (i, b) in self.out[rtp::HEADER..].iter_mut().enumerate() {
+            *b = samples.get(i).map_or(silence, |s| law.encode(*s));
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+        if self.socket.send_to(&self.out, to).await.is_ok() {
+            self.sent += 1;
+        }
+    }
+
+    /// Reads a datagram of `n` bytes from `from` (in [`RtpStream::inbuf`]).
+    pub fn received(&mut self, n: usize, from: SocketAddr) -> Heard {
+        let Some(p) = rtp::parse(&self.inbuf[..n]) else { return Heard::Nothing };
+        match self.latched {
+            Some(l) if l != from => return Heard::Nothing,
+            Some(_) => {}
+            None => self.latched = Some(from),
+        }
+        let dtmf = self.remote.and_then(|r| r.dtmf_pt).unwrap_or(DTMF_PT);
+        if p.payload_type == dtmf {
+            return self.keys.packet(&p).map_or(Heard::Nothing, Heard::Key);
+        }
+        let Some(law) = Law::from_payload_type(p.payload_type) else { return Heard::Nothing };
+        law.decode_all(p.payload, &mut self.frame);
+        Heard::Audio
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_the_even_ports() {
+        let a = PortPool::new(20000, 20019, 0, 2);
+        let b = PortPool::new(20000, 20019, 1, 2);
+        assert_eq!(a.free.borrow().iter().copied().collect::<Vec<_>>(), [20000, 20004, 20008, 20012, 20016]);
+        assert_eq!(b.free.borrow().iter().copied().collect::<Vec<_>>(), [20002, 20006, 20010, 20014, 20018]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_sends_g711_and_hears_its_far_end_only() {
+        let pool = PortPool::new(41000, 41099, 0, 1);
+        let mut s = RtpStream::bind(IpAddr::from([127, 0, 0, 1]), &pool).await.expect("a port");
+        assert_eq!(pool.available(), 49, "one port leased");
+        let far = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("far end");
+        let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 8 96\r\na=rtpmap:96 telephone-event/8000\r\n", far.local_addr().unwrap().port());
+        s.set_remote(super::super::sdp::remote(&sdp).expect("sdp"));
+        s.send(&[1000; FRAME], true).await;
+        let mut buf = [0u8; 1500];
+        let (n, from) = far.recv_from(&mut buf).await.expect("a packet");
+        let p = rtp::parse(&buf[..n]).expect("rtp");
+        assert_eq!((p.payload_type, p.marker, p.payload.len()), (8, true, FRAME), "PCMA, as answered");
+        assert_eq!(Law::Alaw.decode(p.payload[0]), 1008);
+        // The far end answers from its port: audio decoded, a key read once.
+        let mut pkt = vec![0; rtp::HEADER];
+        rtp::write_header(&mut pkt, 8, false, 1, 160, 7);
+        pkt.extend_from_slice(&[0xd5; FRAME]);
+        far.send_to(&pkt, from).await.expect("send");
+        let (n, src) = s.socket.recv_from(&mut s.inbuf[..]).await.expect("recv");
+        assert_eq!(s.received(n, src), Heard::Audio);
+        assert_eq!(s.frame, vec![8; FRAME]);
+        rtp::write_header(&mut pkt, 96, false, 2, 320, 7);
+        pkt.truncate(rtp::HEADER);
+        pkt.extend_from_slice(&[9, 0x0a, 0, 160]);
+        far.send_to(&pkt, from).await.expect("send");
+        let (n, src) = s.socket.recv_from(&mut s.inbuf[..]).await.expect("recv");
+        assert_eq!(s.received(n, src), Heard::Key('9'));
+        // Another source is not heard once the far end is latched.
+        let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("stranger");
+        stranger.send_to(&pkt, from).await.expect("send");
+        let (n, src) = s.socket.recv_from(&mut s.inbuf[..]).await.expect("recv");
+        assert_eq!(s.received(n, src), Heard::Nothing);
+        drop(s);
+        assert_eq!(pool.available(), 50, "the port is given back");
+    }
+}
