@@ -244,6 +244,11 @@ pub struct CallAttempt {
     pub sip_code: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sip_reason: Option<String>,
+    /// What the attempt's media came to (a campaign with `telephony.media`): who answered
+    /// (`answered_by`), detection's reason, the key pressed (`dtmf`), `opted_out`,
+    /// `voicemail_left`, when the message started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<dialer_domain::media::MediaResult>,
 }
 
 /// `GET /api/v1/calls/{id}`: the call and its attempts.
@@ -271,4 +276,22 @@ pub struct QueueTargetsResponse {
     /// Listings of a number already listed in this request, merged into the first.
     #[serde(default)]
     pub duplicates_merged: u64,
+}
+
+/// A prompt (`POST /api/v1/prompts`): audio an answered call plays, named by a campaign's
+/// `telephony.media`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Prompt {
+    pub id: Uuid,
+    pub name: String,
+    /// Its length, at 8 kHz.
+    pub duration_ms: u64,
+    /// SHA-256 of the stored audio (8 kHz mono 16-bit PCM WAV), hex.
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PromptList {
+    pub prompts: Vec<Prompt>,
 }

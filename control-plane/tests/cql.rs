@@ -34,6 +34,7 @@ fn row(campaign: Uuid, call: Uuid, attempt: u32, outcome: &str) -> TimelineRow {
         retryable: (outcome == "failed").then_some(true),
         sip_code: (outcome == "failed").then_some(486),
         sip_reason: (outcome == "failed").then(|| "Busy Here".to_string()),
+        media: (outcome == "completed").then(|| r#"{"answered_by":"machine","voicemail_left":true}"#.to_string()),
     }
 }
 
@@ -93,6 +94,9 @@ async fn timeline_on_cql() {
         "the SIP answer is kept"
     );
     assert_eq!((got[1].attempt, got[1].outcome.as_str(), got[1].duration_ms), (2, "completed", Some(3000)));
+    let media = got[1].media.as_ref().expect("the attempt's media");
+    assert_eq!((media.answered_by, media.voicemail_left), (Some(dialer_domain::media::AnsweredBy::Machine), true));
+    assert_eq!(got[0].media, None);
     assert!(got[1].answered_at.is_some() && got[1].started_at.is_some());
     assert!(t.attempts(Uuid::now_v7()).await.expect("read").is_empty());
 

@@ -36,12 +36,14 @@ fn serve_prompts(prompts: HashMap<Uuid, Vec<u8>>) -> String {
             let app = axum::Router::new()
                 .route(
                     "/api/v1/prompts/{id}/audio",
-                    axum::routing::get(|State(p): State<Arc<HashMap<Uuid, Vec<u8>>>>, Path(id): Path<Uuid>| async move {
-                        match p.get(&id) {
-                            Some(b) => (axum::http::StatusCode::OK, b.clone()),
-                            None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
-                        }
-                    }),
+                    axum::routing::get(
+                        |State(p): State<Arc<HashMap<Uuid, Vec<u8>>>>, Path(id): Path<Uuid>| async move {
+                            match p.get(&id) {
+                                Some(b) => (axum::http::StatusCode::OK, b.clone()),
+                                None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                            }
+                        },
+                    ),
                 )
                 .with_state(prompts);
             let l = tokio::net::TcpListener::from_std(listener).expect("listener");
@@ -59,6 +61,7 @@ fn plan() -> MediaPlan {
         keys: [("9".to_string(), KeyAction::OptOut), ("1".to_string(), KeyAction::End)].into(),
         repeat: 1,
         key_timeout_ms: 1500,
+        opt_out_list: Default::default(),
     }
 }
 

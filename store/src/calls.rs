@@ -384,7 +384,7 @@ pub async fn get_call<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<Call
     let call = call_from_row(&row)?;
     let attempts = sqlx::query::<D>(
         "SELECT attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable, \
-         sip_code, sip_reason FROM call_attempts WHERE campaign_id = $1 AND call_id = $2 ORDER BY attempt",
+         sip_code, sip_reason, media FROM call_attempts WHERE campaign_id = $1 AND call_id = $2 ORDER BY attempt",
     )
     .arg(call.campaign_id)
     .arg(id)
@@ -403,6 +403,7 @@ pub async fn get_call<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<Call
             retryable: r.col("retryable")?,
             sip_code: r.col::<Option<i32>>("sip_code")?.map(|c| c.clamp(0, 999) as u16),
             sip_reason: r.col("sip_reason")?,
+            media: r.col::<Option<String>>("media")?.and_then(|m| serde_json::from_str(&m).ok()),
         })
     })
     .collect::<Result<Vec<_>, StoreError>>()?;

@@ -47,6 +47,8 @@ pub enum Conflict {
     EndpointDisabled,
     #[error("recovery at start could not resolve {0} calls still queued or in progress")]
     Unresolved(usize),
+    #[error("campaign {0} plays this prompt; change its telephony.media (or let it complete) first")]
+    PromptInUse(uuid::Uuid),
 }
 
 /// What the database holds that this version cannot read, or an answer that breaks the store's

@@ -21,6 +21,7 @@ mod error;
 pub mod events;
 pub mod model;
 mod outbox;
+pub mod prompts;
 mod record;
 pub mod recording;
 pub mod rules;
@@ -262,9 +263,55 @@ pub type Op<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 /// Every operation of the store, on either database ([`Store`] derefs to it): one trait per
 /// aggregate, each method one generic function of the module named in its documentation, run
 /// for the store's dialect. Calling a method through a `Store` needs no import of these traits.
-pub trait Ops: CampaignOps + CallOps + RuleOps + EventOps {}
+pub trait Ops: CampaignOps + CallOps + RuleOps + EventOps + PromptOps {}
 
-impl<T: CampaignOps + CallOps + RuleOps + EventOps> Ops for T {}
+impl<T: CampaignOps + CallOps + RuleOps + EventOps + PromptOps> Ops for T {}
+
+/// Prompts: the audio answered calls play ([`prompts`]).
+pub trait PromptOps: Send + Sync {
+    /// Stores a prompt's audio (8 kHz mono 16-bit PCM WAV) and its hash.
+    fn create_prompt<'a>(
+        &'a self,
+        name: &'a str,
+        duration_ms: u64,
+        sha256: &'a str,
+        wav: Vec<u8>,
+    ) -> Op<'a, dialer_api::views::Prompt>;
+    fn get_prompt(&self, id: Uuid) -> Op<'_, dialer_api::views::Prompt>;
+    fn list_prompts(&self) -> Op<'_, Vec<dialer_api::views::Prompt>>;
+    fn prompt_audio(&self, id: Uuid) -> Op<'_, Vec<u8>>;
+    /// Which of `ids` name no prompt.
+    fn missing_prompts<'a>(&'a self, ids: &'a [Uuid]) -> Op<'a, Vec<Uuid>>;
+    /// `false`: no such prompt; a prompt a live campaign plays is refused (409).
+    fn delete_prompt(&self, id: Uuid) -> Op<'_, bool>;
+}
+
+impl<D: Dialect> PromptOps for sqlx::Pool<D> {
+    fn create_prompt<'a>(
+        &'a self,
+        name: &'a str,
+        duration_ms: u64,
+        sha256: &'a str,
+        wav: Vec<u8>,
+    ) -> Op<'a, dialer_api::views::Prompt> {
+        Box::pin(prompts::create_prompt(self, name, duration_ms, sha256, wav))
+    }
+    fn get_prompt(&self, id: Uuid) -> Op<'_, dialer_api::views::Prompt> {
+        Box::pin(prompts::get_prompt(self, id))
+    }
+    fn list_prompts(&self) -> Op<'_, Vec<dialer_api::views::Prompt>> {
+        Box::pin(prompts::list_prompts(self))
+    }
+    fn prompt_audio(&self, id: Uuid) -> Op<'_, Vec<u8>> {
+        Box::pin(prompts::prompt_audio(self, id))
+    }
+    fn missing_prompts<'a>(&'a self, ids: &'a [Uuid]) -> Op<'a, Vec<Uuid>> {
+        Box::pin(prompts::missing_prompts(self, ids))
+    }
+    fn delete_prompt(&self, id: Uuid) -> Op<'_, bool> {
+        Box::pin(prompts::delete_prompt(self, id))
+    }
+}
 
 /// Campaigns and their aggregates.
 pub trait CampaignOps: Send + Sync {

@@ -74,9 +74,10 @@ pub(crate) fn status_events(
     }
 }
 
-/// An attempt's end: its times, duration and the SIP answer behind it.
+/// An attempt's end: its times, duration, the SIP answer behind it and what its media came
+/// to (who answered, the key, the voicemail; absent without a media plan).
 fn ended(e: &StatusEvent, outcome: &str) -> Value {
-    json!({
+    let mut data = json!({
         "attempt": e.attempt,
         "outcome": outcome,
         "started_at": e.started_at_ms.map(time),
@@ -85,7 +86,12 @@ fn ended(e: &StatusEvent, outcome: &str) -> Value {
         "duration_ms": e.duration_ms,
         "sip_code": e.sip.as_ref().and_then(|s| s.code),
         "sip_reason": e.sip.as_ref().map(|s| s.phrase.as_str()),
-    })
+    });
+    if let Some(m) = &e.media {
+        data["answered_by"] = json!(m.answered_by);
+        data["media"] = json!(m);
+    }
+    data
 }
 
 /// The outcome named by a reason, `cancelled` for a completion's cancellation, else `failed`.
@@ -228,6 +234,21 @@ mod tests {
         let b = body(&out[1]);
         assert_eq!((b["data"]["outcome"].as_str(), b["data"]["duration_ms"].as_u64()), (Some("answered"), Some(4000)));
         assert_eq!(b["data"]["phone_number"], "+15551230000");
+        assert!(b["data"].get("answered_by").is_none(), "no media plan, no media");
+        let mut with_media = ev(EventKind::Completed, None);
+        with_media.media = Some(Box::new(dialer_domain::media::MediaResult {
+            answered_by: Some(dialer_domain::media::AnsweredBy::Human),
+            dtmf: Some("9".into()),
+            opted_out: true,
+            ..Default::default()
+        }));
+        let mut out = vec![];
+        status_events(&mut s, &with_media, &change(CallStatus::Completed, None, None), Utc::now(), &mut out);
+        let d = &body(&out[1])["data"];
+        assert_eq!(
+            (d["answered_by"].as_str(), d["media"]["dtmf"].as_str(), d["media"]["opted_out"].as_bool()),
+            (Some("human"), Some("9"), Some(true))
+        );
     }
 
     #[test]

@@ -44,9 +44,55 @@ pub async fn record_events<D: Dialect>(
     write_calls(&mut tx, &d.changed, &d.event_seqs).await?;
     write_timeline(&mut tx, cql, &d.timeline).await?;
     write_stats(&mut tx, &d.deltas).await?;
+    write_opt_outs(&mut tx, events, &known).await?;
     crate::events::log::append::<D>(&mut tx, &d.events).await?;
     tx.commit().await?;
     Ok(d.report)
+}
+
+/// Numbers whose callee pressed the opt-out key: on the campaign's (or the global) do-not-call
+/// list in the same transaction as the attempt, so no opt-out is recorded without its entry;
+/// the scheduler announces them to every shard like any other opt-out.
+async fn write_opt_outs<D: Dialect>(tx: &mut Tx<D>, events: &[StatusEvent], known: &Known) -> Result<(), StoreError> {
+    use dialer_domain::media::OptOutList;
+    let at = now();
+    let opt_outs: Vec<(Uuid, &str)> = events
+        .iter()
+        .filter_map(|e| {
+            let m = e.media.as_ref().filter(|m| m.opted_out)?;
+            let (campaign, _) = known.calls.get(&e.call_id)?;
+            let (number, _) = known.streams.get(&e.call_id)?;
+            let list = match m.opt_out_list.unwrap_or_default() {
+                OptOutList::Campaign => *campaign,
+                OptOutList::Global => dialer_domain::dnc::GLOBAL_LIST,
+            };
+            Some((list, number.as_str()))
+        })
+        .collect();
+    for chunk in opt_outs.chunks(CHUNK_ROWS / 8) {
+        let mut q = QueryBuilder::<D>::new(
+            "INSERT INTO dnc_entries (campaign_id, phone_number, reason, source, expires_at, created_at, announced) ",
+        );
+        q.push_values(chunk, |mut b, (list, number)| {
+            let no_expiry: Option<chrono::DateTime<chrono::Utc>> = None;
+            b.push_arg(*list)
+                .push_arg(*number)
+                .push_arg("opt_out")
+                .push_arg("keypress")
+                .push_arg(no_expiry)
+                .push_arg(at)
+                .push_arg(false);
+        });
+        q.push(
+            " ON CONFLICT (campaign_id, phone_number) DO UPDATE SET reason = excluded.reason, \
+             source = excluded.source, expires_at = NULL, announced = false",
+        );
+        q.build().run(&mut **tx).await?;
+    }
+    if !opt_outs.is_empty() {
+        metrics::counter!("dialer_dnc_keypress_opt_outs_total").increment(opt_outs.len() as u64);
+    }
+    Ok(())
 }
 
 /// The batch's calls, locked in id order: the reaper and a recorder resolving the
@@ -127,7 +173,7 @@ async fn write_timeline<D: Dialect>(
     for chunk in tl.chunks(CHUNK_ROWS / 5) {
         let mut q = QueryBuilder::<D>::new(
             "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, started_at, answered_at, ended_at, \
-             duration_ms, reason, retryable, sip_code, sip_reason) ",
+             duration_ms, reason, retryable, sip_code, sip_reason, media) ",
         );
         q.push_values(chunk, |mut b, (cid, e, outcome)| {
             let r = timeline_row(*cid, e, outcome);
@@ -142,7 +188,8 @@ async fn write_timeline<D: Dialect>(
                 .push_arg(r.reason)
                 .push_arg(r.retryable)
                 .push_arg(r.sip_code.map(i32::from))
-                .push_arg(r.sip_reason);
+                .push_arg(r.sip_reason)
+                .push_arg(r.media);
         });
         q.push(
             " ON CONFLICT (campaign_id, call_id, attempt) DO UPDATE SET \
@@ -154,7 +201,8 @@ async fn write_timeline<D: Dialect>(
              reason = COALESCE(excluded.reason, call_attempts.reason), \
              retryable = COALESCE(excluded.retryable, call_attempts.retryable), \
              sip_code = COALESCE(excluded.sip_code, call_attempts.sip_code), \
-             sip_reason = COALESCE(excluded.sip_reason, call_attempts.sip_reason)",
+             sip_reason = COALESCE(excluded.sip_reason, call_attempts.sip_reason), \
+             media = COALESCE(excluded.media, call_attempts.media)",
         );
         q.build().run(&mut **tx).await?;
     }
@@ -233,5 +281,6 @@ fn timeline_row(
         retryable: e.retryable,
         sip_code: e.sip.as_ref().and_then(|s| s.code),
         sip_reason: e.sip.as_ref().map(|s| s.phrase.clone()),
+        media: e.media.as_ref().and_then(|m| serde_json::to_string(m).ok()),
     }
 }

@@ -12,8 +12,11 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use uuid::Uuid;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../migrations/scylla/0001_timeline.cql"), include_str!("../../migrations/scylla/0002_sip.cql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/scylla/0001_timeline.cql"),
+    include_str!("../../migrations/scylla/0002_sip.cql"),
+    include_str!("../../migrations/scylla/0003_media.cql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TimelineError {
@@ -45,6 +48,8 @@ pub struct TimelineRow {
     /// The SIP final response (SIP provider).
     pub sip_code: Option<u16>,
     pub sip_reason: Option<String>,
+    /// What its media came to (JSON of [`dialer_domain::media::MediaResult`]).
+    pub media: Option<String>,
 }
 
 /// The timeline on a CQL store.
@@ -72,10 +77,11 @@ type AttemptRow = (
     Option<bool>,
     Option<i32>,
     Option<String>,
+    Option<String>,
 );
 
 fn attempt_of(
-    (attempt, outcome, started, answered, ended, duration_ms, reason, retryable, sip_code, sip_reason): AttemptRow,
+    (attempt, outcome, started, answered, ended, duration_ms, reason, retryable, sip_code, sip_reason, media): AttemptRow,
 ) -> CallAttempt {
     CallAttempt {
         attempt: attempt.max(0) as u32,
@@ -88,6 +94,7 @@ fn attempt_of(
         retryable,
         sip_code: sip_code.map(|c| c.clamp(0, 999) as u16),
         sip_reason,
+        media: media.as_deref().and_then(|m| serde_json::from_str(m).ok()),
     }
 }
 
@@ -157,13 +164,12 @@ impl CqlTimeline {
         let insert = session
             .prepare(format!(
                 "INSERT INTO {keyspace}.call_attempts (call_id, attempt, campaign_id, outcome, started_at, answered_at, \
-                 ended_at, duration_ms, reason, retryable, sip_code, sip_reason) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
+                 ended_at, duration_ms, reason, retryable, sip_code, sip_reason, media) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?"
             ))
             .await
             .map_err(q)?;
-        let columns =
-            "attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable, sip_code, sip_reason";
+        let columns = "attempt, outcome, started_at, answered_at, ended_at, duration_ms, reason, retryable, sip_code, sip_reason, media";
         let mut select = session
             .prepare(format!("SELECT {columns} FROM {keyspace}.call_attempts WHERE call_id = ?"))
             .await
@@ -204,6 +210,7 @@ impl CqlTimeline {
                         r.retryable,
                         r.sip_code.map(i32::from),
                         r.sip_reason.as_deref(),
+                        r.media.as_deref(),
                         self.ttl_secs,
                     ),
                 )

@@ -26,7 +26,10 @@ const PCM: [&str; 8] = ["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integ
 /// `out`.
 pub fn speech(text: &str, voice: &str, speed: u32, out: &Path) -> Result<(), HarnessError> {
     let raw = out.with_extension("espeak.wav");
-    run(Command::new("espeak-ng").args(["-v", voice, "-s", &speed.to_string(), "-w"]).arg(&raw).arg(text), "espeak-ng")?;
+    run(
+        Command::new("espeak-ng").args(["-v", voice, "-s", &speed.to_string(), "-w"]).arg(&raw).arg(text),
+        "espeak-ng",
+    )?;
     run(Command::new("sox").arg(&raw).args(PCM).arg(out), "sox")?;
     let _ = std::fs::remove_file(raw);
     Ok(())
@@ -55,10 +58,11 @@ pub fn concat(parts: &[PathBuf], ulaw: bool, out: &Path) -> Result<(), HarnessEr
 
 /// A file's length in ms (sox's count of samples at 8 kHz).
 pub fn duration_ms(path: &Path) -> Result<u32, HarnessError> {
-    let out = Command::new("soxi").arg("-s").arg(path).output().map_err(|e| HarnessError::Missing {
-        what: "soxi".into(),
-        hint: format!("{AUDIO_INSTALL} ({e})"),
-    })?;
+    let out = Command::new("soxi")
+        .arg("-s")
+        .arg(path)
+        .output()
+        .map_err(|e| HarnessError::Missing { what: "soxi".into(), hint: format!("{AUDIO_INSTALL} ({e})") })?;
     let samples: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| HarnessError::Output {
         what: "soxi".into(),
         expected: "a sample count",

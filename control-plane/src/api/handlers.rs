@@ -147,6 +147,7 @@ pub(super) async fn create_campaign(
     ApiJson(req): ApiJson<CreateCampaignRequest>,
 ) -> Result<Response, ApiError> {
     let new = req.validate(st.api.max_targets_per_request)?;
+    super::prompts::check_prompts(&st, Some(&new.settings.telephony)).await?;
     let mut c = st.store.create_campaign(&new).await?;
     c.duplicates_merged = Some(new.duplicates_merged);
     let location = format!("/api/v1/campaigns/{}", c.id);
@@ -202,6 +203,7 @@ pub async fn update_campaign(
     ApiJson(req): ApiJson<UpdateCampaignRequest>,
 ) -> Result<Json<Campaign>, ApiError> {
     let id = path_id(&id)?;
+    super::prompts::check_prompts(&st, req.telephony.as_ref()).await?;
     let c = st.store.update_campaign(id, &req).await;
     st.campaigns.forget(id);
     Ok(Json(c?))

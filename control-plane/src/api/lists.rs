@@ -161,6 +161,7 @@ async fn create_from_list(
                 let settings = settings.take().ok_or_else(|| {
                     FieldError::new("campaign", "is required, before the targets part: the campaign's settings as JSON")
                 })?;
+                super::prompts::check_prompts(st, Some(&settings.telephony)).await?;
                 return import(st, settings, o, field).await;
             }
             other => {

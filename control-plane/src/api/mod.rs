@@ -4,6 +4,7 @@ pub mod auth;
 mod error;
 pub(crate) mod handlers;
 pub(crate) mod lists;
+pub(crate) mod prompts;
 pub(crate) mod rules;
 mod settings;
 pub(crate) mod waits;
@@ -147,6 +148,11 @@ impl CampaignCache {
         webhooks::replay,
         webhooks::all_events,
         webhooks::campaign_events,
+        prompts::create_prompt,
+        prompts::list_prompts,
+        prompts::get_prompt,
+        prompts::prompt_audio,
+        prompts::delete_prompt,
     ),
     components(schemas(ErrorBody, ErrorDetail, handlers::Health, lists::CampaignUpload, lists::CampaignImported, lists::TargetsImported, lists::ImportRejected)),
     modifiers(&Security)
@@ -223,6 +229,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/campaigns/{id}/preview", get(rules::preview))
         .route("/api/v1/campaigns/{id}/events", get(webhooks::campaign_events))
         .route("/api/v1/events", get(webhooks::all_events))
+        .route("/api/v1/prompts", post(prompts::create_prompt).get(prompts::list_prompts))
+        .route("/api/v1/prompts/{id}", get(prompts::get_prompt).delete(prompts::delete_prompt))
+        .route("/api/v1/prompts/{id}/audio", get(prompts::prompt_audio))
         .route("/api/v1/webhooks", post(webhooks::create_webhook).get(webhooks::list_webhooks))
         .route(
             "/api/v1/webhooks/{id}",

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use super::digest::Challenge;
 use super::media::{FRAME, Heard, PortPool, RtpStream};
-use super::prompts::{Prompts, Samples};
 use super::message::{self, Message, Start, uri_of};
+use super::prompts::{Prompts, Samples};
 use super::transport::Lingering;
 use super::trunk::{self, Trunk};
 use crate::ProviderSettings;

@@ -25,9 +25,8 @@ pub struct PortPool {
 
 impl PortPool {
     pub fn new(min: u16, max: u16, shard: usize, shards: usize) -> Rc<PortPool> {
-        let free = (min..=max)
-            .filter(|p| p % 2 == 0 && usize::from(p / 2) % shards.max(1) == shard % shards.max(1))
-            .collect();
+        let free =
+            (min..=max).filter(|p| p % 2 == 0 && usize::from(p / 2) % shards.max(1) == shard % shards.max(1)).collect();
         Rc::new(PortPool { free: RefCell::new(free) })
     }
 
@@ -175,7 +174,10 @@ mod tests {
         let mut s = RtpStream::bind(IpAddr::from([127, 0, 0, 1]), &pool).await.expect("a port");
         assert_eq!(pool.available(), 49, "one port leased");
         let far = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("far end");
-        let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 8 96\r\na=rtpmap:96 telephone-event/8000\r\n", far.local_addr().unwrap().port());
+        let sdp = format!(
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 8 96\r\na=rtpmap:96 telephone-event/8000\r\n",
+            far.local_addr().unwrap().port()
+        );
         s.set_remote(super::super::sdp::remote(&sdp).expect("sdp"));
         s.send(&[1000; FRAME], true).await;
         let mut buf = [0u8; 1500];

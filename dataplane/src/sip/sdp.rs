@@ -86,7 +86,11 @@ pub fn remote(body: &str) -> Result<Remote, SdpError> {
             }
             "c" => {
                 let ip = value.split_whitespace().nth(2).and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok());
-                if in_audio { media_ip = ip } else if !seen_media { session_ip = ip }
+                if in_audio {
+                    media_ip = ip
+                } else if !seen_media {
+                    session_ip = ip
+                }
             }
             "a" if in_audio || !seen_media => {
                 let d = match value {
@@ -132,7 +136,15 @@ mod tests {
     fn our_offer_reads_back() {
         let o = offer("1", "10.0.0.5:20002".parse().unwrap());
         let r = remote(&o).expect("audio");
-        assert_eq!(r, Remote { addr: "10.0.0.5:20002".parse().unwrap(), law: Law::Ulaw, dtmf_pt: Some(101), direction: Direction::SendRecv });
+        assert_eq!(
+            r,
+            Remote {
+                addr: "10.0.0.5:20002".parse().unwrap(),
+                law: Law::Ulaw,
+                dtmf_pt: Some(101),
+                direction: Direction::SendRecv
+            }
+        );
     }
 
     #[test]

@@ -183,7 +183,10 @@ fn sip(p: &ProviderSettings) -> Checked {
         return Err(invalid("provider.refer_to", "must be a SIP URI, e.g. sip:queue@ivr.example.com"));
     }
     if p.rtp_port_min < 1024 || p.rtp_port_max < p.rtp_port_min.saturating_add(1) {
-        return Err(invalid("provider.rtp_port_min", "RTP ports must be a range above 1023 (rtp_port_min < rtp_port_max)"));
+        return Err(invalid(
+            "provider.rtp_port_min",
+            "RTP ports must be a range above 1023 (rtp_port_min < rtp_port_max)",
+        ));
     }
     if !p.prompts_url.is_empty() && !p.prompts_url.starts_with("http://") && !p.prompts_url.starts_with("https://") {
         return Err(invalid("provider.prompts_url", "must be the control plane's http(s):// base URL"));

@@ -12,5 +12,5 @@ pub mod tone;
 pub mod wav;
 
 pub use amd::{AmdParams, AnsweredBy};
-pub use plan::{KeyAction, MediaPlan};
+pub use plan::{KeyAction, MediaPlan, OptOutList};
 pub use script::{MediaResult, Play, Script, Step};

@@ -31,6 +31,18 @@ pub enum KeyAction {
     End,
 }
 
+/// Where a keypress opt-out puts the number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutList {
+    /// The campaign's own do-not-call list.
+    #[default]
+    Campaign,
+    /// The global list: no campaign calls the number again.
+    Global,
+}
+
 /// A campaign's media on answered calls.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -55,6 +67,13 @@ pub struct MediaPlan {
     /// How long a key is awaited after the last play (0–30000 ms).
     #[serde(default = "key_timeout", skip_serializing_if = "is_key_timeout")]
     pub key_timeout_ms: u32,
+    /// The list an `opt_out` key puts the number on: `campaign` (default) or `global`.
+    #[serde(default, skip_serializing_if = "is_campaign")]
+    pub opt_out_list: OptOutList,
+}
+
+fn is_campaign(v: &OptOutList) -> bool {
+    *v == OptOutList::Campaign
 }
 
 fn one() -> u8 {

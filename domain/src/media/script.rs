@@ -68,9 +68,12 @@ pub struct MediaResult {
     /// The key that ended the call, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtmf: Option<String>,
-    /// The key was the opt-out key: the number is on the do-not-call list.
+    /// The key was the opt-out key: the number is on the do-not-call list (`opt_out_list`:
+    /// the campaign's or the global one).
     #[serde(default)]
     pub opted_out: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_out_list: Option<super::plan::OptOutList>,
     /// When the person's message started and when their greeting ended (ms after the answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_started_ms: Option<u32>,
@@ -174,6 +177,7 @@ impl Script {
         }
         self.result.dtmf = Some(key.to_string());
         self.result.opted_out = action == KeyAction::OptOut;
+        self.result.opt_out_list = self.result.opted_out.then_some(self.plan.opt_out_list);
         self.over()
     }
 
@@ -270,6 +274,7 @@ mod tests {
             keys,
             repeat: 2,
             key_timeout_ms: 1000,
+            opt_out_list: Default::default(),
         }
     }
 
