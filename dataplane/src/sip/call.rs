@@ -568,7 +568,7 @@ impl<'a> Dialog<'a> {
         loop {
             let m = self.rtp.as_deref_mut().expect("a media call");
             let event = tokio::select! {
-                msg = self.rx.recv() => Event::Sip(msg),
+                msg = self.rx.recv() => Event::Sip(msg.map(Box::new)),
                 r = m.stream.socket.recv_from(&mut m.stream.inbuf[..]) => Event::Rtp(r),
                 at = tick.tick() => Event::Tick(at),
                 _ = tokio::time::sleep_until(deadline) => Event::Sip(None),
@@ -702,7 +702,7 @@ const FRAME_TIME: Duration = Duration::from_millis(20);
 
 /// What woke a media call.
 enum Event {
-    Sip(Option<Message>),
+    Sip(Option<Box<Message>>),
     Rtp(std::io::Result<(usize, SocketAddr)>),
     Tick(Instant),
 }
