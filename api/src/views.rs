@@ -145,6 +145,32 @@ pub struct CampaignStats {
     /// Calls ended without a dial by the recipient's calling rules.
     pub skipped_calls: i64,
     pub skipped_by_reason: SkippedByReason,
+    /// Answered attempts of a campaign with `telephony.media`, by what their media came to.
+    #[serde(default)]
+    pub media: MediaStats,
+}
+
+/// What answered attempts' media came to (counted when their outcome is recorded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MediaStats {
+    /// By detection's decision (`unknown`: no detection, or it was not sure).
+    pub answered_human: i64,
+    pub answered_machine: i64,
+    pub answered_unknown: i64,
+    /// Voicemail messages played to their end.
+    pub voicemail_left: i64,
+    /// Numbers opted out by their keypress.
+    pub opted_out: i64,
+    /// A person answered and their message started more than 2 s after their greeting ended,
+    /// or never (47 CFR 64.1200(a)(7): at most 3 % of the calls people answer).
+    pub abandoned: i64,
+}
+
+impl MediaStats {
+    /// Abandoned calls per answered-by-a-person call (0 when none was).
+    pub fn abandoned_share(&self) -> f64 {
+        if self.answered_human == 0 { 0.0 } else { self.abandoned as f64 / self.answered_human as f64 }
+    }
 }
 
 /// Skipped calls by reason.

@@ -124,6 +124,7 @@ fn describe_pipeline() {
 pub async fn metrics() -> Response {
     dialer_telemetry::exposition(dialer_telemetry::render().map(|mut text| {
         render_top(&mut text);
+        render_abandoned(&mut text);
         text
     }))
 }
@@ -163,18 +164,48 @@ pub struct CampaignLoad {
     pub campaign: uuid::Uuid,
     pub active: i64,
     pub cap: u32,
+    /// Calls a person answered, and those abandoned (campaigns with media).
+    pub answered_human: i64,
+    pub abandoned: i64,
 }
 
 static TOP: Mutex<Vec<CampaignLoad>> = Mutex::new(Vec::new());
+/// Running campaigns a person has answered, the highest abandoned share first (at most
+/// [`ABANDON_SERIES`]).
+static ABANDON: Mutex<Vec<CampaignLoad>> = Mutex::new(Vec::new());
+const ABANDON_SERIES: usize = 100;
 
 /// Publishes the scheduler's view: the `n` campaigns with the most active calls (and the total,
 /// as the `dialer_active_calls` gauge).
 pub fn publish_campaign_load(mut all: Vec<CampaignLoad>, n: usize) {
     let total: i64 = all.iter().map(|c| c.active).sum();
     metrics::gauge!("dialer_active_calls").set(total as f64);
+    let mut answered: Vec<CampaignLoad> = all.iter().filter(|c| c.answered_human > 0).cloned().collect();
+    answered.sort_by(|a, b| abandoned_share(b).total_cmp(&abandoned_share(a)).then(a.campaign.cmp(&b.campaign)));
+    answered.truncate(ABANDON_SERIES);
+    *ABANDON.lock().unwrap_or_else(|p| p.into_inner()) = answered;
     all.sort_by(|a, b| b.active.cmp(&a.active).then(a.campaign.cmp(&b.campaign)));
     all.truncate(n);
     *TOP.lock().unwrap_or_else(|p| p.into_inner()) = all;
+}
+
+fn abandoned_share(c: &CampaignLoad) -> f64 {
+    if c.answered_human > 0 { c.abandoned as f64 / c.answered_human as f64 } else { 0.0 }
+}
+
+/// `dialer_campaign_abandoned_ratio`: each running campaign's abandoned calls over the calls
+/// people answered (47 CFR 64.1200(a)(7) allows 3 %).
+fn render_abandoned(out: &mut String) {
+    use std::fmt::Write;
+    let all = ABANDON.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if all.is_empty() {
+        return;
+    }
+    out.push_str("# HELP dialer_campaign_abandoned_ratio Abandoned calls over calls a person answered, per running campaign with media (47 CFR 64.1200(a)(7): at most 0.03).\n");
+    out.push_str("# TYPE dialer_campaign_abandoned_ratio gauge\n");
+    for c in &all {
+        let _ = writeln!(out, "dialer_campaign_abandoned_ratio{{campaign=\"{}\"}} {}", c.campaign, abandoned_share(c));
+    }
 }
 
 fn render_top(out: &mut String) {

@@ -115,6 +115,7 @@ impl<S: StatusSource> Recorder<S> {
                     metrics::counter!("dialer_recorder_events_total").increment(part.len() as u64);
                     metrics::counter!("dialer_retries_scheduled_total").increment(r.retries_scheduled);
                     metrics::counter!("dialer_dead_letters_total").increment(r.dead_letters.len() as u64);
+                    count_media(&r.media);
                     let letters: Vec<(uuid::Uuid, String)> = r
                         .dead_letters
                         .iter()
@@ -151,3 +152,16 @@ impl<S: StatusSource> Recorder<S> {
 
 /// Refusals by a reachable store after which a batch is split (or its one event dead-lettered).
 const REFUSALS: u32 = 3;
+
+/// The recorded outcomes' media, as counters (rates over any window, e.g. the 30 days of
+/// 47 CFR 64.1200(a)(7)'s abandoned share).
+fn count_media(m: &[u64; 6]) {
+    for (i, who) in ["human", "machine", "unknown"].into_iter().enumerate() {
+        if m[i] > 0 {
+            metrics::counter!("dialer_calls_answered_by_total", "answered_by" => who).increment(m[i]);
+        }
+    }
+    metrics::counter!("dialer_voicemails_left_total").increment(m[3]);
+    metrics::counter!("dialer_dnc_keypress_opt_outs_total").increment(m[4]);
+    metrics::counter!("dialer_calls_abandoned_total").increment(m[5]);
+}

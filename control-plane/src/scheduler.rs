@@ -195,6 +195,8 @@ impl<S: DispatchSink> Scheduler<S> {
                     campaign: c.id,
                     active: c.queued + c.in_progress,
                     cap: self.limits.campaign_cap(c.max_concurrent_calls),
+                    answered_human: c.answered_human,
+                    abandoned: c.abandoned,
                 })
                 .collect(),
             self.settings.metrics_top_campaigns,

@@ -57,6 +57,9 @@ async fn metrics_pass_promtool() {
             campaign: uuid::Uuid::from_u128(i),
             active: i as i64,
             cap: 20,
+            // Campaign 1 (not in the top N by load) plays media: 2 of its 40 people abandoned.
+            answered_human: if i == 1 { 40 } else { 0 },
+            abandoned: if i == 1 { 2 } else { 0 },
         })
         .collect();
     dialer_control_plane::observability::publish_campaign_load(loads, 10);
@@ -83,13 +86,20 @@ async fn metrics_pass_promtool() {
         per_campaign.contains(&"dialer_campaign_active_calls{campaign=\"00000000-0000-0000-0000-00000000000c\"} 12")
     );
     assert!(!text.contains("00000000-0000-0000-0000-000000000002\""), "campaigns outside the top N have no series");
+    let abandoned: Vec<&str> = text.lines().filter(|l| l.starts_with("dialer_campaign_abandoned_ratio{")).collect();
+    assert_eq!(
+        abandoned,
+        ["dialer_campaign_abandoned_ratio{campaign=\"00000000-0000-0000-0000-000000000001\"} 0.05"],
+        "every running campaign people answered has its abandoned share, whatever its load"
+    );
     assert!(text.contains("dialer_active_calls 78"), "the total counts every campaign");
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         if line.contains("campaign=") {
             assert!(
                 line.starts_with("dialer_campaign_active_calls{")
-                    || line.starts_with("dialer_campaign_concurrency_cap{"),
-                "only the top-N families carry a campaign label: {line}"
+                    || line.starts_with("dialer_campaign_concurrency_cap{")
+                    || line.starts_with("dialer_campaign_abandoned_ratio{"),
+                "only the per-campaign families carry a campaign label: {line}"
             );
         }
     }

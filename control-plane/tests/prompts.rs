@@ -149,3 +149,65 @@ both_stores!(
     unusable_uploads_are_refused_with_what_to_send,
     campaigns_name_prompts_that_exist_and_keep_them
 );
+
+/// The recorder counts each answered attempt's media, and a keypress opt-out puts the number
+/// on the campaign's (or the global) list in the same transaction, to be announced to the
+/// shards; the counts equal a fresh count of the attempts.
+async fn recorded_media_counts_and_opt_outs_land_on_their_list(b: Backend) {
+    use dialer_domain::media::{AnsweredBy, MediaResult, OptOutList};
+    use dialer_domain::messages::EventKind;
+    let (s, _dir) = dialer_testkit::fixtures::store(b).await;
+    let c = dialer_testkit::fixtures::campaign(&s, "media-stats", 5, 10, json!([])).await;
+    s.transition(c.id, dialer_domain::campaign::CampaignAction::Start).await.expect("start");
+    let claimed = s.claim_due(c.id, 5, chrono::Utc::now()).await.expect("claim");
+    assert_eq!(claimed.len(), 5);
+    let media = [
+        MediaResult {
+            answered_by: Some(AnsweredBy::Human),
+            dtmf: Some("9".into()),
+            opted_out: true,
+            opt_out_list: Some(OptOutList::Campaign),
+            ..Default::default()
+        },
+        MediaResult {
+            answered_by: Some(AnsweredBy::Human),
+            dtmf: Some("9".into()),
+            opted_out: true,
+            opt_out_list: Some(OptOutList::Global),
+            ..Default::default()
+        },
+        MediaResult { answered_by: Some(AnsweredBy::Machine), voicemail_left: true, ..Default::default() },
+        MediaResult { answered_by: Some(AnsweredBy::Human), abandoned: true, ..Default::default() },
+        MediaResult { answered_by: Some(AnsweredBy::Unknown), ..Default::default() },
+    ];
+    let mut events = Vec::new();
+    for (k, m) in claimed.iter().zip(media) {
+        events.push(dialer_testkit::fixtures::event(c.id, k, EventKind::Started));
+        let mut done = dialer_testkit::fixtures::event(c.id, k, EventKind::Completed);
+        done.media = Some(Box::new(m));
+        events.push(done);
+    }
+    s.record_events(&events, &mut || 0.5, None).await.expect("recorded");
+    let stats = s.stats(c.id).await.expect("stats");
+    let m = stats.media;
+    assert_eq!((m.answered_human, m.answered_machine, m.answered_unknown), (3, 1, 1), "{m:?}");
+    assert_eq!((m.voicemail_left, m.opted_out, m.abandoned), (1, 2, 1), "{m:?}");
+    assert!((m.abandoned_share() - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(s.recount_stats(c.id).await.expect("recount").media, m, "the counts equal the attempts'");
+    let on_campaign = s.dnc_get(c.id, &claimed[0].phone_number).await.expect("dnc");
+    let on_global = s.dnc_get(dialer_domain::dnc::GLOBAL_LIST, &claimed[1].phone_number).await.expect("dnc");
+    let entry = on_campaign.expect("the first number on the campaign's list");
+    assert_eq!((entry.reason.as_deref(), entry.source.as_deref()), (Some("opt_out"), Some("keypress")));
+    assert!(on_global.is_some(), "the second on the global list");
+    assert!(s.dnc_get(c.id, &claimed[2].phone_number).await.expect("dnc").is_none(), "no key, no entry");
+    let pending = s.unannounced(100).await.expect("unannounced");
+    assert_eq!(pending.len(), 2, "both opt-outs wait to be announced to the shards: {pending:?}");
+    // Recording the same events again (a redelivery) counts nothing twice.
+    s.record_events(&events, &mut || 0.5, None).await.expect("again");
+    assert_eq!(s.stats(c.id).await.expect("stats").media, m);
+}
+
+mod recorder {
+    use super::*;
+    both_stores!(recorded_media_counts_and_opt_outs_land_on_their_list);
+}

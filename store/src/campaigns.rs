@@ -595,7 +595,7 @@ pub async fn active_campaigns<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<Ac
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query::<D>(
         "SELECT c.id, c.time_zone, c.max_concurrent_calls, c.weight, c.telephony, c.calling_rules, s.pending_calls, s.queued_calls, \
-         s.in_progress_calls \
+         s.in_progress_calls, s.answered_human, s.abandoned \
          FROM campaigns c JOIN campaign_stats s ON s.campaign_id = c.id WHERE c.status = 'in_progress' ORDER BY c.id",
     )
     .rows(&mut *conn)
@@ -616,6 +616,8 @@ pub async fn active_campaigns<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<Ac
                 pending: r.col("pending_calls")?,
                 queued: r.col("queued_calls")?,
                 in_progress: r.col("in_progress_calls")?,
+                answered_human: r.col("answered_human")?,
+                abandoned: r.col("abandoned")?,
             })
         })
         .collect()

@@ -32,6 +32,9 @@ pub struct ActiveCampaign {
     pub pending: i64,
     pub queued: i64,
     pub in_progress: i64,
+    /// Answered calls a person picked up, and those of them abandoned (media campaigns).
+    pub answered_human: i64,
+    pub abandoned: i64,
 }
 
 /// A call moved to queued for dispatch.
@@ -138,6 +141,9 @@ pub struct RecordReport {
     /// Events of calls this store does not know.
     pub unknown: u64,
     pub retries_scheduled: u64,
+    /// Applied outcomes' media: answered by a person, a machine, unknown; voicemails left;
+    /// keypress opt-outs; abandoned calls.
+    pub media: [u64; 6],
     /// Final failures and why, for the dead-letter topic.
     pub dead_letters: Vec<(dialer_domain::messages::StatusEvent, String)>,
 }

@@ -33,6 +33,23 @@ pub(crate) struct Delta {
     /// call whose last error is none of them (cancelled by a completion, an old producer's
     /// reason) is counted in `failed` only.
     pub failed_by: [i64; 6],
+    /// Answered attempts' media: human, machine, unknown, voicemail left, opted out, abandoned.
+    pub media: [i64; 6],
+}
+
+/// What an outcome's media adds to the counts: answered by a person, a machine, unknown;
+/// voicemail left; opted out; abandoned.
+fn media_counts(m: &dialer_domain::media::MediaResult) -> [i64; 6] {
+    use dialer_domain::media::AnsweredBy;
+    let by = |who| i64::from(m.answered_by == Some(who));
+    [
+        by(AnsweredBy::Human),
+        by(AnsweredBy::Machine),
+        by(AnsweredBy::Unknown),
+        i64::from(m.voicemail_left),
+        i64::from(m.opted_out),
+        i64::from(m.abandoned),
+    ]
 }
 
 impl Delta {
@@ -115,6 +132,12 @@ pub(crate) fn decide<'a>(
         delta.moved(state.status, change.status);
         if change.status == CallStatus::Failed {
             delta.failed_with(change.last_error.as_deref());
+        }
+        if let Some(m) = &e.media {
+            for (i, n) in media_counts(m).into_iter().enumerate() {
+                delta.media[i] += n;
+                d.report.media[i] += n as u64;
+            }
         }
         if change.attempt_count < state.attempt_count {
             delta.attempts -= 1;

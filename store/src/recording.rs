@@ -89,9 +89,6 @@ async fn write_opt_outs<D: Dialect>(tx: &mut Tx<D>, events: &[StatusEvent], know
         );
         q.build().run(&mut **tx).await?;
     }
-    if !opt_outs.is_empty() {
-        metrics::counter!("dialer_dnc_keypress_opt_outs_total").increment(opt_outs.len() as u64);
-    }
     Ok(())
 }
 
@@ -218,7 +215,7 @@ async fn write_stats<D: Dialect>(
     deltas: &std::collections::BTreeMap<Uuid, Delta>,
 ) -> Result<(), StoreError> {
     let rows: Vec<(&Uuid, &Delta)> = deltas.iter().collect();
-    for chunk in rows.chunks(CHUNK_ROWS / 8) {
+    for chunk in rows.chunks(CHUNK_ROWS / 16) {
         // SQLite has one writer at a time and no row locks: nothing to order.
         if D::ROW_LOCKS {
             let mut q = QueryBuilder::<D>::new("SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (");
@@ -231,7 +228,8 @@ async fn write_stats<D: Dialect>(
             q.build().run(&mut **tx).await?;
         }
         let mut q = QueryBuilder::<D>::new(
-            "WITH v(cid, p, q, ip, c, f, a, r, f_busy, f_no_answer, f_rejected, f_invalid, f_failed, f_unknown) AS (",
+            "WITH v(cid, p, q, ip, c, f, a, r, f_busy, f_no_answer, f_rejected, f_invalid, f_failed, f_unknown, \
+             m_human, m_machine, m_unknown, m_voicemail, m_opted_out, m_abandoned) AS (",
         );
         q.push_values(chunk, |mut b, (id, d)| {
             b.push_arg(**id)
@@ -242,7 +240,7 @@ async fn write_stats<D: Dialect>(
                 .push_arg(d.failed)
                 .push_arg(d.attempts)
                 .push_arg(d.retries);
-            for n in d.failed_by {
+            for n in d.failed_by.into_iter().chain(d.media) {
                 b.push_arg(n);
             }
         });
@@ -253,7 +251,10 @@ async fn write_stats<D: Dialect>(
              retries_attempted = retries_attempted + v.r, failed_busy = failed_busy + v.f_busy, \
              failed_no_answer = failed_no_answer + v.f_no_answer, failed_rejected = failed_rejected + v.f_rejected, \
              failed_invalid_number = failed_invalid_number + v.f_invalid, failed_failed = failed_failed + v.f_failed, \
-             failed_unknown_outcome = failed_unknown_outcome + v.f_unknown \
+             failed_unknown_outcome = failed_unknown_outcome + v.f_unknown, \
+             answered_human = answered_human + v.m_human, answered_machine = answered_machine + v.m_machine, \
+             answered_unknown = answered_unknown + v.m_unknown, voicemail_left = voicemail_left + v.m_voicemail, \
+             opted_out = opted_out + v.m_opted_out, abandoned = abandoned + v.m_abandoned \
              FROM v WHERE campaign_stats.campaign_id = v.cid",
         );
         q.build().run(&mut **tx).await?;

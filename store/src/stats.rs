@@ -32,6 +32,14 @@ fn stats_from_row<D: Dialect>(id: Uuid, row: &D::Row) -> Result<CampaignStats, S
             dnc: row.col("skipped_dnc")?,
             no_zone: row.col("skipped_no_zone")?,
         },
+        media: dialer_api::views::MediaStats {
+            answered_human: row.col("answered_human")?,
+            answered_machine: row.col("answered_machine")?,
+            answered_unknown: row.col("answered_unknown")?,
+            voicemail_left: row.col("voicemail_left")?,
+            opted_out: row.col("opted_out")?,
+            abandoned: row.col("abandoned")?,
+        },
     })
 }
 
@@ -45,7 +53,8 @@ pub(crate) async fn read_stats<D: Dialect>(conn: &mut D::Connection, id: Uuid) -
     let row = sqlx::query::<D>(
         "SELECT total_calls, pending_calls, queued_calls, in_progress_calls, completed_calls, failed_calls, \
          retries_attempted, attempts_total, failed_busy, failed_no_answer, failed_rejected, \
-         failed_invalid_number, failed_failed, failed_unknown_outcome, skipped_calls, skipped_dnc, skipped_no_zone \
+         failed_invalid_number, failed_failed, failed_unknown_outcome, skipped_calls, skipped_dnc, skipped_no_zone, \
+         answered_human, answered_machine, answered_unknown, voicemail_left, opted_out, abandoned \
          FROM campaign_stats WHERE campaign_id = $1",
     )
     .arg(id)
@@ -123,7 +132,13 @@ pub async fn recount_stats<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result
          COALESCE(SUM(CASE WHEN status = 'failed' AND last_error = 'unknown_outcome' THEN 1 ELSE 0 END), 0) AS failed_unknown_outcome, \
          COALESCE(SUM(CASE WHEN status = 'skipped' THEN 1 ELSE 0 END), 0) AS skipped_calls, \
          COALESCE(SUM(CASE WHEN status = 'skipped' AND last_error = 'dnc' THEN 1 ELSE 0 END), 0) AS skipped_dnc, \
-         COALESCE(SUM(CASE WHEN status = 'skipped' AND last_error = 'no_zone' THEN 1 ELSE 0 END), 0) AS skipped_no_zone \
+         COALESCE(SUM(CASE WHEN status = 'skipped' AND last_error = 'no_zone' THEN 1 ELSE 0 END), 0) AS skipped_no_zone, \
+         (SELECT COUNT(*) FROM call_attempts a WHERE a.campaign_id = $1 AND a.media LIKE '%\"answered_by\":\"human\"%') AS answered_human, \
+         (SELECT COUNT(*) FROM call_attempts a WHERE a.campaign_id = $1 AND a.media LIKE '%\"answered_by\":\"machine\"%') AS answered_machine, \
+         (SELECT COUNT(*) FROM call_attempts a WHERE a.campaign_id = $1 AND a.media LIKE '%\"answered_by\":\"unknown\"%') AS answered_unknown, \
+         (SELECT COUNT(*) FROM call_attempts a WHERE a.campaign_id = $1 AND a.media LIKE '%\"voicemail_left\":true%') AS voicemail_left, \
+         (SELECT COUNT(*) FROM call_attempts a WHERE a.campaign_id = $1 AND a.media LIKE '%\"opted_out\":true%') AS opted_out, \
+         (SELECT COUNT(*) FROM call_attempts a WHERE a.campaign_id = $1 AND a.media LIKE '%\"abandoned\":true%') AS abandoned \
          FROM calls WHERE campaign_id = $1",
     )
     .arg(id)
