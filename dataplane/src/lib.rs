@@ -16,6 +16,7 @@ pub mod admin;
 pub mod health;
 pub mod journal;
 pub mod metrics;
+pub mod mock_media;
 pub mod provider;
 mod settings;
 pub mod shard;

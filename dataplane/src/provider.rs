@@ -291,7 +291,12 @@ impl Provider for MockProvider {
             t.violations.fetch_add(1, Ordering::Relaxed);
         }
         let end = CallEnd { campaign: counter, tracker: t.clone() };
-        let outcome = self.draw();
+        let mut outcome = self.draw();
+        if let (CallOutcome::Completed { media, .. }, Some(plan)) =
+            (&mut outcome, msg.telephony.as_deref().and_then(|t| t.media.as_ref()))
+        {
+            *media = Some(Box::new(crate::mock_media::draw(plan, &mut *self.rng.borrow_mut())));
+        }
         let wait = match &outcome {
             CallOutcome::Completed { duration, .. } => *duration,
             CallOutcome::Failed { after, .. } => *after,
