@@ -411,3 +411,66 @@ fn wait_exit(mut child: Child, timeout: Duration) -> std::process::Output {
     }
     child.wait_with_output().expect("output")
 }
+
+/// The whole product with media: prompts uploaded through the API, a campaign whose answered
+/// calls detect who answered, play the reminder to people (9 opts out, 1 ends) and leave a
+/// voicemail after the beep; sipp answers as a person pressing 9, a person pressing 1, a person
+/// pressing nothing and an answering machine. Each call's attempt carries its own result, the
+/// opt-out is on the campaign's do-not-call list, the stats count them.
+#[test]
+fn a_campaign_with_a_message_a_voicemail_drop_and_a_keypress_opt_out() {
+    let dir = tempfile::tempdir().expect("dir");
+    let need = |e: dialer_testkit::HarnessError| -> ! { panic!("espeak-ng and sox are needed: {e}") };
+    let person = dialer_testkit::audio::person(dir.path(), "en-us", 8000).unwrap_or_else(|e| need(e));
+    let machine = dialer_testkit::audio::machine(dir.path(), "en-us").unwrap_or_else(|e| need(e));
+    let reminder = dialer_testkit::audio::prompt(dir.path(), "reminder", "Your appointment is tomorrow at ten. Press nine to stop these calls.")
+        .unwrap_or_else(|e| need(e));
+    let voicemail = dialer_testkit::audio::prompt(dir.path(), "vm", "Please call us back about your appointment.")
+        .unwrap_or_else(|e| need(e));
+    let scenario = dialer_testkit::sip::MEDIA_SCENARIO
+        .replace("{PERSON}", &person.path.display().to_string())
+        .replace("{MACHINE}", &machine.path.display().to_string());
+    let far = dialer_testkit::sip::Sipp::uas_with(&scenario, 4, 0).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
+    let port = dialer_testkit::free_port();
+    let _up = start_up(dir.path(), far.addr(), port, "ring_timeout_ms = 5000\nmax_call_ms = 60000", 1);
+    let upload = |wav: &[u8], name: &str| {
+        let (s, p) = procs::post_bytes(port, &format!("/api/v1/prompts?name={name}"), "audio/wav", wav);
+        assert_eq!(s, 201, "{p}");
+        p["id"].as_str().expect("id").to_string()
+    };
+    let (prompt, vm) = (upload(&reminder, "reminder"), upload(&voicemail, "voicemail"));
+    let media = json!({"prompt": prompt, "voicemail_prompt": vm, "amd": {}, "keys": {"9": "opt_out", "1": "end"},
+                       "key_timeout_ms": 1500});
+    let numbers: Vec<String> = ["300", "301", "302", "303"].iter().map(|c| format!("+1555010{c}")).collect();
+    let id = campaign_with(port, "media", &numbers, json!({"max_attempts": 1}), json!({"media": media}));
+    let t0 = Instant::now();
+    loop {
+        let (_, c) = http(port, "GET", &format!("/api/v1/campaigns/{id}"), None);
+        if c["status"] == "completed" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "campaign still {}: {}", c["status"], far.errors());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let calls = calls_by_number(port, &id);
+    let media_of = |n: &str| attempts(port, &calls[&format!("+1555010{n}")])[0]["media"].clone();
+    let (opt_out, end, silent, machine_media) = (media_of("300"), media_of("301"), media_of("302"), media_of("303"));
+    for m in [&opt_out, &end, &silent] {
+        assert_eq!(m["answered_by"], "human", "{m}");
+        let (g, s) = (m["greeting_end_ms"].as_u64().expect("greeting"), m["message_started_ms"].as_u64().expect("message"));
+        assert!(s > g && s - g <= 2000, "the message within 2 s of the greeting: {m}");
+    }
+    assert_eq!((opt_out["dtmf"].as_str(), opt_out["opted_out"].as_bool()), (Some("9"), Some(true)), "{opt_out}");
+    assert_eq!((end["dtmf"].as_str(), end["opted_out"].as_bool()), (Some("1"), Some(false)), "{end}");
+    assert_eq!(silent.get("dtmf"), None, "{silent}");
+    assert_eq!((machine_media["answered_by"].as_str(), machine_media["voicemail_left"].as_bool()), (Some("machine"), Some(true)));
+    assert_eq!(machine_media["voicemail_after"], "beep", "{machine_media}");
+    let (s, dnc) = http(port, "GET", &format!("/api/v1/campaigns/{id}/dnc/%2B1555010300"), None);
+    assert_eq!((s, dnc["source"].as_str()), (200, Some("keypress")), "the opt-out is on the campaign's list: {dnc}");
+    assert_eq!(http(port, "GET", &format!("/api/v1/campaigns/{id}/dnc/%2B1555010301"), None).0, 404);
+    let (_, stats) = http(port, "GET", &format!("/api/v1/campaigns/{id}/stats"), None);
+    let m = &stats["media"];
+    assert_eq!((m["answered_human"].as_i64(), m["answered_machine"].as_i64()), (Some(3), Some(1)), "{stats}");
+    assert_eq!((m["voicemail_left"].as_i64(), m["opted_out"].as_i64(), m["abandoned"].as_i64()), (Some(1), Some(1), Some(0)));
+    assert!(far.finish(Duration::from_secs(20)).is_ok(), "sipp ran every call to its end: {}", far.errors());
+}

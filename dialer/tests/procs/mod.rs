@@ -57,6 +57,22 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, 
     (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
+/// A POST of raw bytes with `content_type`; the status and the body as JSON.
+pub fn post_bytes(port: u16, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
 /// One HTTP/1.1 request; the status and the body as JSON (`null` when it is not JSON).
 pub fn http_json(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let (status, text) = http(port, method, path, body);
