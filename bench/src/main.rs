@@ -2,6 +2,7 @@
 //! through the test harness (unless addresses are given), measures, prints a table and writes
 //! `--json PATH`. `bench compare A.json B.json` prints the ratio of every figure.
 
+mod amd;
 mod api;
 mod broker;
 mod caps;
@@ -58,6 +59,9 @@ enum Command {
     Api(api::Args),
     /// The Kafka broker's own produce+consume ceiling.
     Broker(broker::Args),
+    /// Answering-machine detection on a labelled set of synthetic clips (espeak-ng, sox): the
+    /// confusion matrix and the time to decision.
+    Amd(amd::Args),
     /// The attempt journal's group commit: plain write + fdatasync against io_uring.
     Journal(journal::Args),
     /// The recipient's calling rules at scale: a 1M-number DNC import as CSV, and claims of a
@@ -318,6 +322,7 @@ fn main() -> Result<()> {
         }
         Command::Journal(args) => journal::run(args),
         Command::Sip(args) => sip::run(args),
+        Command::Amd(args) => amd::run(args),
         Command::Compare { a, b } => compare(&a, &b),
     }
 }

@@ -423,8 +423,12 @@ fn a_campaign_with_a_message_a_voicemail_drop_and_a_keypress_opt_out() {
     let need = |e: dialer_testkit::HarnessError| -> ! { panic!("espeak-ng and sox are needed: {e}") };
     let person = dialer_testkit::audio::person(dir.path(), "en-us", 8000).unwrap_or_else(|e| need(e));
     let machine = dialer_testkit::audio::machine(dir.path(), "en-us").unwrap_or_else(|e| need(e));
-    let reminder = dialer_testkit::audio::prompt(dir.path(), "reminder", "Your appointment is tomorrow at ten. Press nine to stop these calls.")
-        .unwrap_or_else(|e| need(e));
+    let reminder = dialer_testkit::audio::prompt(
+        dir.path(),
+        "reminder",
+        "Your appointment is tomorrow at ten. Press nine to stop these calls.",
+    )
+    .unwrap_or_else(|e| need(e));
     let voicemail = dialer_testkit::audio::prompt(dir.path(), "vm", "Please call us back about your appointment.")
         .unwrap_or_else(|e| need(e));
     let scenario = dialer_testkit::sip::MEDIA_SCENARIO
@@ -457,13 +461,17 @@ fn a_campaign_with_a_message_a_voicemail_drop_and_a_keypress_opt_out() {
     let (opt_out, end, silent, machine_media) = (media_of("300"), media_of("301"), media_of("302"), media_of("303"));
     for m in [&opt_out, &end, &silent] {
         assert_eq!(m["answered_by"], "human", "{m}");
-        let (g, s) = (m["greeting_end_ms"].as_u64().expect("greeting"), m["message_started_ms"].as_u64().expect("message"));
+        let (g, s) =
+            (m["greeting_end_ms"].as_u64().expect("greeting"), m["message_started_ms"].as_u64().expect("message"));
         assert!(s > g && s - g <= 2000, "the message within 2 s of the greeting: {m}");
     }
     assert_eq!((opt_out["dtmf"].as_str(), opt_out["opted_out"].as_bool()), (Some("9"), Some(true)), "{opt_out}");
     assert_eq!((end["dtmf"].as_str(), end["opted_out"].as_bool()), (Some("1"), Some(false)), "{end}");
     assert_eq!(silent.get("dtmf"), None, "{silent}");
-    assert_eq!((machine_media["answered_by"].as_str(), machine_media["voicemail_left"].as_bool()), (Some("machine"), Some(true)));
+    assert_eq!(
+        (machine_media["answered_by"].as_str(), machine_media["voicemail_left"].as_bool()),
+        (Some("machine"), Some(true))
+    );
     assert_eq!(machine_media["voicemail_after"], "beep", "{machine_media}");
     let (s, dnc) = http(port, "GET", &format!("/api/v1/campaigns/{id}/dnc/%2B1555010300"), None);
     assert_eq!((s, dnc["source"].as_str()), (200, Some("keypress")), "the opt-out is on the campaign's list: {dnc}");
@@ -471,6 +479,9 @@ fn a_campaign_with_a_message_a_voicemail_drop_and_a_keypress_opt_out() {
     let (_, stats) = http(port, "GET", &format!("/api/v1/campaigns/{id}/stats"), None);
     let m = &stats["media"];
     assert_eq!((m["answered_human"].as_i64(), m["answered_machine"].as_i64()), (Some(3), Some(1)), "{stats}");
-    assert_eq!((m["voicemail_left"].as_i64(), m["opted_out"].as_i64(), m["abandoned"].as_i64()), (Some(1), Some(1), Some(0)));
+    assert_eq!(
+        (m["voicemail_left"].as_i64(), m["opted_out"].as_i64(), m["abandoned"].as_i64()),
+        (Some(1), Some(1), Some(0))
+    );
     assert!(far.finish(Duration::from_secs(20)).is_ok(), "sipp ran every call to its end: {}", far.errors());
 }

@@ -46,6 +46,17 @@ pub fn tone(hz: u32, ms: u32, out: &Path) -> Result<(), HarnessError> {
     run(Command::new("sox").args(["-n"]).args(PCM).arg(out).args(synth), "sox")
 }
 
+/// White noise of `ms` at `vol` (of full scale).
+pub fn noise(ms: u32, vol: f32, out: &Path) -> Result<(), HarnessError> {
+    let synth = ["synth", &secs(ms), "whitenoise", "vol", &format!("{vol}")];
+    run(Command::new("sox").args(["-n"]).args(PCM).arg(out).args(synth), "sox")
+}
+
+/// `a` and `b` mixed (summed, each at full volume) into `out`, as long as the longer.
+pub fn mix(a: &Path, b: &Path, out: &Path) -> Result<(), HarnessError> {
+    run(Command::new("sox").args(["-m", "-v", "1"]).arg(a).args(["-v", "1"]).arg(b).args(PCM).arg(out), "sox")
+}
+
 /// `parts` one after the other into `out` (8 kHz 16-bit PCM, or µ-law when `ulaw`).
 pub fn concat(parts: &[PathBuf], ulaw: bool, out: &Path) -> Result<(), HarnessError> {
     let mut cmd = Command::new("sox");
