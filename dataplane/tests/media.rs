@@ -5,7 +5,6 @@
 //! HTTP, as from the control plane's API.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use dialer_dataplane::Provider;
@@ -18,40 +17,12 @@ use dialer_domain::settings::Telephony;
 use dialer_testkit::audio;
 use dialer_testkit::fixtures::Dispatch;
 use dialer_testkit::sip::{MEDIA_SCENARIO, Sipp};
+
+mod prompts_server;
 use uuid::Uuid;
 
 const PERSON_PROMPT: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
 const VOICEMAIL_PROMPT: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002);
-
-/// Serves `prompts` at `/api/v1/prompts/{id}/audio` on a thread of its own; the base URL.
-fn serve_prompts(prompts: HashMap<Uuid, Vec<u8>>) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let prompts = Arc::new(prompts);
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            use axum::extract::{Path, State};
-            let app = axum::Router::new()
-                .route(
-                    "/api/v1/prompts/{id}/audio",
-                    axum::routing::get(
-                        |State(p): State<Arc<HashMap<Uuid, Vec<u8>>>>, Path(id): Path<Uuid>| async move {
-                            match p.get(&id) {
-                                Some(b) => (axum::http::StatusCode::OK, b.clone()),
-                                None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
-                            }
-                        },
-                    ),
-                )
-                .with_state(prompts);
-            let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-            axum::serve(l, app).await.expect("serve");
-        });
-    });
-    format!("http://{addr}")
-}
 
 fn plan() -> MediaPlan {
     MediaPlan {
@@ -116,7 +87,7 @@ fn people_are_told_machines_get_the_voicemail_after_the_beep_and_keys_count() {
         .replace("{PERSON}", &person.path.display().to_string())
         .replace("{MACHINE}", &machine.path.display().to_string());
     let far = Sipp::uas_with(&scenario, 4, 0).unwrap_or_else(|e| panic!("sipp is needed for this test: {e}"));
-    let s = settings(far.addr(), serve_prompts(prompts));
+    let s = settings(far.addr(), prompts_server::serve(prompts));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let outcomes = tokio::task::LocalSet::new().block_on(&rt, async {
         let p = SipProvider::start(s, 0, 1).await.expect("provider starts");

@@ -67,6 +67,14 @@ pub fn concat(parts: &[PathBuf], ulaw: bool, out: &Path) -> Result<(), HarnessEr
     run(cmd.arg(out), "sox")
 }
 
+/// `path` (any WAV sox reads) as 8 kHz 16-bit mono PCM, written into `dir`; its path.
+pub fn to_pcm(path: &Path, dir: &Path) -> Result<PathBuf, HarnessError> {
+    let out =
+        dir.join(format!("pcm-{}", path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()));
+    run(Command::new("sox").arg(path).args(PCM).arg(&out), "sox")?;
+    Ok(out)
+}
+
 /// A file's length in ms (sox's count of samples at 8 kHz).
 pub fn duration_ms(path: &Path) -> Result<u32, HarnessError> {
     let out = Command::new("soxi")

@@ -339,3 +339,86 @@ mod tests {
         let _ = other.wait();
     }
 }
+
+pub const BARESIP_INSTALL: &str = "install it with: apt-get install -y baresip";
+
+/// baresip, a SIP user agent with a media stack, answering calls to `user` at once: it sends
+/// `source` (8 kHz 16-bit WAV) as its audio and dumps what it hears (`dump-…-dec.wav`) into
+/// [`Baresip::recordings`].
+#[derive(Debug)]
+pub struct Baresip {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Managed,
+}
+
+impl Baresip {
+    pub fn answer(user: &str, source: &Path) -> Result<Baresip, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix("dialer-baresip-")
+            .tempdir()
+            .map_err(|e| HarnessError::Start { what: "baresip".into(), detail: e.to_string() })?;
+        let b = Baresip { port: free_udp_port(), dir, process: Managed::default() };
+        let (conf, rec) = (b.dir.path().join("conf"), b.recordings());
+        for d in [&conf, &rec] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| HarnessError::Start { what: "baresip".into(), detail: e.to_string() })?;
+        }
+        let rtp = free_udp_port();
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{}\naudio_player aubridge,nil\naudio_source aufile,{}\n\
+             audio_alert aubridge,nil\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             module aubridge.so\nmodule sndfile.so\nmodule account.so\nsnd_path {}\nrtp_ports {rtp}-{}\n",
+            b.port,
+            source.display(),
+            rec.display(),
+            rtp.saturating_add(20),
+        );
+        let accounts = format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU\n");
+        let write = |name: &str, text: &str| {
+            std::fs::write(conf.join(name), text)
+                .map_err(|e| HarnessError::Start { what: "baresip".into(), detail: e.to_string() })
+        };
+        write("config", &config)?;
+        write("accounts", &accounts)?;
+        let log = std::fs::File::create(b.dir.path().join("baresip.log"))
+            .map_err(|e| HarnessError::Start { what: "baresip".into(), detail: e.to_string() })?;
+        let mut cmd = Command::new("baresip");
+        cmd.arg("-f").arg(&conf).stdout(
+            log.try_clone().map_err(|e| HarnessError::Start { what: "baresip".into(), detail: e.to_string() })?,
+        );
+        cmd.stderr(log);
+        spawn(&mut cmd, "baresip", BARESIP_INSTALL, b.dir.path(), &b.process)?;
+        if !wait_udp(&b.process, b.port, Duration::from_secs(10)) {
+            return Err(HarnessError::Start { what: "baresip".into(), detail: b.log() });
+        }
+        Ok(b)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Where it dumps what it hears and sends.
+    pub fn recordings(&self) -> PathBuf {
+        self.dir.path().join("rec")
+    }
+
+    /// The decoded audio it heard (the first call's), once it wrote it.
+    pub fn heard(&self) -> Option<PathBuf> {
+        std::fs::read_dir(self.recordings())
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
+    }
+
+    /// Stops it (its recordings are complete once it has exited).
+    pub fn stop(&self) {
+        self.process.kill();
+    }
+}
