@@ -12,6 +12,7 @@ mod dataplane;
 mod e2e;
 mod journal;
 mod limiter;
+mod media;
 mod occupancy;
 mod plot;
 mod restart;
@@ -62,6 +63,9 @@ enum Command {
     /// Answering-machine detection on a labelled set of synthetic clips (espeak-ng, sox): the
     /// confusion matrix and the time to decision.
     Amd(amd::Args),
+    /// One shard holding thousands of answered calls, each playing a prompt over its own RTP
+    /// stream to sipp: packet send lateness and CPU per concurrent stream.
+    Media(media::Args),
     /// The attempt journal's group commit: plain write + fdatasync against io_uring.
     Journal(journal::Args),
     /// The recipient's calling rules at scale: a 1M-number DNC import as CSV, and claims of a
@@ -323,6 +327,7 @@ fn main() -> Result<()> {
         Command::Journal(args) => journal::run(args),
         Command::Sip(args) => sip::run(args),
         Command::Amd(args) => amd::run(args),
+        Command::Media(args) => media::run(args),
         Command::Compare { a, b } => compare(&a, &b),
     }
 }

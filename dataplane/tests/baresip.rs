@@ -59,7 +59,8 @@ fn baresip_hears_the_prompt_and_its_hello_reaches_detection() {
     let prompt_wav = audio::prompt(dir.path(), "p", text).unwrap_or_else(|e| need(e));
     let prompt_id = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_00b1);
     let url = prompts_server::serve([(prompt_id, prompt_wav.clone())].into());
-    let far = dialer_testkit::sip::Baresip::answer("+15550000777", &source).unwrap_or_else(|e| panic!("baresip is needed: {e}"));
+    let far = dialer_testkit::sip::Baresip::answer("+15550000777", &source)
+        .unwrap_or_else(|e| panic!("baresip is needed: {e}"));
     let s = ProviderSettings {
         kind: ProviderKind::Sip,
         trunks: vec![TrunkSettings {

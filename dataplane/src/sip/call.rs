@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::digest::Challenge;
 use super::media::{FRAME, Heard, PortPool, RtpStream};
 use super::message::{self, Message, Start, uri_of};
-use super::prompts::{Prompts, Samples};
+use super::prompts::{Prompt, Prompts};
 use super::transport::Lingering;
 use super::trunk::{self, Trunk};
 use crate::ProviderSettings;
@@ -43,6 +43,7 @@ pub struct Uac {
     /// The shard's RTP ports and prompts (calls with a media plan).
     ports: Rc<PortPool>,
     prompts: Prompts,
+    pub(super) lateness: super::media::Lateness,
 }
 
 impl Uac {
@@ -72,6 +73,7 @@ impl Uac {
             counter: Cell::new(0),
             ports: PortPool::new(settings.rtp_port_min, settings.rtp_port_max, shard, shards),
             prompts: Prompts::new(&settings.prompts_url, settings.prompts_api_key.clone()),
+            lateness: Default::default(),
             settings,
         }))
     }
@@ -103,8 +105,8 @@ impl Uac {
 struct Media {
     plan: MediaPlan,
     stream: RtpStream,
-    person: Option<Samples>,
-    voicemail: Option<Samples>,
+    person: Option<Prompt>,
+    voicemail: Option<Prompt>,
 }
 
 impl Media {
@@ -563,7 +565,9 @@ impl<'a> Dialog<'a> {
         let mut player = Player::default();
         player.step(first, m);
         let mut tick = tokio::time::interval_at(answered, FRAME_TIME);
-        let deadline = answered + self.uac.settings.max_call;
+        // One timer for the whole call (not one per turn of the loop).
+        let deadline = tokio::time::sleep_until(answered + self.uac.settings.max_call);
+        tokio::pin!(deadline);
         let mut heard_audio = false;
         loop {
             let m = self.rtp.as_deref_mut().expect("a media call");
@@ -571,7 +575,7 @@ impl<'a> Dialog<'a> {
                 msg = self.rx.recv() => Event::Sip(msg.map(Box::new)),
                 r = m.stream.socket.recv_from(&mut m.stream.inbuf[..]) => Event::Rtp(r),
                 at = tick.tick() => Event::Tick(at),
-                _ = tokio::time::sleep_until(deadline) => Event::Sip(None),
+                _ = &mut deadline => Event::Sip(None),
             };
             let now_ms = answered.elapsed().as_millis() as u32;
             let step = match event {
@@ -591,7 +595,12 @@ impl<'a> Dialog<'a> {
                     Heard::Nothing => Step::Continue,
                 },
                 Event::Rtp(Err(_)) => Step::Continue,
-                Event::Tick(at) => player.tick(m, at, &mut script, now_ms, std::mem::take(&mut heard_audio)).await,
+                Event::Tick(at) => {
+                    let step = player.tick(m, at, &mut script, now_ms, std::mem::take(&mut heard_audio)).await;
+                    // When the packet was handed to the kernel, against its slot.
+                    self.uac.lateness.record(at.elapsed());
+                    step
+                }
             };
             let m = self.rtp.as_deref_mut().expect("a media call");
             if player.step(step, m) {
@@ -707,10 +716,10 @@ enum Event {
     Tick(Instant),
 }
 
-/// The prompt a media call is playing, and how far.
+/// The prompt a media call is playing (encoded in the call's law), and how far.
 #[derive(Default)]
 struct Player {
-    playing: Option<(Samples, usize)>,
+    playing: Option<(Prompt, usize)>,
     /// Packets sent later than one packet time after their slot.
     late: u64,
 }
@@ -721,11 +730,11 @@ impl Player {
         match step {
             Step::Continue => false,
             Step::Play(which) => {
-                let samples = match which {
-                    Play::Person => m.person.clone(),
-                    Play::Voicemail => m.voicemail.clone(),
+                let prompt = match which {
+                    Play::Person => m.person.as_ref(),
+                    Play::Voicemail => m.voicemail.as_ref(),
                 };
-                self.playing = samples.map(|s| (s, 0));
+                self.playing = prompt.map(|p| (p.clone(), 0));
                 false
             }
             Step::Hangup => true,
@@ -740,11 +749,13 @@ impl Player {
         }
         let mut ended = false;
         match &mut self.playing {
-            Some((samples, at)) => {
-                let end = (*at + FRAME).min(samples.len());
-                m.stream.send(&samples[*at..end], *at == 0).await;
+            Some((prompt, at)) => {
+                // The law of now: a re-INVITE may change it mid-prompt.
+                let payload = prompt.encoded(m.stream.law());
+                let end = (*at + FRAME).min(payload.len());
+                m.stream.send(&payload[*at..end], *at == 0).await;
                 *at = end;
-                ended = end >= samples.len();
+                ended = end >= payload.len();
             }
             None => m.stream.send(&[], false).await,
         }

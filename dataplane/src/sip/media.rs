@@ -35,6 +35,34 @@ impl PortPool {
     }
 }
 
+/// How late the shard's RTP packets went out after their 20 ms slot: 0.1 ms buckets up to
+/// 100 ms, and one beyond (shard-local, one increment a packet).
+#[derive(Debug)]
+pub struct Lateness {
+    buckets: RefCell<Vec<u64>>,
+}
+
+/// Buckets of [`Lateness`]: 0.1 ms each, the last for anything later.
+pub const LATENESS_BUCKETS: usize = 1001;
+
+impl Default for Lateness {
+    fn default() -> Self {
+        Lateness { buckets: RefCell::new(vec![0; LATENESS_BUCKETS]) }
+    }
+}
+
+impl Lateness {
+    pub fn record(&self, late: std::time::Duration) {
+        let i = ((late.as_micros() / 100) as usize).min(LATENESS_BUCKETS - 1);
+        self.buckets.borrow_mut()[i] += 1;
+    }
+
+    /// Packets per 0.1 ms of lateness.
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.buckets.borrow().clone()
+    }
+}
+
 /// A port taken from the pool, given back when dropped.
 #[derive(Debug)]
 struct Lease {
@@ -120,17 +148,21 @@ impl RtpStream {
         self.remote = Some(r);
     }
 
-    /// Sends 20 ms of audio (`samples`, padded with silence), unless the far end holds the call.
-    /// `marker`: the first packet of a prompt.
-    pub async fn send(&mut self, samples: &[i16], marker: bool) {
+    /// The call's codec (PCMU until the far end's SDP says otherwise).
+    pub fn law(&self) -> Law {
+        self.remote.map_or(Law::Ulaw, |r| r.law)
+    }
+
+    /// Sends 20 ms of audio (`payload`, already in the call's law, padded with silence), unless
+    /// the far end holds the call. `marker`: the first packet of a prompt.
+    pub async fn send(&mut self, payload: &[u8], marker: bool) {
         let Some(r) = self.remote.filter(|r| r.direction.we_send() && r.addr.port() != 0) else { return };
         let to = self.latched.unwrap_or(r.addr);
         let law = r.law;
         rtp::write_header(&mut self.out, law.payload_type(), marker, self.seq, self.timestamp, self.ssrc);
-        let silence = law.encode(0);
-        for (i, b) in self.out[rtp::HEADER..].iter_mut().enumerate() {
-            *b = samples.get(i).map_or(silence, |s| law.encode(*s));
-        }
+        let n = payload.len().min(FRAME);
+        self.out[rtp::HEADER..rtp::HEADER + n].copy_from_slice(&payload[..n]);
+        self.out[rtp::HEADER + n..].fill(law.encode(0));
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
         if self.socket.send_to(&self.out, to).await.is_ok() {
@@ -179,7 +211,7 @@ mod tests {
             far.local_addr().unwrap().port()
         );
         s.set_remote(super::super::sdp::remote(&sdp).expect("sdp"));
-        s.send(&[1000; FRAME], true).await;
+        s.send(&[Law::Alaw.encode(1000); FRAME], true).await;
         let mut buf = [0u8; 1500];
         let (n, from) = far.recv_from(&mut buf).await.expect("a packet");
         let p = rtp::parse(&buf[..n]).expect("rtp");

@@ -90,6 +90,12 @@ impl SipProvider {
         Ok(SipProvider { uac })
     }
 
+    /// How late this shard's RTP packets went out after their slots (packets per 0.1 ms,
+    /// the last bucket for 100 ms and more).
+    pub fn rtp_lateness(&self) -> Vec<u64> {
+        self.uac.lateness.snapshot()
+    }
+
     /// The shard's SIP address (its Contact and Via).
     pub fn local_addr(&self) -> SocketAddr {
         self.uac.local

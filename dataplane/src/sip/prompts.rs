@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dialer_domain::media::g711::Law;
 use dialer_domain::media::wav;
 use uuid::Uuid;
 
@@ -29,14 +30,33 @@ pub enum PromptError {
     Audio { id: Uuid, error: wav::WavError },
 }
 
-/// A prompt's samples (8 kHz linear), shared by the calls playing it.
-pub type Samples = Arc<[i16]>;
+/// A prompt as calls play it: encoded once in each G.711 law, shared by the calls playing it
+/// (a packet is then a copy, not 160 encodings).
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    ulaw: Arc<[u8]>,
+    alaw: Arc<[u8]>,
+}
+
+impl Prompt {
+    pub fn new(samples: &[i16]) -> Prompt {
+        let enc = |law: Law| samples.iter().map(|s| law.encode(*s)).collect::<Arc<[u8]>>();
+        Prompt { ulaw: enc(Law::Ulaw), alaw: enc(Law::Alaw) }
+    }
+
+    pub fn encoded(&self, law: Law) -> &Arc<[u8]> {
+        match law {
+            Law::Ulaw => &self.ulaw,
+            Law::Alaw => &self.alaw,
+        }
+    }
+}
 
 /// The shard's prompts: fetched on first use, then kept.
 #[derive(Debug)]
 pub struct Prompts {
     source: Option<(reqwest::Client, String, Option<String>)>,
-    cache: RefCell<HashMap<Uuid, Rc<tokio::sync::OnceCell<Samples>>>>,
+    cache: RefCell<HashMap<Uuid, Rc<tokio::sync::OnceCell<Prompt>>>>,
     order: RefCell<VecDeque<Uuid>>,
 }
 
@@ -52,7 +72,7 @@ impl Prompts {
 
     /// The prompt's samples: from the cache, or fetched now (once, however many calls ask at
     /// the same time). A failed fetch is not kept: the next call tries again.
-    pub async fn get(&self, id: Uuid) -> Result<Samples, PromptError> {
+    pub async fn get(&self, id: Uuid) -> Result<Prompt, PromptError> {
         let cell = self.cell(id);
         let got = cell.get_or_try_init(|| self.fetch(id)).await.cloned();
         if got.is_err() {
@@ -61,7 +81,7 @@ impl Prompts {
         got
     }
 
-    fn cell(&self, id: Uuid) -> Rc<tokio::sync::OnceCell<Samples>> {
+    fn cell(&self, id: Uuid) -> Rc<tokio::sync::OnceCell<Prompt>> {
         let mut cache = self.cache.borrow_mut();
         if let Some(c) = cache.get(&id) {
             return c.clone();
@@ -77,7 +97,7 @@ impl Prompts {
         cache.entry(id).or_default().clone()
     }
 
-    async fn fetch(&self, id: Uuid) -> Result<Samples, PromptError> {
+    async fn fetch(&self, id: Uuid) -> Result<Prompt, PromptError> {
         let (client, base, key) = self.source.as_ref().ok_or(PromptError::NoSource)?;
         let mut req = client.get(format!("{base}/api/v1/prompts/{id}/audio"));
         if let Some(k) = key {
@@ -93,6 +113,6 @@ impl Prompts {
         let bytes = resp.bytes().await.map_err(fetch_err)?;
         let audio = wav::parse(&bytes).map_err(|error| PromptError::Audio { id, error })?;
         metrics::counter!("dialer_prompt_fetches_total").increment(1);
-        Ok(audio.samples.into())
+        Ok(Prompt::new(&audio.samples))
     }
 }

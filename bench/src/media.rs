@@ -1,0 +1,229 @@
+//! `bench media`: one data-plane shard (a current-thread runtime, as in production) holding
+//! thousands of answered calls at once, each playing a prompt over its own RTP stream to sipp
+//! (the tests' UAS: it answers and waits for our BYE; its SDP names the discard port, so the
+//! packets are sent and dropped by the kernel). Reports the calls up at once, how late
+//! packets went out after their 20 ms slot (p50, p99, max, share later than one ptime), and the
+//! shard's CPU per concurrent stream (µs of CPU per second of stream).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use dialer_dataplane::Provider;
+use dialer_dataplane::provider::CallOutcome;
+use dialer_dataplane::sip::{SipProvider, TrunkSettings};
+use dialer_dataplane::{ProviderKind, ProviderSettings};
+use dialer_domain::media::{MediaPlan, wav};
+use dialer_domain::settings::Telephony;
+use dialer_testkit::fixtures::Dispatch;
+use dialer_testkit::sip::Sipp;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Calls up at once (each one RTP stream).
+    #[arg(long, default_value_t = 5000)]
+    calls: u32,
+    /// New calls per second while ramping up.
+    #[arg(long, default_value_t = 500)]
+    ramp: u32,
+    /// Length of the prompt each call plays (then it hangs up).
+    #[arg(long, default_value = "45s", value_parser = dialer_domain::duration::parse)]
+    prompt: Duration,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const PROMPT: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0b01);
+
+/// A prompt of `len`: a 400 Hz tone with a slow swell, as 8 kHz 16-bit WAV.
+fn prompt(len: Duration) -> Vec<u8> {
+    let n = (len.as_millis() as usize) * 8;
+    let samples = (0..n)
+        .map(|i| {
+            let t = i as f32 / 8000.0;
+            (6000.0 * (1.0 + (t * 0.5).sin()) * (2.0 * std::f32::consts::PI * 400.0 * t).sin()) as i16
+        })
+        .collect();
+    wav::Audio { samples }.to_wav()
+}
+
+/// Serves the prompt as the control plane's API does; the base URL.
+fn serve(wav: Vec<u8>) -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let app = axum::Router::new()
+                .route("/api/v1/prompts/{id}/audio", axum::routing::get(move || std::future::ready(wav.clone())));
+            if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+                let _ = axum::serve(l, app).await;
+            }
+        });
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn settings(a: &Args, far: std::net::SocketAddr, url: String) -> ProviderSettings {
+    let trunk = TrunkSettings {
+        name: "sipp".into(),
+        proxy: far.to_string(),
+        max_channels: u32::MAX,
+        max_cps: 0,
+        ..TrunkSettings::default()
+    };
+    ProviderSettings {
+        kind: ProviderKind::Sip,
+        trunks: vec![trunk],
+        max_call: a.prompt + Duration::from_secs(60),
+        rtp_port_min: 20_000,
+        rtp_port_max: 20_000 + 4 * a.calls.min(11_000) as u16,
+        prompts_url: url,
+        ..ProviderSettings::default()
+    }
+}
+
+fn msg(i: u32) -> dialer_domain::messages::DispatchMessage {
+    let plan = MediaPlan { prompt: Some(PROMPT), repeat: 1, key_timeout_ms: 0, ..MediaPlan::default() };
+    let mut m = Dispatch::call(0).id(Uuid::now_v7()).number(&format!("+1555{:07}201", i)).build();
+    m.telephony = Some(Box::new(Telephony { media: Some(plan), ..Telephony::default() }));
+    m
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The quantile `q` of the lateness histogram (0.1 ms buckets), in ms.
+fn quantile(h: &[u64], q: f64) -> f64 {
+    let total: u64 = h.iter().sum();
+    let want = (total as f64 * q).ceil() as u64;
+    let mut seen = 0;
+    for (i, n) in h.iter().enumerate() {
+        seen += n;
+        if seen >= want.max(1) {
+            return (i + 1) as f64 / 10.0;
+        }
+    }
+    0.0
+}
+
+/// What the shard measured over the steady window (every call up).
+struct Steady {
+    up: usize,
+    window_s: f64,
+    cpu_s: f64,
+    lateness: Vec<u64>,
+    completed: u64,
+    failed: u64,
+}
+
+fn run_shard(a: &Args, far: std::net::SocketAddr, url: String) -> Result<Steady> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let p = SipProvider::start(settings(a, far, url), 0, 1).await?;
+        let pb = ProgressBar::new(u64::from(a.calls)).with_style(
+            ProgressStyle::with_template("calls up {bar:40} {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut live = futures::stream::FuturesUnordered::new();
+        let (t0, interval) = (Instant::now(), Duration::from_secs(1) / a.ramp.max(1));
+        let mut placed = 0u32;
+        while placed < a.calls {
+            let due = t0 + interval * placed;
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+            while placed < a.calls && t0 + interval * placed <= Instant::now() {
+                // Each call runs on its own task, as the shard polls its calls while more start.
+                live.push(tokio::task::spawn_local(p.place_call(&msg(placed))));
+                placed += 1;
+                pb.set_position(u64::from(placed));
+            }
+        }
+        pb.finish_and_clear();
+        // Every call is placed and, a few seconds on, answered: the steady window.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (cpu0, w0, late0) = (cpu_seconds(), Instant::now(), p.rtp_lateness());
+        let steady_end = t0 + a.prompt - Duration::from_secs(2);
+        let (mut completed, mut failed) = (0u64, 0u64);
+        let ended = |o: CallOutcome, c: &mut u64, f: &mut u64| match o {
+            CallOutcome::Completed { answered_after, .. } => {
+                *c += 1;
+                if answered_after > Duration::from_millis(300) {
+                    eprintln!("note: answered after {answered_after:?}");
+                }
+            }
+            CallOutcome::Failed { reason, sip, .. } => {
+                *f += 1;
+                if *f <= 5 {
+                    eprintln!("note: a call failed: {reason} {sip:?}");
+                }
+            }
+        };
+        let window = tokio::time::sleep_until(tokio::time::Instant::from_std(steady_end.max(Instant::now())));
+        tokio::pin!(window);
+        loop {
+            tokio::select! {
+                _ = &mut window => break,
+                Some(Ok(o)) = live.next() => ended(o, &mut completed, &mut failed),
+            }
+        }
+        let (cpu_s, window_s) = (cpu_seconds() - cpu0, w0.elapsed().as_secs_f64());
+        let late1 = p.rtp_lateness();
+        let up = live.len();
+        while let Some(o) = live.next().await {
+            ended(o?, &mut completed, &mut failed);
+        }
+        let lateness = late1.iter().zip(&late0).map(|(b, a)| b - a).collect();
+        Ok(Steady { up, window_s, cpu_s, lateness, completed, failed })
+    })
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let url = serve(prompt(a.prompt))?;
+    // sipp answers with the discard port as its audio: one thread could not read 250,000
+    // packets a second and answer INVITEs too; what is measured is the sending shard.
+    let scenario = dialer_testkit::sip::UAS_SCENARIO.replace("m=audio [media_port] RTP/AVP 0", "m=audio 9 RTP/AVP 0");
+    let far = Sipp::uas_with(&scenario, 0, 0)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("starting sipp (apt-get install -y sip-tester)")?;
+    let s = run_shard(&a, far.addr(), url)?;
+    if s.failed > 0 {
+        let errors = far.errors();
+        eprintln!("note: sipp's errors: {}", &errors[..errors.len().min(1500)]);
+    }
+    far.stop(Duration::from_secs(1));
+    let packets: u64 = s.lateness.iter().sum();
+    let late: u64 = s.lateness[200..].iter().sum();
+    let (p50, p99, max) = (quantile(&s.lateness, 0.5), quantile(&s.lateness, 0.99), quantile(&s.lateness, 1.0));
+    let per_stream = s.cpu_s * 1e6 / (s.up.max(1) as f64 * s.window_s);
+    println!(
+        "bench media: {} calls placed at {}/s, each playing a {:?} prompt (PCMU, 20 ms); one shard",
+        a.calls, a.ramp, a.prompt
+    );
+    println!(
+        "| calls up at once | packets (steady {:.0} s) | send lateness p50 | p99 | max | later than 20 ms | shard CPU | per stream |",
+        s.window_s
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {packets} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms | {late} | {:.0} % of a core | {per_stream:.1} µs/s |",
+        s.up,
+        100.0 * s.cpu_s / s.window_s
+    );
+    println!("calls completed {}, failed {}", s.completed, s.failed);
+    if let Some(path) = &a.json {
+        let v = json!({"calls": a.calls, "up": s.up, "packets": packets, "lateness_p50_ms": p50, "lateness_p99_ms": p99,
+                       "lateness_max_ms": max, "late_packets": late, "cpu_share": s.cpu_s / s.window_s,
+                       "cpu_us_per_stream_second": per_stream, "completed": s.completed, "failed": s.failed});
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    }
+    Ok(())
+}
