@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use dialer_domain::media::amd::{Amd, AmdParams, AnsweredBy};
+use dialer_domain::media::tone::{Beep, BeepDetector};
 use dialer_domain::media::wav;
 use dialer_testkit::audio;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -139,6 +140,16 @@ fn make(
     Ok(())
 }
 
+/// The beep detector over a machine clip from its start: when it first says a beep ended (ms),
+/// if it does.
+fn first_beep(samples: &[i16], threshold: u32) -> Option<u32> {
+    let mut d = BeepDetector::new(dialer_domain::media::script::BEEP_MIN_MS, threshold);
+    samples
+        .chunks(160)
+        .enumerate()
+        .find_map(|(i, f)| matches!(d.frame(f), Beep::Ended { .. }).then_some((i as u32 + 1) * 20))
+}
+
 /// Detection over a clip, then silence (the callee waits): the decision and when.
 fn detect(samples: &[i16], p: AmdParams) -> (AnsweredBy, &'static str, u32) {
     let mut amd = Amd::new(p);
@@ -158,10 +169,20 @@ pub fn run(a: Args) -> Result<()> {
     let mut matrix = [[0usize; 3]; 2];
     let mut person_ms = Vec::new();
     let mut misses = Vec::new();
+    let (mut beeps_right, mut beeps_early, mut beeps_missed) = (0, 0, 0);
     for c in &clips {
         let bytes = std::fs::read(&c.path)?;
         let audio = wav::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", c.path.display()))?;
         let (who, reason, at) = detect(&audio.samples, p);
+        if c.machine {
+            // The clip ends with 4 s of silence after its 400 ms beep.
+            let beep_end = (audio.samples.len() as u32 / 8).saturating_sub(4000);
+            match first_beep(&audio.samples, p.silence_threshold) {
+                Some(t) if t + 20 < beep_end => beeps_early += 1,
+                Some(t) if t <= beep_end + 60 => beeps_right += 1,
+                _ => beeps_missed += 1,
+            }
+        }
         let col = match who {
             AnsweredBy::Human => 0,
             AnsweredBy::Machine => 1,
@@ -194,10 +215,14 @@ pub fn run(a: Args) -> Result<()> {
         println!("| {name} | {} | {} | {} | {:.1} % |", row[0], row[1], row[2], 100.0 * share(row, right));
     }
     println!("\npeople: decided after {median} ms (median), {p90} ms (p90), from the answer");
+    println!(
+        "beeps (machines, the detector run from the answer): {beeps_right} found as they ended, {beeps_early} taken early (speech), {beeps_missed} missed"
+    );
     let result = json!({
         "clips": clips.len(), "seed": a.seed, "matrix": {"person": matrix[0], "machine": matrix[1]},
         "people_right": share(matrix[0], 0), "machines_right": share(matrix[1], 1),
         "person_decision_ms": {"median": median, "p90": p90}, "misses": misses,
+        "beeps": {"right": beeps_right, "early": beeps_early, "missed": beeps_missed},
     });
     if let Some(path) = &a.json {
         std::fs::write(path, serde_json::to_vec_pretty(&result)?)?;

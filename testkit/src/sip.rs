@@ -342,7 +342,8 @@ mod tests {
 
 pub const BARESIP_INSTALL: &str = "install it with: apt-get install -y baresip";
 
-/// baresip, a SIP user agent with a media stack, answering calls to `user` at once: it sends
+/// baresip, a SIP user agent with a media stack, answering calls to `user` at once with only
+/// `codec` (`PCMU` or `PCMA`) in its SDP: it sends
 /// `source` (8 kHz 16-bit WAV) as its audio and dumps what it hears (`dump-…-dec.wav`) into
 /// [`Baresip::recordings`].
 #[derive(Debug)]
@@ -353,7 +354,7 @@ pub struct Baresip {
 }
 
 impl Baresip {
-    pub fn answer(user: &str, source: &Path) -> Result<Baresip, HarnessError> {
+    pub fn answer(user: &str, codec: &str, source: &Path) -> Result<Baresip, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("dialer-baresip-")
             .tempdir()
@@ -374,7 +375,7 @@ impl Baresip {
             rec.display(),
             rtp.saturating_add(20),
         );
-        let accounts = format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU\n");
+        let accounts = format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto;audio_codecs={codec}\n");
         let write = |name: &str, text: &str| {
             std::fs::write(conf.join(name), text)
                 .map_err(|e| HarnessError::Start { what: "baresip".into(), detail: e.to_string() })

@@ -557,6 +557,12 @@ impl<'a> Dialog<'a> {
     /// maximum call length passes. What the media came to.
     async fn play(&mut self, answered: Instant, answer_sdp: &str) -> MediaResult {
         let Some(m) = self.rtp.as_deref_mut() else { return MediaResult::default() };
+        // Early media (a 183's ringback or announcement) is not the callee: detection hears
+        // only what comes after the answer.
+        let early = m.stream.discard_pending();
+        if early > 0 {
+            tracing::debug!(packets = early, "early media before the answer discarded");
+        }
         match super::sdp::remote(answer_sdp) {
             Ok(r) => m.stream.set_remote(r),
             Err(e) => tracing::warn!(error = %e, "the answer's SDP has no usable audio: nothing is heard or played"),
@@ -568,7 +574,10 @@ impl<'a> Dialog<'a> {
         // One timer for the whole call (not one per turn of the loop).
         let deadline = tokio::time::sleep_until(answered + self.uac.settings.max_call);
         tokio::pin!(deadline);
-        let mut heard_audio = false;
+        // When audio last came: detection hears silence only after a gap (the far end sends
+        // nothing, e.g. silence suppression), never for a packet that is merely late (that would
+        // break a beep in two and start the voicemail before it ended).
+        let mut last_audio = answered;
         loop {
             let m = self.rtp.as_deref_mut().expect("a media call");
             let event = tokio::select! {
@@ -588,7 +597,7 @@ impl<'a> Dialog<'a> {
                 Event::Sip(None) => break,
                 Event::Rtp(Ok((n, from))) => match m.stream.received(n, from) {
                     Heard::Audio => {
-                        heard_audio = true;
+                        last_audio = Instant::now();
                         script.audio(&m.stream.frame, now_ms)
                     }
                     Heard::Key(k) => script.key(k, now_ms),
@@ -596,7 +605,8 @@ impl<'a> Dialog<'a> {
                 },
                 Event::Rtp(Err(_)) => Step::Continue,
                 Event::Tick(at) => {
-                    let step = player.tick(m, at, &mut script, now_ms, std::mem::take(&mut heard_audio)).await;
+                    let gap = last_audio.elapsed() > SILENT_AFTER;
+                    let step = player.tick(m, at, &mut script, now_ms, gap).await;
                     // When the packet was handed to the kernel, against its slot.
                     self.uac.lateness.record(at.elapsed());
                     step
@@ -709,6 +719,9 @@ impl<'a> Dialog<'a> {
 /// One RTP packet's worth of time.
 const FRAME_TIME: Duration = Duration::from_millis(20);
 
+/// No audio for this long: the far end is silent (detection hears silence each packet time).
+const SILENT_AFTER: Duration = Duration::from_millis(70);
+
 /// What woke a media call.
 enum Event {
     Sip(Option<Box<Message>>),
@@ -742,8 +755,8 @@ impl Player {
     }
 
     /// Every 20 ms: the next packet of the prompt (or silence) goes out; the script hears the
-    /// clock, and silence when no audio came since the last tick (detection counts it).
-    async fn tick(&mut self, m: &mut Media, slot: Instant, script: &mut Script, now_ms: u32, heard: bool) -> Step {
+    /// clock, and silence when no audio came for a while (`gap`: detection counts it).
+    async fn tick(&mut self, m: &mut Media, slot: Instant, script: &mut Script, now_ms: u32, gap: bool) -> Step {
         if slot.elapsed() > FRAME_TIME {
             self.late += 1;
         }
@@ -763,7 +776,7 @@ impl Player {
             self.playing = None;
             return script.played_out(now_ms);
         }
-        if !heard {
+        if gap {
             let step = script.audio(&[0; FRAME], now_ms);
             if step != Step::Continue {
                 return step;

@@ -170,6 +170,15 @@ impl RtpStream {
         }
     }
 
+    /// Drops every datagram waiting on the port (what came before the answer); how many.
+    pub fn discard_pending(&mut self) -> usize {
+        let mut n = 0;
+        while self.socket.try_recv_from(&mut self.inbuf[..]).is_ok() {
+            n += 1;
+        }
+        n
+    }
+
     /// Reads a datagram of `n` bytes from `from` (in [`RtpStream::inbuf`]).
     pub fn received(&mut self, n: usize, from: SocketAddr) -> Heard {
         let Some(p) = rtp::parse(&self.inbuf[..n]) else { return Heard::Nothing };
@@ -236,6 +245,20 @@ mod tests {
         stranger.send_to(&pkt, from).await.expect("send");
         let (n, src) = s.socket.recv_from(&mut s.inbuf[..]).await.expect("recv");
         assert_eq!(s.received(n, src), Heard::Nothing);
+        // On hold (the far end's re-INVITE says sendonly): nothing is sent.
+        let held = format!(
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 8\r\na=sendonly\r\n",
+            far.local_addr().unwrap().port()
+        );
+        s.set_remote(super::super::sdp::remote(&held).expect("sdp"));
+        s.send(&[0xd5; FRAME], false).await;
+        let got = tokio::time::timeout(std::time::Duration::from_millis(100), far.recv_from(&mut buf)).await;
+        assert!(got.is_err(), "no packet while the far end holds the call");
+        // What waits on the port before the answer (early media) is discarded.
+        far.send_to(&pkt, from).await.expect("send");
+        far.send_to(&pkt, from).await.expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(s.discard_pending(), 2);
         drop(s);
         assert_eq!(pool.available(), 50, "the port is given back");
     }

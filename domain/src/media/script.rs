@@ -25,7 +25,7 @@ pub const VOICEMAIL_SILENCE_MS: u32 = 3000;
 /// …or this long after the machine was detected, whatever it does.
 pub const VOICEMAIL_WAIT_MS: u32 = 30_000;
 /// The shortest tone taken for a beep.
-pub const BEEP_MIN_MS: u32 = 80;
+pub const BEEP_MIN_MS: u32 = 120;
 
 /// Which prompt to play.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
