@@ -76,12 +76,12 @@ fn media(o: &CallOutcome) -> MediaResult {
 #[test]
 fn people_are_told_machines_get_the_voicemail_after_the_beep_and_keys_count() {
     let dir = tempfile::tempdir().expect("dir");
-    let person = audio::person(dir.path(), "en-us", 8000).unwrap_or_else(|e| need(e));
-    let machine = audio::machine(dir.path(), "en-us").unwrap_or_else(|e| need(e));
+    let person = audio::person(dir.path(), "en-us", 8000).unwrap_or_else(need);
+    let machine = audio::machine(dir.path(), "en-us").unwrap_or_else(need);
     let reminder = "This is a reminder of your appointment tomorrow at ten. Press nine to stop these calls.";
     let prompts = HashMap::from([
-        (PERSON_PROMPT, audio::prompt(dir.path(), "person", reminder).unwrap_or_else(|e| need(e))),
-        (VOICEMAIL_PROMPT, audio::prompt(dir.path(), "voicemail", "Please call us back.").unwrap_or_else(|e| need(e))),
+        (PERSON_PROMPT, audio::prompt(dir.path(), "person", reminder).unwrap_or_else(need)),
+        (VOICEMAIL_PROMPT, audio::prompt(dir.path(), "voicemail", "Please call us back.").unwrap_or_else(need)),
     ]);
     let scenario = MEDIA_SCENARIO
         .replace("{PERSON}", &person.path.display().to_string())
