@@ -428,6 +428,8 @@ mod tests {
             pending,
             queued,
             in_progress,
+            answered_human: 0,
+            abandoned: 0,
         }
     }
 
