@@ -114,10 +114,33 @@ fn describe_pipeline() {
     describe_counter!("dialer_recorder_malformed_total", "Status events that could not be read and were skipped.");
     describe_counter!("dialer_retries_scheduled_total", "Retries scheduled by the retry policy.");
     describe_counter!("dialer_dead_letters_total", "Calls failed for good, sent to the dead-letter topic.");
+    describe_media();
     describe_gauge!(
         "dialer_active_calls",
         "Calls queued to or dialing in the data plane, all running and paused campaigns (scheduler's view)."
     );
+}
+
+/// The media of answered calls, as the recorder counts them (zero from the start: alerts take
+/// their rates).
+fn describe_media() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "dialer_calls_answered_by_total",
+        "Answered calls of campaigns with media, by who answered (human, machine, unknown)."
+    );
+    for who in ["human", "machine", "unknown"] {
+        metrics::counter!("dialer_calls_answered_by_total", "answered_by" => who).increment(0);
+    }
+    describe_counter!("dialer_voicemails_left_total", "Voicemail messages played to their end.");
+    describe_counter!("dialer_dnc_keypress_opt_outs_total", "Numbers opted out by their callee's keypress.");
+    describe_counter!(
+        "dialer_calls_abandoned_total",
+        "Calls a person answered whose message started more than 2 s after their greeting ended, or never."
+    );
+    for c in ["dialer_voicemails_left_total", "dialer_dnc_keypress_opt_outs_total", "dialer_calls_abandoned_total"] {
+        metrics::counter!(c).increment(0);
+    }
 }
 
 /// `GET /metrics`: the Prometheus text exposition, with the busiest campaigns' families.

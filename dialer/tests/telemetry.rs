@@ -80,11 +80,17 @@ fn write_config(dir: &Path, api: u16) -> (String, String) {
     (config.display().to_string(), tuning.display().to_string())
 }
 
+/// A campaign with a message (the mock draws who answered through the media script): the
+/// per-campaign abandoned ratio has a series once a person answered.
 fn start_campaign(api: u16) {
+    let wav = dialer_domain::media::wav::Audio { samples: vec![1000; 8000] }.to_wav();
+    let (s, prompt) = procs::post_bytes(api, "/api/v1/prompts?name=telemetry", "audio/wav", &wav);
+    assert_eq!(s, 201, "{prompt}");
     let targets: Vec<Value> = (0..300).map(|i| json!({"phone_number": format!("+1202555{i:04}")})).collect();
     let body = json!({
         "name": "telemetry", "max_concurrent_calls": 10, "targets": targets,
-        "retry_policy": {"max_attempts": 2, "base_delay": "100ms", "max_delay": "200ms"}
+        "retry_policy": {"max_attempts": 2, "base_delay": "100ms", "max_delay": "200ms"},
+        "telephony": {"media": {"prompt": prompt["id"], "amd": {}, "keys": {"9": "opt_out"}}}
     });
     let (s, created) = http(api, "POST", "/api/v1/campaigns", Some(&body));
     assert_eq!(s, 201, "{created}");
