@@ -25,7 +25,8 @@ pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 status=0
-"$VENV/bin/schemathesis" run "http://127.0.0.1:$port/api/v1/openapi.json" \
+# A prompt upload is a WAV file: scripts/fuzz_hooks.py sends generated bodies as bytes.
+PYTHONPATH=scripts SCHEMATHESIS_HOOKS=fuzz_hooks "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/api/v1/openapi.json" \
   --header "Authorization: Bearer $key" \
   --checks all --exclude-checks ignored_auth,positive_data_acceptance \
   --max-examples "${1:-60}" --workers 2 --seed 1 --no-color \

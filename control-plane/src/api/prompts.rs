@@ -83,7 +83,7 @@ pub async fn get_prompt(State(st): State<AppState>, Path(id): Path<String>) -> R
 /// The prompt's audio, as stored: a WAV file, 8 kHz mono 16-bit PCM (what data planes fetch).
 #[utoipa::path(get, path = "/api/v1/prompts/{id}/audio", tag = "prompts",
     params(("id" = Uuid, Path, description = "Prompt id")),
-    responses((status = 200, content_type = "audio/wav", body = Vec<u8>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, content_type = "audio/wav", body = Vec<u8>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn prompt_audio(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let wav = st.store.prompt_audio(path_id(&id)?).await?;
     // Never changed once written: caches may keep it.
@@ -94,7 +94,7 @@ pub async fn prompt_audio(State(st): State<AppState>, Path(id): Path<String>) ->
 /// Delete a prompt no live campaign plays (409 names the campaign that does).
 #[utoipa::path(delete, path = "/api/v1/prompts/{id}", tag = "prompts",
     params(("id" = Uuid, Path, description = "Prompt id")),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete_prompt(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     match st.store.delete_prompt(path_id(&id)?).await? {
         true => Ok(StatusCode::NO_CONTENT),
