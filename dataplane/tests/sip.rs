@@ -220,3 +220,23 @@ fn more_shards_than_calls_per_second_take_turns() {
     let cps = r.max_invites_per_second();
     assert!(cps <= 10, "{cps} INVITEs within one second from 16 shards on a 10-CPS trunk");
 }
+
+/// kamailio forks workers: when the test drops it, they go too (they used to outlive the test
+/// command, re-parented to init).
+#[test]
+fn kamailio_and_its_workers_are_gone_once_dropped() {
+    let far = sipp(0, 100);
+    let k = Kamailio::start(far.addr(), "secret").unwrap_or_else(|e| panic!("kamailio is needed for this test: {e}"));
+    // kamailio's command line names its config file (the harness's watchdog names only the dir).
+    let dir = k.dir().join("kamailio.cfg").display().to_string();
+    let running = dialer_testkit::sip::processes_naming(&dir);
+    assert!(running.len() > 1, "kamailio and its workers run: {running:?}");
+    drop(k);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut left = dialer_testkit::sip::processes_naming(&dir);
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = dialer_testkit::sip::processes_naming(&dir);
+    }
+    assert!(left.is_empty(), "kamailio processes left running: {left:?}");
+}

@@ -81,12 +81,13 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// Starts a watchdog that kills `pid` and removes `dir` once this process is gone.
+/// Starts a watchdog that kills `pid` (and its process group) and removes `dir` once this
+/// process is gone.
 fn watch(pid: u32, dir: &Path) {
     let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -INT {pid} 2>/dev/null; \
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -INT -- -{pid} 2>/dev/null || kill -INT {pid} 2>/dev/null; \
          for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.5; done; \
-         kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'",
+         kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'",
         me = std::process::id(),
         dir = dir.display()
     );
@@ -147,8 +148,12 @@ impl Managed {
         Ok(())
     }
 
+    /// Kills the server and its process group (the processes it forked: kamailio's workers
+    /// would otherwise outlive the test, re-parented to init).
     fn kill(&self) {
         if let Some(mut c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let group = format!("-{}", c.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
             let _ = c.kill();
             let _ = c.wait();
         }

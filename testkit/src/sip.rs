@@ -68,8 +68,10 @@ fn wait_udp(process: &Managed, port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// Spawns a peer in a process group of its own (kamailio forks workers: they go with it).
 fn spawn(cmd: &mut Command, what: &str, hint: &str, dir: &Path, process: &Managed) -> Result<(), HarnessError> {
-    let child = cmd.stdin(Stdio::null()).spawn().map_err(|e| match e.kind() {
+    use std::os::unix::process::CommandExt;
+    let child = cmd.stdin(Stdio::null()).process_group(0).spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => HarnessError::Missing { what: what.into(), hint: hint.into() },
         _ => HarnessError::Start { what: what.into(), detail: e.to_string() },
     })?;
@@ -308,6 +310,24 @@ impl Kamailio {
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+
+    /// Its directory (its processes' command lines name it).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+/// The processes whose command line mentions `needle` (from `/proc`).
+pub fn processes_naming(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(needle)
+        })
+        .collect()
 }
 
 #[cfg(test)]
