@@ -154,12 +154,7 @@ fn run_shard(a: &Args, far: std::net::SocketAddr, url: String) -> Result<Steady>
         let steady_end = t0 + a.prompt - Duration::from_secs(2);
         let (mut completed, mut failed) = (0u64, 0u64);
         let ended = |o: CallOutcome, c: &mut u64, f: &mut u64| match o {
-            CallOutcome::Completed { answered_after, .. } => {
-                *c += 1;
-                if answered_after > Duration::from_millis(300) {
-                    eprintln!("note: answered after {answered_after:?}");
-                }
-            }
+            CallOutcome::Completed { .. } => *c += 1,
             CallOutcome::Failed { reason, sip, .. } => {
                 *f += 1;
                 if *f <= 5 {

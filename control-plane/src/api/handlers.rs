@@ -21,7 +21,8 @@ use dialer_store::{CallQuery, NewCall};
 
 type Params = Query<HashMap<String, String>>;
 
-fn path_id(raw: &str) -> Result<Uuid, ApiError> {
+/// A path's `{id}`: a UUID, else 400 naming `id`.
+pub(super) fn path_id(raw: &str) -> Result<Uuid, ApiError> {
     campaigns::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
 }
 

@@ -16,13 +16,10 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::handlers::path_id;
 
 /// The longest prompt name.
 const NAME_MAX: usize = 200;
-
-fn path_id(raw: &str) -> Result<Uuid, ApiError> {
-    dialer_api::campaigns::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
-}
 
 /// Upload a prompt: the body is a WAV file (`audio/wav`), 8 kHz mono, 16-bit PCM, A-law or
 /// µ-law, at most 300 s; anything else is refused (422, `field` = `audio`) with what to send.

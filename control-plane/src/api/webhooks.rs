@@ -16,14 +16,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::handlers::path_id;
 use super::{ApiError, AppState, ErrorBody, parse_json};
 use dialer_store::DeadLetter;
 
 type Params = Query<HashMap<String, String>>;
-
-fn path_id(raw: &str) -> Result<Uuid, ApiError> {
-    dialer_api::campaigns::parse_id("id", raw).map_err(|e| ApiError::bad_param(&e))
-}
 
 /// A fresh signing secret: 32 random bytes, hex.
 fn new_secret() -> String {
