@@ -45,6 +45,18 @@ if [ ! -d "$node_cache/node_modules/playwright-core" ]; then
   npm install --prefix "$node_cache" --silent --no-audit --no-fund playwright-core@1
 fi
 
+# The build cache outside the clone stays bounded (stale test binaries and incremental sessions
+# of earlier builds removed), and the run needs room: the servers the tests start write to /tmp.
+python3 scripts/prune_cache.py "$CARGO_TARGET_DIR"
+for d in "$(dirname "$CARGO_TARGET_DIR")" "${TMPDIR:-/tmp}"; do
+  mkdir -p "$d"
+  free_gib=$(df -Pk "$d" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$free_gib" -lt 8 ]; then
+    echo "test.sh: only ${free_gib} GiB free under $d; the build and the test servers need 8 GiB: free disk space (e.g. rm -rf $CARGO_TARGET_DIR/debug/incremental)" >&2
+    exit 1
+  fi
+done
+
 # Apache Kafka and Apache Cassandra, the servers the tests start: their jars fetched from Maven
 # Central once into a cache outside the clone (~/.cache/dialer/servers).
 ./scripts/servers.sh
@@ -62,7 +74,7 @@ cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/dialer-test.$$.log
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -oE 'test result: [a-z]+\. [0-9]+ passed' /tmp/dialer-test.$$.log | awk '{s+=$4} END {print s+0}')
-failed=$(grep -oE '[0-9]+ failed' /tmp/dialer-test.$$.log | awk '{s+=$1} END {print s+0}')
+failed=$(grep -oE 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' /tmp/dialer-test.$$.log | awk '{s+=$6} END {print s+0}')
 rm -f /tmp/dialer-test.$$.log
 [ "$status" = 0 ] || { echo "$passed passed, $failed failed"; exit "$status"; }
 

@@ -60,6 +60,7 @@ fn java() -> Result<PathBuf, HarnessError> {
 }
 
 fn temp_dir(prefix: &str, what: &str) -> Result<tempfile::TempDir, HarnessError> {
+    crate::ensure_room(what, 2048)?;
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()

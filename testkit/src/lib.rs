@@ -101,6 +101,27 @@ fn watch(pid: u32, dir: &Path) {
         .spawn();
 }
 
+/// Refuses to start a server where the temp directory has less than `need_mib` free: a server
+/// on a full disk fails late and vaguely (Cassandra's log stays empty), so say it first.
+fn ensure_room(what: &str, need_mib: u64) -> Result<(), HarnessError> {
+    let dir = std::env::temp_dir();
+    let Ok(out) = Command::new("df").arg("-Pk").arg(&dir).output() else { return Ok(()) };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free_kib = text.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|n| n.parse::<u64>().ok());
+    match free_kib {
+        Some(kib) if kib / 1024 < need_mib => Err(HarnessError::Start {
+            what: what.into(),
+            detail: format!(
+                "only {} MiB free under {} and it needs {need_mib} MiB: free disk space \
+                 (scripts/prune_cache.py trims the build cache; leftover dialer-* directories there can go)",
+                kib / 1024,
+                dir.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn run(cmd: &mut Command, what: &str) -> Result<String, HarnessError> {
     let out = cmd.output().map_err(|e| HarnessError::Command { what: what.into(), detail: e.to_string() })?;
     if !out.status.success() {
@@ -142,7 +163,8 @@ impl Managed {
         if !wait_for_port(port, timeout) {
             let detail = log
                 .and_then(|l| std::fs::read_to_string(l).ok())
-                .unwrap_or_else(|| format!("port {port} never opened"));
+                .filter(|text| !text.trim().is_empty())
+                .unwrap_or_else(|| format!("port {port} never opened within {timeout:?} and its log is empty"));
             return Err(HarnessError::Start { what: what.into(), detail });
         }
         Ok(())
@@ -337,6 +359,7 @@ impl Postgres {
             });
         }
         let bin = pg_bin_dir()?;
+        ensure_room("PostgreSQL", 512)?;
         let dir = tempfile::Builder::new()
             .prefix("dialer-pg-")
             .tempdir()
@@ -426,6 +449,15 @@ mod tests {
         let next = || draws.lock().expect("draws").next_back().expect("a draw left");
         let handed: Vec<u16> = (0..3).map(|_| unique_port(next)).collect();
         assert_eq!(handed, vec![40_001, 40_002, 40_003]);
+    }
+
+    #[test]
+    fn a_server_is_refused_with_a_reason_when_the_disk_has_no_room() {
+        let e = ensure_room("cassandra", u64::MAX / 2048).expect_err("no disk is that large");
+        let text = e.to_string();
+        assert!(text.starts_with("cassandra did not start: only "), "{text}");
+        assert!(text.contains("free disk space"), "{text}");
+        ensure_room("cassandra", 1).expect("a MiB is free");
     }
 }
 
