@@ -13,6 +13,7 @@
 //!   attempts, a new campaign from a CSV list, do-not-call lists, webhook endpoints and the
 //!   global picture.
 
+mod media;
 mod pages;
 mod session;
 

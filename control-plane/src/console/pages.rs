@@ -117,6 +117,7 @@ struct CampaignPage {
     status_filter: String,
     next_page: Option<String>,
     confirm: Option<String>,
+    media: Option<super::media::MediaPanel>,
 }
 
 /// A campaign, live: its stats, why its pending calls wait, its calls a page at a time, and
@@ -153,8 +154,10 @@ async fn campaign_page(st: &AppState, id: &str, q: &HashMap<String, String>) -> 
         .filter(|(_, h)| h.calls > 0)
         .map(|(r, h)| (r.replace('_', " "), h.calls, h.until))
         .collect();
+    let media = super::media::panel(&s.media);
     Ok(CampaignPage {
         frame: Frame { csrf: String::new(), login: false, title: String::new() },
+        media,
         row: CampaignRow::of(c, s, Some(&waiting)),
         waiting,
         held,
@@ -201,6 +204,8 @@ pub async fn campaign_action(
 struct CallPage {
     frame: Frame,
     detail: CallDetail,
+    /// Per attempt, what its media came to, in words ("" without media).
+    media: Vec<String>,
 }
 
 /// One call with its attempts (SIP code and reason where the SIP provider placed it).
@@ -212,7 +217,8 @@ pub async fn call(
     match handlers::get_call(State(st.clone()), Path(id)).await {
         Ok(Json(detail)) => {
             let title = format!("Call {}", dialer_domain::phone::mask(&detail.call.phone_number));
-            render(&CallPage { frame: frame(&st, csrf, title), detail })
+            let media = detail.attempts.iter().map(|a| super::media::line(a.media.as_ref())).collect();
+            render(&CallPage { frame: frame(&st, csrf, title), detail, media })
         }
         Err(e) => error_page(&st, csrf, e),
     }

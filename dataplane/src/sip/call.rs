@@ -43,7 +43,8 @@ pub struct Uac {
     /// The shard's RTP ports and prompts (calls with a media plan).
     ports: Rc<PortPool>,
     prompts: Prompts,
-    pub(super) lateness: super::media::Lateness,
+    /// The shard's media clock: every RTP packet of its calls goes out from it.
+    pub(super) pacer: Rc<super::pacer::Pacer>,
 }
 
 impl Uac {
@@ -73,7 +74,7 @@ impl Uac {
             counter: Cell::new(0),
             ports: PortPool::new(settings.rtp_port_min, settings.rtp_port_max, shard, shards),
             prompts: Prompts::new(&settings.prompts_url, settings.prompts_api_key.clone()),
-            lateness: Default::default(),
+            pacer: super::pacer::Pacer::new(),
             settings,
         }))
     }
@@ -568,9 +569,13 @@ impl<'a> Dialog<'a> {
             Err(e) => tracing::warn!(error = %e, "the answer's SDP has no usable audio: nothing is heard or played"),
         }
         let (mut script, first) = Script::start(&m.plan);
-        let mut player = Player::default();
-        player.step(first, m);
+        // From the answer the shard's pacer sends the stream's packets; this call wakes only
+        // for what it hears, its SIP messages, a prompt's end and, while the script listens
+        // (detection, the beep, keys), a 20 ms clock.
+        m.stream.start(&self.uac.pacer, answered.into_std());
+        let mut over = perform(first, m);
         let mut tick = tokio::time::interval_at(answered, FRAME_TIME);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // One timer for the whole call (not one per turn of the loop).
         let deadline = tokio::time::sleep_until(answered + self.uac.settings.max_call);
         tokio::pin!(deadline);
@@ -578,12 +583,14 @@ impl<'a> Dialog<'a> {
         // nothing, e.g. silence suppression), never for a packet that is merely late (that would
         // break a beep in two and start the voicemail before it ended).
         let mut last_audio = answered;
-        loop {
+        while !over {
             let m = self.rtp.as_deref_mut().expect("a media call");
+            let (socket, inbuf, paced) = m.stream.parts();
             let event = tokio::select! {
                 msg = self.rx.recv() => Event::Sip(msg.map(Box::new)),
-                r = m.stream.socket.recv_from(&mut m.stream.inbuf[..]) => Event::Rtp(r),
-                at = tick.tick() => Event::Tick(at),
+                r = super::media::recv(socket, inbuf) => Event::Rtp(r),
+                () = played_out(paced) => Event::PlayedOut,
+                _ = tick.tick(), if script.needs_clock() => Event::Tick,
                 _ = &mut deadline => Event::Sip(None),
             };
             let now_ms = answered.elapsed().as_millis() as u32;
@@ -604,23 +611,12 @@ impl<'a> Dialog<'a> {
                     Heard::Nothing => Step::Continue,
                 },
                 Event::Rtp(Err(_)) => Step::Continue,
-                Event::Tick(at) => {
-                    let gap = last_audio.elapsed() > SILENT_AFTER;
-                    let step = player.tick(m, at, &mut script, now_ms, gap).await;
-                    // When the packet was handed to the kernel, against its slot.
-                    self.uac.lateness.record(at.elapsed());
-                    step
-                }
+                Event::PlayedOut => script.played_out(now_ms),
+                Event::Tick => clock(&mut script, last_audio.elapsed() > SILENT_AFTER, now_ms),
             };
-            let m = self.rtp.as_deref_mut().expect("a media call");
-            if player.step(step, m) {
-                break;
-            }
+            over = perform(step, self.rtp.as_deref_mut().expect("a media call"));
         }
         self.bye().await;
-        let sent = self.rtp.as_deref().map_or(0, |m| m.stream.sent);
-        metrics::counter!("dialer_rtp_packets_sent_total").increment(sent);
-        metrics::counter!("dialer_rtp_late_packets_total").increment(player.late);
         script.result()
     }
 
@@ -726,64 +722,46 @@ const SILENT_AFTER: Duration = Duration::from_millis(70);
 enum Event {
     Sip(Option<Box<Message>>),
     Rtp(std::io::Result<(usize, SocketAddr)>),
-    Tick(Instant),
+    PlayedOut,
+    Tick,
 }
 
-/// The prompt a media call is playing (encoded in the call's law), and how far.
-#[derive(Default)]
-struct Player {
-    playing: Option<(Prompt, usize)>,
-    /// Packets sent later than one packet time after their slot.
-    late: u64,
+/// Does what the script said (a prompt to play goes to the pacer); true when it hung up.
+fn perform(step: Step, m: &Media) -> bool {
+    match step {
+        Step::Continue => false,
+        Step::Play(which) => {
+            let prompt = match which {
+                Play::Person => m.person.as_ref(),
+                Play::Voicemail => m.voicemail.as_ref(),
+            };
+            if let Some(p) = m.stream.paced() {
+                p.play(prompt.cloned());
+            }
+            false
+        }
+        Step::Hangup => true,
+    }
 }
 
-impl Player {
-    /// Does what the script said; true when it hung up.
-    fn step(&mut self, step: Step, m: &Media) -> bool {
-        match step {
-            Step::Continue => false,
-            Step::Play(which) => {
-                let prompt = match which {
-                    Play::Person => m.person.as_ref(),
-                    Play::Voicemail => m.voicemail.as_ref(),
-                };
-                self.playing = prompt.map(|p| (p.clone(), 0));
-                false
-            }
-            Step::Hangup => true,
-        }
+/// Until the prompt playing has played out (never, before the stream started).
+async fn played_out(paced: Option<&super::pacer::Paced>) {
+    match paced {
+        Some(p) => p.played_out().await,
+        None => std::future::pending().await,
     }
+}
 
-    /// Every 20 ms: the next packet of the prompt (or silence) goes out; the script hears the
-    /// clock, and silence when no audio came for a while (`gap`: detection counts it).
-    async fn tick(&mut self, m: &mut Media, slot: Instant, script: &mut Script, now_ms: u32, gap: bool) -> Step {
-        if slot.elapsed() > FRAME_TIME {
-            self.late += 1;
+/// The script's 20 ms clock: silence for detection when no audio came for a while (`gap`),
+/// then the time (the end of listening for keys).
+fn clock(script: &mut Script, gap: bool, now_ms: u32) -> Step {
+    if gap {
+        let step = script.audio(&[0; FRAME], now_ms);
+        if step != Step::Continue {
+            return step;
         }
-        let mut ended = false;
-        match &mut self.playing {
-            Some((prompt, at)) => {
-                // The law of now: a re-INVITE may change it mid-prompt.
-                let payload = prompt.encoded(m.stream.law());
-                let end = (*at + FRAME).min(payload.len());
-                m.stream.send(&payload[*at..end], *at == 0).await;
-                *at = end;
-                ended = end >= payload.len();
-            }
-            None => m.stream.send(&[], false).await,
-        }
-        if ended {
-            self.playing = None;
-            return script.played_out(now_ms);
-        }
-        if gap {
-            let step = script.audio(&[0; FRAME], now_ms);
-            if step != Step::Continue {
-                return step;
-            }
-        }
-        script.tick(now_ms)
     }
+    script.tick(now_ms)
 }
 
 /// Whether a NOTIFY's `message/sipfrag` body reports a final response (`SIP/2.0 2xx…6xx`).

@@ -1,16 +1,22 @@
 //! A call's RTP stream (RFC 3550, G.711 at 20 ms): the shard's RTP ports, one per call with
-//! media; packets written into the stream's own buffers (no allocation per packet); symmetric
-//! RTP (the far end's first packet fixes where we send and the only source we hear); RTCP and
-//! other traffic on the port ignored; RFC 4733 keys read from `telephone-event` packets.
+//! media; what it sends goes through the shard's [`Pacer`] (one batch per millisecond for all
+//! calls, no allocation per packet); symmetric RTP (the far end's first packet fixes where we
+//! send and the only source we hear); RTCP and other traffic on the port ignored; RFC 4733 keys
+//! read from `telephone-event` packets.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::Instant;
 
 use dialer_domain::media::g711::Law;
 use dialer_domain::media::rtp::{self, Keys};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
+use super::pacer::{Paced, Pacer};
 use super::sdp::{DTMF_PT, Remote};
 
 /// Samples in one 20 ms packet at 8 kHz.
@@ -83,6 +89,21 @@ pub enum RtpError {
     NoPort,
 }
 
+/// A non-blocking socket on `addr`, registered with the runtime for reading only.
+#[allow(unsafe_code)]
+fn readable(addr: SocketAddr) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same for
+    // the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(std::io::Error::from)
+}
+
+/// The next datagram on a stream's port.
+pub async fn recv(socket: &AsyncFd<std::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    socket.async_io(Interest::READABLE, |s| s.recv_from(buf)).await
+}
+
 /// What a datagram on the stream's port was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Heard {
@@ -93,23 +114,23 @@ pub enum Heard {
     Nothing,
 }
 
-/// One call's RTP stream.
+/// One call's RTP stream: its port (what it hears) and, once answered, its place in the
+/// shard's [`Pacer`] (what it sends).
 #[derive(Debug)]
 pub struct RtpStream {
-    pub socket: tokio::net::UdpSocket,
+    /// Dropped before the socket: the pacer never sends from a closed descriptor.
+    paced: Option<Paced>,
+    /// Registered for reading only: what it sends goes out through the pacer, and a socket
+    /// registered for writing too would wake the shard each time a packet left.
+    pub socket: AsyncFd<std::net::UdpSocket>,
     _port: Lease,
     remote: Option<Remote>,
     /// The far end's source, fixed by its first packet (symmetric RTP).
     latched: Option<SocketAddr>,
-    ssrc: u32,
-    seq: u16,
-    timestamp: u32,
-    out: [u8; rtp::HEADER + FRAME],
     pub inbuf: Box<[u8; 1500]>,
     /// The last audio packet, decoded.
     pub frame: Vec<i16>,
     keys: Keys,
-    pub sent: u64,
 }
 
 impl RtpStream {
@@ -118,21 +139,16 @@ impl RtpStream {
         for _ in 0..pool.available() {
             let Some(port) = pool.free.borrow_mut().pop_front() else { break };
             let lease = Lease { port, pool: pool.clone() };
-            if let Ok(socket) = tokio::net::UdpSocket::bind(SocketAddr::new(ip, port)).await {
-                let r: u64 = rand::random();
+            if let Ok(socket) = readable(SocketAddr::new(ip, port)) {
                 return Ok(RtpStream {
+                    paced: None,
                     socket,
                     _port: lease,
                     remote: None,
                     latched: None,
-                    ssrc: r as u32,
-                    seq: (r >> 32) as u16,
-                    timestamp: (r >> 48) as u32 * 160,
-                    out: [0; rtp::HEADER + FRAME],
                     inbuf: Box::new([0; 1500]),
                     frame: Vec::with_capacity(1500),
                     keys: Keys::default(),
-                    sent: 0,
                 });
             }
         }
@@ -140,12 +156,45 @@ impl RtpStream {
     }
 
     pub fn local(&self) -> SocketAddr {
-        self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.socket.get_ref().local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Starts sending (silence until told to play), its first packet in the slot `first`:
+    /// the call is answered.
+    pub fn start(&mut self, pacer: &Rc<Pacer>, first: Instant) {
+        let r: u64 = rand::random();
+        let header = (r as u32, (r >> 32) as u16, (r >> 48) as u32 * FRAME as u32);
+        self.paced = Some(pacer.add(self.socket.as_raw_fd(), first, header));
+        self.route();
+    }
+
+    /// What a call waits on at once: the socket, the buffer to read into, and the stream's
+    /// place in the pacer (started at the answer; before it, nothing plays out).
+    pub fn parts(&mut self) -> (&AsyncFd<std::net::UdpSocket>, &mut [u8], Option<&Paced>) {
+        (&self.socket, &mut self.inbuf[..], self.paced.as_ref())
+    }
+
+    /// The stream's place in the pacer, once started.
+    pub fn paced(&self) -> Option<&Paced> {
+        self.paced.as_ref()
+    }
+
+    /// Tells the pacer where to send: the latched source, else the SDP's address; nowhere
+    /// while the far end holds the call or refused the stream.
+    fn route(&self) {
+        if let Some(p) = &self.paced {
+            let to = self
+                .remote
+                .filter(|r| r.direction.we_send() && r.addr.port() != 0)
+                .map(|r| self.latched.unwrap_or(r.addr));
+            p.route(to, self.law());
+        }
     }
 
     /// The far end's stream, from its SDP (the answer, or a re-INVITE's offer).
     pub fn set_remote(&mut self, r: Remote) {
         self.remote = Some(r);
+        self.route();
     }
 
     /// The call's codec (PCMU until the far end's SDP says otherwise).
@@ -153,27 +202,10 @@ impl RtpStream {
         self.remote.map_or(Law::Ulaw, |r| r.law)
     }
 
-    /// Sends 20 ms of audio (`payload`, already in the call's law, padded with silence), unless
-    /// the far end holds the call. `marker`: the first packet of a prompt.
-    pub async fn send(&mut self, payload: &[u8], marker: bool) {
-        let Some(r) = self.remote.filter(|r| r.direction.we_send() && r.addr.port() != 0) else { return };
-        let to = self.latched.unwrap_or(r.addr);
-        let law = r.law;
-        rtp::write_header(&mut self.out, law.payload_type(), marker, self.seq, self.timestamp, self.ssrc);
-        let n = payload.len().min(FRAME);
-        self.out[rtp::HEADER..rtp::HEADER + n].copy_from_slice(&payload[..n]);
-        self.out[rtp::HEADER + n..].fill(law.encode(0));
-        self.seq = self.seq.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
-        if self.socket.send_to(&self.out, to).await.is_ok() {
-            self.sent += 1;
-        }
-    }
-
     /// Drops every datagram waiting on the port (what came before the answer); how many.
     pub fn discard_pending(&mut self) -> usize {
         let mut n = 0;
-        while self.socket.try_recv_from(&mut self.inbuf[..]).is_ok() {
+        while self.socket.get_ref().recv_from(&mut self.inbuf[..]).is_ok() {
             n += 1;
         }
         n
@@ -185,7 +217,10 @@ impl RtpStream {
         match self.latched {
             Some(l) if l != from => return Heard::Nothing,
             Some(_) => {}
-            None => self.latched = Some(from),
+            None => {
+                self.latched = Some(from);
+                self.route();
+            }
         }
         let dtmf = self.remote.and_then(|r| r.dtmf_pt).unwrap_or(DTMF_PT);
         if p.payload_type == dtmf {
@@ -199,6 +234,8 @@ impl RtpStream {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pacer::PTIME;
+    use super::super::prompts::Prompt;
     use super::*;
 
     #[test]
@@ -220,7 +257,13 @@ mod tests {
             far.local_addr().unwrap().port()
         );
         s.set_remote(super::super::sdp::remote(&sdp).expect("sdp"));
-        s.send(&[Law::Alaw.encode(1000); FRAME], true).await;
+        let pacer = Pacer::new();
+        let t0 = Instant::now();
+        s.start(&pacer, t0);
+        let paced = s.paced().expect("started");
+        paced.play(Some(Prompt::new(&[1000; FRAME])));
+        let ms = std::time::Duration::from_millis(1);
+        pacer.send_due(t0 + ms);
         let mut buf = [0u8; 1500];
         let (n, from) = far.recv_from(&mut buf).await.expect("a packet");
         let p = rtp::parse(&buf[..n]).expect("rtp");
@@ -231,19 +274,19 @@ mod tests {
         rtp::write_header(&mut pkt, 8, false, 1, 160, 7);
         pkt.extend_from_slice(&[0xd5; FRAME]);
         far.send_to(&pkt, from).await.expect("send");
-        let (n, src) = s.socket.recv_from(&mut s.inbuf[..]).await.expect("recv");
+        let (n, src) = recv(&s.socket, &mut s.inbuf[..]).await.expect("recv");
         assert_eq!(s.received(n, src), Heard::Audio);
         assert_eq!(s.frame, vec![8; FRAME]);
         rtp::write_header(&mut pkt, 96, false, 2, 320, 7);
         pkt.truncate(rtp::HEADER);
         pkt.extend_from_slice(&[9, 0x0a, 0, 160]);
         far.send_to(&pkt, from).await.expect("send");
-        let (n, src) = s.socket.recv_from(&mut s.inbuf[..]).await.expect("recv");
+        let (n, src) = recv(&s.socket, &mut s.inbuf[..]).await.expect("recv");
         assert_eq!(s.received(n, src), Heard::Key('9'));
         // Another source is not heard once the far end is latched.
         let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("stranger");
         stranger.send_to(&pkt, from).await.expect("send");
-        let (n, src) = s.socket.recv_from(&mut s.inbuf[..]).await.expect("recv");
+        let (n, src) = recv(&s.socket, &mut s.inbuf[..]).await.expect("recv");
         assert_eq!(s.received(n, src), Heard::Nothing);
         // On hold (the far end's re-INVITE says sendonly): nothing is sent.
         let held = format!(
@@ -251,7 +294,8 @@ mod tests {
             far.local_addr().unwrap().port()
         );
         s.set_remote(super::super::sdp::remote(&held).expect("sdp"));
-        s.send(&[0xd5; FRAME], false).await;
+        pacer.send_due(t0 + PTIME + ms);
+        pacer.send_due(t0 + PTIME * 2 + ms);
         let got = tokio::time::timeout(std::time::Duration::from_millis(100), far.recv_from(&mut buf)).await;
         assert!(got.is_err(), "no packet while the far end holds the call");
         // What waits on the port before the answer (early media) is discarded.

@@ -13,6 +13,7 @@ pub mod call;
 pub mod digest;
 pub mod media;
 pub mod message;
+pub mod pacer;
 pub mod prompts;
 pub mod sdp;
 pub mod transport;
@@ -87,13 +88,14 @@ impl SipProvider {
         let uac = call::Uac::new(settings, &proxies, socket, (shard, shards))
             .map_err(|source| SipError::Bind { addr, source })?;
         tokio::task::spawn_local(transport::read_loop(uac.clone()));
+        tokio::task::spawn_local(uac.pacer.clone().run());
         Ok(SipProvider { uac })
     }
 
     /// How late this shard's RTP packets went out after their slots (packets per 0.1 ms,
     /// the last bucket for 100 ms and more).
     pub fn rtp_lateness(&self) -> Vec<u64> {
-        self.uac.lateness.snapshot()
+        self.uac.pacer.lateness()
     }
 
     /// The shard's SIP address (its Contact and Via).
@@ -105,6 +107,7 @@ impl SipProvider {
 impl Drop for SipProvider {
     fn drop(&mut self) {
         self.uac.stop.notify_one();
+        self.uac.pacer.stop();
     }
 }
 

@@ -239,6 +239,13 @@ impl Script {
         Step::Hangup
     }
 
+    /// Whether the script needs its 20 ms clock now ([`Script::tick`], and silence for
+    /// detection when no audio comes): while it detects, waits for the beep or listens for keys;
+    /// not while a prompt plays (its end comes as [`Script::played_out`]) nor once over.
+    pub fn needs_clock(&self) -> bool {
+        matches!(self.state, State::Detecting | State::AwaitingBeep { .. } | State::Listening { .. })
+    }
+
     /// Whether the script is over (it hung up).
     pub fn is_over(&self) -> bool {
         self.state == State::Over
@@ -302,6 +309,7 @@ mod tests {
     fn a_person_hears_the_message_within_a_second_of_their_hello_and_opts_out() {
         let (mut s, first) = Script::start(&plan(true, true));
         assert_eq!(first, Step::Continue, "listening first");
+        assert!(s.needs_clock(), "detection hears silence by the clock");
         let mut t = 0;
         assert_eq!(feed(&mut s, &mut t, false, 300), None);
         assert_eq!(feed(&mut s, &mut t, true, 500), None);
@@ -318,10 +326,13 @@ mod tests {
     fn the_prompt_repeats_then_keys_are_awaited_then_the_call_ends() {
         let (mut s, first) = Script::start(&plan(false, false));
         assert_eq!(first, Step::Play(Play::Person), "no detection: the message at once");
+        assert!(!s.needs_clock(), "a prompt playing needs no clock: its end is told");
         assert_eq!(s.played_out(3000), Step::Play(Play::Person), "repeat = 2");
         assert_eq!(s.played_out(6000), Step::Continue, "then listening for a key");
+        assert!(s.needs_clock(), "listening ends by the clock");
         assert_eq!(s.tick(6500), Step::Continue);
         assert_eq!(s.tick(7000), Step::Hangup, "key_timeout_ms = 1000");
+        assert!(!s.needs_clock(), "over");
         let r = s.result();
         assert_eq!((r.answered_by, r.dtmf, r.abandoned), (Some(AnsweredBy::Unknown), None, false));
         let (mut s, _) = Script::start(&plan(false, false));

@@ -1,0 +1,755 @@
+//! The shard's media clock: every RTP packet of the shard's calls goes out from here. Each
+//! stream keeps its own 20 ms slots (from its answer); the streams are kept in 20 buckets by
+//! the millisecond their slots fall on, and the clock, once a millisecond while any stream is
+//! live, writes the due bucket's packets into one batch and hands the whole batch to the kernel
+//! at once (one io_uring submission for every socket in it; a `sendmsg` each where io_uring
+//! cannot be set up). A call does not wake for its packets: it tells the pacer what to play
+//! and hears back when a prompt has played out.
+//!
+//! Shard-local (`Rc`, `RefCell`): no lock, nothing shared across cores. Buffers are sized when
+//! a stream is added, never per packet.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use dialer_domain::media::g711::Law;
+use dialer_domain::media::rtp;
+use tokio::sync::Notify;
+
+use super::media::{FRAME, Lateness};
+use super::prompts::Prompt;
+
+/// One RTP packet of G.711 at 20 ms: the header and 160 samples.
+pub const PACKET: usize = rtp::HEADER + FRAME;
+/// The packet time.
+pub const PTIME: Duration = Duration::from_millis(20);
+/// Buckets of the clock: one per millisecond of the packet time.
+const PHASES: u64 = 20;
+
+/// The shard's media clock (see the module's documentation).
+pub struct Pacer {
+    inner: RefCell<Inner>,
+    lateness: Lateness,
+    /// A stream was added while the clock slept (it sleeps while no stream is live).
+    wake: Notify,
+    stop: Notify,
+    live: Cell<usize>,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer").field("live", &self.live.get()).finish()
+    }
+}
+
+struct Inner {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Per millisecond of the packet time: the streams whose slots fall on it (key,
+    /// generation; a removed stream's entry is dropped when its bucket next comes round).
+    wheel: Vec<Vec<(usize, u32)>>,
+    epoch: Instant,
+    /// The next millisecond (since `epoch`) whose bucket is due.
+    next_ms: u64,
+    batch: send::Batch,
+    sender: send::Sender,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    out: Option<Out>,
+}
+
+/// What the pacer holds of one stream.
+struct Out {
+    fd: RawFd,
+    /// Where to send (`None`: nowhere yet, or the far end holds the call).
+    to: Option<send::Addr>,
+    law: Law,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    /// The slot of the next packet.
+    next: Instant,
+    playing: Option<(Prompt, usize)>,
+    marker: bool,
+    played_out: bool,
+    waker: Option<Waker>,
+}
+
+impl Out {
+    /// The next 20 ms of the stream: written into `buf`, or only counted (no route).
+    fn packet(&mut self, buf: Option<&mut [u8; PACKET]>) {
+        let law = self.law;
+        let mut body = [0u8; FRAME];
+        let silence = law.encode(0);
+        match &mut self.playing {
+            Some((prompt, at)) => {
+                let audio = prompt.encoded(law);
+                let end = (*at + FRAME).min(audio.len());
+                body[..end - *at].copy_from_slice(&audio[*at..end]);
+                body[end - *at..].fill(silence);
+                *at = end;
+                if end >= audio.len() {
+                    self.playing = None;
+                    self.played_out = true;
+                    if let Some(w) = self.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+            None => body.fill(silence),
+        }
+        if let Some(buf) = buf {
+            rtp::write_header(&mut buf[..], law.payload_type(), self.marker, self.seq, self.timestamp, self.ssrc);
+            buf[rtp::HEADER..].copy_from_slice(&body);
+            self.marker = false;
+            self.seq = self.seq.wrapping_add(1);
+        }
+        self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+    }
+
+    /// Takes the slot of the packet sent now and moves to the next: a stream more than a
+    /// packet time behind (the shard stalled) skips the slots it missed rather than bursting
+    /// them (its timestamps show the gap).
+    fn take_slot(&mut self, now: Instant) {
+        while self.next + PTIME <= now {
+            self.next += PTIME;
+            self.timestamp = self.timestamp.wrapping_add(FRAME as u32);
+        }
+        self.next += PTIME;
+    }
+}
+
+/// The bucket of a slot: the millisecond (since `epoch`) at or after it, modulo the phases.
+fn bucket(epoch: Instant, slot: Instant) -> usize {
+    // In nanoseconds: rounded from microseconds, a slot a few nanoseconds past a millisecond
+    // would land in that millisecond's bucket, be found not yet due, and wait a whole round.
+    let ns = slot.saturating_duration_since(epoch).as_nanos();
+    (ns.div_ceil(1_000_000) % u128::from(PHASES)) as usize
+}
+
+impl Pacer {
+    /// A shard's clock; sends with io_uring where the kernel allows it.
+    pub fn new() -> Rc<Pacer> {
+        let sender = send::Sender::new();
+        tracing::debug!(io = sender.name(), "RTP pacer");
+        Rc::new(Pacer {
+            inner: RefCell::new(Inner {
+                slots: Vec::new(),
+                free: Vec::new(),
+                wheel: (0..PHASES).map(|_| Vec::new()).collect(),
+                epoch: Instant::now(),
+                next_ms: 0,
+                batch: send::Batch::default(),
+                sender,
+            }),
+            lateness: Lateness::default(),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            live: Cell::new(0),
+        })
+    }
+
+    /// How late packets went out after their slots (packets per 0.1 ms).
+    pub fn lateness(&self) -> Vec<u64> {
+        self.lateness.snapshot()
+    }
+
+    /// `io_uring` or `sendmsg`: how a batch reaches the kernel.
+    pub fn io_name(&self) -> &'static str {
+        self.inner.borrow().sender.name()
+    }
+
+    /// Ends [`Pacer::run`].
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+
+    /// Adds a stream sending from `fd`, its first slot at `first`. Sends nothing until
+    /// [`Paced::route`] says where.
+    pub fn add(self: &Rc<Self>, fd: RawFd, first: Instant, (ssrc, seq, timestamp): (u32, u16, u32)) -> Paced {
+        let mut inner = self.inner.borrow_mut();
+        let key = match inner.free.pop() {
+            Some(k) => k,
+            None => {
+                inner.slots.push(Slot::default());
+                inner.slots.len() - 1
+            }
+        };
+        let out = Out {
+            fd,
+            to: None,
+            law: Law::Ulaw,
+            ssrc,
+            seq,
+            timestamp,
+            next: first,
+            playing: None,
+            marker: false,
+            played_out: false,
+            waker: None,
+        };
+        let slot = &mut inner.slots[key];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.out = Some(out);
+        let generation = slot.generation;
+        let b = bucket(inner.epoch, first);
+        inner.wheel[b].push((key, generation));
+        let live = self.live.get() + 1;
+        // A round sends at most one packet per live stream (after a stall it visits every
+        // bucket once): the batch holds that many, sized here, not per packet.
+        inner.batch.reserve(live);
+        self.live.set(live);
+        self.wake.notify_one();
+        Paced { pacer: self.clone(), key }
+    }
+
+    fn with<R>(&self, key: usize, f: impl FnOnce(&mut Out) -> R) -> Option<R> {
+        self.inner.borrow_mut().slots.get_mut(key).and_then(|s| s.out.as_mut()).map(f)
+    }
+
+    fn remove(&self, key: usize) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.slots.get_mut(key).and_then(|s| s.out.take()).is_some() {
+            inner.free.push(key);
+            self.live.set(self.live.get().saturating_sub(1));
+        }
+    }
+
+    /// The clock: once a millisecond while a stream is live, sends what is due; asleep
+    /// otherwise. Ends at [`Pacer::stop`].
+    pub async fn run(self: Rc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            if self.live.get() == 0 {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = self.stop.notified() => return,
+                }
+                tick.reset_immediately();
+                continue;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.stop.notified() => return,
+            }
+            self.send_due(Instant::now());
+        }
+    }
+
+    /// Sends every packet due at `now` in one batch, and records how late each went out.
+    pub fn send_due(&self, now: Instant) {
+        let mut inner = self.inner.borrow_mut();
+        let Inner { slots, wheel, epoch, next_ms, batch, sender, .. } = &mut *inner;
+        let now_ms = now.saturating_duration_since(*epoch).as_millis() as u64;
+        // After a stall, every bucket once (each stream sends one packet and skips ahead).
+        let first = (*next_ms).max(now_ms.saturating_sub(PHASES - 1));
+        for ms in first..=now_ms {
+            let streams = &mut wheel[(ms % PHASES) as usize];
+            let mut i = 0;
+            while i < streams.len() {
+                let (key, generation) = streams[i];
+                let Some(out) = slots.get_mut(key).filter(|s| s.generation == generation).and_then(|s| s.out.as_mut())
+                else {
+                    streams.swap_remove(i);
+                    continue;
+                };
+                i += 1;
+                if out.next > now {
+                    continue;
+                }
+                // Lateness counts from the first slot that was due, skipped ones included.
+                let due = out.next;
+                out.take_slot(now);
+                let buf = out.to.as_ref().and_then(|to| batch.push(out.fd, to, due));
+                // (A full batch cannot happen: it holds a packet per live stream.)
+                out.packet(buf);
+            }
+        }
+        *next_ms = now_ms + 1;
+        if batch.is_empty() {
+            return;
+        }
+        let failed = sender.flush(batch);
+        let sent_at = Instant::now();
+        let mut late = 0u64;
+        for slot in batch.slots() {
+            let behind = sent_at.saturating_duration_since(*slot);
+            late += u64::from(behind > PTIME);
+            self.lateness.record(behind);
+        }
+        metrics::counter!("dialer_rtp_packets_sent_total").increment((batch.len() - failed) as u64);
+        metrics::counter!("dialer_rtp_late_packets_total").increment(late);
+        if failed > 0 {
+            metrics::counter!("dialer_rtp_send_errors_total").increment(failed as u64);
+        }
+        batch.clear();
+    }
+}
+
+/// A stream's place in the pacer; removed when dropped.
+pub struct Paced {
+    pacer: Rc<Pacer>,
+    key: usize,
+}
+
+impl std::fmt::Debug for Paced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paced").field("key", &self.key).finish()
+    }
+}
+
+impl Paced {
+    /// Where the packets go, in which law (`None`: send nothing, e.g. on hold).
+    pub fn route(&self, to: Option<SocketAddr>, law: Law) {
+        self.pacer.with(self.key, |o| {
+            o.to = to.map(send::Addr::from);
+            o.law = law;
+        });
+    }
+
+    /// Plays `prompt` from its start (its first packet marked), or silence.
+    pub fn play(&self, prompt: Option<Prompt>) {
+        self.pacer.with(self.key, |o| {
+            o.marker = prompt.is_some();
+            o.playing = prompt.map(|p| (p, 0));
+            o.played_out = false;
+        });
+    }
+
+    /// Ready once the prompt playing has played out (once per prompt).
+    pub fn poll_played_out(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.pacer
+            .with(self.key, |o| {
+                if std::mem::take(&mut o.played_out) {
+                    return Poll::Ready(());
+                }
+                o.waker = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .unwrap_or(Poll::Pending)
+    }
+
+    pub async fn played_out(&self) {
+        std::future::poll_fn(|cx| self.poll_played_out(cx)).await
+    }
+}
+
+impl Drop for Paced {
+    fn drop(&mut self) {
+        self.pacer.remove(self.key);
+    }
+}
+
+/// Handing a batch of datagrams to the kernel; the unsafe part, kept small.
+#[allow(unsafe_code)]
+mod send {
+    use std::net::SocketAddr;
+    use std::os::fd::RawFd;
+    use std::time::Instant;
+
+    use io_uring::{IoUring, opcode, types};
+
+    use super::PACKET;
+
+    /// Entries in the submission queue; a larger batch goes in several submissions.
+    const ENTRIES: usize = 256;
+
+    /// A destination as the kernel takes it.
+    #[derive(Clone, Copy)]
+    pub struct Addr {
+        raw: libc::sockaddr_in6,
+        len: libc::socklen_t,
+    }
+
+    impl From<SocketAddr> for Addr {
+        fn from(a: SocketAddr) -> Addr {
+            // SAFETY: sockaddr_in6 is plain old data; all zeros is a valid value.
+            let mut raw: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            let len = match a {
+                SocketAddr::V4(v4) => {
+                    let sin = libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: v4.port().to_be(),
+                        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                        sin_zero: [0; 8],
+                    };
+                    // SAFETY: a sockaddr_in (16 bytes) fits in the sockaddr_in6 (28 bytes) it
+                    // is written to; both are plain old data and the write is unaligned-safe.
+                    unsafe { std::ptr::write_unaligned((&raw mut raw).cast::<libc::sockaddr_in>(), sin) };
+                    std::mem::size_of::<libc::sockaddr_in>()
+                }
+                SocketAddr::V6(v6) => {
+                    raw.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    raw.sin6_port = v6.port().to_be();
+                    raw.sin6_addr = libc::in6_addr { s6_addr: v6.ip().octets() };
+                    raw.sin6_flowinfo = v6.flowinfo();
+                    raw.sin6_scope_id = v6.scope_id();
+                    std::mem::size_of::<libc::sockaddr_in6>()
+                }
+            };
+            Addr { raw, len: len as libc::socklen_t }
+        }
+    }
+
+    /// The packets of one round: their bytes, destinations and slots, in vectors sized ahead
+    /// (pushing past the capacity drops the packet rather than allocate).
+    #[derive(Default)]
+    pub struct Batch {
+        fds: Vec<RawFd>,
+        bufs: Vec<[u8; PACKET]>,
+        addrs: Vec<Addr>,
+        slots: Vec<Instant>,
+        iovs: Vec<libc::iovec>,
+        hdrs: Vec<libc::msghdr>,
+    }
+
+    impl Batch {
+        pub fn reserve(&mut self, packets: usize) {
+            if packets > self.bufs.capacity() {
+                let more = packets * 2 - self.bufs.len();
+                self.fds.reserve(more);
+                self.bufs.reserve(more);
+                self.addrs.reserve(more);
+                self.slots.reserve(more);
+                self.iovs.reserve(more);
+                self.hdrs.reserve(more);
+            }
+        }
+
+        /// Room for one more packet, or `None` when full (the packet is not sent).
+        pub fn push(&mut self, fd: RawFd, to: &Addr, slot: Instant) -> Option<&mut [u8; PACKET]> {
+            if self.bufs.len() == self.bufs.capacity() {
+                return None;
+            }
+            self.fds.push(fd);
+            self.addrs.push(*to);
+            self.slots.push(slot);
+            self.bufs.push([0; PACKET]);
+            self.bufs.last_mut()
+        }
+
+        pub fn len(&self) -> usize {
+            self.bufs.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.bufs.is_empty()
+        }
+
+        pub fn slots(&self) -> &[Instant] {
+            &self.slots
+        }
+
+        pub fn clear(&mut self) {
+            self.fds.clear();
+            self.bufs.clear();
+            self.addrs.clear();
+            self.slots.clear();
+            self.iovs.clear();
+            self.hdrs.clear();
+        }
+    }
+
+    /// The message headers of a batch's packets, pointing into its buffers and addresses
+    /// (valid while those are not changed).
+    fn headers(
+        bufs: &mut [[u8; PACKET]],
+        addrs: &mut [Addr],
+        iovs: &mut Vec<libc::iovec>,
+        hdrs: &mut Vec<libc::msghdr>,
+    ) {
+        iovs.clear();
+        hdrs.clear();
+        for buf in bufs.iter_mut() {
+            iovs.push(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: PACKET });
+        }
+        for (iov, addr) in iovs.iter_mut().zip(addrs.iter_mut()) {
+            // SAFETY: msghdr is plain old data; all zeros is a valid (empty) header.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_name = (&raw mut addr.raw).cast();
+            h.msg_namelen = addr.len;
+            h.msg_iov = iov;
+            h.msg_iovlen = 1;
+            hdrs.push(h);
+        }
+    }
+
+    /// io_uring where it can be set up, else a `sendmsg` per packet.
+    pub struct Sender(Option<IoUring>);
+
+    impl Sender {
+        pub fn new() -> Sender {
+            Sender(IoUring::new(ENTRIES as u32).ok())
+        }
+
+        pub fn name(&self) -> &'static str {
+            if self.0.is_some() { "io_uring" } else { "sendmsg" }
+        }
+
+        /// Sends every packet of the batch; how many failed (a full socket buffer, a closed
+        /// route: the packet is lost, as on the wire).
+        pub fn flush(&mut self, batch: &mut Batch) -> usize {
+            let Batch { fds, bufs, addrs, iovs, hdrs, .. } = batch;
+            headers(bufs, addrs, iovs, hdrs);
+            let submitted = match &mut self.0 {
+                Some(ring) => submit(ring, fds, hdrs),
+                None => Err(()),
+            };
+            // Without a ring, or one that could not be entered (nothing reached the kernel):
+            // plain calls, from now on.
+            submitted.unwrap_or_else(|()| {
+                self.0 = None;
+                plain(fds, hdrs)
+            })
+        }
+    }
+
+    fn plain(fds: &[RawFd], hdrs: &[libc::msghdr]) -> usize {
+        let mut failed = 0;
+        for (fd, h) in fds.iter().zip(hdrs) {
+            // SAFETY: the header points into the batch, alive for this call.
+            let r = unsafe { libc::sendmsg(*fd, h, libc::MSG_DONTWAIT) };
+            failed += usize::from(r < 0);
+        }
+        failed
+    }
+
+    /// One submission per `ENTRIES` packets, each waited for; how many failed, or `Err` when
+    /// the ring could not be entered with nothing submitted.
+    fn submit(ring: &mut IoUring, fds: &[RawFd], hdrs: &[libc::msghdr]) -> Result<usize, ()> {
+        let mut failed = 0;
+        for (fds, hdrs) in fds.chunks(ENTRIES).zip(hdrs.chunks(ENTRIES)) {
+            {
+                let mut sq = ring.submission();
+                for (i, (fd, h)) in fds.iter().zip(hdrs).enumerate() {
+                    let e = opcode::SendMsg::new(types::Fd(*fd), h).flags(libc::MSG_DONTWAIT as u32).build();
+                    // SAFETY: the header, its iovec, buffer and address live in the batch,
+                    // which is not touched until every completion of this chunk is reaped
+                    // below. The queue has room: at most ENTRIES per chunk, all reaped.
+                    unsafe { sq.push(&e.user_data(i as u64)) }.map_err(|_| ())?;
+                }
+            }
+            let mut got = 0;
+            while got < fds.len() {
+                match ring.submit_and_wait(fds.len() - got) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) if got == 0 && ring.submission().len() == fds.len() => return Err(()),
+                    // Submitted: the kernel holds the buffers until the completions come.
+                    Err(_) => std::thread::sleep(std::time::Duration::from_micros(100)),
+                }
+                for cqe in ring.completion() {
+                    got += 1;
+                    failed += usize::from(cqe.result() < 0);
+                }
+            }
+        }
+        Ok(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::os::fd::AsRawFd;
+
+    /// A far end that reads the packets waiting for it as they come (a socket buffer holds
+    /// only a few hundred): per SSRC, (seq, timestamp, marker, first payload byte).
+    struct Far(std::net::UdpSocket, std::cell::RefCell<Heard>);
+
+    /// Per SSRC: (seq, timestamp, marker, first payload byte) of each packet, in order.
+    type Heard = HashMap<u32, Vec<(u16, u32, bool, u8)>>;
+
+    impl Far {
+        fn new() -> Far {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("far end");
+            s.set_nonblocking(true).expect("nonblocking");
+            Far(s, Default::default())
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.0.local_addr().expect("addr")
+        }
+
+        /// Reads what is waiting.
+        fn drain(&self) {
+            let mut buf = [0u8; 1500];
+            while let Ok(n) = self.0.recv(&mut buf) {
+                let p = rtp::parse(&buf[..n]).expect("an RTP packet");
+                assert_eq!(p.payload.len(), FRAME);
+                self.1.borrow_mut().entry(p.ssrc).or_default().push((p.seq, p.timestamp, p.marker, p.payload[0]));
+            }
+        }
+
+        /// Everything read so far (and waiting now); forgets it.
+        fn read(&self) -> Heard {
+            std::thread::sleep(Duration::from_millis(5));
+            self.drain();
+            std::mem::take(&mut *self.1.borrow_mut())
+        }
+    }
+
+    fn sockets(n: usize) -> Vec<std::net::UdpSocket> {
+        (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind")).collect()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn streams_of_every_phase_send_one_packet_a_slot_in_sequence() {
+        let (pacer, far) = (Pacer::new(), Far::new());
+        let t0 = pacer.inner.borrow().epoch;
+        let socks = sockets(40);
+        // First slots spread over a packet time, half a millisecond apart.
+        let streams: Vec<Paced> = socks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let p = pacer.add(s.as_raw_fd(), t0 + Duration::from_micros(500 * i as u64), (i as u32, 100, 8000));
+                p.route(Some(far.addr()), Law::Ulaw);
+                p
+            })
+            .collect();
+        for t in 0..=200 {
+            pacer.send_due(t0 + ms(t));
+            far.drain();
+        }
+        let got = far.read();
+        assert_eq!(got.len(), 40, "every stream sent");
+        for (ssrc, packets) in &got {
+            // Slots from t0 + 0..19.5 ms up to 200 ms: ten or eleven of them.
+            let want = (200_000 - 500 * u64::from(*ssrc)) / 20_000 + 1;
+            assert_eq!(packets.len() as u64, want, "stream {ssrc}: one packet per slot");
+            for (k, (seq, ts, marker, byte)) in packets.iter().enumerate() {
+                assert_eq!((*seq, *ts), (100 + k as u16, 8000 + 160 * k as u32), "stream {ssrc}: in sequence");
+                assert!(!marker);
+                assert_eq!(*byte, Law::Ulaw.encode(0), "silence until told to play");
+            }
+        }
+        drop(streams);
+        assert_eq!(pacer.live.get(), 0);
+        let lateness: u64 = pacer.lateness().iter().sum();
+        assert_eq!(lateness, got.values().map(|p| p.len() as u64).sum::<u64>(), "each packet's lateness recorded");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_prompt_plays_in_order_with_its_marker_and_tells_its_end_once() {
+        let (pacer, far) = (Pacer::new(), Far::new());
+        let t0 = pacer.inner.borrow().epoch;
+        let sock = sockets(1).remove(0);
+        let p = pacer.add(sock.as_raw_fd(), t0, (7, 0, 0));
+        p.route(Some(far.addr()), Law::Alaw);
+        // Three and a half frames: 1000, 2000, 3000, then 4000 and silence.
+        let samples: Vec<i16> = (0..FRAME * 7 / 2).map(|i| 1000 * (1 + (i / FRAME) as i16)).collect();
+        p.play(Some(Prompt::new(&samples)));
+        let ended = std::cell::Cell::new(0);
+        let mut t = 1;
+        while t < 100 {
+            pacer.send_due(t0 + ms(t));
+            far.drain();
+            let waker = futures::task::noop_waker();
+            if p.poll_played_out(&mut Context::from_waker(&waker)).is_ready() {
+                ended.set(ended.get() + 1);
+            }
+            t += 1;
+        }
+        assert_eq!(ended.get(), 1, "played out once");
+        let got = far.read().remove(&7).expect("packets");
+        let bytes: Vec<u8> = got.iter().map(|g| g.3).collect();
+        let a = |v: i16| Law::Alaw.encode(v);
+        assert_eq!(bytes, [a(1000), a(2000), a(3000), a(4000), a(0)], "the prompt, then silence");
+        assert_eq!(got.iter().map(|g| g.2).collect::<Vec<_>>(), [true, false, false, false, false], "marked first");
+    }
+
+    #[test]
+    fn a_slot_just_past_a_millisecond_goes_out_at_the_next_one_not_a_round_later() {
+        let (pacer, far) = (Pacer::new(), Far::new());
+        let t0 = pacer.inner.borrow().epoch;
+        let sock = sockets(1).remove(0);
+        let p = pacer.add(sock.as_raw_fd(), t0 + ms(5) + Duration::from_nanos(300), (3, 0, 0));
+        p.route(Some(far.addr()), Law::Ulaw);
+        pacer.send_due(t0 + ms(5) + Duration::from_nanos(100));
+        pacer.send_due(t0 + ms(6) + Duration::from_nanos(100));
+        let got = far.read().remove(&3).expect("sent at 6 ms");
+        assert_eq!(got.len(), 1);
+        let late: u64 = pacer.lateness()[200..].iter().sum();
+        assert_eq!(late, 0, "not a packet time late");
+    }
+
+    #[test]
+    fn a_stalled_shard_skips_the_slots_it_missed_instead_of_bursting_them() {
+        let (pacer, far) = (Pacer::new(), Far::new());
+        let t0 = pacer.inner.borrow().epoch;
+        let sock = sockets(1).remove(0);
+        let p = pacer.add(sock.as_raw_fd(), t0 + ms(5), (9, 0, 0));
+        p.route(Some(far.addr()), Law::Ulaw);
+        pacer.send_due(t0 + ms(5));
+        // Nothing for 100 ms: one packet, the timestamps showing the four missed slots.
+        pacer.send_due(t0 + ms(105));
+        pacer.send_due(t0 + ms(106));
+        pacer.send_due(t0 + ms(125));
+        let got = far.read().remove(&9).expect("packets");
+        let seen: Vec<(u16, u32)> = got.iter().map(|g| (g.0, g.1)).collect();
+        assert_eq!(seen, [(0, 0), (1, 800), (2, 960)]);
+    }
+
+    #[test]
+    fn after_a_stall_every_stream_of_every_bucket_sends_in_one_round() {
+        let (pacer, far) = (Pacer::new(), Far::new());
+        let t0 = pacer.inner.borrow().epoch;
+        let socks = sockets(100);
+        let streams: Vec<Paced> = socks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let p = pacer.add(s.as_raw_fd(), t0 + Duration::from_micros(200 * i as u64), (i as u32, 0, 0));
+                p.route(Some(far.addr()), Law::Ulaw);
+                p
+            })
+            .collect();
+        // One round after 60 ms of nothing: a packet from each of the 100 streams, none lost
+        // to a batch sized for one bucket.
+        pacer.send_due(t0 + ms(60));
+        let got = far.read();
+        assert_eq!(got.len(), 100);
+        assert!(got.values().all(|p| p.len() == 1));
+        drop(streams);
+    }
+
+    #[test]
+    fn a_held_or_removed_stream_sends_nothing_and_its_slot_is_reused() {
+        let (pacer, far) = (Pacer::new(), Far::new());
+        let t0 = pacer.inner.borrow().epoch;
+        let socks = sockets(2);
+        let a = pacer.add(socks[0].as_raw_fd(), t0, (1, 0, 0));
+        a.route(None, Law::Ulaw);
+        pacer.send_due(t0 + ms(1));
+        pacer.send_due(t0 + ms(21));
+        a.route(Some(far.addr()), Law::Ulaw);
+        pacer.send_due(t0 + ms(41));
+        let got = far.read().remove(&1).expect("after the hold");
+        assert_eq!(got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), [(0, 320)], "time ran on while held");
+        drop(a);
+        let b = pacer.add(socks[1].as_raw_fd(), t0 + ms(50), (2, 0, 0));
+        assert_eq!(b.key, 0, "the slot is reused");
+        b.route(Some(far.addr()), Law::Ulaw);
+        for t in 42..=90 {
+            pacer.send_due(t0 + ms(t));
+            far.drain();
+        }
+        let got = far.read();
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), [2], "only the live stream");
+        assert_eq!(got[&2].len(), 3);
+    }
+}
