@@ -107,13 +107,82 @@ pub fn check_secret(field: &str, s: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn check_url(u: &str) -> Result<String, FieldError> {
-    let rest = u.strip_prefix("https://").or_else(|| u.strip_prefix("http://"));
-    let host = rest.and_then(|r| r.split(['/', '?', '#']).next()).unwrap_or("");
-    if u.len() > 2000 || host.is_empty() || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(FieldError::new("url", "must be an http:// or https:// URL with a host, up to 2,000 characters"));
+/// A checked endpoint URL: parsed as a URL (WHATWG), `http` or `https`, a host, a numeric port,
+/// no credentials, up to 2,000 characters. Where it may point is [`not_public`]'s (and the
+/// control plane's setting's) business.
+pub fn check_url(u: &str) -> Result<String, FieldError> {
+    const WHAT: &str = "must be an http:// or https:// URL with a host, up to 2,000 characters";
+    // A URL parser forgives `https:///path` (the host becomes `path`); an endpoint's URL is
+    // written out, so it is refused.
+    let written_host = u.split_once("://").is_some_and(|(_, rest)| !rest.starts_with('/'));
+    if u.len() > 2000 || !written_host || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(FieldError::new("url", WHAT));
+    }
+    let parsed = url::Url::parse(u).map_err(|e| FieldError::new("url", format!("{WHAT} ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(FieldError::new("url", WHAT));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(FieldError::new(
+            "url",
+            "must not carry credentials (user:password@); deliveries are signed with the endpoint's secret",
+        ));
     }
     Ok(u.to_string())
+}
+
+pub use url::Host;
+
+/// The host of a URL [`check_url`] accepted, and its port (the scheme's when none is written).
+pub fn host_port(u: &str) -> Option<(url::Host<String>, u16)> {
+    let parsed = url::Url::parse(u).ok()?;
+    Some((parsed.host()?.to_owned(), parsed.port_or_known_default()?))
+}
+
+/// Why deliveries may not go to `ip` by default (`None`: a public address): loopback,
+/// link-local (169.254.0.0/16 holds the cloud metadata address), private, shared (carrier NAT),
+/// multicast, broadcast or unspecified; IPv4 inside IPv6 (`::ffff:127.0.0.1`) as its IPv4.
+pub fn not_public(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_link_local() {
+                Some("link-local (the cloud metadata address is one)")
+            } else if v4.is_private() {
+                Some("private")
+            } else if o[0] == 100 && (64..128).contains(&o[1]) {
+                Some("shared (carrier-grade NAT)")
+            } else if v4.is_multicast() {
+                Some("multicast")
+            } else if v4.is_broadcast() || o[0] == 0 || o[0] >= 240 {
+                Some("unspecified, broadcast or reserved")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return not_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified, broadcast or reserved")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local (the cloud metadata address is one)")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("private")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else {
+                None
+            }
+        }
+    }
 }
 
 /// Event type names to types; `field` names the offending index.
@@ -218,6 +287,10 @@ mod tests {
         for (r, field) in [
             (req("ftp://x"), "url"),
             (req("https:///path"), "url"),
+            (req("http://:8080/hook"), "url"),
+            (req("http://example.com:80a/hook"), "url"),
+            (req("http://user:pw@example.com/hook"), "url"),
+            (req("http://example.com:99999/hook"), "url"),
             (CreateWebhookRequest { secret: Some("short".into()), ..req("http://h") }, "secret"),
             (CreateWebhookRequest { max_concurrency: Some(0), ..req("http://h") }, "max_concurrency"),
             (CreateWebhookRequest { rate_per_sec: Some(10_001), ..req("http://h") }, "rate_per_sec"),
@@ -225,6 +298,36 @@ mod tests {
         ] {
             assert_eq!(r.validate().expect_err("refused").field, field);
         }
+    }
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        let class = |s: &str| not_public(s.parse().expect("an address"));
+        for (ip, why) in [
+            ("127.0.0.1", "loopback"),
+            ("169.254.169.254", "link-local"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("192.168.1.1", "private"),
+            ("100.64.0.1", "shared"),
+            ("224.0.0.1", "multicast"),
+            ("0.0.0.0", "unspecified"),
+            ("255.255.255.255", "unspecified"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+            ("fe80::1", "link-local"),
+            ("fd00::1", "private"),
+            ("ff02::1", "multicast"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::ffff:169.254.169.254", "link-local"),
+        ] {
+            assert!(class(ip).is_some_and(|c| c.starts_with(why)), "{ip}: {:?}", class(ip));
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "100.128.0.1", "172.32.0.1", "2606:4700::1111"] {
+            assert_eq!(class(ip), None, "{ip}");
+        }
+        let (host, port) = host_port("https://[::1]/h").expect("parsed");
+        assert_eq!((host.to_string(), port), ("[::1]".to_string(), 443));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod observability;
 pub mod reaper;
 pub mod recorder;
 pub mod scheduler;
+pub mod targets;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct Serving {
 pub struct EventPipeline {
     pub live: Option<Arc<live::LiveHub>>,
     pub summary: Arc<webhooks::Summary>,
+    /// Where endpoints may point (`webhooks.allow_private_targets`), checked at registration.
+    pub targets: targets::TargetPolicy,
 }
 
 /// Starts the event pipeline on `store`: the sequencer, the live stream's tail, the
@@ -90,8 +93,9 @@ where
 {
     dialer_store::set_events_enabled(events.enabled);
     let summary = Arc::new(webhooks::Summary::default());
+    let targets = webhooks.targets();
     if !events.enabled {
-        return Ok(EventPipeline { live: None, summary });
+        return Ok(EventPipeline { live: None, summary, targets });
     }
     let hub = live::LiveHub::new(store.clone(), events.live_buffer, events.live_stats_every);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -113,7 +117,7 @@ where
             webhooks::Deliverer { store: store.clone(), settings: webhooks.clone(), client, summary: summary.clone() };
         tokio::spawn(d.run(wake, shutdown()));
     }
-    Ok(EventPipeline { live: Some(hub), summary })
+    Ok(EventPipeline { live: Some(hub), summary, targets })
 }
 
 /// The API router over `store` with every part.
@@ -134,6 +138,7 @@ pub fn app_serving(store: Store, s: Serving) -> axum::Router {
         checks: checks.into(),
         live: events.live,
         summary: events.summary,
+        webhook_targets: events.targets,
         global_cap,
     })
 }

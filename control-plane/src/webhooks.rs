@@ -86,6 +86,10 @@ pub struct WebhookSettings {
     /// How often idle endpoints are asked for due deliveries (new events wake them at once).
     #[serde(rename = "poll_ms", with = "millis")]
     pub poll: Duration,
+    /// Whether deliveries may go to loopback, link-local, private, shared or multicast
+    /// addresses (`DIALER_WEBHOOKS_ALLOW_PRIVATE_TARGETS`; unset: no, except under `dialer up`,
+    /// see [`crate::targets`]).
+    pub allow_private_targets: Option<bool>,
 }
 
 impl Default for WebhookSettings {
@@ -98,6 +102,7 @@ impl Default for WebhookSettings {
             retry_window: Duration::from_secs(86_400),
             claim_batch: 64,
             poll: Duration::from_millis(250),
+            allow_private_targets: None,
         }
     }
 }
@@ -106,6 +111,11 @@ impl WebhookSettings {
     /// A claim's lease: the request's timeout and a margin for recording its answer.
     pub fn lease(&self) -> Duration {
         self.timeout + Duration::from_secs(10)
+    }
+
+    /// Where deliveries may go.
+    pub fn targets(&self) -> crate::targets::TargetPolicy {
+        crate::targets::TargetPolicy { allow_private: self.allow_private_targets.unwrap_or(false) }
     }
 
     /// When a failed delivery is tried again.
@@ -294,9 +304,13 @@ struct Slot {
 const ANSWERS: usize = 4096;
 
 impl Deliverer {
-    /// The HTTP client: pooled keep-alive connections, the request timeout.
+    /// The HTTP client: pooled keep-alive connections, the request timeout; names resolved
+    /// under the target policy, redirects not followed (a 3xx is a failed delivery: a
+    /// redirect could lead where the policy would not let the endpoint be registered).
     pub fn client(settings: &WebhookSettings) -> Result<reqwest::Client, reqwest::Error> {
         reqwest::Client::builder()
+            .dns_resolver(Arc::new(crate::targets::Resolver(settings.targets())))
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .pool_max_idle_per_host(64)
@@ -367,7 +381,8 @@ impl Deliverer {
                 }
             };
         // The URL and secrets as the claim read them: a rotation applies from the next claim.
-        let target = Arc::new(Target { url: claim.url, secrets: claim.secrets });
+        let refused = self.settings.targets().check_literal(&claim.url).err();
+        let target = Arc::new(Target { url: claim.url, secrets: claim.secrets, refused });
         for d in claim.deliveries {
             slot.in_flight.fetch_add(1, Ordering::Relaxed);
             let (client, target, answers, done, in_flight) =
@@ -387,10 +402,15 @@ impl Deliverer {
 pub struct Target {
     pub url: String,
     pub secrets: Vec<String>,
+    /// Why the policy refuses the URL's address (nothing is sent; the delivery fails with it).
+    pub refused: Option<String>,
 }
 
 /// POSTs one event, signed; what came back.
 pub async fn send(client: &reqwest::Client, target: &Target, d: &ClaimedDelivery) -> Answer {
+    if let Some(why) = &target.refused {
+        return Answer::Connection(why.chars().take(300).collect());
+    }
     let t = Utc::now().timestamp();
     let secrets: Vec<&str> = target.secrets.iter().map(String::as_str).collect();
     let started = Instant::now();

@@ -569,6 +569,8 @@ fn settings() -> WebhookSettings {
         retry_window: Duration::from_secs(60),
         claim_batch: 16,
         poll: Duration::from_millis(20),
+        // The receivers of these tests listen on loopback.
+        allow_private_targets: Some(true),
         ..WebhookSettings::default()
     }
 }
@@ -671,6 +673,11 @@ async fn the_webhook_api_refuses_bad_input_naming_the_field(b: Backend) {
         (json!({"url": "http://h", "max_concurrency": 0}), "max_concurrency"),
         (json!({"url": "http://h", "campaign_id": uuid::Uuid::now_v7()}), "campaign_id"),
         (json!({"url": "http://h", "colour": "red"}), "colour"),
+        (json!({"url": "http://:8080/hook"}), "url"),
+        (json!({"url": "http://example.com:80a/hook"}), "url"),
+        (json!({"url": "http://169.254.169.254/latest/meta-data/"}), "url"),
+        (json!({"url": "http://localhost:8080/hook"}), "url"),
+        (json!({"url": "http://[::1]:8080/hook"}), "url"),
     ] {
         let (st, v) = post(body.clone()).await;
         assert!(st.is_client_error(), "{body}: {st} {v}");
@@ -714,6 +721,61 @@ async fn the_webhook_api_refuses_bad_input_naming_the_field(b: Backend) {
         StatusCode::NO_CONTENT
     );
     assert_eq!(call(&router, Method::GET, &format!("/api/v1/webhooks/{id}"), None, &[]).await.0, StatusCode::NOT_FOUND);
+}
+
+/// Deliveries under the default policy: endpoints on loopback (registered before the policy,
+/// or a name re-pointed since: nothing stops them in the store) get nothing, by address or by
+/// name; the same endpoints under `allow_private_targets` get every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_nothing_is_delivered_to_loopback_by_address_or_by_name() {
+    let url = dialer_testkit::postgres_database();
+    let s = dialer_testkit::fixtures::open(&url).await;
+    let (by_address, by_name) = (Receiver::start(Mode::Ok, 1), Receiver::start(Mode::Ok, 2));
+    for u in [by_address.url("/hook"), by_name.url("/hook").replace("127.0.0.1", "localhost")] {
+        let req = CreateWebhookRequest { url: u, rate_per_sec: Some(10_000), ..Default::default() };
+        s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint");
+    }
+    let c = campaign(&s, "targets", 1, 1, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("started");
+    let run = |allow: Option<bool>| {
+        let s = s.clone();
+        async move {
+            let settings = WebhookSettings { allow_private_targets: allow, ..settings() };
+            let summary = Arc::new(Summary::default());
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let d = Deliverer {
+                store: s.clone(),
+                settings: settings.clone(),
+                client: Deliverer::client(&settings).expect("client"),
+                summary: summary.clone(),
+            };
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            let seq = tokio::spawn(run_sequencer(
+                s,
+                Duration::from_millis(20),
+                wake.clone(),
+                None,
+                summary.clone(),
+                until(stopped.clone()),
+            ));
+            let del = tokio::spawn(d.run(wake, until(stopped)));
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = stop.send(true);
+            let _ = (seq.await, del.await);
+            summary
+        }
+    };
+    let denied = run(None).await;
+    assert_eq!((by_address.count(), by_name.count()), (0, 0), "nothing reached the loopback receivers");
+    let retried = denied.retried.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(retried >= 2, "each endpoint's delivery failed and waits to be retried: {retried}");
+    assert_eq!(denied.delivered.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Allowed: the waiting deliveries go to both, once their retry is due.
+    run(Some(true)).await;
+    assert!(by_address.count() >= 1 && by_name.count() >= 1, "{} {}", by_address.count(), by_name.count());
 }
 
 mod api {

@@ -583,6 +583,9 @@ async fn run(command: Command, mut cfg: Config) -> Result<()> {
                 cfg.api.listen = l;
             }
             cfg.check_exposure().context("refusing to start")?;
+            // One host, its API on loopback by default: webhook receivers beside it are the
+            // common case, so private targets are allowed unless the settings say otherwise.
+            cfg.webhooks.allow_private_targets.get_or_insert(true);
             let url = cfg.store_url(&data_dir);
             if url.starts_with("sqlite:") {
                 sqlite_dir(&data_dir)?;

@@ -52,7 +52,8 @@ fn dashboards() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
 }
 
-/// The configuration of both processes: unique topics, group, key prefix and database.
+/// The configuration of both processes: unique topics, group, key prefix and database; the
+/// webhook receiver listens on loopback, which a control plane refuses unless told.
 fn write_config(dir: &Path, api: u16) -> (String, String) {
     let db = dialer_testkit::postgres_database();
     let redis = dialer_testkit::redis();
@@ -69,7 +70,8 @@ fn write_config(dir: &Path, api: u16) -> (String, String) {
              status_topic = \"{name}.status\"\ndead_letter_topic = \"{name}.dlq\"\ngroup_id = \"{name}\"\n\
              dispatch_partitions = 2\nstatus_partitions = 2\n\
              [provider]\nmin_call_ms = 20\nmax_call_ms = 200\nmax_ring_ms = 10\nanswer_rate = 0.5\n\
-             [scheduler]\ninterval_ms = 200\n",
+             [scheduler]\ninterval_ms = 200\n\
+             [webhooks]\nallow_private_targets = true\n",
             r = redis.url(),
             p = dialer_testkit::redis_prefix(),
         ),

@@ -41,11 +41,12 @@ pub struct WebhookList {
     responses(
         (status = 201, body = Webhook),
         (status = 400, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, description = "A field is invalid (`url`, `event_types[2]`, `campaign_id`: no such campaign)", body = ErrorBody),
+        (status = 422, description = "A field is invalid (`url`: not a URL, or an address deliveries may not go to; `event_types[2]`; `campaign_id`: no such campaign)", body = ErrorBody),
     ))]
 pub async fn create_webhook(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateWebhookRequest = parse_json(&body)?;
     let settings = req.validate()?;
+    st.webhook_targets.check_url(&settings.url).await?;
     let secret = req.secret.clone().unwrap_or_else(new_secret);
     let w = st.store.create_webhook(&settings, &secret).await?;
     Ok((StatusCode::CREATED, Json(w)).into_response())
@@ -80,6 +81,10 @@ pub async fn update_webhook(
 ) -> Result<Json<Webhook>, ApiError> {
     let id = path_id(&id)?;
     let patch: UpdateWebhookRequest = parse_json(&body)?;
+    if let Some(url) = &patch.url {
+        dialer_api::webhooks::check_url(url)?;
+        st.webhook_targets.check_url(url).await?;
+    }
     Ok(Json(st.store.update_webhook(id, &patch).await?))
 }
 

@@ -59,6 +59,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_WEBHOOKS_ENABLED", "webhooks.enabled"),
     ("DIALER_WEBHOOKS_TIMEOUT_MS", "webhooks.timeout_ms"),
     ("DIALER_WEBHOOKS_RETRY_WINDOW_SEC", "webhooks.retry_window_sec"),
+    ("DIALER_WEBHOOKS_ALLOW_PRIVATE_TARGETS", "webhooks.allow_private_targets"),
 ];
 
 /// Applies every override `env` holds; `SCYLLA_HOST` (with `SCYLLA_PORT`) and `SCYLLA_KEYSPACE`
