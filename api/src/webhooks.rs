@@ -97,6 +97,42 @@ pub struct Webhook {
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// How its deliveries have gone lately.
+    pub health: EndpointHealth,
+}
+
+/// How an endpoint's deliveries have gone: its last success, since when its answers fail and
+/// how many in a row; `flagged` once it keeps failing (see [`EndpointHealth::flagged`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EndpointHealth {
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// The first failed answer after the last success (`null` while the last one succeeded).
+    pub failing_since: Option<DateTime<Utc>>,
+    pub failures_in_a_row: i64,
+    /// It keeps failing: at least 5 failures in a row for 10 minutes when it never succeeded,
+    /// for an hour when it did (the retry window is a day; this says so well before).
+    pub flagged: bool,
+}
+
+impl EndpointHealth {
+    /// Failures in a row before an endpoint can be flagged.
+    pub const MIN_FAILURES: i64 = 5;
+
+    /// The health as stored, `flagged` worked out at `now`.
+    pub fn at(
+        last_success_at: Option<DateTime<Utc>>,
+        failing_since: Option<DateTime<Utc>>,
+        failures_in_a_row: i64,
+        now: DateTime<Utc>,
+    ) -> EndpointHealth {
+        let after = match last_success_at {
+            None => chrono::TimeDelta::minutes(10),
+            Some(_) => chrono::TimeDelta::hours(1),
+        };
+        let flagged =
+            failures_in_a_row >= Self::MIN_FAILURES && failing_since.is_some_and(|since| now - since >= after);
+        EndpointHealth { last_success_at, failing_since, failures_in_a_row, flagged }
+    }
 }
 
 /// A checked secret: 16–200 printable characters.
@@ -298,6 +334,19 @@ mod tests {
         ] {
             assert_eq!(r.validate().expect_err("refused").field, field);
         }
+    }
+
+    #[test]
+    fn an_endpoint_that_never_succeeded_is_flagged_after_ten_minutes_of_failures() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-06T10:00:00Z").expect("time").to_utc();
+        let min = chrono::TimeDelta::minutes;
+        let h = |success: Option<DateTime<Utc>>, failures, at| EndpointHealth::at(success, Some(t0), failures, at);
+        assert!(!h(None, 20, t0 + min(9)).flagged, "not yet ten minutes");
+        assert!(h(None, 20, t0 + min(10)).flagged, "never succeeded, failing for ten minutes");
+        assert!(!h(None, 4, t0 + min(60)).flagged, "too few failures: a quiet endpoint is not flagged");
+        assert!(!h(Some(t0 - min(1)), 20, t0 + min(59)).flagged, "it worked before: an hour");
+        assert!(h(Some(t0 - min(1)), 20, t0 + min(60)).flagged);
+        assert!(!EndpointHealth::at(Some(t0), None, 0, t0 + min(600)).flagged, "healthy");
     }
 
     #[test]

@@ -45,6 +45,10 @@ fn describe_events() {
     describe_counter!("dialer_events_logged_total", "Events numbered into the log by this process's sequencer.");
     describe_gauge!("dialer_webhook_queue_depth", "Webhook deliveries waiting or being sent, across endpoints.");
     describe_gauge!("dialer_webhook_dead_letters", "Events in the webhook dead-letter store, across endpoints.");
+    describe_gauge!(
+        "dialer_webhook_endpoints_flagged",
+        "Enabled webhook endpoints that keep failing (5+ failures in a row for 10 minutes when never delivered, an hour otherwise)."
+    );
     describe_counter!(
         "dialer_webhook_deliveries_total",
         "Webhook delivery attempts by result (delivered, retry, dead, gone) and code (the HTTP status, timeout, connection)."

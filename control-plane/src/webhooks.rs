@@ -355,9 +355,19 @@ impl Deliverer {
         };
         let mut next = HashMap::new();
         for e in endpoints {
-            let in_flight = slots.remove(&e.id).map(|s| s.in_flight).unwrap_or_default();
+            let old = slots.remove(&e.id);
+            let was_flagged = old.as_ref().is_some_and(|s| s.endpoint.health.flagged);
+            if e.health.flagged && !was_flagged {
+                let h = e.health;
+                tracing::warn!(endpoint = %e.id, failures_in_a_row = h.failures_in_a_row, failing_since = ?h.failing_since,
+                    never_succeeded = h.last_success_at.is_none(),
+                    "webhook endpoint keeps failing; its events go to the dead-letter store when the retry window ends");
+            }
+            let in_flight = old.map(|s| s.in_flight).unwrap_or_default();
             next.insert(e.id, Slot { endpoint: e, in_flight });
         }
+        let flagged = next.values().filter(|s| s.endpoint.health.flagged).count();
+        metrics::gauge!("dialer_webhook_endpoints_flagged").set(flagged as f64);
         *slots = next;
     }
 

@@ -156,6 +156,46 @@ async fn unreachable_endpoint(
     s.create_webhook(&req.validate().expect("valid"), "secret-0123456789abcdef").await.expect("endpoint")
 }
 
+/// An endpoint's health: failed answers counted in a row from the first (`failing_since`), a
+/// delivered one clears them and is its `last_success_at`; a lease that ran out counts as
+/// neither.
+async fn an_endpoints_failures_are_counted_in_a_row_and_a_success_clears_them(b: Backend) {
+    use dialer_domain::events::{Answer, Next};
+    use dialer_store::Finished;
+    let (s, _dir) = store(b).await;
+    let w = unreachable_endpoint(&s, Some(10)).await;
+    assert_eq!(w.health, dialer_api::webhooks::EndpointHealth::default(), "new: no answer yet");
+    let (c, claimed) = started_campaign(&s, "health", 1).await;
+    s.record_events(&[event(c.id, &claimed[0], EventKind::Started)], &mut || 0.5, None).await.expect("recorded");
+    s.sequence_events(100).await.expect("sequenced");
+    let lease = chrono::Utc::now() + chrono::TimeDelta::seconds(60);
+    let due = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    let answer = |d: &dialer_store::ClaimedDelivery, code: u16, next: Next| Finished {
+        delivery: d.clone(),
+        answer: Answer::Status(code),
+        next,
+    };
+    let first = s.claim_deliveries(w.id, 10, lease).await.expect("claim").deliveries;
+    assert_eq!(first.len(), 2, "{first:?}");
+    s.finish_deliveries(&first.iter().map(|d| answer(d, 500, Next::Retry(due))).collect::<Vec<_>>())
+        .await
+        .expect("answers");
+    let h = s.get_webhook(w.id).await.expect("endpoint").health;
+    assert_eq!((h.failures_in_a_row, h.last_success_at, h.flagged), (2, None, false), "{h:?}");
+    let since = h.failing_since.expect("failing since the first failure");
+    let again = s.claim_deliveries(w.id, 10, lease).await.expect("claim").deliveries;
+    assert_eq!(again.len(), 2, "retries due: {again:?}");
+    s.finish_deliveries(&[answer(&again[0], 503, Next::Retry(due))]).await.expect("answer");
+    let h = s.get_webhook(w.id).await.expect("endpoint").health;
+    assert_eq!((h.failures_in_a_row, h.failing_since), (3, Some(since)), "counted on from the first: {h:?}");
+    s.finish_deliveries(&[answer(&again[1], 200, Next::Delivered)]).await.expect("answer");
+    let h = s.get_webhook(w.id).await.expect("endpoint").health;
+    assert_eq!((h.failures_in_a_row, h.failing_since), (0, None), "{h:?}");
+    assert!(h.last_success_at.is_some_and(|t| t >= since));
+    let active = s.active_endpoints().await.expect("active");
+    assert_eq!(active.iter().find(|e| e.id == w.id).map(|e| e.health), Some(h), "the deliverer reads it too");
+}
+
 /// The leases: a claim holds an endpoint's slot until its answer or its lease's end; an expired
 /// lease is claimed again as the next attempt, and the first attempt's late answer is dropped.
 async fn an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped(b: Backend) {
@@ -549,6 +589,7 @@ async fn an_endpoint_of_one_campaign_reads_past_others_traffic_in_one_claim(b: B
 
 both_stores!(
     events_follow_the_changes_that_commit,
+    an_endpoints_failures_are_counted_in_a_row_and_a_success_clears_them,
     a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing,
     an_expired_lease_is_claimed_again_and_its_late_answer_is_dropped,
     a_late_answer_beside_the_next_attempts_answer_is_dropped,

@@ -475,6 +475,7 @@ pub async fn finish_deliveries<D: Dialect>(pool: &sqlx::Pool<D>, done: &[Finishe
         .iter()
         .filter(|f| released.contains(&(f.delivery.endpoint_id, f.delivery.seq, f.delivery.attempts as i32)))
         .collect();
+    let tally = Tally::of(&held);
     let (delivered, others): (Vec<&Finished>, Vec<&Finished>) =
         held.into_iter().partition(|f| f.next == Next::Delivered);
     if !delivered.is_empty() {
@@ -492,9 +493,38 @@ pub async fn finish_deliveries<D: Dialect>(pool: &sqlx::Pool<D>, done: &[Finishe
     }
     // The endpoint's row last: leases, deliveries, endpoint is the order of every
     // transaction that writes more than one of them (reclaim, deleting an endpoint).
-    settle(&mut tx, released.iter().map(|h| h.0)).await?;
+    settle(&mut tx, &tally, at).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Per endpoint, of the answers that still held their leases: (leases given back, delivered,
+/// failed).
+struct Tally(std::collections::BTreeMap<Uuid, (i32, i64, i64)>);
+
+impl Tally {
+    fn of(held: &[&Finished]) -> Tally {
+        let mut per_endpoint = std::collections::BTreeMap::new();
+        for f in held {
+            let e: &mut (i32, i64, i64) = per_endpoint.entry(f.delivery.endpoint_id).or_default();
+            e.0 += 1;
+            if f.next == Next::Delivered {
+                e.1 += 1;
+            } else {
+                e.2 += 1;
+            }
+        }
+        Tally(per_endpoint)
+    }
+
+    fn released(endpoints: impl Iterator<Item = Uuid>) -> Tally {
+        let mut per_endpoint = std::collections::BTreeMap::new();
+        for e in endpoints {
+            let t: &mut (i32, i64, i64) = per_endpoint.entry(e).or_default();
+            t.0 += 1;
+        }
+        Tally(per_endpoint)
+    }
 }
 
 /// Deletes the leases of these answers' attempts; the (endpoint, seq, attempt) of those
@@ -508,18 +538,25 @@ async fn release_leases<D: Dialect>(
     Ok(D::release_leases(&mut **tx, &attempts).await?.into_iter().collect())
 }
 
-/// Lowers the endpoints' in-flight counts by their leases given back (one id per lease).
-async fn settle<D: Dialect>(tx: &mut Tx<D>, released: impl Iterator<Item = Uuid>) -> Result<(), StoreError> {
-    let mut per_endpoint: std::collections::BTreeMap<Uuid, i32> = std::collections::BTreeMap::new();
-    for e in released {
-        *per_endpoint.entry(e).or_default() += 1;
-    }
-    for (endpoint, n) in per_endpoint {
-        sqlx::query::<D>("UPDATE webhook_endpoints SET in_flight = CASE WHEN in_flight > $2 THEN in_flight - $2 ELSE 0 END WHERE id = $1")
-            .arg(endpoint)
-            .arg(n)
-            .run(&mut **tx)
-            .await?;
+/// Lowers the endpoints' in-flight counts by their leases given back, and keeps their health:
+/// a batch with a delivered answer clears the failures; one with failures only counts them
+/// (and starts `failing_since` at the first).
+async fn settle<D: Dialect>(tx: &mut Tx<D>, tally: &Tally, at: DateTime<Utc>) -> Result<(), StoreError> {
+    for (endpoint, (released, ok, failed)) in &tally.0 {
+        sqlx::query::<D>(
+            "UPDATE webhook_endpoints SET in_flight = CASE WHEN in_flight > $2 THEN in_flight - $2 ELSE 0 END, \
+             last_success_at = CASE WHEN $3 > 0 THEN $5 ELSE last_success_at END, \
+             failing_since = CASE WHEN $3 > 0 THEN NULL WHEN $4 > 0 THEN COALESCE(failing_since, $5) ELSE failing_since END, \
+             failures_in_a_row = CASE WHEN $3 > 0 THEN 0 ELSE failures_in_a_row + $4 END \
+             WHERE id = $1",
+        )
+        .arg(*endpoint)
+        .arg(*released)
+        .arg(*ok)
+        .arg(*failed)
+        .arg(at)
+        .run(&mut **tx)
+        .await?;
     }
     Ok(())
 }
@@ -628,7 +665,8 @@ pub async fn reclaim_expired<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<u64, St
     .map(|l| Attempt::expired(l, at))
     .collect();
     record_attempts(&mut tx, &expired).await?;
-    settle(&mut tx, expired.iter().map(|a| a.endpoint)).await?;
+    // A lease that ran out says nothing of the endpoint: released, neither success nor failure.
+    settle(&mut tx, &Tally::released(expired.iter().map(|a| a.endpoint)), at).await?;
     tx.commit().await?;
     Ok(expired.len() as u64)
 }

@@ -2,7 +2,7 @@
 //! not read as pending rows; resuming starts at the log's head), deleted, secrets rotated.
 
 use chrono::{DateTime, Utc};
-use dialer_api::webhooks::Webhook;
+use dialer_api::webhooks::{EndpointHealth, Webhook};
 use dialer_domain::events::{EndpointSettings, EventType, Subscription};
 use uuid::Uuid;
 
@@ -12,7 +12,13 @@ use crate::dialect::{Bind, Dialect, QueryExt, RowExt};
 use crate::{StoreError, now};
 
 const ENDPOINT_COLUMNS: &str = "id, url, description, secret, previous_secret, previous_expires_at, event_types, \
-    campaign_id, enabled, disabled_reason, max_concurrency, rate_per_sec, created_at, updated_at";
+    campaign_id, enabled, disabled_reason, max_concurrency, rate_per_sec, created_at, updated_at, \
+    last_success_at, failing_since, failures_in_a_row";
+
+/// An endpoint's health as stored, flagged or not now.
+fn health_from_row<R: RowExt>(r: &R) -> Result<EndpointHealth, StoreError> {
+    Ok(EndpointHealth::at(r.col("last_success_at")?, r.col("failing_since")?, r.col("failures_in_a_row")?, now()))
+}
 
 /// Types as stored: comma-separated names, `""` = all.
 pub(crate) fn types_column(types: &[EventType]) -> String {
@@ -41,6 +47,7 @@ fn webhook_from_row<R: RowExt>(r: &R, with_secret: bool) -> Result<Webhook, Stor
         previous_secret_expires_at: expires.filter(|t| *t > now()),
         created_at: r.col("created_at")?,
         updated_at: r.col("updated_at")?,
+        health: health_from_row(r)?,
     })
 }
 
@@ -206,12 +213,20 @@ pub async fn rotate_secret<D: Dialect>(
 
 /// The enabled endpoints and their concurrency.
 pub async fn active_endpoints<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<ActiveEndpoint>, StoreError> {
-    sqlx::query::<D>("SELECT id, max_concurrency FROM webhook_endpoints WHERE enabled")
-        .rows(&mut *pool.acquire().await?)
-        .await?
-        .iter()
-        .map(|r| Ok(ActiveEndpoint { id: r.col("id")?, max_concurrency: r.col::<i32>("max_concurrency")? as u32 }))
-        .collect()
+    sqlx::query::<D>(
+        "SELECT id, max_concurrency, last_success_at, failing_since, failures_in_a_row FROM webhook_endpoints WHERE enabled",
+    )
+    .rows(&mut *pool.acquire().await?)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(ActiveEndpoint {
+            id: r.col("id")?,
+            max_concurrency: r.col::<i32>("max_concurrency")? as u32,
+            health: health_from_row(r)?,
+        })
+    })
+    .collect()
 }
 
 /// Whether an enabled endpoint exists (then events must be numbered for it to read).

@@ -64,6 +64,7 @@ pub struct Sequenced {
 pub struct ActiveEndpoint {
     pub id: Uuid,
     pub max_concurrency: u32,
+    pub health: dialer_api::webhooks::EndpointHealth,
 }
 
 /// A delivery claimed for one attempt.
