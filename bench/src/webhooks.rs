@@ -148,6 +148,7 @@ fn pipeline(s: &Store, summary: Arc<Summary>) -> Result<tokio::sync::watch::Send
         settings: settings(),
         client: Deliverer::client(&settings())?,
         summary: summary.clone(),
+        secrets: Default::default(),
     };
     tokio::spawn(run_sequencer(
         s.clone(),

@@ -14,6 +14,7 @@ pub mod observability;
 pub mod reaper;
 pub mod recorder;
 pub mod scheduler;
+pub mod secrets;
 pub mod targets;
 pub mod webhooks;
 
@@ -77,6 +78,8 @@ pub struct EventPipeline {
     pub summary: Arc<webhooks::Summary>,
     /// Where endpoints may point (`webhooks.allow_private_targets`), checked at registration.
     pub targets: targets::TargetPolicy,
+    /// Seals the secrets the API writes (`DIALER_SECRETS_KEY`).
+    pub secrets: Arc<secrets::Sealer>,
 }
 
 /// Starts the event pipeline on `store`: the sequencer, the live stream's tail, the
@@ -94,8 +97,9 @@ where
     dialer_store::set_events_enabled(events.enabled);
     let summary = Arc::new(webhooks::Summary::default());
     let targets = webhooks.targets();
+    let secrets = Arc::new(secrets::Sealer::new(webhooks.secrets_key.as_ref()));
     if !events.enabled {
-        return Ok(EventPipeline { live: None, summary, targets });
+        return Ok(EventPipeline { live: None, summary, targets, secrets });
     }
     let hub = live::LiveHub::new(store.clone(), events.live_buffer, events.live_stats_every);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -113,11 +117,16 @@ where
     tokio::spawn(webhooks::run_upkeep(store.clone(), keep, summary.clone(), shutdown()));
     if webhooks.enabled {
         let client = webhooks::Deliverer::client(webhooks)?;
-        let d =
-            webhooks::Deliverer { store: store.clone(), settings: webhooks.clone(), client, summary: summary.clone() };
+        let d = webhooks::Deliverer {
+            store: store.clone(),
+            settings: webhooks.clone(),
+            client,
+            summary: summary.clone(),
+            secrets: secrets.clone(),
+        };
         tokio::spawn(d.run(wake, shutdown()));
     }
-    Ok(EventPipeline { live: Some(hub), summary, targets })
+    Ok(EventPipeline { live: Some(hub), summary, targets, secrets })
 }
 
 /// The API router over `store` with every part.
@@ -139,6 +148,7 @@ pub fn app_serving(store: Store, s: Serving) -> axum::Router {
         live: events.live,
         summary: events.summary,
         webhook_targets: events.targets,
+        secrets: events.secrets,
         global_cap,
     })
 }

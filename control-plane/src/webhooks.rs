@@ -90,6 +90,10 @@ pub struct WebhookSettings {
     /// addresses (`DIALER_WEBHOOKS_ALLOW_PRIVATE_TARGETS`; unset: no, except under `dialer up`,
     /// see [`crate::targets`]).
     pub allow_private_targets: Option<bool>,
+    /// Seals the endpoints' signing secrets at rest: from `DIALER_SECRETS_KEY` only, never a
+    /// file ([`crate::secrets`]).
+    #[serde(skip)]
+    pub secrets_key: Option<crate::secrets::SecretsKey>,
 }
 
 impl Default for WebhookSettings {
@@ -103,6 +107,7 @@ impl Default for WebhookSettings {
             claim_batch: 64,
             poll: Duration::from_millis(250),
             allow_private_targets: None,
+            secrets_key: None,
         }
     }
 }
@@ -291,6 +296,8 @@ pub struct Deliverer {
     pub settings: WebhookSettings,
     pub client: reqwest::Client,
     pub summary: Arc<Summary>,
+    /// Opens the secrets the claims read.
+    pub secrets: Arc<crate::secrets::Sealer>,
 }
 
 /// One endpoint as the deliverer holds it: its settings and its requests in flight here.
@@ -391,8 +398,9 @@ impl Deliverer {
                 }
             };
         // The URL and secrets as the claim read them: a rotation applies from the next claim.
-        let refused = self.settings.targets().check_literal(&claim.url).err();
-        let target = Arc::new(Target { url: claim.url, secrets: claim.secrets, refused });
+        let (secrets, sealed) = self.open_secrets(&claim.secrets);
+        let refused = self.settings.targets().check_literal(&claim.url).err().or(sealed);
+        let target = Arc::new(Target { url: claim.url, secrets, refused });
         for d in claim.deliveries {
             slot.in_flight.fetch_add(1, Ordering::Relaxed);
             let (client, target, answers, done, in_flight) =
@@ -403,6 +411,20 @@ impl Deliverer {
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 done.notify_one();
             });
+        }
+    }
+}
+
+impl Deliverer {
+    /// The secrets a claim read, opened; a secret that does not open (another key) sends
+    /// nothing unsigned: the deliveries fail with why.
+    fn open_secrets(&self, stored: &[String]) -> (Vec<String>, Option<String>) {
+        match stored.iter().map(|s| self.secrets.open(s)).collect::<Result<Vec<_>, _>>() {
+            Ok(secrets) => (secrets, None),
+            Err(e) => {
+                tracing::error!(error = %e, "a webhook secret does not open; its deliveries fail until the key is right");
+                (Vec::new(), Some(e.to_string()))
+            }
         }
     }
 }

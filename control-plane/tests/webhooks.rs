@@ -629,6 +629,7 @@ async fn replica(url: &str, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tok
         settings: settings(),
         client: Deliverer::client(&settings()).expect("client"),
         summary: summary.clone(),
+        secrets: Default::default(),
     };
     vec![
         tokio::spawn(run_sequencer(s, Duration::from_millis(20), wake.clone(), None, summary, until(stop.clone()))),
@@ -789,6 +790,7 @@ async fn by_default_nothing_is_delivered_to_loopback_by_address_or_by_name() {
                 settings: settings.clone(),
                 client: Deliverer::client(&settings).expect("client"),
                 summary: summary.clone(),
+                secrets: Default::default(),
             };
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -819,7 +821,33 @@ async fn by_default_nothing_is_delivered_to_loopback_by_address_or_by_name() {
     assert!(by_address.count() >= 1 && by_name.count() >= 1, "{} {}", by_address.count(), by_name.count());
 }
 
+/// `api.max_webhooks`: the next endpoint is refused with the limit named, and nothing written.
+async fn endpoints_over_the_limit_are_refused_and_nothing_is_written(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let api = dialer_control_plane::ApiSettings { max_webhooks: 2, ..Default::default() };
+    let router = dialer_control_plane::app(&api, s.clone());
+    for i in 0..2 {
+        let (st, w) = call(
+            &router,
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"url": format!("https://example.com/{i}")})),
+            &[],
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{w}");
+    }
+    let (st, v) =
+        call(&router, Method::POST, "/api/v1/webhooks", Some(json!({"url": "https://example.com/2"})), &[]).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("too_many_webhooks")), "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("api.max_webhooks")), "{v}");
+    assert_eq!(s.list_webhooks().await.expect("list").len(), 2, "nothing written");
+}
+
 mod api {
     use super::*;
-    both_stores!(the_webhook_api_refuses_bad_input_naming_the_field);
+    both_stores!(
+        the_webhook_api_refuses_bad_input_naming_the_field,
+        endpoints_over_the_limit_are_refused_and_nothing_is_written
+    );
 }

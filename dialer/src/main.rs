@@ -240,6 +240,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         dialer_dataplane::admin::shards_alive_check(dp.health()),
         dialer_dataplane::admin::shards_check(dp.health()),
     ];
+    seal_secrets(cfg, &store).await?;
     let app = api_app(cfg, &store, timeline, checks, || wait(stopped.clone()))?;
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     // Stop dispatching, let the data plane finish its calls, record their outcomes.
@@ -259,6 +260,17 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
     let _ = recorder.await;
     let _ = reconciler.await;
     store.close().await;
+    Ok(())
+}
+
+/// Webhook secrets at rest: every stored secret opens with `DIALER_SECRETS_KEY`, and those
+/// stored before it was set are sealed now; a secret that does not open refuses the start.
+async fn seal_secrets(cfg: &Config, store: &Store) -> Result<()> {
+    let sealer = dialer_control_plane::secrets::Sealer::new(cfg.webhooks.secrets_key.as_ref());
+    let n = dialer_control_plane::secrets::prepare(store, &sealer).await.context("refusing to start")?;
+    if n > 0 {
+        tracing::info!(endpoints = n, "webhook secrets stored before DIALER_SECRETS_KEY was set are sealed now");
+    }
     Ok(())
 }
 
@@ -395,6 +407,7 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         format!("cannot listen on {}; is another process using it? pick another with --listen", cfg.api.listen)
     })?;
     tracing::info!(listen = %cfg.api.listen, store = store.kind().as_str(), "API listening");
+    seal_secrets(cfg, &store).await?;
     let app = api_app(cfg, &store, timeline, checks, shutdown_signal)?;
     dialer_control_plane::serve(listener, app, shutdown_signal()).await?;
     store.close().await;

@@ -16,7 +16,7 @@ use dialer_testkit::receiver::{Answered, Mode, Received, Receiver};
 use serde_json::{Value, json};
 
 mod procs;
-use procs::{Proc, http_json as http, spawn};
+use procs::{Proc, http_json as http, spawn, spawn_with_env};
 
 const SECRET: &str = "test-secret-0123456789";
 
@@ -315,6 +315,11 @@ struct Sse {
 
 impl Sse {
     fn connect(port: u16, path: &str, last_id: Option<u64>) -> Sse {
+        Sse::open(port, path, last_id).unwrap_or_else(|refused| panic!("{refused}"))
+    }
+
+    /// The stream, or the status line and headers of a refusal.
+    fn open(port: u16, path: &str, last_id: Option<u64>) -> Result<Sse, String> {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
         let resume = last_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
@@ -323,12 +328,18 @@ impl Sse {
         let mut reader = BufReader::new(s);
         let mut line = String::new();
         reader.read_line(&mut line).expect("status");
-        assert!(line.contains(" 200 "), "{line}");
+        let (ok, mut head) = (line.contains(" 200 "), line.clone());
         while line != "\r\n" {
             line.clear();
             reader.read_line(&mut line).expect("header");
+            head.push_str(&line);
         }
-        Sse { reader, buf: String::new() }
+        if !ok {
+            let mut body = vec![0; 512];
+            let n = reader.read(&mut body).unwrap_or(0);
+            return Err(head + &String::from_utf8_lossy(&body[..n]));
+        }
+        Ok(Sse { reader, buf: String::new() })
     }
 
     /// The next message: its `event`, `id` and `data` (comments and keep-alives skipped).
@@ -350,6 +361,102 @@ impl Sse {
             self.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
         }
     }
+}
+
+/// The stored secrets of every endpoint in `dir`'s embedded database.
+fn stored_secrets(dir: &Path) -> Vec<(String, Option<String>)> {
+    let url = format!("sqlite://{}", dir.join("data").join("dialer.db").display());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let s = dialer_testkit::fixtures::open(&url).await;
+        s.webhook_secrets().await.expect("secrets").into_iter().map(|(_, a, b)| (a, b)).collect()
+    })
+}
+
+/// `dialer up` on `dir`'s data with `DIALER_SECRETS_KEY` = `key` (none: unset); its port.
+fn up_with_key(dir: &Path, config: &str, run: u32, key: Option<&str>) -> (Proc, u16) {
+    let port = dialer_testkit::free_port();
+    let args = ["--config", config, "up", "--data-dir", &dir.join("data").display().to_string(), "--listen"]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("127.0.0.1:{port}")])
+        .collect::<Vec<_>>();
+    let env: Vec<(&str, String)> = key.map(|k| ("DIALER_SECRETS_KEY", k.to_string())).into_iter().collect();
+    (spawn_with_env(dir, &format!("up-{run}"), &args, &env), port)
+}
+
+#[test]
+fn with_a_secrets_key_the_database_holds_no_secret_and_deliveries_are_still_signed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(Mode::Ok, 3);
+    let cfg = config(dir.path(), 600);
+    let key = "5e".repeat(32);
+    let (mut p, port) = up_with_key(dir.path(), &cfg, 1, Some(&key));
+    assert!(dialer_testkit::wait_for_port(port, Duration::from_secs(30)), "dialer up did not listen");
+    let hook = register(port, &rx.url("/hook"), json!({}));
+    let id = campaign(port, "sealed", 5);
+    wait_completed(port, &id, Duration::from_secs(60));
+    let t0 = Instant::now();
+    while rx.count() < 10 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(rx.count() >= 10, "{} deliveries", rx.count());
+    rx.received().iter().for_each(|r| drop(event(r)));
+    let (s, rotated) = http(port, "POST", &format!("/api/v1/webhooks/{hook}/rotate-secret"), None);
+    assert_eq!(s, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().expect("the new secret, shown once").to_string();
+    let stored = stored_secrets(dir.path());
+    assert_eq!(stored.len(), 1);
+    let (secret, previous) = &stored[0];
+    assert!(secret.starts_with("sealed:v1:") && !secret.contains(&new_secret), "{secret}");
+    let previous = previous.as_deref().expect("the previous secret, kept while the rotation lasts");
+    assert!(previous.starts_with("sealed:v1:") && !previous.contains(SECRET), "{previous}");
+    p.signal("TERM");
+    let _ = p.0.wait();
+    // The same data without the key, or with another one: refused at start, saying why.
+    for (run, other) in [(2, None), (3, Some("a1".repeat(32)))] {
+        let (mut q, _) = up_with_key(dir.path(), &cfg, run, other.as_deref());
+        let t0 = Instant::now();
+        let status = loop {
+            match q.0.try_wait().expect("status") {
+                Some(status) => break status,
+                None if t0.elapsed() < Duration::from_secs(30) => std::thread::sleep(Duration::from_millis(100)),
+                None => panic!("dialer up started with secrets it cannot open (run {run})"),
+            }
+        };
+        assert!(!status.success(), "dialer up started with secrets it cannot open");
+        let log = std::fs::read_to_string(dir.path().join(format!("up-{run}.log"))).expect("log");
+        assert!(log.contains("DIALER_SECRETS_KEY"), "{log}");
+    }
+}
+
+#[test]
+fn a_key_holds_at_most_its_streams_and_a_closed_one_gives_its_place_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config(dir.path(), 600);
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).expect("config") + "[api]\nmax_streams_per_key = 2\n")
+        .expect("config");
+    let (_p, port) = up(dir.path(), &cfg, 1);
+    // A running campaign keeps the streams writing, so a closed one is noticed soon.
+    campaign(port, "streams", 200);
+    let first = Sse::connect(port, "/api/v1/events", None);
+    let _second = Sse::connect(port, "/api/v1/events", None);
+    let refused = Sse::open(port, "/api/v1/events", None).err().expect("a third stream is refused");
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains("too_many_streams") && refused.contains("api.max_streams_per_key"), "{refused}");
+    drop(first);
+    let t0 = Instant::now();
+    let reopened = loop {
+        match Sse::open(port, "/api/v1/events", None) {
+            Ok(s) => break s,
+            Err(e) if t0.elapsed() < Duration::from_secs(30) => {
+                assert!(e.starts_with("HTTP/1.1 429"), "{e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("the closed stream's place never came back: {e}"),
+        }
+    };
+    drop(reopened);
 }
 
 #[test]

@@ -622,6 +622,9 @@ pub trait EventOps: Send + Sync {
     fn rotate_webhook_secret<'a>(&'a self, id: Uuid, secret: &'a str, keep_old_until: DateTime<Utc>)
     -> Op<'a, Webhook>;
     fn active_endpoints(&self) -> Op<'_, Vec<ActiveEndpoint>>;
+    /// Every endpoint's stored secret and previous secret (to seal those stored unsealed).
+    fn webhook_secrets(&self) -> Op<'_, Vec<(Uuid, String, Option<String>)>>;
+    fn set_webhook_secrets<'a>(&'a self, id: Uuid, secret: &'a str, previous: Option<&'a str>) -> Op<'a, ()>;
     /// Claims up to `max` due deliveries of an endpoint within its concurrency and rate.
     fn claim_deliveries(&self, endpoint: Uuid, max: usize, lease_until: DateTime<Utc>) -> Op<'_, Claim>;
     /// Records finished attempts.
@@ -674,6 +677,12 @@ impl<D: Dialect> EventOps for sqlx::Pool<D> {
     }
     fn active_endpoints(&self) -> Op<'_, Vec<ActiveEndpoint>> {
         Box::pin(events::endpoints::active_endpoints(self))
+    }
+    fn webhook_secrets(&self) -> Op<'_, Vec<(Uuid, String, Option<String>)>> {
+        Box::pin(events::endpoints::secrets(self))
+    }
+    fn set_webhook_secrets<'a>(&'a self, id: Uuid, secret: &'a str, previous: Option<&'a str>) -> Op<'a, ()> {
+        Box::pin(events::endpoints::set_secrets(self, id, secret, previous))
     }
     fn claim_deliveries(&self, endpoint: Uuid, max: usize, lease_until: DateTime<Utc>) -> Op<'_, Claim> {
         Box::pin(events::deliveries::claim_deliveries(self, endpoint, max, lease_until))

@@ -9,6 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -22,10 +23,13 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use super::settings::ApiSettings;
 
-/// The configured keys (as digests) and one rate limiter per key.
+/// The configured keys (as digests), one rate limiter per key, and the live streams each key
+/// holds open (the last slot: requests without a key).
 pub struct Auth {
     keys: Vec<[u8; 32]>,
     limits: Vec<Option<DefaultDirectRateLimiter>>,
+    streams: Vec<AtomicUsize>,
+    max_streams: usize,
     /// The console's logged-in sessions (their cookie also lets the console's pages read).
     pub sessions: crate::console::Sessions,
 }
@@ -49,8 +53,19 @@ impl Auth {
         Arc::new(Auth {
             keys: api.keys.iter().map(|k| digest(k.0.as_bytes())).collect(),
             limits: api.keys.iter().map(|_| quota.map(RateLimiter::direct)).collect(),
+            streams: (0..=api.keys.len()).map(|_| AtomicUsize::new(0)).collect(),
+            max_streams: api.max_streams_per_key,
             sessions: Default::default(),
         })
+    }
+
+    /// A live stream for `caller` (its key's index; `None`: no key), or `None` when the key
+    /// holds `api.max_streams_per_key` open already.
+    pub fn open_stream(self: &Arc<Self>, caller: Option<Caller>) -> Option<StreamPermit> {
+        let slot = caller.map_or(self.keys.len(), |c| c.0).min(self.keys.len());
+        let count = &self.streams[slot];
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_streams).then_some(n + 1)).ok()?;
+        Some(StreamPermit { auth: self.clone(), slot })
     }
 
     /// Whether `presented` is one of the keys.
@@ -71,6 +86,23 @@ impl Auth {
     }
 }
 
+/// Which key a request came with (its index), set by [`require_key`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller(pub usize);
+
+/// One open live stream of a key; given back when dropped (the stream ends).
+#[derive(Debug)]
+pub struct StreamPermit {
+    auth: Arc<Auth>,
+    slot: usize,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.auth.streams[self.slot].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn open_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics" | "/api/v1/openapi.json")
 }
@@ -82,7 +114,7 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// The middleware: 401 without a valid key, 429 over the key's rate.
-pub async fn require_key(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+pub async fn require_key(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if auth.keys.is_empty() || open_path(path) || crate::console::is_console(path) {
         return next.run(req).await;
@@ -118,6 +150,7 @@ pub async fn require_key(State(auth): State<Arc<Auth>>, req: Request, next: Next
         .retry_after(wait.as_secs().max(1))
         .into_response();
     }
+    req.extensions_mut().insert(Caller(i));
     next.run(req).await
 }
 
@@ -125,6 +158,22 @@ pub async fn require_key(State(auth): State<Arc<Auth>>, req: Request, next: Next
 mod tests {
     use super::super::settings::ApiKey;
     use super::*;
+
+    #[test]
+    fn each_key_holds_its_own_streams_up_to_the_limit() {
+        let api = ApiSettings {
+            keys: vec![ApiKey("first-0123456789abcdef".into())],
+            max_streams_per_key: 2,
+            ..ApiSettings::default()
+        };
+        let auth = Auth::new(&api);
+        let (a, b) = (auth.open_stream(Some(Caller(0))), auth.open_stream(Some(Caller(0))));
+        assert!(a.is_some() && b.is_some());
+        assert!(auth.open_stream(Some(Caller(0))).is_none(), "the key's third stream");
+        assert!(auth.open_stream(None).is_some(), "requests without a key count apart");
+        drop(a);
+        assert!(auth.open_stream(Some(Caller(0))).is_some(), "a closed stream gives its place back");
+    }
 
     #[test]
     fn keys_are_found_by_digest() {

@@ -46,6 +46,8 @@ pub struct AppState {
     pub summary: Arc<crate::webhooks::Summary>,
     /// Where endpoints may point (checked when one is registered or its URL changed).
     pub webhook_targets: crate::targets::TargetPolicy,
+    /// Seals webhook secrets before they are stored.
+    pub secrets: Arc<crate::secrets::Sealer>,
     /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY` (0: none): a call may wait for it (`global_cap`).
     pub global_cap: u32,
     /// The API keys and the console's sessions.

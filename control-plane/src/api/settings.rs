@@ -34,6 +34,11 @@ pub struct ApiSettings {
     /// show within this delay); 0 = always read the store.
     #[serde(rename = "campaign_cache_ms", with = "dialer_domain::duration::millis")]
     pub campaign_cache: Duration,
+    /// Live streams (`/api/v1/events`, `/api/v1/campaigns/{id}/events`) one API key may hold
+    /// open at once (without keys: all clients together).
+    pub max_streams_per_key: usize,
+    /// Webhook endpoints at most.
+    pub max_webhooks: usize,
 }
 
 /// An API key. Its `Debug` and serialized forms are redacted, so it never reaches a log.
@@ -65,6 +70,8 @@ impl Default for ApiSettings {
             keys: Vec::new(),
             rate_limit_per_key: 1000,
             campaign_cache: Duration::from_millis(250),
+            max_streams_per_key: 32,
+            max_webhooks: 100,
         }
     }
 }

@@ -4,18 +4,19 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use dialer_api::webhooks::{CreateWebhookRequest, ReplayRequest, RotateSecretRequest, UpdateWebhookRequest, Webhook};
 use dialer_domain::FieldError;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::handlers::path_id;
 use super::{ApiError, AppState, ErrorBody, parse_json};
 use dialer_store::DeadLetter;
@@ -41,14 +42,24 @@ pub struct WebhookList {
     responses(
         (status = 201, body = Webhook),
         (status = 400, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 409, description = "There are api.max_webhooks endpoints already", body = ErrorBody),
         (status = 422, description = "A field is invalid (`url`: not a URL, or an address deliveries may not go to; `event_types[2]`; `campaign_id`: no such campaign)", body = ErrorBody),
     ))]
 pub async fn create_webhook(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateWebhookRequest = parse_json(&body)?;
     let settings = req.validate()?;
     st.webhook_targets.check_url(&settings.url).await?;
+    let max = st.api.max_webhooks;
+    if st.store.list_webhooks().await?.len() >= max {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_webhooks",
+            format!("there are {max} webhook endpoints already (api.max_webhooks); delete one first"),
+        ));
+    }
     let secret = req.secret.clone().unwrap_or_else(new_secret);
-    let w = st.store.create_webhook(&settings, &secret).await?;
+    let mut w = st.store.create_webhook(&settings, &sealed(&st, &secret)?).await?;
+    w.secret = Some(secret);
     Ok((StatusCode::CREATED, Json(w)).into_response())
 }
 
@@ -117,7 +128,17 @@ pub async fn rotate_secret(
     let req: RotateSecretRequest = if body.is_empty() { RotateSecretRequest::default() } else { parse_json(&body)? };
     let (secret, keep) = req.validate()?;
     let until = chrono::Utc::now() + keep;
-    Ok(Json(st.store.rotate_webhook_secret(id, &secret.unwrap_or_else(new_secret), until).await?))
+    let secret = secret.unwrap_or_else(new_secret);
+    let mut w = st.store.rotate_webhook_secret(id, &sealed(&st, &secret)?, until).await?;
+    w.secret = Some(secret);
+    Ok(Json(w))
+}
+
+/// A secret as it is stored: sealed when `DIALER_SECRETS_KEY` is set.
+fn sealed(st: &AppState, secret: &str) -> Result<String, ApiError> {
+    st.secrets
+        .seal(secret)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "secrets_unavailable", e.to_string()))
 }
 
 /// A page of dead letters.
@@ -208,6 +229,7 @@ fn resume_after(headers: &HeaderMap, params: &Params) -> Result<Option<i64>, Api
 async fn stream(
     st: AppState,
     campaign: Option<Uuid>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     params: Result<Params, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -223,9 +245,19 @@ async fn stream(
     if let Some(id) = campaign {
         st.store.get_campaign(id).await?;
     }
+    let Some(permit) = st.auth.open_stream(caller.map(|c| c.0)) else {
+        let max = st.api.max_streams_per_key;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!("this API key has {max} live streams open (api.max_streams_per_key); close one first"),
+        ));
+    };
     let client = crate::live::Client::start(hub, st.store.clone(), campaign, after).await?;
-    let events =
-        futures::stream::unfold(client, |mut c| async move { c.next().await.map(|e| (Ok::<_, Infallible>(e), c)) });
+    // The permit lives as long as the stream.
+    let events = futures::stream::unfold((client, permit), |(mut c, p)| async move {
+        c.next().await.map(|e| (Ok::<_, Infallible>(e), (c, p)))
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))).into_response())
 }
 
@@ -238,13 +270,15 @@ async fn stream(
     responses(
         (status = 200, description = "An SSE stream", content_type = "text/event-stream", body = String),
         (status = 400, body = ErrorBody), (status = 409, description = "events.enabled is off", body = ErrorBody),
+        (status = 429, description = "The key holds api.max_streams_per_key streams open", body = ErrorBody),
     ))]
 pub async fn all_events(
     State(st): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     params: Result<Params, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    stream(st, None, headers, params).await
+    stream(st, None, caller, headers, params).await
 }
 
 /// One campaign's events as Server-Sent Events (as `/api/v1/events`), with its stats snapshots.
@@ -254,15 +288,17 @@ pub async fn all_events(
         (status = 200, description = "An SSE stream", content_type = "text/event-stream", body = String),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "events.enabled is off", body = ErrorBody),
+        (status = 429, description = "The key holds api.max_streams_per_key streams open", body = ErrorBody),
     ))]
 pub async fn campaign_events(
     State(st): State<AppState>,
     Path(id): Path<String>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     params: Result<Params, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = path_id(&id)?;
-    stream(st, Some(id), headers, params).await
+    stream(st, Some(id), caller, headers, params).await
 }
 
 /// The webhooks' figures as JSON: queue depth, dead letters, deliveries by result, delivery

@@ -72,6 +72,12 @@ pub(super) fn apply(cfg: &mut Config, env: &[(String, String)]) -> Result<(), Co
     if let Some(ks) = get("SCYLLA_KEYSPACE") {
         cfg.timeline.keyspace = ks;
     }
+    // Secrets come from the environment only (no config key holds them).
+    if let Some(key) = get("DIALER_SECRETS_KEY").filter(|k| !k.trim().is_empty()) {
+        let key = dialer_control_plane::secrets::SecretsKey::from_hex(&key)
+            .map_err(|e| ConfigError::Invalid { key: "DIALER_SECRETS_KEY".into(), reason: e.to_string() })?;
+        cfg.webhooks.secrets_key = Some(key);
+    }
     for (var, key) in ENV_KEYS {
         if let Some((_, value)) = env.iter().find(|(k, _)| k == var) {
             set(cfg, key, value).map_err(|source| ConfigError::Env { key, var, source })?;

@@ -64,6 +64,12 @@ fn api(a: &ApiSettings) -> Checked {
     if a.default_page_size == 0 || a.default_page_size > a.max_page_size {
         return Err(invalid("api.default_page_size", "must be between 1 and api.max_page_size"));
     }
+    if a.max_streams_per_key == 0 {
+        return Err(invalid("api.max_streams_per_key", "must be at least 1"));
+    }
+    if a.max_webhooks == 0 {
+        return Err(invalid("api.max_webhooks", "must be at least 1"));
+    }
     Ok(())
 }
 

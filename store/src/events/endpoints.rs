@@ -229,6 +229,32 @@ pub async fn active_endpoints<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<Ac
     .collect()
 }
 
+/// Every endpoint's stored secrets (id, secret, previous secret).
+pub async fn secrets<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<Vec<(Uuid, String, Option<String>)>, StoreError> {
+    sqlx::query::<D>("SELECT id, secret, previous_secret FROM webhook_endpoints ORDER BY id")
+        .rows(&mut *pool.acquire().await?)
+        .await?
+        .iter()
+        .map(|r| Ok((r.col("id")?, r.col("secret")?, r.col("previous_secret")?)))
+        .collect()
+}
+
+/// Replaces an endpoint's stored secrets (the same secrets, sealed).
+pub async fn set_secrets<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    secret: &str,
+    previous: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query::<D>("UPDATE webhook_endpoints SET secret = $2, previous_secret = $3 WHERE id = $1")
+        .arg(id)
+        .arg(secret)
+        .arg(previous)
+        .run(&mut *pool.acquire().await?)
+        .await?;
+    Ok(())
+}
+
 /// Whether an enabled endpoint exists (then events must be numbered for it to read).
 pub async fn any_endpoint<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<bool, StoreError> {
     Ok(sqlx::query::<D>("SELECT id FROM webhook_endpoints WHERE enabled LIMIT 1")
