@@ -321,3 +321,28 @@ pub struct Prompt {
 pub struct PromptList {
     pub prompts: Vec<Prompt>,
 }
+
+/// One change in the audit log: who (the key's id, never the key; `open` without keys;
+/// `console:ID` through the console), what (method, path, the answer's status), when, and for
+/// settings changes the settings before and after.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub key_id: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<Value>,
+}
+
+/// A page of the audit log, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; absent on the last.
+    pub next_after: Option<i64>,
+}

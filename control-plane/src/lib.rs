@@ -138,6 +138,7 @@ pub fn app_serving(store: Store, s: Serving) -> axum::Router {
     api::router(api::AppState {
         auth: api::auth::Auth::new(&api),
         calls: dialer_store::CallBatcher::new(store.clone()),
+        audit: api::audit::AuditLog::spawn(store.clone()),
         store,
         campaigns: Arc::new(api::CampaignCache::new(api.campaign_cache)),
         api: Arc::new(api),

@@ -1016,6 +1016,80 @@ async fn call_guard_answers_429() {
     assert!(retry.and_then(|r| r.parse::<u64>().ok()).is_some_and(|r| r > 0 && r <= 86_400));
 }
 
+/// Roles: a read key reads (and follows streams) and changes nothing; an operator key, given
+/// to the server as its SHA-256 only, changes things.
+#[tokio::test]
+async fn a_read_key_reads_and_changes_nothing_and_a_hashed_operator_key_changes() {
+    use sha2::Digest;
+    let (reader, operator) = ("reader-key-0123456789abcdef", "operator-key-0123456789abcdef");
+    let hashed: String = sha2::Sha256::digest(operator.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let api = ApiSettings {
+        keys: vec![ApiKey(format!("read:{reader}")), ApiKey(format!("operator:sha256:{hashed}"))],
+        ..Default::default()
+    };
+    let t = test_app_with(Backend::Sqlite, api).await;
+    let req = |key: &str, method: Method, path: &str, body: Option<Value>| {
+        let b = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {key}"));
+        match body {
+            Some(v) => b.header(header::CONTENT_TYPE, "application/json").body(Body::from(v.to_string())),
+            None => b.body(Body::empty()),
+        }
+        .expect("request")
+    };
+    let campaign = json!({"name": "roles", "targets": [{"phone_number": "+15555550100"}]});
+    let (s, v) = t.raw(req(reader, Method::POST, "/api/v1/campaigns", Some(campaign.clone()))).await;
+    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(v["error"]["field"], "Authorization");
+    let message = v["error"]["message"].as_str().expect("message");
+    assert!(message.contains("read-only") && !message.contains(reader), "the key's id, never the key: {message}");
+    let (s, v) = t.raw(req(reader, Method::GET, "/api/v1/campaigns", None)).await;
+    assert_eq!((s, v["campaigns"].clone()), (StatusCode::OK, json!([])), "it reads; the POST wrote nothing");
+    let (s, v) = t.raw(req(operator, Method::POST, "/api/v1/campaigns", Some(campaign))).await;
+    assert_eq!(s, StatusCode::CREATED, "the operator key, known by its hash: {v}");
+    let id = v["id"].as_str().expect("id");
+    let (s, v) = t.raw(req(reader, Method::POST, &format!("/api/v1/campaigns/{id}/start"), None)).await;
+    assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
+    let (s, v) = t.raw(req(reader, Method::GET, &format!("/api/v1/campaigns/{id}"), None)).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("pending")), "{v}");
+    // The audit log: the operator's changes under its key's id, a settings change with its
+    // before and after; the refused requests changed nothing and are not there.
+    let (s, v) =
+        t.raw(req(operator, Method::PUT, &format!("/api/v1/campaigns/{id}"), Some(json!({"weight": 7})))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let operator_id = &hashed[..12];
+    let mut entries = Vec::new();
+    for _ in 0..50 {
+        let (s, v) = t.raw(req(reader, Method::GET, "/api/v1/audit", None)).await;
+        assert_eq!(s, StatusCode::OK, "the reader reads the log: {v}");
+        entries = v["entries"].as_array().cloned().unwrap_or_default();
+        if entries.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let what: Vec<(String, String, u64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["key_id"].as_str().unwrap_or("").into(),
+                format!("{} {}", e["method"].as_str().unwrap_or(""), e["path"].as_str().unwrap_or("")),
+                e["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        what,
+        [
+            (operator_id.to_string(), "POST /api/v1/campaigns".to_string(), 201),
+            (operator_id.to_string(), format!("PUT /api/v1/campaigns/{id}"), 200)
+        ],
+        "{entries:?}"
+    );
+    assert_eq!((entries[1]["before"]["weight"].as_u64(), entries[1]["after"]["weight"].as_u64()), (Some(1), Some(7)));
+    let text = serde_json::to_string(&entries).expect("json");
+    assert!(!text.contains(operator) && !text.contains(reader), "no key in the log");
+}
+
 #[tokio::test]
 async fn api_keys_guard_the_api_and_each_key_has_a_rate() {
     let key = "test-key-0123456789abcdef";

@@ -625,6 +625,10 @@ pub trait EventOps: Send + Sync {
     /// Every endpoint's stored secret and previous secret (to seal those stored unsealed).
     fn webhook_secrets(&self) -> Op<'_, Vec<(Uuid, String, Option<String>)>>;
     fn set_webhook_secrets<'a>(&'a self, id: Uuid, secret: &'a str, previous: Option<&'a str>) -> Op<'a, ()>;
+    /// Appends entries to the audit log (their `id` is given by the store).
+    fn append_audit<'a>(&'a self, entries: &'a [dialer_api::views::AuditEntry]) -> Op<'a, ()>;
+    /// Audit entries after `after`, oldest first.
+    fn read_audit(&self, after: i64, limit: u32) -> Op<'_, Vec<dialer_api::views::AuditEntry>>;
     /// Claims up to `max` due deliveries of an endpoint within its concurrency and rate.
     fn claim_deliveries(&self, endpoint: Uuid, max: usize, lease_until: DateTime<Utc>) -> Op<'_, Claim>;
     /// Records finished attempts.
@@ -683,6 +687,12 @@ impl<D: Dialect> EventOps for sqlx::Pool<D> {
     }
     fn set_webhook_secrets<'a>(&'a self, id: Uuid, secret: &'a str, previous: Option<&'a str>) -> Op<'a, ()> {
         Box::pin(events::endpoints::set_secrets(self, id, secret, previous))
+    }
+    fn append_audit<'a>(&'a self, entries: &'a [dialer_api::views::AuditEntry]) -> Op<'a, ()> {
+        Box::pin(events::audit::append(self, entries))
+    }
+    fn read_audit(&self, after: i64, limit: u32) -> Op<'_, Vec<dialer_api::views::AuditEntry>> {
+        Box::pin(events::audit::read(self, after, limit))
     }
     fn claim_deliveries(&self, endpoint: Uuid, max: usize, lease_until: DateTime<Utc>) -> Op<'_, Claim> {
         Box::pin(events::deliveries::claim_deliveries(self, endpoint, max, lease_until))

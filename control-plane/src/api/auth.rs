@@ -2,6 +2,9 @@
 //!
 //! Every `/api/v1/…` request (but the OpenAPI document) carries `Authorization: Bearer KEY` when
 //! keys are configured; `/healthz`, `/readyz` and `/metrics` stay open for probes and scrapers.
+//! A key has a role ([`Role`]): `read` keys read (GET, HEAD and the live streams), `operator`
+//! keys change campaigns, lists and endpoints too. A configured entry is `[ROLE:]KEY` or
+//! `[ROLE:]sha256:HEX` (the key's SHA-256, so the configuration need not hold the key).
 //! Keys are compared as SHA-256 digests in constant time (every configured key is compared, so
 //! the time does not tell which key or how much of one matched). Each key has its own token
 //! bucket (GCRA, `governor`): over it, 429 `key_rate_limited` with `Retry-After`. The console's
@@ -23,10 +26,58 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use super::settings::ApiSettings;
 
-/// The configured keys (as digests), one rate limiter per key, and the live streams each key
-/// holds open (the last slot: requests without a key).
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// GET and HEAD requests (reads and the live streams).
+    Read,
+    /// Everything: campaigns, lists, endpoints, caps.
+    Operator,
+}
+
+/// One configured key: its role and its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub role: Role,
+    pub digest: [u8; 32],
+}
+
+impl KeyEntry {
+    /// `[read:|operator:]KEY` or `[read:|operator:]sha256:HEX`; the role defaults to operator.
+    pub fn parse(entry: &str) -> Result<KeyEntry, String> {
+        let (role, rest) = match entry.split_once(':') {
+            Some(("read", rest)) => (Role::Read, rest),
+            Some(("operator", rest)) => (Role::Operator, rest),
+            _ => (Role::Operator, entry),
+        };
+        if let Some(hex) = rest.strip_prefix("sha256:") {
+            let bytes: Option<Vec<u8>> = (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect();
+            let digest = bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).ok_or_else(|| {
+                "a hashed key is sha256: and 64 hex digits (e.g. `printf %s KEY | sha256sum`)".to_string()
+            })?;
+            return Ok(KeyEntry { role, digest });
+        }
+        if rest.len() < 16 || rest.len() > 256 || !rest.chars().all(|c| c.is_ascii_graphic() && c != ',') {
+            return Err("an API key must be 16–256 visible ASCII characters without commas \
+                        (e.g. the output of `openssl rand -hex 24`), after an optional read: or operator:"
+                .into());
+        }
+        Ok(KeyEntry { role, digest: digest(rest.as_bytes()) })
+    }
+
+    /// The key's id in logs and messages: the first 12 hex digits of its SHA-256 (never the key).
+    pub fn id(&self) -> String {
+        self.digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The configured keys (as digests, with their roles), one rate limiter per key, and the live
+/// streams each key holds open (the last slot: requests without a key).
 pub struct Auth {
-    keys: Vec<[u8; 32]>,
+    keys: Vec<KeyEntry>,
     limits: Vec<Option<DefaultDirectRateLimiter>>,
     streams: Vec<AtomicUsize>,
     max_streams: usize,
@@ -51,7 +102,15 @@ impl Auth {
             Quota::per_second(rate).allow_burst(burst)
         });
         Arc::new(Auth {
-            keys: api.keys.iter().map(|k| digest(k.0.as_bytes())).collect(),
+            // Entries are checked when the configuration is read; one that does not parse here
+            // (a test's) is a key of its own text.
+            keys: api
+                .keys
+                .iter()
+                .map(|k| {
+                    KeyEntry::parse(&k.0).unwrap_or(KeyEntry { role: Role::Operator, digest: digest(k.0.as_bytes()) })
+                })
+                .collect(),
             limits: api.keys.iter().map(|_| quota.map(RateLimiter::direct)).collect(),
             streams: (0..=api.keys.len()).map(|_| AtomicUsize::new(0)).collect(),
             max_streams: api.max_streams_per_key,
@@ -73,12 +132,27 @@ impl Auth {
         self.find(presented).is_some()
     }
 
+    /// The id of `presented` ([`KeyEntry::id`]), if it is one of the keys.
+    pub fn key_id(&self, presented: &[u8]) -> Option<String> {
+        self.find(presented).map(|i| self.keys[i].id())
+    }
+
+    /// The id of the key a request came with.
+    pub fn caller_id(&self, caller: Caller) -> String {
+        self.keys.get(caller.0).map_or_else(String::new, KeyEntry::id)
+    }
+
+    /// The role of `presented`, if it is one of the keys.
+    pub fn role(&self, presented: &[u8]) -> Option<Role> {
+        self.find(presented).map(|i| self.keys[i].role)
+    }
+
     /// Which key `presented` is, comparing against every key in constant time.
     fn find(&self, presented: &[u8]) -> Option<usize> {
         let d = digest(presented);
         let mut found = None;
         for (i, k) in self.keys.iter().enumerate() {
-            if bool::from(k.ct_eq(&d)) {
+            if bool::from(k.digest.ct_eq(&d)) {
                 found = Some(i);
             }
         }
@@ -138,6 +212,16 @@ pub async fn require_key(State(auth): State<Arc<Auth>>, mut req: Request, next: 
     let Some(i) = auth.find(token) else {
         return unauthorized("unknown API key");
     };
+    if auth.keys[i].role == Role::Read && !reads {
+        let id = auth.keys[i].id();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("API key {id} is read-only (role read): it may only read; use an operator key to change anything"),
+        )
+        .field("Authorization")
+        .into_response();
+    }
     if let Some(limit) = &auth.limits[i]
         && let Err(not_until) = limit.check()
     {
@@ -158,6 +242,23 @@ pub async fn require_key(State(auth): State<Arc<Auth>>, mut req: Request, next: 
 mod tests {
     use super::super::settings::ApiKey;
     use super::*;
+
+    #[test]
+    fn an_entry_is_a_role_and_a_key_or_its_hash() {
+        let key = "reader-0123456789abcdef";
+        let read = KeyEntry::parse(&format!("read:{key}")).expect("a read key");
+        assert_eq!((read.role, read.digest), (Role::Read, digest(key.as_bytes())));
+        let hex: String = digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let hashed = KeyEntry::parse(&format!("operator:sha256:{hex}")).expect("a hashed key");
+        assert_eq!((hashed.role, hashed.digest), (Role::Operator, read.digest));
+        assert_eq!(KeyEntry::parse(key).map(|e| e.role), Ok(Role::Operator), "no role: operator");
+        assert_eq!(read.id(), hex[..12], "its id: the digest's start, never the key");
+        for bad in ["read:short", "sha256:abc", "operator:sha256:zz", "with,comma-0123456789abcdef"] {
+            assert!(KeyEntry::parse(bad).is_err(), "{bad}");
+        }
+        let api = ApiSettings { keys: vec![ApiKey(format!("read:sha256:{hex}"))], ..ApiSettings::default() };
+        assert_eq!(Auth::new(&api).role(key.as_bytes()), Some(Role::Read), "a hashed key is found by the key");
+    }
 
     #[test]
     fn each_key_holds_its_own_streams_up_to_the_limit() {

@@ -1,5 +1,6 @@
 //! The REST API (axum): campaigns, targets, calls, stats, health and the OpenAPI document.
 
+pub mod audit;
 pub mod auth;
 mod error;
 pub(crate) mod handlers;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub webhook_targets: crate::targets::TargetPolicy,
     /// Seals webhook secrets before they are stored.
     pub secrets: Arc<crate::secrets::Sealer>,
+    /// Who changed what, when.
+    pub audit: audit::AuditLog,
     /// `TELEPHONY_GLOBAL_MAX_CONCURRENCY` (0: none): a call may wait for it (`global_cap`).
     pub global_cap: u32,
     /// The API keys and the console's sessions.
@@ -157,6 +160,7 @@ impl CampaignCache {
         prompts::get_prompt,
         prompts::prompt_audio,
         prompts::delete_prompt,
+        audit::list,
     ),
     components(schemas(ErrorBody, ErrorDetail, handlers::Health, lists::CampaignUpload, lists::CampaignImported, lists::TargetsImported, lists::ImportRejected)),
     modifiers(&Security)
@@ -245,6 +249,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/webhooks/{id}/dead-letters", get(webhooks::dead_letters))
         .route("/api/v1/webhooks/{id}/dead-letters/replay", post(webhooks::replay))
         .route("/metrics/summary", get(webhooks::summary))
+        .route("/api/v1/audit", get(audit::list))
         .merge(
             crate::console::routes()
                 .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::console::guard)),
@@ -260,6 +265,8 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        // Inside the key check: it knows the caller's key.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(axum::middleware::from_fn_with_state(state.auth.clone(), auth::require_key))
         .layer(axum::middleware::from_fn(crate::observability::track_http))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {

@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::render;
 use crate::api::AppState;
+use crate::api::auth::Role;
 
 const SESSION_COOKIE: &str = "dialer_session";
 const CSRF_COOKIE: &str = "dialer_csrf";
@@ -28,7 +29,8 @@ const SESSIONS_MAX: usize = 10_000;
 /// Logged-in sessions, by the digest of their id.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    live: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Per session (its token's digest): until when, and the id of the key that opened it.
+    live: Mutex<HashMap<[u8; 32], (Instant, String)>>,
 }
 
 fn digest(id: &str) -> [u8; 32] {
@@ -42,25 +44,32 @@ fn random_token() -> String {
 }
 
 impl Sessions {
-    fn open(&self) -> String {
+    fn open(&self, key_id: String) -> String {
         let id = random_token();
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        live.retain(|_, until| *until > now);
+        live.retain(|_, (until, _)| *until > now);
         if live.len() >= SESSIONS_MAX
-            && let Some(oldest) = live.iter().min_by_key(|(_, until)| **until).map(|(k, _)| *k)
+            && let Some(oldest) = live.iter().min_by_key(|(_, (until, _))| *until).map(|(k, _)| *k)
         {
             live.remove(&oldest);
         }
-        live.insert(digest(&id), now + SESSION_TTL);
+        live.insert(digest(&id), (now + SESSION_TTL, key_id));
         id
+    }
+
+    /// The id of the key that opened the request's live session.
+    pub fn key_id(&self, headers: &HeaderMap) -> Option<String> {
+        let id = cookie(headers, SESSION_COOKIE)?;
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(&digest(id)).filter(|(until, _)| *until > Instant::now()).map(|(_, key)| key.clone())
     }
 
     /// Whether the request carries a live session.
     pub fn valid(&self, headers: &HeaderMap) -> bool {
         let Some(id) = cookie(headers, SESSION_COOKIE) else { return false };
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.get(&digest(id)).is_some_and(|until| *until > Instant::now())
+        live.get(&digest(id)).is_some_and(|(until, _)| *until > Instant::now())
     }
 
     fn close(&self, headers: &HeaderMap) {
@@ -189,11 +198,18 @@ pub async fn login(
     axum::Extension(csrf): axum::Extension<CsrfToken>,
     Checked(f): Checked<LoginForm>,
 ) -> Response {
-    if !st.auth.is_key(f.key.trim().as_bytes()) {
-        let page = LoginPage { csrf: csrf.0, error: Some("That is not an API key of this server.".into()) };
-        return (StatusCode::UNAUTHORIZED, render(&page)).into_response();
+    let key = f.key.trim().as_bytes();
+    let refused = match st.auth.role(key) {
+        None => Some((StatusCode::UNAUTHORIZED, "That is not an API key of this server.")),
+        // The console's forms change campaigns, lists and endpoints.
+        Some(Role::Read) => Some((StatusCode::FORBIDDEN, "That key is read-only; the console needs an operator key.")),
+        Some(Role::Operator) => None,
+    };
+    if let Some((status, why)) = refused {
+        let page = LoginPage { csrf: csrf.0, error: Some(why.into()) };
+        return (status, render(&page)).into_response();
     }
-    let id = st.auth.sessions.open();
+    let id = st.auth.sessions.open(st.auth.key_id(key).unwrap_or_default());
     let mut resp = Redirect::to("/").into_response();
     resp.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, SESSION_TTL.as_secs()));
     resp
@@ -223,10 +239,11 @@ mod tests {
     #[test]
     fn a_session_is_valid_until_closed_and_only_by_its_id() {
         let s = Sessions::default();
-        let id = s.open();
+        let id = s.open("0123456789ab".into());
         assert_eq!(id.len(), 64);
         let h = with_cookie(&format!("a=b; {SESSION_COOKIE}={id}"));
         assert!(s.valid(&h));
+        assert_eq!(s.key_id(&h).as_deref(), Some("0123456789ab"), "the key that opened it");
         assert!(!s.valid(&with_cookie(&format!("{SESSION_COOKIE}={}", random_token()))));
         assert!(!s.valid(&HeaderMap::new()));
         s.close(&h);

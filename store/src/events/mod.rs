@@ -13,6 +13,7 @@
 //!   that must wait behind its stream's event in flight or retried, that failed, or that is dead;
 //!   a delivered event with none leaves nothing but its lease, inserted and deleted.
 
+pub mod audit;
 pub mod deliveries;
 pub mod endpoints;
 pub mod log;
