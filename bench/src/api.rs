@@ -51,6 +51,10 @@ pub struct Args {
     /// Database URL instead of a harness-started PostgreSQL.
     #[arg(long)]
     url: Option<String>,
+    /// PostgreSQL without fsync, synchronous commit and full-page writes: faster, not what
+    /// operators run.
+    #[arg(long)]
+    fast_postgres: bool,
     /// Base URL of a running control plane (e.g. http://127.0.0.1:8080) instead of our own.
     #[arg(long)]
     target: Option<String>,
@@ -167,7 +171,7 @@ async fn server(a: &Args) -> Result<(String, Option<dialer_control_plane::Store>
     if let Some(t) = &a.target {
         return Ok((t.trim_start_matches("http://").trim_end_matches('/').to_string(), None, None));
     }
-    let (url, tmp) = crate::store_url(&a.store, a.url.as_ref())?;
+    let (url, tmp) = crate::store_url(&a.store, a.url.as_ref(), a.fast_postgres)?;
     let api = ApiSettings { max_body_bytes: 1 << 30, max_targets_per_request: a.targets, ..Default::default() };
     let mut limits = dialer_limiter::LimitSettings::default();
     limits.max_concurrent_calls = limits.max_concurrent_calls.max(a.connections as u32 * 2);

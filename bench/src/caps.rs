@@ -27,6 +27,10 @@ pub struct Args {
     /// and Redis).
     #[arg(long, default_value = "up")]
     mode: String,
+    /// In distributed mode, PostgreSQL without fsync, synchronous commit and full-page writes:
+    /// faster, not what operators run.
+    #[arg(long)]
+    fast_postgres: bool,
     #[arg(long, default_value_t = 1)]
     campaigns: usize,
     /// Every campaign's max_concurrent_calls.
@@ -124,9 +128,7 @@ fn start(a: &Args, bin: &Path, w: &Path, port: u16, call: (u64, u64), servers: &
     let mut limits = String::new();
     if distributed {
         let err = |e: dialer_testkit::HarnessError| anyhow::anyhow!("{e}");
-        let db = dialer_testkit::Postgres::shared()
-            .and_then(dialer_testkit::Postgres::create_database)
-            .map_err(anyhow::Error::msg)?;
+        let db = crate::postgres_database(a.fast_postgres)?;
         let redis = dialer_testkit::RedisServer::start().map_err(err)?;
         let kafka = dialer_testkit::Kafka::start().map_err(err)?;
         limits = format!("redis_url = \"{}\"\n", redis.url());

@@ -42,6 +42,10 @@ pub struct Args {
     /// PostgreSQL URL (a database) instead of the harness's.
     #[arg(long)]
     database_url: Option<String>,
+    /// PostgreSQL without fsync, synchronous commit and full-page writes: faster, not what
+    /// operators run.
+    #[arg(long)]
+    fast_postgres: bool,
     #[arg(long)]
     brokers: Option<String>,
     #[arg(long)]
@@ -65,9 +69,7 @@ pub async fn run(a: Args) -> Result<()> {
     let (min_ms, max_ms): (u64, u64) = (min_ms.parse()?, max_ms.parse()?);
     let db = match &a.database_url {
         Some(u) => u.clone(),
-        None => dialer_testkit::Postgres::shared()
-            .and_then(dialer_testkit::Postgres::create_database)
-            .map_err(anyhow::Error::msg)?,
+        None => crate::postgres_database(a.fast_postgres)?,
     };
     let (brokers, _kafka) = crate::kafka_or(a.brokers.as_ref())?;
     let (redis, _redis) = crate::redis_or(a.redis.as_ref())?;

@@ -108,6 +108,10 @@ pub struct StoreChoice {
     /// Database URL to use instead of a harness-started server.
     #[arg(long)]
     pub url: Option<String>,
+    /// PostgreSQL without fsync, synchronous commit and full-page writes (the tests' server):
+    /// faster, not what operators run; the output says so.
+    #[arg(long)]
+    pub fast_postgres: bool,
 }
 
 /// A database as operators run it: for `--store postgres` without `--url`, a PostgreSQL of the
@@ -116,25 +120,44 @@ pub struct StoreChoice {
 pub fn durable_store_url(
     db: &StoreChoice,
 ) -> Result<(String, Option<dialer_testkit::Postgres>, Option<tempfile::TempDir>)> {
-    if db.store == "postgres" && db.url.is_none() {
+    if db.store == "postgres" && db.url.is_none() && !db.fast_postgres {
         let pg = dialer_testkit::Postgres::own().map_err(|e| anyhow::anyhow!("{e}"))?;
         let url = pg.create_database().map_err(anyhow::Error::msg)?;
         return Ok((url, Some(pg), None));
     }
-    let (url, dir) = store_url(&db.store, db.url.as_ref())?;
+    let (url, dir) = store_url(&db.store, db.url.as_ref(), db.fast_postgres)?;
     Ok((url, None, dir))
 }
 
-/// A database for a bench: `url`, or a fresh PostgreSQL database from the harness, or a SQLite
-/// file in a temp dir (kept alive by the returned guard), by `--store`.
-pub fn store_url(store: &str, url: Option<&String>) -> Result<(String, Option<tempfile::TempDir>)> {
+/// The bench's own durable PostgreSQL (fsync, synchronous commit and full-page writes on, as
+/// operators run it), started once per run.
+fn durable_postgres() -> Result<&'static dialer_testkit::Postgres> {
+    static PG: std::sync::OnceLock<Result<dialer_testkit::Postgres, String>> = std::sync::OnceLock::new();
+    PG.get_or_init(|| dialer_testkit::Postgres::own().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("starting a durable PostgreSQL through the test harness: {e}"))
+}
+
+/// A new PostgreSQL database: on the bench's durable server, or with `fast` on the tests' server
+/// (fsync, synchronous commit and full-page writes off); says which.
+pub fn postgres_database(fast: bool) -> Result<String> {
+    let pg = if fast {
+        eprintln!("PostgreSQL: fast (fsync, synchronous commit and full-page writes off): not what operators run");
+        dialer_testkit::Postgres::shared()
+            .map_err(|e| anyhow::anyhow!("starting PostgreSQL through the test harness: {e}"))?
+    } else {
+        eprintln!("PostgreSQL: durable (fsync, synchronous commit and full-page writes on)");
+        durable_postgres()?
+    };
+    pg.create_database().map_err(anyhow::Error::msg)
+}
+
+/// A database for a bench: `url`, or a fresh PostgreSQL database (durable unless `fast`), or a
+/// SQLite file in a temp dir (kept alive by the returned guard), by `--store`.
+pub fn store_url(store: &str, url: Option<&String>, fast: bool) -> Result<(String, Option<tempfile::TempDir>)> {
     match (url, store) {
         (Some(u), _) => Ok((u.clone(), None)),
-        (None, "postgres") => dialer_testkit::Postgres::shared()
-            .and_then(dialer_testkit::Postgres::create_database)
-            .map(|u| (u, None))
-            .map_err(anyhow::Error::msg)
-            .context("starting PostgreSQL through the test harness"),
+        (None, "postgres") => postgres_database(fast).map(|u| (u, None)),
         (None, "sqlite") => {
             let d = tempfile::tempdir()?;
             Ok((format!("sqlite://{}", d.path().join("bench.db").display()), Some(d)))

@@ -120,7 +120,7 @@ pub async fn run(a: Args) -> Result<()> {
         bail!("--targets must be at least 100, --claim and --claims at least 1");
     }
     let at: DateTime<Utc> = DateTime::parse_from_rfc3339(&a.at).context("--at is RFC 3339")?.with_timezone(&Utc);
-    let (url, _tmp) = crate::store_url(&a.db.store, a.db.url.as_ref())?;
+    let (url, _tmp) = crate::store_url(&a.db.store, a.db.url.as_ref(), a.db.fast_postgres)?;
     let api =
         ApiSettings { max_body_bytes: 1 << 30, max_targets_per_request: a.dnc.max(a.targets), ..Default::default() };
     let store = Store::open(&url, &StoreSettings::default()).await.context("opening the store")?;
