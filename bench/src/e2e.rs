@@ -103,10 +103,12 @@ pub async fn run(a: Args) -> Result<()> {
     };
     let dp = start_dataplane(&a, &topics, partitions, redis, calls, &tracker)?;
     let (sched, stop, recorder) = start_pipeline(&a, &store, &topics)?;
+    let (cost0, pg0) = (crate::procstat::sample(), crate::procstat::pg_counts(&db).await);
     for id in &ids {
         store.transition(*id, CampaignAction::Start).await?;
     }
-    let drive = drive(&a, &store, &ids, &sched).await?;
+    let mut drive = drive(&a, &store, &ids, &sched).await?;
+    drive.cost = Some((cost0, crate::procstat::sample(), pg0, crate::procstat::pg_counts(&db).await));
     let _ = stop.send(true);
     let _ = recorder.await;
     dp.shutdown();
@@ -218,7 +220,11 @@ struct Drive {
     /// Calls queued and in progress in the store, at each tick: where the calls in flight sit.
     queued: Histogram<u64>,
     in_progress: Histogram<u64>,
+    /// /proc and PostgreSQL's counts at the start and the end of the drive.
+    cost: Option<Cost>,
 }
+
+type Cost = (crate::procstat::Sample, crate::procstat::Sample, Option<[i64; 5]>, Option<[i64; 5]>);
 
 /// Ticks the scheduler until every call is terminal (or `--timeout-s`), with a progress bar.
 async fn drive(
@@ -265,7 +271,7 @@ async fn drive(
     let drain = t0.elapsed().as_secs_f64();
     persisted.push((drain, crate::events_persisted(store, ids).await?));
     pb.finish_and_clear();
-    Ok(Drive { drain, timed_out, ticks, persisted, queued, in_progress })
+    Ok(Drive { drain, timed_out, ticks, persisted, queued, in_progress, cost: None })
 }
 
 /// Audits every call and attempt against the provider's ledger, prints and writes the figures;
@@ -312,6 +318,8 @@ async fn report(
         "recorders": a.recorders,
         "recorder": recorder_load(drain, a.recorders),
         "stage_ms_p50_p99": stage_latencies(store, ids).await?,
+        "cpu_per_dial": d.cost.as_ref().map(|(a, b, ..)| crate::procstat::per_dial(a, b, dials)),
+        "postgres_per_dial": d.cost.as_ref().map(|(.., p0, p1)| crate::procstat::pg_per_dial(*p0, *p1, dials)),
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
         println!("{k:<32} {v}");

@@ -15,6 +15,7 @@ mod limiter;
 mod media;
 mod occupancy;
 mod plot;
+mod procstat;
 mod restart;
 mod rules;
 mod sip;
