@@ -6,9 +6,7 @@
 //! Reports the calls up at once, how late packets went out after their slot (p50, p99, max,
 //! share later than one ptime), the arrivals, and the shard thread's CPU per concurrent stream
 //! (µs of CPU per second of stream; on loopback it includes the kernel's delivery of each
-//! packet to the receiver, about 30 % of it by `perf`, which a NIC would spare the sending core;
-//! steering that delivery to the other core with RPS on `lo` cost the sender more in this VM,
-//! its inter-processor interrupts being dearer than the delivery).
+//! packet to the receiver, which a NIC would spare the sending core).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -51,13 +51,10 @@ impl KeyEntry {
             _ => (Role::Operator, entry),
         };
         if let Some(hex) = rest.strip_prefix("sha256:") {
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-                .collect();
-            let digest = bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).ok_or_else(|| {
-                "a hashed key is sha256: and 64 hex digits (e.g. `printf %s KEY | sha256sum`)".to_string()
-            })?;
+            let digest =
+                crate::secrets::unhex(hex).and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).ok_or_else(|| {
+                    "a hashed key is sha256: and 64 hex digits (e.g. `printf %s KEY | sha256sum`)".to_string()
+                })?;
             return Ok(KeyEntry { role, digest });
         }
         if rest.len() < 16 || rest.len() > 256 || !rest.chars().all(|c| c.is_ascii_graphic() && c != ',') {
@@ -70,7 +67,7 @@ impl KeyEntry {
 
     /// The key's id in logs and messages: the first 12 hex digits of its SHA-256 (never the key).
     pub fn id(&self) -> String {
-        self.digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+        crate::secrets::hex(&self.digest[..6])
     }
 }
 
@@ -248,7 +245,7 @@ mod tests {
         let key = "reader-0123456789abcdef";
         let read = KeyEntry::parse(&format!("read:{key}")).expect("a read key");
         assert_eq!((read.role, read.digest), (Role::Read, digest(key.as_bytes())));
-        let hex: String = digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::secrets::hex(&digest(key.as_bytes()));
         let hashed = KeyEntry::parse(&format!("operator:sha256:{hex}")).expect("a hashed key");
         assert_eq!((hashed.role, hashed.digest), (Role::Operator, read.digest));
         assert_eq!(KeyEntry::parse(key).map(|e| e.role), Ok(Role::Operator), "no role: operator");

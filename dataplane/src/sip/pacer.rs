@@ -606,21 +606,32 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A stream per socket to `far`, SSRC = its index, first slots `step_us` apart from the
+    /// pacer's epoch, starting at (seq, timestamp).
+    fn spread(
+        pacer: &Rc<Pacer>,
+        socks: &[std::net::UdpSocket],
+        far: &Far,
+        step_us: u64,
+        start: (u16, u32),
+    ) -> Vec<Paced> {
+        let t0 = pacer.inner.borrow().epoch;
+        let streams = socks.iter().enumerate().map(|(i, s)| {
+            let p =
+                pacer.add(s.as_raw_fd(), t0 + Duration::from_micros(step_us * i as u64), (i as u32, start.0, start.1));
+            p.route(Some(far.addr()), Law::Ulaw);
+            p
+        });
+        streams.collect()
+    }
+
     #[test]
     fn streams_of_every_phase_send_one_packet_a_slot_in_sequence() {
         let (pacer, far) = (Pacer::new(), Far::new());
         let t0 = pacer.inner.borrow().epoch;
         let socks = sockets(40);
         // First slots spread over a packet time, half a millisecond apart.
-        let streams: Vec<Paced> = socks
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let p = pacer.add(s.as_raw_fd(), t0 + Duration::from_micros(500 * i as u64), (i as u32, 100, 8000));
-                p.route(Some(far.addr()), Law::Ulaw);
-                p
-            })
-            .collect();
+        let streams = spread(&pacer, &socks, &far, 500, (100, 8000));
         for t in 0..=200 {
             pacer.send_due(t0 + ms(t));
             far.drain();
@@ -709,15 +720,7 @@ mod tests {
         let (pacer, far) = (Pacer::new(), Far::new());
         let t0 = pacer.inner.borrow().epoch;
         let socks = sockets(100);
-        let streams: Vec<Paced> = socks
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let p = pacer.add(s.as_raw_fd(), t0 + Duration::from_micros(200 * i as u64), (i as u32, 0, 0));
-                p.route(Some(far.addr()), Law::Ulaw);
-                p
-            })
-            .collect();
+        let streams = spread(&pacer, &socks, &far, 200, (0, 0));
         // One round after 60 ms of nothing: a packet from each of the 100 streams, none lost
         // to a batch sized for one bucket.
         pacer.send_due(t0 + ms(60));
