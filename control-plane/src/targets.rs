@@ -28,19 +28,19 @@ const HOW_TO_ALLOW: &str = "deliveries go to public addresses only; set webhooks
 
 impl TargetPolicy {
     /// Why a delivery may not go to `ip` (`None`: it may).
-    pub fn refuse(&self, ip: IpAddr) -> Option<String> {
+    pub fn refuse(&self, ip: IpAddr) -> Option<Refused> {
         let class = not_public(ip).filter(|_| !self.allow_private)?;
-        Some(format!("{ip} is a {class} address; {HOW_TO_ALLOW}"))
+        Some(Refused::Address { ip, class })
     }
 
     /// The addresses a delivery may use of those a name resolved to, or why none.
-    pub fn keep(&self, name: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, String> {
+    pub fn keep(&self, name: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Refused> {
         let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
             addrs.into_iter().partition(|a| self.refuse(a.ip()).is_none());
         match (ok.is_empty(), refused.first()) {
             (true, Some(r)) => {
                 let class = not_public(r.ip()).unwrap_or_default();
-                Err(format!("{name} resolves to {}, a {class} address; {HOW_TO_ALLOW}", r.ip()))
+                Err(Refused::Name { name: name.to_string(), ip: r.ip(), class })
             }
             _ => Ok(ok),
         }
@@ -63,11 +63,11 @@ impl TargetPolicy {
                 }
             }
         };
-        refused.map_or(Ok(()), |why| Err(FieldError::new("url", why)))
+        refused.map_or(Ok(()), |why| Err(FieldError::new("url", why.to_string())))
     }
 
     /// Before a delivery to a URL whose host is an address (names go through [`Resolver`]).
-    pub fn check_literal(&self, url: &str) -> Result<(), String> {
+    pub fn check_literal(&self, url: &str) -> Result<(), Refused> {
         match host_port(url).map(|(h, _)| h) {
             Some(Host::Ipv4(ip)) => self.refuse(IpAddr::V4(ip)).map_or(Ok(()), Err),
             Some(Host::Ipv6(ip)) => self.refuse(IpAddr::V6(ip)).map_or(Ok(()), Err),
@@ -80,10 +80,16 @@ impl TargetPolicy {
 #[derive(Debug)]
 pub struct Resolver(pub TargetPolicy);
 
-/// A name that resolved only to refused addresses.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+/// Why a delivery may not go where its URL points.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    /// The URL's host is such an address.
+    #[error("{ip} is a {class} address; {HOW_TO_ALLOW}")]
+    Address { ip: IpAddr, class: &'static str },
+    /// The URL's name resolved only to such addresses (the first one named).
+    #[error("{name} resolves to {ip}, a {class} address; {HOW_TO_ALLOW}")]
+    Name { name: String, ip: IpAddr, class: &'static str },
+}
 
 impl reqwest::dns::Resolve for Resolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -91,7 +97,7 @@ impl reqwest::dns::Resolve for Resolver {
         Box::pin(async move {
             let host = name.as_str().to_string();
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let kept = policy.keep(&host, addrs).map_err(Refused)?;
+            let kept = policy.keep(&host, addrs)?;
             Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -122,8 +128,9 @@ mod tests {
         let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
         assert_eq!(deny.keep("mixed", vec![a("10.0.0.1:80"), a("93.184.216.34:80")]), Ok(vec![a("93.184.216.34:80")]));
         let e = deny.keep("rebound", vec![a("127.0.0.1:80")]).expect_err("only loopback");
-        assert!(e.starts_with("rebound resolves to 127.0.0.1, a loopback address;"), "{e}");
-        assert_eq!(deny.check_literal("http://[::1]:8080/h").map_err(|e| e.contains("loopback")), Err(true));
+        assert!(e.to_string().starts_with("rebound resolves to 127.0.0.1, a loopback address;"), "{e}");
+        let e = deny.check_literal("http://[::1]:8080/h").expect_err("loopback");
+        assert_eq!(e, Refused::Address { ip: "::1".parse().expect("ip"), class: "loopback" });
         assert!(deny.check_literal("http://example.com/h").is_ok());
     }
 }

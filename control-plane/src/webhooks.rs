@@ -399,7 +399,7 @@ impl Deliverer {
             };
         // The URL and secrets as the claim read them: a rotation applies from the next claim.
         let (secrets, sealed) = self.open_secrets(&claim.secrets);
-        let refused = self.settings.targets().check_literal(&claim.url).err().or(sealed);
+        let refused = self.settings.targets().check_literal(&claim.url).err().map(|e| e.to_string()).or(sealed);
         let target = Arc::new(Target { url: claim.url, secrets, refused });
         for d in claim.deliveries {
             slot.in_flight.fetch_add(1, Ordering::Relaxed);

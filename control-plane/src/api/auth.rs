@@ -35,6 +35,18 @@ pub enum Role {
     Operator,
 }
 
+/// Why a configured key is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadKey {
+    #[error("a hashed key is sha256: and 64 hex digits (e.g. `printf %s KEY | sha256sum`)")]
+    Hash,
+    #[error(
+        "an API key must be 16–256 visible ASCII characters without commas \
+         (e.g. the output of `openssl rand -hex 24`), after an optional read: or operator:"
+    )]
+    Plain,
+}
+
 /// One configured key: its role and its SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyEntry {
@@ -44,7 +56,7 @@ pub struct KeyEntry {
 
 impl KeyEntry {
     /// `[read:|operator:]KEY` or `[read:|operator:]sha256:HEX`; the role defaults to operator.
-    pub fn parse(entry: &str) -> Result<KeyEntry, String> {
+    pub fn parse(entry: &str) -> Result<KeyEntry, BadKey> {
         let (role, rest) = match entry.split_once(':') {
             Some(("read", rest)) => (Role::Read, rest),
             Some(("operator", rest)) => (Role::Operator, rest),
@@ -52,15 +64,11 @@ impl KeyEntry {
         };
         if let Some(hex) = rest.strip_prefix("sha256:") {
             let digest =
-                crate::secrets::unhex(hex).and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).ok_or_else(|| {
-                    "a hashed key is sha256: and 64 hex digits (e.g. `printf %s KEY | sha256sum`)".to_string()
-                })?;
+                crate::secrets::unhex(hex).and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).ok_or(BadKey::Hash)?;
             return Ok(KeyEntry { role, digest });
         }
         if rest.len() < 16 || rest.len() > 256 || !rest.chars().all(|c| c.is_ascii_graphic() && c != ',') {
-            return Err("an API key must be 16–256 visible ASCII characters without commas \
-                        (e.g. the output of `openssl rand -hex 24`), after an optional read: or operator:"
-                .into());
+            return Err(BadKey::Plain);
         }
         Ok(KeyEntry { role, digest: digest(rest.as_bytes()) })
     }

@@ -42,7 +42,8 @@ impl Context {
             .unwrap_or(&st.calling_rules)
             .compile("calling_rules")
             .map_err(|source| corrupt(Corrupt::Rules { campaign: campaign_id, source }))?;
-        let hours = hours(campaign).map_err(|value| corrupt(Corrupt::Value { what: "business hours", value }))?;
+        let hours =
+            hours(campaign).map_err(|e| corrupt(Corrupt::Value { what: "business hours", value: e.to_string() }))?;
         Ok(Context {
             running: campaign.status == CampaignStatus::InProgress,
             hours,
@@ -64,12 +65,21 @@ impl Context {
     }
 }
 
-fn hours(c: &Campaign) -> Result<BusinessHours, String> {
-    let tz = parse_tz(&c.time_zone).map_err(|e| e.to_string())?;
+/// Why a stored campaign's business hours do not read (the API checked them when they were set).
+#[derive(Debug, thiserror::Error)]
+enum BadHours {
+    #[error(transparent)]
+    Zone(#[from] dialer_domain::hours::UnknownTimeZone),
+    #[error(transparent)]
+    Window(#[from] dialer_domain::hours::WindowError),
+}
+
+fn hours(c: &Campaign) -> Result<BusinessHours, BadHours> {
+    let tz = parse_tz(&c.time_zone)?;
     let windows = c
         .business_hours
         .iter()
-        .map(|h| Window::parse(i64::from(h.day_of_week), &h.start, &h.end).map_err(|e| e.to_string()))
+        .map(|h| Window::parse(i64::from(h.day_of_week), &h.start, &h.end))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(BusinessHours { tz, windows })
 }

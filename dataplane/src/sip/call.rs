@@ -113,7 +113,7 @@ struct Media {
 impl Media {
     /// `None` for a call without a media plan; `Err` (why, as the attempt's reason) when its
     /// prompts or an RTP port cannot be had: the call is not dialled.
-    async fn prepare(uac: &Uac, msg: &DispatchMessage) -> Result<Option<Media>, String> {
+    async fn prepare(uac: &Uac, msg: &DispatchMessage) -> Result<Option<Media>, NoMedia> {
         let Some(plan) = msg.telephony.as_deref().and_then(|t| t.media.clone()) else { return Ok(None) };
         let load = |id: Option<uuid::Uuid>| async move {
             match id {
@@ -121,11 +121,20 @@ impl Media {
                 None => Ok(None),
             }
         };
-        let person = load(plan.prompt).await.map_err(|e| e.to_string())?;
-        let voicemail = load(plan.voicemail_prompt).await.map_err(|e| e.to_string())?;
-        let stream = RtpStream::bind(uac.local.ip(), &uac.ports).await.map_err(|e| e.to_string())?;
+        let person = load(plan.prompt).await?;
+        let voicemail = load(plan.voicemail_prompt).await?;
+        let stream = RtpStream::bind(uac.local.ip(), &uac.ports).await?;
         Ok(Some(Media { plan, stream, person, voicemail }))
     }
+}
+
+/// Why a call's media cannot be had (the call is not dialled).
+#[derive(Debug, thiserror::Error)]
+enum NoMedia {
+    #[error(transparent)]
+    Prompt(#[from] super::prompts::PromptError),
+    #[error(transparent)]
+    Port(#[from] super::media::RtpError),
 }
 
 /// How a call ended, as the far end's signalling tells it.
@@ -145,7 +154,7 @@ pub async fn place(uac: Rc<Uac>, msg: DispatchMessage) -> CallOutcome {
         Ok(m) => m,
         Err(why) => {
             tracing::warn!(call = %msg.call_id, reason = %why, "call not dialled: its media cannot be played");
-            return failed(Outcome::Failed, true, t0, None, &why, None);
+            return failed(Outcome::Failed, true, t0, None, &why.to_string(), None);
         }
     };
     let mut excluded = Vec::new();

@@ -77,7 +77,7 @@ fn api(a: &ApiSettings) -> Checked {
 fn api_keys(a: &ApiSettings) -> Checked {
     let mut seen = Vec::new();
     for (i, k) in a.keys.iter().enumerate() {
-        let entry = KeyEntry::parse(&k.0).map_err(|reason| invalid(&format!("api.keys[{i}]"), &reason))?;
+        let entry = KeyEntry::parse(&k.0).map_err(|reason| invalid(&format!("api.keys[{i}]"), reason.to_string()))?;
         if seen.contains(&entry.digest) {
             return Err(invalid("api.keys", "lists the same key twice"));
         }
