@@ -579,8 +579,8 @@ impl<'a> Dialog<'a> {
         }
         let (mut script, first) = Script::start(&m.plan);
         // From the answer the shard's pacer sends the stream's packets; this call wakes only
-        // for what it hears, its SIP messages, a prompt's end and, while the script listens
-        // (detection, the beep, keys), a 20 ms clock.
+        // for its SIP messages, a prompt's end and, while the script listens (detection, the
+        // beep, keys), a 20 ms clock that reads what came on the port.
         m.stream.start(&self.uac.pacer, answered.into_std());
         let mut over = perform(first, m);
         let mut tick = tokio::time::interval_at(answered, FRAME_TIME);
@@ -588,18 +588,14 @@ impl<'a> Dialog<'a> {
         // One timer for the whole call (not one per turn of the loop).
         let deadline = tokio::time::sleep_until(answered + self.uac.settings.max_call);
         tokio::pin!(deadline);
-        // When audio last came: detection hears silence only after a gap (the far end sends
-        // nothing, e.g. silence suppression), never for a packet that is merely late (that would
-        // break a beep in two and start the voicemail before it ended).
-        let mut last_audio = answered;
+        let mut ears = Ears { listening: true, last_audio: answered };
         while !over {
             let m = self.rtp.as_deref_mut().expect("a media call");
-            let (socket, inbuf, paced) = m.stream.parts();
+            ears.follow(&script, &mut m.stream);
             let event = tokio::select! {
                 msg = self.rx.recv() => Event::Sip(msg.map(Box::new)),
-                r = super::media::recv(socket, inbuf) => Event::Rtp(r),
-                () = played_out(paced) => Event::PlayedOut,
-                _ = tick.tick(), if script.needs_clock() => Event::Tick,
+                () = played_out(m.stream.paced()) => Event::PlayedOut,
+                _ = tick.tick(), if ears.listening => Event::Tick,
                 _ = &mut deadline => Event::Sip(None),
             };
             let now_ms = answered.elapsed().as_millis() as u32;
@@ -611,17 +607,8 @@ impl<'a> Dialog<'a> {
                     Step::Continue
                 }
                 Event::Sip(None) => break,
-                Event::Rtp(Ok((n, from))) => match m.stream.received(n, from) {
-                    Heard::Audio => {
-                        last_audio = Instant::now();
-                        script.audio(&m.stream.frame, now_ms)
-                    }
-                    Heard::Key(k) => script.key(k, now_ms),
-                    Heard::Nothing => Step::Continue,
-                },
-                Event::Rtp(Err(_)) => Step::Continue,
                 Event::PlayedOut => script.played_out(now_ms),
-                Event::Tick => clock(&mut script, last_audio.elapsed() > SILENT_AFTER, now_ms),
+                Event::Tick => ears.hear(&mut script, &mut m.stream, now_ms),
             };
             over = perform(step, self.rtp.as_deref_mut().expect("a media call"));
         }
@@ -730,7 +717,6 @@ const SILENT_AFTER: Duration = Duration::from_millis(70);
 /// What woke a media call.
 enum Event {
     Sip(Option<Box<Message>>),
-    Rtp(std::io::Result<(usize, SocketAddr)>),
     PlayedOut,
     Tick,
 }
@@ -761,16 +747,56 @@ async fn played_out(paced: Option<&super::pacer::Paced>) {
     }
 }
 
-/// The script's 20 ms clock: silence for detection when no audio came for a while (`gap`),
-/// then the time (the end of listening for keys).
-fn clock(script: &mut Script, gap: bool, now_ms: u32) -> Step {
-    if gap {
-        let step = script.audio(&[0; FRAME], now_ms);
-        if step != Step::Continue {
-            return step;
+/// Datagrams read from a stream's port at one tick at most (320 ms of audio): more is a
+/// flood, left to the socket's buffer (the kernel drops what does not fit).
+const READS_PER_TICK: usize = 16;
+
+/// What a media call hears: its port is read on a 20 ms clock while the script hears
+/// ([`Script::hears`]: detection, the beep, keys), and not at all otherwise.
+struct Ears {
+    listening: bool,
+    /// When audio last came: detection hears silence only after a gap in the far end's audio
+    /// (e.g. silence suppression), never for a packet that is merely late (that would break a
+    /// beep in two and start the voicemail before it ended).
+    last_audio: Instant,
+}
+
+impl Ears {
+    /// Starts or stops listening as the script does; what waited on the port while it did not
+    /// listen is stale and dropped.
+    fn follow(&mut self, script: &Script, stream: &mut RtpStream) {
+        let wants = script.hears();
+        if wants && !self.listening {
+            stream.discard_pending();
         }
+        self.listening = wants;
     }
-    script.tick(now_ms)
+
+    /// One tick: what came on the port since the last one, in order, then the clock (silence
+    /// for detection after a gap, the end of listening for keys).
+    fn hear(&mut self, script: &mut Script, stream: &mut RtpStream, now_ms: u32) -> Step {
+        for _ in 0..READS_PER_TICK {
+            let step = match stream.hear() {
+                None => break,
+                Some(Heard::Audio) => {
+                    self.last_audio = Instant::now();
+                    script.audio(&stream.frame, now_ms)
+                }
+                Some(Heard::Key(k)) => script.key(k, now_ms),
+                Some(Heard::Nothing) => Step::Continue,
+            };
+            if step != Step::Continue {
+                return step;
+            }
+        }
+        if self.last_audio.elapsed() > SILENT_AFTER {
+            let step = script.audio(&[0; FRAME], now_ms);
+            if step != Step::Continue {
+                return step;
+            }
+        }
+        script.tick(now_ms)
+    }
 }
 
 /// Whether a NOTIFY's `message/sipfrag` body reports a final response (`SIP/2.0 2xx…6xx`).

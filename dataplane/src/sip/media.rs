@@ -13,8 +13,6 @@ use std::time::Instant;
 
 use dialer_domain::media::g711::Law;
 use dialer_domain::media::rtp::{self, Keys};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 use super::pacer::{Paced, Pacer};
 use super::sdp::{DTMF_PT, Remote};
@@ -89,19 +87,14 @@ pub enum RtpError {
     NoPort,
 }
 
-/// A non-blocking socket on `addr`, registered with the runtime for reading only.
-#[allow(unsafe_code)]
-fn readable(addr: SocketAddr) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
+/// A non-blocking socket on `addr`, not registered with the runtime: a call reads it on its
+/// 20 ms clock (see [`RtpStream::hear`]). A socket in the runtime's epoll set costs the shard
+/// a wake-up callback for every packet it sends (the kernel signals write space as each one
+/// leaves), whatever the interest registered.
+fn nonblocking(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
-    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same for
-    // the AsyncFd's whole life.
-    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(std::io::Error::from)
-}
-
-/// The next datagram on a stream's port.
-pub async fn recv(socket: &AsyncFd<std::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-    socket.async_io(Interest::READABLE, |s| s.recv_from(buf)).await
+    Ok(socket)
 }
 
 /// What a datagram on the stream's port was.
@@ -120,9 +113,8 @@ pub enum Heard {
 pub struct RtpStream {
     /// Dropped before the socket: the pacer never sends from a closed descriptor.
     paced: Option<Paced>,
-    /// Registered for reading only: what it sends goes out through the pacer, and a socket
-    /// registered for writing too would wake the shard each time a packet left.
-    pub socket: AsyncFd<std::net::UdpSocket>,
+    /// Non-blocking, read on the call's clock; what it sends goes out through the pacer.
+    socket: std::net::UdpSocket,
     _port: Lease,
     remote: Option<Remote>,
     /// The far end's source, fixed by its first packet (symmetric RTP).
@@ -139,7 +131,7 @@ impl RtpStream {
         for _ in 0..pool.available() {
             let Some(port) = pool.free.borrow_mut().pop_front() else { break };
             let lease = Lease { port, pool: pool.clone() };
-            if let Ok(socket) = readable(SocketAddr::new(ip, port)) {
+            if let Ok(socket) = nonblocking(SocketAddr::new(ip, port)) {
                 return Ok(RtpStream {
                     paced: None,
                     socket,
@@ -156,7 +148,7 @@ impl RtpStream {
     }
 
     pub fn local(&self) -> SocketAddr {
-        self.socket.get_ref().local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Starts sending (silence until told to play), its first packet in the slot `first`:
@@ -166,12 +158,6 @@ impl RtpStream {
         let header = (r as u32, (r >> 32) as u16, (r >> 48) as u32 * FRAME as u32);
         self.paced = Some(pacer.add(self.socket.as_raw_fd(), first, header));
         self.route();
-    }
-
-    /// What a call waits on at once: the socket, the buffer to read into, and the stream's
-    /// place in the pacer (started at the answer; before it, nothing plays out).
-    pub fn parts(&mut self) -> (&AsyncFd<std::net::UdpSocket>, &mut [u8], Option<&Paced>) {
-        (&self.socket, &mut self.inbuf[..], self.paced.as_ref())
     }
 
     /// The stream's place in the pacer, once started.
@@ -205,14 +191,20 @@ impl RtpStream {
     /// Drops every datagram waiting on the port (what came before the answer); how many.
     pub fn discard_pending(&mut self) -> usize {
         let mut n = 0;
-        while self.socket.get_ref().recv_from(&mut self.inbuf[..]).is_ok() {
+        while self.socket.recv_from(&mut self.inbuf[..]).is_ok() {
             n += 1;
         }
         n
     }
 
+    /// The next datagram waiting on the port, read (`None`: none waits).
+    pub fn hear(&mut self) -> Option<Heard> {
+        let (n, from) = self.socket.recv_from(&mut self.inbuf[..]).ok()?;
+        Some(self.received(n, from))
+    }
+
     /// Reads a datagram of `n` bytes from `from` (in [`RtpStream::inbuf`]).
-    pub fn received(&mut self, n: usize, from: SocketAddr) -> Heard {
+    fn received(&mut self, n: usize, from: SocketAddr) -> Heard {
         let Some(p) = rtp::parse(&self.inbuf[..n]) else { return Heard::Nothing };
         match self.latched {
             Some(l) if l != from => return Heard::Nothing,
@@ -237,6 +229,17 @@ mod tests {
     use super::super::pacer::PTIME;
     use super::super::prompts::Prompt;
     use super::*;
+
+    /// The next datagram the stream hears, read as a call does: polled.
+    async fn heard(s: &mut RtpStream) -> Heard {
+        for _ in 0..100 {
+            if let Some(h) = s.hear() {
+                return h;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("nothing heard in 500 ms");
+    }
 
     #[test]
     fn shards_split_the_even_ports() {
@@ -274,20 +277,17 @@ mod tests {
         rtp::write_header(&mut pkt, 8, false, 1, 160, 7);
         pkt.extend_from_slice(&[0xd5; FRAME]);
         far.send_to(&pkt, from).await.expect("send");
-        let (n, src) = recv(&s.socket, &mut s.inbuf[..]).await.expect("recv");
-        assert_eq!(s.received(n, src), Heard::Audio);
+        assert_eq!(heard(&mut s).await, Heard::Audio);
         assert_eq!(s.frame, vec![8; FRAME]);
         rtp::write_header(&mut pkt, 96, false, 2, 320, 7);
         pkt.truncate(rtp::HEADER);
         pkt.extend_from_slice(&[9, 0x0a, 0, 160]);
         far.send_to(&pkt, from).await.expect("send");
-        let (n, src) = recv(&s.socket, &mut s.inbuf[..]).await.expect("recv");
-        assert_eq!(s.received(n, src), Heard::Key('9'));
+        assert_eq!(heard(&mut s).await, Heard::Key('9'));
         // Another source is not heard once the far end is latched.
         let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("stranger");
         stranger.send_to(&pkt, from).await.expect("send");
-        let (n, src) = recv(&s.socket, &mut s.inbuf[..]).await.expect("recv");
-        assert_eq!(s.received(n, src), Heard::Nothing);
+        assert_eq!(heard(&mut s).await, Heard::Nothing);
         // On hold (the far end's re-INVITE says sendonly): nothing is sent.
         let held = format!(
             "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 8\r\na=sendonly\r\n",

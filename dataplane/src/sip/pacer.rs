@@ -2,7 +2,7 @@
 //! stream keeps its own 20 ms slots (from its answer); the streams are kept in 20 buckets by
 //! the millisecond their slots fall on, and the clock, once a millisecond while any stream is
 //! live, writes the due bucket's packets into one batch and hands the whole batch to the kernel
-//! at once (one io_uring submission for every socket in it; a `sendmsg` each where io_uring
+//! at once (one io_uring submission for every socket in it; a `sendto` each where io_uring
 //! cannot be set up). A call does not wake for its packets: it tells the pacer what to play
 //! and hears back when a prompt has played out.
 //!
@@ -161,7 +161,7 @@ impl Pacer {
         self.lateness.snapshot()
     }
 
-    /// `io_uring` or `sendmsg`: how a batch reaches the kernel.
+    /// `io_uring` or `sendto`: how a batch reaches the kernel.
     pub fn io_name(&self) -> &'static str {
         self.inner.borrow().sender.name()
     }
@@ -407,8 +407,6 @@ mod send {
         bufs: Vec<[u8; PACKET]>,
         addrs: Vec<Addr>,
         slots: Vec<Instant>,
-        iovs: Vec<libc::iovec>,
-        hdrs: Vec<libc::msghdr>,
     }
 
     impl Batch {
@@ -419,8 +417,6 @@ mod send {
                 self.bufs.reserve(more);
                 self.addrs.reserve(more);
                 self.slots.reserve(more);
-                self.iovs.reserve(more);
-                self.hdrs.reserve(more);
             }
         }
 
@@ -453,87 +449,86 @@ mod send {
             self.bufs.clear();
             self.addrs.clear();
             self.slots.clear();
-            self.iovs.clear();
-            self.hdrs.clear();
         }
     }
 
-    /// The message headers of a batch's packets, pointing into its buffers and addresses
-    /// (valid while those are not changed).
-    fn headers(
-        bufs: &mut [[u8; PACKET]],
-        addrs: &mut [Addr],
-        iovs: &mut Vec<libc::iovec>,
-        hdrs: &mut Vec<libc::msghdr>,
-    ) {
-        iovs.clear();
-        hdrs.clear();
-        for buf in bufs.iter_mut() {
-            iovs.push(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: PACKET });
-        }
-        for (iov, addr) in iovs.iter_mut().zip(addrs.iter_mut()) {
-            // SAFETY: msghdr is plain old data; all zeros is a valid (empty) header.
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_name = (&raw mut addr.raw).cast();
-            h.msg_namelen = addr.len;
-            h.msg_iov = iov;
-            h.msg_iovlen = 1;
-            hdrs.push(h);
-        }
-    }
-
-    /// io_uring where it can be set up, else a `sendmsg` per packet.
+    /// io_uring where it can be set up, else a `sendto` per packet.
     pub struct Sender(Option<IoUring>);
 
     impl Sender {
         pub fn new() -> Sender {
-            Sender(IoUring::new(ENTRIES as u32).ok())
+            Sender(ring())
         }
 
         pub fn name(&self) -> &'static str {
-            if self.0.is_some() { "io_uring" } else { "sendmsg" }
+            if self.0.is_some() { "io_uring" } else { "sendto" }
         }
 
         /// Sends every packet of the batch; how many failed (a full socket buffer, a closed
         /// route: the packet is lost, as on the wire).
         pub fn flush(&mut self, batch: &mut Batch) -> usize {
-            let Batch { fds, bufs, addrs, iovs, hdrs, .. } = batch;
-            headers(bufs, addrs, iovs, hdrs);
+            let Batch { fds, bufs, addrs, .. } = batch;
             let submitted = match &mut self.0 {
-                Some(ring) => submit(ring, fds, hdrs),
+                Some(ring) => submit(ring, fds, bufs, addrs),
                 None => Err(()),
             };
             // Without a ring, or one that could not be entered (nothing reached the kernel):
             // plain calls, from now on.
             submitted.unwrap_or_else(|()| {
                 self.0 = None;
-                plain(fds, hdrs)
+                plain(fds, bufs, addrs)
             })
         }
     }
 
-    fn plain(fds: &[RawFd], hdrs: &[libc::msghdr]) -> usize {
+    /// A ring only this thread submits to, its completions reaped only when it waits for them
+    /// (no interrupting task work); a plain ring on kernels before 6.1.
+    fn ring() -> Option<IoUring> {
+        let entries = ENTRIES as u32;
+        IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(entries)
+            .or_else(|_| IoUring::new(entries))
+            .ok()
+    }
+
+    fn plain(fds: &[RawFd], bufs: &[[u8; PACKET]], addrs: &[Addr]) -> usize {
         let mut failed = 0;
-        for (fd, h) in fds.iter().zip(hdrs) {
-            // SAFETY: the header points into the batch, alive for this call.
-            let r = unsafe { libc::sendmsg(*fd, h, libc::MSG_DONTWAIT) };
+        for ((fd, buf), to) in fds.iter().zip(bufs).zip(addrs) {
+            // SAFETY: the buffer and the address live in the batch, alive for this call.
+            let r = unsafe {
+                libc::sendto(
+                    *fd,
+                    buf.as_ptr().cast(),
+                    PACKET,
+                    libc::MSG_DONTWAIT,
+                    (&raw const to.raw).cast(),
+                    to.len,
+                )
+            };
             failed += usize::from(r < 0);
         }
         failed
     }
 
-    /// One submission per `ENTRIES` packets, each waited for; how many failed, or `Err` when
-    /// the ring could not be entered with nothing submitted.
-    fn submit(ring: &mut IoUring, fds: &[RawFd], hdrs: &[libc::msghdr]) -> Result<usize, ()> {
+    /// One submission per `ENTRIES` packets (a `send` with its destination each: no message
+    /// header to copy in), each waited for; how many failed, or `Err` when the ring could not be
+    /// entered with nothing submitted.
+    fn submit(ring: &mut IoUring, fds: &[RawFd], bufs: &[[u8; PACKET]], addrs: &[Addr]) -> Result<usize, ()> {
         let mut failed = 0;
-        for (fds, hdrs) in fds.chunks(ENTRIES).zip(hdrs.chunks(ENTRIES)) {
+        for ((fds, bufs), addrs) in fds.chunks(ENTRIES).zip(bufs.chunks(ENTRIES)).zip(addrs.chunks(ENTRIES)) {
             {
                 let mut sq = ring.submission();
-                for (i, (fd, h)) in fds.iter().zip(hdrs).enumerate() {
-                    let e = opcode::SendMsg::new(types::Fd(*fd), h).flags(libc::MSG_DONTWAIT as u32).build();
-                    // SAFETY: the header, its iovec, buffer and address live in the batch,
-                    // which is not touched until every completion of this chunk is reaped
-                    // below. The queue has room: at most ENTRIES per chunk, all reaped.
+                for (i, ((fd, buf), to)) in fds.iter().zip(bufs).zip(addrs).enumerate() {
+                    let e = opcode::Send::new(types::Fd(*fd), buf.as_ptr(), PACKET as u32)
+                        .dest_addr((&raw const to.raw).cast())
+                        .dest_addr_len(to.len)
+                        .flags(libc::MSG_DONTWAIT)
+                        .build();
+                    // SAFETY: the buffer and address live in the batch, which is not touched
+                    // until every completion of this chunk is reaped below. The queue has
+                    // room: at most ENTRIES per chunk, all reaped.
                     unsafe { sq.push(&e.user_data(i as u64)) }.map_err(|_| ())?;
                 }
             }

@@ -246,6 +246,16 @@ impl Script {
         matches!(self.state, State::Detecting | State::AwaitingBeep { .. } | State::Listening { .. })
     }
 
+    /// Whether what comes on the call's port matters now: audio while it detects or waits for
+    /// the beep, keys while it listens for them (during its prompt too). A call reads its port
+    /// only then.
+    pub fn hears(&self) -> bool {
+        match self.state {
+            State::Person { .. } => !self.plan.keys.is_empty(),
+            _ => self.needs_clock(),
+        }
+    }
+
     /// Whether the script is over (it hung up).
     pub fn is_over(&self) -> bool {
         self.state == State::Over
@@ -327,14 +337,17 @@ mod tests {
         let (mut s, first) = Script::start(&plan(false, false));
         assert_eq!(first, Step::Play(Play::Person), "no detection: the message at once");
         assert!(!s.needs_clock(), "a prompt playing needs no clock: its end is told");
+        assert!(s.hears(), "but keys are heard while it plays");
         assert_eq!(s.played_out(3000), Step::Play(Play::Person), "repeat = 2");
         assert_eq!(s.played_out(6000), Step::Continue, "then listening for a key");
         assert!(s.needs_clock(), "listening ends by the clock");
         assert_eq!(s.tick(6500), Step::Continue);
         assert_eq!(s.tick(7000), Step::Hangup, "key_timeout_ms = 1000");
-        assert!(!s.needs_clock(), "over");
+        assert!(!s.needs_clock() && !s.hears(), "over");
         let r = s.result();
         assert_eq!((r.answered_by, r.dtmf, r.abandoned), (Some(AnsweredBy::Unknown), None, false));
+        let (s, _) = Script::start(&MediaPlan { keys: Default::default(), ..plan(false, false) });
+        assert!(!s.hears(), "a prompt without keys hears nothing: its port is not read");
         let (mut s, _) = Script::start(&plan(false, false));
         assert_eq!(s.key('1', 500), Step::Hangup);
         assert_eq!((s.result().dtmf.as_deref(), s.result().opted_out), (Some("1"), false));
