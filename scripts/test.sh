@@ -69,6 +69,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # --- tests -------------------------------------------------------------------------------------
 echo "== cargo test"
+# The README's walkthrough test runs scripts/stack.sh with the harness's stack binary.
+cargo build --quiet -p dialer-testkit --bins
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee /tmp/dialer-test.$$.log
 status=${PIPESTATUS[0]}

@@ -498,14 +498,7 @@ mod send {
         for ((fd, buf), to) in fds.iter().zip(bufs).zip(addrs) {
             // SAFETY: the buffer and the address live in the batch, alive for this call.
             let r = unsafe {
-                libc::sendto(
-                    *fd,
-                    buf.as_ptr().cast(),
-                    PACKET,
-                    libc::MSG_DONTWAIT,
-                    (&raw const to.raw).cast(),
-                    to.len,
-                )
+                libc::sendto(*fd, buf.as_ptr().cast(), PACKET, libc::MSG_DONTWAIT, (&raw const to.raw).cast(), to.len)
             };
             failed += usize::from(r < 0);
         }

@@ -42,11 +42,22 @@ pub fn spawn_with_env(dir: &Path, name: &str, args: &[String], env: &[(&str, Str
 
 /// One HTTP/1.1 request; the status and the body.
 pub fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    request(port, method, path, body, "")
+}
+
+/// One HTTP/1.1 request with the API key `key`; the status and the body as JSON.
+pub fn http_key(port: u16, key: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let (status, text) = request(port, method, path, body, &format!("Authorization: Bearer {key}\r\n"));
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// One HTTP/1.1 request with `headers` (each line ending in CRLF) added.
+fn request(port: u16, method: &str, path: &str, body: Option<&Value>, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let body = body.map(Value::to_string).unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{headers}\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
