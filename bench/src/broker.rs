@@ -156,7 +156,7 @@ pub async fn ceiling(brokers: &str, size: usize, n: u64) -> Result<Ceiling> {
 }
 
 pub async fn run(a: Args) -> Result<()> {
-    let (brokers, _kafka) = crate::kafka_or(a.brokers.as_ref())?;
+    let (brokers, _kafka) = crate::kafka_or(a.brokers.as_ref()).await?;
     let c = ceiling(&brokers, a.message_bytes, a.messages).await?;
     println!("{:<30} {:>12.0}", "produce_msgs_per_sec", c.produce);
     println!("{:<30} {:>12.0}", "consume_msgs_per_sec", c.consume);

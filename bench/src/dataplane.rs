@@ -419,7 +419,7 @@ async fn bus_choice(a: &Args, shards: usize, partitions: i32, sample_campaign: U
 /// Topics of the bench's own on the broker (a Kafka of its own when none is given), and the
 /// broker's own produce+consume ceiling measured first.
 async fn kafka_buses(a: &Args, partitions: i32, sample_campaign: Uuid) -> Result<Buses> {
-    let (brokers, kafka) = crate::kafka_or(a.brokers.as_ref())?;
+    let (brokers, kafka) = crate::kafka_or(a.brokers.as_ref()).await?;
     let run = std::process::id();
     let topics = BusSettings {
         brokers: brokers.clone(),

@@ -71,7 +71,7 @@ pub async fn run(a: Args) -> Result<()> {
         Some(u) => u.clone(),
         None => crate::postgres_database(a.fast_postgres)?,
     };
-    let (brokers, _kafka) = crate::kafka_or(a.brokers.as_ref())?;
+    let (brokers, kafka) = crate::kafka_or(a.brokers.as_ref()).await?;
     let (redis, _redis) = crate::redis_or(a.redis.as_ref())?;
     let store = Store::open(&db, &StoreSettings { max_connections: 32, ..Default::default() }).await?;
     let run = std::process::id();
@@ -113,7 +113,9 @@ pub async fn run(a: Args) -> Result<()> {
     let _ = recorder.await;
     dp.shutdown();
     tokio::task::spawn_blocking(move || dp.join()).await??;
-    report(&a, &store, &ids, &drive, ledger_dir.path(), &tracker).await
+    // What the pipeline wrote to the broker (its own broker only: its log directory is ours).
+    let broker_bytes = kafka.as_ref().map(|k| (k.log_bytes(&topics.dispatch_topic), k.log_bytes(&topics.status_topic)));
+    report(&a, &store, &ids, &drive, ledger_dir.path(), &tracker, broker_bytes).await
 }
 
 async fn create_campaigns(a: &Args, store: &dialer_control_plane::Store) -> Result<Vec<uuid::Uuid>> {
@@ -283,6 +285,7 @@ async fn report(
     d: &Drive,
     ledgers: &std::path::Path,
     tracker: &Tracker,
+    broker_bytes: Option<(u64, u64)>,
 ) -> Result<()> {
     let total = (a.campaigns * a.targets) as i64;
     let crate::Progress { terminal, .. } = crate::progress(store, ids).await?;
@@ -320,6 +323,12 @@ async fn report(
         "stage_ms_p50_p99": stage_latencies(store, ids).await?,
         "cpu_per_dial": d.cost.as_ref().map(|(a, b, ..)| crate::procstat::per_dial(a, b, dials)),
         "postgres_per_dial": d.cost.as_ref().map(|(.., p0, p1)| crate::procstat::pg_per_dial(*p0, *p1, dials)),
+        // Written once by the producers, read once by the consumers: each byte crosses the
+        // network twice (more with replication).
+        "kafka_bytes_per_dial": broker_bytes.map(|(dispatch, status)| json!({
+            "dispatch": dispatch as f64 / dials.max(1) as f64,
+            "status": status as f64 / dials.max(1) as f64,
+        })),
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
         println!("{k:<32} {v}");

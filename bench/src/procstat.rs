@@ -60,6 +60,13 @@ fn machine() -> (f64, f64) {
     (total - idle, total)
 }
 
+impl Sample {
+    /// CPU seconds of the processes of `kind` (e.g. `"kafka"`) at this sample.
+    pub fn cpu(&self, kind: &str) -> f64 {
+        self.cpu.get(kind).copied().unwrap_or(0.0)
+    }
+}
+
 /// Now.
 pub fn sample() -> Sample {
     let mut cpu = BTreeMap::new();

@@ -197,6 +197,19 @@ impl Kafka {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Bytes in the log segments of the topics whose names start with `prefix`: what producers
+    /// wrote to them, as the broker stores it (segments are not preallocated).
+    pub fn log_bytes(&self, prefix: &str) -> u64 {
+        let partitions = std::fs::read_dir(self.dir.path().join("data")).into_iter().flatten().flatten();
+        partitions
+            .filter(|p| p.file_name().to_string_lossy().starts_with(prefix))
+            .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
+            .filter(|f| f.path().extension().is_some_and(|x| x == "log"))
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// SIGKILLs the server (its log stays: a restart finds the committed data).
     pub fn kill(&self) {
         self.process.kill();
