@@ -108,12 +108,13 @@ if grep -nE '\+[0-9]{8,15}' "$data/up.log"; then echo "smoke: FAILED: a full pho
 if grep -n "$key" "$data/up.log"; then echo "smoke: FAILED: the API key is in the log"; smoke_ok=0; fi
 if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); cat "$data/up.log"; fi
 
-# --- a short fault run under a binding global cap (24 < 5+12+19): SIGKILLed data planes, Redis,
-# broker and PostgreSQL restarts ---------------------------------------------------------------
-echo "== chaos: bench chaos (short)"
+# --- a 60 s fault run under a binding global cap (24 < 5+12+19), two control planes and two data
+# planes: SIGKILLed data planes and control planes, processes frozen past their leases (SIGSTOP),
+# Redis, broker and PostgreSQL restarts ------------------------------------------------------------
+echo "== chaos: bench chaos (60 s)"
 cargo build --quiet -p dialer -p dialer-bench
-if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 30 --campaigns 3 --targets 200 --global-cap 24 \
-  --faults kill,redis,broker,postgres --settle-timeout-s 300 --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
+if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 60 --campaigns 3 --targets 300 --global-cap 24 \
+  --faults kill,cp-kill,freeze,redis,broker,postgres --settle-timeout-s 300 --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
   passed=$((passed + 1))
 else
   failed=$((failed + 1))

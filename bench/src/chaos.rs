@@ -1,9 +1,12 @@
-//! `bench chaos`: the distributed mode as real processes on loopback — `dialer control-plane`
-//! (API, scheduler, recorder) and `--dataplanes` × `dialer dataplane` (static assignment, one
-//! shard each, attempt journal on) over harness-owned PostgreSQL, Redis and Apache Kafka — with faults
-//! injected while campaigns run: a data plane SIGKILLed and restarted every `--kill-every-s`,
-//! redis-server restarted (its data lost), the broker restarted, PostgreSQL restarted (immediate
-//! shutdown). After the faults stop and every campaign completes, it checks the guarantees:
+//! `bench chaos`: the distributed mode as real processes on loopback — `--control-planes` ×
+//! `dialer control-plane` (API, scheduler, recorder, reaper) on one PostgreSQL and
+//! `--dataplanes` × `dialer dataplane` (static assignment or one consumer group, one shard each,
+//! attempt journal on) over harness-owned durable PostgreSQL, Redis and Apache Kafka — with faults
+//! injected while campaigns run: a data plane SIGKILLed and restarted every `--kill-every-s`, a
+//! control plane every `--cp-kill-every-s`, a process (data planes and control planes in turn)
+//! frozen with SIGSTOP for `--freeze-s`, past its leases, then thawed, redis-server restarted (its
+//! data lost), the broker restarted, PostgreSQL restarted (immediate shutdown). After the faults
+//! stop and every campaign completes, it checks the guarantees:
 //!
 //! - **no cap violation**, from the provider's ledger (the carrier's view: every call placed,
 //!   with its planned end, written with `O_APPEND` so a killed process loses nothing): the
@@ -48,6 +51,20 @@ pub struct Args {
     global_cap: u32,
     #[arg(long, default_value_t = 2)]
     dataplanes: usize,
+    /// Control-plane replicas on the one PostgreSQL (each API, scheduler, recorder, reaper).
+    #[arg(long, default_value_t = 2)]
+    control_planes: usize,
+    /// A control plane is SIGKILLed (and restarted a second later) this often (fault `cp-kill`).
+    #[arg(long, default_value_t = 15)]
+    cp_kill_every_s: u64,
+    /// A process is frozen (SIGSTOP, then SIGCONT `--freeze-s` later) this often, data planes
+    /// and control planes in turn (fault `freeze`).
+    #[arg(long, default_value_t = 20)]
+    freeze_every_s: u64,
+    /// How long a frozen process stays stopped: longer than the data planes' 5 s lease and the
+    /// group's 6 s session, so the others take over what it held.
+    #[arg(long, default_value_t = 8)]
+    freeze_s: u64,
     /// A data plane is SIGKILLed (and restarted a second later) this often.
     #[arg(long, default_value_t = 10)]
     kill_every_s: u64,
@@ -61,8 +78,9 @@ pub struct Args {
     /// last; 0: once each, at a quarter, half and three quarters of `--fault-seconds`.
     #[arg(long, default_value_t = 0)]
     restart_every_s: u64,
-    /// Which faults to inject (comma-separated): kill, redis, broker, postgres.
-    #[arg(long, default_value = "kill,redis,broker,postgres", value_delimiter = ',')]
+    /// Which faults to inject (comma-separated): kill (a data plane), cp-kill (a control plane),
+    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres.
+    #[arg(long, default_value = "kill,cp-kill,freeze,redis,broker,postgres", value_delimiter = ',')]
     faults: Vec<String>,
     /// How long the campaigns may take to finish after the faults stop.
     #[arg(long, default_value_t = 600)]
@@ -118,6 +136,11 @@ impl Proc {
         }
         self.child = Some(c.spawn().with_context(|| format!("starting {}", self.name))?);
         Ok(())
+    }
+
+    /// The running process's id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub(crate) fn kill9(&mut self) {
@@ -270,17 +293,19 @@ struct Cluster {
     redis: dialer_testkit::RedisServer,
     kafka: dialer_testkit::Kafka,
     work: tempfile::TempDir,
-    cp: Proc,
+    cps: Vec<Proc>,
     dps: Vec<Proc>,
 }
+
+const FAULTS: [&str; 6] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres"];
 
 pub async fn run(a: Args) -> Result<()> {
     if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
         bail!("--min-campaign-cap must be between 1 and --campaign-cap ({})", a.campaign_cap);
     }
     for f in &a.faults {
-        if !["kill", "redis", "broker", "postgres"].contains(&f.as_str()) {
-            bail!("--faults: unknown fault {f:?}; pick from kill, redis, broker, postgres");
+        if !FAULTS.contains(&f.as_str()) {
+            bail!("--faults: unknown fault {f:?}; pick from {}", FAULTS.join(", "));
         }
     }
     let mut cluster = start_cluster(&a).await?;
@@ -289,10 +314,9 @@ pub async fn run(a: Args) -> Result<()> {
     let faults = inject_faults(&a, &mut cluster, t0).await?;
     let completed = settle(&a, &cluster.db, &ids).await?;
     let elapsed = t0.elapsed().as_secs_f64();
-    for d in &mut cluster.dps {
-        d.stop();
+    for p in cluster.dps.iter_mut().chain(cluster.cps.iter_mut()) {
+        p.stop();
     }
-    cluster.cp.stop();
     check_guarantees(&a, cluster, &ids, &caps, &faults, completed, elapsed).await
 }
 
@@ -329,22 +353,19 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     )?;
     write_tuning(a, w, partitions)?;
     let config = w.join("dialer.toml").display().to_string();
-    let mut cp = Proc {
-        name: "control-plane".into(),
-        cmd: vec!["--config".into(), config.clone(), "control-plane".into()],
-        env: vec![],
-        log: w.join("control-plane.log"),
-        child: None,
-    };
-    cp.spawn(&bin)?;
-    if !dialer_testkit::wait_for_port(api_port, Duration::from_secs(60)) {
-        bail!("the control plane did not start; its log:\n{}", std::fs::read_to_string(&cp.log).unwrap_or_default());
+    let mut cps = control_plane_procs(a, w, &config, api_port);
+    for cp in &mut cps {
+        cp.spawn(&bin)?;
+        let port = cp.env[0].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(api_port);
+        if !dialer_testkit::wait_for_port(port, Duration::from_secs(60)) {
+            bail!("{} did not start; its log:\n{}", cp.name, std::fs::read_to_string(&cp.log).unwrap_or_default());
+        }
     }
     let mut dps = dataplane_procs(a, w, &config);
     for d in &mut dps {
         d.spawn(&bin)?;
     }
-    Ok(Cluster { bin, pg, db, redis, kafka, work, cp, dps })
+    Ok(Cluster { bin, pg, db, redis, kafka, work, cps, dps })
 }
 
 /// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
@@ -366,6 +387,22 @@ fn write_tuning(a: &Args, w: &Path, partitions: usize) -> Result<()> {
         ),
     )?;
     Ok(())
+}
+
+/// The control-plane replicas (not started), each its own API port (the first `api_port`).
+fn control_plane_procs(a: &Args, w: &Path, config: &str, api_port: u16) -> Vec<Proc> {
+    (0..a.control_planes.max(1))
+        .map(|k| {
+            let port = if k == 0 { api_port } else { dialer_testkit::free_port() };
+            Proc {
+                name: format!("control-plane-{k}"),
+                cmd: vec!["--config".into(), config.to_string(), "control-plane".into()],
+                env: vec![("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}"))],
+                log: w.join(format!("control-plane-{k}.log")),
+                child: None,
+            }
+        })
+        .collect()
 }
 
 /// The data-plane processes (not started): static instances K of N, or members of one group;
@@ -426,6 +463,8 @@ async fn create_campaigns(a: &Args, db: &str) -> Result<(Vec<Uuid>, HashMap<Uuid
 #[derive(Debug, Default)]
 struct Faults {
     kills: u64,
+    cp_kills: u64,
+    freezes: u64,
     redis_restarts: u64,
     broker_restarts: u64,
     pg_restarts: u64,
@@ -455,10 +494,93 @@ fn restart_schedule(a: &Args, t0: Instant) -> Vec<(Instant, &'static str)> {
     scheduled
 }
 
-/// SIGKILLs a data plane every `--kill-every-s` and restarts the servers on schedule, for
-/// `--fault-seconds`.
-async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults> {
+/// When the next fault of each periodic kind comes, and the frozen process to thaw.
+struct Clock {
+    kill: Instant,
+    cp_kill: Instant,
+    freeze: Instant,
+    /// When to send SIGCONT, to which process, and its name.
+    thaw: Option<(Instant, u32, String)>,
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).stderr(Stdio::null()).status();
+}
+
+/// SIGKILLs the process whose `turn` it is and starts it again a second later; its name.
+async fn kill_and_restart(procs: &mut [Proc], turn: u64, bin: &Path) -> Result<String> {
+    let k = turn as usize % procs.len();
+    procs[k].kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    procs[k].spawn(bin)?;
+    Ok(procs[k].name.clone())
+}
+
+/// The periodic faults due now: a data plane or a control plane SIGKILLed and restarted, a
+/// process frozen (data planes and control planes in turn) or thawed.
+async fn periodic_faults(a: &Args, c: &mut Cluster, f: &mut Faults, clock: &mut Clock) -> Result<Option<String>> {
+    let on = |x: &str| a.faults.iter().any(|y| y == x);
+    let now = Instant::now();
+    if let Some((at, pid, name)) = clock.thaw.take() {
+        if now < at {
+            clock.thaw = Some((at, pid, name));
+        } else {
+            signal(pid, "CONT");
+            return Ok(Some(format!("SIGCONT {name}")));
+        }
+    }
+    if on("kill") && now >= clock.kill {
+        clock.kill += Duration::from_secs(a.kill_every_s);
+        f.kills += 1;
+        let name = kill_and_restart(&mut c.dps, f.kills - 1, &c.bin).await?;
+        return Ok(Some(format!("SIGKILL {name} (data-plane kills {})", f.kills)));
+    }
+    if on("cp-kill") && now >= clock.cp_kill {
+        clock.cp_kill += Duration::from_secs(a.cp_kill_every_s);
+        f.cp_kills += 1;
+        let name = kill_and_restart(&mut c.cps, f.cp_kills - 1, &c.bin).await?;
+        return Ok(Some(format!("SIGKILL {name} (control-plane kills {})", f.cp_kills)));
+    }
+    if on("freeze") && now >= clock.freeze && clock.thaw.is_none() {
+        clock.freeze += Duration::from_secs(a.freeze_every_s);
+        let k = f.freezes as usize / 2;
+        let p = if f.freezes.is_multiple_of(2) { &c.dps[k % c.dps.len()] } else { &c.cps[k % c.cps.len()] };
+        f.freezes += 1;
+        if let Some(pid) = p.pid() {
+            signal(pid, "STOP");
+            clock.thaw = Some((now + Duration::from_secs(a.freeze_s), pid, p.name.clone()));
+            return Ok(Some(format!("SIGSTOP {} for {} s", p.name, a.freeze_s)));
+        }
+    }
+    Ok(None)
+}
+
+/// Restarts the server whose turn it is; what it restarted.
+async fn restart_server(c: &mut Cluster, f: &mut Faults, what: &str) -> Result<()> {
     let err = |e: dialer_testkit::HarnessError| anyhow::anyhow!("{e}");
+    match what {
+        "redis" => {
+            c.redis.restart().map_err(err)?;
+            f.redis_restarts += 1;
+        }
+        "broker" => {
+            c.kafka.kill();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.kafka.restart().map_err(err)?;
+            f.broker_restarts += 1;
+        }
+        _ => {
+            c.pg.restart().map_err(err)?;
+            f.pg_restarts += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Injects the faults chosen for `--fault-seconds`: SIGKILLs of data planes and control planes,
+/// freezes, and the servers' restarts on schedule. A process still frozen at the end is thawed.
+async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults> {
     let pb = ProgressBar::new(a.fault_seconds);
     pb.set_style(
         ProgressStyle::with_template("chaos {bar:40} {pos}/{len} s of faults  {msg}")
@@ -466,48 +588,37 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
     );
     let fault_end = t0 + Duration::from_secs(a.fault_seconds);
     let mut f = Faults::default();
-    let on = |f: &str| a.faults.iter().any(|x| x == f);
-    let mut next_kill = t0 + Duration::from_secs(a.kill_every_s);
+    let after = |s: u64| t0 + Duration::from_secs(s);
+    let mut clock = Clock {
+        kill: after(a.kill_every_s),
+        cp_kill: after(a.cp_kill_every_s),
+        freeze: after(a.freeze_every_s),
+        thaw: None,
+    };
     let mut scheduled = restart_schedule(a, t0);
     while Instant::now() < fault_end {
         tokio::time::sleep(Duration::from_millis(200)).await;
         pb.set_position(t0.elapsed().as_secs());
-        if on("kill") && Instant::now() >= next_kill {
-            let k = (f.kills as usize) % c.dps.len();
-            c.dps[k].kill9();
-            f.kills += 1;
-            pb.set_message(format!("SIGKILL dataplane-{k} (kills {})", f.kills));
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            c.dps[k].spawn(&c.bin)?;
-            next_kill += Duration::from_secs(a.kill_every_s);
+        if let Some(what) = periodic_faults(a, c, &mut f, &mut clock).await? {
+            pb.set_message(what);
         }
         if let Some(pos) = scheduled.iter().position(|(t, _)| Instant::now() >= *t) {
             let (_, what) = scheduled.remove(pos);
             pb.set_message(format!("restarting {what}"));
-            match what {
-                "redis" => {
-                    c.redis.restart().map_err(err)?;
-                    f.redis_restarts += 1;
-                }
-                "broker" => {
-                    c.kafka.kill();
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    c.kafka.restart().map_err(err)?;
-                    f.broker_restarts += 1;
-                }
-                _ => {
-                    c.pg.restart().map_err(err)?;
-                    f.pg_restarts += 1;
-                }
-            }
+            restart_server(c, &mut f, what).await?;
         }
+    }
+    if let Some((_, pid, _)) = clock.thaw.take() {
+        signal(pid, "CONT");
     }
     pb.finish_and_clear();
     println!(
-        "faults over after {:.0} s: {} data-plane kills, {} Redis, {} broker, {} PostgreSQL restarts; \
-         waiting for the campaigns to finish",
+        "faults over after {:.0} s: {} data-plane kills, {} control-plane kills, {} freezes, {} Redis, {} broker, \
+         {} PostgreSQL restarts; waiting for the campaigns to finish",
         t0.elapsed().as_secs_f64(),
         f.kills,
+        f.cp_kills,
+        f.freezes,
         f.redis_restarts,
         f.broker_restarts,
         f.pg_restarts
@@ -597,7 +708,10 @@ async fn check_guarantees(
         "duplicates": ledger_duplicates + topic_duplicates,
         "ledger_duplicates": ledger_duplicates,
         "status_topic_duplicates": topic_duplicates,
+        "control_planes": a.control_planes,
         "dataplane_kills": f.kills,
+        "control_plane_kills": f.cp_kills,
+        "freezes": f.freezes,
         "redis_restarts": f.redis_restarts,
         "broker_restarts": f.broker_restarts,
         "postgres_restarts": f.pg_restarts,
