@@ -24,6 +24,15 @@ use super::{ApiError, AppState, ErrorBody};
 /// Entries waiting for the writer at most.
 const QUEUE: usize = 10_000;
 
+/// Entries in one write at most.
+const BATCH: usize = 500;
+
+/// How long the writer waits for a batch to fill once an entry came: one write of many entries
+/// costs PostgreSQL far less than many writes of a few (at 10k changes a second, writes of what
+/// happened to be queued cost a fifth of the API's throughput). An entry is readable this much
+/// later at most.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The audit log's queue (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct AuditLog {
@@ -36,7 +45,8 @@ impl AuditLog {
         let (tx, mut rx) = mpsc::channel::<AuditEntry>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::new();
-            while rx.recv_many(&mut batch, 500).await > 0 {
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
+                fill(&mut rx, &mut batch).await;
                 let mut wait = std::time::Duration::from_millis(100);
                 while let Err(e) = store.append_audit(&batch).await {
                     tracing::warn!(error = %e, n = batch.len(), "writing the audit log failed; will retry");
@@ -52,6 +62,18 @@ impl AuditLog {
     async fn record(&self, e: AuditEntry) {
         if self.tx.send(e).await.is_err() {
             tracing::error!("the audit log's writer is gone; an entry is lost");
+        }
+    }
+}
+
+/// Adds to `batch` what comes within [`LINGER`], up to [`BATCH`] entries.
+async fn fill(rx: &mut mpsc::Receiver<AuditEntry>, batch: &mut Vec<AuditEntry>) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while batch.len() < BATCH {
+        let room = BATCH - batch.len();
+        match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
         }
     }
 }

@@ -6,7 +6,9 @@ use sqlx::QueryBuilder;
 use crate::StoreError;
 use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
 
+/// Appends `entries` in one transaction (one commit however many statements).
 pub async fn append<D: Dialect>(pool: &sqlx::Pool<D>, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
     for chunk in entries.chunks(super::CHUNK / 8) {
         let mut q = QueryBuilder::<D>::new("INSERT INTO audit_log (at, key_id, method, path, status, before, after) ");
         q.push_values(chunk, |mut b, e| {
@@ -19,8 +21,9 @@ pub async fn append<D: Dialect>(pool: &sqlx::Pool<D>, entries: &[AuditEntry]) ->
                 .push_arg(json(&e.before))
                 .push_arg(json(&e.after));
         });
-        q.build().run(&mut *pool.acquire().await?).await?;
+        q.build().run(&mut *tx).await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
