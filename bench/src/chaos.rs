@@ -332,18 +332,19 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     let kafka = dialer_testkit::Kafka::start().map_err(err)?;
     let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
     let w = work.path();
-    let api_port = dialer_testkit::free_port();
+    let api_ports: Vec<u16> = (0..a.control_planes.max(1)).map(|_| dialer_testkit::free_port()).collect();
     let partitions = (a.dataplanes * 4).max(8);
     std::fs::write(
         w.join("dialer.toml"),
         format!(
-            "[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+            "[api]\nlisten = \"127.0.0.1:{api}\"\n\
              [store]\nurl = \"{db}\"\nmax_connections = 16\n\
              [limits]\nglobal_max_concurrency = {g}\nper_campaign_max_concurrency = {cc}\nsemaphore_ttl_sec = 30\n\
              redis_url = \"{r}\"\nreconcile_every_sec = 5\n\
              [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\ndispatch_partitions = {partitions}\n\
              [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = {ring}\n\
              [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n",
+            api = api_ports[0],
             g = a.global_cap,
             cc = a.campaign_cap,
             r = redis.url(),
@@ -353,11 +354,10 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     )?;
     write_tuning(a, w, partitions)?;
     let config = w.join("dialer.toml").display().to_string();
-    let mut cps = control_plane_procs(a, w, &config, api_port);
-    for cp in &mut cps {
+    let mut cps = control_plane_procs(w, &config, &api_ports);
+    for (cp, port) in cps.iter_mut().zip(&api_ports) {
         cp.spawn(&bin)?;
-        let port = cp.env[0].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(api_port);
-        if !dialer_testkit::wait_for_port(port, Duration::from_secs(60)) {
+        if !dialer_testkit::wait_for_port(*port, Duration::from_secs(60)) {
             bail!("{} did not start; its log:\n{}", cp.name, std::fs::read_to_string(&cp.log).unwrap_or_default());
         }
     }
@@ -389,18 +389,17 @@ fn write_tuning(a: &Args, w: &Path, partitions: usize) -> Result<()> {
     Ok(())
 }
 
-/// The control-plane replicas (not started), each its own API port (the first `api_port`).
-fn control_plane_procs(a: &Args, w: &Path, config: &str, api_port: u16) -> Vec<Proc> {
-    (0..a.control_planes.max(1))
-        .map(|k| {
-            let port = if k == 0 { api_port } else { dialer_testkit::free_port() };
-            Proc {
-                name: format!("control-plane-{k}"),
-                cmd: vec!["--config".into(), config.to_string(), "control-plane".into()],
-                env: vec![("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}"))],
-                log: w.join(format!("control-plane-{k}.log")),
-                child: None,
-            }
+/// The control-plane replicas (not started), one per API port.
+fn control_plane_procs(w: &Path, config: &str, ports: &[u16]) -> Vec<Proc> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(k, port)| Proc {
+            name: format!("control-plane-{k}"),
+            cmd: vec!["--config".into(), config.to_string(), "control-plane".into()],
+            env: vec![("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}"))],
+            log: w.join(format!("control-plane-{k}.log")),
+            child: None,
         })
         .collect()
 }

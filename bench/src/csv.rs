@@ -183,7 +183,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.rows == 0 {
         bail!("--rows must be at least 1");
     }
-    let (url, _pg, _dir) = crate::durable_store_url(&a.db)?;
+    let (url, _dir) = a.db.database()?;
     let (mut up, port, _work) = start_dialer(&a, &url).await?;
     let pid = up.child.as_ref().map(|c| c.id()).context("dialer up is not running")?;
     let (rss_before, _) = rss_mib(pid).context("reading the server's memory from /proc")?;

@@ -143,19 +143,12 @@ pub struct StoreChoice {
     pub fast_postgres: bool,
 }
 
-/// A database as operators run it: for `--store postgres` without `--url`, a PostgreSQL of the
-/// bench's own with fsync and synchronous commit on (the tests' shared one runs without them);
-/// otherwise as [`store_url`]. The guards keep the servers and files alive.
-pub fn durable_store_url(
-    db: &StoreChoice,
-) -> Result<(String, Option<dialer_testkit::Postgres>, Option<tempfile::TempDir>)> {
-    if db.store == "postgres" && db.url.is_none() && !db.fast_postgres {
-        let pg = dialer_testkit::Postgres::own().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let url = pg.create_database().map_err(anyhow::Error::msg)?;
-        return Ok((url, Some(pg), None));
+impl StoreChoice {
+    /// The database it names: `--url`, a fresh database on the bench's durable PostgreSQL
+    /// (`--fast-postgres`: on the tests' server), or a SQLite file (see [`store_url`]).
+    pub fn database(&self) -> Result<(String, Option<tempfile::TempDir>)> {
+        store_url(&self.store, self.url.as_ref(), self.fast_postgres)
     }
-    let (url, dir) = store_url(&db.store, db.url.as_ref(), db.fast_postgres)?;
-    Ok((url, None, dir))
 }
 
 /// The bench's own durable PostgreSQL (fsync, synchronous commit and full-page writes on, as

@@ -48,7 +48,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.count == 0 || a.chunk == 0 {
         bail!("--count and --chunk must be at least 1");
     }
-    let (url, _pg, _tmp) = crate::durable_store_url(&a.db)?;
+    let (url, _tmp) = a.db.database()?;
     let api =
         ApiSettings { max_body_bytes: 1 << 30, max_targets_per_request: a.count.max(a.chunk), ..Default::default() };
     let store = Store::open(&url, &StoreSettings::default()).await.context("opening the store")?;

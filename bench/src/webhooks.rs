@@ -266,7 +266,7 @@ pub async fn run(args: Args) -> Result<()> {
     // A durable PostgreSQL, not the tests' shared server, which runs without fsync for speed:
     // on that one the recorder is bound by CPU rather than by its commits, and the figures would
     // not be an operator's.
-    let (url, _pg, _dir) = crate::durable_store_url(&args.db)?;
+    let (url, _dir) = args.db.database()?;
     let s = dialer_testkit::fixtures::open(&url).await;
     let delivered = delivery_run(&s, &args).await?;
     // Rounds of the four runs, each round in another order (the tables grow from run to run, and

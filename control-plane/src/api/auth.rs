@@ -132,24 +132,14 @@ impl Auth {
         Some(StreamPermit { auth: self.clone(), slot })
     }
 
-    /// Whether `presented` is one of the keys.
-    pub fn is_key(&self, presented: &[u8]) -> bool {
-        self.find(presented).is_some()
-    }
-
-    /// The id of `presented` ([`KeyEntry::id`]), if it is one of the keys.
-    pub fn key_id(&self, presented: &[u8]) -> Option<String> {
-        self.find(presented).map(|i| self.keys[i].id())
+    /// The configured key `presented` is (its role and id), if it is one.
+    pub fn entry(&self, presented: &[u8]) -> Option<&KeyEntry> {
+        self.find(presented).map(|i| &self.keys[i])
     }
 
     /// The id of the key a request came with.
     pub fn caller_id(&self, caller: Caller) -> String {
         self.keys.get(caller.0).map_or_else(String::new, KeyEntry::id)
-    }
-
-    /// The role of `presented`, if it is one of the keys.
-    pub fn role(&self, presented: &[u8]) -> Option<Role> {
-        self.find(presented).map(|i| self.keys[i].role)
     }
 
     /// Which key `presented` is, comparing against every key in constant time.
@@ -262,7 +252,11 @@ mod tests {
             assert!(KeyEntry::parse(bad).is_err(), "{bad}");
         }
         let api = ApiSettings { keys: vec![ApiKey(format!("read:sha256:{hex}"))], ..ApiSettings::default() };
-        assert_eq!(Auth::new(&api).role(key.as_bytes()), Some(Role::Read), "a hashed key is found by the key");
+        assert_eq!(
+            Auth::new(&api).entry(key.as_bytes()).map(|e| e.role),
+            Some(Role::Read),
+            "a hashed key is found by the key"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::render;
 use crate::api::AppState;
-use crate::api::auth::Role;
+use crate::api::auth::{KeyEntry, Role};
 
 const SESSION_COOKIE: &str = "dialer_session";
 const CSRF_COOKIE: &str = "dialer_csrf";
@@ -67,9 +67,7 @@ impl Sessions {
 
     /// Whether the request carries a live session.
     pub fn valid(&self, headers: &HeaderMap) -> bool {
-        let Some(id) = cookie(headers, SESSION_COOKIE) else { return false };
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.get(&digest(id)).is_some_and(|(until, _)| *until > Instant::now())
+        self.key_id(headers).is_some()
     }
 
     fn close(&self, headers: &HeaderMap) {
@@ -199,7 +197,8 @@ pub async fn login(
     Checked(f): Checked<LoginForm>,
 ) -> Response {
     let key = f.key.trim().as_bytes();
-    let refused = match st.auth.role(key) {
+    let entry = st.auth.entry(key);
+    let refused = match entry.map(|e| e.role) {
         None => Some((StatusCode::UNAUTHORIZED, "That is not an API key of this server.")),
         // The console's forms change campaigns, lists and endpoints.
         Some(Role::Read) => Some((StatusCode::FORBIDDEN, "That key is read-only; the console needs an operator key.")),
@@ -209,7 +208,7 @@ pub async fn login(
         let page = LoginPage { csrf: csrf.0, error: Some(why.into()) };
         return (status, render(&page)).into_response();
     }
-    let id = st.auth.sessions.open(st.auth.key_id(key).unwrap_or_default());
+    let id = st.auth.sessions.open(entry.map(KeyEntry::id).unwrap_or_default());
     let mut resp = Redirect::to("/").into_response();
     resp.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &id, SESSION_TTL.as_secs()));
     resp

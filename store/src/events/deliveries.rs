@@ -475,7 +475,7 @@ pub async fn finish_deliveries<D: Dialect>(pool: &sqlx::Pool<D>, done: &[Finishe
         .iter()
         .filter(|f| released.contains(&(f.delivery.endpoint_id, f.delivery.seq, f.delivery.attempts as i32)))
         .collect();
-    let tally = Tally::of(&held);
+    let tally: Tally = held.iter().map(|f| (f.delivery.endpoint_id, Some(f.next == Next::Delivered))).collect();
     let (delivered, others): (Vec<&Finished>, Vec<&Finished>) =
         held.into_iter().partition(|f| f.next == Next::Delivered);
     if !delivered.is_empty() {
@@ -498,30 +498,22 @@ pub async fn finish_deliveries<D: Dialect>(pool: &sqlx::Pool<D>, done: &[Finishe
     Ok(())
 }
 
-/// Per endpoint, of the answers that still held their leases: (leases given back, delivered,
-/// failed).
+/// Per endpoint: (leases given back, answers delivered, answers failed).
 struct Tally(std::collections::BTreeMap<Uuid, (i32, i64, i64)>);
 
-impl Tally {
-    fn of(held: &[&Finished]) -> Tally {
+/// From (endpoint, whether its answer delivered) per lease given back; `None`: the lease ran
+/// out, which says nothing of the endpoint.
+impl FromIterator<(Uuid, Option<bool>)> for Tally {
+    fn from_iter<I: IntoIterator<Item = (Uuid, Option<bool>)>>(leases: I) -> Tally {
         let mut per_endpoint = std::collections::BTreeMap::new();
-        for f in held {
-            let e: &mut (i32, i64, i64) = per_endpoint.entry(f.delivery.endpoint_id).or_default();
-            e.0 += 1;
-            if f.next == Next::Delivered {
-                e.1 += 1;
-            } else {
-                e.2 += 1;
-            }
-        }
-        Tally(per_endpoint)
-    }
-
-    fn released(endpoints: impl Iterator<Item = Uuid>) -> Tally {
-        let mut per_endpoint = std::collections::BTreeMap::new();
-        for e in endpoints {
-            let t: &mut (i32, i64, i64) = per_endpoint.entry(e).or_default();
+        for (endpoint, delivered) in leases {
+            let t: &mut (i32, i64, i64) = per_endpoint.entry(endpoint).or_default();
             t.0 += 1;
+            match delivered {
+                Some(true) => t.1 += 1,
+                Some(false) => t.2 += 1,
+                None => {}
+            }
         }
         Tally(per_endpoint)
     }
@@ -666,7 +658,7 @@ pub async fn reclaim_expired<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<u64, St
     .collect();
     record_attempts(&mut tx, &expired).await?;
     // A lease that ran out says nothing of the endpoint: released, neither success nor failure.
-    settle(&mut tx, &Tally::released(expired.iter().map(|a| a.endpoint)), at).await?;
+    settle(&mut tx, &expired.iter().map(|a| (a.endpoint, None)).collect(), at).await?;
     tx.commit().await?;
     Ok(expired.len() as u64)
 }
