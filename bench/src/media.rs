@@ -38,6 +38,16 @@ pub struct Args {
     /// Length of the prompt each call plays (then it hangs up).
     #[arg(long, default_value = "45s", value_parser = dialer_domain::duration::parse)]
     prompt: Duration,
+    /// The trunk's `rtp_symmetric`: send to where the far end's audio comes from (latched from
+    /// its first packet; the bench's far end sends none, so every packet names its destination)
+    /// instead of the SDP's address through a socket connected at the answer (a carrier's SBC,
+    /// the bench's default).
+    #[arg(long)]
+    rtp_symmetric: bool,
+    /// Pin the shard to this CPU (as the tuning's `shards.cpus` does) and the receiver to the
+    /// next one; unpinned by default, as the tuning's default.
+    #[arg(long)]
+    cpu: Option<usize>,
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -80,6 +90,7 @@ fn settings(a: &Args, far: std::net::SocketAddr, url: String) -> ProviderSetting
         proxy: far.to_string(),
         max_channels: u32::MAX,
         max_cps: 0,
+        rtp_symmetric: a.rtp_symmetric,
         ..TrunkSettings::default()
     };
     ProviderSettings {
@@ -134,7 +145,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(expect: usize) -> Result<Receiver> {
+    fn start(expect: usize, cpu: Option<usize>) -> Result<Receiver> {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
         // Read what is waiting, then sleep a moment: a receiver blocked in recv would be
         // woken by the kernel for each packet, in the sending shard's time.
@@ -144,6 +155,7 @@ impl Receiver {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let done = std::thread::spawn(move || {
+            pin(cpu);
             let mut seen = Vec::with_capacity(expect);
             let mut buf = [0u8; 1500];
             while !s.load(Ordering::Relaxed) {
@@ -270,11 +282,21 @@ struct Steady {
 }
 
 /// Now, since the Unix epoch (the receiver's kernel timestamps are on this clock).
+/// Pins the calling thread to `cpu`, if given.
+fn pin(cpu: Option<usize>) {
+    if let Some(id) = cpu
+        && !core_affinity::set_for_current(core_affinity::CoreId { id })
+    {
+        eprintln!("note: could not pin a thread to CPU {id}");
+    }
+}
+
 fn wall() -> Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
 fn run_shard(a: &Args, far: std::net::SocketAddr, url: String) -> Result<Steady> {
+    pin(a.cpu);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     tokio::task::LocalSet::new().block_on(&rt, async {
         let p = SipProvider::start(settings(a, far, url), 0, 1).await?;
@@ -335,7 +357,9 @@ pub fn run(a: Args) -> Result<()> {
     let url = serve(prompt(a.prompt))?;
     // sipp answers with our receiver's port as its audio: one sipp thread could not read
     // 250,000 packets a second and answer INVITEs too.
-    let receiver = Receiver::start(a.calls as usize * 50 * (a.prompt.as_secs() as usize + 5))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let other = a.cpu.map(|c| (c + 1) % cpus);
+    let receiver = Receiver::start(a.calls as usize * 50 * (a.prompt.as_secs() as usize + 5), other)?;
     let audio = format!("m=audio {} RTP/AVP 0", receiver.port);
     let scenario = dialer_testkit::sip::UAS_SCENARIO.replace("m=audio [media_port] RTP/AVP 0", &audio);
     let far = Sipp::uas_with(&scenario, 0, 0)
@@ -353,8 +377,12 @@ pub fn run(a: Args) -> Result<()> {
     let (p50, p99, max) = (quantile(&s.lateness, 0.5), quantile(&s.lateness, 0.99), quantile(&s.lateness, 1.0));
     let per_stream = s.cpu_s * 1e6 / (s.up.max(1) as f64 * s.window_s);
     println!(
-        "bench media: {} calls placed at {}/s, each playing a {:?} prompt (PCMU, 20 ms); one shard",
-        a.calls, a.ramp, a.prompt
+        "bench media: {} calls placed at {}/s, each playing a {:?} prompt (PCMU, 20 ms); one shard ({}); rtp_symmetric = {}",
+        a.calls,
+        a.ramp,
+        a.prompt,
+        a.cpu.map_or("unpinned".to_string(), |c| format!("on CPU {c}, the receiver on CPU {}", other.unwrap_or(0))),
+        a.rtp_symmetric
     );
     println!(
         "| calls up at once | packets (steady {:.0} s) | send lateness p50 | p99 | max | later than 20 ms | shard CPU | per stream |",
@@ -375,7 +403,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!("calls completed {}, failed {}", s.completed, s.failed);
     if let Some(path) = &a.json {
-        let v = json!({"calls": a.calls, "up": s.up, "packets": packets, "lateness_p50_ms": p50, "lateness_p99_ms": p99,
+        let v = json!({"calls": a.calls, "rtp_symmetric": a.rtp_symmetric, "up": s.up, "packets": packets, "lateness_p50_ms": p50, "lateness_p99_ms": p99,
                        "lateness_max_ms": max, "late_packets": late, "cpu_share": s.cpu_s / s.window_s,
                        "cpu_us_per_stream_second": per_stream, "completed": s.completed, "failed": s.failed,
                        "received": arrived, "missing": missing, "arrival_stray_p99_ms": quantile(&stray, 0.99),

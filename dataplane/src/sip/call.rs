@@ -272,8 +272,11 @@ enum Invited {
 }
 
 impl<'a> Dialog<'a> {
-    fn new(uac: &'a Uac, trunk: &'a Trunk, msg: &DispatchMessage, rtp: Option<&'a mut Media>) -> Dialog<'a> {
+    fn new(uac: &'a Uac, trunk: &'a Trunk, msg: &DispatchMessage, mut rtp: Option<&'a mut Media>) -> Dialog<'a> {
         let s = &trunk.s;
+        if let Some(m) = rtp.as_deref_mut() {
+            m.stream.set_symmetric(s.rtp_symmetric);
+        }
         let t = msg.telephony.as_deref();
         let domain = if s.domain.is_empty() { trunk.addr.to_string() } else { s.domain.clone() };
         let call_id = format!("{}.{}.{}@{}", msg.call_id.simple(), msg.attempt, uac.tag(), uac.local.ip());

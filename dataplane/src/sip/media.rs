@@ -1,10 +1,14 @@
 //! A call's RTP stream (RFC 3550, G.711 at 20 ms): the shard's RTP ports, one per call with
 //! media; what it sends goes through the shard's [`Pacer`] (one batch per millisecond for all
 //! calls, no allocation per packet); symmetric RTP (the far end's first packet fixes where we
-//! send and the only source we hear); RTCP and other traffic on the port ignored; RFC 4733 keys
-//! read from `telephone-event` packets.
+//! send and the only source we hear), or, on a trunk that turns it off, the SDP's address; RTCP
+//! and other traffic on the port ignored; RFC 4733 keys read from `telephone-event` packets.
+//!
+//! Once the far end's address is settled (latched, or the SDP's when not latching) the socket
+//! is connected to it: the kernel keeps the route instead of looking it up for every packet,
+//! and drops what other sources send.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -14,7 +18,7 @@ use std::time::Instant;
 use dialer_domain::media::g711::Law;
 use dialer_domain::media::rtp::{self, Keys};
 
-use super::pacer::{Paced, Pacer};
+use super::pacer::{Paced, Pacer, Route};
 use super::sdp::{DTMF_PT, Remote};
 
 /// Samples in one 20 ms packet at 8 kHz.
@@ -117,8 +121,12 @@ pub struct RtpStream {
     socket: std::net::UdpSocket,
     _port: Lease,
     remote: Option<Remote>,
+    /// Send where the far end's audio comes from (symmetric RTP), not to the SDP's address.
+    symmetric: bool,
     /// The far end's source, fixed by its first packet (symmetric RTP).
     latched: Option<SocketAddr>,
+    /// Where the socket is connected.
+    connected: Cell<Option<SocketAddr>>,
     pub inbuf: Box<[u8; 1500]>,
     /// The last audio packet, decoded.
     pub frame: Vec<i16>,
@@ -137,7 +145,9 @@ impl RtpStream {
                     socket,
                     _port: lease,
                     remote: None,
+                    symmetric: true,
                     latched: None,
+                    connected: Cell::new(None),
                     inbuf: Box::new([0; 1500]),
                     frame: Vec::with_capacity(1500),
                     keys: Keys::default(),
@@ -165,15 +175,47 @@ impl RtpStream {
         self.paced.as_ref()
     }
 
+    /// Whether to send where the far end's audio comes from (the default) or to its SDP's
+    /// address (the trunk's `rtp_symmetric`); set before the call is answered.
+    pub fn set_symmetric(&mut self, on: bool) {
+        self.symmetric = on;
+    }
+
     /// Tells the pacer where to send: the latched source, else the SDP's address; nowhere
-    /// while the far end holds the call or refused the stream.
+    /// while the far end holds the call or refused the stream. A settled address (latched,
+    /// or the SDP's when not latching) is sent to through a connected socket.
     fn route(&self) {
+        let Some(to) =
+            self.remote.filter(|r| r.direction.we_send() && r.addr.port() != 0).map(|r| self.latched.unwrap_or(r.addr))
+        else {
+            return self.tell_pacer(None);
+        };
+        let settled = !self.symmetric || self.latched.is_some();
+        let route = if settled && self.connect(to) { Route::Connected } else { Route::To(to) };
+        self.tell_pacer(Some(route));
+    }
+
+    fn tell_pacer(&self, route: Option<Route>) {
         if let Some(p) = &self.paced {
-            let to = self
-                .remote
-                .filter(|r| r.direction.we_send() && r.addr.port() != 0)
-                .map(|r| self.latched.unwrap_or(r.addr));
-            p.route(to, self.law());
+            p.route(route, self.law());
+        }
+    }
+
+    /// Connects the socket to `to` (once per address); false if the kernel refuses (the
+    /// packets then name their destination).
+    fn connect(&self, to: SocketAddr) -> bool {
+        if self.connected.get() == Some(to) {
+            return true;
+        }
+        match self.socket.connect(to) {
+            Ok(()) => {
+                self.connected.set(Some(to));
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %to, "RTP socket not connected: its packets name their destination");
+                false
+            }
         }
     }
 
@@ -206,7 +248,9 @@ impl RtpStream {
     /// Reads a datagram of `n` bytes from `from` (in [`RtpStream::inbuf`]).
     fn received(&mut self, n: usize, from: SocketAddr) -> Heard {
         let Some(p) = rtp::parse(&self.inbuf[..n]) else { return Heard::Nothing };
+        // Not latching: the socket is connected at the answer, and the kernel drops the rest.
         match self.latched {
+            _ if !self.symmetric => {}
             Some(l) if l != from => return Heard::Nothing,
             Some(_) => {}
             None => {
@@ -284,18 +328,24 @@ mod tests {
         pkt.extend_from_slice(&[9, 0x0a, 0, 160]);
         far.send_to(&pkt, from).await.expect("send");
         assert_eq!(heard(&mut s).await, Heard::Key('9'));
-        // Another source is not heard once the far end is latched.
+        // Latched, the socket is connected: another source is not heard, and the packets go
+        // where the far end's audio came from.
         let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("stranger");
         stranger.send_to(&pkt, from).await.expect("send");
-        assert_eq!(heard(&mut s).await, Heard::Nothing);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(s.hear(), None, "the stranger's packet is not heard");
+        assert_eq!(s.connected.get(), Some(far.local_addr().unwrap()));
+        pacer.send_due(t0 + PTIME + ms);
+        let (_, to_far) = far.recv_from(&mut buf).await.expect("a packet on the connected socket");
+        assert_eq!(to_far, from);
         // On hold (the far end's re-INVITE says sendonly): nothing is sent.
         let held = format!(
             "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 8\r\na=sendonly\r\n",
             far.local_addr().unwrap().port()
         );
         s.set_remote(super::super::sdp::remote(&held).expect("sdp"));
-        pacer.send_due(t0 + PTIME + ms);
         pacer.send_due(t0 + PTIME * 2 + ms);
+        pacer.send_due(t0 + PTIME * 3 + ms);
         let got = tokio::time::timeout(std::time::Duration::from_millis(100), far.recv_from(&mut buf)).await;
         assert!(got.is_err(), "no packet while the far end holds the call");
         // What waits on the port before the answer (early media) is discarded.
@@ -305,5 +355,35 @@ mod tests {
         assert_eq!(s.discard_pending(), 2);
         drop(s);
         assert_eq!(pool.available(), 50, "the port is given back");
+    }
+
+    #[tokio::test]
+    async fn not_latching_the_socket_is_connected_to_the_sdp_address_at_the_answer() {
+        let pool = PortPool::new(41100, 41199, 0, 1);
+        let mut s = RtpStream::bind(IpAddr::from([127, 0, 0, 1]), &pool).await.expect("a port");
+        s.set_symmetric(false);
+        let far = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("far end");
+        let pacer = Pacer::new();
+        let t0 = Instant::now();
+        s.start(&pacer, t0);
+        assert_eq!(s.connected.get(), None, "nowhere to send before the answer");
+        let sdp = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio {} RTP/AVP 0\r\n", far.local_addr().unwrap().port());
+        s.set_remote(super::super::sdp::remote(&sdp).expect("sdp"));
+        assert_eq!(s.connected.get(), Some(far.local_addr().unwrap()), "connected at the answer");
+        pacer.send_due(t0 + std::time::Duration::from_millis(1));
+        let mut buf = [0u8; 1500];
+        let (n, from) = far.recv_from(&mut buf).await.expect("a packet");
+        assert_eq!(rtp::parse(&buf[..n]).expect("rtp").payload_type, 0);
+        // Audio from another address is not heard (nor latched to); the far end's is.
+        let mut pkt = vec![0; rtp::HEADER];
+        rtp::write_header(&mut pkt, 0, false, 1, 160, 7);
+        pkt.extend_from_slice(&[0xff; FRAME]);
+        let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("stranger");
+        stranger.send_to(&pkt, from).await.expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(s.hear(), None, "the stranger's packet is not heard");
+        far.send_to(&pkt, from).await.expect("send");
+        assert_eq!(heard(&mut s).await, Heard::Audio);
+        assert_eq!(s.latched, None, "nothing latched");
     }
 }

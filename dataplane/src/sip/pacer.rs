@@ -65,11 +65,21 @@ struct Slot {
     out: Option<Out>,
 }
 
+/// Where a stream's packets go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Where the socket is connected: the kernel keeps the route, no lookup per packet.
+    Connected,
+    /// To this address, looked up per packet (the socket is not connected).
+    To(SocketAddr),
+}
+
 /// What the pacer holds of one stream.
 struct Out {
     fd: RawFd,
-    /// Where to send (`None`: nowhere yet, or the far end holds the call).
-    to: Option<send::Addr>,
+    /// Where to send (`None`: nowhere yet, or the far end holds the call; `Some(None)`: where
+    /// the socket is connected).
+    to: Option<Option<send::Addr>>,
     law: Law,
     ssrc: u32,
     seq: u16,
@@ -199,6 +209,7 @@ impl Pacer {
         slot.generation = slot.generation.wrapping_add(1);
         slot.out = Some(out);
         let generation = slot.generation;
+        inner.sender.register(key, fd);
         let b = bucket(inner.epoch, first);
         inner.wheel[b].push((key, generation));
         let live = self.live.get() + 1;
@@ -217,6 +228,9 @@ impl Pacer {
     fn remove(&self, key: usize) {
         let mut inner = self.inner.borrow_mut();
         if inner.slots.get_mut(key).and_then(|s| s.out.take()).is_some() {
+            // Before the call closes its socket: a registered file would keep it (and its
+            // port) open.
+            inner.sender.unregister(key);
             inner.free.push(key);
             self.live.set(self.live.get().saturating_sub(1));
         }
@@ -268,7 +282,7 @@ impl Pacer {
                 // Lateness counts from the first slot that was due, skipped ones included.
                 let due = out.next;
                 out.take_slot(now);
-                let buf = out.to.as_ref().and_then(|to| batch.push(out.fd, to, due));
+                let buf = out.to.as_ref().and_then(|to| batch.push((key, out.fd), to.as_ref(), due));
                 // (A full batch cannot happen: it holds a packet per live stream.)
                 out.packet(buf);
             }
@@ -308,9 +322,12 @@ impl std::fmt::Debug for Paced {
 
 impl Paced {
     /// Where the packets go, in which law (`None`: send nothing, e.g. on hold).
-    pub fn route(&self, to: Option<SocketAddr>, law: Law) {
+    pub fn route(&self, to: Option<Route>, law: Law) {
         self.pacer.with(self.key, |o| {
-            o.to = to.map(send::Addr::from);
+            o.to = to.map(|r| match r {
+                Route::Connected => None,
+                Route::To(a) => Some(send::Addr::from(a)),
+            });
             o.law = law;
         });
     }
@@ -355,7 +372,7 @@ mod send {
     use std::os::fd::RawFd;
     use std::time::Instant;
 
-    use io_uring::{IoUring, opcode, types};
+    use io_uring::{IoUring, opcode, squeue, types};
 
     use super::PACKET;
 
@@ -399,13 +416,15 @@ mod send {
         }
     }
 
-    /// The packets of one round: their bytes, destinations and slots, in vectors sized ahead
-    /// (pushing past the capacity drops the packet rather than allocate).
+    /// The packets of one round: their streams, bytes, destinations and slots, in vectors
+    /// sized ahead (pushing past the capacity drops the packet rather than allocate).
     #[derive(Default)]
     pub struct Batch {
-        fds: Vec<RawFd>,
+        /// The stream's key in the pacer (its place in the ring's file table) and its socket.
+        socks: Vec<(usize, RawFd)>,
         bufs: Vec<[u8; PACKET]>,
-        addrs: Vec<Addr>,
+        /// `None`: where the socket is connected.
+        addrs: Vec<Option<Addr>>,
         slots: Vec<Instant>,
     }
 
@@ -413,7 +432,7 @@ mod send {
         pub fn reserve(&mut self, packets: usize) {
             if packets > self.bufs.capacity() {
                 let more = packets * 2 - self.bufs.len();
-                self.fds.reserve(more);
+                self.socks.reserve(more);
                 self.bufs.reserve(more);
                 self.addrs.reserve(more);
                 self.slots.reserve(more);
@@ -421,12 +440,12 @@ mod send {
         }
 
         /// Room for one more packet, or `None` when full (the packet is not sent).
-        pub fn push(&mut self, fd: RawFd, to: &Addr, slot: Instant) -> Option<&mut [u8; PACKET]> {
+        pub fn push(&mut self, sock: (usize, RawFd), to: Option<&Addr>, slot: Instant) -> Option<&mut [u8; PACKET]> {
             if self.bufs.len() == self.bufs.capacity() {
                 return None;
             }
-            self.fds.push(fd);
-            self.addrs.push(*to);
+            self.socks.push(sock);
+            self.addrs.push(to.copied());
             self.slots.push(slot);
             self.bufs.push([0; PACKET]);
             self.bufs.last_mut()
@@ -445,7 +464,7 @@ mod send {
         }
 
         pub fn clear(&mut self) {
-            self.fds.clear();
+            self.socks.clear();
             self.bufs.clear();
             self.addrs.clear();
             self.slots.clear();
@@ -453,32 +472,105 @@ mod send {
     }
 
     /// io_uring where it can be set up, else a `sendto` per packet.
-    pub struct Sender(Option<IoUring>);
+    pub struct Sender {
+        ring: Option<IoUring>,
+        /// The sockets registered with the ring, by stream key (-1: none): the kernel then
+        /// takes a send's socket from the ring's table instead of looking its descriptor up
+        /// (`fget`) for every packet. Empty when the table cannot be had (the descriptors
+        /// are used).
+        files: Vec<RawFd>,
+        /// The table was refused once: not asked again (a table made later would lack the
+        /// sockets of the streams already live).
+        refused: bool,
+    }
 
     impl Sender {
         pub fn new() -> Sender {
-            Sender(ring())
+            Sender { ring: ring(), files: Vec::new(), refused: false }
         }
 
         pub fn name(&self) -> &'static str {
-            if self.0.is_some() { "io_uring" } else { "sendto" }
+            if self.ring.is_some() { "io_uring" } else { "sendto" }
+        }
+
+        /// Whether the ring's file table holds the sockets.
+        pub fn fixed(&self) -> bool {
+            !self.files.is_empty()
+        }
+
+        /// Puts stream `key`'s socket in the ring's file table, growing the table (doubling)
+        /// when the key is past its end; on any refusal (an old kernel, the descriptor limit)
+        /// the table is dropped and every send names its descriptor.
+        pub fn register(&mut self, key: usize, fd: RawFd) {
+            let Some(ring) = self.ring.as_ref().filter(|_| !self.refused) else { return };
+            let held = key < self.files.len() || grow(ring, &mut self.files, key).is_ok();
+            let held = held && {
+                self.files[key] = fd;
+                ring.submitter().register_files_update(key as u32, &[fd]).is_ok()
+            };
+            if !held {
+                self.drop_table();
+            }
+        }
+
+        /// Takes stream `key`'s socket out of the table (the ring no longer holds it open).
+        pub fn unregister(&mut self, key: usize) {
+            let Some(ring) = &self.ring else { return };
+            if key < self.files.len() {
+                self.files[key] = -1;
+                if ring.submitter().register_files_update(key as u32, &[-1]).is_err() {
+                    self.drop_table();
+                }
+            }
+        }
+
+        fn drop_table(&mut self) {
+            if let Some(ring) = &self.ring
+                && !self.files.is_empty()
+            {
+                let _ = ring.submitter().unregister_files();
+            }
+            self.files = Vec::new();
+            self.refused = true;
         }
 
         /// Sends every packet of the batch; how many failed (a full socket buffer, a closed
         /// route: the packet is lost, as on the wire).
         pub fn flush(&mut self, batch: &mut Batch) -> usize {
-            let Batch { fds, bufs, addrs, .. } = batch;
-            let submitted = match &mut self.0 {
-                Some(ring) => submit(ring, fds, bufs, addrs),
+            let Batch { socks, bufs, addrs, .. } = batch;
+            let fixed = self.fixed();
+            let submitted = match &mut self.ring {
+                Some(ring) => submit(ring, fixed, socks, bufs, addrs),
                 None => Err(()),
             };
             // Without a ring, or one that could not be entered (nothing reached the kernel):
             // plain calls, from now on.
             submitted.unwrap_or_else(|()| {
-                self.0 = None;
-                plain(fds, bufs, addrs)
+                self.drop_table();
+                self.ring = None;
+                plain(socks, bufs, addrs)
             })
         }
+    }
+
+    /// Grows the ring's file table to hold `key` (twice its size, at least 64, at most the
+    /// process's descriptor limit), keeping the sockets it holds.
+    fn grow(ring: &IoUring, files: &mut Vec<RawFd>, key: usize) -> std::io::Result<()> {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given.
+        let limit = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+            0 => usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        };
+        let size = (key + 1).next_power_of_two().max(64).min(limit);
+        if key >= size {
+            return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        if !files.is_empty() {
+            ring.submitter().unregister_files()?;
+        }
+        files.resize(size, -1);
+        ring.submitter().register_files(files)
     }
 
     /// A ring only this thread submits to, its completions reaped only when it waits for them
@@ -493,32 +585,49 @@ mod send {
             .ok()
     }
 
-    fn plain(fds: &[RawFd], bufs: &[[u8; PACKET]], addrs: &[Addr]) -> usize {
+    fn plain(socks: &[(usize, RawFd)], bufs: &[[u8; PACKET]], addrs: &[Option<Addr>]) -> usize {
         let mut failed = 0;
-        for ((fd, buf), to) in fds.iter().zip(bufs).zip(addrs) {
-            // SAFETY: the buffer and the address live in the batch, alive for this call.
-            let r = unsafe {
-                libc::sendto(*fd, buf.as_ptr().cast(), PACKET, libc::MSG_DONTWAIT, (&raw const to.raw).cast(), to.len)
+        for (((_, fd), buf), to) in socks.iter().zip(bufs).zip(addrs) {
+            let (addr, len) = match to {
+                Some(to) => ((&raw const to.raw).cast(), to.len),
+                None => (std::ptr::null(), 0),
             };
+            // SAFETY: the buffer and the address live in the batch, alive for this call.
+            let r = unsafe { libc::sendto(*fd, buf.as_ptr().cast(), PACKET, libc::MSG_DONTWAIT, addr, len) };
             failed += usize::from(r < 0);
         }
         failed
     }
 
-    /// One submission per `ENTRIES` packets (a `send` with its destination each: no message
-    /// header to copy in), each waited for; how many failed, or `Err` when the ring could not be
-    /// entered with nothing submitted.
-    fn submit(ring: &mut IoUring, fds: &[RawFd], bufs: &[[u8; PACKET]], addrs: &[Addr]) -> Result<usize, ()> {
+    /// One `send` for a packet: from the ring's file table or the descriptor, to its
+    /// destination or where the socket is connected.
+    fn entry(fixed: bool, (key, fd): (usize, RawFd), buf: &[u8; PACKET], to: Option<&Addr>) -> squeue::Entry {
+        let send = match fixed {
+            true => opcode::Send::new(types::Fixed(key as u32), buf.as_ptr(), PACKET as u32),
+            false => opcode::Send::new(types::Fd(fd), buf.as_ptr(), PACKET as u32),
+        };
+        let send = match to {
+            Some(to) => send.dest_addr((&raw const to.raw).cast()).dest_addr_len(to.len),
+            None => send,
+        };
+        send.flags(libc::MSG_DONTWAIT).build()
+    }
+
+    /// One submission per `ENTRIES` packets, each waited for; how many failed, or `Err` when
+    /// the ring could not be entered with nothing submitted.
+    fn submit(
+        ring: &mut IoUring,
+        fixed: bool,
+        socks: &[(usize, RawFd)],
+        bufs: &[[u8; PACKET]],
+        addrs: &[Option<Addr>],
+    ) -> Result<usize, ()> {
         let mut failed = 0;
-        for ((fds, bufs), addrs) in fds.chunks(ENTRIES).zip(bufs.chunks(ENTRIES)).zip(addrs.chunks(ENTRIES)) {
+        for ((socks, bufs), addrs) in socks.chunks(ENTRIES).zip(bufs.chunks(ENTRIES)).zip(addrs.chunks(ENTRIES)) {
             {
                 let mut sq = ring.submission();
-                for (i, ((fd, buf), to)) in fds.iter().zip(bufs).zip(addrs).enumerate() {
-                    let e = opcode::Send::new(types::Fd(*fd), buf.as_ptr(), PACKET as u32)
-                        .dest_addr((&raw const to.raw).cast())
-                        .dest_addr_len(to.len)
-                        .flags(libc::MSG_DONTWAIT)
-                        .build();
+                for (i, ((sock, buf), to)) in socks.iter().zip(bufs).zip(addrs).enumerate() {
+                    let e = entry(fixed, *sock, buf, to.as_ref());
                     // SAFETY: the buffer and address live in the batch, which is not touched
                     // until every completion of this chunk is reaped below. The queue has
                     // room: at most ENTRIES per chunk, all reaped.
@@ -526,11 +635,11 @@ mod send {
                 }
             }
             let mut got = 0;
-            while got < fds.len() {
-                match ring.submit_and_wait(fds.len() - got) {
+            while got < socks.len() {
+                match ring.submit_and_wait(socks.len() - got) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) if got == 0 && ring.submission().len() == fds.len() => return Err(()),
+                    Err(_) if got == 0 && ring.submission().len() == socks.len() => return Err(()),
                     // Submitted: the kernel holds the buffers until the completions come.
                     Err(_) => std::thread::sleep(std::time::Duration::from_micros(100)),
                 }
@@ -607,7 +716,7 @@ mod tests {
         let streams = socks.iter().enumerate().map(|(i, s)| {
             let p =
                 pacer.add(s.as_raw_fd(), t0 + Duration::from_micros(step_us * i as u64), (i as u32, start.0, start.1));
-            p.route(Some(far.addr()), Law::Ulaw);
+            p.route(Some(Route::To(far.addr())), Law::Ulaw);
             p
         });
         streams.collect()
@@ -648,7 +757,7 @@ mod tests {
         let t0 = pacer.inner.borrow().epoch;
         let sock = sockets(1).remove(0);
         let p = pacer.add(sock.as_raw_fd(), t0, (7, 0, 0));
-        p.route(Some(far.addr()), Law::Alaw);
+        p.route(Some(Route::To(far.addr())), Law::Alaw);
         // Three and a half frames: 1000, 2000, 3000, then 4000 and silence.
         let samples: Vec<i16> = (0..FRAME * 7 / 2).map(|i| 1000 * (1 + (i / FRAME) as i16)).collect();
         p.play(Some(Prompt::new(&samples)));
@@ -677,7 +786,7 @@ mod tests {
         let t0 = pacer.inner.borrow().epoch;
         let sock = sockets(1).remove(0);
         let p = pacer.add(sock.as_raw_fd(), t0 + ms(5) + Duration::from_nanos(300), (3, 0, 0));
-        p.route(Some(far.addr()), Law::Ulaw);
+        p.route(Some(Route::To(far.addr())), Law::Ulaw);
         pacer.send_due(t0 + ms(5) + Duration::from_nanos(100));
         pacer.send_due(t0 + ms(6) + Duration::from_nanos(100));
         let got = far.read().remove(&3).expect("sent at 6 ms");
@@ -692,7 +801,7 @@ mod tests {
         let t0 = pacer.inner.borrow().epoch;
         let sock = sockets(1).remove(0);
         let p = pacer.add(sock.as_raw_fd(), t0 + ms(5), (9, 0, 0));
-        p.route(Some(far.addr()), Law::Ulaw);
+        p.route(Some(Route::To(far.addr())), Law::Ulaw);
         pacer.send_due(t0 + ms(5));
         // Nothing for 100 ms: one packet, the timestamps showing the four missed slots.
         pacer.send_due(t0 + ms(105));
@@ -715,7 +824,27 @@ mod tests {
         let got = far.read();
         assert_eq!(got.len(), 100);
         assert!(got.values().all(|p| p.len() == 1));
+        let (fixed, io) = (pacer.inner.borrow().sender.fixed(), pacer.io_name());
+        assert_eq!(fixed, io == "io_uring", "the file table grew past 64, every stream sent from it");
         drop(streams);
+    }
+
+    #[test]
+    fn a_connected_stream_sends_without_an_address_and_a_removed_one_lets_its_socket_close() {
+        let (pacer, far) = (Pacer::new(), Far::new());
+        let t0 = pacer.inner.borrow().epoch;
+        let sock = sockets(1).remove(0);
+        sock.connect(far.addr()).expect("connect");
+        let port = sock.local_addr().expect("addr");
+        let p = pacer.add(sock.as_raw_fd(), t0, (4, 0, 0));
+        p.route(Some(Route::Connected), Law::Ulaw);
+        pacer.send_due(t0 + ms(1));
+        assert_eq!(far.read().remove(&4).map(|g| g.len()), Some(1), "sent where the socket is connected");
+        // The ring's file table no longer holds the socket once the stream is removed: closing
+        // it frees the port.
+        drop(p);
+        drop(sock);
+        std::net::UdpSocket::bind(port).expect("the port is free again");
     }
 
     #[test]
@@ -727,14 +856,14 @@ mod tests {
         a.route(None, Law::Ulaw);
         pacer.send_due(t0 + ms(1));
         pacer.send_due(t0 + ms(21));
-        a.route(Some(far.addr()), Law::Ulaw);
+        a.route(Some(Route::To(far.addr())), Law::Ulaw);
         pacer.send_due(t0 + ms(41));
         let got = far.read().remove(&1).expect("after the hold");
         assert_eq!(got.iter().map(|g| (g.0, g.1)).collect::<Vec<_>>(), [(0, 320)], "time ran on while held");
         drop(a);
         let b = pacer.add(socks[1].as_raw_fd(), t0 + ms(50), (2, 0, 0));
         assert_eq!(b.key, 0, "the slot is reused");
-        b.route(Some(far.addr()), Law::Ulaw);
+        b.route(Some(Route::To(far.addr())), Law::Ulaw);
         for t in 42..=90 {
             pacer.send_due(t0 + ms(t));
             far.drain();

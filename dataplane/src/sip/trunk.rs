@@ -50,6 +50,10 @@ pub struct TrunkSettings {
     pub priority: u32,
     /// Share of calls among trunks of one priority.
     pub weight: u32,
+    /// Symmetric RTP: send a call's audio where the far end's comes from (its first packet),
+    /// for far ends behind NAT; `false`: to the address in its SDP (a carrier's SBC), the socket
+    /// connected at the answer.
+    pub rtp_symmetric: bool,
 }
 
 impl Default for TrunkSettings {
@@ -69,6 +73,7 @@ impl Default for TrunkSettings {
             max_cps: 10,
             priority: 1,
             weight: 1,
+            rtp_symmetric: true,
         }
     }
 }
