@@ -79,7 +79,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     restart_every_s: u64,
     /// Which faults to inject (comma-separated): kill (a data plane), cp-kill (a control plane),
-    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres.
+    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres; `none` for a run that only measures
+    /// (its `cpu_per_dial` then counts every process: none is killed).
     #[arg(long, default_value = "kill,cp-kill,freeze,redis,broker,postgres", value_delimiter = ',')]
     faults: Vec<String>,
     /// How long the campaigns may take to finish after the faults stop.
@@ -303,7 +304,7 @@ pub async fn run(a: Args) -> Result<()> {
     if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
         bail!("--min-campaign-cap must be between 1 and --campaign-cap ({})", a.campaign_cap);
     }
-    for f in &a.faults {
+    for f in a.faults.iter().filter(|f| *f != "none") {
         if !FAULTS.contains(&f.as_str()) {
             bail!("--faults: unknown fault {f:?}; pick from {}", FAULTS.join(", "));
         }
@@ -311,13 +312,19 @@ pub async fn run(a: Args) -> Result<()> {
     let mut cluster = start_cluster(&a).await?;
     let (ids, caps) = create_campaigns(&a, &cluster.db).await?;
     let t0 = Instant::now();
+    let redis0 = crate::procstat::redis_commands(&cluster.redis.url());
+    let cost0 = (crate::procstat::sample(), crate::procstat::pg_counts(&cluster.db).await);
     let faults = inject_faults(&a, &mut cluster, t0).await?;
     let completed = settle(&a, &cluster.db, &ids).await?;
     let elapsed = t0.elapsed().as_secs_f64();
+    // What the run cost (processes killed in it are not counted: run with no faults to size).
+    let end = (crate::procstat::sample(), crate::procstat::pg_counts(&cluster.db).await);
+    let redis = redis0.zip(crate::procstat::redis_commands(&cluster.redis.url())).map(|(a, b)| b - a);
+    let cost = Cost { start: cost0, end, redis };
     for p in cluster.dps.iter_mut().chain(cluster.cps.iter_mut()) {
         p.stop();
     }
-    check_guarantees(&a, cluster, &ids, &caps, &faults, completed, elapsed).await
+    check_guarantees(&a, cluster, &ids, &caps, &faults, (completed, elapsed), &cost).await
 }
 
 /// Starts the servers (of the run's own), the control plane and the data planes.
@@ -650,6 +657,14 @@ async fn settle(a: &Args, db: &str, ids: &[Uuid]) -> Result<bool> {
     Ok(completed)
 }
 
+/// /proc's and PostgreSQL's counts at the start of the run and once every call is terminal.
+struct Cost {
+    start: (crate::procstat::Sample, Option<[i64; 5]>),
+    end: (crate::procstat::Sample, Option<[i64; 5]>),
+    /// Commands Redis processed in between.
+    redis: Option<i64>,
+}
+
 /// The guarantees, from the store, the providers' ledgers and the status topic: every call
 /// terminal, no attempt placed twice, no cap exceeded at any instant, every attempt resolved.
 async fn check_guarantees(
@@ -658,8 +673,8 @@ async fn check_guarantees(
     ids: &[Uuid],
     caps: &HashMap<Uuid, u32>,
     f: &Faults,
-    completed: bool,
-    elapsed: f64,
+    (completed, elapsed): (bool, f64),
+    cost: &Cost,
 ) -> Result<()> {
     let total = (a.campaigns * a.targets) as i64;
     let store = open_store(&cluster.db).await;
@@ -714,6 +729,11 @@ async fn check_guarantees(
         "redis_restarts": f.redis_restarts,
         "broker_restarts": f.broker_restarts,
         "postgres_restarts": f.pg_restarts,
+        "cpu_per_dial": crate::procstat::per_dial(&cost.start.0, &cost.end.0, placed.len() as i64),
+        "postgres_per_dial": crate::procstat::pg_per_dial(cost.start.1, cost.end.1, placed.len() as i64),
+        "redis_commands_per_dial": cost.redis.map(|n| n as f64 / placed.len().max(1) as f64),
+        // The product's topics, as the broker stores them (the dispatch and status messages).
+        "kafka_bytes_per_dial": cluster.kafka.log_bytes("dialer.") as f64 / placed.len().max(1) as f64,
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
         println!("{k:<28} {v}");

@@ -1,6 +1,6 @@
 //! What a bench run cost, per component, from /proc: CPU seconds per process kind (PostgreSQL
 //! backends, the Kafka broker, Redis, the dialer's shard threads, the rest of the dialer and the
-//! bench in this process) and the machine's busy share over a window, and PostgreSQL's own
+//! bench in this process, the distributed product's control planes and data planes) and the machine's busy share over a window, and PostgreSQL's own
 //! counts (commits, rows written, WAL bytes) from its statistics views. Processes that exit
 //! within the window are not counted (the harness's servers and the pools' connections live
 //! through it).
@@ -34,6 +34,9 @@ fn kind_of(comm: &str, cmdline: &str) -> Option<&'static str> {
         "redis-server" => Some("redis"),
         "java" if cmdline.contains("kafka") => Some("kafka"),
         "java" if cmdline.contains("cassandra") => Some("cassandra"),
+        // The distributed product's roles, by their subcommand (`dialer control-plane …`).
+        "dialer" if cmdline.split('\0').any(|w| w == "control-plane") => Some("dialer control planes"),
+        "dialer" if cmdline.split('\0').any(|w| w == "dataplane") => Some("dialer data planes"),
         "dialer" => Some("dialer processes"),
         _ => None,
     }
@@ -132,6 +135,29 @@ pub fn pg_per_dial(a: Option<[i64; 5]>, b: Option<[i64; 5]>, dials: i64) -> Valu
     json!({"commits": per(0), "rows_inserted": per(1), "rows_updated": per(2), "rows_deleted": per(3), "wal_bytes": per(4)})
 }
 
+/// Commands the Redis server at `url` (`redis://host:port…`) has processed since it started
+/// (`INFO stats`' `total_commands_processed`); `None` when it cannot be asked.
+pub fn redis_commands(url: &str) -> Option<i64> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("redis://")?;
+    let addr = rest.split(['/', '?']).next()?.rsplit('@').next()?;
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    conn.write_all(b"*2\r\n$4\r\nINFO\r\n$5\r\nstats\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("total_commands_processed:") || !text.ends_with("\r\n") {
+        let n = conn.read(&mut buf).ok().filter(|n| *n > 0)?;
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    stat_of(&text, "total_commands_processed")
+}
+
+/// A `name:value` line of Redis's `INFO` text.
+fn stat_of(info: &str, name: &str) -> Option<i64> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +168,10 @@ mod tests {
         assert_eq!(cpu_of(line), Some(4.0));
         assert_eq!(kind_of("java", "java -cp …kafka.Kafka server.properties"), Some("kafka"));
         assert_eq!(kind_of("bash", ""), None);
+        assert_eq!(stat_of("# Stats\r\ntotal_connections_received:3\r\ntotal_commands_processed:1234\r\n", "total_commands_processed"), Some(1234));
+        assert_eq!(kind_of("dialer", "/x/dialer\0control-plane\0"), Some("dialer control planes"));
+        assert_eq!(kind_of("dialer", "/x/dialer\0dataplane\0--instance\00"), Some("dialer data planes"));
+        assert_eq!(kind_of("dialer", "/x/dialer\0up\0"), Some("dialer processes"));
         let a = Sample { at: Instant::now(), cpu: [("postgres", 1.0)].into(), machine: (100.0, 400.0) };
         let b = Sample { at: a.at, cpu: [("postgres", 3.0), ("redis", 0.5)].into(), machine: (300.0, 600.0) };
         let v = per_dial(&a, &b, 1000);
