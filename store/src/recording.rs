@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::calls::ms_to_time;
 use crate::campaigns::load_campaigns;
-use crate::dialect::{Dialect, PushArg, QueryExt, RowExt, Tx};
+use crate::dialect::{CallWrite, Dialect, PushArg, QueryExt, RowExt, Tx};
 use crate::model::RecordReport;
 use crate::record::{Delta, Known, TimelineEntry};
 use crate::{CHUNK_ROWS, Corrupt, LOOKUP_CHUNK, StoreError, now, sorted_unique};
@@ -101,16 +101,7 @@ async fn lock_calls<D: Dialect>(
     let mut states = HashMap::new();
     let mut streams = HashMap::new();
     for chunk in call_ids.chunks(LOOKUP_CHUNK) {
-        let mut q = QueryBuilder::<D>::new(
-            "SELECT campaign_id, id, status, attempt_count, retry_delay_ms, phone_number, event_seq FROM calls WHERE id IN (",
-        );
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_arg(*id);
-        }
-        q.push(") ORDER BY id");
-        q.push(D::FOR_UPDATE);
-        for r in q.build().rows(&mut **tx).await? {
+        for r in D::lock_calls(&mut **tx, chunk).await? {
             let s: String = r.col("status")?;
             let state = CallState {
                 status: CallStatus::parse(&s)
@@ -130,29 +121,70 @@ async fn write_calls<D: Dialect>(
     changed: &HashMap<Uuid, (Uuid, lifecycle::Change)>,
     event_seqs: &HashMap<Uuid, u32>,
 ) -> Result<(), StoreError> {
-    let rows: Vec<(&Uuid, &(Uuid, lifecycle::Change))> = changed.iter().collect();
+    let rows: Vec<CallWrite> = changed
+        .iter()
+        .map(|(id, (cid, c))| CallWrite {
+            campaign_id: *cid,
+            id: *id,
+            status: c.status.as_str(),
+            attempt_count: c.attempt_count as i32,
+            next_attempt_at: c.next_attempt_at_ms.map(ms_to_time),
+            retry_delay_ms: c.retry_delay_ms.map(|v| v as i64),
+            last_error: c.last_error.clone(),
+            event_seq: event_seqs.get(id).map(|s| *s as i32),
+        })
+        .collect();
+    D::write_calls(&mut **tx, &rows, now()).await
+}
+
+/// The batch's calls locked in id order, by multi-row `IN` lists (SQLite's [`Dialect::lock_calls`]).
+pub(crate) async fn lock_calls_listed<D: Dialect>(
+    conn: &mut D::Connection,
+    ids: &[Uuid],
+) -> Result<Vec<D::Row>, StoreError> {
+    let mut q = QueryBuilder::<D>::new(
+        "SELECT campaign_id, id, status, attempt_count, retry_delay_ms, phone_number, event_seq FROM calls WHERE id IN (",
+    );
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_arg(*id);
+    }
+    q.push(") ORDER BY id");
+    q.push(D::FOR_UPDATE);
+    Ok(q.build().rows(conn).await?)
+}
+
+/// The recorder's call rows by multi-row `VALUES` (SQLite's [`Dialect::write_calls`]).
+pub(crate) async fn write_calls_listed<D: Dialect>(
+    conn: &mut D::Connection,
+    rows: &[CallWrite],
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StoreError> {
     for chunk in rows.chunks(CHUNK_ROWS / 4) {
         let mut q = QueryBuilder::<D>::new("WITH v(cid, id, status, attempts, next_at, delay, err, eseq) AS (");
-        q.push_values(chunk, |mut b, (id, (cid, c))| {
-            b.push_arg(*cid)
-                .push_arg(**id)
-                .push_arg(c.status.as_str())
-                .push_arg(c.attempt_count as i32)
-                .push_arg(c.next_attempt_at_ms.map(ms_to_time))
-                .push_arg(c.retry_delay_ms.map(|v| v as i64))
-                .push_arg(c.last_error.clone())
-                .push_arg(event_seqs.get(*id).map(|s| *s as i32));
+        q.push_values(chunk, |mut b, r| {
+            b.push_arg(r.campaign_id)
+                .push_arg(r.id)
+                .push_arg(r.status)
+                .push_arg(r.attempt_count)
+                .push_arg(r.next_attempt_at)
+                .push_arg(r.retry_delay_ms)
+                .push_arg(r.last_error.clone())
+                .push_arg(r.event_seq);
         });
-        q.push(
-            ") UPDATE calls SET status = v.status, attempt_count = v.attempts, next_attempt_at = v.next_at, hold = NULL, \
-             retry_delay_ms = v.delay, last_error = v.err, event_seq = COALESCE(v.eseq, calls.event_seq), updated_at = ",
-        );
-        q.push_arg(now());
+        q.push(")");
+        q.push(CALLS_SET);
+        q.push_arg(at);
         q.push(" FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id");
-        q.build().run(&mut **tx).await?;
+        q.build().run(&mut *conn).await?;
     }
     Ok(())
 }
+
+/// What the recorder sets on a call from its batch's row `v` (then `updated_at`'s value).
+pub(crate) const CALLS_SET: &str = " UPDATE calls SET status = v.status, attempt_count = v.attempts, \
+    next_attempt_at = v.next_at, hold = NULL, retry_delay_ms = v.delay, last_error = v.err, \
+    event_seq = COALESCE(v.eseq, calls.event_seq), updated_at = ";
 
 /// The timeline: on the CQL store (before the commit, so a failure retries the whole
 /// batch), or in the SQL table.
@@ -161,47 +193,56 @@ async fn write_timeline<D: Dialect>(
     cql: Option<&crate::timeline::CqlTimeline>,
     timeline: &HashMap<(Uuid, u32), TimelineEntry<'_>>,
 ) -> Result<(), StoreError> {
-    let tl: Vec<&TimelineEntry<'_>> = timeline.values().collect();
-    if let Some(cql) = cql {
-        let rows: Vec<crate::timeline::TimelineRow> =
-            tl.iter().map(|(cid, e, outcome)| timeline_row(*cid, e, outcome)).collect();
-        return cql.write(&rows).await.map_err(StoreError::Timeline);
+    let rows: Vec<crate::timeline::TimelineRow> =
+        timeline.values().map(|(cid, e, outcome)| timeline_row(*cid, e, outcome)).collect();
+    match cql {
+        Some(cql) => cql.write(&rows).await.map_err(StoreError::Timeline),
+        None => D::upsert_attempts(&mut **tx, &rows).await,
     }
-    for chunk in tl.chunks(CHUNK_ROWS / 5) {
-        let mut q = QueryBuilder::<D>::new(
-            "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, started_at, answered_at, ended_at, \
-             duration_ms, reason, retryable, sip_code, sip_reason, media) ",
-        );
-        q.push_values(chunk, |mut b, (cid, e, outcome)| {
-            let r = timeline_row(*cid, e, outcome);
+}
+
+/// How an attempt's row merges a later event: a started event does not overwrite an outcome;
+/// each field keeps what it had unless the later event brings it (the start time: the first).
+pub(crate) const ATTEMPT_MERGE: &str = " ON CONFLICT (campaign_id, call_id, attempt) DO UPDATE SET \
+    outcome = CASE WHEN excluded.outcome = 'started' THEN call_attempts.outcome ELSE excluded.outcome END, \
+    started_at = COALESCE(call_attempts.started_at, excluded.started_at), \
+    answered_at = COALESCE(excluded.answered_at, call_attempts.answered_at), \
+    ended_at = COALESCE(excluded.ended_at, call_attempts.ended_at), \
+    duration_ms = COALESCE(excluded.duration_ms, call_attempts.duration_ms), \
+    reason = COALESCE(excluded.reason, call_attempts.reason), \
+    retryable = COALESCE(excluded.retryable, call_attempts.retryable), \
+    sip_code = COALESCE(excluded.sip_code, call_attempts.sip_code), \
+    sip_reason = COALESCE(excluded.sip_reason, call_attempts.sip_reason), \
+    media = COALESCE(excluded.media, call_attempts.media)";
+
+/// The columns of an attempt row, in the order both dialects write them.
+pub(crate) const ATTEMPT_COLUMNS: &str = "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, \
+    started_at, answered_at, ended_at, duration_ms, reason, retryable, sip_code, sip_reason, media) ";
+
+/// Attempt rows by multi-row `VALUES` (SQLite's [`Dialect::upsert_attempts`]).
+pub(crate) async fn upsert_attempts_listed<D: Dialect>(
+    conn: &mut D::Connection,
+    rows: &[crate::timeline::TimelineRow],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(CHUNK_ROWS / 5) {
+        let mut q = QueryBuilder::<D>::new(ATTEMPT_COLUMNS);
+        q.push_values(chunk, |mut b, r| {
             b.push_arg(r.campaign_id)
                 .push_arg(r.call_id)
                 .push_arg(r.attempt as i32)
-                .push_arg(*outcome)
+                .push_arg(r.outcome.as_str())
                 .push_arg(r.started_at_ms.map(ms_to_time))
                 .push_arg(r.answered_at_ms.map(ms_to_time))
                 .push_arg(r.ended_at_ms.map(ms_to_time))
                 .push_arg(r.duration_ms.map(|v| v as i64))
-                .push_arg(r.reason)
+                .push_arg(r.reason.clone())
                 .push_arg(r.retryable)
                 .push_arg(r.sip_code.map(i32::from))
-                .push_arg(r.sip_reason)
-                .push_arg(r.media);
+                .push_arg(r.sip_reason.clone())
+                .push_arg(r.media.clone());
         });
-        q.push(
-            " ON CONFLICT (campaign_id, call_id, attempt) DO UPDATE SET \
-             outcome = CASE WHEN excluded.outcome = 'started' THEN call_attempts.outcome ELSE excluded.outcome END, \
-             started_at = COALESCE(call_attempts.started_at, excluded.started_at), \
-             answered_at = COALESCE(excluded.answered_at, call_attempts.answered_at), \
-             ended_at = COALESCE(excluded.ended_at, call_attempts.ended_at), \
-             duration_ms = COALESCE(excluded.duration_ms, call_attempts.duration_ms), \
-             reason = COALESCE(excluded.reason, call_attempts.reason), \
-             retryable = COALESCE(excluded.retryable, call_attempts.retryable), \
-             sip_code = COALESCE(excluded.sip_code, call_attempts.sip_code), \
-             sip_reason = COALESCE(excluded.sip_reason, call_attempts.sip_reason), \
-             media = COALESCE(excluded.media, call_attempts.media)",
-        );
-        q.build().run(&mut **tx).await?;
+        q.push(ATTEMPT_MERGE);
+        q.build().run(&mut *conn).await?;
     }
     Ok(())
 }

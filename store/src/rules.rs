@@ -336,6 +336,17 @@ async fn write_attempts<D: Dialect>(
     dial: &[ClaimedCall],
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    D::insert_contacts(conn, campaign_id, dial, at).await
+}
+
+/// The recipient's ledger of attempts by multi-row `VALUES` (SQLite's
+/// [`Dialect::insert_contacts`]).
+pub(crate) async fn insert_contacts_listed<D: Dialect>(
+    conn: &mut D::Connection,
+    campaign_id: Uuid,
+    dial: &[ClaimedCall],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     for chunk in dial.chunks(LOOKUP_CHUNK) {
         let mut q =
             QueryBuilder::<D>::new("INSERT INTO contact_attempts (phone_number, call_id, attempt, campaign_id, at) ");

@@ -11,9 +11,9 @@
 //! The differences ([`postgres`], [`sqlite`]): how a write transaction begins (SQLite `BEGIN IMMEDIATE`, so two writers
 //! never deadlock upgrading a read lock), row locks (`FOR UPDATE`/`FOR SHARE`/`SKIP LOCKED`, which
 //! SQLite does without: it has one writer at a time), how a claim passes its ids, whether a
-//! statement may use a writing CTE, and the bulk writes of the event log (arrays with `UNNEST` on
-//! PostgreSQL, one statement whatever the batch; multi-row `VALUES` on SQLite, which has no
-//! arrays).
+//! statement may use a writing CTE, and the bulk writes of the event log and the recorder (calls,
+//! attempt rows, the recipient's ledger: arrays with `UNNEST` on PostgreSQL, one statement of a
+//! few parameters whatever the batch; multi-row `VALUES` on SQLite, which has no arrays).
 
 use std::time::Duration;
 
@@ -148,6 +148,46 @@ pub trait Dialect: Database + Sized {
         targets: &'c [NewTarget],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c;
+    /// The recorder's batch of calls, read and locked (PostgreSQL: `FOR UPDATE`) in id order:
+    /// `campaign_id, id, status, attempt_count, retry_delay_ms, phone_number, event_seq`.
+    fn lock_calls<'c>(
+        c: &'c mut Self::Connection,
+        ids: &'c [Uuid],
+    ) -> impl Future<Output = Result<Vec<Self::Row>, StoreError>> + Send + 'c;
+    /// The recorder's changes to call rows, written at `at`.
+    fn write_calls<'c>(
+        c: &'c mut Self::Connection,
+        rows: &'c [CallWrite],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+    /// Attempt rows of the SQL timeline, inserted or merged into the attempt's row (a started
+    /// event does not overwrite an outcome; a later field fills what is missing).
+    fn upsert_attempts<'c>(
+        c: &'c mut Self::Connection,
+        rows: &'c [crate::timeline::TimelineRow],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+    /// The recipient's ledger of attempts: a row per claimed call of `campaign_id`, dialled at
+    /// `at` (a row already there is kept).
+    fn insert_contacts<'c>(
+        c: &'c mut Self::Connection,
+        campaign_id: Uuid,
+        calls: &'c [crate::model::ClaimedCall],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+}
+
+/// A call row as the recorder leaves it.
+#[derive(Debug)]
+pub struct CallWrite {
+    pub campaign_id: Uuid,
+    pub id: Uuid,
+    pub status: &'static str,
+    pub attempt_count: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub retry_delay_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// The call's last event number, when this batch logged one.
+    pub event_seq: Option<i32>,
 }
 
 /// A write transaction, holding the write gate where the dialect has one.

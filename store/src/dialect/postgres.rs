@@ -11,7 +11,9 @@ use sqlx::query_builder::Separated;
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{Arg, ClaimedRow, Col, Dialect, Q, Tx};
+use super::{Arg, CallWrite, ClaimedRow, Col, Dialect, Q, Tx};
+use crate::model::ClaimedCall;
+use crate::timeline::TimelineRow;
 use crate::StoreError;
 
 impl Dialect for Postgres {
@@ -129,6 +131,37 @@ impl Dialect for Postgres {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c {
         copy_targets(c, campaign_id, targets, at)
+    }
+
+    fn lock_calls<'c>(
+        c: &'c mut sqlx::PgConnection,
+        ids: &'c [Uuid],
+    ) -> impl Future<Output = Result<Vec<sqlx::postgres::PgRow>, StoreError>> + Send + 'c {
+        lock_calls(c, ids)
+    }
+
+    fn write_calls<'c>(
+        c: &'c mut sqlx::PgConnection,
+        rows: &'c [CallWrite],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        write_calls(c, rows, at)
+    }
+
+    fn upsert_attempts<'c>(
+        c: &'c mut sqlx::PgConnection,
+        rows: &'c [TimelineRow],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        upsert_attempts(c, rows)
+    }
+
+    fn insert_contacts<'c>(
+        c: &'c mut sqlx::PgConnection,
+        campaign_id: Uuid,
+        calls: &'c [ClaimedCall],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        insert_contacts(c, campaign_id, calls, at)
     }
 }
 
@@ -311,4 +344,99 @@ async fn deliveries(
 
 fn unzip3(rows: &[(Uuid, i64, i32)]) -> (Vec<Uuid>, Vec<i64>, Vec<i32>) {
     (rows.iter().map(|r| r.0).collect(), rows.iter().map(|r| r.1).collect(), rows.iter().map(|r| r.2).collect())
+}
+
+/// The recorder's calls, locked in id order: one array of ids, read through the index on `id`.
+async fn lock_calls(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT campaign_id, id, status, attempt_count, retry_delay_ms, phone_number, event_seq FROM calls \
+         WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
+/// The recorder's call rows: one array per column, joined to the calls by key.
+async fn write_calls(conn: &mut sqlx::PgConnection, rows: &[CallWrite], at: DateTime<Utc>) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&CallWrite) -> Uuid| rows.iter().map(f).collect::<Vec<_>>();
+    let sql = format!(
+        "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::timestamptz[], \
+         $6::int8[], $7::text[], $8::int4[]) AS v(cid, id, status, attempts, next_at, delay, err, eseq)){}$9 \
+         FROM v WHERE calls.campaign_id = v.cid AND calls.id = v.id",
+        crate::recording::CALLS_SET
+    );
+    sqlx::query(&sql)
+        .bind(col(|r| r.campaign_id))
+        .bind(col(|r| r.id))
+        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempt_count).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.next_attempt_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.retry_delay_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.last_error.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.event_seq).collect::<Vec<_>>())
+        .bind(at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Attempt rows of the SQL timeline: one array per column, merged on conflict.
+async fn upsert_attempts(conn: &mut sqlx::PgConnection, rows: &[TimelineRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let time = |f: fn(&TimelineRow) -> Option<u64>| rows.iter().map(|r| f(r).map(crate::calls::ms_to_time)).collect::<Vec<_>>();
+    let sql = format!(
+        "{}SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
+         $7::timestamptz[], $8::int8[], $9::text[], $10::bool[], $11::int4[], $12::text[], $13::text[]){}",
+        crate::recording::ATTEMPT_COLUMNS,
+        crate::recording::ATTEMPT_MERGE
+    );
+    sqlx::query(&sql)
+        .bind(rows.iter().map(|r| r.campaign_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.call_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attempt as i32).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+        .bind(time(|r| r.started_at_ms))
+        .bind(time(|r| r.answered_at_ms))
+        .bind(time(|r| r.ended_at_ms))
+        .bind(rows.iter().map(|r| r.duration_ms.map(|v| v as i64)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.reason.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.retryable).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sip_code.map(i32::from)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sip_reason.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.media.as_deref()).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The recipient's ledger of attempts: one array per column.
+async fn insert_contacts(
+    conn: &mut sqlx::PgConnection,
+    campaign_id: Uuid,
+    calls: &[ClaimedCall],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO contact_attempts (phone_number, call_id, attempt, campaign_id, at) \
+         SELECT n, id, a, $4, $5 FROM UNNEST($1::text[], $2::uuid[], $3::int4[]) AS v(n, id, a) \
+         ON CONFLICT (phone_number, call_id, attempt) DO NOTHING",
+    )
+    .bind(calls.iter().map(|c| c.phone_number.as_str()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(calls.iter().map(|c| c.attempt as i32).collect::<Vec<_>>())
+    .bind(campaign_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

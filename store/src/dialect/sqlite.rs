@@ -9,7 +9,9 @@ use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::{Arg, ClaimedRow, Col, Dialect, Q, Tx};
+use super::{Arg, CallWrite, ClaimedRow, Col, Dialect, Q, Tx};
+use crate::model::ClaimedCall;
+use crate::timeline::TimelineRow;
 use crate::StoreError;
 use crate::events::{CHUNK, EVENT_CHUNK};
 
@@ -129,6 +131,37 @@ impl Dialect for Sqlite {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c {
         crate::campaigns::insert_targets::<Sqlite>(c, campaign_id, targets, at)
+    }
+
+    fn lock_calls<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        ids: &'c [Uuid],
+    ) -> impl Future<Output = Result<Vec<sqlx::sqlite::SqliteRow>, StoreError>> + Send + 'c {
+        crate::recording::lock_calls_listed::<Sqlite>(c, ids)
+    }
+
+    fn write_calls<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        rows: &'c [CallWrite],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        crate::recording::write_calls_listed::<Sqlite>(c, rows, at)
+    }
+
+    fn upsert_attempts<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        rows: &'c [TimelineRow],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        crate::recording::upsert_attempts_listed::<Sqlite>(c, rows)
+    }
+
+    fn insert_contacts<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        campaign_id: Uuid,
+        calls: &'c [ClaimedCall],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+        crate::rules::insert_contacts_listed::<Sqlite>(c, campaign_id, calls, at)
     }
 }
 
