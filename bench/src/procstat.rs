@@ -168,7 +168,13 @@ mod tests {
         assert_eq!(cpu_of(line), Some(4.0));
         assert_eq!(kind_of("java", "java -cp …kafka.Kafka server.properties"), Some("kafka"));
         assert_eq!(kind_of("bash", ""), None);
-        assert_eq!(stat_of("# Stats\r\ntotal_connections_received:3\r\ntotal_commands_processed:1234\r\n", "total_commands_processed"), Some(1234));
+        assert_eq!(
+            stat_of(
+                "# Stats\r\ntotal_connections_received:3\r\ntotal_commands_processed:1234\r\n",
+                "total_commands_processed"
+            ),
+            Some(1234)
+        );
         assert_eq!(kind_of("dialer", "/x/dialer\0control-plane\0"), Some("dialer control planes"));
         assert_eq!(kind_of("dialer", "/x/dialer\0dataplane\0--instance\00"), Some("dialer data planes"));
         assert_eq!(kind_of("dialer", "/x/dialer\0up\0"), Some("dialer processes"));

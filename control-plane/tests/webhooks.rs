@@ -392,6 +392,54 @@ async fn the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting(b: Backe
     assert_eq!(log, want, "kept, then the waiting ones in their stream's order");
 }
 
+/// The envelope migration (0022 on PostgreSQL, 0021 on SQLite): events written before it keep
+/// their whole bodies, the one waiting in the inbox too; an event written after stores its data
+/// and the id apart, and reads back whole: the same envelope, the data inside.
+async fn events_written_before_the_envelope_columns_read_back_as_they_were(b: Backend) {
+    let version = match b {
+        Backend::Postgres => 22,
+        Backend::Sqlite => 21,
+    };
+    let (url, _dir, db) = migrated_before(b, version).await;
+    let (c, call, now) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), chrono::Utc::now());
+    let old = r#"{"campaign_id":"c","data":{"attempt":1},"id":"old","sequence":1,"type":"call.queued"}"#;
+    exec!(
+        db,
+        "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) \
+         VALUES (1, $1, $2, 1, 'call.queued', $3, $4)",
+        c,
+        call,
+        old,
+        now
+    );
+    exec!(
+        db,
+        "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at) \
+         VALUES ($1, $2, 2, 'call.started', 'waiting', $3)",
+        c,
+        call,
+        now
+    );
+    exec!(db, "UPDATE event_sequencer SET next_seq = 2");
+    let s = dialer_testkit::fixtures::open(&url).await;
+    let (campaign, _) = started_campaign(&s, "after", 1).await;
+    s.sequence_events(100).await.expect("sequenced");
+    let log = s.read_events(0, None, 100).await.expect("log");
+    assert_eq!(log[0].body, old, "a whole body stays whole");
+    assert_eq!(log[1].body, "waiting", "so does the one that waited in the inbox");
+    let later: Vec<Value> = log[2..].iter().map(body).collect();
+    assert!(later.len() >= 2, "the new campaign's start and its call's queued: {later:?}");
+    for (e, b) in log[2..].iter().zip(&later) {
+        assert_eq!(b["type"], e.kind.as_str(), "the type in the envelope");
+        assert_eq!(b["campaign_id"], json!(campaign.id));
+        assert!(b["id"].as_str().is_some_and(|id| id.len() == 36), "the event's id: {b}");
+        assert!(b["data"].is_object() && b["sequence"].as_u64().is_some() && b["created_at"].is_string());
+    }
+    let queued = later.iter().find(|b| b["type"] == "call.queued").expect("the call's queued");
+    assert_eq!(queued["data"]["attempt"], 1, "its data inside the envelope");
+    assert!(queued["call_id"].is_string(), "a call's event names its call");
+}
+
 /// Migration 0014 (lazy fan-out) with deliveries under way: an endpoint's cursor starts at the
 /// log's head, so nothing the eager fan-out had handled goes again, and the lease being sent is
 /// kept: its answer counts, and its call's later event goes after it.
@@ -596,6 +644,7 @@ both_stores!(
     pruning_forgets_old_events_only_once_no_delivery_needs_them,
     the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting,
     the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_under_way,
+    events_written_before_the_envelope_columns_read_back_as_they_were,
     an_event_behind_a_dead_letter_joins_it_when_read,
     a_paused_endpoint_keeps_what_it_had_not_read_and_resumes_at_the_head,
     a_410_buries_what_the_endpoint_had_not_read_and_replay_sends_it,

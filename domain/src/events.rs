@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Every event type, as receivers see it (`type` of the body).
@@ -81,8 +81,9 @@ pub struct NewEvent {
     /// 1, 2, … within the stream.
     pub stream_seq: u32,
     pub created_at: DateTime<Utc>,
-    /// The whole body sent to receivers ([`NewEvent::new`] builds it).
-    pub body: String,
+    /// The event's `data` as JSON: what is stored besides the columns above; the body sent to
+    /// receivers wraps it in the envelope those columns make ([`envelope`], [`NewEvent::body`]).
+    pub data: String,
 }
 
 impl NewEvent {
@@ -104,17 +105,6 @@ impl NewEvent {
             at.timestamp().max(0) as u64,
             at.timestamp_subsec_nanos(),
         ));
-        let mut body = json!({
-            "id": id,
-            "type": kind.as_str(),
-            "sequence": stream_seq,
-            "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "campaign_id": campaign,
-            "data": data,
-        });
-        if stream != campaign {
-            body["call_id"] = json!(stream);
-        }
         NewEvent {
             id,
             kind,
@@ -122,9 +112,40 @@ impl NewEvent {
             stream_id: stream,
             stream_seq,
             created_at: at,
-            body: body.to_string(),
+            data: data.to_string(),
         }
     }
+
+    /// The whole body sent to receivers.
+    pub fn body(&self) -> String {
+        envelope(
+            self.id,
+            self.kind.as_str(),
+            self.stream_seq,
+            self.created_at,
+            (self.campaign_id, self.stream_id),
+            &self.data,
+        )
+    }
+}
+
+/// An event's body from what the log stores of it: `{"call_id", "campaign_id", "created_at",
+/// "data", "id", "sequence", "type"}` (no `call_id` for a campaign's own event, `stream` being
+/// the campaign), keys in that order, no spaces: the bytes `serde_json` writes for that object.
+pub fn envelope(
+    id: Uuid,
+    kind: &str,
+    stream_seq: u32,
+    at: DateTime<Utc>,
+    (campaign, stream): (Uuid, Uuid),
+    data: &str,
+) -> String {
+    let call = if stream == campaign { String::new() } else { format!("\"call_id\":\"{stream}\",") };
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let kind = serde_json::to_string(kind).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        "{{{call}\"campaign_id\":\"{campaign}\",\"created_at\":\"{at}\",\"data\":{data},\"id\":\"{id}\",\"sequence\":{stream_seq},\"type\":{kind}}}"
+    )
 }
 
 /// Unix milliseconds as RFC 3339 (the bodies' time format).

@@ -209,7 +209,7 @@ mod tests {
     }
 
     fn body(e: &NewEvent) -> Value {
-        serde_json::from_str(&e.body).expect("JSON")
+        serde_json::from_str(&e.body()).expect("JSON")
     }
 
     #[test]

@@ -2,6 +2,7 @@ use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
 use super::*;
+use serde_json::json;
 
 fn at(s: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_700_000_000 + s, 0).single().expect("a time")
@@ -11,15 +12,32 @@ fn at(s: i64) -> DateTime<Utc> {
 fn a_body_carries_id_type_sequence_and_the_call_only_for_call_events() {
     let (campaign, call) = (Uuid::from_u128(1), Uuid::from_u128(2));
     let e = NewEvent::new(EventType::CallFailed, campaign, call, 3, at(0), json!({"outcome": "busy"}));
-    let v: Value = serde_json::from_str(&e.body).expect("JSON");
+    let v: Value = serde_json::from_str(&e.body()).expect("JSON");
     assert_eq!(v["id"], json!(e.id));
     assert_eq!((v["type"].as_str(), v["sequence"].as_u64()), (Some("call.failed"), Some(3)));
     assert_eq!(v["call_id"], json!(call));
     assert_eq!(v["data"]["outcome"], "busy");
     let c = NewEvent::new(EventType::CampaignCompleted, campaign, campaign, 1, at(0), json!({}));
-    let v: Value = serde_json::from_str(&c.body).expect("JSON");
+    let v: Value = serde_json::from_str(&c.body()).expect("JSON");
     assert!(v.get("call_id").is_none(), "a campaign's event names no call");
     assert_ne!(e.id, NewEvent::new(EventType::CallFailed, campaign, call, 3, at(0), json!({})).id, "ids are unique");
+}
+
+#[test]
+fn the_envelope_is_the_bytes_serde_json_writes_for_the_whole_object() {
+    let (campaign, call) = (Uuid::from_u128(7), Uuid::from_u128(8));
+    let at =
+        Utc.timestamp_millis_opt(1_700_000_000_123).single().expect("a time") + chrono::Duration::microseconds(456);
+    let data = json!({"outcome": "busy", "attempt": 2, "reason": "a \"quoted\" reason"});
+    for stream in [call, campaign] {
+        let e = NewEvent::new(EventType::CallFailed, campaign, stream, 5, at, data.clone());
+        let mut whole = json!({"id": e.id, "type": "call.failed", "sequence": 5,
+            "created_at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), "campaign_id": campaign, "data": data});
+        if stream != campaign {
+            whole["call_id"] = json!(call);
+        }
+        assert_eq!(e.body(), whole.to_string(), "as the body was when stored whole");
+    }
 }
 
 #[test]

@@ -33,8 +33,9 @@ use uuid::Uuid;
 use crate::StoreError;
 
 /// A claimed delivery and its event: seq, stream, stream_seq, attempts before this one,
-/// window_start, body, created_at.
-pub type ClaimedRow = (i64, Uuid, i32, i32, Option<DateTime<Utc>>, String, DateTime<Utc>);
+/// window_start, body (stored: see [`crate::events::body_of`]), created_at, event_id,
+/// campaign_id, kind.
+pub type ClaimedRow = (i64, Uuid, i32, i32, Option<DateTime<Utc>>, String, DateTime<Utc>, Option<Uuid>, Uuid, String);
 
 /// A value the store binds: one both databases encode.
 pub trait Arg<'q>: Encode<'q, Postgres> + Type<Postgres> + Encode<'q, Sqlite> + Type<Sqlite> + Send + 'q {}

@@ -12,9 +12,9 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::{Arg, CallWrite, ClaimedRow, Col, Dialect, Q, Tx};
+use crate::StoreError;
 use crate::model::ClaimedCall;
 use crate::timeline::TimelineRow;
-use crate::StoreError;
 
 impl Dialect for Postgres {
     const BEGIN: &'static str = "BEGIN";
@@ -223,11 +223,12 @@ async fn append(conn: &mut sqlx::PgConnection, events: &[NewEvent]) -> Result<()
     let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
     let seqs: Vec<i32> = events.iter().map(|e| e.stream_seq as i32).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let bodies: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
     sqlx::query(
-        "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[])",
+        "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[])",
     )
     .bind(campaigns)
     .bind(streams)
@@ -235,6 +236,7 @@ async fn append(conn: &mut sqlx::PgConnection, events: &[NewEvent]) -> Result<()
     .bind(kinds)
     .bind(bodies)
     .bind(times)
+    .bind(ids)
     .execute(conn)
     .await?;
     Ok(())
@@ -247,9 +249,9 @@ async fn number(conn: &mut sqlx::PgConnection, numbered: &[(i64, i64)]) -> Resul
         conn,
         numbered,
         "WITH moved AS (DELETE FROM event_inbox WHERE n = ANY($1::int8[]) \
-         RETURNING n, campaign_id, stream_id, stream_seq, kind, body, created_at) \
-         INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) \
-         SELECT v.seq, m.campaign_id, m.stream_id, m.stream_seq, m.kind, m.body, m.created_at \
+         RETURNING n, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
+         INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
+         SELECT v.seq, m.campaign_id, m.stream_id, m.stream_seq, m.kind, m.body, m.created_at, m.event_id \
          FROM moved m JOIN UNNEST($1::int8[], $2::int8[]) AS v(n, seq) ON v.n = m.n",
     )
     .await
@@ -274,8 +276,8 @@ where
 /// backlog made it scan the endpoint's deliveries per claim (`bench webhooks`).
 async fn claimed(conn: &mut sqlx::PgConnection, endpoint: Uuid, seqs: &[i64]) -> Result<Vec<ClaimedRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT d.seq, d.stream_id, d.stream_seq, d.attempts, d.window_start, e.body, e.created_at \
-         FROM UNNEST($2::int8[]) AS c(seq) JOIN webhook_deliveries d ON d.endpoint_id = $1 AND d.seq = c.seq \
+        "SELECT d.seq, d.stream_id, d.stream_seq, d.attempts, d.window_start, e.body, e.created_at, e.event_id, \
+         e.campaign_id, e.kind FROM UNNEST($2::int8[]) AS c(seq) JOIN webhook_deliveries d ON d.endpoint_id = $1 AND d.seq = c.seq \
          JOIN events e ON e.seq = c.seq",
     )
     .bind(endpoint)
@@ -390,7 +392,9 @@ async fn upsert_attempts(conn: &mut sqlx::PgConnection, rows: &[TimelineRow]) ->
     if rows.is_empty() {
         return Ok(());
     }
-    let time = |f: fn(&TimelineRow) -> Option<u64>| rows.iter().map(|r| f(r).map(crate::calls::ms_to_time)).collect::<Vec<_>>();
+    let time = |f: fn(&TimelineRow) -> Option<u64>| {
+        rows.iter().map(|r| f(r).map(crate::calls::ms_to_time)).collect::<Vec<_>>()
+    };
     let sql = format!(
         "{}SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
          $7::timestamptz[], $8::int8[], $9::text[], $10::bool[], $11::int4[], $12::text[], $13::text[]){}",

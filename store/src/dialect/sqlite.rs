@@ -10,10 +10,10 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
 use super::{Arg, CallWrite, ClaimedRow, Col, Dialect, Q, Tx};
-use crate::model::ClaimedCall;
-use crate::timeline::TimelineRow;
 use crate::StoreError;
 use crate::events::{CHUNK, EVENT_CHUNK};
+use crate::model::ClaimedCall;
+use crate::timeline::TimelineRow;
 
 impl Dialect for Sqlite {
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
@@ -183,15 +183,16 @@ async fn write_gate(pool: &sqlx::SqlitePool) -> tokio::sync::OwnedMutexGuard<()>
 async fn append(conn: &mut sqlx::SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
     for chunk in events.chunks(EVENT_CHUNK) {
         let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at) ",
+            "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) ",
         );
         q.push_values(chunk, |mut b, e| {
             b.push_bind(e.campaign_id)
                 .push_bind(e.stream_id)
                 .push_bind(e.stream_seq as i32)
                 .push_bind(e.kind.as_str())
-                .push_bind(e.body.as_str())
-                .push_bind(e.created_at);
+                .push_bind(e.data.as_str())
+                .push_bind(e.created_at)
+                .push_bind(e.id);
         });
         q.build().execute(&mut *conn).await?;
     }
@@ -203,8 +204,8 @@ async fn number(conn: &mut sqlx::SqliteConnection, numbered: &[(i64, i64)]) -> R
         conn,
         numbered,
         "n, seq",
-        "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at) \
-         SELECT v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at \
+        "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
+         SELECT v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at, i.event_id \
          FROM v JOIN event_inbox i ON i.n = v.n",
     )
     .await?;
@@ -241,8 +242,8 @@ async fn claimed(
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(CHUNK) {
         let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT d.seq, d.stream_id, d.stream_seq, d.attempts, d.window_start, e.body, e.created_at \
-             FROM webhook_deliveries d JOIN events e ON e.seq = d.seq WHERE d.endpoint_id = ",
+            "SELECT d.seq, d.stream_id, d.stream_seq, d.attempts, d.window_start, e.body, e.created_at, e.event_id, \
+             e.campaign_id, e.kind FROM webhook_deliveries d JOIN events e ON e.seq = d.seq WHERE d.endpoint_id = ",
         );
         q.push_bind(endpoint).push(" AND d.seq IN (");
         let mut sep = q.separated(", ");

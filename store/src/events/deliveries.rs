@@ -295,13 +295,16 @@ async fn with_bodies<D: Dialect>(
 async fn bodies<D: Dialect>(tx: &mut Tx<D>, seqs: &[i64]) -> Result<Vec<(i64, String, DateTime<Utc>)>, StoreError> {
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(CHUNK) {
-        let mut q = QueryBuilder::<D>::new("SELECT seq, body, created_at FROM events WHERE seq IN (");
+        let mut q =
+            QueryBuilder::<D>::new(format!("SELECT e.seq, {} FROM events e WHERE e.seq IN (", super::BODY_COLUMNS));
         let mut sep = q.separated(", ");
         for s in chunk {
             sep.push_arg(*s);
         }
         q.push(")");
-        out.extend(q.build().tuples::<(i64, String, DateTime<Utc>)>(&mut **tx).await?);
+        for r in q.build().rows(&mut **tx).await? {
+            out.push((r.col("seq")?, super::body_from_row(&r)?, r.col("created_at")?));
+        }
     }
     Ok(out)
 }
@@ -670,11 +673,12 @@ pub async fn dead_letters<D: Dialect>(
     after: i64,
     limit: u32,
 ) -> Result<Vec<DeadLetter>, StoreError> {
-    let rows = sqlx::query::<D>(
-        "SELECT d.seq, d.attempts, d.last_code, d.last_error, d.window_start, d.dead_at, e.kind, e.body \
-         FROM webhook_deliveries d JOIN events e ON e.seq = d.seq \
-         WHERE d.endpoint_id = $1 AND d.state = 'dead' AND d.seq > $2 ORDER BY d.seq LIMIT $3",
-    )
+    let rows = sqlx::query::<D>(&format!(
+        "SELECT d.seq, d.attempts, d.last_code, d.last_error, d.window_start, d.dead_at, {} \
+             FROM webhook_deliveries d JOIN events e ON e.seq = d.seq \
+             WHERE d.endpoint_id = $1 AND d.state = 'dead' AND d.seq > $2 ORDER BY d.seq LIMIT $3",
+        super::BODY_COLUMNS
+    ))
     .arg(endpoint)
     .arg(after)
     .arg(i64::from(limit))
@@ -682,7 +686,7 @@ pub async fn dead_letters<D: Dialect>(
     .await?;
     rows.iter()
         .map(|r| {
-            let body: String = r.col("body")?;
+            let body = super::body_from_row(r)?;
             Ok(DeadLetter {
                 seq: r.col("seq")?,
                 kind: r.col("kind")?,

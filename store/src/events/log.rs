@@ -88,12 +88,12 @@ pub async fn read_events<D: Dialect>(
     campaign: Option<Uuid>,
     limit: usize,
 ) -> Result<Vec<LoggedEvent>, StoreError> {
-    let mut q = QueryBuilder::<D>::new("SELECT seq, campaign_id, kind, body FROM events WHERE seq > ");
+    let mut q = QueryBuilder::<D>::new(format!("SELECT e.seq, {} FROM events e WHERE e.seq > ", super::BODY_COLUMNS));
     q.push_arg(after);
     if let Some(c) = campaign {
-        q.push(" AND campaign_id = ").push_arg(c);
+        q.push(" AND e.campaign_id = ").push_arg(c);
     }
-    q.push(" ORDER BY seq LIMIT ").push_arg(limit as i64);
+    q.push(" ORDER BY e.seq LIMIT ").push_arg(limit as i64);
     q.build()
         .rows(&mut *pool.acquire().await?)
         .await?
@@ -103,7 +103,7 @@ pub async fn read_events<D: Dialect>(
                 seq: r.col("seq")?,
                 campaign_id: r.col("campaign_id")?,
                 kind: r.col("kind")?,
-                body: r.col("body")?,
+                body: super::body_from_row(r)?,
             })
         })
         .collect()

@@ -192,9 +192,37 @@ pub(crate) const BEHIND_DEAD: &str = "an earlier event of its call or campaign i
 /// Why an endpoint's undelivered events were buried when it answered 410.
 pub(crate) const GONE: &str = "the endpoint answered 410 Gone";
 
+/// The columns of the log (`e`) a reader selects to have an event's body ([`body_from_row`]).
+pub(crate) const BODY_COLUMNS: &str =
+    "e.event_id, e.campaign_id, e.stream_id, e.stream_seq, e.kind, e.body, e.created_at";
+
+/// An event's body from its row: its `data` in the envelope its columns make, or, for a row
+/// written before the log kept the id in a column (`event_id` NULL), the whole body it holds.
+pub(crate) fn body_of(
+    event_id: Option<Uuid>,
+    kind: &str,
+    stream_seq: i32,
+    at: DateTime<Utc>,
+    (campaign, stream): (Uuid, Uuid),
+    stored: String,
+) -> String {
+    match event_id {
+        Some(id) => dialer_domain::events::envelope(id, kind, stream_seq as u32, at, (campaign, stream), &stored),
+        None => stored,
+    }
+}
+
+/// [`body_of`] a row that selected [`BODY_COLUMNS`].
+pub(crate) fn body_from_row<R: crate::dialect::RowExt>(r: &R) -> Result<String, crate::StoreError> {
+    let kind: String = r.col("kind")?;
+    let ids = (r.col("campaign_id")?, r.col("stream_id")?);
+    Ok(body_of(r.col("event_id")?, &kind, r.col("stream_seq")?, r.col("created_at")?, ids, r.col("body")?))
+}
+
 /// A claimed row as the attempt it starts (its window starts now if this is the first).
 pub(crate) fn claimed_delivery(endpoint: Uuid, r: crate::dialect::ClaimedRow, at: DateTime<Utc>) -> ClaimedDelivery {
-    let (seq, stream_id, stream_seq, attempts, window_start, body, created_at) = r;
+    let (seq, stream_id, stream_seq, attempts, window_start, stored, created_at, event_id, campaign_id, kind) = r;
+    let body = body_of(event_id, &kind, stream_seq, created_at, (campaign_id, stream_id), stored);
     ClaimedDelivery {
         endpoint_id: endpoint,
         seq,
