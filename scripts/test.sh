@@ -110,11 +110,13 @@ if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); 
 
 # --- a 60 s fault run under a binding global cap (24 < 5+12+19), two control planes and two data
 # planes: SIGKILLed data planes and control planes, processes frozen past their leases (SIGSTOP),
-# Redis, broker and PostgreSQL restarts ------------------------------------------------------------
+# Redis, broker and PostgreSQL restarts, a webhook receiver that fails 5 % of requests and goes down
+# (503) for 8 s every 25 s, audited from its own log (every event arrived, none out of order) ------
 echo "== chaos: bench chaos (60 s)"
 cargo build --quiet -p dialer -p dialer-bench
 if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 60 --campaigns 3 --targets 300 --global-cap 24 \
-  --faults kill,cp-kill,freeze,redis,broker,postgres --settle-timeout-s 300 --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
+  --faults kill,cp-kill,freeze,redis,broker,postgres,webhook --webhooks --settle-timeout-s 300 \
+  --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
   passed=$((passed + 1))
 else
   failed=$((failed + 1))

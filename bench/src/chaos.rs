@@ -79,10 +79,20 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     restart_every_s: u64,
     /// Which faults to inject (comma-separated): kill (a data plane), cp-kill (a control plane),
-    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres; `none` for a run that only measures
+    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres, webhook (with `--webhooks`); `none` for a run that only measures
     /// (its `cpu_per_dial` then counts every process: none is killed).
     #[arg(long, default_value = "kill,cp-kill,freeze,redis,broker,postgres", value_delimiter = ',')]
     faults: Vec<String>,
+    /// A webhook endpoint of every event on a receiver of the bench's own (failing 5 % of
+    /// requests throughout), audited at the end: every event arrived, none before its stream's
+    /// previous one. Fault `webhook` takes the receiver down (503 to everything) for
+    /// `--webhook-down-s` every `--webhook-down-every-s`.
+    #[arg(long)]
+    webhooks: bool,
+    #[arg(long, default_value_t = 25)]
+    webhook_down_every_s: u64,
+    #[arg(long, default_value_t = 8)]
+    webhook_down_s: u64,
     /// How long the campaigns may take to finish after the faults stop.
     #[arg(long, default_value_t = 600)]
     settle_timeout_s: u64,
@@ -290,6 +300,8 @@ async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
 struct Cluster {
     bin: PathBuf,
     pg: dialer_testkit::Postgres,
+    /// The webhook receiver (`--webhooks`).
+    hooks: Option<dialer_testkit::receiver::Receiver>,
     db: String,
     redis: dialer_testkit::RedisServer,
     kafka: dialer_testkit::Kafka,
@@ -298,7 +310,7 @@ struct Cluster {
     dps: Vec<Proc>,
 }
 
-const FAULTS: [&str; 6] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres"];
+const FAULTS: [&str; 7] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "webhook"];
 
 pub async fn run(a: Args) -> Result<()> {
     if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
@@ -309,7 +321,13 @@ pub async fn run(a: Args) -> Result<()> {
             bail!("--faults: unknown fault {f:?}; pick from {}", FAULTS.join(", "));
         }
     }
+    if a.faults.iter().any(|f| f == "webhook") && !a.webhooks {
+        bail!("--faults webhook needs --webhooks (the endpoint whose receiver goes down)");
+    }
     let mut cluster = start_cluster(&a).await?;
+    if let Some(rx) = &cluster.hooks {
+        crate::chaos_hooks::register(&cluster.db, rx).await?;
+    }
     let (ids, caps) = create_campaigns(&a, &cluster.db).await?;
     let t0 = Instant::now();
     let redis0 = crate::procstat::redis_commands(&cluster.redis.url());
@@ -317,6 +335,14 @@ pub async fn run(a: Args) -> Result<()> {
     let faults = inject_faults(&a, &mut cluster, t0).await?;
     let completed = settle(&a, &cluster.db, &ids).await?;
     let elapsed = t0.elapsed().as_secs_f64();
+    let hooks = match &cluster.hooks {
+        Some(rx) => {
+            rx.set_mode(crate::chaos_hooks::up_mode());
+            let wait = Duration::from_secs(a.settle_timeout_s);
+            Some(crate::chaos_hooks::wait_and_audit(&cluster.db, &ids, rx, wait).await?)
+        }
+        None => None,
+    };
     // What the run cost (processes killed in it are not counted: run with no faults to size).
     let end = (crate::procstat::sample(), crate::procstat::pg_counts(&cluster.db).await);
     let redis = redis0.zip(crate::procstat::redis_commands(&cluster.redis.url())).map(|(a, b)| b - a);
@@ -324,7 +350,8 @@ pub async fn run(a: Args) -> Result<()> {
     for p in cluster.dps.iter_mut().chain(cluster.cps.iter_mut()) {
         p.stop();
     }
-    check_guarantees(&a, cluster, &ids, &caps, &faults, (completed, elapsed), &cost).await
+    let run = Run { faults, completed, elapsed, cost, hooks };
+    check_guarantees(&a, cluster, &ids, &caps, &run).await
 }
 
 /// Starts the servers (of the run's own), the control plane and the data planes.
@@ -350,7 +377,8 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
              redis_url = \"{r}\"\nreconcile_every_sec = 5\n\
              [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\ndispatch_partitions = {partitions}\n\
              [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = {ring}\n\
-             [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n",
+             [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n{hooks}",
+            hooks = if a.webhooks { crate::chaos_hooks::CONFIG } else { "" },
             api = api_ports[0],
             g = a.global_cap,
             cc = a.campaign_cap,
@@ -372,7 +400,8 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     for d in &mut dps {
         d.spawn(&bin)?;
     }
-    Ok(Cluster { bin, pg, db, redis, kafka, work, cps, dps })
+    let hooks = a.webhooks.then(|| dialer_testkit::receiver::Receiver::start(crate::chaos_hooks::up_mode(), 11));
+    Ok(Cluster { bin, pg, hooks, db, redis, kafka, work, cps, dps })
 }
 
 /// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
@@ -474,6 +503,7 @@ struct Faults {
     redis_restarts: u64,
     broker_restarts: u64,
     pg_restarts: u64,
+    webhook_outages: u64,
 }
 
 /// When each server restart comes: a quarter, half and three quarters in, or every
@@ -507,6 +537,9 @@ struct Clock {
     freeze: Instant,
     /// When to send SIGCONT, to which process, and its name.
     thaw: Option<(Instant, u32, String)>,
+    /// The webhook receiver's next outage, and when the one under way ends.
+    hook_down: Instant,
+    hook_up: Option<Instant>,
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to `pid`.
@@ -536,6 +569,9 @@ async fn periodic_faults(a: &Args, c: &mut Cluster, f: &mut Faults, clock: &mut 
             return Ok(Some(format!("SIGCONT {name}")));
         }
     }
+    if let Some(what) = webhook_outage(a, c, f, clock, now) {
+        return Ok(Some(what));
+    }
     if on("kill") && now >= clock.kill {
         clock.kill += Duration::from_secs(a.kill_every_s);
         f.kills += 1;
@@ -560,6 +596,28 @@ async fn periodic_faults(a: &Args, c: &mut Cluster, f: &mut Faults, clock: &mut 
         }
     }
     Ok(None)
+}
+
+/// The webhook receiver taken down (503 to everything) when its outage is due, and up again
+/// when it has lasted `--webhook-down-s` (fault `webhook`).
+fn webhook_outage(a: &Args, c: &Cluster, f: &mut Faults, clock: &mut Clock, now: Instant) -> Option<String> {
+    let rx = c.hooks.as_ref().filter(|_| a.faults.iter().any(|x| x == "webhook"))?;
+    if let Some(up) = clock.hook_up {
+        if now < up {
+            return None;
+        }
+        clock.hook_up = None;
+        rx.set_mode(crate::chaos_hooks::up_mode());
+        return Some("webhook receiver up".into());
+    }
+    if now < clock.hook_down {
+        return None;
+    }
+    clock.hook_down += Duration::from_secs(a.webhook_down_every_s);
+    clock.hook_up = Some(now + Duration::from_secs(a.webhook_down_s));
+    f.webhook_outages += 1;
+    rx.set_mode(dialer_testkit::receiver::Mode::Always(503));
+    Some(format!("webhook receiver down for {} s", a.webhook_down_s))
 }
 
 /// Restarts the server whose turn it is; what it restarted.
@@ -600,6 +658,8 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
         cp_kill: after(a.cp_kill_every_s),
         freeze: after(a.freeze_every_s),
         thaw: None,
+        hook_down: after(a.webhook_down_every_s),
+        hook_up: None,
     };
     let mut scheduled = restart_schedule(a, t0);
     while Instant::now() < fault_end {
@@ -657,6 +717,15 @@ async fn settle(a: &Args, db: &str, ids: &[Uuid]) -> Result<bool> {
     Ok(completed)
 }
 
+/// What the run did and measured, for the audit.
+struct Run {
+    faults: Faults,
+    completed: bool,
+    elapsed: f64,
+    cost: Cost,
+    hooks: Option<crate::chaos_hooks::Audit>,
+}
+
 /// /proc's and PostgreSQL's counts at the start of the run and once every call is terminal.
 struct Cost {
     start: (crate::procstat::Sample, Option<[i64; 5]>),
@@ -672,10 +741,10 @@ async fn check_guarantees(
     cluster: Cluster,
     ids: &[Uuid],
     caps: &HashMap<Uuid, u32>,
-    f: &Faults,
-    (completed, elapsed): (bool, f64),
-    cost: &Cost,
+    run: &Run,
 ) -> Result<()> {
+    let Run { faults: f, completed, elapsed, cost, hooks } = run;
+    let (completed, elapsed) = (*completed, *elapsed);
     let total = (a.campaigns * a.targets) as i64;
     let store = open_store(&cluster.db).await;
     let w = cluster.work.path();
@@ -734,12 +803,25 @@ async fn check_guarantees(
         "redis_commands_per_dial": cost.redis.map(|n| n as f64 / placed.len().max(1) as f64),
         // The product's topics, as the broker stores them (the dispatch and status messages).
         "kafka_bytes_per_dial": cluster.kafka.log_bytes("dialer.") as f64 / placed.len().max(1) as f64,
+        "webhook_outages": f.webhook_outages,
+        "webhook_requests": hooks.as_ref().map(|h| h.requests),
+        "webhook_failed_answers": hooks.as_ref().map(|h| h.failed_answers),
+        "webhook_events_delivered": hooks.as_ref().map(|h| h.events),
+        "webhook_events_missing": hooks.as_ref().map(|h| h.missing),
+        "webhook_out_of_order": hooks.as_ref().map(|h| h.out_of_order),
     });
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
         println!("{k:<28} {v}");
     }
     crate::write_json(a.json.as_deref(), &out)?;
-    if !completed || lost != 0 || violations != 0 || ledger_duplicates + topic_duplicates != 0 || unread != 0 {
+    let hooks_bad = hooks.as_ref().is_some_and(|h| h.missing != 0 || h.out_of_order != 0);
+    if !completed
+        || lost != 0
+        || violations != 0
+        || ledger_duplicates + topic_duplicates != 0
+        || unread != 0
+        || hooks_bad
+    {
         let keep = cluster.work.keep();
         bail!("a guarantee failed (logs and ledgers kept in {})", keep.display());
     }

@@ -176,7 +176,7 @@ mod tests {
             Some(1234)
         );
         assert_eq!(kind_of("dialer", "/x/dialer\0control-plane\0"), Some("dialer control planes"));
-        assert_eq!(kind_of("dialer", "/x/dialer\0dataplane\0--instance\00"), Some("dialer data planes"));
+        assert_eq!(kind_of("dialer", "/x/dialer\0dataplane\0--instance\0\x30"), Some("dialer data planes"));
         assert_eq!(kind_of("dialer", "/x/dialer\0up\0"), Some("dialer processes"));
         let a = Sample { at: Instant::now(), cpu: [("postgres", 1.0)].into(), machine: (100.0, 400.0) };
         let b = Sample { at: a.at, cpu: [("postgres", 3.0), ("redis", 0.5)].into(), machine: (300.0, 600.0) };
