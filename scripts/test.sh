@@ -21,6 +21,7 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v sipp >/dev/null || need+=(sip-tester)
+command -v faketime >/dev/null || need+=(faketime)
 [ -x /usr/sbin/kamailio ] || need+=(kamailio)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
@@ -111,11 +112,12 @@ if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); 
 # --- a 60 s fault run under a binding global cap (24 < 5+12+19), two control planes and two data
 # planes: SIGKILLed data planes and control planes, processes frozen past their leases (SIGSTOP),
 # Redis, broker and PostgreSQL restarts, a webhook receiver that fails 5 % of requests and goes down
-# (503) for 8 s every 25 s, audited from its own log (every event arrived, none out of order) ------
+# (503) for 8 s every 25 s, audited from its own log (every event arrived, none out of order), and
+# one control plane's wall clock stepped 3 s ahead and behind (libfaketime) ------------------------
 echo "== chaos: bench chaos (60 s)"
 cargo build --quiet -p dialer -p dialer-bench
 if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 60 --campaigns 3 --targets 300 --global-cap 24 \
-  --faults kill,cp-kill,freeze,redis,broker,postgres,webhook --webhooks --settle-timeout-s 300 \
+  --faults kill,cp-kill,freeze,redis,broker,postgres,webhook,clock --webhooks --settle-timeout-s 300 \
   --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
   passed=$((passed + 1))
 else

@@ -79,7 +79,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     restart_every_s: u64,
     /// Which faults to inject (comma-separated): kill (a data plane), cp-kill (a control plane),
-    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres, webhook (with `--webhooks`); `none` for a run that only measures
+    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres, webhook (with `--webhooks`), clock
+    /// (libfaketime, `apt-get install -y faketime`); `none` for a run that only measures
     /// (its `cpu_per_dial` then counts every process: none is killed).
     #[arg(long, default_value = "kill,cp-kill,freeze,redis,broker,postgres", value_delimiter = ',')]
     faults: Vec<String>,
@@ -93,6 +94,13 @@ pub struct Args {
     webhook_down_every_s: u64,
     #[arg(long, default_value_t = 8)]
     webhook_down_s: u64,
+    /// Fault `clock`: the first control plane runs under libfaketime (its wall clock only: the
+    /// monotonic clock runs on, as under an NTP step), and every `--clock-step-every-s` its
+    /// clock steps to `--clock-step-s` ahead of the others, then as far behind, in turn.
+    #[arg(long, default_value_t = 20)]
+    clock_step_every_s: u64,
+    #[arg(long, default_value_t = 3)]
+    clock_step_s: u64,
     /// How long the campaigns may take to finish after the faults stop.
     #[arg(long, default_value_t = 600)]
     settle_timeout_s: u64,
@@ -310,7 +318,10 @@ struct Cluster {
     dps: Vec<Proc>,
 }
 
-const FAULTS: [&str; 7] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "webhook"];
+const FAULTS: [&str; 8] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "webhook", "clock"];
+
+/// libfaketime for multithreaded programs (Debian's `faketime` package).
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 pub async fn run(a: Args) -> Result<()> {
     if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
@@ -389,7 +400,14 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     )?;
     write_tuning(a, w, partitions)?;
     let config = w.join("dialer.toml").display().to_string();
-    let mut cps = control_plane_procs(w, &config, &api_ports);
+    let clock = a.faults.iter().any(|f| f == "clock").then(|| w.join("faketime"));
+    if let Some(file) = &clock {
+        if !Path::new(FAKETIME_LIB).exists() {
+            bail!("--faults clock needs libfaketime ({FAKETIME_LIB}); install it with: apt-get install -y faketime");
+        }
+        std::fs::write(file, "+0")?;
+    }
+    let mut cps = control_plane_procs(w, &config, &api_ports, clock.as_deref());
     for (cp, port) in cps.iter_mut().zip(&api_ports) {
         cp.spawn(&bin)?;
         if !dialer_testkit::wait_for_port(*port, Duration::from_secs(60)) {
@@ -425,17 +443,30 @@ fn write_tuning(a: &Args, w: &Path, partitions: usize) -> Result<()> {
     Ok(())
 }
 
-/// The control-plane replicas (not started), one per API port.
-fn control_plane_procs(w: &Path, config: &str, ports: &[u16]) -> Vec<Proc> {
+/// The control-plane replicas (not started), one per API port; with `clock` (fault `clock`),
+/// the first on a wall clock offset by what that file says (libfaketime reads it at most once a
+/// second; the monotonic clock is left alone).
+fn control_plane_procs(w: &Path, config: &str, ports: &[u16], clock: Option<&Path>) -> Vec<Proc> {
     ports
         .iter()
         .enumerate()
-        .map(|(k, port)| Proc {
-            name: format!("control-plane-{k}"),
-            cmd: vec!["--config".into(), config.to_string(), "control-plane".into()],
-            env: vec![("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}"))],
-            log: w.join(format!("control-plane-{k}.log")),
-            child: None,
+        .map(|(k, port)| {
+            let mut env = vec![("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}"))];
+            if let Some(file) = clock.filter(|_| k == 0) {
+                env.extend([
+                    ("LD_PRELOAD".into(), FAKETIME_LIB.into()),
+                    ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
+                    ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+                    ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+                ]);
+            }
+            Proc {
+                name: format!("control-plane-{k}"),
+                cmd: vec!["--config".into(), config.to_string(), "control-plane".into()],
+                env,
+                log: w.join(format!("control-plane-{k}.log")),
+                child: None,
+            }
         })
         .collect()
 }
@@ -504,6 +535,7 @@ struct Faults {
     broker_restarts: u64,
     pg_restarts: u64,
     webhook_outages: u64,
+    clock_steps: u64,
 }
 
 /// When each server restart comes: a quarter, half and three quarters in, or every
@@ -540,6 +572,8 @@ struct Clock {
     /// The webhook receiver's next outage, and when the one under way ends.
     hook_down: Instant,
     hook_up: Option<Instant>,
+    /// The next clock step of the first control plane.
+    step: Instant,
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to `pid`.
@@ -570,6 +604,9 @@ async fn periodic_faults(a: &Args, c: &mut Cluster, f: &mut Faults, clock: &mut 
         }
     }
     if let Some(what) = webhook_outage(a, c, f, clock, now) {
+        return Ok(Some(what));
+    }
+    if let Some(what) = clock_step(a, c, f, clock, now)? {
         return Ok(Some(what));
     }
     if on("kill") && now >= clock.kill {
@@ -620,6 +657,19 @@ fn webhook_outage(a: &Args, c: &Cluster, f: &mut Faults, clock: &mut Clock, now:
     Some(format!("webhook receiver down for {} s", a.webhook_down_s))
 }
 
+/// The first control plane's wall clock stepped when due (fault `clock`): `--clock-step-s`
+/// ahead of the others, then as far behind, in turn.
+fn clock_step(a: &Args, c: &Cluster, f: &mut Faults, clock: &mut Clock, now: Instant) -> Result<Option<String>> {
+    if !a.faults.iter().any(|x| x == "clock") || now < clock.step {
+        return Ok(None);
+    }
+    clock.step += Duration::from_secs(a.clock_step_every_s);
+    let sign = if f.clock_steps.is_multiple_of(2) { '+' } else { '-' };
+    f.clock_steps += 1;
+    std::fs::write(c.work.path().join("faketime"), format!("{sign}{}", a.clock_step_s))?;
+    Ok(Some(format!("{}'s clock now {sign}{} s", c.cps[0].name, a.clock_step_s)))
+}
+
 /// Restarts the server whose turn it is; what it restarted.
 async fn restart_server(c: &mut Cluster, f: &mut Faults, what: &str) -> Result<()> {
     let err = |e: dialer_testkit::HarnessError| anyhow::anyhow!("{e}");
@@ -660,6 +710,7 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
         thaw: None,
         hook_down: after(a.webhook_down_every_s),
         hook_up: None,
+        step: after(a.clock_step_every_s),
     };
     let mut scheduled = restart_schedule(a, t0);
     while Instant::now() < fault_end {
@@ -804,6 +855,7 @@ async fn check_guarantees(
         // The product's topics, as the broker stores them (the dispatch and status messages).
         "kafka_bytes_per_dial": cluster.kafka.log_bytes("dialer.") as f64 / placed.len().max(1) as f64,
         "webhook_outages": f.webhook_outages,
+        "clock_steps": f.clock_steps,
         "webhook_requests": hooks.as_ref().map(|h| h.requests),
         "webhook_failed_answers": hooks.as_ref().map(|h| h.failed_answers),
         "webhook_events_delivered": hooks.as_ref().map(|h| h.events),
