@@ -80,7 +80,8 @@ pub struct Args {
     restart_every_s: u64,
     /// Which faults to inject (comma-separated): kill (a data plane), cp-kill (a control plane),
     /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres, webhook (with `--webhooks`), clock
-    /// (libfaketime, `apt-get install -y faketime`); `none` for a run that only measures
+    /// (libfaketime, `apt-get install -y faketime`), disk (the journal's file system full; root);
+    /// `none` for a run that only measures
     /// (its `cpu_per_dial` then counts every process: none is killed).
     #[arg(long, default_value = "kill,cp-kill,freeze,redis,broker,postgres", value_delimiter = ',')]
     faults: Vec<String>,
@@ -101,6 +102,12 @@ pub struct Args {
     clock_step_every_s: u64,
     #[arg(long, default_value_t = 3)]
     clock_step_s: u64,
+    /// Fault `disk`: the data planes' journal on a 16 MiB tmpfs of its own (root), filled to
+    /// the last byte for `--disk-full-s` every `--disk-full-every-s`.
+    #[arg(long, default_value_t = 30)]
+    disk_full_every_s: u64,
+    #[arg(long, default_value_t = 6)]
+    disk_full_s: u64,
     /// How long the campaigns may take to finish after the faults stop.
     #[arg(long, default_value_t = 600)]
     settle_timeout_s: u64,
@@ -274,6 +281,8 @@ struct Audit {
     events: u64,
     /// Attempts with an outcome event.
     outcomes: std::collections::HashSet<(Uuid, u32)>,
+    /// Attempts not dialled because the journal could not record them (fault `disk`).
+    journal_unavailable: u64,
 }
 
 async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
@@ -287,6 +296,7 @@ async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
     let mut started: HashMap<(Uuid, u32), u32> = HashMap::new();
     let mut outcomes = std::collections::HashSet::new();
     let mut events = 0u64;
+    let mut journal_unavailable = 0u64;
     let mut quiet = Instant::now();
     while quiet.elapsed() < Duration::from_secs(5) {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
@@ -297,11 +307,12 @@ async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
                 *started.entry((e.call_id, e.attempt)).or_default() += 1;
             } else {
                 outcomes.insert((e.call_id, e.attempt));
+                journal_unavailable += u64::from(e.reason.as_deref() == Some("journal_unavailable"));
             }
         }
     }
     let started_duplicates = started.values().map(|n| u64::from(n.saturating_sub(1))).sum();
-    Ok(Audit { started_duplicates, events, outcomes })
+    Ok(Audit { started_duplicates, events, outcomes, journal_unavailable })
 }
 
 /// The servers and processes of a chaos run, and where their logs and ledgers go.
@@ -313,12 +324,14 @@ struct Cluster {
     db: String,
     redis: dialer_testkit::RedisServer,
     kafka: dialer_testkit::Kafka,
+    /// The journal's own file system (fault `disk`), unmounted before `work` is removed.
+    journal_fs: Option<crate::chaos_disk::Tmpfs>,
     work: tempfile::TempDir,
     cps: Vec<Proc>,
     dps: Vec<Proc>,
 }
 
-const FAULTS: [&str; 8] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "webhook", "clock"];
+const FAULTS: [&str; 9] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "webhook", "clock", "disk"];
 
 /// libfaketime for multithreaded programs (Debian's `faketime` package).
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -414,12 +427,14 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
             bail!("{} did not start; its log:\n{}", cp.name, std::fs::read_to_string(&cp.log).unwrap_or_default());
         }
     }
+    let disk = a.faults.iter().any(|f| f == "disk");
+    let journal_fs = disk.then(|| crate::chaos_disk::Tmpfs::mount(&w.join("journal"), 16)).transpose()?;
     let mut dps = dataplane_procs(a, w, &config);
     for d in &mut dps {
         d.spawn(&bin)?;
     }
     let hooks = a.webhooks.then(|| dialer_testkit::receiver::Receiver::start(crate::chaos_hooks::up_mode(), 11));
-    Ok(Cluster { bin, pg, hooks, db, redis, kafka, work, cps, dps })
+    Ok(Cluster { bin, pg, hooks, db, redis, kafka, journal_fs, work, cps, dps })
 }
 
 /// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
@@ -536,6 +551,7 @@ struct Faults {
     pg_restarts: u64,
     webhook_outages: u64,
     clock_steps: u64,
+    disk_fulls: u64,
 }
 
 /// When each server restart comes: a quarter, half and three quarters in, or every
@@ -574,6 +590,9 @@ struct Clock {
     hook_up: Option<Instant>,
     /// The next clock step of the first control plane.
     step: Instant,
+    /// The journal's disk: when it next fills, and when the fill under way is freed.
+    disk_full: Instant,
+    disk_free: Option<Instant>,
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to `pid`.
@@ -607,6 +626,9 @@ async fn periodic_faults(a: &Args, c: &mut Cluster, f: &mut Faults, clock: &mut 
         return Ok(Some(what));
     }
     if let Some(what) = clock_step(a, c, f, clock, now)? {
+        return Ok(Some(what));
+    }
+    if let Some(what) = disk_full(a, c, f, clock, now)? {
         return Ok(Some(what));
     }
     if on("kill") && now >= clock.kill {
@@ -670,6 +692,27 @@ fn clock_step(a: &Args, c: &Cluster, f: &mut Faults, clock: &mut Clock, now: Ins
     Ok(Some(format!("{}'s clock now {sign}{} s", c.cps[0].name, a.clock_step_s)))
 }
 
+/// The journal's file system filled when due (fault `disk`), and freed `--disk-full-s` later.
+fn disk_full(a: &Args, c: &Cluster, f: &mut Faults, clock: &mut Clock, now: Instant) -> Result<Option<String>> {
+    let Some(fs) = &c.journal_fs else { return Ok(None) };
+    if let Some(free) = clock.disk_free {
+        if now < free {
+            return Ok(None);
+        }
+        clock.disk_free = None;
+        fs.empty()?;
+        return Ok(Some("journal disk freed".into()));
+    }
+    if now < clock.disk_full {
+        return Ok(None);
+    }
+    clock.disk_full += Duration::from_secs(a.disk_full_every_s);
+    clock.disk_free = Some(now + Duration::from_secs(a.disk_full_s));
+    f.disk_fulls += 1;
+    let took = fs.fill()?;
+    Ok(Some(format!("journal disk full ({} KiB taken) for {} s", took / 1024, a.disk_full_s)))
+}
+
 /// Restarts the server whose turn it is; what it restarted.
 async fn restart_server(c: &mut Cluster, f: &mut Faults, what: &str) -> Result<()> {
     let err = |e: dialer_testkit::HarnessError| anyhow::anyhow!("{e}");
@@ -711,6 +754,8 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
         hook_down: after(a.webhook_down_every_s),
         hook_up: None,
         step: after(a.clock_step_every_s),
+        disk_full: after(a.disk_full_every_s),
+        disk_free: None,
     };
     let mut scheduled = restart_schedule(a, t0);
     while Instant::now() < fault_end {
@@ -727,6 +772,13 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
     }
     if let Some((_, pid, _)) = clock.thaw.take() {
         signal(pid, "CONT");
+    }
+    // What is still down comes back for the drain: the journal's disk, the webhook receiver.
+    if let Some(fs) = &c.journal_fs {
+        fs.empty()?;
+    }
+    if let Some(rx) = &c.hooks {
+        rx.set_mode(crate::chaos_hooks::up_mode());
     }
     pb.finish_and_clear();
     println!(
@@ -856,6 +908,8 @@ async fn check_guarantees(
         "kafka_bytes_per_dial": cluster.kafka.log_bytes("dialer.") as f64 / placed.len().max(1) as f64,
         "webhook_outages": f.webhook_outages,
         "clock_steps": f.clock_steps,
+        "journal_disk_fulls": f.disk_fulls,
+        "attempts_not_dialled_journal_full": audit.journal_unavailable,
         "webhook_requests": hooks.as_ref().map(|h| h.requests),
         "webhook_failed_answers": hooks.as_ref().map(|h| h.failed_answers),
         "webhook_events_delivered": hooks.as_ref().map(|h| h.events),

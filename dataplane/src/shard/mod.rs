@@ -339,6 +339,7 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
                 return true;
             }
             self.lease.release(w.msg.campaign_id);
+            self.queues.wake(w.msg.campaign_id);
             metrics::counter!("dialer_dataplane_suppressed_total").increment(1);
             let ev = retryable_failure(&w.msg, EventKind::Expired, "dnc: opted out while queued", self.index, now);
             self.events.push((ev, Some((w.partition, w.offset))));
@@ -347,7 +348,8 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
     }
 
     /// Makes the starts durable in one group commit. Calls the journal cannot record are not
-    /// dialled: their tokens go back and they are reported failed (retryable).
+    /// dialled: their tokens go back and they are reported failed (retryable). Their campaigns
+    /// are not woken here (the journal would fail again at once): the next heartbeat wakes them.
     fn journal_starts(&mut self, starts: &mut Vec<Waiting>, now: u64) {
         let durable = match &mut self.journal {
             None => Ok(()),
@@ -744,6 +746,9 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
 
     /// The health heartbeat and the shard's gauges.
     fn heartbeat(&mut self) {
+        // Parked campaigns try again at least once a heartbeat: tokens that came back without a
+        // wake (starts the journal could not record) are never left idle while messages wait.
+        self.queues.wake_all();
         self.meters.busy_ratio();
         self.meters.in_flight.set(self.calls.len() as f64);
         self.meters.waiting.set(self.queues.len() as f64);
