@@ -91,6 +91,10 @@ pub struct Args {
     /// `--webhook-down-s` every `--webhook-down-every-s`.
     #[arg(long)]
     webhooks: bool,
+    /// The attempt timeline on Apache Cassandra (a node of the run's own), audited at the end:
+    /// every dialled attempt has its row, with its outcome.
+    #[arg(long)]
+    cassandra: bool,
     #[arg(long, default_value_t = 25)]
     webhook_down_every_s: u64,
     #[arg(long, default_value_t = 8)]
@@ -324,6 +328,8 @@ struct Cluster {
     db: String,
     redis: dialer_testkit::RedisServer,
     kafka: dialer_testkit::Kafka,
+    /// The timeline's node (`--cassandra`).
+    cassandra: Option<dialer_testkit::Cassandra>,
     /// The journal's own file system (fault `disk`), unmounted before `work` is removed.
     journal_fs: Option<crate::chaos_disk::Tmpfs>,
     work: tempfile::TempDir,
@@ -388,6 +394,7 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     let db = pg.create_database().map_err(anyhow::Error::msg)?;
     let redis = dialer_testkit::RedisServer::start().map_err(err)?;
     let kafka = dialer_testkit::Kafka::start().map_err(err)?;
+    let cassandra = a.cassandra.then(dialer_testkit::Cassandra::start).transpose().map_err(err)?;
     let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
     let w = work.path();
     let api_ports: Vec<u16> = (0..a.control_planes.max(1)).map(|_| dialer_testkit::free_port()).collect();
@@ -401,8 +408,9 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
              redis_url = \"{r}\"\nreconcile_every_sec = 5\n\
              [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\ndispatch_partitions = {partitions}\n\
              [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = {ring}\n\
-             [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n{hooks}",
+             [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n{hooks}{timeline}",
             hooks = if a.webhooks { crate::chaos_hooks::CONFIG } else { "" },
+            timeline = cassandra.as_ref().map(|c| crate::chaos_timeline::config(&c.node())).unwrap_or_default(),
             api = api_ports[0],
             g = a.global_cap,
             cc = a.campaign_cap,
@@ -434,7 +442,7 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
         d.spawn(&bin)?;
     }
     let hooks = a.webhooks.then(|| dialer_testkit::receiver::Receiver::start(crate::chaos_hooks::up_mode(), 11));
-    Ok(Cluster { bin, pg, hooks, db, redis, kafka, journal_fs, work, cps, dps })
+    Ok(Cluster { bin, pg, hooks, db, redis, kafka, cassandra, journal_fs, work, cps, dps })
 }
 
 /// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
@@ -854,6 +862,13 @@ async fn check_guarantees(
     let crate::Progress { terminal, attempts, .. } = crate::progress(&store, ids).await?;
     let mismatched = crate::stats_mismatches(&store, ids).await?;
     let placed = read_ledgers(w)?;
+    let timeline = match &cluster.cassandra {
+        Some(c) => {
+            let dialled: Vec<(Uuid, u32)> = placed.iter().map(|p| (p.call, p.attempt)).collect();
+            Some(crate::chaos_timeline::audit(&c.node(), &dialled).await?)
+        }
+        None => None,
+    };
     let mut seen: HashMap<(Uuid, u32), u32> = HashMap::new();
     for p in &placed {
         *seen.entry((p.call, p.attempt)).or_default() += 1;
@@ -870,7 +885,7 @@ async fn check_guarantees(
         .map(|id| json!({"campaign": id, "cap": caps[id], "peak": peaks.get(id).copied().unwrap_or(0)}))
         .collect();
     let lost = total - terminal + mismatched as i64;
-    let out = json!({
+    let mut out = json!({
         "scenario": "chaos",
         "settings": {"fault_seconds": a.fault_seconds, "campaigns": a.campaigns, "targets": a.targets,
             "campaign_cap": a.campaign_cap, "global_cap": a.global_cap, "dataplanes": a.dataplanes,
@@ -901,6 +916,10 @@ async fn check_guarantees(
         "redis_restarts": f.redis_restarts,
         "broker_restarts": f.broker_restarts,
         "postgres_restarts": f.pg_restarts,
+    });
+    // The newer faults' counts and the run's cost, in a second object (one `json!` of them all
+    // passes the macro's recursion limit).
+    let more = json!({
         "cpu_per_dial": crate::procstat::per_dial(&cost.start.0, &cost.end.0, placed.len() as i64),
         "postgres_per_dial": crate::procstat::pg_per_dial(cost.start.1, cost.end.1, placed.len() as i64),
         "redis_commands_per_dial": cost.redis.map(|n| n as f64 / placed.len().max(1) as f64),
@@ -908,6 +927,9 @@ async fn check_guarantees(
         "kafka_bytes_per_dial": cluster.kafka.log_bytes("dialer.") as f64 / placed.len().max(1) as f64,
         "webhook_outages": f.webhook_outages,
         "clock_steps": f.clock_steps,
+        "timeline_rows": timeline.as_ref().map(|t| t.rows),
+        "timeline_missing": timeline.as_ref().map(|t| t.missing),
+        "timeline_unresolved": timeline.as_ref().map(|t| t.unresolved),
         "journal_disk_fulls": f.disk_fulls,
         "attempts_not_dialled_journal_full": audit.journal_unavailable,
         "webhook_requests": hooks.as_ref().map(|h| h.requests),
@@ -916,11 +938,15 @@ async fn check_guarantees(
         "webhook_events_missing": hooks.as_ref().map(|h| h.missing),
         "webhook_out_of_order": hooks.as_ref().map(|h| h.out_of_order),
     });
+    if let (Some(o), Some(m)) = (out.as_object_mut(), more.as_object()) {
+        o.extend(m.clone());
+    }
     for (k, v) in out.as_object().into_iter().flatten().filter(|(k, _)| *k != "settings") {
         println!("{k:<28} {v}");
     }
     crate::write_json(a.json.as_deref(), &out)?;
-    let hooks_bad = hooks.as_ref().is_some_and(|h| h.missing != 0 || h.out_of_order != 0);
+    let hooks_bad = hooks.as_ref().is_some_and(|h| h.missing != 0 || h.out_of_order != 0)
+        || timeline.as_ref().is_some_and(|t| t.missing != 0 || t.unresolved != 0);
     if !completed
         || lost != 0
         || violations != 0
