@@ -854,7 +854,7 @@ async fn check_guarantees(
     caps: &HashMap<Uuid, u32>,
     run: &Run,
 ) -> Result<()> {
-    let Run { faults: f, completed, elapsed, cost, hooks } = run;
+    let Run { faults: f, completed, elapsed, hooks, .. } = run;
     let (completed, elapsed) = (*completed, *elapsed);
     let total = (a.campaigns * a.targets) as i64;
     let store = open_store(&cluster.db).await;
@@ -917,27 +917,7 @@ async fn check_guarantees(
         "broker_restarts": f.broker_restarts,
         "postgres_restarts": f.pg_restarts,
     });
-    // The newer faults' counts and the run's cost, in a second object (one `json!` of them all
-    // passes the macro's recursion limit).
-    let more = json!({
-        "cpu_per_dial": crate::procstat::per_dial(&cost.start.0, &cost.end.0, placed.len() as i64),
-        "postgres_per_dial": crate::procstat::pg_per_dial(cost.start.1, cost.end.1, placed.len() as i64),
-        "redis_commands_per_dial": cost.redis.map(|n| n as f64 / placed.len().max(1) as f64),
-        // The product's topics, as the broker stores them (the dispatch and status messages).
-        "kafka_bytes_per_dial": cluster.kafka.log_bytes("dialer.") as f64 / placed.len().max(1) as f64,
-        "webhook_outages": f.webhook_outages,
-        "clock_steps": f.clock_steps,
-        "timeline_rows": timeline.as_ref().map(|t| t.rows),
-        "timeline_missing": timeline.as_ref().map(|t| t.missing),
-        "timeline_unresolved": timeline.as_ref().map(|t| t.unresolved),
-        "journal_disk_fulls": f.disk_fulls,
-        "attempts_not_dialled_journal_full": audit.journal_unavailable,
-        "webhook_requests": hooks.as_ref().map(|h| h.requests),
-        "webhook_failed_answers": hooks.as_ref().map(|h| h.failed_answers),
-        "webhook_events_delivered": hooks.as_ref().map(|h| h.events),
-        "webhook_events_missing": hooks.as_ref().map(|h| h.missing),
-        "webhook_out_of_order": hooks.as_ref().map(|h| h.out_of_order),
-    });
+    let more = newer_figures(run, &cluster, placed.len(), timeline.as_ref(), audit.journal_unavailable);
     if let (Some(o), Some(m)) = (out.as_object_mut(), more.as_object()) {
         o.extend(m.clone());
     }
@@ -958,6 +938,38 @@ async fn check_guarantees(
         bail!("a guarantee failed (logs and ledgers kept in {})", keep.display());
     }
     Ok(())
+}
+
+/// The newer faults' counts, their audits and the run's cost, in an object of their own (one
+/// `json!` of every figure passes the macro's recursion limit).
+fn newer_figures(
+    run: &Run,
+    cluster: &Cluster,
+    dials: usize,
+    timeline: Option<&crate::chaos_timeline::Audit>,
+    journal_unavailable: u64,
+) -> serde_json::Value {
+    let Run { faults: f, cost, hooks, .. } = run;
+    let per = |n: f64| n / dials.max(1) as f64;
+    json!({
+        "cpu_per_dial": crate::procstat::per_dial(&cost.start.0, &cost.end.0, dials as i64),
+        "postgres_per_dial": crate::procstat::pg_per_dial(cost.start.1, cost.end.1, dials as i64),
+        "redis_commands_per_dial": cost.redis.map(|n| per(n as f64)),
+        // The product's topics, as the broker stores them (the dispatch and status messages).
+        "kafka_bytes_per_dial": per(cluster.kafka.log_bytes("dialer.") as f64),
+        "webhook_outages": f.webhook_outages,
+        "clock_steps": f.clock_steps,
+        "timeline_rows": timeline.map(|t| t.rows),
+        "timeline_missing": timeline.map(|t| t.missing),
+        "timeline_unresolved": timeline.map(|t| t.unresolved),
+        "journal_disk_fulls": f.disk_fulls,
+        "attempts_not_dialled_journal_full": journal_unavailable,
+        "webhook_requests": hooks.as_ref().map(|h| h.requests),
+        "webhook_failed_answers": hooks.as_ref().map(|h| h.failed_answers),
+        "webhook_events_delivered": hooks.as_ref().map(|h| h.events),
+        "webhook_events_missing": hooks.as_ref().map(|h| h.missing),
+        "webhook_out_of_order": hooks.as_ref().map(|h| h.out_of_order),
+    })
 }
 
 #[cfg(test)]
