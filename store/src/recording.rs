@@ -215,8 +215,8 @@ pub(crate) const ATTEMPT_MERGE: &str = " ON CONFLICT (campaign_id, call_id, atte
     sip_reason = COALESCE(excluded.sip_reason, call_attempts.sip_reason), \
     media = COALESCE(excluded.media, call_attempts.media)";
 
-/// The columns of an attempt row, in the order both dialects write them.
-pub(crate) const ATTEMPT_COLUMNS: &str = "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, \
+/// The insert of attempt rows, their columns in the order both dialects write them.
+pub(crate) const ATTEMPT_INSERT: &str = "INSERT INTO call_attempts (campaign_id, call_id, attempt, outcome, \
     started_at, answered_at, ended_at, duration_ms, reason, retryable, sip_code, sip_reason, media) ";
 
 /// Attempt rows by multi-row `VALUES` (SQLite's [`Dialect::upsert_attempts`]).
@@ -225,7 +225,7 @@ pub(crate) async fn upsert_attempts_listed<D: Dialect>(
     rows: &[crate::timeline::TimelineRow],
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(CHUNK_ROWS / 5) {
-        let mut q = QueryBuilder::<D>::new(ATTEMPT_COLUMNS);
+        let mut q = QueryBuilder::<D>::new(ATTEMPT_INSERT);
         q.push_values(chunk, |mut b, r| {
             b.push_arg(r.campaign_id)
                 .push_arg(r.call_id)

@@ -266,7 +266,7 @@ pub async fn screen<D: Dialect>(
     }
     write_skipped::<D>(conn, campaign_id, &s.skipped, at).await?;
     write_held::<D>(conn, campaign_id, &s.held, at).await?;
-    write_attempts::<D>(conn, campaign_id, &s.dial, at).await?;
+    D::insert_contacts(conn, campaign_id, &s.dial, at).await?;
     Ok(s)
 }
 
@@ -328,15 +328,6 @@ async fn write_held<D: Dialect>(
         q.build().run(&mut *conn).await?;
     }
     Ok(())
-}
-
-async fn write_attempts<D: Dialect>(
-    conn: &mut D::Connection,
-    campaign_id: Uuid,
-    dial: &[ClaimedCall],
-    at: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    D::insert_contacts(conn, campaign_id, dial, at).await
 }
 
 /// The recipient's ledger of attempts by multi-row `VALUES` (SQLite's

@@ -248,9 +248,14 @@ impl RtpStream {
     /// Reads a datagram of `n` bytes from `from` (in [`RtpStream::inbuf`]).
     fn received(&mut self, n: usize, from: SocketAddr) -> Heard {
         let Some(p) = rtp::parse(&self.inbuf[..n]) else { return Heard::Nothing };
-        // Not latching: the socket is connected at the answer, and the kernel drops the rest.
         match self.latched {
-            _ if !self.symmetric => {}
+            // Not latching: only the SDP's address is heard (the kernel drops the rest once the
+            // socket is connected; this holds where it could not be).
+            _ if !self.symmetric => {
+                if self.remote.is_none_or(|r| r.addr != from) {
+                    return Heard::Nothing;
+                }
+            }
             Some(l) if l != from => return Heard::Nothing,
             Some(_) => {}
             None => {

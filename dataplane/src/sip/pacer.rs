@@ -74,12 +74,27 @@ pub enum Route {
     To(SocketAddr),
 }
 
+/// A stream's destination as the pacer keeps it: ready for the kernel.
+enum Dest {
+    Connected,
+    To(send::Addr),
+}
+
+impl Dest {
+    /// The address a send names (`None`: the socket's own).
+    fn addr(&self) -> Option<&send::Addr> {
+        match self {
+            Dest::Connected => None,
+            Dest::To(a) => Some(a),
+        }
+    }
+}
+
 /// What the pacer holds of one stream.
 struct Out {
     fd: RawFd,
-    /// Where to send (`None`: nowhere yet, or the far end holds the call; `Some(None)`: where
-    /// the socket is connected).
-    to: Option<Option<send::Addr>>,
+    /// Where to send (`None`: nowhere yet, or the far end holds the call).
+    to: Option<Dest>,
     law: Law,
     ssrc: u32,
     seq: u16,
@@ -282,7 +297,7 @@ impl Pacer {
                 // Lateness counts from the first slot that was due, skipped ones included.
                 let due = out.next;
                 out.take_slot(now);
-                let buf = out.to.as_ref().and_then(|to| batch.push((key, out.fd), to.as_ref(), due));
+                let buf = out.to.as_ref().and_then(|to| batch.push((key, out.fd), to.addr(), due));
                 // (A full batch cannot happen: it holds a packet per live stream.)
                 out.packet(buf);
             }
@@ -325,8 +340,8 @@ impl Paced {
     pub fn route(&self, to: Option<Route>, law: Law) {
         self.pacer.with(self.key, |o| {
             o.to = to.map(|r| match r {
-                Route::Connected => None,
-                Route::To(a) => Some(send::Addr::from(a)),
+                Route::Connected => Dest::Connected,
+                Route::To(a) => Dest::To(send::Addr::from(a)),
             });
             o.law = law;
         });

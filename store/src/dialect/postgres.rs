@@ -365,7 +365,6 @@ async fn write_calls(conn: &mut sqlx::PgConnection, rows: &[CallWrite], at: Date
     if rows.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&CallWrite) -> Uuid| rows.iter().map(f).collect::<Vec<_>>();
     let sql = format!(
         "WITH v AS (SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::timestamptz[], \
          $6::int8[], $7::text[], $8::int4[]) AS v(cid, id, status, attempts, next_at, delay, err, eseq)){}$9 \
@@ -373,8 +372,8 @@ async fn write_calls(conn: &mut sqlx::PgConnection, rows: &[CallWrite], at: Date
         crate::recording::CALLS_SET
     );
     sqlx::query(&sql)
-        .bind(col(|r| r.campaign_id))
-        .bind(col(|r| r.id))
+        .bind(rows.iter().map(|r| r.campaign_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.attempt_count).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.next_attempt_at).collect::<Vec<_>>())
@@ -398,7 +397,7 @@ async fn upsert_attempts(conn: &mut sqlx::PgConnection, rows: &[TimelineRow]) ->
     let sql = format!(
         "{}SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
          $7::timestamptz[], $8::int8[], $9::text[], $10::bool[], $11::int4[], $12::text[], $13::text[]){}",
-        crate::recording::ATTEMPT_COLUMNS,
+        crate::recording::ATTEMPT_INSERT,
         crate::recording::ATTEMPT_MERGE
     );
     sqlx::query(&sql)
