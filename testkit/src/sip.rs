@@ -374,7 +374,22 @@ pub struct Baresip {
 }
 
 impl Baresip {
+    /// A baresip answering every call as `user` with `codec`, sending `source`. baresip also
+    /// listens for SIP over TCP on its port and TLS on the next one, which a free UDP port does
+    /// not promise: a start that finds one taken tries again on other ports.
     pub fn answer(user: &str, codec: &str, source: &Path) -> Result<Baresip, HarnessError> {
+        let mut tries = 0;
+        loop {
+            match Baresip::start(user, codec, source) {
+                Err(HarnessError::Start { detail, .. }) if detail.contains("Address already in use") && tries < 4 => {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start(user: &str, codec: &str, source: &Path) -> Result<Baresip, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("dialer-baresip-")
             .tempdir()
