@@ -15,6 +15,7 @@ mod dataplane;
 mod e2e;
 mod journal;
 mod limiter;
+mod limiter_sync;
 mod media;
 mod occupancy;
 mod plot;
@@ -48,6 +49,9 @@ enum Command {
     Csv(csv::Args),
     /// Concurrency tokens: the seed's per-call Redis acquire/release against our batched leases.
     Limiter(limiter::Args),
+    /// What one lease update costs Redis with many campaigns in the pool (the `sync` script's own
+    /// time, from `INFO commandstats`), with the global cap fitting and binding.
+    LimiterSync(limiter_sync::Args),
     /// Dispatch → dial → status through the data plane (in-process bus or Kafka).
     Dataplane(dataplane::Args),
     /// Campaigns end to end through the distributed mode (PostgreSQL, Kafka, Redis).
@@ -344,6 +348,9 @@ fn main() -> Result<()> {
         }
         Command::Limiter(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(limiter::run(args))
+        }
+        Command::LimiterSync(args) => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(limiter_sync::run(args))
         }
         Command::Dataplane(args) => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(dataplane::run(args))

@@ -24,14 +24,34 @@ local function parse_demand(v)
   return tonumber(d), tonumber(w), tonumber(cap), tonumber(weight)
 end
 
+-- What a campaign claims of the global cap: min(cap, demand), then headroom up to min(cap, want)
+-- (the bounds of campaign_shares' two rounds).
+local function claim(d, w, cap)
+  local first = math.max(math.min(cap, d), 0)
+  return first + math.max(math.min(cap, w) - math.min(cap, d), 0)
+end
+
+-- The sum of every campaign's claim is kept beside the fair hash, so that a sync can tell
+-- without reading the hash whether the global cap binds. Missing (a reconcile dropped it, or
+-- from before) it is counted again at its next use.
+local function claims_key(fair_key)
+  return fair_key .. ':claims'
+end
+
 -- Adds (dd, dw) to a campaign's demand; the entry goes when nothing is left of it.
 local function add_demand(fair_key, campaign, dd, dw, cap, weight)
   local d, w, ocap, oweight = parse_demand(redis.call('HGET', fair_key, campaign))
+  local before = claim(d, w, ocap)
   d, w = d + dd, w + dw
+  local after = 0
   if d <= 0 and w <= 0 then
     redis.call('HDEL', fair_key, campaign)
   else
     redis.call('HSET', fair_key, campaign, d .. ':' .. w .. ':' .. (cap or ocap) .. ':' .. (weight or oweight))
+    after = claim(d, w, cap or ocap)
+  end
+  if after ~= before and redis.call('EXISTS', claims_key(fair_key)) == 1 then
+    redis.call('INCRBY', claims_key(fair_key), after - before)
   end
 end
 
@@ -101,15 +121,39 @@ local function campaign_shares(global_cap, fair_key)
   return out
 end
 
--- The rounding offset of a lease member (fair.rs: dither).
-local function dither(member)
-  local h = 0
-  for i = 1, #member do h = (h * 31 + string.byte(member, i)) % 1000003 end
-  return h / 1000003
+-- The sum of every campaign's claim, counted from the fair hash when it is not kept.
+local function total_claims(fair_key)
+  local v = redis.call('GET', claims_key(fair_key))
+  if v then return tonumber(v) end
+  local all = redis.call('HGETALL', fair_key)
+  local total = 0
+  for i = 2, #all, 2 do
+    local d, w, cap = parse_demand(all[i])
+    total = total + claim(d, w, cap)
+  end
+  redis.call('SET', claims_key(fair_key), total)
+  return total
+end
+
+-- The shares of `campaigns` as campaign_shares computes them. Where every claim fits under the
+-- global cap, each share is its campaign's claim (both rounds of water-filling give every claim
+-- in full, exactly: whole numbers in doubles), read from its own entry: a sync then costs what
+-- its requests cost, not the number of campaigns (fair.rs: shares_fit).
+local function shares_of(global_cap, fair_key, campaigns)
+  if total_claims(fair_key) > global_cap then return campaign_shares(global_cap, fair_key) end
+  local out = {}
+  for _, c in ipairs(campaigns) do
+    local v = redis.call('HGET', fair_key, c)
+    if v then
+      local d, w, cap, weight = parse_demand(v)
+      out[c] = {claim(d, w, cap), {d, w, cap, math.max(weight, 1)}}
+    end
+  end
+  return out
 end
 
 -- A holder's target (fair.rs: holder_target, round_dithered).
-local function holder_target(share, camp, demand, want, member)
+local function holder_target(share, camp, demand, want, dither)
   local t
   if share <= camp[1] then
     if camp[1] > 0 then t = share * demand / camp[1] else t = 0 end
@@ -120,5 +164,5 @@ local function holder_target(share, camp, demand, want, member)
     t = demand + extra
   end
   if t <= 1e-9 then return 0 end
-  return math.max(math.floor(t + dither(member) + 1e-9), 1)
+  return math.max(math.floor(t + dither + 1e-9), 1)
 end

@@ -32,6 +32,8 @@ for campaign, sum in pairs(demand) do
     redis.call('HSET', KEYS[5], campaign, sum[1] .. ':' .. sum[2] .. ':0:1')
   end
 end
+-- The sum of the claims is counted again at the next sync.
+redis.call('DEL', claims_key(KEYS[5]))
 local gdrift = tonumber(redis.call('GET', KEYS[1]) or '0') - total
 redis.call('SET', KEYS[1], total)
 local cdrift = 0

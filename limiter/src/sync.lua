@@ -4,7 +4,8 @@
 --       5 set of campaigns seen, 6 pool epoch, 7 recovery window (exists while it lasts),
 --       8 campaign demand hash
 -- ARGV: 1 prefix, 2 holder, 3 ttl ms, 4 global cap, 5 reap limit, 6 epoch the holder last saw
---       (0 = none), then per campaign: id, want, gen, campaign cap, tokens in use, demand, weight
+--       (0 = none), then per campaign: id, want, gen, campaign cap, tokens in use, demand, weight,
+--       the lease's rounding offset (fair.rs: dither)
 local prefix, holder = ARGV[1], ARGV[2]
 local ttl = tonumber(ARGV[3])
 local now = now_ms()
@@ -27,9 +28,10 @@ local gcap = tonumber(redis.call('GET', KEYS[2]) or ARGV[4])
 
 -- 1. Record each fresh request's demand (a duplicate or late generation changes nothing).
 local reqs = {}
-for i = 7, #ARGV, 7 do
+for i = 7, #ARGV, 8 do
   local r = {campaign = ARGV[i], want = tonumber(ARGV[i + 1]), gen = tonumber(ARGV[i + 2]), gen_s = ARGV[i + 2],
-             in_use = tonumber(ARGV[i + 4]), demand = tonumber(ARGV[i + 5]), weight = math.max(tonumber(ARGV[i + 6]), 1)}
+             in_use = tonumber(ARGV[i + 4]), demand = tonumber(ARGV[i + 5]), weight = math.max(tonumber(ARGV[i + 6]), 1),
+             dither = tonumber(ARGV[i + 7])}
   r.member = holder .. '|' .. r.campaign
   r.cap = tonumber(redis.call('GET', ckey(prefix, r.campaign, 'limit')) or ARGV[i + 3])
   local v = redis.call('HGET', KEYS[3], r.member)
@@ -47,13 +49,15 @@ for i = 7, #ARGV, 7 do
 end
 
 -- 2. Fair shares over every campaign with demand, then each request's give-back or grant.
-local shares = campaign_shares(gcap, KEYS[8])
+local ids = {}
+for n, r in ipairs(reqs) do ids[n] = r.campaign end
+local shares = shares_of(gcap, KEYS[8], ids)
 local global = tonumber(redis.call('GET', KEYS[1]) or '0')
 local out = {}
 for _, r in ipairs(reqs) do
   local s = shares[r.campaign]
   local target = 0
-  if s then target = holder_target(s[1], s[2], r.ldemand, r.lwant, r.member) end
+  if s then target = holder_target(s[1], s[2], r.ldemand, r.lwant, r.dither) end
   local count_key = ckey(prefix, r.campaign, 'concurrency')
   local count = r.cur
   if r.fresh then

@@ -41,11 +41,19 @@ async fn script_matches_the_model() {
         if step % 125 == 124 {
             // Redis loses everything (restarted without persistence); so does the model.
             use fred::interfaces::KeysInterface;
-            let mut keys: Vec<String> =
-                ["global:concurrency", "leases", "lease_expiry", "campaigns", "epoch", "recovery", "fair"]
-                    .iter()
-                    .map(|k| format!("{}sem:{k}", r.prefix()))
-                    .collect();
+            let mut keys: Vec<String> = [
+                "global:concurrency",
+                "leases",
+                "lease_expiry",
+                "campaigns",
+                "epoch",
+                "recovery",
+                "fair",
+                "fair:claims",
+            ]
+            .iter()
+            .map(|k| format!("{}sem:{k}", r.prefix()))
+            .collect();
             keys.extend((1..5).map(|n| format!("{}sem:campaign:{}:concurrency", r.prefix(), c(n))));
             r.client().del::<(), _>(keys).await.expect("del");
             model.lose_everything();
@@ -89,7 +97,34 @@ async fn script_matches_the_model() {
         epochs.insert(h, (got.epoch, want.epoch));
         let u = r.usage(c(1)).await.expect("usage");
         assert_eq!((u.global, u.campaign), (model.global(), model.campaign(c(1))), "step {step}");
+        assert_eq!(kept_claims(&r).await, counted_claims(&r).await, "step {step}: the kept sum of claims drifted");
     }
+}
+
+/// The sum of the claims the pool keeps beside its fair hash.
+async fn kept_claims(r: &RedisBackend) -> Option<f64> {
+    use fred::interfaces::KeysInterface;
+    let v: Option<i64> = r.client().get(format!("{}sem:fair:claims", r.prefix())).await.expect("get");
+    v.map(|v| v as f64)
+}
+
+/// The same sum counted from the fair hash's entries (`demand:want:cap:weight`).
+async fn counted_claims(r: &RedisBackend) -> Option<f64> {
+    use fred::interfaces::HashesInterface;
+    let all: HashMap<String, String> = r.client().hgetall(format!("{}sem:fair", r.prefix())).await.expect("hgetall");
+    let sum = all
+        .values()
+        .map(|v| {
+            let f: Vec<f64> = v.split(':').map(|x| x.parse().expect("a number")).collect();
+            dialer_limiter::fair::claim(&dialer_limiter::fair::CampaignDemand {
+                demand: f[0],
+                want: f[1],
+                cap: f[2],
+                weight: f[3],
+            })
+        })
+        .sum();
+    Some(sum)
 }
 
 #[tokio::test]
