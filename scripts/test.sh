@@ -111,7 +111,8 @@ if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); 
 
 # --- a 60 s fault run under a binding global cap (24 < 5+12+19), two control planes and two data
 # planes: SIGKILLed data planes and control planes, processes frozen past their leases (SIGSTOP),
-# Redis, broker and PostgreSQL restarts, a webhook receiver that fails 5 % of requests and goes down
+# Redis, broker and PostgreSQL restarts, the timeline's Cassandra node SIGKILLed and started again
+# (its commit log synced before each acknowledgement), a webhook receiver that fails 5 % of requests and goes down
 # (503) for 8 s every 25 s, audited from its own log (every event arrived, none out of order), and
 # one control plane's wall clock stepped 3 s ahead and behind (libfaketime), the data planes' journal
 # disk full (a 16 MiB tmpfs of its own, filled for 10 s every 15 s; root), the attempt timeline on
@@ -119,7 +120,7 @@ if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); 
 echo "== chaos: bench chaos (60 s)"
 cargo build --quiet -p dialer -p dialer-bench
 if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 60 --campaigns 3 --targets 300 --global-cap 24 \
-  --faults kill,cp-kill,freeze,redis,broker,postgres,webhook,clock,disk --webhooks --cassandra --disk-full-every-s 15 \
+  --faults kill,cp-kill,freeze,redis,broker,postgres,cassandra,webhook,clock,disk --webhooks --cassandra --disk-full-every-s 15 \
   --disk-full-s 10 --settle-timeout-s 300 \
   --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
   passed=$((passed + 1))

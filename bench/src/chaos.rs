@@ -5,7 +5,8 @@
 //! injected while campaigns run: a data plane SIGKILLed and restarted every `--kill-every-s`, a
 //! control plane every `--cp-kill-every-s`, a process (data planes and control planes in turn)
 //! frozen with SIGSTOP for `--freeze-s`, past its leases, then thawed, redis-server restarted (its
-//! data lost), the broker restarted, PostgreSQL restarted (immediate shutdown). After the faults
+//! data lost), the broker restarted, PostgreSQL restarted (immediate shutdown), the timeline's
+//! Cassandra node SIGKILLed and started again (fault `cassandra`). After the faults
 //! stop and every campaign completes, it checks the guarantees:
 //!
 //! - **no cap violation**, from the provider's ledger (the carrier's view: every call placed,
@@ -18,6 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -74,12 +76,14 @@ pub struct Args {
     /// Longest mock ring before answer, ms.
     #[arg(long, default_value_t = 50)]
     ring_ms: u64,
-    /// Redis, the broker and PostgreSQL are each restarted this often (staggered) while faults
-    /// last; 0: once each, at a quarter, half and three quarters of `--fault-seconds`.
+    /// Redis, the broker, PostgreSQL and Cassandra are each restarted this often (staggered)
+    /// while faults last; 0: once each, at a quarter, half, 60 % and three quarters of
+    /// `--fault-seconds`.
     #[arg(long, default_value_t = 0)]
     restart_every_s: u64,
     /// Which faults to inject (comma-separated): kill (a data plane), cp-kill (a control plane),
-    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres, webhook (with `--webhooks`), clock
+    /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres, cassandra (SIGKILLed, with
+    /// `--cassandra`), webhook (with `--webhooks`), clock
     /// (libfaketime, `apt-get install -y faketime`), disk (the journal's file system full; root);
     /// `none` for a run that only measures
     /// (its `cpu_per_dial` then counts every process: none is killed).
@@ -328,8 +332,11 @@ struct Cluster {
     db: String,
     redis: dialer_testkit::RedisServer,
     kafka: dialer_testkit::Kafka,
-    /// The timeline's node (`--cassandra`).
-    cassandra: Option<dialer_testkit::Cassandra>,
+    /// The timeline's node (`--cassandra`), its commit log synced before a write is acknowledged
+    /// (a SIGKILL loses nothing acknowledged, as with a replica elsewhere).
+    cassandra: Option<Arc<dialer_testkit::Cassandra>>,
+    /// A Cassandra restart under way (it takes tens of seconds: the other faults go on meanwhile).
+    cassandra_restart: Option<tokio::task::JoinHandle<Result<(), dialer_testkit::HarnessError>>>,
     /// The journal's own file system (fault `disk`), unmounted before `work` is removed.
     journal_fs: Option<crate::chaos_disk::Tmpfs>,
     work: tempfile::TempDir,
@@ -337,7 +344,8 @@ struct Cluster {
     dps: Vec<Proc>,
 }
 
-const FAULTS: [&str; 9] = ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "webhook", "clock", "disk"];
+const FAULTS: [&str; 10] =
+    ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "cassandra", "webhook", "clock", "disk"];
 
 /// libfaketime for multithreaded programs (Debian's `faketime` package).
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -353,6 +361,9 @@ pub async fn run(a: Args) -> Result<()> {
     }
     if a.faults.iter().any(|f| f == "webhook") && !a.webhooks {
         bail!("--faults webhook needs --webhooks (the endpoint whose receiver goes down)");
+    }
+    if a.faults.iter().any(|f| f == "cassandra") && !a.cassandra {
+        bail!("--faults cassandra needs --cassandra (the timeline's node that is killed)");
     }
     let mut cluster = start_cluster(&a).await?;
     if let Some(rx) = &cluster.hooks {
@@ -394,7 +405,7 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     let db = pg.create_database().map_err(anyhow::Error::msg)?;
     let redis = dialer_testkit::RedisServer::start().map_err(err)?;
     let kafka = dialer_testkit::Kafka::start().map_err(err)?;
-    let cassandra = a.cassandra.then(dialer_testkit::Cassandra::start).transpose().map_err(err)?;
+    let cassandra = a.cassandra.then(dialer_testkit::Cassandra::start_durable).transpose().map_err(err)?.map(Arc::new);
     let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
     let w = work.path();
     let api_ports: Vec<u16> = (0..a.control_planes.max(1)).map(|_| dialer_testkit::free_port()).collect();
@@ -442,7 +453,7 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
         d.spawn(&bin)?;
     }
     let hooks = a.webhooks.then(|| dialer_testkit::receiver::Receiver::start(crate::chaos_hooks::up_mode(), 11));
-    Ok(Cluster { bin, pg, hooks, db, redis, kafka, cassandra, journal_fs, work, cps, dps })
+    Ok(Cluster { bin, pg, hooks, db, redis, kafka, cassandra, cassandra_restart: None, journal_fs, work, cps, dps })
 }
 
 /// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
@@ -557,23 +568,24 @@ struct Faults {
     redis_restarts: u64,
     broker_restarts: u64,
     pg_restarts: u64,
+    cassandra_restarts: u64,
     webhook_outages: u64,
     clock_steps: u64,
     disk_fulls: u64,
 }
 
-/// When each server restart comes: a quarter, half and three quarters in, or every
-/// `--restart-every-s` (the three kinds staggered).
+/// When each server restart comes: a quarter, half, 60 % and three quarters in, or every
+/// `--restart-every-s` (the kinds staggered).
 fn restart_schedule(a: &Args, t0: Instant) -> Vec<(Instant, &'static str)> {
     let fault_end = t0 + Duration::from_secs(a.fault_seconds);
     let at = |f: f64| t0 + Duration::from_secs_f64(a.fault_seconds as f64 * f);
     let mut scheduled: Vec<(Instant, &'static str)> = if a.restart_every_s == 0 {
-        vec![(at(0.25), "redis"), (at(0.5), "postgres"), (at(0.75), "broker")]
+        vec![(at(0.25), "redis"), (at(0.5), "postgres"), (at(0.6), "cassandra"), (at(0.75), "broker")]
     } else {
         let every = Duration::from_secs(a.restart_every_s);
         let mut v = vec![];
-        for (k, f) in ["redis", "broker", "postgres"].into_iter().enumerate() {
-            let mut t = t0 + every * (k as u32 + 1) / 3;
+        for (k, f) in ["redis", "broker", "postgres", "cassandra"].into_iter().enumerate() {
+            let mut t = t0 + every * (k as u32 + 1) / 4;
             while t < fault_end {
                 v.push((t, f));
                 t += every;
@@ -729,6 +741,19 @@ async fn restart_server(c: &mut Cluster, f: &mut Faults, what: &str) -> Result<(
             c.redis.restart().map_err(err)?;
             f.redis_restarts += 1;
         }
+        "cassandra" => {
+            let Some(node) = c.cassandra.clone() else { return Ok(()) };
+            if c.cassandra_restart.as_ref().is_some_and(|h| !h.is_finished()) {
+                return Ok(()); // the last one is still starting
+            }
+            settle_cassandra_restart(c).await?;
+            node.kill();
+            c.cassandra_restart = Some(tokio::task::spawn_blocking(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                node.restart()
+            }));
+            f.cassandra_restarts += 1;
+        }
         "broker" => {
             c.kafka.kill();
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -739,6 +764,14 @@ async fn restart_server(c: &mut Cluster, f: &mut Faults, what: &str) -> Result<(
             c.pg.restart().map_err(err)?;
             f.pg_restarts += 1;
         }
+    }
+    Ok(())
+}
+
+/// Waits for a Cassandra restart under way to finish; its error, if it did not start again.
+async fn settle_cassandra_restart(c: &mut Cluster) -> Result<()> {
+    if let Some(h) = c.cassandra_restart.take() {
+        h.await?.map_err(|e| anyhow::anyhow!("Cassandra did not start again: {e}"))?;
     }
     Ok(())
 }
@@ -781,6 +814,7 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
     if let Some((_, pid, _)) = clock.thaw.take() {
         signal(pid, "CONT");
     }
+    settle_cassandra_restart(c).await?;
     // What is still down comes back for the drain: the journal's disk, the webhook receiver.
     if let Some(fs) = &c.journal_fs {
         fs.empty()?;
@@ -791,14 +825,15 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
     pb.finish_and_clear();
     println!(
         "faults over after {:.0} s: {} data-plane kills, {} control-plane kills, {} freezes, {} Redis, {} broker, \
-         {} PostgreSQL restarts; waiting for the campaigns to finish",
+         {} PostgreSQL, {} Cassandra restarts; waiting for the campaigns to finish",
         t0.elapsed().as_secs_f64(),
         f.kills,
         f.cp_kills,
         f.freezes,
         f.redis_restarts,
         f.broker_restarts,
-        f.pg_restarts
+        f.pg_restarts,
+        f.cassandra_restarts
     );
     Ok(f)
 }
@@ -916,6 +951,7 @@ async fn check_guarantees(
         "redis_restarts": f.redis_restarts,
         "broker_restarts": f.broker_restarts,
         "postgres_restarts": f.pg_restarts,
+        "cassandra_restarts": f.cassandra_restarts,
     });
     let more = newer_figures(run, &cluster, placed.len(), timeline.as_ref(), audit.journal_unavailable);
     if let (Some(o), Some(m)) = (out.as_object_mut(), more.as_object()) {

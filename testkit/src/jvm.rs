@@ -360,17 +360,43 @@ pub struct Cassandra {
     libs: PathBuf,
     process: Managed,
     dir: tempfile::TempDir,
+    /// The commit log synced before a write is acknowledged (`commitlog_sync: group`) and the
+    /// system tables synced (the schema), so a SIGKILL loses nothing acknowledged; else
+    /// Cassandra's default commit log (periodic, every 10 s) and unsynced system tables.
+    durable: bool,
 }
 
 impl Cassandra {
-    /// A node of its own (stopped on drop).
+    /// A node of its own (stopped on drop), with Cassandra's default periodic commit log.
     pub fn start() -> Result<Cassandra, HarnessError> {
+        Cassandra::start_with(false)
+    }
+
+    /// A node whose acknowledged writes survive a SIGKILL (a single node has no replica to
+    /// recover them from): for runs that kill it.
+    pub fn start_durable() -> Result<Cassandra, HarnessError> {
+        Cassandra::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Cassandra, HarnessError> {
         let libs = libs("cassandra")?;
         let dir = temp_dir("dialer-cassandra-", "cassandra")?;
-        let c = Cassandra { port: free_port(), storage_port: free_port(), libs, dir, process: Managed::default() };
+        let c =
+            Cassandra { port: free_port(), storage_port: free_port(), libs, dir, process: Managed::default(), durable };
         c.configure()?;
         c.launch()?;
         Ok(c)
+    }
+
+    /// SIGKILLs the node (its data and commit log stay: a restart replays them).
+    pub fn kill(&self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same ports and directories.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        self.kill();
+        self.launch()
     }
 
     /// The process-wide node, started on first use (tests keep apart by keyspace).
@@ -383,7 +409,7 @@ impl Cassandra {
         let d = self.dir.path();
         let yaml = format!(
             "cluster_name: dialer-test\nnum_tokens: 1\npartitioner: org.apache.cassandra.dht.Murmur3Partitioner\n\
-             endpoint_snitch: SimpleSnitch\ncommitlog_sync: periodic\ncommitlog_sync_period: 10000ms\n\
+             endpoint_snitch: SimpleSnitch\n{sync}\n\
              seed_provider:\n  - class_name: org.apache.cassandra.locator.SimpleSeedProvider\n    parameters:\n\
              \x20     - seeds: \"127.0.0.1:{sp}\"\n\
              listen_address: 127.0.0.1\nrpc_address: 127.0.0.1\nstorage_port: {sp}\nnative_transport_port: {np}\n\
@@ -391,6 +417,11 @@ impl Cassandra {
              concurrent_counter_writes: 4\ncompaction_throughput: 0MiB/s\n\
              data_file_directories:\n  - {data}\ncommitlog_directory: {commit}\n\
              saved_caches_directory: {caches}\nhints_directory: {hints}\n",
+            sync = if self.durable {
+                "commitlog_sync: group\ncommitlog_sync_group_window: 15ms"
+            } else {
+                "commitlog_sync: periodic\ncommitlog_sync_period: 10000ms"
+            },
             sp = self.storage_port,
             np = self.port,
             data = d.join("data").display(),
@@ -419,9 +450,11 @@ impl Cassandra {
             .args([
                 "-Dcassandra-foreground=yes",
                 "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-                "-Dcassandra.unsafesystem=true",
                 "-Dcassandra.jmx.local.port=0",
             ])
+            // Faster schema changes (no fsync of the system tables): a SIGKILL may then lose a
+            // keyspace just created, so a node that is killed keeps them.
+            .args((!self.durable).then_some("-Dcassandra.unsafesystem=true"))
             .arg("-cp")
             .arg(format!("{}/*", self.libs.display()))
             .arg("org.apache.cassandra.service.CassandraDaemon")
