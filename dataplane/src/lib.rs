@@ -259,7 +259,13 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     let backend = match limiter {
         LimiterChoice::Local(l) => Backend::Local(l),
         LimiterChoice::Redis { url, prefix } => {
-            Backend::Redis(RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1)).await?)
+            // A shard started while Redis restarts waits for it (its lease would refuse every
+            // dial until then anyway).
+            let transient =
+                |e: &dialer_limiter::LimiterError| matches!(e, dialer_limiter::LimiterError::Unavailable(_));
+            let connect = || RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1));
+            let wait = dialer_telemetry::startup::STARTUP_WAIT;
+            Backend::Redis(dialer_telemetry::startup::until_up("the limiter's Redis", wait, transient, connect).await?)
         }
     };
     let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease.clone(), global_cap);

@@ -174,8 +174,8 @@ fn embedded_provider(cfg: &Config) -> dialer_dataplane::ProviderSettings {
 /// `dialer up`: API, scheduler, data plane and recorder in one process over the in-process bus
 /// and limiter.
 async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_dir: &Path) -> Result<()> {
-    let store = Store::open(url, &cfg.store).await.with_context(|| format!("opening the store at {}", redact(url)))?;
-    let timeline = dialer_store::CqlTimeline::open(&cfg.timeline).await.context("connecting the CQL timeline store")?;
+    let store = open_store(cfg, url).await?;
+    let timeline = open_timeline(cfg).await?;
     let tuning = match tuning_path {
         Some(p) => tuning::load(p, cfg.limits.semaphore_ttl).context("refusing to start")?,
         None => {
@@ -380,14 +380,48 @@ async fn recover(
     Ok(r.may_be_up)
 }
 
+/// The store at `url`, migrated; a PostgreSQL that is not answering yet is waited for
+/// ([`dialer_telemetry::startup::until_up`]).
+async fn open_store(cfg: &Config, url: &str) -> Result<Store> {
+    let transient =
+        |e: &dialer_store::StoreError| matches!(e, dialer_store::StoreError::Unavailable(_)) && !e.is_refusal();
+    dialer_telemetry::startup::until_up("the store", dialer_telemetry::startup::STARTUP_WAIT, transient, || {
+        Store::open(url, &cfg.store)
+    })
+    .await
+    .with_context(|| format!("opening the store at {}", redact(url)))
+}
+
+/// The CQL timeline of `[timeline]`, if any; a node that is not answering yet (restarting) is
+/// waited for, a wrong setting is not.
+async fn open_timeline(cfg: &Config) -> Result<Option<dialer_store::CqlTimeline>> {
+    let transient =
+        |e: &dialer_store::timeline::TimelineError| !matches!(e, dialer_store::timeline::TimelineError::Config { .. });
+    dialer_telemetry::startup::until_up(
+        "the CQL timeline store",
+        dialer_telemetry::startup::STARTUP_WAIT,
+        transient,
+        || dialer_store::CqlTimeline::open(&cfg.timeline),
+    )
+    .await
+    .context("connecting the CQL timeline store")
+}
+
 async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
-    let store = Store::open(url, &cfg.store).await.with_context(|| format!("opening the store at {}", redact(url)))?;
+    let store = open_store(cfg, url).await?;
     let mut checks = Vec::new();
     if !cfg.limits.redis_url.is_empty() {
-        let r = dialer_limiter::RedisBackend::connect(
-            &cfg.limits.redis_url,
-            &cfg.limits.redis_key_prefix,
-            std::time::Duration::from_secs(2),
+        let r = dialer_telemetry::startup::until_up(
+            "the limiter's Redis",
+            dialer_telemetry::startup::STARTUP_WAIT,
+            |e| matches!(e, dialer_limiter::LimiterError::Unavailable(_)),
+            || {
+                dialer_limiter::RedisBackend::connect(
+                    &cfg.limits.redis_url,
+                    &cfg.limits.redis_key_prefix,
+                    std::time::Duration::from_secs(2),
+                )
+            },
         )
         .await
         .context("connecting to the limiter's Redis (limits.redis_url)")?;
@@ -395,7 +429,7 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         let every = cfg.limits.reconcile_every;
         tokio::spawn(dialer_control_plane::run_reconciler(dialer_limiter::Backend::Redis(r), every, shutdown_signal()));
     }
-    let timeline = dialer_store::CqlTimeline::open(&cfg.timeline).await.context("connecting the CQL timeline store")?;
+    let timeline = open_timeline(cfg).await?;
     if cfg.bus.kind == dialer_bus::BusKind::Kafka {
         checks.push(spawn_kafka_pipeline(cfg, &store, timeline.clone()).await?);
     } else {

@@ -7,6 +7,8 @@
 //! `dialer_control_plane`); a process passes the catalogues of the crates it runs to
 //! [`install`].
 
+pub mod startup;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
