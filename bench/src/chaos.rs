@@ -374,7 +374,7 @@ pub async fn run(a: Args) -> Result<()> {
     let redis0 = crate::procstat::redis_commands(&cluster.redis.url());
     let cost0 = (crate::procstat::sample(), crate::procstat::pg_counts(&cluster.db).await);
     let faults = inject_faults(&a, &mut cluster, t0).await?;
-    let completed = settle(&a, &cluster.db, &ids).await?;
+    let completed = settle(&a, &mut cluster, &ids).await?;
     let elapsed = t0.elapsed().as_secs_f64();
     let hooks = match &cluster.hooks {
         Some(rx) => {
@@ -839,7 +839,16 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
 }
 
 /// Waits until every campaign completes by itself (or `--settle-timeout-s`); whether they did.
-async fn settle(a: &Args, db: &str, ids: &[Uuid]) -> Result<bool> {
+/// The first product process that has exited by itself (none is killed once the faults stop).
+fn exited(procs: &mut [Proc]) -> Option<String> {
+    procs.iter_mut().find_map(|p| {
+        let status = p.child.as_mut()?.try_wait().ok()??;
+        Some(format!("{} exited by itself ({status}); its log: {}", p.name, p.log.display()))
+    })
+}
+
+async fn settle(a: &Args, c: &mut Cluster, ids: &[Uuid]) -> Result<bool> {
+    let db = &c.db;
     let total = (a.campaigns * a.targets) as i64;
     let store = open_store(db).await;
     let settle = Instant::now() + Duration::from_secs(a.settle_timeout_s);
@@ -855,6 +864,9 @@ async fn settle(a: &Args, db: &str, ids: &[Uuid]) -> Result<bool> {
         if open == 0 {
             completed = true;
             break;
+        }
+        if let Some(why) = exited(&mut c.cps).or_else(|| exited(&mut c.dps)) {
+            bail!("{why}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
