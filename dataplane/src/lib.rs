@@ -261,8 +261,7 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
         LimiterChoice::Redis { url, prefix } => {
             // A shard started while Redis restarts waits for it (its lease would refuse every
             // dial until then anyway).
-            let transient =
-                |e: &dialer_limiter::LimiterError| matches!(e, dialer_limiter::LimiterError::Unavailable(_));
+            let transient = dialer_limiter::LimiterError::is_unavailable;
             let connect = || RedisBackend::connect(&url, &prefix, std::time::Duration::from_secs(1));
             let wait = dialer_telemetry::startup::STARTUP_WAIT;
             Backend::Redis(dialer_telemetry::startup::until_up("the limiter's Redis", wait, transient, connect).await?)

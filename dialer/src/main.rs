@@ -381,10 +381,13 @@ async fn recover(
 }
 
 /// The store at `url`, migrated; a PostgreSQL that is not answering yet is waited for
-/// ([`dialer_telemetry::startup::until_up`]).
+/// ([`dialer_telemetry::startup::until_up`]). A SQLite file is not a server: a path that
+/// cannot be opened stops the process at once.
 async fn open_store(cfg: &Config, url: &str) -> Result<Store> {
-    let transient =
-        |e: &dialer_store::StoreError| matches!(e, dialer_store::StoreError::Unavailable(_)) && !e.is_refusal();
+    let server = !url.starts_with("sqlite:");
+    let transient = |e: &dialer_store::StoreError| {
+        server && matches!(e, dialer_store::StoreError::Unavailable(_)) && !e.is_refusal()
+    };
     dialer_telemetry::startup::until_up("the store", dialer_telemetry::startup::STARTUP_WAIT, transient, || {
         Store::open(url, &cfg.store)
     })
@@ -414,7 +417,7 @@ async fn serve_api(cfg: &Config, url: &str) -> Result<()> {
         let r = dialer_telemetry::startup::until_up(
             "the limiter's Redis",
             dialer_telemetry::startup::STARTUP_WAIT,
-            |e| matches!(e, dialer_limiter::LimiterError::Unavailable(_)),
+            dialer_limiter::LimiterError::is_unavailable,
             || {
                 dialer_limiter::RedisBackend::connect(
                     &cfg.limits.redis_url,

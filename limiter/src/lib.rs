@@ -56,6 +56,13 @@ pub enum LimiterError {
     Config { key: &'static str, reason: String },
 }
 
+impl LimiterError {
+    /// Redis did not answer (down or restarting): worth waiting for, unlike a wrong setting.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LimiterError::Unavailable(_))
+    }
+}
+
 /// A campaign's effective cap: the lower of its own `max_concurrent_calls` and the operator's
 /// per-campaign ceiling (`TELEPHONY_PER_CAMPAIGN_MAX_CONCURRENCY`).
 pub fn effective_campaign_cap(campaign_max: u32, per_campaign_ceiling: u32) -> u32 {

@@ -130,8 +130,8 @@ impl RedisBackend {
                 r.in_use.to_string(),
                 r.demand.to_string(),
                 r.weight.to_string(),
-                // Computed here, not in Lua: a hash of ~50 bytes a request was an eighth of a
-                // sync's time with hundreds of campaigns.
+                // Computed here, once per request, rather than by a byte loop in the script,
+                // which runs on Redis's single thread.
                 crate::fair::dither(&format!("{holder}|{}", r.campaign)).to_string(),
             ]);
         }
