@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use dialer_dataplane::journal::Journal;
+use dialer_dataplane::journal::{Journal, Msg};
 use dialer_dataplane::tuning::JournalIo;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,7 +52,7 @@ fn run_mode(a: &Args, io: JournalIo, name: &str) -> Result<Run> {
     );
     // Warm-up: open every file first.
     for p in 0..a.partitions {
-        j.started(p, (Uuid::from_u128(u128::MAX - p as u128), 1), 0)?;
+        j.started(p, (Uuid::from_u128(u128::MAX - p as u128), 1), Msg::new(0, 0))?;
     }
     j.commit()?;
     let t0 = Instant::now();
@@ -62,7 +62,7 @@ fn run_mode(a: &Args, io: JournalIo, name: &str) -> Result<Run> {
         for p in 0..a.partitions {
             for _ in 0..a.records {
                 n += 1;
-                j.started(p, (Uuid::from_u128(u128::from(n)), 1), n as i64)?;
+                j.started(p, (Uuid::from_u128(u128::from(n)), 1), Msg::new(n as i64, 0))?;
             }
         }
         let t = Instant::now();

@@ -108,7 +108,8 @@ async fn claims(
         scan += t.elapsed();
         let plan = dialer_control_plane::calling_rules::plan(&rules, &zones, at);
         zones_open = zones_open.max(plan.claim.len());
-        let s = store.claim_calls(id, a.claim, at, &plan.keys(), &rules).await?;
+        let zones = plan.claims(at, std::time::Duration::from_secs(300), None);
+        let s = store.claim_calls(id, a.claim, at, &zones, &rules).await?;
         claimed += (s.dial.len() + s.skipped.len()) as u64;
         h.record(t.elapsed().as_micros() as u64)?;
     }

@@ -20,18 +20,14 @@ pub struct ZonePlan {
 }
 
 impl ZonePlan {
-    pub fn keys(&self) -> Vec<String> {
-        self.claim.iter().map(|(k, _)| k.clone()).collect()
-    }
-
-    /// Each claimable zone's message deadline ([`deadline`]), computed once per zone.
-    pub fn deadlines(
+    /// The zones to claim from, in order, each with its calls' message deadline ([`deadline`]).
+    pub fn claims(
         &self,
         now: DateTime<Utc>,
         ttl: std::time::Duration,
         hours_close: Option<DateTime<Utc>>,
-    ) -> std::collections::HashMap<&str, DateTime<Utc>> {
-        self.claim.iter().map(|(k, until)| (k.as_str(), deadline(now, ttl, *until, hours_close))).collect()
+    ) -> Vec<(String, DateTime<Utc>)> {
+        self.claim.iter().map(|(k, until)| (k.clone(), deadline(now, ttl, *until, hours_close))).collect()
     }
 }
 
@@ -104,10 +100,11 @@ mod tests {
         let (ny, la, hnl) = (k("+12125550100"), k("+12135550100"), k("+18085550100"));
         // 17:00Z: 12:00 in New York, 09:00 in Los Angeles, 07:00 in Honolulu.
         let p = plan(&rules, &[la.clone(), hnl.clone(), ny.clone()], utc("2026-11-23T17:00:00Z"));
-        assert_eq!(p.keys(), vec![ny.clone(), la.clone()]);
         assert_eq!(p.closed, vec![(hnl, HoldRule::Window)]);
-        let d = p.deadlines(utc("2026-11-23T17:00:00Z"), std::time::Duration::from_secs(86_400), None);
-        assert_eq!(d[ny.as_str()], utc("2026-11-24T02:00:00Z"), "New York's 21:00, before the TTL");
+        let d = p.claims(utc("2026-11-23T17:00:00Z"), std::time::Duration::from_secs(86_400), None);
+        let zones: Vec<&String> = d.iter().map(|(z, _)| z).collect();
+        assert_eq!(zones, vec![&ny, &la]);
+        assert_eq!(d[0].1, utc("2026-11-24T02:00:00Z"), "New York's 21:00, before the TTL");
     }
 
     #[test]

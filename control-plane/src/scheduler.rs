@@ -7,7 +7,14 @@
 //! plane waiting for tokens their campaign will not get, and a campaign whose share grows gets
 //! work at the next tick. Claims are atomic (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
 //! replicas never queue one call twice. A campaign whose every call is terminal completes.
+//!
+//! A claim commits before its messages are published: a control plane that dies in between (or a
+//! delivery in doubt) leaves calls queued with no message. Any replica's tick publishes such
+//! calls again once they are `republish_after` old (same attempt and deadline, kept with the
+//! call), so their campaigns do not stall until the reaper; the shards' journals dial an attempt
+//! once however many messages of it come.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +29,8 @@ use dialer_limiter::fair::{CampaignDemand, campaign_shares, round_up};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use dialer_store::{ActiveCampaign, ClaimedCall, Store, StoreError};
+use dialer_store::{ActiveCampaign, ClaimedCall, Store, StoreError, UnconfirmedClaim};
+use uuid::Uuid;
 
 /// Where "now" comes from (tests drive business hours with a [`ManualClock`]).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -75,6 +83,14 @@ pub struct SchedulerSettings {
     /// A dispatched call not dialled within this long expires and is claimed again later.
     #[serde(rename = "dispatch_ttl_sec", with = "secs")]
     pub dispatch_ttl: Duration,
+    /// A call still queued this long after its claim (its messages may never have reached the
+    /// broker: a control plane killed between the claim's commit and the broker's
+    /// acknowledgement, or a delivery in doubt) is published again, same attempt and deadline,
+    /// and again every as long while its deadline lasts; the data plane dials an attempt once
+    /// however many of its messages come. 0 = never (the reaper resolves such calls after
+    /// `dispatch_ttl` + the longest call + `reap_grace`). Kafka bus only.
+    #[serde(rename = "republish_after_ms", with = "millis")]
+    pub republish_after: Duration,
     /// How many campaigns (those with the most active calls) get a
     /// `dialer_campaign_active_calls{campaign=…}` series; 0 turns the per-campaign series off.
     pub metrics_top_campaigns: usize,
@@ -107,6 +123,7 @@ impl Default for SchedulerSettings {
             max_batch: 5000,
             claim_concurrency: 8,
             dispatch_ttl: Duration::from_secs(300),
+            republish_after: Duration::from_secs(30),
             metrics_top_campaigns: 10,
             reap_every: Duration::from_secs(10),
             reap_grace: Duration::from_secs(30),
@@ -126,6 +143,8 @@ pub struct TickReport {
     pub completed_campaigns: usize,
     /// A campaign got `max_batch` calls and could take more: the next tick comes at once.
     pub batch_bound: bool,
+    /// Calls whose claim's messages were published again ([`SchedulerSettings::republish_after`]).
+    pub republished: usize,
 }
 
 /// The scheduler of one control-plane process, publishing through its dispatch sink `S`.
@@ -206,6 +225,7 @@ impl<S: DispatchSink> Scheduler<S> {
         report.campaigns_closed = open.len() - report.campaigns_open;
         let budgets = budgets(&self.settings, &self.limits, &active, &open);
         self.dispatch_all(&active, budgets, now, &mut report).await;
+        report.republished = self.republish(&active, now).await;
         report.completed_campaigns = self.store.complete_finished().await?.len();
         tracing::Span::current().record("dispatched", report.dispatched);
         metrics::counter!("dialer_scheduler_dispatched_total").increment(report.dispatched as u64);
@@ -274,7 +294,11 @@ impl<S: DispatchSink> Scheduler<S> {
         if plan.claim.is_empty() {
             return Ok(0);
         }
-        let screened = self.store.claim_calls(c.id, n, now, &plan.keys(), &rules).await?;
+        let hours_close = parse_tz(&c.time_zone)
+            .ok()
+            .and_then(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.closes_after(now));
+        let zones = plan.claims(now, self.settings.dispatch_ttl, hours_close);
+        let screened = self.store.claim_calls(c.id, n, now, &zones, &rules).await?;
         for (_, reason) in &screened.skipped {
             metrics::counter!("dialer_calls_skipped_total", "reason" => reason.as_str()).increment(1);
         }
@@ -286,12 +310,7 @@ impl<S: DispatchSink> Scheduler<S> {
             return Ok(0);
         }
         let cap = self.limits.campaign_cap(c.max_concurrent_calls);
-        let hours_close = parse_tz(&c.time_zone)
-            .ok()
-            .and_then(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.closes_after(now));
-        let by_zone = plan.deadlines(now, self.settings.dispatch_ttl, hours_close);
-        let deadlines: Vec<DateTime<Utc>> = claimed.iter().map(|k| by_zone[k.zone.as_str()]).collect();
-        let msgs = messages(c, cap, &claimed, &deadlines, now);
+        let msgs: Vec<DispatchMessage> = claimed.iter().map(|k| message(c, cap, k, now)).collect();
         let k = msgs.len();
         let delivered = match self.sink.publish_all(msgs).await {
             Ok(()) => k,
@@ -304,6 +323,54 @@ impl<S: DispatchSink> Scheduler<S> {
         };
         metrics::histogram!("dialer_scheduler_batch_size").record(delivered as f64);
         Ok(delivered)
+    }
+
+    /// Publishes again the messages of calls still queued `republish_after` after their claim
+    /// (at most [`REPUBLISH_BATCH`] a tick, oldest first): same attempt, same deadline, so that
+    /// a control plane that died between a claim's commit and the broker's acknowledgement
+    /// strands nothing until the reaper. The message may have been delivered (the
+    /// acknowledgement was lost, or it waits in a shard for a token): the shards' journals dial
+    /// an attempt once however many of its messages come. Calls of campaigns no longer in
+    /// progress are left to the reaper. Returns how many were published.
+    async fn republish(&self, active: &[ActiveCampaign], now: DateTime<Utc>) -> usize {
+        let after = self.settings.republish_after;
+        if !S::MAY_STRAND_CLAIMS || after.is_zero() {
+            return 0;
+        }
+        let claimed = now - self.settings.dispatch_ttl..now - after;
+        let stranded = match self.store.unconfirmed_claims(claimed, now, now + after, REPUBLISH_BATCH).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for unconfirmed claims failed; retrying next tick");
+                return 0;
+            }
+        };
+        let mut by_campaign: HashMap<Uuid, Vec<UnconfirmedClaim>> = HashMap::new();
+        for u in stranded {
+            by_campaign.entry(u.campaign_id).or_default().push(u);
+        }
+        let mut published = 0;
+        for c in active {
+            let Some(calls) = by_campaign.remove(&c.id) else { continue };
+            let cap = self.limits.campaign_cap(c.max_concurrent_calls);
+            let msgs: Vec<DispatchMessage> = calls.iter().map(|u| message(c, cap, &u.call, u.claimed_at)).collect();
+            let k = msgs.len();
+            match self.sink.publish_all(msgs).await {
+                Ok(()) => published += k,
+                // Nothing is given back: the first message may be out there.
+                Err(e) => {
+                    tracing::warn!(campaign = %c.id, error = %e, "publishing unconfirmed claims again failed; trying again after scheduler.republish_after_ms")
+                }
+            }
+        }
+        if published > 0 {
+            tracing::warn!(
+                calls = published,
+                "calls still queued long after their claim (their messages may never have reached the broker) published again, same attempt and deadline"
+            );
+            metrics::counter!("dialer_scheduler_republished_total").increment(published as u64);
+        }
+        published
     }
 
     /// The calling rules' chores of a tick: opt-outs announced to every shard (so calls already
@@ -377,39 +444,32 @@ enum AnnounceError {
     Publish(#[from] PublishError),
 }
 
+/// Unconfirmed claims published again per tick (a control plane's crash strands at most a
+/// tick's claims; a larger backlog takes a few ticks).
+const REPUBLISH_BATCH: usize = 5000;
+
 /// Opt-outs announced per tick.
 const ANNOUNCE_BATCH: usize = 1000;
 /// Calls located, and old per-number attempts forgotten, per tick (above any dial rate: 20,000
 /// a second at the default 1 s tick).
 const LOCATE_BATCH: usize = 20_000;
 
-fn messages(
-    c: &ActiveCampaign,
-    cap: u32,
-    claimed: &[ClaimedCall],
-    deadlines: &[DateTime<Utc>],
-    now: DateTime<Utc>,
-) -> Vec<DispatchMessage> {
-    let now_us = now.timestamp_micros() as u64;
-    let telephony = (!c.telephony.is_empty()).then(|| Box::new(c.telephony.clone()));
-    claimed
-        .iter()
-        .zip(deadlines)
-        .map(|(k, deadline)| DispatchMessage {
-            v: SCHEMA_VERSION,
-            call_id: k.id,
-            attempt: k.attempt,
-            campaign_id: c.id,
-            phone_number: k.phone_number.clone(),
-            campaign_cap: cap,
-            campaign_weight: c.weight,
-            not_before_ms: 0,
-            deadline_ms: deadline.timestamp_millis().max(0) as u64,
-            enqueued_at_us: now_us,
-            telephony: telephony.clone(),
-            kind: Default::default(),
-        })
-        .collect()
+/// The dispatch message of a claimed call, claimed at `claimed_at`.
+fn message(c: &ActiveCampaign, cap: u32, k: &ClaimedCall, claimed_at: DateTime<Utc>) -> DispatchMessage {
+    DispatchMessage {
+        v: SCHEMA_VERSION,
+        call_id: k.id,
+        attempt: k.attempt,
+        campaign_id: c.id,
+        phone_number: k.phone_number.clone(),
+        campaign_cap: cap,
+        campaign_weight: c.weight,
+        not_before_ms: 0,
+        deadline_ms: k.deadline.timestamp_millis().max(0) as u64,
+        enqueued_at_us: claimed_at.timestamp_micros().max(0) as u64,
+        telephony: (!c.telephony.is_empty()).then(|| Box::new(c.telephony.clone())),
+        kind: Default::default(),
+    }
 }
 
 #[cfg(test)]

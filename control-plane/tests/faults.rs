@@ -348,7 +348,110 @@ async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() 
     }
 }
 
+/// A sink on a shared broker (a claim can outlive its claimer unpublished) that keeps what it is
+/// asked to publish and either takes it or answers "in doubt" (a timeout: maybe delivered).
+#[derive(Debug, Default)]
+struct Broker {
+    asked: std::sync::Mutex<Vec<dialer_domain::messages::DispatchMessage>>,
+    times_out: bool,
+}
+
+impl dialer_bus::dispatch::DispatchSink for Broker {
+    const MAY_STRAND_CLAIMS: bool = true;
+
+    async fn publish_all(
+        &self,
+        msgs: Vec<dialer_domain::messages::DispatchMessage>,
+    ) -> Result<(), dialer_bus::dispatch::NotPublished> {
+        let n = msgs.len();
+        self.asked.lock().expect("lock").extend(msgs);
+        if !self.times_out {
+            return Ok(());
+        }
+        let reason = dialer_bus::dispatch::PublishError::BusClosed(dialer_bus::BusClosed);
+        Err(dialer_bus::dispatch::NotPublished { unacked: vec![], in_doubt: n, reason })
+    }
+
+    async fn broadcast(
+        &self,
+        _: &[dialer_domain::messages::DispatchMessage],
+    ) -> Result<(), dialer_bus::dispatch::PublishError> {
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// (call, attempt, deadline, claimed at) of each message asked since the last look.
+    fn take(&self) -> Vec<(Uuid, u32, u64, u64)> {
+        let mut asked = std::mem::take(&mut *self.asked.lock().expect("lock"));
+        asked.sort_by_key(|m| m.call_id);
+        asked.iter().map(|m| (m.call_id, m.attempt, m.deadline_ms, m.enqueued_at_us)).collect()
+    }
+}
+
+/// A claim whose messages are in doubt (the broker timed out) stays queued, and another replica
+/// publishes it again `republish_after` later: the same calls, attempts, deadlines and claim
+/// time; once per `republish_after` (not every tick); only calls still queued (not those the
+/// data plane reported started); never past the deadline. Nothing is claimed twice meanwhile.
+async fn a_claim_whose_messages_were_never_confirmed_is_published_again_as_it_was(b: Backend) {
+    let (s, _d) = store(b).await;
+    let c = campaign(&s, "republish", 20, 20, json!([])).await;
+    s.transition(c.id, CampaignAction::Start).await.expect("start");
+    let t0 = chrono::SubsecRound::trunc_subsecs(Utc::now(), 3);
+    let sec = chrono::Duration::seconds;
+    let first = Scheduler {
+        clock: ManualClock::new(t0),
+        ..dialer_testkit::fixtures::scheduler(s.clone(), Broker { times_out: true, ..Broker::default() })
+    };
+    first.tick().await.expect("tick");
+    let claimed = first.sink.take();
+    assert_eq!(claimed.len(), 20);
+    assert!(calls(&s, c.id).await.iter().all(|k| k.status == CallStatus::Queued), "in doubt: not given back");
+    let clock = ManualClock::new(t0 + sec(29));
+    // A longer dispatch_ttl than the claimer's: only the claims' own deadline stops them below.
+    let settings = SchedulerSettings { dispatch_ttl: Duration::from_secs(600), ..SchedulerSettings::default() };
+    let other = Scheduler {
+        clock: clock.clone(),
+        settings,
+        ..dialer_testkit::fixtures::scheduler(s.clone(), Broker::default())
+    };
+    let rep = other.tick().await.expect("tick");
+    assert_eq!((rep.dispatched, rep.republished), (0, 0), "too recent to be stranded; the queued calls hold the cap");
+    clock.set(t0 + sec(31));
+    assert_eq!(other.tick().await.expect("tick").republished, 20);
+    assert_eq!(other.sink.take(), claimed, "the same calls, attempts, deadlines and claim time");
+    clock.set(t0 + sec(40));
+    assert_eq!(other.tick().await.expect("tick").republished, 0, "not again before republish_after");
+    let some: Vec<ClaimedCall> = calls(&s, c.id)
+        .await
+        .iter()
+        .take(5)
+        .map(|k| ClaimedCall {
+            id: k.id,
+            phone_number: k.phone_number.clone(),
+            attempt: 1,
+            zone: String::new(),
+            event_seq: 0,
+            deadline: t0,
+        })
+        .collect();
+    started(&s, c.id, &some).await;
+    clock.set(t0 + sec(62));
+    let rep = other.tick().await.expect("tick");
+    assert_eq!((rep.dispatched, rep.republished), (0, 15), "the calls reported started are not");
+    let again: HashSet<Uuid> = other.sink.take().iter().map(|m| m.0).collect();
+    assert!(some.iter().all(|k| !again.contains(&k.id)));
+    clock.set(t0 + sec(301));
+    assert_eq!(
+        other.tick().await.expect("tick").republished,
+        0,
+        "past their deadline (the claimer's dispatch_ttl, 300 s)"
+    );
+    assert_consistent(&s, c.id).await;
+}
+
 both_stores!(
+    a_claim_whose_messages_were_never_confirmed_is_published_again_as_it_was,
     a_campaign_bound_by_max_batch_is_claimed_again_at_once,
     abandoned_calls_are_reaped_only_after_their_latest_end,
     a_reaper_racing_late_outcomes_resolves_each_call_once,

@@ -94,6 +94,7 @@ async fn sweep(s: &Store, from: DateTime<Utc>, hours: i64) -> HashMap<&'static s
                 attempt: m.attempt,
                 zone: String::new(),
                 event_seq: 0,
+                deadline: now,
             };
             events.push(event(m.campaign_id, &k, EventKind::Started));
             events.push(event(m.campaign_id, &k, EventKind::Completed));
@@ -201,7 +202,8 @@ async fn an_attempt_limit_holds_a_number_across_two_campaigns(b: Backend) {
         let s = s.clone();
         let rules = rules.clone();
         async move {
-            let zones = s.pending_zones(id).await.expect("zones");
+            let deadline = at + ChronoDuration::minutes(5);
+            let zones: Vec<_> = s.pending_zones(id).await.expect("zones").into_iter().map(|z| (z, deadline)).collect();
             s.claim_calls(id, 10, at, &zones, &rules).await.expect("claim")
         }
     };

@@ -107,7 +107,8 @@ async fn a_skipped_call_logs_its_reason_and_a_held_one_logs_nothing(b: Backend) 
         ..Default::default()
     };
     let rules = rules.compile("calling_rules").expect("rules");
-    let zones = s.pending_zones(c.id).await.expect("zones");
+    let deadline = now + chrono::TimeDelta::minutes(5);
+    let zones: Vec<_> = s.pending_zones(c.id).await.expect("zones").into_iter().map(|z| (z, deadline)).collect();
     let screened = s.claim_calls(c.id, 10, now, &zones, &rules).await.expect("claimed");
     assert_eq!((screened.skipped.len(), screened.held.len(), screened.dial.len()), (1, 2, 0));
     // The held calls, claimed later with the rules off: their first event is number 1.

@@ -10,8 +10,11 @@
 //!   dialed again: the shard reports it as failed with reason `unknown_outcome` (retryable), and
 //!   the campaign's retry policy decides. One whose attempt is resolved is not dialed either: its
 //!   outcome was delivered already, only the offset commit was lost. Resolved attempts are
-//!   remembered (with their message's offset) until the partition's committed offset passes
-//!   them, after which no redelivery can bring them back.
+//!   remembered (with their message's offset and deadline) until the partition's committed
+//!   offset passes them *and* their message's deadline has passed (plus
+//!   [`KEEP_PAST_DEADLINE_MS`] for clock steps): a control plane may publish an attempt's
+//!   message a second time (it could not confirm the first: see the scheduler's republishing),
+//!   at a later offset but with the same deadline, and the data plane dials nothing past it.
 //! - **Layout**: one file per dispatch partition (`p{N}.journal` under the journal directory), so
 //!   that whichever shard of the host owns a partition after a restart or rebalance reads its
 //!   history. At a rebalance a revoked partition is *released* by its old owner (pending
@@ -32,10 +35,12 @@
 //!   syncs run in parallel in the kernel. Without it (an old kernel, io_uring disabled, or
 //!   `io = "std"`), a write and an `fdatasync` per file, one after the other.
 //!
-//! Records are text lines, `S <uuid> <attempt> <offset>` and `D <uuid> <attempt> <offset>`; a
-//! torn last line (a crash mid-write) is ignored, which is safe because its sync never returned.
+//! Records are text lines, `S <uuid> <attempt> <offset> <deadline>` and `D …` alike (the
+//! deadline in Unix milliseconds, 0 for none; files written before it have no deadline field);
+//! a torn last line (a crash mid-write) is ignored, which is safe because its sync never
+//! returned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -45,36 +50,66 @@ use uuid::Uuid;
 /// One attempt: (call id, attempt number).
 pub type Attempt = (Uuid, u32);
 
-/// A journal record: an attempt and the offset of the message that carried it.
+/// A resolved attempt is remembered this long past its message's deadline: the data plane
+/// refuses a message past its deadline by its own clock, which a clock step could move back.
+pub const KEEP_PAST_DEADLINE_MS: u64 = 60_000;
+
+/// The message that carried an attempt: its offset in the partition and its deadline (Unix
+/// milliseconds, 0 for none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Msg {
+    pub offset: i64,
+    pub deadline_ms: u64,
+}
+
+impl Msg {
+    pub fn new(offset: i64, deadline_ms: u64) -> Msg {
+        Msg { offset, deadline_ms }
+    }
+
+    /// Until when (Unix ms) a resolved attempt of this message must be remembered, whatever
+    /// the commits: 0 for a message with no deadline (the commits alone decide).
+    fn keep_until(&self) -> u64 {
+        if self.deadline_ms == 0 { 0 } else { self.deadline_ms.saturating_add(KEEP_PAST_DEADLINE_MS) }
+    }
+}
+
+/// A journal record: an attempt and the message that carried it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
-    Started(Attempt, i64),
-    Done(Attempt, i64),
+    Started(Attempt, Msg),
+    Done(Attempt, Msg),
 }
 
 impl Record {
     /// The record as one line (with its newline).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let (tag, (id, attempt), offset) = match self {
-            Record::Started(a, o) => ('S', a, o),
-            Record::Done(a, o) => ('D', a, o),
+        let (tag, (id, attempt), m) = match self {
+            Record::Started(a, m) => ('S', a, m),
+            Record::Done(a, m) => ('D', a, m),
         };
-        let _ = writeln!(out, "{tag} {} {attempt} {offset}", id.as_hyphenated());
+        let _ = writeln!(out, "{tag} {} {attempt} {} {}", id.as_hyphenated(), m.offset, m.deadline_ms);
     }
 
-    /// Parses one line (without its newline); `None` for a torn or foreign line.
+    /// Parses one line (without its newline); `None` for a torn or foreign line. A line with
+    /// no deadline (written before it was recorded) has none.
     pub fn decode(line: &str) -> Option<Record> {
         let mut parts = line.split(' ');
         let tag = parts.next()?;
         let id = Uuid::parse_str(parts.next()?).ok()?;
         let attempt = parts.next()?.parse().ok()?;
         let offset = parts.next()?.parse().ok()?;
+        let deadline_ms = match parts.next() {
+            Some(d) => d.parse().ok()?,
+            None => 0,
+        };
         if parts.next().is_some() {
             return None;
         }
+        let m = Msg { offset, deadline_ms };
         match tag {
-            "S" => Some(Record::Started((id, attempt), offset)),
-            "D" => Some(Record::Done((id, attempt), offset)),
+            "S" => Some(Record::Started((id, attempt), m)),
+            "D" => Some(Record::Done((id, attempt), m)),
             _ => None,
         }
     }
@@ -98,8 +133,8 @@ pub enum Seen {
     Elsewhere,
 }
 
-/// Attempt → offset of its message.
-pub type Attempts = HashMap<Attempt, i64>;
+/// Attempt → the message that carried it.
+pub type Attempts = HashMap<Attempt, Msg>;
 
 /// Replays records: attempts started and not done, and attempts done.
 pub fn replay(records: impl IntoIterator<Item = Record>) -> (Attempts, Attempts) {
@@ -307,8 +342,11 @@ struct PartitionJournal {
     buf: Vec<u8>,
     /// Started, no outcome yet.
     open: Attempts,
-    /// Outcome delivered, the message's offset maybe not committed yet.
+    /// Outcome delivered; kept until the message's offset is committed and its deadline past.
     done: Attempts,
+    /// The resolved attempts in the order they were resolved, with when each may be forgotten
+    /// ([`Msg::keep_until`]): [`Journal::committed`] forgets from the front.
+    forget: VecDeque<(u64, Attempt)>,
     /// The open attempts this shard started itself (not loaded from the file).
     mine: std::collections::HashSet<Attempt>,
     appended: usize,
@@ -317,23 +355,51 @@ struct PartitionJournal {
 
 impl PartitionJournal {
     fn load(path: PathBuf) -> Result<PartitionJournal, JournalError> {
-        let (open, done) = match File::open(&path) {
-            Ok(f) => replay(BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| Record::decode(&l))),
+        let (open, done) = match std::fs::read(&path) {
+            Ok(bytes) => replay(whole_lines(&bytes).filter_map(Record::decode)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => (HashMap::new(), HashMap::new()),
             Err(e) => return Err(io_err(&path)(e)),
         };
         let file = compact(&path, &open, &done)?;
+        let mut forget: Vec<(u64, Attempt)> = done.iter().map(|(a, m)| (m.keep_until(), *a)).collect();
+        forget.sort_unstable();
         Ok(PartitionJournal {
             path,
             file,
             buf: Vec::with_capacity(64 * 1024),
             open,
             done,
+            forget: forget.into(),
             mine: Default::default(),
             appended: 0,
             dirty: false,
         })
     }
+
+    /// Forgets, oldest first, the resolved attempts whose message is below `committed` and
+    /// past its deadline: no redelivery and no second message can bring them back. In the
+    /// order they were resolved: one still kept holds back those resolved after it (for at most
+    /// the spread of deadlines, which the scheduler's `dispatch_ttl` bounds).
+    fn forget(&mut self, committed: i64, now_ms: u64) {
+        while let Some(&(until, a)) = self.forget.front() {
+            let Some(m) = self.done.get(&a) else {
+                self.forget.pop_front();
+                continue;
+            };
+            if until > now_ms || m.offset >= committed {
+                return;
+            }
+            self.done.remove(&a);
+            self.forget.pop_front();
+        }
+    }
+}
+
+/// The complete lines of a file: a last line without its newline is torn (a crash mid-write;
+/// its sync never returned) and left out, so that a cut number is never read as a smaller one.
+fn whole_lines(bytes: &[u8]) -> impl Iterator<Item = &str> {
+    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    bytes[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()).filter_map(|l| std::str::from_utf8(l).ok())
 }
 
 /// Writes the open attempts as `S` records and the done ones as `D` records to a temporary
@@ -504,14 +570,20 @@ impl Journal {
     }
 
     /// Queues the `S` record of an attempt about to be dialed (durable at [`Journal::commit`]).
-    pub fn started(&mut self, partition: i32, a: Attempt, offset: i64) -> Result<(), JournalError> {
+    pub fn started(&mut self, partition: i32, a: Attempt, m: Msg) -> Result<(), JournalError> {
         let p = self.part(partition)?;
-        Record::Started(a, offset).encode(&mut p.buf);
-        p.open.insert(a, offset);
+        Record::Started(a, m).encode(&mut p.buf);
+        p.open.insert(a, m);
         p.mine.insert(a);
         p.appended += 1;
         p.dirty = true;
         Ok(())
+    }
+
+    /// The offset of the message that started `a` while it is open: a message of it at another
+    /// offset is a second one (a republished claim), not the same one redelivered.
+    pub fn started_offset(&self, partition: i32, a: Attempt) -> Option<i64> {
+        self.parts.get(&partition).and_then(|p| p.open.get(&a)).map(|m| m.offset)
     }
 
     /// Queues the `D` record of an attempt whose outcome is acknowledged.
@@ -526,9 +598,10 @@ impl Journal {
         }
         let p = self.part(partition)?;
         p.mine.remove(&a);
-        if let Some(offset) = p.open.remove(&a) {
-            Record::Done(a, offset).encode(&mut p.buf);
-            p.done.insert(a, offset);
+        if let Some(m) = p.open.remove(&a) {
+            Record::Done(a, m).encode(&mut p.buf);
+            p.done.insert(a, m);
+            p.forget.push_back((m.keep_until(), a));
             p.appended += 1;
             p.dirty = true;
         }
@@ -536,10 +609,11 @@ impl Journal {
     }
 
     /// Forgets resolved attempts of messages below `committed` (the partition's committed
-    /// offset): they can no longer be redelivered.
-    pub fn committed(&mut self, partition: i32, committed: i64) {
+    /// offset) whose deadline is past at `now_ms`: neither a redelivery nor a second message of
+    /// them can be dialled any more.
+    pub fn committed(&mut self, partition: i32, committed: i64, now_ms: u64) {
         if let Some(p) = self.parts.get_mut(&partition) {
-            p.done.retain(|_, o| *o >= committed);
+            p.forget(committed, now_ms);
         }
     }
 
@@ -567,6 +641,7 @@ impl Journal {
     pub fn forget_resolved(&mut self) {
         for p in self.parts.values_mut() {
             p.done.clear();
+            p.forget.clear();
         }
     }
 
@@ -605,7 +680,9 @@ impl Journal {
                 finish_plain(p, self.sync)?;
             }
             p.dirty = false;
-            if p.appended > self.compact_after {
+            // Never more often than the file's live records: a rewrite's cost stays a constant
+            // per append however many resolved attempts wait for their deadline.
+            if p.appended > self.compact_after.max(2 * (p.open.len() + p.done.len())) {
                 p.file = compact(&p.path, &p.open, &p.done)?;
                 p.appended = 0;
             }
@@ -627,30 +704,86 @@ mod tests {
         (Uuid::from_u128(n), attempt)
     }
 
+    /// A message at `offset` with no deadline.
+    fn m(offset: i64) -> Msg {
+        Msg::new(offset, 0)
+    }
+
     #[test]
     fn records_round_trip_and_torn_lines_are_ignored() {
         let mut buf = Vec::new();
-        Record::Started(a(7, 2), 40).encode(&mut buf);
-        Record::Done(a(7, 2), 40).encode(&mut buf);
+        Record::Started(a(7, 2), m(40)).encode(&mut buf);
+        Record::Done(a(7, 2), m(40)).encode(&mut buf);
         let text = String::from_utf8(buf).expect("utf8");
         let recs: Vec<_> = text.lines().filter_map(Record::decode).collect();
-        assert_eq!(recs, vec![Record::Started(a(7, 2), 40), Record::Done(a(7, 2), 40)]);
+        assert_eq!(recs, vec![Record::Started(a(7, 2), m(40)), Record::Done(a(7, 2), m(40))]);
         assert_eq!(Record::decode("S 00000000-0000-0000-0000-0000000"), None, "torn");
         assert_eq!(Record::decode("S 00000000-0000-0000-0000-000000000007 1"), None, "torn");
         assert_eq!(Record::decode("X 00000000-0000-0000-0000-000000000007 1 4"), None);
-        assert_eq!(Record::decode("S 00000000-0000-0000-0000-000000000007 1 9 9"), None);
+        assert_eq!(Record::decode("S 00000000-0000-0000-0000-000000000007 1 9 9 9"), None);
+        assert_eq!(
+            Record::decode("D 00000000-0000-0000-0000-000000000007 1 9 1700000000000"),
+            Some(Record::Done(a(7, 1), Msg::new(9, 1_700_000_000_000))),
+            "with its message's deadline"
+        );
+        assert_eq!(
+            Record::decode("D 00000000-0000-0000-0000-000000000007 1 9"),
+            Some(Record::Done(a(7, 1), m(9))),
+            "a line written before deadlines were recorded has none"
+        );
+    }
+
+    /// A crash cut the last line after a digit of its deadline: the line is not read at all
+    /// (read as a number it would be an earlier deadline, and the attempt forgotten too soon).
+    #[test]
+    fn a_torn_last_line_is_not_read_as_a_shorter_number() {
+        let text =
+            "S 00000000-0000-0000-0000-000000000001 1 5 1700000000000\nD 00000000-0000-0000-0000-000000000001 1 5 17";
+        let recs: Vec<Record> = whole_lines(text.as_bytes()).filter_map(Record::decode).collect();
+        assert_eq!(recs, vec![Record::Started(a(1, 1), Msg::new(5, 1_700_000_000_000))]);
+        assert_eq!(whole_lines(b"no newline at all").count(), 0);
+    }
+
+    /// A control plane that could not confirm a claim's message publishes it again, at a later
+    /// offset, with the same deadline: the attempt's outcome must still be known when that second
+    /// message comes, however far the partition's commits have gone, until the deadline is past
+    /// (and a clock step's margin), across a restart and a compaction too.
+    #[test]
+    fn a_resolved_attempt_is_remembered_until_its_deadline_not_only_its_offset() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let deadline = 1_700_000_000_000u64;
+        let mut j = Journal::open(dir.path(), true).expect("open").compact_after(1);
+        j.started(0, a(1, 1), Msg::new(10, deadline)).expect("started");
+        j.started(0, a(2, 1), m(11)).expect("started");
+        j.commit().expect("commit");
+        assert_eq!(j.started_offset(0, a(1, 1)), Some(10));
+        j.done(0, a(2, 1)).expect("done");
+        j.done(0, a(1, 1)).expect("done");
+        j.commit().expect("commit (and a compaction: compact_after 1)");
+        j.committed(0, 500, deadline);
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::Resolved, "offset committed, deadline not past");
+        assert_eq!(j.seen(0, a(2, 1)).expect("seen"), Seen::No, "no deadline: the commit alone decides");
+        drop(j);
+        let mut j = Journal::open(dir.path(), true).expect("reopen");
+        j.committed(0, 500, deadline + KEEP_PAST_DEADLINE_MS - 1);
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::Resolved, "the deadline survived the restart");
+        j.committed(0, 5, deadline + KEEP_PAST_DEADLINE_MS);
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::Resolved, "deadline past, offset not committed");
+        j.committed(0, 12, deadline + KEEP_PAST_DEADLINE_MS);
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::No, "both past: forgotten");
+        assert_eq!(j.started_offset(0, a(1, 1)), None);
     }
 
     #[test]
     fn replay_separates_open_and_done_attempts() {
         let (open, done) = replay([
-            Record::Started(a(1, 1), 1),
-            Record::Started(a(2, 1), 2),
-            Record::Done(a(1, 1), 1),
-            Record::Started(a(1, 2), 3),
+            Record::Started(a(1, 1), m(1)),
+            Record::Started(a(2, 1), m(2)),
+            Record::Done(a(1, 1), m(1)),
+            Record::Started(a(1, 2), m(3)),
         ]);
-        assert_eq!(open, HashMap::from([(a(2, 1), 2), (a(1, 2), 3)]));
-        assert_eq!(done, HashMap::from([(a(1, 1), 1)]));
+        assert_eq!(open, HashMap::from([(a(2, 1), m(2)), (a(1, 2), m(3))]));
+        assert_eq!(done, HashMap::from([(a(1, 1), m(1))]));
     }
 
     #[test]
@@ -670,8 +803,8 @@ mod tests {
     fn rebalances_keep_or_release_partitions() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut j = Journal::open(dir.path(), true).expect("open");
-        j.started(0, a(1, 1), 10).expect("started");
-        j.started(1, a(2, 1), 20).expect("started");
+        j.started(0, a(1, 1), m(10)).expect("started");
+        j.started(1, a(2, 1), m(20)).expect("started");
         j.commit().expect("commit");
         assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::InFlight, "this shard is dialing it");
         // Eager rebalance: everything revoked (and released), partition 0 comes back, 1 goes
@@ -684,8 +817,8 @@ mod tests {
         let mut other = Journal::open(dir.path(), true).expect("open");
         assert_eq!(other.seen(1, a(2, 1)).expect("seen"), Seen::Resolved, "the outcome was written at release");
         assert_eq!(j.seen(1, a(2, 1)).expect("seen"), Seen::Elsewhere, "partition 1 is the other shard's now");
-        assert!(matches!(j.started(1, a(4, 1), 22), Err(JournalError::Held(1))), "nothing of it may start here");
-        other.started(1, a(3, 1), 21).expect("started");
+        assert!(matches!(j.started(1, a(4, 1), m(22)), Err(JournalError::Held(1))), "nothing of it may start here");
+        other.started(1, a(3, 1), m(21)).expect("started");
         other.commit().expect("commit");
         // Partition 1 comes back once the other shard let go: loaded afresh, with its records.
         drop(other);
@@ -701,7 +834,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let mut first = Journal::open(dir.path(), true).expect("open");
         let mut second = Journal::open(dir.path(), true).expect("open");
-        first.started(3, a(1, 1), 5).expect("started");
+        first.started(3, a(1, 1), m(5)).expect("started");
         first.commit().expect("commit");
         assert_eq!(second.seen(3, a(1, 1)).expect("seen"), Seen::Elsewhere, "held by the first");
         assert!(!second.own(3).expect("own"));
@@ -726,7 +859,7 @@ mod tests {
             for p in 0..40 {
                 for k in 0..50u32 {
                     let n = u128::from(round * 100_000 + (p as u32) * 1000 + k);
-                    j.started(p, a(n, 1), i64::from(round * 50 + k)).expect("started");
+                    j.started(p, a(n, 1), m(i64::from(round * 50 + k))).expect("started");
                 }
             }
             j.commit().expect("commit");
@@ -738,7 +871,7 @@ mod tests {
             let offsets: Vec<i64> = recs
                 .iter()
                 .map(|r| match r {
-                    Record::Started(_, o) | Record::Done(_, o) => *o,
+                    Record::Started(_, o) | Record::Done(_, o) => o.offset,
                 })
                 .collect();
             assert!(offsets.windows(2).all(|w| w[0] < w[1]), "in order, no duplicate");
@@ -750,7 +883,7 @@ mod tests {
         {
             let mut j = Journal::open_with(dir.path(), true, io).expect("open");
             for i in 0..100 {
-                j.started(i % 3, a(i as u128, 1), i64::from(i)).expect("started");
+                j.started(i % 3, a(i as u128, 1), m(i64::from(i))).expect("started");
             }
             j.commit().expect("commit");
             for i in 0..90 {
@@ -758,7 +891,7 @@ mod tests {
             }
             j.commit().expect("commit");
             // A crash: records queued after the last commit are lost.
-            j.started(0, a(1000, 1), 1000).expect("started");
+            j.started(0, a(1000, 1), m(1000)).expect("started");
         }
         let mut j = Journal::open_with(dir.path(), true, io).expect("reopen");
         for i in 0..100 {
@@ -771,7 +904,7 @@ mod tests {
         assert_eq!(j.seen(0, a(90, 2)).expect("read"), Seen::No);
         // Once the committed offset passes them, resolved attempts are forgotten.
         for p in 0..3 {
-            j.committed(p, 95);
+            j.committed(p, 95, 0);
         }
         assert_eq!(j.seen(0, a(3, 1)).expect("read"), Seen::No);
         assert_eq!(j.seen(1, a(94, 1)).expect("read"), Seen::Unresolved, "open attempts stay until resolved");

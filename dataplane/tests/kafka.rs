@@ -339,10 +339,11 @@ async fn an_attempt_started_before_a_crash_is_not_dialed_again() {
     {
         let mut j = dialer_dataplane::journal::Journal::open(dir.path(), true).expect("journal");
         for (i, m) in msgs.iter().enumerate().take(10) {
-            j.started((i as i32) % PARTITIONS, (m.call_id, 1), 0).expect("started");
+            j.started((i as i32) % PARTITIONS, (m.call_id, 1), dialer_dataplane::journal::Msg::new(0, 0))
+                .expect("started");
         }
         // Attempt 2 of another call: a different attempt, which must be dialed.
-        j.started(10 % PARTITIONS, (msgs[10].call_id, 2), 0).expect("started");
+        j.started(10 % PARTITIONS, (msgs[10].call_id, 2), dialer_dataplane::journal::Msg::new(0, 0)).expect("started");
         j.commit().expect("commit");
     }
     let mut tuning = tuning(Assignment::Static);

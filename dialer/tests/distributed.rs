@@ -239,3 +239,161 @@ async fn an_opt_out_is_broadcast_to_every_dispatch_partition() {
         "every partition has the opt-out; last read error: {last_error:?}"
     );
 }
+
+/// A sink that hands the first `deliver` messages of each batch to Kafka and then answers "in
+/// doubt" for the whole batch: a control plane that died between its claim's commit and the
+/// broker's acknowledgement, with part of its messages out.
+#[derive(Debug)]
+struct DiesMidPublish {
+    kafka: KafkaDispatchSink,
+    deliver: usize,
+}
+
+impl DispatchSink for DiesMidPublish {
+    const MAY_STRAND_CLAIMS: bool = true;
+
+    async fn publish_all(
+        &self,
+        mut msgs: Vec<dialer_domain::messages::DispatchMessage>,
+    ) -> Result<(), dialer_bus::dispatch::NotPublished> {
+        let n = msgs.len();
+        msgs.truncate(self.deliver);
+        self.kafka.publish_all(msgs).await.expect("the first messages reach the broker");
+        let reason = dialer_bus::dispatch::PublishError::BusClosed(dialer_bus::BusClosed);
+        Err(dialer_bus::dispatch::NotPublished { unacked: vec![], in_doubt: n, reason })
+    }
+
+    async fn broadcast(
+        &self,
+        msgs: &[dialer_domain::messages::DispatchMessage],
+    ) -> Result<(), dialer_bus::dispatch::PublishError> {
+        self.kafka.broadcast(msgs).await
+    }
+}
+
+/// A control plane dies mid-publish: its claim committed, half of its messages reached Kafka,
+/// none was acknowledged. Another control plane publishes the whole claim again a second later
+/// (same attempts and deadlines), before any data plane read the first messages: half the calls
+/// then have two messages in the topic. Every call is dialled exactly once (the shards' journals
+/// drop the second message) and the campaign completes, with no reaper running (without the
+/// republish, the calls whose messages never left would stay queued for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_stranded_mid_publish_is_published_again_and_each_call_dialled_once() {
+    let store = dialer_testkit::fixtures::open(&dialer_testkit::postgres_database()).await;
+    let n = unique_name("strand");
+    let topics = BusSettings {
+        brokers: kafka().bootstrap(),
+        dispatch_topic: format!("{n}.dispatch"),
+        status_topic: format!("{n}.status"),
+        group_id: format!("{n}-dp"),
+        dead_letter_topic: format!("{n}.dead_letter"),
+        ..BusSettings::default()
+    };
+    dialer_bus::kafka::ensure_topics(
+        &topics.brokers,
+        &[(&topics.dispatch_topic, 4), (&topics.status_topic, 4), (&topics.dead_letter_topic, 1)],
+    )
+    .await
+    .expect("topics");
+    let t: Vec<_> = (0..40).map(|k| json!({"phone_number": format!("+1888{k:07}")})).collect();
+    let req: CreateCampaignRequest = serde_json::from_value(json!({
+        "name": "stranded", "max_concurrent_calls": 20,
+        "retry_policy": {"max_attempts": 1},
+        "targets": t
+    }))
+    .expect("request");
+    let c = store.create_campaign(&req.validate(10_000).expect("valid")).await.expect("created");
+    store.transition(c.id, CampaignAction::Start).await.expect("start");
+
+    let clients = ClientSettings::new(&topics.brokers);
+    let producer = clients.producer("test-control-plane").expect("producer");
+    let kafka_sink = || KafkaDispatchSink::new(producer.clone(), &topics.dispatch_topic);
+    // The control plane that dies: 40 calls claimed (cap 20 × inflight factor 2), 20 messages out.
+    let dying = dialer_testkit::fixtures::scheduler(store.clone(), DiesMidPublish { kafka: kafka_sink(), deliver: 20 });
+    dying.tick().await.expect("claimed");
+    assert_eq!(store.stats(c.id).await.expect("stats").queued_calls, 40, "claimed, none acknowledged");
+
+    let settings = SchedulerSettings {
+        interval: Duration::from_millis(100),
+        republish_after: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let sched = Scheduler { settings, ..dialer_testkit::fixtures::scheduler(store.clone(), kafka_sink()) };
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut republished = 0;
+    while republished < 40 {
+        assert!(Instant::now() < until, "only {republished} of 40 published again");
+        republished += sched.tick().await.expect("tick").republished;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut tuning = Tuning::default();
+    tuning.shards.count = 2;
+    tuning.shards.partitions = 4;
+    tuning.shards.assignment = Assignment::Static;
+    tuning.kafka.commit_every_ms = 100;
+    let journal = tempfile::tempdir().expect("journal dir");
+    tuning.journal.dir = journal.path().display().to_string();
+    let ledger = tempfile::tempdir().expect("ledger dir");
+    let tracker = ledger_tracker(20, ledger.path());
+    tracker.set_campaign_cap(c.id, 20);
+    let dp = Dataplane::start(DataplaneOptions {
+        tuning,
+        bus: BusChoice::Kafka(topics.clone()),
+        limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
+        global_cap: 20,
+        per_campaign_ceiling: 100,
+        provider: ProviderSettings {
+            min_call: Duration::from_millis(5),
+            max_call: Duration::from_millis(20),
+            max_ring: Duration::ZERO,
+            ..ProviderSettings::default()
+        },
+        tracker: tracker.clone(),
+        instance: unique_name("dp"),
+    })
+    .expect("data plane");
+    let mut recorders = KafkaStatusSource::group(
+        &clients,
+        ("test-recorder", &topics.recorder_group(), &topics.status_topic),
+        (&producer, &topics.dead_letter_topic),
+        1,
+    )
+    .expect("consumer");
+    let rec = Recorder {
+        store: store.clone(),
+        source: recorders.remove(0),
+        batch_max: 500,
+        linger: Duration::from_millis(20),
+        seed: 3,
+        timeline: None,
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let t1 = tokio::spawn(sched.run(wait(rx.clone())));
+    let t2 = tokio::spawn(rec.run(wait(rx)));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while store.get_campaign(c.id).await.expect("campaign").status.as_str() != "completed" {
+        assert!(Instant::now() < deadline, "not completed: {:?}", store.stats(c.id).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = stop.send(true);
+    let _ = t1.await;
+    let _ = t2.await;
+    dp.shutdown();
+    tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("shards");
+
+    let st = store.stats(c.id).await.expect("stats");
+    assert_eq!(st, store.recount_stats(c.id).await.expect("recount"), "stats equal the rows");
+    assert_eq!((st.completed_calls + st.failed_calls, st.attempts_total), (40, 40), "one attempt each");
+    dialer_testkit::fixtures::assert_each_attempt_dialled_once(&store, &[c.id], ledger.path()).await;
+    let dispatched = TopicReader::from_start(&topics.brokers, &topics.dispatch_topic, 4);
+    let mut messages = 0;
+    while dispatched.next(Duration::from_secs(3)).await.is_some() {
+        messages += 1;
+    }
+    assert_eq!(messages, 60, "20 calls had two messages each, 20 one: the duplicates were there to drop");
+    assert_eq!(tracker.violations(), 0, "caps held");
+}

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::campaigns::locked_status;
 use crate::dialect::{Bind, Dialect, QueryExt, RowExt};
-use crate::model::{ClaimedCall, Screened};
+use crate::model::{ClaimedCall, Screened, UnconfirmedClaim};
 use crate::record::CANCELLED;
 use crate::{StoreError, now};
 
@@ -19,6 +19,7 @@ async fn claim_some<D: Dialect>(
     retries: bool,
     limit: usize,
     at: DateTime<Utc>,
+    deadline: DateTime<Utc>,
 ) -> Result<Vec<ClaimedCall>, StoreError> {
     if limit == 0 {
         return Ok(vec![]);
@@ -35,7 +36,8 @@ async fn claim_some<D: Dialect>(
     // PostgreSQL scan every pending call of the campaign for each of the n ids.
     // The rows are locked and pending: nothing else can have changed them.
     let sql = format!(
-        "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, event_seq = event_seq + 1, queued_at = $2, updated_at = $2 \
+        "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, event_seq = event_seq + 1, queued_at = $2, updated_at = $2, \
+         dispatch_deadline = $5, republish_at = NULL \
          WHERE id {}SELECT id FROM calls \
          WHERE campaign_id = $1 AND status = 'pending' AND zone = $4 AND {cond} \
          ORDER BY next_attempt_at, id LIMIT $3{}{} \
@@ -44,7 +46,14 @@ async fn claim_some<D: Dialect>(
         D::SKIP_LOCKED,
         D::CLAIM_IN.1,
     );
-    let rows = sqlx::query::<D>(&sql).arg(campaign_id).arg(at).arg(limit as i64).arg(zone).rows(&mut *conn).await?;
+    let rows = sqlx::query::<D>(&sql)
+        .arg(campaign_id)
+        .arg(at)
+        .arg(limit as i64)
+        .arg(zone)
+        .arg(deadline)
+        .rows(&mut *conn)
+        .await?;
     rows.iter()
         .map(|r| {
             Ok(ClaimedCall {
@@ -53,6 +62,7 @@ async fn claim_some<D: Dialect>(
                 attempt: r.col::<i32>("attempt_count")? as u32,
                 zone: r.col::<Option<String>>("zone")?.unwrap_or_default(),
                 event_seq: r.col::<i32>("event_seq")? as u32,
+                deadline,
             })
         })
         .collect()
@@ -63,31 +73,32 @@ async fn claim_some<D: Dialect>(
 async fn claim_zone<D: Dialect>(
     conn: &mut D::Connection,
     campaign_id: Uuid,
-    zone: &str,
+    (zone, deadline): &(String, DateTime<Utc>),
     n: usize,
     at: DateTime<Utc>,
 ) -> Result<Vec<ClaimedCall>, StoreError> {
-    let mut out = claim_some::<D>(conn, campaign_id, zone, true, n.div_ceil(2), at).await?;
-    let fresh = claim_some::<D>(conn, campaign_id, zone, false, n.saturating_sub(out.len()), at).await?;
+    let (zone, d) = (zone.as_str(), *deadline);
+    let mut out = claim_some::<D>(conn, campaign_id, zone, true, n.div_ceil(2), at, d).await?;
+    let fresh = claim_some::<D>(conn, campaign_id, zone, false, n.saturating_sub(out.len()), at, d).await?;
     out.extend(fresh);
     if out.len() < n {
-        let more = claim_some::<D>(conn, campaign_id, zone, true, n - out.len(), at).await?;
+        let more = claim_some::<D>(conn, campaign_id, zone, true, n - out.len(), at, d).await?;
         out.extend(more);
     }
     Ok(out)
 }
 
 /// Moves up to `n` due calls of a campaign from pending to queued, zone by zone in
-/// the order given (the scheduler passes the open ones, soonest to close first), and
-/// screens them by the recipient's rules: the calls to dial are returned and counted
-/// as attempts; skipped ones end, held ones wait.
+/// the order given (the scheduler passes the open ones, soonest to close first, each with its
+/// calls' message deadline, kept with the call), and screens them by the recipient's rules: the
+/// calls to dial are returned and counted as attempts; skipped ones end, held ones wait.
 #[tracing::instrument(name = "store.claim_calls", level = "debug", skip_all)]
 pub async fn claim_calls<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,
     n: usize,
     at: DateTime<Utc>,
-    zones: &[String],
+    zones: &[(String, DateTime<Utc>)],
     rules: &dialer_domain::rules::Rules,
 ) -> Result<Screened, StoreError> {
     let mut tx = D::begin(pool).await?;
@@ -215,4 +226,56 @@ pub async fn unclaim_calls<D: Dialect>(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Queued calls claimed in `claimed` (after its start: no older claim's deadline can be ahead;
+/// the bound keeps the index scan off older calls in progress) whose message deadline is still ahead of `now`
+/// and that were not published again since `now` (oldest claim first): their messages may never
+/// have reached the broker (see the scheduler's republishing). Each is marked not to be taken
+/// again before `again_at`, so that control planes sweeping side by side take each once.
+#[tracing::instrument(name = "store.unconfirmed_claims", level = "debug", skip_all)]
+pub async fn unconfirmed_claims<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    claimed: std::ops::Range<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    again_at: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<UnconfirmedClaim>, StoreError> {
+    // `calls_live` (queued_at, for queued and dialling calls) finds them; the ids are taken
+    // once and updated by `id`, as in a claim.
+    let sql = format!(
+        "UPDATE calls SET republish_at = $3 \
+         WHERE id {}SELECT id FROM calls \
+         WHERE status = 'queued' AND queued_at < $1 AND queued_at >= $5 AND dispatch_deadline > $2 \
+         AND (republish_at IS NULL OR republish_at <= $2) \
+         ORDER BY queued_at LIMIT $4{}{} \
+         RETURNING campaign_id, id, phone_number, attempt_count, zone, event_seq, queued_at, dispatch_deadline",
+        D::CLAIM_IN.0,
+        D::SKIP_LOCKED,
+        D::CLAIM_IN.1,
+    );
+    let rows = sqlx::query::<D>(&sql)
+        .arg(claimed.end)
+        .arg(now)
+        .arg(again_at)
+        .arg(limit as i64)
+        .arg(claimed.start)
+        .rows(&mut *pool.acquire().await?)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UnconfirmedClaim {
+                campaign_id: r.col("campaign_id")?,
+                claimed_at: r.col("queued_at")?,
+                call: ClaimedCall {
+                    id: r.col("id")?,
+                    phone_number: r.col("phone_number")?,
+                    attempt: r.col::<i32>("attempt_count")? as u32,
+                    zone: r.col::<Option<String>>("zone")?.unwrap_or_default(),
+                    event_seq: r.col::<i32>("event_seq")? as u32,
+                    deadline: r.col("dispatch_deadline")?,
+                },
+            })
+        })
+        .collect()
 }

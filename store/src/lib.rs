@@ -58,7 +58,8 @@ pub use events::{
     set_enabled as set_events_enabled,
 };
 pub use model::{
-    ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, LiveCall, NewCall, Preview, RecordReport, Screened, Suppression,
+    ActiveCampaign, CallAnswer, CallQuery, ClaimedCall, LiveCall, NewCall, Preview, RecordReport, Screened,
+    Suppression, UnconfirmedClaim,
 };
 pub use settings::{StoreSettings, TimelineSettings};
 pub use timeline::{CqlTimeline, TimelineError};
@@ -241,7 +242,9 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<Vec<ClaimedCall>, StoreError> {
         let rules = dialer_domain::rules::CallingRules::off().compile("calling_rules")?;
-        let zones = self.pending_zones(campaign_id).await?;
+        let deadline = at + std::time::Duration::from_secs(300);
+        let zones: Vec<(String, DateTime<Utc>)> =
+            self.pending_zones(campaign_id).await?.into_iter().map(|z| (z, deadline)).collect();
         Ok(self.claim_calls(campaign_id, n, at, &zones, &rules).await?.dial)
     }
 }
@@ -436,16 +439,25 @@ pub trait CallOps: Send + Sync {
     // --- claims ([`claims`]) -----------------------------------------------------------------------
 
     /// Claims up to `n` due calls of a campaign's open `zones` for dispatch (pending → queued,
-    /// attempt + 1), retries and new calls side by side, screened by `rules`. Concurrent
-    /// claimers never get the same call.
+    /// attempt + 1), retries and new calls side by side, screened by `rules`; each zone comes
+    /// with its calls' message deadline. Concurrent claimers never get the same call.
     fn claim_calls<'a>(
         &'a self,
         campaign_id: Uuid,
         n: usize,
         at: DateTime<Utc>,
-        zones: &'a [String],
+        zones: &'a [(String, DateTime<Utc>)],
         rules: &'a Rules,
     ) -> Op<'a, Screened>;
+    /// Queued calls claimed in `claimed`, deadline still ahead, not taken since `now`; marked
+    /// not to be taken again before `again_at`.
+    fn unconfirmed_claims(
+        &self,
+        claimed: std::ops::Range<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        again_at: DateTime<Utc>,
+        limit: usize,
+    ) -> Op<'_, Vec<UnconfirmedClaim>>;
     /// Undoes a claim whose dispatch failed.
     fn unclaim_calls<'a>(&'a self, campaign_id: Uuid, calls: &'a [ClaimedCall]) -> Op<'a, ()>;
 
@@ -516,10 +528,19 @@ impl<D: Dialect> CallOps for sqlx::Pool<D> {
         campaign_id: Uuid,
         n: usize,
         at: DateTime<Utc>,
-        zones: &'a [String],
+        zones: &'a [(String, DateTime<Utc>)],
         rules: &'a Rules,
     ) -> Op<'a, Screened> {
         Box::pin(claims::claim_calls(self, campaign_id, n, at, zones, rules))
+    }
+    fn unconfirmed_claims(
+        &self,
+        claimed: std::ops::Range<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        again_at: DateTime<Utc>,
+        limit: usize,
+    ) -> Op<'_, Vec<UnconfirmedClaim>> {
+        Box::pin(claims::unconfirmed_claims(self, claimed, now, again_at, limit))
     }
     fn unclaim_calls<'a>(&'a self, campaign_id: Uuid, calls: &'a [ClaimedCall]) -> Op<'a, ()> {
         Box::pin(claims::unclaim_calls(self, campaign_id, calls))

@@ -2,6 +2,7 @@
 //! campaign, claims and their screening, opt-outs to announce, the reaper's live calls, and the
 //! answers of batched writes.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -48,6 +49,18 @@ pub struct ClaimedCall {
     pub zone: String,
     /// The call's last event number, this claim's included.
     pub event_seq: u32,
+    /// Its message's deadline: the data plane dials nothing past it.
+    pub deadline: DateTime<Utc>,
+}
+
+/// A queued call whose claim's messages may not have reached the bus: published again as it was
+/// (same attempt, same deadline).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnconfirmedClaim {
+    pub campaign_id: Uuid,
+    /// When it was claimed (its `queued_at`).
+    pub claimed_at: DateTime<Utc>,
+    pub call: ClaimedCall,
 }
 
 /// A claim screened by the recipient's rules.

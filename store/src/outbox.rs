@@ -280,6 +280,7 @@ mod tests {
             attempt: 2,
             zone: String::new(),
             event_seq: seq,
+            deadline: Utc::now(),
         };
         let out = claimed(Uuid::from_u128(1), &[c(5, 4)], &[(c(6, 1), "dnc")], Utc::now());
         assert_eq!((out[0].kind, out[0].stream_seq, out[0].stream_id), (EventType::CallQueued, 4, Uuid::from_u128(5)));

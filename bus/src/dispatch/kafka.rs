@@ -64,6 +64,8 @@ impl KafkaDispatchSink {
 }
 
 impl DispatchSink for KafkaDispatchSink {
+    const MAY_STRAND_CLAIMS: bool = true;
+
     async fn publish_all(&self, msgs: Vec<DispatchMessage>) -> Result<(), NotPublished> {
         let encoded: Vec<(Vec<u8>, [u8; 16])> = msgs.iter().map(|m| (m.encode(), *m.call_id.as_bytes())).collect();
         let topic = &self.topic;

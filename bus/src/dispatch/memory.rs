@@ -14,6 +14,8 @@ use crate::memory::MemoryBus;
 pub struct MemoryDispatchSink(pub Arc<MemoryBus>);
 
 impl DispatchSink for MemoryDispatchSink {
+    const MAY_STRAND_CLAIMS: bool = false;
+
     async fn publish_all(&self, msgs: Vec<DispatchMessage>) -> Result<(), NotPublished> {
         let mut unacked = Vec::new();
         for (i, m) in msgs.into_iter().enumerate() {

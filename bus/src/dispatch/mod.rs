@@ -38,6 +38,12 @@ pub struct Malformed {
 
 /// The scheduler's end of the dispatch topic.
 pub trait DispatchSink: Send + Sync + std::fmt::Debug {
+    /// Whether a claim can outlive, unpublished, the process that claimed it: a broker shared by
+    /// processes (the claimer may die between the claim's commit and the acknowledgement), so
+    /// the scheduler publishes old unconfirmed claims again. Not the in-process bus: it dies
+    /// with its claimer, and the embedded mode's recovery at start settles what it held.
+    const MAY_STRAND_CLAIMS: bool;
+
     /// Publishes all messages; returns once each is acknowledged (Kafka: by the broker), or with
     /// the indices of those that were not.
     fn publish_all(&self, msgs: Vec<DispatchMessage>) -> impl Future<Output = Result<(), NotPublished>> + Send;

@@ -40,9 +40,10 @@ use dialer_limiter::LeaseHandle;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::health::{Health, ShardHealth};
-use crate::journal::{Journal, Seen};
+use crate::journal::{Journal, Msg, Seen};
 use crate::provider::{Placed, Provider};
 use crate::tuning::Tuning;
 use calls::{Calls, Finished, OutcomeCounters, Placing, event, outcome_event, retryable_failure};
@@ -66,6 +67,9 @@ pub struct ShardReport {
     /// Messages received again while this shard was dialing their attempt (a rebalance gave
     /// their partition back): skipped, the call in progress finishes them.
     pub redelivered_in_flight: u64,
+    /// Second messages of an attempt (a control plane published its claim again, unable to
+    /// confirm the first), at another offset: finished, never dialled a second time.
+    pub duplicates: u64,
     /// Messages received but not finished when the shard stopped (redelivered after restart).
     pub unfinished: u64,
     /// Status events the broker did not take, produced again.
@@ -163,6 +167,8 @@ struct Scratch {
     taken: Taken,
     placing: Vec<Placing>,
     batch: Vec<Delivery>,
+    /// Duplicate starts of a round: (campaign, partition, offset).
+    duplicates: Vec<(Uuid, i32, i64)>,
 }
 
 /// One shard: its source and sink, lease, provider, journal, and the calls in between.
@@ -351,13 +357,7 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
     /// dialled: their tokens go back and they are reported failed (retryable). Their campaigns
     /// are not woken here (the journal would fail again at once): the next heartbeat wakes them.
     fn journal_starts(&mut self, starts: &mut Vec<Waiting>, now: u64) {
-        let durable = match &mut self.journal {
-            None => Ok(()),
-            Some(j) => starts
-                .iter()
-                .try_for_each(|w| j.started(w.partition, (w.msg.call_id, w.msg.attempt), w.offset))
-                .and_then(|()| j.commit()),
-        };
+        let durable = self.record_starts(starts);
         self.my_health().set_journal_failing(durable.is_err());
         if let Err(e) = durable {
             tracing::error!(shard = self.index, error = %e, calls = starts.len(), "journal write failed: these calls are not dialed and are reported as failed (retryable)");
@@ -367,6 +367,41 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
                 self.events.push((ev, Some((w.partition, w.offset))));
             }
         }
+    }
+
+    /// Queues each start's `S` record and commits them. A start whose attempt the journal knows
+    /// by now (two messages of one attempt waited side by side: a republished claim) is a
+    /// duplicate: its token goes back and its message is finished, undialled.
+    fn record_starts(&mut self, starts: &mut Vec<Waiting>) -> Result<(), crate::journal::JournalError> {
+        let Some(j) = &mut self.journal else { return Ok(()) };
+        let mut recorded = Ok(());
+        let mut duplicates = std::mem::take(&mut self.scratch.duplicates);
+        starts.retain(|w| {
+            let a = (w.msg.call_id, w.msg.attempt);
+            match recorded.is_ok().then(|| j.seen(w.partition, a)) {
+                Some(Ok(Seen::InFlight | Seen::Resolved | Seen::Unresolved)) => {
+                    duplicates.push((w.msg.campaign_id, w.partition, w.offset));
+                    false
+                }
+                Some(Err(e)) => {
+                    recorded = Err(e);
+                    true
+                }
+                Some(Ok(_)) => {
+                    recorded = j.started(w.partition, a, Msg::new(w.offset, w.msg.deadline_ms));
+                    true
+                }
+                None => true,
+            }
+        });
+        let durable = recorded.and_then(|()| j.commit());
+        for (campaign, partition, offset) in duplicates.drain(..) {
+            self.lease.release(campaign);
+            self.queues.wake(campaign);
+            self.duplicate(partition, offset);
+        }
+        self.scratch.duplicates = duplicates;
+        durable
     }
 
     /// Places the calls: a `started` event each, then the provider; one clock read per batch.
@@ -615,7 +650,11 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
             return;
         }
         match self.seen(partition, &msg) {
-            // This shard is dialing it: the call in progress finishes it.
+            // This shard is dialing it: the call in progress finishes its message; a second
+            // message of it (another offset) is finished here.
+            Seen::InFlight if self.started_offset(partition, &msg).is_some_and(|o| o != offset) => {
+                self.duplicate(partition, offset)
+            }
             Seen::InFlight => self.report.redelivered_in_flight += 1,
             // Dialled, and its outcome delivered, before a restart: only the offset commit was
             // lost. Nothing to do but finish the message.
@@ -677,6 +716,17 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
         }
     }
 
+    fn started_offset(&self, partition: i32, msg: &DispatchMessage) -> Option<i64> {
+        self.journal.as_ref()?.started_offset(partition, (msg.call_id, msg.attempt))
+    }
+
+    /// A second message of an attempt this shard dialled or is dialling: finished, not dialled.
+    fn duplicate(&mut self, partition: i32, offset: i64) {
+        self.report.duplicates += 1;
+        metrics::counter!("dialer_dataplane_duplicates_total").increment(1);
+        self.source.done(partition, offset);
+    }
+
     fn seen(&mut self, partition: i32, msg: &DispatchMessage) -> Seen {
         let Some(j) = &mut self.journal else { return Seen::No };
         j.seen(partition, (msg.call_id, msg.attempt)).unwrap_or_else(|e| {
@@ -732,8 +782,9 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
         let Some(j) = &mut self.journal else { return };
         match committed {
             Committed::Points(points) => {
+                let now = now_ms();
                 for (p, point) in points {
-                    j.committed(p, point);
+                    j.committed(p, point, now);
                 }
             }
             Committed::Untracked => j.forget_resolved(),

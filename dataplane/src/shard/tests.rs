@@ -45,14 +45,23 @@ struct Script {
     moved: Vec<Moved>,
     offsets: CommitPoints,
     log: Log,
+    /// A pause before each batch but the first.
+    gap: Duration,
+    /// When the next batch may come (kept across a cancelled `recv`).
+    next_at: Option<tokio::time::Instant>,
 }
 
 impl DispatchSource for Script {
     async fn recv(&mut self, out: &mut Vec<Delivery>, _max: usize) -> Result<bool, FetchError> {
-        let Some(batch) = self.batches.pop_front() else {
+        if self.batches.is_empty() {
             // Like a consumer with nothing to read: never returns.
             return std::future::pending().await;
-        };
+        }
+        if let Some(at) = self.next_at {
+            tokio::time::sleep_until(at).await;
+        }
+        self.next_at = Some(tokio::time::Instant::now() + self.gap);
+        let batch = self.batches.pop_front().expect("not empty");
         for d in &batch {
             self.offsets.received(d.partition, d.offset);
         }
@@ -216,6 +225,8 @@ fn script(batches: Vec<Vec<Delivery>>, revoke_after: Option<(usize, Vec<i32>)>) 
         moved: Vec::new(),
         offsets: CommitPoints::default(),
         log: Rc::default(),
+        gap: Duration::ZERO,
+        next_at: None,
     }
 }
 
@@ -340,7 +351,7 @@ fn a_partition_whose_journal_another_shard_holds_is_not_dialled_until_it_lets_go
         let dir = tempfile::tempdir().expect("tmp");
         let mut previous = Journal::open(dir.path(), true).expect("open");
         let started_there = (Uuid::from_u128(0), 1);
-        previous.started(0, started_there, 0).expect("started");
+        previous.started(0, started_there, crate::journal::Msg::new(0, 0)).expect("started");
         previous.commit().expect("commit");
         let journal = Journal::open(dir.path(), true).expect("open");
         let (n, cap) = (40u128, 5);
@@ -391,5 +402,51 @@ fn a_campaign_with_more_to_start_gets_its_next_turn_without_waiting_for_an_event
         let r = run_with(script(batches, None), t, cap, 0, None, (3_000, 3_000)).await;
         let placed = r.log.iter().filter(|s| matches!(s, Step::Placed(_))).count();
         assert_eq!(placed, n as usize, "every message started within the quiet half second, 16 per turn");
+    });
+}
+
+/// A control plane that could not confirm a claim's messages publishes them again (same
+/// attempt, same deadline, later offsets). A second message that waits beside the first, and a
+/// third that comes after the first was dialled, resolved and committed past, are never dialled:
+/// each call is placed once, and every message's offset is finished once, so the commits pass
+/// them all.
+#[test]
+fn a_republished_message_is_never_dialled_a_second_time_and_every_offset_is_finished() {
+    local(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let journal = Journal::open(dir.path(), true).expect("open");
+        let (n, cap) = (40u128, 5);
+        let deadline = now_ms() + 600_000;
+        let message = |call: u128, offset: u128| {
+            let msg = Dispatch::call(call).campaign(Uuid::from_u128(CAMPAIGN)).cap(cap).deadline_ms(deadline).build();
+            Delivery { partition: 0, offset: offset as i64, msg: Ok(msg) }
+        };
+        let first: Vec<Delivery> = (0..n).flat_map(|i| [message(i, i), message(i, n + i)]).collect();
+        let again: Vec<Delivery> = (0..n).map(|i| message(i, 2 * n + i)).collect();
+        let mut s = script(vec![first, again], None);
+        s.gap = Duration::from_millis(200);
+        let r = run_with(s, tuning(), cap, 0, Some(journal), (1, 15)).await;
+        let mut placed: HashMap<Uuid, usize> = HashMap::new();
+        for s in &r.log {
+            if let Step::Placed(c) = s {
+                *placed.entry(*c).or_default() += 1;
+            }
+        }
+        assert_eq!(placed.len(), n as usize, "every call dialled");
+        assert!(placed.values().all(|k| *k == 1), "none twice: {placed:?}");
+        let mut done: HashMap<i64, usize> = HashMap::new();
+        for s in &r.log {
+            if let Step::Done(_, o) = s {
+                *done.entry(*o).or_default() += 1;
+            }
+        }
+        assert_eq!(done.len(), 3 * n as usize, "every message finished");
+        assert!(done.values().all(|k| *k == 1), "each once");
+        let last = r.log.iter().rev().find_map(|s| if let Step::Commit(p) = s { Some(p.clone()) } else { None });
+        assert_eq!(last, Some(vec![(0, 3 * n as i64)]), "the commits passed every message");
+        assert_eq!(r.report.duplicates, n as u64, "the second messages, found before or at their start");
+        assert_eq!(r.report.redelivered_done, n as u64, "the third ones, after the first was resolved");
+        let outcomes = r.events.iter().filter(|e| e.kind != EventKind::Started).count();
+        assert_eq!(outcomes, n as usize, "one outcome per call");
     });
 }

@@ -47,6 +47,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DIALER_PROVIDER_RING_TIMEOUT_MS", "provider.ring_timeout_ms"),
     ("DIALER_SCHEDULER_REAP_EVERY_MS", "scheduler.reap_every_ms"),
     ("DIALER_SCHEDULER_REAP_GRACE_MS", "scheduler.reap_grace_ms"),
+    ("DIALER_SCHEDULER_REPUBLISH_AFTER_MS", "scheduler.republish_after_ms"),
     ("DIALER_RECORDER_BATCH_MAX", "scheduler.recorder_batch_max"),
     ("DIALER_RECORDER_LINGER_MS", "scheduler.recorder_linger_ms"),
     ("DIALER_RECORDER_WORKERS", "scheduler.recorder_workers"),
@@ -182,6 +183,7 @@ fn set_scheduler(c: &mut Config, key: &str, v: &str) -> Result<(), ValueError> {
     match key {
         "scheduler.reap_every_ms" => s.reap_every = ms(v)?,
         "scheduler.reap_grace_ms" => s.reap_grace = ms(v)?,
+        "scheduler.republish_after_ms" => s.republish_after = ms(v)?,
         "scheduler.recorder_batch_max" => s.recorder_batch_max = num(v)?,
         "scheduler.recorder_linger_ms" => s.recorder_linger = ms(v)?,
         "scheduler.recorder_workers" => s.recorder_workers = num(v)?,

@@ -98,6 +98,12 @@ fn unknown_keys_and_bad_values_are_refused_with_the_key() {
     assert!(e.to_string().contains("limits.global_max_concurrency"), "{e}");
     let e = Config::load(None, env(&[("DATABASE_URL", "mysql://x")])).expect_err("bad url");
     assert!(e.to_string().contains("store.url"), "{e}");
+    for bad in ["500", "300000"] {
+        let e = Config::load(None, env(&[("DIALER_SCHEDULER_REPUBLISH_AFTER_MS", bad)])).expect_err("out of range");
+        assert!(e.to_string().contains("scheduler.republish_after_ms"), "{bad}: {e}");
+    }
+    let c = Config::load(None, env(&[("DIALER_SCHEDULER_REPUBLISH_AFTER_MS", "0")])).expect("never");
+    assert!(c.scheduler.republish_after.is_zero());
     let e = Config::load(None, env(&[("DIALER_API_CAMPAIGN_CACHE_MS", "600000")])).expect_err("a long cache");
     assert!(e.to_string().contains("api.campaign_cache_ms"), "{e}");
     for (var, key) in [

@@ -335,6 +335,14 @@ fn scheduler(sc: &SchedulerSettings) -> Checked {
     if sc.dispatch_ttl.is_zero() {
         return Err(invalid("scheduler.dispatch_ttl_sec", "must be at least 1"));
     }
+    if !sc.republish_after.is_zero()
+        && (sc.republish_after < Duration::from_secs(1) || sc.republish_after >= sc.dispatch_ttl)
+    {
+        return Err(invalid(
+            "scheduler.republish_after_ms",
+            "must be 0 (never) or from 1000 up to below scheduler.dispatch_ttl_sec (a claim is published again only while its deadline lasts)",
+        ));
+    }
     if sc.reap_every < Duration::from_millis(100) {
         return Err(invalid("scheduler.reap_every_ms", "must be at least 100"));
     }
