@@ -485,7 +485,12 @@ fn control_plane_procs(w: &Path, config: &str, ports: &[u16], clock: Option<&Pat
         .iter()
         .enumerate()
         .map(|(k, port)| {
-            let mut env = vec![("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}"))];
+            // A stable name per replica, as a StatefulSet gives: its recorders are static
+            // members of their group and take their partitions back at once after a kill.
+            let mut env = vec![
+                ("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}")),
+                ("DIALER_BUS_INSTANCE_ID".into(), format!("control-plane-{k}")),
+            ];
             if let Some(file) = clock.filter(|_| k == 0) {
                 env.extend([
                     ("LD_PRELOAD".into(), FAKETIME_LIB.into()),

@@ -180,6 +180,7 @@ fn start_pipeline(
         ("e2e-recorder", &topics.recorder_group(), &topics.status_topic),
         (&producer, &topics.dead_letter_topic),
         a.recorders,
+        "",
     )?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let defaults = SchedulerSettings::default();

@@ -175,8 +175,8 @@ impl ClientSettings {
     }
 
     /// A consumer of `group` that commits by hand (at-least-once: only what is finished) and
-    /// starts a new group at the earliest message.
-    fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
+    /// starts a new group at the earliest message; a static member of it with `instance`.
+    fn consumer_config(&self, client_id: &str, group: &str, instance: Option<&str>) -> ClientConfig {
         let t = &self.tuning;
         let mut c = self.base(client_id);
         c.set("group.id", group)
@@ -189,6 +189,9 @@ impl ClientSettings {
             .set("queued.max.messages.kbytes", t.queued_max_messages_kbytes.to_string())
             .set("partition.assignment.strategy", t.assignor.strategy())
             .set("session.timeout.ms", t.session_timeout_ms.to_string());
+        if let Some(id) = instance {
+            c.set("group.instance.id", id);
+        }
         c
     }
 
@@ -198,8 +201,13 @@ impl ClientSettings {
     }
 
     /// A metered consumer from [`ClientSettings::consumer_config`].
-    pub(crate) fn consumer(&self, client_id: &str, group: &str) -> Result<MeteredConsumer, BrokerError> {
-        Ok(self.consumer_config(client_id, group).create_with_context(MetricsContext::default())?)
+    pub(crate) fn consumer(
+        &self,
+        client_id: &str,
+        group: &str,
+        instance: Option<&str>,
+    ) -> Result<MeteredConsumer, BrokerError> {
+        Ok(self.consumer_config(client_id, group, instance).create_with_context(MetricsContext::default())?)
     }
 }
 
@@ -425,8 +433,13 @@ mod tests {
         assert_eq!(p.get("enable.idempotence"), Some("true"));
         assert_eq!(p.get("linger.ms"), Some("2"));
         assert_eq!(p.get("statistics.interval.ms"), Some(STATS_INTERVAL_MS));
-        let c = s.consumer_config("c", "g");
+        let c = s.consumer_config("c", "g", None);
         assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("group.instance.id"), None, "dynamic membership unless named");
+        assert_eq!(
+            s.consumer_config("c", "g", Some("cp-1-recorder-0")).get("group.instance.id"),
+            Some("cp-1-recorder-0")
+        );
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("fetch.wait.max.ms"), Some("7"));
         assert_eq!(c.get("socket.nagle.disable"), Some("true"));

@@ -58,6 +58,14 @@ pub struct BusSettings {
     pub dispatch_partitions: i32,
     /// Replication factor of every topic the product creates (3 on a production cluster).
     pub replication_factor: i32,
+    /// `DIALER_BUS_INSTANCE_ID`: this control plane's stable name among its replicas (a
+    /// StatefulSet's pod name, say), unique to it. Its recorders then join their group as static
+    /// members (`group.instance.id` = `{instance_id}-recorder-{i}`): restarted, it takes its
+    /// status partitions back at once, without a rebalance, instead of leaving them to the member
+    /// it replaces until that one's session times out (45 s), which under repeated restarts starved
+    /// the recorders. Empty (the default): dynamic membership. A static member that stops for good
+    /// keeps its partitions until its session times out.
+    pub instance_id: String,
 }
 
 impl Default for BusSettings {
@@ -72,6 +80,7 @@ impl Default for BusSettings {
             status_partitions: 8,
             dispatch_partitions: 8,
             replication_factor: 1,
+            instance_id: String::new(),
         }
     }
 }

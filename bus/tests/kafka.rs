@@ -239,3 +239,86 @@ async fn an_eager_rebalance_loses_no_message_and_leaves_no_partition_paused() {
         a.step(true, Duration::from_millis(200)).await;
     }
 }
+
+/// Reads status events from `sources` (a process's recorders) until `want` came or `within`
+/// passed; returns their call ids.
+async fn read_status(
+    sources: &mut [dialer_bus::status::KafkaStatusSource],
+    want: usize,
+    within: Duration,
+) -> BTreeSet<uuid::Uuid> {
+    use dialer_bus::status::StatusSource;
+    let deadline = Instant::now() + within;
+    let mut got = BTreeSet::new();
+    while got.len() < want && Instant::now() < deadline {
+        for s in sources.iter_mut() {
+            let mut out = Vec::new();
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), s.recv(&mut out, 100)).await {
+                got.extend(out.iter().map(|e| e.call_id));
+            }
+        }
+    }
+    got
+}
+
+/// A status event of call `i`.
+fn status(i: u128) -> Vec<u8> {
+    dialer_domain::messages::StatusEvent {
+        v: 1,
+        call_id: uuid::Uuid::from_u128(i),
+        attempt: 1,
+        campaign_id: uuid::Uuid::from_u128(1),
+        kind: dialer_domain::messages::EventKind::Completed,
+        at_ms: 1,
+        started_at_ms: Some(1),
+        answered_at_ms: Some(2),
+        duration_ms: Some(3),
+        reason: None,
+        retryable: None,
+        shard: 0,
+        dispatch_latency_us: None,
+        sip: None,
+        media: None,
+    }
+    .encode()
+}
+
+/// A control plane with `bus.instance_id` joins the recorders' group as static members: killed
+/// (its consumers never leave the group) and started again under the same name, its recorders
+/// read every partition at once; under another name, nothing until the session of the members
+/// it replaces times out (10 s here). Without it, control planes killed more often than the
+/// session timeout starved the recorders (the 30-minute fault run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_s_recorders_take_their_partitions_back_at_once() {
+    let brokers = dialer_testkit::kafka().bootstrap();
+    let topic = dialer_testkit::unique_name("static");
+    let dead = format!("{topic}.dead");
+    dialer_bus::kafka::ensure_topics(&brokers, &[(&topic, 4), (&dead, 1)]).await.expect("topics");
+    let mut clients = ClientSettings::new(&brokers);
+    clients.tuning.session_timeout_ms = 10_000;
+    let producer = clients.producer("test").expect("producer");
+    let (same, other) = (dialer_testkit::unique_name("same"), dialer_testkit::unique_name("other"));
+    let start = |group: &str, id: &str| {
+        dialer_bus::status::KafkaStatusSource::group(&clients, ("rec", group, &topic), (&producer, &dead), 2, id)
+            .expect("consumers")
+    };
+    let produce = |from: u128| {
+        let records: Vec<Outgoing> =
+            (from..from + 40).map(|i| Outgoing::to_partition((i % 4) as i32, status(i))).collect();
+        dialer_testkit::topics::produce(&brokers, &topic, &records);
+    };
+    produce(0);
+    for group in [&same, &other] {
+        let mut first = start(group, "cp-a");
+        assert_eq!(read_status(&mut first, 40, Duration::from_secs(60)).await.len(), 40, "the first members read all");
+        drop(first); // static members do not leave the group: as if the process were killed
+    }
+    produce(100);
+    let t = Instant::now();
+    let mut again = start(&same, "cp-a");
+    let got = read_status(&mut again, 40, Duration::from_secs(8)).await;
+    assert_eq!(got.len(), 40, "the same name reads every partition at once (read {} in {:?})", got.len(), t.elapsed());
+    let mut replaced = start(&other, "cp-b");
+    let early = read_status(&mut replaced, 40, Duration::from_secs(4)).await;
+    assert!(early.is_empty(), "another name waits for the old members' session: read {}", early.len());
+}

@@ -473,6 +473,7 @@ async fn spawn_kafka_pipeline(
         ("dialer-recorder", &b.recorder_group(), &b.status_topic),
         (&producer, &b.dead_letter_topic),
         cfg.scheduler.recorder_workers,
+        &b.instance_id,
     )
     .context("Kafka consumers of the status topic")?;
     for (i, source) in sources.into_iter().enumerate() {

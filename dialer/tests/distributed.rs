@@ -96,6 +96,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         ("test-recorder", &topics.recorder_group(), &topics.status_topic),
         (&producer, &dead_letter),
         1,
+        "",
     )
     .expect("consumer");
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -358,6 +359,7 @@ async fn a_claim_stranded_mid_publish_is_published_again_and_each_call_dialled_o
         ("test-recorder", &topics.recorder_group(), &topics.status_topic),
         (&producer, &topics.dead_letter_topic),
         1,
+        "",
     )
     .expect("consumer");
     let rec = Recorder {

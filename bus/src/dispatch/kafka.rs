@@ -143,7 +143,7 @@ impl KafkaDispatchSource {
         partitions: i32,
         (shard, shards): (usize, usize),
     ) -> Result<KafkaDispatchSource, BrokerError> {
-        let consumer = clients.consumer(&format!("dialer-shard-{shard}"), group)?;
+        let consumer = clients.consumer(&format!("dialer-shard-{shard}"), group, None)?;
         match assignment {
             Assignment::Group => consumer.subscribe(&[topic])?,
             Assignment::Static => {

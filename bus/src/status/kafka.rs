@@ -182,11 +182,13 @@ impl KafkaStatusSource {
         (client_id, group, topic): (&str, &str, &str),
         (producer, dead_letter_topic): (&Producer, &str),
         workers: usize,
+        instance_id: &str,
     ) -> Result<Vec<KafkaStatusSource>, BrokerError> {
         produces_to(dead_letter_topic);
         (0..workers.max(1))
             .map(|i| {
-                let consumer = clients.consumer(&format!("{client_id}-{i}"), group)?;
+                let member = (!instance_id.is_empty()).then(|| format!("{instance_id}-recorder-{i}"));
+                let consumer = clients.consumer(&format!("{client_id}-{i}"), group, member.as_deref())?;
                 consumer.subscribe(&[topic])?;
                 Ok(KafkaStatusSource {
                     consumer,
