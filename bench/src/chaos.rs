@@ -447,7 +447,10 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
         }
     }
     let disk = a.faults.iter().any(|f| f == "disk");
-    let journal_fs = disk.then(|| crate::chaos_disk::Tmpfs::mount(&w.join("journal"), 16)).transpose()?;
+    // Room for every partition's file at its largest (journal.compact_after appends, plus the
+    // attempts kept until their deadline) and its compacted copy: what the data planes need
+    // between faults; the fault fills the rest.
+    let journal_fs = disk.then(|| crate::chaos_disk::Tmpfs::mount(&w.join("journal"), 64)).transpose()?;
     let mut dps = dataplane_procs(a, w, &config);
     for d in &mut dps {
         d.spawn(&bin)?;
@@ -457,7 +460,8 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
 }
 
 /// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
-/// reclaim them fast).
+/// reclaim them fast), journal files rewritten every 20,000 appends (a data plane that is not
+/// killed otherwise grows each file to 200,000 records, ~15 MB, before its first rewrite).
 fn write_tuning(a: &Args, w: &Path, partitions: usize) -> Result<()> {
     let assignment = match (a.assignment.as_str(), a.assignor.as_str()) {
         ("static", _) => "assignment = \"static\"\n[kafka]\ncommit_every_ms = 100\n".to_string(),
@@ -471,7 +475,7 @@ fn write_tuning(a: &Args, w: &Path, partitions: usize) -> Result<()> {
         format!(
             "[shards]\ncount = 1\npartitions = {partitions}\n{assignment}\
              [lease]\nbatch = 8\nlow_water = 2\nttl_ms = 5000\nrenew_every_ms = 1000\nidle_give_back_ms = 1000\n\
-             [shutdown]\ngrace_ms = 5000\n"
+             [shutdown]\ngrace_ms = 5000\n[journal]\ncompact_after = 20000\n"
         ),
     )?;
     Ok(())

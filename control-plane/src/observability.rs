@@ -115,6 +115,11 @@ fn describe_pipeline() {
         "Status events the store refused while it answered (isolated by splitting their batch) and dead-lettered."
     );
     describe_histogram!("dialer_recorder_batch_seconds", Unit::Seconds, "Time to record one batch of status events.");
+    describe_histogram!(
+        "dialer_timeline_write_seconds",
+        Unit::Seconds,
+        "Time to write one recorder batch's attempt rows to the CQL timeline (part of dialer_recorder_batch_seconds)."
+    );
     describe_counter!("dialer_recorder_malformed_total", "Status events that could not be read and were skipped.");
     describe_counter!("dialer_retries_scheduled_total", "Retries scheduled by the retry policy.");
     describe_counter!("dialer_dead_letters_total", "Calls failed for good, sent to the dead-letter topic.");

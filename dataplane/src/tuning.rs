@@ -74,8 +74,11 @@ pub struct JournalTuning {
     /// plain system calls), `io_uring`, or `std` (a write and an fdatasync per touched file).
     pub io: JournalIo,
     /// A partition's journal file is rewritten (only its live records kept) after this many
-    /// appends since the last rewrite (200,000: a few MB of file, a rewrite every few seconds at
-    /// full speed, so replay after a crash reads little).
+    /// appends since the last rewrite, or twice its live records if more (200,000: up to ~15 MB
+    /// of file per partition, a rewrite every few seconds at full speed, so replay after a crash
+    /// reads little). Live records are the attempts started and not resolved, and those resolved
+    /// within `dispatch_ttl` + a minute (rate × that × ~75 bytes). Size the journal's disk for
+    /// twice the sum over the host's partitions: a rewrite needs room for its new copy.
     pub compact_after: usize,
 }
 

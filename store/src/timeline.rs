@@ -193,6 +193,7 @@ impl CqlTimeline {
 
     /// Writes rows (upserts by call and attempt), concurrently in chunks.
     pub async fn write(&self, rows: &[TimelineRow]) -> Result<(), TimelineError> {
+        let t = std::time::Instant::now();
         for chunk in rows.chunks(256) {
             let writes = chunk.iter().map(|r| {
                 self.session.execute_unpaged(
@@ -219,6 +220,7 @@ impl CqlTimeline {
                 res.map_err(q)?;
             }
         }
+        metrics::histogram!("dialer_timeline_write_seconds").record(t.elapsed().as_secs_f64());
         Ok(())
     }
 
