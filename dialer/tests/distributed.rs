@@ -25,22 +25,8 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigns_complete_over_kafka_redis_and_postgres() {
     let store = dialer_testkit::fixtures::open(&dialer_testkit::postgres_database()).await;
-    let n = unique_name("e2e");
-    let topics = BusSettings {
-        brokers: kafka().bootstrap(),
-        dispatch_topic: format!("{n}.dispatch"),
-        status_topic: format!("{n}.status"),
-        group_id: format!("{n}-dp"),
-        dead_letter_topic: format!("{n}.dead_letter"),
-        ..BusSettings::default()
-    };
-    let dead_letter = format!("{n}.dead_letter");
-    dialer_bus::kafka::ensure_topics(
-        &topics.brokers,
-        &[(&topics.dispatch_topic, 4), (&topics.status_topic, 4), (&dead_letter, 1)],
-    )
-    .await
-    .expect("topics");
+    let topics = test_topics("e2e").await;
+    let dead_letter = topics.dead_letter_topic.clone();
     // An unreadable status event: the recorder must dead-letter it and go on.
     let junk = Outgoing { partition: None, key: Some(b"junk".to_vec()), payload: b"{\"v\":1,\"kind\":".to_vec() };
     dialer_testkit::topics::produce(&topics.brokers, &topics.status_topic, &[junk]);
@@ -59,46 +45,15 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         ids.push((c.id, targets as i64));
     }
 
-    let mut tuning = Tuning::default();
-    tuning.shards.count = 2;
-    tuning.shards.partitions = 4;
-    tuning.shards.assignment = Assignment::Static;
-    tuning.lease.batch = 8;
-    tuning.lease.low_water = 2;
-    tuning.lease.idle_give_back = Duration::from_millis(300);
-    tuning.kafka.commit_every_ms = 100;
     let ledger = tempfile::tempdir().expect("ledger dir");
     let tracker = ledger_tracker(12, ledger.path());
     for (id, _) in &ids {
         tracker.set_campaign_cap(*id, 8);
     }
-    let dp = Dataplane::start(DataplaneOptions {
-        tuning,
-        bus: BusChoice::Kafka(topics.clone()),
-        limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
-        global_cap: 12,
-        per_campaign_ceiling: 100,
-        provider: ProviderSettings {
-            min_call: Duration::from_millis(5),
-            max_call: Duration::from_millis(20),
-            max_ring: Duration::ZERO,
-            ..ProviderSettings::default()
-        },
-        tracker: tracker.clone(),
-        instance: unique_name("dp"),
-    })
-    .expect("data plane");
+    let dp = start_dataplane(&topics, 12, tracker.clone(), None);
 
     let clients = ClientSettings::new(&topics.brokers);
     let producer = clients.producer("test-control-plane").expect("producer");
-    let mut recorders = KafkaStatusSource::group(
-        &clients,
-        ("test-recorder", &topics.recorder_group(), &topics.status_topic),
-        (&producer, &dead_letter),
-        1,
-        "",
-    )
-    .expect("consumer");
     let (stop, rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -110,14 +65,7 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
             KafkaDispatchSink::new(producer.clone(), &topics.dispatch_topic),
         )
     };
-    let rec = Recorder {
-        store: store.clone(),
-        source: recorders.remove(0),
-        batch_max: 500,
-        linger: std::time::Duration::from_millis(20),
-        seed: 3,
-        timeline: None,
-    };
+    let rec = recorder(&store, &clients, &topics, &producer);
     let t1 = tokio::spawn(sched.run(wait(rx.clone())));
     let t2 = tokio::spawn(rec.run(wait(rx)));
 
@@ -182,6 +130,87 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
     assert!(!reason.is_empty(), "a reason is given");
     assert_eq!(tracker.violations(), 0, "caps held");
     assert!(tracker.global().max() <= 12);
+}
+
+/// Topics of the test's own on the harness's broker (4 dispatch and status partitions), created.
+async fn test_topics(prefix: &str) -> BusSettings {
+    let n = unique_name(prefix);
+    let topics = BusSettings {
+        brokers: kafka().bootstrap(),
+        dispatch_topic: format!("{n}.dispatch"),
+        status_topic: format!("{n}.status"),
+        group_id: format!("{n}-dp"),
+        dead_letter_topic: format!("{n}.dead_letter"),
+        ..BusSettings::default()
+    };
+    dialer_bus::kafka::ensure_topics(
+        &topics.brokers,
+        &[(&topics.dispatch_topic, 4), (&topics.status_topic, 4), (&topics.dead_letter_topic, 1)],
+    )
+    .await
+    .expect("topics");
+    topics
+}
+
+/// A data plane of 2 shards (static assignment, 4 partitions) on the harness's Redis, mock calls
+/// of 5–20 ms placed through `tracker`, with an attempt journal in `journal` if given.
+fn start_dataplane(
+    topics: &BusSettings,
+    global_cap: u32,
+    tracker: Arc<dialer_dataplane::Tracker>,
+    journal: Option<&std::path::Path>,
+) -> Dataplane {
+    let mut tuning = Tuning::default();
+    tuning.shards.count = 2;
+    tuning.shards.partitions = 4;
+    tuning.shards.assignment = Assignment::Static;
+    tuning.lease.batch = 8;
+    tuning.lease.low_water = 2;
+    tuning.lease.idle_give_back = Duration::from_millis(300);
+    tuning.kafka.commit_every_ms = 100;
+    tuning.journal.dir = journal.map(|d| d.display().to_string()).unwrap_or_default();
+    Dataplane::start(DataplaneOptions {
+        tuning,
+        bus: BusChoice::Kafka(topics.clone()),
+        limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
+        global_cap,
+        per_campaign_ceiling: 100,
+        provider: ProviderSettings {
+            min_call: Duration::from_millis(5),
+            max_call: Duration::from_millis(20),
+            max_ring: Duration::ZERO,
+            ..ProviderSettings::default()
+        },
+        tracker,
+        instance: unique_name("dp"),
+    })
+    .expect("data plane")
+}
+
+/// A recorder of the status topic: one consumer in the recorders' group, dead letters through
+/// `producer`.
+fn recorder(
+    store: &dialer_store::Store,
+    clients: &ClientSettings,
+    topics: &BusSettings,
+    producer: &dialer_bus::kafka::Producer,
+) -> Recorder<KafkaStatusSource> {
+    let mut sources = KafkaStatusSource::group(
+        clients,
+        ("test-recorder", &topics.recorder_group(), &topics.status_topic),
+        (producer, &topics.dead_letter_topic),
+        1,
+        "",
+    )
+    .expect("consumer");
+    Recorder {
+        store: store.clone(),
+        source: sources.remove(0),
+        batch_max: 500,
+        linger: Duration::from_millis(20),
+        seed: 3,
+        timeline: None,
+    }
 }
 
 /// A provider tracker that also writes its ledger (every call placed, one line each) to a file
@@ -281,21 +310,7 @@ impl DispatchSink for DiesMidPublish {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_stranded_mid_publish_is_published_again_and_each_call_dialled_once() {
     let store = dialer_testkit::fixtures::open(&dialer_testkit::postgres_database()).await;
-    let n = unique_name("strand");
-    let topics = BusSettings {
-        brokers: kafka().bootstrap(),
-        dispatch_topic: format!("{n}.dispatch"),
-        status_topic: format!("{n}.status"),
-        group_id: format!("{n}-dp"),
-        dead_letter_topic: format!("{n}.dead_letter"),
-        ..BusSettings::default()
-    };
-    dialer_bus::kafka::ensure_topics(
-        &topics.brokers,
-        &[(&topics.dispatch_topic, 4), (&topics.status_topic, 4), (&topics.dead_letter_topic, 1)],
-    )
-    .await
-    .expect("topics");
+    let topics = test_topics("strand").await;
     let t: Vec<_> = (0..40).map(|k| json!({"phone_number": format!("+1888{k:07}")})).collect();
     let req: CreateCampaignRequest = serde_json::from_value(json!({
         "name": "stranded", "max_concurrent_calls": 20,
@@ -328,48 +343,12 @@ async fn a_claim_stranded_mid_publish_is_published_again_and_each_call_dialled_o
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let mut tuning = Tuning::default();
-    tuning.shards.count = 2;
-    tuning.shards.partitions = 4;
-    tuning.shards.assignment = Assignment::Static;
-    tuning.kafka.commit_every_ms = 100;
     let journal = tempfile::tempdir().expect("journal dir");
-    tuning.journal.dir = journal.path().display().to_string();
     let ledger = tempfile::tempdir().expect("ledger dir");
     let tracker = ledger_tracker(20, ledger.path());
     tracker.set_campaign_cap(c.id, 20);
-    let dp = Dataplane::start(DataplaneOptions {
-        tuning,
-        bus: BusChoice::Kafka(topics.clone()),
-        limiter: LimiterChoice::Redis { url: redis().url(), prefix: redis_prefix() },
-        global_cap: 20,
-        per_campaign_ceiling: 100,
-        provider: ProviderSettings {
-            min_call: Duration::from_millis(5),
-            max_call: Duration::from_millis(20),
-            max_ring: Duration::ZERO,
-            ..ProviderSettings::default()
-        },
-        tracker: tracker.clone(),
-        instance: unique_name("dp"),
-    })
-    .expect("data plane");
-    let mut recorders = KafkaStatusSource::group(
-        &clients,
-        ("test-recorder", &topics.recorder_group(), &topics.status_topic),
-        (&producer, &topics.dead_letter_topic),
-        1,
-        "",
-    )
-    .expect("consumer");
-    let rec = Recorder {
-        store: store.clone(),
-        source: recorders.remove(0),
-        batch_max: 500,
-        linger: Duration::from_millis(20),
-        seed: 3,
-        timeline: None,
-    };
+    let dp = start_dataplane(&topics, 20, tracker.clone(), Some(journal.path()));
+    let rec = recorder(&store, &clients, &topics, &producer);
     let (stop, rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;

@@ -54,18 +54,19 @@ async fn claim_some<D: Dialect>(
         .arg(deadline)
         .rows(&mut *conn)
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ClaimedCall {
-                id: r.col("id")?,
-                phone_number: r.col("phone_number")?,
-                attempt: r.col::<i32>("attempt_count")? as u32,
-                zone: r.col::<Option<String>>("zone")?.unwrap_or_default(),
-                event_seq: r.col::<i32>("event_seq")? as u32,
-                deadline,
-            })
-        })
-        .collect()
+    rows.iter().map(|r| claimed_call(r, deadline)).collect()
+}
+
+/// A claimed call from its row (`id, phone_number, attempt_count, zone, event_seq`).
+fn claimed_call(r: &impl RowExt, deadline: DateTime<Utc>) -> Result<ClaimedCall, StoreError> {
+    Ok(ClaimedCall {
+        id: r.col("id")?,
+        phone_number: r.col("phone_number")?,
+        attempt: r.col::<i32>("attempt_count")? as u32,
+        zone: r.col::<Option<String>>("zone")?.unwrap_or_default(),
+        event_seq: r.col::<i32>("event_seq")? as u32,
+        deadline,
+    })
 }
 
 /// Up to `n` due calls of one zone, retries and new calls side by side (half each
@@ -267,14 +268,7 @@ pub async fn unconfirmed_claims<D: Dialect>(
             Ok(UnconfirmedClaim {
                 campaign_id: r.col("campaign_id")?,
                 claimed_at: r.col("queued_at")?,
-                call: ClaimedCall {
-                    id: r.col("id")?,
-                    phone_number: r.col("phone_number")?,
-                    attempt: r.col::<i32>("attempt_count")? as u32,
-                    zone: r.col::<Option<String>>("zone")?.unwrap_or_default(),
-                    event_seq: r.col::<i32>("event_seq")? as u32,
-                    deadline: r.col("dispatch_deadline")?,
-                },
+                call: claimed_call(r, r.col("dispatch_deadline")?)?,
             })
         })
         .collect()
