@@ -54,10 +54,6 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
 
     let clients = ClientSettings::new(&topics.brokers);
     let producer = clients.producer("test-control-plane").expect("producer");
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
     let sched = Scheduler {
         settings: SchedulerSettings { interval: Duration::from_millis(100), ..Default::default() },
         ..dialer_testkit::fixtures::scheduler(
@@ -66,32 +62,14 @@ async fn campaigns_complete_over_kafka_redis_and_postgres() {
         )
     };
     let rec = recorder(&store, &clients, &topics, &producer);
-    let t1 = tokio::spawn(sched.run(wait(rx.clone())));
-    let t2 = tokio::spawn(rec.run(wait(rx)));
-
-    let deadline = Instant::now() + Duration::from_secs(150);
-    for (id, _) in &ids {
-        loop {
-            let c = store.get_campaign(*id).await.expect("campaign");
-            if c.status.as_str() == "completed" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "not completed: {:?}", store.stats(*id).await);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let _ = stop.send(true);
-    let _ = t1.await;
-    let _ = t2.await;
-    dp.shutdown();
-    tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("shards");
+    let campaigns: Vec<uuid::Uuid> = ids.iter().map(|(id, _)| *id).collect();
+    run_to_completion(sched, rec, dp, &store, &campaigns, Duration::from_secs(150)).await;
 
     for (id, targets) in &ids {
         let st = store.stats(*id).await.expect("stats");
         assert_eq!(st, store.recount_stats(*id).await.expect("recount"), "stats equal the rows");
         assert_eq!(st.completed_calls + st.failed_calls, *targets);
     }
-    let campaigns: Vec<uuid::Uuid> = ids.iter().map(|(id, _)| *id).collect();
     dialer_testkit::fixtures::assert_each_attempt_dialled_once(&store, &campaigns, ledger.path()).await;
 
     // The junk status event is in the dead-letter topic with its reason.
@@ -211,6 +189,36 @@ fn recorder(
         seed: 3,
         timeline: None,
     }
+}
+
+/// Runs the scheduler and the recorder until every campaign of `ids` completes (failing after
+/// `within`), then stops them and the data plane.
+async fn run_to_completion<S: DispatchSink + 'static>(
+    sched: Scheduler<S>,
+    rec: Recorder<KafkaStatusSource>,
+    dp: Dataplane,
+    store: &dialer_store::Store,
+    ids: &[uuid::Uuid],
+    within: Duration,
+) {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let t1 = tokio::spawn(sched.run(wait(rx.clone())));
+    let t2 = tokio::spawn(rec.run(wait(rx)));
+    let deadline = Instant::now() + within;
+    for id in ids {
+        while store.get_campaign(*id).await.expect("campaign").status.as_str() != "completed" {
+            assert!(Instant::now() < deadline, "not completed: {:?}", store.stats(*id).await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let _ = stop.send(true);
+    let _ = t1.await;
+    let _ = t2.await;
+    dp.shutdown();
+    tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("shards");
 }
 
 /// A provider tracker that also writes its ledger (every call placed, one line each) to a file
@@ -349,22 +357,7 @@ async fn a_claim_stranded_mid_publish_is_published_again_and_each_call_dialled_o
     tracker.set_campaign_cap(c.id, 20);
     let dp = start_dataplane(&topics, 20, tracker.clone(), Some(journal.path()));
     let rec = recorder(&store, &clients, &topics, &producer);
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let t1 = tokio::spawn(sched.run(wait(rx.clone())));
-    let t2 = tokio::spawn(rec.run(wait(rx)));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while store.get_campaign(c.id).await.expect("campaign").status.as_str() != "completed" {
-        assert!(Instant::now() < deadline, "not completed: {:?}", store.stats(c.id).await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = stop.send(true);
-    let _ = t1.await;
-    let _ = t2.await;
-    dp.shutdown();
-    tokio::task::spawn_blocking(move || dp.join()).await.expect("join").expect("shards");
+    run_to_completion(sched, rec, dp, &store, &[c.id], Duration::from_secs(90)).await;
 
     let st = store.stats(c.id).await.expect("stats");
     assert_eq!(st, store.recount_stats(c.id).await.expect("recount"), "stats equal the rows");
