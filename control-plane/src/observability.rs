@@ -31,7 +31,12 @@ pub fn describe() {
     describe_counter!("dialer_http_rejections_total", "429 answers by code (rate_limit_exceeded, usage_cap_exceeded).");
     describe_pipeline();
     describe_events();
-    for counter in ["dialer_dead_letters_total", "dialer_recorder_malformed_total", "dialer_scheduler_errors_total"] {
+    for counter in [
+        "dialer_dead_letters_total",
+        "dialer_recorder_malformed_total",
+        "dialer_scheduler_errors_total",
+        "dialer_scheduler_republished_total",
+    ] {
         metrics::counter!(counter).increment(0);
     }
     for code in ["rate_limit_exceeded", "usage_cap_exceeded"] {
@@ -96,6 +101,10 @@ fn describe_pipeline() {
         "Calls left queued or in progress with no outcome that the control plane resolved (by: reaper, after their latest possible end; recovery, the embedded mode at start)."
     );
     describe_histogram!("dialer_scheduler_batch_size", "Calls published for one campaign in one tick.");
+    describe_counter!(
+        "dialer_scheduler_republished_total",
+        "Calls still queued republish_after past their claim (messages maybe never delivered) published again, same attempt and deadline."
+    );
     describe_histogram!(
         "dialer_scheduler_tick_seconds",
         Unit::Seconds,

@@ -32,6 +32,10 @@ pub fn describe() {
         "Redelivered attempts the journal showed as started before a restart: reported unknown_outcome, not redialed."
     );
     describe_counter!("dialer_dispatch_malformed_total", "Dispatch messages that could not be read and were skipped.");
+    describe_counter!(
+        "dialer_dataplane_duplicates_total",
+        "Second messages of an attempt (a control plane published an unconfirmed claim again) finished without a dial."
+    );
     describe_gauge!(
         "dialer_shard_busy_ratio",
         "Share of the last second a data-plane shard's core spent working, by shard."
@@ -72,6 +76,7 @@ pub fn describe() {
         "dialer_status_events_reproduced_total",
         "dialer_unknown_outcomes_total",
         "dialer_dispatch_malformed_total",
+        "dialer_dataplane_duplicates_total",
     ] {
         metrics::counter!(counter).increment(0);
     }
