@@ -35,6 +35,7 @@ pub fn describe() {
         "dialer_dead_letters_total",
         "dialer_recorder_malformed_total",
         "dialer_scheduler_errors_total",
+        "dialer_scheduler_claims_total",
         "dialer_scheduler_republished_total",
     ] {
         metrics::counter!(counter).increment(0);
@@ -94,7 +95,11 @@ fn describe_pipeline() {
     describe_counter!("dialer_dnc_announced_total", "Opt-outs announced to every data-plane shard.");
     describe_counter!(
         "dialer_scheduler_errors_total",
-        "Campaigns whose dispatch failed in a tick (a store error); the others went on."
+        "Claims (a group of campaigns) or campaigns whose dispatch failed in a tick (a store error, rules that do not compile); the others went on."
+    );
+    describe_counter!(
+        "dialer_scheduler_claims_total",
+        "Claim transactions of the scheduler: one per group of campaigns claimed together in a tick (about scheduler.claim_concurrency a tick, however many campaigns)."
     );
     describe_counter!(
         "dialer_reaped_calls_total",

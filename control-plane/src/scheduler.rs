@@ -29,7 +29,7 @@ use dialer_limiter::fair::{CampaignDemand, campaign_shares, round_up};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use dialer_store::{ActiveCampaign, ClaimedCall, Store, StoreError, UnconfirmedClaim};
+use dialer_store::{ActiveCampaign, ClaimJob, ClaimedCall, Store, StoreError, UnconfirmedClaim};
 use uuid::Uuid;
 
 /// Where "now" comes from (tests drive business hours with a [`ManualClock`]).
@@ -76,9 +76,10 @@ pub struct SchedulerSettings {
     pub inflight_factor: u32,
     /// Most calls claimed for one campaign in one tick.
     pub max_batch: usize,
-    /// Campaigns claimed and published at once in a tick. Each claim is a transaction and each
-    /// publish waits for the broker's acknowledgement: one campaign after the other, a tick of
-    /// many small campaigns would take longer than their calls.
+    /// Claims (each a transaction and a publish that waits for the broker's acknowledgement)
+    /// run side by side in a tick. Campaigns are claimed in groups, one claim for many small
+    /// campaigns (about this many groups; at most `max_batch` calls each), so that a tick of a
+    /// thousand campaigns is a few claims, not a thousand.
     pub claim_concurrency: usize,
     /// A dispatched call not dialled within this long expires and is claimed again later.
     #[serde(rename = "dispatch_ttl_sec", with = "secs")]
@@ -145,6 +146,8 @@ pub struct TickReport {
     pub batch_bound: bool,
     /// Calls whose claim's messages were published again ([`SchedulerSettings::republish_after`]).
     pub republished: usize,
+    /// Claim transactions made (one per group of campaigns claimed together).
+    pub claims: usize,
 }
 
 /// The scheduler of one control-plane process, publishing through its dispatch sink `S`.
@@ -233,7 +236,8 @@ impl<S: DispatchSink> Scheduler<S> {
         Ok(report)
     }
 
-    /// Claims and publishes each campaign with a budget, `claim_concurrency` at a time.
+    /// Claims and publishes each campaign with a budget, in groups ([`groups`]),
+    /// `claim_concurrency` groups at a time.
     async fn dispatch_all(
         &self,
         active: &[ActiveCampaign],
@@ -244,84 +248,139 @@ impl<S: DispatchSink> Scheduler<S> {
         // Collected first: no closure is held across the awaits below (the tick's future must
         // be `Send` for any lifetime, which iterator adapters' closures cannot promise).
         let due: Vec<(&ActiveCampaign, usize)> = active.iter().zip(budgets).filter(|(_, n)| *n > 0).collect();
-        let mut due = due.into_iter();
+        let concurrency = self.settings.claim_concurrency.max(1);
+        let mut groups = groups(&due, concurrency, self.settings.max_batch).into_iter();
         let mut dispatches = futures::stream::FuturesUnordered::new();
         loop {
-            while dispatches.len() < self.settings.claim_concurrency.max(1) {
-                let Some((c, n)) = due.next() else { break };
-                dispatches.push(self.dispatch_counted(c, n, now));
+            while dispatches.len() < concurrency {
+                let Some(group) = groups.next() else { break };
+                dispatches.push(self.dispatch_group(group, now));
             }
-            let Some((c, n, result)) = dispatches.next().await else { break };
-            // One campaign's store error does not hold up the others.
+            let Some((group, result)) = dispatches.next().await else { break };
+            // One group's store error does not hold up the others.
             match result {
-                Ok(k) => {
-                    report.dispatched += k;
-                    report.batch_bound |= n == self.settings.max_batch && k == n;
+                Ok((delivered, claimed)) => {
+                    report.claims += usize::from(claimed);
+                    for ((_, n), k) in group.iter().zip(delivered) {
+                        report.dispatched += k;
+                        report.batch_bound |= *n == self.settings.max_batch && k == *n;
+                    }
                 }
                 Err(e) => {
                     metrics::counter!("dialer_scheduler_errors_total").increment(1);
-                    tracing::warn!(campaign = %c.id, error = %e, "dispatching this campaign failed; retrying next tick");
+                    tracing::warn!(campaigns = group.len(), error = %e, "dispatching these campaigns failed; retrying next tick");
                 }
             }
         }
     }
 
-    /// [`Scheduler::dispatch`], with what it was asked.
-    async fn dispatch_counted<'a>(
+    /// Claims up to its budget of each campaign of `group` (one claim for them all) and publishes
+    /// the calls (one publish); gives back only those the bus did not acknowledge (a delivered
+    /// one will be dialled: giving it back would dial it twice). Returns how many of each
+    /// campaign were dispatched, in the group's order, and whether a claim was made.
+    async fn dispatch_group<'g>(
         &self,
-        c: &'a ActiveCampaign,
-        n: usize,
+        group: &'g [(&'g ActiveCampaign, usize)],
         now: DateTime<Utc>,
-    ) -> (&'a ActiveCampaign, usize, Result<usize, StoreError>) {
-        (c, n, self.dispatch(c, n, now).await)
+    ) -> (&'g [(&'g ActiveCampaign, usize)], Result<(Vec<usize>, bool), StoreError>) {
+        (group, self.claim_and_publish(group, now).await)
     }
 
-    /// Claims up to `n` calls of `c` and publishes them; gives back only those the bus did not
-    /// acknowledge (a delivered one will be dialled: giving it back would dial it twice).
-    /// Returns how many were dispatched.
-    async fn dispatch(&self, c: &ActiveCampaign, n: usize, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let rules = c
-            .calling_rules
-            .as_ref()
-            .unwrap_or(&self.calling_rules)
-            .compile("calling_rules")
-            .map_err(|source| StoreError::from(dialer_store::Corrupt::Rules { campaign: c.id, source }))?;
-        let zones = self.store.pending_zones(c.id).await?;
-        let plan = crate::calling_rules::plan(&rules, &zones, now);
+    async fn claim_and_publish(
+        &self,
+        group: &[(&ActiveCampaign, usize)],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<usize>, bool), StoreError> {
+        let ids: Vec<Uuid> = group.iter().map(|(c, _)| c.id).collect();
+        let zones = self.store.pending_zones_of(&ids).await?;
+        let plans: Vec<Option<ClaimPlan>> =
+            group.iter().zip(&zones).map(|((c, n), zones)| self.claim_plan(c, *n, zones, now)).collect();
+        let jobs: Vec<ClaimJob<'_>> = plans.iter().flatten().map(ClaimPlan::job).collect();
+        if jobs.is_empty() {
+            return Ok((vec![0; group.len()], false));
+        }
+        metrics::counter!("dialer_scheduler_claims_total").increment(1);
+        let mut screened = self.store.claim_many(&jobs, now).await?.into_iter();
+        let mut claimed: Vec<Vec<ClaimedCall>> = Vec::with_capacity(group.len());
+        for plan in &plans {
+            let Some(s) = plan.as_ref().and_then(|_| screened.next()) else {
+                claimed.push(vec![]);
+                continue;
+            };
+            for (_, reason) in &s.skipped {
+                metrics::counter!("dialer_calls_skipped_total", "reason" => reason.as_str()).increment(1);
+            }
+            for (_, _, rule) in &s.held {
+                metrics::counter!("dialer_calls_held_total", "rule" => rule.as_str()).increment(1);
+            }
+            claimed.push(s.dial);
+        }
+        let delivered = self.publish_claimed(group, &claimed, now).await?;
+        for k in &delivered {
+            if *k > 0 {
+                metrics::histogram!("dialer_scheduler_batch_size").record(*k as f64);
+            }
+        }
+        Ok((delivered, true))
+    }
+
+    /// What to claim of campaign `c` now (`zones`: those of its pending calls): its open zones,
+    /// soonest to close first, with their messages' deadlines; `None` when none is open or its
+    /// rules no longer compile (logged; the other campaigns go on).
+    fn claim_plan(&self, c: &ActiveCampaign, n: usize, zones: &[String], now: DateTime<Utc>) -> Option<ClaimPlan> {
+        let rules = match c.calling_rules.as_ref().unwrap_or(&self.calling_rules).compile("calling_rules") {
+            Ok(r) => r,
+            Err(source) => {
+                let e = StoreError::from(dialer_store::Corrupt::Rules { campaign: c.id, source });
+                metrics::counter!("dialer_scheduler_errors_total").increment(1);
+                tracing::warn!(campaign = %c.id, error = %e, "this campaign's calling rules do not compile; not dispatching it");
+                return None;
+            }
+        };
+        let plan = crate::calling_rules::plan(&rules, zones, now);
         for (_, rule) in &plan.closed {
             metrics::counter!("dialer_scheduler_zones_held_total", "rule" => rule.as_str()).increment(1);
         }
         if plan.claim.is_empty() {
-            return Ok(0);
+            return None;
         }
         let hours_close = parse_tz(&c.time_zone)
             .ok()
             .and_then(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.closes_after(now));
         let zones = plan.claims(now, self.settings.dispatch_ttl, hours_close);
-        let screened = self.store.claim_calls(c.id, n, now, &zones, &rules).await?;
-        for (_, reason) in &screened.skipped {
-            metrics::counter!("dialer_calls_skipped_total", "reason" => reason.as_str()).increment(1);
+        Some(ClaimPlan { campaign_id: c.id, n, zones, rules })
+    }
+
+    /// Publishes the claimed calls of a group's campaigns in one go; gives back to each campaign
+    /// those the bus did not acknowledge. How many of each were delivered.
+    async fn publish_claimed(
+        &self,
+        group: &[(&ActiveCampaign, usize)],
+        claimed: &[Vec<ClaimedCall>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<usize>, StoreError> {
+        let mut msgs = Vec::new();
+        let mut owner = Vec::new();
+        for (i, ((c, _), calls)) in group.iter().zip(claimed).enumerate() {
+            let cap = self.limits.campaign_cap(c.max_concurrent_calls);
+            msgs.extend(calls.iter().map(|k| message(c, cap, k, now)));
+            owner.extend((0..calls.len()).map(|j| (i, j)));
         }
-        for (_, _, rule) in &screened.held {
-            metrics::counter!("dialer_calls_held_total", "rule" => rule.as_str()).increment(1);
+        let mut delivered: Vec<usize> = claimed.iter().map(Vec::len).collect();
+        if msgs.is_empty() {
+            return Ok(delivered);
         }
-        let claimed = screened.dial;
-        if claimed.is_empty() {
-            return Ok(0);
+        let Err(e) = self.sink.publish_all(msgs).await else { return Ok(delivered) };
+        tracing::warn!(campaigns = group.len(), error = %e, "dispatch partly failed; the unacknowledged calls are given back");
+        let mut back: Vec<Vec<ClaimedCall>> = claimed.iter().map(|_| Vec::new()).collect();
+        for m in &e.unacked {
+            let (i, j) = owner[*m];
+            back[i].push(claimed[i][j].clone());
         }
-        let cap = self.limits.campaign_cap(c.max_concurrent_calls);
-        let msgs: Vec<DispatchMessage> = claimed.iter().map(|k| message(c, cap, k, now)).collect();
-        let k = msgs.len();
-        let delivered = match self.sink.publish_all(msgs).await {
-            Ok(()) => k,
-            Err(e) => {
-                tracing::warn!(campaign = %c.id, error = %e, "dispatch partly failed; the unacknowledged calls are given back");
-                let back: Vec<ClaimedCall> = e.unacked.iter().map(|i| claimed[*i].clone()).collect();
-                self.store.unclaim_calls(c.id, &back).await?;
-                k - back.len()
-            }
-        };
-        metrics::histogram!("dialer_scheduler_batch_size").record(delivered as f64);
+        for (i, calls) in back.iter().enumerate().filter(|(_, b)| !b.is_empty()) {
+            self.store.unclaim_calls(group[i].0.id, calls).await?;
+            delivered[i] -= calls.len();
+        }
         Ok(delivered)
     }
 
@@ -430,6 +489,42 @@ impl<S: DispatchSink> Scheduler<S> {
     }
 }
 
+/// What a tick claims of one campaign.
+struct ClaimPlan {
+    campaign_id: Uuid,
+    n: usize,
+    zones: Vec<(String, DateTime<Utc>)>,
+    rules: dialer_domain::rules::Rules,
+}
+
+impl ClaimPlan {
+    fn job(&self) -> ClaimJob<'_> {
+        ClaimJob { campaign_id: self.campaign_id, n: self.n, zones: &self.zones, rules: &self.rules }
+    }
+}
+
+/// The due campaigns (with their budgets) split into groups claimed together: about
+/// `concurrency` groups, so that they run side by side, each of at most `max_batch` calls (a
+/// campaign of a larger budget alone), so that no claim's transaction grows past what one
+/// campaign's may.
+fn groups<T>(due: &[(T, usize)], concurrency: usize, max_batch: usize) -> Vec<&[(T, usize)]> {
+    let per_group = due.len().div_ceil(concurrency.max(1)).max(1);
+    let mut out = Vec::new();
+    let (mut start, mut calls) = (0, 0);
+    for (i, (_, n)) in due.iter().enumerate() {
+        let full = i - start == per_group || (i > start && calls + n > max_batch);
+        if full {
+            out.push(&due[start..i]);
+            (start, calls) = (i, 0);
+        }
+        calls += n;
+    }
+    if start < due.len() {
+        out.push(&due[start..]);
+    }
+    out
+}
+
 /// Whether `c`'s business hours are open at `now` (a time zone that no longer parses: closed).
 fn is_open(c: &ActiveCampaign, now: DateTime<Utc>) -> bool {
     parse_tz(&c.time_zone).is_ok_and(|tz| BusinessHours { tz, windows: c.business_hours.clone() }.is_open(now))
@@ -517,6 +612,21 @@ mod tests {
         // Weights 3:1; a campaign with little demand keeps what it needs and the rest goes on.
         let cs = [campaign(500, 3, 5000, 0, 0), campaign(500, 1, 5000, 0, 0), campaign(500, 1, 4, 0, 0)];
         assert_eq!(budgets(limits(100), &cs, &[true; 3]), vec![144, 48, 4]);
+    }
+
+    #[test]
+    fn many_small_campaigns_are_claimed_in_about_concurrency_groups_and_a_large_one_alone() {
+        let sizes = |due: &[(u32, usize)], c, max| groups(due, c, max).iter().map(|g| g.len()).collect::<Vec<_>>();
+        let small: Vec<(u32, usize)> = (0..1000).map(|i| (i, 40)).collect();
+        assert_eq!(sizes(&small, 8, 5000), vec![125; 8], "1,000 campaigns of 40 calls: 8 groups");
+        assert_eq!(sizes(&small[..3], 8, 5000), vec![1, 1, 1], "fewer campaigns than groups: one each");
+        // 125 campaigns of 40 would be 5,000 calls: at most max_batch calls a group.
+        assert_eq!(sizes(&small, 8, 1000), [vec![25; 40]].concat());
+        let mixed = [(0, 5000), (1, 10), (2, 10), (3, 5000), (4, 10)];
+        assert_eq!(sizes(&mixed, 1, 5000), vec![1, 2, 1, 1], "a campaign of max_batch calls is claimed alone");
+        let flat: Vec<u32> = groups(&mixed, 1, 5000).concat().iter().map(|(c, _)| *c).collect();
+        assert_eq!(flat, vec![0, 1, 2, 3, 4], "every campaign once, in order");
+        assert!(groups::<u32>(&[], 8, 5000).is_empty());
     }
 
     #[test]

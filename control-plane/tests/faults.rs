@@ -2,7 +2,8 @@
 //! dispatch or outcome are reaped only once they cannot be up, and exactly once even when a late
 //! real event races the reaper; a partly failed publish gives back only what the bus did not
 //! take; one campaign's store error does not stop the others, nor does one whose claim waits on
-//! a lock hold up the others of its tick; claims follow the injected clock;
+//! a lock hold up the others of its tick; many small campaigns are claimed in a few claims, each
+//! to its budget; claims follow the injected clock;
 //! an event the store refuses is isolated and the rest of its batch recorded.
 
 use std::collections::HashSet;
@@ -348,6 +349,41 @@ async fn a_campaign_whose_claim_waits_does_not_hold_up_the_others_in_its_tick() 
     }
 }
 
+/// A tick of many small campaigns claims them in a few groups (each one transaction), not one
+/// claim each, and each campaign still gets its own budget: 2 × its cap of calls, its calls and
+/// no other's.
+async fn many_small_campaigns_are_claimed_in_a_few_claims_each_to_its_budget(b: Backend) {
+    let (s, _d) = store(b).await;
+    let mut ids = HashSet::new();
+    for k in 0..120 {
+        let c = campaign(&s, &format!("small-{k}"), 5, 2, json!([])).await;
+        s.transition(c.id, CampaignAction::Start).await.expect("start");
+        ids.insert(c.id);
+    }
+    let mut ends = MemoryBus::open(1, 8, 10_000, 1000);
+    let bus = ends.dispatch.0.clone();
+    let sched = Scheduler {
+        clock: ManualClock::new(Utc::now()),
+        settings: SchedulerSettings { claim_concurrency: 4, ..Default::default() },
+        ..dialer_testkit::fixtures::scheduler(s.clone(), dialer_bus::dispatch::MemoryDispatchSink(bus))
+    };
+    let rep = sched.tick().await.expect("tick");
+    assert_eq!((rep.dispatched, rep.claims), (120 * 4, 4), "{rep:?}");
+    let mut per_campaign: std::collections::HashMap<Uuid, HashSet<Uuid>> = Default::default();
+    while let Ok(d) = ends.shard_sources[0].0.try_recv() {
+        let m = d.msg.expect("readable");
+        assert!(per_campaign.entry(m.campaign_id).or_default().insert(m.call_id), "a call dispatched twice");
+    }
+    assert_eq!(per_campaign.len(), 120);
+    for id in ids {
+        let queued: HashSet<Uuid> =
+            calls(&s, id).await.into_iter().filter(|k| k.status == CallStatus::Queued).map(|k| k.id).collect();
+        assert_eq!(per_campaign[&id], queued, "its own 4 calls, each queued");
+        assert_eq!(queued.len(), 4);
+        assert_consistent(&s, id).await;
+    }
+}
+
 /// A sink on a shared broker (a claim can outlive its claimer unpublished) that keeps what it is
 /// asked to publish and either takes it or answers "in doubt" (a timeout: maybe delivered).
 #[derive(Debug, Default)]
@@ -457,4 +493,5 @@ both_stores!(
     a_reaper_racing_late_outcomes_resolves_each_call_once,
     a_partly_failed_publish_gives_back_only_what_was_not_taken,
     claims_follow_the_injected_clock,
+    many_small_campaigns_are_claimed_in_a_few_claims_each_to_its_budget,
 );

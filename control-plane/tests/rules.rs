@@ -2,7 +2,8 @@
 //! Chicago, Phoenix, Los Angeles and Honolulu are dispatched only inside their own 08:00–21:00,
 //! the day before and the day of the spring DST change (each city's first dispatch moves by the
 //! hour its clocks moved, and only theirs); do-not-call entries (global, per campaign, expired)
-//! skip exactly their numbers; a contact-attempt limit holds a number across two campaigns.
+//! skip exactly their numbers; a contact-attempt limit holds a number across two campaigns, and
+//! one claim for many campaigns screens each by its own rules and lists.
 
 use std::collections::HashMap;
 
@@ -233,8 +234,75 @@ async fn an_attempt_limit_holds_a_number_across_two_campaigns(b: Backend) {
     assert_eq!(s.prune_attempts(later, 2).await.expect("prune"), 0, "B's attempts are kept");
 }
 
+/// One claim for several campaigns (the scheduler's group) gives each what a claim of its own
+/// would, in the jobs' order: its budget, its own do-not-call list and the global one, its own
+/// attempt limit counting the attempts of campaigns claimed before it in the same claim; a
+/// campaign paused since it was listed gets nothing.
+async fn one_claim_for_many_campaigns_screens_each_by_its_own_rules_and_lists(b: Backend) {
+    let (s, _dir) = store(b).await;
+    let numbers: Vec<String> = (0..4).map(|i| format!("+1212555{i:04}")).collect();
+    let shared: Vec<String> = (4..7).map(|i| format!("+1212555{i:04}")).collect();
+    let off = Some(json!({"enabled": false}));
+    let a = create(&s, "many-a", &numbers, off.clone()).await;
+    let bb = create(&s, "many-b", &numbers, off.clone()).await;
+    let paused = create(&s, "many-paused", &numbers, off.clone()).await;
+    s.transition(paused.id, CampaignAction::Pause).await.expect("pause");
+    let d = create(&s, "many-d", &shared, None).await;
+    let e = create(&s, "many-e", &shared, None).await;
+    let entry = |n: &str| DncEntry { phone_number: n.into(), reason: None, source: None, expires_at: None };
+    s.dnc_add(GLOBAL_LIST, &[entry(&numbers[0])], false).await.expect("global");
+    s.dnc_add(a.id, &[entry(&numbers[1])], false).await.expect("A's list");
+    let rules_off = CallingRules::off().compile("r").expect("rules");
+    let limited = CallingRules { enabled: false, max_attempts_per_24h: Some(1), ..CallingRules::default() }
+        .compile("r")
+        .expect("rules");
+    let at = Utc::now();
+    let ids = [a.id, bb.id, paused.id, d.id, e.id];
+    let zones: Vec<Vec<(String, DateTime<Utc>)>> = s
+        .pending_zones_of(&ids)
+        .await
+        .expect("zones")
+        .into_iter()
+        .map(|zs| zs.into_iter().map(|z| (z, at + ChronoDuration::minutes(5))).collect())
+        .collect();
+    assert!(zones.iter().all(|z| z.len() == 1), "one zone each: {zones:?}");
+    let job = |i: usize, n, rules| dialer_store::ClaimJob { campaign_id: ids[i], n, zones: &zones[i], rules };
+    let jobs = [
+        job(0, 10, &rules_off),
+        job(1, 2, &rules_off),
+        job(2, 10, &rules_off),
+        job(3, 10, &limited),
+        job(4, 10, &limited),
+    ];
+    let got = s.claim_many(&jobs, at).await.expect("claim");
+    let phones = |cs: &[ClaimedCall]| cs.iter().map(|c| c.phone_number.clone()).collect::<Vec<_>>();
+    let skipped =
+        |i: usize| got[i].skipped.iter().map(|(c, r)| (c.phone_number.clone(), r.as_str())).collect::<Vec<_>>();
+    assert_eq!(phones(&got[0].dial), numbers[2..].to_vec(), "A: not its own list's nor the global one's");
+    assert_eq!(skipped(0), vec![(numbers[0].clone(), "dnc"), (numbers[1].clone(), "dnc")]);
+    assert_eq!(phones(&got[1].dial), vec![numbers[1].clone()], "B: its budget of 2, A's list not its own");
+    assert_eq!(skipped(1), vec![(numbers[0].clone(), "dnc")]);
+    assert_eq!(got[2], dialer_store::Screened::default(), "the paused campaign");
+    assert_eq!(phones(&got[3].dial), shared, "D dials each number once");
+    assert_eq!((got[4].dial.len(), got[4].held.len()), (0, 3), "E is held by D's attempts in the same claim");
+    let paused_stats = s.stats(paused.id).await.expect("stats");
+    assert_eq!((paused_stats.pending_calls, paused_stats.queued_calls), (4, 0));
+    for (i, (queued, skipped, pending)) in
+        [(2, 2, 0), (1, 1, 2), (0, 0, 4), (3, 0, 0), (0, 0, 3)].into_iter().enumerate()
+    {
+        let st = s.stats(ids[i]).await.expect("stats");
+        assert_eq!(
+            (st.queued_calls, st.skipped_calls, st.pending_calls),
+            (queued, skipped, pending),
+            "campaign {i}: {st:?}"
+        );
+        assert_eq!(st, s.recount_stats(ids[i]).await.expect("recount"), "campaign {i}");
+    }
+}
+
 both_stores!(
     each_city_is_dialled_only_in_its_own_window_across_the_dst_change,
     do_not_call_entries_skip_exactly_their_numbers,
     an_attempt_limit_holds_a_number_across_two_campaigns,
+    one_claim_for_many_campaigns_screens_each_by_its_own_rules_and_lists,
 );

@@ -6,35 +6,34 @@ use chrono::{DateTime, Utc};
 use dialer_domain::campaign::CampaignStatus;
 use uuid::Uuid;
 
+use std::collections::{HashMap, HashSet};
+
+use sqlx::QueryBuilder;
+
 use crate::campaigns::locked_status;
-use crate::dialect::{Bind, Dialect, QueryExt, RowExt};
+use crate::dialect::{Bind, ClaimAsk, Dialect, PushArg, QueryExt, RowExt};
 use crate::model::{ClaimedCall, Screened, UnconfirmedClaim};
 use crate::record::CANCELLED;
 use crate::{StoreError, now};
 
-async fn claim_some<D: Dialect>(
+/// Campaigns per statement of a claim (5 parameters each, under SQLite's 32,766).
+const CAMPAIGN_CHUNK: usize = 1000;
+
+/// A step of a claim for one ask (SQLite's [`Dialect::claim_round`]).
+pub(crate) async fn claim_some<D: Dialect>(
     conn: &mut D::Connection,
-    campaign_id: Uuid,
-    zone: &str,
+    ask: &ClaimAsk<'_>,
     retries: bool,
-    limit: usize,
     at: DateTime<Utc>,
-    deadline: DateTime<Utc>,
 ) -> Result<Vec<ClaimedCall>, StoreError> {
-    if limit == 0 {
-        return Ok(vec![]);
-    }
     let cond =
         if retries { "next_attempt_at IS NOT NULL AND next_attempt_at <= $2" } else { "next_attempt_at IS NULL" };
     // Both kinds read the index `calls_pending_zone` in its order (zone, then
     // next_attempt_at, id; new calls last), so a claim costs the rows it takes, whatever
     // the statistics say, and never reads a closed zone's calls.
-    // The ids are taken once (PostgreSQL: `= ANY (ARRAY(…))`, an init plan; a semi-join
-    // `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may be rescanned and claim more
-    // than n), then updated through the index on `id` alone: with the campaign or the
-    // status in the outer condition, stale statistics (a campaign just loaded) made
-    // PostgreSQL scan every pending call of the campaign for each of the n ids.
-    // The rows are locked and pending: nothing else can have changed them.
+    // The ids are taken once, then updated through the index on `id` alone (see the
+    // PostgreSQL dialect's `claim_round` for why). The rows are locked and pending:
+    // nothing else can have changed them.
     let sql = format!(
         "UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, event_seq = event_seq + 1, queued_at = $2, updated_at = $2, \
          dispatch_deadline = $5, republish_at = NULL \
@@ -47,18 +46,18 @@ async fn claim_some<D: Dialect>(
         D::CLAIM_IN.1,
     );
     let rows = sqlx::query::<D>(&sql)
-        .arg(campaign_id)
+        .arg(ask.campaign_id)
         .arg(at)
-        .arg(limit as i64)
-        .arg(zone)
-        .arg(deadline)
+        .arg(ask.limit as i64)
+        .arg(ask.zone)
+        .arg(ask.deadline)
         .rows(&mut *conn)
         .await?;
-    rows.iter().map(|r| claimed_call(r, deadline)).collect()
+    rows.iter().map(|r| claimed_call(r, ask.deadline)).collect()
 }
 
 /// A claimed call from its row (`id, phone_number, attempt_count, zone, event_seq`).
-fn claimed_call(r: &impl RowExt, deadline: DateTime<Utc>) -> Result<ClaimedCall, StoreError> {
+pub(crate) fn claimed_call(r: &impl RowExt, deadline: DateTime<Utc>) -> Result<ClaimedCall, StoreError> {
     Ok(ClaimedCall {
         id: r.col("id")?,
         phone_number: r.col("phone_number")?,
@@ -69,31 +68,20 @@ fn claimed_call(r: &impl RowExt, deadline: DateTime<Utc>) -> Result<ClaimedCall,
     })
 }
 
-/// Up to `n` due calls of one zone, retries and new calls side by side (half each
-/// when both wait).
-async fn claim_zone<D: Dialect>(
-    conn: &mut D::Connection,
-    campaign_id: Uuid,
-    (zone, deadline): &(String, DateTime<Utc>),
-    n: usize,
-    at: DateTime<Utc>,
-) -> Result<Vec<ClaimedCall>, StoreError> {
-    let (zone, d) = (zone.as_str(), *deadline);
-    let mut out = claim_some::<D>(conn, campaign_id, zone, true, n.div_ceil(2), at, d).await?;
-    let fresh = claim_some::<D>(conn, campaign_id, zone, false, n.saturating_sub(out.len()), at, d).await?;
-    out.extend(fresh);
-    if out.len() < n {
-        let more = claim_some::<D>(conn, campaign_id, zone, true, n - out.len(), at, d).await?;
-        out.extend(more);
-    }
-    Ok(out)
+/// One campaign's part of a claim: up to `n` due calls, zone by zone in the order given (the
+/// scheduler passes the open ones, soonest to close first, each with its calls' message
+/// deadline, kept with the call), screened by `rules`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimJob<'a> {
+    pub campaign_id: Uuid,
+    pub n: usize,
+    pub zones: &'a [(String, DateTime<Utc>)],
+    pub rules: &'a dialer_domain::rules::Rules,
 }
 
-/// Moves up to `n` due calls of a campaign from pending to queued, zone by zone in
-/// the order given (the scheduler passes the open ones, soonest to close first, each with its
-/// calls' message deadline, kept with the call), and screens them by the recipient's rules: the
-/// calls to dial are returned and counted as attempts; skipped ones end, held ones wait.
-#[tracing::instrument(name = "store.claim_calls", level = "debug", skip_all)]
+/// Moves up to `n` due calls of a campaign from pending to queued and screens them by the
+/// recipient's rules: the calls to dial are returned and counted as attempts; skipped ones end,
+/// held ones wait. [`claim_many`] for one campaign.
 pub async fn claim_calls<D: Dialect>(
     pool: &sqlx::Pool<D>,
     campaign_id: Uuid,
@@ -102,6 +90,21 @@ pub async fn claim_calls<D: Dialect>(
     zones: &[(String, DateTime<Utc>)],
     rules: &dialer_domain::rules::Rules,
 ) -> Result<Screened, StoreError> {
+    let job = ClaimJob { campaign_id, n, zones, rules };
+    Ok(claim_many(pool, &[job], at).await?.pop().unwrap_or_default())
+}
+
+/// Claims for several campaigns (distinct) in one transaction and a few statements whatever
+/// their number: the scheduler's tick of a thousand small campaigns is a few claims, not a
+/// thousand. Each job gets what [`claim_calls`] would give it; the results are in the jobs'
+/// order (nothing for a campaign no longer in progress).
+#[tracing::instrument(name = "store.claim_many", level = "debug", skip_all, fields(campaigns = jobs.len()))]
+pub async fn claim_many<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    jobs: &[ClaimJob<'_>],
+    at: DateTime<Utc>,
+) -> Result<Vec<Screened>, StoreError> {
+    let nothing = || jobs.iter().map(|_| Screened::default()).collect();
     let mut tx = D::begin(pool).await?;
     if D::ROW_LOCKS {
         // PostgreSQL: stale statistics (a campaign just loaded looks empty) made the
@@ -114,53 +117,140 @@ pub async fn claim_calls<D: Dialect>(
         sqlx::query::<D>("SET LOCAL enable_seqscan = off").run(&mut **tx).await?;
     }
     // Nothing is claimed for a campaign paused or completed since the scheduler listed it.
-    if locked_status::<D>(&mut tx, campaign_id).await? != Some(CampaignStatus::InProgress) {
-        return Ok(Screened::default());
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.campaign_id).collect();
+    let open = in_progress::<D>(&mut tx, &ids).await?;
+    let claimed = claim_zones::<D>(&mut tx, jobs, &open, at).await?;
+    if claimed.iter().all(Vec::is_empty) {
+        return Ok(nothing());
     }
-    let mut out = Vec::new();
-    for zone in zones {
-        if out.len() >= n {
-            break;
-        }
-        let more = claim_zone::<D>(&mut tx, campaign_id, zone, n - out.len(), at).await?;
-        out.extend(more);
+    let screened = crate::rules::screen::<D>(&mut tx, jobs, claimed, at).await?;
+    claim_stats::<D>(&mut tx, jobs, &screened).await?;
+    let mut events = Vec::new();
+    for (j, s) in jobs.iter().zip(&screened) {
+        let skipped: Vec<(ClaimedCall, &str)> = s.skipped.iter().map(|(c, r)| (c.clone(), r.as_str())).collect();
+        events.extend(crate::outbox::claimed(j.campaign_id, &s.dial, &skipped, at));
     }
-    if out.is_empty() {
-        return Ok(Screened::default());
-    }
-    let screened = crate::rules::screen::<D>(&mut tx, campaign_id, out, rules, at).await?;
-    claim_stats::<D>(&mut tx, campaign_id, &screened).await?;
-    let skipped: Vec<(ClaimedCall, &str)> = screened.skipped.iter().map(|(c, r)| (c.clone(), r.as_str())).collect();
-    let events = crate::outbox::claimed(campaign_id, &screened.dial, &skipped, at);
     crate::events::log::append::<D>(&mut tx, &events).await?;
     tx.commit().await?;
     Ok(screened)
 }
 
-/// A claim's effect on the aggregates: dialled calls pending → queued (attempts
-/// counted), skipped ones pending → skipped by reason, held ones stay pending.
-async fn claim_stats<D: Dialect>(conn: &mut D::Connection, campaign_id: Uuid, s: &Screened) -> Result<(), StoreError> {
-    let k = s.dial.len() as i64;
-    let retries = s.dial.iter().filter(|c| c.attempt > 1).count() as i64;
-    let skipped = |r| s.skipped.iter().filter(|(_, why)| *why == r).count() as i64;
-    let (dnc, no_zone) =
-        (skipped(dialer_domain::rules::SkipReason::Dnc), skipped(dialer_domain::rules::SkipReason::NoZone));
-    if k + dnc + no_zone == 0 {
-        return Ok(());
+/// Which of these campaigns are in progress, their rows locked against a change of status
+/// until the claim commits (in id order: two claimers lock them alike).
+async fn in_progress<D: Dialect>(conn: &mut D::Connection, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+    let mut open = HashSet::new();
+    for chunk in ids.chunks(CAMPAIGN_CHUNK) {
+        let mut q = QueryBuilder::<D>::new("SELECT id FROM campaigns WHERE status = 'in_progress' AND id IN (");
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_arg(*id);
+        }
+        q.push(") ORDER BY id").push(D::FOR_SHARE);
+        for r in q.build().rows(&mut *conn).await? {
+            open.insert(r.col("id")?);
+        }
     }
-    sqlx::query::<D>(
-        "UPDATE campaign_stats SET pending_calls = pending_calls - $1 - $4 - $5, queued_calls = queued_calls + $1, \
-         attempts_total = attempts_total + $1, retries_attempted = retries_attempted + $2, \
-         skipped_calls = skipped_calls + $4 + $5, skipped_dnc = skipped_dnc + $4, skipped_no_zone = skipped_no_zone + $5 \
-         WHERE campaign_id = $3",
-    )
-    .arg(k)
-    .arg(retries)
-    .arg(campaign_id)
-    .arg(dnc)
-    .arg(no_zone)
-    .run(&mut *conn)
-    .await?;
+    Ok(open)
+}
+
+/// The claim proper, zone by zone: in each round every open campaign still short of its `n`
+/// asks its next zone for the rest (retries and new calls side by side: half each when both
+/// wait), all campaigns in the same few statements.
+async fn claim_zones<D: Dialect>(
+    conn: &mut D::Connection,
+    jobs: &[ClaimJob<'_>],
+    open: &HashSet<Uuid>,
+    at: DateTime<Utc>,
+) -> Result<Vec<Vec<ClaimedCall>>, StoreError> {
+    let mut got: Vec<Vec<ClaimedCall>> = jobs.iter().map(|_| Vec::new()).collect();
+    let index: HashMap<Uuid, usize> = jobs.iter().enumerate().map(|(i, j)| (j.campaign_id, i)).collect();
+    for round in 0.. {
+        let asks: Vec<ClaimAsk<'_>> = jobs
+            .iter()
+            .zip(&got)
+            .filter(|(j, g)| open.contains(&j.campaign_id) && g.len() < j.n)
+            .filter_map(|(j, g)| {
+                let (zone, deadline) = j.zones.get(round)?;
+                Some(ClaimAsk { campaign_id: j.campaign_id, zone, limit: j.n - g.len(), deadline: *deadline })
+            })
+            .collect();
+        if asks.is_empty() {
+            break;
+        }
+        claim_zone_round::<D>(conn, &asks, at, &index, &mut got).await?;
+    }
+    Ok(got)
+}
+
+/// One zone per ask: retries up to half the ask, new calls for the rest, then retries again for
+/// what new calls did not fill.
+async fn claim_zone_round<D: Dialect>(
+    conn: &mut D::Connection,
+    asks: &[ClaimAsk<'_>],
+    at: DateTime<Utc>,
+    index: &HashMap<Uuid, usize>,
+    got: &mut [Vec<ClaimedCall>],
+) -> Result<(), StoreError> {
+    let mut taken: HashMap<Uuid, usize> = HashMap::new();
+    let steps = [(true, Step::Half), (false, Step::Rest), (true, Step::Rest)];
+    for (retries, step) in steps {
+        let round: Vec<ClaimAsk<'_>> = asks
+            .iter()
+            .filter_map(|a| {
+                let so_far = taken.get(&a.campaign_id).copied().unwrap_or(0);
+                let limit = match step {
+                    Step::Half => a.limit.div_ceil(2),
+                    Step::Rest => a.limit - so_far,
+                };
+                (limit > 0).then_some(ClaimAsk { limit, ..*a })
+            })
+            .collect();
+        for (campaign, call) in D::claim_round(conn, retries, &round, at).await? {
+            *taken.entry(campaign).or_default() += 1;
+            got[index[&campaign]].push(call);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Half,
+    Rest,
+}
+
+/// A claim's effect on the aggregates, every campaign in one statement: dialled calls pending
+/// → queued (attempts counted), skipped ones pending → skipped by reason, held ones stay pending.
+async fn claim_stats<D: Dialect>(
+    conn: &mut D::Connection,
+    jobs: &[ClaimJob<'_>],
+    screened: &[Screened],
+) -> Result<(), StoreError> {
+    use dialer_domain::rules::SkipReason;
+    let rows: Vec<(Uuid, [i64; 4])> = jobs
+        .iter()
+        .zip(screened)
+        .map(|(j, s)| {
+            let retries = s.dial.iter().filter(|c| c.attempt > 1).count() as i64;
+            let skipped = |r| s.skipped.iter().filter(|(_, why)| *why == r).count() as i64;
+            (j.campaign_id, [s.dial.len() as i64, retries, skipped(SkipReason::Dnc), skipped(SkipReason::NoZone)])
+        })
+        .filter(|(_, [k, _, dnc, no_zone])| k + dnc + no_zone > 0)
+        .collect();
+    // `VALUES` names its columns column1… in both databases.
+    for chunk in rows.chunks(CAMPAIGN_CHUNK) {
+        let mut q = QueryBuilder::<D>::new(
+            "UPDATE campaign_stats SET pending_calls = pending_calls - v.column2 - v.column4 - v.column5, \
+             queued_calls = queued_calls + v.column2, attempts_total = attempts_total + v.column2, \
+             retries_attempted = retries_attempted + v.column3, skipped_calls = skipped_calls + v.column4 + v.column5, \
+             skipped_dnc = skipped_dnc + v.column4, skipped_no_zone = skipped_no_zone + v.column5 FROM (",
+        );
+        q.push_values(chunk, |mut b, (id, [k, retries, dnc, no_zone])| {
+            b.push_arg(*id).push_arg(*k).push_arg(*retries).push_arg(*dnc).push_arg(*no_zone);
+        });
+        q.push(") AS v WHERE campaign_stats.campaign_id = v.column1");
+        q.build().run(&mut *conn).await?;
+    }
     Ok(())
 }
 

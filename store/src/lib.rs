@@ -51,6 +51,7 @@ use uuid::Uuid;
 
 pub use batch::CallBatcher;
 pub use campaigns::ImportBatch;
+pub use claims::ClaimJob;
 pub use dialect::Dialect;
 pub use error::{Conflict, Corrupt, StoreError};
 pub use events::{
@@ -449,6 +450,9 @@ pub trait CallOps: Send + Sync {
         zones: &'a [(String, DateTime<Utc>)],
         rules: &'a Rules,
     ) -> Op<'a, Screened>;
+    /// [`Ops::claim_calls`] for several campaigns (distinct) in one transaction and a few
+    /// statements whatever their number; the results in the jobs' order.
+    fn claim_many<'a>(&'a self, jobs: &'a [ClaimJob<'a>], at: DateTime<Utc>) -> Op<'a, Vec<Screened>>;
     /// Queued calls claimed in `claimed`, deadline still ahead, not taken since `now`; marked
     /// not to be taken again before `again_at`.
     fn unconfirmed_claims(
@@ -533,6 +537,9 @@ impl<D: Dialect> CallOps for sqlx::Pool<D> {
     ) -> Op<'a, Screened> {
         Box::pin(claims::claim_calls(self, campaign_id, n, at, zones, rules))
     }
+    fn claim_many<'a>(&'a self, jobs: &'a [ClaimJob<'a>], at: DateTime<Utc>) -> Op<'a, Vec<Screened>> {
+        Box::pin(claims::claim_many(self, jobs, at))
+    }
     fn unconfirmed_claims(
         &self,
         claimed: std::ops::Range<DateTime<Utc>>,
@@ -570,6 +577,8 @@ pub trait RuleOps: Send + Sync {
 
     /// The distinct zone keys of a campaign's pending calls (a skip scan of the index).
     fn pending_zones(&self, campaign_id: Uuid) -> Op<'_, Vec<String>>;
+    /// [`RuleOps::pending_zones`] of each campaign, in one statement.
+    fn pending_zones_of<'a>(&'a self, campaigns: &'a [Uuid]) -> Op<'a, Vec<Vec<String>>>;
     /// Gives up to `limit` pending calls without a zone key theirs.
     fn locate_unzoned(&self, limit: usize) -> Op<'_, u64>;
     /// Adds or replaces do-not-call entries of a list (`dnc::GLOBAL_LIST` or a campaign id).
@@ -589,7 +598,10 @@ pub trait RuleOps: Send + Sync {
 
 impl<D: Dialect> RuleOps for sqlx::Pool<D> {
     fn pending_zones(&self, campaign_id: Uuid) -> Op<'_, Vec<String>> {
-        Box::pin(rules::pending_zones(self, campaign_id))
+        Box::pin(async move { Ok(rules::pending_zones(self, &[campaign_id]).await?.pop().unwrap_or_default()) })
+    }
+    fn pending_zones_of<'a>(&'a self, campaigns: &'a [Uuid]) -> Op<'a, Vec<Vec<String>>> {
+        Box::pin(rules::pending_zones(self, campaigns))
     }
     fn locate_unzoned(&self, limit: usize) -> Op<'_, u64> {
         Box::pin(rules::locate_unzoned(self, limit))

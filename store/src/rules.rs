@@ -14,6 +14,7 @@ use futures::TryStreamExt;
 use sqlx::QueryBuilder;
 use uuid::Uuid;
 
+use crate::claims::ClaimJob;
 use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
 use crate::model::{ClaimedCall, Preview, Screened, Suppression};
 use crate::{StoreError, now};
@@ -122,32 +123,46 @@ pub async fn dnc_check<D: Dialect>(
     campaign_id: Uuid,
     number: &str,
 ) -> Result<Option<Uuid>, StoreError> {
-    let hits = dnc_hits::<D>(&mut *pool.acquire().await?, campaign_id, &[number], now()).await?;
-    Ok(hits.get(number).copied())
+    let hits = dnc_hits::<D>(&mut *pool.acquire().await?, &[(campaign_id, number)], now()).await?;
+    Ok(hits.list(campaign_id, number))
 }
 
-/// Which of `numbers` are on the global or the campaign's list at `at`, and which list.
+/// The entries in force of the lists that calls' numbers were looked up on.
+#[derive(Debug, Default)]
+struct DncHits(HashSet<(Uuid, String)>);
+
+impl DncHits {
+    /// The list `number` is on for `campaign` (the global list first), if any.
+    fn list(&self, campaign: Uuid, number: &str) -> Option<Uuid> {
+        let on = |list: Uuid| self.0.contains(&(list, number.to_owned()));
+        [GLOBAL_LIST, campaign].into_iter().find(|l| on(*l))
+    }
+}
+
+/// Looks up each (campaign, number) on the global list and its campaign's, at `at`: one
+/// statement per [`LOOKUP_CHUNK`] numbers, whatever their campaigns.
 async fn dnc_hits<D: Dialect>(
     conn: &mut D::Connection,
-    campaign_id: Uuid,
-    numbers: &[&str],
+    calls: &[(Uuid, &str)],
     at: DateTime<Utc>,
-) -> Result<HashMap<String, Uuid>, StoreError> {
-    let mut hits = HashMap::new();
-    for chunk in numbers.chunks(LOOKUP_CHUNK) {
+) -> Result<DncHits, StoreError> {
+    let mut hits = DncHits::default();
+    for chunk in calls.chunks(LOOKUP_CHUNK) {
+        let lists: HashSet<Uuid> = chunk.iter().map(|(c, _)| *c).chain([GLOBAL_LIST]).collect();
+        let numbers: HashSet<&str> = chunk.iter().map(|(_, n)| *n).collect();
         let mut q = QueryBuilder::<D>::new("SELECT campaign_id, phone_number FROM dnc_entries WHERE campaign_id IN (");
-        q.push_arg(GLOBAL_LIST).push(", ").push_arg(campaign_id).push(") AND phone_number IN (");
         let mut sep = q.separated(", ");
-        for n in chunk {
-            sep.push_arg(*n);
+        for l in lists {
+            sep.push_arg(l);
+        }
+        q.push(") AND phone_number IN (");
+        let mut sep = q.separated(", ");
+        for n in numbers {
+            sep.push_arg(n);
         }
         q.push(") AND (expires_at IS NULL OR expires_at > ").push_arg(at).push(")");
         for r in q.build().rows(&mut *conn).await? {
-            let list: Uuid = r.col("campaign_id")?;
-            let slot = hits.entry(r.col("phone_number")?).or_insert(list);
-            if list == GLOBAL_LIST {
-                *slot = list;
-            }
+            hits.0.insert((r.col("campaign_id")?, r.col("phone_number")?));
         }
     }
     Ok(hits)
@@ -174,32 +189,49 @@ async fn recent_attempts<D: Dialect>(
     Ok(out)
 }
 
-/// The distinct zone keys of a campaign's pending calls, one index probe each (a
-/// skip scan of `calls_pending_zone`: cost in the zones, not the calls). Calls not
-/// located yet are left out.
-#[tracing::instrument(name = "store.pending_zones", level = "debug", skip_all)]
-pub async fn pending_zones<D: Dialect>(pool: &sqlx::Pool<D>, campaign_id: Uuid) -> Result<Vec<String>, StoreError> {
+/// The distinct zone keys of each campaign's pending calls (in the order given), one index probe
+/// each (a skip scan of `calls_pending_zone`: cost in the zones, not the calls), every campaign in
+/// one statement. Calls not located yet are left out.
+#[tracing::instrument(name = "store.pending_zones", level = "debug", skip_all, fields(campaigns = campaigns.len()))]
+pub async fn pending_zones<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    campaigns: &[Uuid],
+) -> Result<Vec<Vec<String>>, StoreError> {
+    let mut zones: HashMap<Uuid, Vec<String>> = HashMap::new();
     let mut tx = pool.begin().await?;
     if D::IS_POSTGRES {
         // Stale statistics (a campaign just loaded) made PostgreSQL read all of the
         // campaign's calls through another index and sort them, for each probe.
         sqlx::query::<D>("SET LOCAL enable_sort = off").run(&mut *tx).await?;
     }
-    let zones: Vec<Option<String>> = sqlx::query::<D>(
-        "WITH RECURSIVE z(zone) AS ( \
-           SELECT (SELECT zone FROM calls WHERE campaign_id = $1 AND status = 'pending' AND zone IS NOT NULL \
-                   ORDER BY zone LIMIT 1) \
-           UNION ALL \
-           SELECT (SELECT c.zone FROM calls c WHERE c.campaign_id = $1 AND c.status = 'pending' AND c.zone > z.zone \
-                   ORDER BY c.zone LIMIT 1) \
-           FROM z WHERE z.zone IS NOT NULL) \
-         SELECT zone FROM z WHERE zone IS NOT NULL",
-    )
-    .arg(campaign_id)
-    .scalars(&mut *tx)
-    .await?;
+    for chunk in campaigns.chunks(LOOKUP_CHUNK) {
+        let mut q = QueryBuilder::<D>::new("WITH RECURSIVE q(cid) AS (");
+        q.push_values(chunk, |mut b, id| {
+            b.push_arg(*id);
+        });
+        q.push(
+            "), z(cid, zone) AS ( \
+               SELECT q.cid, (SELECT zone FROM calls WHERE campaign_id = q.cid AND status = 'pending' AND zone IS NOT NULL \
+                       ORDER BY zone LIMIT 1) FROM q \
+               UNION ALL \
+               SELECT z.cid, (SELECT c.zone FROM calls c WHERE c.campaign_id = z.cid AND c.status = 'pending' AND c.zone > z.zone \
+                       ORDER BY c.zone LIMIT 1) \
+               FROM z WHERE z.zone IS NOT NULL) \
+             SELECT cid, zone FROM z WHERE zone IS NOT NULL",
+        );
+        for r in q.build().rows(&mut *tx).await? {
+            zones.entry(r.col("cid")?).or_default().push(r.col("zone")?);
+        }
+    }
     tx.commit().await?;
-    Ok(zones.into_iter().flatten().collect())
+    Ok(campaigns
+        .iter()
+        .map(|c| {
+            let mut z = zones.remove(c).unwrap_or_default();
+            z.sort_unstable();
+            z
+        })
+        .collect())
 }
 
 /// Locates up to `limit` pending calls that have no zone key yet (created before the
@@ -238,36 +270,57 @@ pub async fn locate_unzoned<D: Dialect>(pool: &sqlx::Pool<D>, limit: usize) -> R
     Ok(located.len() as u64)
 }
 
-/// Decides each claimed call (inside the claim's transaction): skipped ones become
-/// terminal with their reason (and a timeline row), held ones go back to pending with
-/// their next attempt moved, and the dialled ones' attempts are recorded per number.
-pub async fn screen<D: Dialect>(
+/// Decides each claimed call of each job (inside the claim's transaction; `claimed` in the
+/// jobs' order): skipped ones become terminal with their reason (and a timeline row), held ones
+/// go back to pending with their next attempt moved, and the dialled ones' attempts are recorded
+/// per number. The look-ups and the ledger take a statement each for every campaign at once.
+pub(crate) async fn screen<D: Dialect>(
     conn: &mut D::Connection,
-    campaign_id: Uuid,
-    claimed: Vec<ClaimedCall>,
-    rules: &Rules,
+    jobs: &[ClaimJob<'_>],
+    claimed: Vec<Vec<ClaimedCall>>,
     at: DateTime<Utc>,
-) -> Result<Screened, StoreError> {
-    let numbers: Vec<&str> = claimed.iter().map(|c| c.phone_number.as_str()).collect();
-    let dnc = dnc_hits::<D>(conn, campaign_id, &numbers, at).await?;
-    let history = if rules.limits_attempts() {
-        recent_attempts::<D>(conn, &numbers, at - HISTORY).await?
-    } else {
-        HashMap::new()
-    };
-    let mut s = Screened::default();
-    for c in claimed {
-        let attempts = history.get(&c.phone_number).map(Vec::as_slice).unwrap_or(&[]);
-        match rules.verdict(&c.zone, dnc.contains_key(&c.phone_number), attempts, at) {
-            Verdict::Dial => s.dial.push(c),
-            Verdict::Skip(r) => s.skipped.push((c, r)),
-            Verdict::Hold { until, rule } => s.held.push((c, until, rule)),
+) -> Result<Vec<Screened>, StoreError> {
+    let calls: Vec<(Uuid, &str)> = jobs
+        .iter()
+        .zip(&claimed)
+        .flat_map(|(j, cs)| cs.iter().map(|c| (j.campaign_id, c.phone_number.as_str())))
+        .collect();
+    let dnc = dnc_hits::<D>(conn, &calls, at).await?;
+    let limited: Vec<&str> = jobs
+        .iter()
+        .zip(&claimed)
+        .filter(|(j, _)| j.rules.limits_attempts())
+        .flat_map(|(_, cs)| cs.iter().map(|c| c.phone_number.as_str()))
+        .collect();
+    let counted = !limited.is_empty();
+    let mut history = recent_attempts::<D>(conn, &limited, at - HISTORY).await?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for (j, calls) in jobs.iter().zip(claimed) {
+        let mut s = Screened::default();
+        for c in calls {
+            let attempts = history.get(&c.phone_number).map(Vec::as_slice).unwrap_or(&[]);
+            let on_list = dnc.list(j.campaign_id, &c.phone_number).is_some();
+            match j.rules.verdict(&c.zone, on_list, attempts, at) {
+                Verdict::Dial => {
+                    // A campaign later in this claim counts this attempt, as it would in a
+                    // claim of its own after this one.
+                    if counted {
+                        history.entry(c.phone_number.clone()).or_default().push(at);
+                    }
+                    s.dial.push(c)
+                }
+                Verdict::Skip(r) => s.skipped.push((c, r)),
+                Verdict::Hold { until, rule } => s.held.push((c, until, rule)),
+            }
         }
+        write_skipped::<D>(conn, j.campaign_id, &s.skipped, at).await?;
+        write_held::<D>(conn, j.campaign_id, &s.held, at).await?;
+        out.push(s);
     }
-    write_skipped::<D>(conn, campaign_id, &s.skipped, at).await?;
-    write_held::<D>(conn, campaign_id, &s.held, at).await?;
-    D::insert_contacts(conn, campaign_id, &s.dial, at).await?;
-    Ok(s)
+    let dialled: Vec<(Uuid, &ClaimedCall)> =
+        jobs.iter().zip(&out).flat_map(|(j, s)| s.dial.iter().map(|c| (j.campaign_id, c))).collect();
+    D::insert_contacts(conn, &dialled, at).await?;
+    Ok(out)
 }
 
 async fn write_skipped<D: Dialect>(
@@ -334,18 +387,17 @@ async fn write_held<D: Dialect>(
 /// [`Dialect::insert_contacts`]).
 pub(crate) async fn insert_contacts_listed<D: Dialect>(
     conn: &mut D::Connection,
-    campaign_id: Uuid,
-    dial: &[ClaimedCall],
+    dial: &[(Uuid, &ClaimedCall)],
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     for chunk in dial.chunks(LOOKUP_CHUNK) {
         let mut q =
             QueryBuilder::<D>::new("INSERT INTO contact_attempts (phone_number, call_id, attempt, campaign_id, at) ");
-        q.push_values(chunk, |mut b, c| {
+        q.push_values(chunk, |mut b, (campaign_id, c)| {
             b.push_arg(c.phone_number.as_str())
                 .push_arg(c.id)
                 .push_arg(c.attempt as i32)
-                .push_arg(campaign_id)
+                .push_arg(*campaign_id)
                 .push_arg(at);
         });
         q.push(" ON CONFLICT (phone_number, call_id, attempt) DO NOTHING");

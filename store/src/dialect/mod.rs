@@ -167,14 +167,34 @@ pub trait Dialect: Database + Sized {
         c: &'c mut Self::Connection,
         rows: &'c [crate::timeline::TimelineRow],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
-    /// The recipient's ledger of attempts: a row per claimed call of `campaign_id`, dialled at
-    /// `at` (a row already there is kept).
+    /// The recipient's ledger of attempts: a row per claimed call (with its campaign), dialled
+    /// at `at` (a row already there is kept).
     fn insert_contacts<'c>(
         c: &'c mut Self::Connection,
-        campaign_id: Uuid,
-        calls: &'c [crate::model::ClaimedCall],
+        calls: &'c [(Uuid, &'c crate::model::ClaimedCall)],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+    /// One step of a claim for several campaigns at once: each ask's due calls of its zone
+    /// (`retries`: those with a next attempt due at `at`; else new ones), up to its limit, moved
+    /// to queued with the ask's deadline; each returned with its campaign. PostgreSQL: one
+    /// statement for every ask (`LATERAL`); SQLite: one per ask.
+    fn claim_round<'c>(
+        c: &'c mut Self::Connection,
+        retries: bool,
+        asks: &'c [ClaimAsk<'c>],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(Uuid, crate::model::ClaimedCall)>, StoreError>> + Send + 'c;
+}
+
+/// A campaign's ask in one step of a claim ([`Dialect::claim_round`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimAsk<'a> {
+    pub campaign_id: Uuid,
+    pub zone: &'a str,
+    /// Most calls to take (more than 0).
+    pub limit: usize,
+    /// The message deadline the taken calls keep.
+    pub deadline: DateTime<Utc>,
 }
 
 /// A call row as the recorder leaves it.

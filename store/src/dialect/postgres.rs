@@ -11,7 +11,7 @@ use sqlx::query_builder::Separated;
 use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::{Arg, CallWrite, ClaimedRow, Col, Dialect, Q, Tx};
+use super::{Arg, CallWrite, ClaimAsk, ClaimedRow, Col, Dialect, Q, Tx};
 use crate::StoreError;
 use crate::model::ClaimedCall;
 use crate::timeline::TimelineRow;
@@ -157,12 +157,57 @@ impl Dialect for Postgres {
 
     fn insert_contacts<'c>(
         c: &'c mut sqlx::PgConnection,
-        campaign_id: Uuid,
-        calls: &'c [ClaimedCall],
+        calls: &'c [(Uuid, &'c ClaimedCall)],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
-        insert_contacts(c, campaign_id, calls, at)
+        insert_contacts(c, calls, at)
     }
+
+    fn claim_round<'c>(
+        c: &'c mut sqlx::PgConnection,
+        retries: bool,
+        asks: &'c [ClaimAsk<'c>],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(Uuid, ClaimedCall)>, StoreError>> + Send + 'c {
+        claim_round(c, retries, asks, at)
+    }
+}
+
+/// [`Dialect::claim_round`]: every ask in one statement. Each ask's ids are taken by its own
+/// look-up of `calls_pending_zone` in the index's order (`LATERAL`, `SKIP LOCKED`), once (a
+/// materialized CTE: a join could rescan it and claim more than the limit), then updated by `id`.
+async fn claim_round(
+    conn: &mut sqlx::PgConnection,
+    retries: bool,
+    asks: &[ClaimAsk<'_>],
+    at: DateTime<Utc>,
+) -> Result<Vec<(Uuid, ClaimedCall)>, StoreError> {
+    if asks.is_empty() {
+        return Ok(vec![]);
+    }
+    let cond =
+        if retries { "next_attempt_at IS NOT NULL AND next_attempt_at <= $5" } else { "next_attempt_at IS NULL" };
+    let sql = format!(
+        "WITH asks AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::timestamptz[]) AS a(campaign, zone, lim, deadline)), \
+         picked AS MATERIALIZED (SELECT p.id, asks.deadline FROM asks CROSS JOIN LATERAL ( \
+           SELECT id FROM calls WHERE campaign_id = asks.campaign AND status = 'pending' AND zone = asks.zone AND {cond} \
+           ORDER BY next_attempt_at, id LIMIT asks.lim FOR UPDATE SKIP LOCKED) p) \
+         UPDATE calls SET status = 'queued', attempt_count = attempt_count + 1, event_seq = event_seq + 1, queued_at = $5, \
+         updated_at = $5, dispatch_deadline = picked.deadline, republish_at = NULL \
+         FROM picked WHERE calls.id = picked.id \
+         RETURNING calls.campaign_id, calls.id, calls.phone_number, calls.attempt_count, calls.zone, calls.event_seq, picked.deadline"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(asks.iter().map(|a| a.campaign_id).collect::<Vec<_>>())
+        .bind(asks.iter().map(|a| a.zone).collect::<Vec<_>>())
+        .bind(asks.iter().map(|a| a.limit as i64).collect::<Vec<_>>())
+        .bind(asks.iter().map(|a| a.deadline).collect::<Vec<_>>())
+        .bind(at)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("campaign_id")?, crate::claims::claimed_call(r, r.try_get("deadline")?)?)))
+        .collect()
 }
 
 /// The targets and their pending calls by `COPY … FROM STDIN` (text format): several times the
@@ -422,8 +467,7 @@ async fn upsert_attempts(conn: &mut sqlx::PgConnection, rows: &[TimelineRow]) ->
 /// The recipient's ledger of attempts: one array per column.
 async fn insert_contacts(
     conn: &mut sqlx::PgConnection,
-    campaign_id: Uuid,
-    calls: &[ClaimedCall],
+    calls: &[(Uuid, &ClaimedCall)],
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     if calls.is_empty() {
@@ -431,13 +475,13 @@ async fn insert_contacts(
     }
     sqlx::query(
         "INSERT INTO contact_attempts (phone_number, call_id, attempt, campaign_id, at) \
-         SELECT n, id, a, $4, $5 FROM UNNEST($1::text[], $2::uuid[], $3::int4[]) AS v(n, id, a) \
+         SELECT n, id, a, cid, $5 FROM UNNEST($1::text[], $2::uuid[], $3::int4[], $4::uuid[]) AS v(n, id, a, cid) \
          ON CONFLICT (phone_number, call_id, attempt) DO NOTHING",
     )
-    .bind(calls.iter().map(|c| c.phone_number.as_str()).collect::<Vec<_>>())
-    .bind(calls.iter().map(|c| c.id).collect::<Vec<_>>())
-    .bind(calls.iter().map(|c| c.attempt as i32).collect::<Vec<_>>())
-    .bind(campaign_id)
+    .bind(calls.iter().map(|(_, c)| c.phone_number.as_str()).collect::<Vec<_>>())
+    .bind(calls.iter().map(|(_, c)| c.id).collect::<Vec<_>>())
+    .bind(calls.iter().map(|(_, c)| c.attempt as i32).collect::<Vec<_>>())
+    .bind(calls.iter().map(|(campaign, _)| *campaign).collect::<Vec<_>>())
     .bind(at)
     .execute(conn)
     .await?;

@@ -9,7 +9,7 @@ use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::{Arg, CallWrite, ClaimedRow, Col, Dialect, Q, Tx};
+use super::{Arg, CallWrite, ClaimAsk, ClaimedRow, Col, Dialect, Q, Tx};
 use crate::StoreError;
 use crate::events::{CHUNK, EVENT_CHUNK};
 use crate::model::ClaimedCall;
@@ -157,11 +157,24 @@ impl Dialect for Sqlite {
 
     fn insert_contacts<'c>(
         c: &'c mut sqlx::SqliteConnection,
-        campaign_id: Uuid,
-        calls: &'c [ClaimedCall],
+        calls: &'c [(Uuid, &'c ClaimedCall)],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
-        crate::rules::insert_contacts_listed::<Sqlite>(c, campaign_id, calls, at)
+        crate::rules::insert_contacts_listed::<Sqlite>(c, calls, at)
+    }
+
+    async fn claim_round<'c>(
+        c: &'c mut sqlx::SqliteConnection,
+        retries: bool,
+        asks: &'c [ClaimAsk<'c>],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, ClaimedCall)>, StoreError> {
+        let mut out = Vec::new();
+        for a in asks {
+            let taken = crate::claims::claim_some::<Sqlite>(c, a, retries, at).await?;
+            out.extend(taken.into_iter().map(|k| (a.campaign_id, k)));
+        }
+        Ok(out)
     }
 }
 
