@@ -38,21 +38,31 @@ local function claims_key(fair_key)
   return fair_key .. ':claims'
 end
 
--- Adds (dd, dw) to a campaign's demand; the entry goes when nothing is left of it.
+-- Adds (dd, dw) to a campaign's demand; the entry goes when nothing is left of it. Returns the
+-- entry as it is now ({d, w, cap, weight}, or false when there is none); an update that changes
+-- nothing writes nothing (most refreshes of a steady campaign).
 local function add_demand(fair_key, campaign, dd, dw, cap, weight)
-  local d, w, ocap, oweight = parse_demand(redis.call('HGET', fair_key, campaign))
+  local v = redis.call('HGET', fair_key, campaign)
+  local d, w, ocap, oweight = parse_demand(v)
+  cap, weight = cap or ocap, weight or oweight
+  if dd == 0 and dw == 0 and cap == ocap and weight == oweight then
+    if v then return {d, w, cap, weight} end
+    return false
+  end
   local before = claim(d, w, ocap)
   d, w = d + dd, w + dw
-  local after = 0
+  local after, now = 0, false
   if d <= 0 and w <= 0 then
     redis.call('HDEL', fair_key, campaign)
   else
-    redis.call('HSET', fair_key, campaign, d .. ':' .. w .. ':' .. (cap or ocap) .. ':' .. (weight or oweight))
-    after = claim(d, w, cap or ocap)
+    redis.call('HSET', fair_key, campaign, d .. ':' .. w .. ':' .. cap .. ':' .. weight)
+    after = claim(d, w, cap)
+    now = {d, w, cap, weight}
   end
   if after ~= before and redis.call('EXISTS', claims_key(fair_key)) == 1 then
     redis.call('INCRBY', claims_key(fair_key), after - before)
   end
+  return now
 end
 
 -- Returns the tokens (and the demand) of up to `limit` expired leases.
@@ -138,14 +148,19 @@ end
 -- The shares of `campaigns` as campaign_shares computes them. Where every claim fits under the
 -- global cap, each share is its campaign's claim (both rounds of water-filling give every claim
 -- in full, exactly: whole numbers in doubles), read from its own entry: a sync then costs what
--- its requests cost, not the number of campaigns (fair.rs: shares_fit).
-local function shares_of(global_cap, fair_key, campaigns)
+-- its requests cost, not the number of campaigns (fair.rs: shares_fit). `known` holds entries
+-- this script has just read or written (campaign -> {d, w, cap, weight} or false): not read again.
+local function shares_of(global_cap, fair_key, campaigns, known)
   if total_claims(fair_key) > global_cap then return campaign_shares(global_cap, fair_key) end
   local out = {}
   for _, c in ipairs(campaigns) do
-    local v = redis.call('HGET', fair_key, c)
-    if v then
-      local d, w, cap, weight = parse_demand(v)
+    local e = known and known[c]
+    if e == nil then
+      local v = redis.call('HGET', fair_key, c)
+      if v then e = {parse_demand(v)} else e = false end
+    end
+    if e then
+      local d, w, cap, weight = e[1], e[2], e[3], e[4]
       out[c] = {claim(d, w, cap), {d, w, cap, math.max(weight, 1)}}
     end
   end

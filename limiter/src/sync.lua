@@ -27,7 +27,7 @@ local recovering = redis.call('EXISTS', KEYS[7]) == 1
 local gcap = tonumber(redis.call('GET', KEYS[2]) or ARGV[4])
 
 -- 1. Record each fresh request's demand (a duplicate or late generation changes nothing).
-local reqs = {}
+local reqs, known = {}, {}
 for i = 7, #ARGV, 8 do
   local r = {campaign = ARGV[i], want = tonumber(ARGV[i + 1]), gen = tonumber(ARGV[i + 2]), gen_s = ARGV[i + 2],
              in_use = tonumber(ARGV[i + 4]), demand = tonumber(ARGV[i + 5]), weight = math.max(tonumber(ARGV[i + 6]), 1),
@@ -40,7 +40,7 @@ for i = 7, #ARGV, 8 do
   r.cur, r.fresh = cur, not (lgen and r.gen <= lgen)
   if r.fresh then
     local want = math.max(r.want, r.demand)
-    add_demand(KEYS[8], r.campaign, r.demand - ldemand, want - lwant, r.cap, r.weight)
+    known[r.campaign] = add_demand(KEYS[8], r.campaign, r.demand - ldemand, want - lwant, r.cap, r.weight)
     r.ldemand, r.lwant = r.demand, want
   else
     r.ldemand, r.lwant = ldemand, lwant
@@ -51,7 +51,7 @@ end
 -- 2. Fair shares over every campaign with demand, then each request's give-back or grant.
 local ids = {}
 for n, r in ipairs(reqs) do ids[n] = r.campaign end
-local shares = shares_of(gcap, KEYS[8], ids)
+local shares = shares_of(gcap, KEYS[8], ids, known)
 local global = tonumber(redis.call('GET', KEYS[1]) or '0')
 local out = {}
 for _, r in ipairs(reqs) do

@@ -174,10 +174,8 @@ pub trait Dialect: Database + Sized {
         calls: &'c [(Uuid, &'c crate::model::ClaimedCall)],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
-    /// One step of a claim for several campaigns at once: each ask's due calls of its zone
-    /// (`retries`: those with a next attempt due at `at`; else new ones), up to its limit, moved
-    /// to queued with the ask's deadline; each returned with its campaign. PostgreSQL: one
-    /// statement for every ask (`LATERAL`); SQLite: one per ask.
+    /// A claim's step for several campaigns: each ask's due calls (`retries`: due at `at`; else
+    /// new ones) queued, with their campaigns. PostgreSQL: one statement; SQLite: one per ask.
     fn claim_round<'c>(
         c: &'c mut Self::Connection,
         retries: bool,
