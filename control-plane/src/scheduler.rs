@@ -87,7 +87,8 @@ pub struct SchedulerSettings {
     /// A call still queued this long after its claim (its messages may never have reached the
     /// broker: a control plane killed between the claim's commit and the broker's
     /// acknowledgement, or a delivery in doubt) is published again, same attempt and deadline,
-    /// and again every as long while its deadline lasts; the data plane dials an attempt once
+    /// and again every as long while its deadline lasts until the broker acknowledges one of
+    /// these publishes; the data plane dials an attempt once
     /// however many of its messages come. 0 = never (the reaper resolves such calls after
     /// `dispatch_ttl` + the longest call + `reap_grace`). Kafka bus only.
     #[serde(rename = "republish_after_ms", with = "millis")]
@@ -387,7 +388,9 @@ impl<S: DispatchSink> Scheduler<S> {
     /// Publishes again the messages of calls still queued `republish_after` after their claim
     /// (at most [`REPUBLISH_BATCH`] a tick, oldest first): same attempt, same deadline, so that
     /// a control plane that died between a claim's commit and the broker's acknowledgement
-    /// strands nothing until the reaper. The message may have been delivered (the
+    /// strands nothing until the reaper. Again every `republish_after` until the broker
+    /// acknowledges one of these publishes; then the call is left to the data plane (and the
+    /// reaper), so a call whose message waits in the topic is published once more at most. The message may have been delivered (the
     /// acknowledgement was lost, or it waits in a shard for a token): the shards' journals dial
     /// an attempt once however many of its messages come. Calls of campaigns no longer in
     /// progress are left to the reaper. Returns how many were published.
@@ -415,7 +418,14 @@ impl<S: DispatchSink> Scheduler<S> {
             let msgs: Vec<DispatchMessage> = calls.iter().map(|u| message(c, cap, &u.call, u.claimed_at)).collect();
             let k = msgs.len();
             match self.sink.publish_all(msgs).await {
-                Ok(()) => published += k,
+                Ok(()) => {
+                    published += k;
+                    // In the topic now: not published again (a failure here only means they may be).
+                    let ids: Vec<Uuid> = calls.iter().map(|u| u.call.id).collect();
+                    if let Err(e) = self.store.confirm_claims(&ids).await {
+                        tracing::warn!(campaign = %c.id, error = %e, "marking calls published again as delivered failed; they may be published once more");
+                    }
+                }
                 // Nothing is given back: the first message may be out there.
                 Err(e) => {
                     tracing::warn!(campaign = %c.id, error = %e, "publishing unconfirmed claims again failed; trying again after scheduler.republish_after_ms")

@@ -16,7 +16,7 @@ use crate::model::{ClaimedCall, Screened, UnconfirmedClaim};
 use crate::record::CANCELLED;
 use crate::{StoreError, now};
 
-/// Campaigns per statement of a claim (5 parameters each, under SQLite's 32,766).
+/// Campaigns (or calls) per statement of a claim (5 parameters each, under SQLite's 32,766).
 const CAMPAIGN_CHUNK: usize = 1000;
 
 /// A step of a claim for one ask (SQLite's [`Dialect::claim_round`]).
@@ -227,7 +227,7 @@ async fn claim_stats<D: Dialect>(
     screened: &[Screened],
 ) -> Result<(), StoreError> {
     use dialer_domain::rules::SkipReason;
-    let rows: Vec<(Uuid, [i64; 4])> = jobs
+    let mut rows: Vec<(Uuid, [i64; 4])> = jobs
         .iter()
         .zip(screened)
         .map(|(j, s)| {
@@ -237,8 +237,13 @@ async fn claim_stats<D: Dialect>(
         })
         .filter(|(_, [k, _, dnc, no_zone])| k + dnc + no_zone > 0)
         .collect();
+    // Locked in campaign-id order, as the recorder locks them: the update below takes its rows
+    // in no set order, and a claim of a group and a recorder's batch share campaigns.
+    rows.sort_unstable_by_key(|(id, _)| *id);
     // `VALUES` names its columns column1… in both databases.
     for chunk in rows.chunks(CAMPAIGN_CHUNK) {
+        let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| *id).collect();
+        crate::stats::lock_stats::<D>(&mut *conn, &ids).await?;
         let mut q = QueryBuilder::<D>::new(
             "UPDATE campaign_stats SET pending_calls = pending_calls - v.column2 - v.column4 - v.column5, \
              queued_calls = queued_calls + v.column2, attempts_total = attempts_total + v.column2, \
@@ -362,4 +367,24 @@ pub async fn unconfirmed_claims<D: Dialect>(
             })
         })
         .collect()
+}
+
+/// Calls published again whose message the broker has acknowledged: their claim is confirmed, so
+/// [`unconfirmed_claims`] takes them no more (`republish_at` moved to their deadline, past which it
+/// takes none). Left queued: the data plane dials them, or the reaper resolves them.
+#[tracing::instrument(name = "store.confirm_claims", level = "debug", skip_all)]
+pub async fn confirm_claims<D: Dialect>(pool: &sqlx::Pool<D>, calls: &[Uuid]) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    for chunk in calls.chunks(CAMPAIGN_CHUNK) {
+        let mut q = QueryBuilder::<D>::new(
+            "UPDATE calls SET republish_at = dispatch_deadline WHERE status = 'queued' AND id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_arg(*id);
+        }
+        q.push(")");
+        q.build().run(&mut *conn).await?;
+    }
+    Ok(())
 }

@@ -462,6 +462,9 @@ pub trait CallOps: Send + Sync {
         again_at: DateTime<Utc>,
         limit: usize,
     ) -> Op<'_, Vec<UnconfirmedClaim>>;
+    /// Calls published again whose message the broker acknowledged: not taken by
+    /// [`Ops::unconfirmed_claims`] any more.
+    fn confirm_claims<'a>(&'a self, calls: &'a [Uuid]) -> Op<'a, ()>;
     /// Undoes a claim whose dispatch failed.
     fn unclaim_calls<'a>(&'a self, campaign_id: Uuid, calls: &'a [ClaimedCall]) -> Op<'a, ()>;
 
@@ -548,6 +551,9 @@ impl<D: Dialect> CallOps for sqlx::Pool<D> {
         limit: usize,
     ) -> Op<'_, Vec<UnconfirmedClaim>> {
         Box::pin(claims::unconfirmed_claims(self, claimed, now, again_at, limit))
+    }
+    fn confirm_claims<'a>(&'a self, calls: &'a [Uuid]) -> Op<'a, ()> {
+        Box::pin(claims::confirm_claims(self, calls))
     }
     fn unclaim_calls<'a>(&'a self, campaign_id: Uuid, calls: &'a [ClaimedCall]) -> Op<'a, ()> {
         Box::pin(claims::unclaim_calls(self, campaign_id, calls))

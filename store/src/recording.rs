@@ -257,17 +257,8 @@ async fn write_stats<D: Dialect>(
 ) -> Result<(), StoreError> {
     let rows: Vec<(&Uuid, &Delta)> = deltas.iter().collect();
     for chunk in rows.chunks(CHUNK_ROWS / 16) {
-        // SQLite has one writer at a time and no row locks: nothing to order.
-        if D::ROW_LOCKS {
-            let mut q = QueryBuilder::<D>::new("SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (");
-            let mut sep = q.separated(", ");
-            for (id, _) in chunk {
-                sep.push_arg(**id);
-            }
-            q.push(") ORDER BY campaign_id");
-            q.push(D::FOR_UPDATE);
-            q.build().run(&mut **tx).await?;
-        }
+        let ids: Vec<Uuid> = chunk.iter().map(|(id, _)| **id).collect();
+        crate::stats::lock_stats::<D>(&mut **tx, &ids).await?;
         let mut q = QueryBuilder::<D>::new(
             "WITH v(cid, p, q, ip, c, f, a, r, f_busy, f_no_answer, f_rejected, f_invalid, f_failed, f_unknown, \
              m_human, m_machine, m_unknown, m_voicemail, m_opted_out, m_abandoned) AS (",

@@ -6,7 +6,26 @@ use dialer_api::views::CampaignStats;
 use uuid::Uuid;
 
 use crate::StoreError;
-use crate::dialect::{Bind, Dialect, QueryExt, RowExt};
+use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
+
+/// Locks these campaigns' stats rows in campaign-id order (`ids` sorted), before a statement that
+/// updates them in no set order: writers of several campaigns' rows (the recorder, a claim of a
+/// group of campaigns) wait for each other and never deadlock. SQLite has one writer at a time
+/// and no row locks: nothing to order.
+pub(crate) async fn lock_stats<D: Dialect>(conn: &mut D::Connection, ids: &[Uuid]) -> Result<(), StoreError> {
+    if !D::ROW_LOCKS || ids.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::QueryBuilder::<D>::new("SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (");
+    let mut sep = q.separated(", ");
+    for id in ids {
+        sep.push_arg(*id);
+    }
+    q.push(") ORDER BY campaign_id");
+    q.push(D::FOR_UPDATE);
+    q.build().run(&mut *conn).await?;
+    Ok(())
+}
 
 fn stats_from_row<D: Dialect>(id: Uuid, row: &D::Row) -> Result<CampaignStats, StoreError> {
     Ok(CampaignStats {
