@@ -13,7 +13,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::campaigns::{campaign_status, insert_event, open_status};
-use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
+use crate::dialect::{Bind, Dialect, PushArg, PushList, QueryExt, RowExt};
 use crate::model::{CallAnswer, CallQuery, LiveCall, NewCall};
 use crate::stats::add_pending;
 use crate::{CHUNK_ROWS, LOOKUP_CHUNK};
@@ -85,10 +85,7 @@ pub async fn queue_targets<D: Dialect>(
     for (chunk_no, chunk) in targets.chunks(LOOKUP_CHUNK).enumerate() {
         let mut q = QueryBuilder::<D>::new("SELECT phone_number, metadata FROM campaign_targets WHERE campaign_id = ");
         q.push_arg(campaign_id).push(" AND phone_number IN (");
-        let mut sep = q.separated(", ");
-        for (phone, _) in chunk {
-            sep.push_arg(phone.as_str());
-        }
+        q.push_list(chunk.iter().map(|(phone, _)| phone.as_str()));
         q.push(")");
         let mut registered: HashMap<String, Value> = HashMap::with_capacity(chunk.len());
         for row in q.build().rows(&mut **tx).await? {
@@ -132,10 +129,7 @@ pub async fn registered_numbers<D: Dialect>(
     for chunk in numbers.chunks(LOOKUP_CHUNK) {
         let mut q = QueryBuilder::<D>::new("SELECT phone_number FROM campaign_targets WHERE campaign_id = ");
         q.push_arg(campaign_id).push(" AND phone_number IN (");
-        let mut sep = q.separated(", ");
-        for n in chunk {
-            sep.push_arg(*n);
-        }
+        q.push_list(chunk.iter().copied());
         q.push(")");
         for row in q.build().rows(&mut *conn).await? {
             found.insert(row.col("phone_number")?);

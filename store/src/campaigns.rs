@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::calls::insert_pending_calls;
 use crate::dialect::ms;
-use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
+use crate::dialect::{Bind, Dialect, PushArg, PushList, QueryExt, RowExt};
 use crate::model::ActiveCampaign;
 use crate::record::CANCELLED;
 use crate::stats::{add_pending, read_stats};
@@ -108,10 +108,7 @@ async fn load_hours<D: Dialect>(
     let mut q = QueryBuilder::<D>::new(
         "SELECT campaign_id, day_of_week, start_minute, end_minute FROM campaign_business_hours WHERE campaign_id IN (",
     );
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_arg(*id);
-    }
+    q.push_list(ids.iter().copied());
     q.push(") ORDER BY campaign_id, position");
     for row in q.build().rows(&mut *conn).await? {
         out.entry(row.col("campaign_id")?).or_default().push(Window {
@@ -453,10 +450,7 @@ pub async fn transition<D: Dialect>(
         _ => {}
     }
     q.push(" WHERE id = ").push_arg(id).push(" AND status IN (");
-    let mut sep = q.separated(", ");
-    for s in &sources {
-        sep.push_arg(s.as_str());
-    }
+    q.push_list(sources.iter().map(|s| s.as_str()));
     q.push(")");
     if q.build().run(&mut **tx).await? == 0 {
         let current = fetch_campaign::<D>(&mut tx, id).await?;
@@ -572,10 +566,7 @@ pub(crate) async fn load_campaigns<D: Dialect>(
 ) -> Result<(), StoreError> {
     for chunk in ids.chunks(LOOKUP_CHUNK) {
         let mut q = QueryBuilder::<D>::new(format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id IN ("));
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_arg(*id);
-        }
+        q.push_list(chunk.iter().copied());
         q.push(") ORDER BY id");
         q.push(D::FOR_SHARE);
         for r in q.build().rows(&mut *conn).await? {

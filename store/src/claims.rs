@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::QueryBuilder;
 
 use crate::campaigns::locked_status;
-use crate::dialect::{Bind, ClaimAsk, Dialect, PushArg, QueryExt, RowExt};
+use crate::dialect::{Bind, ClaimAsk, Dialect, PushArg, PushList, QueryExt, RowExt};
 use crate::model::{ClaimedCall, Screened, UnconfirmedClaim};
 use crate::record::CANCELLED;
 use crate::{StoreError, now};
@@ -141,10 +141,7 @@ async fn in_progress<D: Dialect>(conn: &mut D::Connection, ids: &[Uuid]) -> Resu
     let mut open = HashSet::new();
     for chunk in ids.chunks(CAMPAIGN_CHUNK) {
         let mut q = QueryBuilder::<D>::new("SELECT id FROM campaigns WHERE status = 'in_progress' AND id IN (");
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_arg(*id);
-        }
+        q.push_list(chunk.iter().copied());
         q.push(") ORDER BY id").push(D::FOR_SHARE);
         for r in q.build().rows(&mut *conn).await? {
             open.insert(r.col("id")?);
@@ -379,10 +376,7 @@ pub async fn confirm_claims<D: Dialect>(pool: &sqlx::Pool<D>, calls: &[Uuid]) ->
         let mut q = QueryBuilder::<D>::new(
             "UPDATE calls SET republish_at = dispatch_deadline WHERE status = 'queued' AND id IN (",
         );
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_arg(*id);
-        }
+        q.push_list(chunk.iter().copied());
         q.push(")");
         q.build().run(&mut *conn).await?;
     }

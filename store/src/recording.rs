@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::calls::ms_to_time;
 use crate::campaigns::load_campaigns;
-use crate::dialect::{CallWrite, Dialect, PushArg, QueryExt, RowExt, Tx};
+use crate::dialect::{CallWrite, Dialect, PushArg, PushList, QueryExt, RowExt, Tx};
 use crate::model::RecordReport;
 use crate::record::{Delta, Known, TimelineEntry};
 use crate::{CHUNK_ROWS, Corrupt, LOOKUP_CHUNK, StoreError, now, sorted_unique};
@@ -145,10 +145,7 @@ pub(crate) async fn lock_calls_listed<D: Dialect>(
     let mut q = QueryBuilder::<D>::new(
         "SELECT campaign_id, id, status, attempt_count, retry_delay_ms, phone_number, event_seq FROM calls WHERE id IN (",
     );
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_arg(*id);
-    }
+    q.push_list(ids.iter().copied());
     q.push(") ORDER BY id");
     q.push(D::FOR_UPDATE);
     Ok(q.build().rows(conn).await?)

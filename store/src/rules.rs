@@ -15,7 +15,7 @@ use sqlx::QueryBuilder;
 use uuid::Uuid;
 
 use crate::claims::ClaimJob;
-use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
+use crate::dialect::{Bind, Dialect, PushArg, PushList, QueryExt, RowExt};
 use crate::model::{ClaimedCall, Preview, Screened, Suppression};
 use crate::{StoreError, now};
 
@@ -151,15 +151,9 @@ async fn dnc_hits<D: Dialect>(
         let lists: HashSet<Uuid> = chunk.iter().map(|(c, _)| *c).chain([GLOBAL_LIST]).collect();
         let numbers: HashSet<&str> = chunk.iter().map(|(_, n)| *n).collect();
         let mut q = QueryBuilder::<D>::new("SELECT campaign_id, phone_number FROM dnc_entries WHERE campaign_id IN (");
-        let mut sep = q.separated(", ");
-        for l in lists {
-            sep.push_arg(l);
-        }
+        q.push_list(lists);
         q.push(") AND phone_number IN (");
-        let mut sep = q.separated(", ");
-        for n in numbers {
-            sep.push_arg(n);
-        }
+        q.push_list(numbers);
         q.push(") AND (expires_at IS NULL OR expires_at > ").push_arg(at).push(")");
         for r in q.build().rows(&mut *conn).await? {
             hits.0.insert((r.col("campaign_id")?, r.col("phone_number")?));
@@ -177,10 +171,7 @@ async fn recent_attempts<D: Dialect>(
     let mut out: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
     for chunk in numbers.chunks(LOOKUP_CHUNK) {
         let mut q = QueryBuilder::<D>::new("SELECT phone_number, at FROM contact_attempts WHERE phone_number IN (");
-        let mut sep = q.separated(", ");
-        for n in chunk {
-            sep.push_arg(*n);
-        }
+        q.push_list(chunk.iter().copied());
         q.push(") AND at > ").push_arg(since);
         for r in q.build().rows(&mut *conn).await? {
             out.entry(r.col("phone_number")?).or_default().push(r.col("at")?);
@@ -338,10 +329,7 @@ async fn write_skipped<D: Dialect>(
             );
             q.push_arg(reason.as_str()).push(", updated_at = ").push_arg(at);
             q.push(" WHERE campaign_id = ").push_arg(campaign_id).push(" AND id IN (");
-            let mut sep = q.separated(", ");
-            for c in chunk {
-                sep.push_arg(c.id);
-            }
+            q.push_list(chunk.iter().map(|c| c.id));
             q.push(")");
             q.build().run(&mut *conn).await?;
             let mut t = QueryBuilder::<D>::new(

@@ -6,7 +6,7 @@ use dialer_api::views::CampaignStats;
 use uuid::Uuid;
 
 use crate::StoreError;
-use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt};
+use crate::dialect::{Bind, Dialect, PushList, QueryExt, RowExt};
 
 /// Locks these campaigns' stats rows in campaign-id order (`ids` sorted), before a statement that
 /// updates them in no set order: writers of several campaigns' rows (the recorder, a claim of a
@@ -17,10 +17,7 @@ pub(crate) async fn lock_stats<D: Dialect>(conn: &mut D::Connection, ids: &[Uuid
         return Ok(());
     }
     let mut q = sqlx::QueryBuilder::<D>::new("SELECT campaign_id FROM campaign_stats WHERE campaign_id IN (");
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_arg(*id);
-    }
+    q.push_list(ids.iter().copied());
     q.push(") ORDER BY campaign_id");
     q.push(D::FOR_UPDATE);
     q.build().run(&mut *conn).await?;

@@ -5,8 +5,8 @@
 //! (`bind`, `execute`, `try_get`) cannot be called on a generic database (their bounds name
 //! each value type and argument buffer of the database), so binding, running and reading go
 //! through the dialect, with extension traits that read like sqlx ([`Bind`], [`QueryExt`],
-//! [`PushArg`], [`RowExt`]):
-//! `sqlx::query::<D>(SQL).arg(id).run(&mut **tx)`, `row.col::<i64>("n")`.
+//! [`PushArg`], [`PushList`], [`RowExt`]):
+//! `sqlx::query::<D>(SQL).arg(id).run(&mut **tx)`, `q.push_list(ids.iter().copied())`, `row.col::<i64>("n")`.
 //!
 //! The differences ([`postgres`], [`sqlite`]): how a write transaction begins (SQLite `BEGIN IMMEDIATE`, so two writers
 //! never deadlock upgrading a read lock), row locks (`FOR UPDATE`/`FOR SHARE`/`SKIP LOCKED`, which
@@ -374,6 +374,21 @@ impl<'q, D: Dialect> PushArg<'q> for QueryBuilder<'q, D> {
 impl<'qb, 'q, D: Dialect, S: std::fmt::Display> PushArg<'q> for Separated<'qb, 'q, D, S> {
     fn push_arg<T: Arg<'q>>(&mut self, v: T) -> &mut Self {
         D::push_bind_separated(self, v);
+        self
+    }
+}
+
+/// Values as the arguments of a list, separated by commas: the inside of `IN (…)`.
+pub trait PushList<'q> {
+    fn push_list<T: Arg<'q>>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self;
+}
+
+impl<'q, D: Dialect> PushList<'q> for QueryBuilder<'q, D> {
+    fn push_list<T: Arg<'q>>(&mut self, values: impl IntoIterator<Item = T>) -> &mut Self {
+        let mut sep = self.separated(", ");
+        for v in values {
+            sep.push_arg(v);
+        }
         self
     }
 }

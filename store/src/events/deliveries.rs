@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::log::log_head;
 use super::{Attempt, CHUNK, Claim, ClaimedDelivery, DeadLetter, Finished, QueueCounts};
-use crate::dialect::{Bind, Dialect, PushArg, QueryExt, RowExt, Tx};
+use crate::dialect::{Bind, Dialect, PushArg, PushList, QueryExt, RowExt, Tx};
 use crate::{Conflict, Corrupt, StoreError, now};
 
 /// The pending deliveries of an endpoint between log positions `first` and `last` that
@@ -57,10 +57,7 @@ fn push_subscription<D: Dialect>(q: &mut QueryBuilder<'_, D>, sub: &Subscription
     }
     if !sub.types.is_empty() {
         q.push(" AND kind IN (");
-        let mut sep = q.separated(", ");
-        for t in &sub.types {
-            sep.push_arg(t.as_str());
-        }
+        q.push_list(sub.types.iter().map(|t| t.as_str()));
         q.push(")");
     }
 }
@@ -297,10 +294,7 @@ async fn bodies<D: Dialect>(tx: &mut Tx<D>, seqs: &[i64]) -> Result<Vec<(i64, St
     for chunk in seqs.chunks(CHUNK) {
         let mut q =
             QueryBuilder::<D>::new(format!("SELECT e.seq, {} FROM events e WHERE e.seq IN (", super::BODY_COLUMNS));
-        let mut sep = q.separated(", ");
-        for s in chunk {
-            sep.push_arg(*s);
-        }
+        q.push_list(chunk.iter().copied());
         q.push(")");
         for r in q.build().rows(&mut **tx).await? {
             out.push((r.col("seq")?, super::body_from_row(&r)?, r.col("created_at")?));
@@ -323,10 +317,7 @@ async fn stream_states<D: Dialect>(
         let mut q =
             QueryBuilder::<D>::new("SELECT DISTINCT stream_id, state FROM webhook_deliveries WHERE endpoint_id = ");
         q.push_arg(endpoint).push(" AND stream_id IN (");
-        let mut sep = q.separated(", ");
-        for s in chunk {
-            sep.push_arg(*s);
-        }
+        q.push_list(chunk.iter().copied());
         q.push(")");
         for (stream, state) in q.build().tuples::<(Uuid, String)>(&mut **tx).await? {
             if state == "dead" {
@@ -725,10 +716,7 @@ pub async fn replay<D: Dialect>(pool: &sqlx::Pool<D>, endpoint: Uuid, seqs: Opti
         }
         q.push(" AND stream_id IN (SELECT stream_id FROM webhook_deliveries WHERE endpoint_id = ").push_arg(endpoint);
         q.push(" AND state = 'dead' AND seq IN (");
-        let mut sep = q.separated(", ");
-        for s in seqs.iter().take(CHUNK) {
-            sep.push_arg(*s);
-        }
+        q.push_list(seqs.iter().take(CHUNK).copied());
         q.push("))");
     }
     let n = q.build().run(&mut **tx).await?;
