@@ -1,7 +1,8 @@
 //! `bench chaos` fault `disk`: the data planes' attempt journal on a small tmpfs of its own, filled
 //! to the last byte for a while (a filler file written until the kernel answers "no space"), then
 //! emptied. While it is full no start can be journaled: the product must dial nothing it could not
-//! record (those calls fail retryable, `journal_unavailable`) and say so on `/healthz`.
+//! record (those calls wait in the data plane, their attempts unused, until it writes again) and
+//! say so on `/healthz`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

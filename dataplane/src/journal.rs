@@ -79,6 +79,9 @@ impl Msg {
 pub enum Record {
     Started(Attempt, Msg),
     Done(Attempt, Msg),
+    /// The start before it was taken back undialled (the journal could not make it durable):
+    /// the attempt is as if never started, and a later message of it may start it.
+    Withdrawn(Attempt, Msg),
 }
 
 impl Record {
@@ -87,6 +90,7 @@ impl Record {
         let (tag, (id, attempt), m) = match self {
             Record::Started(a, m) => ('S', a, m),
             Record::Done(a, m) => ('D', a, m),
+            Record::Withdrawn(a, m) => ('W', a, m),
         };
         let _ = writeln!(out, "{tag} {} {attempt} {} {}", id.as_hyphenated(), m.offset, m.deadline_ms);
     }
@@ -110,6 +114,7 @@ impl Record {
         match tag {
             "S" => Some(Record::Started((id, attempt), m)),
             "D" => Some(Record::Done((id, attempt), m)),
+            "W" => Some(Record::Withdrawn((id, attempt), m)),
             _ => None,
         }
     }
@@ -148,6 +153,9 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> (Attempts, Attempts)
                 open.remove(&a);
                 done.insert(a, o);
             }
+            Record::Withdrawn(a, _) => {
+                open.remove(&a);
+            }
         }
     }
     (open, done)
@@ -181,6 +189,9 @@ pub fn dialled_attempts(dir: &Path) -> Result<std::collections::HashSet<Attempt>
             match Record::decode(&line.map_err(io_err(&path))?) {
                 Some(Record::Started(a, _) | Record::Done(a, _)) => {
                     out.insert(a);
+                }
+                Some(Record::Withdrawn(a, _)) => {
+                    out.remove(&a);
                 }
                 None => {}
             }
@@ -425,7 +436,14 @@ fn compact(path: &Path, open: &Attempts, done: &Attempts) -> Result<File, Journa
 
 /// Writes what is left of a file's buffer and syncs it, with plain system calls.
 fn finish_plain(p: &mut PartitionJournal, sync: bool) -> Result<(), JournalError> {
-    p.file.write_all(&p.buf).map_err(io_err(&p.path))?;
+    let before = p.file.metadata().map_err(io_err(&p.path))?.len();
+    if let Err(e) = p.file.write_all(&p.buf) {
+        // A write cut short (a full disk) leaves part of a record: take it back, so that the
+        // whole buffer, written again later, does not follow a torn line that would swallow
+        // its first record.
+        let _ = p.file.set_len(before);
+        return Err(io_err(&p.path)(e));
+    }
     p.buf.clear();
     if sync {
         p.file.sync_data().map_err(io_err(&p.path))?;
@@ -580,6 +598,22 @@ impl Journal {
         Ok(())
     }
 
+    /// Takes back the start of `a`, queued by [`Journal::started`] but not made durable (the
+    /// commit failed): the call is not dialled. A `W` record follows its `S` record, so neither
+    /// this shard nor a restarted one takes the attempt for started (a restart that finds the `S`
+    /// without it, the `W` unwritten, reports `unknown_outcome`: a full disk never turns into a
+    /// second dial), and a later message of it starts it again.
+    pub fn withdraw(&mut self, partition: i32, a: Attempt) -> Result<(), JournalError> {
+        let p = self.part(partition)?;
+        p.mine.remove(&a);
+        if let Some(m) = p.open.remove(&a) {
+            Record::Withdrawn(a, m).encode(&mut p.buf);
+            p.appended += 1;
+            p.dirty = true;
+        }
+        Ok(())
+    }
+
     /// The offset of the message that started `a` while it is open: a message of it at another
     /// offset is a second one (a republished claim), not the same one redelivered.
     pub fn started_offset(&self, partition: i32, a: Attempt) -> Option<i64> {
@@ -694,6 +728,15 @@ impl Journal {
     pub fn open_attempts(&self) -> usize {
         self.parts.values().map(|p| p.open.len()).sum()
     }
+
+    /// Tests: `partition`'s records go to `path` from now on (`/dev/full`: every write fails
+    /// for want of space, as on a full disk).
+    #[cfg(test)]
+    pub(crate) fn write_to(&mut self, partition: i32, path: &Path) -> Result<(), JournalError> {
+        let p = self.part(partition)?;
+        p.file = OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -707,6 +750,48 @@ mod tests {
     /// A message at `offset` with no deadline.
     fn m(offset: i64) -> Msg {
         Msg::new(offset, 0)
+    }
+
+    #[test]
+    fn a_withdrawn_start_is_as_if_never_started_here_and_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path(), true).expect("open");
+        j.started(0, a(1, 1), m(10)).expect("started");
+        j.started(0, a(2, 1), m(11)).expect("started");
+        j.commit().expect("commit");
+        j.withdraw(0, a(1, 1)).expect("withdrawn");
+        j.commit().expect("commit");
+        assert_eq!(j.seen(0, a(1, 1)).expect("seen"), Seen::No, "a later message of it may start it");
+        assert_eq!(j.seen(0, a(2, 1)).expect("seen"), Seen::InFlight);
+        let dialled = dialled_attempts(dir.path()).expect("read");
+        assert_eq!(dialled, [a(2, 1)].into_iter().collect(), "the withdrawn start was never dialled");
+        drop(j);
+        let mut again = Journal::open(dir.path(), true).expect("reopen");
+        assert_eq!(again.seen(0, a(1, 1)).expect("seen"), Seen::No);
+        assert_eq!(again.seen(0, a(2, 1)).expect("seen"), Seen::Unresolved);
+        // Started again after the withdrawal: started for good.
+        again.started(0, a(1, 1), m(12)).expect("started");
+        again.commit().expect("commit");
+        drop(again);
+        let bytes = std::fs::read(dir.path().join("p0.journal")).expect("read");
+        let (open, _) = replay(whole_lines(&bytes).filter_map(Record::decode));
+        assert_eq!(open.keys().copied().collect::<std::collections::HashSet<_>>(), [a(1, 1), a(2, 1)].into());
+    }
+
+    #[test]
+    fn a_write_refused_for_want_of_space_keeps_its_records_and_the_withdrawal_follows_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path(), true).expect("open");
+        j.started(0, a(1, 1), m(10)).expect("started");
+        j.write_to(0, Path::new("/dev/full")).expect("/dev/full");
+        assert!(j.commit().is_err(), "no space");
+        j.withdraw(0, a(1, 1)).expect("withdrawn");
+        j.write_to(0, &dir.path().join("p0.journal")).expect("the file again");
+        j.commit().expect("commit");
+        let text = std::fs::read_to_string(dir.path().join("p0.journal")).expect("read");
+        let records: Vec<Record> = text.lines().filter_map(Record::decode).collect();
+        assert_eq!(records, vec![Record::Started(a(1, 1), m(10)), Record::Withdrawn(a(1, 1), m(10))]);
+        assert_eq!(text.lines().count(), 2, "no torn line");
     }
 
     #[test]
@@ -871,7 +956,7 @@ mod tests {
             let offsets: Vec<i64> = recs
                 .iter()
                 .map(|r| match r {
-                    Record::Started(_, o) | Record::Done(_, o) => o.offset,
+                    Record::Started(_, o) | Record::Done(_, o) | Record::Withdrawn(_, o) => o.offset,
                 })
                 .collect();
             assert!(offsets.windows(2).all(|w| w[0] < w[1]), "in order, no duplicate");

@@ -36,6 +36,10 @@ pub fn describe() {
         "dialer_dataplane_duplicates_total",
         "Second messages of an attempt (a control plane published an unconfirmed claim again) finished without a dial."
     );
+    describe_counter!(
+        "dialer_dataplane_journal_held_total",
+        "Starts not dialled because the attempt journal could not be written (a full disk): each message waits in the shard and tries again, its attempt unused."
+    );
     describe_gauge!(
         "dialer_shard_busy_ratio",
         "Share of the last second a data-plane shard's core spent working, by shard."
@@ -77,6 +81,7 @@ pub fn describe() {
         "dialer_unknown_outcomes_total",
         "dialer_dispatch_malformed_total",
         "dialer_dataplane_duplicates_total",
+        "dialer_dataplane_journal_held_total",
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -76,6 +76,8 @@ pub struct ShardReport {
     pub reproduced: u64,
     /// Times a partition's messages had to wait for another shard to let go of its journal.
     pub held_back: u64,
+    /// Starts the journal could not record (a full disk): held in the shard, not dialled.
+    pub journal_held: u64,
 }
 
 /// Settings a shard runs with.
@@ -354,18 +356,37 @@ impl<P: Provider, S: DispatchSource, K: StatusSink> Shard<P, S, K> {
     }
 
     /// Makes the starts durable in one group commit. Calls the journal cannot record are not
-    /// dialled: their tokens go back and they are reported failed (retryable). Their campaigns
-    /// are not woken here (the journal would fail again at once): the next heartbeat wakes them.
+    /// dialled and keep their attempt: they are held ([`Shard::hold_unrecorded`]) until it
+    /// writes again.
     fn journal_starts(&mut self, starts: &mut Vec<Waiting>, now: u64) {
         let durable = self.record_starts(starts);
         self.my_health().set_journal_failing(durable.is_err());
         if let Err(e) = durable {
-            tracing::error!(shard = self.index, error = %e, calls = starts.len(), "journal write failed: these calls are not dialed and are reported as failed (retryable)");
-            for w in starts.drain(..) {
-                self.lease.release(w.msg.campaign_id);
+            tracing::error!(shard = self.index, error = %e, calls = starts.len(), "journal write failed: these calls are not dialed; they wait in the shard until the journal can be written again or their deadline passes");
+            self.hold_unrecorded(starts, now);
+        }
+    }
+
+    /// Starts the journal could not make durable: each is withdrawn from the journal, its token
+    /// goes back, and its message waits [`JOURNAL_RETRY_MS`] in its queue before it tries again
+    /// (its deadline passing meanwhile reports it expired, which gives its attempt back). A start
+    /// the journal cannot even withdraw is reported failed (retryable, `journal_unavailable`): its
+    /// `S` record would take a later start of it for a second message.
+    fn hold_unrecorded(&mut self, starts: &mut Vec<Waiting>, now: u64) {
+        for mut w in starts.drain(..) {
+            self.lease.release(w.msg.campaign_id);
+            let attempt = (w.msg.call_id, w.msg.attempt);
+            let withdrawn = self.journal.as_mut().map_or(Ok(()), |j| j.withdraw(w.partition, attempt));
+            if let Err(e) = withdrawn {
+                tracing::error!(shard = self.index, error = %e, call = %w.msg.call_id, "journal: a start not dialed could not be withdrawn; reported failed");
                 let ev = retryable_failure(&w.msg, EventKind::Failed, "journal_unavailable", self.index, now);
                 self.events.push((ev, Some((w.partition, w.offset))));
+                continue;
             }
+            self.report.journal_held += 1;
+            metrics::counter!("dialer_dataplane_journal_held_total").increment(1);
+            w.msg.not_before_ms = now + JOURNAL_RETRY_MS;
+            self.queues.push(w, now);
         }
     }
 
@@ -854,6 +875,9 @@ impl Ticks {
 /// Opt-outs a shard remembers: the scheduler announces at most 1,000 per tick, each kept for the
 /// dispatch TTL (5 minutes by default), so 300,000 at 1 tick/s; beyond, the soonest to lapse goes.
 const SUPPRESSIONS_MAX: usize = 500_000;
+
+/// How long a start the journal could not record waits before it tries again.
+const JOURNAL_RETRY_MS: u64 = 1_000;
 
 fn started_event(msg: &DispatchMessage, shard: u16, now: u64, dial_us: u64) -> StatusEvent {
     let mut ev = event(msg, EventKind::Started, shard, now);

@@ -386,6 +386,35 @@ fn a_partition_whose_journal_another_shard_holds_is_not_dialled_until_it_lets_go
     });
 }
 
+/// The journal's disk is full (`/dev/full`): no start can be made durable, so none is dialled,
+/// none is reported failed (its attempt would be used up); each message waits in the shard and
+/// tries again every second until its deadline passes, then it is reported expired (which gives
+/// the attempt back) and finished.
+#[test]
+fn starts_the_journal_cannot_record_wait_undialled_and_expire_at_their_deadline() {
+    local(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut journal = Journal::open(dir.path(), true).expect("open");
+        journal.write_to(0, std::path::Path::new("/dev/full")).expect("/dev/full");
+        let (n, cap) = (10u128, 5);
+        let deadline = now_ms() + 2_500;
+        let batch: Vec<Delivery> = (0..n)
+            .map(|i| {
+                let msg = Dispatch::call(i).campaign(Uuid::from_u128(CAMPAIGN)).cap(cap).deadline_ms(deadline).build();
+                Delivery { partition: 0, offset: i as i64, msg: Ok(msg) }
+            })
+            .collect();
+        let r = run_with(script(vec![batch], None), tuning(), cap, n as usize, Some(journal), (1, 15)).await;
+        assert!(!r.log.iter().any(|s| matches!(s, Step::Placed(_))), "nothing dialled");
+        let outcomes: Vec<&StatusEvent> = r.events.iter().filter(|e| e.kind != EventKind::Started).collect();
+        assert!(outcomes.iter().all(|e| e.kind == EventKind::Expired), "expired, none failed: {outcomes:?}");
+        let expired: HashSet<Uuid> = outcomes.iter().map(|e| e.call_id).collect();
+        assert_eq!(expired, (0..n).map(Uuid::from_u128).collect(), "each message once");
+        assert!(r.report.journal_held >= 2 * n as u64, "tried again while it waited: {}", r.report.journal_held);
+        assert!(r.report.journal_held <= 4 * n as u64, "about once a second: {}", r.report.journal_held);
+    });
+}
+
 /// A campaign that used its whole turn and has more to start gets its next turn at once, not
 /// at the shard's next event: with calls that outlast the test and no tick due, every message
 /// starts (in turns of `quantum`), not only the first turn's.
