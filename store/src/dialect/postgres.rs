@@ -211,7 +211,9 @@ async fn claim_round(
 }
 
 /// The targets and their pending calls by `COPY … FROM STDIN` (text format): several times the
-/// rows per second of multi-row `INSERT`s, which bind every value.
+/// rows per second of multi-row `INSERT`s, which bind every value. The rows go in pieces of
+/// [`COPY_PIECE_ROWS`], each sent as soon as it is written, so PostgreSQL parses and indexes one
+/// piece while the next is written (one string of a million rows would keep it idle meanwhile).
 async fn copy_targets(
     conn: &mut sqlx::PgConnection,
     campaign_id: Uuid,
@@ -221,26 +223,43 @@ async fn copy_targets(
     if targets.is_empty() {
         return Ok(0);
     }
-    let at = at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
-    let mut rows = String::with_capacity(targets.len() * 96);
-    for t in targets {
-        copy_row(&mut rows, &[&campaign_id.to_string(), &t.phone_number, &t.metadata.to_string(), &at]);
-    }
-    copy(conn, "COPY campaign_targets (campaign_id, phone_number, metadata, created_at) FROM STDIN", rows).await?;
-    let mut rows = String::with_capacity(targets.len() * 160);
-    for t in targets {
+    let (at, campaign) = (at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(), campaign_id.to_string());
+    let metadata: Vec<String> = targets.iter().map(|t| t.metadata.to_string()).collect();
+    let statement = "COPY campaign_targets (campaign_id, phone_number, metadata, created_at) FROM STDIN";
+    copy(conn, statement, targets.len(), |i, out| {
+        copy_row(out, &[&campaign, &targets[i].phone_number, &metadata[i], &at]);
+    })
+    .await?;
+    let statement = "COPY calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, \
+                     updated_at, zone) FROM STDIN";
+    copy(conn, statement, targets.len(), |i, out| {
+        let t = &targets[i];
         let zone = dialer_domain::recipient::zone_key(&t.phone_number, &t.metadata);
-        let (campaign, id, meta) = (campaign_id.to_string(), Uuid::now_v7().to_string(), t.metadata.to_string());
-        copy_row(&mut rows, &[&campaign, &id, &t.phone_number, &meta, "pending", "0", &at, &at, &zone]);
-    }
-    let calls = "COPY calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, \
-                 updated_at, zone) FROM STDIN";
-    copy(conn, calls, rows).await
+        let id = Uuid::now_v7().to_string();
+        copy_row(out, &[&campaign, &id, &t.phone_number, &metadata[i], "pending", "0", &at, &at, &zone]);
+    })
+    .await
 }
 
-async fn copy(conn: &mut sqlx::PgConnection, statement: &str, rows: String) -> Result<u64, StoreError> {
+/// Rows a piece of a `COPY` carries (about 1–2 MB of text).
+const COPY_PIECE_ROWS: usize = 8192;
+
+/// Runs `statement` (a `COPY … FROM STDIN`) with rows `0..rows`, `row(i, out)` writing row `i`.
+async fn copy(
+    conn: &mut sqlx::PgConnection,
+    statement: &str,
+    rows: usize,
+    mut row: impl FnMut(usize, &mut String),
+) -> Result<u64, StoreError> {
     let mut sink = conn.copy_in_raw(statement).await?;
-    sink.send(rows.into_bytes()).await?;
+    let mut piece = String::with_capacity(COPY_PIECE_ROWS * 192);
+    for start in (0..rows).step_by(COPY_PIECE_ROWS) {
+        piece.clear();
+        for i in start..rows.min(start + COPY_PIECE_ROWS) {
+            row(i, &mut piece);
+        }
+        sink.send(piece.as_bytes()).await?;
+    }
     Ok(sink.finish().await?)
 }
 
