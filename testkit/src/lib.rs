@@ -82,10 +82,14 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// Starts a watchdog that kills `pid` (and its process group) and removes `dir` once this
-/// process is gone.
+/// process is gone. It ends as soon as `pid` is gone first (killed or restarted by the harness,
+/// which still owns `dir`), taking what is left of its group with it: a run that restarts a
+/// server many times must not gather a polling shell per restart.
 fn watch(pid: u32, dir: &Path) {
     let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -INT -- -{pid} 2>/dev/null || kill -INT {pid} 2>/dev/null; \
+        "while kill -0 {me} 2>/dev/null; do \
+         kill -0 {pid} 2>/dev/null || {{ kill -KILL -- -{pid} 2>/dev/null; exit 0; }}; sleep 0.5; done; \
+         kill -INT -- -{pid} 2>/dev/null || kill -INT {pid} 2>/dev/null; \
          for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.5; done; \
          kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'",
         me = std::process::id(),
