@@ -116,12 +116,15 @@ if [ $smoke_ok = 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); 
 # (503) for 8 s every 25 s, audited from its own log (every event arrived, none out of order), and
 # one control plane's wall clock stepped 3 s ahead and behind (libfaketime), the data planes' journal
 # disk full (a 16 MiB tmpfs of its own, filled for 10 s every 15 s; root), the attempt timeline on
-# Apache Cassandra read back at the end (every dialled attempt has its row and outcome) ------------
+# Apache Cassandra read back at the end (every dialled attempt has its row and outcome), the calls
+# placed through the SIP provider on two sipp trunks whose far ends are SIGKILLed with calls up
+# and answer 503 for a while, audited from the far ends' own logs (no attempt answered twice, no
+# trunk over its channels or calls per second) ------------------------------------------------------
 echo "== chaos: bench chaos (60 s)"
 cargo build --quiet -p dialer -p dialer-bench
 if "$CARGO_TARGET_DIR/debug/bench" chaos --fault-seconds 60 --campaigns 3 --targets 300 --global-cap 24 \
-  --faults kill,cp-kill,freeze,redis,broker,postgres,cassandra,webhook,clock,disk --webhooks --cassandra --disk-full-every-s 15 \
-  --disk-full-s 10 --settle-timeout-s 300 \
+  --faults kill,cp-kill,freeze,redis,broker,postgres,cassandra,webhook,clock,disk,sip-kill,sip-503 --webhooks --cassandra \
+  --sip --disk-full-every-s 15 --disk-full-s 10 --settle-timeout-s 300 \
   --json "${TMPDIR:-/tmp}/dialer-chaos.json"; then
   passed=$((passed + 1))
 else

@@ -127,6 +127,8 @@ pub struct Args {
     /// With `--assignment group`: `eager` or `cooperative_sticky`.
     #[arg(long, default_value = "eager")]
     assignor: String,
+    #[command(flatten)]
+    sip: crate::chaos_sip::SipArgs,
     /// The `dialer` binary (default: next to this one; build it with `cargo build --release -p dialer`).
     #[arg(long)]
     dialer: Option<PathBuf>,
@@ -291,6 +293,8 @@ struct Audit {
     outcomes: std::collections::HashSet<(Uuid, u32)>,
     /// Attempts not dialled because the journal could not record them (fault `disk`).
     journal_unavailable: u64,
+    /// Each call's campaign, as its events name it.
+    campaigns: HashMap<Uuid, Uuid>,
 }
 
 async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
@@ -305,12 +309,14 @@ async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
     let mut outcomes = std::collections::HashSet::new();
     let mut events = 0u64;
     let mut journal_unavailable = 0u64;
+    let mut campaigns = HashMap::new();
     let mut quiet = Instant::now();
     while quiet.elapsed() < Duration::from_secs(5) {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
             quiet = Instant::now();
             events += 1;
             let Ok(e) = StatusEvent::decode(m.payload().unwrap_or_default()) else { continue };
+            campaigns.insert(e.call_id, e.campaign_id);
             if e.kind == EventKind::Started {
                 *started.entry((e.call_id, e.attempt)).or_default() += 1;
             } else {
@@ -320,7 +326,7 @@ async fn audit_status_topic(brokers: &str, topic: &str) -> Result<Audit> {
         }
     }
     let started_duplicates = started.values().map(|n| u64::from(n.saturating_sub(1))).sum();
-    Ok(Audit { started_duplicates, events, outcomes, journal_unavailable })
+    Ok(Audit { started_duplicates, events, outcomes, journal_unavailable, campaigns })
 }
 
 /// The servers and processes of a chaos run, and where their logs and ledgers go.
@@ -339,13 +345,27 @@ struct Cluster {
     cassandra_restart: Option<tokio::task::JoinHandle<Result<(), dialer_testkit::HarnessError>>>,
     /// The journal's own file system (fault `disk`), unmounted before `work` is removed.
     journal_fs: Option<crate::chaos_disk::Tmpfs>,
+    /// The SIP trunks' far ends (`--sip`).
+    sip: Option<crate::chaos_sip::Trunks>,
     work: tempfile::TempDir,
     cps: Vec<Proc>,
     dps: Vec<Proc>,
 }
 
-const FAULTS: [&str; 10] =
-    ["kill", "cp-kill", "freeze", "redis", "broker", "postgres", "cassandra", "webhook", "clock", "disk"];
+const FAULTS: [&str; 12] = [
+    "kill",
+    "cp-kill",
+    "freeze",
+    "redis",
+    "broker",
+    "postgres",
+    "cassandra",
+    "webhook",
+    "clock",
+    "disk",
+    "sip-kill",
+    "sip-503",
+];
 
 /// libfaketime for multithreaded programs (Debian's `faketime` package).
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
@@ -361,6 +381,9 @@ pub async fn run(a: Args) -> Result<()> {
     }
     if a.faults.iter().any(|f| f == "webhook") && !a.webhooks {
         bail!("--faults webhook needs --webhooks (the endpoint whose receiver goes down)");
+    }
+    if a.faults.iter().any(|f| f.starts_with("sip-")) && !a.sip.sip {
+        bail!("--faults sip-kill and sip-503 need --sip (the trunks whose far ends fail)");
     }
     if a.faults.iter().any(|f| f == "cassandra") && !a.cassandra {
         bail!("--faults cassandra needs --cassandra (the timeline's node that is killed)");
@@ -409,6 +432,15 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
     let w = work.path();
     let api_ports: Vec<u16> = (0..a.control_planes.max(1)).map(|_| dialer_testkit::free_port()).collect();
+    let sip = a
+        .sip
+        .sip
+        .then(|| crate::chaos_sip::Trunks::start(&a.sip, a.global_cap, (min_ms, max_ms), a.ring_ms))
+        .transpose()?;
+    let provider = match &sip {
+        Some(trunks) => trunks.provider_config(),
+        None => format!("[provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = {}\n", a.ring_ms),
+    };
     let partitions = (a.dataplanes * 4).max(8);
     std::fs::write(
         w.join("dialer.toml"),
@@ -418,7 +450,7 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
              [limits]\nglobal_max_concurrency = {g}\nper_campaign_max_concurrency = {cc}\nsemaphore_ttl_sec = 30\n\
              redis_url = \"{r}\"\nreconcile_every_sec = 5\n\
              [bus]\nkind = \"kafka\"\nbrokers = \"{b}\"\ndispatch_partitions = {partitions}\n\
-             [provider]\nmin_call_ms = {min_ms}\nmax_call_ms = {max_ms}\nmax_ring_ms = {ring}\n\
+             {provider}\
              [scheduler]\ninterval_ms = 200\ndispatch_ttl_sec = 60\n{hooks}{timeline}",
             hooks = if a.webhooks { crate::chaos_hooks::CONFIG } else { "" },
             timeline = cassandra.as_ref().map(|c| crate::chaos_timeline::config(&c.node())).unwrap_or_default(),
@@ -427,7 +459,6 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
             cc = a.campaign_cap,
             r = redis.url(),
             b = kafka.bootstrap(),
-            ring = a.ring_ms
         ),
     )?;
     write_tuning(a, w, partitions)?;
@@ -456,7 +487,21 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
         d.spawn(&bin)?;
     }
     let hooks = a.webhooks.then(|| dialer_testkit::receiver::Receiver::start(crate::chaos_hooks::up_mode(), 11));
-    Ok(Cluster { bin, pg, hooks, db, redis, kafka, cassandra, cassandra_restart: None, journal_fs, work, cps, dps })
+    Ok(Cluster {
+        bin,
+        pg,
+        hooks,
+        db,
+        redis,
+        kafka,
+        cassandra,
+        cassandra_restart: None,
+        journal_fs,
+        sip,
+        work,
+        cps,
+        dps,
+    })
 }
 
 /// The data planes' tuning: one shard each, the assignment chosen, small leases (faults
@@ -660,6 +705,11 @@ async fn periodic_faults(a: &Args, c: &mut Cluster, f: &mut Faults, clock: &mut 
     if let Some(what) = disk_full(a, c, f, clock, now)? {
         return Ok(Some(what));
     }
+    if let Some(trunks) = c.sip.as_mut()
+        && let Some(what) = trunks.fault(on("sip-kill"), on("sip-503"), now)?
+    {
+        return Ok(Some(what));
+    }
     if on("kill") && now >= clock.kill {
         clock.kill += Duration::from_secs(a.kill_every_s);
         f.kills += 1;
@@ -831,6 +881,9 @@ async fn inject_faults(a: &Args, c: &mut Cluster, t0: Instant) -> Result<Faults>
     if let Some(rx) = &c.hooks {
         rx.set_mode(crate::chaos_hooks::up_mode());
     }
+    if let Some(trunks) = &mut c.sip {
+        trunks.end_faults()?;
+    }
     pb.finish_and_clear();
     println!(
         "faults over after {:.0} s: {} data-plane kills, {} control-plane kills, {} freezes, {} Redis, {} broker, \
@@ -917,7 +970,8 @@ async fn check_guarantees(
     let w = cluster.work.path();
     let crate::Progress { terminal, attempts, .. } = crate::progress(&store, ids).await?;
     let mismatched = crate::stats_mismatches(&store, ids).await?;
-    let placed = read_ledgers(w)?;
+    let audit = audit_status_topic(&cluster.kafka.bootstrap(), "dialer.status").await?;
+    let (placed, sip) = placed_calls(&cluster, &audit)?;
     let timeline = match &cluster.cassandra {
         Some(c) => {
             let dialled: Vec<(Uuid, u32)> = placed.iter().map(|p| (p.call, p.attempt)).collect();
@@ -931,7 +985,6 @@ async fn check_guarantees(
     }
     let ledger_duplicates: u64 = seen.values().map(|n| u64::from(n.saturating_sub(1))).sum();
     let Sweep { violations, max_global, peaks } = sweep(&placed, a.global_cap, caps);
-    let audit = audit_status_topic(&cluster.kafka.bootstrap(), "dialer.status").await?;
     let (topic_duplicates, status_events) = (audit.started_duplicates, audit.events);
     // Every attempt placed ends with an outcome on the topic (its own, or unknown_outcome after a
     // kill): one the reader did not see means the audit itself missed events.
@@ -974,7 +1027,7 @@ async fn check_guarantees(
         "postgres_restarts": f.pg_restarts,
         "cassandra_restarts": f.cassandra_restarts,
     });
-    let more = newer_figures(run, &cluster, placed.len(), timeline.as_ref(), audit.journal_unavailable);
+    let more = newer_figures(run, &cluster, placed.len(), (timeline.as_ref(), sip.as_ref()), audit.journal_unavailable);
     if let (Some(o), Some(m)) = (out.as_object_mut(), more.as_object()) {
         o.extend(m.clone());
     }
@@ -983,7 +1036,8 @@ async fn check_guarantees(
     }
     crate::write_json(a.json.as_deref(), &out)?;
     let hooks_bad = hooks.as_ref().is_some_and(|h| h.missing != 0 || h.out_of_order != 0)
-        || timeline.as_ref().is_some_and(|t| t.missing != 0 || t.unresolved != 0);
+        || timeline.as_ref().is_some_and(|t| t.missing != 0 || t.unresolved != 0)
+        || sip.as_ref().is_some_and(|s| !s.clean());
     if !completed
         || lost != 0
         || violations != 0
@@ -991,10 +1045,33 @@ async fn check_guarantees(
         || unread != 0
         || hooks_bad
     {
+        if let Some(t) = &cluster.sip {
+            t.keep_logs(w);
+        }
         let keep = cluster.work.keep();
         bail!("a guarantee failed (logs and ledgers kept in {})", keep.display());
     }
     Ok(())
+}
+
+/// The calls placed, from the far ends' ledgers: the mock provider's, or (`--sip`) the attempts
+/// the trunks answered (on the far ends' clock, each in its campaign as its events name it),
+/// with the trunks' own audit.
+fn placed_calls(cluster: &Cluster, audit: &Audit) -> Result<(Vec<Placed>, Option<crate::chaos_sip::SipAudit>)> {
+    let Some(trunks) = &cluster.sip else { return Ok((read_ledgers(cluster.work.path())?, None)) };
+    let legs = trunks.legs()?;
+    let placed = legs
+        .iter()
+        .filter(|l| l.answered)
+        .map(|l| Placed {
+            call: l.call,
+            attempt: l.attempt,
+            campaign: audit.campaigns.get(&l.call).copied().unwrap_or_default(),
+            start_us: l.invite_us,
+            end_us: l.end_us,
+        })
+        .collect();
+    Ok((placed, Some(trunks.audit(&legs))))
 }
 
 /// The newer faults' counts, their audits and the run's cost, in an object of their own (one
@@ -1003,10 +1080,14 @@ fn newer_figures(
     run: &Run,
     cluster: &Cluster,
     dials: usize,
-    timeline: Option<&crate::chaos_timeline::Audit>,
+    (timeline, sip): (Option<&crate::chaos_timeline::Audit>, Option<&crate::chaos_sip::SipAudit>),
     journal_unavailable: u64,
 ) -> serde_json::Value {
     let Run { faults: f, cost, hooks, .. } = run;
+    let sip = sip.zip(cluster.sip.as_ref()).map(|(s, t)| {
+        json!({"trunks": s.trunks, "over_channels": s.over_channels, "over_cps": s.over_cps,
+            "answered_twice": s.answered_twice, "far_end_kills": t.kills, "trunk_503_outages": t.refusals})
+    });
     let per = |n: f64| n / dials.max(1) as f64;
     json!({
         "cpu_per_dial": crate::procstat::per_dial(&cost.start.0, &cost.end.0, dials as i64),
@@ -1026,6 +1107,7 @@ fn newer_figures(
         "webhook_events_delivered": hooks.as_ref().map(|h| h.events),
         "webhook_events_missing": hooks.as_ref().map(|h| h.missing),
         "webhook_out_of_order": hooks.as_ref().map(|h| h.out_of_order),
+        "sip": sip,
     })
 }
 

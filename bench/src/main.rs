@@ -9,6 +9,7 @@ mod caps;
 mod chaos;
 mod chaos_disk;
 mod chaos_hooks;
+mod chaos_sip;
 mod chaos_timeline;
 mod csv;
 mod dataplane;

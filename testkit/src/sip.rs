@@ -15,6 +15,11 @@ pub const KAMAILIO_INSTALL: &str = "install it with: apt-get install -y kamailio
 
 /// The UAS scenario (see its header for the numbers it understands).
 pub const UAS_SCENARIO: &str = include_str!("../sip/uas.xml");
+/// The fault run's trunk (`testkit/sip/trunk.xml`): answers every call; `{RING_MS}`,
+/// `{MIN_MS}` and `{MAX_MS}` bound its ring and talk times.
+pub const TRUNK_SCENARIO: &str = include_str!("../sip/trunk.xml");
+/// A trunk refusing every call with 503 (`testkit/sip/refuse.xml`).
+pub const REFUSE_SCENARIO: &str = include_str!("../sip/refuse.xml");
 /// The media tests' far end (`testkit/sip/media.xml`): `{PERSON}` and `{MACHINE}` name the
 /// audio files it streams.
 pub const MEDIA_SCENARIO: &str = include_str!("../sip/media.xml");
@@ -107,8 +112,18 @@ impl Sipp {
         }
     }
 
+    /// sipp running `scenario` on `port` (a trunk's far end started again where the dialer
+    /// sends its calls), running until dropped or killed.
+    pub fn uas_at(scenario: &str, port: u16) -> Result<Sipp, HarnessError> {
+        Sipp::start_at(scenario, 0, 0, port)
+    }
+
     /// One try on freshly drawn ports: fails when sipp exits or another process holds its port.
     fn start_uas(text: &str, calls: u64, hold_ms: u64) -> Result<Sipp, HarnessError> {
+        Sipp::start_at(text, calls, hold_ms, free_udp_port())
+    }
+
+    fn start_at(text: &str, calls: u64, hold_ms: u64, port: u16) -> Result<Sipp, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("dialer-sipp-")
             .tempdir()
@@ -116,7 +131,7 @@ impl Sipp {
         let scenario = dir.path().join("uas.xml");
         std::fs::write(&scenario, text)
             .map_err(|e| HarnessError::Start { what: "sipp".into(), detail: e.to_string() })?;
-        let s = Sipp { port: free_udp_port(), dir, process: Managed::default() };
+        let s = Sipp { port, dir, process: Managed::default() };
         let p = |n: u16| n.to_string();
         let mut cmd = Command::new("sipp");
         cmd.current_dir(s.dir.path())
@@ -141,6 +156,11 @@ impl Sipp {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// SIGKILLs sipp (its calls up go with it; its logs stay until it is dropped).
+    pub fn kill(&self) {
+        self.process.kill();
     }
 
     fn read(&self, name: &str) -> String {
@@ -257,18 +277,21 @@ impl SippReport {
 
     /// The most INVITEs within any one second (a sliding window over sipp's own clock).
     pub fn max_invites_per_second(&self) -> usize {
-        let mut t = self.invites_ms.clone();
-        t.sort_unstable();
-        let mut best = 0;
-        let mut lo = 0;
-        for hi in 0..t.len() {
-            while t[hi] - t[lo] >= 1000 {
-                lo += 1;
-            }
-            best = best.max(hi - lo + 1);
-        }
-        best
+        most_within(self.invites_ms.clone(), 1000)
     }
+}
+
+/// The most of `times` within any `window` (a sliding window: a carrier's calls per second).
+pub fn most_within(mut times: Vec<u64>, window: u64) -> usize {
+    times.sort_unstable();
+    let (mut lo, mut best) = (0, 0);
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= window {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
 }
 
 /// kamailio as a carrier's proxy in front of `upstream`, challenging INVITEs with 407.
