@@ -1086,7 +1086,7 @@ fn newer_figures(
     let Run { faults: f, cost, hooks, .. } = run;
     let sip = sip.zip(cluster.sip.as_ref()).map(|(s, t)| {
         json!({"trunks": s.trunks, "over_channels": s.over_channels, "over_cps": s.over_cps,
-            "answered_twice": s.answered_twice, "far_end_kills": t.kills, "trunk_503_outages": t.refusals})
+            "far_end_kills": t.kills, "trunk_503_outages": t.refusals})
     });
     let per = |n: f64| n / dials.max(1) as f64;
     json!({
