@@ -367,9 +367,6 @@ const FAULTS: [&str; 12] = [
     "sip-503",
 ];
 
-/// libfaketime for multithreaded programs (Debian's `faketime` package).
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 pub async fn run(a: Args) -> Result<()> {
     if a.min_campaign_cap == 0 || a.min_campaign_cap > a.campaign_cap {
         bail!("--min-campaign-cap must be between 1 and --campaign-cap ({})", a.campaign_cap);
@@ -463,14 +460,9 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     )?;
     write_tuning(a, w, partitions)?;
     let config = w.join("dialer.toml").display().to_string();
-    let clock = a.faults.iter().any(|f| f == "clock").then(|| w.join("faketime"));
-    if let Some(file) = &clock {
-        if !Path::new(FAKETIME_LIB).exists() {
-            bail!("--faults clock needs libfaketime ({FAKETIME_LIB}); install it with: apt-get install -y faketime");
-        }
-        std::fs::write(file, "+0")?;
-    }
-    let mut cps = control_plane_procs(w, &config, &api_ports, clock.as_deref());
+    let clock =
+        a.faults.iter().any(|f| f == "clock").then(|| crate::chaos_clock::SteppedClock::prepare(w)).transpose()?;
+    let mut cps = control_plane_procs(w, &config, &api_ports, clock.as_ref());
     for (cp, port) in cps.iter_mut().zip(&api_ports) {
         cp.spawn(&bin)?;
         if !dialer_testkit::wait_for_port(*port, Duration::from_secs(60)) {
@@ -529,7 +521,12 @@ fn write_tuning(a: &Args, w: &Path, partitions: usize) -> Result<()> {
 /// The control-plane replicas (not started), one per API port; with `clock` (fault `clock`),
 /// the first on a wall clock offset by what that file says (libfaketime reads it at most once a
 /// second; the monotonic clock is left alone).
-fn control_plane_procs(w: &Path, config: &str, ports: &[u16], clock: Option<&Path>) -> Vec<Proc> {
+fn control_plane_procs(
+    w: &Path,
+    config: &str,
+    ports: &[u16],
+    clock: Option<&crate::chaos_clock::SteppedClock>,
+) -> Vec<Proc> {
     ports
         .iter()
         .enumerate()
@@ -540,13 +537,8 @@ fn control_plane_procs(w: &Path, config: &str, ports: &[u16], clock: Option<&Pat
                 ("DIALER_API_LISTEN".into(), format!("127.0.0.1:{port}")),
                 ("DIALER_BUS_INSTANCE_ID".into(), format!("control-plane-{k}")),
             ];
-            if let Some(file) = clock.filter(|_| k == 0) {
-                env.extend([
-                    ("LD_PRELOAD".into(), FAKETIME_LIB.into()),
-                    ("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()),
-                    ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-                    ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-                ]);
+            if let Some(clock) = clock.filter(|_| k == 0) {
+                env.extend(clock.env());
             }
             Proc {
                 name: format!("control-plane-{k}"),

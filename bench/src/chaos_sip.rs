@@ -107,6 +107,8 @@ pub struct Trunks {
     scenario: String,
     /// The longest an answered call may talk (its hang-up when the far end's log lacks it).
     longest_ms: u64,
+    /// The far ends' longest ring.
+    ring_ms: u64,
     channels: u32,
     cps: u32,
     next_kill: Instant,
@@ -140,6 +142,7 @@ impl Trunks {
             trunks,
             scenario,
             longest_ms: ring_ms + max_ms,
+            ring_ms,
             channels: args.channels(global_cap),
             cps: args.cps(global_cap),
             next_kill: now + Duration::from_secs(args.sip_kill_every_s),
@@ -152,9 +155,17 @@ impl Trunks {
     }
 
     /// The data planes' `[provider]` section: the SIP provider, both trunks of equal priority
-    /// and weight; the dialer never hangs up first (the far end does, by `--call-ms`).
+    /// and weight; the dialer never hangs up first (the far end does, by `--call-ms`). Timers
+    /// sized for loopback far ends (T1 100 ms, a 2 s ring timeout, talk a second past the far
+    /// end's longest), so the longest call is ~17 s: a killed data plane's lease and the trunk
+    /// channels a restarted one holds for its calls last that long (instead of 99 s at the
+    /// defaults, which with a kill every few seconds would hold the caps all the time).
     pub fn provider_config(&self) -> String {
-        let mut out = format!("[provider]\nkind = \"sip\"\nmax_call_ms = {}\n", self.longest_ms + 10_000);
+        let mut out = format!(
+            "[provider]\nkind = \"sip\"\nmax_call_ms = {}\nring_timeout_ms = {}\nsip_t1_ms = 100\n",
+            self.longest_ms + 1000,
+            2000 + self.ring_ms
+        );
         for t in &self.trunks {
             out.push_str(&format!(
                 "[[provider.trunks]]\nname = \"{}\"\nproxy = \"127.0.0.1:{}\"\nfrom_user = \"dialer\"\n\

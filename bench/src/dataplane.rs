@@ -945,6 +945,7 @@ fn start_dataplanes(
             provider: mock.clone(),
             tracker: tracker.clone(),
             instance: format!("bench-{}-dp{k}", std::process::id()),
+            left_up: 0,
         })?);
     }
     Ok(out)

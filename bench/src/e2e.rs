@@ -163,6 +163,7 @@ fn start_dataplane(
         provider: mock,
         tracker: tracker.clone(),
         instance: format!("e2e-{run}"),
+        left_up: 0,
     })?)
 }
 

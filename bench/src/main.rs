@@ -7,6 +7,7 @@ mod api;
 mod broker;
 mod caps;
 mod chaos;
+mod chaos_clock;
 mod chaos_disk;
 mod chaos_hooks;
 mod chaos_sip;

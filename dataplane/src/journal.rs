@@ -200,6 +200,27 @@ pub fn dialled_attempts(dir: &Path) -> Result<std::collections::HashSet<Attempt>
     Ok(out)
 }
 
+/// Attempts started and never resolved in the partitions no running shard holds (their lock
+/// free): the calls a killed process may have left up at the carrier, which nobody hangs up.
+/// Read at a data plane's start, before its shards take any partition.
+pub fn orphans(dir: &Path) -> Result<usize, JournalError> {
+    let mut n = 0;
+    for path in journal_files(dir)? {
+        let lock_path = path.with_extension("lock");
+        let lock =
+            OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let records = BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| Record::decode(&l));
+        n += replay(records).0.len();
+    }
+    Ok(n)
+}
+
 /// Removes the journal files in `dir`: for the embedded mode, once its recovery at start has
 /// resolved every attempt they hold in the store (their attempt numbers are used up).
 pub fn retire(dir: &Path) -> Result<(), JournalError> {
@@ -869,6 +890,30 @@ mod tests {
         ]);
         assert_eq!(open, HashMap::from([(a(2, 1), m(2)), (a(1, 2), m(3))]));
         assert_eq!(done, HashMap::from([(a(1, 1), m(1))]));
+    }
+
+    /// What a data plane counts at start as calls a killed process may have left up: the
+    /// unresolved attempts of partitions no live shard holds, not those of a live one's.
+    #[test]
+    fn orphans_are_the_unresolved_attempts_of_partitions_no_live_shard_holds() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut killed = Journal::open(dir.path(), true).expect("open");
+        killed.started(0, a(1, 1), m(1)).expect("started");
+        killed.started(0, a(2, 1), m(2)).expect("started");
+        killed.started(0, a(3, 1), m(3)).expect("started");
+        killed.commit().expect("commit");
+        killed.done(0, a(2, 1)).expect("an outcome acknowledged");
+        killed.withdraw(0, a(3, 1)).expect("a start withdrawn");
+        killed.commit().expect("commit");
+        let mut live = Journal::open(dir.path(), true).expect("open");
+        live.started(1, a(4, 1), m(4)).expect("started");
+        live.commit().expect("commit");
+        drop(killed);
+        assert_eq!(orphans(dir.path()).expect("orphans"), 1, "only attempt 1 of partition 0; partition 1 is live");
+        drop(live);
+        assert_eq!(orphans(dir.path()).expect("orphans"), 2, "its owner gone, partition 1's open attempt counts too");
+        let mut next = Journal::open(dir.path(), true).expect("open");
+        assert_eq!(next.seen(0, a(1, 1)).expect("seen"), Seen::Unresolved, "counting took no lock for good");
     }
 
     #[test]

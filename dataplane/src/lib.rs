@@ -102,6 +102,10 @@ pub struct DataplaneOptions {
     pub tracker: Arc<Tracker>,
     /// Distinguishes this process's lease holders from others' (e.g. host + pid + start time).
     pub instance: String,
+    /// Calls a previous run on this host may have left up that its journal no longer shows
+    /// (`dialer up` resolves them at start and retires the journal): held on the SIP trunks
+    /// like the journal's own ([`orphan_channels`]).
+    pub left_up: usize,
 }
 
 /// A running data plane.
@@ -130,6 +134,14 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Shard { shard: 0, source: e.into() })?;
             tracing::info!(dir = %opts.tuning.journal.dir, io = j.io_name(), "attempt journal");
         }
+        let orphans = orphan_channels(&opts)?;
+        let orphans_until = std::time::Instant::now() + opts.provider.longest_call();
+        if opts.provider.longest_call() > opts.tuning.lease.ttl {
+            tracing::info!(
+                ttl_ms = opts.provider.longest_call().as_millis() as u64,
+                "lease.ttl_ms raised to the longest call: a killed data plane's calls stay counted against the caps until they are over"
+            );
+        }
         let health = Arc::new(Health::new(n));
         ::metrics::gauge!("dialer_limiter_global_cap").set(f64::from(opts.global_cap));
         let mut memory: Option<MemoryEnds> = None;
@@ -155,6 +167,7 @@ impl Dataplane {
             let cpu = tuning.shards.cpus.get(i).copied();
             let health = health.clone();
             let failed = health.clone();
+            let orphans = orphans.iter().map(|per_shard| per_shard[i]).collect(); // per trunk
             let io = match (&mut memory, &kafka) {
                 (Some((rxs, tx)), _) => ShardIo::Memory(rxs[i].take(), tx.clone()),
                 (None, Some(t)) => ShardIo::Kafka(t.clone()),
@@ -176,6 +189,8 @@ impl Dataplane {
                         ceiling,
                         shutdown_rx,
                         health,
+                        orphans,
+                        orphans_until,
                     };
                     let r = run_shard_thread(start);
                     if let Err(e) = &r {
@@ -236,6 +251,9 @@ struct ShardStart {
     ceiling: u32,
     shutdown_rx: watch::Receiver<bool>,
     health: Arc<Health>,
+    /// Channels of each trunk held until `orphans_until` ([`orphan_channels`]).
+    orphans: Vec<u32>,
+    orphans_until: std::time::Instant,
 }
 
 /// The body of one shard's thread: pin, build the runtime, run the shard.
@@ -254,7 +272,20 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, ShardError> {
 /// it, and stops the driver once the shard is done.
 async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     let ShardStart {
-        i, tuning, limiter, io, provider, tracker, holder, global_cap, ceiling, shutdown_rx, health, ..
+        i,
+        tuning,
+        limiter,
+        io,
+        provider,
+        tracker,
+        holder,
+        global_cap,
+        ceiling,
+        shutdown_rx,
+        health,
+        orphans,
+        orphans_until,
+        ..
     } = start;
     let backend = match limiter {
         LimiterChoice::Local(l) => Backend::Local(l),
@@ -267,7 +298,8 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
             Backend::Redis(dialer_telemetry::startup::until_up("the limiter's Redis", wait, transient, connect).await?)
         }
     };
-    let (driver, lease) = LeaseDriver::new(backend, holder, tuning.lease.clone(), global_cap);
+    let lease_settings = lease_covering(&tuning.lease, provider.longest_call());
+    let (driver, lease) = LeaseDriver::new(backend, holder, lease_settings, global_cap);
     let driver = driver.with_tick(std::time::Duration::from_millis(tuning.timings.lease_tick_ms));
     let (stop_driver, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let driver = tokio::task::spawn_local(driver.run(async move {
@@ -277,7 +309,9 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
         ProviderKind::Mock => AnyProvider::Mock(MockProvider::new(provider, tracker, i)),
         ProviderKind::Sip => {
             let (shard, shards) = tuning.global_shard(i);
-            AnyProvider::Sip(sip::SipProvider::start(provider, shard, shards).await?)
+            let sip = sip::SipProvider::start(provider, shard, shards).await?;
+            sip.hold_orphans(&orphans, tokio::time::Instant::from_std(orphans_until));
+            AnyProvider::Sip(sip)
         }
     };
     let journal = open_journal(&tuning)?;
@@ -295,6 +329,37 @@ async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
     let _ = stop_driver.send(());
     let _ = driver.await;
     Ok(report)
+}
+
+/// Per trunk, per shard of this process: the channels held at start for the calls a killed
+/// data plane may have left up on the trunks (SIP, with the journal on): the journal's
+/// unresolved attempts in partitions no running shard holds. Which trunk each call went out on
+/// is not journaled, so each trunk holds them all, within this process's shares of it.
+fn orphan_channels(opts: &DataplaneOptions) -> Result<Vec<Vec<u32>>, DataplaneError> {
+    let n = opts.tuning.shards.count;
+    if opts.provider.kind != ProviderKind::Sip {
+        return Ok(Vec::new());
+    }
+    let in_journal = if opts.tuning.journal.dir.is_empty() {
+        0
+    } else {
+        journal::orphans(std::path::Path::new(&opts.tuning.journal.dir))
+            .map_err(|e| DataplaneError::Shard { shard: 0, source: e.into() })?
+    };
+    let orphans = u32::try_from(in_journal + opts.left_up).unwrap_or(u32::MAX);
+    let places: Vec<(usize, usize)> = (0..n).map(|i| opts.tuning.global_shard(i)).collect();
+    Ok(opts.provider.trunks.iter().map(|t| sip::trunk::orphan_holds(orphans, t.max_channels, &places)).collect())
+}
+
+/// The lease as a shard holds it: one that is not renewed (its process was killed) expires no
+/// sooner than the longest call, because nobody hangs up the calls it held and the carrier may
+/// keep them up that long: they stay counted against the global and campaign caps meanwhile.
+/// The cost is the killed holder's spare tokens, idle as long.
+fn lease_covering(
+    l: &dialer_limiter::LeaseSettings,
+    longest_call: std::time::Duration,
+) -> dialer_limiter::LeaseSettings {
+    dialer_limiter::LeaseSettings { ttl: l.ttl.max(longest_call), ..l.clone() }
 }
 
 /// Shard `i`'s consumer of the dispatch topic and producer of the status topic.
@@ -355,4 +420,22 @@ fn open_journal(tuning: &Tuning) -> Result<Option<journal::Journal>, ShardError>
     let dir = std::path::Path::new(&tuning.journal.dir);
     let j = journal::Journal::open_with(dir, !tuning.journal.no_sync, tuning.journal.io)?;
     Ok(Some(j.compact_after(tuning.journal.compact_after)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_lease_outlives_the_longest_call_and_keeps_the_rest_of_its_tuning() {
+        let tuned = dialer_limiter::LeaseSettings { ttl: Duration::from_secs(5), ..Default::default() };
+        let held = super::lease_covering(&tuned, Duration::from_secs(17));
+        assert_eq!(held.ttl, Duration::from_secs(17));
+        assert_eq!(held.renew_every, tuned.renew_every);
+        assert_eq!(
+            super::lease_covering(&tuned, Duration::from_secs(1)).ttl,
+            Duration::from_secs(5),
+            "never shortened"
+        );
+    }
 }

@@ -58,6 +58,7 @@ fn start(t: &BusSettings, tuning: Tuning, tracker: Arc<Tracker>, prefix: &str, g
         },
         tracker,
         instance: unique_name("dp"),
+        left_up: 0,
     })
     .expect("data plane starts")
 }
@@ -295,6 +296,7 @@ async fn a_rebalance_dials_no_attempt_twice(assignor: Assignor) {
             },
             tracker,
             instance: unique_name("dp"),
+            left_up: 0,
         })
         .expect("data plane starts")
     };
@@ -413,6 +415,7 @@ async fn outcomes_survive_a_broker_killed_and_restarted() {
         },
         tracker: tracker.clone(),
         instance: unique_name("dp"),
+        left_up: 0,
     })
     .expect("data plane starts");
     // Let calls get going, then take the broker away while some are in progress.

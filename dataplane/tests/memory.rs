@@ -52,6 +52,7 @@ fn start(shards: usize, global_cap: u32, mock: ProviderSettings) -> Running {
         provider: mock,
         tracker: tracker.clone(),
         instance: "test".into(),
+        left_up: 0,
     })
     .expect("data plane starts");
     Running { bus, events: ends.status_source.0, dp, tracker, limiter }

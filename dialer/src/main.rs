@@ -209,6 +209,7 @@ async fn run_embedded(cfg: &Config, url: &str, tuning_path: Option<&Path>, data_
         provider: embedded_provider(cfg),
         tracker: tracker(cfg)?,
         instance: format!("up-{}", std::process::id()),
+        left_up: may_be_up.values().map(|&n| n as usize).sum(),
     })?;
     // Stopped in dependency order: the scheduler (and reaper), then the data plane (its calls
     // finish within the grace period), then the recorder (it drains every outcome), then the store.
@@ -571,6 +572,7 @@ async fn run_dataplane(
         provider: cfg.provider.clone(),
         tracker: tracker(cfg)?,
         instance,
+        left_up: 0,
     })?;
     let admin_app = dialer_dataplane::admin::router(dp.health());
     let listener = tokio::net::TcpListener::bind(admin)

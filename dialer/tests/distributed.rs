@@ -161,6 +161,7 @@ fn start_dataplane(
         },
         tracker,
         instance: unique_name("dp"),
+        left_up: 0,
     })
     .expect("data plane")
 }

@@ -59,6 +59,7 @@ fn start(store: &Store, clock: Arc<dyn Clock>, call_ms: u64) -> Pipeline {
         provider: mock(call_ms),
         tracker: tracker.clone(),
         instance: "pipeline-test".into(),
+        left_up: 0,
     })
     .expect("data plane");
     let (stop, rx) = tokio::sync::watch::channel(false);

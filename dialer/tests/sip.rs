@@ -226,6 +226,92 @@ fn a_sigkilled_dialer_with_calls_up_never_dials_an_attempt_twice_and_resolves_th
     assert!(before >= 20 && resolved >= 1, "{resolved} attempts were up when the dialer died and got resolved");
 }
 
+/// A dialer killed with calls up hangs up none of them. Started again, it holds their trunk
+/// channels until the longest call has passed (as the limiter holds their campaigns' tokens),
+/// so the carrier never sees more calls up than the trunk's channels: two campaigns of 20 fill
+/// the 30 channels, the process dies, and its successor's first calls wait for the channels
+/// the dead one's calls may still hold (without that, each campaign had 5 tokens to spare and
+/// the trunk 40 calls up). The ledger is sipp's log: each call from its INVITE to its hang-up.
+#[test]
+fn a_restarted_dialer_holds_the_trunk_channels_of_the_calls_its_killed_run_left_up() {
+    let scenario = dialer_testkit::sip::TRUNK_SCENARIO
+        .replace("{RING_MS}", "10")
+        .replace("{MIN_MS}", "4000")
+        .replace("{MAX_MS}", "4000");
+    let far = dialer_testkit::sip::Sipp::uas_at(&scenario, dialer_testkit::sip::free_udp_port())
+        .unwrap_or_else(|e| panic!("sipp is needed: {e}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let port = dialer_testkit::free_port();
+    let provider = "ring_timeout_ms = 1000\nmax_call_ms = 6000\nsip_t1_ms = 100";
+    let mut up = start_up(dir.path(), far.addr(), port, provider, 1);
+    let retry = json!({"max_attempts": 3, "base_delay": "100ms", "max_delay": "200ms"});
+    let mut ids = Vec::new();
+    for (k, name) in ["a", "b"].iter().enumerate() {
+        let numbers: Vec<String> = (0..40).map(|i| format!("+1555{k}{i:03}200")).collect();
+        ids.push(campaign_with(port, name, &numbers, retry.clone(), json!({})));
+    }
+    let t0 = Instant::now();
+    while up_at(&far.invite_log(), f64::MAX) < CHANNELS as usize {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the trunk's channels never filled: {}", far.invite_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = up.0.kill();
+    let _ = up.0.wait();
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let _up = start_up(dir.path(), far.addr(), port, provider, 2);
+    for id in &ids {
+        let t0 = Instant::now();
+        while http(port, "GET", &format!("/api/v1/campaigns/{id}"), None).1["status"] != "completed" {
+            assert!(t0.elapsed() < Duration::from_secs(120), "campaign {id} not completed after the restart");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let log = far.invite_log();
+    let left_up = up_at(&log, killed_at);
+    assert!(left_up >= 25, "the killed run left {left_up} calls up: too few to show anything");
+    let peak = channels_peak(&log);
+    assert!(peak <= CHANNELS as usize, "sipp had {peak} calls up at once on a trunk of {CHANNELS} channels");
+}
+
+/// The far end's log as (epoch seconds, +1 at a call's INVITE or -1 at its hang-up), in time
+/// order (`<kind> <date> <time> <epoch> <Call-ID>` lines, `testkit/sip/trunk.xml`).
+fn channel_steps(log: &str) -> Vec<(f64, i64)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut steps: Vec<(f64, i64)> = log
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (kind, at, call) = (*f.first()?, f.get(3)?.parse::<f64>().ok()?, *f.get(4)?);
+            match kind {
+                "invite" if seen.insert(call.to_string()) => Some((at, 1)),
+                "end" => Some((at, -1)),
+                _ => None,
+            }
+        })
+        .collect();
+    steps.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    steps
+}
+
+/// The most calls up at once at the far end.
+fn channels_peak(log: &str) -> usize {
+    let mut up = 0i64;
+    channel_steps(log)
+        .into_iter()
+        .map(|(_, d)| {
+            up += d;
+            up
+        })
+        .max()
+        .unwrap_or(0)
+        .max(0) as usize
+}
+
+/// Calls up at the far end at `at` (epoch seconds).
+fn up_at(log: &str, at: f64) -> usize {
+    channel_steps(log).into_iter().filter(|&(t, _)| t <= at).map(|(_, d)| d).sum::<i64>().max(0) as usize
+}
+
 #[test]
 fn a_campaign_sets_its_caller_id_ring_timeout_referral_and_what_it_retries() {
     let far = dialer_testkit::sip::Sipp::uas(0, 200).unwrap_or_else(|e| panic!("sipp is needed: {e}"));

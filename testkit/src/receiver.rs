@@ -105,6 +105,13 @@ impl Receiver {
         self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The requests from the `start`-th on (a reader that keeps up with a long log copies only
+    /// what is new, holding the log's lock briefly: the receiver records nothing meanwhile).
+    pub fn received_from(&self, start: usize) -> Vec<Received> {
+        let log = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.get(start..).map(<[Received]>::to_vec).unwrap_or_default()
+    }
+
     pub fn count(&self) -> usize {
         self.shared.log.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

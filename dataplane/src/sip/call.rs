@@ -48,6 +48,11 @@ pub struct Uac {
 }
 
 impl Uac {
+    /// The shard's part of each trunk, in the settings' order.
+    pub(super) fn trunks(&self) -> &[Rc<Trunk>] {
+        &self.trunks
+    }
+
     /// The shard's UAC: `proxies` are the trunks' resolved proxy addresses, in order.
     pub(super) fn new(
         settings: ProviderSettings,

@@ -92,6 +92,26 @@ impl SipProvider {
         Ok(SipProvider { uac })
     }
 
+    /// Holds `per_trunk[t]` channels of trunk `t` until `until` for calls a killed process may
+    /// have left up (the journal's unresolved attempts; which trunk each went out on is not
+    /// recorded, so every trunk holds them).
+    pub fn hold_orphans(&self, per_trunk: &[u32], until: tokio::time::Instant) {
+        let held: Vec<trunk::Channel> =
+            self.uac.trunks().iter().zip(per_trunk).flat_map(|(t, &n)| t.seize(n)).collect();
+        if held.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            channels = ?per_trunk,
+            for_s = until.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
+            "trunk channels held for calls a killed data plane may have left up (journal attempts without an outcome), until the longest call has passed"
+        );
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep_until(until).await;
+            drop(held);
+        });
+    }
+
     /// How late this shard's RTP packets went out after their slots (packets per 0.1 ms,
     /// the last bucket for 100 ms and more).
     pub fn rtp_lateness(&self) -> Vec<u64> {

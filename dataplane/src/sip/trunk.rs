@@ -106,6 +106,23 @@ pub fn share(total: u32, shard: usize, shards: usize) -> u32 {
     total / n + u32::from((shard as u32) < total % n)
 }
 
+/// How many of `orphans` calls (a killed process's, perhaps still up) each shard of this process
+/// holds on a trunk of `max_channels`: `shards` are the shards' places among all (index, count),
+/// filled in order up to each one's share. Together they hold them all while this process's
+/// shares can; no shard holds more than its share, so the trunk's calls never pass
+/// `max_channels`: the killed process's were within these same shares.
+pub fn orphan_holds(orphans: u32, max_channels: u32, shards: &[(usize, usize)]) -> Vec<u32> {
+    let mut left = orphans;
+    shards
+        .iter()
+        .map(|&(shard, n)| {
+            let held = left.min(share(max_channels, shard, n));
+            left -= held;
+            held
+        })
+        .collect()
+}
+
 /// A trunk on one shard.
 #[derive(Debug)]
 pub struct Trunk {
@@ -242,6 +259,14 @@ impl Trunk {
 
     fn has_room(&self) -> bool {
         self.in_use.get() < self.channels
+    }
+
+    /// Takes `n` of this shard's channels at once, free or not, for calls this shard did not
+    /// place (see [`orphan_holds`]): new calls wait until they are given back.
+    pub fn seize(self: &Rc<Self>, n: u32) -> Vec<Channel> {
+        self.in_use.set(self.in_use.get() + n);
+        self.metrics.channels.set(f64::from(self.in_use.get()));
+        (0..n).map(|_| Channel(self.clone())).collect()
     }
 
     /// Waits for one of this shard's channels on the trunk.
@@ -459,6 +484,30 @@ mod tests {
         assert_eq!(pick(&ts, &[], now + Duration::from_secs(31)), Some(0), "back after the back-off");
         ts[0].failed(true, 3, Duration::from_secs(30), now);
         assert_eq!(ts[0].backoff.get(), Duration::from_secs(60), "the back-off doubles");
+    }
+
+    #[test]
+    fn orphans_fill_this_processs_shards_in_order_within_their_shares() {
+        // 10 channels over 4 shards in all (3, 3, 2, 2); this process has shards 2 and 3.
+        let mine = [(2, 4), (3, 4)];
+        assert_eq!(orphan_holds(3, 10, &mine), [2, 1]);
+        assert_eq!(orphan_holds(0, 10, &mine), [0, 0]);
+        assert_eq!(orphan_holds(9, 10, &mine), [2, 2], "never past a shard's share");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn seized_channels_are_taken_whatever_is_free_and_given_back_when_dropped() {
+        let t = trunk("a", 1, 1, 2);
+        let c = t.channel().await;
+        let held = t.seize(2);
+        assert_eq!(t.in_use.get(), 3, "seized past the share");
+        drop(c);
+        let waiting = tokio::time::timeout(Duration::from_secs(1), t.channel()).await;
+        assert!(waiting.is_err(), "a new call waits while the seized channels are held");
+        drop(held);
+        let _c =
+            tokio::time::timeout(Duration::from_secs(1), t.channel()).await.expect("free once they are given back");
+        assert_eq!(t.in_use.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]

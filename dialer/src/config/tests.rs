@@ -94,6 +94,14 @@ fn unknown_keys_and_bad_values_are_refused_with_the_key() {
         e.to_string().contains("limits.semaphore_ttl_sec") && e.to_string().contains("TELEPHONY_SEMAPHORE_TTL_SEC"),
         "{e}"
     );
+    // SIP's longest call by default: 30 s ringing + 5 s + 64 s of timers; past a 60 s window a
+    // killed data plane's calls would stop counting against the caps while they may be up.
+    let sip = "[limits]\nsemaphore_ttl_sec = 60\n[provider]\nkind = \"sip\"\n\
+               [[provider.trunks]]\nname = \"a\"\nproxy = \"127.0.0.1:5060\"\n";
+    let e = Config::from_toml(sip).expect("parses").validate().expect_err("a window shorter than the longest call");
+    assert!(e.to_string().contains("provider.max_call_ms") && e.to_string().contains("(99 s"), "{e}");
+    let fits = sip.replace("semaphore_ttl_sec = 60", "semaphore_ttl_sec = 120");
+    Config::from_toml(&fits).expect("parses").validate().expect("a window as long as the longest call");
     let e = Config::load(None, env(&[("TELEPHONY_GLOBAL_MAX_CONCURRENCY", "0")])).expect_err("zero");
     assert!(e.to_string().contains("limits.global_max_concurrency"), "{e}");
     let e = Config::load(None, env(&[("DATABASE_URL", "mysql://x")])).expect_err("bad url");

@@ -22,6 +22,7 @@ pub(super) fn config(c: &Config) -> Checked {
     limits(&c.limits)?;
     bus(&c.bus)?;
     provider(&c.provider)?;
+    orphans(&c.provider, &c.limits)?;
     timeline(&c.timeline)?;
     telemetry(&c.telemetry)?;
     events(&c.events, &c.webhooks)?;
@@ -167,6 +168,26 @@ fn provider(p: &ProviderSettings) -> Checked {
         return Err(invalid("provider.max_call_ms", "must be at least provider.min_call_ms"));
     }
     if p.kind == ProviderKind::Sip { sip(p) } else { Ok(()) }
+}
+
+/// A data plane killed with calls up hangs up none of them: its limiter lease is kept (its calls
+/// counted against the caps) for at least the longest call, which the reclamation window must
+/// therefore cover.
+fn orphans(p: &ProviderSettings, l: &LimitSettings) -> Checked {
+    let longest = p.longest_call();
+    if longest > l.semaphore_ttl {
+        return Err(invalid(
+            "provider.max_call_ms",
+            format!(
+                "the longest call ({} s: ring timeout + max_call_ms + the SIP timers) exceeds \
+                 TELEPHONY_SEMAPHORE_TTL_SEC ({} s), the window in which a crashed data plane's calls \
+                 stay counted against the caps; raise TELEPHONY_SEMAPHORE_TTL_SEC or lower max_call_ms",
+                longest.as_secs_f64().ceil(),
+                l.semaphore_ttl.as_secs()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn sip(p: &ProviderSettings) -> Checked {
