@@ -311,7 +311,14 @@ impl Trunk {
     }
 
     /// A failure: a trunk fault takes it out at once, other failures after `threshold` in a row.
+    /// Failures while it is out are the calls that were up or ringing when it went: the same
+    /// outage, counted once (before, each doubled the back-off, and a 6 s outage with a hundred
+    /// calls on the trunk took it out for 16 × `trunk_backoff_ms`). A failure after it came
+    /// back doubles it.
     pub fn failed(&self, trunk_fault: bool, threshold: u32, first_backoff: Duration, now: Instant) {
+        if !self.healthy(now) {
+            return;
+        }
         let n = self.failures.get() + 1;
         self.failures.set(n);
         if !trunk_fault && n < threshold {
@@ -481,9 +488,14 @@ mod tests {
         assert_eq!(pick(&ts, &[], now), Some(2));
         ts[2].failed(true, 3, Duration::from_secs(30), now);
         assert_eq!(pick(&ts, &[], now), None, "every trunk out");
-        assert_eq!(pick(&ts, &[], now + Duration::from_secs(31)), Some(0), "back after the back-off");
-        ts[0].failed(true, 3, Duration::from_secs(30), now);
-        assert_eq!(ts[0].backoff.get(), Duration::from_secs(60), "the back-off doubles");
+        ts[0].failed(true, 3, Duration::from_secs(30), now + Duration::from_secs(10));
+        assert_eq!(ts[0].backoff.get(), Duration::from_secs(30), "calls failing while it is out: the same outage");
+        let back = now + Duration::from_secs(31);
+        assert_eq!(pick(&ts, &[], back), Some(0), "back after the back-off");
+        ts[0].failed(true, 3, Duration::from_secs(30), back);
+        assert_eq!(ts[0].backoff.get(), Duration::from_secs(60), "failing again once back: the back-off doubles");
+        assert_eq!(pick(&ts, &[], back + Duration::from_secs(59)), Some(1));
+        assert_eq!(pick(&ts, &[], back + Duration::from_secs(61)), Some(0));
     }
 
     #[test]
