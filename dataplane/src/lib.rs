@@ -271,22 +271,8 @@ fn run_shard_thread(start: ShardStart) -> Result<ShardReport, ShardError> {
 /// Connects the shard's limiter, bus and journal, runs the shard with its lease driver beside
 /// it, and stops the driver once the shard is done.
 async fn run_shard(start: ShardStart) -> Result<ShardReport, ShardError> {
-    let ShardStart {
-        i,
-        tuning,
-        limiter,
-        io,
-        provider,
-        tracker,
-        holder,
-        global_cap,
-        ceiling,
-        shutdown_rx,
-        health,
-        orphans,
-        orphans_until,
-        ..
-    } = start;
+    let (i, global_cap, ceiling, orphans_until) = (start.i, start.global_cap, start.ceiling, start.orphans_until);
+    let ShardStart { tuning, limiter, io, provider, tracker, holder, shutdown_rx, health, orphans, .. } = start;
     let backend = match limiter {
         LimiterChoice::Local(l) => Backend::Local(l),
         LimiterChoice::Redis { url, prefix } => {
