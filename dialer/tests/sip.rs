@@ -27,6 +27,18 @@ impl Drop for Up {
 
 /// `dialer up` on `dir/data` with one SIP trunk to `sipp`; `provider` adds `[provider]` keys.
 fn start_up(dir: &Path, sipp: std::net::SocketAddr, port: u16, provider: &str, run: u32) -> Up {
+    start_up_trunk(dir, sipp, port, provider, run, (CHANNELS, CPS))
+}
+
+/// [`start_up`] with a trunk of `channels` and `cps` of its own.
+fn start_up_trunk(
+    dir: &Path,
+    sipp: std::net::SocketAddr,
+    port: u16,
+    provider: &str,
+    run: u32,
+    (channels, cps): (u64, usize),
+) -> Up {
     let config = dir.join("dialer.toml");
     std::fs::write(
         &config,
@@ -34,7 +46,7 @@ fn start_up(dir: &Path, sipp: std::net::SocketAddr, port: u16, provider: &str, r
             "[limits]\nglobal_max_concurrency = 1000\nper_campaign_max_concurrency = 1000\n\
              [scheduler]\ninterval_ms = 200\nreap_every_ms = 1000\n\
              [provider]\nkind = \"sip\"\n{provider}\n\
-             [[provider.trunks]]\nname = \"sipp\"\nproxy = \"{sipp}\"\nmax_channels = {CHANNELS}\nmax_cps = {CPS}\n"
+             [[provider.trunks]]\nname = \"sipp\"\nproxy = \"{sipp}\"\nmax_channels = {channels}\nmax_cps = {cps}\n"
         ),
     )
     .expect("config");
@@ -271,6 +283,56 @@ fn a_restarted_dialer_holds_the_trunk_channels_of_the_calls_its_killed_run_left_
     assert!(left_up >= 25, "the killed run left {left_up} calls up: too few to show anything");
     let peak = channels_peak(&log);
     assert!(peak <= CHANNELS as usize, "sipp had {peak} calls up at once on a trunk of {CHANNELS} channels");
+}
+
+/// A far end down for a while, then back on its port: the INVITEs the dialer kept sending
+/// meanwhile got no answer and are retransmitted; each takes a slot of the trunk's calls per
+/// second, so the far end back never sees more new calls in a second than the trunk allows
+/// (before, the retransmissions of every INVITE sent during the outage arrived at once).
+#[test]
+fn a_far_end_back_from_an_outage_sees_no_more_calls_a_second_than_the_trunk_allows() {
+    let scenario = dialer_testkit::sip::TRUNK_SCENARIO
+        .replace("{RING_MS}", "10")
+        .replace("{MIN_MS}", "100")
+        .replace("{MAX_MS}", "200");
+    let port = dialer_testkit::sip::free_udp_port();
+    let far = dialer_testkit::sip::Sipp::uas_at(&scenario, port).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
+    let dir = tempfile::tempdir().expect("dir");
+    let api = dialer_testkit::free_port();
+    let provider = "ring_timeout_ms = 1000\nmax_call_ms = 2000\nsip_t1_ms = 100";
+    // More channels than calls a second: a whole second's worth of INVITEs may be unanswered.
+    const CPS: usize = 20;
+    let _up = start_up_trunk(dir.path(), far.addr(), api, provider, 1, (60, CPS));
+    let targets: Vec<Value> = (0..300).map(|i| json!({"phone_number": format!("+1555{i:04}200")})).collect();
+    let retry = json!({"max_attempts": 5, "base_delay": "100ms", "max_delay": "200ms"});
+    let body = json!({"name": "outage", "max_concurrent_calls": 60, "targets": targets, "retry_policy": retry});
+    let (status, c) = http(api, "POST", "/api/v1/campaigns", Some(&body));
+    assert_eq!(status, 201, "{c}");
+    let id = c["id"].as_str().expect("id").to_string();
+    assert_eq!(http(api, "POST", &format!("/api/v1/campaigns/{id}/start"), None).0, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    far.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let back = dialer_testkit::sip::Sipp::uas_at(&scenario, port).expect("the far end again on its port");
+    let t0 = Instant::now();
+    while http(api, "GET", &format!("/api/v1/campaigns/{id}"), None).1["status"] != "completed" {
+        assert!(t0.elapsed() < Duration::from_secs(120), "campaign not completed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (which, log) in [("before the outage", far.invite_log()), ("back", back.invite_log())] {
+        let mut seen = std::collections::HashSet::new();
+        let times: Vec<u64> = log
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let at = (f.first() == Some(&"invite")).then(|| f.get(3)?.parse::<f64>().ok()).flatten()?;
+                seen.insert(*f.get(4)?).then_some((at * 1000.0) as u64)
+            })
+            .collect();
+        assert!(times.len() > 30, "the far end {which} took calls: {}", times.len());
+        let busiest = dialer_testkit::sip::most_within(times, 1000);
+        assert!(busiest <= CPS, "the far end {which} got {busiest} new calls within a second on a {CPS}-CPS trunk");
+    }
 }
 
 /// The far end's log as (epoch seconds, +1 at a call's INVITE or -1 at its hang-up), in time
