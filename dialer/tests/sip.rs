@@ -249,10 +249,12 @@ fn a_sigkilled_dialer_with_calls_up_never_dials_an_attempt_twice_and_resolves_th
 
 /// A dialer killed with calls up hangs up none of them. Started again, it holds their trunk
 /// channels until the longest call has passed (as the limiter holds their campaigns' tokens),
-/// so the carrier never sees more calls up than the trunk's channels: two campaigns of 20 fill
-/// the 30 channels, the process dies, and its successor's first calls wait for the channels
-/// the dead one's calls may still hold (without that, each campaign had 5 tokens to spare and
-/// the trunk 40 calls up). The ledger is sipp's log: each call from its INVITE to its hang-up.
+/// so the carrier never sees more calls up than the trunk's channels: two campaigns of 20 on a
+/// 30-channel trunk split over two shards, the process dies with calls up, and its successor's
+/// first calls wait for the channels the dead one's calls may still hold. It tells the hold
+/// apart only when the campaigns fall to both shards (34 up without it); on one shard the
+/// limiter's hold of the dead run's tokens alone suffices. The ledger is sipp's log: each call
+/// from its INVITE to its hang-up.
 #[test]
 fn a_restarted_dialer_holds_the_trunk_channels_of_the_calls_its_killed_run_left_up() {
     let scenario = dialer_testkit::sip::TRUNK_SCENARIO
