@@ -29,6 +29,7 @@ use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use crate::scheduler::Clock;
+use dialer_store::campaigns::LOAD_ABANDONED_AFTER;
 use dialer_store::{LiveCall, Store, StoreError};
 
 /// When calls count as abandoned.
@@ -77,6 +78,9 @@ pub struct ReapReport {
     pub in_progress: u64,
     /// Of those, how many were resolved by this sweep (a late real event may have won).
     pub applied: u64,
+    /// Campaign loads found unfinished [`LOAD_ABANDONED_AFTER`] after they began (their process
+    /// died mid-load), their rows deleted.
+    pub abandoned_loads: u64,
 }
 
 #[derive(Debug)]
@@ -117,6 +121,8 @@ impl Reaper {
                 break;
             }
         }
+        let before = self.clock.now() - chrono::TimeDelta::seconds(LOAD_ABANDONED_AFTER.as_secs() as i64);
+        report.abandoned_loads = self.store.discard_abandoned_loads(before).await?;
         tracing::Span::current().record("reaped", report.applied);
         if report.applied > 0 {
             tracing::warn!(

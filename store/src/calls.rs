@@ -43,11 +43,12 @@ fn call_from_row<R: RowExt>(row: &R) -> Result<Call, StoreError> {
     })
 }
 
-/// Inserts pending calls; returns how many were created (live duplicates are skipped).
+/// Inserts pending calls (`(id, number, metadata)`); returns how many were created (live
+/// duplicates are skipped).
 pub(crate) async fn insert_pending_calls<'a, D: Dialect>(
     conn: &mut D::Connection,
     campaign_id: Uuid,
-    rows: &[(&'a str, &'a Value)],
+    rows: &[(Uuid, &'a str, &'a Value)],
     at: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     let mut created = 0;
@@ -55,9 +56,9 @@ pub(crate) async fn insert_pending_calls<'a, D: Dialect>(
         let mut q = QueryBuilder::<D>::new(
             "INSERT INTO calls (campaign_id, id, phone_number, metadata, status, attempt_count, created_at, updated_at, zone) ",
         );
-        q.push_values(chunk, |mut b, (phone, meta)| {
+        q.push_values(chunk, |mut b, (id, phone, meta)| {
             b.push_arg(campaign_id)
-                .push_arg(Uuid::now_v7())
+                .push_arg(*id)
                 .push_arg(*phone)
                 .push_arg(Json(*meta))
                 .push_arg(CallStatus::Pending.as_str())
@@ -100,7 +101,7 @@ pub async fn queue_targets<D: Dialect>(
                 )
                 .into());
             };
-            rows.push((phone.as_str(), meta.as_ref().unwrap_or(reg)));
+            rows.push((Uuid::now_v7(), phone.as_str(), meta.as_ref().unwrap_or(reg)));
         }
         queued += insert_pending_calls::<D>(&mut tx, campaign_id, &rows, at).await?;
     }

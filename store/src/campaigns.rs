@@ -204,13 +204,179 @@ async fn fetch_campaign<D: Dialect>(conn: &mut D::Connection, id: Uuid) -> Resul
 
 #[tracing::instrument(name = "store.create_campaign", level = "debug", skip_all)]
 pub async fn create_campaign<D: Dialect>(pool: &sqlx::Pool<D>, c: &NewCampaign) -> Result<Campaign, StoreError> {
+    let parts = load_parts::<D>(pool, c.targets.len());
+    if parts > 1 {
+        return create_campaign_in_parts(pool, c, parts).await;
+    }
     let at = now();
     let mut tx = D::begin(pool).await?;
-    let id = insert_campaign::<D>(&mut tx, &c.settings, c.targets.len(), at).await?;
-    let created = D::register_targets(&mut tx, id, &c.targets, at).await?;
+    let id = insert_campaign::<D>(&mut tx, Uuid::now_v7(), &c.settings, c.targets.len(), at).await?;
+    let created = D::register_targets(&mut tx, id, &c.targets, &call_ids(c.targets.len()), at).await?;
     let campaign = targets_registered::<D>(&mut tx, id, created, at).await?;
     tx.commit().await?;
     Ok(campaign)
+}
+
+/// Targets a part of a campaign loaded by several connections carries at least: a smaller list
+/// loads in one transaction (a part's transaction and commit would cost more than it saves).
+pub const LOAD_PART_MIN_TARGETS: usize = 25_000;
+/// Connections that load one campaign's targets at most.
+const LOAD_PARTS_MAX: u32 = 4;
+/// A load not finished this long after it began is taken for abandoned (its process killed):
+/// the reaper deletes its rows, and the load itself, if it was still running, fails.
+pub const LOAD_ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How many connections load `targets` targets at once: one per [`LOAD_PART_MIN_TARGETS`], at
+/// most a quarter of the pool's connections and [`LOAD_PARTS_MAX`]; one where writers take
+/// turns (SQLite).
+fn load_parts<D: Dialect>(pool: &sqlx::Pool<D>, targets: usize) -> usize {
+    if !D::ROW_LOCKS {
+        return 1;
+    }
+    let by_pool = (pool.options().get_max_connections() / 4).clamp(1, LOAD_PARTS_MAX) as usize;
+    (targets / LOAD_PART_MIN_TARGETS).clamp(1, by_pool)
+}
+
+/// Creates a campaign whose targets `parts` connections load at once, each part in its own
+/// transaction, the campaign's row last: until it commits nothing reads the rows loaded (every
+/// reader starts from a campaign), so the campaign appears whole or not at all. PostgreSQL only
+/// (on SQLite the parts would take turns). A failed load deletes what it wrote; a load whose
+/// process died is deleted by the reaper ([`discard_abandoned_loads`]).
+pub async fn create_campaign_in_parts<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    c: &NewCampaign,
+    parts: usize,
+) -> Result<Campaign, StoreError> {
+    ensure_name_free::<D>(pool, &c.settings.name).await?;
+    let (id, at) = (Uuid::now_v7(), now());
+    begin_load::<D>(pool, id, at).await?;
+    let per_part = c.targets.len().div_ceil(parts.max(1)).max(1);
+    let ids = call_ids(c.targets.len());
+    let loads =
+        c.targets.chunks(per_part).zip(ids.chunks(per_part)).map(|(part, ids)| load_part::<D>(pool, id, part, ids, at));
+    // Every part ends (commits or rolls back) before anything is decided: a part dropped while
+    // committing could commit after the clean-up.
+    let loaded: Result<u64, StoreError> = futures::future::join_all(loads).await.into_iter().sum();
+    let result = match loaded {
+        Ok(created) => finish_load::<D>(pool, id, c, created, at).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err()
+        && let Err(e) = discard_load::<D>(pool, id).await
+    {
+        tracing::warn!(campaign = %id, error = %e, "could not delete a failed load's rows; the reaper will");
+    }
+    result
+}
+
+/// New calls' ids, one per target in list order: claims take a campaign's due calls in id
+/// order, so its list is dialled from the top, however many connections loaded it.
+pub fn call_ids(n: usize) -> Vec<Uuid> {
+    (0..n).map(|_| Uuid::now_v7()).collect()
+}
+
+/// Refuses a name taken already (before loading anything; the campaign's insert checks again).
+async fn ensure_name_free<D: Dialect>(pool: &sqlx::Pool<D>, name: &str) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    let taken = sqlx::query::<D>("SELECT id FROM campaigns WHERE name_key = $1")
+        .arg(name.to_lowercase())
+        .maybe_row(&mut *conn)
+        .await?;
+    match taken {
+        Some(_) => Err(Conflict::NameTaken(name.to_string()).into()),
+        None => Ok(()),
+    }
+}
+
+/// Records that campaign `id`'s targets are being loaded (so that the reaper can find them).
+pub async fn begin_load<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query::<D>("INSERT INTO target_loads (campaign_id, started_at) VALUES ($1, $2)")
+        .arg(id)
+        .arg(at)
+        .run(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Loads one part of campaign `id`'s targets, its calls' ids `call_ids`, in a transaction of its
+/// own; returns its calls.
+pub async fn load_part<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    part: &[NewTarget],
+    call_ids: &[Uuid],
+    at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut tx = D::begin(pool).await?;
+    let created = D::register_targets(&mut tx, id, part, call_ids, at).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Makes a loaded campaign appear: its row, stats and `created` event, in the transaction that
+/// ends its load. Fails if the reaper took the load for abandoned meanwhile (the first statement
+/// takes the load's row, so the reaper and this wait for each other and one of them wins).
+pub async fn finish_load<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    c: &NewCampaign,
+    created: u64,
+    at: DateTime<Utc>,
+) -> Result<Campaign, StoreError> {
+    let mut tx = D::begin(pool).await?;
+    if !take_load::<D>(&mut tx, id).await? {
+        return Err(Conflict::LoadAbandoned(LOAD_ABANDONED_AFTER.as_secs() / 60).into());
+    }
+    insert_campaign::<D>(&mut tx, id, &c.settings, c.targets.len(), at).await?;
+    let campaign = targets_registered::<D>(&mut tx, id, created, at).await?;
+    tx.commit().await?;
+    Ok(campaign)
+}
+
+/// Deletes the load's row; `false` if there was none (the load was finished or discarded).
+async fn take_load<D: Dialect>(conn: &mut D::Connection, id: Uuid) -> Result<bool, StoreError> {
+    let taken = sqlx::query::<D>("DELETE FROM target_loads WHERE campaign_id = $1").arg(id).run(&mut *conn).await?;
+    Ok(taken > 0)
+}
+
+/// Deletes an unfinished load's rows. Nothing if its load row is gone: the load was finished
+/// (the campaign is visible and keeps its rows) or discarded already.
+async fn discard_load<D: Dialect>(pool: &sqlx::Pool<D>, id: Uuid) -> Result<bool, StoreError> {
+    let mut tx = D::begin(pool).await?;
+    if !take_load::<D>(&mut tx, id).await? {
+        return Ok(false);
+    }
+    for table in ["calls", "campaign_targets"] {
+        sqlx::query::<D>(&format!("DELETE FROM {table} WHERE campaign_id = $1")).arg(id).run(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Deletes the rows of every load begun before `before` and not finished (its process died
+/// mid-load); returns how many loads.
+#[tracing::instrument(name = "store.discard_abandoned_loads", level = "debug", skip_all)]
+pub async fn discard_abandoned_loads<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    before: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let ids: Vec<Uuid> = {
+        let mut conn = pool.acquire().await?;
+        let rows = sqlx::query::<D>("SELECT campaign_id FROM target_loads WHERE started_at < $1")
+            .arg(before)
+            .rows(&mut *conn)
+            .await?;
+        rows.iter().map(|r| r.col("campaign_id")).collect::<Result<_, _>>()?
+    };
+    let mut discarded = 0;
+    for id in ids {
+        if discard_load::<D>(pool, id).await? {
+            tracing::warn!(campaign = %id, "deleted the targets of a campaign whose load never finished (its process stopped mid-load); the campaign was never visible: create it again");
+            discarded += 1;
+        }
+    }
+    Ok(discarded)
 }
 
 /// What a list being read sends [`import_campaign`]: its targets as they are read, then
@@ -233,12 +399,12 @@ pub async fn import_campaign<D: Dialect>(
 ) -> Result<Campaign, StoreError> {
     let at = now();
     let mut tx = D::begin(pool).await?;
-    let id = insert_campaign::<D>(&mut tx, settings, 0, at).await?;
+    let id = insert_campaign::<D>(&mut tx, Uuid::now_v7(), settings, 0, at).await?;
     let (mut targets, mut created) = (0i64, 0);
     loop {
         match batches.recv().await {
             Some(ImportBatch::Targets(batch)) => {
-                created += D::register_targets(&mut tx, id, &batch, at).await?;
+                created += D::register_targets(&mut tx, id, &batch, &call_ids(batch.len()), at).await?;
                 targets += batch.len() as i64;
             }
             Some(ImportBatch::Commit) => break,
@@ -257,14 +423,14 @@ pub async fn import_campaign<D: Dialect>(
     Ok(campaign)
 }
 
-/// Inserts the campaign's row (status pending), its business hours and its stats row.
+/// Inserts campaign `id`'s row (status pending), its business hours and its stats row.
 async fn insert_campaign<D: Dialect>(
     conn: &mut D::Connection,
+    id: Uuid,
     s: &CampaignSettings,
     target_count: usize,
     at: DateTime<Utc>,
 ) -> Result<Uuid, StoreError> {
-    let id = Uuid::now_v7();
     let inserted = sqlx::query::<D>(
         "INSERT INTO campaigns (id, name, name_key, description, time_zone, max_concurrent_calls, \
          retry_max_attempts, retry_base_delay_ms, retry_max_delay_ms, retry_jitter, status, target_count, \
@@ -307,6 +473,7 @@ pub(crate) async fn insert_targets<D: Dialect>(
     conn: &mut D::Connection,
     id: Uuid,
     targets: &[NewTarget],
+    call_ids: &[Uuid],
     at: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     for chunk in targets.chunks(CHUNK_ROWS) {
@@ -317,7 +484,8 @@ pub(crate) async fn insert_targets<D: Dialect>(
         });
         q.build().run(&mut *conn).await?;
     }
-    let rows: Vec<(&str, &Value)> = targets.iter().map(|t| (t.phone_number.as_str(), &t.metadata)).collect();
+    let rows: Vec<(Uuid, &str, &Value)> =
+        targets.iter().zip(call_ids).map(|(t, c)| (*c, t.phone_number.as_str(), &t.metadata)).collect();
     insert_pending_calls::<D>(conn, id, &rows, at).await
 }
 

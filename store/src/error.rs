@@ -47,6 +47,8 @@ pub enum Conflict {
     EndpointDisabled,
     #[error("recovery at start could not resolve {0} calls still queued or in progress")]
     Unresolved(usize),
+    #[error("loading the targets took over {0} minutes and was abandoned; send the request again")]
+    LoadAbandoned(u64),
     #[error("campaign {0} plays this prompt; change its telephony.media (or let it complete) first")]
     PromptInUse(uuid::Uuid),
 }

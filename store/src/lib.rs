@@ -350,6 +350,9 @@ pub trait CampaignOps: Send + Sync {
     fn pending_groups(&self, id: Uuid, at: DateTime<Utc>) -> Op<'_, Vec<stats::PendingGroup>>;
     /// Calls queued or in progress in every campaign.
     fn live_calls(&self) -> Op<'_, u64>;
+    /// Deletes the rows of campaign loads begun before `before` that never finished
+    /// ([`campaigns::discard_abandoned_loads`]); returns how many.
+    fn discard_abandoned_loads(&self, before: DateTime<Utc>) -> Op<'_, u64>;
 }
 
 impl<D: Dialect> CampaignOps for sqlx::Pool<D> {
@@ -392,6 +395,9 @@ impl<D: Dialect> CampaignOps for sqlx::Pool<D> {
     }
     fn live_calls(&self) -> Op<'_, u64> {
         Box::pin(stats::live_calls(self))
+    }
+    fn discard_abandoned_loads(&self, before: DateTime<Utc>) -> Op<'_, u64> {
+        Box::pin(campaigns::discard_abandoned_loads(self, before))
     }
 }
 

@@ -140,13 +140,15 @@ pub trait Dialect: Database + Sized {
         c: &'c mut Self::Connection,
         rows: &'c [(Uuid, i64)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
-    /// Registers the targets of a campaign created in this transaction, each with a pending
-    /// call (its id, its zone key); returns the calls created. Nothing of the campaign exists
-    /// before, and the targets are distinct: no conflict to resolve (PostgreSQL: `COPY`).
+    /// Registers the targets of a campaign created in this transaction (or loaded in parts
+    /// before its row), each with a pending call (id `call_ids[i]`, its zone key); returns the
+    /// calls created. None of these targets exists before, and they are distinct: no conflict
+    /// to resolve (PostgreSQL: `COPY`).
     fn register_targets<'c>(
         c: &'c mut Self::Connection,
         campaign_id: Uuid,
         targets: &'c [NewTarget],
+        call_ids: &'c [Uuid],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c;
     /// The recorder's batch of calls, read and locked (PostgreSQL: `FOR UPDATE`) in id order:

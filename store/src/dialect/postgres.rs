@@ -128,9 +128,10 @@ impl Dialect for Postgres {
         c: &'c mut sqlx::PgConnection,
         campaign_id: Uuid,
         targets: &'c [NewTarget],
+        call_ids: &'c [Uuid],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c {
-        copy_targets(c, campaign_id, targets, at)
+        copy_targets(c, campaign_id, targets, call_ids, at)
     }
 
     fn lock_calls<'c>(
@@ -218,6 +219,7 @@ async fn copy_targets(
     conn: &mut sqlx::PgConnection,
     campaign_id: Uuid,
     targets: &[NewTarget],
+    call_ids: &[Uuid],
     at: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     if targets.is_empty() {
@@ -235,7 +237,7 @@ async fn copy_targets(
     copy(conn, statement, targets.len(), |i, out| {
         let t = &targets[i];
         let zone = dialer_domain::recipient::zone_key(&t.phone_number, &t.metadata);
-        let id = Uuid::now_v7().to_string();
+        let id = call_ids[i].to_string();
         copy_row(out, &[&campaign, &id, &t.phone_number, &metadata[i], "pending", "0", &at, &at, &zone]);
     })
     .await

@@ -128,9 +128,10 @@ impl Dialect for Sqlite {
         c: &'c mut sqlx::SqliteConnection,
         campaign_id: Uuid,
         targets: &'c [NewTarget],
+        call_ids: &'c [Uuid],
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'c {
-        crate::campaigns::insert_targets::<Sqlite>(c, campaign_id, targets, at)
+        crate::campaigns::insert_targets::<Sqlite>(c, campaign_id, targets, call_ids, at)
     }
 
     fn lock_calls<'c>(
