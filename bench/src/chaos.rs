@@ -170,7 +170,9 @@ impl Proc {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        self.child = Some(c.spawn().with_context(|| format!("starting {}", self.name))?);
+        let child = c.spawn().with_context(|| format!("starting {}", self.name))?;
+        dialer_testkit::end_with_this_process(child.id());
+        self.child = Some(child);
         Ok(())
     }
 

@@ -17,7 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use dialer_testkit::sip::{REFUSE_SCENARIO, Sipp, TRUNK_SCENARIO, free_udp_port};
+use dialer_testkit::sip::{
+    FarEndLine, REFUSE_SCENARIO, Sipp, channel_peak, far_end_lines, free_udp_port, most_within, trunk_scenario,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -126,10 +128,7 @@ fn now_us() -> u64 {
 impl Trunks {
     /// Starts both trunks' far ends; `call_ms` and `ring_ms` as the mock provider's.
     pub fn start(args: &SipArgs, global_cap: u32, (min_ms, max_ms): (u64, u64), ring_ms: u64) -> Result<Trunks> {
-        let scenario = TRUNK_SCENARIO
-            .replace("{RING_MS}", &ring_ms.to_string())
-            .replace("{MIN_MS}", &min_ms.to_string())
-            .replace("{MAX_MS}", &max_ms.to_string());
+        let scenario = trunk_scenario(ring_ms, min_ms, max_ms);
         let mut trunks = Vec::new();
         for k in 0..2 {
             let mut t = Trunk { name: format!("trunk-{k}"), port: free_udp_port(), far_ends: Vec::new() };
@@ -250,7 +249,7 @@ impl Trunks {
         for (k, t) in self.trunks.iter().enumerate() {
             let mine: Vec<&Leg> = legs.iter().filter(|l| l.trunk == k).collect();
             let channels = channel_peak(mine.iter().filter(|l| !l.refused).map(|l| (l.invite_us, l.end_us)));
-            let cps = busiest_second(mine.iter().map(|l| l.invite_us));
+            let cps = most_within(mine.iter().map(|l| l.invite_us).collect(), 1_000_000);
             a.over_channels += u64::from(channels > i64::from(self.channels));
             a.over_cps += u64::from(cps > self.cps as usize);
             a.trunks.push(json!({
@@ -310,16 +309,13 @@ fn attempt_of(call_id: &str) -> Option<(Uuid, u32)> {
     Some((call, parts.next()?.parse().ok()?))
 }
 
-/// A far end's log (`<what> <date> <time> <epoch s.µs> <Call-ID>` per line) as legs; `bound`
-/// gives the end of a call whose hang-up is not in the log.
+/// A far end's log ([`far_end_lines`]) as legs; `bound` gives the end of a call whose hang-up
+/// is not in the log.
 fn parse_log(log: &str, trunk: usize, refusing: bool, bound: impl Fn(u64) -> u64) -> Result<Vec<Leg>> {
     let mut legs: HashMap<String, Leg> = HashMap::new();
     let mut ends: HashMap<String, u64> = HashMap::new();
-    for line in log.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let [what, _, _, at, call_id] = f[..] else { continue };
-        let secs: f64 = at.parse().map_err(|_| anyhow!("far end's log: bad time in {line:?}"))?;
-        let at_us = (secs * 1e6) as u64;
+    for line in far_end_lines(log) {
+        let FarEndLine { what, at_us, call_id } = line.map_err(|e| anyhow!(e))?;
         match what {
             "invite" | "refused" => {
                 let (call, attempt) =
@@ -354,23 +350,6 @@ fn parse_log(log: &str, trunk: usize, refusing: bool, bound: impl Fn(u64) -> u64
     Ok(legs.into_values().collect())
 }
 
-/// The most calls up at once, ends before starts at one instant.
-fn channel_peak(intervals: impl Iterator<Item = (u64, u64)>) -> i64 {
-    let mut edges: Vec<(u64, i8)> = intervals.flat_map(|(s, e)| [(s, 1), (e, -1)]).collect();
-    edges.sort_unstable();
-    let (mut up, mut peak) = (0i64, 0i64);
-    for (_, d) in edges {
-        up += i64::from(d);
-        peak = peak.max(up);
-    }
-    peak
-}
-
-/// The most INVITEs within any one second.
-fn busiest_second(times: impl Iterator<Item = u64>) -> usize {
-    dialer_testkit::sip::most_within(times.collect(), 1_000_000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,14 +371,5 @@ mod tests {
             vec![(1, 100_000_000, 100_500_000, true), (2, 101_000_000, 101_250_000, false)]
         );
         assert!(legs.iter().all(|l| l.call == call && l.trunk == 1));
-    }
-
-    #[test]
-    fn channels_and_seconds_are_counted_as_a_carrier_would() {
-        // Back to back: one channel; overlapping: two.
-        assert_eq!(channel_peak([(0, 10), (10, 20)].into_iter()), 1);
-        assert_eq!(channel_peak([(0, 10), (5, 20), (9, 12)].into_iter()), 3);
-        // Three INVITEs within 1 s, the fourth a second after the first.
-        assert_eq!(busiest_second([0, 400_000, 999_999, 1_000_000].into_iter()), 3);
     }
 }

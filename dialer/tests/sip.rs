@@ -257,10 +257,7 @@ fn a_sigkilled_dialer_with_calls_up_never_dials_an_attempt_twice_and_resolves_th
 /// from its INVITE to its hang-up.
 #[test]
 fn a_restarted_dialer_holds_the_trunk_channels_of_the_calls_its_killed_run_left_up() {
-    let scenario = dialer_testkit::sip::TRUNK_SCENARIO
-        .replace("{RING_MS}", "10")
-        .replace("{MIN_MS}", "4000")
-        .replace("{MAX_MS}", "4000");
+    let scenario = dialer_testkit::sip::trunk_scenario(10, 4000, 4000);
     let far = dialer_testkit::sip::Sipp::uas_at(&scenario, dialer_testkit::sip::free_udp_port())
         .unwrap_or_else(|e| panic!("sipp is needed: {e}"));
     let dir = tempfile::tempdir().expect("dir");
@@ -278,13 +275,14 @@ fn a_restarted_dialer_holds_the_trunk_channels_of_the_calls_its_killed_run_left_
         ids.push(campaign_with(port, name, &numbers, retry.clone(), json!({})));
     }
     let t0 = Instant::now();
-    while up_at(&far.invite_log(), f64::MAX) < CHANNELS as usize / 2 {
+    while up_at(&far.invite_log(), u64::MAX) < CHANNELS as i64 / 2 {
         assert!(t0.elapsed() < Duration::from_secs(30), "the trunk's channels never filled: {}", far.invite_log());
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = up.0.kill();
     let _ = up.0.wait();
-    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let killed_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_micros() as u64;
     let _up = up_once(2);
     for id in &ids {
         let t0 = Instant::now();
@@ -295,9 +293,9 @@ fn a_restarted_dialer_holds_the_trunk_channels_of_the_calls_its_killed_run_left_
     }
     let log = far.invite_log();
     let left_up = up_at(&log, killed_at);
-    assert!(left_up >= CHANNELS as usize / 2, "the killed run left {left_up} calls up: too few to show anything");
-    let peak = channels_peak(&log);
-    assert!(peak <= CHANNELS as usize, "sipp had {peak} calls up at once on a trunk of {CHANNELS} channels");
+    assert!(left_up >= CHANNELS as i64 / 2, "the killed run left {left_up} calls up: too few to show anything");
+    let peak = dialer_testkit::sip::channels_peak(&log);
+    assert!(peak <= CHANNELS as i64, "sipp had {peak} calls up at once on a trunk of {CHANNELS} channels");
 }
 
 /// A far end down for a while, then back on its port: the INVITEs the dialer kept sending
@@ -306,10 +304,7 @@ fn a_restarted_dialer_holds_the_trunk_channels_of_the_calls_its_killed_run_left_
 /// (before, the retransmissions of every INVITE sent during the outage arrived at once).
 #[test]
 fn a_far_end_back_from_an_outage_sees_no_more_calls_a_second_than_the_trunk_allows() {
-    let scenario = dialer_testkit::sip::TRUNK_SCENARIO
-        .replace("{RING_MS}", "10")
-        .replace("{MIN_MS}", "100")
-        .replace("{MAX_MS}", "200");
+    let scenario = dialer_testkit::sip::trunk_scenario(10, 100, 200);
     let port = dialer_testkit::sip::free_udp_port();
     let far = dialer_testkit::sip::Sipp::uas_at(&scenario, port).unwrap_or_else(|e| panic!("sipp is needed: {e}"));
     let dir = tempfile::tempdir().expect("dir");
@@ -336,13 +331,10 @@ fn a_far_end_back_from_an_outage_sees_no_more_calls_a_second_than_the_trunk_allo
     }
     for (which, log) in [("before the outage", far.invite_log()), ("back", back.invite_log())] {
         let mut seen = std::collections::HashSet::new();
-        let times: Vec<u64> = log
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let at = (f.first() == Some(&"invite")).then(|| f.get(3)?.parse::<f64>().ok()).flatten()?;
-                seen.insert(*f.get(4)?).then_some((at * 1000.0) as u64)
-            })
+        let times: Vec<u64> = dialer_testkit::sip::far_end_lines(&log)
+            .map(|l| l.expect("the far end's log"))
+            .filter(|l| l.what == "invite" && seen.insert(l.call_id))
+            .map(|l| l.at_us / 1000)
             .collect();
         assert!(times.len() > 30, "the far end {which} took calls: {}", times.len());
         let busiest = dialer_testkit::sip::most_within(times, 1000);
@@ -350,43 +342,9 @@ fn a_far_end_back_from_an_outage_sees_no_more_calls_a_second_than_the_trunk_allo
     }
 }
 
-/// The far end's log as (epoch seconds, +1 at a call's INVITE or -1 at its hang-up), in time
-/// order (`<kind> <date> <time> <epoch> <Call-ID>` lines, `testkit/sip/trunk.xml`).
-fn channel_steps(log: &str) -> Vec<(f64, i64)> {
-    let mut seen = std::collections::HashSet::new();
-    let mut steps: Vec<(f64, i64)> = log
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (kind, at, call) = (*f.first()?, f.get(3)?.parse::<f64>().ok()?, *f.get(4)?);
-            match kind {
-                "invite" if seen.insert(call.to_string()) => Some((at, 1)),
-                "end" => Some((at, -1)),
-                _ => None,
-            }
-        })
-        .collect();
-    steps.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    steps
-}
-
-/// The most calls up at once at the far end.
-fn channels_peak(log: &str) -> usize {
-    let mut up = 0i64;
-    channel_steps(log)
-        .into_iter()
-        .map(|(_, d)| {
-            up += d;
-            up
-        })
-        .max()
-        .unwrap_or(0)
-        .max(0) as usize
-}
-
-/// Calls up at the far end at `at` (epoch seconds).
-fn up_at(log: &str, at: f64) -> usize {
-    channel_steps(log).into_iter().filter(|&(t, _)| t <= at).map(|(_, d)| d).sum::<i64>().max(0) as usize
+/// Calls up at the far end at `at` (µs since the epoch).
+fn up_at(log: &str, at: u64) -> i64 {
+    dialer_testkit::sip::channel_steps(log).into_iter().filter(|&(t, _)| t <= at).map(|(_, d)| d).sum::<i64>().max(0)
 }
 
 #[test]

@@ -86,16 +86,27 @@ pub fn unique_name(prefix: &str) -> String {
 /// which still owns `dir`), taking what is left of its group with it: a run that restarts a
 /// server many times must not gather a polling shell per restart.
 fn watch(pid: u32, dir: &Path) {
+    watch_with(std::process::id(), pid, &format!("rm -rf '{}'", dir.display()));
+}
+
+/// Ends process `pid` (SIGINT, then SIGKILL 5 s later) once this process is gone, killed or
+/// interrupted before it could: a bench's own child processes (the dialer's, started from its
+/// binary) do not outlive it. Like the servers' watchdog, it ends as soon as `pid` does.
+pub fn end_with_this_process(pid: u32) {
+    watch_with(std::process::id(), pid, "true");
+}
+
+/// Ends `pid` once process `owner` is gone, then runs the shell command `then`.
+fn watch_with(owner: u32, pid: u32, then: &str) {
     let script = format!(
         "while kill -0 {me} 2>/dev/null; do \
          kill -0 {pid} 2>/dev/null || {{ kill -KILL -- -{pid} 2>/dev/null; exit 0; }}; sleep 0.5; done; \
          kill -INT -- -{pid} 2>/dev/null || kill -INT {pid} 2>/dev/null; \
          for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.5; done; \
-         kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'",
-        me = std::process::id(),
-        dir = dir.display()
+         kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; {then}",
+        me = owner,
     );
-    let _ = Command::new("sh")
+    let shell = Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(Stdio::null())
@@ -103,6 +114,10 @@ fn watch(pid: u32, dir: &Path) {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn();
+    // Reaped when it ends: a run that restarts processes hundreds of times gathers no zombies.
+    if let Ok(mut shell) = shell {
+        std::thread::spawn(move || shell.wait());
+    }
 }
 
 /// Refuses to start a server where the temp directory has less than `need_mib` free: a server
@@ -431,6 +446,24 @@ pub fn postgres_database() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `end_with_this_process` does for a bench's dialer processes, with a stand-in for the
+    /// bench: the watched process outlives nothing it should.
+    #[test]
+    fn a_watched_process_ends_when_its_owner_does_and_not_before() {
+        let spawn = |secs: &str| Command::new("sleep").arg(secs).spawn().expect("sleep");
+        let (mut owner, mut watched) = (spawn("30"), spawn("60"));
+        watch_with(owner.id(), watched.id(), "true");
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(watched.try_wait().expect("wait").is_none(), "the watched process runs while its owner does");
+        let _ = owner.kill();
+        let _ = owner.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while watched.try_wait().expect("wait").is_none() {
+            assert!(std::time::Instant::now() < deadline, "the watched process outlived its owner by 10 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     #[test]
     fn each_database_is_new() {

@@ -281,6 +281,81 @@ impl SippReport {
     }
 }
 
+/// [`TRUNK_SCENARIO`] ringing `ring_ms` and talking `min_ms`–`max_ms` (uniform).
+pub fn trunk_scenario(ring_ms: u64, min_ms: u64, max_ms: u64) -> String {
+    TRUNK_SCENARIO
+        .replace("{RING_MS}", &ring_ms.to_string())
+        .replace("{MIN_MS}", &min_ms.to_string())
+        .replace("{MAX_MS}", &max_ms.to_string())
+}
+
+/// One line of a far end's log (`sip/trunk.xml`: `<what> <date> <time> <epoch s.µs> <Call-ID>`,
+/// `what` one of `invite` (each INVITE received, retransmissions too), `answer`, `end` and
+/// `refused`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FarEndLine<'a> {
+    pub what: &'a str,
+    /// Microseconds since the epoch.
+    pub at_us: u64,
+    pub call_id: &'a str,
+}
+
+/// The lines of a far end's log; a line of another shape (one being written) is skipped, one
+/// whose time does not parse is an error naming it.
+pub fn far_end_lines(log: &str) -> impl Iterator<Item = Result<FarEndLine<'_>, String>> {
+    log.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [what, _, _, at, call_id] = f[..] else { return None };
+        Some(match at.parse::<f64>() {
+            Ok(secs) => Ok(FarEndLine { what, at_us: (secs * 1e6) as u64, call_id }),
+            Err(_) => Err(format!("far end's log: bad time in {line:?}")),
+        })
+    })
+}
+
+/// The far end's channels over time: (µs since the epoch, +1 at a call's first INVITE or -1 at
+/// its hang-up), in time order, hang-ups first at one instant.
+pub fn channel_steps(log: &str) -> Vec<(u64, i64)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut steps: Vec<(u64, i64)> = far_end_lines(log)
+        .filter_map(Result::ok)
+        .filter_map(|l| match l.what {
+            "invite" if seen.insert(l.call_id) => Some((l.at_us, 1)),
+            "end" => Some((l.at_us, -1)),
+            _ => None,
+        })
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// The most calls up at once at the far end whose log is `log`.
+pub fn channels_peak(log: &str) -> i64 {
+    let mut up = 0i64;
+    channel_steps(log)
+        .into_iter()
+        .map(|(_, d)| {
+            up += d;
+            up
+        })
+        .max()
+        .unwrap_or(0)
+        .max(0)
+}
+
+/// The most of `intervals` (start, end) overlapping at once, ends before starts at one instant
+/// (a carrier's channels: a call ending frees its channel for one starting then).
+pub fn channel_peak(intervals: impl Iterator<Item = (u64, u64)>) -> i64 {
+    let mut edges: Vec<(u64, i8)> = intervals.flat_map(|(s, e)| [(s, 1), (e, -1)]).collect();
+    edges.sort_unstable();
+    let (mut up, mut peak) = (0i64, 0i64);
+    for (_, d) in edges {
+        up += i64::from(d);
+        peak = peak.max(up);
+    }
+    peak
+}
+
 /// The most of `times` within any `window` (a sliding window: a carrier's calls per second).
 pub fn most_within(mut times: Vec<u64>, window: u64) -> usize {
     times.sort_unstable();
@@ -367,6 +442,24 @@ mod tests {
         assert_eq!((r.peak, r.successful, r.failed), (17, 40, 2));
         assert_eq!(r.max_invites_per_second(), 3, "1000, 1500, 1999 are within one second; 2000 is not with 1000");
         assert!(SippReport::parse("nothing", "").is_err());
+    }
+
+    #[test]
+    fn a_far_ends_log_gives_its_channels_as_a_carrier_counts_them() {
+        let log = "invite 2026-12-07\t14:22:13.0\t100.000000 a@x\nanswer 2026-12-07\t14:22:13.1\t100.100000 a@x\n\
+                   invite 2026-12-07\t14:22:13.2\t100.200000 a@x\ninvite 2026-12-07\t14:22:13.5\t100.500000 b@x\n\
+                   end 2026-12-07\t14:22:13.5\t100.500000 a@x\nend 2026-12-07\t14:22:14.0\t101.000000 b@x\ninvite 2026";
+        let lines: Vec<_> = far_end_lines(log).collect::<Result<_, _>>().expect("parsed");
+        assert_eq!(lines.len(), 6, "the line being written is skipped");
+        assert_eq!(lines[1], FarEndLine { what: "answer", at_us: 100_100_000, call_id: "a@x" });
+        // a's retransmitted INVITE is not a second call; b starts as a ends: one channel.
+        assert_eq!(channel_steps(log), vec![(100_000_000, 1), (100_500_000, -1), (100_500_000, 1), (101_000_000, -1)]);
+        assert_eq!(channels_peak(log), 1);
+        assert!(far_end_lines("invite d t soon a@x").next().expect("a line").is_err());
+        // Back to back: one channel; overlapping: two.
+        assert_eq!(channel_peak([(0, 10), (10, 20)].into_iter()), 1);
+        assert_eq!(channel_peak([(0, 10), (5, 20), (9, 12)].into_iter()), 3);
+        assert_eq!(most_within(vec![0, 400_000, 999_999, 1_000_000], 1_000_000), 3);
     }
 
     #[test]
