@@ -144,7 +144,8 @@ async fn the_reaper_deletes_a_load_that_never_finished() {
     assert_eq!(reaper.sweep(&mut rng).await.expect("sweep").abandoned_loads, 1);
     assert_eq!(rows(&store).await, [0, 0, 0, 0], "calls, targets, loads, campaigns after the sweep");
 
-    let e = campaigns::finish_load(pg(&store), id, &c, 600, at).await.expect_err("the load was discarded");
+    let e =
+        campaigns::finish_load(pg(&store), id, &c.settings, 600, 600, at).await.expect_err("the load was discarded");
     assert!(matches!(e, StoreError::Conflict(Conflict::LoadAbandoned(_))), "{e:?}");
     assert_eq!(rows(&store).await, [0, 0, 0, 0], "no campaign shown without its rows");
 }

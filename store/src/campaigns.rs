@@ -258,9 +258,99 @@ pub async fn create_campaign_in_parts<D: Dialect>(
     // committing could commit after the clean-up.
     let loaded: Result<u64, StoreError> = futures::future::join_all(loads).await.into_iter().sum();
     let result = match loaded {
-        Ok(created) => finish_load::<D>(pool, id, c, created, at).await,
+        Ok(created) => finish_load::<D>(pool, id, &c.settings, c.targets.len(), created, at).await,
         Err(e) => Err(e),
     };
+    discard_if_failed(pool, id, result).await
+}
+
+/// [`import_campaign`] on several connections: each batch loaded in a transaction of its own as
+/// it arrives, up to `parts` at once, the campaign's row last (as [`create_campaign_in_parts`]).
+async fn import_in_parts<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    settings: &CampaignSettings,
+    mut batches: tokio::sync::mpsc::Receiver<ImportBatch>,
+    parts: usize,
+) -> Result<Campaign, StoreError> {
+    ensure_name_free::<D>(pool, &settings.name).await?;
+    let (id, at) = (Uuid::now_v7(), now());
+    begin_load::<D>(pool, id, at).await?;
+    let loaded = load_batches(pool, id, &mut batches, parts, at).await;
+    drop(batches); // the reader's next batch finds the load over
+    let result = match loaded {
+        Ok((targets, created)) => finish_load::<D>(pool, id, settings, targets, created, at).await,
+        Err(e) => Err(e),
+    };
+    discard_if_failed(pool, id, result).await
+}
+
+/// Loads each batch as it arrives, up to `parts` at once, until the list's end; returns the
+/// targets and the calls created. Every part ends (commits or rolls back) before this returns:
+/// a part still committing could commit after the clean-up of a failed load.
+async fn load_batches<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    batches: &mut tokio::sync::mpsc::Receiver<ImportBatch>,
+    parts: usize,
+    at: DateTime<Utc>,
+) -> Result<(usize, u64), StoreError> {
+    let mut loading = tokio::task::JoinSet::new();
+    let (mut targets, mut created, mut failed) = (0, 0, None);
+    while failed.is_none() {
+        let batch = match batches.recv().await {
+            Some(ImportBatch::Targets(batch)) => batch,
+            Some(ImportBatch::Commit) => break,
+            None => {
+                failed =
+                    Some(FieldError::new("targets", "the list was not read to its end: nothing was written").into());
+                break;
+            }
+        };
+        // The parts finished meanwhile, then room for this one.
+        while let Some(done) = loading.try_join_next() {
+            tally(done, &mut created, &mut failed);
+        }
+        while loading.len() >= parts.max(1)
+            && let Some(done) = loading.join_next().await
+        {
+            tally(done, &mut created, &mut failed);
+        }
+        if failed.is_some() {
+            break;
+        }
+        targets += batch.len();
+        let pool = pool.clone();
+        loading.spawn(async move { load_part::<D>(&pool, id, &batch, &call_ids(batch.len()), at).await });
+    }
+    while let Some(done) = loading.join_next().await {
+        tally(done, &mut created, &mut failed);
+    }
+    failed.map_or(Ok((targets, created)), Err)
+}
+
+/// Adds a finished part's calls to `created`, or keeps its error (the first one).
+fn tally(
+    done: Result<Result<u64, StoreError>, tokio::task::JoinError>,
+    created: &mut u64,
+    failed: &mut Option<StoreError>,
+) {
+    match done {
+        Ok(Ok(n)) => *created += n,
+        Ok(Err(e)) => {
+            failed.get_or_insert(e);
+        }
+        Err(_) => {
+            failed.get_or_insert(Corrupt::Broken("a part of the list's load panicked").into());
+        }
+    }
+}
+
+/// `result` of load `id`; when it failed, the load's rows are deleted first.
+async fn discard_if_failed<D: Dialect>(
+    pool: &sqlx::Pool<D>,
+    id: Uuid,
+    result: Result<Campaign, StoreError>,
+) -> Result<Campaign, StoreError> {
     if result.is_err()
         && let Err(e) = discard_load::<D>(pool, id).await
     {
@@ -320,7 +410,8 @@ pub async fn load_part<D: Dialect>(
 pub async fn finish_load<D: Dialect>(
     pool: &sqlx::Pool<D>,
     id: Uuid,
-    c: &NewCampaign,
+    settings: &CampaignSettings,
+    targets: usize,
     created: u64,
     at: DateTime<Utc>,
 ) -> Result<Campaign, StoreError> {
@@ -328,7 +419,7 @@ pub async fn finish_load<D: Dialect>(
     if !take_load::<D>(&mut tx, id).await? {
         return Err(Conflict::LoadAbandoned(LOAD_ABANDONED_AFTER.as_secs() / 60).into());
     }
-    insert_campaign::<D>(&mut tx, id, &c.settings, c.targets.len(), at).await?;
+    insert_campaign::<D>(&mut tx, id, settings, targets, at).await?;
     let campaign = targets_registered::<D>(&mut tx, id, created, at).await?;
     tx.commit().await?;
     Ok(campaign)
@@ -397,6 +488,10 @@ pub async fn import_campaign<D: Dialect>(
     settings: &CampaignSettings,
     mut batches: tokio::sync::mpsc::Receiver<ImportBatch>,
 ) -> Result<Campaign, StoreError> {
+    let parts = load_parts::<D>(pool, usize::MAX);
+    if parts > 1 {
+        return import_in_parts(pool, settings, batches, parts).await;
+    }
     let at = now();
     let mut tx = D::begin(pool).await?;
     let id = insert_campaign::<D>(&mut tx, Uuid::now_v7(), settings, 0, at).await?;

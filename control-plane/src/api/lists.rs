@@ -3,9 +3,10 @@
 //! (`text/csv`). The JSON bodies of the same endpoints go to their handlers in
 //! [`super::handlers`].
 //!
-//! A new campaign's list is read as it arrives and written in batches inside one transaction
-//! ([`dialer_store::ImportBatch`]): memory stays bounded whatever the list's length, and a list
-//! that turns out unreadable, or whose every row is bad, writes nothing.
+//! A new campaign's list is read as it arrives and written in batches ([`dialer_store::ImportBatch`]:
+//! one transaction, or on PostgreSQL one per batch, several at once, the campaign's row last):
+//! memory stays bounded whatever the list's length, and a list that turns out unreadable, or
+//! whose every row is bad, leaves nothing written once it is answered.
 
 use std::collections::HashMap;
 
@@ -241,9 +242,14 @@ pub(crate) async fn import_list(
     .await;
     let report = match read {
         Ok(Some(report)) if report.accepted > 0 => report,
-        Ok(Some(report)) => return Ok(Imported::NoUsableRow(report)),
         Ok(None) => ImportReport::default(),
-        Err(e) => return Err(e), // dropping `tx` rolls the import back
+        refused => {
+            // Without a commit the store undoes what it wrote (PostgreSQL may have committed
+            // batches of a campaign not shown yet): answered once it has.
+            drop(tx);
+            let _ = writer.await;
+            return refused.map(|r| Imported::NoUsableRow(r.unwrap_or_default()));
+        }
     };
     if hand_over(&tx, &mut batch).await {
         let _ = tx.send(ImportBatch::Commit).await;
