@@ -63,6 +63,12 @@ pub async fn run(a: Args) -> Result<()> {
         body.len() as f64 / 1e6,
         store.kind().as_str()
     );
+    // What the handler does before the store (parse, validate, merge duplicates), timed alone.
+    let t = Instant::now();
+    let parsed: dialer_api::campaigns::CreateCampaignRequest = serde_json::from_str(&body)?;
+    let validated = parsed.validate(a.count).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parse_s = t.elapsed().as_secs_f64();
+    drop((parsed, validated));
     let t0 = Instant::now();
     let (s, c) = send(&router, Method::POST, "/api/v1/campaigns", body).await?;
     let create_s = t0.elapsed().as_secs_f64();
@@ -112,6 +118,7 @@ pub async fn run(a: Args) -> Result<()> {
         "cores": crate::cores(),
         "duration_s": create_s + requeue_s,
         "create_seconds": create_s,
+        "parse_validate_seconds": parse_s,
         "targets_per_sec": a.count as f64 / create_s,
         "requeue_seconds": requeue_s,
         "requeue_targets_per_sec": a.count as f64 / requeue_s,
@@ -120,6 +127,7 @@ pub async fn run(a: Args) -> Result<()> {
     println!("{:<34} {:>12}", "figure", "value");
     println!("{:<34} {:>12}", "targets", a.count);
     println!("{:<34} {:>12.2}", "create (one request), s", create_s);
+    println!("{:<34} {:>12.2}", "  of which parse + validate, s", parse_s);
     println!("{:<34} {:>12.0}", "targets_per_sec (create)", a.count as f64 / create_s);
     println!("{:<34} {:>12.2}", format!("re-queue (chunks of {}), s", a.chunk), requeue_s);
     println!("{:<34} {:>12.0}", "targets_per_sec (re-queue)", a.count as f64 / requeue_s);

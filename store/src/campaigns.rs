@@ -250,13 +250,13 @@ pub async fn create_campaign_in_parts<D: Dialect>(
     ensure_name_free::<D>(pool, &c.settings.name).await?;
     let (id, at) = (Uuid::now_v7(), now());
     begin_load::<D>(pool, id, at).await?;
-    let per_part = c.targets.len().div_ceil(parts.max(1)).max(1);
-    let ids = call_ids(c.targets.len());
-    let loads =
-        c.targets.chunks(per_part).zip(ids.chunks(per_part)).map(|(part, ids)| load_part::<D>(pool, id, part, ids, at));
-    // Every part ends (commits or rolls back) before anything is decided: a part dropped while
-    // committing could commit after the clean-up.
-    let loaded: Result<u64, StoreError> = futures::future::join_all(loads).await.into_iter().sum();
+    let mut loader = Loader::new(pool, id, parts, at);
+    for batch in c.targets.chunks(LOAD_BATCH_TARGETS) {
+        if !loader.add(batch.to_vec()).await {
+            break;
+        }
+    }
+    let loaded = loader.finish().await;
     let result = match loaded {
         Ok(created) => finish_load::<D>(pool, id, &c.settings, c.targets.len(), created, at).await,
         Err(e) => Err(e),
@@ -285,8 +285,7 @@ async fn import_in_parts<D: Dialect>(
 }
 
 /// Loads each batch as it arrives, up to `parts` at once, until the list's end; returns the
-/// targets and the calls created. Every part ends (commits or rolls back) before this returns:
-/// a part still committing could commit after the clean-up of a failed load.
+/// targets and the calls created.
 async fn load_batches<D: Dialect>(
     pool: &sqlx::Pool<D>,
     id: Uuid,
@@ -294,53 +293,84 @@ async fn load_batches<D: Dialect>(
     parts: usize,
     at: DateTime<Utc>,
 ) -> Result<(usize, u64), StoreError> {
-    let mut loading = tokio::task::JoinSet::new();
-    let (mut targets, mut created, mut failed) = (0, 0, None);
-    while failed.is_none() {
-        let batch = match batches.recv().await {
-            Some(ImportBatch::Targets(batch)) => batch,
+    let (mut loader, mut targets) = (Loader::new(pool, id, parts, at), 0);
+    loop {
+        match batches.recv().await {
+            Some(ImportBatch::Targets(batch)) => {
+                targets += batch.len();
+                if !loader.add(batch).await {
+                    break;
+                }
+            }
             Some(ImportBatch::Commit) => break,
             None => {
-                failed =
-                    Some(FieldError::new("targets", "the list was not read to its end: nothing was written").into());
+                let e = FieldError::new("targets", "the list was not read to its end: nothing was written");
+                loader.failed.get_or_insert(e.into());
                 break;
             }
-        };
-        // The parts finished meanwhile, then room for this one.
-        while let Some(done) = loading.try_join_next() {
-            tally(done, &mut created, &mut failed);
         }
-        while loading.len() >= parts.max(1)
-            && let Some(done) = loading.join_next().await
-        {
-            tally(done, &mut created, &mut failed);
-        }
-        if failed.is_some() {
-            break;
-        }
-        targets += batch.len();
-        let pool = pool.clone();
-        loading.spawn(async move { load_part::<D>(&pool, id, &batch, &call_ids(batch.len()), at).await });
     }
-    while let Some(done) = loading.join_next().await {
-        tally(done, &mut created, &mut failed);
-    }
-    failed.map_or(Ok((targets, created)), Err)
+    Ok((targets, loader.finish().await?))
 }
 
-/// Adds a finished part's calls to `created`, or keeps its error (the first one).
-fn tally(
-    done: Result<Result<u64, StoreError>, tokio::task::JoinError>,
-    created: &mut u64,
-    failed: &mut Option<StoreError>,
-) {
-    match done {
-        Ok(Ok(n)) => *created += n,
-        Ok(Err(e)) => {
-            failed.get_or_insert(e);
+/// Targets a batch of a list given whole carries when it loads in parts.
+const LOAD_BATCH_TARGETS: usize = 10_000;
+
+/// The parts of one load in flight: each batch a task loading it in its own transaction (its
+/// own connection and thread), at most `parts` at once.
+struct Loader<D: Dialect> {
+    pool: sqlx::Pool<D>,
+    id: Uuid,
+    parts: usize,
+    at: DateTime<Utc>,
+    loading: tokio::task::JoinSet<Result<u64, StoreError>>,
+    created: u64,
+    failed: Option<StoreError>,
+}
+
+impl<D: Dialect> Loader<D> {
+    fn new(pool: &sqlx::Pool<D>, id: Uuid, parts: usize, at: DateTime<Utc>) -> Self {
+        let loading = tokio::task::JoinSet::new();
+        Loader { pool: pool.clone(), id, parts: parts.max(1), at, loading, created: 0, failed: None }
+    }
+
+    /// Starts loading `batch` once a part is free (its calls' ids taken now: in list order);
+    /// `false` once a part has failed (the load is over).
+    async fn add(&mut self, batch: Vec<NewTarget>) -> bool {
+        while let Some(done) = self.loading.try_join_next() {
+            self.tally(done);
         }
-        Err(_) => {
-            failed.get_or_insert(Corrupt::Broken("a part of the list's load panicked").into());
+        while self.loading.len() >= self.parts
+            && let Some(done) = self.loading.join_next().await
+        {
+            self.tally(done);
+        }
+        if self.failed.is_some() {
+            return false;
+        }
+        let (pool, id, at, ids) = (self.pool.clone(), self.id, self.at, call_ids(batch.len()));
+        self.loading.spawn(async move { load_part::<D>(&pool, id, &batch, &ids, at).await });
+        true
+    }
+
+    /// Waits for every part to end (commit or roll back: a part still committing could commit
+    /// after the clean-up of a failed load); the calls created, or the first failure.
+    async fn finish(mut self) -> Result<u64, StoreError> {
+        while let Some(done) = self.loading.join_next().await {
+            self.tally(done);
+        }
+        self.failed.map_or(Ok(self.created), Err)
+    }
+
+    fn tally(&mut self, done: Result<Result<u64, StoreError>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(n)) => self.created += n,
+            Ok(Err(e)) => {
+                self.failed.get_or_insert(e);
+            }
+            Err(_) => {
+                self.failed.get_or_insert(Corrupt::Broken("a part of the list's load panicked").into());
+            }
         }
     }
 }
