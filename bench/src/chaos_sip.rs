@@ -3,8 +3,8 @@
 //! rings up to `--ring-ms`, talks `--call-ms`, hangs up), their channels and calls per second
 //! capped (`--trunk-channels`, `--trunk-cps`). Faults: `sip-kill` SIGKILLs a trunk's sipp with
 //! its calls up and starts it again on the same port `--sip-down-s` later; `sip-503` puts a sipp
-//! answering 503 (`testkit/sip/refuse.xml`) in its place for `--sip-503-s`. The trunks take turns,
-//! one outage at a time.
+//! answering 503 (`testkit/sip/refuse.xml`) in its place for `--sip-503-s`. Each kind of fault takes
+//! the trunks in turn, one outage at a time.
 //!
 //! The audit's ledger is the far ends' own logs, on their wall clock: each INVITE (its Call-ID
 //! names the dialer's call and attempt), each answer, each hang-up. The answered legs are the
@@ -116,7 +116,6 @@ pub struct Trunks {
     next_kill: Instant,
     next_refusal: Instant,
     outage: Option<Outage>,
-    turn: usize,
     pub kills: u64,
     pub refusals: u64,
 }
@@ -147,7 +146,6 @@ impl Trunks {
             next_kill: now + Duration::from_secs(args.sip_kill_every_s),
             next_refusal: now + Duration::from_secs(args.sip_503_every_s),
             outage: None,
-            turn: 0,
             kills: 0,
             refusals: 0,
         })
@@ -187,7 +185,9 @@ impl Trunks {
         }
         if kill && now >= self.next_kill {
             self.next_kill = now + Duration::from_secs(self.args.sip_kill_every_s);
-            let k = self.next_trunk();
+            // Each kind of fault takes the trunks in turn on its own (one turn for both made the
+            // kills, alternating with the refusals, fall to one trunk and the refusals to the other).
+            let k = self.kills as usize % self.trunks.len();
             self.kills += 1;
             self.trunks[k].stop();
             self.outage = Some(Outage { trunk: k, back: now + Duration::from_secs(self.args.sip_down_s) });
@@ -195,7 +195,7 @@ impl Trunks {
         }
         if refuse && now >= self.next_refusal {
             self.next_refusal = now + Duration::from_secs(self.args.sip_503_every_s);
-            let k = self.next_trunk();
+            let k = (self.refusals as usize + 1) % self.trunks.len();
             self.refusals += 1;
             let t = &mut self.trunks[k];
             t.stop();
@@ -204,11 +204,6 @@ impl Trunks {
             return Ok(Some(format!("{} answering 503 for {} s", self.trunks[k].name, self.args.sip_503_s)));
         }
         Ok(None)
-    }
-
-    fn next_trunk(&mut self) -> usize {
-        self.turn += 1;
-        self.turn % self.trunks.len()
     }
 
     /// Trunk `k`'s answering far end started again (after a kill, or in a refusing one's place).
