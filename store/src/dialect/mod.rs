@@ -140,10 +140,9 @@ pub trait Dialect: Database + Sized {
         c: &'c mut Self::Connection,
         rows: &'c [(Uuid, i64)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
-    /// Registers the targets of a campaign created in this transaction (or loaded in parts
-    /// before its row), each with a pending call (id `call_ids[i]`, its zone key); returns the
-    /// calls created. None of these targets exists before, and they are distinct: no conflict
-    /// to resolve (PostgreSQL: `COPY`).
+    /// Registers new, distinct targets of a campaign (created in this transaction or loaded in
+    /// parts before its row), each with a pending call (id `call_ids[i]`, its zone key): no
+    /// conflict to resolve (PostgreSQL: `COPY`). Returns the calls created.
     fn register_targets<'c>(
         c: &'c mut Self::Connection,
         campaign_id: Uuid,
