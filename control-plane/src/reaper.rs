@@ -17,6 +17,9 @@
 //! Either is recorded as a retryable failure `unknown_outcome` of its attempt (it may have been
 //! dialled): the campaign's retry policy decides, and the attempt number is used up, so its late
 //! events change nothing. The embedded mode knows more at start ([`recover_embedded`]).
+//!
+//! The sweep also deletes the rows of a campaign whose targets' load never finished (its
+//! process died mid-load; the campaign was never shown), an hour after the load began.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -121,8 +124,6 @@ impl Reaper {
                 break;
             }
         }
-        let before = self.clock.now() - chrono::TimeDelta::seconds(LOAD_ABANDONED_AFTER.as_secs() as i64);
-        report.abandoned_loads = self.store.discard_abandoned_loads(before).await?;
         tracing::Span::current().record("reaped", report.applied);
         if report.applied > 0 {
             tracing::warn!(
@@ -131,6 +132,8 @@ impl Reaper {
                 "reaped calls whose dispatch or outcome was lost: recorded as unknown_outcome, the retry policy decides"
             );
         }
+        let before = self.clock.now() - chrono::TimeDelta::seconds(LOAD_ABANDONED_AFTER.as_secs() as i64);
+        report.abandoned_loads = self.store.discard_abandoned_loads(before).await?;
         Ok(report)
     }
 

@@ -247,36 +247,25 @@ pub async fn create_campaign_in_parts<D: Dialect>(
     c: &NewCampaign,
     parts: usize,
 ) -> Result<Campaign, StoreError> {
-    ensure_name_free::<D>(pool, &c.settings.name).await?;
-    let (id, at) = (Uuid::now_v7(), now());
-    begin_load::<D>(pool, id, at).await?;
-    let mut loader = Loader::new(pool, id, parts, at);
-    for batch in c.targets.chunks(LOAD_BATCH_TARGETS) {
-        if !loader.add(batch.to_vec()).await {
-            break;
-        }
-    }
-    let loaded = loader.finish().await;
-    let result = match loaded {
-        Ok(created) => finish_load::<D>(pool, id, &c.settings, c.targets.len(), created, at).await,
-        Err(e) => Err(e),
-    };
-    discard_if_failed(pool, id, result).await
+    let batches = c.targets.chunks(LOAD_BATCH_TARGETS).map(|b| ImportBatch::Targets(b.to_vec()));
+    let batches = futures::stream::iter(batches.chain(std::iter::once(ImportBatch::Commit)));
+    load_in_parts(pool, &c.settings, batches, parts).await
 }
 
-/// [`import_campaign`] on several connections: each batch loaded in a transaction of its own as
-/// it arrives, up to `parts` at once, the campaign's row last (as [`create_campaign_in_parts`]).
-async fn import_in_parts<D: Dialect>(
+/// Creates a campaign from `batches` (a list given whole, or a CSV list as it is read), each
+/// batch loaded in a transaction of its own as it arrives, up to `parts` at once, the campaign's
+/// row last.
+async fn load_in_parts<D: Dialect>(
     pool: &sqlx::Pool<D>,
     settings: &CampaignSettings,
-    mut batches: tokio::sync::mpsc::Receiver<ImportBatch>,
+    batches: impl futures::Stream<Item = ImportBatch> + Unpin,
     parts: usize,
 ) -> Result<Campaign, StoreError> {
     ensure_name_free::<D>(pool, &settings.name).await?;
     let (id, at) = (Uuid::now_v7(), now());
     begin_load::<D>(pool, id, at).await?;
-    let loaded = load_batches(pool, id, &mut batches, parts, at).await;
-    drop(batches); // the reader's next batch finds the load over
+    // `batches` goes with the load: a reader's next batch finds it over.
+    let loaded = load_batches(pool, id, batches, parts, at).await;
     let result = match loaded {
         Ok((targets, created)) => finish_load::<D>(pool, id, settings, targets, created, at).await,
         Err(e) => Err(e),
@@ -289,13 +278,14 @@ async fn import_in_parts<D: Dialect>(
 async fn load_batches<D: Dialect>(
     pool: &sqlx::Pool<D>,
     id: Uuid,
-    batches: &mut tokio::sync::mpsc::Receiver<ImportBatch>,
+    mut batches: impl futures::Stream<Item = ImportBatch> + Unpin,
     parts: usize,
     at: DateTime<Utc>,
 ) -> Result<(usize, u64), StoreError> {
+    use futures::StreamExt;
     let (mut loader, mut targets) = (Loader::new(pool, id, parts, at), 0);
     loop {
-        match batches.recv().await {
+        match batches.next().await {
             Some(ImportBatch::Targets(batch)) => {
                 targets += batch.len();
                 if !loader.add(batch).await {
@@ -509,9 +499,10 @@ pub enum ImportBatch {
     Commit,
 }
 
-/// Creates a campaign whose targets arrive in batches (a CSV list as it is read), in one
-/// transaction: committed on [`ImportBatch::Commit`]; when `batches` closes without it (the
-/// list turned out unreadable, the client went away) nothing is written.
+/// Creates a campaign whose targets arrive in batches (a CSV list as it is read), all or
+/// nothing: committed on [`ImportBatch::Commit`]; when `batches` closes without it (the list
+/// turned out unreadable, the client went away) nothing is left written. One transaction, or on
+/// PostgreSQL one per batch, several at once, the campaign's row last ([`load_in_parts`]).
 #[tracing::instrument(name = "store.import_campaign", level = "debug", skip_all)]
 pub async fn import_campaign<D: Dialect>(
     pool: &sqlx::Pool<D>,
@@ -520,7 +511,8 @@ pub async fn import_campaign<D: Dialect>(
 ) -> Result<Campaign, StoreError> {
     let parts = load_parts::<D>(pool, usize::MAX);
     if parts > 1 {
-        return import_in_parts(pool, settings, batches, parts).await;
+        let batches = futures::stream::poll_fn(move |cx| batches.poll_recv(cx));
+        return load_in_parts(pool, settings, batches, parts).await;
     }
     let at = now();
     let mut tx = D::begin(pool).await?;

@@ -322,7 +322,8 @@ pub trait CampaignOps: Send + Sync {
     // --- campaigns ([`campaigns`], [`stats`]) ------------------------------------------------------
 
     /// Creates a campaign with its targets, one pending call per target, its stats row and a
-    /// `created` event, in one transaction.
+    /// `created` event, all or nothing: one transaction, or for a large list on PostgreSQL one
+    /// per batch with the campaign's row last ([`campaigns::create_campaign_in_parts`]).
     fn create_campaign<'a>(&'a self, c: &'a NewCampaign) -> Op<'a, Campaign>;
     /// Creates a campaign whose targets arrive in batches, all or nothing
     /// ([`campaigns::import_campaign`]).
