@@ -58,9 +58,10 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-/// The product's delivery settings.
+/// The product's delivery settings, but for the receiver: it listens on loopback, which the
+/// product refuses by default (`webhooks.allow_private_targets`).
 fn settings() -> WebhookSettings {
-    WebhookSettings::default()
+    WebhookSettings { allow_private_targets: Some(true), ..WebhookSettings::default() }
 }
 
 /// A started campaign of `n` claimed calls (named `name` and a fresh id: runs repeat); the outcome
@@ -165,10 +166,14 @@ fn pipeline(s: &Store, summary: Arc<Summary>) -> Result<tokio::sync::watch::Send
 /// Waits until `rx` has `n` requests; seconds taken.
 async fn drained(rx: &Receiver, n: usize, t0: Instant) -> Result<f64> {
     let bar = indicatif::ProgressBar::new(n as u64).with_message("delivering");
+    let mut last = (0, Instant::now());
     while rx.count() < n {
         bar.set_position(rx.count() as u64);
-        if t0.elapsed() > Duration::from_secs(1800) {
-            bail!("{} of {n} events delivered after 30 minutes", rx.count());
+        if rx.count() > last.0 {
+            last = (rx.count(), Instant::now());
+        }
+        if last.1.elapsed() > Duration::from_secs(60) || t0.elapsed() > Duration::from_secs(1800) {
+            bail!("{} of {n} events delivered, none in the last minute: see webhook_deliveries.last_error", rx.count());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

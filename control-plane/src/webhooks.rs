@@ -234,7 +234,7 @@ async fn sequence(store: &Store, batch: usize, deliveries: &Notify, live: Option
                     l.wake();
                 }
             }
-            s.events as usize == batch
+            s.events as usize >= batch
         }
         Err(e) => {
             tracing::warn!(error = %e, "numbering events failed; will retry");

@@ -441,6 +441,45 @@ async fn events_written_before_the_envelope_columns_read_back_as_they_were(b: Ba
     assert!(queued["call_id"].is_string(), "a call's event names its call");
 }
 
+/// The packed inbox (0025 on PostgreSQL, 0024 on SQLite): the events waiting in the inbox before
+/// it keep their order, ids and data byte for byte; after it, a transaction's events are one
+/// inbox row (the claim of three calls: their three `call.queued` events), numbered after them.
+async fn the_packed_inbox_keeps_what_was_waiting_and_takes_a_row_per_transaction(b: Backend) {
+    let version = match b {
+        Backend::Postgres => 25,
+        Backend::Sqlite => 24,
+    };
+    let (url, _dir, db) = migrated_before(b, version).await;
+    let (c, x, y, id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let waiting = "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) VALUES \
+                   ($1, $2, 1, 'call.queued', '{\"attempt\":1,\"note\":\"é \\\"q\\\"\"}', $4, $5), \
+                   ($1, $3, 1, 'call.queued', 'a whole old body', $4, NULL), \
+                   ($1, $2, 2, 'call.started', '{}', $4, NULL)";
+    exec!(db, waiting, c, x, y, chrono::Utc::now(), id);
+    let s = dialer_testkit::fixtures::open(&url).await;
+    let (campaign, _) = started_campaign(&s, "packed", 3).await;
+    let rows: Vec<i32> = match &db {
+        OldDb::Pg(p) => sqlx::query_scalar("SELECT n_events FROM event_inbox ORDER BY n").fetch_all(p).await,
+        OldDb::Lite(p) => sqlx::query_scalar("SELECT n_events FROM event_inbox ORDER BY n").fetch_all(p).await,
+    }
+    .expect("inbox rows");
+    assert_eq!(rows[..3], [1, 1, 1], "one row for each event that was waiting");
+    assert!(rows[3..].contains(&3), "the claim's three events in one row: {rows:?}");
+    let numbered = s.sequence_events(1000).await.expect("sequenced").events;
+    assert_eq!(numbered, rows.iter().sum::<i32>() as u64);
+    let log = s.read_events(0, None, 100).await.expect("log");
+    let first = body(&log[0]);
+    assert_eq!(
+        (first["id"].as_str(), first["call_id"].as_str()),
+        (Some(id.to_string().as_str()), Some(x.to_string().as_str()))
+    );
+    assert_eq!(first["data"], json!({"attempt": 1, "note": "é \"q\""}), "its data, escapes and all");
+    assert_eq!(log[1].body, "a whole old body");
+    assert_eq!((log[2].kind.as_str(), log[2].body.as_str()), ("call.started", "{}"), "in their order");
+    let queued = log[3..].iter().filter(|e| e.kind == "call.queued" && body(e)["campaign_id"] == json!(campaign.id));
+    assert_eq!(queued.count(), 3, "then the new campaign's events");
+}
+
 /// Migration 0014 (lazy fan-out) with deliveries under way: an endpoint's cursor starts at the
 /// log's head, so nothing the eager fan-out had handled goes again, and the lease being sent is
 /// kept: its answer counts, and its call's later event goes after it.
@@ -644,6 +683,7 @@ both_stores!(
     a_late_answer_beside_the_next_attempts_answer_is_dropped,
     pruning_forgets_old_events_only_once_no_delivery_needs_them,
     the_inbox_migration_keeps_the_log_and_numbers_what_was_waiting,
+    the_packed_inbox_keeps_what_was_waiting_and_takes_a_row_per_transaction,
     the_cursor_migration_starts_endpoints_at_the_head_and_keeps_what_was_under_way,
     events_written_before_the_envelope_columns_read_back_as_they_were,
     an_event_behind_a_dead_letter_joins_it_when_read,

@@ -26,11 +26,11 @@ mod postgres;
 mod sqlite;
 
 use chrono::{DateTime, Utc};
-use dialer_domain::events::NewEvent;
 use dialer_domain::settings::NewTarget;
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::events::InboxEvent;
 
 /// A claimed delivery and its event: seq, stream, stream_seq, attempts before this one,
 /// window_start, body (stored: see [`crate::events::body_of`]), created_at, event_id,
@@ -105,15 +105,10 @@ pub trait Dialect: Database + Sized {
         q: Q<'q, 'a, Self>,
         c: &'c mut Self::Connection,
     ) -> BoxStream<'c, Result<Self::Row, sqlx::Error>>;
-    /// Appends events to the inbox in the caller's transaction.
-    fn append_events<'c>(
+    /// Numbered events, (seq, event), into the log.
+    fn insert_events<'c>(
         c: &'c mut Self::Connection,
-        events: &'c [NewEvent],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
-    /// Moves numbered events, (inbox row `n`, seq) pairs, from the inbox into the log.
-    fn number_events<'c>(
-        c: &'c mut Self::Connection,
-        numbered: &'c [(i64, i64)],
+        numbered: &'c [(i64, &'c InboxEvent<'c>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
     /// New delivery rows of one endpoint, (seq, stream, stream_seq): pending and due at `at`, or
     /// dead for `buried` (the reason).

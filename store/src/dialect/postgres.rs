@@ -4,7 +4,6 @@
 //! them).
 
 use chrono::{DateTime, Utc};
-use dialer_domain::events::NewEvent;
 use dialer_domain::settings::NewTarget;
 use futures::stream::BoxStream;
 use sqlx::query_builder::Separated;
@@ -13,6 +12,7 @@ use uuid::Uuid;
 
 use super::{Arg, CallWrite, ClaimAsk, ClaimedRow, Col, Dialect, Q, Tx};
 use crate::StoreError;
+use crate::events::InboxEvent;
 use crate::model::ClaimedCall;
 use crate::timeline::TimelineRow;
 
@@ -78,18 +78,11 @@ impl Dialect for Postgres {
         q.fetch(c)
     }
 
-    fn append_events<'c>(
+    fn insert_events<'c>(
         c: &'c mut sqlx::PgConnection,
-        events: &'c [NewEvent],
+        numbered: &'c [(i64, &'c InboxEvent<'c>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
-        append(c, events)
-    }
-
-    fn number_events<'c>(
-        c: &'c mut sqlx::PgConnection,
-        numbered: &'c [(i64, i64)],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
-        number(c, numbered)
+        insert_events(c, numbered)
     }
 
     fn insert_deliveries<'c>(
@@ -284,43 +277,24 @@ fn copy_row(out: &mut String, fields: &[&str]) {
     out.push('\n');
 }
 
-async fn append(conn: &mut sqlx::PgConnection, events: &[NewEvent]) -> Result<(), StoreError> {
-    let campaigns: Vec<Uuid> = events.iter().map(|e| e.campaign_id).collect();
-    let streams: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-    let seqs: Vec<i32> = events.iter().map(|e| e.stream_seq as i32).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let bodies: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.created_at).collect();
+/// Numbered events into the log: one array per column.
+async fn insert_events(conn: &mut sqlx::PgConnection, numbered: &[(i64, &InboxEvent<'_>)]) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[])",
+        "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
+         SELECT * FROM UNNEST($1::int8[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], $6::text[], \
+         $7::timestamptz[], $8::uuid[])",
     )
-    .bind(campaigns)
-    .bind(streams)
-    .bind(seqs)
-    .bind(kinds)
-    .bind(bodies)
-    .bind(times)
-    .bind(ids)
+    .bind(numbered.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+    .bind(numbered.iter().map(|(_, e)| e.c).collect::<Vec<_>>())
+    .bind(numbered.iter().map(|(_, e)| e.s).collect::<Vec<_>>())
+    .bind(numbered.iter().map(|(_, e)| e.q as i32).collect::<Vec<_>>())
+    .bind(numbered.iter().map(|(_, e)| e.k.as_ref()).collect::<Vec<&str>>())
+    .bind(numbered.iter().map(|(_, e)| e.b.as_ref()).collect::<Vec<&str>>())
+    .bind(numbered.iter().map(|(_, e)| e.t).collect::<Vec<_>>())
+    .bind(numbered.iter().map(|(_, e)| e.e).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Numbers events, (inbox row `n`, seq) pairs: moves them from the inbox into the log (see
-/// `SEQUENCER_SETTINGS` for the plan).
-async fn number(conn: &mut sqlx::PgConnection, numbered: &[(i64, i64)]) -> Result<(), StoreError> {
-    pairs(
-        conn,
-        numbered,
-        "WITH moved AS (DELETE FROM event_inbox WHERE n = ANY($1::int8[]) \
-         RETURNING n, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
-         INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
-         SELECT v.seq, m.campaign_id, m.stream_id, m.stream_seq, m.kind, m.body, m.created_at, m.event_id \
-         FROM moved m JOIN UNNEST($1::int8[], $2::int8[]) AS v(n, seq) ON v.n = m.n",
-    )
-    .await
 }
 
 /// Runs `stmt` on PostgreSQL with `rows` bound as two arrays ($1: the firsts, $2: the seconds).

@@ -2,7 +2,6 @@
 //! row locks, and bulk writes as multi-row `VALUES` (it has no arrays).
 
 use chrono::{DateTime, Utc};
-use dialer_domain::events::NewEvent;
 use dialer_domain::settings::NewTarget;
 use futures::stream::BoxStream;
 use sqlx::query_builder::Separated;
@@ -11,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Arg, CallWrite, ClaimAsk, ClaimedRow, Col, Dialect, Q, Tx};
 use crate::StoreError;
-use crate::events::{CHUNK, EVENT_CHUNK};
+use crate::events::{CHUNK, EVENT_CHUNK, InboxEvent};
 use crate::model::ClaimedCall;
 use crate::timeline::TimelineRow;
 
@@ -78,18 +77,11 @@ impl Dialect for Sqlite {
         q.fetch(c)
     }
 
-    fn append_events<'c>(
+    fn insert_events<'c>(
         c: &'c mut sqlx::SqliteConnection,
-        events: &'c [NewEvent],
+        numbered: &'c [(i64, &'c InboxEvent<'c>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
-        append(c, events)
-    }
-
-    fn number_events<'c>(
-        c: &'c mut sqlx::SqliteConnection,
-        numbered: &'c [(i64, i64)],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
-        number(c, numbered)
+        insert_events(c, numbered)
     }
 
     fn insert_deliveries<'c>(
@@ -194,36 +186,28 @@ async fn write_gate(pool: &sqlx::SqlitePool) -> tokio::sync::OwnedMutexGuard<()>
     gate.lock_owned().await
 }
 
-async fn append(conn: &mut sqlx::SqliteConnection, events: &[NewEvent]) -> Result<(), StoreError> {
-    for chunk in events.chunks(EVENT_CHUNK) {
+/// Numbered events into the log, by multi-row `VALUES`.
+async fn insert_events(
+    conn: &mut sqlx::SqliteConnection,
+    numbered: &[(i64, &InboxEvent<'_>)],
+) -> Result<(), StoreError> {
+    for chunk in numbered.chunks(EVENT_CHUNK) {
         let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO event_inbox (campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) ",
+            "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) ",
         );
-        q.push_values(chunk, |mut b, e| {
-            b.push_bind(e.campaign_id)
-                .push_bind(e.stream_id)
-                .push_bind(e.stream_seq as i32)
-                .push_bind(e.kind.as_str())
-                .push_bind(e.data.as_str())
-                .push_bind(e.created_at)
-                .push_bind(e.id);
+        q.push_values(chunk, |mut b, (seq, e)| {
+            b.push_bind(*seq)
+                .push_bind(e.c)
+                .push_bind(e.s)
+                .push_bind(e.q as i32)
+                .push_bind(e.k.to_string())
+                .push_bind(e.b.to_string())
+                .push_bind(e.t)
+                .push_bind(e.e);
         });
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
-}
-
-async fn number(conn: &mut sqlx::SqliteConnection, numbered: &[(i64, i64)]) -> Result<(), StoreError> {
-    pairs(
-        conn,
-        numbered,
-        "n, seq",
-        "INSERT INTO events (seq, campaign_id, stream_id, stream_seq, kind, body, created_at, event_id) \
-         SELECT v.seq, i.campaign_id, i.stream_id, i.stream_seq, i.kind, i.body, i.created_at, i.event_id \
-         FROM v JOIN event_inbox i ON i.n = v.n",
-    )
-    .await?;
-    pairs(conn, numbered, "n, seq", "DELETE FROM event_inbox WHERE n IN (SELECT n FROM v)").await
 }
 
 /// Runs `WITH v(<cols>) AS (VALUES …) <stmt>` on SQLite for each chunk of `rows`.

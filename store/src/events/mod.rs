@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use dialer_domain::events::{Answer, Next};
 use uuid::Uuid;
 
-/// Rows per multi-row INSERT into `events` (6 columns, under SQLite's 32,766 parameters).
+/// Rows per multi-row INSERT into `events` (8 columns, under SQLite's 32,766 parameters).
 pub(crate) const EVENT_CHUNK: usize = 2000;
 /// Ids per `IN (…)` or VALUES list.
 pub(crate) const CHUNK: usize = 1000;
@@ -40,6 +40,28 @@ pub fn set_enabled(on: bool) {
 
 pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// An event as the inbox keeps it: a transaction's events are one inbox row, a JSON array of
+/// these (short keys: the array is what the transaction writes). `b` is the event's `data` as a
+/// string, byte for byte (or the whole body of an event written before the envelope columns).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InboxEvent<'a> {
+    /// Campaign.
+    pub c: Uuid,
+    /// Stream: the call, or the campaign for its own events.
+    pub s: Uuid,
+    /// Position in the stream.
+    pub q: u32,
+    /// Type (`call.queued`, …).
+    #[serde(borrow)]
+    pub k: std::borrow::Cow<'a, str>,
+    /// Created at.
+    pub t: DateTime<Utc>,
+    /// The event's id (none for an event written before the envelope columns).
+    pub e: Option<Uuid>,
+    #[serde(borrow)]
+    pub b: std::borrow::Cow<'a, str>,
 }
 
 /// A numbered event of the log.
