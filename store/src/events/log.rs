@@ -21,14 +21,14 @@ pub async fn append<D: Dialect>(conn: &mut D::Connection, events: &[NewEvent]) -
     sqlx::query::<D>("INSERT INTO event_inbox (n_events, created_at, events) VALUES ($1, $2, $3)")
         .arg(events.len() as i32)
         .arg(newest)
-        .arg(pack(events))
+        .arg(pack(events)?)
         .run(conn)
         .await?;
     Ok(())
 }
 
 /// The inbox's form of a transaction's events: a JSON array of [`InboxEvent`].
-pub(crate) fn pack(events: &[NewEvent]) -> String {
+pub(crate) fn pack(events: &[NewEvent]) -> Result<String, StoreError> {
     let packed: Vec<InboxEvent<'_>> = events
         .iter()
         .map(|e| InboxEvent {
@@ -41,7 +41,8 @@ pub(crate) fn pack(events: &[NewEvent]) -> String {
             b: e.data.as_str().into(),
         })
         .collect();
-    serde_json::to_string(&packed).expect("events serialize to JSON")
+    serde_json::to_string(&packed)
+        .map_err(|source| StoreError::from(crate::Corrupt::Json { what: "events for the inbox", source }))
 }
 
 /// The events of one inbox row, in the order they were appended.
@@ -244,7 +245,7 @@ mod tests {
                 data: d.to_string(),
             })
             .collect();
-        let packed = pack(&events);
+        let packed = pack(&events).expect("packs");
         let back = unpack(7, &packed).expect("unpacks");
         assert_eq!(back.len(), 2);
         for (e, b) in events.iter().zip(&back) {
