@@ -85,8 +85,8 @@ pub struct Args {
     /// freeze (SIGSTOP/SIGCONT), redis, broker, postgres, cassandra (SIGKILLed, with
     /// `--cassandra`), webhook (with `--webhooks`), clock
     /// (libfaketime, `apt-get install -y faketime`), disk (the journal's file system full; root);
-    /// `none` for a run that only measures
-    /// (its `cpu_per_dial` then counts every process: none is killed).
+    /// `none` for a run that only measures (its broker warmed up first, as a running one is; its
+    /// `cpu_per_dial` then counts every process: none is killed).
     #[arg(long, default_value = "kill,cp-kill,freeze,redis,broker,postgres", value_delimiter = ',')]
     faults: Vec<String>,
     /// A webhook endpoint of every event on a receiver of the bench's own (failing 5 % of
@@ -427,6 +427,10 @@ async fn start_cluster(a: &Args) -> Result<Cluster> {
     let db = pg.create_database().map_err(anyhow::Error::msg)?;
     let redis = dialer_testkit::RedisServer::start().map_err(err)?;
     let kafka = dialer_testkit::Kafka::start().map_err(err)?;
+    if a.faults.iter().all(|f| f == "none") {
+        // A run that only measures measures a broker past its JIT, as operators run it.
+        crate::warm_up(&kafka.bootstrap()).await?;
+    }
     let cassandra = a.cassandra.then(dialer_testkit::Cassandra::start_durable).transpose().map_err(err)?.map(Arc::new);
     let work = tempfile::Builder::new().prefix("dialer-chaos-").tempdir()?;
     let w = work.path();

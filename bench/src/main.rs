@@ -106,7 +106,7 @@ pub async fn kafka_or(given: Option<&String>) -> Result<(String, Option<dialer_t
 /// Rounds of producing and consuming (100,000 messages of 400 bytes, alone and at once) until the
 /// broker's own CPU for a round is within 10 % of the round before: its compilation done (3
 /// rounds at least, 12 at most).
-async fn warm_up(brokers: &str) -> Result<()> {
+pub(crate) async fn warm_up(brokers: &str) -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut costs: Vec<f64> = Vec::new();
     for _ in 0..12 {
